@@ -1,0 +1,62 @@
+//! The command line (every flag also read from `HEARTH_<FLAG>`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Hearth: a FHIR R4 server.
+#[derive(Debug, Parser)]
+#[command(name = "hearth", version, about)]
+pub struct Cli {
+    /// Database URL: `sqlite://FILE` (created if missing) or `postgres://…`.
+    #[arg(long, global = true, env = "HEARTH_DATABASE", default_value = "sqlite://hearth.db")]
+    pub database: String,
+    /// Public base URL of the server; the FHIR base is this plus `/fhir`. Defaults to
+    /// `http://<listen address>`.
+    #[arg(long, global = true, env = "HEARTH_BASE_URL")]
+    pub base_url: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How requests are authorised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuthMode {
+    /// SMART on FHIR bearer tokens (the authorization server is not built yet).
+    Smart,
+    /// No authorisation: loopback listen addresses only, for local experiments.
+    Off,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, env = "HEARTH_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Authorisation mode.
+        #[arg(long, env = "HEARTH_AUTH", value_enum, default_value = "off")]
+        auth: AuthMode,
+        /// Largest accepted request body, in bytes.
+        #[arg(long, env = "HEARTH_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
+        max_body_bytes: usize,
+    },
+    /// Load transaction, batch or collection Bundles (`.json`) and `.ndjson` files.
+    Import {
+        /// Files or directories (searched for .json and .ndjson files).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Write deterministic synthetic patients as transaction Bundles.
+    Synth {
+        #[arg(long, default_value_t = 10)]
+        patients: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}

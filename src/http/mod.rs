@@ -1,0 +1,191 @@
+//! The HTTP edge: the axum router, request decoding into [`FhirRequest`]s, content negotiation,
+//! and turning [`FhirResponse`]s and [`FhirError`]s into HTTP responses.
+
+pub mod format;
+mod metrics;
+
+use std::sync::Arc;
+
+use axum::body::Body as HttpBody;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::Router;
+use time::OffsetDateTime;
+use tower_http::trace::TraceLayer;
+
+use crate::model::{FhirError, IssueCode};
+use crate::rest::{Body, Conditions, FhirRequest, FhirResponse, FhirService, Method, PatchFormat, PreferReturn};
+use format::{negotiate, parse_body, render, request_body_kind, Format, RequestBodyKind};
+pub use metrics::Metrics;
+
+/// Shared state of the HTTP layer.
+#[derive(Clone)]
+pub struct AppState {
+    pub service: FhirService,
+    /// Largest accepted request body in bytes (larger ones get 413).
+    pub max_body_bytes: usize,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The whole HTTP surface: `/fhir/…`, `/healthz`, `/readyz`, `/metrics`.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/fhir", any(fhir))
+        .route("/fhir/", any(fhir))
+        .route("/fhir/{*path}", any(fhir))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics::render))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::count))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn ready(State(state): State<AppState>) -> Response {
+    match state.service.store().ping().await {
+        Ok(()) => (StatusCode::OK, "ready").into_response(),
+        Err(error) => {
+            tracing::warn!(%error, "database not reachable");
+            (StatusCode::SERVICE_UNAVAILABLE, "database not reachable").into_response()
+        }
+    }
+}
+
+/// Every FHIR request enters here.
+async fn fhir(State(state): State<AppState>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let query: Vec<(String, String)> =
+        url::form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes()).into_owned().collect();
+    let pretty = query.iter().any(|(name, value)| name == "_pretty" && value == "true");
+    let format = match negotiate(&query, &parts.headers) {
+        Ok(format) => format,
+        Err(error) => return error_response(error, Format::Json, pretty),
+    };
+    let head = parts.method == axum::http::Method::HEAD;
+    let outcome = async {
+        let path = parts.uri.path().trim_start_matches("/fhir").trim_start_matches('/').to_string();
+        let method = Method::parse(parts.method.as_str()).ok_or_else(|| {
+            FhirError::new(405, IssueCode::NotSupported, format!("method {} is not supported", parts.method))
+        })?;
+        let bytes = axum::body::to_bytes(body, state.max_body_bytes).await.map_err(|_| {
+            FhirError::new(
+                413,
+                IssueCode::TooLong,
+                format!("the request body is larger than {} bytes", state.max_body_bytes),
+            )
+        })?;
+        let request = decode_request(method, path, query, &parts.headers, &bytes)?;
+        state.service.handle(request).await
+    }
+    .await;
+    let mut response = match outcome {
+        Ok(response) => fhir_response(response, format, pretty),
+        Err(error) => error_response(error, format, pretty),
+    };
+    if head {
+        *response.body_mut() = HttpBody::empty();
+    }
+    response
+}
+
+/// Builds the framework-free request from HTTP parts.
+fn decode_request(
+    method: Method,
+    path: String,
+    mut query: Vec<(String, String)>,
+    headers: &HeaderMap,
+    bytes: &[u8],
+) -> Result<FhirRequest, FhirError> {
+    let mut body = None;
+    let mut patch_format = None;
+    if !bytes.is_empty() {
+        match request_body_kind(headers)? {
+            RequestBodyKind::Form => query.extend(url::form_urlencoded::parse(bytes).into_owned()),
+            RequestBodyKind::JsonPatch => {
+                patch_format = Some(PatchFormat::JsonPatch);
+                body = Some(parse_body(bytes, Format::Json)?);
+            }
+            RequestBodyKind::Fhir(format) => {
+                patch_format = Some(PatchFormat::FhirPathPatch);
+                body = Some(parse_body(bytes, format)?);
+            }
+        }
+    }
+    query.retain(|(name, _)| name != "_format" && name != "_pretty");
+    Ok(FhirRequest {
+        method,
+        path,
+        query,
+        conditions: conditions(headers)?,
+        body,
+        patch_format: if method == Method::Patch { patch_format } else { None },
+    })
+}
+
+fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|v| !v.is_empty())
+}
+
+fn conditions(headers: &HeaderMap) -> Result<Conditions, FhirError> {
+    let mut conditions = Conditions {
+        if_match: header_text(headers, "if-match").map(str::to_string),
+        if_none_match: header_text(headers, "if-none-match").map(str::to_string),
+        if_none_exist: header_text(headers, "if-none-exist").map(str::to_string),
+        ..Conditions::default()
+    };
+    if let Some(since) = header_text(headers, "if-modified-since") {
+        let at = httpdate::parse_http_date(since)
+            .map_err(|_| FhirError::bad_request(format!("If-Modified-Since '{since}' is not an HTTP date")))?;
+        conditions.if_modified_since = Some(OffsetDateTime::from(at));
+    }
+    for preference in headers.get_all("prefer").iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split([',', ';']))
+    {
+        match preference.trim().replace(' ', "").as_str() {
+            "return=minimal" => conditions.prefer_return = PreferReturn::Minimal,
+            "return=representation" => conditions.prefer_return = PreferReturn::Representation,
+            "return=OperationOutcome" => conditions.prefer_return = PreferReturn::OperationOutcome,
+            "handling=strict" => conditions.strict = true,
+            _ => {}
+        }
+    }
+    Ok(conditions)
+}
+
+fn fhir_response(response: FhirResponse, format: Format, pretty: bool) -> Response {
+    let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let has_body = response.body != Body::None;
+    let bytes = match render(response.body, format, pretty) {
+        Ok(bytes) => bytes,
+        Err(error) => return error_response(error, Format::Json, pretty),
+    };
+    let mut http = Response::new(HttpBody::from(bytes));
+    *http.status_mut() = status;
+    let headers = http.headers_mut();
+    if has_body {
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
+    }
+    if let Some(version) = response.version {
+        if let Ok(value) = HeaderValue::from_str(&format!("W/\"{version}\"")) {
+            headers.insert(header::ETAG, value);
+        }
+    }
+    if let Some(at) = response.last_modified {
+        if let Ok(value) = HeaderValue::from_str(&httpdate::fmt_http_date(at.into())) {
+            headers.insert(header::LAST_MODIFIED, value);
+        }
+    }
+    if let Some(location) = response.location {
+        if let Ok(value) = HeaderValue::from_str(&location) {
+            headers.insert(header::LOCATION, value);
+        }
+    }
+    http
+}
+
+/// An error as an OperationOutcome response; 5xx details never reach the client.
+pub fn error_response(error: FhirError, format: Format, pretty: bool) -> Response {
+    let status = error.status;
+    fhir_response(FhirResponse::new(status, Body::Json(error.outcome())), format, pretty)
+}

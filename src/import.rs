@@ -1,0 +1,175 @@
+//! `hearth import`: loads Bundles (transaction, batch, collection…) and NDJSON files through the
+//! same FHIR service the server uses, so everything imported is validated and indexed.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{json, Value};
+
+use crate::model::FhirError;
+use crate::rest::{Body, FhirRequest, FhirService, Method};
+
+/// NDJSON lines sent per batch.
+const NDJSON_CHUNK: usize = 1000;
+/// The most error lines kept for the summary.
+const MAX_ERRORS_SHOWN: usize = 20;
+
+/// What an import did.
+#[derive(Debug, Default)]
+pub struct ImportSummary {
+    pub files: usize,
+    pub resources: usize,
+    pub failed_entries: usize,
+    pub seconds: f64,
+    /// `file: entry n: message`, the first few.
+    pub errors: Vec<String>,
+}
+
+impl fmt::Display for ImportSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let rate = if self.seconds > 0.0 { self.resources as f64 / self.seconds } else { 0.0 };
+        writeln!(
+            f,
+            "imported {} resources from {} files in {:.2} s ({:.0} resources/s); {} entries failed",
+            self.resources, self.files, self.seconds, rate, self.failed_entries
+        )?;
+        for error in &self.errors {
+            writeln!(f, "  {error}")?;
+        }
+        if self.failed_entries > self.errors.len() {
+            writeln!(f, "  … and {} more", self.failed_entries - self.errors.len())?;
+        }
+        Ok(())
+    }
+}
+
+/// Imports every `.json` and `.ndjson` file named or found under `paths`.
+pub async fn import_paths(service: &FhirService, paths: &[PathBuf]) -> anyhow::Result<ImportSummary> {
+    let mut files = Vec::new();
+    for path in paths {
+        collect_files(path, &mut files)?;
+    }
+    files.sort();
+    let progress = ProgressBar::new(files.len() as u64);
+    progress
+        .set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} files {msg} [{elapsed_precise}, eta {eta}]")?);
+    let started = Instant::now();
+    let mut summary = ImportSummary { files: files.len(), ..ImportSummary::default() };
+    for file in &files {
+        let text = std::fs::read_to_string(file)?;
+        let bundles = if file.extension().is_some_and(|e| e == "ndjson") {
+            ndjson_batches(&text)
+        } else {
+            vec![as_processable(&text)]
+        };
+        for bundle in bundles {
+            match bundle {
+                Ok(bundle) => post_bundle(service, bundle, file, &mut summary).await,
+                Err(error) => record(&mut summary, file, None, &error.to_string(), 1),
+            }
+        }
+        progress.inc(1);
+        progress.set_message(format!("{} resources", summary.resources));
+    }
+    progress.finish_and_clear();
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+fn collect_files(path: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            collect_files(&entry?.path(), files)?;
+        }
+    } else if path.extension().is_some_and(|e| e == "json" || e == "ndjson") {
+        files.push(path.to_path_buf());
+    }
+    Ok(())
+}
+
+/// A Bundle ready for `POST /`: transactions and batches as they are, anything else (collection,
+/// searchset, a single resource) as a batch that PUTs resources with ids and POSTs the others.
+fn as_processable(text: &str) -> Result<Value, FhirError> {
+    let value: Value = serde_json::from_str(text).map_err(|e| FhirError::bad_request(format!("invalid JSON: {e}")))?;
+    let is_bundle = value.get("resourceType").and_then(Value::as_str) == Some("Bundle");
+    let kind = value.get("type").and_then(Value::as_str).unwrap_or("");
+    if is_bundle && (kind == "transaction" || kind == "batch") {
+        return Ok(value);
+    }
+    let resources: Vec<Value> = if is_bundle {
+        value
+            .get("entry")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.get("resource").cloned())
+            .collect()
+    } else {
+        vec![value]
+    };
+    Ok(batch_of(resources))
+}
+
+fn ndjson_batches(text: &str) -> Vec<Result<Value, FhirError>> {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines
+        .chunks(NDJSON_CHUNK)
+        .map(|chunk| {
+            chunk
+                .iter()
+                .map(|line| {
+                    serde_json::from_str::<Value>(line)
+                        .map_err(|e| FhirError::bad_request(format!("invalid NDJSON line: {e}")))
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(batch_of)
+        })
+        .collect()
+}
+
+fn batch_of(resources: Vec<Value>) -> Value {
+    let entries: Vec<Value> = resources
+        .into_iter()
+        .map(|resource| {
+            let resource_type = resource.get("resourceType").and_then(Value::as_str).unwrap_or("").to_string();
+            let request = match resource.get("id").and_then(Value::as_str) {
+                Some(id) => json!({"method": "PUT", "url": format!("{resource_type}/{id}")}),
+                None => json!({"method": "POST", "url": resource_type}),
+            };
+            json!({"resource": resource, "request": request})
+        })
+        .collect();
+    json!({"resourceType": "Bundle", "type": "batch", "entry": entries})
+}
+
+async fn post_bundle(service: &FhirService, bundle: Value, file: &Path, summary: &mut ImportSummary) {
+    let entries = bundle.get("entry").and_then(Value::as_array).map_or(0, Vec::len);
+    let mut request = FhirRequest::new(Method::Post, "", Vec::new());
+    request.conditions.prefer_return = crate::rest::PreferReturn::Minimal;
+    request.body = Some(bundle);
+    match service.handle(request).await {
+        Ok(response) => {
+            let Body::Json(result) = response.body else { return };
+            for (n, entry) in result.get("entry").and_then(Value::as_array).into_iter().flatten().enumerate() {
+                let status = entry["response"]["status"].as_str().unwrap_or("");
+                if status.starts_with('2') {
+                    summary.resources += 1;
+                } else {
+                    let message = entry["response"]["outcome"]["issue"][0]["diagnostics"].as_str().unwrap_or(status);
+                    record(summary, file, Some(n), message, 1);
+                }
+            }
+        }
+        Err(error) => record(summary, file, None, &error.to_string(), entries.max(1)),
+    }
+}
+
+fn record(summary: &mut ImportSummary, file: &Path, entry: Option<usize>, message: &str, failed: usize) {
+    summary.failed_entries += failed;
+    if summary.errors.len() < MAX_ERRORS_SHOWN {
+        let at = entry.map(|n| format!(" entry {n}")).unwrap_or_default();
+        summary.errors.push(format!("{}{at}: {message}", file.display()));
+    }
+}

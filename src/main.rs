@@ -1,0 +1,46 @@
+//! The `hearth` command line: parses arguments and hands over to the library.
+
+use clap::Parser;
+use hearth::config::{AuthMode, Cli, Command};
+use hearth::server::{Hearth, Settings};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { listen, auth, max_body_bytes } => {
+            if auth == AuthMode::Smart {
+                anyhow::bail!("--auth smart needs the SMART authorization server, which this build does not have yet; use --auth off on a loopback address");
+            }
+            if auth == AuthMode::Off && !listen.ip().is_loopback() {
+                anyhow::bail!(
+                    "--auth off is for local experiments and only listens on a loopback address, not {listen}"
+                );
+            }
+            let base_url = cli.base_url.unwrap_or_else(|| format!("http://{listen}"));
+            let settings = Settings { max_body_bytes, ..Settings::new(&base_url) };
+            let hearth = Hearth::open(&cli.database, settings).await?;
+            let listener = tokio::net::TcpListener::bind(listen).await?;
+            tracing::info!(%listen, fhir_base = %format!("{base_url}/fhir"), "Hearth is serving");
+            hearth.serve(listener).await?;
+        }
+        Command::Import { paths } => {
+            let base_url = cli.base_url.unwrap_or_else(|| "http://localhost:8080".to_string());
+            let hearth = Hearth::open(&cli.database, Settings::new(&base_url)).await?;
+            let summary = hearth::import::import_paths(hearth.service(), &paths).await?;
+            println!("{summary}");
+            if summary.failed_entries > 0 {
+                std::process::exit(1);
+            }
+        }
+        Command::Synth { patients, seed, out } => {
+            let summary = hearth::synth::write_bundles(&out, patients, seed)?;
+            println!("wrote {} bundles with {} resources to {}", summary.bundles, summary.resources, out.display());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,111 @@
+//! Resource identity and server-managed metadata (`id`, `meta.versionId`, `meta.lastUpdated`).
+
+use serde_json::{Map, Value};
+use time::{format_description::well_known::Rfc3339, OffsetDateTime};
+
+use super::{FhirError, IssueCode};
+
+/// Whether `id` is a valid FHIR logical id: 1–64 characters of `[A-Za-z0-9-.]`.
+pub fn is_valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+/// A fresh server-assigned logical id.
+pub fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// The current time, truncated to milliseconds so that what is stored equals what is shown.
+pub fn now() -> OffsetDateTime {
+    let now = OffsetDateTime::now_utc();
+    now.replace_nanosecond(now.millisecond() as u32 * 1_000_000).unwrap_or(now)
+}
+
+/// Formats an instant as a FHIR `instant` in UTC with millisecond precision.
+pub fn format_instant(at: OffsetDateTime) -> String {
+    let at = at.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        at.year(),
+        at.month() as u8,
+        at.day(),
+        at.hour(),
+        at.minute(),
+        at.second(),
+        at.millisecond()
+    )
+}
+
+/// Parses a FHIR `instant` or full `dateTime` with a time zone (as used by `_since`).
+pub fn parse_instant(text: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(text, &Rfc3339).ok()
+}
+
+/// Returns the resource's `resourceType`, or a 400 explaining what is missing.
+pub fn resource_type_of(resource: &Value) -> Result<&str, FhirError> {
+    let object = resource
+        .as_object()
+        .ok_or_else(|| FhirError::bad_request("the request body must be a JSON object (a FHIR resource)"))?;
+    match object.get("resourceType") {
+        Some(Value::String(t)) => Ok(t),
+        Some(_) => Err(FhirError::new(400, IssueCode::Structure, "resourceType must be a string")),
+        None => Err(FhirError::new(400, IssueCode::Required, "the resource has no resourceType")),
+    }
+}
+
+/// Sets `id`, `meta.versionId` and `meta.lastUpdated`, keeping the rest of `meta` (tags,
+/// profiles, security labels) as the client sent it. `id` is placed right after `resourceType`.
+pub fn stamp(resource: &mut Value, id: &str, version: i64, last_updated: OffsetDateTime) {
+    let Some(object) = resource.as_object_mut() else { return };
+    let mut meta = match object.remove("meta") {
+        Some(Value::Object(meta)) => meta,
+        _ => Map::new(),
+    };
+    meta.insert("versionId".into(), Value::String(version.to_string()));
+    meta.insert("lastUpdated".into(), Value::String(format_instant(last_updated)));
+    let mut stamped = Map::with_capacity(object.len() + 2);
+    if let Some(resource_type) = object.remove("resourceType") {
+        stamped.insert("resourceType".into(), resource_type);
+    }
+    object.remove("id");
+    stamped.insert("id".into(), Value::String(id.to_string()));
+    stamped.insert("meta".into(), Value::Object(meta));
+    stamped.append(object);
+    *object = stamped;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn ids_follow_the_fhir_rule() {
+        assert!(is_valid_id("abc-1.2"));
+        assert!(is_valid_id(&"a".repeat(64)));
+        assert!(!is_valid_id(&"a".repeat(65)));
+        assert!(!is_valid_id(""));
+        assert!(!is_valid_id("a b"));
+        assert!(!is_valid_id("a/b"));
+        assert!(is_valid_id(&new_id()));
+    }
+
+    #[test]
+    fn stamp_sets_server_metadata_and_keeps_tags() {
+        let mut patient = json!({"resourceType": "Patient", "id": "old", "active": true,
+            "meta": {"tag": [{"code": "x"}], "versionId": "9"}});
+        let at = time::macros::datetime!(2026-01-02 03:04:05.678 UTC);
+        stamp(&mut patient, "p1", 3, at);
+        assert_eq!(
+            serde_json::to_string(&patient).unwrap(),
+            r#"{"resourceType":"Patient","id":"p1","meta":{"tag":[{"code":"x"}],"versionId":"3","lastUpdated":"2026-01-02T03:04:05.678Z"},"active":true}"#
+        );
+    }
+
+    #[test]
+    fn instants_round_trip() {
+        let at = time::macros::datetime!(2026-01-02 03:04:05.678 UTC);
+        assert_eq!(parse_instant(&format_instant(at)), Some(at));
+        assert_eq!(parse_instant("2026-01-02"), None);
+    }
+}

@@ -1,0 +1,255 @@
+//! Structural validation of incoming resources.
+//!
+//! Two passes, both before anything is stored:
+//! 1. rules the official JSON schema cannot express: no empty strings, arrays or objects, no stray
+//!    `null`s ([`check_no_empty_values`]);
+//! 2. the official FHIR R4 JSON schema (`conformance/fhir.schema.json`), one compiled validator
+//!    per resource type so that errors point at the element instead of the whole document
+//!    (the root schema is a `oneOf` over all 146 types).
+//!
+//! Every problem becomes an [`Issue`] whose `expression` is a FHIRPath location.
+
+use std::collections::HashMap;
+use std::sync::{LazyLock, OnceLock};
+
+use jsonschema::{Draft, Validator};
+use serde_json::{json, Value};
+
+use super::{FhirError, Issue, IssueCode};
+
+/// The most issues reported for one resource; the rest are summarised.
+const MAX_ISSUES: usize = 20;
+/// Diagnostics longer than this are cut (error texts can quote large values).
+const MAX_DIAGNOSTIC_CHARS: usize = 300;
+
+static SCHEMA_TEXT: &str = include_str!("../../conformance/fhir.schema.json");
+
+/// The parsed official schema and one lazily compiled validator per resource type.
+struct SchemaSet {
+    definitions: Value,
+    validators: HashMap<String, OnceLock<Option<Validator>>>,
+}
+
+static SCHEMAS: LazyLock<SchemaSet> = LazyLock::new(|| {
+    let mut schema: Value = serde_json::from_str(SCHEMA_TEXT).expect("conformance/fhir.schema.json is valid JSON");
+    let validators = schema["discriminator"]["mapping"]
+        .as_object()
+        .map(|mapping| mapping.keys().map(|name| (name.clone(), OnceLock::new())).collect())
+        .unwrap_or_default();
+    SchemaSet { definitions: schema["definitions"].take(), validators }
+});
+
+/// Every FHIR R4 resource type name, sorted.
+pub fn resource_types() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = SCHEMAS.validators.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    names
+}
+
+/// Whether `name` is a FHIR R4 resource type.
+pub fn is_resource_type(name: &str) -> bool {
+    SCHEMAS.validators.contains_key(name)
+}
+
+/// Compiles every resource type's validator now instead of on first use.
+pub fn warm_up() {
+    for name in resource_types() {
+        validator_for(name);
+    }
+}
+
+fn validator_for(resource_type: &str) -> Option<&'static Validator> {
+    let cell = SCHEMAS.validators.get(resource_type)?;
+    cell.get_or_init(|| {
+        let schema = json!({
+            "$ref": format!("#/definitions/{resource_type}"),
+            "definitions": SCHEMAS.definitions,
+        });
+        match jsonschema::options().with_draft(Draft::Draft6).build(&schema) {
+            Ok(validator) => Some(validator),
+            Err(error) => {
+                tracing::error!(resource_type, %error, "cannot compile the JSON schema of a resource type");
+                None
+            }
+        }
+    })
+    .as_ref()
+}
+
+/// Validates a resource whose type the caller expects to be `expected_type`.
+pub fn validate_resource(resource: &Value, expected_type: &str) -> Result<(), FhirError> {
+    let actual = super::resource::resource_type_of(resource)?;
+    if !is_resource_type(actual) {
+        return Err(FhirError::new(400, IssueCode::NotSupported, format!("unknown resource type '{actual}'"))
+            .with_expression("resourceType"));
+    }
+    if actual != expected_type {
+        return Err(FhirError::bad_request(format!(
+            "resourceType '{actual}' does not match the type '{expected_type}' of the request URL"
+        ))
+        .with_expression("resourceType"));
+    }
+    let mut issues = Vec::new();
+    check_no_empty_values(resource, actual, &mut issues);
+    if issues.is_empty() {
+        schema_issues(resource, actual, &mut issues);
+    }
+    if issues.is_empty() {
+        return Ok(());
+    }
+    if issues.len() > MAX_ISSUES {
+        let more = issues.len() - MAX_ISSUES;
+        issues.truncate(MAX_ISSUES);
+        issues.push(Issue::error(IssueCode::Invalid, format!("{more} more issues not shown")));
+    }
+    Err(FhirError { status: 400, issues })
+}
+
+fn schema_issues(resource: &Value, resource_type: &str, issues: &mut Vec<Issue>) {
+    let Some(validator) = validator_for(resource_type) else {
+        issues.push(Issue::error(IssueCode::Exception, format!("no schema available for {resource_type}")));
+        return;
+    };
+    for error in validator.iter_errors(resource).take(MAX_ISSUES + 1) {
+        let location = pointer_to_fhirpath(resource_type, error.instance_path().as_str());
+        let mut message = error.to_string();
+        if message.chars().count() > MAX_DIAGNOSTIC_CHARS {
+            message = message.chars().take(MAX_DIAGNOSTIC_CHARS).collect::<String>() + "…";
+        }
+        issues.push(Issue::error(IssueCode::Structure, format!("{location}: {message}")).at(location));
+    }
+}
+
+/// Converts a JSON pointer (`/name/0/given`) into a FHIRPath location (`Patient.name[0].given`).
+pub fn pointer_to_fhirpath(resource_type: &str, pointer: &str) -> String {
+    let mut path = resource_type.to_string();
+    for segment in pointer.split('/').skip(1) {
+        let segment = segment.replace("~1", "/").replace("~0", "~");
+        if segment.bytes().all(|b| b.is_ascii_digit()) && !segment.is_empty() {
+            path.push_str(&format!("[{segment}]"));
+        } else {
+            path.push('.');
+            path.push_str(&segment);
+        }
+    }
+    path
+}
+
+/// FHIR forbids empty strings, arrays and objects. `null` is refused too: FHIR allows it only as
+/// a placeholder in a primitive array whose extensions sit in a `_name` twin, and the official
+/// JSON schema does not accept even that, so Hearth follows the schema.
+pub fn check_no_empty_values(value: &Value, path: &str, issues: &mut Vec<Issue>) {
+    match value {
+        Value::String(s) if s.is_empty() => issues.push(empty_issue("an empty string", path)),
+        Value::Array(items) if items.is_empty() => issues.push(empty_issue("an empty array", path)),
+        Value::Object(members) if members.is_empty() => issues.push(empty_issue("an empty object", path)),
+        Value::Null => issues.push(empty_issue("null", path)),
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                check_no_empty_values(item, &format!("{path}[{i}]"), issues);
+            }
+        }
+        Value::Object(members) => {
+            for (name, member) in members {
+                check_no_empty_values(member, &format!("{path}.{name}"), issues);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn empty_issue(what: &str, path: &str) -> Issue {
+    Issue::error(IssueCode::Invalid, format!("{path}: {what} is not allowed in FHIR resources")).at(path)
+}
+
+impl FhirError {
+    /// Sets the FHIRPath location of every issue that has none.
+    pub fn with_expression(mut self, expression: &str) -> Self {
+        for issue in &mut self.issues {
+            issue.expression.get_or_insert_with(|| expression.to_string());
+        }
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn issues_of(resource: Value) -> Vec<Issue> {
+        let resource_type = resource["resourceType"].as_str().unwrap_or("Patient").to_string();
+        match validate_resource(&resource, &resource_type) {
+            Ok(()) => vec![],
+            Err(error) => error.issues,
+        }
+    }
+
+    #[test]
+    fn knows_all_resource_types() {
+        assert_eq!(resource_types().len(), 146);
+        assert!(is_resource_type("Appointment"));
+        assert!(!is_resource_type("Appointments"));
+    }
+
+    #[test]
+    fn accepts_a_valid_patient() {
+        let patient = json!({"resourceType": "Patient", "id": "p1", "active": true,
+            "name": [{"family": "Chalmers", "given": ["Peter", "James"]}],
+            "birthDate": "1974-12-25", "gender": "male"});
+        assert_eq!(issues_of(patient), vec![]);
+    }
+
+    #[test]
+    fn accepts_decimals_as_written() {
+        let obs = json!({"resourceType": "Observation", "status": "final", "code": {"text": "weight"},
+            "valueQuantity": {"value": 185.50, "unit": "lbs"}});
+        assert_eq!(issues_of(obs), vec![]);
+    }
+
+    #[test]
+    fn names_the_unknown_element() {
+        let issues = issues_of(json!({"resourceType": "Patient", "favouriteColour": "blue"}));
+        assert_eq!(issues.len(), 1);
+        assert!(issues[0].diagnostics.contains("favouriteColour"), "{issues:?}");
+        assert_eq!(issues[0].expression.as_deref(), Some("Patient"));
+    }
+
+    #[test]
+    fn names_the_bad_primitive() {
+        let issues = issues_of(json!({"resourceType": "Patient", "birthDate": "1974-13-45"}));
+        assert_eq!(issues[0].expression.as_deref(), Some("Patient.birthDate"));
+        let issues = issues_of(json!({"resourceType": "Patient", "name": [{"given": ["a", 7]}]}));
+        assert_eq!(issues[0].expression.as_deref(), Some("Patient.name[0].given[1]"));
+        let issues = issues_of(json!({"resourceType": "Patient", "active": "yes"}));
+        assert_eq!(issues[0].expression.as_deref(), Some("Patient.active"));
+    }
+
+    #[test]
+    fn rejects_empty_values() {
+        for (resource, location) in [
+            (json!({"resourceType": "Patient", "gender": ""}), "Patient.gender"),
+            (json!({"resourceType": "Patient", "name": []}), "Patient.name"),
+            (json!({"resourceType": "Patient", "name": [{}]}), "Patient.name[0]"),
+            (json!({"resourceType": "Patient", "active": null}), "Patient.active"),
+        ] {
+            let issues = issues_of(resource);
+            assert_eq!(issues[0].expression.as_deref(), Some(location), "{issues:?}");
+        }
+    }
+
+    #[test]
+    fn refuses_null_placeholders_like_the_official_schema() {
+        let patient = json!({"resourceType": "Patient", "name": [{"given": ["A", null],
+            "_given": [null, {"extension": [{"url": "http://x", "valueString": "y"}]}]}]});
+        let issues = issues_of(patient);
+        assert_eq!(issues[0].expression.as_deref(), Some("Patient.name[0].given[1]"));
+    }
+
+    #[test]
+    fn rejects_type_mismatch_and_unknown_types() {
+        let error = validate_resource(&json!({"resourceType": "Patient"}), "Observation").unwrap_err();
+        assert_eq!(error.status, 400);
+        let error = validate_resource(&json!({"resourceType": "Spaceship"}), "Spaceship").unwrap_err();
+        assert!(error.issues[0].diagnostics.contains("Spaceship"));
+    }
+}

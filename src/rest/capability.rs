@@ -1,0 +1,67 @@
+//! The CapabilityStatement, generated from the resource types and the search registry the
+//! server really uses, so that it lists exactly what is implemented.
+
+use serde_json::{json, Value};
+
+use super::{Body, FhirResponse};
+use crate::model::validate::resource_types;
+use crate::search::Registry;
+
+/// Interactions every resource type supports.
+const TYPE_INTERACTIONS: &[&str] =
+    &["read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create", "search-type"];
+
+/// The statement as a JSON value.
+pub fn capability_statement(registry: &Registry) -> Value {
+    let resources: Vec<Value> = resource_types()
+        .into_iter()
+        .map(|resource_type| {
+            let mut search_params = vec![json!({
+                "name": "_id",
+                "definition": "http://hl7.org/fhir/SearchParameter/Resource-id",
+                "type": "token",
+            })];
+            search_params.extend(
+                registry
+                    .params_for(resource_type)
+                    .filter(|p| p.kind.is_supported() && p.code != "_id")
+                    .map(|p| json!({"name": p.code, "definition": p.url, "type": p.kind.as_str()})),
+            );
+            json!({
+                "type": resource_type,
+                "profile": format!("http://hl7.org/fhir/StructureDefinition/{resource_type}"),
+                "interaction": TYPE_INTERACTIONS.iter().map(|code| json!({"code": code})).collect::<Vec<_>>(),
+                "versioning": "versioned",
+                "readHistory": true,
+                "updateCreate": true,
+                "conditionalCreate": true,
+                "conditionalRead": "modified-since",
+                "conditionalUpdate": true,
+                "conditionalDelete": "single",
+                "searchParam": search_params,
+            })
+        })
+        .collect();
+    json!({
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2026-11-23",
+        "publisher": "Hearth",
+        "kind": "instance",
+        "software": {"name": "Hearth", "version": env!("CARGO_PKG_VERSION")},
+        "implementation": {"description": "Hearth FHIR R4 server"},
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "application/fhir+xml"],
+        "patchFormat": ["application/json-patch+json", "application/fhir+json", "application/fhir+xml"],
+        "rest": [{
+            "mode": "server",
+            "resource": resources,
+            "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}],
+        }],
+    })
+}
+
+/// `GET /metadata`.
+pub(super) fn response(registry: &Registry) -> FhirResponse {
+    FhirResponse::new(200, Body::Json(capability_statement(registry)))
+}

@@ -1,0 +1,257 @@
+//! The FHIR REST interactions (FHIR R4 http.html), independent of any web framework.
+//!
+//! A [`FhirRequest`] (method, path relative to the base, query, the headers that matter, parsed
+//! body) goes in and a [`FhirResponse`] comes out. Batch and transaction entries are dispatched
+//! through the very same code, which is why nothing here knows about axum.
+
+mod bundle;
+mod bundle_writer;
+pub mod capability;
+mod history;
+mod route;
+mod search;
+mod source;
+mod write;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use crate::model::FhirError;
+use crate::search::params::Paging;
+use crate::search::Registry;
+use crate::store::{Store, StoreError};
+
+pub use route::Route;
+use source::Source;
+
+/// HTTP methods of FHIR interactions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Head,
+    Post,
+    Put,
+    Patch,
+    Delete,
+}
+
+impl Method {
+    /// Parses an HTTP method name.
+    pub fn parse(name: &str) -> Option<Method> {
+        match name {
+            "GET" => Some(Method::Get),
+            "HEAD" => Some(Method::Head),
+            "POST" => Some(Method::Post),
+            "PUT" => Some(Method::Put),
+            "PATCH" => Some(Method::Patch),
+            "DELETE" => Some(Method::Delete),
+            _ => None,
+        }
+    }
+
+    fn writes(self) -> bool {
+        matches!(self, Method::Post | Method::Put | Method::Patch | Method::Delete)
+    }
+}
+
+/// What `Prefer: return=…` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PreferReturn {
+    Minimal,
+    #[default]
+    Representation,
+    OperationOutcome,
+}
+
+/// Which patch format a PATCH body is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PatchFormat {
+    JsonPatch,
+    FhirPathPatch,
+}
+
+/// The request headers FHIR interactions look at.
+#[derive(Debug, Clone, Default)]
+pub struct Conditions {
+    pub if_match: Option<String>,
+    pub if_none_match: Option<String>,
+    pub if_none_exist: Option<String>,
+    pub if_modified_since: Option<OffsetDateTime>,
+    pub prefer_return: PreferReturn,
+    /// `Prefer: handling=strict`.
+    pub strict: bool,
+}
+
+/// One FHIR interaction request.
+#[derive(Debug, Clone)]
+pub struct FhirRequest {
+    pub method: Method,
+    /// Path relative to the FHIR base, without query (`Patient/1`).
+    pub path: String,
+    /// Decoded query parameters in order.
+    pub query: Vec<(String, String)>,
+    pub conditions: Conditions,
+    pub body: Option<Value>,
+    /// Set for PATCH bodies.
+    pub patch_format: Option<PatchFormat>,
+}
+
+impl FhirRequest {
+    /// A request with no body and no conditions.
+    pub fn new(method: Method, path: &str, query: Vec<(String, String)>) -> Self {
+        FhirRequest {
+            method,
+            path: path.to_string(),
+            query,
+            conditions: Conditions::default(),
+            body: None,
+            patch_format: None,
+        }
+    }
+}
+
+/// A response body.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Body {
+    None,
+    /// Compact JSON bytes, ready to send (stored resources, bundles assembled from them).
+    Raw(Bytes),
+    /// A JSON value built for this response (OperationOutcome, CapabilityStatement…).
+    Json(Value),
+}
+
+/// One FHIR interaction response.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FhirResponse {
+    pub status: u16,
+    /// Absolute `Location` (with `_history/n`) of a created or updated resource.
+    pub location: Option<String>,
+    /// The version shown in `ETag: W/"n"`.
+    pub version: Option<i64>,
+    pub last_modified: Option<OffsetDateTime>,
+    pub body: Body,
+}
+
+impl FhirResponse {
+    /// A response with only a status and a body.
+    pub fn new(status: u16, body: Body) -> Self {
+        FhirResponse { status, location: None, version: None, last_modified: None, body }
+    }
+}
+
+/// Settings of the FHIR service.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// The public FHIR base URL (`http://localhost:8080/fhir`), used in links and locations.
+    pub base_url: String,
+    pub paging: Paging,
+    /// The most entries a batch or transaction may hold.
+    pub max_bundle_entries: usize,
+}
+
+/// The FHIR interactions over one store.
+#[derive(Clone)]
+pub struct FhirService {
+    store: Arc<dyn Store>,
+    registry: &'static Registry,
+    config: Arc<ServiceConfig>,
+}
+
+impl FhirService {
+    /// A service over `store` with the standard R4 search parameters.
+    pub fn new(store: Arc<dyn Store>, config: ServiceConfig) -> Self {
+        FhirService { store, registry: Registry::standard(), config: Arc::new(config) }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &ServiceConfig {
+        &self.config
+    }
+
+    /// The store behind the service (for readiness checks).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Carries out one interaction; writes run in their own database transaction.
+    pub async fn handle(&self, request: FhirRequest) -> Result<FhirResponse, FhirError> {
+        let route = Route::parse(&request.path)?;
+        if route == Route::System && request.method == Method::Post {
+            return self.process_bundle(request).await;
+        }
+        if request.method.writes() && !matches!(route, Route::TypeSearch(_)) {
+            let mut tx = self.store.begin().await.map_err(store_error)?;
+            let response = self.dispatch(&mut Source::Tx(tx.as_mut()), route, request).await?;
+            tx.commit().await.map_err(store_error)?;
+            Ok(response)
+        } else {
+            self.dispatch(&mut Source::Store(self.store.as_ref()), route, request).await
+        }
+    }
+
+    /// Routes one interaction to its implementation, reading and writing through `source`.
+    async fn dispatch(
+        &self,
+        source: &mut Source<'_>,
+        route: Route,
+        request: FhirRequest,
+    ) -> Result<FhirResponse, FhirError> {
+        use Method::*;
+        match (request.method, route) {
+            (Get | Head, Route::Metadata) => Ok(capability::response(self.registry)),
+            (Get | Head, Route::SystemHistory) => self.history(crate::store::HistoryScope::System, &request).await,
+            (Get | Head, Route::TypeHistory(t)) => self.history(crate::store::HistoryScope::Type(t), &request).await,
+            (Get | Head, Route::InstanceHistory(t, id)) => {
+                self.history(crate::store::HistoryScope::Instance(t, id), &request).await
+            }
+            (Get | Head, Route::Instance(t, id)) => self.read(source, &t, &id, &request.conditions).await,
+            (Get | Head, Route::Version(t, id, v)) => self.vread(source, &t, &id, v).await,
+            (Get | Head, Route::Type(t)) | (Post, Route::TypeSearch(t)) => self.search(source, &t, &request).await,
+            (Post, Route::Type(t)) => self.create(source.tx()?, &t, request).await,
+            (Put, Route::Instance(t, id)) => self.update(source.tx()?, &t, &id, request).await,
+            (Put, Route::Type(t)) => self.conditional_update(source.tx()?, &t, request).await,
+            (Patch, Route::Instance(t, id)) => self.patch(source.tx()?, &t, &id, request).await,
+            (Patch, Route::Type(t)) => self.conditional_patch(source.tx()?, &t, request).await,
+            (Delete, Route::Instance(t, id)) => self.delete(source.tx()?, &t, &id, &request.conditions).await,
+            (Delete, Route::Type(t)) => self.conditional_delete(source.tx()?, &t, request).await,
+            (Get | Head, Route::System) => Err(FhirError::new(
+                400,
+                crate::model::IssueCode::NotSupported,
+                "system-wide search is not supported yet; search a resource type instead",
+            )),
+            (method, route) => Err(FhirError::new(
+                405,
+                crate::model::IssueCode::NotSupported,
+                format!("{method:?} is not allowed on {route:?}"),
+            )),
+        }
+    }
+
+    /// Absolute URL of a resource.
+    fn resource_url(&self, resource_type: &str, id: &str) -> String {
+        format!("{}/{resource_type}/{id}", self.config.base_url)
+    }
+
+    /// Absolute URL of a resource version (the `Location` header).
+    fn version_url(&self, resource_type: &str, id: &str, version: i64) -> String {
+        format!("{}/_history/{version}", self.resource_url(resource_type, id))
+    }
+}
+
+/// Storage failures as FHIR errors: conflicts are 409, the rest is logged and hidden.
+fn store_error(error: StoreError) -> FhirError {
+    match error {
+        StoreError::Conflict => FhirError::new(
+            409,
+            crate::model::IssueCode::Conflict,
+            "a concurrent write to the same resource won; retry with the current version",
+        ),
+        other => {
+            tracing::error!(error = %other, "storage failure");
+            FhirError::internal()
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! Maps a FHIR REST path (relative to the base) to the thing it names.
+
+use crate::model::resource::is_valid_id;
+use crate::model::validate::is_resource_type;
+use crate::model::FhirError;
+
+/// What a request path names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `""`: the base (bundles, system search).
+    System,
+    /// `metadata`.
+    Metadata,
+    /// `_history`.
+    SystemHistory,
+    /// `Patient`.
+    Type(String),
+    /// `Patient/_search`.
+    TypeSearch(String),
+    /// `Patient/_history`.
+    TypeHistory(String),
+    /// `Patient/1`.
+    Instance(String, String),
+    /// `Patient/1/_history`.
+    InstanceHistory(String, String),
+    /// `Patient/1/_history/2`.
+    Version(String, String, i64),
+}
+
+impl Route {
+    /// Parses a path such as `Patient/1/_history/2` (no leading slash, no query).
+    pub fn parse(path: &str) -> Result<Route, FhirError> {
+        let path = path.trim_matches('/');
+        let segments: Vec<&str> = if path.is_empty() { Vec::new() } else { path.split('/').collect() };
+        let resource_type = |name: &str| -> Result<String, FhirError> {
+            if is_resource_type(name) {
+                Ok(name.to_string())
+            } else {
+                Err(FhirError::not_found(format!("'{name}' is not a FHIR R4 resource type")))
+            }
+        };
+        let id = |id: &str| -> Result<String, FhirError> {
+            if is_valid_id(id) {
+                Ok(id.to_string())
+            } else {
+                Err(FhirError::bad_request(format!("'{id}' is not a valid resource id (1-64 of A-Z a-z 0-9 - .)")))
+            }
+        };
+        match segments.as_slice() {
+            [] => Ok(Route::System),
+            ["metadata"] => Ok(Route::Metadata),
+            ["_history"] => Ok(Route::SystemHistory),
+            [t] => Ok(Route::Type(resource_type(t)?)),
+            [t, "_search"] => Ok(Route::TypeSearch(resource_type(t)?)),
+            [t, "_history"] => Ok(Route::TypeHistory(resource_type(t)?)),
+            [t, i] => Ok(Route::Instance(resource_type(t)?, id(i)?)),
+            [t, i, "_history"] => Ok(Route::InstanceHistory(resource_type(t)?, id(i)?)),
+            [t, i, "_history", v] => {
+                let version = v
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|v| *v > 0)
+                    .ok_or_else(|| FhirError::not_found(format!("'{v}' is not a version of this resource")))?;
+                Ok(Route::Version(resource_type(t)?, id(i)?, version))
+            }
+            _ => Err(FhirError::not_found(format!("no FHIR endpoint at '{path}'"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_shape() {
+        assert_eq!(Route::parse("").unwrap(), Route::System);
+        assert_eq!(Route::parse("metadata").unwrap(), Route::Metadata);
+        assert_eq!(Route::parse("_history").unwrap(), Route::SystemHistory);
+        assert_eq!(Route::parse("Patient").unwrap(), Route::Type("Patient".into()));
+        assert_eq!(Route::parse("Patient/_search").unwrap(), Route::TypeSearch("Patient".into()));
+        assert_eq!(Route::parse("Patient/_history").unwrap(), Route::TypeHistory("Patient".into()));
+        assert_eq!(Route::parse("Patient/a.1").unwrap(), Route::Instance("Patient".into(), "a.1".into()));
+        assert_eq!(Route::parse("Patient/1/_history").unwrap(), Route::InstanceHistory("Patient".into(), "1".into()));
+        assert_eq!(Route::parse("Patient/1/_history/3").unwrap(), Route::Version("Patient".into(), "1".into(), 3));
+    }
+
+    #[test]
+    fn rejects_bad_paths() {
+        assert_eq!(Route::parse("Spaceship/1").unwrap_err().status, 404);
+        assert_eq!(Route::parse("Patient/a_b").unwrap_err().status, 400);
+        assert_eq!(Route::parse("Patient/1/_history/x").unwrap_err().status, 404);
+        assert_eq!(Route::parse("Patient/1/2/3/4").unwrap_err().status, 404);
+    }
+}

@@ -1,0 +1,10 @@
+//! Search: the parameter registry generated from the R4 specification, the indexer that turns a
+//! resource into index rows, and the parser that turns URL parameters into a store query.
+//! Nothing here does I/O.
+
+pub mod fhirpath;
+pub mod index;
+pub mod params;
+pub mod registry;
+
+pub use registry::{ParamKind, Registry, SearchParam};

@@ -1,0 +1,192 @@
+//! Storage: the [`Store`] trait and its SQLite and PostgreSQL implementations.
+//!
+//! This is the only layer that speaks SQL. A resource version is stored twice: as the current
+//! row of `resources` and as a row of `resource_history`; both carry the JSON bytes exactly as
+//! served. Search index rows ([`IndexRows`]) are written in the same transaction.
+
+mod postgres;
+mod query;
+mod sql;
+mod sqlite;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use time::OffsetDateTime;
+
+pub use postgres::PostgresStore;
+pub use query::{Condition, SearchQuery, StringMatch, TokenSystem};
+pub use sqlite::SqliteStore;
+
+/// How a version came to be, as shown in history bundles (`Bundle.entry.request.method`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMethod {
+    Create,
+    Update,
+    Patch,
+    Delete,
+}
+
+impl WriteMethod {
+    /// The HTTP verb of the interaction.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriteMethod::Create => "POST",
+            WriteMethod::Update => "PUT",
+            WriteMethod::Patch => "PATCH",
+            WriteMethod::Delete => "DELETE",
+        }
+    }
+
+    fn parse(text: &str) -> Self {
+        match text {
+            "POST" => WriteMethod::Create,
+            "PATCH" => WriteMethod::Patch,
+            "DELETE" => WriteMethod::Delete,
+            _ => WriteMethod::Update,
+        }
+    }
+}
+
+/// One version of one resource. For deletions `body` is empty.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResourceVersion {
+    pub resource_type: String,
+    pub id: String,
+    pub version: i64,
+    pub last_updated: OffsetDateTime,
+    pub deleted: bool,
+    pub method: WriteMethod,
+    pub body: Bytes,
+}
+
+/// A token index row: `system|code` (identifier, coding, code, boolean…).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TokenRow {
+    pub param: String,
+    pub system: Option<String>,
+    pub code: String,
+}
+
+/// A string index row: the normalised (lower-case, accent-free) and the exact value.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StringRow {
+    pub param: String,
+    pub normalized: String,
+    pub exact: String,
+}
+
+/// A reference index row: a local `Type/id` target, or an absolute URL.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ReferenceRow {
+    pub param: String,
+    pub target_type: Option<String>,
+    pub target_id: Option<String>,
+    pub target_url: Option<String>,
+}
+
+/// A uri index row.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UriRow {
+    pub param: String,
+    pub value: String,
+}
+
+/// Everything the search index holds for one resource version.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct IndexRows {
+    pub tokens: Vec<TokenRow>,
+    pub strings: Vec<StringRow>,
+    pub references: Vec<ReferenceRow>,
+    pub uris: Vec<UriRow>,
+}
+
+/// Which history to read.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HistoryScope {
+    System,
+    Type(String),
+    Instance(String, String),
+}
+
+/// A page of history, newest first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryQuery {
+    pub scope: HistoryScope,
+    /// Only versions written at or after this instant.
+    pub since: Option<OffsetDateTime>,
+    /// Keyset cursor: only versions older than this history sequence number.
+    pub before_seq: Option<i64>,
+    pub count: usize,
+}
+
+/// One page of history: versions with their sequence numbers, and whether more follow.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryPage {
+    pub entries: Vec<(i64, ResourceVersion)>,
+    pub has_more: bool,
+}
+
+/// One page of search results.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchPage {
+    pub resources: Vec<ResourceVersion>,
+    /// Number of matches in all pages, when asked for.
+    pub total: Option<u64>,
+    pub has_more: bool,
+}
+
+/// What can go wrong in storage.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another writer got there first (unique violation or serialisation failure).
+    #[error("a concurrent write conflicted with this one")]
+    Conflict,
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+}
+
+/// Result of a storage call.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Reads outside a transaction, and the way into one.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The current version of a resource (deleted ones included, with `deleted = true`).
+    async fn read(&self, resource_type: &str, id: &str) -> StoreResult<Option<ResourceVersion>>;
+    /// One specific version.
+    async fn vread(&self, resource_type: &str, id: &str, version: i64) -> StoreResult<Option<ResourceVersion>>;
+    /// A page of history.
+    async fn history(&self, query: &HistoryQuery) -> StoreResult<HistoryPage>;
+    /// A page of search results.
+    async fn search(&self, query: &SearchQuery) -> StoreResult<SearchPage>;
+    /// Starts a write transaction.
+    async fn begin(&self) -> StoreResult<Box<dyn StoreTx>>;
+    /// Whether the database answers.
+    async fn ping(&self) -> StoreResult<()>;
+}
+
+/// A write transaction. Dropping it without [`StoreTx::commit`] rolls everything back.
+#[async_trait]
+pub trait StoreTx: Send {
+    /// The current version, locked against concurrent writers until the transaction ends.
+    async fn current(&mut self, resource_type: &str, id: &str) -> StoreResult<Option<ResourceVersion>>;
+    /// One specific version, as seen inside this transaction.
+    async fn vread(&mut self, resource_type: &str, id: &str, version: i64) -> StoreResult<Option<ResourceVersion>>;
+    /// Search as seen inside this transaction (its own writes included).
+    async fn search(&mut self, query: &SearchQuery) -> StoreResult<SearchPage>;
+    /// Writes a new version and replaces the resource's index rows.
+    async fn write(&mut self, version: &ResourceVersion, index: &IndexRows) -> StoreResult<()>;
+    /// Makes everything written visible at once.
+    async fn commit(self: Box<Self>) -> StoreResult<()>;
+}
+
+/// Opens the store named by a database URL (`sqlite://file.db`, `postgres://…`) and migrates it.
+pub async fn open(url: &str) -> StoreResult<std::sync::Arc<dyn Store>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(std::sync::Arc::new(PostgresStore::open(url).await?))
+    } else {
+        Ok(std::sync::Arc::new(SqliteStore::open(url).await?))
+    }
+}

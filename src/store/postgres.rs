@@ -1,0 +1,21 @@
+//! PostgreSQL: one pool; writers lock the row they replace (`FOR UPDATE`), so concurrent updates
+//! of one resource queue up and every version number is used exactly once.
+
+use sqlx::postgres::PgPoolOptions;
+
+use super::sql::sql_store;
+use super::StoreResult;
+
+sql_store!(store = PostgresStore, tx = PostgresTx, db = sqlx::Postgres, lock = " FOR UPDATE");
+
+/// Connections in the pool.
+const CONNECTIONS: u32 = 16;
+
+impl PostgresStore {
+    /// Connects to the database named by `url` and migrates it.
+    pub async fn open(url: &str) -> StoreResult<Self> {
+        let pool = PgPoolOptions::new().max_connections(CONNECTIONS).connect(url).await?;
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        Ok(PostgresStore { readers: pool.clone(), writers: pool })
+    }
+}

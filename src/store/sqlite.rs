@@ -1,0 +1,32 @@
+//! The embedded default: SQLite in WAL mode with one writer connection and pooled readers.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+
+use super::sql::sql_store;
+use super::StoreResult;
+
+sql_store!(store = SqliteStore, tx = SqliteTx, db = sqlx::Sqlite, lock = "");
+
+/// Readers beside the single writer: enough to keep both cores busy while a write runs.
+const READERS: u32 = 8;
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database file named by `url` and migrates it.
+    pub async fn open(url: &str) -> StoreResult<Self> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .pragma("cache_size", "-32000");
+        // One writer: SQLite allows one at a time anyway, and queueing in the pool is cheaper
+        // than retrying on SQLITE_BUSY.
+        let writers = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
+        sqlx::migrate!("./migrations/sqlite").run(&writers).await?;
+        let readers = SqlitePoolOptions::new().max_connections(READERS).connect_with(options.read_only(true)).await?;
+        Ok(SqliteStore { readers, writers })
+    }
+}
