@@ -203,11 +203,13 @@ fn json_depth(json: &[u8]) -> usize {
     max
 }
 
-/// Checks what fhirbolt's XML reader lets through: well-formedness to the end of the
-/// document (fhirbolt accepts a document cut off before the root element closes),
-/// a single root element, the nesting limit, and attributes (fhirbolt silently drops
-/// unknown ones, and gives a confusing message for namespace declarations with a
-/// prefix). Everything else is left to fhirbolt. Returns the maximum element depth.
+/// Checks what fhirbolt's XML reader lets through or reports obscurely:
+/// well-formedness to the end of the document (fhirbolt accepts a document cut off
+/// before the root element closes), a single root element, the nesting limit,
+/// attributes (fhirbolt silently drops unknown ones, and says "invalid XML namespace
+/// xmlns" for prefixed namespace declarations) and stray text (fhirbolt says "text
+/// outside of div"). Everything else is left to fhirbolt. Returns the maximum
+/// element depth.
 fn check_xml(xml: &str) -> Result<usize, ConversionError> {
     let mut reader = Reader::from_str(xml);
     reader.trim_text(true);
@@ -258,8 +260,19 @@ fn check_xml(xml: &str) -> Result<usize, ConversionError> {
                     root_closed = true;
                 }
             }
+            // Whitespace-only text has been trimmed away by the reader.
+            Event::Text(_) if div_depth.is_none() => {
+                return Err(ConversionError(match open.last() {
+                    Some(name) => format!(
+                        "invalid FHIR XML: unexpected text inside <{name}>; FHIR elements \
+                         carry values in 'value' attributes, text is only allowed in the \
+                         narrative div"
+                    ),
+                    None => "invalid FHIR XML: text outside the root element".to_owned(),
+                }));
+            }
             Event::Eof => break,
-            // Text, comments, the declaration, DOCTYPE, PIs and CDATA: fhirbolt decides.
+            // Comments, the declaration, DOCTYPE, PIs and CDATA: fhirbolt decides.
             _ => {}
         }
     }

@@ -312,19 +312,19 @@ fn malformed_xml_is_an_error() {
             br#"<Patient xmlns="http://hl7.org/fhir"><id value="x"/></Patient><Patient/>"#,
             "after the end of the root element",
         ),
-        (br#"<Patient xmlns="http://hl7.org/fhir"><id value="x"/></Patient>trailing"#, "text outside of div"),
-        (br#"<Patient xmlns="http://hl7.org/fhir">text<id value="x"/></Patient>"#, "text outside of div"),
+        (br#"<Patient xmlns="http://hl7.org/fhir"><id value="x"/></Patient>trailing"#, "text outside the root element"),
+        (br#"<Patient xmlns="http://hl7.org/fhir">text<id value="x"/></Patient>"#, "unexpected text inside <Patient>"),
         (br#"<Patient xmlns="http://hl7.org/fhir"><id value="&bogus;"/></Patient>"#, "bogus"),
         (br#"<Patient xmlns="http://hl7.org/fhir"><id value="a" value="b"/></Patient>"#, ""),
         (br#"<Patient xmlns="http://hl7.org/fhir"><id value="x"/><id value="y"/></Patient>"#, "duplicate field `id`"),
         (b"<Patient xmlns=\"http://hl7.org/fhir\"><id value=\"\xff\xfe\"/></Patient>", "UTF-8"),
         // Non-UTF-8 namespace URI: makes fhirbolt 0.4.0 panic if it gets that far.
         (b"<Patient xmlns=\"http://hl7.org/\xff\"/>", "UTF-8"),
-        (b"{\"resourceType\":\"Patient\"}", "text outside of div"),
+        (b"{\"resourceType\":\"Patient\"}", "text outside the root element"),
         (b"<", ""),
         (b"</Patient>", ""),
         (b"<!-- only a comment -->", "no root element"),
-        (b"not xml at all", "text outside of div"),
+        (b"not xml at all", "text outside the root element"),
     ];
     for (case, expected) in cases {
         let e = err_of(xml_to_json(case));
@@ -410,17 +410,41 @@ fn bad_json_is_an_error() {
         b"{}",
         br#"{"resourceType":"NoSuchThing"}"#,
         br#"{"resourceType":"Patient","colour":"blue"}"#,
-        br#"{"resourceType":"Patient","name":{"family":"x"}}"#,
-        br#"{"resourceType":"Patient","id":"x","id":"y"}"#,
         br#"{"resourceType":"Observation","valueQuantity":{"value":1}}"#,
-        br#"{"resourceType":"Patient"} trailing"#,
+        br#"{"resourceType":"Patient","active":1}"#,
+        br#"{"resourceType":"Patient","multipleBirthInteger":"two"}"#,
         b"<Patient xmlns=\"http://hl7.org/fhir\"/>",
     ];
     for case in cases {
         match json_to_xml(case, false) {
             Ok(xml) => panic!("{:?} converted to {xml}", String::from_utf8_lossy(case)),
-            Err(e) => println!("{:?} => {e}", String::from_utf8_lossy(case)),
+            Err(e) => {
+                println!("{:?} => {e}", String::from_utf8_lossy(case));
+                assert!(e.0.starts_with("invalid FHIR JSON: "), "{e}");
+            }
         }
+    }
+}
+
+#[test]
+fn fhirbolt_json_leniency() {
+    // Documents what fhirbolt 0.4 strict mode lets through (the server's JSON
+    // validation is the place to catch these). If one of these starts failing,
+    // fhirbolt got stricter: update the report/docs, not the code.
+    let lenient: &[(&[u8], &str)] = &[
+        // A single object where an array is required.
+        (br#"{"resourceType":"Patient","name":{"family":"x"}}"#, "<name><family value=\"x\"/></name>"),
+        // Strings where a boolean or an integer is required.
+        (br#"{"resourceType":"Patient","multipleBirthInteger":"2"}"#, "<multipleBirthInteger value=\"2\"/>"),
+        (br#"{"resourceType":"Patient","active":"true"}"#, "<active value=\"true\"/>"),
+        // Anything after the resource is not looked at.
+        (br#"{"resourceType":"Patient"} trailing"#, "<Patient xmlns=\"http://hl7.org/fhir\"></Patient>"),
+        // A repeated key: the last one wins.
+        (br#"{"resourceType":"Patient","id":"x","id":"y"}"#, "<id value=\"y\"/>"),
+    ];
+    for (json, xml) in lenient {
+        let out = json_to_xml(json, false).unwrap();
+        assert!(out.contains(xml), "{out}");
     }
 }
 

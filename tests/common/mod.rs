@@ -1,0 +1,147 @@
+//! Test harness: a real Hearth server on 127.0.0.1 port 0, on SQLite (a temporary file) or
+//! PostgreSQL (a throwaway cluster started once per test binary, one database per test).
+
+#![allow(dead_code)]
+
+pub mod postgres;
+
+use hearth::server::{Hearth, Settings};
+use reqwest::{Method, Response};
+use serde_json::Value;
+
+/// Which database a test server runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// A running server and a client for it.
+pub struct TestServer {
+    /// The FHIR base, e.g. `http://127.0.0.1:40123/fhir`.
+    pub base: String,
+    pub client: reqwest::Client,
+    pub db: Db,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestServer {
+    /// Starts a server on a fresh, empty database.
+    pub async fn start(db: Db) -> TestServer {
+        Self::start_with(db, |settings| settings).await
+    }
+
+    /// Starts a server with adjusted settings.
+    pub async fn start_with(db: Db, adjust: impl FnOnce(Settings) -> Settings) -> TestServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a free port");
+        let address = listener.local_addr().expect("local address");
+        let root = format!("http://{address}");
+        let (database_url, dir) = match db {
+            Db::Sqlite => {
+                let dir = tempfile::tempdir().expect("temporary directory");
+                (format!("sqlite://{}", dir.path().join("hearth.db").display()), Some(dir))
+            }
+            Db::Postgres => (postgres::fresh_database().await, None),
+        };
+        let hearth = Hearth::open(&database_url, adjust(Settings::new(&root))).await.expect("open the database");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, hearth.router()).await;
+        });
+        TestServer { base: format!("{root}/fhir"), client: reqwest::Client::new(), db, _dir: dir }
+    }
+
+    /// Absolute URL of a path under the FHIR base (`Patient/1`).
+    pub fn url(&self, path: &str) -> String {
+        if path.is_empty() {
+            self.base.clone()
+        } else {
+            format!("{}/{}", self.base, path.trim_start_matches('/'))
+        }
+    }
+
+    /// A request builder for `path` under the FHIR base.
+    pub fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.client.request(method, self.url(path))
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.request(Method::GET, path).send().await.expect("GET")
+    }
+
+    pub async fn delete(&self, path: &str) -> Response {
+        self.request(Method::DELETE, path).send().await.expect("DELETE")
+    }
+
+    /// Sends `body` as `application/fhir+json`.
+    pub async fn send_json(&self, method: Method, path: &str, body: &Value) -> Response {
+        self.request(method, path)
+            .header("content-type", "application/fhir+json")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> Response {
+        self.send_json(Method::POST, path, body).await
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> Response {
+        self.send_json(Method::PUT, path, body).await
+    }
+
+    /// Creates a resource and returns its id (asserting 201).
+    pub async fn create(&self, resource: &Value) -> String {
+        let resource_type = resource["resourceType"].as_str().expect("resourceType");
+        let response = self.post(resource_type, resource).await;
+        assert_eq!(response.status(), 201, "create {resource_type}");
+        body(response).await["id"].as_str().expect("id").to_string()
+    }
+
+    /// Ids of the resources a search returns, in order.
+    pub async fn search_ids(&self, query: &str) -> Vec<String> {
+        let response = self.get(query).await;
+        assert_eq!(response.status(), 200, "search {query}");
+        let bundle = body(response).await;
+        bundle["entry"]
+            .as_array()
+            .map(|entries| entries.iter().map(|e| e["resource"]["id"].as_str().unwrap_or("").to_string()).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// The response body as JSON.
+pub async fn body(response: Response) -> Value {
+    let text = response.text().await.expect("body");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// Asserts an OperationOutcome body and returns its first diagnostics text.
+pub async fn outcome(response: Response) -> String {
+    let value = body(response).await;
+    assert_eq!(value["resourceType"], "OperationOutcome", "{value}");
+    value["issue"][0]["diagnostics"].as_str().unwrap_or("").to_string()
+}
+
+/// Defines each listed async test function `fn(Db)` once per database.
+#[macro_export]
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::common::Db::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::common::Db::Postgres).await
+                }
+            )*
+        }
+    };
+}
