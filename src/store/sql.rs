@@ -274,7 +274,10 @@ macro_rules! sql_store {
                     .await
                     .map_err(classify)?;
             }
-            for table in ["search_token", "search_string", "search_reference", "search_uri"] {
+            // Version 1 has no earlier index rows to replace.
+            let tables: &[&str] =
+                if version.version == 1 { &[] } else { &["search_token", "search_string", "search_reference", "search_uri"] };
+            for table in tables {
                 sqlx::query(&format!("DELETE FROM {table} WHERE resource_type = $1 AND resource_id = $2"))
                     .bind(&version.resource_type)
                     .bind(&version.id)
