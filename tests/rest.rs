@@ -517,6 +517,7 @@ async fn batch_reports_each_entry(db: Db) {
         {"resource": {"resourceType": "Patient", "bogus": true}, "request": {"method": "POST", "url": "Patient"}},
         {"request": {"method": "GET", "url": "Patient/missing"}},
         {"request": {"method": "GET", "url": "Patient?identifier=B1"}},
+        {"resource": {"resourceType": "Bundle", "type": "batch"}, "request": {"method": "POST", "url": ""}},
     ]});
     let response = server.post("", &batch).await;
     assert_eq!(response.status(), 200);
@@ -528,6 +529,7 @@ async fn batch_reports_each_entry(db: Db) {
     assert_eq!(entries[1]["response"]["outcome"]["resourceType"], "OperationOutcome");
     assert_eq!(entries[2]["response"]["status"], "404 Not Found");
     assert_eq!(entries[3]["resource"]["entry"].as_array().unwrap().len(), 1);
+    assert_eq!(entries[4]["response"]["status"], "400 Bad Request", "bundles cannot be nested");
     assert_eq!(server.search_ids("Patient?identifier=B1").await.len(), 1);
 }
 

@@ -268,6 +268,9 @@ impl FhirService {
         let mut responses = Vec::with_capacity(raw_entries.len());
         for (index, raw) in raw_entries.iter().enumerate() {
             let outcome = match self.parse_entry(index, raw, prefer) {
+                Ok(entry) if Route::parse(&entry.request.path).is_ok_and(|r| r == Route::System) => {
+                    Err(FhirError::bad_request("bundles cannot be nested"))
+                }
                 Ok(entry) => Box::pin(self.handle(entry.request)).await,
                 Err(error) => Err(error),
             };
