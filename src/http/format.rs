@@ -108,8 +108,7 @@ pub fn parse_body(bytes: &[u8], format: Format) -> Result<Value, FhirError> {
     let json = match format {
         Format::Json => std::borrow::Cow::Borrowed(bytes),
         Format::Xml => std::borrow::Cow::Owned(
-            fhir_xml::xml_to_json(bytes)
-                .map_err(|e| FhirError::new(400, IssueCode::Structure, format!("invalid FHIR XML: {e}")))?,
+            fhir_xml::xml_to_json(bytes).map_err(|e| FhirError::new(400, IssueCode::Structure, e.to_string()))?,
         ),
     };
     serde_json::from_slice(&json).map_err(|e| FhirError::new(400, IssueCode::Structure, format!("invalid JSON: {e}")))

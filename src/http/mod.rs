@@ -67,7 +67,11 @@ async fn fhir(State(state): State<AppState>, request: Request) -> Response {
     let outcome = async {
         let path = parts.uri.path().trim_start_matches("/fhir").trim_start_matches('/').to_string();
         let method = Method::parse(parts.method.as_str()).ok_or_else(|| {
-            FhirError::new(405, IssueCode::NotSupported, format!("method {} is not supported", parts.method))
+            let allowed = crate::rest::Route::parse(&path).map(|r| r.allowed_methods()).unwrap_or("GET, HEAD");
+            FhirError::method_not_allowed(
+                format!("method {} is not supported; allowed: {allowed}", parts.method),
+                allowed,
+            )
         })?;
         let bytes = axum::body::to_bytes(body, state.max_body_bytes).await.map_err(|_| {
             FhirError::new(
@@ -186,6 +190,9 @@ fn fhir_response(response: FhirResponse, format: Format, pretty: bool) -> Respon
 
 /// An error as an OperationOutcome response; 5xx details never reach the client.
 pub fn error_response(error: FhirError, format: Format, pretty: bool) -> Response {
-    let status = error.status;
-    fhir_response(FhirResponse::new(status, Body::Json(error.outcome())), format, pretty)
+    let mut response = fhir_response(FhirResponse::new(error.status, Body::Json(error.outcome())), format, pretty);
+    if let Some(allow) = error.allow {
+        response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+    }
+    response
 }

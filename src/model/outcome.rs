@@ -113,12 +113,14 @@ pub fn operation_outcome(issues: &[Issue]) -> Value {
 pub struct FhirError {
     pub status: u16,
     pub issues: Vec<Issue>,
+    /// For 405: the methods the resource does allow (the `Allow` header).
+    pub allow: Option<&'static str>,
 }
 
 impl FhirError {
     /// An error with one issue.
     pub fn new(status: u16, code: IssueCode, diagnostics: impl Into<String>) -> Self {
-        FhirError { status, issues: vec![Issue::error(code, diagnostics)] }
+        FhirError { status, issues: vec![Issue::error(code, diagnostics)], allow: None }
     }
 
     /// 400 Bad Request.
@@ -133,7 +135,17 @@ impl FhirError {
 
     /// 422 Unprocessable Entity with validation issues.
     pub fn unprocessable(issues: Vec<Issue>) -> Self {
-        FhirError { status: 422, issues }
+        FhirError { status: 422, issues, allow: None }
+    }
+
+    /// 400 (or another status) with several issues.
+    pub fn with_issues(status: u16, issues: Vec<Issue>) -> Self {
+        FhirError { status, issues, allow: None }
+    }
+
+    /// 405 Method Not Allowed, naming the methods that are allowed.
+    pub fn method_not_allowed(diagnostics: impl Into<String>, allow: &'static str) -> Self {
+        FhirError { allow: Some(allow), ..Self::new(405, IssueCode::NotSupported, diagnostics) }
     }
 
     /// 412 Precondition Failed.
@@ -155,6 +167,24 @@ impl FhirError {
     pub fn within(mut self, context: &str) -> Self {
         for issue in &mut self.issues {
             issue.diagnostics = format!("{context}: {}", issue.diagnostics);
+        }
+        self
+    }
+
+    /// Places the error inside entry `index` of a Bundle: diagnostics name the entry, and
+    /// locations such as `Patient.birthDate` become `Bundle.entry[1].resource.birthDate`.
+    pub fn in_bundle_entry(mut self, index: usize) -> Self {
+        let entry = format!("Bundle.entry[{index}]");
+        for issue in &mut self.issues {
+            issue.diagnostics = format!("{entry}: {}", issue.diagnostics);
+            issue.expression = Some(match issue.expression.take() {
+                Some(path) if !path.starts_with("Bundle.") => match path.split_once('.') {
+                    Some((_, rest)) => format!("{entry}.resource.{rest}"),
+                    None => format!("{entry}.resource"),
+                },
+                Some(path) => path,
+                None => entry.clone(),
+            });
         }
         self
     }

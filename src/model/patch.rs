@@ -9,33 +9,58 @@ use serde_json::{Map, Value};
 
 use super::{FhirError, IssueCode};
 
-/// Applies an RFC 6902 JSON Patch document to `resource`.
-pub fn apply_json_patch(resource: &mut Value, document: &Value) -> Result<(), FhirError> {
-    let patch: json_patch::Patch = serde_json::from_value(document.clone())
-        .map_err(|e| FhirError::bad_request(format!("not a valid JSON Patch document: {e}")))?;
-    json_patch::patch(resource, &patch)
-        .map_err(|e| FhirError::new(422, IssueCode::Processing, format!("JSON Patch could not be applied: {e}")))
+/// A parsed patch document, checked before the resource it applies to is even looked up.
+#[derive(Debug)]
+pub enum PatchDocument {
+    /// RFC 6902 JSON Patch.
+    Json(json_patch::Patch),
+    /// FHIRPath Patch operations.
+    FhirPath(Vec<Operation>),
 }
 
-/// Applies a FHIRPath Patch (`Parameters` with `operation` parts) to `resource`.
-pub fn apply_fhirpath_patch(resource: &mut Value, parameters: &Value) -> Result<(), FhirError> {
-    if parameters.get("resourceType").and_then(Value::as_str) != Some("Parameters") {
-        return Err(FhirError::bad_request("a FHIRPath Patch body must be a Parameters resource"));
+impl PatchDocument {
+    /// Parses a JSON Patch document (400 when malformed).
+    pub fn json_patch(document: &Value) -> Result<Self, FhirError> {
+        serde_json::from_value(document.clone())
+            .map(PatchDocument::Json)
+            .map_err(|e| FhirError::bad_request(format!("not a valid JSON Patch document: {e}")))
     }
-    let operations = parameters.get("parameter").and_then(Value::as_array).cloned().unwrap_or_default();
-    if operations.is_empty() {
-        return Err(FhirError::bad_request("the FHIRPath Patch has no operation"));
-    }
-    for (n, operation) in operations.iter().enumerate() {
-        if operation.get("name").and_then(Value::as_str) != Some("operation") {
-            return Err(FhirError::bad_request(format!("Parameters.parameter[{n}] is not named 'operation'")));
+
+    /// Parses a FHIRPath Patch `Parameters` resource (400 when malformed).
+    pub fn fhirpath_patch(parameters: &Value) -> Result<Self, FhirError> {
+        if parameters.get("resourceType").and_then(Value::as_str) != Some("Parameters") {
+            return Err(FhirError::bad_request("a FHIRPath Patch body must be a Parameters resource"));
         }
-        let op = Operation::parse(operation)
-            .map_err(|message| FhirError::bad_request(format!("Parameters.parameter[{n}]: {message}")))?;
-        op.apply(resource)
-            .map_err(|message| FhirError::new(422, IssueCode::Processing, format!("operation {n}: {message}")))?;
+        let operations = parameters.get("parameter").and_then(Value::as_array).cloned().unwrap_or_default();
+        if operations.is_empty() {
+            return Err(FhirError::bad_request("the FHIRPath Patch has no operation"));
+        }
+        let parsed = operations.iter().enumerate().map(|(n, operation)| {
+            if operation.get("name").and_then(Value::as_str) != Some("operation") {
+                return Err(FhirError::bad_request(format!("Parameters.parameter[{n}] is not named 'operation'")));
+            }
+            Operation::parse(operation)
+                .map_err(|message| FhirError::bad_request(format!("Parameters.parameter[{n}]: {message}")))
+        });
+        parsed.collect::<Result<Vec<_>, _>>().map(PatchDocument::FhirPath)
     }
-    Ok(())
+
+    /// Applies the patch to `resource` (422 when it does not fit the resource).
+    pub fn apply(&self, resource: &mut Value) -> Result<(), FhirError> {
+        match self {
+            PatchDocument::Json(patch) => json_patch::patch(resource, patch).map_err(|e| {
+                FhirError::new(422, IssueCode::Processing, format!("JSON Patch could not be applied: {e}"))
+            }),
+            PatchDocument::FhirPath(operations) => {
+                for (n, op) in operations.iter().enumerate() {
+                    op.apply(resource).map_err(|message| {
+                        FhirError::new(422, IssueCode::Processing, format!("operation {n}: {message}"))
+                    })?;
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 /// One step of a FHIRPath path: an element name with an optional list index.
@@ -45,8 +70,9 @@ struct Step {
     index: Option<usize>,
 }
 
+/// One FHIRPath Patch operation.
 #[derive(Debug)]
-struct Operation {
+pub struct Operation {
     kind: String,
     path: Vec<Step>,
     name: Option<String>,
@@ -262,12 +288,12 @@ mod tests {
     #[test]
     fn json_patch_replaces_and_fails_cleanly() {
         let mut patient = json!({"resourceType": "Patient", "active": true});
-        apply_json_patch(&mut patient, &json!([{"op": "replace", "path": "/active", "value": false}])).unwrap();
+        let patch = PatchDocument::json_patch(&json!([{"op": "replace", "path": "/active", "value": false}])).unwrap();
+        patch.apply(&mut patient).unwrap();
         assert_eq!(patient["active"], json!(false));
-        let err = apply_json_patch(&mut patient, &json!([{"op": "remove", "path": "/nothing"}])).unwrap_err();
-        assert_eq!(err.status, 422);
-        let err = apply_json_patch(&mut patient, &json!({"op": "remove"})).unwrap_err();
-        assert_eq!(err.status, 400);
+        let missing = PatchDocument::json_patch(&json!([{"op": "remove", "path": "/nothing"}])).unwrap();
+        assert_eq!(missing.apply(&mut patient).unwrap_err().status, 422);
+        assert_eq!(PatchDocument::json_patch(&json!({"op": "remove"})).unwrap_err().status, 400);
     }
 
     #[test]
@@ -287,7 +313,7 @@ mod tests {
             json!([{"name": "type", "valueCode": "delete"}, {"name": "path", "valueString": "Patient.name[0].given[0]"}]),
         ];
         for step in steps {
-            apply_fhirpath_patch(&mut patient, &operation(step)).unwrap();
+            PatchDocument::fhirpath_patch(&operation(step)).unwrap().apply(&mut patient).unwrap();
         }
         assert_eq!(
             patient,
@@ -301,14 +327,14 @@ mod tests {
         let mut patient = json!({"resourceType": "Patient"});
         let bad =
             operation(json!([{"name": "type", "valueCode": "explode"}, {"name": "path", "valueString": "Patient"}]));
-        assert_eq!(apply_fhirpath_patch(&mut patient, &bad).unwrap_err().status, 400);
+        assert_eq!(PatchDocument::fhirpath_patch(&bad).unwrap_err().status, 400);
         let missing = operation(
             json!([{"name": "type", "valueCode": "replace"}, {"name": "path", "valueString": "Patient.gender"},
             {"name": "value", "valueCode": "male"}]),
         );
-        assert_eq!(apply_fhirpath_patch(&mut patient, &missing).unwrap_err().status, 422);
+        assert_eq!(PatchDocument::fhirpath_patch(&missing).unwrap().apply(&mut patient).unwrap_err().status, 422);
         let functions = operation(json!([{"name": "type", "valueCode": "delete"},
             {"name": "path", "valueString": "Patient.name.where(use='old')"}]));
-        assert_eq!(apply_fhirpath_patch(&mut patient, &functions).unwrap_err().status, 400);
+        assert_eq!(PatchDocument::fhirpath_patch(&functions).unwrap_err().status, 400);
     }
 }

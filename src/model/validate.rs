@@ -102,7 +102,7 @@ pub fn validate_resource(resource: &Value, expected_type: &str) -> Result<(), Fh
         issues.truncate(MAX_ISSUES);
         issues.push(Issue::error(IssueCode::Invalid, format!("{more} more issues not shown")));
     }
-    Err(FhirError { status: 400, issues })
+    Err(FhirError::with_issues(400, issues))
 }
 
 fn schema_issues(resource: &Value, resource_type: &str, issues: &mut Vec<Issue>) {
@@ -112,12 +112,43 @@ fn schema_issues(resource: &Value, resource_type: &str, issues: &mut Vec<Issue>)
     };
     for error in validator.iter_errors(resource).take(MAX_ISSUES + 1) {
         let location = pointer_to_fhirpath(resource_type, error.instance_path().as_str());
-        let mut message = error.to_string();
+        let mut message = choice_message(&error, &location).unwrap_or_else(|| error.to_string());
         if message.chars().count() > MAX_DIAGNOSTIC_CHARS {
             message = message.chars().take(MAX_DIAGNOSTIC_CHARS).collect::<String>() + "…";
         }
         issues.push(Issue::error(IssueCode::Structure, format!("{location}: {message}")).at(location));
     }
+}
+
+/// A readable message for the `oneOf` rules that guard choice elements (`value[x]`): the
+/// library's own message would print the whole instance.
+fn choice_message(error: &jsonschema::ValidationError<'_>, location: &str) -> Option<String> {
+    use jsonschema::error::ValidationErrorKind;
+    let multiple = match error.kind() {
+        ValidationErrorKind::OneOfMultipleValid { .. } => true,
+        ValidationErrorKind::OneOfNotValid { .. } => false,
+        _ => return None,
+    };
+    let pointer = error.schema_path().as_str().strip_prefix("/definitions")?;
+    let branches = SCHEMAS.definitions.pointer(pointer)?.as_array()?;
+    let variants: Vec<&str> = branches.iter().filter_map(|b| b.get("required")?.get(0)?.as_str()).collect();
+    let base = choice_base(&variants)?;
+    if multiple {
+        let given: Vec<&str> = variants.iter().copied().filter(|v| error.instance().get(*v).is_some()).collect();
+        Some(format!("{location}: only one type of {base}[x] may be given, not {}", given.join(" and ")))
+    } else {
+        Some(format!("{location}: {base}[x] is required (one of {})", variants.join(", ")))
+    }
+}
+
+/// The element name that choice variants share: `deceased` for `deceasedBoolean`/`deceasedDateTime`.
+fn choice_base<'a>(variants: &[&'a str]) -> Option<&'a str> {
+    let first = *variants.first()?;
+    let common = variants.iter().map(|v| first.bytes().zip(v.bytes()).take_while(|(a, b)| a == b).count()).min()?;
+    (1..=common)
+        .rev()
+        .find(|&k| variants.iter().all(|v| v.as_bytes().get(k).is_some_and(u8::is_ascii_uppercase)))
+        .map(|k| &first[..k])
 }
 
 /// Converts a JSON pointer (`/name/0/given`) into a FHIRPath location (`Patient.name[0].given`).
@@ -243,6 +274,55 @@ mod tests {
             "_given": [null, {"extension": [{"url": "http://x", "valueString": "y"}]}]}]});
         let issues = issues_of(patient);
         assert_eq!(issues[0].expression.as_deref(), Some("Patient.name[0].given[1]"));
+    }
+
+    #[test]
+    fn closes_the_gaps_of_the_official_schema() {
+        let cases = [
+            (json!({"resourceType": "Observation", "status": "final", "code": "abc"}), "Observation.code", "object"),
+            (
+                json!({"resourceType": "Patient", "multipleBirthInteger": 1.5}),
+                "Patient.multipleBirthInteger",
+                "not a multiple of 1",
+            ),
+            (
+                json!({"resourceType": "Appointment", "status": "booked", "participant": [{"status": "accepted"}], "minutesDuration": 0}),
+                "Appointment.minutesDuration",
+                "minimum",
+            ),
+            (
+                json!({"resourceType": "Observation", "code": {"text": "x"}}),
+                "Observation",
+                "\"status\" is a required property",
+            ),
+            (
+                json!({"resourceType": "Patient", "deceasedBoolean": true, "deceasedDateTime": "2020"}),
+                "Patient",
+                "only one type of deceased[x] may be given, not deceasedBoolean and deceasedDateTime",
+            ),
+            (
+                json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+                "component": [{"code": {"text": "y"}, "valueQuantity": {"value": 1}, "valueString": "z"}]}),
+                "Observation.component[0]",
+                "only one type of value[x]",
+            ),
+        ];
+        for (resource, location, text) in cases {
+            let issues = issues_of(resource.clone());
+            assert!(
+                issues.iter().any(|i| i.expression.as_deref() == Some(location) && i.diagnostics.contains(text)),
+                "{resource} → {issues:?}"
+            );
+        }
+        let extension = json!({"resourceType": "Patient", "extension": [{"url": "http://x", "valueString": "a", "valueBoolean": true}]});
+        assert_eq!(issues_of(extension)[0].expression.as_deref(), Some("Patient.extension[0]"));
+    }
+
+    #[test]
+    fn finds_the_base_of_choice_variants() {
+        assert_eq!(choice_base(&["deceasedBoolean", "deceasedDateTime"]), Some("deceased"));
+        assert_eq!(choice_base(&["effectiveDateTime", "effectiveDuration"]), Some("effective"));
+        assert_eq!(choice_base(&["multipleBirthBoolean", "multipleBirthInteger"]), Some("multipleBirth"));
     }
 
     #[test]

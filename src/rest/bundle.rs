@@ -56,6 +56,7 @@ impl FhirService {
         if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
             return Err(FhirError::bad_request("POST to the base needs a Bundle").with_expression("resourceType"));
         }
+        validate_resource(&without_entry_resources(&bundle), "Bundle")?;
         let kind = bundle.get("type").and_then(Value::as_str).unwrap_or("");
         let raw_entries = match bundle.get("entry") {
             None => Vec::new(),
@@ -155,7 +156,7 @@ impl FhirService {
         let mut planned: HashMap<usize, PlannedCreate> = HashMap::new();
         let mut targets: HashMap<String, String> = HashMap::new();
         for entry in &entries {
-            let context = |e: FhirError| e.within(&format!("Bundle.entry[{}]", entry.index));
+            let context = |e: FhirError| e.in_bundle_entry(entry.index);
             let location = match (entry.request.method, Route::parse(&entry.request.path).map_err(context)?) {
                 (Method::Post, Route::Type(t)) => {
                     let plan = match &entry.request.conditions.if_none_exist {
@@ -193,7 +194,7 @@ impl FhirService {
         for entry in &mut entries {
             if let Some(body) = &mut entry.request.body {
                 let index = entry.index;
-                let context = |e: FhirError| e.within(&format!("Bundle.entry[{index}]"));
+                let context = |e: FhirError| e.in_bundle_entry(index);
                 self.rewrite_references(tx.as_mut(), body, &targets).await.map_err(context)?;
             }
         }
@@ -202,7 +203,7 @@ impl FhirService {
             let response = match planned.remove(&entry.index) {
                 Some(PlannedCreate::Existing(existing)) => version_response(200, &existing),
                 Some(PlannedCreate::New { resource_type, id }) => {
-                    let context = |e: FhirError| e.within(&format!("Bundle.entry[{}]", entry.index));
+                    let context = |e: FhirError| e.in_bundle_entry(entry.index);
                     let resource = entry
                         .request
                         .body
@@ -224,7 +225,7 @@ impl FhirService {
 
     /// Runs one transaction entry inside `tx`; its error names the entry.
     async fn run_entry(&self, tx: &mut dyn StoreTx, entry: &Entry) -> Result<FhirResponse, FhirError> {
-        let context = |e: FhirError| e.within(&format!("Bundle.entry[{}]", entry.index));
+        let context = |e: FhirError| e.in_bundle_entry(entry.index);
         let route = Route::parse(&entry.request.path).map_err(context)?;
         if route == Route::System {
             return Err(context(FhirError::bad_request("bundles cannot be nested")));
@@ -275,12 +276,24 @@ impl FhirService {
                 Err(error) => Err(error),
             };
             responses.push(outcome.unwrap_or_else(|error| {
-                let error = error.within(&format!("Bundle.entry[{index}]"));
+                let error = error.in_bundle_entry(index);
                 FhirResponse::new(error.status, Body::Json(error.outcome()))
             }));
         }
         response_bundle("batch-response", responses)
     }
+}
+
+/// The Bundle with its entries' resources left out: each of those is validated on its own by
+/// the interaction that stores it, so the Bundle's own structure is checked without them.
+fn without_entry_resources(bundle: &Value) -> Value {
+    let mut shell = bundle.clone();
+    if let Some(entries) = shell.get_mut("entry").and_then(Value::as_array_mut) {
+        for entry in entries.iter_mut().filter_map(Value::as_object_mut) {
+            entry.remove("resource");
+        }
+    }
+    shell
 }
 
 fn is_conditional_reference(text: &str) -> bool {

@@ -52,6 +52,18 @@ impl Method {
         }
     }
 
+    /// The HTTP name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Patch => "PATCH",
+            Method::Delete => "DELETE",
+        }
+    }
+
     fn writes(self) -> bool {
         matches!(self, Method::Post | Method::Put | Method::Patch | Method::Delete)
     }
@@ -222,10 +234,14 @@ impl FhirService {
                 crate::model::IssueCode::NotSupported,
                 "system-wide search is not supported yet; search a resource type instead",
             )),
-            (method, route) => Err(FhirError::new(
-                405,
-                crate::model::IssueCode::NotSupported,
-                format!("{method:?} is not allowed on {route:?}"),
+            (method, route) => Err(FhirError::method_not_allowed(
+                format!(
+                    "{} is not allowed on {}; allowed: {}",
+                    method.as_str(),
+                    route.describe(),
+                    route.allowed_methods()
+                ),
+                route.allowed_methods(),
             )),
         }
     }

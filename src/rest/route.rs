@@ -68,6 +68,38 @@ impl Route {
     }
 }
 
+impl Route {
+    /// The methods this endpoint answers (the `Allow` header of a 405).
+    pub fn allowed_methods(&self) -> &'static str {
+        match self {
+            Route::System => "GET, HEAD, POST",
+            Route::Metadata
+            | Route::SystemHistory
+            | Route::TypeHistory(_)
+            | Route::InstanceHistory(..)
+            | Route::Version(..) => "GET, HEAD",
+            Route::Type(_) => "GET, HEAD, POST, PUT, PATCH, DELETE",
+            Route::TypeSearch(_) => "POST",
+            Route::Instance(..) => "GET, HEAD, PUT, PATCH, DELETE",
+        }
+    }
+
+    /// The endpoint as a path, for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Route::System => "the base URL".to_string(),
+            Route::Metadata => "metadata".to_string(),
+            Route::SystemHistory => "_history".to_string(),
+            Route::Type(t) => t.clone(),
+            Route::TypeSearch(t) => format!("{t}/_search"),
+            Route::TypeHistory(t) => format!("{t}/_history"),
+            Route::Instance(t, id) => format!("{t}/{id}"),
+            Route::InstanceHistory(t, id) => format!("{t}/{id}/_history"),
+            Route::Version(t, id, v) => format!("{t}/{id}/_history/{v}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

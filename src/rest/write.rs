@@ -6,9 +6,10 @@ use serde_json::Value;
 use super::source::Source;
 use super::{store_error, Body, Conditions, FhirRequest, FhirResponse, FhirService, PatchFormat, PreferReturn};
 use crate::model::outcome::operation_outcome;
+use crate::model::patch::PatchDocument;
 use crate::model::resource::{is_valid_id, new_id, now, stamp};
 use crate::model::validate::validate_resource;
-use crate::model::{patch, FhirError, Issue, IssueCode};
+use crate::model::{FhirError, Issue, IssueCode};
 use crate::search::index::index_resource;
 use crate::search::params::{parse_search, Paging};
 use crate::store::{IndexRows, ResourceVersion, StoreTx, WriteMethod};
@@ -175,16 +176,9 @@ impl FhirService {
         request: FhirRequest,
     ) -> Result<FhirResponse, FhirError> {
         let document = required_body(request.body)?;
-        let current = tx.current(resource_type, id).await.map_err(store_error)?;
-        check_if_match(&request.conditions, current.as_ref())?;
-        let current = current.ok_or_else(|| not_found(resource_type, id))?;
-        if current.deleted {
-            return Err(gone(resource_type, id, current.version));
-        }
-        let mut resource: Value = serde_json::from_slice(&current.body).map_err(|_| FhirError::internal())?;
-        match request.patch_format {
-            Some(PatchFormat::JsonPatch) => patch::apply_json_patch(&mut resource, &document)?,
-            Some(PatchFormat::FhirPathPatch) => patch::apply_fhirpath_patch(&mut resource, &document)?,
+        let patch = match request.patch_format {
+            Some(PatchFormat::JsonPatch) => PatchDocument::json_patch(&document)?,
+            Some(PatchFormat::FhirPathPatch) => PatchDocument::fhirpath_patch(&document)?,
             None => {
                 return Err(FhirError::new(
                     415,
@@ -192,7 +186,15 @@ impl FhirService {
                     "PATCH needs application/json-patch+json or a FHIRPath Patch Parameters body",
                 ))
             }
+        };
+        let current = tx.current(resource_type, id).await.map_err(store_error)?;
+        check_if_match(&request.conditions, current.as_ref())?;
+        let current = current.ok_or_else(|| not_found(resource_type, id))?;
+        if current.deleted {
+            return Err(gone(resource_type, id, current.version));
         }
+        let mut resource: Value = serde_json::from_slice(&current.body).map_err(|_| FhirError::internal())?;
+        patch.apply(&mut resource)?;
         if resource.get("id").and_then(Value::as_str) != Some(id) {
             return Err(FhirError::new(422, IssueCode::Processing, "a patch may not change or remove the resource id"));
         }

@@ -161,11 +161,8 @@ pub fn parse_local_reference<'a>(reference: &'a str, base_url: &str) -> Option<(
     };
     let mut parts = relative.split('/');
     let (resource_type, id) = (parts.next()?, parts.next()?);
-    let valid_rest = match (parts.next(), parts.next(), parts.next()) {
-        (None, _, _) => true,
-        (Some("_history"), Some(_), None) => true,
-        _ => false,
-    };
+    let valid_rest =
+        matches!((parts.next(), parts.next(), parts.next()), (None, _, _) | (Some("_history"), Some(_), None));
     (valid_rest && crate::model::validate::is_resource_type(resource_type) && crate::model::resource::is_valid_id(id))
         .then_some((resource_type, id))
 }

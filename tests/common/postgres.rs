@@ -91,5 +91,7 @@ fn spawn_watchdog(bin: &Path, dir: &Path, data: &str) {
         pid = std::process::id(),
         dir = dir.display()
     );
+    // The watchdog must outlive this process, so it is deliberately never waited for.
+    #[allow(clippy::zombie_processes)]
     Command::new("setsid").args(["sh", "-c", &script]).spawn().expect("spawn the cluster watchdog");
 }

@@ -33,6 +33,9 @@
 //!   elements, required elements, booleans, integers and decimals) but not the
 //!   lexical form of most primitives: codes, dates and the like pass through as
 //!   strings. Validate the converted JSON like any other incoming JSON.
+//! - fhirbolt 0.4.0 panics on a namespace URI that is not UTF-8; input is checked to
+//!   be UTF-8 first, and any other panic inside fhirbolt is caught and turned into a
+//!   [`ConversionError`].
 
 use std::fmt;
 use std::panic::{self, AssertUnwindSafe};
@@ -74,7 +77,7 @@ const INLINE_XML_DEPTH: usize = 16;
 /// As [`INLINE_XML_DEPTH`], for JSON nesting.
 const INLINE_JSON_DEPTH: usize = 2 * INLINE_XML_DEPTH;
 /// Stack size for deep documents. Only the pages actually touched are committed.
-const BIG_STACK: usize = 64 << 20;
+const BIG_STACK: usize = 16 << 20;
 
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
@@ -123,6 +126,9 @@ pub fn xml_to_json(xml: &[u8]) -> Result<Vec<u8>, ConversionError> {
 /// rather than being dropped silently; the server's own additions (`meta.versionId`,
 /// `meta.lastUpdated`, Bundle `total`, `link`, `entry.fullUrl`, `entry.search`, ...)
 /// are ordinary FHIR and pass. Nesting deeper than [`MAX_JSON_DEPTH`] is an error.
+/// fhirbolt's strict JSON mode is still lenient in places that do not matter for
+/// stored JSON: it accepts strings for booleans and integers, a single object where
+/// an array belongs, repeated keys (the last wins) and anything after the resource.
 ///
 /// The output always starts with `<?xml version="1.0" encoding="UTF-8"?>` and the
 /// root element declares `xmlns="http://hl7.org/fhir"`. With `pretty` each element
