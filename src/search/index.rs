@@ -6,8 +6,12 @@ use std::collections::HashSet;
 use serde_json::Value;
 use unicode_normalization::{char::is_combining_mark, UnicodeNormalization};
 
+use super::date::{parse_range, DateRange, OPEN_HIGH, OPEN_LOW};
 use super::{ParamKind, Registry, SearchParam};
-use crate::store::{IndexRows, ReferenceRow, StringRow, TokenRow, UriRow};
+use crate::store::{DateRow, IndexRows, NumberRow, QuantityRow, ReferenceRow, StringRow, TokenRow, UriRow};
+
+/// The code system of Money currencies.
+const CURRENCY_SYSTEM: &str = "urn:iso:std:iso:4217";
 
 /// String parts of complex types that string parameters search (HumanName, Address).
 const STRING_PARTS: &[&str] =
@@ -26,7 +30,7 @@ pub fn index_resource(registry: &Registry, resource: &Value, base_url: &str) -> 
     };
     let mut rows = RowSet::default();
     for param in registry.params_for(resource_type) {
-        // `_id` is the id column itself; other kinds arrive with the search engine.
+        // `_id` is the id column itself.
         if param.code == "_id" || !param.kind.is_supported() {
             continue;
         }
@@ -44,6 +48,9 @@ struct RowSet {
     strings: HashSet<StringRow>,
     references: HashSet<ReferenceRow>,
     uris: HashSet<UriRow>,
+    dates: HashSet<DateRow>,
+    numbers: Vec<NumberRow>,
+    quantities: Vec<QuantityRow>,
 }
 
 impl RowSet {
@@ -57,7 +64,27 @@ impl RowSet {
                     self.uris.insert(UriRow { param: param.code.clone(), value: text.to_string() });
                 }
             }
-            _ => {}
+            ParamKind::Date => {
+                if let Some(range) = date_range(value) {
+                    self.dates.insert(DateRow { param: param.code.clone(), low: range.low, high: range.high });
+                }
+            }
+            ParamKind::Number => {
+                if let Some(number) = value.as_f64() {
+                    let row = NumberRow { param: param.code.clone(), value: number };
+                    if !self.numbers.contains(&row) {
+                        self.numbers.push(row);
+                    }
+                }
+            }
+            ParamKind::Quantity => {
+                if let Some(row) = quantity_row(&param.code, value) {
+                    if !self.quantities.contains(&row) {
+                        self.quantities.push(row);
+                    }
+                }
+            }
+            ParamKind::Composite | ParamKind::Special => {}
         }
     }
 
@@ -134,7 +161,11 @@ impl RowSet {
             strings: self.strings.into_iter().collect(),
             references: self.references.into_iter().collect(),
             uris: self.uris.into_iter().collect(),
+            dates: self.dates.into_iter().collect(),
+            numbers: self.numbers,
+            quantities: self.quantities,
         };
+        rows.dates.sort_by(|a, b| (&a.param, a.low, a.high).cmp(&(&b.param, b.low, b.high)));
         // Deterministic order keeps writes reproducible and tests simple.
         rows.tokens.sort_by(|a, b| (&a.param, &a.system, &a.code).cmp(&(&b.param, &b.system, &b.code)));
         rows.strings.sort_by(|a, b| (&a.param, &a.exact).cmp(&(&b.param, &b.exact)));
@@ -149,6 +180,45 @@ impl RowSet {
         rows.uris.sort_by(|a, b| (&a.param, &a.value).cmp(&(&b.param, &b.value)));
         rows
     }
+}
+
+/// The interval a date-like element covers: a date/dateTime/instant, a Period (open ends
+/// unbounded), or a Timing (from its first to its last event, or its bounds).
+fn date_range(value: &Value) -> Option<DateRange> {
+    match value {
+        Value::String(text) => parse_range(text),
+        Value::Object(object) if object.contains_key("start") || object.contains_key("end") => {
+            let bound = |name: &str| object.get(name).and_then(Value::as_str).and_then(parse_range);
+            let (start, end) = (bound("start"), bound("end"));
+            if start.is_none() && end.is_none() {
+                return None;
+            }
+            Some(DateRange { low: start.map_or(OPEN_LOW, |r| r.low), high: end.map_or(OPEN_HIGH, |r| r.high) })
+        }
+        Value::Object(object) if object.contains_key("event") || object.contains_key("repeat") => {
+            let mut ranges: Vec<DateRange> =
+                object.get("event").and_then(Value::as_array).into_iter().flatten().filter_map(date_range).collect();
+            if let Some(bounds) = object.get("repeat").and_then(|r| r.get("boundsPeriod")) {
+                ranges.extend(date_range(bounds));
+            }
+            let low = ranges.iter().map(|r| r.low).min()?;
+            let high = ranges.iter().map(|r| r.high).max()?;
+            Some(DateRange { low, high })
+        }
+        _ => None,
+    }
+}
+
+/// A Quantity (or Money, Age, Duration…) with a numeric value.
+fn quantity_row(param: &str, value: &Value) -> Option<QuantityRow> {
+    let object = value.as_object()?;
+    let number = object.get("value")?.as_f64()?;
+    let text = |name: &str| object.get(name).and_then(Value::as_str).map(str::to_string);
+    let (system, code) = match text("currency") {
+        Some(currency) => (Some(CURRENCY_SYSTEM.to_string()), Some(currency)),
+        None => (text("system"), text("code")),
+    };
+    Some(QuantityRow { param: param.to_string(), value: number, system, code, unit: text("unit") })
 }
 
 /// A local reference split into type and id: `Patient/1`, `Patient/1/_history/2`, or an
@@ -231,6 +301,34 @@ mod tests {
         assert!(rows.references.iter().any(|r| r.param == "general-practitioner"
             && r.target_type.as_deref() == Some("Practitioner")
             && r.target_id.as_deref() == Some("dr1")));
+    }
+
+    #[test]
+    fn indexes_dates_numbers_and_quantities() {
+        let observation = json!({"resourceType": "Observation", "status": "final", "code": {"text": "glucose"},
+            "effectivePeriod": {"start": "2024-03-05T09:30:00Z"},
+            "valueQuantity": {"value": 5.4, "unit": "mmol/L", "system": "http://unitsofmeasure.org", "code": "mmol/L"}});
+        let rows = index_resource(Registry::standard(), &observation, BASE);
+        let date = rows.dates.iter().find(|d| d.param == "date").unwrap();
+        assert_eq!(date.low, parse_range("2024-03-05T09:30:00Z").unwrap().low);
+        assert_eq!(date.high, OPEN_HIGH);
+        let quantity = rows.quantities.iter().find(|q| q.param == "value-quantity").unwrap();
+        assert_eq!((quantity.value, quantity.code.as_deref()), (5.4, Some("mmol/L")));
+
+        let invoice = json!({"resourceType": "Invoice", "status": "issued", "date": "2025-01-02",
+            "totalGross": {"value": 120.50, "currency": "USD"}});
+        let rows = index_resource(Registry::standard(), &invoice, BASE);
+        let total = rows.quantities.iter().find(|q| q.param == "totalgross").unwrap();
+        assert_eq!(
+            (total.value, total.system.as_deref(), total.code.as_deref()),
+            (120.5, Some(CURRENCY_SYSTEM), Some("USD"))
+        );
+        assert_eq!(rows.dates.iter().find(|d| d.param == "date").unwrap().low, parse_range("2025-01-02").unwrap().low);
+
+        let risk = json!({"resourceType": "RiskAssessment", "status": "final", "subject": {"reference": "Patient/1"},
+            "prediction": [{"probabilityDecimal": 0.25}]});
+        let rows = index_resource(Registry::standard(), &risk, BASE);
+        assert_eq!(rows.numbers, vec![NumberRow { param: "probability".into(), value: 0.25 }]);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! resource into index rows, and the parser that turns URL parameters into a store query.
 //! Nothing here does I/O.
 
+pub mod date;
 pub mod fhirpath;
 pub mod index;
 pub mod params;

@@ -6,10 +6,11 @@
 //! cannot apply are errors under `Prefer: handling=strict` and are otherwise ignored and left
 //! out of the `self` link, as FHIR R4 search.html prescribes.
 
+use super::date::{approximate, parse_range, Prefix};
 use super::index::{normalize, parse_local_reference};
 use super::{ParamKind, Registry};
 use crate::model::{FhirError, IssueCode};
-use crate::store::{Condition, SearchQuery, StringMatch, TokenSystem};
+use crate::store::{Comparison, Condition, SearchQuery, StringMatch, TokenSystem};
 
 /// Parameters that steer the result rather than select resources; the HTTP layer and the
 /// paging code read them.
@@ -132,9 +133,76 @@ fn parse_condition(
         (ParamKind::Reference, Some(target)) if crate::model::validate::is_resource_type(target) => {
             Ok(parse_reference(param, Some(target), value, base_url))
         }
+        (ParamKind::Date, None) => parse_date(param, value),
+        (ParamKind::Number, None) => {
+            let (comparison, number, low, high) = parse_number(code, value)?;
+            Ok(Condition::Number { param, comparison, value: number, low, high })
+        }
+        (ParamKind::Quantity, None) => parse_quantity(param, value),
         (_, Some(m)) => Err(unsupported_modifier(code, m)),
         (_, None) => Err(FhirError::bad_request(format!("search parameter '{code}' is not supported"))),
     }
+}
+
+fn comparison_of(prefix: Prefix) -> Comparison {
+    match prefix {
+        Prefix::Eq | Prefix::Ap => Comparison::Eq,
+        Prefix::Ne => Comparison::Ne,
+        Prefix::Gt => Comparison::Gt,
+        Prefix::Lt => Comparison::Lt,
+        Prefix::Ge => Comparison::Ge,
+        Prefix::Le => Comparison::Le,
+        Prefix::Sa => Comparison::Sa,
+        Prefix::Eb => Comparison::Eb,
+    }
+}
+
+fn parse_date(param: String, value: &str) -> Result<Condition, FhirError> {
+    let (prefix, text) = Prefix::split(value);
+    let mut range = parse_range(text).ok_or_else(|| {
+        FhirError::bad_request(format!("'{text}' is not a FHIR date, dateTime or instant (search parameter '{param}')"))
+    })?;
+    if prefix == Prefix::Ap {
+        range = approximate(range, crate::model::resource::now());
+    }
+    Ok(Condition::Date { param, comparison: comparison_of(prefix), low: range.low, high: range.high })
+}
+
+/// A searched number with its implicit precision: `100` means [99.5, 100.5), `1.50` means
+/// [1.495, 1.505), `1e2` means [50, 150).
+fn parse_number(code: &str, value: &str) -> Result<(Comparison, f64, f64, f64), FhirError> {
+    let (prefix, text) = Prefix::split(value);
+    let invalid = || FhirError::bad_request(format!("'{text}' is not a number (search parameter '{code}')"));
+    let number: f64 = text.parse().map_err(|_| invalid())?;
+    if !number.is_finite() || text.starts_with('+') || text.contains(['n', 'N', 'i', 'I']) {
+        return Err(invalid());
+    }
+    let (mantissa, exponent) = match text.split_once(['e', 'E']) {
+        Some((m, e)) => (m, e.parse::<i32>().map_err(|_| invalid())?),
+        None => (text, 0),
+    };
+    let decimals = mantissa.split_once('.').map_or(0, |(_, fraction)| fraction.len() as i32);
+    let half_step = 0.5 * 10f64.powi(exponent - decimals);
+    let (low, high) = if prefix == Prefix::Ap {
+        let slack = (number.abs() * 0.1).max(half_step);
+        (number - slack, number + slack)
+    } else {
+        (number - half_step, number + half_step)
+    };
+    Ok((comparison_of(prefix), number, low, high))
+}
+
+fn parse_quantity(param: String, value: &str) -> Result<Condition, FhirError> {
+    let parts = split_unescaped(value, '|');
+    let (number, system, code) = match parts.as_slice() {
+        [number] => (number.as_str(), None, None),
+        [number, system, code] => (number.as_str(), Some(system.clone()), Some(code.clone())),
+        _ => return Err(FhirError::bad_request(format!("'{value}' is not a quantity (number|system|code)"))),
+    };
+    let (comparison, number, low, high) = parse_number(&param, number)?;
+    let system = system.filter(|s| !s.is_empty());
+    let code = code.filter(|c| !c.is_empty());
+    Ok(Condition::Quantity { param, comparison, value: number, low, high, system, code })
 }
 
 fn parse_token(param: String, value: &str) -> Condition {
@@ -262,6 +330,39 @@ mod tests {
             parsed.query.all_of[1],
             vec![Condition::String { param: "family".into(), value: "Doe".into(), matching: StringMatch::Exact }]
         );
+    }
+
+    #[test]
+    fn parses_dates_numbers_and_quantities() {
+        let parsed = parse(
+            "Observation",
+            &[("date", "ge2024-03"), ("value-quantity", "le5.40|http://unitsofmeasure.org|mmol/L")],
+            true,
+        )
+        .unwrap();
+        let march = parse_range("2024-03").unwrap();
+        assert_eq!(
+            parsed.query.all_of[0],
+            vec![Condition::Date {
+                param: "date".into(),
+                comparison: Comparison::Ge,
+                low: march.low,
+                high: march.high
+            }]
+        );
+        match &parsed.query.all_of[1][0] {
+            Condition::Quantity { comparison, value, low, high, system, code, .. } => {
+                assert_eq!((*comparison, *value), (Comparison::Le, 5.4));
+                assert!((low - 5.395).abs() < 1e-9 && (high - 5.405).abs() < 1e-9);
+                assert_eq!((system.as_deref(), code.as_deref()), (Some("http://unitsofmeasure.org"), Some("mmol/L")));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(parse_number("n", "100").unwrap(), (Comparison::Eq, 100.0, 99.5, 100.5));
+        assert_eq!(parse_number("n", "1e2").unwrap(), (Comparison::Eq, 100.0, 50.0, 150.0));
+        assert!(parse("Observation", &[("date", "2024-13")], true).is_err());
+        assert!(parse("RiskAssessment", &[("probability", "gtabc")], true).is_err());
+        assert!(parse("RiskAssessment", &[("probability", "NaN")], true).is_err());
     }
 
     #[test]

@@ -41,7 +41,7 @@ impl ParamKind {
 
     /// Whether this server indexes and searches parameters of this kind yet.
     pub fn is_supported(self) -> bool {
-        matches!(self, ParamKind::String | ParamKind::Token | ParamKind::Reference | ParamKind::Uri)
+        !matches!(self, ParamKind::Composite | ParamKind::Special)
     }
 }
 

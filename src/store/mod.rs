@@ -14,7 +14,7 @@ use bytes::Bytes;
 use time::OffsetDateTime;
 
 pub use postgres::PostgresStore;
-pub use query::{Condition, SearchQuery, StringMatch, TokenSystem};
+pub use query::{Comparison, Condition, SearchQuery, StringMatch, TokenSystem};
 pub use sqlite::SqliteStore;
 
 /// How a version came to be, as shown in history bundles (`Bundle.entry.request.method`).
@@ -91,6 +91,31 @@ pub struct UriRow {
     pub value: String,
 }
 
+/// A date index row: the half-open interval `[low, high)` in microseconds since the epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DateRow {
+    pub param: String,
+    pub low: i64,
+    pub high: i64,
+}
+
+/// A number index row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NumberRow {
+    pub param: String,
+    pub value: f64,
+}
+
+/// A quantity index row (Quantity, Money, Age, Duration…).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantityRow {
+    pub param: String,
+    pub value: f64,
+    pub system: Option<String>,
+    pub code: Option<String>,
+    pub unit: Option<String>,
+}
+
 /// Everything the search index holds for one resource version.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct IndexRows {
@@ -98,6 +123,9 @@ pub struct IndexRows {
     pub strings: Vec<StringRow>,
     pub references: Vec<ReferenceRow>,
     pub uris: Vec<UriRow>,
+    pub dates: Vec<DateRow>,
+    pub numbers: Vec<NumberRow>,
+    pub quantities: Vec<QuantityRow>,
 }
 
 /// Which history to read.

@@ -23,8 +23,25 @@ pub enum StringMatch {
     Exact,
 }
 
+/// How an indexed value or interval compares with the searched one (FHIR search prefixes).
+/// For dates both sides are intervals `[low, high)`; for numbers and quantities the indexed
+/// value is a point and `[low, high)` is the searched value with its implicit precision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Comparison {
+    Eq,
+    Ne,
+    Gt,
+    Lt,
+    Ge,
+    Le,
+    /// Starts after the searched interval.
+    Sa,
+    /// Ends before the searched interval.
+    Eb,
+}
+
 /// One condition on a resource.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Condition {
     /// `_id`.
     Id(String),
@@ -38,10 +55,24 @@ pub enum Condition {
     ReferenceUrl { param: String, url: String },
     /// A uri parameter, exact match.
     Uri { param: String, value: String },
+    /// A date parameter against the interval `[low, high)`.
+    Date { param: String, comparison: Comparison, low: i64, high: i64 },
+    /// A number parameter: `value` is the number searched, `[low, high)` its precision range.
+    Number { param: String, comparison: Comparison, value: f64, low: f64, high: f64 },
+    /// A quantity parameter, optionally restricted to a system and a code (or unit).
+    Quantity {
+        param: String,
+        comparison: Comparison,
+        value: f64,
+        low: f64,
+        high: f64,
+        system: Option<String>,
+        code: Option<String>,
+    },
 }
 
 /// A search over one resource type, ordered by id, paged by keyset.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SearchQuery {
     pub resource_type: String,
     /// All of these groups must match; within a group any condition may match.

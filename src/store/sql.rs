@@ -12,6 +12,17 @@ use super::StoreError;
 /// How many index rows go into one multi-row INSERT (keeps well under SQLite's variable limit).
 pub(super) const INSERT_CHUNK: usize = 500;
 
+/// Every search index table (each has `resource_type` and `resource_id` columns).
+pub(super) const INDEX_TABLES: &[&str] = &[
+    "search_token",
+    "search_string",
+    "search_reference",
+    "search_uri",
+    "search_date",
+    "search_number",
+    "search_quantity",
+];
+
 /// The column list every resource-version query selects, in the order [`sql_store!`] decodes.
 pub(super) const VERSION_COLUMNS: &str = "resource_type, id, version, last_updated, deleted, method, body";
 
@@ -196,8 +207,99 @@ macro_rules! sql_store {
                     exists(qb, "search_uri", param);
                     qb.push(" AND i.value = ").push_bind(value.clone());
                 }
+                Condition::Date { param, comparison, low, high } => {
+                    exists(qb, "search_date", param);
+                    qb.push(" AND ");
+                    push_interval_comparison(qb, *comparison, *low, *high);
+                }
+                Condition::Number { param, comparison, value, low, high } => {
+                    exists(qb, "search_number", param);
+                    qb.push(" AND ");
+                    push_point_comparison(qb, *comparison, *value, *low, *high);
+                }
+                Condition::Quantity { param, comparison, value, low, high, system, code } => {
+                    exists(qb, "search_quantity", param);
+                    qb.push(" AND ");
+                    push_point_comparison(qb, *comparison, *value, *low, *high);
+                    match (system, code) {
+                        (Some(system), Some(code)) => {
+                            qb.push(" AND i.system = ").push_bind(system.clone());
+                            qb.push(" AND i.code = ").push_bind(code.clone());
+                        }
+                        (None, Some(code)) => {
+                            qb.push(" AND (i.code = ").push_bind(code.clone());
+                            qb.push(" OR i.unit = ").push_bind(code.clone()).push(")");
+                        }
+                        (Some(system), None) => {
+                            qb.push(" AND i.system = ").push_bind(system.clone());
+                        }
+                        (None, None) => {}
+                    }
+                }
             }
             qb.push(")");
+        }
+
+        /// Index interval `[i.low, i.high)` against the searched `[low, high)` (FHIR R4 prefixes).
+        fn push_interval_comparison(qb: &mut Builder, comparison: $crate::store::Comparison, low: i64, high: i64) {
+            use $crate::store::Comparison::*;
+            let contained = |qb: &mut Builder| {
+                qb.push("(i.low >= ").push_bind(low).push(" AND i.high <= ").push_bind(high).push(")");
+            };
+            match comparison {
+                Eq => contained(qb),
+                Ne => {
+                    qb.push("NOT ");
+                    contained(qb);
+                }
+                Gt => {
+                    qb.push("i.high > ").push_bind(high);
+                }
+                Lt => {
+                    qb.push("i.low < ").push_bind(low);
+                }
+                Ge => {
+                    qb.push("(i.high > ").push_bind(high).push(" OR ");
+                    contained(qb);
+                    qb.push(")");
+                }
+                Le => {
+                    qb.push("(i.low < ").push_bind(low).push(" OR ");
+                    contained(qb);
+                    qb.push(")");
+                }
+                Sa => {
+                    qb.push("i.low >= ").push_bind(high);
+                }
+                Eb => {
+                    qb.push("i.high <= ").push_bind(low);
+                }
+            }
+        }
+
+        /// Indexed point `i.value` against the searched `value` with precision range `[low, high)`.
+        fn push_point_comparison(qb: &mut Builder, comparison: $crate::store::Comparison, value: f64, low: f64, high: f64) {
+            use $crate::store::Comparison::*;
+            match comparison {
+                Eq => {
+                    qb.push("(i.value >= ").push_bind(low).push(" AND i.value < ").push_bind(high).push(")");
+                }
+                Ne => {
+                    qb.push("NOT (i.value >= ").push_bind(low).push(" AND i.value < ").push_bind(high).push(")");
+                }
+                Gt | Sa => {
+                    qb.push("i.value > ").push_bind(value);
+                }
+                Lt | Eb => {
+                    qb.push("i.value < ").push_bind(value);
+                }
+                Ge => {
+                    qb.push("i.value >= ").push_bind(value);
+                }
+                Le => {
+                    qb.push("i.value <= ").push_bind(value);
+                }
+            }
         }
 
         fn push_filters(qb: &mut Builder, query: &$crate::store::SearchQuery) {
@@ -275,8 +377,7 @@ macro_rules! sql_store {
                     .map_err(classify)?;
             }
             // Version 1 has no earlier index rows to replace.
-            let tables: &[&str] =
-                if version.version == 1 { &[] } else { &["search_token", "search_string", "search_reference", "search_uri"] };
+            let tables: &[&str] = if version.version == 1 { &[] } else { $crate::store::sql::INDEX_TABLES };
             for table in tables {
                 sqlx::query(&format!("DELETE FROM {table} WHERE resource_type = $1 AND resource_id = $2"))
                     .bind(&version.resource_type)
@@ -311,6 +412,19 @@ macro_rules! sql_store {
             });
             insert_rows!(index.uris, "search_uri", "param, value", |b, row| {
                 b.push_bind(row.param.clone()).push_bind(row.value.clone());
+            });
+            insert_rows!(index.dates, "search_date", "param, low, high", |b, row| {
+                b.push_bind(row.param.clone()).push_bind(row.low).push_bind(row.high);
+            });
+            insert_rows!(index.numbers, "search_number", "param, value", |b, row| {
+                b.push_bind(row.param.clone()).push_bind(row.value);
+            });
+            insert_rows!(index.quantities, "search_quantity", "param, value, system, code, unit", |b, row| {
+                b.push_bind(row.param.clone())
+                    .push_bind(row.value)
+                    .push_bind(row.system.clone())
+                    .push_bind(row.code.clone())
+                    .push_bind(row.unit.clone());
             });
             Ok(())
         }
