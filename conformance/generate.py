@@ -9,6 +9,7 @@ and writes reduced, deterministic forms of what the server needs:
                            tightened from the StructureDefinitions (see tighten_schema)
 - search-parameters.json   every SearchParameter: url, code, base, type, expression, target, component
 - compartments.json        the CompartmentDefinitions: resource type -> search parameter names
+- summary-elements.json    per resource type, the top-level elements `_summary=true` keeps
 
 Usage: python3 conformance/generate.py [PATH_TO_UNPACKED_PACKAGE]
 """
@@ -148,6 +149,26 @@ def tighten_schema(schema, files):
                     names.append(name)
 
 
+def summary_elements(files):
+    """Top-level elements of each resource type that `_summary=true` keeps (isSummary, or
+    mandatory). Choice elements are listed by their base name (`value` for `value[x]`)."""
+    out = {}
+    for file_name, sd in sorted(files.items()):
+        if not file_name.startswith("StructureDefinition-") or sd.get("kind") != "resource":
+            continue
+        if sd.get("derivation") != "specialization" or sd.get("abstract"):
+            continue
+        names = []
+        for element in sd.get("snapshot", {}).get("element", []):
+            parts = element["path"].split(".")
+            if len(parts) != 2:
+                continue
+            if element.get("isSummary") or element.get("min", 0) >= 1:
+                names.append(parts[1].removesuffix("[x]"))
+        out[sd["type"]] = names
+    return out
+
+
 def search_parameters(files):
     params = []
     for name, res in sorted(files.items()):
@@ -197,6 +218,7 @@ def main():
     write("fhir.schema.json", schema)
     write("search-parameters.json", search_parameters(files))
     write("compartments.json", compartments(files))
+    write("summary-elements.json", summary_elements(files))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,19 @@ fn fixtures() -> Vec<Value> {
     vec![
         json!({"resourceType": "Patient", "id": "pat-anna", "gender": "female", "birthDate": "1980-04-02",
             "name": [{"family": "Ångström", "given": ["Anna"]}],
-            "identifier": [{"system": "http://hospital.example/mrn", "value": "A1"}]}),
+            "identifier": [{"system": "http://hospital.example/mrn", "value": "A1",
+                "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}]}}],
+            "generalPractitioner": [{"reference": "Practitioner/prac-house"}]}),
+        json!({"resourceType": "Practitioner", "id": "prac-house", "name": [{"family": "House", "given": ["Gregory"]}]}),
+        json!({"resourceType": "Practitioner", "id": "prac-who", "name": [{"family": "Who"}],
+            "identifier": [{"system": "http://hl7.org/fhir/sid/us-npi", "value": "999"}]}),
+        json!({"resourceType": "Provenance", "id": "prov-1", "target": [{"reference": "Observation/obs-glucose-1"}],
+            "recorded": "2024-03-05T10:00:00Z", "agent": [{"who": {"reference": "Practitioner/prac-house"}}]}),
+        json!({"resourceType": "Questionnaire", "id": "q-phq", "status": "active", "url": "http://example.org/fhir/Questionnaire/phq-9"}),
+        json!({"resourceType": "Encounter", "id": "enc-1", "status": "finished",
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+            "subject": {"reference": "Patient/pat-cara"},
+            "participant": [{"individual": {"identifier": {"system": "http://hl7.org/fhir/sid/us-npi", "value": "999"}}}]}),
         json!({"resourceType": "Patient", "id": "pat-bob", "gender": "male", "birthDate": "1975",
             "name": [{"family": "Baker", "given": ["Bob"]}]}),
         json!({"resourceType": "Patient", "id": "pat-cara", "gender": "female", "birthDate": "1980-12-31",
@@ -83,6 +95,57 @@ const CASES: &[(&str, &[&str])] = &[
     ("Observation?value-quantity=lt100&code=2339-0", &["obs-glucose-1"]),
     ("Invoice?totalgross=gt100|urn:iso:std:iso:4217|USD", &["inv-1"]),
     ("Invoice?totalgross=80||EUR", &["inv-2"]),
+    // :missing, :not, :identifier, :of-type, uri :below/:above.
+    ("Patient?birthdate:missing=false&gender=male", &["pat-bob"]),
+    ("Patient?identifier:missing=true", &["pat-bob", "pat-cara"]),
+    ("Patient?general-practitioner:missing=false", &["pat-anna"]),
+    ("Patient?gender:not=female", &["pat-bob"]),
+    ("Observation?category:not=laboratory,vital-signs", &[]),
+    ("Encounter?participant:identifier=http://hl7.org/fhir/sid/us-npi|999", &["enc-1"]),
+    ("Patient?identifier:of-type=http://terminology.hl7.org/CodeSystem/v2-0203|MR|A1", &["pat-anna"]),
+    ("Patient?identifier:of-type=http://terminology.hl7.org/CodeSystem/v2-0203|MR|B2", &[]),
+    ("Questionnaire?url=http://example.org/fhir/Questionnaire/phq-9", &["q-phq"]),
+    ("Questionnaire?url:below=http://example.org/fhir", &["q-phq"]),
+    ("Questionnaire?url:below=http://example.org/other", &[]),
+    ("Questionnaire?url:above=http://example.org/fhir/Questionnaire/phq-9/_history/1", &["q-phq"]),
+    // chains and reverse chains.
+    ("Observation?subject:Patient.name=anna", &["obs-glucose-1", "obs-glucose-2"]),
+    ("Observation?subject.name=baker", &["obs-weight"]),
+    ("Observation?patient.general-practitioner.name=house", &["obs-glucose-1", "obs-glucose-2"]),
+    ("Observation?subject:Patient.birthdate=lt1980", &["obs-weight"]),
+    ("Patient?_has:Observation:patient:code=2339-0", &["pat-anna"]),
+    ("Patient?_has:Observation:patient:code=29463-7,2339-0", &["pat-anna", "pat-bob"]),
+    ("Practitioner?_has:Patient:general-practitioner:_has:Observation:patient:code=2339-0", &["prac-house"]),
+    ("Observation?_has:Provenance:target:agent=Practitioner/prac-house", &["obs-glucose-1"]),
+    // _sort: several keys, descending, missing values last, stable by id.
+    ("Patient?_sort=birthdate", &["pat-bob", "pat-anna", "pat-cara"]),
+    ("Patient?_sort=-birthdate", &["pat-cara", "pat-anna", "pat-bob"]),
+    ("Observation?_sort=-date", &["obs-glucose-2", "obs-glucose-1", "obs-weight"]),
+    ("Patient?_sort=gender,-family", &["pat-cara", "pat-anna", "pat-bob"]),
+    ("Practitioner?_sort=-_id", &["prac-who", "prac-house"]),
+    ("Observation?_sort=value-quantity", &["obs-glucose-1", "obs-weight", "obs-glucose-2"]),
+    ("Patient?_sort=general-practitioner,_id", &["pat-anna", "pat-bob", "pat-cara"]),
+    // _include and _revinclude (included entries are marked +).
+    ("Observation?code=2339-0&_include=Observation:subject", &["obs-glucose-1", "obs-glucose-2", "+pat-anna"]),
+    ("Observation?code=29463-7&_include=Observation:subject:Practitioner", &["obs-weight"]),
+    ("Observation?_id=obs-glucose-1&_revinclude=Provenance:target", &["obs-glucose-1", "+prov-1"]),
+    ("Observation?_id=obs-weight&_include=*", &["obs-weight", "+pat-bob"]),
+    (
+        "Observation?_id=obs-glucose-1&_include=Observation:patient&_include:iterate=Patient:general-practitioner",
+        &["obs-glucose-1", "+pat-anna", "+prac-house"],
+    ),
+    (
+        "Patient?_id=pat-anna&_revinclude=Observation:subject&_revinclude:iterate=Provenance:target",
+        &["pat-anna", "+obs-glucose-1", "+obs-glucose-2", "+prov-1"],
+    ),
+    // compartments and system search.
+    ("Patient/pat-anna/Observation", &["obs-glucose-1", "obs-glucose-2"]),
+    ("Patient/pat-anna/Observation?date=2024-06", &["obs-glucose-2"]),
+    ("Patient/pat-bob/RiskAssessment", &["risk-high"]),
+    ("Patient/pat-anna/Patient", &["pat-anna"]),
+    ("Practitioner/prac-house/Provenance", &["prov-1"]),
+    ("?_type=Patient,Practitioner&_id=pat-bob,prac-who", &["pat-bob", "prac-who"]),
+    ("?_id=inv-2", &["inv-2"]),
 ];
 
 async fn result_sets_match_the_specification(db: Db) {
@@ -97,11 +160,18 @@ async fn result_sets_match_the_specification(db: Db) {
             server.request(reqwest::Method::GET, query).header("prefer", "handling=strict").send().await.unwrap();
         let status = strict.status();
         let bundle: Value = strict.json().await.unwrap();
-        let ids: Vec<&str> = bundle["entry"]
+        let ids: Vec<String> = bundle["entry"]
             .as_array()
             .into_iter()
             .flatten()
-            .map(|e| e["resource"]["id"].as_str().unwrap_or(""))
+            .map(|e| {
+                let id = e["resource"]["id"].as_str().unwrap_or("");
+                if e["search"]["mode"] == "include" {
+                    format!("+{id}")
+                } else {
+                    id.to_string()
+                }
+            })
             .collect();
         if status != 200 || ids != *expected {
             failures.push(format!("{query}: expected {expected:?}, got {status} {ids:?}"));

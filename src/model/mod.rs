@@ -4,6 +4,7 @@
 pub mod outcome;
 pub mod patch;
 pub mod resource;
+pub mod subset;
 pub mod validate;
 
 pub use outcome::{FhirError, Issue, IssueCode};

@@ -25,6 +25,7 @@ use crate::search::Registry;
 use crate::store::{Store, StoreError};
 
 pub use route::Route;
+use search::SearchScope;
 use source::Source;
 
 /// HTTP methods of FHIR interactions.
@@ -221,7 +222,30 @@ impl FhirService {
             }
             (Get | Head, Route::Instance(t, id)) => self.read(source, &t, &id, &request.conditions).await,
             (Get | Head, Route::Version(t, id, v)) => self.vread(source, &t, &id, v).await,
-            (Get | Head, Route::Type(t)) | (Post, Route::TypeSearch(t)) => self.search(source, &t, &request).await,
+            (Get | Head, Route::Type(t)) | (Post, Route::TypeSearch(t)) => {
+                let scope = SearchScope {
+                    resource_types: vec![t.clone()],
+                    path: t,
+                    required: Vec::new(),
+                    link_params: Vec::new(),
+                };
+                self.search(source, scope, &request).await
+            }
+            (Get | Head, Route::Compartment(compartment, id, t)) => {
+                let membership = crate::search::compartment::membership(&compartment, &id, &t).ok_or_else(|| {
+                    FhirError::not_found(format!("{t} resources are never in a {compartment} compartment"))
+                })?;
+                let path = format!("{compartment}/{id}/{t}");
+                let scope =
+                    SearchScope { resource_types: vec![t], path, required: vec![membership], link_params: Vec::new() };
+                self.search(source, scope, &request).await
+            }
+            (Get | Head, Route::System) => {
+                let mut request = request;
+                let (resource_types, link_params) = system_search_types(&mut request.query)?;
+                let scope = SearchScope { resource_types, path: String::new(), required: Vec::new(), link_params };
+                self.search(source, scope, &request).await
+            }
             (Post, Route::Type(t)) => self.create(source.tx()?, &t, request).await,
             (Put, Route::Instance(t, id)) => self.update(source.tx()?, &t, &id, request).await,
             (Put, Route::Type(t)) => self.conditional_update(source.tx()?, &t, request).await,
@@ -229,11 +253,6 @@ impl FhirService {
             (Patch, Route::Type(t)) => self.conditional_patch(source.tx()?, &t, request).await,
             (Delete, Route::Instance(t, id)) => self.delete(source.tx()?, &t, &id, &request.conditions).await,
             (Delete, Route::Type(t)) => self.conditional_delete(source.tx()?, &t, request).await,
-            (Get | Head, Route::System) => Err(FhirError::new(
-                400,
-                crate::model::IssueCode::NotSupported,
-                "system-wide search is not supported yet; search a resource type instead",
-            )),
             (method, route) => Err(FhirError::method_not_allowed(
                 format!(
                     "{} is not allowed on {}; allowed: {}",
@@ -255,6 +274,22 @@ impl FhirService {
     fn version_url(&self, resource_type: &str, id: &str, version: i64) -> String {
         format!("{}/_history/{version}", self.resource_url(resource_type, id))
     }
+}
+
+/// Takes `_type` out of a system search's parameters: the listed types (or every type), and
+/// the `_type` parameters for the links.
+type TypesAndLinkParams = (Vec<String>, Vec<(String, String)>);
+fn system_search_types(query: &mut Vec<(String, String)>) -> Result<TypesAndLinkParams, FhirError> {
+    let (type_params, rest): (Vec<_>, Vec<_>) = query.drain(..).partition(|(name, _)| name == "_type");
+    *query = rest;
+    let listed: Vec<String> = type_params.iter().flat_map(|(_, v)| v.split(',').map(str::to_string)).collect();
+    if let Some(unknown) = listed.iter().find(|t| !crate::model::validate::is_resource_type(t)) {
+        return Err(FhirError::bad_request(format!("_type: '{unknown}' is not a resource type")));
+    }
+    if listed.is_empty() {
+        return Ok((crate::model::validate::resource_types().into_iter().map(str::to_string).collect(), type_params));
+    }
+    Ok((listed, type_params))
 }
 
 /// Storage failures as FHIR errors: conflicts are 409, the rest is logged and hidden.

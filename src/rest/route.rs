@@ -25,6 +25,8 @@ pub enum Route {
     InstanceHistory(String, String),
     /// `Patient/1/_history/2`.
     Version(String, String, i64),
+    /// `Patient/1/Observation`: a search within a compartment.
+    Compartment(String, String, String),
 }
 
 impl Route {
@@ -55,6 +57,9 @@ impl Route {
             [t, "_history"] => Ok(Route::TypeHistory(resource_type(t)?)),
             [t, i] => Ok(Route::Instance(resource_type(t)?, id(i)?)),
             [t, i, "_history"] => Ok(Route::InstanceHistory(resource_type(t)?, id(i)?)),
+            [c, i, t] if crate::search::compartment::is_compartment(c) => {
+                Ok(Route::Compartment(c.to_string(), id(i)?, resource_type(t)?))
+            }
             [t, i, "_history", v] => {
                 let version = v
                     .parse::<i64>()
@@ -81,6 +86,7 @@ impl Route {
             Route::Type(_) => "GET, HEAD, POST, PUT, PATCH, DELETE",
             Route::TypeSearch(_) => "POST",
             Route::Instance(..) => "GET, HEAD, PUT, PATCH, DELETE",
+            Route::Compartment(..) => "GET, HEAD",
         }
     }
 
@@ -96,6 +102,7 @@ impl Route {
             Route::Instance(t, id) => format!("{t}/{id}"),
             Route::InstanceHistory(t, id) => format!("{t}/{id}/_history"),
             Route::Version(t, id, v) => format!("{t}/{id}/_history/{v}"),
+            Route::Compartment(c, id, t) => format!("{c}/{id}/{t}"),
         }
     }
 }
@@ -115,6 +122,10 @@ mod tests {
         assert_eq!(Route::parse("Patient/a.1").unwrap(), Route::Instance("Patient".into(), "a.1".into()));
         assert_eq!(Route::parse("Patient/1/_history").unwrap(), Route::InstanceHistory("Patient".into(), "1".into()));
         assert_eq!(Route::parse("Patient/1/_history/3").unwrap(), Route::Version("Patient".into(), "1".into(), 3));
+        assert_eq!(
+            Route::parse("Patient/1/Observation").unwrap(),
+            Route::Compartment("Patient".into(), "1".into(), "Observation".into())
+        );
     }
 
     #[test]
@@ -123,5 +134,6 @@ mod tests {
         assert_eq!(Route::parse("Patient/a_b").unwrap_err().status, 400);
         assert_eq!(Route::parse("Patient/1/_history/x").unwrap_err().status, 404);
         assert_eq!(Route::parse("Patient/1/2/3/4").unwrap_err().status, 404);
+        assert_eq!(Route::parse("Observation/1/Patient").unwrap_err().status, 404, "Observation is no compartment");
     }
 }

@@ -1,61 +1,189 @@
-//! Type-level search: parse the parameters, ask the store, page with keyset cursors.
+//! Search: type, compartment and system searches; paging by keyset cursor; `_include` and
+//! `_revinclude` (with `:iterate`); `_summary` and `_elements`.
 
-use serde_json::json;
+use std::collections::HashSet;
+
+use serde_json::{json, Value};
 
 use super::bundle_writer::BundleWriter;
 use super::source::Source;
-use super::{Body, FhirRequest, FhirResponse, FhirService};
-use crate::model::FhirError;
-use crate::search::params::parse_search;
+use super::{store_error, Body, FhirRequest, FhirResponse, FhirService};
+use crate::model::outcome::operation_outcome;
+use crate::model::{subset, FhirError, Issue, IssueCode};
+use crate::search::params::{parse_search, Include, ParsedSearch, Summary};
+use crate::store::{Condition, ResourceVersion};
+
+/// The most resources `_include`/`_revinclude` add to one page; past it the page says so.
+pub const MAX_INCLUDED: usize = 1000;
+
+/// Where a search runs.
+pub(super) struct SearchScope {
+    /// The resource types searched.
+    pub resource_types: Vec<String>,
+    /// The path of the search relative to the base, for links (`Patient`, `Patient/1/Observation`, ``).
+    pub path: String,
+    /// Conditions the scope itself imposes (compartment membership).
+    pub required: Vec<Vec<Condition>>,
+    /// Parameters the scope consumed that links must repeat (`_type` of a system search).
+    pub link_params: Vec<(String, String)>,
+}
+
+type Key = (String, String);
+
+fn key_of(resource: &ResourceVersion) -> Key {
+    (resource.resource_type.clone(), resource.id.clone())
+}
 
 impl FhirService {
-    /// `GET [type]?…` and `POST [type]/_search`: a `searchset` Bundle ordered by id, with
-    /// `self` (only the parameters applied) and `next` links.
+    /// Runs a search and answers with a `searchset` Bundle.
     pub(super) async fn search(
         &self,
         source: &mut Source<'_>,
-        resource_type: &str,
+        scope: SearchScope,
         request: &FhirRequest,
     ) -> Result<FhirResponse, FhirError> {
-        let parsed = parse_search(
+        let mut parsed = parse_search(
             self.registry,
-            resource_type,
+            &scope.resource_types,
             &request.query,
             &self.config.base_url,
             request.conditions.strict,
             self.config.paging,
         )?;
-        let mut query = parsed.query;
-        if query.count == 0 {
-            query.with_total = true;
+        parsed.query.all_of.extend(scope.required.iter().cloned());
+        if parsed.summary == Summary::Count {
+            parsed.query.count = 0;
         }
-        let page = source.search(&query).await?;
-        let type_url = format!("{}/{resource_type}", self.config.base_url);
-        let link = |extra: Option<(&str, &str)>| {
+        if parsed.query.count == 0 {
+            parsed.query.with_total = true;
+        }
+        let page = source.search(&parsed.query).await?;
+        let (included, truncated) = self.included(&page.resources, &parsed.includes).await?;
+
+        let links = self.links(&scope, &parsed, page.next.as_ref().map(|c| c.encode()));
+        let mut bundle = BundleWriter::new("searchset", page.total, &links);
+        for found in &page.resources {
+            self.write_entry(&mut bundle, found, "match", &parsed)?;
+        }
+        for found in &included {
+            self.write_entry(&mut bundle, found, "include", &parsed)?;
+        }
+        if truncated {
+            let warning = Issue {
+                severity: "warning",
+                code: IssueCode::TooCostly,
+                diagnostics: format!("only the first {MAX_INCLUDED} included resources are in this page; narrow the search or lower _count"),
+                expression: None,
+            };
+            let outcome = serde_json::to_vec(&operation_outcome(&[warning])).map_err(|_| FhirError::internal())?;
+            bundle.entry(&json!({"search": {"mode": "outcome"}}), Some(&outcome));
+        }
+        Ok(FhirResponse::new(200, Body::Raw(bundle.finish())))
+    }
+
+    fn write_entry(
+        &self,
+        bundle: &mut BundleWriter,
+        found: &ResourceVersion,
+        mode: &str,
+        parsed: &ParsedSearch,
+    ) -> Result<(), FhirError> {
+        let entry = json!({"fullUrl": self.resource_url(&found.resource_type, &found.id), "search": {"mode": mode}});
+        let reduce = |resource: &Value| match (&parsed.elements, parsed.summary) {
+            (Some(names), _) => Some(subset::elements(resource, names)),
+            (None, Summary::True) => Some(subset::summary(resource)),
+            (None, Summary::Text) => Some(subset::text_only(resource)),
+            (None, Summary::Data) => Some(subset::without_text(resource)),
+            (None, Summary::False | Summary::Count) => None,
+        };
+        if parsed.elements.is_none() && matches!(parsed.summary, Summary::False | Summary::Count) {
+            bundle.entry(&entry, Some(&found.body));
+            return Ok(());
+        }
+        let resource: Value = serde_json::from_slice(&found.body).map_err(|_| FhirError::internal())?;
+        let reduced = reduce(&resource).unwrap_or(resource);
+        bundle.entry(&entry, Some(&serde_json::to_vec(&reduced).map_err(|_| FhirError::internal())?));
+        Ok(())
+    }
+
+    /// `self`, `first` and `next` links. Only applied parameters appear.
+    fn links(&self, scope: &SearchScope, parsed: &ParsedSearch, next: Option<String>) -> Vec<(&'static str, String)> {
+        let path = &scope.path;
+        let base =
+            if path.is_empty() { self.config.base_url.clone() } else { format!("{}/{path}", self.config.base_url) };
+        let url = |cursor: Option<&str>| {
             let mut pairs = url::form_urlencoded::Serializer::new(String::new());
-            for (name, value) in &parsed.applied {
+            for (name, value) in scope.link_params.iter().chain(&parsed.applied) {
                 pairs.append_pair(name, value);
             }
             if !parsed.applied.iter().any(|(name, _)| name == "_count") {
-                pairs.append_pair("_count", &query.count.to_string());
+                pairs.append_pair("_count", &parsed.query.count.to_string());
             }
-            if let Some((name, value)) = extra {
-                pairs.append_pair(name, value);
+            if let Some(cursor) = cursor {
+                pairs.append_pair("_cursor", cursor);
             }
-            format!("{type_url}?{}", pairs.finish())
+            format!("{base}?{}", pairs.finish())
         };
-        let mut links = vec![("self", link(query.after_id.as_deref().map(|cursor| ("_cursor", cursor))))];
-        if page.has_more {
-            if let Some(last) = page.resources.last() {
-                links.push(("next", link(Some(("_cursor", &last.id)))));
+        let current = parsed.query.cursor.as_ref().map(|c| c.encode());
+        let mut links = vec![("self", url(current.as_deref())), ("first", url(None))];
+        if let Some(next) = next {
+            links.push(("next", url(Some(&next))));
+        }
+        links
+    }
+
+    /// Resolves `_include` and `_revinclude`, iterating where asked, up to [`MAX_INCLUDED`].
+    /// Returns the included resources and whether the bound cut them short.
+    async fn included(
+        &self,
+        matches: &[ResourceVersion],
+        includes: &[Include],
+    ) -> Result<(Vec<ResourceVersion>, bool), FhirError> {
+        if includes.is_empty() || matches.is_empty() {
+            return Ok((Vec::new(), false));
+        }
+        let mut seen: HashSet<Key> = matches.iter().map(key_of).collect();
+        let mut frontier: Vec<Key> = matches.iter().map(key_of).collect();
+        let mut included = Vec::new();
+        let mut first_round = true;
+        while !frontier.is_empty() {
+            let mut found: Vec<Key> = Vec::new();
+            for include in includes.iter().filter(|i| first_round || i.iterate) {
+                for key in self.follow(include, &frontier).await? {
+                    if seen.insert(key.clone()) {
+                        found.push(key);
+                    }
+                }
             }
+            let truncated = included.len() + found.len() > MAX_INCLUDED;
+            found.truncate(MAX_INCLUDED - included.len());
+            let mut resources = self.store.read_many(&found).await.map_err(store_error)?;
+            resources.sort_by_key(key_of);
+            included.extend(resources);
+            if truncated {
+                return Ok((included, true));
+            }
+            frontier = found;
+            first_round = false;
         }
-        let mut bundle = BundleWriter::new("searchset", page.total, &links);
-        for found in &page.resources {
-            let entry =
-                json!({"fullUrl": self.resource_url(&found.resource_type, &found.id), "search": {"mode": "match"}});
-            bundle.entry(&entry, Some(&found.body));
-        }
-        Ok(FhirResponse::new(200, Body::Raw(bundle.finish())))
+        Ok((included, false))
+    }
+
+    async fn follow(&self, include: &Include, frontier: &[Key]) -> Result<Vec<Key>, FhirError> {
+        let any_type = include.source_type == "*";
+        let result = if include.reverse {
+            if any_type {
+                return Ok(Vec::new());
+            }
+            self.store.references_to(frontier, &include.source_type, include.param.as_deref()).await
+        } else {
+            let sources: Vec<Key> =
+                frontier.iter().filter(|(t, _)| any_type || *t == include.source_type).cloned().collect();
+            if sources.is_empty() {
+                return Ok(Vec::new());
+            }
+            self.store.references_from(&sources, include.param.as_deref(), include.target_type.as_deref()).await
+        };
+        result.map_err(store_error)
     }
 }

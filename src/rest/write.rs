@@ -278,7 +278,8 @@ impl FhirService {
             return Err(FhirError::bad_request("a conditional interaction needs search criteria"));
         }
         let paging = Paging { default_count: limit, max_count: limit };
-        let parsed = parse_search(self.registry, resource_type, criteria, &self.config.base_url, true, paging)?;
+        let parsed =
+            parse_search(self.registry, &[resource_type.to_string()], criteria, &self.config.base_url, true, paging)?;
         let mut query = parsed.query;
         query.count = limit;
         Ok(Source::Tx(tx).search(&query).await?.resources)

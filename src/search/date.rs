@@ -93,7 +93,7 @@ fn calendar_range(year: i32, month: Option<u8>, day: Option<u8>) -> Option<DateR
     let first = Date::from_calendar_date(year, Month::try_from(month.unwrap_or(1)).ok()?, day.unwrap_or(1)).ok()?;
     let next = match (month, day) {
         (None, _) => Date::from_calendar_date(year + 1, Month::January, 1).ok()?,
-        (Some(m), None) if m == 12 => Date::from_calendar_date(year + 1, Month::January, 1).ok()?,
+        (Some(12), None) => Date::from_calendar_date(year + 1, Month::January, 1).ok()?,
         (Some(m), None) => Date::from_calendar_date(year, Month::try_from(m + 1).ok()?, 1).ok()?,
         (Some(_), Some(_)) => first.next_day()?,
     };

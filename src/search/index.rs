@@ -112,9 +112,24 @@ impl RowSet {
                 } else if let Some(value) = object.get("value").and_then(Value::as_str) {
                     // Identifier and ContactPoint: the value is the code.
                     push(system, value);
+                    self.add_identifier_type(param, object, value);
                 }
             }
             _ => {}
+        }
+    }
+
+    /// `identifier:of-type` rows: the identifier's type coding with `type-code|value` as code.
+    fn add_identifier_type(&mut self, param: &str, identifier: &serde_json::Map<String, Value>, value: &str) {
+        let codings = identifier.get("type").and_then(|t| t.get("coding")).and_then(Value::as_array);
+        for coding in codings.into_iter().flatten() {
+            if let Some(type_code) = coding.get("code").and_then(Value::as_str) {
+                self.tokens.insert(TokenRow {
+                    param: format!("{param}:of-type"),
+                    system: coding.get("system").and_then(Value::as_str).map(str::to_string),
+                    code: format!("{type_code}|{value}"),
+                });
+            }
         }
     }
 
@@ -142,6 +157,10 @@ impl RowSet {
     }
 
     fn add_reference(&mut self, param: &str, value: &Value, base_url: &str) {
+        // `reference:identifier` searches the logical identifier a Reference may carry.
+        if let Some(identifier) = value.get("identifier") {
+            self.add_tokens(&format!("{param}:identifier"), identifier);
+        }
         let text = match value {
             Value::String(canonical) => canonical.as_str(),
             Value::Object(object) => match object.get("reference").and_then(Value::as_str) {

@@ -2,6 +2,8 @@
 //! resource into index rows, and the parser that turns URL parameters into a store query.
 //! Nothing here does I/O.
 
+pub mod compartment;
+pub mod criteria;
 pub mod date;
 pub mod fhirpath;
 pub mod index;

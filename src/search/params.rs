@@ -1,20 +1,17 @@
-//! Parses search URL parameters into a [`SearchQuery`].
-//!
-//! Supported here: `_id`, and the string, token, reference and uri parameters of the registry
-//! with their common forms (`:exact`, `:contains`, `system|code`, `|code`, `system|`, `Type/id`,
-//! `:Type`), OR with commas and AND with repeated parameters, `_count`. Parameters the server
-//! cannot apply are errors under `Prefer: handling=strict` and are otherwise ignored and left
-//! out of the `self` link, as FHIR R4 search.html prescribes.
+//! Parses the parameters of a search request: the criteria (see [`super::criteria`]) and the
+//! result parameters `_sort`, `_count`, `_total`, `_include`, `_revinclude`, `_summary`,
+//! `_elements` and the paging `_cursor`. Parameters the server cannot apply are errors under
+//! `Prefer: handling=strict` and are otherwise ignored and left out of the `self` link, as FHIR
+//! R4 search.html prescribes.
 
-use super::date::{approximate, parse_range, Prefix};
-use super::index::{normalize, parse_local_reference};
+use super::criteria::{parse_criterion, table_of};
 use super::{ParamKind, Registry};
+use crate::model::validate::is_resource_type;
 use crate::model::{FhirError, IssueCode};
-use crate::store::{Comparison, Condition, SearchQuery, StringMatch, TokenSystem};
+use crate::store::{Cursor, SearchQuery, SortBy, SortKey};
 
-/// Parameters that steer the result rather than select resources; the HTTP layer and the
-/// paging code read them.
-const RESULT_PARAMETERS: &[&str] = &["_count", "_format", "_pretty", "_total", "_cursor", "_summary", "_elements"];
+/// Parameters that only shape the HTTP response; the HTTP layer reads them.
+const FORMAT_PARAMETERS: &[&str] = &["_format", "_pretty"];
 
 /// Page size limits.
 #[derive(Debug, Clone, Copy)]
@@ -23,265 +20,228 @@ pub struct Paging {
     pub max_count: usize,
 }
 
-/// A parsed search: the query, and the parameters that were applied (for the `self` link).
+/// `_summary`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Summary {
+    #[default]
+    False,
+    True,
+    Text,
+    Data,
+    Count,
+}
+
+/// One `_include` or `_revinclude`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Include {
+    /// `_revinclude`: resources that point at the matches.
+    pub reverse: bool,
+    /// `:iterate`: also apply to included resources.
+    pub iterate: bool,
+    /// The type whose reference parameter is followed.
+    pub source_type: String,
+    /// The reference parameter; `None` for `*` (every reference).
+    pub param: Option<String>,
+    pub target_type: Option<String>,
+}
+
+/// A parsed search.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParsedSearch {
     pub query: SearchQuery,
+    /// The parameters that were applied, for the `self` link (without `_cursor`).
     pub applied: Vec<(String, String)>,
+    pub includes: Vec<Include>,
+    pub summary: Summary,
+    /// `_elements`: the top-level elements to keep.
+    pub elements: Option<Vec<String>>,
 }
 
-/// Parses `parameters` of a search on `resource_type`.
+/// Parses `parameters` of a search on `resource_types` (one type, or several for `_type`).
 pub fn parse_search(
     registry: &Registry,
-    resource_type: &str,
+    resource_types: &[String],
     parameters: &[(String, String)],
     base_url: &str,
     strict: bool,
     paging: Paging,
 ) -> Result<ParsedSearch, FhirError> {
-    let mut query = SearchQuery::new(resource_type, paging.default_count);
-    let mut applied = Vec::new();
+    let mut query = SearchQuery::new("", paging.default_count);
+    query.resource_types = resource_types.to_vec();
+    let mut parsed =
+        ParsedSearch { query, applied: Vec::new(), includes: Vec::new(), summary: Summary::False, elements: None };
+    let mut cursor = None;
     for (name, value) in parameters {
-        let (code, modifier) = match name.split_once(':') {
-            Some((code, modifier)) => (code, Some(modifier)),
-            None => (name.as_str(), None),
-        };
-        let outcome = match code {
-            "_count" => parse_count(value, paging).map(|count| query.count = count),
-            "_total" => {
-                query.with_total = value == "accurate" || value == "estimate";
-                Ok(())
-            }
-            "_cursor" => {
-                query.after_id = Some(value.clone());
-                continue;
-            }
-            _ if RESULT_PARAMETERS.contains(&code) => continue,
-            _ => parse_condition_group(registry, resource_type, code, modifier, value, base_url)
-                .map(|group| query.all_of.push(group)),
-        };
-        match outcome {
-            Ok(()) => applied.push((name.clone(), value.clone())),
+        if FORMAT_PARAMETERS.contains(&name.as_str()) {
+            continue;
+        }
+        if name == "_cursor" {
+            cursor = Some(value.clone());
+            continue;
+        }
+        match apply_parameter(registry, &mut parsed, name, value, base_url, paging) {
+            Ok(()) => parsed.applied.push((name.clone(), value.clone())),
             Err(error) if strict => return Err(error),
             Err(error) => tracing::debug!(%error, parameter = %name, "ignored search parameter"),
         }
     }
-    Ok(ParsedSearch { query, applied })
+    if let Some(text) = cursor {
+        let decoded = Cursor::decode(&text, &parsed.query.sort).ok_or_else(|| {
+            FhirError::bad_request("the _cursor does not belong to this search; follow the links as given")
+        })?;
+        parsed.query.cursor = Some(decoded);
+    }
+    Ok(parsed)
 }
 
-fn parse_count(value: &str, paging: Paging) -> Result<usize, FhirError> {
-    value
-        .parse::<usize>()
-        .map(|count| count.min(paging.max_count))
-        .map_err(|_| FhirError::bad_request(format!("_count must be a non-negative integer, not '{value}'")))
-}
-
-/// One parameter occurrence: the OR of its comma-separated values.
-fn parse_condition_group(
+fn apply_parameter(
     registry: &Registry,
-    resource_type: &str,
-    code: &str,
-    modifier: Option<&str>,
+    parsed: &mut ParsedSearch,
+    name: &str,
     value: &str,
     base_url: &str,
-) -> Result<Vec<Condition>, FhirError> {
-    let unknown = || {
-        FhirError::new(400, IssueCode::NotSupported, format!("unknown search parameter '{code}' for {resource_type}"))
-    };
-    let values = split_unescaped(value, ',');
-    if values.iter().any(String::is_empty) {
-        return Err(FhirError::bad_request(format!("search parameter '{code}' has an empty value")));
-    }
-    if code == "_id" {
-        return match modifier {
-            None => Ok(values.into_iter().map(Condition::Id).collect()),
-            Some(m) => Err(unsupported_modifier(code, m)),
-        };
-    }
-    let param = registry.lookup(resource_type, code).ok_or_else(unknown)?;
-    if !param.kind.is_supported() {
-        return Err(FhirError::new(
-            400,
-            IssueCode::NotSupported,
-            format!("search parameter '{code}' of type {} is not supported yet", param.kind.as_str()),
-        ));
-    }
-    values.into_iter().map(|value| parse_condition(param.kind, code, modifier, &value, base_url)).collect()
-}
-
-fn parse_condition(
-    kind: ParamKind,
-    code: &str,
-    modifier: Option<&str>,
-    value: &str,
-    base_url: &str,
-) -> Result<Condition, FhirError> {
-    let param = code.to_string();
-    match (kind, modifier) {
-        (ParamKind::String, None) => {
-            Ok(Condition::String { param, value: normalize(value), matching: StringMatch::Prefix })
+    paging: Paging,
+) -> Result<(), FhirError> {
+    let query = &mut parsed.query;
+    match name {
+        "_count" => {
+            let count: usize = value
+                .parse()
+                .map_err(|_| FhirError::bad_request(format!("_count must be a non-negative integer, not '{value}'")))?;
+            query.count = count.min(paging.max_count);
         }
-        (ParamKind::String, Some("contains")) => {
-            Ok(Condition::String { param, value: normalize(value), matching: StringMatch::Contains })
-        }
-        (ParamKind::String, Some("exact")) => {
-            Ok(Condition::String { param, value: value.to_string(), matching: StringMatch::Exact })
-        }
-        (ParamKind::Token, None) => Ok(parse_token(param, value)),
-        (ParamKind::Uri, None) => Ok(Condition::Uri { param, value: value.to_string() }),
-        (ParamKind::Reference, None) => Ok(parse_reference(param, None, value, base_url)),
-        (ParamKind::Reference, Some(target)) if crate::model::validate::is_resource_type(target) => {
-            Ok(parse_reference(param, Some(target), value, base_url))
-        }
-        (ParamKind::Date, None) => parse_date(param, value),
-        (ParamKind::Number, None) => {
-            let (comparison, number, low, high) = parse_number(code, value)?;
-            Ok(Condition::Number { param, comparison, value: number, low, high })
-        }
-        (ParamKind::Quantity, None) => parse_quantity(param, value),
-        (_, Some(m)) => Err(unsupported_modifier(code, m)),
-        (_, None) => Err(FhirError::bad_request(format!("search parameter '{code}' is not supported"))),
-    }
-}
-
-fn comparison_of(prefix: Prefix) -> Comparison {
-    match prefix {
-        Prefix::Eq | Prefix::Ap => Comparison::Eq,
-        Prefix::Ne => Comparison::Ne,
-        Prefix::Gt => Comparison::Gt,
-        Prefix::Lt => Comparison::Lt,
-        Prefix::Ge => Comparison::Ge,
-        Prefix::Le => Comparison::Le,
-        Prefix::Sa => Comparison::Sa,
-        Prefix::Eb => Comparison::Eb,
-    }
-}
-
-fn parse_date(param: String, value: &str) -> Result<Condition, FhirError> {
-    let (prefix, text) = Prefix::split(value);
-    let mut range = parse_range(text).ok_or_else(|| {
-        FhirError::bad_request(format!("'{text}' is not a FHIR date, dateTime or instant (search parameter '{param}')"))
-    })?;
-    if prefix == Prefix::Ap {
-        range = approximate(range, crate::model::resource::now());
-    }
-    Ok(Condition::Date { param, comparison: comparison_of(prefix), low: range.low, high: range.high })
-}
-
-/// A searched number with its implicit precision: `100` means [99.5, 100.5), `1.50` means
-/// [1.495, 1.505), `1e2` means [50, 150).
-fn parse_number(code: &str, value: &str) -> Result<(Comparison, f64, f64, f64), FhirError> {
-    let (prefix, text) = Prefix::split(value);
-    let invalid = || FhirError::bad_request(format!("'{text}' is not a number (search parameter '{code}')"));
-    let number: f64 = text.parse().map_err(|_| invalid())?;
-    if !number.is_finite() || text.starts_with('+') || text.contains(['n', 'N', 'i', 'I']) {
-        return Err(invalid());
-    }
-    let (mantissa, exponent) = match text.split_once(['e', 'E']) {
-        Some((m, e)) => (m, e.parse::<i32>().map_err(|_| invalid())?),
-        None => (text, 0),
-    };
-    let decimals = mantissa.split_once('.').map_or(0, |(_, fraction)| fraction.len() as i32);
-    let half_step = 0.5 * 10f64.powi(exponent - decimals);
-    let (low, high) = if prefix == Prefix::Ap {
-        let slack = (number.abs() * 0.1).max(half_step);
-        (number - slack, number + slack)
-    } else {
-        (number - half_step, number + half_step)
-    };
-    Ok((comparison_of(prefix), number, low, high))
-}
-
-fn parse_quantity(param: String, value: &str) -> Result<Condition, FhirError> {
-    let parts = split_unescaped(value, '|');
-    let (number, system, code) = match parts.as_slice() {
-        [number] => (number.as_str(), None, None),
-        [number, system, code] => (number.as_str(), Some(system.clone()), Some(code.clone())),
-        _ => return Err(FhirError::bad_request(format!("'{value}' is not a quantity (number|system|code)"))),
-    };
-    let (comparison, number, low, high) = parse_number(&param, number)?;
-    let system = system.filter(|s| !s.is_empty());
-    let code = code.filter(|c| !c.is_empty());
-    Ok(Condition::Quantity { param, comparison, value: number, low, high, system, code })
-}
-
-fn parse_token(param: String, value: &str) -> Condition {
-    let parts = split_unescaped(value, '|');
-    match parts.as_slice() {
-        [code] => Condition::Token { param, system: TokenSystem::Any, code: Some(code.clone()) },
-        [system, code] if system.is_empty() => {
-            Condition::Token { param, system: TokenSystem::None, code: Some(code.clone()) }
-        }
-        [system, code] => Condition::Token {
-            param,
-            system: TokenSystem::Is(system.clone()),
-            code: (!code.is_empty()).then(|| code.clone()),
+        "_total" => match value {
+            "none" => query.with_total = false,
+            "estimate" | "accurate" => query.with_total = true,
+            _ => return Err(FhirError::bad_request(format!("_total takes none, estimate or accurate, not '{value}'"))),
         },
-        _ => Condition::Token { param, system: TokenSystem::Any, code: Some(value.to_string()) },
-    }
-}
-
-fn parse_reference(param: String, target_type: Option<&str>, value: &str, base_url: &str) -> Condition {
-    if let Some((resource_type, id)) = parse_local_reference(value, base_url) {
-        if target_type.is_none_or(|t| t == resource_type) {
-            return Condition::Reference {
-                param,
-                target_type: Some(resource_type.to_string()),
-                target_id: id.to_string(),
-            };
+        "_sort" => query.sort = parse_sort(registry, &query.resource_types, value)?,
+        "_summary" => {
+            parsed.summary = match value {
+                "true" => Summary::True,
+                "text" => Summary::Text,
+                "data" => Summary::Data,
+                "count" => Summary::Count,
+                "false" => Summary::False,
+                _ => {
+                    return Err(FhirError::bad_request(format!(
+                        "_summary takes true, text, data, count or false, not '{value}'"
+                    )))
+                }
+            }
+        }
+        "_elements" => {
+            let elements: Vec<String> =
+                value.split(',').map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect();
+            if elements.is_empty() {
+                return Err(FhirError::bad_request("_elements needs at least one element name"));
+            }
+            parsed.elements = Some(elements);
+        }
+        "_contained" | "_containedType" => {
+            return Err(FhirError::new(
+                400,
+                IssueCode::NotSupported,
+                "searching contained resources (_contained) is not supported",
+            ))
+        }
+        _ if name == "_include"
+            || name.starts_with("_include:")
+            || name == "_revinclude"
+            || name.starts_with("_revinclude:") =>
+        {
+            parsed.includes.push(parse_include(registry, name, value)?);
+        }
+        _ => {
+            let mut group = Vec::new();
+            for resource_type in &query.resource_types {
+                group.extend(parse_criterion(registry, resource_type, name, value, base_url)?);
+            }
+            query.all_of.push(group);
         }
     }
-    if value.contains("://") || value.starts_with("urn:") {
-        return Condition::ReferenceUrl { param, url: value.to_string() };
-    }
-    Condition::Reference { param, target_type: target_type.map(str::to_string), target_id: value.to_string() }
+    Ok(())
 }
 
-fn unsupported_modifier(code: &str, modifier: &str) -> FhirError {
-    FhirError::new(400, IssueCode::NotSupported, format!("modifier ':{modifier}' is not supported on '{code}'"))
-}
-
-/// Splits on `separator` unless escaped with a backslash; `\,` `\|` `\$` `\\` are unescaped.
-pub fn split_unescaped(text: &str, separator: char) -> Vec<String> {
-    let mut parts = vec![String::new()];
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => match chars.next() {
-                Some(next) if matches!(next, ',' | '|' | '$' | '\\') => {
-                    parts.last_mut().unwrap_or(&mut String::new()).push(next)
-                }
-                Some(next) => {
-                    if let Some(last) = parts.last_mut() {
-                        last.push('\\');
-                        last.push(next);
+/// `_sort=-date,name`: keys in order; `-` descends.
+fn parse_sort(registry: &Registry, resource_types: &[String], value: &str) -> Result<Vec<SortKey>, FhirError> {
+    value
+        .split(',')
+        .map(|item| {
+            let (descending, code) = match item.strip_prefix('-') {
+                Some(code) => (true, code),
+                None => (false, item),
+            };
+            let by = match code {
+                "_id" => SortBy::Id,
+                "_lastUpdated" => SortBy::LastUpdated,
+                _ => {
+                    let kinds: Vec<ParamKind> =
+                        resource_types.iter().filter_map(|t| registry.lookup(t, code)).map(|p| p.kind).collect();
+                    match kinds.first() {
+                        Some(kind) if kinds.len() == resource_types.len() && kind.is_supported() => {
+                            SortBy::Param { param: code.to_string(), table: table_of(*kind) }
+                        }
+                        _ => {
+                            return Err(FhirError::bad_request(format!(
+                                "cannot sort by '{code}': not a sortable parameter here"
+                            )))
+                        }
                     }
                 }
-                None => parts.last_mut().unwrap_or(&mut String::new()).push('\\'),
-            },
-            c if c == separator => parts.push(String::new()),
-            c => parts.last_mut().unwrap_or(&mut String::new()).push(c),
-        }
+            };
+            Ok(SortKey { by, descending })
+        })
+        .collect()
+}
+
+/// `Type:param[:target]` or `*`, for `_include[:iterate]` and `_revinclude[:iterate]`.
+fn parse_include(registry: &Registry, name: &str, value: &str) -> Result<Include, FhirError> {
+    let reverse = name.starts_with("_revinclude");
+    let iterate = match name.split_once(':') {
+        None => false,
+        Some((_, "iterate" | "recurse")) => true,
+        Some((_, other)) => return Err(FhirError::bad_request(format!("unknown modifier ':{other}' on {name}"))),
+    };
+    if value == "*" {
+        return Ok(Include { reverse, iterate, source_type: "*".into(), param: None, target_type: None });
     }
-    parts
+    let mut parts = value.split(':');
+    let (source_type, code, target_type) = (parts.next().unwrap_or(""), parts.next(), parts.next());
+    if !is_resource_type(source_type) || parts.next().is_some() {
+        return Err(FhirError::bad_request(format!("{name}={value} must be Type:parameter[:targetType] or *")));
+    }
+    let param = match code {
+        None | Some("*") => None,
+        Some(code) => match registry.lookup(source_type, code) {
+            Some(p) if p.kind == ParamKind::Reference => Some(code.to_string()),
+            _ => return Err(FhirError::bad_request(format!("'{code}' is not a reference parameter of {source_type}"))),
+        },
+    };
+    if let Some(target) = target_type.filter(|t| !is_resource_type(t)) {
+        return Err(FhirError::bad_request(format!("'{target}' in {name}={value} is not a resource type")));
+    }
+    Ok(Include {
+        reverse,
+        iterate,
+        source_type: source_type.to_string(),
+        param,
+        target_type: target_type.map(str::to_string),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::search::date::parse_range;
+    use crate::store::{Comparison, Condition, IndexTable, StringMatch, TokenSystem};
 
     const BASE: &str = "http://localhost:8080/fhir";
     const PAGING: Paging = Paging { default_count: 20, max_count: 100 };
 
     fn parse(resource_type: &str, params: &[(&str, &str)], strict: bool) -> Result<ParsedSearch, FhirError> {
         let params: Vec<(String, String)> = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        parse_search(Registry::standard(), resource_type, &params, BASE, strict, PAGING)
-    }
-
-    #[test]
-    fn splits_with_escapes() {
-        assert_eq!(split_unescaped("a,b\\,c", ','), vec!["a", "b,c"]);
-        assert_eq!(split_unescaped("sys|co\\|de", '|'), vec!["sys", "co|de"]);
+        parse_search(Registry::standard(), &[resource_type.to_string()], &params, BASE, strict, PAGING)
     }
 
     #[test]
@@ -333,13 +293,8 @@ mod tests {
     }
 
     #[test]
-    fn parses_dates_numbers_and_quantities() {
-        let parsed = parse(
-            "Observation",
-            &[("date", "ge2024-03"), ("value-quantity", "le5.40|http://unitsofmeasure.org|mmol/L")],
-            true,
-        )
-        .unwrap();
+    fn parses_dates_and_modifiers() {
+        let parsed = parse("Observation", &[("date", "ge2024-03"), ("code:missing", "true")], true).unwrap();
         let march = parse_range("2024-03").unwrap();
         assert_eq!(
             parsed.query.all_of[0],
@@ -350,19 +305,70 @@ mod tests {
                 high: march.high
             }]
         );
-        match &parsed.query.all_of[1][0] {
-            Condition::Quantity { comparison, value, low, high, system, code, .. } => {
-                assert_eq!((*comparison, *value), (Comparison::Le, 5.4));
-                assert!((low - 5.395).abs() < 1e-9 && (high - 5.405).abs() < 1e-9);
-                assert_eq!((system.as_deref(), code.as_deref()), (Some("http://unitsofmeasure.org"), Some("mmol/L")));
-            }
-            other => panic!("{other:?}"),
-        }
-        assert_eq!(parse_number("n", "100").unwrap(), (Comparison::Eq, 100.0, 99.5, 100.5));
-        assert_eq!(parse_number("n", "1e2").unwrap(), (Comparison::Eq, 100.0, 50.0, 150.0));
+        assert_eq!(
+            parsed.query.all_of[1],
+            vec![Condition::Missing { param: "code".into(), table: IndexTable::Token, missing: true }]
+        );
         assert!(parse("Observation", &[("date", "2024-13")], true).is_err());
         assert!(parse("RiskAssessment", &[("probability", "gtabc")], true).is_err());
-        assert!(parse("RiskAssessment", &[("probability", "NaN")], true).is_err());
+        assert!(parse("Observation", &[("code:missing", "maybe")], true).is_err());
+    }
+
+    #[test]
+    fn parses_chains_and_reverse_chains() {
+        let parsed = parse("Observation", &[("subject:Patient.name", "anna")], true).unwrap();
+        assert!(
+            matches!(&parsed.query.all_of[0][0], Condition::Chain { param, target_type, .. } if param == "subject" && target_type == "Patient")
+        );
+        // Without a type, every target type that has the parameter is tried.
+        let parsed = parse("Observation", &[("subject.name", "anna")], true).unwrap();
+        assert!(parsed.query.all_of[0].len() > 1);
+        let parsed = parse("Patient", &[("_has:Observation:patient:code", "1234")], true).unwrap();
+        assert!(
+            matches!(&parsed.query.all_of[0][0], Condition::Has { source_type, param, .. } if source_type == "Observation" && param == "patient")
+        );
+        assert!(parse("Patient", &[("_has:Observation:code:code", "1")], true).is_err(), "code is not a reference");
+        assert!(parse("Observation", &[("code.name", "x")], true).is_err(), "code cannot be chained");
+    }
+
+    #[test]
+    fn parses_result_parameters() {
+        let parsed = parse(
+            "Observation",
+            &[
+                ("_sort", "-date,_id"),
+                ("_include", "Observation:subject:Patient"),
+                ("_revinclude:iterate", "Provenance:target"),
+                ("_summary", "count"),
+                ("_elements", "code,status"),
+                ("_total", "accurate"),
+            ],
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            parsed.query.sort,
+            vec![
+                SortKey { by: SortBy::Param { param: "date".into(), table: IndexTable::Date }, descending: true },
+                SortKey { by: SortBy::Id, descending: false },
+            ]
+        );
+        assert_eq!(
+            parsed.includes[0],
+            Include {
+                reverse: false,
+                iterate: false,
+                source_type: "Observation".into(),
+                param: Some("subject".into()),
+                target_type: Some("Patient".into())
+            }
+        );
+        assert!(parsed.includes[1].reverse && parsed.includes[1].iterate);
+        assert_eq!(parsed.summary, Summary::Count);
+        assert_eq!(parsed.elements, Some(vec!["code".to_string(), "status".to_string()]));
+        assert!(parsed.query.with_total);
+        assert!(parse("Observation", &[("_sort", "nonsense")], true).is_err());
+        assert!(parse("Observation", &[("_include", "Observation:code")], true).is_err());
     }
 
     #[test]
@@ -374,5 +380,9 @@ mod tests {
         assert_eq!(parsed.applied, vec![("gender".to_string(), "male".to_string())]);
         assert!(parse("Patient", &[("_count", "x")], true).is_err());
         assert!(parse("Patient", &[("gender", "")], true).is_err());
+        assert!(
+            parse("Patient", &[("_cursor", "garbage")], false).is_err(),
+            "a broken cursor is never silently ignored"
+        );
     }
 }

@@ -4,6 +4,7 @@
 //! row of `resources` and as a row of `resource_history`; both carry the JSON bytes exactly as
 //! served. Search index rows ([`IndexRows`]) are written in the same transaction.
 
+pub mod planner;
 mod postgres;
 mod query;
 mod sql;
@@ -14,7 +15,10 @@ use bytes::Bytes;
 use time::OffsetDateTime;
 
 pub use postgres::PostgresStore;
-pub use query::{Comparison, Condition, SearchQuery, StringMatch, TokenSystem};
+pub use query::{
+    Comparison, Condition, Cursor, IndexTable, SearchQuery, SortBy, SortKey, SortValue, StringMatch, TokenSystem,
+    UriMatch,
+};
 pub use sqlite::SqliteStore;
 
 /// How a version came to be, as shown in history bundles (`Bundle.entry.request.method`).
@@ -160,7 +164,8 @@ pub struct SearchPage {
     pub resources: Vec<ResourceVersion>,
     /// Number of matches in all pages, when asked for.
     pub total: Option<u64>,
-    pub has_more: bool,
+    /// Where the next page starts, when there is one.
+    pub next: Option<Cursor>,
 }
 
 /// What can go wrong in storage.
@@ -189,6 +194,22 @@ pub trait Store: Send + Sync + 'static {
     async fn history(&self, query: &HistoryQuery) -> StoreResult<HistoryPage>;
     /// A page of search results.
     async fn search(&self, query: &SearchQuery) -> StoreResult<SearchPage>;
+    /// The current, not deleted resources with these (type, id) keys, in no particular order.
+    async fn read_many(&self, keys: &[(String, String)]) -> StoreResult<Vec<ResourceVersion>>;
+    /// The local resources that `sources` reference, through `param` and to `target_type` when given.
+    async fn references_from(
+        &self,
+        sources: &[(String, String)],
+        param: Option<&str>,
+        target_type: Option<&str>,
+    ) -> StoreResult<Vec<(String, String)>>;
+    /// The `source_type` resources that reference any of `targets`, through `param` when given.
+    async fn references_to(
+        &self,
+        targets: &[(String, String)],
+        source_type: &str,
+        param: Option<&str>,
+    ) -> StoreResult<Vec<(String, String)>>;
     /// Starts a write transaction.
     async fn begin(&self) -> StoreResult<Box<dyn StoreTx>>;
     /// Whether the database answers.

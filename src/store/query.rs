@@ -1,5 +1,6 @@
-//! The search questions the store can answer: a resource type and an AND of ORs of conditions
-//! over the index tables. The `search` layer parses URLs into this; the store turns it into SQL.
+//! The search questions the store can answer: resource types, an AND of ORs of conditions over
+//! the index tables (nested through chains and `_has`), sort keys and a keyset cursor. The
+//! `search` layer parses URLs into this; the planner turns it into SQL.
 
 /// Which code system a token condition requires.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +24,16 @@ pub enum StringMatch {
     Exact,
 }
 
+/// How a uri condition compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UriMatch {
+    Exact,
+    /// The stored uri starts with the searched one (`:below`).
+    Below,
+    /// The searched uri starts with the stored one (`:above`).
+    Above,
+}
+
 /// How an indexed value or interval compares with the searched one (FHIR search prefixes).
 /// For dates both sides are intervals `[low, high)`; for numbers and quantities the indexed
 /// value is a point and `[low, high)` is the searched value with its implicit precision.
@@ -40,6 +51,33 @@ pub enum Comparison {
     Eb,
 }
 
+/// The index table of a parameter kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexTable {
+    Token,
+    String,
+    Reference,
+    Uri,
+    Date,
+    Number,
+    Quantity,
+}
+
+impl IndexTable {
+    /// The SQL table name.
+    pub fn name(self) -> &'static str {
+        match self {
+            IndexTable::Token => "search_token",
+            IndexTable::String => "search_string",
+            IndexTable::Reference => "search_reference",
+            IndexTable::Uri => "search_uri",
+            IndexTable::Date => "search_date",
+            IndexTable::Number => "search_number",
+            IndexTable::Quantity => "search_quantity",
+        }
+    }
+}
+
 /// One condition on a resource.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Condition {
@@ -53,8 +91,8 @@ pub enum Condition {
     Reference { param: String, target_type: Option<String>, target_id: String },
     /// A reference by absolute URL (canonical or external).
     ReferenceUrl { param: String, url: String },
-    /// A uri parameter, exact match.
-    Uri { param: String, value: String },
+    /// A uri parameter.
+    Uri { param: String, value: String, matching: UriMatch },
     /// A date parameter against the interval `[low, high)`.
     Date { param: String, comparison: Comparison, low: i64, high: i64 },
     /// A number parameter: `value` is the number searched, `[low, high)` its precision range.
@@ -69,17 +107,103 @@ pub enum Condition {
         system: Option<String>,
         code: Option<String>,
     },
+    /// `:missing`: whether the resource has no index row for the parameter.
+    Missing { param: String, table: IndexTable, missing: bool },
+    /// Negation (`:not`).
+    Not(Box<Condition>),
+    /// Any of these (the comma-separated values of one criterion).
+    AnyOf(Vec<Condition>),
+    /// A chain: the resource references, through `param`, a `target_type` resource matching
+    /// `condition`.
+    Chain { param: String, target_type: String, condition: Box<Condition> },
+    /// Reverse chain (`_has`): some `source_type` resource references this one through `param`
+    /// and matches `condition`.
+    Has { source_type: String, param: String, condition: Box<Condition> },
 }
 
-/// A search over one resource type, ordered by id, paged by keyset.
+/// What to sort by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SortBy {
+    Id,
+    LastUpdated,
+    /// A search parameter's indexed values (the smallest ascending, the largest descending).
+    Param {
+        param: String,
+        table: IndexTable,
+    },
+}
+
+/// One sort key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SortKey {
+    pub by: SortBy,
+    pub descending: bool,
+}
+
+/// A sort value as carried in a cursor.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SortValue {
+    Null,
+    Int(i64),
+    Float(f64),
+    Text(String),
+}
+
+/// Where the next page starts: the sort values, type and id of the last resource shown.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cursor {
+    pub values: Vec<SortValue>,
+    pub resource_type: String,
+    pub id: String,
+}
+
+impl Cursor {
+    /// The cursor as URL-safe text (a JSON array).
+    pub fn encode(&self) -> String {
+        let mut items: Vec<serde_json::Value> = vec![self.resource_type.clone().into(), self.id.clone().into()];
+        items.extend(self.values.iter().map(|v| match v {
+            SortValue::Null => serde_json::Value::Null,
+            SortValue::Int(i) => serde_json::Value::from(*i),
+            SortValue::Float(f) => serde_json::Value::from(*f),
+            SortValue::Text(t) => serde_json::Value::from(t.clone()),
+        }));
+        serde_json::Value::Array(items).to_string()
+    }
+
+    /// Reads a cursor written by [`Cursor::encode`] for the given sort keys.
+    pub fn decode(text: &str, sort: &[SortKey]) -> Option<Cursor> {
+        let items: Vec<serde_json::Value> = serde_json::from_str(text).ok()?;
+        let (head, values) = items.split_at_checked(2)?;
+        if values.len() != sort.len() {
+            return None;
+        }
+        let values = values
+            .iter()
+            .zip(sort)
+            .map(|(value, key)| match (value, &key.by) {
+                (serde_json::Value::Null, _) => Some(SortValue::Null),
+                (value, SortBy::LastUpdated) => value.as_i64().map(SortValue::Int),
+                (value, SortBy::Param { table: IndexTable::Date, .. }) => value.as_i64().map(SortValue::Int),
+                (value, SortBy::Param { table: IndexTable::Number | IndexTable::Quantity, .. }) => {
+                    value.as_f64().map(SortValue::Float)
+                }
+                (value, _) => value.as_str().map(|t| SortValue::Text(t.to_string())),
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Cursor { values, resource_type: head[0].as_str()?.to_string(), id: head[1].as_str()?.to_string() })
+    }
+}
+
+/// A search over one or more resource types.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SearchQuery {
-    pub resource_type: String,
+    pub resource_types: Vec<String>,
     /// All of these groups must match; within a group any condition may match.
     pub all_of: Vec<Vec<Condition>>,
+    /// Sort keys; type and id always follow, so the order is total and stable.
+    pub sort: Vec<SortKey>,
     pub count: usize,
-    /// Keyset cursor: only ids after this one.
-    pub after_id: Option<String>,
+    pub cursor: Option<Cursor>,
     /// Also count all matches.
     pub with_total: bool,
 }
@@ -88,11 +212,33 @@ impl SearchQuery {
     /// A query for every resource of a type.
     pub fn new(resource_type: &str, count: usize) -> Self {
         SearchQuery {
-            resource_type: resource_type.to_string(),
+            resource_types: vec![resource_type.to_string()],
             all_of: Vec::new(),
+            sort: Vec::new(),
             count,
-            after_id: None,
+            cursor: None,
             with_total: false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip() {
+        let sort = vec![
+            SortKey { by: SortBy::Param { param: "date".into(), table: IndexTable::Date }, descending: true },
+            SortKey { by: SortBy::Param { param: "family".into(), table: IndexTable::String }, descending: false },
+        ];
+        let cursor = Cursor {
+            values: vec![SortValue::Int(-5), SortValue::Null],
+            resource_type: "Patient".into(),
+            id: "a,b".into(),
+        };
+        assert_eq!(Cursor::decode(&cursor.encode(), &sort), Some(cursor));
+        assert_eq!(Cursor::decode("[\"Patient\",\"x\"]", &sort), None);
+        assert_eq!(Cursor::decode("nonsense", &[]), None);
     }
 }

@@ -36,17 +36,24 @@ pub(super) fn from_micros(micros: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp_nanos(micros as i128 * 1_000).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
-/// The exclusive upper bound of all strings starting with `prefix` (for index-friendly prefix
-/// matching with `>=` and `<` instead of `LIKE`).
-pub(super) fn prefix_upper_bound(prefix: &str) -> String {
-    let mut upper = prefix.to_string();
-    upper.push(char::MAX);
-    upper
+/// How many (type, id) keys go into one row-value `IN` list.
+pub(super) const KEY_CHUNK: usize = 500;
+
+/// The SQL type of a sort key's value column.
+pub(super) enum SortValueKind {
+    Int,
+    Float,
+    Text,
 }
 
-/// Escapes `%`, `_` and `\` for a `LIKE … ESCAPE '\'` pattern.
-pub(super) fn like_escape(text: &str) -> String {
-    text.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
+/// What type the `s<n>` column of a sort key holds.
+pub(super) fn sort_value_kind(key: &super::query::SortKey) -> SortValueKind {
+    use super::query::{IndexTable, SortBy};
+    match &key.by {
+        SortBy::LastUpdated | SortBy::Param { table: IndexTable::Date, .. } => SortValueKind::Int,
+        SortBy::Param { table: IndexTable::Number | IndexTable::Quantity, .. } => SortValueKind::Float,
+        _ => SortValueKind::Text,
+    }
 }
 
 /// Maps driver errors, recognising unique violations as write conflicts.
@@ -148,177 +155,15 @@ macro_rules! sql_store {
             Ok($crate::store::HistoryPage { has_more: rows.len() > query.count, entries })
         }
 
-        fn push_condition(qb: &mut Builder, condition: &$crate::store::Condition) {
-            use $crate::store::{Condition, StringMatch, TokenSystem};
-            let exists = |qb: &mut Builder, table: &str, param: &str| {
-                qb.push(format!(
-                    "EXISTS (SELECT 1 FROM {table} i WHERE i.resource_type = r.resource_type AND i.resource_id = r.id AND i.param = "
-                ));
-                qb.push_bind(param.to_string());
-            };
-            match condition {
-                Condition::Id(id) => {
-                    qb.push("r.id = ").push_bind(id.clone());
-                    return;
-                }
-                Condition::Token { param, system, code } => {
-                    exists(qb, "search_token", param);
-                    if let Some(code) = code {
-                        qb.push(" AND i.code = ").push_bind(code.clone());
-                    }
-                    match system {
-                        TokenSystem::Any => {}
-                        TokenSystem::None => {
-                            qb.push(" AND i.system IS NULL");
-                        }
-                        TokenSystem::Is(system) => {
-                            qb.push(" AND i.system = ").push_bind(system.clone());
-                        }
-                    }
-                }
-                Condition::String { param, value, matching } => {
-                    exists(qb, "search_string", param);
-                    match matching {
-                        StringMatch::Exact => {
-                            qb.push(" AND i.exact = ").push_bind(value.clone());
-                        }
-                        StringMatch::Prefix => {
-                            qb.push(" AND i.normalized >= ").push_bind(value.clone());
-                            qb.push(" AND i.normalized < ").push_bind($crate::store::sql::prefix_upper_bound(value));
-                        }
-                        StringMatch::Contains => {
-                            let pattern = format!("%{}%", $crate::store::sql::like_escape(value));
-                            qb.push(" AND i.normalized LIKE ").push_bind(pattern).push(" ESCAPE '\\'");
-                        }
-                    }
-                }
-                Condition::Reference { param, target_type, target_id } => {
-                    exists(qb, "search_reference", param);
-                    qb.push(" AND i.target_id = ").push_bind(target_id.clone());
-                    if let Some(target_type) = target_type {
-                        qb.push(" AND i.target_type = ").push_bind(target_type.clone());
-                    }
-                }
-                Condition::ReferenceUrl { param, url } => {
-                    exists(qb, "search_reference", param);
-                    qb.push(" AND i.target_url = ").push_bind(url.clone());
-                }
-                Condition::Uri { param, value } => {
-                    exists(qb, "search_uri", param);
-                    qb.push(" AND i.value = ").push_bind(value.clone());
-                }
-                Condition::Date { param, comparison, low, high } => {
-                    exists(qb, "search_date", param);
-                    qb.push(" AND ");
-                    push_interval_comparison(qb, *comparison, *low, *high);
-                }
-                Condition::Number { param, comparison, value, low, high } => {
-                    exists(qb, "search_number", param);
-                    qb.push(" AND ");
-                    push_point_comparison(qb, *comparison, *value, *low, *high);
-                }
-                Condition::Quantity { param, comparison, value, low, high, system, code } => {
-                    exists(qb, "search_quantity", param);
-                    qb.push(" AND ");
-                    push_point_comparison(qb, *comparison, *value, *low, *high);
-                    match (system, code) {
-                        (Some(system), Some(code)) => {
-                            qb.push(" AND i.system = ").push_bind(system.clone());
-                            qb.push(" AND i.code = ").push_bind(code.clone());
-                        }
-                        (None, Some(code)) => {
-                            qb.push(" AND (i.code = ").push_bind(code.clone());
-                            qb.push(" OR i.unit = ").push_bind(code.clone()).push(")");
-                        }
-                        (Some(system), None) => {
-                            qb.push(" AND i.system = ").push_bind(system.clone());
-                        }
-                        (None, None) => {}
-                    }
-                }
-            }
-            qb.push(")");
-        }
-
-        /// Index interval `[i.low, i.high)` against the searched `[low, high)` (FHIR R4 prefixes).
-        fn push_interval_comparison(qb: &mut Builder, comparison: $crate::store::Comparison, low: i64, high: i64) {
-            use $crate::store::Comparison::*;
-            let contained = |qb: &mut Builder| {
-                qb.push("(i.low >= ").push_bind(low).push(" AND i.high <= ").push_bind(high).push(")");
-            };
-            match comparison {
-                Eq => contained(qb),
-                Ne => {
-                    qb.push("NOT ");
-                    contained(qb);
-                }
-                Gt => {
-                    qb.push("i.high > ").push_bind(high);
-                }
-                Lt => {
-                    qb.push("i.low < ").push_bind(low);
-                }
-                Ge => {
-                    qb.push("(i.high > ").push_bind(high).push(" OR ");
-                    contained(qb);
-                    qb.push(")");
-                }
-                Le => {
-                    qb.push("(i.low < ").push_bind(low).push(" OR ");
-                    contained(qb);
-                    qb.push(")");
-                }
-                Sa => {
-                    qb.push("i.low >= ").push_bind(high);
-                }
-                Eb => {
-                    qb.push("i.high <= ").push_bind(low);
-                }
-            }
-        }
-
-        /// Indexed point `i.value` against the searched `value` with precision range `[low, high)`.
-        fn push_point_comparison(qb: &mut Builder, comparison: $crate::store::Comparison, value: f64, low: f64, high: f64) {
-            use $crate::store::Comparison::*;
-            match comparison {
-                Eq => {
-                    qb.push("(i.value >= ").push_bind(low).push(" AND i.value < ").push_bind(high).push(")");
-                }
-                Ne => {
-                    qb.push("NOT (i.value >= ").push_bind(low).push(" AND i.value < ").push_bind(high).push(")");
-                }
-                Gt | Sa => {
-                    qb.push("i.value > ").push_bind(value);
-                }
-                Lt | Eb => {
-                    qb.push("i.value < ").push_bind(value);
-                }
-                Ge => {
-                    qb.push("i.value >= ").push_bind(value);
-                }
-                Le => {
-                    qb.push("i.value <= ").push_bind(value);
-                }
-            }
-        }
-
-        fn push_filters(qb: &mut Builder, query: &$crate::store::SearchQuery) {
-            qb.push(" FROM resources r WHERE r.resource_type = ").push_bind(query.resource_type.clone());
-            qb.push(" AND r.deleted = FALSE");
-            for group in &query.all_of {
-                if group.is_empty() {
-                    qb.push(" AND 1 = 0");
-                    continue;
-                }
-                qb.push(" AND (");
-                for (n, condition) in group.iter().enumerate() {
-                    if n > 0 {
-                        qb.push(" OR ");
-                    }
-                    push_condition(qb, condition);
-                }
-                qb.push(")");
-            }
+        fn bind_args(
+            sql: &$crate::store::planner::Sql,
+        ) -> sqlx::query::Query<'_, $db, <$db as sqlx::Database>::Arguments<'_>> {
+            use $crate::store::planner::Arg;
+            sql.args.iter().fold(sqlx::query(&sql.text), |query, arg| match arg {
+                Arg::Text(text) => query.bind(text.as_str()),
+                Arg::Int(int) => query.bind(*int),
+                Arg::Float(float) => query.bind(*float),
+            })
         }
 
         async fn run_search(
@@ -326,26 +171,55 @@ macro_rules! sql_store {
             query: &$crate::store::SearchQuery,
         ) -> $crate::store::StoreResult<$crate::store::SearchPage> {
             use sqlx::Row;
+            use $crate::store::planner;
             let total = if query.with_total {
-                let mut qb = Builder::new("SELECT COUNT(*) AS n");
-                push_filters(&mut qb, query);
-                let row = qb.build().fetch_one(&mut *conn).await?;
+                let sql = planner::count(query);
+                let row = bind_args(&sql).fetch_one(&mut *conn).await?;
                 Some(row.try_get::<i64, _>("n")? as u64)
             } else {
                 None
             };
-            let mut qb = Builder::new("SELECT ");
-            for (n, column) in $crate::store::sql::VERSION_COLUMNS.split(", ").enumerate() {
-                qb.push(if n == 0 { "r." } else { ", r." }).push(column);
-            }
-            push_filters(&mut qb, query);
-            if let Some(after) = &query.after_id {
-                qb.push(" AND r.id > ").push_bind(after.clone());
-            }
-            qb.push(" ORDER BY r.id LIMIT ").push_bind(query.count as i64 + 1);
-            let rows = qb.build().fetch_all(&mut *conn).await?;
+            let sql = planner::page(query);
+            let rows = bind_args(&sql).fetch_all(&mut *conn).await?;
             let resources = rows.iter().take(query.count).map(decode_version).collect::<Result<Vec<_>, _>>()?;
-            Ok($crate::store::SearchPage { has_more: rows.len() > query.count, resources, total })
+            let next = match (rows.len() > query.count, resources.last(), rows.get(query.count.saturating_sub(1))) {
+                (true, Some(last), Some(row)) => {
+                    let mut values = Vec::with_capacity(query.sort.len());
+                    for (n, key) in query.sort.iter().enumerate() {
+                        let column = format!("s{n}");
+                        values.push(
+                            match $crate::store::sql::sort_value_kind(key) {
+                                $crate::store::sql::SortValueKind::Int => {
+                                    row.try_get::<Option<i64>, _>(column.as_str())?.map($crate::store::SortValue::Int)
+                                }
+                                $crate::store::sql::SortValueKind::Float => {
+                                    row.try_get::<Option<f64>, _>(column.as_str())?.map($crate::store::SortValue::Float)
+                                }
+                                $crate::store::sql::SortValueKind::Text => row
+                                    .try_get::<Option<String>, _>(column.as_str())?
+                                    .map($crate::store::SortValue::Text),
+                            }
+                            .unwrap_or($crate::store::SortValue::Null),
+                        );
+                    }
+                    Some($crate::store::Cursor {
+                        values,
+                        resource_type: last.resource_type.clone(),
+                        id: last.id.clone(),
+                    })
+                }
+                _ => None,
+            };
+            Ok($crate::store::SearchPage { next, resources, total })
+        }
+
+        async fn fetch_keys(
+            conn: &mut Conn,
+            sql: &$crate::store::planner::Sql,
+        ) -> $crate::store::StoreResult<Vec<(String, String)>> {
+            use sqlx::Row;
+            let rows = bind_args(sql).fetch_all(conn).await?;
+            rows.iter().map(|row| Ok((row.try_get("resource_type")?, row.try_get("id")?))).collect()
         }
 
         async fn write_version(
@@ -389,7 +263,13 @@ macro_rules! sql_store {
             macro_rules! insert_rows {
                 ($rows:expr, $table:literal, $columns:literal, |$b:ident, $row:ident| $bind:block) => {
                     for chunk in $rows.chunks(INSERT_CHUNK) {
-                        let mut qb = Builder::new(concat!("INSERT INTO ", $table, " (resource_type, resource_id, ", $columns, ") "));
+                        let mut qb = Builder::new(concat!(
+                            "INSERT INTO ",
+                            $table,
+                            " (resource_type, resource_id, ",
+                            $columns,
+                            ") "
+                        ));
                         qb.push_values(chunk, |mut $b, $row| {
                             $b.push_bind(owner.0.clone()).push_bind(owner.1.clone());
                             $bind
@@ -404,12 +284,17 @@ macro_rules! sql_store {
             insert_rows!(index.strings, "search_string", "param, normalized, exact", |b, row| {
                 b.push_bind(row.param.clone()).push_bind(row.normalized.clone()).push_bind(row.exact.clone());
             });
-            insert_rows!(index.references, "search_reference", "param, target_type, target_id, target_url", |b, row| {
-                b.push_bind(row.param.clone())
-                    .push_bind(row.target_type.clone())
-                    .push_bind(row.target_id.clone())
-                    .push_bind(row.target_url.clone());
-            });
+            insert_rows!(
+                index.references,
+                "search_reference",
+                "param, target_type, target_id, target_url",
+                |b, row| {
+                    b.push_bind(row.param.clone())
+                        .push_bind(row.target_type.clone())
+                        .push_bind(row.target_id.clone())
+                        .push_bind(row.target_url.clone());
+                }
+            );
             insert_rows!(index.uris, "search_uri", "param, value", |b, row| {
                 b.push_bind(row.param.clone()).push_bind(row.value.clone());
             });
@@ -431,7 +316,11 @@ macro_rules! sql_store {
 
         #[async_trait::async_trait]
         impl $crate::store::Store for $store {
-            async fn read(&self, resource_type: &str, id: &str) -> $crate::store::StoreResult<Option<$crate::store::ResourceVersion>> {
+            async fn read(
+                &self,
+                resource_type: &str,
+                id: &str,
+            ) -> $crate::store::StoreResult<Option<$crate::store::ResourceVersion>> {
                 let mut conn = self.readers.acquire().await?;
                 fetch_current(&mut conn, resource_type, id, "").await
             }
@@ -446,14 +335,69 @@ macro_rules! sql_store {
                 fetch_version(&mut conn, resource_type, id, version).await
             }
 
-            async fn history(&self, query: &$crate::store::HistoryQuery) -> $crate::store::StoreResult<$crate::store::HistoryPage> {
+            async fn history(
+                &self,
+                query: &$crate::store::HistoryQuery,
+            ) -> $crate::store::StoreResult<$crate::store::HistoryPage> {
                 let mut conn = self.readers.acquire().await?;
                 fetch_history(&mut conn, query).await
             }
 
-            async fn search(&self, query: &$crate::store::SearchQuery) -> $crate::store::StoreResult<$crate::store::SearchPage> {
+            async fn search(
+                &self,
+                query: &$crate::store::SearchQuery,
+            ) -> $crate::store::StoreResult<$crate::store::SearchPage> {
                 let mut conn = self.readers.acquire().await?;
                 run_search(&mut conn, query).await
+            }
+
+            async fn read_many(
+                &self,
+                keys: &[(String, String)],
+            ) -> $crate::store::StoreResult<Vec<$crate::store::ResourceVersion>> {
+                let mut conn = self.readers.acquire().await?;
+                let mut found = Vec::with_capacity(keys.len());
+                for chunk in keys.chunks($crate::store::sql::KEY_CHUNK) {
+                    let sql = $crate::store::planner::fetch_many(chunk);
+                    for row in bind_args(&sql).fetch_all(&mut *conn).await? {
+                        found.push(decode_version(&row)?);
+                    }
+                }
+                Ok(found)
+            }
+
+            async fn references_from(
+                &self,
+                sources: &[(String, String)],
+                param: Option<&str>,
+                target_type: Option<&str>,
+            ) -> $crate::store::StoreResult<Vec<(String, String)>> {
+                let mut conn = self.readers.acquire().await?;
+                let mut keys = Vec::new();
+                for chunk in sources.chunks($crate::store::sql::KEY_CHUNK) {
+                    keys.extend(
+                        fetch_keys(&mut conn, &$crate::store::planner::outgoing_references(chunk, param, target_type))
+                            .await?,
+                    );
+                }
+                Ok(keys)
+            }
+
+            async fn references_to(
+                &self,
+                targets: &[(String, String)],
+                source_type: &str,
+                param: Option<&str>,
+            ) -> $crate::store::StoreResult<Vec<(String, String)>> {
+                let mut conn = self.readers.acquire().await?;
+                let mut keys = Vec::new();
+                for chunk in targets.chunks($crate::store::sql::KEY_CHUNK) {
+                    keys.extend(
+                        fetch_keys(&mut conn, &$crate::store::planner::incoming_references(chunk, source_type, param))
+                            .await?,
+                    );
+                }
+                Ok(keys)
             }
 
             async fn begin(&self) -> $crate::store::StoreResult<Box<dyn $crate::store::StoreTx>> {
@@ -468,7 +412,11 @@ macro_rules! sql_store {
 
         #[async_trait::async_trait]
         impl $crate::store::StoreTx for $tx {
-            async fn current(&mut self, resource_type: &str, id: &str) -> $crate::store::StoreResult<Option<$crate::store::ResourceVersion>> {
+            async fn current(
+                &mut self,
+                resource_type: &str,
+                id: &str,
+            ) -> $crate::store::StoreResult<Option<$crate::store::ResourceVersion>> {
                 fetch_current(&mut self.0, resource_type, id, $lock).await
             }
 
@@ -481,7 +429,10 @@ macro_rules! sql_store {
                 fetch_version(&mut self.0, resource_type, id, version).await
             }
 
-            async fn search(&mut self, query: &$crate::store::SearchQuery) -> $crate::store::StoreResult<$crate::store::SearchPage> {
+            async fn search(
+                &mut self,
+                query: &$crate::store::SearchQuery,
+            ) -> $crate::store::StoreResult<$crate::store::SearchPage> {
                 run_search(&mut self.0, query).await
             }
 

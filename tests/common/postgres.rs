@@ -6,7 +6,7 @@
 //! cluster and removes the directory as soon as the test process is gone (pass or fail).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use sqlx::Connection;
@@ -46,9 +46,9 @@ fn is_root() -> bool {
 /// Runs a PostgreSQL binary, as the `postgres` user when we are root (PostgreSQL refuses root).
 fn run_pg(binary: &Path, args: &[&str]) {
     let status = if is_root() {
-        Command::new("runuser").args(["-u", "postgres", "--"]).arg(binary).args(args).status()
+        Command::new("runuser").args(["-u", "postgres", "--"]).arg(binary).args(args).stdout(Stdio::null()).status()
     } else {
-        Command::new(binary).args(args).status()
+        Command::new(binary).args(args).stdout(Stdio::null()).status()
     }
     .expect("run a PostgreSQL binary");
     assert!(status.success(), "{} {args:?} failed", binary.display());

@@ -1,0 +1,464 @@
+//! The search planner: turns a [`SearchQuery`] into one SQL statement that runs unchanged on
+//! SQLite and PostgreSQL (both accept `$n` placeholders, `NULLS LAST` and row-value `IN`).
+//!
+//! Every condition is an `EXISTS` over an index table, correlated to the resource row it
+//! constrains; chains and `_has` nest a further resource row. Sorted results carry their sort
+//! values as columns `s0…sn` so that the keyset cursor of the next page can be built from the
+//! last row and applied as a lexicographic comparison (`NULLS LAST` in both directions).
+
+use super::query::{
+    Comparison, Condition, Cursor, IndexTable, SearchQuery, SortBy, SortKey, SortValue, StringMatch, TokenSystem,
+    UriMatch,
+};
+use super::sql::VERSION_COLUMNS;
+
+/// A bound argument.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Arg {
+    Text(String),
+    Int(i64),
+    Float(f64),
+}
+
+/// SQL text with its arguments, in placeholder order.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Sql {
+    pub text: String,
+    pub args: Vec<Arg>,
+}
+
+impl Sql {
+    fn push(&mut self, text: &str) -> &mut Self {
+        self.text.push_str(text);
+        self
+    }
+
+    fn bind(&mut self, arg: Arg) -> &mut Self {
+        self.args.push(arg);
+        let placeholder = format!("${}", self.args.len());
+        self.text.push_str(&placeholder);
+        self
+    }
+
+    fn text(&mut self, value: &str) -> &mut Self {
+        self.bind(Arg::Text(value.to_string()))
+    }
+}
+
+/// The statement for one page: version columns, then `s0…sn`, at most `count + 1` rows.
+pub fn page(query: &SearchQuery) -> Sql {
+    let mut sql = Sql::default();
+    sql.push("SELECT * FROM (SELECT ");
+    let columns: Vec<String> = VERSION_COLUMNS.split(", ").map(|c| format!("r.{c}")).collect();
+    sql.push(&columns.join(", "));
+    for (n, key) in query.sort.iter().enumerate() {
+        sql.push(", ");
+        push_sort_value(&mut sql, key);
+        sql.push(&format!(" AS s{n}"));
+    }
+    push_filters(&mut sql, query);
+    sql.push(") q");
+    if let Some(cursor) = &query.cursor {
+        sql.push(" WHERE ");
+        push_after(&mut sql, &query.sort, cursor, 0);
+    }
+    sql.push(" ORDER BY ");
+    for (n, key) in query.sort.iter().enumerate() {
+        sql.push(&format!("s{n}{} NULLS LAST, ", if key.descending { " DESC" } else { "" }));
+    }
+    sql.push("resource_type, id LIMIT ");
+    sql.bind(Arg::Int(query.count as i64 + 1));
+    sql
+}
+
+/// The statement counting all matches (`_total`).
+pub fn count(query: &SearchQuery) -> Sql {
+    let mut sql = Sql::default();
+    sql.push("SELECT COUNT(*) AS n");
+    push_filters(&mut sql, query);
+    sql
+}
+
+/// Current, not deleted resources with the given (type, id) keys.
+pub fn fetch_many(keys: &[(String, String)]) -> Sql {
+    let mut sql = Sql::default();
+    sql.push(&format!("SELECT {VERSION_COLUMNS} FROM resources WHERE deleted = FALSE AND (resource_type, id) IN ("));
+    push_key_values(&mut sql, keys);
+    sql.push(")");
+    sql
+}
+
+/// Local targets of the references `sources` make, optionally through one parameter and to one type.
+pub fn outgoing_references(sources: &[(String, String)], param: Option<&str>, target_type: Option<&str>) -> Sql {
+    let mut sql = Sql::default();
+    sql.push("SELECT DISTINCT target_type AS resource_type, target_id AS id FROM search_reference WHERE target_id IS NOT NULL");
+    sql.push(" AND (resource_type, resource_id) IN (");
+    push_key_values(&mut sql, sources);
+    sql.push(")");
+    if let Some(param) = param {
+        sql.push(" AND param = ").text(param);
+    }
+    if let Some(target_type) = target_type {
+        sql.push(" AND target_type = ").text(target_type);
+    }
+    sql
+}
+
+/// Resources of `source_type` that reference any of `targets`, optionally through one parameter.
+pub fn incoming_references(targets: &[(String, String)], source_type: &str, param: Option<&str>) -> Sql {
+    let mut sql = Sql::default();
+    sql.push("SELECT DISTINCT resource_type, resource_id AS id FROM search_reference WHERE resource_type = ")
+        .text(source_type);
+    sql.push(" AND (target_type, target_id) IN (");
+    push_key_values(&mut sql, targets);
+    sql.push(")");
+    if let Some(param) = param {
+        sql.push(" AND param = ").text(param);
+    }
+    sql
+}
+
+fn push_key_values(sql: &mut Sql, keys: &[(String, String)]) {
+    sql.push("VALUES ");
+    for (n, (resource_type, id)) in keys.iter().enumerate() {
+        sql.push(if n == 0 { "(" } else { ", (" });
+        sql.text(resource_type).push(", ").text(id).push(")");
+    }
+}
+
+fn push_filters(sql: &mut Sql, query: &SearchQuery) {
+    sql.push(" FROM resources r WHERE r.resource_type IN (");
+    for (n, resource_type) in query.resource_types.iter().enumerate() {
+        if n > 0 {
+            sql.push(", ");
+        }
+        sql.text(resource_type);
+    }
+    sql.push(") AND r.deleted = FALSE");
+    for group in &query.all_of {
+        sql.push(" AND ");
+        push_any_of(sql, group, "r", 0);
+    }
+}
+
+fn push_any_of(sql: &mut Sql, group: &[Condition], owner: &str, depth: usize) {
+    if group.is_empty() {
+        sql.push("1 = 0");
+        return;
+    }
+    sql.push("(");
+    for (n, condition) in group.iter().enumerate() {
+        if n > 0 {
+            sql.push(" OR ");
+        }
+        push_condition(sql, condition, owner, depth);
+    }
+    sql.push(")");
+}
+
+/// `EXISTS (SELECT 1 FROM <table> i<d> WHERE <owned by owner> AND i<d>.param = $n` — the caller
+/// adds its comparisons on `i<d>` and closes the parenthesis.
+fn open_exists(sql: &mut Sql, table: IndexTable, param: &str, owner: &str, depth: usize) -> String {
+    let i = format!("i{depth}");
+    sql.push(&format!(
+        "EXISTS (SELECT 1 FROM {} {i} WHERE {i}.resource_type = {owner}.resource_type AND {i}.resource_id = {owner}.id AND {i}.param = ",
+        table.name()
+    ));
+    sql.text(param);
+    i
+}
+
+fn push_condition(sql: &mut Sql, condition: &Condition, owner: &str, depth: usize) {
+    match condition {
+        Condition::Id(id) => {
+            sql.push(&format!("{owner}.id = ")).text(id);
+        }
+        Condition::Token { param, system, code } => {
+            let i = open_exists(sql, IndexTable::Token, param, owner, depth);
+            if let Some(code) = code {
+                sql.push(&format!(" AND {i}.code = ")).text(code);
+            }
+            match system {
+                TokenSystem::Any => {}
+                TokenSystem::None => {
+                    sql.push(&format!(" AND {i}.system IS NULL"));
+                }
+                TokenSystem::Is(system) => {
+                    sql.push(&format!(" AND {i}.system = ")).text(system);
+                }
+            }
+            sql.push(")");
+        }
+        Condition::String { param, value, matching } => {
+            let i = open_exists(sql, IndexTable::String, param, owner, depth);
+            match matching {
+                StringMatch::Exact => {
+                    sql.push(&format!(" AND {i}.exact = ")).text(value);
+                }
+                StringMatch::Prefix => {
+                    sql.push(&format!(" AND {i}.normalized >= ")).text(value);
+                    sql.push(&format!(" AND {i}.normalized < ")).text(&prefix_upper_bound(value));
+                }
+                StringMatch::Contains => {
+                    sql.push(&format!(" AND {i}.normalized LIKE ")).text(&format!("%{}%", like_escape(value)));
+                    sql.push(" ESCAPE '\\'");
+                }
+            }
+            sql.push(")");
+        }
+        Condition::Reference { param, target_type, target_id } => {
+            let i = open_exists(sql, IndexTable::Reference, param, owner, depth);
+            sql.push(&format!(" AND {i}.target_id = ")).text(target_id);
+            if let Some(target_type) = target_type {
+                sql.push(&format!(" AND {i}.target_type = ")).text(target_type);
+            }
+            sql.push(")");
+        }
+        Condition::ReferenceUrl { param, url } => {
+            let i = open_exists(sql, IndexTable::Reference, param, owner, depth);
+            sql.push(&format!(" AND {i}.target_url = ")).text(url).push(")");
+        }
+        Condition::Uri { param, value, matching } => {
+            let i = open_exists(sql, IndexTable::Uri, param, owner, depth);
+            match matching {
+                UriMatch::Exact => {
+                    sql.push(&format!(" AND {i}.value = ")).text(value);
+                }
+                UriMatch::Below => {
+                    sql.push(&format!(" AND {i}.value >= ")).text(value);
+                    sql.push(&format!(" AND {i}.value < ")).text(&prefix_upper_bound(value));
+                }
+                UriMatch::Above => {
+                    sql.push(" AND substr(").text(value).push(&format!(", 1, length({i}.value)) = {i}.value"));
+                }
+            }
+            sql.push(")");
+        }
+        Condition::Date { param, comparison, low, high } => {
+            let i = open_exists(sql, IndexTable::Date, param, owner, depth);
+            sql.push(" AND ");
+            push_interval_comparison(sql, &i, *comparison, *low, *high);
+            sql.push(")");
+        }
+        Condition::Number { param, comparison, value, low, high } => {
+            let i = open_exists(sql, IndexTable::Number, param, owner, depth);
+            sql.push(" AND ");
+            push_point_comparison(sql, &i, *comparison, *value, *low, *high);
+            sql.push(")");
+        }
+        Condition::Quantity { param, comparison, value, low, high, system, code } => {
+            let i = open_exists(sql, IndexTable::Quantity, param, owner, depth);
+            sql.push(" AND ");
+            push_point_comparison(sql, &i, *comparison, *value, *low, *high);
+            if let Some(system) = system {
+                sql.push(&format!(" AND {i}.system = ")).text(system);
+            }
+            match (system, code) {
+                (Some(_), Some(code)) => {
+                    sql.push(&format!(" AND {i}.code = ")).text(code);
+                }
+                (None, Some(code)) => {
+                    sql.push(&format!(" AND ({i}.code = ")).text(code);
+                    sql.push(&format!(" OR {i}.unit = ")).text(code).push(")");
+                }
+                _ => {}
+            }
+            sql.push(")");
+        }
+        Condition::Missing { param, table, missing } => {
+            if *missing {
+                sql.push("NOT ");
+            }
+            open_exists(sql, *table, param, owner, depth);
+            sql.push(")");
+        }
+        Condition::Not(inner) => {
+            sql.push("NOT (");
+            push_condition(sql, inner, owner, depth);
+            sql.push(")");
+        }
+        Condition::AnyOf(conditions) => push_any_of(sql, conditions, owner, depth),
+        Condition::Chain { param, target_type, condition } => {
+            let i = open_exists(sql, IndexTable::Reference, param, owner, depth);
+            let target = format!("r{}", depth + 1);
+            sql.push(&format!(" AND {i}.target_type = ")).text(target_type);
+            sql.push(&format!(
+                " AND EXISTS (SELECT 1 FROM resources {target} WHERE {target}.resource_type = {i}.target_type AND {target}.id = {i}.target_id AND {target}.deleted = FALSE AND "
+            ));
+            push_condition(sql, condition, &target, depth + 1);
+            sql.push("))");
+        }
+        Condition::Has { source_type, param, condition } => {
+            let i = format!("i{depth}");
+            let source = format!("r{}", depth + 1);
+            sql.push(&format!("EXISTS (SELECT 1 FROM search_reference {i} WHERE {i}.resource_type = "))
+                .text(source_type);
+            sql.push(&format!(" AND {i}.param = ")).text(param);
+            sql.push(&format!(" AND {i}.target_type = {owner}.resource_type AND {i}.target_id = {owner}.id"));
+            sql.push(&format!(
+                " AND EXISTS (SELECT 1 FROM resources {source} WHERE {source}.resource_type = {i}.resource_type AND {source}.id = {i}.resource_id AND {source}.deleted = FALSE AND "
+            ));
+            push_condition(sql, condition, &source, depth + 1);
+            sql.push("))");
+        }
+    }
+}
+
+/// Index interval `[low, high)` of `i` against the searched `[low, high)` (FHIR R4 prefixes).
+fn push_interval_comparison(sql: &mut Sql, i: &str, comparison: Comparison, low: i64, high: i64) {
+    let contained = |sql: &mut Sql| {
+        sql.push(&format!("({i}.low >= ")).bind(Arg::Int(low));
+        sql.push(&format!(" AND {i}.high <= ")).bind(Arg::Int(high)).push(")");
+    };
+    match comparison {
+        Comparison::Eq => contained(sql),
+        Comparison::Ne => {
+            sql.push("NOT ");
+            contained(sql);
+        }
+        Comparison::Gt => {
+            sql.push(&format!("{i}.high > ")).bind(Arg::Int(high));
+        }
+        Comparison::Lt => {
+            sql.push(&format!("{i}.low < ")).bind(Arg::Int(low));
+        }
+        Comparison::Ge => {
+            sql.push(&format!("({i}.high > ")).bind(Arg::Int(high)).push(" OR ");
+            contained(sql);
+            sql.push(")");
+        }
+        Comparison::Le => {
+            sql.push(&format!("({i}.low < ")).bind(Arg::Int(low)).push(" OR ");
+            contained(sql);
+            sql.push(")");
+        }
+        Comparison::Sa => {
+            sql.push(&format!("{i}.low >= ")).bind(Arg::Int(high));
+        }
+        Comparison::Eb => {
+            sql.push(&format!("{i}.high <= ")).bind(Arg::Int(low));
+        }
+    }
+}
+
+/// Indexed point `value` of `i` against the searched value with precision range `[low, high)`.
+fn push_point_comparison(sql: &mut Sql, i: &str, comparison: Comparison, value: f64, low: f64, high: f64) {
+    let (operator, bound) = match comparison {
+        Comparison::Eq | Comparison::Ne => {
+            sql.push(if comparison == Comparison::Ne { "NOT " } else { "" });
+            sql.push(&format!("({i}.value >= ")).bind(Arg::Float(low));
+            sql.push(&format!(" AND {i}.value < ")).bind(Arg::Float(high)).push(")");
+            return;
+        }
+        Comparison::Gt | Comparison::Sa => (">", value),
+        Comparison::Lt | Comparison::Eb => ("<", value),
+        Comparison::Ge => (">=", value),
+        Comparison::Le => ("<=", value),
+    };
+    sql.push(&format!("{i}.value {operator} ")).bind(Arg::Float(bound));
+}
+
+/// The value a sort key orders by, as a scalar subquery over the index.
+fn push_sort_value(sql: &mut Sql, key: &SortKey) {
+    let (param, table) = match &key.by {
+        SortBy::Id => {
+            sql.push("r.id");
+            return;
+        }
+        SortBy::LastUpdated => {
+            sql.push("r.last_updated");
+            return;
+        }
+        SortBy::Param { param, table } => (param, *table),
+    };
+    let column = match (table, key.descending) {
+        (IndexTable::Date, false) => "low",
+        (IndexTable::Date, true) => "high",
+        (IndexTable::String, _) => "normalized",
+        (IndexTable::Token, _) => "code",
+        (IndexTable::Reference, _) => "target_id",
+        (IndexTable::Uri | IndexTable::Number | IndexTable::Quantity, _) => "value",
+    };
+    let aggregate = if key.descending { "MAX" } else { "MIN" };
+    sql.push(&format!(
+        "(SELECT {aggregate}(si.{column}) FROM {} si WHERE si.resource_type = r.resource_type AND si.resource_id = r.id AND si.param = ",
+        table.name()
+    ));
+    sql.text(param).push(")");
+}
+
+/// Rows after the cursor in the order (s0…sn, resource_type, id), nulls last.
+fn push_after(sql: &mut Sql, sort: &[SortKey], cursor: &Cursor, key: usize) {
+    let Some(sort_key) = sort.get(key) else {
+        sql.push("(q.resource_type > ").text(&cursor.resource_type);
+        sql.push(" OR (q.resource_type = ").text(&cursor.resource_type);
+        sql.push(" AND q.id > ").text(&cursor.id).push("))");
+        return;
+    };
+    let column = format!("q.s{key}");
+    let value = match cursor.values.get(key) {
+        Some(SortValue::Int(i)) => Arg::Int(*i),
+        Some(SortValue::Float(f)) => Arg::Float(*f),
+        Some(SortValue::Text(t)) => Arg::Text(t.clone()),
+        Some(SortValue::Null) | None => {
+            sql.push(&format!("({column} IS NULL AND "));
+            push_after(sql, sort, cursor, key + 1);
+            sql.push(")");
+            return;
+        }
+    };
+    let beyond = if sort_key.descending { "<" } else { ">" };
+    sql.push(&format!("({column} {beyond} ")).bind(value.clone());
+    sql.push(&format!(" OR {column} IS NULL OR ({column} = ")).bind(value).push(" AND ");
+    push_after(sql, sort, cursor, key + 1);
+    sql.push("))");
+}
+
+/// The exclusive upper bound of all strings starting with `prefix` (index-friendly prefix match).
+fn prefix_upper_bound(prefix: &str) -> String {
+    let mut upper = prefix.to_string();
+    upper.push(char::MAX);
+    upper
+}
+
+/// Escapes `%`, `_` and `\` for a `LIKE … ESCAPE '\'` pattern.
+fn like_escape(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binds_every_value() {
+        let mut query = SearchQuery::new("Observation", 10);
+        query.all_of.push(vec![Condition::Chain {
+            param: "subject".into(),
+            target_type: "Patient".into(),
+            condition: Box::new(Condition::String {
+                param: "name".into(),
+                value: "o'brien".into(),
+                matching: StringMatch::Prefix,
+            }),
+        }]);
+        let sql = page(&query);
+        assert!(!sql.text.contains("o'brien"), "values are bound, never inlined: {}", sql.text);
+        assert_eq!(sql.text.matches('$').count(), sql.args.len());
+        assert!(sql.text.contains("FROM resources r1 WHERE r1.resource_type = i0.target_type"), "{}", sql.text);
+    }
+
+    #[test]
+    fn keyset_after_a_null_sort_value_stays_among_nulls() {
+        let sort = vec![SortKey {
+            by: SortBy::Param { param: "birthdate".into(), table: IndexTable::Date },
+            descending: false,
+        }];
+        let mut query = SearchQuery::new("Patient", 5);
+        query.sort = sort;
+        query.cursor = Some(Cursor { values: vec![SortValue::Null], resource_type: "Patient".into(), id: "p9".into() });
+        let sql = page(&query);
+        assert!(sql.text.contains("(q.s0 IS NULL AND (q.resource_type > $"), "{}", sql.text);
+        assert!(sql.text.ends_with("ORDER BY s0 NULLS LAST, resource_type, id LIMIT $6"), "{}", sql.text);
+    }
+}
