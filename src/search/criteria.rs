@@ -6,7 +6,7 @@ use super::index::{normalize, parse_local_reference};
 use super::{ParamKind, Registry, SearchParam};
 use crate::model::validate::is_resource_type;
 use crate::model::{FhirError, IssueCode};
-use crate::store::{Comparison, Condition, IndexTable, StringMatch, TokenSystem, UriMatch};
+use crate::store::{Comparison, CompositeMatch, Condition, IndexTable, StringMatch, TokenSystem, UriMatch};
 
 /// Parses one criterion on `resource_type` into the OR of its comma-separated values.
 pub fn parse_criterion(
@@ -147,7 +147,8 @@ fn lookup<'a>(registry: &'a Registry, resource_type: &str, code: &str) -> Result
 /// The index table that holds a parameter kind's rows.
 pub fn table_of(kind: ParamKind) -> IndexTable {
     match kind {
-        ParamKind::Token | ParamKind::Composite | ParamKind::Special => IndexTable::Token,
+        ParamKind::Token | ParamKind::Special => IndexTable::Token,
+        ParamKind::Composite => IndexTable::Composite,
         ParamKind::String => IndexTable::String,
         ParamKind::Reference => IndexTable::Reference,
         ParamKind::Uri => IndexTable::Uri,
@@ -200,9 +201,65 @@ fn parse_value(
             Ok(Condition::Number { param: name, comparison, value: number, low, high })
         }
         (ParamKind::Quantity, None) => parse_quantity(name, value),
+        (ParamKind::Composite, None) => parse_composite(param, value, base_url),
         (_, Some(m)) => Err(unsupported_modifier(code, m)),
         (kind, None) => {
             Err(FhirError::bad_request(format!("search parameter '{code}' of type {} is not supported", kind.as_str())))
+        }
+    }
+}
+
+/// `code-value-quantity=http://loinc.org|8480-6$gt120`: one value per component, joined by `$`.
+fn parse_composite(param: &SearchParam, value: &str, base_url: &str) -> Result<Condition, FhirError> {
+    let values = split_unescaped(value, '$');
+    if values.len() != param.components.len() {
+        return Err(FhirError::bad_request(format!(
+            "'{}' takes {} values joined by '$', not '{value}'",
+            param.code,
+            param.components.len()
+        )));
+    }
+    let parts = param
+        .components
+        .iter()
+        .zip(&values)
+        .map(|(component, value)| composite_match(component.kind, &param.code, value, base_url))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Condition::Composite { param: param.code.clone(), parts })
+}
+
+fn composite_match(kind: ParamKind, code: &str, value: &str, base_url: &str) -> Result<CompositeMatch, FhirError> {
+    let name = code.to_string();
+    match kind {
+        ParamKind::Token => match parse_token(name, value) {
+            Condition::Token { system, code, .. } => Ok(CompositeMatch::Token { system, code }),
+            _ => Err(FhirError::internal()),
+        },
+        ParamKind::Uri => Ok(CompositeMatch::Token { system: TokenSystem::Any, code: Some(value.to_string()) }),
+        ParamKind::Reference => {
+            let (system, id) = match parse_local_reference(value, base_url) {
+                Some((resource_type, id)) => (TokenSystem::Is(resource_type.to_string()), id.to_string()),
+                None => (TokenSystem::Any, value.to_string()),
+            };
+            Ok(CompositeMatch::Token { system, code: Some(id) })
+        }
+        ParamKind::String => Ok(CompositeMatch::String { value: normalize(value) }),
+        ParamKind::Date => match parse_date(name, value)? {
+            Condition::Date { comparison, low, high, .. } => Ok(CompositeMatch::Date { comparison, low, high }),
+            _ => Err(FhirError::internal()),
+        },
+        ParamKind::Number => {
+            let (comparison, value, low, high) = parse_number(code, value)?;
+            Ok(CompositeMatch::Quantity { comparison, value, low, high, system: None, code: None })
+        }
+        ParamKind::Quantity => match parse_quantity(name, value)? {
+            Condition::Quantity { comparison, value, low, high, system, code, .. } => {
+                Ok(CompositeMatch::Quantity { comparison, value, low, high, system, code })
+            }
+            _ => Err(FhirError::internal()),
+        },
+        ParamKind::Composite | ParamKind::Special => {
+            Err(FhirError::bad_request(format!("'{code}' has a component that cannot be searched")))
         }
     }
 }

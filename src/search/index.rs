@@ -8,7 +8,9 @@ use unicode_normalization::{char::is_combining_mark, UnicodeNormalization};
 
 use super::date::{parse_range, DateRange, OPEN_HIGH, OPEN_LOW};
 use super::{ParamKind, Registry, SearchParam};
-use crate::store::{DateRow, IndexRows, NumberRow, QuantityRow, ReferenceRow, StringRow, TokenRow, UriRow};
+use crate::store::{
+    CompositePart, CompositeRow, DateRow, IndexRows, NumberRow, QuantityRow, ReferenceRow, StringRow, TokenRow, UriRow,
+};
 
 /// The code system of Money currencies.
 const CURRENCY_SYSTEM: &str = "urn:iso:std:iso:4217";
@@ -16,6 +18,9 @@ const CURRENCY_SYSTEM: &str = "urn:iso:std:iso:4217";
 /// String parts of complex types that string parameters search (HumanName, Address).
 const STRING_PARTS: &[&str] =
     &["text", "family", "given", "prefix", "suffix", "line", "city", "district", "state", "postalCode", "country"];
+
+/// The most rows one composite element may produce (the product of its components' values).
+const MAX_COMPOSITE_ROWS: usize = 64;
 
 /// Lower-cases and removes accents, so that string search is case- and accent-insensitive.
 pub fn normalize(text: &str) -> String {
@@ -36,10 +41,105 @@ pub fn index_resource(registry: &Registry, resource: &Value, base_url: &str) -> 
         }
         let Some(expression) = &param.expression else { continue };
         for node in expression.evaluate(resource) {
-            rows.add(param, node.value, base_url);
+            if param.kind == ParamKind::Composite {
+                rows.add_composite(param, node.value, resource, base_url);
+            } else {
+                rows.add(param, node.value, base_url);
+            }
         }
     }
     rows.into_rows()
+}
+
+/// The (system, code) pairs a token element stands for: codings of a CodeableConcept, a
+/// Coding, an Identifier or ContactPoint (system, value), a code, string or boolean.
+fn token_values(value: &Value) -> Vec<(Option<&str>, String)> {
+    match value {
+        Value::String(code) => vec![(None, code.clone())],
+        Value::Bool(flag) => vec![(None, flag.to_string())],
+        Value::Object(object) => {
+            let system = object.get("system").and_then(Value::as_str);
+            if let Some(codings) = object.get("coding").and_then(Value::as_array) {
+                codings
+                    .iter()
+                    .filter_map(|c| {
+                        Some((c.get("system").and_then(Value::as_str), c.get("code")?.as_str()?.to_string()))
+                    })
+                    .collect()
+            } else if let Some(code) = object.get("code").and_then(Value::as_str) {
+                vec![(system, code.to_string())]
+            } else if let Some(value) = object.get("value").and_then(Value::as_str) {
+                vec![(system, value.to_string())]
+            } else {
+                Vec::new()
+            }
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// The texts a string element stands for: the string itself, or the parts of a HumanName or Address.
+fn string_values(value: &Value) -> Vec<&str> {
+    match value {
+        Value::String(text) => vec![text.as_str()],
+        Value::Object(object) => STRING_PARTS
+            .iter()
+            .flat_map(|part| match object.get(*part) {
+                Some(Value::String(text)) => vec![text.as_str()],
+                Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).collect(),
+                _ => Vec::new(),
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The reference text of a Reference element, or a canonical/uri string.
+fn reference_text(value: &Value) -> Option<&str> {
+    match value {
+        Value::String(canonical) => Some(canonical),
+        Value::Object(object) => object.get("reference").and_then(Value::as_str),
+        _ => None,
+    }
+}
+
+/// The composite-row values one component element stands for.
+fn composite_parts(kind: ParamKind, value: &Value, base_url: &str) -> Vec<CompositePart> {
+    let part = CompositePart::default();
+    match kind {
+        ParamKind::Token => token_values(value)
+            .into_iter()
+            .map(|(system, code)| CompositePart {
+                system: system.map(str::to_string),
+                code: Some(code),
+                ..part.clone()
+            })
+            .collect(),
+        ParamKind::String => string_values(value)
+            .into_iter()
+            .map(|t| CompositePart { code: Some(normalize(t)), ..part.clone() })
+            .collect(),
+        ParamKind::Uri => {
+            value.as_str().map(|t| CompositePart { code: Some(t.to_string()), ..part.clone() }).into_iter().collect()
+        }
+        ParamKind::Reference => reference_text(value)
+            .and_then(|text| parse_local_reference(text, base_url))
+            .map(|(t, id)| CompositePart { system: Some(t.to_string()), code: Some(id.to_string()), ..part.clone() })
+            .into_iter()
+            .collect(),
+        ParamKind::Date => date_range(value)
+            .map(|r| CompositePart { low: Some(r.low), high: Some(r.high), ..part.clone() })
+            .into_iter()
+            .collect(),
+        ParamKind::Number => {
+            value.as_f64().map(|n| CompositePart { number: Some(n), ..part.clone() }).into_iter().collect()
+        }
+        ParamKind::Quantity => quantity_row("", value)
+            .map(|q| CompositePart { number: Some(q.value), system: q.system, code: q.code.or(q.unit), ..part.clone() })
+            .into_iter()
+            .collect(),
+        ParamKind::Composite | ParamKind::Special => Vec::new(),
+    }
 }
 
 #[derive(Default)]
@@ -51,37 +151,42 @@ struct RowSet {
     dates: HashSet<DateRow>,
     numbers: Vec<NumberRow>,
     quantities: Vec<QuantityRow>,
+    composites: Vec<CompositeRow>,
 }
 
 impl RowSet {
     fn add(&mut self, param: &SearchParam, value: &Value, base_url: &str) {
+        let code = &param.code;
         match param.kind {
-            ParamKind::Token => self.add_tokens(&param.code, value),
-            ParamKind::String => self.add_strings(&param.code, value),
-            ParamKind::Reference => self.add_reference(&param.code, value, base_url),
+            ParamKind::Token => self.add_tokens(code, value),
+            ParamKind::String => {
+                for text in string_values(value) {
+                    self.strings.insert(StringRow {
+                        param: code.clone(),
+                        normalized: normalize(text),
+                        exact: text.to_string(),
+                    });
+                }
+            }
+            ParamKind::Reference => self.add_reference(code, value, base_url),
             ParamKind::Uri => {
                 if let Some(text) = value.as_str() {
-                    self.uris.insert(UriRow { param: param.code.clone(), value: text.to_string() });
+                    self.uris.insert(UriRow { param: code.clone(), value: text.to_string() });
                 }
             }
             ParamKind::Date => {
                 if let Some(range) = date_range(value) {
-                    self.dates.insert(DateRow { param: param.code.clone(), low: range.low, high: range.high });
+                    self.dates.insert(DateRow { param: code.clone(), low: range.low, high: range.high });
                 }
             }
             ParamKind::Number => {
                 if let Some(number) = value.as_f64() {
-                    let row = NumberRow { param: param.code.clone(), value: number };
-                    if !self.numbers.contains(&row) {
-                        self.numbers.push(row);
-                    }
+                    push_unique(&mut self.numbers, NumberRow { param: code.clone(), value: number });
                 }
             }
             ParamKind::Quantity => {
-                if let Some(row) = quantity_row(&param.code, value) {
-                    if !self.quantities.contains(&row) {
-                        self.quantities.push(row);
-                    }
+                if let Some(row) = quantity_row(code, value) {
+                    push_unique(&mut self.quantities, row);
                 }
             }
             ParamKind::Composite | ParamKind::Special => {}
@@ -89,33 +194,11 @@ impl RowSet {
     }
 
     fn add_tokens(&mut self, param: &str, value: &Value) {
-        let mut push = |system: Option<&str>, code: &str| {
-            self.tokens.insert(TokenRow {
-                param: param.to_string(),
-                system: system.map(str::to_string),
-                code: code.to_string(),
-            });
-        };
-        match value {
-            Value::String(code) => push(None, code),
-            Value::Bool(flag) => push(None, if *flag { "true" } else { "false" }),
-            Value::Object(object) => {
-                let system = object.get("system").and_then(Value::as_str);
-                if let Some(codings) = object.get("coding").and_then(Value::as_array) {
-                    for coding in codings {
-                        if let Some(code) = coding.get("code").and_then(Value::as_str) {
-                            push(coding.get("system").and_then(Value::as_str), code);
-                        }
-                    }
-                } else if let Some(code) = object.get("code").and_then(Value::as_str) {
-                    push(system, code);
-                } else if let Some(value) = object.get("value").and_then(Value::as_str) {
-                    // Identifier and ContactPoint: the value is the code.
-                    push(system, value);
-                    self.add_identifier_type(param, object, value);
-                }
-            }
-            _ => {}
+        for (system, code) in token_values(value) {
+            self.tokens.insert(TokenRow { param: param.to_string(), system: system.map(str::to_string), code });
+        }
+        if let (Some(identifier), Some(value)) = (value.as_object(), value.get("value").and_then(Value::as_str)) {
+            self.add_identifier_type(param, identifier, value);
         }
     }
 
@@ -133,44 +216,40 @@ impl RowSet {
         }
     }
 
-    fn add_strings(&mut self, param: &str, value: &Value) {
-        let mut push = |text: &str| {
-            self.strings.insert(StringRow {
-                param: param.to_string(),
-                normalized: normalize(text),
-                exact: text.to_string(),
-            });
-        };
-        match value {
-            Value::String(text) => push(text),
-            Value::Object(object) => {
-                for part in STRING_PARTS {
-                    match object.get(*part) {
-                        Some(Value::String(text)) => push(text),
-                        Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).for_each(&mut push),
-                        _ => {}
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-
     fn add_reference(&mut self, param: &str, value: &Value, base_url: &str) {
         // `reference:identifier` searches the logical identifier a Reference may carry.
         if let Some(identifier) = value.get("identifier") {
             self.add_tokens(&format!("{param}:identifier"), identifier);
         }
-        let text = match value {
-            Value::String(canonical) => canonical.as_str(),
-            Value::Object(object) => match object.get("reference").and_then(Value::as_str) {
-                Some(reference) => reference,
-                None => return,
-            },
-            _ => return,
-        };
-        if let Some(row) = reference_row(param, text, base_url) {
+        if let Some(row) = reference_text(value).and_then(|text| reference_row(param, text, base_url)) {
             self.references.insert(row);
+        }
+    }
+
+    /// One row per combination of the components' values.
+    fn add_composite(&mut self, param: &SearchParam, node: &Value, resource: &Value, base_url: &str) {
+        let mut combinations: Vec<Vec<CompositePart>> = vec![Vec::new()];
+        for component in &param.components {
+            let values: Vec<CompositePart> = component
+                .expression
+                .evaluate_on_with_resource(node, resource)
+                .iter()
+                .flat_map(|n| composite_parts(component.kind, n.value, base_url))
+                .collect();
+            combinations = combinations
+                .iter()
+                .flat_map(|prefix| {
+                    values.iter().map(move |v| {
+                        let mut next = prefix.clone();
+                        next.push(v.clone());
+                        next
+                    })
+                })
+                .take(MAX_COMPOSITE_ROWS)
+                .collect();
+        }
+        for parts in combinations.into_iter().filter(|p| p.len() == param.components.len()) {
+            push_unique(&mut self.composites, CompositeRow { param: param.code.clone(), parts });
         }
     }
 
@@ -183,8 +262,8 @@ impl RowSet {
             dates: self.dates.into_iter().collect(),
             numbers: self.numbers,
             quantities: self.quantities,
+            composites: self.composites,
         };
-        rows.dates.sort_by(|a, b| (&a.param, a.low, a.high).cmp(&(&b.param, b.low, b.high)));
         // Deterministic order keeps writes reproducible and tests simple.
         rows.tokens.sort_by(|a, b| (&a.param, &a.system, &a.code).cmp(&(&b.param, &b.system, &b.code)));
         rows.strings.sort_by(|a, b| (&a.param, &a.exact).cmp(&(&b.param, &b.exact)));
@@ -197,7 +276,14 @@ impl RowSet {
             ))
         });
         rows.uris.sort_by(|a, b| (&a.param, &a.value).cmp(&(&b.param, &b.value)));
+        rows.dates.sort_by(|a, b| (&a.param, a.low, a.high).cmp(&(&b.param, b.low, b.high)));
         rows
+    }
+}
+
+fn push_unique<T: PartialEq>(rows: &mut Vec<T>, row: T) {
+    if !rows.contains(&row) {
+        rows.push(row);
     }
 }
 
@@ -348,6 +434,32 @@ mod tests {
             "prediction": [{"probabilityDecimal": 0.25}]});
         let rows = index_resource(Registry::standard(), &risk, BASE);
         assert_eq!(rows.numbers, vec![NumberRow { param: "probability".into(), value: 0.25 }]);
+    }
+
+    #[test]
+    fn indexes_composites_as_one_row_per_combination() {
+        let blood_pressure = json!({"resourceType": "Observation", "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]},
+            "component": [
+                {"code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+                 "valueQuantity": {"value": 128, "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}},
+                {"code": {"coding": [{"system": "http://loinc.org", "code": "8462-4"}]},
+                 "valueQuantity": {"value": 84, "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}}]});
+        let rows = index_resource(Registry::standard(), &blood_pressure, BASE);
+        let systolic: Vec<&CompositeRow> = rows
+            .composites
+            .iter()
+            .filter(|c| c.param == "component-code-value-quantity" && c.parts[0].code.as_deref() == Some("8480-6"))
+            .collect();
+        assert_eq!(systolic.len(), 1);
+        assert_eq!(systolic[0].parts[1].number, Some(128.0));
+        assert_eq!(systolic[0].parts[1].code.as_deref(), Some("mm[Hg]"));
+        assert!(
+            !rows.composites.iter().any(|c| c.param == "component-code-value-quantity"
+                && c.parts[0].code.as_deref() == Some("8480-6")
+                && c.parts[1].number == Some(84.0)),
+            "components stay paired"
+        );
     }
 
     #[test]

@@ -10,4 +10,4 @@ pub mod index;
 pub mod params;
 pub mod registry;
 
-pub use registry::{ParamKind, Registry, SearchParam};
+pub use registry::{Component, ParamKind, Registry, SearchParam};

@@ -179,7 +179,11 @@ fn parse_sort(registry: &Registry, resource_types: &[String], value: &str) -> Re
                     let kinds: Vec<ParamKind> =
                         resource_types.iter().filter_map(|t| registry.lookup(t, code)).map(|p| p.kind).collect();
                     match kinds.first() {
-                        Some(kind) if kinds.len() == resource_types.len() && kind.is_supported() => {
+                        Some(kind)
+                            if kinds.len() == resource_types.len()
+                                && kind.is_supported()
+                                && *kind != ParamKind::Composite =>
+                        {
                             SortBy::Param { param: code.to_string(), table: table_of(*kind) }
                         }
                         _ => {

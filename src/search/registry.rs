@@ -41,7 +41,7 @@ impl ParamKind {
 
     /// Whether this server indexes and searches parameters of this kind yet.
     pub fn is_supported(self) -> bool {
-        !matches!(self, ParamKind::Composite | ParamKind::Special)
+        !matches!(self, ParamKind::Special)
     }
 }
 
@@ -53,6 +53,22 @@ pub struct SearchParam {
     pub kind: ParamKind,
     pub expression: Option<Expression>,
     pub targets: Vec<String>,
+    /// For composite parameters: each component's kind and expression (relative to the nodes
+    /// the parameter's own expression selects).
+    pub components: Vec<Component>,
+}
+
+/// One component of a composite parameter.
+#[derive(Debug)]
+pub struct Component {
+    pub kind: ParamKind,
+    pub expression: Expression,
+}
+
+#[derive(Deserialize)]
+struct ComponentDefinition {
+    definition: String,
+    expression: String,
 }
 
 #[derive(Deserialize)]
@@ -65,6 +81,8 @@ struct Definition {
     expression: Option<String>,
     #[serde(default)]
     target: Vec<String>,
+    #[serde(default)]
+    component: Vec<ComponentDefinition>,
 }
 
 /// Search parameters by resource type and code.
@@ -90,26 +108,35 @@ impl Registry {
     /// build-time error of the shipped data, reported as `Err`.
     pub fn from_json(text: &str) -> Result<Registry, String> {
         let definitions: Vec<Definition> = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        let kinds: HashMap<&str, ParamKind> = definitions.iter().map(|d| (d.url.as_str(), d.kind)).collect();
         let mut registry = Registry::default();
-        for definition in definitions {
-            let expression = definition
-                .expression
-                .as_deref()
-                .map(Expression::parse)
-                .transpose()
-                .map_err(|e| format!("{}: {e}", definition.url))?;
+        for definition in &definitions {
+            let parse = |text: &str| Expression::parse(text).map_err(|e| format!("{}: {e}", definition.url));
+            let expression = definition.expression.as_deref().map(parse).transpose()?;
+            let components = definition
+                .component
+                .iter()
+                .map(|c| {
+                    let kind = kinds
+                        .get(c.definition.as_str())
+                        .copied()
+                        .ok_or_else(|| format!("{}: unknown component", definition.url))?;
+                    Ok(Component { kind, expression: parse(&c.expression)? })
+                })
+                .collect::<Result<Vec<_>, String>>()?;
             let param = Arc::new(SearchParam {
-                code: definition.code,
-                url: definition.url,
+                code: definition.code.clone(),
+                url: definition.url.clone(),
                 kind: definition.kind,
                 expression,
-                targets: definition.target,
+                targets: definition.target.clone(),
+                components,
             });
-            for base in definition.base {
+            for base in &definition.base {
                 if base == "Resource" || base == "DomainResource" {
                     registry.common.push(param.clone());
                 } else {
-                    registry.by_type.entry(base).or_default().push(param.clone());
+                    registry.by_type.entry(base.clone()).or_default().push(param.clone());
                 }
             }
         }

@@ -16,8 +16,8 @@ use time::OffsetDateTime;
 
 pub use postgres::PostgresStore;
 pub use query::{
-    Comparison, Condition, Cursor, IndexTable, SearchQuery, SortBy, SortKey, SortValue, StringMatch, TokenSystem,
-    UriMatch,
+    Comparison, CompositeMatch, Condition, Cursor, IndexTable, SearchQuery, SortBy, SortKey, SortValue, StringMatch,
+    TokenSystem, UriMatch,
 };
 pub use sqlite::SqliteStore;
 
@@ -120,6 +120,24 @@ pub struct QuantityRow {
     pub unit: Option<String>,
 }
 
+/// One component value of a composite row; which fields are set depends on the component's
+/// kind (see `migrations/*/0003_search_composite.sql`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CompositePart {
+    pub system: Option<String>,
+    pub code: Option<String>,
+    pub number: Option<f64>,
+    pub low: Option<i64>,
+    pub high: Option<i64>,
+}
+
+/// A composite index row: one value per component (at most three).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompositeRow {
+    pub param: String,
+    pub parts: Vec<CompositePart>,
+}
+
 /// Everything the search index holds for one resource version.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct IndexRows {
@@ -130,6 +148,7 @@ pub struct IndexRows {
     pub dates: Vec<DateRow>,
     pub numbers: Vec<NumberRow>,
     pub quantities: Vec<QuantityRow>,
+    pub composites: Vec<CompositeRow>,
 }
 
 /// Which history to read.

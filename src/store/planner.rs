@@ -7,8 +7,8 @@
 //! last row and applied as a lexicographic comparison (`NULLS LAST` in both directions).
 
 use super::query::{
-    Comparison, Condition, Cursor, IndexTable, SearchQuery, SortBy, SortKey, SortValue, StringMatch, TokenSystem,
-    UriMatch,
+    Comparison, CompositeMatch, Condition, Cursor, IndexTable, SearchQuery, SortBy, SortKey, SortValue, StringMatch,
+    TokenSystem, UriMatch,
 };
 use super::sql::VERSION_COLUMNS;
 
@@ -237,19 +237,19 @@ fn push_condition(sql: &mut Sql, condition: &Condition, owner: &str, depth: usiz
         Condition::Date { param, comparison, low, high } => {
             let i = open_exists(sql, IndexTable::Date, param, owner, depth);
             sql.push(" AND ");
-            push_interval_comparison(sql, &i, *comparison, *low, *high);
+            push_interval_comparison(sql, (&format!("{i}.low"), &format!("{i}.high")), *comparison, *low, *high);
             sql.push(")");
         }
         Condition::Number { param, comparison, value, low, high } => {
             let i = open_exists(sql, IndexTable::Number, param, owner, depth);
             sql.push(" AND ");
-            push_point_comparison(sql, &i, *comparison, *value, *low, *high);
+            push_point_comparison(sql, &format!("{i}.value"), *comparison, *value, *low, *high);
             sql.push(")");
         }
         Condition::Quantity { param, comparison, value, low, high, system, code } => {
             let i = open_exists(sql, IndexTable::Quantity, param, owner, depth);
             sql.push(" AND ");
-            push_point_comparison(sql, &i, *comparison, *value, *low, *high);
+            push_point_comparison(sql, &format!("{i}.value"), *comparison, *value, *low, *high);
             if let Some(system) = system {
                 sql.push(&format!(" AND {i}.system = ")).text(system);
             }
@@ -262,6 +262,13 @@ fn push_condition(sql: &mut Sql, condition: &Condition, owner: &str, depth: usiz
                     sql.push(&format!(" OR {i}.unit = ")).text(code).push(")");
                 }
                 _ => {}
+            }
+            sql.push(")");
+        }
+        Condition::Composite { param, parts } => {
+            let i = open_exists(sql, IndexTable::Composite, param, owner, depth);
+            for (n, part) in parts.iter().enumerate() {
+                push_composite_part(sql, &i, n, part);
             }
             sql.push(")");
         }
@@ -304,11 +311,57 @@ fn push_condition(sql: &mut Sql, condition: &Condition, owner: &str, depth: usiz
     }
 }
 
-/// Index interval `[low, high)` of `i` against the searched `[low, high)` (FHIR R4 prefixes).
-fn push_interval_comparison(sql: &mut Sql, i: &str, comparison: Comparison, low: i64, high: i64) {
+/// Component `n` of a composite row (columns `s<n>`, `c<n>`, `v<n>`, `lo<n>`, `hi<n>` of `i`).
+fn push_composite_part(sql: &mut Sql, i: &str, n: usize, part: &CompositeMatch) {
+    let column = |name: &str| format!("{i}.{name}{n}");
+    match part {
+        CompositeMatch::Token { system, code } => {
+            if let Some(code) = code {
+                sql.push(&format!(" AND {} = ", column("c"))).text(code);
+            }
+            match system {
+                TokenSystem::Any => {}
+                TokenSystem::None => {
+                    sql.push(&format!(" AND {} IS NULL", column("s")));
+                }
+                TokenSystem::Is(system) => {
+                    sql.push(&format!(" AND {} = ", column("s"))).text(system);
+                }
+            }
+        }
+        CompositeMatch::String { value } => {
+            sql.push(&format!(" AND {} >= ", column("c"))).text(value);
+            sql.push(&format!(" AND {} < ", column("c"))).text(&prefix_upper_bound(value));
+        }
+        CompositeMatch::Quantity { comparison, value, low, high, system, code } => {
+            sql.push(" AND ");
+            push_point_comparison(sql, &column("v"), *comparison, *value, *low, *high);
+            if let Some(system) = system {
+                sql.push(&format!(" AND {} = ", column("s"))).text(system);
+            }
+            if let Some(code) = code {
+                sql.push(&format!(" AND {} = ", column("c"))).text(code);
+            }
+        }
+        CompositeMatch::Date { comparison, low, high } => {
+            sql.push(" AND ");
+            push_interval_comparison(sql, (&column("lo"), &column("hi")), *comparison, *low, *high);
+        }
+    }
+}
+
+/// Index interval `[low, high)` in the columns `(low, high)` against the searched `[low, high)`
+/// (FHIR R4 prefixes).
+fn push_interval_comparison(
+    sql: &mut Sql,
+    (low_column, high_column): (&str, &str),
+    comparison: Comparison,
+    low: i64,
+    high: i64,
+) {
     let contained = |sql: &mut Sql| {
-        sql.push(&format!("({i}.low >= ")).bind(Arg::Int(low));
-        sql.push(&format!(" AND {i}.high <= ")).bind(Arg::Int(high)).push(")");
+        sql.push(&format!("({low_column} >= ")).bind(Arg::Int(low));
+        sql.push(&format!(" AND {high_column} <= ")).bind(Arg::Int(high)).push(")");
     };
     match comparison {
         Comparison::Eq => contained(sql),
@@ -317,37 +370,37 @@ fn push_interval_comparison(sql: &mut Sql, i: &str, comparison: Comparison, low:
             contained(sql);
         }
         Comparison::Gt => {
-            sql.push(&format!("{i}.high > ")).bind(Arg::Int(high));
+            sql.push(&format!("{high_column} > ")).bind(Arg::Int(high));
         }
         Comparison::Lt => {
-            sql.push(&format!("{i}.low < ")).bind(Arg::Int(low));
+            sql.push(&format!("{low_column} < ")).bind(Arg::Int(low));
         }
         Comparison::Ge => {
-            sql.push(&format!("({i}.high > ")).bind(Arg::Int(high)).push(" OR ");
+            sql.push(&format!("({high_column} > ")).bind(Arg::Int(high)).push(" OR ");
             contained(sql);
             sql.push(")");
         }
         Comparison::Le => {
-            sql.push(&format!("({i}.low < ")).bind(Arg::Int(low)).push(" OR ");
+            sql.push(&format!("({low_column} < ")).bind(Arg::Int(low)).push(" OR ");
             contained(sql);
             sql.push(")");
         }
         Comparison::Sa => {
-            sql.push(&format!("{i}.low >= ")).bind(Arg::Int(high));
+            sql.push(&format!("{low_column} >= ")).bind(Arg::Int(high));
         }
         Comparison::Eb => {
-            sql.push(&format!("{i}.high <= ")).bind(Arg::Int(low));
+            sql.push(&format!("{high_column} <= ")).bind(Arg::Int(low));
         }
     }
 }
 
-/// Indexed point `value` of `i` against the searched value with precision range `[low, high)`.
-fn push_point_comparison(sql: &mut Sql, i: &str, comparison: Comparison, value: f64, low: f64, high: f64) {
+/// Indexed point in `column` against the searched value with precision range `[low, high)`.
+fn push_point_comparison(sql: &mut Sql, column: &str, comparison: Comparison, value: f64, low: f64, high: f64) {
     let (operator, bound) = match comparison {
         Comparison::Eq | Comparison::Ne => {
             sql.push(if comparison == Comparison::Ne { "NOT " } else { "" });
-            sql.push(&format!("({i}.value >= ")).bind(Arg::Float(low));
-            sql.push(&format!(" AND {i}.value < ")).bind(Arg::Float(high)).push(")");
+            sql.push(&format!("({column} >= ")).bind(Arg::Float(low));
+            sql.push(&format!(" AND {column} < ")).bind(Arg::Float(high)).push(")");
             return;
         }
         Comparison::Gt | Comparison::Sa => (">", value),
@@ -355,7 +408,7 @@ fn push_point_comparison(sql: &mut Sql, i: &str, comparison: Comparison, value: 
         Comparison::Ge => (">=", value),
         Comparison::Le => ("<=", value),
     };
-    sql.push(&format!("{i}.value {operator} ")).bind(Arg::Float(bound));
+    sql.push(&format!("{column} {operator} ")).bind(Arg::Float(bound));
 }
 
 /// The value a sort key orders by, as a scalar subquery over the index.
@@ -378,6 +431,7 @@ fn push_sort_value(sql: &mut Sql, key: &SortKey) {
         (IndexTable::Token, _) => "code",
         (IndexTable::Reference, _) => "target_id",
         (IndexTable::Uri | IndexTable::Number | IndexTable::Quantity, _) => "value",
+        (IndexTable::Composite, _) => "c0",
     };
     let aggregate = if key.descending { "MAX" } else { "MIN" };
     sql.push(&format!(

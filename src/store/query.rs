@@ -61,6 +61,7 @@ pub enum IndexTable {
     Date,
     Number,
     Quantity,
+    Composite,
 }
 
 impl IndexTable {
@@ -74,6 +75,7 @@ impl IndexTable {
             IndexTable::Date => "search_date",
             IndexTable::Number => "search_number",
             IndexTable::Quantity => "search_quantity",
+            IndexTable::Composite => "search_composite",
         }
     }
 }
@@ -107,6 +109,8 @@ pub enum Condition {
         system: Option<String>,
         code: Option<String>,
     },
+    /// A composite parameter: every part must match the same row.
+    Composite { param: String, parts: Vec<CompositeMatch> },
     /// `:missing`: whether the resource has no index row for the parameter.
     Missing { param: String, table: IndexTable, missing: bool },
     /// Negation (`:not`).
@@ -119,6 +123,19 @@ pub enum Condition {
     /// Reverse chain (`_has`): some `source_type` resource references this one through `param`
     /// and matches `condition`.
     Has { source_type: String, param: String, condition: Box<Condition> },
+}
+
+/// How one component of a composite row must match.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CompositeMatch {
+    /// Token or reference (system/type and code/id), uri (code).
+    Token { system: TokenSystem, code: Option<String> },
+    /// String: normalised prefix of the code column.
+    String { value: String },
+    /// Number or quantity value, optionally with system and code.
+    Quantity { comparison: Comparison, value: f64, low: f64, high: f64, system: Option<String>, code: Option<String> },
+    /// Date interval.
+    Date { comparison: Comparison, low: i64, high: i64 },
 }
 
 /// What to sort by.

@@ -304,6 +304,22 @@ macro_rules! sql_store {
             insert_rows!(index.numbers, "search_number", "param, value", |b, row| {
                 b.push_bind(row.param.clone()).push_bind(row.value);
             });
+            insert_rows!(
+                index.composites,
+                "search_composite",
+                "param, s0, c0, v0, lo0, hi0, s1, c1, v1, lo1, hi1, s2, c2, v2, lo2, hi2",
+                |b, row| {
+                    b.push_bind(row.param.clone());
+                    for n in 0..3 {
+                        let part = row.parts.get(n).cloned().unwrap_or_default();
+                        b.push_bind(part.system)
+                            .push_bind(part.code)
+                            .push_bind(part.number)
+                            .push_bind(part.low)
+                            .push_bind(part.high);
+                    }
+                }
+            );
             insert_rows!(index.quantities, "search_quantity", "param, value, system, code, unit", |b, row| {
                 b.push_bind(row.param.clone())
                     .push_bind(row.value)
