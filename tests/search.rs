@@ -51,6 +51,14 @@ fn fixtures() -> Vec<Value> {
                  "valueQuantity": {"value": 128, "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}},
                 {"code": {"coding": [{"system": "http://loinc.org", "code": "8462-4"}]},
                  "valueQuantity": {"value": 84, "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}}]}),
+        json!({"resourceType": "ValueSet", "id": "vs-glucose", "status": "active", "url": "http://example.org/fhir/ValueSet/glucose",
+            "compose": {"include": [{"system": "http://loinc.org", "concept": [{"code": "2339-0"}, {"code": "2345-7"}]}]}}),
+        json!({"resourceType": "ValueSet", "id": "vs-vitals", "status": "active", "url": "http://example.org/fhir/ValueSet/vitals",
+            "compose": {"include": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                "concept": [{"code": "vital-signs"}]}]}}),
+        json!({"resourceType": "Condition", "id": "cond-diabetes", "subject": {"reference": "Patient/pat-anna"},
+            "code": {"coding": [{"system": "http://snomed.info/sct", "code": "44054006", "display": "Diabetes mellitus type 2"}],
+                "text": "Type 2 diabetes"}}),
         json!({"resourceType": "RiskAssessment", "id": "risk-low", "status": "final", "subject": {"reference": "Patient/pat-anna"},
             "prediction": [{"probabilityDecimal": 0.1}]}),
         json!({"resourceType": "RiskAssessment", "id": "risk-high", "status": "final", "subject": {"reference": "Patient/pat-bob"},
@@ -145,6 +153,15 @@ const CASES: &[(&str, &[&str])] = &[
     (
         "Patient?_id=pat-anna&_revinclude=Observation:subject&_revinclude:iterate=Provenance:target",
         &["pat-anna", "+obs-glucose-1", "+obs-glucose-2", "+prov-1"],
+    ),
+    // token :text, :in and :not-in (ValueSets stored on the server).
+    ("Condition?code:text=type 2", &["cond-diabetes"]),
+    ("Condition?code:text=diabetes", &["cond-diabetes"]),
+    ("Condition?code:text=asthma", &[]),
+    ("Observation?code:in=http://example.org/fhir/ValueSet/glucose", &["obs-glucose-1", "obs-glucose-2"]),
+    (
+        "Observation?category:not-in=http://example.org/fhir/ValueSet/vitals",
+        &["obs-bp", "obs-glucose-1", "obs-glucose-2"],
     ),
     // composites: components of one element stay paired.
     ("Observation?component-code-value-quantity=http://loinc.org|8480-6$gt120", &["obs-bp"]),

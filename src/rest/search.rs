@@ -10,8 +10,9 @@ use super::source::Source;
 use super::{store_error, Body, FhirRequest, FhirResponse, FhirService};
 use crate::model::outcome::operation_outcome;
 use crate::model::{subset, FhirError, Issue, IssueCode};
+use crate::search::criteria::{Context, ValueSets};
 use crate::search::params::{parse_search, Include, ParsedSearch, Summary};
-use crate::store::{Condition, ResourceVersion};
+use crate::store::{Condition, ResourceVersion, SearchQuery, UriMatch};
 
 /// The most resources `_include`/`_revinclude` add to one page; past it the page says so.
 pub const MAX_INCLUDED: usize = 1000;
@@ -42,11 +43,12 @@ impl FhirService {
         scope: SearchScope,
         request: &FhirRequest,
     ) -> Result<FhirResponse, FhirError> {
+        let value_sets = self.value_sets(source, &request.query).await?;
+        let context = Context { registry: self.registry, base_url: &self.config.base_url, value_sets: &value_sets };
         let mut parsed = parse_search(
-            self.registry,
+            context,
             &scope.resource_types,
             &request.query,
-            &self.config.base_url,
             request.conditions.strict,
             self.config.paging,
         )?;
@@ -79,6 +81,34 @@ impl FhirService {
             bundle.entry(&json!({"search": {"mode": "outcome"}}), Some(&outcome));
         }
         Ok(FhirResponse::new(200, Body::Raw(bundle.finish())))
+    }
+
+    /// The ValueSets named by `:in`/`:not-in` criteria, expanded from their `compose.include`
+    /// concept lists (or their stored `expansion`). Unknown ones are left out; the parser says so.
+    async fn value_sets(
+        &self,
+        source: &mut Source<'_>,
+        parameters: &[(String, String)],
+    ) -> Result<ValueSets, FhirError> {
+        let mut value_sets = ValueSets::new();
+        for (name, url) in parameters.iter().filter(|(name, _)| name.ends_with(":in") || name.ends_with(":not-in")) {
+            if value_sets.contains_key(url) {
+                continue;
+            }
+            let mut query = SearchQuery::new("ValueSet", 1);
+            query.all_of.push(vec![Condition::Uri {
+                param: "url".into(),
+                value: url.clone(),
+                matching: UriMatch::Exact,
+            }]);
+            let Some(found) = source.search(&query).await?.resources.into_iter().next() else {
+                tracing::debug!(%name, %url, "no such ValueSet");
+                continue;
+            };
+            let value_set: Value = serde_json::from_slice(&found.body).map_err(|_| FhirError::internal())?;
+            value_sets.insert(url.clone(), expand(&value_set));
+        }
+        Ok(value_sets)
     }
 
     fn write_entry(
@@ -186,4 +216,23 @@ impl FhirService {
         };
         result.map_err(store_error)
     }
+}
+
+/// The (system, code) pairs of a ValueSet: its expansion if stored, else the concepts its
+/// `compose.include` lists (an include without concepts stands for its whole system).
+fn expand(value_set: &Value) -> Vec<(String, Option<String>)> {
+    let text = |v: &Value, name: &str| v.get(name).and_then(Value::as_str).map(str::to_string);
+    if let Some(contains) = value_set.pointer("/expansion/contains").and_then(Value::as_array) {
+        return contains.iter().filter_map(|c| Some((text(c, "system")?, Some(text(c, "code")?)))).collect();
+    }
+    let includes = value_set.pointer("/compose/include").and_then(Value::as_array).into_iter().flatten();
+    includes
+        .filter_map(|include| Some((include, text(include, "system")?)))
+        .flat_map(|(include, system)| match include.get("concept").and_then(Value::as_array) {
+            Some(concepts) => {
+                concepts.iter().filter_map(|c| text(c, "code")).map(|code| (system.clone(), Some(code))).collect()
+            }
+            None => vec![(system, None)],
+        })
+        .collect()
 }

@@ -10,6 +10,7 @@ use crate::model::patch::PatchDocument;
 use crate::model::resource::{is_valid_id, new_id, now, stamp};
 use crate::model::validate::validate_resource;
 use crate::model::{FhirError, Issue, IssueCode};
+use crate::search::criteria::{Context, ValueSets};
 use crate::search::index::index_resource;
 use crate::search::params::{parse_search, Paging};
 use crate::store::{IndexRows, ResourceVersion, StoreTx, WriteMethod};
@@ -278,8 +279,9 @@ impl FhirService {
             return Err(FhirError::bad_request("a conditional interaction needs search criteria"));
         }
         let paging = Paging { default_count: limit, max_count: limit };
-        let parsed =
-            parse_search(self.registry, &[resource_type.to_string()], criteria, &self.config.base_url, true, paging)?;
+        let value_sets = ValueSets::new();
+        let context = Context { registry: self.registry, base_url: &self.config.base_url, value_sets: &value_sets };
+        let parsed = parse_search(context, &[resource_type.to_string()], criteria, true, paging)?;
         let mut query = parsed.query;
         query.count = limit;
         Ok(Source::Tx(tx).search(&query).await?.resources)

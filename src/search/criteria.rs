@@ -1,6 +1,8 @@
 //! One search criterion (`name[:modifier]=value`, chains `a.b=value`, reverse chains
 //! `_has:Type:param:name=value`) parsed into store conditions, per FHIR R4 search.html.
 
+use std::collections::HashMap;
+
 use super::date::{approximate, parse_range, Prefix};
 use super::index::{normalize, parse_local_reference};
 use super::{ParamKind, Registry, SearchParam};
@@ -8,19 +10,32 @@ use crate::model::validate::is_resource_type;
 use crate::model::{FhirError, IssueCode};
 use crate::store::{Comparison, CompositeMatch, Condition, IndexTable, StringMatch, TokenSystem, UriMatch};
 
+/// The codes of ValueSets stored on the server, by canonical URL: (system, code) pairs, where
+/// no code means the whole system. Filled by the caller for `:in` and `:not-in`.
+pub type ValueSets = HashMap<String, Vec<(String, Option<String>)>>;
+
+/// What parsing needs besides the parameters.
+#[derive(Clone, Copy)]
+pub struct Context<'a> {
+    pub registry: &'a Registry,
+    /// This server's FHIR base URL (absolute references under it are local).
+    pub base_url: &'a str,
+    pub value_sets: &'a ValueSets,
+}
+
 /// Parses one criterion on `resource_type` into the OR of its comma-separated values.
 pub fn parse_criterion(
-    registry: &Registry,
+    context: Context<'_>,
     resource_type: &str,
     name: &str,
     value: &str,
-    base_url: &str,
 ) -> Result<Vec<Condition>, FhirError> {
+    let (registry, base_url) = (context.registry, context.base_url);
     if let Some(rest) = name.strip_prefix("_has:") {
-        return parse_has(registry, resource_type, rest, value, base_url);
+        return parse_has(context, resource_type, rest, value);
     }
     if let Some((link, rest)) = name.split_once('.') {
-        return parse_chain(registry, resource_type, link, rest, value, base_url);
+        return parse_chain(context, resource_type, link, rest, value);
     }
     let (code, modifier) = match name.split_once(':') {
         Some((code, modifier)) => (code, Some(modifier)),
@@ -51,19 +66,35 @@ pub fn parse_criterion(
             let any_of = values.iter().map(|v| parse_token(code.to_string(), v)).collect();
             Ok(vec![Condition::Not(Box::new(Condition::AnyOf(any_of)))])
         }
+        (ParamKind::Token, Some(modifier @ ("in" | "not-in"))) => {
+            let codes = context.value_sets.get(value).ok_or_else(|| {
+                FhirError::bad_request(format!("{name}: no ValueSet with url '{value}' is stored on this server"))
+            })?;
+            let any_of = Condition::AnyOf(
+                codes
+                    .iter()
+                    .map(|(system, concept)| Condition::Token {
+                        param: code.to_string(),
+                        system: TokenSystem::Is(system.clone()),
+                        code: concept.clone(),
+                    })
+                    .collect(),
+            );
+            Ok(vec![if modifier == "in" { any_of } else { Condition::Not(Box::new(any_of)) }])
+        }
         _ => values.iter().map(|value| parse_value(param, code, modifier, value, base_url)).collect(),
     }
 }
 
 /// `link` is `param` or `param:Type`; `rest` is the criterion on the referenced resources.
 fn parse_chain(
-    registry: &Registry,
+    context: Context<'_>,
     resource_type: &str,
     link: &str,
     rest: &str,
     value: &str,
-    base_url: &str,
 ) -> Result<Vec<Condition>, FhirError> {
+    let registry = context.registry;
     let (code, target) = match link.split_once(':') {
         Some((code, target)) => (code, Some(target)),
         None => (link, None),
@@ -90,7 +121,7 @@ fn parse_chain(
     }
     let mut conditions = Vec::new();
     for target_type in targets {
-        let inner = parse_criterion(registry, target_type, rest, value, base_url)?;
+        let inner = parse_criterion(context, target_type, rest, value)?;
         conditions.push(Condition::Chain {
             param: code.to_string(),
             target_type: target_type.to_string(),
@@ -101,13 +132,8 @@ fn parse_chain(
 }
 
 /// `rest` is `Type:param:criterion` (the criterion may itself be a `_has`).
-fn parse_has(
-    registry: &Registry,
-    resource_type: &str,
-    rest: &str,
-    value: &str,
-    base_url: &str,
-) -> Result<Vec<Condition>, FhirError> {
+fn parse_has(context: Context<'_>, resource_type: &str, rest: &str, value: &str) -> Result<Vec<Condition>, FhirError> {
+    let registry = context.registry;
     let mut parts = rest.splitn(3, ':');
     let (Some(source_type), Some(code), Some(criterion)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(FhirError::bad_request(format!("_has:{rest} must be _has:Type:parameter:criterion")));
@@ -122,7 +148,7 @@ fn parse_has(
     if !param.targets.is_empty() && !param.targets.iter().any(|t| t == resource_type) {
         return Err(FhirError::bad_request(format!("{source_type}.{code} never references a {resource_type}")));
     }
-    let inner = parse_criterion(registry, source_type, criterion, value, base_url)?;
+    let inner = parse_criterion(context, source_type, criterion, value)?;
     Ok(vec![Condition::Has {
         source_type: source_type.to_string(),
         param: code.to_string(),
@@ -178,6 +204,11 @@ fn parse_value(
         }
         (ParamKind::Token, None) => Ok(parse_token(name, value)),
         (ParamKind::Token, Some("of-type")) => parse_of_type(code, value),
+        (ParamKind::Token, Some("text")) => Ok(Condition::String {
+            param: format!("{code}:text"),
+            value: normalize(value),
+            matching: StringMatch::Prefix,
+        }),
         (ParamKind::Uri, None) => {
             Ok(Condition::Uri { param: name, value: value.to_string(), matching: UriMatch::Exact })
         }

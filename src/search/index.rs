@@ -78,6 +78,15 @@ fn token_values(value: &Value) -> Vec<(Option<&str>, String)> {
     }
 }
 
+/// The texts that go with a token: CodeableConcept.text, Coding.display, Identifier.type.text.
+fn token_texts(value: &Value) -> Vec<&str> {
+    let Some(object) = value.as_object() else { return Vec::new() };
+    let own = object.get("text").or_else(|| object.get("display")).and_then(Value::as_str);
+    let displays = object.get("coding").and_then(Value::as_array).into_iter().flatten();
+    let type_text = object.get("type").and_then(|t| t.get("text")).and_then(Value::as_str);
+    own.into_iter().chain(displays.filter_map(|c| c.get("display")?.as_str())).chain(type_text).collect()
+}
+
 /// The texts a string element stands for: the string itself, or the parts of a HumanName or Address.
 fn string_values(value: &Value) -> Vec<&str> {
     match value {
@@ -196,6 +205,14 @@ impl RowSet {
     fn add_tokens(&mut self, param: &str, value: &Value) {
         for (system, code) in token_values(value) {
             self.tokens.insert(TokenRow { param: param.to_string(), system: system.map(str::to_string), code });
+        }
+        // `:text` searches the words that go with the code.
+        for text in token_texts(value) {
+            self.strings.insert(StringRow {
+                param: format!("{param}:text"),
+                normalized: normalize(text),
+                exact: text.to_string(),
+            });
         }
         if let (Some(identifier), Some(value)) = (value.as_object(), value.get("value").and_then(Value::as_str)) {
             self.add_identifier_type(param, identifier, value);

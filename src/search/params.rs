@@ -4,7 +4,7 @@
 //! `Prefer: handling=strict` and are otherwise ignored and left out of the `self` link, as FHIR
 //! R4 search.html prescribes.
 
-use super::criteria::{parse_criterion, table_of};
+use super::criteria::{parse_criterion, table_of, Context};
 use super::{ParamKind, Registry};
 use crate::model::validate::is_resource_type;
 use crate::model::{FhirError, IssueCode};
@@ -59,10 +59,9 @@ pub struct ParsedSearch {
 
 /// Parses `parameters` of a search on `resource_types` (one type, or several for `_type`).
 pub fn parse_search(
-    registry: &Registry,
+    context: Context<'_>,
     resource_types: &[String],
     parameters: &[(String, String)],
-    base_url: &str,
     strict: bool,
     paging: Paging,
 ) -> Result<ParsedSearch, FhirError> {
@@ -79,7 +78,7 @@ pub fn parse_search(
             cursor = Some(value.clone());
             continue;
         }
-        match apply_parameter(registry, &mut parsed, name, value, base_url, paging) {
+        match apply_parameter(context, &mut parsed, name, value, paging) {
             Ok(()) => parsed.applied.push((name.clone(), value.clone())),
             Err(error) if strict => return Err(error),
             Err(error) => tracing::debug!(%error, parameter = %name, "ignored search parameter"),
@@ -95,13 +94,13 @@ pub fn parse_search(
 }
 
 fn apply_parameter(
-    registry: &Registry,
+    context: Context<'_>,
     parsed: &mut ParsedSearch,
     name: &str,
     value: &str,
-    base_url: &str,
     paging: Paging,
 ) -> Result<(), FhirError> {
+    let registry = context.registry;
     let query = &mut parsed.query;
     match name {
         "_count" => {
@@ -155,7 +154,7 @@ fn apply_parameter(
         _ => {
             let mut group = Vec::new();
             for resource_type in &query.resource_types {
-                group.extend(parse_criterion(registry, resource_type, name, value, base_url)?);
+                group.extend(parse_criterion(context, resource_type, name, value)?);
             }
             query.all_of.push(group);
         }
@@ -245,7 +244,9 @@ mod tests {
 
     fn parse(resource_type: &str, params: &[(&str, &str)], strict: bool) -> Result<ParsedSearch, FhirError> {
         let params: Vec<(String, String)> = params.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        parse_search(Registry::standard(), &[resource_type.to_string()], &params, BASE, strict, PAGING)
+        let value_sets = Default::default();
+        let context = Context { registry: Registry::standard(), base_url: BASE, value_sets: &value_sets };
+        parse_search(context, &[resource_type.to_string()], &params, strict, PAGING)
     }
 
     #[test]
