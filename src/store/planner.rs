@@ -1,10 +1,11 @@
 //! The search planner: turns a [`SearchQuery`] into one SQL statement that runs unchanged on
 //! SQLite and PostgreSQL (both accept `$n` placeholders, `NULLS LAST` and row-value `IN`).
 //!
-//! Every condition is an `EXISTS` over an index table, correlated to the resource row it
-//! constrains; chains and `_has` nest a further resource row. Sorted results carry their sort
-//! values as columns `s0…sn` so that the keyset cursor of the next page can be built from the
-//! last row and applied as a lexicographic comparison (`NULLS LAST` in both directions).
+//! Every condition is an uncorrelated `IN (SELECT … FROM <index table>)` on the resource row it
+//! constrains, so the database can drive the search from the index; chains and `_has` nest a
+//! further resource row. Sorted results carry their sort values as columns `s0…sn` so that the
+//! keyset cursor of the next page can be built from the last row and applied as a lexicographic
+//! comparison (`NULLS LAST` in both directions).
 
 use super::query::{
     Comparison, CompositeMatch, Condition, Cursor, IndexTable, SearchQuery, SortBy, SortKey, SortValue, StringMatch,
@@ -135,13 +136,48 @@ fn push_filters(sql: &mut Sql, query: &SearchQuery) {
         sql.text(resource_type);
     }
     sql.push(") AND r.deleted = FALSE");
+    let owner = Owner { alias: "r", types: &query.resource_types };
     for group in &query.all_of {
         sql.push(" AND ");
-        push_any_of(sql, group, "r", 0);
+        push_any_of(sql, group, owner, 0);
     }
 }
 
-fn push_any_of(sql: &mut Sql, group: &[Condition], owner: &str, depth: usize) {
+/// The resource row a condition constrains: its SQL alias and the types it can have.
+#[derive(Clone, Copy)]
+struct Owner<'a> {
+    alias: &'a str,
+    types: &'a [String],
+}
+
+/// `<column> = $n` or `<column> IN ($n, …)`.
+fn push_type_filter(sql: &mut Sql, column: &str, types: &[String]) {
+    if let [only] = types {
+        sql.push(&format!("{column} = ")).text(only);
+        return;
+    }
+    sql.push(&format!("{column} IN ("));
+    for (n, resource_type) in types.iter().enumerate() {
+        if n > 0 {
+            sql.push(", ");
+        }
+        sql.text(resource_type);
+    }
+    sql.push(")");
+}
+
+/// Opens `<owner> IN (SELECT <type column>, <id column>` (just the id when the owner has one
+/// type). The subquery is uncorrelated, so the database can drive the search from the index.
+fn open_membership(sql: &mut Sql, owner: Owner<'_>, type_column: &str, id_column: &str) {
+    let alias = owner.alias;
+    if owner.types.len() == 1 {
+        sql.push(&format!("{alias}.id IN (SELECT {id_column}"));
+    } else {
+        sql.push(&format!("({alias}.resource_type, {alias}.id) IN (SELECT {type_column}, {id_column}"));
+    }
+}
+
+fn push_any_of(sql: &mut Sql, group: &[Condition], owner: Owner<'_>, depth: usize) {
     if group.is_empty() {
         sql.push("1 = 0");
         return;
@@ -156,25 +192,24 @@ fn push_any_of(sql: &mut Sql, group: &[Condition], owner: &str, depth: usize) {
     sql.push(")");
 }
 
-/// `EXISTS (SELECT 1 FROM <table> i<d> WHERE <owned by owner> AND i<d>.param = $n` — the caller
-/// adds its comparisons on `i<d>` and closes the parenthesis.
-fn open_exists(sql: &mut Sql, table: IndexTable, param: &str, owner: &str, depth: usize) -> String {
+/// Opens `<owner> IN (SELECT … FROM <table> i<d> WHERE i<d>.resource_type … AND i<d>.param = $n`;
+/// the caller adds its comparisons on `i<d>` and closes the parenthesis.
+fn open_index_in(sql: &mut Sql, table: IndexTable, param: &str, owner: Owner<'_>, depth: usize) -> String {
     let i = format!("i{depth}");
-    sql.push(&format!(
-        "EXISTS (SELECT 1 FROM {} {i} WHERE {i}.resource_type = {owner}.resource_type AND {i}.resource_id = {owner}.id AND {i}.param = ",
-        table.name()
-    ));
-    sql.text(param);
+    open_membership(sql, owner, &format!("{i}.resource_type"), &format!("{i}.resource_id"));
+    sql.push(&format!(" FROM {} {i} WHERE ", table.name()));
+    push_type_filter(sql, &format!("{i}.resource_type"), owner.types);
+    sql.push(&format!(" AND {i}.param = ")).text(param);
     i
 }
 
-fn push_condition(sql: &mut Sql, condition: &Condition, owner: &str, depth: usize) {
+fn push_condition(sql: &mut Sql, condition: &Condition, owner: Owner<'_>, depth: usize) {
     match condition {
         Condition::Id(id) => {
-            sql.push(&format!("{owner}.id = ")).text(id);
+            sql.push(&format!("{}.id = ", owner.alias)).text(id);
         }
         Condition::Token { param, system, code } => {
-            let i = open_exists(sql, IndexTable::Token, param, owner, depth);
+            let i = open_index_in(sql, IndexTable::Token, param, owner, depth);
             if let Some(code) = code {
                 sql.push(&format!(" AND {i}.code = ")).text(code);
             }
@@ -190,7 +225,7 @@ fn push_condition(sql: &mut Sql, condition: &Condition, owner: &str, depth: usiz
             sql.push(")");
         }
         Condition::String { param, value, matching } => {
-            let i = open_exists(sql, IndexTable::String, param, owner, depth);
+            let i = open_index_in(sql, IndexTable::String, param, owner, depth);
             match matching {
                 StringMatch::Exact => {
                     sql.push(&format!(" AND {i}.exact = ")).text(value);
@@ -207,7 +242,7 @@ fn push_condition(sql: &mut Sql, condition: &Condition, owner: &str, depth: usiz
             sql.push(")");
         }
         Condition::Reference { param, target_type, target_id } => {
-            let i = open_exists(sql, IndexTable::Reference, param, owner, depth);
+            let i = open_index_in(sql, IndexTable::Reference, param, owner, depth);
             sql.push(&format!(" AND {i}.target_id = ")).text(target_id);
             if let Some(target_type) = target_type {
                 sql.push(&format!(" AND {i}.target_type = ")).text(target_type);
@@ -215,11 +250,11 @@ fn push_condition(sql: &mut Sql, condition: &Condition, owner: &str, depth: usiz
             sql.push(")");
         }
         Condition::ReferenceUrl { param, url } => {
-            let i = open_exists(sql, IndexTable::Reference, param, owner, depth);
+            let i = open_index_in(sql, IndexTable::Reference, param, owner, depth);
             sql.push(&format!(" AND {i}.target_url = ")).text(url).push(")");
         }
         Condition::Uri { param, value, matching } => {
-            let i = open_exists(sql, IndexTable::Uri, param, owner, depth);
+            let i = open_index_in(sql, IndexTable::Uri, param, owner, depth);
             match matching {
                 UriMatch::Exact => {
                     sql.push(&format!(" AND {i}.value = ")).text(value);
@@ -235,19 +270,19 @@ fn push_condition(sql: &mut Sql, condition: &Condition, owner: &str, depth: usiz
             sql.push(")");
         }
         Condition::Date { param, comparison, low, high } => {
-            let i = open_exists(sql, IndexTable::Date, param, owner, depth);
+            let i = open_index_in(sql, IndexTable::Date, param, owner, depth);
             sql.push(" AND ");
             push_interval_comparison(sql, (&format!("{i}.low"), &format!("{i}.high")), *comparison, *low, *high);
             sql.push(")");
         }
         Condition::Number { param, comparison, value, low, high } => {
-            let i = open_exists(sql, IndexTable::Number, param, owner, depth);
+            let i = open_index_in(sql, IndexTable::Number, param, owner, depth);
             sql.push(" AND ");
             push_point_comparison(sql, &format!("{i}.value"), *comparison, *value, *low, *high);
             sql.push(")");
         }
         Condition::Quantity { param, comparison, value, low, high, system, code } => {
-            let i = open_exists(sql, IndexTable::Quantity, param, owner, depth);
+            let i = open_index_in(sql, IndexTable::Quantity, param, owner, depth);
             sql.push(" AND ");
             push_point_comparison(sql, &format!("{i}.value"), *comparison, *value, *low, *high);
             if let Some(system) = system {
@@ -266,7 +301,7 @@ fn push_condition(sql: &mut Sql, condition: &Condition, owner: &str, depth: usiz
             sql.push(")");
         }
         Condition::Composite { param, parts } => {
-            let i = open_exists(sql, IndexTable::Composite, param, owner, depth);
+            let i = open_index_in(sql, IndexTable::Composite, param, owner, depth);
             for (n, part) in parts.iter().enumerate() {
                 push_composite_part(sql, &i, n, part);
             }
@@ -276,7 +311,7 @@ fn push_condition(sql: &mut Sql, condition: &Condition, owner: &str, depth: usiz
             if *missing {
                 sql.push("NOT ");
             }
-            open_exists(sql, *table, param, owner, depth);
+            open_index_in(sql, *table, param, owner, depth);
             sql.push(")");
         }
         Condition::Not(inner) => {
@@ -286,26 +321,30 @@ fn push_condition(sql: &mut Sql, condition: &Condition, owner: &str, depth: usiz
         }
         Condition::AnyOf(conditions) => push_any_of(sql, conditions, owner, depth),
         Condition::Chain { param, target_type, condition } => {
-            let i = open_exists(sql, IndexTable::Reference, param, owner, depth);
+            let i = open_index_in(sql, IndexTable::Reference, param, owner, depth);
             let target = format!("r{}", depth + 1);
             sql.push(&format!(" AND {i}.target_type = ")).text(target_type);
             sql.push(&format!(
-                " AND EXISTS (SELECT 1 FROM resources {target} WHERE {target}.resource_type = {i}.target_type AND {target}.id = {i}.target_id AND {target}.deleted = FALSE AND "
+                " AND {i}.target_id IN (SELECT {target}.id FROM resources {target} WHERE {target}.resource_type = "
             ));
-            push_condition(sql, condition, &target, depth + 1);
+            sql.text(target_type).push(&format!(" AND {target}.deleted = FALSE AND "));
+            let types = [target_type.clone()];
+            push_condition(sql, condition, Owner { alias: &target, types: &types }, depth + 1);
             sql.push("))");
         }
         Condition::Has { source_type, param, condition } => {
             let i = format!("i{depth}");
             let source = format!("r{}", depth + 1);
-            sql.push(&format!("EXISTS (SELECT 1 FROM search_reference {i} WHERE {i}.resource_type = "))
-                .text(source_type);
-            sql.push(&format!(" AND {i}.param = ")).text(param);
-            sql.push(&format!(" AND {i}.target_type = {owner}.resource_type AND {i}.target_id = {owner}.id"));
+            open_membership(sql, owner, &format!("{i}.target_type"), &format!("{i}.target_id"));
+            sql.push(&format!(" FROM search_reference {i} WHERE {i}.resource_type = ")).text(source_type);
+            sql.push(&format!(" AND {i}.param = ")).text(param).push(" AND ");
+            push_type_filter(sql, &format!("{i}.target_type"), owner.types);
             sql.push(&format!(
-                " AND EXISTS (SELECT 1 FROM resources {source} WHERE {source}.resource_type = {i}.resource_type AND {source}.id = {i}.resource_id AND {source}.deleted = FALSE AND "
+                " AND {i}.resource_id IN (SELECT {source}.id FROM resources {source} WHERE {source}.resource_type = "
             ));
-            push_condition(sql, condition, &source, depth + 1);
+            sql.text(source_type).push(&format!(" AND {source}.deleted = FALSE AND "));
+            let types = [source_type.clone()];
+            push_condition(sql, condition, Owner { alias: &source, types: &types }, depth + 1);
             sql.push("))");
         }
     }
@@ -499,7 +538,12 @@ mod tests {
         let sql = page(&query);
         assert!(!sql.text.contains("o'brien"), "values are bound, never inlined: {}", sql.text);
         assert_eq!(sql.text.matches('$').count(), sql.args.len());
-        assert!(sql.text.contains("FROM resources r1 WHERE r1.resource_type = i0.target_type"), "{}", sql.text);
+        assert!(
+            sql.text.contains("i0.target_id IN (SELECT r1.id FROM resources r1 WHERE r1.resource_type = $"),
+            "{}",
+            sql.text
+        );
+        assert!(sql.text.contains("r.id IN (SELECT i0.resource_id FROM search_reference i0"), "{}", sql.text);
     }
 
     #[test]

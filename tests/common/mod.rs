@@ -22,6 +22,8 @@ pub struct TestServer {
     pub base: String,
     pub client: reqwest::Client,
     pub db: Db,
+    /// The database the server runs on.
+    pub database_url: String,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -44,10 +46,11 @@ impl TestServer {
             Db::Postgres => (postgres::fresh_database().await, None),
         };
         let hearth = Hearth::open(&database_url, adjust(Settings::new(&root))).await.expect("open the database");
+
         tokio::spawn(async move {
             let _ = axum::serve(listener, hearth.router()).await;
         });
-        TestServer { base: format!("{root}/fhir"), client: reqwest::Client::new(), db, _dir: dir }
+        TestServer { base: format!("{root}/fhir"), client: reqwest::Client::new(), db, database_url, _dir: dir }
     }
 
     /// Absolute URL of a path under the FHIR base (`Patient/1`).

@@ -1,0 +1,98 @@
+//! Every US Core style search (patient + category/code/date/status, sorted by date) is answered
+//! through indexes: the query plan of each, on both databases, shows index searches and no full
+//! scan of a table. PostgreSQL is asked with `enable_seqscan = off`, which shows that an index
+//! path exists (on a tiny table it would otherwise rightly prefer a sequential scan).
+
+mod common;
+
+use common::{Db, TestServer};
+use hearth::search::criteria::{Context, ValueSets};
+use hearth::search::params::{parse_search, Paging};
+use hearth::search::Registry;
+use hearth::store::planner::{self, Arg};
+use sqlx::{Connection, Row};
+
+const US_CORE_SEARCHES: &[(&str, &str)] = &[
+    ("Observation", "patient=p1&category=laboratory&_sort=-date"),
+    ("Observation", "patient=p1&code=http://loinc.org|2339-0&_sort=-date"),
+    ("Observation", "patient=p1&category=vital-signs&date=ge2024-01-01&_sort=-date"),
+    ("Condition", "patient=p1&category=problem-list-item&clinical-status=active"),
+    ("MedicationRequest", "patient=p1&intent=order&status=active"),
+    ("Appointment", "patient=p1&date=ge2026-01-01&_sort=date"),
+    ("Slot", "schedule=Schedule/s1&status=free&start=ge2026-11-01&_sort=start"),
+    ("Communication", "recipient=Patient/p1&_sort=-sent"),
+    ("Invoice", "subject=p1&status=issued"),
+    ("Encounter", "patient=p1&date=ge2025&_sort=-date"),
+    ("DiagnosticReport", "patient=p1&category=LAB&_sort=-date"),
+    ("Immunization", "patient=p1&status=completed&_sort=-date"),
+];
+
+fn sql_for(resource_type: &str, query: &str) -> planner::Sql {
+    let params: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
+    let value_sets = ValueSets::new();
+    let context =
+        Context { registry: Registry::standard(), base_url: "http://localhost/fhir", value_sets: &value_sets };
+    let paging = Paging { default_count: 20, max_count: 100 };
+    let parsed = parse_search(context, &[resource_type.to_string()], &params, true, paging).expect("valid search");
+    planner::page(&parsed.query)
+}
+
+/// Full scans in a plan: SQLite's `SCAN <table>` (other than of a materialised subquery or
+/// for sorting) and PostgreSQL's `Seq Scan`.
+fn full_scans(plan: &[String]) -> Vec<&String> {
+    plan.iter()
+        .filter(|line| {
+            (line.contains("SCAN ") && !line.contains("SUBQUERY") && !line.contains("USING"))
+                || line.contains("Seq Scan")
+        })
+        .collect()
+}
+
+async fn us_core_searches_use_indexes(db: Db) {
+    let server = TestServer::start(db).await;
+    let database = server.database_url.clone();
+    for (resource_type, query) in US_CORE_SEARCHES {
+        let sql = sql_for(resource_type, query);
+        let plan: Vec<String> = match db {
+            Db::Sqlite => {
+                let mut conn = sqlx::SqliteConnection::connect(&database).await.unwrap();
+                let explained = format!("EXPLAIN QUERY PLAN {}", sql.text);
+                let mut q = sqlx::query(&explained);
+                for arg in &sql.args {
+                    q = match arg {
+                        Arg::Text(t) => q.bind(t.clone()),
+                        Arg::Int(i) => q.bind(*i),
+                        Arg::Float(f) => q.bind(*f),
+                    };
+                }
+                q.fetch_all(&mut conn).await.unwrap().iter().map(|row| row.get::<String, _>("detail")).collect()
+            }
+            Db::Postgres => {
+                let mut conn = sqlx::PgConnection::connect(&database).await.unwrap();
+                sqlx::query("SET enable_seqscan = off").execute(&mut conn).await.unwrap();
+                let explained = format!("EXPLAIN {}", sql.text);
+                let mut q = sqlx::query(&explained);
+                for arg in &sql.args {
+                    q = match arg {
+                        Arg::Text(t) => q.bind(t.clone()),
+                        Arg::Int(i) => q.bind(*i),
+                        Arg::Float(f) => q.bind(*f),
+                    };
+                }
+                q.fetch_all(&mut conn).await.unwrap().iter().map(|row| row.get::<String, _>(0)).collect()
+            }
+        };
+        let scans = full_scans(&plan);
+        if std::env::var("SHOW_PLANS").is_ok() {
+            println!("{db:?} {resource_type}?{query}\n  {}", plan.join("\n  "));
+        }
+        assert!(scans.is_empty(), "{resource_type}?{query} scans a whole table:\n{}", plan.join("\n"));
+        assert!(
+            plan.iter().any(|l| l.contains("INDEX") || l.contains("Index")),
+            "{resource_type}?{query}:\n{}",
+            plan.join("\n")
+        );
+    }
+}
+
+on_both_databases!(us_core_searches_use_indexes);
