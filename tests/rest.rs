@@ -611,6 +611,28 @@ async fn concurrent_updates_with_if_match_have_one_winner_per_version(db: Db) {
     assert_eq!(listed, (1..=52).rev().collect::<Vec<i64>>());
 }
 
+async fn concurrent_creates_of_one_new_id_all_land(db: Db) {
+    let server = std::sync::Arc::new(TestServer::start(db).await);
+    let mut tasks = Vec::new();
+    for n in 0..20 {
+        let server = server.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut resource = patient(&format!("Racer{n}"), "RC");
+            resource["id"] = json!("shared-new-id");
+            server.put("Patient/shared-new-id", &resource).await.status().as_u16()
+        }));
+    }
+    let mut statuses = Vec::new();
+    for task in tasks {
+        statuses.push(task.await.unwrap());
+    }
+    statuses.sort();
+    assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 1, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 19, "{statuses:?}");
+    let current = server.get("Patient/shared-new-id").await;
+    assert_eq!(header(&current, "etag"), "W/\"20\"");
+}
+
 async fn stored_bytes_are_served_unchanged(db: Db) {
     let server = TestServer::start(db).await;
     let observation = r#"{"resourceType":"Observation","status":"final","code":{"text":"weight"},"valueQuantity":{"value":185.50,"unit":"lbs"}}"#;
@@ -645,5 +667,6 @@ on_both_databases!(
     transaction_rewrites_references_and_is_atomic,
     batch_reports_each_entry,
     concurrent_updates_with_if_match_have_one_winner_per_version,
+    concurrent_creates_of_one_new_id_all_land,
     stored_bytes_are_served_unchanged,
 );

@@ -189,8 +189,20 @@ impl FhirService {
         &self.store
     }
 
-    /// Carries out one interaction; writes run in their own database transaction.
+    /// Carries out one interaction; writes run in their own database transaction. A write that
+    /// lost a race with a concurrent writer (two transactions creating the same new id) is
+    /// retried from the start, so the loser becomes the next version instead of failing.
     pub async fn handle(&self, request: FhirRequest) -> Result<FhirResponse, FhirError> {
+        let mut attempt = 1;
+        loop {
+            match self.handle_once(request.clone()).await {
+                Err(error) if attempt < WRITE_ATTEMPTS && is_write_conflict(&error) => attempt += 1,
+                outcome => return outcome,
+            }
+        }
+    }
+
+    async fn handle_once(&self, request: FhirRequest) -> Result<FhirResponse, FhirError> {
         let route = Route::parse(&request.path)?;
         if route == Route::System && request.method == Method::Post {
             return self.process_bundle(request).await;
@@ -290,6 +302,13 @@ fn system_search_types(query: &mut Vec<(String, String)>) -> Result<TypesAndLink
         return Ok((crate::model::validate::resource_types().into_iter().map(str::to_string).collect(), type_params));
     }
     Ok((listed, type_params))
+}
+
+/// How often a write that lost a race is tried in all.
+const WRITE_ATTEMPTS: usize = 3;
+
+fn is_write_conflict(error: &FhirError) -> bool {
+    error.status == 409 && error.issues.first().is_some_and(|issue| issue.code == crate::model::IssueCode::Conflict)
 }
 
 /// Storage failures as FHIR errors: conflicts are 409, the rest is logged and hidden.

@@ -239,10 +239,11 @@ impl FhirService {
             method: WriteMethod::Delete,
             body: Bytes::new(),
         };
-        tx.write(&deletion, &IndexRows::default()).await.map_err(store_error)?;
+        let (version, last_updated) = (deletion.version, deletion.last_updated);
+        tx.write(deletion, IndexRows::default()).await.map_err(store_error)?;
         let response = FhirResponse {
-            version: Some(deletion.version),
-            last_modified: Some(deletion.last_updated),
+            version: Some(version),
+            last_modified: Some(last_updated),
             ..FhirResponse::new(204, Body::None)
         };
         Ok(self.respond(response, conditions.prefer_return, &format!("deleted {resource_type}/{id}")))
@@ -362,7 +363,7 @@ impl FhirService {
             method,
             body,
         };
-        tx.write(&stored, &index).await.map_err(store_error)?;
+        tx.write(stored.clone(), index).await.map_err(store_error)?;
         Ok(stored)
     }
 

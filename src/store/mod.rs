@@ -244,8 +244,9 @@ pub trait StoreTx: Send {
     async fn vread(&mut self, resource_type: &str, id: &str, version: i64) -> StoreResult<Option<ResourceVersion>>;
     /// Search as seen inside this transaction (its own writes included).
     async fn search(&mut self, query: &SearchQuery) -> StoreResult<SearchPage>;
-    /// Writes a new version and replaces the resource's index rows.
-    async fn write(&mut self, version: &ResourceVersion, index: &IndexRows) -> StoreResult<()>;
+    /// Writes a new version and replaces the resource's index rows (buffered: it reaches the
+    /// database before the next read in this transaction, or at commit).
+    async fn write(&mut self, version: ResourceVersion, index: IndexRows) -> StoreResult<()>;
     /// Makes everything written visible at once.
     async fn commit(self: Box<Self>) -> StoreResult<()>;
 }

@@ -76,8 +76,19 @@ macro_rules! sql_store {
             writers: sqlx::Pool<$db>,
         }
 
-        /// A write transaction of this store.
-        pub struct $tx(sqlx::Transaction<'static, $db>);
+        /// A write transaction of this store. Writes are buffered and flushed in batches, before
+        /// any read inside the transaction and at commit.
+        pub struct $tx {
+            tx: sqlx::Transaction<'static, $db>,
+            pending: Vec<($crate::store::ResourceVersion, $crate::store::IndexRows)>,
+        }
+
+        impl $tx {
+            async fn flush(&mut self) -> $crate::store::StoreResult<()> {
+                let pending = std::mem::take(&mut self.pending);
+                write_batch(&mut self.tx, &pending).await
+            }
+        }
 
         type Conn = <$db as sqlx::Database>::Connection;
         type Builder = sqlx::QueryBuilder<'static, $db>;
@@ -222,47 +233,75 @@ macro_rules! sql_store {
             rows.iter().map(|row| Ok((row.try_get("resource_type")?, row.try_get("id")?))).collect()
         }
 
-        async fn write_version(
+        /// Writes buffered versions with few statements: one multi-row INSERT per table and
+        /// chunk, instead of several statements per resource.
+        async fn write_batch(
             conn: &mut Conn,
-            version: &$crate::store::ResourceVersion,
-            index: &$crate::store::IndexRows,
+            batch: &[($crate::store::ResourceVersion, $crate::store::IndexRows)],
         ) -> $crate::store::StoreResult<()> {
             use $crate::store::sql::{classify, to_micros, INSERT_CHUNK, VERSION_COLUMNS};
-            let micros = to_micros(version.last_updated);
-            for table in ["resource_history", "resources"] {
-                let mut sql = format!("INSERT INTO {table} ({VERSION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)");
-                if table == "resources" {
-                    sql.push_str(
-                        " ON CONFLICT (resource_type, id) DO UPDATE SET version = excluded.version, \
-                         last_updated = excluded.last_updated, deleted = excluded.deleted, \
-                         method = excluded.method, body = excluded.body",
-                    );
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let push_version = |mut b: sqlx::query_builder::Separated<'_, 'static, $db, &'static str>,
+                                v: &$crate::store::ResourceVersion| {
+                b.push_bind(v.resource_type.clone())
+                    .push_bind(v.id.clone())
+                    .push_bind(v.version)
+                    .push_bind(to_micros(v.last_updated))
+                    .push_bind(v.deleted)
+                    .push_bind(v.method.as_str())
+                    .push_bind(v.body.to_vec());
+            };
+            for chunk in batch.chunks(INSERT_CHUNK / 2) {
+                let mut qb = Builder::new(format!("INSERT INTO resource_history ({VERSION_COLUMNS}) "));
+                qb.push_values(chunk, |b, (v, _)| push_version(b, v));
+                qb.build().execute(&mut *conn).await.map_err(classify)?;
+            }
+            // One row per resource in `resources`: the last version written wins.
+            let mut latest: Vec<&$crate::store::ResourceVersion> = Vec::with_capacity(batch.len());
+            for (version, _) in batch.iter().rev() {
+                if !latest.iter().any(|v| v.resource_type == version.resource_type && v.id == version.id) {
+                    latest.push(version);
                 }
-                sqlx::query(&sql)
-                    .bind(&version.resource_type)
-                    .bind(&version.id)
-                    .bind(version.version)
-                    .bind(micros)
-                    .bind(version.deleted)
-                    .bind(version.method.as_str())
-                    .bind(version.body.to_vec())
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(classify)?;
             }
-            // Version 1 has no earlier index rows to replace.
-            let tables: &[&str] = if version.version == 1 { &[] } else { $crate::store::sql::INDEX_TABLES };
-            for table in tables {
-                sqlx::query(&format!("DELETE FROM {table} WHERE resource_type = $1 AND resource_id = $2"))
-                    .bind(&version.resource_type)
-                    .bind(&version.id)
-                    .execute(&mut *conn)
-                    .await?;
+            for chunk in latest.chunks(INSERT_CHUNK / 2) {
+                let mut qb = Builder::new(format!("INSERT INTO resources ({VERSION_COLUMNS}) "));
+                qb.push_values(chunk, |b, v| push_version(b, v));
+                qb.push(
+                    " ON CONFLICT (resource_type, id) DO UPDATE SET version = excluded.version, \
+                     last_updated = excluded.last_updated, deleted = excluded.deleted, \
+                     method = excluded.method, body = excluded.body",
+                );
+                qb.build().execute(&mut *conn).await.map_err(classify)?;
             }
-            let owner = (version.resource_type.clone(), version.id.clone());
+            // Earlier versions' index rows go; version 1 has none.
+            let replaced: Vec<(String, String)> =
+                latest.iter().filter(|v| v.version > 1).map(|v| (v.resource_type.clone(), v.id.clone())).collect();
+            for chunk in replaced.chunks($crate::store::sql::KEY_CHUNK) {
+                for table in $crate::store::sql::INDEX_TABLES {
+                    let mut qb = Builder::new(format!("DELETE FROM {table} WHERE (resource_type, resource_id) IN ("));
+                    qb.push_values(chunk, |mut b, (t, id)| {
+                        b.push_bind(t.clone()).push_bind(id.clone());
+                    });
+                    qb.push(")");
+                    qb.build().execute(&mut *conn).await?;
+                }
+            }
+            // Index rows of the versions that are current after this batch.
+            let current: Vec<(&$crate::store::ResourceVersion, &$crate::store::IndexRows)> = latest
+                .iter()
+                .filter_map(|v| batch.iter().rev().find(|(o, _)| std::ptr::eq(o, *v)).map(|(o, rows)| (o, rows)))
+                .collect();
             macro_rules! insert_rows {
-                ($rows:expr, $table:literal, $columns:literal, |$b:ident, $row:ident| $bind:block) => {
-                    for chunk in $rows.chunks(INSERT_CHUNK) {
+                ($field:ident, $table:literal, $columns:literal, |$b:ident, $row:ident| $bind:block) => {
+                    let rows: Vec<(&str, &str, _)> = current
+                        .iter()
+                        .flat_map(|(v, index)| {
+                            index.$field.iter().map(move |row| (v.resource_type.as_str(), v.id.as_str(), row))
+                        })
+                        .collect();
+                    for chunk in rows.chunks(INSERT_CHUNK) {
                         let mut qb = Builder::new(concat!(
                             "INSERT INTO ",
                             $table,
@@ -270,42 +309,44 @@ macro_rules! sql_store {
                             $columns,
                             ") "
                         ));
-                        qb.push_values(chunk, |mut $b, $row| {
-                            $b.push_bind(owner.0.clone()).push_bind(owner.1.clone());
+                        qb.push_values(chunk, |mut $b, (owner_type, owner_id, $row)| {
+                            $b.push_bind(owner_type.to_string()).push_bind(owner_id.to_string());
                             $bind
                         });
                         qb.build().execute(&mut *conn).await?;
                     }
                 };
             }
-            insert_rows!(index.tokens, "search_token", "param, system, code", |b, row| {
+            insert_rows!(tokens, "search_token", "param, system, code", |b, row| {
                 b.push_bind(row.param.clone()).push_bind(row.system.clone()).push_bind(row.code.clone());
             });
-            insert_rows!(index.strings, "search_string", "param, normalized, exact", |b, row| {
+            insert_rows!(strings, "search_string", "param, normalized, exact", |b, row| {
                 b.push_bind(row.param.clone()).push_bind(row.normalized.clone()).push_bind(row.exact.clone());
             });
-            insert_rows!(
-                index.references,
-                "search_reference",
-                "param, target_type, target_id, target_url",
-                |b, row| {
-                    b.push_bind(row.param.clone())
-                        .push_bind(row.target_type.clone())
-                        .push_bind(row.target_id.clone())
-                        .push_bind(row.target_url.clone());
-                }
-            );
-            insert_rows!(index.uris, "search_uri", "param, value", |b, row| {
+            insert_rows!(references, "search_reference", "param, target_type, target_id, target_url", |b, row| {
+                b.push_bind(row.param.clone())
+                    .push_bind(row.target_type.clone())
+                    .push_bind(row.target_id.clone())
+                    .push_bind(row.target_url.clone());
+            });
+            insert_rows!(uris, "search_uri", "param, value", |b, row| {
                 b.push_bind(row.param.clone()).push_bind(row.value.clone());
             });
-            insert_rows!(index.dates, "search_date", "param, low, high", |b, row| {
+            insert_rows!(dates, "search_date", "param, low, high", |b, row| {
                 b.push_bind(row.param.clone()).push_bind(row.low).push_bind(row.high);
             });
-            insert_rows!(index.numbers, "search_number", "param, value", |b, row| {
+            insert_rows!(numbers, "search_number", "param, value", |b, row| {
                 b.push_bind(row.param.clone()).push_bind(row.value);
             });
+            insert_rows!(quantities, "search_quantity", "param, value, system, code, unit", |b, row| {
+                b.push_bind(row.param.clone())
+                    .push_bind(row.value)
+                    .push_bind(row.system.clone())
+                    .push_bind(row.code.clone())
+                    .push_bind(row.unit.clone());
+            });
             insert_rows!(
-                index.composites,
+                composites,
                 "search_composite",
                 "param, s0, c0, v0, lo0, hi0, s1, c1, v1, lo1, hi1, s2, c2, v2, lo2, hi2",
                 |b, row| {
@@ -320,13 +361,6 @@ macro_rules! sql_store {
                     }
                 }
             );
-            insert_rows!(index.quantities, "search_quantity", "param, value, system, code, unit", |b, row| {
-                b.push_bind(row.param.clone())
-                    .push_bind(row.value)
-                    .push_bind(row.system.clone())
-                    .push_bind(row.code.clone())
-                    .push_bind(row.unit.clone());
-            });
             Ok(())
         }
 
@@ -417,7 +451,7 @@ macro_rules! sql_store {
             }
 
             async fn begin(&self) -> $crate::store::StoreResult<Box<dyn $crate::store::StoreTx>> {
-                Ok(Box::new($tx(self.writers.begin().await?)))
+                Ok(Box::new($tx { tx: self.writers.begin().await?, pending: Vec::new() }))
             }
 
             async fn ping(&self) -> $crate::store::StoreResult<()> {
@@ -433,7 +467,8 @@ macro_rules! sql_store {
                 resource_type: &str,
                 id: &str,
             ) -> $crate::store::StoreResult<Option<$crate::store::ResourceVersion>> {
-                fetch_current(&mut self.0, resource_type, id, $lock).await
+                self.flush().await?;
+                fetch_current(&mut self.tx, resource_type, id, $lock).await
             }
 
             async fn vread(
@@ -442,26 +477,30 @@ macro_rules! sql_store {
                 id: &str,
                 version: i64,
             ) -> $crate::store::StoreResult<Option<$crate::store::ResourceVersion>> {
-                fetch_version(&mut self.0, resource_type, id, version).await
+                self.flush().await?;
+                fetch_version(&mut self.tx, resource_type, id, version).await
             }
 
             async fn search(
                 &mut self,
                 query: &$crate::store::SearchQuery,
             ) -> $crate::store::StoreResult<$crate::store::SearchPage> {
-                run_search(&mut self.0, query).await
+                self.flush().await?;
+                run_search(&mut self.tx, query).await
             }
 
             async fn write(
                 &mut self,
-                version: &$crate::store::ResourceVersion,
-                index: &$crate::store::IndexRows,
+                version: $crate::store::ResourceVersion,
+                index: $crate::store::IndexRows,
             ) -> $crate::store::StoreResult<()> {
-                write_version(&mut self.0, version, index).await
+                self.pending.push((version, index));
+                Ok(())
             }
 
-            async fn commit(self: Box<Self>) -> $crate::store::StoreResult<()> {
-                self.0.commit().await.map_err($crate::store::sql::classify)
+            async fn commit(mut self: Box<Self>) -> $crate::store::StoreResult<()> {
+                self.flush().await?;
+                self.tx.commit().await.map_err($crate::store::sql::classify)
             }
         }
     };
