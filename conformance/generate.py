@@ -68,7 +68,8 @@ def ref_name(prop):
 
 
 def tighten_schema(schema, files):
-    """Closes three gaps of the official R4 JSON schema, using the StructureDefinitions:
+    """Closes three gaps of the official R4 JSON schema, using the StructureDefinitions, and
+    cuts its recursion through embedded resources (see below):
 
     - complex types and resources get `"type": "object"` (the schema omits it, so a string
       would pass where a CodeableConcept is required);
@@ -80,6 +81,15 @@ def tighten_schema(schema, files):
       one when required), expressed as a `oneOf` over the variants.
     """
     defs = schema["definitions"]
+    # Contained resources, Bundle entries and Parameters resources refer to ResourceList, a
+    # oneOf over all 146 types: every type's compiled validator would then hold the whole
+    # schema (~20 MB each). Hearth validates such embedded resources one by one with their own
+    # type's schema (model/validate.rs), so here they only need to be objects with a known type.
+    defs["ResourceList"] = {
+        "type": "object",
+        "required": ["resourceType"],
+        "properties": {"resourceType": {"enum": sorted(schema["discriminator"]["mapping"].keys())}},
+    }
     for definition in defs.values():
         if "properties" in definition and "type" not in definition:
             definition["type"] = "object"

@@ -297,7 +297,7 @@ fn cases() -> Vec<Case> {
         post("type-differs-from-url", "Patient", observation(json!({})), 400).at("resourceType"),
         post("type-lowercase", "Patient", json!({"resourceType": "patient"}), 400).at("resourceType"),
         post("type-unknown-in-url", "Spaceship", json!({"resourceType": "Spaceship"}), 404),
-        invalid("type-unknown-contained", patient(json!({"contained": [{"resourceType": "Spaceship"}]})), "Patient.contained[0]"),
+        invalid("type-unknown-contained", patient(json!({"contained": [{"resourceType": "Spaceship"}]})), "Patient.contained[0].resourceType"),
         // --- Unknown elements ---------------------------------------------------------------
         unknown("unknown-top-level", patient(json!({"favouriteColour": "blue"})), "Patient.favouriteColour"),
         unknown("unknown-nested", patient(json!({"name": [{"family": "Chalmers", "nickname": "Pete"}]})), "Patient.name[0].nickname"),

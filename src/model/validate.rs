@@ -92,7 +92,7 @@ pub fn validate_resource(resource: &Value, expected_type: &str) -> Result<(), Fh
     let mut issues = Vec::new();
     check_no_empty_values(resource, actual, &mut issues);
     if issues.is_empty() {
-        schema_issues(resource, actual, &mut issues);
+        schema_issues(resource, actual, actual, &mut issues);
     }
     if issues.is_empty() {
         return Ok(());
@@ -105,19 +105,62 @@ pub fn validate_resource(resource: &Value, expected_type: &str) -> Result<(), Fh
     Err(FhirError::with_issues(400, issues))
 }
 
-fn schema_issues(resource: &Value, resource_type: &str, issues: &mut Vec<Issue>) {
+/// Validates `resource` (whose FHIRPath location is `root`) against its type's schema, then
+/// each resource embedded in it the same way.
+fn schema_issues(resource: &Value, resource_type: &str, root: &str, issues: &mut Vec<Issue>) {
     let Some(validator) = validator_for(resource_type) else {
         issues.push(Issue::error(IssueCode::Exception, format!("no schema available for {resource_type}")));
         return;
     };
+    if validator.is_valid(resource) {
+        for (location, embedded) in embedded_resources(resource, resource_type, root) {
+            if let Some(embedded_type) = embedded.get("resourceType").and_then(Value::as_str) {
+                schema_issues(embedded, embedded_type, &location, issues);
+            }
+        }
+        return;
+    }
     for error in validator.iter_errors(resource).take(MAX_ISSUES + 1) {
-        let location = pointer_to_fhirpath(resource_type, error.instance_path().as_str());
+        let location = pointer_to_fhirpath(root, error.instance_path().as_str());
         let mut message = choice_message(&error, &location).unwrap_or_else(|| error.to_string());
         if message.chars().count() > MAX_DIAGNOSTIC_CHARS {
             message = message.chars().take(MAX_DIAGNOSTIC_CHARS).collect::<String>() + "…";
         }
         issues.push(Issue::error(IssueCode::Structure, format!("{location}: {message}")).at(location));
     }
+}
+
+/// The resources embedded in a resource, with their FHIRPath locations: `contained`, Bundle
+/// entries and responses' outcomes, and Parameters resources (parts included). The schema only
+/// checks that these are objects with a known `resourceType` (see `conformance/generate.py`).
+fn embedded_resources<'a>(resource: &'a Value, resource_type: &str, root: &str) -> Vec<(String, &'a Value)> {
+    let items = |value: Option<&'a Value>| value.and_then(Value::as_array).into_iter().flatten().enumerate();
+    let mut found: Vec<(String, &'a Value)> =
+        items(resource.get("contained")).map(|(n, r)| (format!("{root}.contained[{n}]"), r)).collect();
+    match resource_type {
+        "Bundle" => {
+            for (n, entry) in items(resource.get("entry")) {
+                if let Some(inner) = entry.get("resource") {
+                    found.push((format!("{root}.entry[{n}].resource"), inner));
+                }
+                if let Some(outcome) = entry.get("response").and_then(|r| r.get("outcome")) {
+                    found.push((format!("{root}.entry[{n}].response.outcome"), outcome));
+                }
+            }
+        }
+        "Parameters" => {
+            let mut stack: Vec<(String, &'a Value)> =
+                items(resource.get("parameter")).map(|(n, p)| (format!("{root}.parameter[{n}]"), p)).collect();
+            while let Some((location, parameter)) = stack.pop() {
+                if let Some(inner) = parameter.get("resource") {
+                    found.push((format!("{location}.resource"), inner));
+                }
+                stack.extend(items(parameter.get("part")).map(|(n, p)| (format!("{location}.part[{n}]"), p)));
+            }
+        }
+        _ => {}
+    }
+    found
 }
 
 /// A readable message for the `oneOf` rules that guard choice elements (`value[x]`): the
@@ -316,6 +359,26 @@ mod tests {
         }
         let extension = json!({"resourceType": "Patient", "extension": [{"url": "http://x", "valueString": "a", "valueBoolean": true}]});
         assert_eq!(issues_of(extension)[0].expression.as_deref(), Some("Patient.extension[0]"));
+    }
+
+    #[test]
+    fn validates_embedded_resources_with_their_own_schema() {
+        let bundle = json!({"resourceType": "Bundle", "type": "collection", "entry": [
+            {"resource": {"resourceType": "Patient", "active": true}},
+            {"resource": {"resourceType": "Observation", "status": "final", "code": "abc"}}]});
+        let issues = issues_of(bundle);
+        assert_eq!(issues[0].expression.as_deref(), Some("Bundle.entry[1].resource.code"), "{issues:?}");
+        let contained = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+            "contained": [{"resourceType": "Patient", "id": "p", "gender": 7}]});
+        assert_eq!(issues_of(contained)[0].expression.as_deref(), Some("Observation.contained[0].gender"));
+        let parameters = json!({"resourceType": "Parameters", "parameter": [{"name": "a", "part": [
+            {"name": "b", "resource": {"resourceType": "Patient", "birthDate": "nope"}}]}]});
+        assert_eq!(
+            issues_of(parameters)[0].expression.as_deref(),
+            Some("Parameters.parameter[0].part[0].resource.birthDate")
+        );
+        let unknown = json!({"resourceType": "Bundle", "type": "collection", "entry": [{"resource": {"resourceType": "Spaceship"}}]});
+        assert_eq!(issues_of(unknown)[0].expression.as_deref(), Some("Bundle.entry[0].resource.resourceType"));
     }
 
     #[test]

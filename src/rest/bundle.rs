@@ -49,18 +49,19 @@ enum PlannedCreate {
 
 impl FhirService {
     /// `POST /` with a batch or transaction Bundle.
-    pub(super) async fn process_bundle(&self, request: FhirRequest) -> Result<FhirResponse, FhirError> {
+    pub(super) async fn process_bundle(&self, request: &FhirRequest) -> Result<FhirResponse, FhirError> {
         let bundle = request
             .body
+            .as_ref()
             .ok_or_else(|| FhirError::bad_request("POST to the base needs a batch or transaction Bundle"))?;
         if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
             return Err(FhirError::bad_request("POST to the base needs a Bundle").with_expression("resourceType"));
         }
-        validate_resource(&without_entry_resources(&bundle), "Bundle")?;
+        validate_resource(&without_entry_resources(bundle), "Bundle")?;
         let kind = bundle.get("type").and_then(Value::as_str).unwrap_or("");
-        let raw_entries = match bundle.get("entry") {
-            None => Vec::new(),
-            Some(Value::Array(entries)) => entries.clone(),
+        let raw_entries: &[Value] = match bundle.get("entry") {
+            None => &[],
+            Some(Value::Array(entries)) => entries,
             Some(_) => {
                 return Err(FhirError::bad_request("Bundle.entry must be an array").with_expression("Bundle.entry"))
             }
@@ -86,7 +87,7 @@ impl FhirService {
                     .collect::<Result<Vec<_>, _>>()?;
                 self.transaction(entries).await
             }
-            "batch" => Ok(self.batch(&raw_entries, prefer).await),
+            "batch" => Ok(self.batch(raw_entries, prefer).await),
             other => Err(FhirError::bad_request(format!(
                 "Bundle.type must be 'batch' or 'transaction' to be processed, not '{other}'"
             ))
@@ -148,7 +149,7 @@ impl FhirService {
         let mut responses: Vec<Option<FhirResponse>> = vec![None; count];
 
         // 1. Deletes come first, so that later lookups see their effect.
-        for entry in entries.iter().filter(|e| e.request.method == Method::Delete) {
+        for entry in entries.iter_mut().filter(|e| e.request.method == Method::Delete) {
             let response = self.run_entry(tx.as_mut(), entry).await?;
             responses[entry.index] = Some(response);
         }
@@ -199,15 +200,19 @@ impl FhirService {
             }
         }
         // 4. Everything else, in order.
-        for entry in entries.iter().filter(|e| e.request.method != Method::Delete) {
+        for entry in entries.iter_mut() {
+            if responses[entry.index].is_some() {
+                continue; // a DELETE, already done
+            }
             let response = match planned.remove(&entry.index) {
                 Some(PlannedCreate::Existing(existing)) => version_response(200, &existing),
                 Some(PlannedCreate::New { resource_type, id }) => {
-                    let context = |e: FhirError| e.in_bundle_entry(entry.index);
+                    let index = entry.index;
+                    let context = |e: FhirError| e.in_bundle_entry(index);
                     let resource = entry
                         .request
                         .body
-                        .clone()
+                        .take()
                         .ok_or_else(|| context(FhirError::bad_request("a POST entry needs a resource")))?;
                     validate_resource(&resource, &resource_type).map_err(context)?;
                     let prefer = entry.request.conditions.prefer_return;
@@ -224,13 +229,15 @@ impl FhirService {
     }
 
     /// Runs one transaction entry inside `tx`; its error names the entry.
-    async fn run_entry(&self, tx: &mut dyn StoreTx, entry: &Entry) -> Result<FhirResponse, FhirError> {
-        let context = |e: FhirError| e.in_bundle_entry(entry.index);
+    async fn run_entry(&self, tx: &mut dyn StoreTx, entry: &mut Entry) -> Result<FhirResponse, FhirError> {
+        let index = entry.index;
+        let context = |e: FhirError| e.in_bundle_entry(index);
         let route = Route::parse(&entry.request.path).map_err(context)?;
         if route == Route::System {
             return Err(context(FhirError::bad_request("bundles cannot be nested")));
         }
-        Box::pin(self.dispatch(&mut Source::Tx(tx), route, entry.request.clone())).await.map_err(context)
+        let request = std::mem::replace(&mut entry.request, FhirRequest::new(Method::Get, "", Vec::new()));
+        Box::pin(self.dispatch(&mut Source::Tx(tx), route, request)).await.map_err(context)
     }
 
     /// Replaces every string equal to a mapped `fullUrl`, and every conditional reference
@@ -287,13 +294,23 @@ impl FhirService {
 /// The Bundle with its entries' resources left out: each of those is validated on its own by
 /// the interaction that stores it, so the Bundle's own structure is checked without them.
 fn without_entry_resources(bundle: &Value) -> Value {
-    let mut shell = bundle.clone();
-    if let Some(entries) = shell.get_mut("entry").and_then(Value::as_array_mut) {
-        for entry in entries.iter_mut().filter_map(Value::as_object_mut) {
-            entry.remove("resource");
-        }
-    }
-    shell
+    let Some(members) = bundle.as_object() else { return bundle.clone() };
+    let shell = members
+        .iter()
+        .map(|(name, value)| match (name.as_str(), value) {
+            ("entry", Value::Array(entries)) => {
+                let entries = entries.iter().map(|entry| match entry.as_object() {
+                    Some(fields) => Value::Object(
+                        fields.iter().filter(|(k, _)| *k != "resource").map(|(k, v)| (k.clone(), v.clone())).collect(),
+                    ),
+                    None => entry.clone(),
+                });
+                (name.clone(), Value::Array(entries.collect()))
+            }
+            _ => (name.clone(), value.clone()),
+        })
+        .collect();
+    Value::Object(shell)
 }
 
 fn is_conditional_reference(text: &str) -> bool {

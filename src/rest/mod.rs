@@ -195,18 +195,19 @@ impl FhirService {
     pub async fn handle(&self, request: FhirRequest) -> Result<FhirResponse, FhirError> {
         let mut attempt = 1;
         loop {
-            match self.handle_once(request.clone()).await {
+            match self.handle_once(&request).await {
                 Err(error) if attempt < WRITE_ATTEMPTS && is_write_conflict(&error) => attempt += 1,
                 outcome => return outcome,
             }
         }
     }
 
-    async fn handle_once(&self, request: FhirRequest) -> Result<FhirResponse, FhirError> {
+    async fn handle_once(&self, request: &FhirRequest) -> Result<FhirResponse, FhirError> {
         let route = Route::parse(&request.path)?;
         if route == Route::System && request.method == Method::Post {
             return self.process_bundle(request).await;
         }
+        let request = request.clone();
         if request.method.writes() && !matches!(route, Route::TypeSearch(_)) {
             let mut tx = self.store.begin().await.map_err(store_error)?;
             let response = self.dispatch(&mut Source::Tx(tx.as_mut()), route, request).await?;

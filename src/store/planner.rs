@@ -83,9 +83,8 @@ pub fn count(query: &SearchQuery) -> Sql {
 /// Current, not deleted resources with the given (type, id) keys.
 pub fn fetch_many(keys: &[(String, String)]) -> Sql {
     let mut sql = Sql::default();
-    sql.push(&format!("SELECT {VERSION_COLUMNS} FROM resources WHERE deleted = FALSE AND (resource_type, id) IN ("));
-    push_key_values(&mut sql, keys);
-    sql.push(")");
+    sql.push(&format!("SELECT {VERSION_COLUMNS} FROM resources WHERE deleted = FALSE AND "));
+    push_keys(&mut sql, "resource_type", "id", keys);
     sql
 }
 
@@ -93,9 +92,8 @@ pub fn fetch_many(keys: &[(String, String)]) -> Sql {
 pub fn outgoing_references(sources: &[(String, String)], param: Option<&str>, target_type: Option<&str>) -> Sql {
     let mut sql = Sql::default();
     sql.push("SELECT DISTINCT target_type AS resource_type, target_id AS id FROM search_reference WHERE target_id IS NOT NULL");
-    sql.push(" AND (resource_type, resource_id) IN (");
-    push_key_values(&mut sql, sources);
-    sql.push(")");
+    sql.push(" AND ");
+    push_keys(&mut sql, "resource_type", "resource_id", sources);
     if let Some(param) = param {
         sql.push(" AND param = ").text(param);
     }
@@ -110,21 +108,49 @@ pub fn incoming_references(targets: &[(String, String)], source_type: &str, para
     let mut sql = Sql::default();
     sql.push("SELECT DISTINCT resource_type, resource_id AS id FROM search_reference WHERE resource_type = ")
         .text(source_type);
-    sql.push(" AND (target_type, target_id) IN (");
-    push_key_values(&mut sql, targets);
-    sql.push(")");
+    sql.push(" AND ");
+    push_keys(&mut sql, "target_type", "target_id", targets);
     if let Some(param) = param {
         sql.push(" AND param = ").text(param);
     }
     sql
 }
 
-fn push_key_values(sql: &mut Sql, keys: &[(String, String)]) {
-    sql.push("VALUES ");
-    for (n, (resource_type, id)) in keys.iter().enumerate() {
-        sql.push(if n == 0 { "(" } else { ", (" });
-        sql.text(resource_type).push(", ").text(id).push(")");
+/// Deletes the index rows of the given resources from `table`.
+pub fn delete_index_rows(table: &str, keys: &[(String, String)]) -> Sql {
+    let mut sql = Sql::default();
+    sql.push(&format!("DELETE FROM {table} WHERE "));
+    push_keys(&mut sql, "resource_type", "resource_id", keys);
+    sql
+}
+
+/// `((type = $1 AND id IN ($2, …)) OR …)`: one group per type, so that both databases look the
+/// keys up in the (type, id) indexes (a row-value `IN (VALUES …)` can end in a full scan).
+fn push_keys(sql: &mut Sql, type_column: &str, id_column: &str, keys: &[(String, String)]) {
+    let mut by_type: Vec<(&str, Vec<&str>)> = Vec::new();
+    for (resource_type, id) in keys {
+        match by_type.iter_mut().find(|(t, _)| t == resource_type) {
+            Some((_, ids)) => ids.push(id),
+            None => by_type.push((resource_type, vec![id])),
+        }
     }
+    if by_type.is_empty() {
+        sql.push("1 = 0");
+        return;
+    }
+    sql.push("(");
+    for (n, (resource_type, ids)) in by_type.iter().enumerate() {
+        sql.push(if n == 0 { "(" } else { " OR (" });
+        sql.push(&format!("{type_column} = ")).text(resource_type).push(&format!(" AND {id_column} IN ("));
+        for (m, id) in ids.iter().enumerate() {
+            if m > 0 {
+                sql.push(", ");
+            }
+            sql.text(id);
+        }
+        sql.push("))");
+    }
+    sql.push(")");
 }
 
 fn push_filters(sql: &mut Sql, query: &SearchQuery) {

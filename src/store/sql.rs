@@ -280,12 +280,7 @@ macro_rules! sql_store {
                 latest.iter().filter(|v| v.version > 1).map(|v| (v.resource_type.clone(), v.id.clone())).collect();
             for chunk in replaced.chunks($crate::store::sql::KEY_CHUNK) {
                 for table in $crate::store::sql::INDEX_TABLES {
-                    let mut qb = Builder::new(format!("DELETE FROM {table} WHERE (resource_type, resource_id) IN ("));
-                    qb.push_values(chunk, |mut b, (t, id)| {
-                        b.push_bind(t.clone()).push_bind(id.clone());
-                    });
-                    qb.push(")");
-                    qb.build().execute(&mut *conn).await?;
+                    bind_args(&$crate::store::planner::delete_index_rows(table, chunk)).execute(&mut *conn).await?;
                 }
             }
             // Index rows of the versions that are current after this batch.
