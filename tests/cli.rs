@@ -51,6 +51,17 @@ async fn synth_bundles_import_cleanly() {
     assert!(count("Appointment").await >= 3);
     assert!(store.read("Patient", "nd-1").await.unwrap().is_some());
 
+    // While a server has the SQLite database open, another process may not write to it.
+    let busy = run_hearth(&["import", "--database", &database, ndjson.to_str().unwrap()]);
+    assert!(!busy.status.success());
+    assert!(
+        String::from_utf8_lossy(&busy.stderr).contains("another Hearth process"),
+        "{}",
+        String::from_utf8_lossy(&busy.stderr)
+    );
+    drop(store);
+    drop(server);
+
     // A file that is not FHIR is reported, and the exit status says so.
     let broken = dir.path().join("broken.json");
     std::fs::write(&broken, "{not json").unwrap();

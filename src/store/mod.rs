@@ -4,6 +4,7 @@
 //! row of `resources` and as a row of `resource_history`; both carry the JSON bytes exactly as
 //! served. Search index rows ([`IndexRows`]) are written in the same transaction.
 
+pub mod cache;
 pub mod planner;
 mod postgres;
 mod query;
@@ -197,6 +198,11 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
+    /// The database is in use by another process that must be its only writer.
+    #[error("{0}")]
+    Busy(String),
+    #[error("cannot open the database's lock file: {0}")]
+    LockFile(#[from] std::io::Error),
 }
 
 /// Result of a storage call.

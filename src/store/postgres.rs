@@ -16,6 +16,7 @@ impl PostgresStore {
     pub async fn open(url: &str) -> StoreResult<Self> {
         let pool = PgPoolOptions::new().max_connections(CONNECTIONS).connect(url).await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-        Ok(PostgresStore { readers: pool.clone(), writers: pool })
+        // Several nodes may write the same database: no process-local cache.
+        Ok(PostgresStore { readers: pool.clone(), writers: pool, cache: None, _writer_lock: None })
     }
 }

@@ -74,6 +74,10 @@ macro_rules! sql_store {
         pub struct $store {
             readers: sqlx::Pool<$db>,
             writers: sqlx::Pool<$db>,
+            /// Current versions, when this process is the database's only writer.
+            cache: Option<std::sync::Arc<$crate::store::cache::VersionCache>>,
+            /// The lock file that makes this process the only writer, held while the store lives.
+            _writer_lock: Option<std::fs::File>,
         }
 
         /// A write transaction of this store. Writes are buffered and flushed in batches, before
@@ -81,12 +85,19 @@ macro_rules! sql_store {
         pub struct $tx {
             tx: sqlx::Transaction<'static, $db>,
             pending: Vec<($crate::store::ResourceVersion, $crate::store::IndexRows)>,
+            cache: Option<std::sync::Arc<$crate::store::cache::VersionCache>>,
+            /// What this transaction wrote, for the cache once it has committed.
+            written: Vec<$crate::store::ResourceVersion>,
         }
 
         impl $tx {
             async fn flush(&mut self) -> $crate::store::StoreResult<()> {
                 let pending = std::mem::take(&mut self.pending);
-                write_batch(&mut self.tx, &pending).await
+                write_batch(&mut self.tx, &pending).await?;
+                if self.cache.is_some() {
+                    self.written.extend(pending.into_iter().map(|(version, _)| version));
+                }
+                Ok(())
             }
         }
 
@@ -366,8 +377,20 @@ macro_rules! sql_store {
                 resource_type: &str,
                 id: &str,
             ) -> $crate::store::StoreResult<Option<$crate::store::ResourceVersion>> {
+                let Some(cache) = &self.cache else {
+                    let mut conn = self.readers.acquire().await?;
+                    return fetch_current(&mut conn, resource_type, id, "").await;
+                };
+                if let Some(cached) = cache.get(resource_type, id) {
+                    return Ok(Some(cached));
+                }
+                let epoch = cache.epoch();
                 let mut conn = self.readers.acquire().await?;
-                fetch_current(&mut conn, resource_type, id, "").await
+                let found = fetch_current(&mut conn, resource_type, id, "").await?;
+                if let Some(version) = &found {
+                    cache.fill(version, epoch);
+                }
+                Ok(found)
             }
 
             async fn vread(
@@ -446,7 +469,12 @@ macro_rules! sql_store {
             }
 
             async fn begin(&self) -> $crate::store::StoreResult<Box<dyn $crate::store::StoreTx>> {
-                Ok(Box::new($tx { tx: self.writers.begin().await?, pending: Vec::new() }))
+                Ok(Box::new($tx {
+                    tx: self.writers.begin().await?,
+                    pending: Vec::new(),
+                    cache: self.cache.clone(),
+                    written: Vec::new(),
+                }))
             }
 
             async fn ping(&self) -> $crate::store::StoreResult<()> {
@@ -495,7 +523,12 @@ macro_rules! sql_store {
 
             async fn commit(mut self: Box<Self>) -> $crate::store::StoreResult<()> {
                 self.flush().await?;
-                self.tx.commit().await.map_err($crate::store::sql::classify)
+                let $tx { tx, cache, written, .. } = *self;
+                tx.commit().await.map_err($crate::store::sql::classify)?;
+                if let Some(cache) = cache {
+                    cache.committed(&written);
+                }
+                Ok(())
             }
         }
     };

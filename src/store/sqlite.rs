@@ -5,13 +5,17 @@ use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
+use super::cache::VersionCache;
 use super::sql::sql_store;
-use super::StoreResult;
+use super::{StoreError, StoreResult};
 
 sql_store!(store = SqliteStore, tx = SqliteTx, db = sqlx::Sqlite, lock = "");
 
 /// Readers beside the single writer: enough to keep both cores busy while a write runs.
 const READERS: u32 = 8;
+
+/// Resources whose current version is kept in memory.
+const CACHED_VERSIONS: usize = 20_000;
 
 impl SqliteStore {
     /// Opens (creating if missing) the database file named by `url` and migrates it.
@@ -28,9 +32,22 @@ impl SqliteStore {
             .pragma("temp_store", "memory");
         // One writer: SQLite allows one at a time anyway, and queueing in the pool is cheaper
         // than retrying on SQLITE_BUSY.
+        // One process writes the file: that makes the in-memory cache of current versions exact.
+        let lock_path = format!("{}.lock", options.get_filename().display());
+        let writer_lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path)?;
+        writer_lock.try_lock().map_err(|_| {
+            StoreError::Busy(format!(
+                "another Hearth process has the SQLite database open ({lock_path} is locked); stop it, or send the data to its API"
+            ))
+        })?;
         let writers = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
         sqlx::migrate!("./migrations/sqlite").run(&writers).await?;
         let readers = SqlitePoolOptions::new().max_connections(READERS).connect_with(options.read_only(true)).await?;
-        Ok(SqliteStore { readers, writers })
+        Ok(SqliteStore {
+            readers,
+            writers,
+            cache: Some(std::sync::Arc::new(VersionCache::new(CACHED_VERSIONS))),
+            _writer_lock: Some(writer_lock),
+        })
     }
 }
