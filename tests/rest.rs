@@ -425,6 +425,59 @@ async fn minimal_search(db: Db) {
     assert!(server.search_ids("Patient?family=baker").await.is_empty());
 }
 
+/// The ids of a searchset page and the URL of its link `relation`, if any.
+async fn page_and_link(server: &TestServer, url: &str, relation: &str) -> (Vec<String>, Option<String>) {
+    let page = body(server.client.get(url).send().await.unwrap()).await;
+    let ids = page["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| e["resource"]["id"].as_str().unwrap().to_string())
+        .collect();
+    let link = page["link"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["relation"] == relation)
+        .map(|l| l["url"].as_str().unwrap().to_string());
+    (ids, link)
+}
+
+async fn sorted_pages_link_both_ways(db: Db) {
+    let server = TestServer::start(db).await;
+    let dates = ["1990-01-01", "1985-05-05", "1985-05-05", "2001-12-31", "1970-07-07", "1999-09-09", "1985-05-05"];
+    for (n, date) in dates.iter().enumerate() {
+        let mut resource = patient("Sorted", &format!("S{n}"));
+        resource["birthDate"] = json!(date);
+        server.create(&resource).await;
+    }
+    server.create(&json!({"resourceType": "Patient", "name": [{"family": "Sorted"}]})).await;
+    let (all, _) =
+        page_and_link(&server, &server.url("Patient?family=sorted&_sort=-birthdate&_count=100"), "next").await;
+    assert_eq!(all.len(), 8);
+    let mut forward = Vec::new();
+    let mut pages = Vec::new();
+    let mut next = Some(server.url("Patient?family=sorted&_sort=-birthdate&_count=3"));
+    while let Some(url) = next {
+        let (ids, link) = page_and_link(&server, &url, "next").await;
+        forward.extend(ids.clone());
+        pages.push(url);
+        next = link;
+    }
+    assert_eq!(forward, all, "pages of a sorted search partition the full result in order");
+    // From the last page, previous links lead back through the same pages.
+    let mut backward: Vec<Vec<String>> = Vec::new();
+    let mut previous = page_and_link(&server, pages.last().unwrap(), "previous").await.1;
+    while let Some(url) = previous {
+        let (ids, link) = page_and_link(&server, &url, "previous").await;
+        backward.push(ids);
+        previous = link;
+    }
+    let rebuilt: Vec<String> = backward.into_iter().rev().flatten().collect();
+    assert_eq!(rebuilt, all[..6].to_vec(), "the two pages before the last one");
+    assert!(page_and_link(&server, &pages[0], "previous").await.1.is_none(), "the first page has no previous page");
+}
+
 async fn search_pages_follow_next_links(db: Db) {
     let server = TestServer::start(db).await;
     let mut ids = Vec::new();
@@ -664,6 +717,7 @@ on_both_databases!(
     history_paging_and_since,
     minimal_search,
     search_pages_follow_next_links,
+    sorted_pages_link_both_ways,
     transaction_rewrites_references_and_is_atomic,
     batch_reports_each_entry,
     concurrent_updates_with_if_match_have_one_winner_per_version,

@@ -62,7 +62,12 @@ impl FhirService {
         let page = source.search(&parsed.query).await?;
         let (included, truncated) = self.included(&page.resources, &parsed.includes).await?;
 
-        let links = self.links(&scope, &parsed, page.next.as_ref().map(|c| c.encode()));
+        let links = self.links(
+            &scope,
+            &parsed,
+            page.next.as_ref().map(|c| c.encode()),
+            page.previous.as_ref().map(|c| c.encode()),
+        );
         let mut bundle = BundleWriter::new("searchset", page.total, &links);
         for found in &page.resources {
             self.write_entry(&mut bundle, found, "match", &parsed)?;
@@ -136,8 +141,14 @@ impl FhirService {
         Ok(())
     }
 
-    /// `self`, `first` and `next` links. Only applied parameters appear.
-    fn links(&self, scope: &SearchScope, parsed: &ParsedSearch, next: Option<String>) -> Vec<(&'static str, String)> {
+    /// `self`, `first`, `previous` and `next` links. Only applied parameters appear.
+    fn links(
+        &self,
+        scope: &SearchScope,
+        parsed: &ParsedSearch,
+        next: Option<String>,
+        previous: Option<String>,
+    ) -> Vec<(&'static str, String)> {
         let path = &scope.path;
         let base =
             if path.is_empty() { self.config.base_url.clone() } else { format!("{}/{path}", self.config.base_url) };
@@ -156,6 +167,9 @@ impl FhirService {
         };
         let current = parsed.query.cursor.as_ref().map(|c| c.encode());
         let mut links = vec![("self", url(current.as_deref())), ("first", url(None))];
+        if let Some(previous) = previous {
+            links.push(("previous", url(Some(&previous))));
+        }
         if let Some(next) = next {
             links.push(("next", url(Some(&next))));
         }

@@ -186,6 +186,8 @@ pub struct SearchPage {
     pub total: Option<u64>,
     /// Where the next page starts, when there is one.
     pub next: Option<Cursor>,
+    /// Where the previous page ends, when there is one.
+    pub previous: Option<Cursor>,
 }
 
 /// What can go wrong in storage.

@@ -59,15 +59,27 @@ pub fn page(query: &SearchQuery) -> Sql {
     }
     push_filters(&mut sql, query);
     sql.push(") q");
+    let backward = query.cursor.as_ref().is_some_and(|c| c.backward);
     if let Some(cursor) = &query.cursor {
         sql.push(" WHERE ");
-        push_after(&mut sql, &query.sort, cursor, 0);
+        if backward {
+            push_before(&mut sql, &query.sort, cursor, 0);
+        } else {
+            push_after(&mut sql, &query.sort, cursor, 0);
+        }
     }
+    // A previous page is read in reverse order from its anchor; the store turns it round.
     sql.push(" ORDER BY ");
     for (n, key) in query.sort.iter().enumerate() {
-        sql.push(&format!("s{n}{} NULLS LAST, ", if key.descending { " DESC" } else { "" }));
+        let order = match (key.descending, backward) {
+            (false, false) => " NULLS LAST",
+            (true, false) => " DESC NULLS LAST",
+            (false, true) => " DESC NULLS FIRST",
+            (true, true) => " NULLS FIRST",
+        };
+        sql.push(&format!("s{n}{order}, "));
     }
-    sql.push("resource_type, id LIMIT ");
+    sql.push(if backward { "resource_type DESC, id DESC LIMIT " } else { "resource_type, id LIMIT " });
     sql.bind(Arg::Int(query.count as i64 + 1));
     sql
 }
@@ -162,18 +174,47 @@ fn push_filters(sql: &mut Sql, query: &SearchQuery) {
         sql.text(resource_type);
     }
     sql.push(") AND r.deleted = FALSE");
-    let owner = Owner { alias: "r", types: &query.resource_types };
-    for group in &query.all_of {
+    // The most selective group drives the search (uncorrelated IN over its index); the others
+    // are probed per candidate row (correlated EXISTS), so an unselective condition such as
+    // `category=laboratory` never has its whole match list built.
+    let driver = query
+        .all_of
+        .iter()
+        .enumerate()
+        .map(|(n, group)| (n, group.iter().map(selectivity).min().unwrap_or(0)))
+        .filter(|(_, score)| *score > 0)
+        .max_by_key(|(n, score)| (*score, std::cmp::Reverse(*n)))
+        .map(|(n, _)| n);
+    for (n, group) in query.all_of.iter().enumerate() {
+        let owner = Owner { alias: "r", types: &query.resource_types, drive: Some(n) == driver };
         sql.push(" AND ");
         push_any_of(sql, group, owner, 0);
     }
 }
 
-/// The resource row a condition constrains: its SQL alias and the types it can have.
+/// How well a condition narrows a search, by kind (higher is narrower; 0 cannot drive).
+fn selectivity(condition: &Condition) -> u8 {
+    match condition {
+        Condition::Id(_) => 100,
+        Condition::Reference { .. } | Condition::ReferenceUrl { .. } => 90,
+        Condition::Token { system: TokenSystem::Is(_), code: Some(_), .. } => 60,
+        Condition::String { matching: StringMatch::Exact, .. } => 60,
+        Condition::Chain { .. } | Condition::Has { .. } => 50,
+        Condition::String { .. } | Condition::Uri { .. } | Condition::Composite { .. } => 40,
+        Condition::Token { .. } => 30,
+        Condition::Date { .. } | Condition::Number { .. } | Condition::Quantity { .. } => 20,
+        Condition::AnyOf(inner) => inner.iter().map(selectivity).min().unwrap_or(0),
+        Condition::Missing { .. } | Condition::Not(_) => 0,
+    }
+}
+
+/// The resource row a condition constrains: its SQL alias, the types it can have, and whether
+/// the condition drives the search (uncorrelated `IN`) or is probed per row (`EXISTS`).
 #[derive(Clone, Copy)]
 struct Owner<'a> {
     alias: &'a str,
     types: &'a [String],
+    drive: bool,
 }
 
 /// `<column> = $n` or `<column> IN ($n, …)`.
@@ -220,11 +261,20 @@ fn push_any_of(sql: &mut Sql, group: &[Condition], owner: Owner<'_>, depth: usiz
 
 /// Opens `<owner> IN (SELECT … FROM <table> i<d> WHERE i<d>.resource_type … AND i<d>.param = $n`;
 /// the caller adds its comparisons on `i<d>` and closes the parenthesis.
+/// Or, when the owner is probed, `EXISTS (SELECT 1 FROM <table> i<d> WHERE <i owned by the row> AND …`.
 fn open_index_in(sql: &mut Sql, table: IndexTable, param: &str, owner: Owner<'_>, depth: usize) -> String {
     let i = format!("i{depth}");
-    open_membership(sql, owner, &format!("{i}.resource_type"), &format!("{i}.resource_id"));
-    sql.push(&format!(" FROM {} {i} WHERE ", table.name()));
-    push_type_filter(sql, &format!("{i}.resource_type"), owner.types);
+    if owner.drive {
+        open_membership(sql, owner, &format!("{i}.resource_type"), &format!("{i}.resource_id"));
+        sql.push(&format!(" FROM {} {i} WHERE ", table.name()));
+        push_type_filter(sql, &format!("{i}.resource_type"), owner.types);
+    } else {
+        let alias = owner.alias;
+        sql.push(&format!(
+            "EXISTS (SELECT 1 FROM {} {i} WHERE {i}.resource_type = {alias}.resource_type AND {i}.resource_id = {alias}.id",
+            table.name()
+        ));
+    }
     sql.push(&format!(" AND {i}.param = ")).text(param);
     i
 }
@@ -355,22 +405,30 @@ fn push_condition(sql: &mut Sql, condition: &Condition, owner: Owner<'_>, depth:
             ));
             sql.text(target_type).push(&format!(" AND {target}.deleted = FALSE AND "));
             let types = [target_type.clone()];
-            push_condition(sql, condition, Owner { alias: &target, types: &types }, depth + 1);
+            push_condition(sql, condition, Owner { alias: &target, types: &types, drive: true }, depth + 1);
             sql.push("))");
         }
         Condition::Has { source_type, param, condition } => {
             let i = format!("i{depth}");
             let source = format!("r{}", depth + 1);
-            open_membership(sql, owner, &format!("{i}.target_type"), &format!("{i}.target_id"));
-            sql.push(&format!(" FROM search_reference {i} WHERE {i}.resource_type = ")).text(source_type);
-            sql.push(&format!(" AND {i}.param = ")).text(param).push(" AND ");
-            push_type_filter(sql, &format!("{i}.target_type"), owner.types);
+            if owner.drive {
+                open_membership(sql, owner, &format!("{i}.target_type"), &format!("{i}.target_id"));
+                sql.push(&format!(" FROM search_reference {i} WHERE {i}.resource_type = ")).text(source_type);
+                sql.push(&format!(" AND {i}.param = ")).text(param).push(" AND ");
+                push_type_filter(sql, &format!("{i}.target_type"), owner.types);
+            } else {
+                let alias = owner.alias;
+                sql.push(&format!("EXISTS (SELECT 1 FROM search_reference {i} WHERE {i}.resource_type = "))
+                    .text(source_type);
+                sql.push(&format!(" AND {i}.param = ")).text(param);
+                sql.push(&format!(" AND {i}.target_type = {alias}.resource_type AND {i}.target_id = {alias}.id"));
+            }
             sql.push(&format!(
                 " AND {i}.resource_id IN (SELECT {source}.id FROM resources {source} WHERE {source}.resource_type = "
             ));
             sql.text(source_type).push(&format!(" AND {source}.deleted = FALSE AND "));
             let types = [source_type.clone()];
-            push_condition(sql, condition, Owner { alias: &source, types: &types }, depth + 1);
+            push_condition(sql, condition, Owner { alias: &source, types: &types, drive: true }, depth + 1);
             sql.push("))");
         }
     }
@@ -533,6 +591,33 @@ fn push_after(sql: &mut Sql, sort: &[SortKey], cursor: &Cursor, key: usize) {
     sql.push("))");
 }
 
+/// Rows before the cursor in the order (s0…sn, resource_type, id), nulls last.
+fn push_before(sql: &mut Sql, sort: &[SortKey], cursor: &Cursor, key: usize) {
+    let Some(sort_key) = sort.get(key) else {
+        sql.push("(q.resource_type < ").text(&cursor.resource_type);
+        sql.push(" OR (q.resource_type = ").text(&cursor.resource_type);
+        sql.push(" AND q.id < ").text(&cursor.id).push("))");
+        return;
+    };
+    let column = format!("q.s{key}");
+    let value = match cursor.values.get(key) {
+        Some(SortValue::Int(i)) => Arg::Int(*i),
+        Some(SortValue::Float(f)) => Arg::Float(*f),
+        Some(SortValue::Text(t)) => Arg::Text(t.clone()),
+        Some(SortValue::Null) | None => {
+            sql.push(&format!("({column} IS NOT NULL OR ({column} IS NULL AND "));
+            push_before(sql, sort, cursor, key + 1);
+            sql.push("))");
+            return;
+        }
+    };
+    let before = if sort_key.descending { ">" } else { "<" };
+    sql.push(&format!("({column} {before} ")).bind(value.clone());
+    sql.push(&format!(" OR ({column} = ")).bind(value).push(" AND ");
+    push_before(sql, sort, cursor, key + 1);
+    sql.push("))");
+}
+
 /// The exclusive upper bound of all strings starting with `prefix` (index-friendly prefix match).
 fn prefix_upper_bound(prefix: &str) -> String {
     let mut upper = prefix.to_string();
@@ -580,7 +665,12 @@ mod tests {
         }];
         let mut query = SearchQuery::new("Patient", 5);
         query.sort = sort;
-        query.cursor = Some(Cursor { values: vec![SortValue::Null], resource_type: "Patient".into(), id: "p9".into() });
+        query.cursor = Some(Cursor {
+            values: vec![SortValue::Null],
+            resource_type: "Patient".into(),
+            id: "p9".into(),
+            backward: false,
+        });
         let sql = page(&query);
         assert!(sql.text.contains("(q.s0 IS NULL AND (q.resource_type > $"), "{}", sql.text);
         assert!(sql.text.ends_with("ORDER BY s0 NULLS LAST, resource_type, id LIMIT $6"), "{}", sql.text);

@@ -166,18 +166,22 @@ pub enum SortValue {
     Text(String),
 }
 
-/// Where the next page starts: the sort values, type and id of the last resource shown.
+/// Where a page starts: the sort values, type and id of the anchor resource, and whether the
+/// page holds the resources after it (a `next` page) or before it (a `previous` page).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cursor {
     pub values: Vec<SortValue>,
     pub resource_type: String,
     pub id: String,
+    pub backward: bool,
 }
 
 impl Cursor {
     /// The cursor as URL-safe text (a JSON array).
     pub fn encode(&self) -> String {
-        let mut items: Vec<serde_json::Value> = vec![self.resource_type.clone().into(), self.id.clone().into()];
+        let direction = if self.backward { "prev" } else { "next" };
+        let mut items: Vec<serde_json::Value> =
+            vec![direction.into(), self.resource_type.clone().into(), self.id.clone().into()];
         items.extend(self.values.iter().map(|v| match v {
             SortValue::Null => serde_json::Value::Null,
             SortValue::Int(i) => serde_json::Value::from(*i),
@@ -190,7 +194,7 @@ impl Cursor {
     /// Reads a cursor written by [`Cursor::encode`] for the given sort keys.
     pub fn decode(text: &str, sort: &[SortKey]) -> Option<Cursor> {
         let items: Vec<serde_json::Value> = serde_json::from_str(text).ok()?;
-        let (head, values) = items.split_at_checked(2)?;
+        let (head, values) = items.split_at_checked(3)?;
         if values.len() != sort.len() {
             return None;
         }
@@ -207,7 +211,17 @@ impl Cursor {
                 (value, _) => value.as_str().map(|t| SortValue::Text(t.to_string())),
             })
             .collect::<Option<Vec<_>>>()?;
-        Some(Cursor { values, resource_type: head[0].as_str()?.to_string(), id: head[1].as_str()?.to_string() })
+        let backward = match head[0].as_str()? {
+            "prev" => true,
+            "next" => false,
+            _ => return None,
+        };
+        Some(Cursor {
+            values,
+            resource_type: head[1].as_str()?.to_string(),
+            id: head[2].as_str()?.to_string(),
+            backward,
+        })
     }
 }
 
@@ -253,9 +267,10 @@ mod tests {
             values: vec![SortValue::Int(-5), SortValue::Null],
             resource_type: "Patient".into(),
             id: "a,b".into(),
+            backward: true,
         };
         assert_eq!(Cursor::decode(&cursor.encode(), &sort), Some(cursor));
-        assert_eq!(Cursor::decode("[\"Patient\",\"x\"]", &sort), None);
+        assert_eq!(Cursor::decode("[\"next\",\"Patient\",\"x\"]", &sort), None);
         assert_eq!(Cursor::decode("nonsense", &[]), None);
     }
 }

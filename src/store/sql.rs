@@ -203,36 +203,51 @@ macro_rules! sql_store {
             };
             let sql = planner::page(query);
             let rows = bind_args(&sql).fetch_all(&mut *conn).await?;
-            let resources = rows.iter().take(query.count).map(decode_version).collect::<Result<Vec<_>, _>>()?;
-            let next = match (rows.len() > query.count, resources.last(), rows.get(query.count.saturating_sub(1))) {
-                (true, Some(last), Some(row)) => {
+            let more = rows.len() > query.count;
+            let mut shown: Vec<&<$db as sqlx::Database>::Row> = rows.iter().take(query.count).collect();
+            let backward = query.cursor.as_ref().is_some_and(|c| c.backward);
+            if backward {
+                shown.reverse();
+            }
+            let resources = shown.iter().map(|row| decode_version(row)).collect::<Result<Vec<_>, _>>()?;
+            // The anchor of a neighbouring page: a shown row with its sort values.
+            let anchor =
+                |row: &<$db as sqlx::Database>::Row, resource: &$crate::store::ResourceVersion, backward: bool| {
                     let mut values = Vec::with_capacity(query.sort.len());
                     for (n, key) in query.sort.iter().enumerate() {
                         let column = format!("s{n}");
-                        values.push(
-                            match $crate::store::sql::sort_value_kind(key) {
-                                $crate::store::sql::SortValueKind::Int => {
-                                    row.try_get::<Option<i64>, _>(column.as_str())?.map($crate::store::SortValue::Int)
-                                }
-                                $crate::store::sql::SortValueKind::Float => {
-                                    row.try_get::<Option<f64>, _>(column.as_str())?.map($crate::store::SortValue::Float)
-                                }
-                                $crate::store::sql::SortValueKind::Text => row
-                                    .try_get::<Option<String>, _>(column.as_str())?
-                                    .map($crate::store::SortValue::Text),
+                        let value = match $crate::store::sql::sort_value_kind(key) {
+                            $crate::store::sql::SortValueKind::Int => {
+                                row.try_get::<Option<i64>, _>(column.as_str())?.map($crate::store::SortValue::Int)
                             }
-                            .unwrap_or($crate::store::SortValue::Null),
-                        );
+                            $crate::store::sql::SortValueKind::Float => {
+                                row.try_get::<Option<f64>, _>(column.as_str())?.map($crate::store::SortValue::Float)
+                            }
+                            $crate::store::sql::SortValueKind::Text => {
+                                row.try_get::<Option<String>, _>(column.as_str())?.map($crate::store::SortValue::Text)
+                            }
+                        };
+                        values.push(value.unwrap_or($crate::store::SortValue::Null));
                     }
-                    Some($crate::store::Cursor {
+                    Ok::<_, sqlx::Error>($crate::store::Cursor {
                         values,
-                        resource_type: last.resource_type.clone(),
-                        id: last.id.clone(),
+                        resource_type: resource.resource_type.clone(),
+                        id: resource.id.clone(),
+                        backward,
                     })
-                }
+                };
+            // Going forward there is a next page when more rows matched, and a previous one
+            // when this page started at a cursor; going backward, the other way round.
+            let (has_next, has_previous) = if backward { (true, more) } else { (more, query.cursor.is_some()) };
+            let next = match (has_next, shown.last(), resources.last()) {
+                (true, Some(row), Some(resource)) => Some(anchor(row, resource, false)?),
                 _ => None,
             };
-            Ok($crate::store::SearchPage { next, resources, total })
+            let previous = match (has_previous, shown.first(), resources.first()) {
+                (true, Some(row), Some(resource)) => Some(anchor(row, resource, true)?),
+                _ => None,
+            };
+            Ok($crate::store::SearchPage { next, previous, resources, total })
         }
 
         async fn fetch_keys(
