@@ -107,7 +107,8 @@ pub fn outgoing_references(sources: &[(String, String)], param: Option<&str>, ta
     sql.push(" AND ");
     push_keys(&mut sql, "resource_type", "resource_id", sources);
     if let Some(param) = param {
-        sql.push(" AND param = ").text(param);
+        // `|| ''`: look the sources up by the owner index, not by parameter.
+        sql.push(" AND param || '' = ").text(param);
     }
     if let Some(target_type) = target_type {
         sql.push(" AND target_type = ").text(target_type);
@@ -274,6 +275,10 @@ fn open_index_in(sql: &mut Sql, table: IndexTable, param: &str, owner: Owner<'_>
             "EXISTS (SELECT 1 FROM {} {i} WHERE {i}.resource_type = {alias}.resource_type AND {i}.resource_id = {alias}.id",
             table.name()
         ));
+        // A probe must use the (type, id) owner index. `param || ''` keeps both databases from
+        // picking the lookup index instead, which would scan every row with the searched value.
+        sql.push(&format!(" AND {i}.param || '' = ")).text(param);
+        return i;
     }
     sql.push(&format!(" AND {i}.param = ")).text(param);
     i
@@ -400,12 +405,21 @@ fn push_condition(sql: &mut Sql, condition: &Condition, owner: Owner<'_>, depth:
             let i = open_index_in(sql, IndexTable::Reference, param, owner, depth);
             let target = format!("r{}", depth + 1);
             sql.push(&format!(" AND {i}.target_type = ")).text(target_type);
-            sql.push(&format!(
-                " AND {i}.target_id IN (SELECT {target}.id FROM resources {target} WHERE {target}.resource_type = "
-            ));
-            sql.text(target_type).push(&format!(" AND {target}.deleted = FALSE AND "));
+            // Driving: the referenced resources that match form a list; probing: the one
+            // resource the reference points at is checked.
+            if owner.drive {
+                sql.push(&format!(
+                    " AND {i}.target_id IN (SELECT {target}.id FROM resources {target} WHERE {target}.resource_type = "
+                ));
+                sql.text(target_type);
+            } else {
+                sql.push(&format!(
+                    " AND EXISTS (SELECT 1 FROM resources {target} WHERE {target}.resource_type = {i}.target_type AND {target}.id = {i}.target_id"
+                ));
+            }
+            sql.push(&format!(" AND {target}.deleted = FALSE AND "));
             let types = [target_type.clone()];
-            push_condition(sql, condition, Owner { alias: &target, types: &types, drive: true }, depth + 1);
+            push_condition(sql, condition, Owner { alias: &target, types: &types, drive: owner.drive }, depth + 1);
             sql.push("))");
         }
         Condition::Has { source_type, param, condition } => {
@@ -423,12 +437,17 @@ fn push_condition(sql: &mut Sql, condition: &Condition, owner: Owner<'_>, depth:
                 sql.push(&format!(" AND {i}.param = ")).text(param);
                 sql.push(&format!(" AND {i}.target_type = {alias}.resource_type AND {i}.target_id = {alias}.id"));
             }
-            sql.push(&format!(
-                " AND {i}.resource_id IN (SELECT {source}.id FROM resources {source} WHERE {source}.resource_type = "
-            ));
-            sql.text(source_type).push(&format!(" AND {source}.deleted = FALSE AND "));
+            if owner.drive {
+                sql.push(&format!(" AND {i}.resource_id IN (SELECT {source}.id FROM resources {source} WHERE {source}.resource_type = "));
+                sql.text(source_type);
+            } else {
+                sql.push(&format!(
+                    " AND EXISTS (SELECT 1 FROM resources {source} WHERE {source}.resource_type = {i}.resource_type AND {source}.id = {i}.resource_id"
+                ));
+            }
+            sql.push(&format!(" AND {source}.deleted = FALSE AND "));
             let types = [source_type.clone()];
-            push_condition(sql, condition, Owner { alias: &source, types: &types, drive: true }, depth + 1);
+            push_condition(sql, condition, Owner { alias: &source, types: &types, drive: owner.drive }, depth + 1);
             sql.push("))");
         }
     }
@@ -558,7 +577,7 @@ fn push_sort_value(sql: &mut Sql, key: &SortKey) {
     };
     let aggregate = if key.descending { "MAX" } else { "MIN" };
     sql.push(&format!(
-        "(SELECT {aggregate}(si.{column}) FROM {} si WHERE si.resource_type = r.resource_type AND si.resource_id = r.id AND si.param = ",
+        "(SELECT {aggregate}(si.{column}) FROM {} si WHERE si.resource_type = r.resource_type AND si.resource_id = r.id AND si.param || '' = ",
         table.name()
     ));
     sql.text(param).push(")");
