@@ -25,6 +25,8 @@ const US_CORE_SEARCHES: &[(&str, &str)] = &[
     ("Encounter", "patient=p1&date=ge2025&_sort=-date"),
     ("DiagnosticReport", "patient=p1&category=LAB&_sort=-date"),
     ("Immunization", "patient=p1&status=completed&_sort=-date"),
+    ("Observation", "patient.identifier=http://hearth.example/mrn|MRN-1&category=laboratory"),
+    ("Patient", "_id=p1&_has:Observation:patient:category=laboratory"),
 ];
 
 fn sql_for(resource_type: &str, query: &str) -> planner::Sql {

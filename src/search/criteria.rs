@@ -119,14 +119,22 @@ fn parse_chain(
             "no resource type that '{code}' references has a parameter '{next_code}'"
         )));
     }
-    let mut conditions = Vec::new();
+    // Target types whose criterion reads the same share one condition (one index lookup).
+    let mut conditions: Vec<Condition> = Vec::new();
     for target_type in targets {
-        let inner = parse_criterion(context, target_type, rest, value)?;
-        conditions.push(Condition::Chain {
-            param: code.to_string(),
-            target_type: target_type.to_string(),
-            condition: Box::new(Condition::AnyOf(inner)),
+        let inner = Condition::AnyOf(parse_criterion(context, target_type, rest, value)?);
+        let same = conditions.iter_mut().find_map(|c| match c {
+            Condition::Chain { target_types, condition, .. } if **condition == inner => Some(target_types),
+            _ => None,
         });
+        match same {
+            Some(target_types) => target_types.push(target_type.to_string()),
+            None => conditions.push(Condition::Chain {
+                param: code.to_string(),
+                target_types: vec![target_type.to_string()],
+                condition: Box::new(inner),
+            }),
+        }
     }
     Ok(conditions)
 }

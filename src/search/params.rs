@@ -323,11 +323,14 @@ mod tests {
     fn parses_chains_and_reverse_chains() {
         let parsed = parse("Observation", &[("subject:Patient.name", "anna")], true).unwrap();
         assert!(
-            matches!(&parsed.query.all_of[0][0], Condition::Chain { param, target_type, .. } if param == "subject" && target_type == "Patient")
+            matches!(&parsed.query.all_of[0][0], Condition::Chain { param, target_types, .. } if param == "subject" && target_types == &["Patient"])
         );
-        // Without a type, every target type that has the parameter is tried.
+        // Without a type, every target type that has the parameter is tried, in one condition
+        // where the criterion reads the same for all of them.
         let parsed = parse("Observation", &[("subject.name", "anna")], true).unwrap();
-        assert!(parsed.query.all_of[0].len() > 1);
+        assert!(
+            matches!(&parsed.query.all_of[0][..], [Condition::Chain { target_types, .. }] if target_types.len() > 1)
+        );
         let parsed = parse("Patient", &[("_has:Observation:patient:code", "1234")], true).unwrap();
         assert!(
             matches!(&parsed.query.all_of[0][0], Condition::Has { source_type, param, .. } if source_type == "Observation" && param == "patient")

@@ -401,25 +401,32 @@ fn push_condition(sql: &mut Sql, condition: &Condition, owner: Owner<'_>, depth:
             sql.push(")");
         }
         Condition::AnyOf(conditions) => push_any_of(sql, conditions, owner, depth),
-        Condition::Chain { param, target_type, condition } => {
+        Condition::Chain { param, target_types, condition } => {
             let i = open_index_in(sql, IndexTable::Reference, param, owner, depth);
             let target = format!("r{}", depth + 1);
-            sql.push(&format!(" AND {i}.target_type = ")).text(target_type);
+            sql.push(" AND ");
+            push_type_filter(sql, &format!("{i}.target_type"), target_types);
             // Driving: the referenced resources that match form a list; probing: the one
             // resource the reference points at is checked.
             if owner.drive {
-                sql.push(&format!(
-                    " AND {i}.target_id IN (SELECT {target}.id FROM resources {target} WHERE {target}.resource_type = "
-                ));
-                sql.text(target_type);
+                let (columns, selected) = match target_types.len() {
+                    1 => (format!("{i}.target_id"), format!("{target}.id")),
+                    _ => (format!("({i}.target_type, {i}.target_id)"), format!("{target}.resource_type, {target}.id")),
+                };
+                sql.push(&format!(" AND {columns} IN (SELECT {selected} FROM resources {target} WHERE "));
+                push_type_filter(sql, &format!("{target}.resource_type"), target_types);
             } else {
                 sql.push(&format!(
                     " AND EXISTS (SELECT 1 FROM resources {target} WHERE {target}.resource_type = {i}.target_type AND {target}.id = {i}.target_id"
                 ));
             }
             sql.push(&format!(" AND {target}.deleted = FALSE AND "));
-            let types = [target_type.clone()];
-            push_condition(sql, condition, Owner { alias: &target, types: &types, drive: owner.drive }, depth + 1);
+            push_condition(
+                sql,
+                condition,
+                Owner { alias: &target, types: target_types, drive: owner.drive },
+                depth + 1,
+            );
             sql.push("))");
         }
         Condition::Has { source_type, param, condition } => {
@@ -658,7 +665,7 @@ mod tests {
         let mut query = SearchQuery::new("Observation", 10);
         query.all_of.push(vec![Condition::Chain {
             param: "subject".into(),
-            target_type: "Patient".into(),
+            target_types: vec!["Patient".into()],
             condition: Box::new(Condition::String {
                 param: "name".into(),
                 value: "o'brien".into(),

@@ -117,9 +117,9 @@ pub enum Condition {
     Not(Box<Condition>),
     /// Any of these (the comma-separated values of one criterion).
     AnyOf(Vec<Condition>),
-    /// A chain: the resource references, through `param`, a `target_type` resource matching
+    /// A chain: the resource references, through `param`, a resource of one of `target_types` matching
     /// `condition`.
-    Chain { param: String, target_type: String, condition: Box<Condition> },
+    Chain { param: String, target_types: Vec<String>, condition: Box<Condition> },
     /// Reverse chain (`_has`): some `source_type` resource references this one through `param`
     /// and matches `condition`.
     Has { source_type: String, param: String, condition: Box<Condition> },
