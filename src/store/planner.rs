@@ -62,11 +62,7 @@ pub fn page(query: &SearchQuery) -> Sql {
     let backward = query.cursor.as_ref().is_some_and(|c| c.backward);
     if let Some(cursor) = &query.cursor {
         sql.push(" WHERE ");
-        if backward {
-            push_before(&mut sql, &query.sort, cursor, 0);
-        } else {
-            push_after(&mut sql, &query.sort, cursor, 0);
-        }
+        push_beyond(&mut sql, &query.sort, cursor, 0, !backward);
     }
     // A previous page is read in reverse order from its anchor; the store turns it round.
     sql.push(" ORDER BY ");
@@ -590,12 +586,13 @@ fn push_sort_value(sql: &mut Sql, key: &SortKey) {
     sql.text(param).push(")");
 }
 
-/// Rows after the cursor in the order (s0…sn, resource_type, id), nulls last.
-fn push_after(sql: &mut Sql, sort: &[SortKey], cursor: &Cursor, key: usize) {
+/// Rows after (`forward`) or before the cursor in the order (s0…sn, resource_type, id), nulls last.
+fn push_beyond(sql: &mut Sql, sort: &[SortKey], cursor: &Cursor, key: usize, forward: bool) {
     let Some(sort_key) = sort.get(key) else {
-        sql.push("(q.resource_type > ").text(&cursor.resource_type);
+        let beyond = if forward { ">" } else { "<" };
+        sql.push(&format!("(q.resource_type {beyond} ")).text(&cursor.resource_type);
         sql.push(" OR (q.resource_type = ").text(&cursor.resource_type);
-        sql.push(" AND q.id > ").text(&cursor.id).push("))");
+        sql.push(&format!(" AND q.id {beyond} ")).text(&cursor.id).push("))");
         return;
     };
     let column = format!("q.s{key}");
@@ -604,43 +601,21 @@ fn push_after(sql: &mut Sql, sort: &[SortKey], cursor: &Cursor, key: usize) {
         Some(SortValue::Float(f)) => Arg::Float(*f),
         Some(SortValue::Text(t)) => Arg::Text(t.clone()),
         Some(SortValue::Null) | None => {
-            sql.push(&format!("({column} IS NULL AND "));
-            push_after(sql, sort, cursor, key + 1);
-            sql.push(")");
+            // Nulls come last: after a null only nulls follow; before it, every value comes.
+            sql.push(&format!(
+                "({column} {} AND ",
+                if forward { "IS NULL" } else { "IS NOT NULL OR ({column} IS NULL" }
+            ));
+            push_beyond(sql, sort, cursor, key + 1, forward);
+            sql.push(if forward { ")" } else { "))" });
             return;
         }
     };
-    let beyond = if sort_key.descending { "<" } else { ">" };
+    let beyond = if sort_key.descending == forward { "<" } else { ">" };
+    let nulls = if forward { format!(" OR {column} IS NULL") } else { String::new() };
     sql.push(&format!("({column} {beyond} ")).bind(value.clone());
-    sql.push(&format!(" OR {column} IS NULL OR ({column} = ")).bind(value).push(" AND ");
-    push_after(sql, sort, cursor, key + 1);
-    sql.push("))");
-}
-
-/// Rows before the cursor in the order (s0…sn, resource_type, id), nulls last.
-fn push_before(sql: &mut Sql, sort: &[SortKey], cursor: &Cursor, key: usize) {
-    let Some(sort_key) = sort.get(key) else {
-        sql.push("(q.resource_type < ").text(&cursor.resource_type);
-        sql.push(" OR (q.resource_type = ").text(&cursor.resource_type);
-        sql.push(" AND q.id < ").text(&cursor.id).push("))");
-        return;
-    };
-    let column = format!("q.s{key}");
-    let value = match cursor.values.get(key) {
-        Some(SortValue::Int(i)) => Arg::Int(*i),
-        Some(SortValue::Float(f)) => Arg::Float(*f),
-        Some(SortValue::Text(t)) => Arg::Text(t.clone()),
-        Some(SortValue::Null) | None => {
-            sql.push(&format!("({column} IS NOT NULL OR ({column} IS NULL AND "));
-            push_before(sql, sort, cursor, key + 1);
-            sql.push("))");
-            return;
-        }
-    };
-    let before = if sort_key.descending { ">" } else { "<" };
-    sql.push(&format!("({column} {before} ")).bind(value.clone());
-    sql.push(&format!(" OR ({column} = ")).bind(value).push(" AND ");
-    push_before(sql, sort, cursor, key + 1);
+    sql.push(&format!("{nulls} OR ({column} = ")).bind(value).push(" AND ");
+    push_beyond(sql, sort, cursor, key + 1, forward);
     sql.push("))");
 }
 
