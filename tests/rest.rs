@@ -115,24 +115,10 @@ async fn version_preconditions(db: Db) {
     let mut resource = body(server.get(&format!("Patient/{id}")).await).await;
     resource["gender"] = json!("other");
 
-    let stale = server
-        .request(Method::PUT, &format!("Patient/{id}"))
-        .header("content-type", "application/fhir+json")
-        .header("if-match", "W/\"7\"")
-        .body(resource.to_string())
-        .send()
-        .await
-        .unwrap();
+    let stale = server.send_with(Method::PUT, &format!("Patient/{id}"), &resource, &[("if-match", "W/\"7\"")]).await;
     assert_eq!(stale.status(), 412);
     assert!(outcome(stale).await.contains("version"));
-    let current = server
-        .request(Method::PUT, &format!("Patient/{id}"))
-        .header("content-type", "application/fhir+json")
-        .header("if-match", "W/\"1\"")
-        .body(resource.to_string())
-        .send()
-        .await
-        .unwrap();
+    let current = server.send_with(Method::PUT, &format!("Patient/{id}"), &resource, &[("if-match", "W/\"1\"")]).await;
     assert_eq!(current.status(), 200);
 
     let not_modified =
@@ -162,27 +148,15 @@ async fn version_preconditions(db: Db) {
 
 async fn prefer_return(db: Db) {
     let server = TestServer::start(db).await;
-    let minimal = server
-        .request(Method::POST, "Patient")
-        .header("content-type", "application/fhir+json")
-        .header("prefer", "return=minimal")
-        .body(patient("Min", "P1").to_string())
-        .send()
-        .await
-        .unwrap();
+    let minimal =
+        server.send_with(Method::POST, "Patient", &patient("Min", "P1"), &[("prefer", "return=minimal")]).await;
     assert_eq!(minimal.status(), 201);
     assert!(!header(&minimal, "location").is_empty());
     assert_eq!(header(&minimal, "etag"), "W/\"1\"");
     assert!(minimal.text().await.unwrap().is_empty());
 
-    let with_outcome = server
-        .request(Method::POST, "Patient")
-        .header("content-type", "application/fhir+json")
-        .header("prefer", "return=OperationOutcome")
-        .body(patient("Oo", "P2").to_string())
-        .send()
-        .await
-        .unwrap();
+    let with_outcome =
+        server.send_with(Method::POST, "Patient", &patient("Oo", "P2"), &[("prefer", "return=OperationOutcome")]).await;
     assert_eq!(with_outcome.status(), 201);
     let text = outcome(with_outcome).await;
     assert!(text.contains("created Patient/"), "{text}");
@@ -603,13 +577,8 @@ async fn concurrent_updates_with_if_match_have_one_winner_per_version(db: Db) {
         tasks.push(tokio::spawn(async move {
             resource["name"][0]["given"] = json!([format!("Writer{n}")]);
             server
-                .request(Method::PUT, &format!("Patient/{id}"))
-                .header("content-type", "application/fhir+json")
-                .header("if-match", "W/\"1\"")
-                .body(resource.to_string())
-                .send()
+                .send_with(Method::PUT, &format!("Patient/{id}"), &resource, &[("if-match", "W/\"1\"")])
                 .await
-                .unwrap()
                 .status()
                 .as_u16()
         }));
@@ -633,13 +602,13 @@ async fn concurrent_updates_with_if_match_have_one_winner_per_version(db: Db) {
                 let mut resource = body(current).await;
                 resource["name"][0]["given"] = json!([format!("Retry{n}")]);
                 let response = server
-                    .request(Method::PUT, &format!("Patient/{id}"))
-                    .header("content-type", "application/fhir+json")
-                    .header("if-match", format!("W/\"{version}\""))
-                    .body(resource.to_string())
-                    .send()
-                    .await
-                    .unwrap();
+                    .send_with(
+                        Method::PUT,
+                        &format!("Patient/{id}"),
+                        &resource,
+                        &[("if-match", &format!("W/\"{version}\""))],
+                    )
+                    .await;
                 match response.status().as_u16() {
                     200 => return version + 1,
                     412 | 409 => continue,

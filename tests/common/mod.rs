@@ -85,6 +85,15 @@ impl TestServer {
             .expect("request")
     }
 
+    /// Sends `body` as `application/fhir+json` with extra headers.
+    pub async fn send_with(&self, method: Method, path: &str, body: &Value, headers: &[(&str, &str)]) -> Response {
+        let mut request = self.request(method, path).header("content-type", "application/fhir+json");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.body(body.to_string()).send().await.expect("request")
+    }
+
     pub async fn post(&self, path: &str, body: &Value) -> Response {
         self.send_json(Method::POST, path, body).await
     }
