@@ -84,6 +84,7 @@ const CASES: &[(&str, &[&str])] = &[
     ("Patient?birthdate=eb1980", &["pat-bob"]),
     ("Patient?birthdate=sa1976", &["pat-anna", "pat-cara"]),
     ("Patient?birthdate=ge1975&birthdate=lt1980-06", &["pat-anna", "pat-bob"]),
+    ("Patient?birthdate=ap1980-04-02", &["pat-anna", "pat-cara"]),
     ("Observation?date=2024-03-05", &["obs-glucose-1"]),
     ("Observation?date=2024-03-05T09:30:00Z", &["obs-glucose-1"]),
     ("Observation?date=2024-03-05T10:30:00%2B01:00", &["obs-glucose-1"]),

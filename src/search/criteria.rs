@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::date::{approximate, parse_range, Prefix};
+use super::date::{approximate, parse_range, split_prefix};
 use super::index::{normalize, parse_local_reference};
 use super::{ParamKind, Registry, SearchParam};
 use crate::model::validate::is_resource_type;
@@ -319,34 +319,22 @@ fn unsupported_modifier(code: &str, modifier: &str) -> FhirError {
     FhirError::new(400, IssueCode::NotSupported, format!("modifier ':{modifier}' is not supported on '{code}'"))
 }
 
-fn comparison_of(prefix: Prefix) -> Comparison {
-    match prefix {
-        Prefix::Eq | Prefix::Ap => Comparison::Eq,
-        Prefix::Ne => Comparison::Ne,
-        Prefix::Gt => Comparison::Gt,
-        Prefix::Lt => Comparison::Lt,
-        Prefix::Ge => Comparison::Ge,
-        Prefix::Le => Comparison::Le,
-        Prefix::Sa => Comparison::Sa,
-        Prefix::Eb => Comparison::Eb,
-    }
-}
-
 fn parse_date(param: String, value: &str) -> Result<Condition, FhirError> {
-    let (prefix, text) = Prefix::split(value);
+    let (comparison, text) = split_prefix(value);
     let mut range = parse_range(text).ok_or_else(|| {
         FhirError::bad_request(format!("'{text}' is not a FHIR date, dateTime or instant (search parameter '{param}')"))
     })?;
-    if prefix == Prefix::Ap {
+    if comparison.is_none() {
         range = approximate(range, crate::model::resource::now());
     }
-    Ok(Condition::Date { param, comparison: comparison_of(prefix), low: range.low, high: range.high })
+    let comparison = comparison.unwrap_or(Comparison::Eq);
+    Ok(Condition::Date { param, comparison, low: range.low, high: range.high })
 }
 
 /// A searched number with its implicit precision: `100` means [99.5, 100.5), `1.50` means
 /// [1.495, 1.505), `1e2` means [50, 150).
 fn parse_number(code: &str, value: &str) -> Result<(Comparison, f64, f64, f64), FhirError> {
-    let (prefix, text) = Prefix::split(value);
+    let (comparison, text) = split_prefix(value);
     let invalid = || FhirError::bad_request(format!("'{text}' is not a number (search parameter '{code}')"));
     let number: f64 = text.parse().map_err(|_| invalid())?;
     if !number.is_finite() || text.starts_with('+') || text.contains(['n', 'N', 'i', 'I']) {
@@ -358,13 +346,13 @@ fn parse_number(code: &str, value: &str) -> Result<(Comparison, f64, f64, f64), 
     };
     let decimals = mantissa.split_once('.').map_or(0, |(_, fraction)| fraction.len() as i32);
     let half_step = 0.5 * 10f64.powi(exponent - decimals);
-    let (low, high) = if prefix == Prefix::Ap {
+    let (low, high) = if comparison.is_none() {
         let slack = (number.abs() * 0.1).max(half_step);
         (number - slack, number + slack)
     } else {
         (number - half_step, number + half_step)
     };
-    Ok((comparison_of(prefix), number, low, high))
+    Ok((comparison.unwrap_or(Comparison::Eq), number, low, high))
 }
 
 fn parse_quantity(param: String, value: &str) -> Result<Condition, FhirError> {

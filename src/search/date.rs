@@ -5,6 +5,8 @@
 
 use time::{Date, Month, OffsetDateTime, PrimitiveDateTime, Time, UtcOffset};
 
+use crate::store::Comparison;
+
 /// The lowest and highest representable instants, for open-ended periods.
 pub const OPEN_LOW: i64 = i64::MIN;
 pub const OPEN_HIGH: i64 = i64::MAX;
@@ -100,37 +102,22 @@ fn calendar_range(year: i32, month: Option<u8>, day: Option<u8>) -> Option<DateR
     Some(DateRange { low: start_of(first), high: start_of(next) })
 }
 
-/// A search prefix (FHIR R4 search.html §3.1.1.4.x).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Prefix {
-    Eq,
-    Ne,
-    Gt,
-    Lt,
-    Ge,
-    Le,
-    Sa,
-    Eb,
-    Ap,
-}
-
-impl Prefix {
-    /// Splits a leading two-letter prefix off a search value (`ge2020` → Ge, `2020`).
-    pub fn split(value: &str) -> (Prefix, &str) {
-        let prefix = match value.get(..2) {
-            Some("eq") => Prefix::Eq,
-            Some("ne") => Prefix::Ne,
-            Some("gt") => Prefix::Gt,
-            Some("lt") => Prefix::Lt,
-            Some("ge") => Prefix::Ge,
-            Some("le") => Prefix::Le,
-            Some("sa") => Prefix::Sa,
-            Some("eb") => Prefix::Eb,
-            Some("ap") => Prefix::Ap,
-            _ => return (Prefix::Eq, value),
-        };
-        (prefix, &value[2..])
-    }
+/// A search value's prefix (FHIR R4 search.html §3.1.1.4.x): the comparison, or `None` for
+/// `ap` (approximately), which compares as `eq` on a widened range.
+pub fn split_prefix(value: &str) -> (Option<Comparison>, &str) {
+    let comparison = match value.get(..2) {
+        Some("eq") => Comparison::Eq,
+        Some("ne") => Comparison::Ne,
+        Some("gt") => Comparison::Gt,
+        Some("lt") => Comparison::Lt,
+        Some("ge") => Comparison::Ge,
+        Some("le") => Comparison::Le,
+        Some("sa") => Comparison::Sa,
+        Some("eb") => Comparison::Eb,
+        Some("ap") => return (None, &value[2..]),
+        _ => return (Some(Comparison::Eq), value),
+    };
+    (Some(comparison), &value[2..])
 }
 
 /// Widens a search range for `ap` (approximately): by 10% of its distance from now, at least
@@ -190,8 +177,8 @@ mod tests {
 
     #[test]
     fn splits_prefixes() {
-        assert_eq!(Prefix::split("ge2020"), (Prefix::Ge, "2020"));
-        assert_eq!(Prefix::split("2020"), (Prefix::Eq, "2020"));
-        assert_eq!(Prefix::split("ap2020-01"), (Prefix::Ap, "2020-01"));
+        assert_eq!(split_prefix("ge2020"), (Some(Comparison::Ge), "2020"));
+        assert_eq!(split_prefix("2020"), (Some(Comparison::Eq), "2020"));
+        assert_eq!(split_prefix("ap2020-01"), (None, "2020-01"));
     }
 }
