@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
 use time::OffsetDateTime;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::model::{FhirError, IssueCode};
@@ -39,8 +40,16 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics::render))
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::count))
+        .layer(CatchPanicLayer::custom(panic_response))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// A bug must not drop the connection: the client gets a 500 OperationOutcome, the log the panic.
+fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let message = panic.downcast_ref::<String>().map(String::as_str).or_else(|| panic.downcast_ref::<&str>().copied());
+    tracing::error!(panic = message.unwrap_or("(no message)"), "a request handler panicked");
+    error_response(FhirError::internal(), Format::Json, false)
 }
 
 async fn ready(State(state): State<AppState>) -> Response {
