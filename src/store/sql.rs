@@ -201,6 +201,10 @@ macro_rules! sql_store {
             } else {
                 None
             };
+            // `_count=0` (and `_summary=count`) asks for the total only.
+            if query.count == 0 {
+                return Ok($crate::store::SearchPage { next: None, previous: None, resources: Vec::new(), total });
+            }
             let sql = planner::page(query);
             let rows = bind_args(&sql).fetch_all(&mut *conn).await?;
             let more = rows.len() > query.count;
