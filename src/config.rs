@@ -13,7 +13,7 @@ pub struct Cli {
     #[arg(long, global = true, env = "HEARTH_DATABASE", default_value = "sqlite://hearth.db")]
     pub database: String,
     /// Public base URL of the server; the FHIR base is this plus `/fhir`. Defaults to
-    /// `http://<listen address>`.
+    /// `http://localhost:<port>` on a loopback listen address, else `http://<listen address>`.
     #[arg(long, global = true, env = "HEARTH_BASE_URL")]
     pub base_url: Option<String>,
     #[command(subcommand)]

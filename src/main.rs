@@ -21,7 +21,11 @@ async fn main() -> anyhow::Result<()> {
                     "--auth off is for local experiments and only listens on a loopback address, not {listen}"
                 );
             }
-            let base_url = cli.base_url.unwrap_or_else(|| format!("http://{listen}"));
+            // DESIGN.md: the base URL defaults to http://localhost:8080 for the default listen address.
+            let base_url = cli.base_url.unwrap_or_else(|| match listen.ip().is_loopback() {
+                true => format!("http://localhost:{}", listen.port()),
+                false => format!("http://{listen}"),
+            });
             let settings = Settings { max_body_bytes, ..Settings::new(&base_url) };
             let hearth = Hearth::open(&cli.database, settings).await?;
             let listener = tokio::net::TcpListener::bind(listen).await?;
