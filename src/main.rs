@@ -22,9 +22,12 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
             // DESIGN.md: the base URL defaults to http://localhost:8080 for the default listen address.
-            let base_url = cli.base_url.unwrap_or_else(|| match listen.ip().is_loopback() {
-                true => format!("http://localhost:{}", listen.port()),
-                false => format!("http://{listen}"),
+            let base_url = cli.base_url.unwrap_or_else(|| {
+                if listen.ip().is_loopback() {
+                    format!("http://localhost:{}", listen.port())
+                } else {
+                    format!("http://{listen}")
+                }
             });
             let settings = Settings { max_body_bytes, ..Settings::new(&base_url) };
             let hearth = Hearth::open(&cli.database, settings).await?;
