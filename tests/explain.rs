@@ -50,6 +50,17 @@ fn full_scans(plan: &[String]) -> Vec<&String> {
         .collect()
 }
 
+/// The query `text` with the planner's arguments bound (works for either database's query type).
+macro_rules! bound {
+    ($text:expr, $args:expr) => {
+        $args.iter().fold(sqlx::query($text), |q, arg| match arg {
+            Arg::Text(t) => q.bind(t.clone()),
+            Arg::Int(i) => q.bind(*i),
+            Arg::Float(f) => q.bind(*f),
+        })
+    };
+}
+
 async fn us_core_searches_use_indexes(db: Db) {
     let server = TestServer::start(db).await;
     let database = server.database_url.clone();
@@ -59,28 +70,14 @@ async fn us_core_searches_use_indexes(db: Db) {
             Db::Sqlite => {
                 let mut conn = sqlx::SqliteConnection::connect(&database).await.unwrap();
                 let explained = format!("EXPLAIN QUERY PLAN {}", sql.text);
-                let mut q = sqlx::query(&explained);
-                for arg in &sql.args {
-                    q = match arg {
-                        Arg::Text(t) => q.bind(t.clone()),
-                        Arg::Int(i) => q.bind(*i),
-                        Arg::Float(f) => q.bind(*f),
-                    };
-                }
+                let q = bound!(&explained, &sql.args);
                 q.fetch_all(&mut conn).await.unwrap().iter().map(|row| row.get::<String, _>("detail")).collect()
             }
             Db::Postgres => {
                 let mut conn = sqlx::PgConnection::connect(&database).await.unwrap();
                 sqlx::query("SET enable_seqscan = off").execute(&mut conn).await.unwrap();
                 let explained = format!("EXPLAIN {}", sql.text);
-                let mut q = sqlx::query(&explained);
-                for arg in &sql.args {
-                    q = match arg {
-                        Arg::Text(t) => q.bind(t.clone()),
-                        Arg::Int(i) => q.bind(*i),
-                        Arg::Float(f) => q.bind(*f),
-                    };
-                }
+                let q = bound!(&explained, &sql.args);
                 q.fetch_all(&mut conn).await.unwrap().iter().map(|row| row.get::<String, _>(0)).collect()
             }
         };

@@ -204,13 +204,7 @@ async fn json_patch_and_fhirpath_patch(db: Db) {
     let server = TestServer::start(db).await;
     let id = server.create(&patient("Patchy", "PA")).await;
     let json_patch = json!([{"op": "replace", "path": "/gender", "value": "male"}, {"op": "add", "path": "/name/0/given/-", "value": "Maria"}]);
-    let response = server
-        .request(Method::PATCH, &format!("Patient/{id}"))
-        .header("content-type", "application/json-patch+json")
-        .body(json_patch.to_string())
-        .send()
-        .await
-        .unwrap();
+    let response = server.json_patch(&format!("Patient/{id}"), &json_patch, &[]).await;
     assert_eq!(response.status(), 200);
     assert_eq!(header(&response, "etag"), "W/\"2\"");
     let patched = body(response).await;
@@ -226,25 +220,12 @@ async fn json_patch_and_fhirpath_patch(db: Db) {
 
     // A patch that makes the resource invalid is refused and changes nothing.
     let invalid = json!([{"op": "replace", "path": "/gender", "value": 42}]);
-    let response = server
-        .request(Method::PATCH, &format!("Patient/{id}"))
-        .header("content-type", "application/json-patch+json")
-        .body(invalid.to_string())
-        .send()
-        .await
-        .unwrap();
+    let response = server.json_patch(&format!("Patient/{id}"), &invalid, &[]).await;
     assert_eq!(response.status(), 422);
     let current = server.get(&format!("Patient/{id}")).await;
     assert_eq!(header(&current, "etag"), "W/\"3\"");
 
-    let stale = server
-        .request(Method::PATCH, &format!("Patient/{id}"))
-        .header("content-type", "application/json-patch+json")
-        .header("if-match", "W/\"1\"")
-        .body(json_patch.to_string())
-        .send()
-        .await
-        .unwrap();
+    let stale = server.json_patch(&format!("Patient/{id}"), &json_patch, &[("if-match", "W/\"1\"")]).await;
     assert_eq!(stale.status(), 412);
 }
 

@@ -10,6 +10,7 @@
 //! Every problem becomes an [`Issue`] whose `expression` is a FHIRPath location.
 
 use std::collections::HashMap;
+use std::fmt::Write;
 use std::sync::{LazyLock, OnceLock};
 
 use jsonschema::{Draft, Validator};
@@ -213,6 +214,12 @@ pub fn pointer_to_fhirpath(resource_type: &str, pointer: &str) -> String {
 /// a placeholder in a primitive array whose extensions sit in a `_name` twin, and the official
 /// JSON schema does not accept even that, so Hearth follows the schema.
 pub fn check_no_empty_values(value: &Value, path: &str, issues: &mut Vec<Issue>) {
+    check_node(value, &mut path.to_string(), issues);
+}
+
+/// Walks the resource with one path buffer: every resource written passes here, so no string
+/// is built per element unless an issue needs it.
+fn check_node(value: &Value, path: &mut String, issues: &mut Vec<Issue>) {
     match value {
         Value::String(s) if s.is_empty() => issues.push(empty_issue("an empty string", path)),
         Value::Array(items) if items.is_empty() => issues.push(empty_issue("an empty array", path)),
@@ -220,12 +227,19 @@ pub fn check_no_empty_values(value: &Value, path: &str, issues: &mut Vec<Issue>)
         Value::Null => issues.push(empty_issue("null", path)),
         Value::Array(items) => {
             for (i, item) in items.iter().enumerate() {
-                check_no_empty_values(item, &format!("{path}[{i}]"), issues);
+                let length = path.len();
+                let _ = write!(path, "[{i}]");
+                check_node(item, path, issues);
+                path.truncate(length);
             }
         }
         Value::Object(members) => {
             for (name, member) in members {
-                check_no_empty_values(member, &format!("{path}.{name}"), issues);
+                let length = path.len();
+                path.push('.');
+                path.push_str(name);
+                check_node(member, path, issues);
+                path.truncate(length);
             }
         }
         _ => {}

@@ -124,20 +124,20 @@ impl FhirService {
         parsed: &ParsedSearch,
     ) -> Result<(), FhirError> {
         let entry = json!({"fullUrl": self.resource_url(&found.resource_type, &found.id), "search": {"mode": mode}});
-        let reduce = |resource: &Value| match (&parsed.elements, parsed.summary) {
-            (Some(names), _) => Some(subset::elements(resource, names)),
-            (None, Summary::True) => Some(subset::summary(resource)),
-            (None, Summary::Text) => Some(subset::text_only(resource)),
-            (None, Summary::Data) => Some(subset::without_text(resource)),
+        type Subset<'a> = Box<dyn Fn(&Value) -> Value + 'a>;
+        let subset: Option<Subset<'_>> = match (&parsed.elements, parsed.summary) {
+            (Some(names), _) => Some(Box::new(move |resource| subset::elements(resource, names))),
+            (None, Summary::True) => Some(Box::new(subset::summary)),
+            (None, Summary::Text) => Some(Box::new(subset::text_only)),
+            (None, Summary::Data) => Some(Box::new(subset::without_text)),
             (None, Summary::False | Summary::Count) => None,
         };
-        if parsed.elements.is_none() && matches!(parsed.summary, Summary::False | Summary::Count) {
+        let Some(subset) = subset else {
             bundle.entry(&entry, Some(&found.body));
             return Ok(());
-        }
+        };
         let resource: Value = serde_json::from_slice(&found.body).map_err(|_| FhirError::internal())?;
-        let reduced = reduce(&resource).unwrap_or(resource);
-        bundle.entry(&entry, Some(&serde_json::to_vec(&reduced).map_err(|_| FhirError::internal())?));
+        bundle.entry(&entry, Some(&serde_json::to_vec(&subset(&resource)).map_err(|_| FhirError::internal())?));
         Ok(())
     }
 

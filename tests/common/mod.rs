@@ -94,6 +94,15 @@ impl TestServer {
         request.body(body.to_string()).send().await.expect("request")
     }
 
+    /// Sends a JSON Patch document (`application/json-patch+json`) with extra headers.
+    pub async fn json_patch(&self, path: &str, patch: &Value, headers: &[(&str, &str)]) -> Response {
+        let mut request = self.request(Method::PATCH, path).header("content-type", "application/json-patch+json");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.body(patch.to_string()).send().await.expect("PATCH")
+    }
+
     pub async fn post(&self, path: &str, body: &Value) -> Response {
         self.send_json(Method::POST, path, body).await
     }
