@@ -42,7 +42,9 @@ impl Hearth {
     /// Opens (and migrates) the database at `database_url` and builds the server.
     pub async fn open(database_url: &str, settings: Settings) -> anyhow::Result<Hearth> {
         let store = store::open(database_url).await?;
-        Ok(Hearth::with_store(store, settings))
+        let hearth = Hearth::with_store(store, settings);
+        hearth.service.load_search_parameters().await?;
+        Ok(hearth)
     }
 
     /// Builds the server over an already open store.
@@ -73,8 +75,9 @@ impl Hearth {
         self.router.clone()
     }
 
-    /// Serves on `listener` until the process is stopped.
+    /// Runs the job worker and serves on `listener` until the process is stopped.
     pub async fn serve(self, listener: TcpListener) -> std::io::Result<()> {
+        tokio::spawn(self.service.clone().run_jobs());
         axum::serve(listener, self.router).with_graceful_shutdown(shutdown_signal()).await
     }
 }

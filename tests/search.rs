@@ -67,6 +67,10 @@ fn fixtures() -> Vec<Value> {
             "date": "2025-01-02", "totalGross": {"value": 120.50, "currency": "USD"}}),
         json!({"resourceType": "Invoice", "id": "inv-2", "status": "balanced", "subject": {"reference": "Patient/pat-bob"},
             "date": "2025-02-15T10:00:00Z", "totalGross": {"value": 80, "currency": "EUR"}}),
+        json!({"resourceType": "DocumentReference", "id": "doc-note", "status": "current",
+            "content": [{"attachment": {"contentType": "text/plain", "title": "Visit note"}}]}),
+        json!({"resourceType": "DocumentReference", "id": "doc-pdf", "status": "current",
+            "content": [{"attachment": {"contentType": "application/pdf", "title": "Discharge letter"}}]}),
     ]
 }
 
@@ -118,6 +122,11 @@ const CASES: &[(&str, &[&str])] = &[
     ("Patient?general-practitioner:missing=false", &["pat-anna"]),
     ("Patient?gender:not=female", &["pat-bob"]),
     ("Observation?category:not=laboratory,vital-signs", &["obs-bp"]),
+    // token :below/:above on path-like codes (mime types), no terminology needed.
+    ("DocumentReference?contenttype:below=text/", &["doc-note"]),
+    ("DocumentReference?contenttype:below=application", &["doc-pdf"]),
+    ("DocumentReference?contenttype:above=application/pdf;charset=utf-8", &["doc-pdf"]),
+    ("DocumentReference?contenttype:above=text", &[]),
     ("Encounter?participant:identifier=http://hl7.org/fhir/sid/us-npi|999", &["enc-1"]),
     ("Patient?identifier:of-type=http://terminology.hl7.org/CodeSystem/v2-0203|MR|A1", &["pat-anna"]),
     ("Patient?identifier:of-type=http://terminology.hl7.org/CodeSystem/v2-0203|MR|B2", &[]),

@@ -194,6 +194,11 @@ fn fhir_response(response: FhirResponse, format: Format, pretty: bool) -> Respon
             headers.insert(header::LOCATION, value);
         }
     }
+    for (name, value) in response.headers {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    }
     http
 }
 

@@ -8,6 +8,8 @@ mod bundle;
 mod bundle_writer;
 pub mod capability;
 mod history;
+mod jobs;
+mod reindex;
 mod route;
 mod search;
 mod source;
@@ -21,6 +23,7 @@ use time::OffsetDateTime;
 
 use crate::model::FhirError;
 use crate::search::params::Paging;
+use crate::search::registry::LiveRegistry;
 use crate::search::Registry;
 use crate::store::{Store, StoreError};
 
@@ -145,13 +148,15 @@ pub struct FhirResponse {
     /// The version shown in `ETag: W/"n"`.
     pub version: Option<i64>,
     pub last_modified: Option<OffsetDateTime>,
+    /// Further headers (`Content-Location` and `X-Progress` of asynchronous requests).
+    pub headers: Vec<(&'static str, String)>,
     pub body: Body,
 }
 
 impl FhirResponse {
     /// A response with only a status and a body.
     pub fn new(status: u16, body: Body) -> Self {
-        FhirResponse { status, location: None, version: None, last_modified: None, body }
+        FhirResponse { status, location: None, version: None, last_modified: None, headers: Vec::new(), body }
     }
 }
 
@@ -169,14 +174,56 @@ pub struct ServiceConfig {
 #[derive(Clone)]
 pub struct FhirService {
     store: Arc<dyn Store>,
-    registry: &'static Registry,
+    registry: Arc<LiveRegistry>,
     config: Arc<ServiceConfig>,
+    /// Wakes this node's job worker when a job is queued here.
+    jobs_queued: Arc<tokio::sync::Notify>,
 }
 
+/// The operations this server implements (all with POST).
+const OPERATIONS: &[&str] = &["reindex"];
+
+/// How many `SearchParameter` resources one page of the registry's load reads.
+const SEARCH_PARAMETER_PAGE: usize = 500;
+
 impl FhirService {
-    /// A service over `store` with the standard R4 search parameters.
+    /// A service over `store` with the standard R4 search parameters; call
+    /// [`FhirService::load_search_parameters`] to add the custom ones stored in it.
     pub fn new(store: Arc<dyn Store>, config: ServiceConfig) -> Self {
-        FhirService { store, registry: Registry::standard(), config: Arc::new(config) }
+        FhirService {
+            store,
+            registry: Arc::new(LiveRegistry::standard()),
+            config: Arc::new(config),
+            jobs_queued: Arc::new(tokio::sync::Notify::new()),
+        }
+    }
+
+    /// The search parameters in force now: the standard ones and the active custom ones.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.current()
+    }
+
+    /// Rebuilds the registry from the standard parameters and the active `SearchParameter`
+    /// resources in the store. Definitions the server cannot use are logged and left out.
+    pub async fn load_search_parameters(&self) -> Result<(), StoreError> {
+        let types = ["SearchParameter".to_string()];
+        let mut stored = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self.store.scan(&types, after.as_ref(), SEARCH_PARAMETER_PAGE).await?;
+            let full = page.len() == SEARCH_PARAMETER_PAGE;
+            after = page.last().map(|v| (v.resource_type.clone(), v.id.clone()));
+            stored.extend(page.iter().filter_map(|v| serde_json::from_slice::<Value>(&v.body).ok()));
+            if !full {
+                break;
+            }
+        }
+        let (registry, problems) = Registry::standard().with_custom(&stored);
+        for problem in problems {
+            tracing::warn!(%problem, "a stored SearchParameter is not in force");
+        }
+        self.registry.replace(registry);
+        Ok(())
     }
 
     /// The configuration in force.
@@ -194,12 +241,16 @@ impl FhirService {
     /// retried from the start, so the loser becomes the next version instead of failing.
     pub async fn handle(&self, request: FhirRequest) -> Result<FhirResponse, FhirError> {
         let mut attempt = 1;
-        loop {
+        let outcome = loop {
             match self.handle_once(&request).await {
                 Err(error) if attempt < WRITE_ATTEMPTS && is_write_conflict(&error) => attempt += 1,
-                outcome => return outcome,
+                outcome => break outcome,
             }
+        };
+        if outcome.is_ok() && writes_search_parameters(&request) {
+            self.load_search_parameters().await.map_err(store_error)?;
         }
+        outcome
     }
 
     async fn handle_once(&self, request: &FhirRequest) -> Result<FhirResponse, FhirError> {
@@ -208,7 +259,7 @@ impl FhirService {
             return self.process_bundle(request).await;
         }
         let request = request.clone();
-        if request.method.writes() && !matches!(route, Route::TypeSearch(_)) {
+        if request.method.writes() && matches!(route, Route::Type(_) | Route::Instance(..)) {
             let mut tx = self.store.begin().await.map_err(store_error)?;
             let response = self.dispatch(&mut Source::Tx(tx.as_mut()), route, request).await?;
             tx.commit().await.map_err(store_error)?;
@@ -227,7 +278,7 @@ impl FhirService {
     ) -> Result<FhirResponse, FhirError> {
         use Method::*;
         match (request.method, route) {
-            (Get | Head, Route::Metadata) => Ok(capability::response(self.registry)),
+            (Get | Head, Route::Metadata) => Ok(capability::response(&self.registry())),
             (Get | Head, Route::SystemHistory) => self.history(crate::store::HistoryScope::System, &request).await,
             (Get | Head, Route::TypeHistory(t)) => self.history(crate::store::HistoryScope::Type(t), &request).await,
             (Get | Head, Route::InstanceHistory(t, id)) => {
@@ -266,6 +317,15 @@ impl FhirService {
             (Patch, Route::Type(t)) => self.conditional_patch(source.tx()?, &t, request).await,
             (Delete, Route::Instance(t, id)) => self.delete(source.tx()?, &t, &id, &request.conditions).await,
             (Delete, Route::Type(t)) => self.conditional_delete(source.tx()?, &t, request).await,
+            (Post, Route::SystemOperation(name)) if name == "reindex" => self.start_reindex(Vec::new()).await,
+            (Post, Route::TypeOperation(t, name)) if name == "reindex" => self.start_reindex(vec![t]).await,
+            (_, Route::SystemOperation(name) | Route::TypeOperation(_, name))
+                if !OPERATIONS.contains(&name.as_str()) =>
+            {
+                Err(FhirError::not_found(format!("this server has no operation ${name}")))
+            }
+            (Get | Head, Route::Job(id)) => self.job_status(id).await,
+            (Delete, Route::Job(id)) => self.cancel_job(id).await,
             (method, route) => Err(FhirError::method_not_allowed(
                 format!(
                     "{} is not allowed on {}; allowed: {}",
@@ -303,6 +363,25 @@ fn system_search_types(query: &mut Vec<(String, String)>) -> Result<TypesAndLink
         return Ok((crate::model::validate::resource_types().into_iter().map(str::to_string).collect(), type_params));
     }
     Ok((listed, type_params))
+}
+
+/// Whether `request` may have written a `SearchParameter` resource (directly or as an entry of
+/// a transaction), so that the registry must be rebuilt.
+fn writes_search_parameters(request: &FhirRequest) -> bool {
+    const TYPE: &str = "SearchParameter";
+    if !request.method.writes() {
+        return false;
+    }
+    if request.path.trim_matches('/').split('/').next() == Some(TYPE) {
+        return true;
+    }
+    let entries = request.body.as_ref().and_then(|b| b.get("entry")).and_then(Value::as_array);
+    entries.into_iter().flatten().any(|entry| {
+        let request = entry.get("request");
+        let method = request.and_then(|r| r.get("method")).and_then(Value::as_str);
+        let url = request.and_then(|r| r.get("url")).and_then(Value::as_str).unwrap_or("");
+        method != Some("GET") && method != Some("HEAD") && url.trim_start_matches('/').starts_with(TYPE)
+    })
 }
 
 /// How often a write that lost a race is tried in all.

@@ -27,6 +27,12 @@ pub enum Route {
     Version(String, String, i64),
     /// `Patient/1/Observation`: a search within a compartment.
     Compartment(String, String, String),
+    /// `$reindex`: an operation on the whole server.
+    SystemOperation(String),
+    /// `Patient/$reindex`: an operation on one type.
+    TypeOperation(String, String),
+    /// `_jobs/7`: the status of an asynchronous request (FHIR async pattern).
+    Job(i64),
 }
 
 impl Route {
@@ -52,6 +58,13 @@ impl Route {
             [] => Ok(Route::System),
             ["metadata"] => Ok(Route::Metadata),
             ["_history"] => Ok(Route::SystemHistory),
+            [operation] if operation.starts_with('$') => Ok(Route::SystemOperation(operation[1..].to_string())),
+            [t, operation] if operation.starts_with('$') => {
+                Ok(Route::TypeOperation(resource_type(t)?, operation[1..].to_string()))
+            }
+            ["_jobs", job] => {
+                job.parse::<i64>().map(Route::Job).map_err(|_| FhirError::not_found(format!("there is no job '{job}'")))
+            }
             [t] => Ok(Route::Type(resource_type(t)?)),
             [t, "_search"] => Ok(Route::TypeSearch(resource_type(t)?)),
             [t, "_history"] => Ok(Route::TypeHistory(resource_type(t)?)),
@@ -87,6 +100,8 @@ impl Route {
             Route::TypeSearch(_) => "POST",
             Route::Instance(..) => "GET, HEAD, PUT, PATCH, DELETE",
             Route::Compartment(..) => "GET, HEAD",
+            Route::SystemOperation(_) | Route::TypeOperation(..) => "POST",
+            Route::Job(_) => "GET, HEAD, DELETE",
         }
     }
 
@@ -103,6 +118,9 @@ impl Route {
             Route::InstanceHistory(t, id) => format!("{t}/{id}/_history"),
             Route::Version(t, id, v) => format!("{t}/{id}/_history/{v}"),
             Route::Compartment(c, id, t) => format!("{c}/{id}/{t}"),
+            Route::SystemOperation(name) => format!("${name}"),
+            Route::TypeOperation(t, name) => format!("{t}/${name}"),
+            Route::Job(id) => format!("_jobs/{id}"),
         }
     }
 }
@@ -126,6 +144,9 @@ mod tests {
             Route::parse("Patient/1/Observation").unwrap(),
             Route::Compartment("Patient".into(), "1".into(), "Observation".into())
         );
+        assert_eq!(Route::parse("$reindex").unwrap(), Route::SystemOperation("reindex".into()));
+        assert_eq!(Route::parse("Patient/$reindex").unwrap(), Route::TypeOperation("Patient".into(), "reindex".into()));
+        assert_eq!(Route::parse("_jobs/7").unwrap(), Route::Job(7));
     }
 
     #[test]
@@ -133,6 +154,7 @@ mod tests {
         assert_eq!(Route::parse("Spaceship/1").unwrap_err().status, 404);
         assert_eq!(Route::parse("Patient/a_b").unwrap_err().status, 400);
         assert_eq!(Route::parse("Patient/1/_history/x").unwrap_err().status, 404);
+        assert_eq!(Route::parse("_jobs/x").unwrap_err().status, 404);
         assert_eq!(Route::parse("Patient/1/2/3/4").unwrap_err().status, 404);
         assert_eq!(Route::parse("Observation/1/Patient").unwrap_err().status, 404, "Observation is no compartment");
     }

@@ -44,7 +44,8 @@ impl FhirService {
         request: &FhirRequest,
     ) -> Result<FhirResponse, FhirError> {
         let value_sets = self.value_sets(source, &request.query).await?;
-        let context = Context { registry: self.registry, base_url: &self.config.base_url, value_sets: &value_sets };
+        let registry = self.registry();
+        let context = Context { registry: &registry, base_url: &self.config.base_url, value_sets: &value_sets };
         let mut parsed = parse_search(
             context,
             &scope.resource_types,

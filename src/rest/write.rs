@@ -281,7 +281,8 @@ impl FhirService {
         }
         let paging = Paging { default_count: limit, max_count: limit };
         let value_sets = ValueSets::new();
-        let context = Context { registry: self.registry, base_url: &self.config.base_url, value_sets: &value_sets };
+        let registry = self.registry();
+        let context = Context { registry: &registry, base_url: &self.config.base_url, value_sets: &value_sets };
         let parsed = parse_search(context, &[resource_type.to_string()], criteria, true, paging)?;
         let mut query = parsed.query;
         query.count = limit;
@@ -352,7 +353,15 @@ impl FhirService {
         }
         let last_updated = now();
         stamp(&mut resource, id, version, last_updated);
-        let index = index_resource(self.registry, &resource, &self.config.base_url);
+        let registry = self.registry();
+        if resource_type == "SearchParameter" {
+            // An active definition the server cannot honour is refused rather than ignored.
+            registry.as_ref().clone().add_custom(&resource).map_err(|invalid| {
+                let issue = Issue::error(IssueCode::Processing, invalid.message.clone()).at(invalid.location());
+                FhirError::unprocessable(vec![issue])
+            })?;
+        }
+        let index = index_resource(&registry, &resource, &self.config.base_url);
         let body = Bytes::from(serde_json::to_vec(&resource).map_err(|_| FhirError::internal())?);
         let stored = ResourceVersion {
             resource_type: resource_type.to_string(),
@@ -389,11 +398,9 @@ impl FhirService {
 /// The response carrying a stored version with its ETag and Last-Modified.
 pub(super) fn version_response(status: u16, version: &ResourceVersion) -> FhirResponse {
     FhirResponse {
-        status,
-        location: None,
         version: Some(version.version),
         last_modified: Some(version.last_updated),
-        body: if version.body.is_empty() { Body::None } else { Body::Raw(version.body.clone()) },
+        ..FhirResponse::new(status, if version.body.is_empty() { Body::None } else { Body::Raw(version.body.clone()) })
     }
 }
 

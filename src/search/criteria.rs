@@ -212,6 +212,13 @@ fn parse_value(
         }
         (ParamKind::Token, None) => Ok(parse_token(name, value)),
         (ParamKind::Token, Some("of-type")) => parse_of_type(code, value),
+        (ParamKind::Token, Some(m @ ("below" | "above"))) => match parse_token(name, value) {
+            Condition::Token { param, system, code: Some(code) } => {
+                let matching = if m == "below" { UriMatch::Below } else { UriMatch::Above };
+                Ok(Condition::TokenHierarchy { param, system, code, matching })
+            }
+            _ => Err(FhirError::bad_request(format!("'{code}:{m}' needs a code, not '{value}'"))),
+        },
         (ParamKind::Token, Some("text")) => Ok(Condition::String {
             param: format!("{code}:text"),
             value: normalize(value),

@@ -1,10 +1,12 @@
 //! Every SearchParameter of FHIR R4, loaded from `conformance/search-parameters.json` (generated
-//! by `conformance/generate.py` from the official core package) with its expression parsed once.
+//! by `conformance/generate.py` from the official core package) with its expression parsed once,
+//! plus the custom `SearchParameter` resources stored on the server (status `active`).
 
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, RwLock};
 
 use serde::Deserialize;
+use serde_json::Value;
 
 use super::fhirpath::Expression;
 
@@ -53,6 +55,8 @@ pub struct SearchParam {
     pub kind: ParamKind,
     pub expression: Option<Expression>,
     pub targets: Vec<String>,
+    /// The id of the `SearchParameter` resource that defines a custom parameter.
+    pub origin: Option<String>,
     /// For composite parameters: each component's kind and expression (relative to the nodes
     /// the parameter's own expression selects).
     pub components: Vec<Component>,
@@ -86,7 +90,7 @@ struct Definition {
 }
 
 /// Search parameters by resource type and code.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Registry {
     by_type: HashMap<String, Vec<Arc<SearchParam>>>,
     /// Parameters whose base is `Resource` or `DomainResource`: they apply to every type.
@@ -111,36 +115,95 @@ impl Registry {
         let kinds: HashMap<&str, ParamKind> = definitions.iter().map(|d| (d.url.as_str(), d.kind)).collect();
         let mut registry = Registry::default();
         for definition in &definitions {
-            let parse = |text: &str| Expression::parse(text).map_err(|e| format!("{}: {e}", definition.url));
-            let expression = definition.expression.as_deref().map(parse).transpose()?;
-            let components = definition
-                .component
-                .iter()
-                .map(|c| {
-                    let kind = kinds
-                        .get(c.definition.as_str())
-                        .copied()
-                        .ok_or_else(|| format!("{}: unknown component", definition.url))?;
-                    Ok(Component { kind, expression: parse(&c.expression)? })
-                })
-                .collect::<Result<Vec<_>, String>>()?;
-            let param = Arc::new(SearchParam {
-                code: definition.code.clone(),
-                url: definition.url.clone(),
-                kind: definition.kind,
-                expression,
-                targets: definition.target.clone(),
-                components,
-            });
-            for base in &definition.base {
-                if base == "Resource" || base == "DomainResource" {
-                    registry.common.push(param.clone());
-                } else {
-                    registry.by_type.entry(base.clone()).or_default().push(param.clone());
+            let param = definition.build(|url| kinds.get(url).copied(), None).map_err(|e| e.to_string())?;
+            registry.insert(Arc::new(param), &definition.base);
+        }
+        Ok(registry)
+    }
+
+    /// This registry with the active custom `SearchParameter` resources among `resources` added.
+    /// Definitions that cannot be used are left out and reported, one message each.
+    pub fn with_custom<'a>(
+        &self,
+        resources: impl IntoIterator<Item = &'a Value>,
+    ) -> (Registry, Vec<InvalidDefinition>) {
+        let mut registry = self.clone();
+        let problems = resources.into_iter().filter_map(|resource| registry.add_custom(resource).err()).collect();
+        (registry, problems)
+    }
+
+    /// Adds a custom `SearchParameter` resource if its status is `active` (others are ignored).
+    /// A copy of a parameter already known by its URL adds nothing. `Err` says, for the author
+    /// of the resource, why the server cannot honour it.
+    pub fn add_custom(&mut self, resource: &Value) -> Result<(), InvalidDefinition> {
+        if resource.get("status").and_then(Value::as_str) != Some("active") {
+            return Ok(());
+        }
+        let definition: Definition = serde_json::from_value(resource.clone())
+            .map_err(|e| InvalidDefinition::new("SearchParameter", e.to_string()))?;
+        let origin = resource.get("id").and_then(Value::as_str);
+        if definition.expression.is_none() {
+            return Err(InvalidDefinition::new("expression", "an active parameter needs an expression to index"));
+        }
+        if !definition.kind.is_supported() {
+            let message = format!("'{}' parameters are not supported", definition.kind.as_str());
+            return Err(InvalidDefinition::new("type", message));
+        }
+        if !is_search_code(&definition.code) {
+            let message = format!("'{}' is not a valid parameter name", definition.code);
+            return Err(InvalidDefinition::new("code", message));
+        }
+        for base in &definition.base {
+            let known =
+                base == "Resource" || base == "DomainResource" || crate::model::validate::is_resource_type(base);
+            if !known {
+                return Err(InvalidDefinition::new("base", format!("'{base}' is not a resource type")));
+            }
+            let types: Vec<&str> = if base == "Resource" || base == "DomainResource" {
+                crate::model::validate::resource_types()
+            } else {
+                vec![base.as_str()]
+            };
+            for resource_type in types {
+                if let Some(existing) = self.lookup(resource_type, &definition.code) {
+                    if existing.url == definition.url && existing.origin.is_none() {
+                        return Ok(());
+                    }
+                    if existing.url != definition.url && existing.origin.as_deref() != origin {
+                        let message =
+                            format!("'{}' is already defined for {resource_type} by {}", definition.code, existing.url);
+                        return Err(InvalidDefinition::new("code", message));
+                    }
                 }
             }
         }
-        Ok(registry)
+        let param = definition.build(|url| self.kind_of(url), origin)?;
+        self.remove_origin(origin);
+        self.insert(Arc::new(param), &definition.base);
+        Ok(())
+    }
+
+    fn insert(&mut self, param: Arc<SearchParam>, bases: &[String]) {
+        for base in bases {
+            if base == "Resource" || base == "DomainResource" {
+                self.common.push(param.clone());
+            } else {
+                self.by_type.entry(base.clone()).or_default().push(param.clone());
+            }
+        }
+    }
+
+    /// Removes the parameter an earlier version of the same resource defined.
+    fn remove_origin(&mut self, origin: Option<&str>) {
+        let Some(origin) = origin else { return };
+        let keep = |p: &Arc<SearchParam>| p.origin.as_deref() != Some(origin);
+        self.common.retain(keep);
+        self.by_type.values_mut().for_each(|params| params.retain(keep));
+    }
+
+    /// The kind of the parameter with this canonical URL (for composite components).
+    fn kind_of(&self, url: &str) -> Option<ParamKind> {
+        self.by_type.values().flatten().chain(&self.common).find(|p| p.url == url).map(|p| p.kind)
     }
 
     /// The parameter `code` of `resource_type`, if defined.
@@ -152,6 +215,110 @@ impl Registry {
     pub fn params_for<'a>(&'a self, resource_type: &str) -> impl Iterator<Item = &'a SearchParam> + 'a {
         let own = self.by_type.get(resource_type).map(Vec::as_slice).unwrap_or_default();
         own.iter().chain(self.common.iter()).map(Arc::as_ref)
+    }
+
+    /// The custom parameters (from `SearchParameter` resources), each once.
+    pub fn custom(&self) -> impl Iterator<Item = &SearchParam> {
+        let mut seen = std::collections::HashSet::new();
+        self.by_type
+            .values()
+            .flatten()
+            .chain(&self.common)
+            .filter(move |p| p.origin.is_some() && seen.insert(Arc::as_ptr(p)))
+            .map(Arc::as_ref)
+    }
+}
+
+impl Definition {
+    /// The parameter, with its expressions parsed and its components' kinds looked up by URL.
+    fn build(
+        &self,
+        kind_of: impl Fn(&str) -> Option<ParamKind>,
+        origin: Option<&str>,
+    ) -> Result<SearchParam, InvalidDefinition> {
+        let parse = |element: &'static str, text: &str| {
+            Expression::parse(text)
+                .map_err(|e| InvalidDefinition::new(element, format!("{}: cannot evaluate '{text}': {e}", self.url)))
+        };
+        let expression = self.expression.as_deref().map(|text| parse("expression", text)).transpose()?;
+        let components = self
+            .component
+            .iter()
+            .map(|c| {
+                let kind = kind_of(&c.definition).ok_or_else(|| {
+                    let message = format!("{}: unknown component definition {}", self.url, c.definition);
+                    InvalidDefinition::new("component.definition", message)
+                })?;
+                Ok(Component { kind, expression: parse("component.expression", &c.expression)? })
+            })
+            .collect::<Result<Vec<_>, InvalidDefinition>>()?;
+        Ok(SearchParam {
+            code: self.code.clone(),
+            url: self.url.clone(),
+            kind: self.kind,
+            expression,
+            targets: self.target.clone(),
+            origin: origin.map(str::to_string),
+            components,
+        })
+    }
+}
+
+/// Why a `SearchParameter` resource cannot be put in force.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InvalidDefinition {
+    /// The element at fault, relative to `SearchParameter` (`expression`, `code`…).
+    pub element: &'static str,
+    pub message: String,
+}
+
+impl InvalidDefinition {
+    fn new(element: &'static str, message: impl Into<String>) -> Self {
+        InvalidDefinition { element, message: message.into() }
+    }
+
+    /// The FHIRPath location of the element at fault.
+    pub fn location(&self) -> String {
+        if self.element == "SearchParameter" {
+            self.element.to_string()
+        } else {
+            format!("SearchParameter.{}", self.element)
+        }
+    }
+}
+
+impl std::fmt::Display for InvalidDefinition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.location(), self.message)
+    }
+}
+
+/// Whether `code` can name a search parameter in a query string.
+fn is_search_code(code: &str) -> bool {
+    !code.is_empty()
+        && !code.starts_with('_')
+        && code.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// The registry in force, replaced whole when custom parameters change; readers take a
+/// snapshot per request, so one search sees one consistent set of parameters.
+#[derive(Debug)]
+pub struct LiveRegistry(RwLock<Arc<Registry>>);
+
+impl LiveRegistry {
+    /// Starts with the standard parameters only.
+    pub fn standard() -> Self {
+        LiveRegistry(RwLock::new(Arc::new(Registry::standard().clone())))
+    }
+
+    /// The registry as it is now.
+    pub fn current(&self) -> Arc<Registry> {
+        self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    /// Puts `registry` in force.
+    pub fn replace(&self, registry: Registry) {
+        *self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(registry);
     }
 }
 

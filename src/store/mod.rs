@@ -5,6 +5,7 @@
 //! served. Search index rows ([`IndexRows`]) are written in the same transaction.
 
 pub mod cache;
+mod job;
 pub mod planner;
 mod postgres;
 mod query;
@@ -15,6 +16,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use time::OffsetDateTime;
 
+pub use job::{Job, JobStatus, JobStep};
 pub use postgres::PostgresStore;
 pub use query::{
     Comparison, CompositeMatch, Condition, Cursor, IndexTable, SearchQuery, SortBy, SortKey, SortValue, StringMatch,
@@ -237,8 +239,27 @@ pub trait Store: Send + Sync + 'static {
         source_type: &str,
         param: Option<&str>,
     ) -> StoreResult<Vec<(String, String)>>;
+    /// Up to `limit` current, not deleted resources of `types` (every type when empty) in
+    /// (type, id) order, starting after the key `after`.
+    async fn scan(
+        &self,
+        types: &[String],
+        after: Option<&(String, String)>,
+        limit: usize,
+    ) -> StoreResult<Vec<ResourceVersion>>;
     /// Starts a write transaction.
     async fn begin(&self) -> StoreResult<Box<dyn StoreTx>>;
+    /// Queues a background job.
+    async fn enqueue_job(&self, kind: &str, parameters: &str) -> StoreResult<Job>;
+    /// A job by id.
+    async fn job(&self, id: i64) -> StoreResult<Option<Job>>;
+    /// Takes the oldest queued job, or a running one whose lease ran out, for `owner` until
+    /// `lease_until`. Concurrent workers never take the same job.
+    async fn claim_job(&self, owner: &str, lease_until: OffsetDateTime) -> StoreResult<Option<Job>>;
+    /// Ends a job `owner` holds with `status` and `message`; `false` when it no longer holds it.
+    async fn finish_job(&self, id: i64, owner: &str, status: JobStatus, message: &str) -> StoreResult<bool>;
+    /// Cancels a job that has not finished; `false` when there was none to cancel.
+    async fn cancel_job(&self, id: i64) -> StoreResult<bool>;
     /// Whether the database answers.
     async fn ping(&self) -> StoreResult<()>;
 }
@@ -255,6 +276,12 @@ pub trait StoreTx: Send {
     /// Writes a new version and replaces the resource's index rows (buffered: it reaches the
     /// database before the next read in this transaction, or at commit).
     async fn write(&mut self, version: ResourceVersion, index: IndexRows) -> StoreResult<()>;
+    /// Replaces the index rows of each listed resource whose current version is still the one
+    /// given (a resource written since was indexed by its writer); returns how many it replaced.
+    async fn reindex(&mut self, batch: &[(ResourceVersion, IndexRows)]) -> StoreResult<usize>;
+    /// Records a job's step in this transaction; `false` (and nothing recorded) when the job was
+    /// cancelled or another worker took it over.
+    async fn job_step(&mut self, step: &JobStep<'_>) -> StoreResult<bool>;
     /// Makes everything written visible at once.
     async fn commit(self: Box<Self>) -> StoreResult<()>;
 }

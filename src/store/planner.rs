@@ -96,6 +96,36 @@ pub fn fetch_many(keys: &[(String, String)]) -> Sql {
     sql
 }
 
+/// The current versions of the given (type, id) keys, not deleted (a reindex checks them).
+pub fn current_versions(keys: &[(String, String)]) -> Sql {
+    let mut sql = Sql::default();
+    sql.push("SELECT resource_type, id, version FROM resources WHERE deleted = FALSE AND ");
+    push_keys(&mut sql, "resource_type", "id", keys);
+    sql
+}
+
+/// Up to `limit` current resources of `types` (all when empty) in key order after `after`.
+pub fn scan(types: &[String], after: Option<&(String, String)>, limit: usize) -> Sql {
+    let mut sql = Sql::default();
+    sql.push(&format!("SELECT {VERSION_COLUMNS} FROM resources WHERE deleted = FALSE"));
+    if !types.is_empty() {
+        sql.push(" AND resource_type IN (");
+        for (n, resource_type) in types.iter().enumerate() {
+            if n > 0 {
+                sql.push(", ");
+            }
+            sql.text(resource_type);
+        }
+        sql.push(")");
+    }
+    if let Some((after_type, after_id)) = after {
+        sql.push(" AND (resource_type > ").text(after_type);
+        sql.push(" OR (resource_type = ").text(after_type).push(" AND id > ").text(after_id).push("))");
+    }
+    sql.push(" ORDER BY resource_type, id LIMIT ").bind(Arg::Int(limit as i64));
+    sql
+}
+
 /// Local targets of the references `sources` make, optionally through one parameter and to one type.
 pub fn outgoing_references(sources: &[(String, String)], param: Option<&str>, target_type: Option<&str>) -> Sql {
     let mut sql = Sql::default();
@@ -198,7 +228,7 @@ fn selectivity(condition: &Condition) -> u8 {
         Condition::String { matching: StringMatch::Exact, .. } => 60,
         Condition::Chain { .. } | Condition::Has { .. } => 50,
         Condition::String { .. } | Condition::Uri { .. } | Condition::Composite { .. } => 40,
-        Condition::Token { .. } => 30,
+        Condition::Token { .. } | Condition::TokenHierarchy { .. } => 30,
         Condition::Date { .. } | Condition::Number { .. } | Condition::Quantity { .. } => 20,
         Condition::AnyOf(inner) => inner.iter().map(selectivity).min().unwrap_or(0),
         Condition::Missing { .. } | Condition::Not(_) => 0,
@@ -280,6 +310,35 @@ fn open_index_in(sql: &mut Sql, table: IndexTable, param: &str, owner: Owner<'_>
     i
 }
 
+/// ` AND <column>` equal to `value`, starting with it (below) or being its start (above).
+fn push_prefix_match(sql: &mut Sql, column: &str, value: &str, matching: UriMatch) {
+    match matching {
+        UriMatch::Exact => {
+            sql.push(&format!(" AND {column} = ")).text(value);
+        }
+        UriMatch::Below => {
+            sql.push(&format!(" AND {column} >= ")).text(value);
+            sql.push(&format!(" AND {column} < ")).text(&prefix_upper_bound(value));
+        }
+        UriMatch::Above => {
+            sql.push(" AND substr(").text(value).push(&format!(", 1, length({column})) = {column}"));
+        }
+    }
+}
+
+/// ` AND` the token row of alias `i` has the required system.
+fn push_token_system(sql: &mut Sql, i: &str, system: &TokenSystem) {
+    match system {
+        TokenSystem::Any => {}
+        TokenSystem::None => {
+            sql.push(&format!(" AND {i}.system IS NULL"));
+        }
+        TokenSystem::Is(system) => {
+            sql.push(&format!(" AND {i}.system = ")).text(system);
+        }
+    }
+}
+
 fn push_condition(sql: &mut Sql, condition: &Condition, owner: Owner<'_>, depth: usize) {
     match condition {
         Condition::Id(id) => {
@@ -290,15 +349,13 @@ fn push_condition(sql: &mut Sql, condition: &Condition, owner: Owner<'_>, depth:
             if let Some(code) = code {
                 sql.push(&format!(" AND {i}.code = ")).text(code);
             }
-            match system {
-                TokenSystem::Any => {}
-                TokenSystem::None => {
-                    sql.push(&format!(" AND {i}.system IS NULL"));
-                }
-                TokenSystem::Is(system) => {
-                    sql.push(&format!(" AND {i}.system = ")).text(system);
-                }
-            }
+            push_token_system(sql, &i, system);
+            sql.push(")");
+        }
+        Condition::TokenHierarchy { param, system, code, matching } => {
+            let i = open_index_in(sql, IndexTable::Token, param, owner, depth);
+            push_prefix_match(sql, &format!("{i}.code"), code, *matching);
+            push_token_system(sql, &i, system);
             sql.push(")");
         }
         Condition::String { param, value, matching } => {
@@ -332,18 +389,7 @@ fn push_condition(sql: &mut Sql, condition: &Condition, owner: Owner<'_>, depth:
         }
         Condition::Uri { param, value, matching } => {
             let i = open_index_in(sql, IndexTable::Uri, param, owner, depth);
-            match matching {
-                UriMatch::Exact => {
-                    sql.push(&format!(" AND {i}.value = ")).text(value);
-                }
-                UriMatch::Below => {
-                    sql.push(&format!(" AND {i}.value >= ")).text(value);
-                    sql.push(&format!(" AND {i}.value < ")).text(&prefix_upper_bound(value));
-                }
-                UriMatch::Above => {
-                    sql.push(" AND substr(").text(value).push(&format!(", 1, length({i}.value)) = {i}.value"));
-                }
-            }
+            push_prefix_match(sql, &format!("{i}.value"), value, *matching);
             sql.push(")");
         }
         Condition::Date { param, comparison, low, high } => {

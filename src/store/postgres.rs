@@ -6,7 +6,13 @@ use sqlx::postgres::PgPoolOptions;
 use super::sql::sql_store;
 use super::StoreResult;
 
-sql_store!(store = PostgresStore, tx = PostgresTx, db = sqlx::Postgres, lock = " FOR UPDATE");
+sql_store!(
+    store = PostgresStore,
+    tx = PostgresTx,
+    db = sqlx::Postgres,
+    lock = " FOR UPDATE",
+    skip_locked = " FOR UPDATE SKIP LOCKED"
+);
 
 /// Connections in the pool.
 const CONNECTIONS: u32 = 16;

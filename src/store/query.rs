@@ -87,6 +87,9 @@ pub enum Condition {
     Id(String),
     /// A token parameter. `code = None` matches any code of the system.
     Token { param: String, system: TokenSystem, code: Option<String> },
+    /// A token parameter whose codes are paths (mime types, uris): `:below` finds codes that
+    /// start with `code`, `:above` codes that `code` starts with.
+    TokenHierarchy { param: String, system: TokenSystem, code: String, matching: UriMatch },
     /// A string parameter; `value` is normalised for Prefix/Contains.
     String { param: String, value: String, matching: StringMatch },
     /// A reference to a local resource; `target_type = None` matches any type.

@@ -21,7 +21,11 @@ pub(super) const INDEX_TABLES: &[&str] = &[
     "search_date",
     "search_number",
     "search_quantity",
+    "search_composite",
 ];
+
+/// The columns of a job row, in the order [`sql_store!`] decodes.
+pub(super) const JOB_COLUMNS: &str = "id, kind, parameters, status, progress, processed, message, created, updated";
 
 /// The column list every resource-version query selects, in the order [`sql_store!`] decodes.
 pub(super) const VERSION_COLUMNS: &str = "resource_type, id, version, last_updated, deleted, method, body";
@@ -67,9 +71,10 @@ pub(super) fn classify(error: sqlx::Error) -> StoreError {
 
 /// Defines `$store` (with `readers`/`writers` pools of `$db`) and its transaction type, and
 /// implements [`Store`](super::Store) and [`StoreTx`](super::StoreTx) with the shared SQL.
-/// `$lock` is appended to the statement that reads a row a writer is about to replace.
+/// `$lock` is appended to the statement that reads a row a writer is about to replace, and
+/// `$skip_locked` to the one that picks a job to claim.
 macro_rules! sql_store {
-    (store = $store:ident, tx = $tx:ident, db = $db:ty, lock = $lock:literal) => {
+    (store = $store:ident, tx = $tx:ident, db = $db:ty, lock = $lock:literal, skip_locked = $skip_locked:literal) => {
         /// A store on this database. Reads go to `readers`, write transactions to `writers`.
         pub struct $store {
             readers: sqlx::Pool<$db>,
@@ -114,6 +119,21 @@ macro_rules! sql_store {
                 deleted: row.try_get("deleted")?,
                 method: $crate::store::WriteMethod::parse(row.try_get::<&str, _>("method")?),
                 body: bytes::Bytes::from(row.try_get::<Vec<u8>, _>("body")?),
+            })
+        }
+
+        fn decode_job(row: &<$db as sqlx::Database>::Row) -> Result<$crate::store::Job, sqlx::Error> {
+            use sqlx::Row;
+            Ok($crate::store::Job {
+                id: row.try_get("id")?,
+                kind: row.try_get("kind")?,
+                parameters: row.try_get("parameters")?,
+                status: $crate::store::JobStatus::parse(row.try_get::<&str, _>("status")?),
+                progress: row.try_get("progress")?,
+                processed: row.try_get("processed")?,
+                message: row.try_get("message")?,
+                created: $crate::store::sql::from_micros(row.try_get("created")?),
+                updated: $crate::store::sql::from_micros(row.try_get("updated")?),
             })
         }
 
@@ -308,16 +328,31 @@ macro_rules! sql_store {
             // Earlier versions' index rows go; version 1 has none.
             let replaced: Vec<(String, String)> =
                 latest.iter().filter(|v| v.version > 1).map(|v| (v.resource_type.clone(), v.id.clone())).collect();
-            for chunk in replaced.chunks($crate::store::sql::KEY_CHUNK) {
-                for table in $crate::store::sql::INDEX_TABLES {
-                    bind_args(&$crate::store::planner::delete_index_rows(table, chunk)).execute(&mut *conn).await?;
-                }
-            }
+            delete_index_rows(&mut *conn, &replaced).await?;
             // Index rows of the versions that are current after this batch.
             let current: Vec<(&$crate::store::ResourceVersion, &$crate::store::IndexRows)> = latest
                 .iter()
                 .filter_map(|v| batch.iter().rev().find(|(o, _)| std::ptr::eq(o, *v)).map(|(o, rows)| (o, rows)))
                 .collect();
+            insert_index_rows(conn, &current).await
+        }
+
+        /// Deletes every index row of the resources with these keys.
+        async fn delete_index_rows(conn: &mut Conn, keys: &[(String, String)]) -> $crate::store::StoreResult<()> {
+            for chunk in keys.chunks($crate::store::sql::KEY_CHUNK) {
+                for table in $crate::store::sql::INDEX_TABLES {
+                    bind_args(&$crate::store::planner::delete_index_rows(table, chunk)).execute(&mut *conn).await?;
+                }
+            }
+            Ok(())
+        }
+
+        /// Inserts the index rows of resources (one multi-row INSERT per table and chunk).
+        async fn insert_index_rows(
+            conn: &mut Conn,
+            current: &[(&$crate::store::ResourceVersion, &$crate::store::IndexRows)],
+        ) -> $crate::store::StoreResult<()> {
+            use $crate::store::sql::INSERT_CHUNK;
             macro_rules! insert_rows {
                 ($field:ident, $table:literal, $columns:literal, |$b:ident, $row:ident| $bind:block) => {
                     let rows: Vec<(&str, &str, _)> = current
@@ -496,6 +531,96 @@ macro_rules! sql_store {
                 }))
             }
 
+            async fn scan(
+                &self,
+                types: &[String],
+                after: Option<&(String, String)>,
+                limit: usize,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::ResourceVersion>> {
+                let mut conn = self.readers.acquire().await?;
+                let sql = $crate::store::planner::scan(types, after, limit);
+                let rows = bind_args(&sql).fetch_all(&mut *conn).await?;
+                Ok(rows.iter().map(decode_version).collect::<Result<Vec<_>, _>>()?)
+            }
+
+            async fn enqueue_job(
+                &self,
+                kind: &str,
+                parameters: &str,
+            ) -> $crate::store::StoreResult<$crate::store::Job> {
+                let now = $crate::store::sql::to_micros(time::OffsetDateTime::now_utc());
+                let sql = format!(
+                    "INSERT INTO jobs (kind, parameters, status, processed, created, updated) \
+                     VALUES ($1, $2, 'queued', 0, $3, $3) RETURNING {}",
+                    $crate::store::sql::JOB_COLUMNS
+                );
+                let row = sqlx::query(&sql).bind(kind).bind(parameters).bind(now).fetch_one(&self.writers).await?;
+                Ok(decode_job(&row)?)
+            }
+
+            async fn job(&self, id: i64) -> $crate::store::StoreResult<Option<$crate::store::Job>> {
+                let sql = format!("SELECT {} FROM jobs WHERE id = $1", $crate::store::sql::JOB_COLUMNS);
+                let row = sqlx::query(&sql).bind(id).fetch_optional(&self.readers).await?;
+                Ok(row.as_ref().map(decode_job).transpose()?)
+            }
+
+            async fn claim_job(
+                &self,
+                owner: &str,
+                lease_until: time::OffsetDateTime,
+            ) -> $crate::store::StoreResult<Option<$crate::store::Job>> {
+                let now = $crate::store::sql::to_micros(time::OffsetDateTime::now_utc());
+                let sql = format!(
+                    "UPDATE jobs SET status = 'running', owner = $1, lease_until = $2, updated = $3 \
+                     WHERE id = (SELECT id FROM jobs WHERE status = 'queued' \
+                     OR (status = 'running' AND lease_until < $3) ORDER BY id LIMIT 1{}) RETURNING {}",
+                    $skip_locked,
+                    $crate::store::sql::JOB_COLUMNS
+                );
+                let row = sqlx::query(&sql)
+                    .bind(owner)
+                    .bind($crate::store::sql::to_micros(lease_until))
+                    .bind(now)
+                    .fetch_optional(&self.writers)
+                    .await?;
+                Ok(row.as_ref().map(decode_job).transpose()?)
+            }
+
+            async fn finish_job(
+                &self,
+                id: i64,
+                owner: &str,
+                status: $crate::store::JobStatus,
+                message: &str,
+            ) -> $crate::store::StoreResult<bool> {
+                let now = $crate::store::sql::to_micros(time::OffsetDateTime::now_utc());
+                let done = sqlx::query(
+                    "UPDATE jobs SET status = $1, message = $2, updated = $3, owner = NULL, lease_until = NULL \
+                     WHERE id = $4 AND owner = $5 AND status = 'running'",
+                )
+                .bind(status.as_str())
+                .bind(message)
+                .bind(now)
+                .bind(id)
+                .bind(owner)
+                .execute(&self.writers)
+                .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn cancel_job(&self, id: i64) -> $crate::store::StoreResult<bool> {
+                let now = $crate::store::sql::to_micros(time::OffsetDateTime::now_utc());
+                let done = sqlx::query(
+                    "UPDATE jobs SET status = 'cancelled', message = 'cancelled on request', updated = $1, \
+                     owner = NULL, lease_until = NULL WHERE id = $2 AND status IN ('queued', 'running')",
+                )
+                .bind(now)
+                .bind(id)
+                .execute(&self.writers)
+                .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
             async fn ping(&self) -> $crate::store::StoreResult<()> {
                 sqlx::query("SELECT 1").execute(&self.readers).await?;
                 Ok(())
@@ -538,6 +663,53 @@ macro_rules! sql_store {
             ) -> $crate::store::StoreResult<()> {
                 self.pending.push((version, index));
                 Ok(())
+            }
+
+            async fn reindex(
+                &mut self,
+                batch: &[($crate::store::ResourceVersion, $crate::store::IndexRows)],
+            ) -> $crate::store::StoreResult<usize> {
+                use sqlx::Row;
+                self.flush().await?;
+                let keys: Vec<(String, String)> =
+                    batch.iter().map(|(v, _)| (v.resource_type.clone(), v.id.clone())).collect();
+                let mut current = std::collections::HashSet::new();
+                for chunk in keys.chunks($crate::store::sql::KEY_CHUNK) {
+                    let mut sql = $crate::store::planner::current_versions(chunk);
+                    sql.text.push_str($lock);
+                    for row in bind_args(&sql).fetch_all(&mut *self.tx).await? {
+                        let key: (String, String, i64) =
+                            (row.try_get("resource_type")?, row.try_get("id")?, row.try_get("version")?);
+                        current.insert(key);
+                    }
+                }
+                let unchanged: Vec<(&$crate::store::ResourceVersion, &$crate::store::IndexRows)> = batch
+                    .iter()
+                    .filter(|(v, _)| current.contains(&(v.resource_type.clone(), v.id.clone(), v.version)))
+                    .map(|(v, rows)| (v, rows))
+                    .collect();
+                let unchanged_keys: Vec<(String, String)> =
+                    unchanged.iter().map(|(v, _)| (v.resource_type.clone(), v.id.clone())).collect();
+                delete_index_rows(&mut self.tx, &unchanged_keys).await?;
+                insert_index_rows(&mut self.tx, &unchanged).await?;
+                Ok(unchanged.len())
+            }
+
+            async fn job_step(&mut self, step: &$crate::store::JobStep<'_>) -> $crate::store::StoreResult<bool> {
+                let now = $crate::store::sql::to_micros(time::OffsetDateTime::now_utc());
+                let done = sqlx::query(
+                    "UPDATE jobs SET progress = $1, processed = $2, lease_until = $3, updated = $4 \
+                     WHERE id = $5 AND owner = $6 AND status = 'running'",
+                )
+                .bind(step.progress)
+                .bind(step.processed)
+                .bind($crate::store::sql::to_micros(step.lease_until))
+                .bind(now)
+                .bind(step.id)
+                .bind(step.owner)
+                .execute(&mut *self.tx)
+                .await?;
+                Ok(done.rows_affected() == 1)
             }
 
             async fn commit(mut self: Box<Self>) -> $crate::store::StoreResult<()> {

@@ -24,7 +24,16 @@ pub struct TestServer {
     pub db: Db,
     /// The database the server runs on.
     pub database_url: String,
+    settings: Settings,
+    running: Option<Running>,
     _dir: Option<tempfile::TempDir>,
+}
+
+/// The tasks of a running test server.
+struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    serve: tokio::task::JoinHandle<()>,
+    jobs: tokio::task::JoinHandle<()>,
 }
 
 impl TestServer {
@@ -35,9 +44,6 @@ impl TestServer {
 
     /// Starts a server with adjusted settings.
     pub async fn start_with(db: Db, adjust: impl FnOnce(Settings) -> Settings) -> TestServer {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a free port");
-        let address = listener.local_addr().expect("local address");
-        let root = format!("http://{address}");
         let (database_url, dir) = match db {
             Db::Sqlite => {
                 let dir = tempfile::tempdir().expect("temporary directory");
@@ -45,12 +51,44 @@ impl TestServer {
             }
             Db::Postgres => (postgres::fresh_database().await, None),
         };
-        let hearth = Hearth::open(&database_url, adjust(Settings::new(&root))).await.expect("open the database");
+        Self::serve(db, database_url, dir, adjust(Settings::new("http://placeholder"))).await
+    }
 
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, hearth.router()).await;
+    async fn serve(db: Db, database_url: String, dir: Option<tempfile::TempDir>, settings: Settings) -> TestServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a free port");
+        let address = listener.local_addr().expect("local address");
+        let root = format!("http://{address}");
+        let settings = Settings { base_url: root.clone(), ..settings };
+        let hearth = Hearth::open(&database_url, settings.clone()).await.expect("open the database");
+        let jobs = tokio::spawn(hearth.service().clone().run_jobs());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serve = tokio::spawn(async move {
+            let _ = axum::serve(listener, hearth.router())
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.await;
+                })
+                .await;
         });
-        TestServer { base: format!("{root}/fhir"), client: reqwest::Client::new(), db, database_url, _dir: dir }
+        TestServer {
+            base: format!("{root}/fhir"),
+            client: reqwest::Client::new(),
+            db,
+            database_url,
+            settings,
+            running: Some(Running { stop, serve, jobs }),
+            _dir: dir,
+        }
+    }
+
+    /// Stops this server and starts a new one on the same database (a process restart).
+    pub async fn restart(mut self) -> TestServer {
+        let running = self.running.take().expect("a running server");
+        let _ = running.stop.send(());
+        running.jobs.abort();
+        let _ = running.jobs.await;
+        drop(self.client);
+        let _ = running.serve.await;
+        Self::serve(self.db, self.database_url.clone(), self._dir.take(), self.settings.clone()).await
     }
 
     /// Absolute URL of a path under the FHIR base (`Patient/1`).
