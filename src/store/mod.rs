@@ -274,7 +274,8 @@ pub trait StoreTx: Send {
     /// Search as seen inside this transaction (its own writes included).
     async fn search(&mut self, query: &SearchQuery) -> StoreResult<SearchPage>;
     /// Writes a new version and replaces the resource's index rows (buffered: it reaches the
-    /// database before the next read in this transaction, or at commit).
+    /// database before the next search in this transaction, or at commit; reads of a resource
+    /// see its buffered versions).
     async fn write(&mut self, version: ResourceVersion, index: IndexRows) -> StoreResult<()>;
     /// Replaces the index rows of each listed resource whose current version is still the one
     /// given (a resource written since was indexed by its writer); returns how many it replaced.

@@ -11,7 +11,8 @@ sql_store!(
     tx = PostgresTx,
     db = sqlx::Postgres,
     lock = " FOR UPDATE",
-    skip_locked = " FOR UPDATE SKIP LOCKED"
+    skip_locked = " FOR UPDATE SKIP LOCKED",
+    insert = "INSERT INTO"
 );
 
 /// Connections in the pool.

@@ -72,9 +72,19 @@ pub(super) fn classify(error: sqlx::Error) -> StoreError {
 /// Defines `$store` (with `readers`/`writers` pools of `$db`) and its transaction type, and
 /// implements [`Store`](super::Store) and [`StoreTx`](super::StoreTx) with the shared SQL.
 /// `$lock` is appended to the statement that reads a row a writer is about to replace, and
-/// `$skip_locked` to the one that picks a job to claim.
+/// `$skip_locked` to the one that picks a job to claim. `$insert` starts the bulk INSERTs of a
+/// write: SQLite's `INSERT OR FAIL` spares it a statement journal (a copy of every page the
+/// statement touches), which only matters for rolling back one statement of a transaction that
+/// goes on, and a failed write rolls back the whole transaction anyway.
 macro_rules! sql_store {
-    (store = $store:ident, tx = $tx:ident, db = $db:ty, lock = $lock:literal, skip_locked = $skip_locked:literal) => {
+    (
+        store = $store:ident,
+        tx = $tx:ident,
+        db = $db:ty,
+        lock = $lock:literal,
+        skip_locked = $skip_locked:literal,
+        insert = $insert:literal
+    ) => {
         /// A store on this database. Reads go to `readers`, write transactions to `writers`.
         pub struct $store {
             readers: sqlx::Pool<$db>,
@@ -86,7 +96,7 @@ macro_rules! sql_store {
         }
 
         /// A write transaction of this store. Writes are buffered and flushed in batches, before
-        /// any read inside the transaction and at commit.
+        /// a search inside the transaction and at commit (reads of one resource look in the buffer).
         pub struct $tx {
             tx: sqlx::Transaction<'static, $db>,
             pending: Vec<($crate::store::ResourceVersion, $crate::store::IndexRows)>,
@@ -304,7 +314,7 @@ macro_rules! sql_store {
                     .push_bind(v.body.to_vec());
             };
             for chunk in batch.chunks(INSERT_CHUNK / 2) {
-                let mut qb = Builder::new(format!("INSERT INTO resource_history ({VERSION_COLUMNS}) "));
+                let mut qb = Builder::new(format!("{} resource_history ({VERSION_COLUMNS}) ", $insert));
                 qb.push_values(chunk, |b, (v, _)| push_version(b, v));
                 qb.build().execute(&mut *conn).await.map_err(classify)?;
             }
@@ -316,7 +326,7 @@ macro_rules! sql_store {
                 }
             }
             for chunk in latest.chunks(INSERT_CHUNK / 2) {
-                let mut qb = Builder::new(format!("INSERT INTO resources ({VERSION_COLUMNS}) "));
+                let mut qb = Builder::new(format!("{} resources ({VERSION_COLUMNS}) ", $insert));
                 qb.push_values(chunk, |b, v| push_version(b, v));
                 qb.push(
                     " ON CONFLICT (resource_type, id) DO UPDATE SET version = excluded.version, \
@@ -363,7 +373,8 @@ macro_rules! sql_store {
                         .collect();
                     for chunk in rows.chunks(INSERT_CHUNK) {
                         let mut qb = Builder::new(concat!(
-                            "INSERT INTO ",
+                            $insert,
+                            " ",
                             $table,
                             " (resource_type, resource_id, ",
                             $columns,
@@ -634,7 +645,12 @@ macro_rules! sql_store {
                 resource_type: &str,
                 id: &str,
             ) -> $crate::store::StoreResult<Option<$crate::store::ResourceVersion>> {
-                self.flush().await?;
+                // Buffered writes of other resources do not change this one's row, so they
+                // stay buffered: a bundle of creates and updates is flushed once.
+                let pending = self.pending.iter().rev().find(|(v, _)| v.resource_type == resource_type && v.id == id);
+                if let Some((version, _)) = pending {
+                    return Ok(Some(version.clone()));
+                }
                 fetch_current(&mut self.tx, resource_type, id, $lock).await
             }
 
@@ -644,7 +660,13 @@ macro_rules! sql_store {
                 id: &str,
                 version: i64,
             ) -> $crate::store::StoreResult<Option<$crate::store::ResourceVersion>> {
-                self.flush().await?;
+                let pending = self
+                    .pending
+                    .iter()
+                    .find(|(v, _)| v.resource_type == resource_type && v.id == id && v.version == version);
+                if let Some((found, _)) = pending {
+                    return Ok(Some(found.clone()));
+                }
                 fetch_version(&mut self.tx, resource_type, id, version).await
             }
 

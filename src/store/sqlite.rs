@@ -9,7 +9,14 @@ use super::cache::VersionCache;
 use super::sql::sql_store;
 use super::{StoreError, StoreResult};
 
-sql_store!(store = SqliteStore, tx = SqliteTx, db = sqlx::Sqlite, lock = "", skip_locked = "");
+sql_store!(
+    store = SqliteStore,
+    tx = SqliteTx,
+    db = sqlx::Sqlite,
+    lock = "",
+    skip_locked = "",
+    insert = "INSERT OR FAIL INTO"
+);
 
 /// Readers beside the single writer: enough to keep both cores busy while a write runs.
 const READERS: u32 = 8;
