@@ -5,6 +5,11 @@ use hearth::config::{AuthMode, Cli, Command};
 use hearth::server::{Hearth, Settings};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc instead of the system allocator: a request allocates many small JSON values and
+/// index rows, and glibc's allocator spent about a fifth of ingest time (perf) on them.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()

@@ -10,9 +10,11 @@ pub fn is_valid_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
 }
 
-/// A fresh server-assigned logical id.
+/// A fresh server-assigned logical id: a time-ordered UUID (version 7). Ids created together
+/// sort together, so the (type, id) B-trees of resources and index rows grow at their ends
+/// instead of dirtying a random page per resource (ingest writes far fewer pages).
 pub fn new_id() -> String {
-    uuid::Uuid::new_v4().to_string()
+    uuid::Uuid::now_v7().to_string()
 }
 
 /// The current time, truncated to milliseconds so that what is stored equals what is shown.
