@@ -21,6 +21,9 @@ sql_store!(
 /// Readers beside the single writer: enough to keep both cores busy while a write runs.
 const READERS: u32 = 8;
 
+/// Page cache of each reader connection (negative: KiB, as `PRAGMA cache_size` takes it).
+const READER_CACHE_KIB: &str = "-8000";
+
 /// Resources whose current version is kept in memory.
 const CACHED_VERSIONS: usize = 20_000;
 
@@ -49,7 +52,11 @@ impl SqliteStore {
         })?;
         let writers = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
         sqlx::migrate!("./migrations/sqlite").run(&writers).await?;
-        let readers = SqlitePoolOptions::new().max_connections(READERS).connect_with(options.read_only(true)).await?;
+        // Each connection has a page cache of its own (see .cargo/config.toml): the readers keep
+        // small ones and leave the rest to the operating system's file cache, so that memory
+        // stays bounded however many readers are busy.
+        let reader_options = options.read_only(true).pragma("cache_size", READER_CACHE_KIB);
+        let readers = SqlitePoolOptions::new().max_connections(READERS).connect_with(reader_options).await?;
         Ok(SqliteStore {
             readers,
             writers,
