@@ -79,6 +79,8 @@ async fn create_read_update_delete_and_history(db: Db) {
     assert_eq!(server.get(&format!("Patient/{id}/_history/3")).await.status(), 410);
     assert_eq!(server.get(&format!("Patient/{id}/_history/2")).await.status(), 200);
     assert_eq!(server.delete(&format!("Patient/{id}")).await.status(), 204, "deleting again is a no-op");
+    assert!(server.search_ids(&format!("Patient?_id={id}")).await.is_empty(), "search skips deleted resources");
+    assert!(server.search_ids(&format!("Patient?_id={id}&gender:missing=true")).await.is_empty());
 
     let history = body(server.get(&format!("Patient/{id}/_history")).await).await;
     assert_eq!(history["type"], "history");

@@ -200,7 +200,7 @@ fn push_filters(sql: &mut Sql, query: &SearchQuery) {
         }
         sql.text(resource_type);
     }
-    sql.push(") AND r.deleted = FALSE");
+    sql.push(")");
     // The most selective group drives the search (uncorrelated IN over its index); the others
     // are probed per candidate row (correlated EXISTS), so an unselective condition such as
     // `category=laboratory` never has its whole match list built.
@@ -212,10 +212,25 @@ fn push_filters(sql: &mut Sql, query: &SearchQuery) {
         .filter(|(_, score)| *score > 0)
         .max_by_key(|(n, score)| (*score, std::cmp::Reverse(*n)))
         .map(|(n, _)| n);
+    // Deleted resources keep no index rows, so candidates found through the resource's own
+    // index rows are alive: the check, which needs the table row, is left out for them.
+    if !driver.is_some_and(|n| query.all_of[n].iter().all(found_in_own_index)) {
+        sql.push(" AND r.deleted = FALSE");
+    }
     for (n, group) in query.all_of.iter().enumerate() {
         let owner = Owner { alias: "r", types: &query.resource_types, drive: Some(n) == driver };
         sql.push(" AND ");
         push_any_of(sql, group, owner, 0);
+    }
+}
+
+/// Whether a driving condition finds resources through their own index rows (which deleted
+/// resources no longer have). `_id` and `_has` (whose rows belong to other resources) do not.
+fn found_in_own_index(condition: &Condition) -> bool {
+    match condition {
+        Condition::Id(_) | Condition::Has { .. } | Condition::Missing { .. } | Condition::Not(_) => false,
+        Condition::AnyOf(inner) => inner.iter().all(found_in_own_index),
+        _ => true,
     }
 }
 
