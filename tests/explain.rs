@@ -27,16 +27,18 @@ const US_CORE_SEARCHES: &[(&str, &str)] = &[
     ("Immunization", "patient=p1&status=completed&_sort=-date"),
     ("Observation", "patient.identifier=http://hearth.example/mrn|MRN-1&category=laboratory"),
     ("Patient", "_id=p1&_has:Observation:patient:category=laboratory"),
+    ("Slot", "schedule=Schedule/s1&status=free&start=ge2026-01-01"),
+    ("Observation", "patient=p1&code=http://loinc.org|2339-0"),
 ];
 
-fn sql_for(resource_type: &str, query: &str) -> planner::Sql {
+fn sql_for(resource_type: &str, query: &str, dialect: planner::Dialect) -> planner::Sql {
     let params: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
     let value_sets = ValueSets::new();
     let context =
         Context { registry: Registry::standard(), base_url: "http://localhost/fhir", value_sets: &value_sets };
     let paging = Paging { default_count: 20, max_count: 100 };
     let parsed = parse_search(context, &[resource_type.to_string()], &params, true, paging).expect("valid search");
-    planner::page(&parsed.query)
+    planner::page(&parsed.query, dialect)
 }
 
 /// Full scans in a plan: SQLite's `SCAN <table>` (other than of a materialised subquery or
@@ -65,7 +67,11 @@ async fn us_core_searches_use_indexes(db: Db) {
     let server = TestServer::start(db).await;
     let database = server.database_url.clone();
     for (resource_type, query) in US_CORE_SEARCHES {
-        let sql = sql_for(resource_type, query);
+        let dialect = match db {
+            Db::Sqlite => planner::Dialect::Sqlite,
+            Db::Postgres => planner::Dialect::Postgres,
+        };
+        let sql = sql_for(resource_type, query, dialect);
         let plan: Vec<String> = match db {
             Db::Sqlite => {
                 let mut conn = sqlx::SqliteConnection::connect(&database).await.unwrap();

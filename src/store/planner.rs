@@ -13,6 +13,13 @@ use super::query::{
 };
 use super::sql::VERSION_COLUMNS;
 
+/// Where the two databases want different SQL for the same search.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
 /// A bound argument.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Arg {
@@ -47,7 +54,7 @@ impl Sql {
 }
 
 /// The statement for one page: version columns, then `s0…sn`, at most `count + 1` rows.
-pub fn page(query: &SearchQuery) -> Sql {
+pub fn page(query: &SearchQuery, dialect: Dialect) -> Sql {
     let mut sql = Sql::default();
     sql.push("SELECT * FROM (SELECT ");
     let columns: Vec<String> = VERSION_COLUMNS.split(", ").map(|c| format!("r.{c}")).collect();
@@ -57,7 +64,7 @@ pub fn page(query: &SearchQuery) -> Sql {
         push_sort_value(&mut sql, key);
         sql.push(&format!(" AS s{n}"));
     }
-    push_filters(&mut sql, query);
+    push_filters(&mut sql, query, dialect);
     sql.push(") q");
     let backward = query.cursor.as_ref().is_some_and(|c| c.backward);
     if let Some(cursor) = &query.cursor {
@@ -84,7 +91,8 @@ pub fn page(query: &SearchQuery) -> Sql {
 pub fn count(query: &SearchQuery) -> Sql {
     let mut sql = Sql::default();
     sql.push("SELECT COUNT(*) AS n");
-    push_filters(&mut sql, query);
+    // A count reads every match: nothing to gain from a streaming driver.
+    push_filters(&mut sql, query, Dialect::Sqlite);
     sql
 }
 
@@ -192,15 +200,7 @@ fn push_keys(sql: &mut Sql, type_column: &str, id_column: &str, keys: &[(String,
     sql.push(")");
 }
 
-fn push_filters(sql: &mut Sql, query: &SearchQuery) {
-    sql.push(" FROM resources r WHERE r.resource_type IN (");
-    for (n, resource_type) in query.resource_types.iter().enumerate() {
-        if n > 0 {
-            sql.push(", ");
-        }
-        sql.text(resource_type);
-    }
-    sql.push(")");
+fn push_filters(sql: &mut Sql, query: &SearchQuery, dialect: Dialect) {
     // The most selective group drives the search (uncorrelated IN over its index); the others
     // are probed per candidate row (correlated EXISTS), so an unselective condition such as
     // `category=laboratory` never has its whole match list built.
@@ -212,16 +212,49 @@ fn push_filters(sql: &mut Sql, query: &SearchQuery) {
         .filter(|(_, score)| *score > 0)
         .max_by_key(|(n, score)| (*score, std::cmp::Reverse(*n)))
         .map(|(n, _)| n);
+    // PostgreSQL turns `id IN (…)` into a hashed semi-join and then sorts every candidate, even
+    // for a page of 20 in id order. Joined as a DISTINCT derived table instead, the candidates
+    // stream in id order from the index and the probes stop once the page is full (a page of
+    // free slots: 6.5 ms -> 0.9 ms). SQLite already walks an IN list in order, and would
+    // materialise and sort the derived table, so it keeps the IN form.
+    let derived = driver.filter(|n| {
+        dialect == Dialect::Postgres
+            && query.sort.is_empty()
+            && query.resource_types.len() == 1
+            && matches!(query.all_of[*n].as_slice(), [condition] if is_derivable(condition))
+    });
+    match derived {
+        Some(n) => {
+            let owner = Owner { alias: "r", types: &query.resource_types, drive: true, derive: true };
+            sql.push(" FROM ");
+            push_condition(sql, &query.all_of[n][0], owner, 0);
+            sql.push(" d JOIN resources r ON r.resource_type = ").text(&query.resource_types[0]);
+            sql.push(" AND r.id = d.id WHERE 1 = 1");
+        }
+        None => {
+            sql.push(" FROM resources r WHERE ");
+            push_type_filter(sql, "r.resource_type", &query.resource_types);
+        }
+    }
     // Deleted resources keep no index rows, so candidates found through the resource's own
     // index rows are alive: the check, which needs the table row, is left out for them.
     if !driver.is_some_and(|n| query.all_of[n].iter().all(found_in_own_index)) {
         sql.push(" AND r.deleted = FALSE");
     }
     for (n, group) in query.all_of.iter().enumerate() {
-        let owner = Owner { alias: "r", types: &query.resource_types, drive: Some(n) == driver };
+        if Some(n) == derived {
+            continue;
+        }
+        let owner = Owner { alias: "r", types: &query.resource_types, drive: Some(n) == driver, derive: false };
         sql.push(" AND ");
         push_any_of(sql, group, owner, 0);
     }
+}
+
+/// Whether a driving condition can be written as a derived table of candidate ids: one index
+/// lookup (or chain, or `_has`) whose membership test opens exactly once.
+fn is_derivable(condition: &Condition) -> bool {
+    !matches!(condition, Condition::Id(_) | Condition::AnyOf(_) | Condition::Not(_) | Condition::Missing { .. })
 }
 
 /// Whether a driving condition finds resources through their own index rows (which deleted
@@ -257,6 +290,8 @@ struct Owner<'a> {
     alias: &'a str,
     types: &'a [String],
     drive: bool,
+    /// Driving, written as the derived table `(SELECT DISTINCT … AS id …)` instead of `IN`.
+    derive: bool,
 }
 
 /// `<column> = $n` or `<column> IN ($n, …)`.
@@ -279,7 +314,9 @@ fn push_type_filter(sql: &mut Sql, column: &str, types: &[String]) {
 /// type). The subquery is uncorrelated, so the database can drive the search from the index.
 fn open_membership(sql: &mut Sql, owner: Owner<'_>, type_column: &str, id_column: &str) {
     let alias = owner.alias;
-    if owner.types.len() == 1 {
+    if owner.derive {
+        sql.push(&format!("(SELECT DISTINCT {id_column} AS id"));
+    } else if owner.types.len() == 1 {
         sql.push(&format!("{alias}.id IN (SELECT {id_column}"));
     } else {
         sql.push(&format!("({alias}.resource_type, {alias}.id) IN (SELECT {type_column}, {id_column}"));
@@ -481,7 +518,7 @@ fn push_condition(sql: &mut Sql, condition: &Condition, owner: Owner<'_>, depth:
             push_condition(
                 sql,
                 condition,
-                Owner { alias: &target, types: target_types, drive: owner.drive },
+                Owner { alias: &target, types: target_types, drive: owner.drive, derive: false },
                 depth + 1,
             );
             sql.push("))");
@@ -511,7 +548,8 @@ fn push_condition(sql: &mut Sql, condition: &Condition, owner: Owner<'_>, depth:
             }
             sql.push(&format!(" AND {source}.deleted = FALSE AND "));
             let types = [source_type.clone()];
-            push_condition(sql, condition, Owner { alias: &source, types: &types, drive: owner.drive }, depth + 1);
+            let inner = Owner { alias: &source, types: &types, drive: owner.drive, derive: false };
+            push_condition(sql, condition, inner, depth + 1);
             sql.push("))");
         }
     }
@@ -708,7 +746,7 @@ mod tests {
                 matching: StringMatch::Prefix,
             }),
         }]);
-        let sql = page(&query);
+        let sql = page(&query, Dialect::Sqlite);
         assert!(!sql.text.contains("o'brien"), "values are bound, never inlined: {}", sql.text);
         assert_eq!(sql.text.matches('$').count(), sql.args.len());
         assert!(
@@ -733,7 +771,7 @@ mod tests {
             id: "p9".into(),
             backward: false,
         });
-        let sql = page(&query);
+        let sql = page(&query, Dialect::Sqlite);
         assert!(sql.text.contains("(q.s0 IS NULL AND (q.resource_type > $"), "{}", sql.text);
         assert!(sql.text.ends_with("ORDER BY s0 NULLS LAST, resource_type, id LIMIT $6"), "{}", sql.text);
     }

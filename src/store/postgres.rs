@@ -12,7 +12,8 @@ sql_store!(
     db = sqlx::Postgres,
     lock = " FOR UPDATE",
     skip_locked = " FOR UPDATE SKIP LOCKED",
-    insert = "INSERT INTO"
+    insert = "INSERT INTO",
+    dialect = super::planner::Dialect::Postgres
 );
 
 /// Connections in the pool.

@@ -83,7 +83,8 @@ macro_rules! sql_store {
         db = $db:ty,
         lock = $lock:literal,
         skip_locked = $skip_locked:literal,
-        insert = $insert:literal
+        insert = $insert:literal,
+        dialect = $dialect:expr
     ) => {
         /// A store on this database. Reads go to `readers`, write transactions to `writers`.
         pub struct $store {
@@ -235,7 +236,7 @@ macro_rules! sql_store {
             if query.count == 0 {
                 return Ok($crate::store::SearchPage { next: None, previous: None, resources: Vec::new(), total });
             }
-            let sql = planner::page(query);
+            let sql = planner::page(query, $dialect);
             let rows = bind_args(&sql).fetch_all(&mut *conn).await?;
             let more = rows.len() > query.count;
             let mut shown: Vec<&<$db as sqlx::Database>::Row> = rows.iter().take(query.count).collect();

@@ -15,7 +15,8 @@ sql_store!(
     db = sqlx::Sqlite,
     lock = "",
     skip_locked = "",
-    insert = "INSERT OR FAIL INTO"
+    insert = "INSERT OR FAIL INTO",
+    dialect = super::planner::Dialect::Sqlite
 );
 
 /// Readers beside the single writer: enough to keep both cores busy while a write runs.
