@@ -51,13 +51,16 @@ impl SqliteStore {
                 "another Hearth process has the SQLite database open ({lock_path} is locked); stop it, or send the data to its API"
             ))
         })?;
-        let writers = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await?;
+        // A connection to a local file does not break unnoticed: no ping before each acquire
+        // (sqlx's default), which was a round trip to the connection's worker thread per request.
+        let pool_options = || SqlitePoolOptions::new().test_before_acquire(false);
+        let writers = pool_options().max_connections(1).connect_with(options.clone()).await?;
         sqlx::migrate!("./migrations/sqlite").run(&writers).await?;
         // Each connection has a page cache of its own (see .cargo/config.toml): the readers keep
         // small ones and leave the rest to the operating system's file cache, so that memory
         // stays bounded however many readers are busy.
         let reader_options = options.read_only(true).pragma("cache_size", READER_CACHE_KIB);
-        let readers = SqlitePoolOptions::new().max_connections(READERS).connect_with(reader_options).await?;
+        let readers = pool_options().max_connections(READERS).connect_with(reader_options).await?;
         Ok(SqliteStore {
             readers,
             writers,
