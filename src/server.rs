@@ -75,9 +75,10 @@ impl Hearth {
         self.router.clone()
     }
 
-    /// Runs the job worker and serves on `listener` until the process is stopped.
+    /// Runs the background work (jobs, registry watch) and serves on `listener` until the
+    /// process is stopped.
     pub async fn serve(self, listener: TcpListener) -> std::io::Result<()> {
-        tokio::spawn(self.service.clone().run_jobs());
+        tokio::spawn(self.service.clone().run_background());
         axum::serve(listener, self.router).with_graceful_shutdown(shutdown_signal()).await
     }
 }

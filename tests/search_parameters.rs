@@ -178,6 +178,32 @@ async fn updates_replace_composite_index_rows(db: Db) {
     assert_eq!(server.search_ids("Observation?code-value-quantity=http://loinc.org|8480-6$lt130").await, vec![id]);
 }
 
+/// Another node learns of a SearchParameter written through this one within a few seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_nodes_pick_up_new_parameters() {
+    let first = TestServer::start(Db::Postgres).await;
+    let second = first.second_node().await;
+    let strict_search = |server: &TestServer| {
+        server.request(Method::GET, "Patient?mothers-maiden-name=smith").header("prefer", "handling=strict").send()
+    };
+    assert_eq!(strict_search(&second).await.unwrap().status(), 400, "unknown before");
+    assert_eq!(first.post("SearchParameter", &maiden_name_parameter("active")).await.status(), 201);
+    let patient = first.create(&patient_with_maiden_name("New", "Smith")).await;
+    for _ in 0..60 {
+        let response = strict_search(&second).await.unwrap();
+        if response.status() == 200 {
+            let ids: Vec<String> = body(response).await["entry"]
+                .as_array()
+                .map(|e| e.iter().map(|e| e["resource"]["id"].as_str().unwrap().to_string()).collect())
+                .unwrap_or_default();
+            assert_eq!(ids, vec![patient]);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the second node never picked up the new SearchParameter");
+}
+
 on_both_databases!(
     custom_parameters_index_new_writes_at_once_and_old_data_after_reindex,
     custom_parameters_survive_a_restart_and_reindex_covers_every_type,

@@ -34,8 +34,14 @@ pub(super) fn lease_until() -> OffsetDateTime {
 }
 
 impl FhirService {
+    /// This node's background work until the process ends: the job worker and the watch for
+    /// SearchParameters written by other nodes.
+    pub async fn run_background(self) {
+        tokio::join!(self.clone().run_jobs(), self.watch_search_parameters());
+    }
+
     /// Claims and runs queued jobs, one at a time, until the process ends.
-    pub async fn run_jobs(self) {
+    async fn run_jobs(self) {
         let owner = new_id();
         loop {
             match self.store.claim_job(&owner, lease_until()).await {

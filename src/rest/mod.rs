@@ -12,6 +12,7 @@ mod jobs;
 mod reindex;
 mod route;
 mod search;
+mod search_parameters;
 mod source;
 mod write;
 
@@ -24,11 +25,11 @@ use time::OffsetDateTime;
 use crate::model::FhirError;
 use crate::search::params::Paging;
 use crate::search::registry::LiveRegistry;
-use crate::search::Registry;
 use crate::store::{Store, StoreError};
 
 pub use route::Route;
 use search::SearchScope;
+use search_parameters::writes_search_parameters;
 use source::Source;
 
 /// HTTP methods of FHIR interactions.
@@ -183,9 +184,6 @@ pub struct FhirService {
 /// The operations this server implements (all with POST).
 const OPERATIONS: &[&str] = &["reindex"];
 
-/// How many `SearchParameter` resources one page of the registry's load reads.
-const SEARCH_PARAMETER_PAGE: usize = 500;
-
 impl FhirService {
     /// A service over `store` with the standard R4 search parameters; call
     /// [`FhirService::load_search_parameters`] to add the custom ones stored in it.
@@ -196,34 +194,6 @@ impl FhirService {
             config: Arc::new(config),
             jobs_queued: Arc::new(tokio::sync::Notify::new()),
         }
-    }
-
-    /// The search parameters in force now: the standard ones and the active custom ones.
-    pub fn registry(&self) -> Arc<Registry> {
-        self.registry.current()
-    }
-
-    /// Rebuilds the registry from the standard parameters and the active `SearchParameter`
-    /// resources in the store. Definitions the server cannot use are logged and left out.
-    pub async fn load_search_parameters(&self) -> Result<(), StoreError> {
-        let types = ["SearchParameter".to_string()];
-        let mut stored = Vec::new();
-        let mut after = None;
-        loop {
-            let page = self.store.scan(&types, after.as_ref(), SEARCH_PARAMETER_PAGE).await?;
-            let full = page.len() == SEARCH_PARAMETER_PAGE;
-            after = page.last().map(|v| (v.resource_type.clone(), v.id.clone()));
-            stored.extend(page.iter().filter_map(|v| serde_json::from_slice::<Value>(&v.body).ok()));
-            if !full {
-                break;
-            }
-        }
-        let (registry, problems) = Registry::standard().with_custom(&stored);
-        for problem in problems {
-            tracing::warn!(%problem, "a stored SearchParameter is not in force");
-        }
-        self.registry.replace(registry);
-        Ok(())
     }
 
     /// The configuration in force.
@@ -363,25 +333,6 @@ fn system_search_types(query: &mut Vec<(String, String)>) -> Result<TypesAndLink
         return Ok((crate::model::validate::resource_types().into_iter().map(str::to_string).collect(), type_params));
     }
     Ok((listed, type_params))
-}
-
-/// Whether `request` may have written a `SearchParameter` resource (directly or as an entry of
-/// a transaction), so that the registry must be rebuilt.
-fn writes_search_parameters(request: &FhirRequest) -> bool {
-    const TYPE: &str = "SearchParameter";
-    if !request.method.writes() {
-        return false;
-    }
-    if request.path.trim_matches('/').split('/').next() == Some(TYPE) {
-        return true;
-    }
-    let entries = request.body.as_ref().and_then(|b| b.get("entry")).and_then(Value::as_array);
-    entries.into_iter().flatten().any(|entry| {
-        let request = entry.get("request");
-        let method = request.and_then(|r| r.get("method")).and_then(Value::as_str);
-        let url = request.and_then(|r| r.get("url")).and_then(Value::as_str).unwrap_or("");
-        method != Some("GET") && method != Some("HEAD") && url.trim_start_matches('/').starts_with(TYPE)
-    })
 }
 
 /// How often a write that lost a race is tried in all.

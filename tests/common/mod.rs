@@ -60,7 +60,7 @@ impl TestServer {
         let root = format!("http://{address}");
         let settings = Settings { base_url: root.clone(), ..settings };
         let hearth = Hearth::open(&database_url, settings.clone()).await.expect("open the database");
-        let jobs = tokio::spawn(hearth.service().clone().run_jobs());
+        let jobs = tokio::spawn(hearth.service().clone().run_background());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let serve = tokio::spawn(async move {
             let _ = axum::serve(listener, hearth.router())
@@ -78,6 +78,13 @@ impl TestServer {
             running: Some(Running { stop, serve, jobs }),
             _dir: dir,
         }
+    }
+
+    /// A second server process on the same PostgreSQL database (another node behind a load
+    /// balancer).
+    pub async fn second_node(&self) -> TestServer {
+        assert_eq!(self.db, Db::Postgres, "only PostgreSQL is shared by several nodes");
+        Self::serve(self.db, self.database_url.clone(), None, self.settings.clone()).await
     }
 
     /// Stops this server and starts a new one on the same database (a process restart).
