@@ -241,11 +241,14 @@ fn push_filters(sql: &mut Sql, query: &SearchQuery, dialect: Dialect) {
     if !driver.is_some_and(|n| query.all_of[n].iter().all(found_in_own_index)) {
         sql.push(" AND r.deleted = FALSE");
     }
+    // With a derived driver the other criteria are probed on its ids, so that PostgreSQL can
+    // rule candidates out before it reads their resource rows.
+    let alias = if derived.is_some() { "d" } else { "r" };
     for (n, group) in query.all_of.iter().enumerate() {
         if Some(n) == derived {
             continue;
         }
-        let owner = Owner { alias: "r", types: &query.resource_types, drive: Some(n) == driver, derive: false };
+        let owner = Owner { alias, types: &query.resource_types, drive: Some(n) == driver, derive: false };
         sql.push(" AND ");
         push_any_of(sql, group, owner, 0);
     }
@@ -290,7 +293,8 @@ struct Owner<'a> {
     alias: &'a str,
     types: &'a [String],
     drive: bool,
-    /// Driving, written as the derived table `(SELECT DISTINCT … AS id …)` instead of `IN`.
+    /// Driving, written as the derived table `(SELECT DISTINCT … AS resource_type, … AS id …)`
+    /// instead of `IN`.
     derive: bool,
 }
 
@@ -315,7 +319,7 @@ fn push_type_filter(sql: &mut Sql, column: &str, types: &[String]) {
 fn open_membership(sql: &mut Sql, owner: Owner<'_>, type_column: &str, id_column: &str) {
     let alias = owner.alias;
     if owner.derive {
-        sql.push(&format!("(SELECT DISTINCT {id_column} AS id"));
+        sql.push(&format!("(SELECT DISTINCT {type_column} AS resource_type, {id_column} AS id"));
     } else if owner.types.len() == 1 {
         sql.push(&format!("{alias}.id IN (SELECT {id_column}"));
     } else {
