@@ -43,6 +43,12 @@ pub enum Command {
         /// Largest accepted request body, in bytes.
         #[arg(long, env = "HEARTH_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
         max_body_bytes: usize,
+        /// Page size of searches and histories that give no `_count`.
+        #[arg(long, env = "HEARTH_DEFAULT_COUNT", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+        default_count: u32,
+        /// Largest page size a `_count` may ask for (larger ones are cut to it).
+        #[arg(long, env = "HEARTH_MAX_COUNT", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+        max_count: u32,
     },
     /// Load transaction, batch or collection Bundles (`.json`) and `.ndjson` files.
     Import {
@@ -59,4 +65,17 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_sizes_are_flags() {
+        let cli = Cli::try_parse_from(["hearth", "serve", "--default-count", "50", "--max-count", "200"]).unwrap();
+        let Command::Serve { default_count, max_count, .. } = cli.command else { panic!("serve") };
+        assert_eq!((default_count, max_count), (50, 200));
+        assert!(Cli::try_parse_from(["hearth", "serve", "--max-count", "0"]).is_err());
+    }
 }

@@ -2,6 +2,7 @@
 
 use clap::Parser;
 use hearth::config::{AuthMode, Cli, Command};
+use hearth::search::params::Paging;
 use hearth::server::{Hearth, Settings};
 use tracing_subscriber::EnvFilter;
 
@@ -17,7 +18,10 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { listen, auth, max_body_bytes } => {
+        Command::Serve { listen, auth, max_body_bytes, default_count, max_count } => {
+            if default_count > max_count {
+                anyhow::bail!("--default-count ({default_count}) cannot be larger than --max-count ({max_count})");
+            }
             if auth == AuthMode::Smart {
                 anyhow::bail!("--auth smart needs the SMART authorization server, which this build does not have yet; use --auth off on a loopback address");
             }
@@ -34,7 +38,8 @@ async fn main() -> anyhow::Result<()> {
                     format!("http://{listen}")
                 }
             });
-            let settings = Settings { max_body_bytes, ..Settings::new(&base_url) };
+            let paging = Paging { default_count: default_count as usize, max_count: max_count as usize };
+            let settings = Settings { max_body_bytes, paging, ..Settings::new(&base_url) };
             let hearth = Hearth::open(&cli.database, settings).await?;
             let listener = tokio::net::TcpListener::bind(listen).await?;
             tracing::info!(%listen, fhir_base = %format!("{base_url}/fhir"), "Hearth is serving");
