@@ -218,6 +218,13 @@ async fn result_sets_match_the_specification(db: Db) {
         if status != 200 || ids != *expected {
             failures.push(format!("{query}: expected {expected:?}, got {status} {ids:?}"));
         }
+        // The count of the same search (its own SQL statement) agrees with the set.
+        let matches = expected.iter().filter(|id| !id.starts_with('+')).count();
+        let separator = if query.contains('?') { '&' } else { '?' };
+        let counted: Value = server.get(&format!("{query}{separator}_summary=count")).await.json().await.unwrap();
+        if counted["total"].as_u64() != Some(matches as u64) {
+            failures.push(format!("{query}: expected a total of {matches}, got {}", counted["total"]));
+        }
     }
     assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), CASES.len(), failures.join("\n"));
 }

@@ -64,7 +64,7 @@ pub fn page(query: &SearchQuery, dialect: Dialect) -> Sql {
         push_sort_value(&mut sql, key);
         sql.push(&format!(" AS s{n}"));
     }
-    push_filters(&mut sql, query, dialect);
+    push_filters(&mut sql, query, dialect, Rows::Needed);
     sql.push(") q");
     let backward = query.cursor.as_ref().is_some_and(|c| c.backward);
     if let Some(cursor) = &query.cursor {
@@ -88,12 +88,18 @@ pub fn page(query: &SearchQuery, dialect: Dialect) -> Sql {
 }
 
 /// The statement counting all matches (`_total`).
-pub fn count(query: &SearchQuery) -> Sql {
+pub fn count(query: &SearchQuery, dialect: Dialect) -> Sql {
     let mut sql = Sql::default();
     sql.push("SELECT COUNT(*) AS n");
-    // A count reads every match: nothing to gain from a streaming driver.
-    push_filters(&mut sql, query, Dialect::Sqlite);
+    push_filters(&mut sql, query, dialect, Rows::NotNeeded);
     sql
+}
+
+/// Whether a statement reads the resource rows of its matches or only counts them.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Rows {
+    Needed,
+    NotNeeded,
 }
 
 /// Current, not deleted resources with the given (type, id) keys.
@@ -200,7 +206,7 @@ fn push_keys(sql: &mut Sql, type_column: &str, id_column: &str, keys: &[(String,
     sql.push(")");
 }
 
-fn push_filters(sql: &mut Sql, query: &SearchQuery, dialect: Dialect) {
+fn push_filters(sql: &mut Sql, query: &SearchQuery, dialect: Dialect, rows: Rows) {
     // The most selective group drives the search (uncorrelated IN over its index); the others
     // are probed per candidate row (correlated EXISTS), so an unselective condition such as
     // `category=laboratory` never has its whole match list built.
@@ -212,14 +218,18 @@ fn push_filters(sql: &mut Sql, query: &SearchQuery, dialect: Dialect) {
         .filter(|(_, score)| *score > 0)
         .max_by_key(|(n, score)| (*score, std::cmp::Reverse(*n)))
         .map(|(n, _)| n);
+    // Deleted resources keep no index rows, so candidates found through the resource's own
+    // index rows are alive: the check, which needs the table row, is left out for them.
+    let check_deleted = !driver.is_some_and(|n| query.all_of[n].iter().all(found_in_own_index));
     // PostgreSQL turns `id IN (…)` into a hashed semi-join and then sorts every candidate, even
     // for a page of 20 in id order. Joined as a DISTINCT derived table instead, the candidates
     // stream in id order from the index and the probes stop once the page is full (a page of
-    // free slots: 6.5 ms -> 0.9 ms). SQLite already walks an IN list in order, and would
-    // materialise and sort the derived table, so it keeps the IN form.
+    // free slots: 6.5 ms -> 0.9 ms), and a count needs no resource row at all. SQLite already
+    // walks an IN list in order, and would materialise and sort the derived table, so it keeps
+    // the IN form.
     let derived = driver.filter(|n| {
         dialect == Dialect::Postgres
-            && query.sort.is_empty()
+            && (query.sort.is_empty() || rows == Rows::NotNeeded)
             && query.resource_types.len() == 1
             && matches!(query.all_of[*n].as_slice(), [condition] if is_derivable(condition))
     });
@@ -228,17 +238,19 @@ fn push_filters(sql: &mut Sql, query: &SearchQuery, dialect: Dialect) {
             let owner = Owner { alias: "r", types: &query.resource_types, drive: true, derive: true };
             sql.push(" FROM ");
             push_condition(sql, &query.all_of[n][0], owner, 0);
-            sql.push(" d JOIN resources r ON r.resource_type = ").text(&query.resource_types[0]);
-            sql.push(" AND r.id = d.id WHERE 1 = 1");
+            sql.push(" d");
+            if rows == Rows::Needed || check_deleted {
+                sql.push(" JOIN resources r ON r.resource_type = ").text(&query.resource_types[0]);
+                sql.push(" AND r.id = d.id");
+            }
+            sql.push(" WHERE 1 = 1");
         }
         None => {
             sql.push(" FROM resources r WHERE ");
             push_type_filter(sql, "r.resource_type", &query.resource_types);
         }
     }
-    // Deleted resources keep no index rows, so candidates found through the resource's own
-    // index rows are alive: the check, which needs the table row, is left out for them.
-    if !driver.is_some_and(|n| query.all_of[n].iter().all(found_in_own_index)) {
+    if check_deleted {
         sql.push(" AND r.deleted = FALSE");
     }
     // With a derived driver the other criteria are probed on its ids, so that PostgreSQL can

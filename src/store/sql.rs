@@ -226,7 +226,7 @@ macro_rules! sql_store {
             use sqlx::Row;
             use $crate::store::planner;
             let total = if query.with_total {
-                let sql = planner::count(query);
+                let sql = planner::count(query, $dialect);
                 let row = bind_args(&sql).fetch_one(&mut *conn).await?;
                 Some(row.try_get::<i64, _>("n")? as u64)
             } else {
