@@ -2,9 +2,10 @@
 //!
 //! Loads `hearth synth` patients (default 1000) into SQLite and PostgreSQL through transaction
 //! bundles, then runs each portal search, and a mix of all of them, at 16 concurrent
-//! connections, each for a patient (or schedule) chosen round robin, and prints req/s with
-//! p50/p99 latency per database, plus the ratios the targets are stated in (chained, _include
-//! and _has against the simple searches; PostgreSQL against SQLite). Environment:
+//! connections (after an uncounted warm-up with all of them), each for a patient (or schedule)
+//! chosen round robin, and prints req/s with p50/p99 latency per database, plus the ratios the
+//! targets are stated in (chained, _include and _has against the simple searches; PostgreSQL
+//! against SQLite). Environment:
 //! `HEARTH_BENCH_PATIENTS`, `HEARTH_BENCH_SECONDS` (default 5 per run), `HEARTH_BENCH_RUNS` (default 3).
 
 mod common;
@@ -78,6 +79,14 @@ async fn run() {
                 })
                 .collect(),
         );
+        // Warm-up, not counted: every search for every subject once, so that the measured runs
+        // see warm caches (statements prepared on each pooled connection, pages in memory).
+        let warm = subjects.clone();
+        load(server.addr, CONNECTIONS, seconds, move |n| {
+            let (_, _, template) = SEARCHES[n % SEARCHES.len()];
+            get(&url(template, &warm[(n / SEARCHES.len()) % warm.len()]))
+        })
+        .await;
         let mut figures = Vec::new();
         for (name, _, template) in SEARCHES {
             let subjects = subjects.clone();
