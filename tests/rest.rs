@@ -279,6 +279,9 @@ async fn history_paging_and_since(db: Db) {
     let mut ids = Vec::new();
     for n in 0..5 {
         ids.push(server.create(&patient(&format!("Hist{n}"), &format!("H{n}"))).await);
+        // lastUpdated has millisecond precision: keep each version in a millisecond of its own,
+        // so that `_since` can tell them apart.
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
     }
     let observation = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}});
     server.create(&observation).await;
