@@ -4,6 +4,7 @@
 //! row of `resources` and as a row of `resource_history`; both carry the JSON bytes exactly as
 //! served. Search index rows ([`IndexRows`]) are written in the same transaction.
 
+mod auth;
 pub mod cache;
 mod job;
 pub mod planner;
@@ -16,6 +17,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use time::OffsetDateTime;
 
+pub use auth::AuthStore;
 pub use job::{Job, JobStatus, JobStep};
 pub use postgres::PostgresStore;
 pub use query::{
@@ -207,14 +209,20 @@ pub enum StoreError {
     Busy(String),
     #[error("cannot open the database's lock file: {0}")]
     LockFile(#[from] std::io::Error),
+    /// A guarded transaction refused a write or lookup the caller's access does not allow.
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 /// Result of a storage call.
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// Reads outside a transaction, and the way into one.
+/// Reads outside a transaction, and the way into one; and the authorization server's records.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: AuthStore + Send + Sync + 'static {
+    /// Whether this process is the database's only user (SQLite holds a lock file): state kept
+    /// in its memory is then exact.
+    fn is_exclusive(&self) -> bool;
     /// The current version of a resource (deleted ones included, with `deleted = true`).
     async fn read(&self, resource_type: &str, id: &str) -> StoreResult<Option<ResourceVersion>>;
     /// One specific version.
@@ -289,9 +297,24 @@ pub trait StoreTx: Send {
 
 /// Opens the store named by a database URL (`sqlite://file.db`, `postgres://…`) and migrates it.
 pub async fn open(url: &str) -> StoreResult<std::sync::Arc<dyn Store>> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+    if is_postgres(url) {
         Ok(std::sync::Arc::new(PostgresStore::open(url).await?))
     } else {
-        Ok(std::sync::Arc::new(SqliteStore::open(url).await?))
+        Ok(std::sync::Arc::new(SqliteStore::open(url, true).await?))
     }
+}
+
+/// Opens the store for administration of the authorization records only: on SQLite it does
+/// not take the single-writer lock, so it works while a server has the file open (the
+/// server's in-memory cache holds resources, which this store must not write).
+pub async fn open_shared(url: &str) -> StoreResult<std::sync::Arc<dyn Store>> {
+    if is_postgres(url) {
+        Ok(std::sync::Arc::new(PostgresStore::open(url).await?))
+    } else {
+        Ok(std::sync::Arc::new(SqliteStore::open(url, false).await?))
+    }
+}
+
+fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
 }

@@ -273,15 +273,28 @@ fn push_filters(sql: &mut Sql, query: &SearchQuery, dialect: Dialect, rows: Rows
 /// Whether a driving condition can be written as a derived table of candidate ids: one index
 /// lookup (or chain, or `_has`) whose membership test opens exactly once.
 fn is_derivable(condition: &Condition) -> bool {
-    !matches!(condition, Condition::Id(_) | Condition::AnyOf(_) | Condition::Not(_) | Condition::Missing { .. })
+    !matches!(
+        condition,
+        Condition::Id(_)
+            | Condition::Type(_)
+            | Condition::AnyOf(_)
+            | Condition::AllOf(_)
+            | Condition::Not(_)
+            | Condition::Missing { .. }
+    )
 }
 
 /// Whether a driving condition finds resources through their own index rows (which deleted
 /// resources no longer have). `_id` and `_has` (whose rows belong to other resources) do not.
 fn found_in_own_index(condition: &Condition) -> bool {
     match condition {
-        Condition::Id(_) | Condition::Has { .. } | Condition::Missing { .. } | Condition::Not(_) => false,
+        Condition::Id(_)
+        | Condition::Type(_)
+        | Condition::Has { .. }
+        | Condition::Missing { .. }
+        | Condition::Not(_) => false,
         Condition::AnyOf(inner) => inner.iter().all(found_in_own_index),
+        Condition::AllOf(inner) => inner.iter().any(found_in_own_index),
         _ => true,
     }
 }
@@ -298,7 +311,8 @@ fn selectivity(condition: &Condition) -> u8 {
         Condition::Token { .. } | Condition::TokenHierarchy { .. } => 30,
         Condition::Date { .. } | Condition::Number { .. } | Condition::Quantity { .. } => 20,
         Condition::AnyOf(inner) => inner.iter().map(selectivity).min().unwrap_or(0),
-        Condition::Missing { .. } | Condition::Not(_) => 0,
+        Condition::AllOf(inner) => inner.iter().map(selectivity).max().unwrap_or(0),
+        Condition::Type(_) | Condition::Missing { .. } | Condition::Not(_) => 0,
     }
 }
 
@@ -515,6 +529,17 @@ fn push_condition(sql: &mut Sql, condition: &Condition, owner: Owner<'_>, depth:
             sql.push(")");
         }
         Condition::AnyOf(conditions) => push_any_of(sql, conditions, owner, depth),
+        Condition::AllOf(conditions) => {
+            sql.push("(1 = 1");
+            for condition in conditions {
+                sql.push(" AND ");
+                push_condition(sql, condition, owner, depth);
+            }
+            sql.push(")");
+        }
+        Condition::Type(resource_type) => {
+            sql.push(&format!("{}.resource_type = ", owner.alias)).text(resource_type);
+        }
         Condition::Chain { param, target_types, condition } => {
             let i = open_index_in(sql, IndexTable::Reference, param, owner, depth);
             let target = format!("r{}", depth + 1);

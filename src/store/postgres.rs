@@ -3,6 +3,7 @@
 
 use sqlx::postgres::PgPoolOptions;
 
+use super::auth::auth_store;
 use super::sql::sql_store;
 use super::StoreResult;
 
@@ -15,6 +16,7 @@ sql_store!(
     insert = "INSERT INTO",
     dialect = super::planner::Dialect::Postgres
 );
+auth_store!(PostgresStore);
 
 /// Connections in each pool per core of this machine. More connections than the cores can
 /// serve only queue inside PostgreSQL: on 2 cores, 6 connections served 12-20% more searches

@@ -120,6 +120,10 @@ pub enum Condition {
     Not(Box<Condition>),
     /// Any of these (the comma-separated values of one criterion).
     AnyOf(Vec<Condition>),
+    /// All of these (one clause of an access rule: a compartment and a scope's filter).
+    AllOf(Vec<Condition>),
+    /// The resource is of this type (in searches over several types).
+    Type(String),
     /// A chain: the resource references, through `param`, a resource of one of `target_types` matching
     /// `condition`.
     Chain { param: String, target_types: Vec<String>, condition: Box<Condition> },

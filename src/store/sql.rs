@@ -438,6 +438,10 @@ macro_rules! sql_store {
 
         #[async_trait::async_trait]
         impl $crate::store::Store for $store {
+            fn is_exclusive(&self) -> bool {
+                self._writer_lock.is_some()
+            }
+
             async fn read(
                 &self,
                 resource_type: &str,

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
+use super::auth::auth_store;
 use super::cache::VersionCache;
 use super::sql::sql_store;
 use super::{StoreError, StoreResult};
@@ -18,6 +19,7 @@ sql_store!(
     insert = "INSERT OR FAIL INTO",
     dialect = super::planner::Dialect::Sqlite
 );
+auth_store!(SqliteStore);
 
 /// Readers beside the single writer: enough to keep both cores busy while a write runs.
 const READERS: u32 = 8;
@@ -29,8 +31,10 @@ const READER_CACHE_KIB: &str = "-8000";
 const CACHED_VERSIONS: usize = 20_000;
 
 impl SqliteStore {
-    /// Opens (creating if missing) the database file named by `url` and migrates it.
-    pub async fn open(url: &str) -> StoreResult<Self> {
+    /// Opens (creating if missing) the database file named by `url` and migrates it. An
+    /// `exclusive` store takes the single-writer lock and keeps the version cache; a shared one
+    /// (administration of authorization records) does neither.
+    pub async fn open(url: &str, exclusive: bool) -> StoreResult<Self> {
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -44,13 +48,7 @@ impl SqliteStore {
         // One writer: SQLite allows one at a time anyway, and queueing in the pool is cheaper
         // than retrying on SQLITE_BUSY.
         // One process writes the file: that makes the in-memory cache of current versions exact.
-        let lock_path = format!("{}.lock", options.get_filename().display());
-        let writer_lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path)?;
-        writer_lock.try_lock().map_err(|_| {
-            StoreError::Busy(format!(
-                "another Hearth process has the SQLite database open ({lock_path} is locked); stop it, or send the data to its API"
-            ))
-        })?;
+        let writer_lock = if exclusive { Some(take_writer_lock(&options)?) } else { None };
         // A connection to a local file does not break unnoticed: no ping before each acquire
         // (sqlx's default), which was a round trip to the connection's worker thread per request.
         let pool_options = || SqlitePoolOptions::new().test_before_acquire(false);
@@ -64,8 +62,20 @@ impl SqliteStore {
         Ok(SqliteStore {
             readers,
             writers,
-            cache: Some(std::sync::Arc::new(VersionCache::new(CACHED_VERSIONS))),
-            _writer_lock: Some(writer_lock),
+            cache: exclusive.then(|| std::sync::Arc::new(VersionCache::new(CACHED_VERSIONS))),
+            _writer_lock: writer_lock,
         })
     }
+}
+
+/// Makes this process the file's only writer (`<database>.lock`), or says who is.
+fn take_writer_lock(options: &SqliteConnectOptions) -> StoreResult<std::fs::File> {
+    let lock_path = format!("{}.lock", options.get_filename().display());
+    let writer_lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path)?;
+    writer_lock.try_lock().map_err(|_| {
+        StoreError::Busy(format!(
+            "another Hearth process has the SQLite database open ({lock_path} is locked); stop it, or send the data to its API"
+        ))
+    })?;
+    Ok(writer_lock)
 }

@@ -1,0 +1,138 @@
+//! Storage of the authorization server's state: small JSON records by kind and key, with an
+//! expiry (`auth_objects`). The `auth` layer owns what the records mean; this layer only keeps
+//! them, and makes the operations that must be atomic across nodes atomic: an insert that fails
+//! when a live record exists (a client assertion `jti` seen before) and a take that deletes
+//! while it reads (an authorization code used once).
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+
+use super::StoreResult;
+
+/// The key-value records of the authorization server.
+#[async_trait]
+pub trait AuthStore: Send + Sync {
+    /// Stores a record unless a live one has that kind and key; `false` when one had.
+    async fn auth_insert(&self, kind: &str, key: &str, data: &str, expires: OffsetDateTime) -> StoreResult<bool>;
+    /// Stores a record, replacing any with that kind and key.
+    async fn auth_upsert(&self, kind: &str, key: &str, data: &str, expires: OffsetDateTime) -> StoreResult<()>;
+    /// A live record.
+    async fn auth_get(&self, kind: &str, key: &str) -> StoreResult<Option<String>>;
+    /// A live record, deleted as it is read: of concurrent takers exactly one gets it.
+    async fn auth_take(&self, kind: &str, key: &str) -> StoreResult<Option<String>>;
+    /// Deletes a record; `false` when there was none.
+    async fn auth_delete(&self, kind: &str, key: &str) -> StoreResult<bool>;
+    /// Every live record of a kind, as (key, data), in key order.
+    async fn auth_list(&self, kind: &str) -> StoreResult<Vec<(String, String)>>;
+    /// Deletes the records whose expiry has passed; returns how many.
+    async fn auth_purge(&self) -> StoreResult<u64>;
+}
+
+/// Implements [`AuthStore`] for a store type of [`super::sql::sql_store!`] (with its `readers` and
+/// `writers` pools). One SQL text serves both databases.
+macro_rules! auth_store {
+    ($store:ident) => {
+        #[async_trait::async_trait]
+        impl $crate::store::AuthStore for $store {
+            async fn auth_insert(
+                &self,
+                kind: &str,
+                key: &str,
+                data: &str,
+                expires: time::OffsetDateTime,
+            ) -> $crate::store::StoreResult<bool> {
+                let now = $crate::store::sql::to_micros(time::OffsetDateTime::now_utc());
+                let done = sqlx::query(
+                    "INSERT INTO auth_objects (kind, key, data, expires) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (kind, key) DO UPDATE SET data = excluded.data, expires = excluded.expires \
+                     WHERE auth_objects.expires <= $5",
+                )
+                .bind(kind)
+                .bind(key)
+                .bind(data)
+                .bind($crate::store::sql::to_micros(expires))
+                .bind(now)
+                .execute(&self.writers)
+                .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn auth_upsert(
+                &self,
+                kind: &str,
+                key: &str,
+                data: &str,
+                expires: time::OffsetDateTime,
+            ) -> $crate::store::StoreResult<()> {
+                sqlx::query(
+                    "INSERT INTO auth_objects (kind, key, data, expires) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (kind, key) DO UPDATE SET data = excluded.data, expires = excluded.expires",
+                )
+                .bind(kind)
+                .bind(key)
+                .bind(data)
+                .bind($crate::store::sql::to_micros(expires))
+                .execute(&self.writers)
+                .await?;
+                Ok(())
+            }
+
+            async fn auth_get(&self, kind: &str, key: &str) -> $crate::store::StoreResult<Option<String>> {
+                use sqlx::Row;
+                let now = $crate::store::sql::to_micros(time::OffsetDateTime::now_utc());
+                let row = sqlx::query("SELECT data FROM auth_objects WHERE kind = $1 AND key = $2 AND expires > $3")
+                    .bind(kind)
+                    .bind(key)
+                    .bind(now)
+                    .fetch_optional(&self.readers)
+                    .await?;
+                Ok(row.map(|row| row.try_get("data")).transpose()?)
+            }
+
+            async fn auth_take(&self, kind: &str, key: &str) -> $crate::store::StoreResult<Option<String>> {
+                use sqlx::Row;
+                let now = $crate::store::sql::to_micros(time::OffsetDateTime::now_utc());
+                let row = sqlx::query(
+                    "DELETE FROM auth_objects WHERE kind = $1 AND key = $2 AND expires > $3 RETURNING data",
+                )
+                .bind(kind)
+                .bind(key)
+                .bind(now)
+                .fetch_optional(&self.writers)
+                .await?;
+                Ok(row.map(|row| row.try_get("data")).transpose()?)
+            }
+
+            async fn auth_delete(&self, kind: &str, key: &str) -> $crate::store::StoreResult<bool> {
+                let done = sqlx::query("DELETE FROM auth_objects WHERE kind = $1 AND key = $2")
+                    .bind(kind)
+                    .bind(key)
+                    .execute(&self.writers)
+                    .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn auth_list(&self, kind: &str) -> $crate::store::StoreResult<Vec<(String, String)>> {
+                use sqlx::Row;
+                let now = $crate::store::sql::to_micros(time::OffsetDateTime::now_utc());
+                let rows =
+                    sqlx::query("SELECT key, data FROM auth_objects WHERE kind = $1 AND expires > $2 ORDER BY key")
+                        .bind(kind)
+                        .bind(now)
+                        .fetch_all(&self.readers)
+                        .await?;
+                rows.iter().map(|row| Ok((row.try_get("key")?, row.try_get("data")?))).collect()
+            }
+
+            async fn auth_purge(&self) -> $crate::store::StoreResult<u64> {
+                let now = $crate::store::sql::to_micros(time::OffsetDateTime::now_utc());
+                let done = sqlx::query("DELETE FROM auth_objects WHERE expires <= $1")
+                    .bind(now)
+                    .execute(&self.writers)
+                    .await?;
+                Ok(done.rows_affected())
+            }
+        }
+    };
+}
+pub(super) use auth_store;
