@@ -7,6 +7,7 @@ pub mod criteria;
 pub mod date;
 pub mod fhirpath;
 pub mod index;
+pub mod matcher;
 pub mod params;
 pub mod registry;
 
