@@ -23,7 +23,7 @@ pub struct Cli {
 /// How requests are authorised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum AuthMode {
-    /// SMART on FHIR bearer tokens (the authorization server is not built yet).
+    /// SMART on FHIR bearer tokens from the built-in authorization server.
     Smart,
     /// No authorisation: loopback listen addresses only, for local experiments.
     Off,
@@ -38,7 +38,7 @@ pub enum Command {
         #[arg(long, env = "HEARTH_LISTEN", default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
         /// Authorisation mode.
-        #[arg(long, env = "HEARTH_AUTH", value_enum, default_value = "off")]
+        #[arg(long, env = "HEARTH_AUTH", value_enum, default_value = "smart")]
         auth: AuthMode,
         /// Largest accepted request body, in bytes.
         #[arg(long, env = "HEARTH_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
@@ -56,6 +56,21 @@ pub enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Register, list and remove SMART clients.
+    Client {
+        #[command(subcommand)]
+        command: ClientCommand,
+    },
+    /// Add, list, remove portal users and change their passwords.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Manage the signing keys of tokens.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
     /// Write deterministic synthetic patients as transaction Bundles.
     Synth {
         #[arg(long, default_value_t = 10)]
@@ -65,6 +80,81 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+/// `hearth client …`.
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Register a client (or replace the one with the same id).
+    #[command(group(clap::ArgGroup::new("credentials").required(true).args(["public", "secret_stdin", "jwks_file", "jwks_uri"])))]
+    Add {
+        #[arg(long)]
+        client_id: String,
+        /// A name shown on the login and consent pages.
+        #[arg(long)]
+        name: Option<String>,
+        /// Redirect URIs the client may use (exact match).
+        #[arg(long, num_args = 1..)]
+        redirect_uri: Vec<String>,
+        /// A public client (no secret; PKCE protects its codes).
+        #[arg(long)]
+        public: bool,
+        /// Read the client secret (client_secret_basic) from standard input.
+        #[arg(long)]
+        secret_stdin: bool,
+        /// A JWKS file with the client's public keys (private_key_jwt).
+        #[arg(long)]
+        jwks_file: Option<PathBuf>,
+        /// The URL of the client's JWKS (private_key_jwt).
+        #[arg(long)]
+        jwks_uri: Option<String>,
+        /// The scopes the client may be granted (space separated); any when left out.
+        #[arg(long)]
+        scope: Option<String>,
+        /// The client's EHR launch URL.
+        #[arg(long)]
+        launch_uri: Option<String>,
+    },
+    /// List the registered clients.
+    List,
+    /// Remove a client.
+    Remove { client_id: String },
+}
+
+/// `hearth user …`.
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add a user (or replace the one with the same name).
+    Add {
+        #[arg(long)]
+        username: String,
+        /// Read the password from standard input.
+        #[arg(long, required = true)]
+        password_stdin: bool,
+        /// The user's FHIR resource: Patient/id, Practitioner/id or RelatedPerson/id.
+        #[arg(long)]
+        fhir_user: String,
+        /// A patient this user acts for (a proxy: parent, caregiver), as Patient/id.
+        #[arg(long)]
+        patient: Vec<String>,
+    },
+    /// List the users.
+    List,
+    /// Remove a user.
+    Remove { username: String },
+    /// Change a user's password (read from standard input).
+    Passwd {
+        username: String,
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
+}
+
+/// `hearth key …`.
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Add a new signing key: new tokens are signed with it, older keys still verify.
+    Rotate,
 }
 
 #[cfg(test)]

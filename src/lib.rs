@@ -5,6 +5,8 @@
 //! speaks SQL. `main.rs` only parses the command line; tests and benchmarks build the same server
 //! through [`server::Hearth`].
 
+pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod http;
 pub mod import;

@@ -1,6 +1,7 @@
 //! The `hearth` command line: parses arguments and hands over to the library.
 
 use clap::Parser;
+use hearth::auth::PasswordCost;
 use hearth::config::{AuthMode, Cli, Command};
 use hearth::search::params::Paging;
 use hearth::server::{Hearth, Settings};
@@ -22,9 +23,6 @@ async fn main() -> anyhow::Result<()> {
             if default_count > max_count {
                 anyhow::bail!("--default-count ({default_count}) cannot be larger than --max-count ({max_count})");
             }
-            if auth == AuthMode::Smart {
-                anyhow::bail!("--auth smart needs the SMART authorization server, which this build does not have yet; use --auth off on a loopback address");
-            }
             if auth == AuthMode::Off && !listen.ip().is_loopback() {
                 anyhow::bail!(
                     "--auth off is for local experiments and only listens on a loopback address, not {listen}"
@@ -39,7 +37,8 @@ async fn main() -> anyhow::Result<()> {
                 }
             });
             let paging = Paging { default_count: default_count as usize, max_count: max_count as usize };
-            let settings = Settings { max_body_bytes, paging, ..Settings::new(&base_url) };
+            let settings =
+                Settings { max_body_bytes, paging, smart: auth == AuthMode::Smart, ..Settings::new(&base_url) };
             let hearth = Hearth::open(&cli.database, settings).await?;
             let listener = tokio::net::TcpListener::bind(listen).await?;
             tracing::info!(%listen, fhir_base = %format!("{base_url}/fhir"), "Hearth is serving");
@@ -53,6 +52,18 @@ async fn main() -> anyhow::Result<()> {
             if summary.failed_entries > 0 {
                 std::process::exit(1);
             }
+        }
+        Command::Client { command } => {
+            let store = hearth::store::open_shared(&cli.database).await?;
+            println!("{}", hearth::admin::client(store.as_ref(), command).await?);
+        }
+        Command::User { command } => {
+            let store = hearth::store::open_shared(&cli.database).await?;
+            println!("{}", hearth::admin::user(store.as_ref(), command, PasswordCost::Standard).await?);
+        }
+        Command::Key { command } => {
+            let store = hearth::store::open_shared(&cli.database).await?;
+            println!("{}", hearth::admin::key(store.as_ref(), command).await?);
         }
         Command::Synth { patients, seed, out } => {
             let summary = hearth::synth::write_bundles(&out, patients, seed)?;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use axum::Router;
 use tokio::net::TcpListener;
 
+use crate::auth::{AuthServer, AuthSettings, PasswordCost};
 use crate::http::{self, AppState, Metrics};
 use crate::rest::{FhirService, ServiceConfig};
 use crate::search::params::Paging;
@@ -18,6 +19,10 @@ pub struct Settings {
     pub max_body_bytes: usize,
     pub paging: Paging,
     pub max_bundle_entries: usize,
+    /// Whether requests need SMART bearer tokens (`--auth smart`).
+    pub smart: bool,
+    /// How expensive new password hashes are (tests use cheap ones).
+    pub password_cost: PasswordCost,
 }
 
 impl Settings {
@@ -28,6 +33,8 @@ impl Settings {
             max_body_bytes: 32 * 1024 * 1024,
             paging: Paging { default_count: 20, max_count: 1000 },
             max_bundle_entries: 10_000,
+            smart: false,
+            password_cost: PasswordCost::Standard,
         }
     }
 }
@@ -36,33 +43,48 @@ impl Settings {
 pub struct Hearth {
     service: FhirService,
     router: Router,
+    auth: Option<Arc<AuthServer>>,
 }
 
 impl Hearth {
     /// Opens (and migrates) the database at `database_url` and builds the server.
     pub async fn open(database_url: &str, settings: Settings) -> anyhow::Result<Hearth> {
         let store = store::open(database_url).await?;
-        let hearth = Hearth::with_store(store, settings);
+        let auth = if settings.smart {
+            let auth_settings =
+                AuthSettings { base_url: settings.base_url.clone(), password_cost: settings.password_cost };
+            Some(AuthServer::open(store.clone(), auth_settings).await?)
+        } else {
+            None
+        };
+        let hearth = Hearth::with_store(store, auth, settings);
         hearth.service.load_search_parameters().await?;
         Ok(hearth)
     }
 
-    /// Builds the server over an already open store.
-    pub fn with_store(store: Arc<dyn Store>, settings: Settings) -> Hearth {
+    /// Builds the server over an already open store (and authorization server, if any).
+    pub fn with_store(store: Arc<dyn Store>, auth: Option<Arc<AuthServer>>, settings: Settings) -> Hearth {
         let service = FhirService::new(
             store,
             ServiceConfig {
                 base_url: format!("{}/fhir", settings.base_url),
                 paging: settings.paging,
                 max_bundle_entries: settings.max_bundle_entries,
+                security: auth.as_ref().map(|auth| auth.capability_security()),
             },
         );
         let state = AppState {
             service: service.clone(),
             max_body_bytes: settings.max_body_bytes,
             metrics: Arc::new(Metrics::default()),
+            auth: auth.clone(),
         };
-        Hearth { router: http::router(state), service }
+        Hearth { router: http::router(state), service, auth }
+    }
+
+    /// The authorization server, when requests need tokens.
+    pub fn auth(&self) -> Option<&Arc<AuthServer>> {
+        self.auth.as_ref()
     }
 
     /// The FHIR service (for in-process use such as `hearth import`).
@@ -79,6 +101,9 @@ impl Hearth {
     /// process is stopped.
     pub async fn serve(self, listener: TcpListener) -> std::io::Result<()> {
         tokio::spawn(self.service.clone().run_background());
+        if let Some(auth) = self.auth.clone() {
+            tokio::spawn(auth.run_background());
+        }
         axum::serve(listener, self.router).with_graceful_shutdown(shutdown_signal()).await
     }
 }

@@ -1,6 +1,7 @@
 //! The HTTP edge: the axum router, request decoding into [`FhirRequest`]s, content negotiation,
 //! and turning [`FhirResponse`]s and [`FhirError`]s into HTTP responses.
 
+mod auth;
 pub mod format;
 mod metrics;
 
@@ -16,6 +17,7 @@ use time::OffsetDateTime;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::auth::{Access, AuthServer, BearerError};
 use crate::model::{FhirError, IssueCode};
 use crate::rest::{Body, Conditions, FhirRequest, FhirResponse, FhirService, Method, PatchFormat, PreferReturn};
 use format::{negotiate, parse_body, render, request_body_kind, Format, RequestBodyKind};
@@ -28,11 +30,14 @@ pub struct AppState {
     /// Largest accepted request body in bytes (larger ones get 413).
     pub max_body_bytes: usize,
     pub metrics: Arc<Metrics>,
+    /// The SMART authorization server; `None` with `--auth off`.
+    pub auth: Option<Arc<AuthServer>>,
 }
 
-/// The whole HTTP surface: `/fhir/…`, `/healthz`, `/readyz`, `/metrics`.
+/// The whole HTTP surface: `/fhir/…`, `/auth/…`, `/healthz`, `/readyz`, `/metrics`.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let routes: Router = Router::new()
+        .merge(auth::routes())
         .route("/fhir", any(fhir))
         .route("/fhir/", any(fhir))
         .route("/fhir/{*path}", any(fhir))
@@ -41,8 +46,31 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics::render))
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::count))
         .layer(CatchPanicLayer::custom(panic_response))
+        .with_state(state);
+    // tower-http answers every OPTIONS as a CORS preflight; one without an Origin is no CORS
+    // request and gets the FHIR answer (405 with Allow).
+    let with_cors = routes.clone().layer(cors());
+    Router::new()
+        .fallback_service(tower::service_fn(move |request: Request| {
+            use tower::ServiceExt;
+            let plain_options =
+                request.method() == axum::http::Method::OPTIONS && !request.headers().contains_key(header::ORIGIN);
+            if plain_options { routes.clone() } else { with_cors.clone() }.oneshot(request)
+        }))
         .layer(TraceLayer::new_for_http())
-        .with_state(state)
+}
+
+/// CORS for browser apps: the FHIR API, discovery and token endpoints take bearer tokens or
+/// form posts, never cookies, so any origin may call them.
+fn cors() -> tower_http::cors::CorsLayer {
+    use tower_http::cors::{Any, CorsLayer};
+    CorsLayer::new().allow_origin(Any).allow_methods(Any).allow_headers(Any).expose_headers([
+        header::LOCATION,
+        header::ETAG,
+        header::LAST_MODIFIED,
+        header::CONTENT_LOCATION,
+        header::WWW_AUTHENTICATE,
+    ])
 }
 
 /// A bug must not drop the connection: the client gets a 500 OperationOutcome, the log the panic.
@@ -89,7 +117,8 @@ async fn fhir(State(state): State<AppState>, request: Request) -> Response {
                 format!("the request body is larger than {} bytes", state.max_body_bytes),
             )
         })?;
-        let request = decode_request(method, path, query, &parts.headers, &bytes)?;
+        let mut request = decode_request(method, path, query, &parts.headers, &bytes)?;
+        request.access = authenticate(&state, &request, &parts.headers).await?;
         state.service.handle(request).await
     }
     .await;
@@ -101,6 +130,22 @@ async fn fhir(State(state): State<AppState>, request: Request) -> Response {
         *response.body_mut() = HttpBody::empty();
     }
     response
+}
+
+/// The caller's access: open without an authorization server; otherwise from the bearer token
+/// (the CapabilityStatement is public).
+async fn authenticate(state: &AppState, request: &FhirRequest, headers: &HeaderMap) -> Result<Access, FhirError> {
+    let Some(auth) = &state.auth else { return Ok(Access::Open) };
+    if request.path == "metadata" && matches!(request.method, Method::Get | Method::Head) {
+        return Ok(Access::Open);
+    }
+    auth.authenticate(header_text(headers, "authorization")).await.map_err(|error| {
+        let message = match &error {
+            BearerError::Missing => "this server needs a bearer token (SMART on FHIR)",
+            BearerError::Invalid(why) => why,
+        };
+        FhirError::new(401, IssueCode::Login, message).with_challenge(auth::challenge(&error))
+    })
 }
 
 /// Builds the framework-free request from HTTP parts.
@@ -134,6 +179,7 @@ fn decode_request(
         conditions: conditions(headers)?,
         body,
         patch_format: if method == Method::Patch { patch_format } else { None },
+        access: Access::Open,
     })
 }
 
@@ -207,6 +253,9 @@ pub fn error_response(error: FhirError, format: Format, pretty: bool) -> Respons
     let mut response = fhir_response(FhirResponse::new(error.status, Body::Json(error.outcome())), format, pretty);
     if let Some(allow) = error.allow {
         response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+    }
+    if let Some(value) = error.challenge.as_deref().and_then(|c| HeaderValue::from_str(c).ok()) {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, value);
     }
     response
 }

@@ -115,17 +115,30 @@ pub struct FhirError {
     pub issues: Vec<Issue>,
     /// For 405: the methods the resource does allow (the `Allow` header).
     pub allow: Option<&'static str>,
+    /// For 401: the `WWW-Authenticate` challenge.
+    pub challenge: Option<String>,
 }
 
 impl FhirError {
     /// An error with one issue.
     pub fn new(status: u16, code: IssueCode, diagnostics: impl Into<String>) -> Self {
-        FhirError { status, issues: vec![Issue::error(code, diagnostics)], allow: None }
+        FhirError { status, issues: vec![Issue::error(code, diagnostics)], allow: None, challenge: None }
     }
 
     /// 400 Bad Request.
     pub fn bad_request(diagnostics: impl Into<String>) -> Self {
         Self::new(400, IssueCode::Invalid, diagnostics)
+    }
+
+    /// Adds the `WWW-Authenticate` challenge of a 401.
+    pub fn with_challenge(mut self, challenge: String) -> Self {
+        self.challenge = Some(challenge);
+        self
+    }
+
+    /// 403 Forbidden: the caller's token does not grant this.
+    pub fn forbidden(diagnostics: impl Into<String>) -> Self {
+        Self::new(403, IssueCode::Forbidden, diagnostics)
     }
 
     /// 404 Not Found.
@@ -135,12 +148,12 @@ impl FhirError {
 
     /// 422 Unprocessable Entity with validation issues.
     pub fn unprocessable(issues: Vec<Issue>) -> Self {
-        FhirError { status: 422, issues, allow: None }
+        FhirError { status: 422, issues, allow: None, challenge: None }
     }
 
     /// 400 (or another status) with several issues.
     pub fn with_issues(status: u16, issues: Vec<Issue>) -> Self {
-        FhirError { status, issues, allow: None }
+        FhirError { status, issues, allow: None, challenge: None }
     }
 
     /// 405 Method Not Allowed, naming the methods that are allowed.

@@ -15,6 +15,7 @@ use super::route::Route;
 use super::source::Source;
 use super::write::{parse_query_string, version_response};
 use super::{store_error, Body, Conditions, FhirRequest, FhirResponse, FhirService, Method, PatchFormat, PreferReturn};
+use crate::auth::Access;
 use crate::model::resource::new_id;
 use crate::model::validate::validate_resource;
 use crate::model::{FhirError, IssueCode};
@@ -83,11 +84,11 @@ impl FhirService {
                 let entries = raw_entries
                     .iter()
                     .enumerate()
-                    .map(|(i, e)| self.parse_entry(i, e, prefer))
+                    .map(|(i, e)| self.parse_entry(i, e, prefer, &request.access))
                     .collect::<Result<Vec<_>, _>>()?;
-                self.transaction(entries).await
+                self.transaction(entries, &request.access).await
             }
-            "batch" => Ok(self.batch(raw_entries, prefer).await),
+            "batch" => Ok(self.batch(raw_entries, prefer, &request.access).await),
             other => Err(FhirError::bad_request(format!(
                 "Bundle.type must be 'batch' or 'transaction' to be processed, not '{other}'"
             ))
@@ -95,7 +96,13 @@ impl FhirService {
         }
     }
 
-    fn parse_entry(&self, index: usize, entry: &Value, prefer: PreferReturn) -> Result<Entry, FhirError> {
+    fn parse_entry(
+        &self,
+        index: usize,
+        entry: &Value,
+        prefer: PreferReturn,
+        access: &Access,
+    ) -> Result<Entry, FhirError> {
         let at = format!("Bundle.entry[{index}]");
         let fail = |message: String| FhirError::bad_request(format!("{at}: {message}")).with_expression(&at);
         let request = entry.get("request").ok_or_else(|| fail("the entry has no request".into()))?;
@@ -138,12 +145,13 @@ impl FhirService {
                 },
                 body: resource,
                 patch_format,
+                access: access.clone(),
             },
         })
     }
 
-    async fn transaction(&self, mut entries: Vec<Entry>) -> Result<FhirResponse, FhirError> {
-        let mut tx = self.store.begin().await.map_err(store_error)?;
+    async fn transaction(&self, mut entries: Vec<Entry>, access: &Access) -> Result<FhirResponse, FhirError> {
+        let mut tx = self.begin(access).await?;
         let count = entries.len();
         entries.sort_by_key(Entry::rank);
         let mut responses: Vec<Option<FhirResponse>> = vec![None; count];
@@ -272,10 +280,10 @@ impl FhirService {
         Ok(())
     }
 
-    async fn batch(&self, raw_entries: &[Value], prefer: PreferReturn) -> FhirResponse {
+    async fn batch(&self, raw_entries: &[Value], prefer: PreferReturn, access: &Access) -> FhirResponse {
         let mut responses = Vec::with_capacity(raw_entries.len());
         for (index, raw) in raw_entries.iter().enumerate() {
-            let outcome = match self.parse_entry(index, raw, prefer) {
+            let outcome = match self.parse_entry(index, raw, prefer, access) {
                 Ok(entry) if Route::parse(&entry.request.path).is_ok_and(|r| r == Route::System) => {
                     Err(FhirError::bad_request("bundles cannot be nested"))
                 }

@@ -61,7 +61,11 @@ pub fn capability_statement(registry: &Registry) -> Value {
     })
 }
 
-/// `GET /metadata`.
-pub(super) fn response(registry: &Registry) -> FhirResponse {
-    FhirResponse::new(200, Body::Json(capability_statement(registry)))
+/// `GET /metadata`, with `rest.security` when the server authorizes requests.
+pub(super) fn response(registry: &Registry, security: Option<&Value>) -> FhirResponse {
+    let mut statement = capability_statement(registry);
+    if let Some(security) = security {
+        statement["rest"][0]["security"] = security.clone();
+    }
+    FhirResponse::new(200, Body::Json(statement))
 }

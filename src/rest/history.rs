@@ -4,6 +4,8 @@ use serde_json::json;
 
 use super::bundle_writer::BundleWriter;
 use super::{store_error, Body, FhirRequest, FhirResponse, FhirService};
+use crate::auth::scope::Permission;
+use crate::auth::Access;
 use crate::model::resource::{format_instant, parse_instant};
 use crate::model::FhirError;
 use crate::store::{HistoryQuery, HistoryScope};
@@ -45,12 +47,20 @@ impl FhirService {
                 _ => {}
             }
         }
+        if let HistoryScope::Instance(t, _) | HistoryScope::Type(t) = &scope {
+            self.require(&request.access, Permission::Read, t)?;
+        }
         if let HistoryScope::Instance(t, id) = &scope {
-            if self.store.read(t, id).await.map_err(store_error)?.is_none() {
+            let current = self.store.read(t, id).await.map_err(store_error)?;
+            if current.is_none_or(|c| !c.deleted && !self.visible(&request.access, Permission::Read, &c)) {
                 return Err(FhirError::not_found(format!("{t}/{id} is not known")));
             }
         }
-        let page = self.store.history(&query).await.map_err(store_error)?;
+        let mut page = self.store.history(&query).await.map_err(store_error)?;
+        // Versions the caller may not read are left out (a page may then hold fewer entries;
+        // its `next` link still continues after the last version looked at).
+        let last_seq = page.entries.last().map(|(seq, _)| *seq);
+        page.entries.retain(|(_, version)| self.history_visible(&request.access, version));
         let base = match &scope {
             HistoryScope::System => format!("{}/_history", self.config.base_url),
             HistoryScope::Type(t) => format!("{}/{t}/_history", self.config.base_url),
@@ -73,8 +83,8 @@ impl FhirService {
         };
         let mut links = vec![("self", link(query.before_seq))];
         if page.has_more {
-            if let Some((seq, _)) = page.entries.last() {
-                links.push(("next", link(Some(*seq))));
+            if let Some(seq) = last_seq {
+                links.push(("next", link(Some(seq))));
             }
         }
         let mut bundle = BundleWriter::new("history", None, &links);
@@ -96,5 +106,19 @@ impl FhirService {
             bundle.entry(&entry, (!version.deleted).then_some(&version.body[..]));
         }
         Ok(FhirResponse::new(200, Body::Raw(bundle.finish())))
+    }
+}
+
+impl FhirService {
+    /// Whether a history entry may be shown: a version the caller may read, or a deletion of
+    /// a resource type whose rule needs no look at the body (a deletion has none).
+    fn history_visible(&self, access: &Access, version: &crate::store::ResourceVersion) -> bool {
+        if !version.deleted {
+            return self.visible(access, Permission::Read, version);
+        }
+        match access {
+            Access::Open => true,
+            Access::Token(_) => self.deletion_visible(access, version),
+        }
     }
 }

@@ -7,6 +7,7 @@
 mod bundle;
 mod bundle_writer;
 pub mod capability;
+mod guard;
 mod history;
 mod jobs;
 mod reindex;
@@ -22,6 +23,7 @@ use bytes::Bytes;
 use serde_json::Value;
 use time::OffsetDateTime;
 
+use crate::auth::Access;
 use crate::model::FhirError;
 use crate::search::params::Paging;
 use crate::search::registry::LiveRegistry;
@@ -114,6 +116,8 @@ pub struct FhirRequest {
     pub body: Option<Value>,
     /// Set for PATCH bodies.
     pub patch_format: Option<PatchFormat>,
+    /// What the caller may do (every entry of a bundle inherits the bundle's).
+    pub access: Access,
 }
 
 impl FhirRequest {
@@ -126,6 +130,7 @@ impl FhirRequest {
             conditions: Conditions::default(),
             body: None,
             patch_format: None,
+            access: Access::Open,
         }
     }
 }
@@ -169,6 +174,8 @@ pub struct ServiceConfig {
     pub paging: Paging,
     /// The most entries a batch or transaction may hold.
     pub max_bundle_entries: usize,
+    /// The CapabilityStatement's `rest.security` (SMART on FHIR), when authorization is on.
+    pub security: Option<Value>,
 }
 
 /// The FHIR interactions over one store.
@@ -230,7 +237,7 @@ impl FhirService {
         }
         let request = request.clone();
         if request.method.writes() && matches!(route, Route::Type(_) | Route::Instance(..)) {
-            let mut tx = self.store.begin().await.map_err(store_error)?;
+            let mut tx = self.begin(&request.access).await?;
             let response = self.dispatch(&mut Source::Tx(tx.as_mut()), route, request).await?;
             tx.commit().await.map_err(store_error)?;
             Ok(response)
@@ -247,15 +254,19 @@ impl FhirService {
         request: FhirRequest,
     ) -> Result<FhirResponse, FhirError> {
         use Method::*;
+        let administrative = matches!(route, Route::SystemOperation(_) | Route::TypeOperation(..) | Route::Job(_));
+        if administrative && !request.access.is_administrator() {
+            return Err(FhirError::forbidden("operations and jobs need full system access (system/*.cruds)"));
+        }
         match (request.method, route) {
-            (Get | Head, Route::Metadata) => Ok(capability::response(&self.registry())),
+            (Get | Head, Route::Metadata) => Ok(capability::response(&self.registry(), self.config.security.as_ref())),
             (Get | Head, Route::SystemHistory) => self.history(crate::store::HistoryScope::System, &request).await,
             (Get | Head, Route::TypeHistory(t)) => self.history(crate::store::HistoryScope::Type(t), &request).await,
             (Get | Head, Route::InstanceHistory(t, id)) => {
                 self.history(crate::store::HistoryScope::Instance(t, id), &request).await
             }
-            (Get | Head, Route::Instance(t, id)) => self.read(source, &t, &id, &request.conditions).await,
-            (Get | Head, Route::Version(t, id, v)) => self.vread(source, &t, &id, v).await,
+            (Get | Head, Route::Instance(t, id)) => self.read(source, &t, &id, &request).await,
+            (Get | Head, Route::Version(t, id, v)) => self.vread(source, &t, &id, v, &request.access).await,
             (Get | Head, Route::Type(t)) | (Post, Route::TypeSearch(t)) => {
                 let scope = SearchScope {
                     resource_types: vec![t.clone()],
@@ -350,6 +361,7 @@ fn store_error(error: StoreError) -> FhirError {
             crate::model::IssueCode::Conflict,
             "a concurrent write to the same resource won; retry with the current version",
         ),
+        StoreError::Forbidden(message) => FhirError::forbidden(message),
         other => {
             tracing::error!(error = %other, "storage failure");
             FhirError::internal()

@@ -8,6 +8,8 @@ use serde_json::{json, Value};
 use super::bundle_writer::BundleWriter;
 use super::source::Source;
 use super::{store_error, Body, FhirRequest, FhirResponse, FhirService};
+use crate::auth::scope::Permission;
+use crate::auth::Access;
 use crate::model::outcome::operation_outcome;
 use crate::model::{subset, FhirError, Issue, IssueCode};
 use crate::search::criteria::{Context, ValueSets};
@@ -54,6 +56,7 @@ impl FhirService {
             self.config.paging,
         )?;
         parsed.query.all_of.extend(scope.required.iter().cloned());
+        self.restrict(&request.access, Permission::Search, &mut parsed.query)?;
         if parsed.summary == Summary::Count {
             parsed.query.count = 0;
         }
@@ -61,7 +64,7 @@ impl FhirService {
             parsed.query.with_total = true;
         }
         let page = source.search(&parsed.query).await?;
-        let (included, truncated) = self.included(&page.resources, &parsed.includes).await?;
+        let (included, truncated) = self.included(&page.resources, &parsed.includes, &request.access).await?;
 
         let links = self.links(
             &scope,
@@ -183,6 +186,7 @@ impl FhirService {
         &self,
         matches: &[ResourceVersion],
         includes: &[Include],
+        access: &Access,
     ) -> Result<(Vec<ResourceVersion>, bool), FhirError> {
         if includes.is_empty() || matches.is_empty() {
             return Ok((Vec::new(), false));
@@ -203,6 +207,9 @@ impl FhirService {
             let truncated = included.len() + found.len() > MAX_INCLUDED;
             found.truncate(MAX_INCLUDED - included.len());
             let mut resources = self.store.read_many(&found).await.map_err(store_error)?;
+            // Only what the caller may read is included, and only that is followed further.
+            resources.retain(|resource| self.visible(access, Permission::Read, resource));
+            let found: Vec<Key> = resources.iter().map(key_of).collect();
             resources.sort_by_key(key_of);
             included.extend(resources);
             if truncated {

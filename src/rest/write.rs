@@ -5,6 +5,8 @@ use serde_json::Value;
 
 use super::source::Source;
 use super::{store_error, Body, Conditions, FhirRequest, FhirResponse, FhirService, PatchFormat, PreferReturn};
+use crate::auth::scope::Permission;
+use crate::auth::Access;
 use crate::model::outcome::operation_outcome;
 use crate::model::patch::PatchDocument;
 use crate::model::resource::{is_valid_id, new_id, now, stamp};
@@ -30,9 +32,15 @@ impl FhirService {
         source: &mut Source<'_>,
         resource_type: &str,
         id: &str,
-        conditions: &Conditions,
+        request: &FhirRequest,
     ) -> Result<FhirResponse, FhirError> {
+        let conditions = &request.conditions;
+        self.require(&request.access, Permission::Read, resource_type)?;
         let current = source.read(resource_type, id).await?.ok_or_else(|| not_found(resource_type, id))?;
+        // What the caller may not reach does not exist for it.
+        if !current.deleted && !self.visible(&request.access, Permission::Read, &current) {
+            return Err(not_found(resource_type, id));
+        }
         if current.deleted {
             return Err(gone(resource_type, id, current.version));
         }
@@ -53,11 +61,14 @@ impl FhirService {
         resource_type: &str,
         id: &str,
         version: i64,
+        access: &Access,
     ) -> Result<FhirResponse, FhirError> {
-        let found = source
-            .vread(resource_type, id, version)
-            .await?
-            .ok_or_else(|| FhirError::not_found(format!("{resource_type}/{id} has no version {version}")))?;
+        self.require(access, Permission::Read, resource_type)?;
+        let missing = || FhirError::not_found(format!("{resource_type}/{id} has no version {version}"));
+        let found = source.vread(resource_type, id, version).await?.ok_or_else(missing)?;
+        if !found.deleted && !self.visible(access, Permission::Read, &found) {
+            return Err(missing());
+        }
         if found.deleted {
             return Err(gone(resource_type, id, version));
         }

@@ -1,0 +1,150 @@
+//! `hearth client …`, `hearth user …` and `hearth key …`: administration of the authorization
+//! server's clients, users and signing keys, on the database a server uses. They touch only
+//! the authorization records, so they may run while a server has the database open.
+
+use std::io::BufRead;
+
+use anyhow::{bail, Context};
+
+use crate::auth::keys::{add_key, digest};
+use crate::auth::records::{self, hash_password, ClientCredentials, ClientRecord, PasswordCost, UserRecord};
+use crate::config::{ClientCommand, KeyCommand, UserCommand};
+use crate::model::resource::is_valid_id;
+use crate::store::Store;
+
+/// Reads one line (a secret or password) from standard input.
+fn read_secret(what: &str) -> anyhow::Result<String> {
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).with_context(|| format!("cannot read the {what}"))?;
+    let secret = line.trim_end_matches(['\r', '\n']).to_string();
+    if secret.is_empty() {
+        bail!("the {what} on standard input is empty");
+    }
+    Ok(secret)
+}
+
+/// Carries out `hearth client …`; returns what to print.
+pub async fn client(store: &dyn Store, command: ClientCommand) -> anyhow::Result<String> {
+    match command {
+        ClientCommand::Add {
+            client_id,
+            name,
+            redirect_uri,
+            public,
+            secret_stdin,
+            jwks_file,
+            jwks_uri,
+            scope,
+            launch_uri,
+        } => {
+            if client_id.trim().is_empty() {
+                bail!("--client-id must not be empty");
+            }
+            for uri in redirect_uri.iter().chain(&jwks_uri).chain(&launch_uri) {
+                url::Url::parse(uri).with_context(|| format!("'{uri}' is not an absolute URL"))?;
+            }
+            let credentials = if public {
+                ClientCredentials::Public
+            } else if secret_stdin {
+                ClientCredentials::Secret { digest: digest(&read_secret("client secret")?) }
+            } else if let Some(path) = jwks_file {
+                let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+                let keys: jsonwebtoken::jwk::JwkSet =
+                    serde_json::from_str(&text).with_context(|| format!("{} is not a JWKS", path.display()))?;
+                if keys.keys.is_empty() {
+                    bail!("{} holds no keys", path.display());
+                }
+                ClientCredentials::Jwks { jwks: text }
+            } else if let Some(uri) = jwks_uri {
+                ClientCredentials::JwksUri { uri }
+            } else {
+                bail!("give one of --public, --secret-stdin, --jwks-file, --jwks-uri");
+            };
+            let record = ClientRecord { client_id, name, credentials, redirect_uris: redirect_uri, scope, launch_uri };
+            records::save_client(store, &record).await?;
+            Ok(format!("registered client {}", record.client_id))
+        }
+        ClientCommand::List => {
+            let mut out = String::from("client_id\tkind\tname\tredirect_uris\tscope\n");
+            for c in records::clients(store).await? {
+                let kind = match c.credentials {
+                    ClientCredentials::Public => "public",
+                    ClientCredentials::Secret { .. } => "secret",
+                    ClientCredentials::Jwks { .. } => "jwks",
+                    ClientCredentials::JwksUri { .. } => "jwks-uri",
+                };
+                out.push_str(&format!(
+                    "{}\t{kind}\t{}\t{}\t{}\n",
+                    c.client_id,
+                    c.name.unwrap_or_default(),
+                    c.redirect_uris.join(" "),
+                    c.scope.unwrap_or_else(|| "(any)".into())
+                ));
+            }
+            Ok(out.trim_end().to_string())
+        }
+        ClientCommand::Remove { client_id } => match records::remove_client(store, &client_id).await? {
+            true => Ok(format!("removed client {client_id}")),
+            false => bail!("there is no client {client_id}"),
+        },
+    }
+}
+
+/// Carries out `hearth user …`; returns what to print.
+pub async fn user(store: &dyn Store, command: UserCommand, cost: PasswordCost) -> anyhow::Result<String> {
+    match command {
+        UserCommand::Add { username, password_stdin: _, fhir_user, patient } => {
+            if username.trim().is_empty() {
+                bail!("--username must not be empty");
+            }
+            let fhir_user = fhir_reference(&fhir_user, &["Patient", "Practitioner", "RelatedPerson", "Person"])?;
+            let mut patients = patient
+                .iter()
+                .map(|p| fhir_reference(p, &["Patient"]).map(|r| r.trim_start_matches("Patient/").to_string()))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            if let Some(own) = fhir_user.strip_prefix("Patient/") {
+                if !patients.iter().any(|p| p == own) {
+                    patients.insert(0, own.to_string());
+                }
+            }
+            let password_hash = hash_password(&read_secret("password")?, cost);
+            records::save_user(store, &UserRecord { username: username.clone(), password_hash, fhir_user, patients })
+                .await?;
+            Ok(format!("added user {username}"))
+        }
+        UserCommand::List => {
+            let mut out = String::from("username\tfhir_user\tpatients\n");
+            for u in records::users(store).await? {
+                out.push_str(&format!("{}\t{}\t{}\n", u.username, u.fhir_user, u.patients.join(" ")));
+            }
+            Ok(out.trim_end().to_string())
+        }
+        UserCommand::Remove { username } => match records::remove_user(store, &username).await? {
+            true => Ok(format!("removed user {username}")),
+            false => bail!("there is no user {username}"),
+        },
+        UserCommand::Passwd { username, password_stdin: _ } => {
+            let Some(mut found) = records::user(store, &username).await? else {
+                bail!("there is no user {username}");
+            };
+            found.password_hash = hash_password(&read_secret("password")?, cost);
+            records::save_user(store, &found).await?;
+            Ok(format!("changed the password of {username}"))
+        }
+    }
+}
+
+/// Carries out `hearth key …`; returns what to print.
+pub async fn key(store: &dyn Store, command: KeyCommand) -> anyhow::Result<String> {
+    match command {
+        KeyCommand::Rotate => Ok(format!("new signing key {}", add_key(store).await?)),
+    }
+}
+
+/// `Type/id` with one of `types`.
+fn fhir_reference(text: &str, types: &[&str]) -> anyhow::Result<String> {
+    match text.split_once('/') {
+        Some((t, id)) if types.contains(&t) && is_valid_id(id) => Ok(text.to_string()),
+        _ => bail!("'{text}' must be a reference such as {}/123", types[0]),
+    }
+}

@@ -1,0 +1,313 @@
+//! The access policy: what the caller of a FHIR interaction may do, and the conditions that
+//! confine it to the data its token reaches. Searches get those conditions in their SQL (so
+//! paging, `_count` and `_total` are exact); everything else (reads, versions, history
+//! entries, included resources, writes) is checked against them in memory.
+//!
+//! - `patient/` scopes reach the Patient compartments of the token's patients (for a proxy:
+//!   the patients the token was bound to).
+//! - `user/` scopes reach what the signed-in user may see: a Patient user their own
+//!   compartment, a RelatedPerson user the compartments of their patients, anyone else (a
+//!   practitioner) everything.
+//! - `system/` scopes reach everything.
+//!
+//! Resource types that are never in a Patient compartment (Practitioner, Organization,
+//! Medication…) hold no patient's data: a scope on them reaches all of them.
+//! A v2 filter (`patient/Observation.rs?category=laboratory`) adds its criteria to its scope.
+
+use std::sync::Arc;
+
+use super::scope::{Permission, ResourceScope, ScopeContext};
+use crate::model::FhirError;
+use crate::search::compartment::membership;
+use crate::search::criteria::{Context, ValueSets};
+use crate::search::matcher::{matches, Candidate};
+use crate::search::params::{parse_search, Paging};
+use crate::search::Registry;
+use crate::store::{Condition, IndexRows};
+
+/// Who is calling, and what they may do.
+#[derive(Debug, Clone, Default)]
+pub enum Access {
+    /// No authorisation (`--auth off`, and the server's own work such as `hearth import`).
+    #[default]
+    Open,
+    /// A bearer token's grant.
+    Token(Arc<Grant>),
+}
+
+/// What a validated access token grants.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grant {
+    pub client_id: String,
+    /// The resource scopes granted.
+    pub scopes: Vec<ResourceScope>,
+    /// The patients `patient/` scopes reach (ids).
+    pub patients: Vec<String>,
+    /// The patients `user/` scopes reach; `None` for every patient.
+    pub user_patients: Option<Vec<String>>,
+    /// Whether the token may create EHR launch contexts (`system/launch`).
+    pub may_launch: bool,
+}
+
+/// Which resources of one type an interaction may touch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Restriction {
+    /// All of them.
+    None,
+    /// Those meeting this condition.
+    Only(Condition),
+}
+
+/// What building a restriction needs from the search layer.
+#[derive(Clone, Copy)]
+pub struct PolicyContext<'a> {
+    pub registry: &'a Registry,
+    pub base_url: &'a str,
+}
+
+impl Access {
+    /// Whether the caller may do anything at all to the whole server (operations such as
+    /// `$reindex`, job status): no authorisation, or a `system/` scope on every type with every
+    /// permission.
+    pub fn is_administrator(&self) -> bool {
+        match self {
+            Access::Open => true,
+            Access::Token(grant) => grant.scopes.iter().any(|s| {
+                s.context == ScopeContext::System
+                    && s.resource_type.is_none()
+                    && s.filter.is_none()
+                    && s.permissions.to_string() == "cruds"
+            }),
+        }
+    }
+
+    /// The resources of `resource_type` on which `permission` is granted; 403 when none.
+    pub fn restriction(
+        &self,
+        context: PolicyContext<'_>,
+        permission: Permission,
+        resource_type: &str,
+    ) -> Result<Restriction, FhirError> {
+        let Access::Token(grant) = self else { return Ok(Restriction::None) };
+        let scopes: Vec<&ResourceScope> = grant.scopes.iter().filter(|s| s.grants(permission, resource_type)).collect();
+        if scopes.is_empty() {
+            return Err(FhirError::forbidden(format!(
+                "the access token grants no scope to {} {resource_type} resources",
+                verb(permission)
+            )));
+        }
+        let mut clauses = Vec::with_capacity(scopes.len());
+        for scope in scopes {
+            let patients = match scope.context {
+                ScopeContext::Patient => Some(grant.patients.as_slice()),
+                ScopeContext::User => grant.user_patients.as_deref(),
+                ScopeContext::System => None,
+            };
+            let mut parts = Vec::new();
+            if let Some(patients) = patients {
+                if let Some(member) = compartment_condition(patients, resource_type) {
+                    parts.push(member);
+                }
+            }
+            if let Some(filter) = &scope.filter {
+                parts.push(filter_condition(context, resource_type, filter));
+            }
+            match parts.len() {
+                0 => return Ok(Restriction::None),
+                1 => clauses.push(parts.pop().expect("one part")),
+                _ => clauses.push(Condition::AllOf(parts)),
+            }
+        }
+        Ok(Restriction::Only(match clauses.len() {
+            1 => clauses.pop().expect("one clause"),
+            _ => Condition::AnyOf(clauses),
+        }))
+    }
+
+    /// Like [`Access::restriction`], but `None` instead of an error when nothing is granted.
+    pub fn granted(
+        &self,
+        context: PolicyContext<'_>,
+        permission: Permission,
+        resource_type: &str,
+    ) -> Option<Restriction> {
+        self.restriction(context, permission, resource_type).ok()
+    }
+}
+
+impl Restriction {
+    /// Whether the resource with these index rows is reachable (conditions the in-memory
+    /// evaluator cannot decide count as not reachable).
+    pub fn admits(&self, resource_type: &str, id: &str, rows: &IndexRows) -> bool {
+        match self {
+            Restriction::None => true,
+            Restriction::Only(condition) => matches(condition, &Candidate { resource_type, id, rows }).unwrap_or(false),
+        }
+    }
+
+    /// Whether deciding [`Restriction::admits`] needs the resource's index rows (an `_id`
+    /// check alone does not).
+    pub fn needs_index(&self) -> bool {
+        fn needs(condition: &Condition) -> bool {
+            match condition {
+                Condition::Id(_) | Condition::Type(_) => false,
+                Condition::AnyOf(inner) | Condition::AllOf(inner) => inner.iter().any(needs),
+                Condition::Not(inner) => needs(inner),
+                _ => true,
+            }
+        }
+        matches!(self, Restriction::Only(condition) if needs(condition))
+    }
+}
+
+/// "In the Patient compartment of one of `patients`", or `None` when `resource_type` is never
+/// in a Patient compartment.
+fn compartment_condition(patients: &[String], resource_type: &str) -> Option<Condition> {
+    let mut any = Vec::new();
+    for patient in patients {
+        any.extend(membership("Patient", patient, resource_type)?);
+    }
+    Some(match any.len() {
+        1 => any.pop().expect("one condition"),
+        _ => Condition::AnyOf(any),
+    })
+}
+
+/// A v2 scope filter as a condition. A filter that is not a valid search, or uses criteria the
+/// policy cannot check outside SQL, grants nothing (fail closed).
+fn filter_condition(context: PolicyContext<'_>, resource_type: &str, filter: &str) -> Condition {
+    let nothing = Condition::AnyOf(Vec::new());
+    let parameters: Vec<(String, String)> = url::form_urlencoded::parse(filter.as_bytes()).into_owned().collect();
+    let value_sets = ValueSets::new();
+    let search = Context { registry: context.registry, base_url: context.base_url, value_sets: &value_sets };
+    let paging = Paging { default_count: 1, max_count: 1 };
+    let Ok(parsed) = parse_search(search, &[resource_type.to_string()], &parameters, true, paging) else {
+        return nothing;
+    };
+    let result_parameters = parsed.includes.is_empty() && parsed.query.sort.is_empty() && parsed.elements.is_none();
+    if !result_parameters || parsed.applied.len() != parameters.len() {
+        return nothing;
+    }
+    let condition = Condition::AllOf(parsed.query.all_of.into_iter().map(Condition::AnyOf).collect());
+    let empty = IndexRows::default();
+    match matches(&condition, &Candidate { resource_type, id: "", rows: &empty }) {
+        Some(_) => condition,
+        None => nothing,
+    }
+}
+
+fn verb(permission: Permission) -> &'static str {
+    match permission {
+        Permission::Create => "create",
+        Permission::Read => "read",
+        Permission::Update => "update",
+        Permission::Delete => "delete",
+        Permission::Search => "search",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::scope::Scope;
+    use crate::store::{ReferenceRow, TokenRow};
+
+    fn grant(scopes: &[&str], patients: &[&str]) -> Access {
+        let scopes = scopes
+            .iter()
+            .map(|s| match Scope::parse(s) {
+                Some(Scope::Resource(scope)) => scope,
+                other => panic!("{s}: {other:?}"),
+            })
+            .collect();
+        Access::Token(Arc::new(Grant {
+            client_id: "app".into(),
+            scopes,
+            patients: patients.iter().map(|p| p.to_string()).collect(),
+            user_patients: Some(patients.iter().map(|p| p.to_string()).collect()),
+            may_launch: false,
+        }))
+    }
+
+    fn context() -> PolicyContext<'static> {
+        PolicyContext { registry: Registry::standard(), base_url: "http://h/fhir" }
+    }
+
+    fn observation(patient: &str, category: &str) -> IndexRows {
+        IndexRows {
+            tokens: vec![TokenRow {
+                param: "category".into(),
+                system: Some("http://terminology.hl7.org/CodeSystem/observation-category".into()),
+                code: category.into(),
+            }],
+            references: ["subject", "patient"]
+                .iter()
+                .map(|param| ReferenceRow {
+                    param: param.to_string(),
+                    target_type: Some("Patient".into()),
+                    target_id: Some(patient.into()),
+                    target_url: None,
+                })
+                .collect(),
+            ..IndexRows::default()
+        }
+    }
+
+    #[test]
+    fn patient_scopes_confine_to_the_compartment() {
+        let access = grant(&["patient/*.rs"], &["a"]);
+        let rule = access.restriction(context(), Permission::Read, "Observation").unwrap();
+        assert!(rule.admits("Observation", "o1", &observation("a", "laboratory")));
+        assert!(!rule.admits("Observation", "o2", &observation("b", "laboratory")));
+        let patients = access.restriction(context(), Permission::Read, "Patient").unwrap();
+        assert!(patients.admits("Patient", "a", &IndexRows::default()));
+        assert!(!patients.admits("Patient", "b", &IndexRows::default()));
+        assert!(!patients.needs_index() || matches!(patients, Restriction::Only(_)));
+        // Practitioners are nobody's patient data.
+        assert_eq!(access.restriction(context(), Permission::Read, "Practitioner").unwrap(), Restriction::None);
+        assert_eq!(access.restriction(context(), Permission::Create, "Observation").unwrap_err().status, 403);
+    }
+
+    #[test]
+    fn granular_filters_narrow_their_scope() {
+        let access = grant(
+            &["patient/Observation.rs?category=http://terminology.hl7.org/CodeSystem/observation-category|laboratory"],
+            &["a"],
+        );
+        let rule = access.restriction(context(), Permission::Search, "Observation").unwrap();
+        assert!(rule.admits("Observation", "o1", &observation("a", "laboratory")));
+        assert!(!rule.admits("Observation", "o2", &observation("a", "vital-signs")));
+        assert!(!rule.admits("Observation", "o3", &observation("b", "laboratory")));
+        // A second, wider scope on the same type widens the union.
+        let wider = grant(&["patient/Observation.rs?category=laboratory", "patient/Observation.rs"], &["a"]);
+        let rule = wider.restriction(context(), Permission::Search, "Observation").unwrap();
+        assert!(rule.admits("Observation", "o2", &observation("a", "vital-signs")));
+    }
+
+    #[test]
+    fn filters_that_cannot_be_checked_grant_nothing() {
+        for filter in ["date=ge2020", "nonsense=1", "_sort=date", "subject.name=x"] {
+            let access = grant(&[&format!("system/Observation.rs?{filter}")], &[]);
+            let rule = access.restriction(context(), Permission::Search, "Observation").unwrap();
+            assert!(!rule.admits("Observation", "o1", &observation("a", "laboratory")), "{filter}");
+        }
+    }
+
+    #[test]
+    fn system_scopes_reach_everything_and_administer() {
+        let access = grant(&["system/*.cruds"], &[]);
+        assert_eq!(access.restriction(context(), Permission::Delete, "Observation").unwrap(), Restriction::None);
+        assert!(access.is_administrator());
+        assert!(!grant(&["system/*.rs"], &[]).is_administrator());
+        assert!(Access::Open.is_administrator());
+    }
+
+    #[test]
+    fn a_proxy_reaches_each_linked_patient() {
+        let access = grant(&["user/*.rs"], &["a", "c"]);
+        let rule = access.restriction(context(), Permission::Read, "Observation").unwrap();
+        assert!(rule.admits("Observation", "o1", &observation("a", "x")));
+        assert!(rule.admits("Observation", "o1", &observation("c", "x")));
+        assert!(!rule.admits("Observation", "o1", &observation("b", "x")));
+    }
+}

@@ -1,0 +1,486 @@
+//! The authorization endpoint (`/auth/authorize`, GET and POST), the login and consent pages,
+//! and the authorization codes they end in.
+//!
+//! A request that names an unknown client or an unregistered `redirect_uri` gets an error
+//! page and never a redirect. Any other problem is sent back to the client's redirect URI
+//! (`error=…&state=…`). The pending request is stored (10 minutes), so that the login and
+//! consent forms can be served by any node; each form carries the request id and a CSRF token
+//! stored with it, and consent also needs the login session's cookie (HttpOnly, SameSite=Lax,
+//! Secure behind https).
+
+use std::sync::OnceLock;
+
+use serde::{Deserialize, Serialize};
+
+use super::keys::{digest, random_token};
+use super::launch::{LaunchContext, LAUNCH};
+use super::pages::{self, PatientChoice};
+use super::records::{client, hash_password, user, verify_password, ClientRecord, UserRecord};
+use super::scope::{parse_scopes, Scope};
+use super::{in_seconds, now_seconds, AuthServer, Reply};
+
+/// Record kinds.
+const PENDING: &str = "authorize";
+const SESSION: &str = "session";
+pub(super) const CODE: &str = "code";
+const LOGIN_FAILURES: &str = "login-failures";
+
+/// The session cookie's name.
+pub const SESSION_COOKIE: &str = "hearth_session";
+
+const PENDING_SECONDS: i64 = 600;
+const SESSION_SECONDS: i64 = 12 * 3600;
+const CODE_SECONDS: i64 = 300;
+/// Failed sign-ins allowed per user name within [`THROTTLE_SECONDS`].
+const MAX_FAILED_LOGINS: u32 = 5;
+const THROTTLE_SECONDS: i64 = 900;
+
+const BAD_LOGIN: &str = "The username or password is incorrect.";
+const THROTTLED: &str = "Too many failed sign-ins. Wait a few minutes and try again.";
+
+/// An authorization request waiting for login and consent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PendingRequest {
+    client_id: String,
+    redirect_uri: String,
+    /// The requested scopes this client may have.
+    scopes: Vec<String>,
+    state: Option<String>,
+    code_challenge: Option<String>,
+    code_challenge_method: Option<String>,
+    nonce: Option<String>,
+    launch: Option<LaunchContext>,
+    csrf: String,
+    /// Who signed in for it.
+    username: Option<String>,
+}
+
+/// A login session (the cookie's digest is the key).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct Session {
+    pub username: String,
+    /// Unix seconds.
+    pub expires: i64,
+}
+
+/// What an authorization code stands for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct CodeGrant {
+    pub client_id: String,
+    pub redirect_uri: String,
+    pub scopes: Vec<String>,
+    pub code_challenge: Option<String>,
+    pub code_challenge_method: Option<String>,
+    pub nonce: Option<String>,
+    pub username: String,
+    /// The login session's key, for `online_access`.
+    pub session: String,
+    pub patient: Option<String>,
+    pub encounter: Option<String>,
+    /// The patients `patient/` scopes reach.
+    pub patients: Vec<String>,
+    /// The grant every token of this authorization belongs to.
+    pub grant: String,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Failures {
+    count: u32,
+}
+
+/// A form or query: name-value pairs in order (names may repeat).
+pub type Params = [(String, String)];
+
+fn param<'a>(params: &'a Params, name: &str) -> Option<&'a str> {
+    params.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str()).filter(|v| !v.is_empty())
+}
+
+fn error_page(status: u16, message: &str) -> Reply {
+    Reply::Page { status, html: pages::error(message), set_cookie: None }
+}
+
+fn server_error(error: impl std::fmt::Display) -> Reply {
+    tracing::error!(%error, "authorization server storage failure");
+    error_page(500, "The server could not complete the request. Try again later.")
+}
+
+/// `redirect_uri` with the parameters added to its query.
+fn redirect_with(redirect_uri: &str, pairs: &[(&str, Option<&str>)]) -> Reply {
+    let mut url = redirect_uri.to_string();
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    for (name, value) in pairs {
+        if let Some(value) = value {
+            query.append_pair(name, value);
+        }
+    }
+    url.push(if redirect_uri.contains('?') { '&' } else { '?' });
+    url.push_str(&query.finish());
+    Reply::Redirect { location: url, set_cookie: None }
+}
+
+fn redirect_error(redirect_uri: &str, state: Option<&str>, error: &str, description: &str) -> Reply {
+    redirect_with(redirect_uri, &[("error", Some(error)), ("error_description", Some(description)), ("state", state)])
+}
+
+/// The value of cookie `name` in a `Cookie` header.
+pub(super) fn cookie<'a>(header: Option<&'a str>, name: &str) -> Option<&'a str> {
+    header?.split(';').filter_map(|pair| pair.trim().split_once('=')).find(|(n, _)| *n == name).map(|(_, v)| v)
+}
+
+/// Whether the client may be granted `requested` (its registered scopes, if it has any, cover it).
+fn client_may_have(client: &ClientRecord, requested: &Scope, text: &str) -> bool {
+    let Some(registered) = &client.scope else { return true };
+    parse_scopes(registered).iter().any(|(word, allowed)| match (requested, allowed) {
+        (Scope::Resource(wanted), Scope::Resource(wider)) => wanted.within(wider),
+        _ => word == text,
+    })
+}
+
+fn client_name(client: &ClientRecord) -> &str {
+    client.name.as_deref().unwrap_or(&client.client_id)
+}
+
+impl AuthServer {
+    /// `GET|POST /auth/authorize`.
+    pub async fn authorize(&self, params: &Params, cookies: Option<&str>) -> Reply {
+        let Some(client_id) = param(params, "client_id") else {
+            return error_page(400, "The request names no client (client_id).");
+        };
+        let client = match client(self.store.as_ref(), client_id).await {
+            Ok(Some(client)) => client,
+            Ok(None) => return error_page(400, "The client is not registered with this server."),
+            Err(error) => return server_error(error),
+        };
+        let Some(redirect_uri) =
+            param(params, "redirect_uri").filter(|uri| client.redirect_uris.iter().any(|r| r == uri))
+        else {
+            return error_page(400, "The redirect_uri is missing or is not registered for this client.");
+        };
+        let state = param(params, "state");
+        let fail = |error: &str, description: &str| redirect_error(redirect_uri, state, error, description);
+        if param(params, "response_type") != Some("code") {
+            return fail("unsupported_response_type", "response_type must be code");
+        }
+        if param(params, "aud").map(|aud| aud.trim_end_matches('/')) != Some(self.fhir_base().as_str()) {
+            return fail("invalid_request", "aud must be this server's FHIR base URL");
+        }
+        let requested = parse_scopes(param(params, "scope").unwrap_or(""));
+        let scopes: Vec<String> = requested
+            .iter()
+            .filter(|(text, scope)| client_may_have(&client, scope, text))
+            .map(|(t, _)| t.clone())
+            .collect();
+        if scopes.is_empty() {
+            return fail("invalid_scope", "none of the requested scopes can be granted to this client");
+        }
+        let launch = match param(params, "launch") {
+            None => None,
+            Some(launch) => match self.store.auth_get(LAUNCH, launch).await {
+                Ok(Some(data)) => serde_json::from_str::<LaunchContext>(&data).ok(),
+                Ok(None) => return fail("invalid_request", "the launch is unknown or has expired"),
+                Err(error) => return server_error(error),
+            },
+        };
+        let pending = PendingRequest {
+            client_id: client.client_id.clone(),
+            redirect_uri: redirect_uri.to_string(),
+            scopes,
+            state: state.map(str::to_string),
+            code_challenge: param(params, "code_challenge").map(str::to_string),
+            code_challenge_method: param(params, "code_challenge_method").map(str::to_string),
+            nonce: param(params, "nonce").map(str::to_string),
+            launch,
+            csrf: random_token(24),
+            username: None,
+        };
+        let request_id = random_token(24);
+        if let Err(error) = self.save_pending(&request_id, &pending).await {
+            return server_error(error);
+        }
+        match self.session(cookies).await {
+            Some((_, session)) => self.consent_for(&request_id, pending, &session.username).await,
+            None => Reply::Page {
+                status: 200,
+                html: pages::login(client_name(&client), &request_id, &pending.csrf, None),
+                set_cookie: None,
+            },
+        }
+    }
+
+    async fn save_pending(&self, id: &str, pending: &PendingRequest) -> crate::store::StoreResult<()> {
+        let data = serde_json::to_string(pending).expect("request serialises");
+        self.store.auth_upsert(PENDING, id, &data, in_seconds(PENDING_SECONDS)).await
+    }
+
+    /// The pending request a form names, if its CSRF token matches.
+    async fn pending(&self, params: &Params) -> Result<(String, PendingRequest), Reply> {
+        let expired = || error_page(400, "This sign-in has expired or is not valid. Start again from the app.");
+        let id = param(params, "request").ok_or_else(expired)?;
+        let data = self.store.auth_get(PENDING, id).await.map_err(server_error)?.ok_or_else(expired)?;
+        let pending: PendingRequest = serde_json::from_str(&data).map_err(|_| expired())?;
+        if param(params, "csrf") != Some(pending.csrf.as_str()) {
+            return Err(error_page(403, "The form was not sent by this server's page (CSRF check failed)."));
+        }
+        Ok((id.to_string(), pending))
+    }
+
+    /// The live session of the `Cookie` header, with its key.
+    pub(super) async fn session(&self, cookies: Option<&str>) -> Option<(String, Session)> {
+        let key = digest(cookie(cookies, SESSION_COOKIE)?);
+        let data = self.store.auth_get(SESSION, &key).await.ok()??;
+        let session: Session = serde_json::from_str(&data).ok()?;
+        (session.expires > now_seconds()).then_some((key, session))
+    }
+
+    /// Whether the session with this key is still live (for `online_access` refresh tokens).
+    pub(super) async fn session_alive(&self, key: &str) -> bool {
+        matches!(self.store.auth_get(SESSION, key).await, Ok(Some(_)))
+    }
+
+    /// `POST /auth/login`.
+    pub async fn login(&self, form: &Params) -> Reply {
+        let (request_id, mut pending) = match self.pending(form).await {
+            Ok(found) => found,
+            Err(reply) => return reply,
+        };
+        let name = match client(self.store.as_ref(), &pending.client_id).await {
+            Ok(Some(client)) => client_name(&client).to_string(),
+            _ => pending.client_id.clone(),
+        };
+        let again = |message: &str| Reply::Page {
+            status: 401,
+            html: pages::login(&name, &request_id, &pending.csrf, Some(message)),
+            set_cookie: None,
+        };
+        let (username, password) = (param(form, "username").unwrap_or(""), param(form, "password").unwrap_or(""));
+        let throttle_key = username.to_lowercase();
+        let failures: Failures = match self.store.auth_get(LOGIN_FAILURES, &throttle_key).await {
+            Ok(data) => data.and_then(|d| serde_json::from_str(&d).ok()).unwrap_or_default(),
+            Err(error) => return server_error(error),
+        };
+        if failures.count >= MAX_FAILED_LOGINS {
+            return again(THROTTLED);
+        }
+        let found = match user(self.store.as_ref(), username).await {
+            Ok(found) => found,
+            Err(error) => return server_error(error),
+        };
+        let verified = match &found {
+            Some(record) => verify_password(password, &record.password_hash),
+            None => {
+                // As slow as a real check, so that timing does not tell which names exist.
+                let _ = verify_password(password, self.dummy_hash());
+                false
+            }
+        };
+        let Some(user) = found.filter(|_| verified) else {
+            let count = failures.count + 1;
+            let data = serde_json::to_string(&Failures { count }).expect("failures serialise");
+            let expires = in_seconds(THROTTLE_SECONDS);
+            if let Err(error) = self.store.auth_upsert(LOGIN_FAILURES, &throttle_key, &data, expires).await {
+                return server_error(error);
+            }
+            return again(if count >= MAX_FAILED_LOGINS { THROTTLED } else { BAD_LOGIN });
+        };
+        let _ = self.store.auth_delete(LOGIN_FAILURES, &throttle_key).await;
+        let cookie_value = random_token(32);
+        let session = Session { username: user.username.clone(), expires: now_seconds() + SESSION_SECONDS };
+        let data = serde_json::to_string(&session).expect("session serialises");
+        if let Err(error) =
+            self.store.auth_upsert(SESSION, &digest(&cookie_value), &data, in_seconds(SESSION_SECONDS)).await
+        {
+            return server_error(error);
+        }
+        pending.username = Some(user.username.clone());
+        if let Err(error) = self.save_pending(&request_id, &pending).await {
+            return server_error(error);
+        }
+        let secure = if self.secure_cookies() { "; Secure" } else { "" };
+        Reply::Redirect {
+            location: format!(
+                "/auth/consent?request={}",
+                url::form_urlencoded::byte_serialize(request_id.as_bytes()).collect::<String>()
+            ),
+            set_cookie: Some(format!(
+                "{SESSION_COOKIE}={cookie_value}; Path=/auth; HttpOnly; SameSite=Lax; Max-Age={SESSION_SECONDS}{secure}"
+            )),
+        }
+    }
+
+    fn dummy_hash(&self) -> &'static str {
+        static DUMMY: OnceLock<String> = OnceLock::new();
+        DUMMY.get_or_init(|| hash_password("no such user", self.settings.password_cost))
+    }
+
+    /// `GET /auth/consent?request=…`: the consent page of a request this session signed in for.
+    pub async fn consent_page(&self, query: &Params, cookies: Option<&str>) -> Reply {
+        let expired = || error_page(400, "This sign-in has expired or is not valid. Start again from the app.");
+        let Some(request_id) = param(query, "request") else { return expired() };
+        let pending = match self.store.auth_get(PENDING, request_id).await {
+            Ok(Some(data)) => match serde_json::from_str::<PendingRequest>(&data) {
+                Ok(pending) => pending,
+                Err(_) => return expired(),
+            },
+            Ok(None) => return expired(),
+            Err(error) => return server_error(error),
+        };
+        match self.session(cookies).await {
+            Some((_, session)) if pending.username.as_deref() == Some(session.username.as_str()) => {
+                self.consent_for(request_id, pending, &session.username).await
+            }
+            _ => {
+                let name = pending.client_id.clone();
+                Reply::Page {
+                    status: 200,
+                    html: pages::login(&name, request_id, &pending.csrf, None),
+                    set_cookie: None,
+                }
+            }
+        }
+    }
+
+    async fn consent_for(&self, request_id: &str, mut pending: PendingRequest, username: &str) -> Reply {
+        let user = match user(self.store.as_ref(), username).await {
+            Ok(Some(user)) => user,
+            Ok(None) => return error_page(403, "This account no longer exists."),
+            Err(error) => return server_error(error),
+        };
+        if pending.username.as_deref() != Some(username) {
+            pending.username = Some(username.to_string());
+            if let Err(error) = self.save_pending(request_id, &pending).await {
+                return server_error(error);
+            }
+        }
+        let name = match client(self.store.as_ref(), &pending.client_id).await {
+            Ok(Some(client)) => client_name(&client).to_string(),
+            _ => pending.client_id.clone(),
+        };
+        let wants_patient = pending.scopes.iter().any(|s| s == "launch/patient");
+        let choices = if wants_patient && pending.launch.is_none() && user.patients.len() > 1 {
+            self.patient_choices(&user).await
+        } else {
+            Vec::new()
+        };
+        Reply::Page {
+            status: 200,
+            html: pages::consent(&name, username, request_id, &pending.csrf, &pending.scopes, &choices),
+            set_cookie: None,
+        }
+    }
+
+    /// The patients a proxy may act for, labelled with their names where known.
+    async fn patient_choices(&self, user: &UserRecord) -> Vec<PatientChoice> {
+        let mut choices = Vec::new();
+        for id in &user.patients {
+            let name = match self.store.read("Patient", id).await {
+                Ok(Some(found)) if !found.deleted => patient_name(&found.body),
+                _ => None,
+            };
+            let label = match name {
+                Some(name) => format!("{name} (Patient/{id})"),
+                None => format!("Patient/{id}"),
+            };
+            choices.push(PatientChoice { id: id.clone(), label });
+        }
+        choices
+    }
+
+    /// `POST /auth/consent`: allow (with the ticked scopes) or deny.
+    pub async fn consent(&self, form: &Params, cookies: Option<&str>) -> Reply {
+        let (request_id, pending) = match self.pending(form).await {
+            Ok(found) => found,
+            Err(reply) => return reply,
+        };
+        let Some((session_key, session)) = self.session(cookies).await else {
+            return error_page(401, "Your sign-in session has ended. Start again from the app.");
+        };
+        if pending.username.as_deref() != Some(session.username.as_str()) {
+            return error_page(403, "This request belongs to another sign-in.");
+        }
+        // The request is used up, whatever the decision.
+        let _ = self.store.auth_delete(PENDING, &request_id).await;
+        let state = pending.state.as_deref();
+        if param(form, "decision") != Some("allow") {
+            return redirect_error(&pending.redirect_uri, state, "access_denied", "the user denied access");
+        }
+        let ticked: Vec<&str> = form.iter().filter(|(n, _)| n == "scope").map(|(_, v)| v.as_str()).collect();
+        let scopes: Vec<String> = pending.scopes.iter().filter(|s| ticked.contains(&s.as_str())).cloned().collect();
+        if scopes.is_empty() {
+            return redirect_error(&pending.redirect_uri, state, "access_denied", "no scope was allowed");
+        }
+        let user = match user(self.store.as_ref(), &session.username).await {
+            Ok(Some(user)) => user,
+            Ok(None) => return error_page(403, "This account no longer exists."),
+            Err(error) => return server_error(error),
+        };
+        let (patient, encounter) = match self.patient_context(&pending, &scopes, &user, param(form, "patient")) {
+            Ok(context) => context,
+            Err(description) => return redirect_error(&pending.redirect_uri, state, "invalid_request", description),
+        };
+        // patient/ scopes reach the patient in context; without one, a patient's own records
+        // or a proxy's patients.
+        let patients = match &patient {
+            Some(patient) => vec![patient.clone()],
+            None => user.reachable_patients().unwrap_or_default(),
+        };
+        let grant = CodeGrant {
+            client_id: pending.client_id.clone(),
+            redirect_uri: pending.redirect_uri.clone(),
+            scopes,
+            code_challenge: pending.code_challenge.clone(),
+            code_challenge_method: pending.code_challenge_method.clone(),
+            nonce: pending.nonce.clone(),
+            username: user.username.clone(),
+            session: session_key,
+            patient,
+            encounter,
+            patients,
+            grant: random_token(16),
+        };
+        let code = random_token(32);
+        let data = serde_json::to_string(&grant).expect("code serialises");
+        if let Err(error) = self.store.auth_upsert(CODE, &digest(&code), &data, in_seconds(CODE_SECONDS)).await {
+            return server_error(error);
+        }
+        redirect_with(&pending.redirect_uri, &[("code", Some(&code)), ("state", state)])
+    }
+
+    /// The patient (and encounter) in context: the EHR launch's, or for `launch/patient` the
+    /// user's own, the proxy's chosen one, or the only one they have.
+    fn patient_context(
+        &self,
+        pending: &PendingRequest,
+        scopes: &[String],
+        user: &UserRecord,
+        chosen: Option<&str>,
+    ) -> Result<(Option<String>, Option<String>), &'static str> {
+        if let Some(launch) = &pending.launch {
+            return Ok((Some(launch.patient.clone()), launch.encounter.clone()));
+        }
+        if !scopes.iter().any(|s| s == "launch/patient") {
+            return Ok((None, None));
+        }
+        match user.fhir_user.split_once('/') {
+            Some(("Patient", id)) => Ok((Some(id.to_string()), None)),
+            _ => match (chosen, user.patients.as_slice()) {
+                (Some(chosen), patients) if patients.iter().any(|p| p == chosen) => {
+                    Ok((Some(chosen.to_string()), None))
+                }
+                (Some(_), _) => Err("the chosen patient is not one this user may act for"),
+                (None, [only]) => Ok((Some(only.clone()), None)),
+                (None, []) => Ok((None, None)),
+                (None, _) => Err("choose the patient to act for"),
+            },
+        }
+    }
+}
+
+/// "Given Family" of a stored Patient.
+fn patient_name(body: &[u8]) -> Option<String> {
+    let patient: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let name = patient.get("name")?.get(0)?;
+    let mut parts: Vec<&str> =
+        name.get("given").and_then(|g| g.as_array()).into_iter().flatten().filter_map(|g| g.as_str()).collect();
+    parts.extend(name.get("family").and_then(|f| f.as_str()));
+    (!parts.is_empty()).then(|| parts.join(" "))
+}

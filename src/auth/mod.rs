@@ -1,0 +1,228 @@
+//! The SMART on FHIR authorization server (discovery, authorize with login and consent pages,
+//! token, introspect, revoke, JWKS, EHR launch contexts) and the access policy that every FHIR
+//! interaction goes through.
+//!
+//! Nothing here knows about axum: endpoints take the decoded parameters of a request and
+//! answer with a [`Reply`], which `http::auth` turns into a response. All state lives in the
+//! database (`auth_objects`), so any node can serve any step of a flow.
+
+pub mod access;
+mod authorize;
+mod client_auth;
+mod discovery;
+mod introspect;
+pub mod keys;
+mod launch;
+mod pages;
+pub mod records;
+pub mod scope;
+mod token;
+pub mod tokens;
+
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use crate::store::{Store, StoreResult};
+pub use access::{Access, Grant, PolicyContext, Restriction};
+pub use authorize::SESSION_COOKIE;
+use keys::KeyRing;
+pub use records::PasswordCost;
+use scope::{parse_scopes, Scope};
+use tokens::{verify_access_token, AccessClaims};
+
+/// Record kind of revoked grants.
+const REVOKED: &str = "revoked";
+
+/// Settings of the authorization server.
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    /// The public base URL without `/fhir` (`http://localhost:8080`).
+    pub base_url: String,
+    /// How expensive new password hashes are.
+    pub password_cost: PasswordCost,
+}
+
+/// What an endpoint answers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// An HTML page.
+    Page { status: u16, html: String, set_cookie: Option<String> },
+    /// `303 See Other` to `location`.
+    Redirect { location: String, set_cookie: Option<String> },
+    /// A JSON document; token responses carry `Cache-Control: no-store`.
+    Json { status: u16, body: Value, no_store: bool, www_authenticate: Option<String> },
+}
+
+impl Reply {
+    fn json(status: u16, body: Value) -> Reply {
+        Reply::Json { status, body, no_store: false, www_authenticate: None }
+    }
+
+    /// An OAuth error document (RFC 6749 §5.2).
+    fn oauth_error(status: u16, error: &str, description: &str) -> Reply {
+        let body = serde_json::json!({ "error": error, "error_description": description });
+        Reply::Json {
+            status,
+            body,
+            no_store: true,
+            www_authenticate: (status == 401).then(|| "Basic realm=\"hearth\"".to_string()),
+        }
+    }
+}
+
+/// Why a bearer token was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BearerError {
+    /// No `Authorization: Bearer` header.
+    Missing,
+    /// Malformed, forged, expired, revoked or for another server.
+    Invalid(&'static str),
+}
+
+/// The authorization server.
+pub struct AuthServer {
+    store: Arc<dyn Store>,
+    keys: KeyRing,
+    settings: AuthSettings,
+    /// Revoked grants, when this process is the database's only user (SQLite): then a bearer
+    /// check needs no query. Otherwise every check asks the database, so that a revocation on
+    /// one node stops the token on every node at once.
+    revoked: Option<RwLock<HashSet<String>>>,
+}
+
+impl AuthServer {
+    /// Loads (or creates) the signing keys and the revocation list.
+    pub async fn open(store: Arc<dyn Store>, settings: AuthSettings) -> StoreResult<Arc<AuthServer>> {
+        let keys = KeyRing::load(store.as_ref()).await?;
+        let revoked = if store.is_exclusive() {
+            let grants = store.auth_list(REVOKED).await?.into_iter().map(|(grant, _)| grant).collect();
+            Some(RwLock::new(grants))
+        } else {
+            None
+        };
+        Ok(Arc::new(AuthServer { store, keys, settings, revoked }))
+    }
+
+    /// The FHIR base URL: the issuer and the audience of tokens.
+    pub fn fhir_base(&self) -> String {
+        format!("{}/fhir", self.settings.base_url)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.settings.base_url)
+    }
+
+    /// Whether cookies must be `Secure` (the server is reached over https).
+    fn secure_cookies(&self) -> bool {
+        self.settings.base_url.starts_with("https://")
+    }
+
+    /// Checks a bearer token and returns what it grants.
+    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Access, BearerError> {
+        let token = authorization
+            .and_then(|value| value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(BearerError::Missing)?;
+        let claims = self.verify(token).await?;
+        Ok(Access::Token(Arc::new(grant_of(&claims))))
+    }
+
+    /// Verifies an access token: signature, expiry, audience, and that its grant is not revoked.
+    async fn verify(&self, token: &str) -> Result<AccessClaims, BearerError> {
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let base = self.fhir_base();
+        let claims = match verify_access_token(&self.keys, token, &base, now) {
+            Err(None) => {
+                // A key this node has not seen: another node or a rotation may have added it.
+                if let Err(error) = self.keys.reload(self.store.as_ref()).await {
+                    tracing::warn!(%error, "cannot reload signing keys");
+                }
+                verify_access_token(&self.keys, token, &base, now)
+            }
+            other => other,
+        }
+        .map_err(|error| match error {
+            Some(tokens::TokenError::Expired) => BearerError::Invalid("the access token has expired"),
+            Some(tokens::TokenError::WrongAudience) => BearerError::Invalid("the access token is for another server"),
+            _ => BearerError::Invalid("the access token is not valid"),
+        })?;
+        if self.is_revoked(&claims.grant).await {
+            return Err(BearerError::Invalid("the access token has been revoked"));
+        }
+        Ok(claims)
+    }
+
+    async fn is_revoked(&self, grant: &str) -> bool {
+        if let Some(revoked) = &self.revoked {
+            return revoked.read().expect("revocation lock").contains(grant);
+        }
+        match self.store.auth_get(REVOKED, grant).await {
+            Ok(found) => found.is_some(),
+            Err(error) => {
+                tracing::error!(%error, "cannot check revocations; refusing the token");
+                true
+            }
+        }
+    }
+
+    /// Revokes every token of a grant, on every node.
+    async fn revoke_grant(&self, grant: &str) -> StoreResult<()> {
+        self.store.auth_upsert(REVOKED, grant, "", keys::far_future()).await?;
+        if let Some(revoked) = &self.revoked {
+            revoked.write().expect("revocation lock").insert(grant.to_string());
+        }
+        Ok(())
+    }
+
+    /// The published signing keys.
+    pub fn jwks(&self) -> Reply {
+        Reply::json(200, self.keys.jwks())
+    }
+
+    /// Every minute: reads the signing keys again (so that a rotation reaches every node) and
+    /// deletes expired records (codes, sessions, used assertion ids…).
+    pub async fn run_background(self: Arc<Self>) {
+        let mut ticks = tokio::time::interval(std::time::Duration::from_secs(60));
+        loop {
+            ticks.tick().await;
+            if let Err(error) = self.keys.reload(self.store.as_ref()).await {
+                tracing::warn!(%error, "cannot reload signing keys");
+            }
+            if let Err(error) = self.store.auth_purge().await {
+                tracing::warn!(%error, "cannot purge expired authorization records");
+            }
+        }
+    }
+}
+
+/// What a token's claims grant.
+fn grant_of(claims: &AccessClaims) -> Grant {
+    let scopes = parse_scopes(&claims.scope);
+    Grant {
+        client_id: claims.client_id.clone(),
+        may_launch: scopes.iter().any(|(_, s)| *s == Scope::SystemLaunch),
+        scopes: scopes
+            .into_iter()
+            .filter_map(|(_, scope)| match scope {
+                Scope::Resource(resource) => Some(resource),
+                _ => None,
+            })
+            .collect(),
+        patients: claims.patients.clone(),
+        user_patients: claims.user_patients.clone(),
+    }
+}
+
+/// Seconds since the Unix epoch.
+fn now_seconds() -> i64 {
+    OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// An instant `seconds` from now.
+fn in_seconds(seconds: i64) -> OffsetDateTime {
+    OffsetDateTime::now_utc() + time::Duration::seconds(seconds)
+}

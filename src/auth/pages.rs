@@ -1,0 +1,142 @@
+//! The HTML pages of the authorization flow: login, consent, and errors. Every value written
+//! into a page is escaped; every form carries the request id and its CSRF token.
+
+/// Escapes text for HTML content and attribute values.
+pub(super) fn escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => escaped.push_str("&amp;"),
+            '<' => escaped.push_str("&lt;"),
+            '>' => escaped.push_str("&gt;"),
+            '"' => escaped.push_str("&quot;"),
+            '\'' => escaped.push_str("&#39;"),
+            c => escaped.push(c),
+        }
+    }
+    escaped
+}
+
+fn page(title: &str, body: &str) -> String {
+    format!(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{title} · Hearth</title>\
+         <style>body{{font-family:Georgia,serif;background:#f6f4ef;color:#1f1f1f;max-width:32rem;margin:3rem auto;padding:0 1rem}}\
+         form{{background:#fff;padding:1.5rem;border-radius:6px}}label{{display:block;margin:.6rem 0}}\
+         input[type=text],input[type=password]{{width:100%;padding:.4rem}}button{{margin:1rem .5rem 0 0;padding:.5rem 1.2rem}}\
+         .error{{color:#9e2a2b}}code{{font-size:.9em}}</style></head><body>{body}</body></html>",
+        title = escape(title)
+    )
+}
+
+/// Hidden fields that tie a form to its authorization request.
+fn hidden(request: &str, csrf: &str) -> String {
+    format!(
+        "<input type=\"hidden\" name=\"request\" value=\"{}\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">",
+        escape(request),
+        escape(csrf)
+    )
+}
+
+/// The sign-in form.
+pub(super) fn login(client_name: &str, request: &str, csrf: &str, error: Option<&str>) -> String {
+    let error = error.map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", escape(e))).unwrap_or_default();
+    page(
+        "Sign in",
+        &format!(
+            "<h1>Sign in</h1><p><strong>{client}</strong> asks to reach your health records.</p>{error}\
+             <form method=\"post\" action=\"/auth/login\">{hidden}\
+             <label>Username <input type=\"text\" name=\"username\" autocomplete=\"username\" required autofocus></label>\
+             <label>Password <input type=\"password\" name=\"password\" autocomplete=\"current-password\" required></label>\
+             <button type=\"submit\">Sign in</button></form>",
+            client = escape(client_name),
+            hidden = hidden(request, csrf),
+        ),
+    )
+}
+
+/// A patient a proxy may choose.
+pub(super) struct PatientChoice {
+    pub id: String,
+    pub label: String,
+}
+
+/// The consent form: one checkbox per requested scope, a patient choice for proxies.
+pub(super) fn consent(
+    client_name: &str,
+    username: &str,
+    request: &str,
+    csrf: &str,
+    scopes: &[String],
+    patients: &[PatientChoice],
+) -> String {
+    let scope_boxes: String = scopes
+        .iter()
+        .map(|scope| {
+            format!(
+                "<label><input type=\"checkbox\" name=\"scope\" value=\"{value}\" checked> <code>{value}</code></label>",
+                value = escape(scope)
+            )
+        })
+        .collect();
+    let patient_choice = if patients.is_empty() {
+        String::new()
+    } else {
+        let options: String = patients
+            .iter()
+            .enumerate()
+            .map(|(n, p)| {
+                format!(
+                    "<label><input type=\"radio\" name=\"patient\" value=\"{id}\"{checked}> {label}</label>",
+                    id = escape(&p.id),
+                    label = escape(&p.label),
+                    checked = if n == 0 { " checked" } else { "" }
+                )
+            })
+            .collect();
+        format!("<fieldset><legend>On behalf of</legend>{options}</fieldset>")
+    };
+    page(
+        "Allow access",
+        &format!(
+            "<h1>Allow access</h1><p>Signed in as <strong>{user}</strong>. <strong>{client}</strong> asks for:</p>\
+             <form method=\"post\" action=\"/auth/consent\">{hidden}<fieldset><legend>Permissions</legend>{scope_boxes}</fieldset>\
+             {patient_choice}\
+             <button type=\"submit\" name=\"decision\" value=\"allow\">Allow</button>\
+             <button type=\"submit\" name=\"decision\" value=\"deny\">Deny</button></form>",
+            user = escape(username),
+            client = escape(client_name),
+            hidden = hidden(request, csrf),
+        ),
+    )
+}
+
+/// A page for errors that cannot be sent back to the client (unknown client, bad redirect).
+pub(super) fn error(message: &str) -> String {
+    page("Authorization error", &format!("<h1>Authorization error</h1><p class=\"error\">{}</p>", escape(message)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_escaped() {
+        assert_eq!(escape("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+        let html = consent("<App>", "u", "r", "c", &["patient/Observation.rs?category=a&b".into()], &[]);
+        assert!(html.contains("value=\"patient/Observation.rs?category=a&amp;b\""));
+        assert!(html.contains("&lt;App&gt;") && !html.contains("<App>"));
+        assert!(
+            html.contains("name=\"decision\" value=\"allow\"") && html.contains("name=\"decision\" value=\"deny\"")
+        );
+    }
+
+    #[test]
+    fn login_has_the_named_inputs() {
+        let html = login("App", "req", "tok", Some("wrong"));
+        for needle in ["name=\"username\"", "name=\"password\"", "type=\"submit\"", "value=\"req\"", "value=\"tok\""] {
+            assert!(html.contains(needle), "{needle}");
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! Registered clients and portal users, and how they are stored (`auth_objects` kinds `client`
+//! and `user`). Client secrets are high-entropy and stored as SHA-256 digests; user passwords
+//! are low-entropy and stored as argon2id hashes.
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use serde::{Deserialize, Serialize};
+
+use super::keys::{digest, far_future};
+use crate::store::{Store, StoreResult};
+
+const CLIENT: &str = "client";
+const USER: &str = "user";
+
+/// How a client authenticates at the token endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientCredentials {
+    /// A public client (a browser or mobile app): `client_id` only, PKCE protects the code.
+    Public,
+    /// `client_secret_basic`, the secret stored as its SHA-256 digest.
+    Secret { digest: String },
+    /// `private_key_jwt` with keys from a JWKS registered inline (JSON text).
+    Jwks { jwks: String },
+    /// `private_key_jwt` with keys fetched from the client's JWKS URL.
+    JwksUri { uri: String },
+}
+
+/// A registered SMART client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientRecord {
+    pub client_id: String,
+    pub name: Option<String>,
+    pub credentials: ClientCredentials,
+    pub redirect_uris: Vec<String>,
+    /// The scopes the client may be granted; `None` for any.
+    pub scope: Option<String>,
+    pub launch_uri: Option<String>,
+}
+
+impl ClientRecord {
+    /// Whether the client is confidential (authenticates with a secret or a key).
+    pub fn is_confidential(&self) -> bool {
+        self.credentials != ClientCredentials::Public
+    }
+
+    /// Whether `secret` is this client's secret.
+    pub fn secret_matches(&self, secret: &str) -> bool {
+        matches!(&self.credentials, ClientCredentials::Secret { digest: stored } if constant_time_eq(stored, &digest(secret)))
+    }
+}
+
+/// A portal user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub username: String,
+    pub password_hash: String,
+    /// The user's FHIR resource: `Patient/1`, `Practitioner/7`, `RelatedPerson/3`.
+    pub fhir_user: String,
+    /// The patients (ids) a proxy acts for; a Patient user's own id.
+    pub patients: Vec<String>,
+}
+
+impl UserRecord {
+    /// The patients `user/` scopes reach: a Patient user's own compartment, a proxy's patients,
+    /// and every patient for anyone else (practitioners).
+    pub fn reachable_patients(&self) -> Option<Vec<String>> {
+        match self.fhir_user.split_once('/') {
+            Some(("Patient", id)) => Some(vec![id.to_string()]),
+            Some(("RelatedPerson", _)) => Some(self.patients.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// How expensive password hashes are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PasswordCost {
+    /// argon2id with m = 19 MiB, t = 2, p = 1 (OWASP's recommendation).
+    Standard,
+    /// The smallest argon2id parameters, for tests only.
+    Cheap,
+}
+
+/// Hashes a password with argon2id and a random salt.
+pub fn hash_password(password: &str, cost: PasswordCost) -> String {
+    let params = match cost {
+        PasswordCost::Standard => Params::new(19_456, 2, 1, None),
+        PasswordCost::Cheap => Params::new(Params::MIN_M_COST, 1, 1, None),
+    }
+    .expect("valid argon2 parameters");
+    let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+        .hash_password(password.as_bytes(), &salt)
+        .expect("argon2 hashing")
+        .to_string()
+}
+
+/// Whether `password` matches an argon2 hash (its parameters come from the hash).
+pub fn verify_password(password: &str, hash: &str) -> bool {
+    PasswordHash::new(hash).is_ok_and(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+}
+
+fn constant_time_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Stores a client (replacing one with the same id).
+pub async fn save_client(store: &dyn Store, client: &ClientRecord) -> StoreResult<()> {
+    let data = serde_json::to_string(client).expect("client serialises");
+    store.auth_upsert(CLIENT, &client.client_id, &data, far_future()).await
+}
+
+/// A registered client.
+pub async fn client(store: &dyn Store, client_id: &str) -> StoreResult<Option<ClientRecord>> {
+    Ok(store.auth_get(CLIENT, client_id).await?.and_then(|data| serde_json::from_str(&data).ok()))
+}
+
+/// Every registered client.
+pub async fn clients(store: &dyn Store) -> StoreResult<Vec<ClientRecord>> {
+    Ok(store.auth_list(CLIENT).await?.iter().filter_map(|(_, data)| serde_json::from_str(data).ok()).collect())
+}
+
+/// Removes a client; `false` when there was none.
+pub async fn remove_client(store: &dyn Store, client_id: &str) -> StoreResult<bool> {
+    store.auth_delete(CLIENT, client_id).await
+}
+
+/// Stores a user (replacing one with the same name).
+pub async fn save_user(store: &dyn Store, user: &UserRecord) -> StoreResult<()> {
+    let data = serde_json::to_string(user).expect("user serialises");
+    store.auth_upsert(USER, &user.username, &data, far_future()).await
+}
+
+/// A user by name.
+pub async fn user(store: &dyn Store, username: &str) -> StoreResult<Option<UserRecord>> {
+    Ok(store.auth_get(USER, username).await?.and_then(|data| serde_json::from_str(&data).ok()))
+}
+
+/// Every user.
+pub async fn users(store: &dyn Store) -> StoreResult<Vec<UserRecord>> {
+    Ok(store.auth_list(USER).await?.iter().filter_map(|(_, data)| serde_json::from_str(data).ok()).collect())
+}
+
+/// Removes a user; `false` when there was none.
+pub async fn remove_user(store: &dyn Store, username: &str) -> StoreResult<bool> {
+    store.auth_delete(USER, username).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_hash_and_verify() {
+        let hash = hash_password("correct horse", PasswordCost::Cheap);
+        assert!(hash.starts_with("$argon2id$"));
+        assert!(verify_password("correct horse", &hash));
+        assert!(!verify_password("wrong horse", &hash));
+        assert!(!verify_password("correct horse", "not a hash"));
+    }
+
+    #[test]
+    fn secrets_compare_by_digest() {
+        let client = ClientRecord {
+            client_id: "c".into(),
+            name: None,
+            credentials: ClientCredentials::Secret { digest: digest("s3cret") },
+            redirect_uris: vec![],
+            scope: None,
+            launch_uri: None,
+        };
+        assert!(client.secret_matches("s3cret") && !client.secret_matches("s3cre") && client.is_confidential());
+        let round_trip: ClientRecord = serde_json::from_str(&serde_json::to_string(&client).unwrap()).unwrap();
+        assert_eq!(round_trip, client);
+    }
+}

@@ -1,0 +1,205 @@
+//! The authorization server's HTTP surface: decodes forms, queries, cookies and the
+//! `Authorization` header for [`AuthServer`], and turns its [`Reply`]s into responses.
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use std::collections::HashMap;
+
+use crate::auth::{AuthServer, BearerError, Reply};
+
+use super::AppState;
+
+/// The routes of the authorization server and the discovery documents.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/fhir/.well-known/smart-configuration", get(|s: State<AppState>| reply(s, |a| a.smart_configuration())))
+        .route(
+            "/fhir/.well-known/openid-configuration",
+            get(|s: State<AppState>| reply(s, |a| a.openid_configuration())),
+        )
+        .route("/auth/jwks", get(|s: State<AppState>| reply(s, |a| a.jwks())))
+        .route("/auth/smart-style.json", get(|s: State<AppState>| reply(s, |a| a.smart_style())))
+        .route("/auth/authorize", get(authorize_get).post(authorize_post))
+        .route("/auth/login", post(login))
+        .route("/auth/consent", get(consent_page).post(consent))
+        .route("/auth/token", post(token))
+        .route("/auth/introspect", post(introspect))
+        .route("/auth/revoke", post(revoke))
+        .route("/auth/launch", post(launch))
+}
+
+/// The answer of the authorization endpoints of a server running with `--auth off`.
+fn disabled() -> Response {
+    (StatusCode::NOT_FOUND, "this server runs without authorization (--auth off)").into_response()
+}
+
+async fn reply(State(state): State<AppState>, endpoint: impl FnOnce(&AuthServer) -> Reply) -> Response {
+    match &state.auth {
+        Some(auth) => into_response(endpoint(auth)),
+        None => disabled(),
+    }
+}
+
+fn header_text(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Form fields in order (names may repeat, as the consent form's `scope` boxes do).
+fn form_pairs(body: &[u8]) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(body).into_owned().collect()
+}
+
+/// Form fields by name (the token endpoints take each once).
+fn form_map(body: &[u8]) -> HashMap<String, String> {
+    form_pairs(body).into_iter().collect()
+}
+
+async fn authorize_get(
+    State(state): State<AppState>,
+    Query(query): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+) -> Response {
+    match &state.auth {
+        Some(auth) => into_response(auth.authorize(&query, header_text(&headers, header::COOKIE)).await),
+        None => disabled(),
+    }
+}
+
+async fn authorize_post(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    match &state.auth {
+        Some(auth) => into_response(auth.authorize(&form_pairs(&body), header_text(&headers, header::COOKIE)).await),
+        None => disabled(),
+    }
+}
+
+async fn login(State(state): State<AppState>, body: Bytes) -> Response {
+    match &state.auth {
+        Some(auth) => into_response(auth.login(&form_pairs(&body)).await),
+        None => disabled(),
+    }
+}
+
+async fn consent_page(
+    State(state): State<AppState>,
+    Query(query): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+) -> Response {
+    match &state.auth {
+        Some(auth) => into_response(auth.consent_page(&query, header_text(&headers, header::COOKIE)).await),
+        None => disabled(),
+    }
+}
+
+async fn consent(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    match &state.auth {
+        Some(auth) => into_response(auth.consent(&form_pairs(&body), header_text(&headers, header::COOKIE)).await),
+        None => disabled(),
+    }
+}
+
+async fn token(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    match &state.auth {
+        Some(auth) => into_response(auth.token(header_text(&headers, header::AUTHORIZATION), &form_map(&body)).await),
+        None => disabled(),
+    }
+}
+
+async fn introspect(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    match &state.auth {
+        Some(auth) => {
+            into_response(auth.introspect(header_text(&headers, header::AUTHORIZATION), &form_map(&body)).await)
+        }
+        None => disabled(),
+    }
+}
+
+async fn revoke(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    match &state.auth {
+        Some(auth) => into_response(auth.revoke(header_text(&headers, header::AUTHORIZATION), &form_map(&body)).await),
+        None => disabled(),
+    }
+}
+
+async fn launch(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(auth) = &state.auth else { return disabled() };
+    match auth.authenticate(header_text(&headers, header::AUTHORIZATION)).await {
+        Ok(access) => into_response(auth.create_launch(&access, &body).await),
+        Err(error) => bearer_challenge(&error),
+    }
+}
+
+/// A 401 for a missing or rejected bearer token (RFC 6750 §3).
+fn bearer_challenge(error: &BearerError) -> Response {
+    let description = match error {
+        BearerError::Missing => "a bearer token is required",
+        BearerError::Invalid(why) => why,
+    };
+    let body = serde_json::json!({"error": "invalid_token", "error_description": description});
+    let mut response = (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response();
+    if let Ok(value) = HeaderValue::from_str(&challenge(error)) {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
+}
+
+/// The `WWW-Authenticate` value of a FHIR request's 401.
+pub fn challenge(error: &BearerError) -> String {
+    match error {
+        BearerError::Missing => "Bearer realm=\"hearth\"".to_string(),
+        BearerError::Invalid(why) => {
+            format!("Bearer realm=\"hearth\", error=\"invalid_token\", error_description=\"{why}\"")
+        }
+    }
+}
+
+fn into_response(reply: Reply) -> Response {
+    match reply {
+        Reply::Page { status, html, set_cookie } => {
+            let mut response = Response::new(Body::from(html));
+            *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            let headers = response.headers_mut();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
+            headers.insert(
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; form-action 'self' http: https:; frame-ancestors 'none'"),
+            );
+            set_cookie_header(&mut response, set_cookie);
+            response
+        }
+        Reply::Redirect { location, set_cookie } => {
+            let mut response = Response::new(Body::empty());
+            *response.status_mut() = StatusCode::SEE_OTHER;
+            if let Ok(value) = HeaderValue::from_str(&location) {
+                response.headers_mut().insert(header::LOCATION, value);
+            }
+            response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            set_cookie_header(&mut response, set_cookie);
+            response
+        }
+        Reply::Json { status, body, no_store, www_authenticate } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let mut response = (status, axum::Json(body)).into_response();
+            let headers = response.headers_mut();
+            if no_store {
+                headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+            }
+            if let Some(value) = www_authenticate.and_then(|v| HeaderValue::from_str(&v).ok()) {
+                headers.insert(header::WWW_AUTHENTICATE, value);
+            }
+            response
+        }
+    }
+}
+
+fn set_cookie_header(response: &mut Response, cookie: Option<String>) {
+    if let Some(value) = cookie.and_then(|c| HeaderValue::from_str(&c).ok()) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+}

@@ -1,0 +1,214 @@
+//! Where the access policy meets the interactions. Searches get the caller's restriction in
+//! their query; reads, versions, history entries and included resources are checked one by
+//! one; and every write transaction runs through [`GuardedTx`], which checks each version
+//! written (and the one it replaces) and restricts the lookups of conditional interactions, so
+//! that no write path (bundles included) can go around the policy.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use super::FhirService;
+use crate::auth::scope::Permission;
+use crate::auth::{Access, PolicyContext, Restriction};
+use crate::model::FhirError;
+use crate::search::index::index_resource;
+use crate::search::Registry;
+use crate::store::{
+    Condition, IndexRows, JobStep, ResourceVersion, SearchPage, SearchQuery, StoreError, StoreResult, StoreTx,
+};
+
+impl FhirService {
+    /// Confines `query` to what `access` may reach with `permission`: types without a grant are
+    /// left out (403 when none is left), the others get their restriction.
+    pub(super) fn restrict(
+        &self,
+        access: &Access,
+        permission: Permission,
+        query: &mut SearchQuery,
+    ) -> Result<(), FhirError> {
+        let registry = self.registry();
+        restrict_query(&policy(&registry, &self.config.base_url), access, permission, query)
+    }
+
+    /// 403 unless `access` grants `permission` on some resources of `resource_type`.
+    pub(super) fn require(
+        &self,
+        access: &Access,
+        permission: Permission,
+        resource_type: &str,
+    ) -> Result<(), FhirError> {
+        if matches!(access, Access::Token(_)) {
+            let registry = self.registry();
+            access.restriction(policy(&registry, &self.config.base_url), permission, resource_type)?;
+        }
+        Ok(())
+    }
+
+    /// Whether `access` may see `version` with `permission` (reads, history, includes).
+    pub(super) fn visible(&self, access: &Access, permission: Permission, version: &ResourceVersion) -> bool {
+        if matches!(access, Access::Open) {
+            return true;
+        }
+        let registry = self.registry();
+        let context = policy(&registry, &self.config.base_url);
+        access
+            .granted(context, permission, &version.resource_type)
+            .is_some_and(|rule| admits(&rule, &registry, &self.config.base_url, version))
+    }
+
+    /// Whether the deletion `version` (which has no body) may be shown: only when the caller's
+    /// rule for its type decides without the body (no restriction, or an `_id` check).
+    pub(super) fn deletion_visible(&self, access: &Access, version: &ResourceVersion) -> bool {
+        let registry = self.registry();
+        access.granted(policy(&registry, &self.config.base_url), Permission::Read, &version.resource_type).is_some_and(
+            |rule| !rule.needs_index() && rule.admits(&version.resource_type, &version.id, &IndexRows::default()),
+        )
+    }
+
+    /// A write transaction that enforces `access` (the plain one when access is open).
+    pub(super) async fn begin(&self, access: &Access) -> Result<Box<dyn StoreTx>, FhirError> {
+        let tx = self.store.begin().await.map_err(super::store_error)?;
+        Ok(match access {
+            Access::Open => tx,
+            Access::Token(_) => Box::new(GuardedTx {
+                inner: tx,
+                access: access.clone(),
+                registry: self.registry(),
+                base_url: self.config.base_url.clone(),
+            }),
+        })
+    }
+}
+
+fn policy<'a>(registry: &'a Registry, base_url: &'a str) -> PolicyContext<'a> {
+    PolicyContext { registry, base_url }
+}
+
+fn restrict_query(
+    context: &PolicyContext<'_>,
+    access: &Access,
+    permission: Permission,
+    query: &mut SearchQuery,
+) -> Result<(), FhirError> {
+    if matches!(access, Access::Open) {
+        return Ok(());
+    }
+    if let [only] = query.resource_types.as_slice() {
+        if let Restriction::Only(condition) = access.restriction(*context, permission, only)? {
+            query.all_of.push(match condition {
+                Condition::AnyOf(any) => any,
+                other => vec![other],
+            });
+        }
+        return Ok(());
+    }
+    let mut types = Vec::new();
+    let mut clauses = Vec::new();
+    let mut restricted = false;
+    for resource_type in &query.resource_types {
+        match access.granted(*context, permission, resource_type) {
+            None => continue,
+            Some(Restriction::None) => clauses.push(Condition::Type(resource_type.clone())),
+            Some(Restriction::Only(condition)) => {
+                restricted = true;
+                clauses.push(Condition::AllOf(vec![Condition::Type(resource_type.clone()), condition]));
+            }
+        }
+        types.push(resource_type.clone());
+    }
+    if types.is_empty() {
+        return Err(FhirError::forbidden("the access token grants no scope to search these resource types"));
+    }
+    query.resource_types = types;
+    if restricted {
+        query.all_of.push(clauses);
+    }
+    Ok(())
+}
+
+/// Whether `rule` admits the stored `version` (indexed in memory when the rule needs it).
+fn admits(rule: &Restriction, registry: &Registry, base_url: &str, version: &ResourceVersion) -> bool {
+    if !rule.needs_index() {
+        return rule.admits(&version.resource_type, &version.id, &IndexRows::default());
+    }
+    let Ok(resource) = serde_json::from_slice::<Value>(&version.body) else { return false };
+    rule.admits(&version.resource_type, &version.id, &index_resource(registry, &resource, base_url))
+}
+
+/// A write transaction that enforces an access token's grant.
+struct GuardedTx {
+    inner: Box<dyn StoreTx>,
+    access: Access,
+    registry: Arc<Registry>,
+    base_url: String,
+}
+
+impl GuardedTx {
+    fn context(&self) -> PolicyContext<'_> {
+        policy(&self.registry, &self.base_url)
+    }
+
+    fn rule(&self, permission: Permission, resource_type: &str) -> StoreResult<Restriction> {
+        self.access
+            .restriction(self.context(), permission, resource_type)
+            .map_err(|error| StoreError::Forbidden(error.to_string()))
+    }
+}
+
+fn outside(permission: &str, version: &ResourceVersion) -> StoreError {
+    StoreError::Forbidden(format!(
+        "the access token does not allow to {permission} {}/{}: it is outside the records the token reaches",
+        version.resource_type, version.id
+    ))
+}
+
+#[async_trait]
+impl StoreTx for GuardedTx {
+    async fn current(&mut self, resource_type: &str, id: &str) -> StoreResult<Option<ResourceVersion>> {
+        self.inner.current(resource_type, id).await
+    }
+
+    async fn vread(&mut self, resource_type: &str, id: &str, version: i64) -> StoreResult<Option<ResourceVersion>> {
+        self.inner.vread(resource_type, id, version).await
+    }
+
+    async fn search(&mut self, query: &SearchQuery) -> StoreResult<SearchPage> {
+        let mut query = query.clone();
+        restrict_query(&self.context(), &self.access, Permission::Search, &mut query)
+            .map_err(|error| StoreError::Forbidden(error.to_string()))?;
+        self.inner.search(&query).await
+    }
+
+    async fn write(&mut self, version: ResourceVersion, index: IndexRows) -> StoreResult<()> {
+        let previous = self.inner.current(&version.resource_type, &version.id).await?.filter(|p| !p.deleted);
+        let (permission, verb) = match (&previous, version.deleted) {
+            (_, true) => (Permission::Delete, "delete"),
+            (Some(_), false) => (Permission::Update, "update"),
+            (None, false) => (Permission::Create, "create"),
+        };
+        let rule = self.rule(permission, &version.resource_type)?;
+        if let Some(previous) = &previous {
+            if !admits(&rule, &self.registry, &self.base_url, previous) {
+                return Err(outside(verb, previous));
+            }
+        }
+        if !version.deleted && !rule.admits(&version.resource_type, &version.id, &index) {
+            return Err(outside(verb, &version));
+        }
+        self.inner.write(version, index).await
+    }
+
+    async fn reindex(&mut self, batch: &[(ResourceVersion, IndexRows)]) -> StoreResult<usize> {
+        self.inner.reindex(batch).await
+    }
+
+    async fn job_step(&mut self, step: &JobStep<'_>) -> StoreResult<bool> {
+        self.inner.job_step(step).await
+    }
+
+    async fn commit(self: Box<Self>) -> StoreResult<()> {
+        self.inner.commit().await
+    }
+}
