@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod postgres;
+pub mod smart;
 
 use hearth::server::{Hearth, Settings};
 use reqwest::{Method, Response};
@@ -51,14 +52,22 @@ impl TestServer {
             }
             Db::Postgres => (postgres::fresh_database().await, None),
         };
-        Self::serve(db, database_url, dir, adjust(Settings::new("http://placeholder"))).await
+        Self::serve(db, database_url, dir, adjust(Settings::new("http://placeholder")), None).await
     }
 
-    async fn serve(db: Db, database_url: String, dir: Option<tempfile::TempDir>, settings: Settings) -> TestServer {
+    /// Serves on a free port; the public base URL is that port's unless `public_root` names
+    /// another (the address of a load balancer in front of several nodes).
+    async fn serve(
+        db: Db,
+        database_url: String,
+        dir: Option<tempfile::TempDir>,
+        settings: Settings,
+        public_root: Option<String>,
+    ) -> TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a free port");
         let address = listener.local_addr().expect("local address");
         let root = format!("http://{address}");
-        let settings = Settings { base_url: root.clone(), ..settings };
+        let settings = Settings { base_url: public_root.unwrap_or_else(|| root.clone()), ..settings };
         let hearth = Hearth::open(&database_url, settings.clone()).await.expect("open the database");
         let jobs = tokio::spawn(hearth.service().clone().run_background());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -81,10 +90,11 @@ impl TestServer {
     }
 
     /// A second server process on the same PostgreSQL database (another node behind a load
-    /// balancer).
+    /// balancer: same public base URL, its own port).
     pub async fn second_node(&self) -> TestServer {
         assert_eq!(self.db, Db::Postgres, "only PostgreSQL is shared by several nodes");
-        Self::serve(self.db, self.database_url.clone(), None, self.settings.clone()).await
+        let public_root = self.settings.base_url.clone();
+        Self::serve(self.db, self.database_url.clone(), None, self.settings.clone(), Some(public_root)).await
     }
 
     /// Stops this server and starts a new one on the same database (a process restart).
@@ -95,7 +105,7 @@ impl TestServer {
         let _ = running.jobs.await;
         drop(self.client);
         let _ = running.serve.await;
-        Self::serve(self.db, self.database_url.clone(), self._dir.take(), self.settings.clone()).await
+        Self::serve(self.db, self.database_url.clone(), self._dir.take(), self.settings.clone(), None).await
     }
 
     /// Absolute URL of a path under the FHIR base (`Patient/1`).

@@ -1,0 +1,252 @@
+//! A SMART client for tests: registers clients and users in the server's database, and walks
+//! the authorization code flow through the real login and consent forms.
+
+use std::sync::Arc;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use hearth::auth::keys::digest;
+use hearth::auth::records::{hash_password, save_client, save_user, ClientCredentials, ClientRecord, UserRecord};
+use hearth::auth::PasswordCost;
+use hearth::server::Settings;
+use hearth::store::Store;
+use reqwest::Response;
+use serde_json::Value;
+use sha2::Digest;
+
+use super::{Db, TestServer};
+
+/// The redirect URI of test apps (never contacted: the tests read the `Location` header).
+pub const REDIRECT: &str = "http://127.0.0.1:9/callback";
+
+/// Starts a server that requires SMART tokens (cheap password hashes).
+pub async fn smart_server(db: Db) -> TestServer {
+    TestServer::start_with(db, |s| Settings { smart: true, password_cost: PasswordCost::Cheap, ..s }).await
+}
+
+/// A PKCE verifier and its S256 challenge.
+pub struct Pkce {
+    pub verifier: String,
+    pub challenge: String,
+}
+
+impl Pkce {
+    pub fn new() -> Pkce {
+        let verifier = format!("verifier-{}-0123456789-abcdefghijklmnopqrstuvwxyz", rand_suffix());
+        let challenge = URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(verifier.as_bytes()));
+        Pkce { verifier, challenge }
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
+}
+
+/// The value of the hidden (or other) input `name` in an HTML page.
+pub fn input_value(html: &str, name: &str) -> Option<String> {
+    let start = html.find(&format!("name=\"{name}\" value=\""))? + name.len() + 15;
+    let end = html[start..].find('"')? + start;
+    Some(html[start..end].replace("&amp;", "&").replace("&quot;", "\""))
+}
+
+/// The query parameters of a URL.
+pub fn query_of(url: &str) -> Vec<(String, String)> {
+    url::Url::parse(url).expect("absolute URL").query_pairs().into_owned().collect()
+}
+
+pub fn query_value(url: &str, name: &str) -> Option<String> {
+    query_of(url).into_iter().find(|(n, _)| n == name).map(|(_, v)| v)
+}
+
+/// What one authorization request asks for.
+pub struct Authorization<'a> {
+    pub client_id: &'a str,
+    pub scope: &'a str,
+    pub username: &'a str,
+    pub password: &'a str,
+    /// The scopes left ticked on the consent page (all when `None`).
+    pub ticked: Option<Vec<&'a str>>,
+    /// The patient a proxy chooses.
+    pub patient: Option<&'a str>,
+    pub launch: Option<&'a str>,
+}
+
+impl<'a> Authorization<'a> {
+    pub fn new(client_id: &'a str, scope: &'a str, username: &'a str, password: &'a str) -> Self {
+        Authorization { client_id, scope, username, password, ticked: None, patient: None, launch: None }
+    }
+}
+
+/// A SMART test client for one server.
+pub struct Smart {
+    pub root: String,
+    pub fhir: String,
+    pub http: reqwest::Client,
+    pub store: Arc<dyn Store>,
+}
+
+impl Smart {
+    pub async fn new(server: &TestServer) -> Smart {
+        let root = server.base.trim_end_matches("/fhir").to_string();
+        let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        let store = hearth::store::open_shared(&server.database_url).await.expect("open the store");
+        Smart { root, fhir: server.base.clone(), http, store }
+    }
+
+    pub async fn add_client(&self, client_id: &str, credentials: ClientCredentials, scope: Option<&str>) {
+        let record = ClientRecord {
+            client_id: client_id.into(),
+            name: Some(format!("App {client_id}")),
+            credentials,
+            redirect_uris: vec![REDIRECT.into()],
+            scope: scope.map(str::to_string),
+            launch_uri: None,
+        };
+        save_client(self.store.as_ref(), &record).await.unwrap();
+    }
+
+    pub async fn add_public_client(&self, client_id: &str) {
+        self.add_client(client_id, ClientCredentials::Public, None).await;
+    }
+
+    pub async fn add_secret_client(&self, client_id: &str, secret: &str) {
+        self.add_client(client_id, ClientCredentials::Secret { digest: digest(secret) }, None).await;
+    }
+
+    pub async fn add_user(&self, username: &str, password: &str, fhir_user: &str, patients: &[&str]) {
+        let record = UserRecord {
+            username: username.into(),
+            password_hash: hash_password(password, PasswordCost::Cheap),
+            fhir_user: fhir_user.into(),
+            patients: patients.iter().map(|p| p.to_string()).collect(),
+        };
+        save_user(self.store.as_ref(), &record).await.unwrap();
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.root)
+    }
+
+    /// `GET /auth/authorize` with the usual parameters plus `extra` (which override them).
+    pub async fn authorize(&self, client_id: &str, scope: &str, pkce: &Pkce, extra: &[(&str, &str)]) -> Response {
+        let mut params: Vec<(&str, String)> = vec![
+            ("response_type", "code".into()),
+            ("client_id", client_id.into()),
+            ("redirect_uri", REDIRECT.into()),
+            ("scope", scope.into()),
+            ("state", "st-123".into()),
+            ("aud", self.fhir.clone()),
+            ("code_challenge", pkce.challenge.clone()),
+            ("code_challenge_method", "S256".into()),
+        ];
+        for (name, value) in extra {
+            params.retain(|(n, _)| n != name);
+            if !value.is_empty() {
+                params.push((name, value.to_string()));
+            }
+        }
+        self.http.get(self.url("/auth/authorize")).query(&params).send().await.unwrap()
+    }
+
+    /// Posts the login form of `page`; returns the response (303 to consent on success).
+    pub async fn login(&self, page: &str, username: &str, password: &str) -> Response {
+        let form = [
+            ("request", input_value(page, "request").expect("request field")),
+            ("csrf", input_value(page, "csrf").expect("csrf field")),
+            ("username", username.into()),
+            ("password", password.into()),
+        ];
+        self.http.post(self.url("/auth/login")).form(&form).send().await.unwrap()
+    }
+
+    /// Runs authorize → login → consent; returns the final redirect's `Location`.
+    pub async fn consent_redirect(&self, authorization: &Authorization<'_>, pkce: &Pkce, decision: &str) -> String {
+        let launch: Vec<(&str, &str)> = authorization.launch.map(|l| vec![("launch", l)]).unwrap_or_default();
+        let response = self.authorize(authorization.client_id, authorization.scope, pkce, &launch).await;
+        assert_eq!(response.status(), 200, "login page");
+        let page = response.text().await.unwrap();
+        let response = self.login(&page, authorization.username, authorization.password).await;
+        assert_eq!(response.status(), 303, "login accepted");
+        let cookie = response.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+        let consent_url = self.url(response.headers()["location"].to_str().unwrap());
+        let response = self.http.get(consent_url).header("cookie", &cookie).send().await.unwrap();
+        assert_eq!(response.status(), 200, "consent page");
+        let page = response.text().await.unwrap();
+        let mut form: Vec<(String, String)> = vec![
+            ("request".into(), input_value(&page, "request").unwrap()),
+            ("csrf".into(), input_value(&page, "csrf").unwrap()),
+            ("decision".into(), decision.into()),
+        ];
+        let requested: Vec<&str> = authorization.scope.split(' ').collect();
+        for scope in authorization.ticked.clone().unwrap_or(requested) {
+            form.push(("scope".into(), scope.into()));
+        }
+        if let Some(patient) = authorization.patient {
+            form.push(("patient".into(), patient.into()));
+        }
+        let response =
+            self.http.post(self.url("/auth/consent")).header("cookie", &cookie).form(&form).send().await.unwrap();
+        assert_eq!(response.status(), 303, "consent answered");
+        response.headers()["location"].to_str().unwrap().to_string()
+    }
+
+    /// The whole flow up to the code.
+    pub async fn code(&self, authorization: &Authorization<'_>, pkce: &Pkce) -> String {
+        let location = self.consent_redirect(authorization, pkce, "allow").await;
+        assert_eq!(query_value(&location, "state").as_deref(), Some("st-123"));
+        query_value(&location, "code").unwrap_or_else(|| panic!("no code in {location}"))
+    }
+
+    /// Posts a form to the token endpoint.
+    pub async fn token_request(&self, form: &[(&str, &str)], basic: Option<(&str, &str)>) -> Response {
+        let mut request = self.http.post(self.url("/auth/token")).form(form);
+        if let Some((user, password)) = basic {
+            request = request.basic_auth(user, Some(password));
+        }
+        request.send().await.unwrap()
+    }
+
+    /// Exchanges a code of a public client.
+    pub async fn exchange(&self, client_id: &str, code: &str, verifier: &str) -> Response {
+        self.token_request(
+            &[
+                ("grant_type", "authorization_code"),
+                ("code", code),
+                ("redirect_uri", REDIRECT),
+                ("code_verifier", verifier),
+                ("client_id", client_id),
+            ],
+            None,
+        )
+        .await
+    }
+
+    /// The token response of a full standalone launch of a public client.
+    pub async fn launch(&self, authorization: &Authorization<'_>) -> Value {
+        let pkce = Pkce::new();
+        let code = self.code(authorization, &pkce).await;
+        let response = self.exchange(authorization.client_id, &code, &pkce.verifier).await;
+        assert_eq!(response.status(), 200, "token");
+        response.json().await.unwrap()
+    }
+
+    /// A client_credentials token of a secret client.
+    pub async fn system_token(&self, client_id: &str, secret: &str, scope: &str) -> String {
+        let response = self
+            .token_request(&[("grant_type", "client_credentials"), ("scope", scope)], Some((client_id, secret)))
+            .await;
+        assert_eq!(response.status(), 200, "client_credentials");
+        let token: Value = response.json().await.unwrap();
+        token["access_token"].as_str().unwrap().to_string()
+    }
+
+    /// A FHIR request with a bearer token.
+    pub fn fhir_request(&self, method: reqwest::Method, path: &str, token: &str) -> reqwest::RequestBuilder {
+        self.http.request(method, format!("{}/{path}", self.fhir)).bearer_auth(token)
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Response {
+        self.fhir_request(reqwest::Method::GET, path, token).send().await.unwrap()
+    }
+}

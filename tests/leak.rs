@@ -1,0 +1,326 @@
+//! The leak matrix: two synthetic patients with data in every portal resource type. A token
+//! for patient A, and tokens of a proxy linked to A only, get nothing of patient B through any
+//! access path: read, vread, search, chained search, `_include`, `_revinclude`, `_has`,
+//! history, compartment search, system search, batch, transaction and operations.
+
+mod common;
+
+use std::collections::HashSet;
+
+use common::smart::{smart_server, Authorization, Smart};
+use common::{body, Db};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+/// The (type, id) of every resource a transaction response says was created.
+fn created(response: &Value) -> Vec<(String, String)> {
+    response["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["response"]["location"].as_str())
+        .map(|location| {
+            let relative = location.split_once("/fhir/").map_or(location, |(_, rest)| rest);
+            let mut parts = relative.split('/');
+            (parts.next().unwrap().to_string(), parts.next().unwrap().to_string())
+        })
+        .collect()
+}
+
+/// Every resource id anywhere in a bundle's entries.
+fn ids_in(bundle: &Value) -> HashSet<String> {
+    bundle["entry"]
+        .as_array()
+        .map(|entries| entries.iter().filter_map(|e| e["resource"]["id"].as_str().map(str::to_string)).collect())
+        .unwrap_or_default()
+}
+
+struct World {
+    smart: Smart,
+    patient_a: String,
+    patient_b: String,
+    /// B's resources of the types that belong to a Patient compartment.
+    of_b: Vec<(String, String)>,
+    /// A's Observations (to show that A's own data is reachable).
+    a_observation: String,
+    family_b: String,
+}
+
+async fn world(db: Db) -> (common::TestServer, World) {
+    let server = smart_server(db).await;
+    let smart = Smart::new(&server).await;
+    smart.add_secret_client("loader", "loader-secret").await;
+    let admin = smart.system_token("loader", "loader-secret", "system/*.cruds").await;
+    let mut resources = Vec::new();
+    // The first seed whose two patients both have an allergy (every portal type then occurs).
+    let has_allergy = |bundle: &Value| bundle.to_string().contains("\"resourceType\":\"AllergyIntolerance\"");
+    let seed = (1..100)
+        .find(|seed| (0..2).all(|index| has_allergy(&hearth::synth::patient_bundle(*seed, index))))
+        .expect("a seed with allergies");
+    for index in 0..2 {
+        let bundle = hearth::synth::patient_bundle(seed, index);
+        let response = smart
+            .fhir_request(Method::POST, "", &admin)
+            .header("content-type", "application/fhir+json")
+            .body(bundle.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "load patient {index}");
+        resources.push(created(&body(response).await));
+    }
+    let patient_of = |list: &[(String, String)]| list.iter().find(|(t, _)| t == "Patient").unwrap().1.clone();
+    let (patient_a, patient_b) = (patient_of(&resources[0]), patient_of(&resources[1]));
+    let in_compartment = |t: &str| hearth::search::compartment::membership("Patient", "x", t).is_some();
+    let a_ids: HashSet<&String> = resources[0].iter().map(|(_, id)| id).collect();
+    let of_b: Vec<(String, String)> =
+        resources[1].iter().filter(|(t, id)| in_compartment(t) && !a_ids.contains(id)).cloned().collect();
+    let types: HashSet<&str> = of_b.iter().map(|(t, _)| t.as_str()).collect();
+    for wanted in [
+        "Patient",
+        "Appointment",
+        "Observation",
+        "DiagnosticReport",
+        "MedicationRequest",
+        "Communication",
+        "Invoice",
+        "Coverage",
+        "Encounter",
+        "Condition",
+        "AllergyIntolerance",
+        "Immunization",
+    ] {
+        assert!(types.contains(wanted), "patient B has a {wanted}: {types:?}");
+    }
+    let a_observation = resources[0].iter().find(|(t, _)| t == "Observation").unwrap().1.clone();
+    let b: Value =
+        body(smart.fhir_request(Method::GET, &format!("Patient/{patient_b}"), &admin).send().await.unwrap()).await;
+    let family_b = b["name"][0]["family"].as_str().unwrap().to_string();
+    smart.add_public_client("portal").await;
+    smart.add_user("anna", "anna-pw", &format!("Patient/{patient_a}"), &[]).await;
+    smart.add_user("carer", "carer-pw", "RelatedPerson/carer1", &[&patient_a]).await;
+    (server, World { smart, patient_a, patient_b, of_b, a_observation, family_b })
+}
+
+impl World {
+    async fn token(&self, username: &str, password: &str, scope: &str) -> String {
+        let token = self.smart.launch(&Authorization::new("portal", scope, username, password)).await;
+        token["access_token"].as_str().unwrap().to_string()
+    }
+
+    async fn bundle(&self, path: &str, token: &str) -> Value {
+        let response = self.smart.get(path, token).await;
+        assert_eq!(response.status(), 200, "{path}");
+        body(response).await
+    }
+
+    /// Asserts that a search shows nothing of B (and, where `a_expected`, something of A).
+    async fn nothing_of_b(&self, path: &str, token: &str) -> HashSet<String> {
+        let ids = ids_in(&self.bundle(path, token).await);
+        for (t, id) in &self.of_b {
+            assert!(!ids.contains(id), "{path} shows {t}/{id} of patient B");
+        }
+        assert!(!ids.contains(&self.patient_b), "{path} shows patient B");
+        ids
+    }
+
+    async fn check_reads(&self, token: &str, who: &str) {
+        let smart = &self.smart;
+        assert_eq!(
+            smart.get(&format!("Observation/{}", self.a_observation), token).await.status(),
+            200,
+            "{who} reads A"
+        );
+        for (t, id) in &self.of_b {
+            for path in [format!("{t}/{id}"), format!("{t}/{id}/_history/1"), format!("{t}/{id}/_history")] {
+                let status = smart.get(&path, token).await.status();
+                assert_eq!(status, 404, "{who}: {path}");
+            }
+            let found = self.bundle(&format!("{t}?_id={id}"), token).await;
+            assert_eq!(found["entry"].as_array().map_or(0, Vec::len), 0, "{who}: {t}?_id={id}");
+        }
+    }
+
+    async fn check_searches(&self, token: &str, who: &str) {
+        let (a, b) = (&self.patient_a, &self.patient_b);
+        let types: HashSet<&str> = self.of_b.iter().map(|(t, _)| t.as_str()).collect();
+        for t in &types {
+            self.nothing_of_b(&format!("{t}?_count=500"), token).await;
+        }
+        let counted = self.bundle("Observation?_summary=count", token).await;
+        let all = self.bundle("Observation?_count=1000", token).await;
+        assert_eq!(
+            counted["total"].as_u64(),
+            Some(all["entry"].as_array().map_or(0, |e| e.len() as u64)),
+            "{who}: exact total"
+        );
+        for path in [
+            format!("Patient/{b}/Observation"),
+            format!("Observation?subject=Patient/{b}"),
+            format!("Observation?subject:Patient.name={}", self.family_b),
+            "Observation?_include=Observation:subject&_count=200".to_string(),
+            "Encounter?_include=*&_count=200".to_string(),
+            "Patient?_revinclude=Observation:subject&_revinclude=Condition:subject&_count=200".to_string(),
+            "Appointment?_include=Appointment:patient&_revinclude:iterate=Encounter:appointment".to_string(),
+            "Patient?_has:Observation:subject:status=final".to_string(),
+            "Observation/_history?_count=500".to_string(),
+            "_history?_count=1000".to_string(),
+            "?_type=Observation,Condition,Encounter,Communication,Invoice&_count=1000".to_string(),
+        ] {
+            self.nothing_of_b(&path, token).await;
+        }
+        let own = self.nothing_of_b(&format!("Patient?_has:Observation:subject:status=final&_id={a}"), token).await;
+        assert!(own.contains(a), "{who}: _has finds A");
+        let mine = self.nothing_of_b(&format!("Patient/{a}/Observation"), token).await;
+        assert!(mine.contains(&self.a_observation), "{who}: A's compartment");
+    }
+
+    async fn check_bundles(&self, token: &str, who: &str) {
+        let entries: Vec<Value> = self
+            .of_b
+            .iter()
+            .take(20)
+            .map(|(t, id)| json!({"request": {"method": "GET", "url": format!("{t}/{id}")}}))
+            .chain(std::iter::once(
+                json!({"request": {"method": "GET", "url": format!("Observation?subject=Patient/{}", self.patient_b)}}),
+            ))
+            .collect();
+        let count = entries.len();
+        for kind in ["batch", "transaction"] {
+            let bundle = json!({"resourceType": "Bundle", "type": kind, "entry": entries});
+            let response = self
+                .smart
+                .fhir_request(Method::POST, "", token)
+                .header("content-type", "application/fhir+json")
+                .body(bundle.to_string())
+                .send()
+                .await
+                .unwrap();
+            if kind == "transaction" {
+                // A transaction fails as a whole on the first entry it may not see.
+                assert_eq!(response.status(), 404, "{who}: transaction of B's reads");
+                continue;
+            }
+            let answer = body(response).await;
+            let statuses: Vec<&str> =
+                answer["entry"].as_array().unwrap().iter().map(|e| e["response"]["status"].as_str().unwrap()).collect();
+            assert_eq!(statuses.len(), count);
+            assert!(statuses[..count - 1].iter().all(|s| s.starts_with("404")), "{who}: {statuses:?}");
+            let search = &answer["entry"][count - 1]["resource"];
+            assert_eq!(search["entry"].as_array().map_or(0, Vec::len), 0, "{who}: batch search");
+        }
+    }
+
+    async fn check_writes(&self, token: &str, who: &str) {
+        let smart = &self.smart;
+        let for_b = json!({"resourceType": "Observation", "status": "final", "code": {"text": "weight"}, "subject": {"reference": format!("Patient/{}", self.patient_b)}});
+        let post = |path: &str, body: &Value| {
+            smart
+                .fhir_request(Method::POST, path, token)
+                .header("content-type", "application/fhir+json")
+                .body(body.to_string())
+                .send()
+        };
+        assert_eq!(post("Observation", &for_b).await.unwrap().status(), 403, "{who}: create for B");
+        let transaction = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"request": {"method": "POST", "url": "Observation"}, "resource": {"resourceType": "Observation", "status": "final", "code": {"text": "ok"}, "subject": {"reference": format!("Patient/{}", self.patient_a)}}},
+            {"request": {"method": "POST", "url": "Observation"}, "resource": for_b},
+        ]});
+        assert_eq!(post("", &transaction).await.unwrap().status(), 403, "{who}: transaction writing for B");
+        let (t, id) = self.of_b.iter().find(|(t, _)| t == "Observation").unwrap();
+        let admin = smart.system_token("loader", "loader-secret", "system/*.rs").await;
+        let mut theirs: Value = body(smart.get(&format!("{t}/{id}"), &admin).await).await;
+        theirs["status"] = json!("amended");
+        let put = smart
+            .fhir_request(Method::PUT, &format!("{t}/{id}"), token)
+            .header("content-type", "application/fhir+json")
+            .body(theirs.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(put.status(), 403, "{who}: update B's");
+        assert_eq!(
+            smart.fhir_request(Method::DELETE, &format!("{t}/{id}"), token).send().await.unwrap().status(),
+            403,
+            "{who}: delete B's"
+        );
+        // Moving A's own resource to B is refused too.
+        let mut mine: Value = body(smart.get(&format!("Observation/{}", self.a_observation), &admin).await).await;
+        mine["subject"] = json!({"reference": format!("Patient/{}", self.patient_b)});
+        let moved = smart
+            .fhir_request(Method::PUT, &format!("Observation/{}", self.a_observation), token)
+            .header("content-type", "application/fhir+json")
+            .body(mine.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(moved.status(), 403, "{who}: move A's to B");
+        assert_eq!(
+            post("$reindex", &json!({"resourceType": "Parameters"})).await.unwrap().status(),
+            403,
+            "{who}: operations"
+        );
+        // Nothing of it was stored: B still has exactly the Observations it had.
+        let after: Value =
+            body(smart.get(&format!("Observation?subject=Patient/{}&_summary=count", self.patient_b), &admin).await)
+                .await;
+        let before = self.of_b.iter().filter(|(t, _)| t == "Observation").count() as u64;
+        assert_eq!(after["total"].as_u64(), Some(before), "{who}: nothing written for B");
+        // A's own writes work.
+        let for_a = json!({"resourceType": "Observation", "status": "final", "code": {"text": "steps"}, "subject": {"reference": format!("Patient/{}", self.patient_a)}});
+        assert_eq!(post("Observation", &for_a).await.unwrap().status(), 201, "{who}: create for A");
+    }
+}
+
+async fn a_patient_gets_nothing_of_another(db: Db) {
+    let (_server, world) = world(db).await;
+    let token = world.token("anna", "anna-pw", "launch/patient patient/*.rs").await;
+    world.check_reads(&token, "patient").await;
+    world.check_searches(&token, "patient").await;
+    world.check_bundles(&token, "patient").await;
+    let writer = world.token("anna", "anna-pw", "launch/patient patient/*.cruds").await;
+    world.check_writes(&writer, "patient writer").await;
+    let user = world.token("anna", "anna-pw", "user/*.rs").await;
+    world.check_reads(&user, "patient user scope").await;
+}
+
+async fn a_proxy_gets_nothing_of_other_patients(db: Db) {
+    let (_server, world) = world(db).await;
+    for scope in ["launch/patient patient/*.rs", "user/*.rs", "patient/*.rs"] {
+        let token = world.token("carer", "carer-pw", scope).await;
+        world.check_reads(&token, scope).await;
+        world.check_searches(&token, scope).await;
+        world.check_bundles(&token, scope).await;
+    }
+    let writer = world.token("carer", "carer-pw", "user/*.cruds").await;
+    world.check_writes(&writer, "proxy writer").await;
+}
+
+async fn granular_scopes_filter_reads_and_searches(db: Db) {
+    let (_server, world) = world(db).await;
+    let lab = "http://terminology.hl7.org/CodeSystem/observation-category|laboratory";
+    let token = world.token("anna", "anna-pw", &format!("launch/patient patient/Observation.rs?category={lab}")).await;
+    let all = world.bundle("Observation?_count=1000", &token).await;
+    let entries = all["entry"].as_array().unwrap();
+    assert!(!entries.is_empty());
+    for entry in entries {
+        let categories = entry["resource"]["category"].to_string();
+        assert!(categories.contains("laboratory"), "only laboratory results: {categories}");
+    }
+    let counted = world.bundle("Observation?_summary=count", &token).await;
+    assert_eq!(counted["total"].as_u64(), Some(entries.len() as u64));
+    // A vital sign of A is not readable with this token.
+    let admin = world.smart.system_token("loader", "loader-secret", "system/*.rs").await;
+    let vitals = world
+        .bundle(&format!("Observation?subject=Patient/{}&category=vital-signs&_count=1", world.patient_a), &admin)
+        .await;
+    let vital = vitals["entry"][0]["resource"]["id"].as_str().unwrap();
+    assert_eq!(world.smart.get(&format!("Observation/{vital}"), &token).await.status(), 404);
+    assert_eq!(world.smart.get("Condition", &token).await.status(), 403, "no scope for Condition");
+}
+
+on_both_databases!(
+    a_patient_gets_nothing_of_another,
+    a_proxy_gets_nothing_of_other_patients,
+    granular_scopes_filter_reads_and_searches
+);

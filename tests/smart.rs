@@ -1,0 +1,675 @@
+//! The SMART on FHIR authorization server end to end: discovery, the authorization code flow
+//! through the login and consent forms, PKCE, refresh, client credentials with secrets and
+//! signed assertions, introspection, revocation, EHR launch, and the negative cases.
+
+mod common;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use common::smart::{query_value, smart_server, Authorization, Pkce, Smart};
+use common::{body, Db};
+use hearth::auth::records::ClientCredentials;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use reqwest::Method;
+use rsa::pkcs1::EncodeRsaPrivateKey;
+use rsa::traits::PublicKeyParts;
+use serde_json::{json, Value};
+
+const PATIENT_SCOPES: &str = "openid fhirUser launch/patient offline_access patient/*.rs";
+
+async fn patient_app(db: Db) -> (common::TestServer, Smart, String, String) {
+    let server = smart_server(db).await;
+    let smart = Smart::new(&server).await;
+    smart.add_secret_client("admin", "admin-secret").await;
+    let admin = smart.system_token("admin", "admin-secret", "system/*.cruds").await;
+    let response = smart
+        .fhir_request(Method::POST, "Patient", &admin)
+        .header("content-type", "application/fhir+json")
+        .body(json!({"resourceType": "Patient", "name": [{"family": "Rivera", "given": ["Ana"]}]}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let patient = body(response).await["id"].as_str().unwrap().to_string();
+    smart.add_public_client("app").await;
+    smart.add_user("ana", "ana-password", &format!("Patient/{patient}"), &[]).await;
+    (server, smart, patient, admin)
+}
+
+async fn discovery_documents_agree(db: Db) {
+    let server = smart_server(db).await;
+    let smart = Smart::new(&server).await;
+    let response = smart
+        .http
+        .get(format!("{}/.well-known/smart-configuration", smart.fhir))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["access-control-allow-origin"], "*");
+    let config: Value = response.json().await.unwrap();
+    for (field, path) in [
+        ("authorization_endpoint", "/auth/authorize"),
+        ("token_endpoint", "/auth/token"),
+        ("introspection_endpoint", "/auth/introspect"),
+        ("revocation_endpoint", "/auth/revoke"),
+        ("jwks_uri", "/auth/jwks"),
+    ] {
+        assert_eq!(config[field], smart.url(path), "{field}");
+    }
+    assert_eq!(config["issuer"], smart.fhir);
+    assert_eq!(config["code_challenge_methods_supported"], json!(["S256"]));
+    assert_eq!(config["token_endpoint_auth_signing_alg_values_supported"], json!(["RS384", "ES384"]));
+    let capabilities: Vec<&str> =
+        config["capabilities"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    for wanted in [
+        "launch-ehr",
+        "launch-standalone",
+        "client-confidential-asymmetric",
+        "permission-v2",
+        "authorize-post",
+        "context-standalone-patient",
+    ] {
+        assert!(capabilities.contains(&wanted), "{wanted}");
+    }
+    // The CapabilityStatement is public and names the same endpoints.
+    let statement: Value =
+        smart.http.get(format!("{}/metadata", smart.fhir)).send().await.unwrap().json().await.unwrap();
+    let security = &statement["rest"][0]["security"];
+    assert_eq!(security["service"][0]["coding"][0]["code"], "SMART-on-FHIR");
+    let uris = security["extension"][0]["extension"].as_array().unwrap();
+    for (name, field) in [
+        ("authorize", "authorization_endpoint"),
+        ("token", "token_endpoint"),
+        ("introspect", "introspection_endpoint"),
+        ("revoke", "revocation_endpoint"),
+    ] {
+        let found = uris.iter().find(|u| u["url"] == name).unwrap();
+        assert_eq!(found["valueUri"], config[field], "{name}");
+    }
+    let openid: Value = smart
+        .http
+        .get(format!("{}/.well-known/openid-configuration", smart.fhir))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(openid["issuer"], smart.fhir);
+    assert_eq!(openid["id_token_signing_alg_values_supported"], json!(["RS256"]));
+    let jwks: Value = smart.http.get(smart.url("/auth/jwks")).send().await.unwrap().json().await.unwrap();
+    let key = &jwks["keys"][0];
+    assert_eq!((key["kty"].as_str(), key["alg"].as_str()), (Some("RSA"), Some("RS256")));
+    assert!(key["kid"].as_str().is_some_and(|k| !k.is_empty()));
+    // The keys survive a restart.
+    let server = server.restart().await;
+    let again: Value = Smart::new(&server)
+        .await
+        .http
+        .get(format!("{}/auth/jwks", server.base.trim_end_matches("/fhir")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again["keys"][0]["kid"], key["kid"]);
+}
+
+async fn fhir_requests_need_a_valid_token(db: Db) {
+    let (_server, smart, patient, _admin) = patient_app(db).await;
+    let response = smart.http.get(format!("{}/Patient/{patient}", smart.fhir)).send().await.unwrap();
+    assert_eq!(response.status(), 401);
+    assert!(response.headers()["www-authenticate"].to_str().unwrap().starts_with("Bearer"));
+    assert_eq!(body(response).await["resourceType"], "OperationOutcome");
+    for token in ["garbage", "a.b.c", "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0."] {
+        let response = smart.get(&format!("Patient/{patient}"), token).await;
+        assert_eq!(response.status(), 401, "{token}");
+        assert!(response.headers()["www-authenticate"].to_str().unwrap().contains("invalid_token"));
+    }
+    let token = smart.launch(&Authorization::new("app", PATIENT_SCOPES, "ana", "ana-password")).await;
+    let access = token["access_token"].as_str().unwrap();
+    assert_eq!(smart.get(&format!("Patient/{patient}"), access).await.status(), 200);
+    // One changed character in the payload breaks the signature.
+    let mut parts: Vec<String> = access.split('.').map(str::to_string).collect();
+    let mut claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(&parts[1]).unwrap()).unwrap();
+    claims["scope"] = json!("system/*.cruds");
+    parts[1] = URL_SAFE_NO_PAD.encode(claims.to_string());
+    assert_eq!(smart.get(&format!("Patient/{patient}"), &parts.join(".")).await.status(), 401, "tampered");
+    // The same claims without a signature (alg none).
+    let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#);
+    assert_eq!(
+        smart.get(&format!("Patient/{patient}"), &format!("{header}.{}.", parts[1])).await.status(),
+        401,
+        "alg none"
+    );
+    // An expired token signed with the server's own key.
+    let (kid, secret) = server_key(&smart).await;
+    let mut expired: Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(access.split('.').nth(1).unwrap()).unwrap()).unwrap();
+    expired["exp"] = json!(expired["iat"].as_i64().unwrap() - 10);
+    let forged = jsonwebtoken::encode(
+        &Header { kid: Some(kid), ..Header::new(Algorithm::HS256) },
+        &expired,
+        &EncodingKey::from_secret(&secret),
+    )
+    .unwrap();
+    let response = smart.get(&format!("Patient/{patient}"), &forged).await;
+    assert_eq!(response.status(), 401, "expired");
+    assert!(response.headers()["www-authenticate"].to_str().unwrap().contains("expired"));
+    // A scope the token lacks is 403.
+    let response = smart.fhir_request(Method::POST, "Observation", access).header("content-type", "application/fhir+json")
+        .body(json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "subject": {"reference": format!("Patient/{patient}")}}).to_string())
+        .send().await.unwrap();
+    assert_eq!(response.status(), 403);
+    assert_eq!(body(response).await["issue"][0]["code"], "forbidden");
+}
+
+/// The HMAC key of the server's newest signing key, read from its database.
+async fn server_key(smart: &Smart) -> (String, Vec<u8>) {
+    let keys = smart.store.auth_list("signing-key").await.unwrap();
+    let (kid, data) = keys.last().unwrap();
+    let data: Value = serde_json::from_str(data).unwrap();
+    (kid.clone(), URL_SAFE_NO_PAD.decode(data["hmac_secret"].as_str().unwrap()).unwrap())
+}
+
+async fn standalone_launch_issues_tokens(db: Db) {
+    let (_server, smart, patient, _admin) = patient_app(db).await;
+    let token = smart.launch(&Authorization::new("app", PATIENT_SCOPES, "ana", "ana-password")).await;
+    assert_eq!(token["token_type"], "Bearer");
+    assert_eq!(token["patient"], patient.as_str());
+    assert_eq!(token["need_patient_banner"], true);
+    assert!(token["expires_in"].as_i64().unwrap() > 0);
+    assert!(token["refresh_token"].as_str().is_some());
+    assert_eq!(token["scope"], PATIENT_SCOPES);
+    // The id_token verifies with the published key and names the user.
+    let id_token = token["id_token"].as_str().unwrap();
+    let jwks: jsonwebtoken::jwk::JwkSet =
+        smart.http.get(smart.url("/auth/jwks")).send().await.unwrap().json().await.unwrap();
+    let header = jsonwebtoken::decode_header(id_token).unwrap();
+    assert_eq!(header.alg, Algorithm::RS256);
+    let key = jsonwebtoken::DecodingKey::from_jwk(jwks.find(&header.kid.unwrap()).unwrap()).unwrap();
+    let mut validation = jsonwebtoken::Validation::new(Algorithm::RS256);
+    validation.set_audience(&["app"]);
+    validation.validate_exp = false;
+    let claims = jsonwebtoken::decode::<Value>(id_token, &key, &validation).unwrap().claims;
+    assert_eq!(claims["iss"], smart.fhir);
+    assert_eq!(claims["sub"], "ana");
+    assert_eq!(claims["fhirUser"], format!("{}/Patient/{patient}", smart.fhir));
+    // Unticked scopes are not granted.
+    let narrow = Authorization {
+        ticked: Some(vec!["launch/patient", "patient/*.rs"]),
+        ..Authorization::new("app", PATIENT_SCOPES, "ana", "ana-password")
+    };
+    let token = smart.launch(&narrow).await;
+    assert_eq!(token["scope"], "launch/patient patient/*.rs");
+    assert!(token.get("id_token").is_none() && token.get("refresh_token").is_none());
+    // Deny sends the user back with access_denied.
+    let location = smart
+        .consent_redirect(&Authorization::new("app", PATIENT_SCOPES, "ana", "ana-password"), &Pkce::new(), "deny")
+        .await;
+    assert_eq!(query_value(&location, "error").as_deref(), Some("access_denied"));
+    assert_eq!(query_value(&location, "state").as_deref(), Some("st-123"));
+    assert!(query_value(&location, "code").is_none());
+}
+
+async fn authorize_refuses_bad_requests(db: Db) {
+    let (_server, smart, _patient, _admin) = patient_app(db).await;
+    let pkce = Pkce::new();
+    // Unknown client and unregistered redirect: an error page, never a redirect.
+    for extra in
+        [vec![("client_id", "nobody")], vec![("redirect_uri", "https://evil.example/cb")], vec![("redirect_uri", "")]]
+    {
+        let response = smart.authorize("app", PATIENT_SCOPES, &pkce, &extra).await;
+        assert_eq!(response.status(), 400, "{extra:?}");
+        assert!(response.headers().get("location").is_none());
+        assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    }
+    // Wrong aud or response type: back to the app with an error and no code.
+    for (extra, error) in [
+        (vec![("aud", "https://other.example/fhir")], "invalid_request"),
+        (vec![("aud", "")], "invalid_request"),
+        (vec![("response_type", "token")], "unsupported_response_type"),
+    ] {
+        let response = smart.authorize("app", PATIENT_SCOPES, &pkce, &extra).await;
+        assert_eq!(response.status(), 303, "{extra:?}");
+        let location = response.headers()["location"].to_str().unwrap().to_string();
+        assert!(location.starts_with(common::smart::REDIRECT));
+        assert_eq!(query_value(&location, "error").as_deref(), Some(error));
+        assert_eq!(query_value(&location, "state").as_deref(), Some("st-123"));
+        assert!(query_value(&location, "code").is_none());
+    }
+    // POST works like GET.
+    let response = smart
+        .http
+        .post(smart.url("/auth/authorize"))
+        .form(&[
+            ("response_type", "code"),
+            ("client_id", "app"),
+            ("redirect_uri", common::smart::REDIRECT),
+            ("scope", PATIENT_SCOPES),
+            ("state", "s"),
+            ("aud", &smart.fhir),
+            ("code_challenge", &pkce.challenge),
+            ("code_challenge_method", "S256"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.text().await.unwrap().contains("name=\"password\""));
+}
+
+async fn login_is_throttled_without_telling_who_exists(db: Db) {
+    let (_server, smart, _patient, _admin) = patient_app(db).await;
+    let page = smart.authorize("app", PATIENT_SCOPES, &Pkce::new(), &[]).await.text().await.unwrap();
+    let wrong_password = smart.login(&page, "ana", "nope").await;
+    assert_eq!(wrong_password.status(), 401);
+    let wrong_password = wrong_password.text().await.unwrap();
+    let unknown_user = smart.login(&page, "nobody", "nope").await.text().await.unwrap();
+    let message = |html: &str| html.split("role=\"alert\">").nth(1).unwrap().split('<').next().unwrap().to_string();
+    assert_eq!(message(&wrong_password), message(&unknown_user), "the same message for both");
+    // A bad CSRF token is refused.
+    let forged = page.replace(&common::smart::input_value(&page, "csrf").unwrap(), "forged");
+    assert_eq!(smart.login(&forged, "ana", "ana-password").await.status(), 403);
+    for _ in 0..4 {
+        smart.login(&page, "ana", "nope").await;
+    }
+    // After five failures even the right password is refused for a while.
+    let response = smart.login(&page, "ana", "ana-password").await;
+    assert_eq!(response.status(), 401);
+    assert!(response.text().await.unwrap().contains("Too many"));
+}
+
+async fn pkce_and_codes_are_checked(db: Db) {
+    let (_server, smart, patient, _admin) = patient_app(db).await;
+    let auth = Authorization::new("app", PATIENT_SCOPES, "ana", "ana-password");
+    for (verifier, case) in [("wrong-verifier-0123456789-0123456789-0123456789", "wrong"), ("", "empty")] {
+        let pkce = Pkce::new();
+        let code = smart.code(&auth, &pkce).await;
+        let response = smart.exchange("app", &code, verifier).await;
+        assert_eq!(response.status(), 400, "{case} verifier");
+        assert_eq!(body(response).await["error"], "invalid_grant");
+    }
+    // No code_challenge, or a plain one: the code cannot be exchanged.
+    for extra in [vec![("code_challenge", ""), ("code_challenge_method", "")], vec![("code_challenge_method", "plain")]]
+    {
+        let pkce = Pkce::new();
+        let page = smart.authorize("app", PATIENT_SCOPES, &pkce, &extra).await.text().await.unwrap();
+        let response = smart.login(&page, "ana", "ana-password").await;
+        let cookie = response.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+        let consent = smart
+            .http
+            .get(smart.url(response.headers()["location"].to_str().unwrap()))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let form = [
+            ("request", common::smart::input_value(&consent, "request").unwrap()),
+            ("csrf", common::smart::input_value(&consent, "csrf").unwrap()),
+            ("decision", "allow".into()),
+            ("scope", "patient/*.rs".into()),
+        ];
+        let location = smart
+            .http
+            .post(smart.url("/auth/consent"))
+            .header("cookie", &cookie)
+            .form(&form)
+            .send()
+            .await
+            .unwrap()
+            .headers()["location"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let code = query_value(&location, "code").unwrap();
+        let plain_verifier = pkce.challenge.clone();
+        let response = smart.exchange("app", &code, &plain_verifier).await;
+        assert_eq!(response.status(), 400, "{extra:?}");
+    }
+    // An unknown code; a code used twice revokes what the first use issued.
+    assert_eq!(smart.exchange("app", "no-such-code", "x").await.status(), 400);
+    let pkce = Pkce::new();
+    let code = smart.code(&auth, &pkce).await;
+    let first = smart.exchange("app", &code, &pkce.verifier).await;
+    assert_eq!(first.status(), 200);
+    let first: Value = first.json().await.unwrap();
+    let access = first["access_token"].as_str().unwrap();
+    assert_eq!(smart.get(&format!("Patient/{patient}"), access).await.status(), 200);
+    let replay = smart.exchange("app", &code, &pkce.verifier).await;
+    assert_eq!(replay.status(), 400);
+    assert_eq!(body(replay).await["error"], "invalid_grant");
+    assert_eq!(smart.get(&format!("Patient/{patient}"), access).await.status(), 401, "revoked after replay");
+    let refresh = smart
+        .token_request(
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", first["refresh_token"].as_str().unwrap()),
+                ("client_id", "app"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(refresh.status(), 400, "its refresh token is revoked too");
+    // Unsupported grant types.
+    let response = smart.token_request(&[("grant_type", "password"), ("client_id", "app")], None).await;
+    assert_eq!(response.status(), 400);
+    assert_eq!(body(response).await["error"], "unsupported_grant_type");
+}
+
+async fn refresh_tokens_rotate(db: Db) {
+    let (_server, smart, patient, _admin) = patient_app(db).await;
+    let token = smart.launch(&Authorization::new("app", PATIENT_SCOPES, "ana", "ana-password")).await;
+    let first_refresh = token["refresh_token"].as_str().unwrap().to_string();
+    let response = smart
+        .token_request(
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", &first_refresh),
+                ("client_id", "app"),
+                ("scope", "patient/*.rs offline_access"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    assert_eq!(response.headers()["pragma"], "no-cache");
+    let refreshed: Value = response.json().await.unwrap();
+    assert_eq!(refreshed["scope"], "patient/*.rs offline_access");
+    assert_eq!(refreshed["patient"], patient.as_str());
+    let second_refresh = refreshed["refresh_token"].as_str().unwrap().to_string();
+    assert_ne!(second_refresh, first_refresh);
+    assert_eq!(
+        smart.get(&format!("Patient/{patient}"), refreshed["access_token"].as_str().unwrap()).await.status(),
+        200
+    );
+    // A wider scope than granted is refused.
+    let response = smart
+        .token_request(
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", &second_refresh),
+                ("client_id", "app"),
+                ("scope", "patient/*.cruds"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(response.status(), 400);
+    assert_eq!(body(response).await["error"], "invalid_scope");
+    // The rotated-away token used again revokes the grant.
+    assert_eq!(
+        smart
+            .token_request(
+                &[("grant_type", "refresh_token"), ("refresh_token", &first_refresh), ("client_id", "app")],
+                None
+            )
+            .await
+            .status(),
+        400
+    );
+    assert_eq!(
+        smart.get(&format!("Patient/{patient}"), refreshed["access_token"].as_str().unwrap()).await.status(),
+        401
+    );
+    assert_eq!(
+        smart
+            .token_request(&[("grant_type", "refresh_token"), ("refresh_token", "invalid"), ("client_id", "app")], None)
+            .await
+            .status(),
+        400
+    );
+}
+
+async fn introspection_and_revocation(db: Db) {
+    let (server, smart, patient, admin) = patient_app(db).await;
+    let token = smart.launch(&Authorization::new("app", PATIENT_SCOPES, "ana", "ana-password")).await;
+    let access = token["access_token"].as_str().unwrap();
+    let introspect = |token: String| {
+        let http = smart.http.clone();
+        let url = smart.url("/auth/introspect");
+        let admin = admin.clone();
+        async move { http.post(url).bearer_auth(admin).form(&[("token", token)]).send().await.unwrap() }
+    };
+    let active: Value = introspect(access.to_string()).await.json().await.unwrap();
+    assert_eq!(active["active"], true);
+    assert_eq!(active["client_id"], "app");
+    assert_eq!(active["patient"], patient.as_str());
+    assert_eq!(active["scope"], PATIENT_SCOPES);
+    assert_eq!(active["fhirUser"], format!("{}/Patient/{patient}", smart.fhir));
+    assert!(active["exp"].as_i64().is_some());
+    let refresh: Value = introspect(token["refresh_token"].as_str().unwrap().to_string()).await.json().await.unwrap();
+    assert_eq!(refresh["active"], true);
+    let inactive: Value = introspect("nonsense".into()).await.json().await.unwrap();
+    assert_eq!(inactive, json!({"active": false}));
+    // Introspection needs an authenticated caller.
+    assert_eq!(
+        smart.http.post(smart.url("/auth/introspect")).form(&[("token", access)]).send().await.unwrap().status(),
+        401
+    );
+    // Revoking the refresh token stops the access token at once (on a second node too).
+    let response = smart
+        .http
+        .post(smart.url("/auth/revoke"))
+        .form(&[("token", token["refresh_token"].as_str().unwrap()), ("client_id", "app")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(smart.get(&format!("Patient/{patient}"), access).await.status(), 401);
+    let gone: Value = introspect(access.to_string()).await.json().await.unwrap();
+    assert_eq!(gone["active"], false);
+    if db == Db::Postgres {
+        let second = server.second_node().await;
+        let second_smart = Smart::new(&second).await;
+        let other = smart.launch(&Authorization::new("app", PATIENT_SCOPES, "ana", "ana-password")).await;
+        let other_access = other["access_token"].as_str().unwrap();
+        assert_eq!(second_smart.get(&format!("Patient/{patient}"), other_access).await.status(), 200);
+        smart
+            .http
+            .post(smart.url("/auth/revoke"))
+            .form(&[("token", other_access), ("client_id", "app")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            second_smart.get(&format!("Patient/{patient}"), other_access).await.status(),
+            401,
+            "revoked on every node"
+        );
+    }
+}
+
+/// An RSA key pair for `private_key_jwt`: the PEM of the private key and the public JWKS.
+fn client_key(kid: &str) -> (Vec<u8>, String) {
+    let private = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).unwrap();
+    let pem = private.to_pkcs1_pem(rsa::pkcs8::LineEnding::LF).unwrap().as_bytes().to_vec();
+    let public = private.to_public_key();
+    let jwks = json!({"keys": [{"kty": "RSA", "kid": kid, "alg": "RS384", "use": "sig",
+        "n": URL_SAFE_NO_PAD.encode(public.n().to_bytes_be()), "e": URL_SAFE_NO_PAD.encode(public.e().to_bytes_be())}]});
+    (pem, jwks.to_string())
+}
+
+fn assertion(pem: &[u8], kid: &str, claims: &Value) -> String {
+    let header = Header { kid: Some(kid.into()), ..Header::new(Algorithm::RS384) };
+    jsonwebtoken::encode(&header, claims, &EncodingKey::from_rsa_pem(pem).unwrap()).unwrap()
+}
+
+async fn backend_services_authenticate_with_signed_assertions(db: Db) {
+    let (_server, smart, patient, _admin) = patient_app(db).await;
+    let (pem, jwks) = client_key("k1");
+    smart.add_client("backend", ClientCredentials::Jwks { jwks }, Some("system/*.rs")).await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let token_url = smart.url("/auth/token");
+    let claims = |jti: &str, aud: &str, exp: i64| json!({"iss": "backend", "sub": "backend", "aud": aud, "exp": exp, "jti": jti});
+    let request = |signed: String, scope: &'static str| {
+        let http = smart.http.clone();
+        let url = token_url.clone();
+        async move {
+            http.post(url)
+                .form(&[
+                    ("grant_type", "client_credentials"),
+                    ("scope", scope),
+                    ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+                    ("client_assertion", &signed),
+                ])
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let good = assertion(&pem, "k1", &claims("j1", &token_url, now + 120));
+    let response = request(good.clone(), "system/Patient.rs system/Observation.cruds").await;
+    assert_eq!(response.status(), 200);
+    let token: Value = response.json().await.unwrap();
+    assert_eq!(token["scope"], "system/Patient.rs", "only what the client is registered for");
+    assert!(token.get("refresh_token").is_none());
+    let access = token["access_token"].as_str().unwrap();
+    let bundle = body(smart.get("Patient", access).await).await;
+    assert_eq!(bundle["entry"][0]["resource"]["id"], patient.as_str());
+    // Replayed jti, unknown kid, wrong audience, too long a lifetime, expired, wrong signer.
+    let (other_pem, _) = client_key("k1");
+    for (signed, case) in [
+        (good, "replayed jti"),
+        (assertion(&pem, "k2", &claims("j2", &token_url, now + 120)), "unknown kid"),
+        (assertion(&pem, "k1", &claims("j3", "https://other.example/token", now + 120)), "wrong aud"),
+        (assertion(&pem, "k1", &claims("j4", &token_url, now + 3600)), "exp too far"),
+        (assertion(&pem, "k1", &claims("j5", &token_url, now - 10)), "expired"),
+        (assertion(&other_pem, "k1", &claims("j6", &token_url, now + 120)), "another key"),
+    ] {
+        let response = request(signed, "system/Patient.rs").await;
+        assert_eq!(response.status(), 401, "{case}");
+        assert_eq!(body(response).await["error"], "invalid_client", "{case}");
+    }
+    let response = smart
+        .token_request(
+            &[("grant_type", "client_credentials"), ("client_assertion_type", "urn:x"), ("client_assertion", "y")],
+            None,
+        )
+        .await;
+    assert_eq!(response.status(), 400, "bad assertion type");
+    assert_eq!(body(response).await["error"], "invalid_request");
+    // A secret client: wrong secret, no scope it may have, and a public client cannot do it.
+    smart.add_secret_client("reporting", "s3cret").await;
+    assert_eq!(
+        smart
+            .token_request(
+                &[("grant_type", "client_credentials"), ("scope", "system/*.rs")],
+                Some(("reporting", "wrong"))
+            )
+            .await
+            .status(),
+        401
+    );
+    let response = smart
+        .token_request(
+            &[("grant_type", "client_credentials"), ("scope", "patient/*.rs")],
+            Some(("reporting", "s3cret")),
+        )
+        .await;
+    assert_eq!(body(response).await["error"], "invalid_scope");
+    assert_eq!(
+        smart
+            .token_request(
+                &[("grant_type", "client_credentials"), ("scope", "system/*.rs"), ("client_id", "app")],
+                None
+            )
+            .await
+            .status(),
+        401
+    );
+}
+
+async fn ehr_launch_brings_its_context(db: Db) {
+    let (_server, smart, patient, admin) = patient_app(db).await;
+    smart.add_secret_client("ehr", "ehr-secret").await;
+    let ehr = smart.system_token("ehr", "ehr-secret", "system/launch").await;
+    let launch = |token: String, body: Value| {
+        let http = smart.http.clone();
+        let url = smart.url("/auth/launch");
+        async move { http.post(url).bearer_auth(token).json(&body).send().await.unwrap() }
+    };
+    assert_eq!(launch(admin.clone(), json!({"patient": "unknown-patient"})).await.status(), 404);
+    let response = launch(ehr, json!({"patient": patient})).await;
+    assert_eq!(response.status(), 201);
+    let id = body(response).await["launch"].as_str().unwrap().to_string();
+    let patient_token = smart.launch(&Authorization::new("app", PATIENT_SCOPES, "ana", "ana-password")).await;
+    let forbidden =
+        launch(patient_token["access_token"].as_str().unwrap().to_string(), json!({"patient": patient})).await;
+    assert_eq!(forbidden.status(), 403, "a patient app cannot create launches");
+    smart.add_user("dr", "dr-password", "Practitioner/dr1", &[]).await;
+    let auth = Authorization {
+        launch: Some(&id),
+        ..Authorization::new("app", "launch openid fhirUser user/*.rs", "dr", "dr-password")
+    };
+    let token = smart.launch(&auth).await;
+    assert_eq!(token["patient"], patient.as_str());
+    assert_eq!(token["smart_style_url"], smart.url("/auth/smart-style.json"));
+    assert_eq!(smart.http.get(smart.url("/auth/smart-style.json")).send().await.unwrap().status(), 200);
+    let response = smart.authorize("app", "launch user/*.rs", &Pkce::new(), &[("launch", "no-such-launch")]).await;
+    assert_eq!(response.status(), 303);
+    assert_eq!(
+        query_value(response.headers()["location"].to_str().unwrap(), "error").as_deref(),
+        Some("invalid_request")
+    );
+}
+
+async fn a_proxy_chooses_among_their_patients(db: Db) {
+    let (_server, smart, first, admin) = patient_app(db).await;
+    let response = smart
+        .fhir_request(Method::POST, "Patient", &admin)
+        .header("content-type", "application/fhir+json")
+        .body(json!({"resourceType": "Patient", "name": [{"family": "Rivera", "given": ["Luis"]}]}).to_string())
+        .send()
+        .await
+        .unwrap();
+    let second = body(response).await["id"].as_str().unwrap().to_string();
+    smart.add_user("mum", "mum-password", "RelatedPerson/rp1", &[&first, &second]).await;
+    let pkce = Pkce::new();
+    let page = smart.authorize("app", "launch/patient patient/*.rs", &pkce, &[]).await.text().await.unwrap();
+    let response = smart.login(&page, "mum", "mum-password").await;
+    let cookie = response.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"), "{cookie}");
+    let cookie = cookie.split(';').next().unwrap().to_string();
+    let consent = smart
+        .http
+        .get(smart.url(response.headers()["location"].to_str().unwrap()))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(consent.contains("Luis Rivera") && consent.contains("Ana Rivera"), "both patients offered");
+    let auth = Authorization {
+        patient: Some(&second),
+        ..Authorization::new("app", "launch/patient patient/*.rs", "mum", "mum-password")
+    };
+    let token = smart.launch(&auth).await;
+    assert_eq!(token["patient"], second.as_str());
+    let access = token["access_token"].as_str().unwrap();
+    assert_eq!(smart.get(&format!("Patient/{second}"), access).await.status(), 200);
+    assert_eq!(smart.get(&format!("Patient/{first}"), access).await.status(), 404, "bound to the chosen patient");
+}
+
+on_both_databases!(
+    discovery_documents_agree,
+    fhir_requests_need_a_valid_token,
+    standalone_launch_issues_tokens,
+    authorize_refuses_bad_requests,
+    login_is_throttled_without_telling_who_exists,
+    pkce_and_codes_are_checked,
+    refresh_tokens_rotate,
+    introspection_and_revocation,
+    backend_services_authenticate_with_signed_assertions,
+    ehr_launch_brings_its_context,
+    a_proxy_chooses_among_their_patients,
+);
