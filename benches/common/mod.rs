@@ -29,12 +29,18 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts the release `hearth` binary on a free port and waits until it is ready.
+    /// Starts the release `hearth` binary on a free port without authorization (`--auth off`)
+    /// and waits until it is ready.
     pub async fn start(hearth_binary: &str, database_url: &str) -> Server {
+        Server::start_with_auth(hearth_binary, database_url, "off").await
+    }
+
+    /// Starts the release `hearth` binary with `--auth <auth>` (`off` or `smart`).
+    pub async fn start_with_auth(hearth_binary: &str, database_url: &str, auth: &str) -> Server {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let child = spawn(
             Command::new(hearth_binary)
-                .args(["serve", "--listen", &addr.to_string(), "--database", database_url])
+                .args(["serve", "--listen", &addr.to_string(), "--database", database_url, "--auth", auth])
                 .env("RUST_LOG", "warn"),
         );
         wait_until_up(addr, "/readyz").await;

@@ -1,0 +1,274 @@
+//! Authorization benchmark: `cargo bench --bench auth` (builds release).
+//!
+//! On SQLite and PostgreSQL it loads synthetic patients, then measures in one run, alternating:
+//! read by id with `--auth off`, and the same reads on the same database with `--auth smart`
+//! and a bearer token (a patient-scoped token reading that patient's resources, so that the
+//! compartment check runs on every read), and prints both and their ratio. Then the token
+//! endpoint: client_credentials tokens per second with `client_secret_basic` and with
+//! `private_key_jwt` (RS384 assertions signed before the run, each with its own `jti`).
+//! Medians of `HEARTH_BENCH_RUNS` (default 3) runs of `HEARTH_BENCH_SECONDS` (default 3) s;
+//! `HEARTH_BENCH_PATIENTS` (default 20) patients.
+
+mod common;
+
+use std::process::Command;
+use std::sync::Arc;
+
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use bytes::Bytes;
+use common::{created_ids, env_number, ingest, load, median_load, LoadSummary, Server};
+use http_body_util::Full;
+use hyper::Request;
+use rsa::pkcs1::EncodeRsaPrivateKey;
+use rsa::traits::PublicKeyParts;
+use serde_json::{json, Value};
+
+const CONNECTIONS: usize = 32;
+const HEARTH: &str = env!("CARGO_BIN_EXE_hearth");
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    runtime.block_on(run());
+}
+
+async fn run() {
+    let patients = env_number("HEARTH_BENCH_PATIENTS", 20);
+    let seconds = env_number("HEARTH_BENCH_SECONDS", 3) as u64;
+    let runs = env_number("HEARTH_BENCH_RUNS", 3);
+    println!(
+        "Hearth authorization benchmark: {patients} patients, {runs} runs of {seconds} s, {CONNECTIONS} connections"
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sqlite = format!("sqlite://{}", dir.path().join("auth.db").display());
+    let mut rows = Vec::new();
+    for (database, url) in [("SQLite", sqlite), ("PostgreSQL", common::postgres::fresh_database().await)] {
+        rows.push((database, measure(&url, patients, seconds, runs, dir.path()).await));
+    }
+    println!();
+    println!("| database | read --auth off req/s | read with token req/s | ratio | token p99 ms | client_secret_basic tokens/s | private_key_jwt tokens/s |");
+    println!("|---|---|---|---|---|---|---|");
+    for (database, f) in rows {
+        println!(
+            "| {database} | {:.0} | {:.0} | {:.0}% | {:.2} | {:.0} | {:.0} |",
+            f.open.per_second,
+            f.authorized.per_second,
+            100.0 * f.authorized.per_second / f.open.per_second,
+            f.authorized.p99_ms,
+            f.basic_tokens.per_second,
+            f.jwt_tokens.per_second
+        );
+    }
+}
+
+struct Figures {
+    open: LoadSummary,
+    authorized: LoadSummary,
+    basic_tokens: LoadSummary,
+    jwt_tokens: LoadSummary,
+}
+
+/// Runs a `hearth` administration command on the database, with `stdin` as its input.
+fn admin(url: &str, args: &[&str], stdin: &str) {
+    use std::io::Write;
+    let mut child = Command::new(HEARTH)
+        .args(args)
+        .args(["--database", url])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("hearth admin command");
+    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
+    assert!(child.wait().expect("wait").success(), "hearth {args:?} failed");
+}
+
+async fn measure(url: &str, patients: usize, seconds: u64, runs: usize, dir: &std::path::Path) -> Figures {
+    // Data goes in without authorization; then the clients and a patient user are registered.
+    let server = Server::start(HEARTH, url).await;
+    let ingested = ingest(server.addr, &common::synthetic_bundles(patients), 4).await;
+    server.stop();
+    let patient = created_ids(&ingested.responses[0], "Patient")[0].clone();
+    let observations: Arc<Vec<String>> =
+        Arc::new(ingested.responses.iter().take(1).flat_map(|r| created_ids(r, "Observation")).collect());
+    let private = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).expect("RSA key");
+    let public = private.to_public_key();
+    let jwks = json!({"keys": [{"kty": "RSA", "kid": "bench", "alg": "RS384", "use": "sig",
+        "n": URL_SAFE_NO_PAD.encode(public.n().to_bytes_be()), "e": URL_SAFE_NO_PAD.encode(public.e().to_bytes_be())}]});
+    let jwks_file = dir.join("bench-jwks.json");
+    std::fs::write(&jwks_file, jwks.to_string()).expect("write JWKS");
+    admin(url, &["client", "add", "--client-id", "bench-basic", "--secret-stdin"], "bench-secret\n");
+    admin(url, &["client", "add", "--client-id", "bench-jwt", "--jwks-file", jwks_file.to_str().unwrap()], "");
+    admin(
+        url,
+        &["client", "add", "--client-id", "bench-app", "--public", "--redirect-uri", "http://127.0.0.1:9/cb"],
+        "",
+    );
+    let fhir_user = format!("Patient/{patient}");
+    admin(
+        url,
+        &["user", "add", "--username", "bench", "--password-stdin", "--fhir-user", &fhir_user],
+        "bench-password\n",
+    );
+
+    let open = Server::start(HEARTH, url).await;
+    let mut open_runs = Vec::new();
+    let mut authorized_runs = Vec::new();
+    // The patient's own token: every read goes through the compartment check.
+    let smart = Server::start_with_auth(HEARTH, url, "smart").await;
+    let token = patient_token(&smart, &patient).await;
+    smart.stop();
+    open.stop();
+    for _ in 0..runs.max(1) {
+        let open = Server::start(HEARTH, url).await;
+        open_runs.push(load(open.addr, CONNECTIONS, seconds, read(observations.clone(), None)).await);
+        open.stop();
+        let smart = Server::start_with_auth(HEARTH, url, "smart").await;
+        authorized_runs
+            .push(load(smart.addr, CONNECTIONS, seconds, read(observations.clone(), Some(token.clone()))).await);
+        smart.stop();
+    }
+    let smart = Server::start_with_auth(HEARTH, url, "smart").await;
+    let basic = format!("Basic {}", STANDARD.encode("bench-basic:bench-secret"));
+    let basic_tokens = median_load(runs, || {
+        let basic = basic.clone();
+        load(smart.addr, 16, seconds, move |_| {
+            token_request(Some(&basic), "grant_type=client_credentials&scope=system%2F*.rs".to_string())
+        })
+    })
+    .await;
+    // Enough signed assertions for every request of every run (each jti is used once).
+    let token_url = format!("http://localhost:{}/auth/token", smart.addr.port());
+    let pem = private.to_pkcs1_pem(rsa::pkcs8::LineEnding::LF).expect("PEM");
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(pem.as_bytes()).expect("key");
+    let needed = 4000 * seconds as usize * runs.max(1);
+    let assertions: Arc<Vec<String>> = Arc::new(
+        (0..needed)
+            .map(|n| {
+                let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 290;
+                let claims = json!({"iss": "bench-jwt", "sub": "bench-jwt", "aud": token_url, "exp": exp, "jti": format!("bench-{n}")});
+                let header = jsonwebtoken::Header { kid: Some("bench".into()), ..jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS384) };
+                jsonwebtoken::encode(&header, &claims, &key).expect("sign")
+            })
+            .collect(),
+    );
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let jwt_tokens = median_load(runs, || {
+        let (assertions, next) = (assertions.clone(), next.clone());
+        load(smart.addr, 16, seconds, move |_| {
+            let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let assertion = &assertions[n % assertions.len()];
+            token_request(None, format!("grant_type=client_credentials&scope=system%2F*.rs&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={assertion}"))
+        })
+    })
+    .await;
+    smart.stop();
+    let middle = |mut all: Vec<LoadSummary>| {
+        all.sort_by(|a, b| a.per_second.total_cmp(&b.per_second));
+        all[all.len() / 2]
+    };
+    Figures { open: middle(open_runs), authorized: middle(authorized_runs), basic_tokens, jwt_tokens }
+}
+
+/// Reads of the patient's Observations by id, with a bearer token or without.
+fn read(
+    ids: Arc<Vec<String>>,
+    token: Option<String>,
+) -> impl Fn(usize) -> Request<Full<Bytes>> + Send + Sync + 'static {
+    move |n| {
+        let mut request = Request::get(format!("/fhir/Observation/{}", ids[n % ids.len()])).header("host", "localhost");
+        if let Some(token) = &token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        request.body(Full::new(Bytes::new())).expect("request")
+    }
+}
+
+fn token_request(authorization: Option<&str>, form: String) -> Request<Full<Bytes>> {
+    let mut request = Request::post("/auth/token")
+        .header("host", "localhost")
+        .header("content-type", "application/x-www-form-urlencoded");
+    if let Some(value) = authorization {
+        request = request.header("authorization", value);
+    }
+    request.body(Full::new(Bytes::from(form))).expect("request")
+}
+
+/// A `patient/*.rs` token of the patient, through the real login and consent forms.
+async fn patient_token(server: &Server, patient: &str) -> String {
+    let root = format!("http://{}", server.addr);
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let verifier = "bench-verifier-0123456789-0123456789-0123456789";
+    use sha2::Digest;
+    let challenge = URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(verifier.as_bytes()));
+    let fhir = format!("http://localhost:{}/fhir", server.addr.port());
+    let page = http
+        .get(format!("{root}/auth/authorize"))
+        .query(&[
+            ("response_type", "code"),
+            ("client_id", "bench-app"),
+            ("redirect_uri", "http://127.0.0.1:9/cb"),
+            ("scope", "launch/patient patient/*.rs"),
+            ("state", "s"),
+            ("aud", &fhir),
+            ("code_challenge", &challenge),
+            ("code_challenge_method", "S256"),
+        ])
+        .send()
+        .await
+        .expect("authorize")
+        .text()
+        .await
+        .expect("page");
+    let field = |html: &str, name: &str| -> String {
+        let start = html.find(&format!("name=\"{name}\" value=\"")).expect("field") + name.len() + 15;
+        html[start..start + html[start..].find('"').expect("end")].to_string()
+    };
+    let login = http
+        .post(format!("{root}/auth/login"))
+        .form(&[
+            ("request", field(&page, "request")),
+            ("csrf", field(&page, "csrf")),
+            ("username", "bench".into()),
+            ("password", "bench-password".into()),
+        ])
+        .send()
+        .await
+        .expect("login");
+    let cookie = login.headers()["set-cookie"].to_str().expect("cookie").split(';').next().expect("cookie").to_string();
+    let consent_url = format!("{root}{}", login.headers()["location"].to_str().expect("location"));
+    let consent =
+        http.get(consent_url).header("cookie", &cookie).send().await.expect("consent").text().await.expect("page");
+    let done = http
+        .post(format!("{root}/auth/consent"))
+        .header("cookie", &cookie)
+        .form(&[
+            ("request", field(&consent, "request")),
+            ("csrf", field(&consent, "csrf")),
+            ("decision", "allow".into()),
+            ("scope", "launch/patient".into()),
+            ("scope", "patient/*.rs".into()),
+        ])
+        .send()
+        .await
+        .expect("consent");
+    let location = done.headers()["location"].to_str().expect("redirect").to_string();
+    let code =
+        url::Url::parse(&location).expect("url").query_pairs().find(|(n, _)| n == "code").expect("code").1.to_string();
+    let token: Value = http
+        .post(format!("{root}/auth/token"))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", "http://127.0.0.1:9/cb"),
+            ("code_verifier", verifier),
+            ("client_id", "bench-app"),
+        ])
+        .send()
+        .await
+        .expect("token")
+        .json()
+        .await
+        .expect("token json");
+    assert_eq!(token["patient"], patient);
+    token["access_token"].as_str().expect("access token").to_string()
+}
