@@ -69,3 +69,108 @@ async fn synth_bundles_import_cleanly() {
     assert!(!failed.status.success());
     assert!(String::from_utf8_lossy(&failed.stdout).contains("broken.json"));
 }
+
+/// Runs `hearth` with `input` on its standard input.
+fn run_with_input(args: &[&str], input: &str) -> std::process::Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run hearth");
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn stdout(output: &std::process::Output) -> String {
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn clients_users_and_keys_are_administered_beside_a_running_server() {
+    use hearth::auth::records::{client, user, verify_password, ClientCredentials};
+    let dir = tempfile::tempdir().unwrap();
+    let database = format!("sqlite://{}", dir.path().join("auth.db").display());
+    // A server holds the database (and its single-writer lock) meanwhile.
+    let settings = Settings { smart: true, ..Settings::new("http://localhost:8080") };
+    let server = Hearth::open(&database, settings).await.unwrap();
+    let store = server.service().store().clone();
+    let db = ["--database", database.as_str()];
+
+    let add = [
+        &["client", "add", "--client-id", "portal", "--name", "Portal", "--public"][..],
+        &["--redirect-uri", "https://app.example/cb", "https://app.example/cb2"],
+        &db,
+    ]
+    .concat();
+    stdout(&run_hearth(&add));
+    stdout(&run_with_input(
+        &[&["client", "add", "--client-id", "svc", "--secret-stdin", "--scope", "system/*.rs"][..], &db].concat(),
+        "s3cret\n",
+    ));
+    let listed = stdout(&run_hearth(&[&["client", "list"][..], &db].concat()));
+    assert!(listed.contains("portal\tpublic\tPortal\thttps://app.example/cb https://app.example/cb2"), "{listed}");
+    assert!(listed.contains("svc\tsecret"), "{listed}");
+    let portal = client(store.as_ref(), "portal").await.unwrap().unwrap();
+    assert_eq!(portal.credentials, ClientCredentials::Public);
+    assert!(client(store.as_ref(), "svc").await.unwrap().unwrap().secret_matches("s3cret"));
+    // Exactly one kind of credentials.
+    assert!(!run_hearth(
+        &[&["client", "add", "--client-id", "x", "--public", "--jwks-uri", "https://k.example/jwks"][..], &db].concat()
+    )
+    .status
+    .success());
+    assert!(!run_hearth(&[&["client", "add", "--client-id", "x"][..], &db].concat()).status.success());
+
+    let add_user =
+        [&["user", "add", "--username", "ana", "--password-stdin", "--fhir-user", "Patient/p1"][..], &db].concat();
+    stdout(&run_with_input(&add_user, "first password\n"));
+    let proxy = [
+        &[
+            "user",
+            "add",
+            "--username",
+            "mum",
+            "--password-stdin",
+            "--fhir-user",
+            "RelatedPerson/r1",
+            "--patient",
+            "Patient/p1",
+            "--patient",
+            "Patient/p2",
+        ][..],
+        &db,
+    ]
+    .concat();
+    stdout(&run_with_input(&proxy, "mum password\n"));
+    assert!(!run_with_input(
+        &[&["user", "add", "--username", "bad", "--password-stdin", "--fhir-user", "Observation/1"][..], &db].concat(),
+        "pw\n"
+    )
+    .status
+    .success());
+    let users = stdout(&run_hearth(&[&["user", "list"][..], &db].concat()));
+    assert!(users.contains("ana\tPatient/p1\tp1") && users.contains("mum\tRelatedPerson/r1\tp1 p2"), "{users}");
+    stdout(&run_with_input(&[&["user", "passwd", "ana", "--password-stdin"][..], &db].concat(), "second password\n"));
+    let ana = user(store.as_ref(), "ana").await.unwrap().unwrap();
+    assert!(ana.password_hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{}", ana.password_hash);
+    assert!(
+        verify_password("second password", &ana.password_hash)
+            && !verify_password("first password", &ana.password_hash)
+    );
+
+    let keys_before = store.auth_list("signing-key").await.unwrap().len();
+    assert!(stdout(&run_hearth(&[&["key", "rotate"][..], &db].concat())).starts_with("new signing key"));
+    assert_eq!(store.auth_list("signing-key").await.unwrap().len(), keys_before + 1);
+
+    stdout(&run_hearth(&[&["user", "remove", "mum"][..], &db].concat()));
+    stdout(&run_hearth(&[&["client", "remove", "svc"][..], &db].concat()));
+    assert!(
+        user(store.as_ref(), "mum").await.unwrap().is_none() && client(store.as_ref(), "svc").await.unwrap().is_none()
+    );
+    assert!(!run_hearth(&[&["client", "remove", "svc"][..], &db].concat()).status.success(), "removing twice fails");
+}

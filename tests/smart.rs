@@ -660,7 +660,102 @@ async fn a_proxy_chooses_among_their_patients(db: Db) {
     assert_eq!(smart.get(&format!("Patient/{first}"), access).await.status(), 404, "bound to the chosen patient");
 }
 
+async fn jwks_uri_and_es384_clients(db: Db) {
+    use p384::pkcs8::EncodePrivateKey;
+    let (_server, smart, _patient, _admin) = patient_app(db).await;
+    // An ES384 key published at the client's own JWKS URL.
+    let secret = p384::SecretKey::random(&mut rsa::rand_core::OsRng);
+    let point = p384::elliptic_curve::sec1::ToEncodedPoint::to_encoded_point(&secret.public_key(), false);
+    let jwks = json!({"keys": [{"kty": "EC", "crv": "P-384", "kid": "ec1", "alg": "ES384", "use": "sig",
+        "x": URL_SAFE_NO_PAD.encode(point.x().unwrap()), "y": URL_SAFE_NO_PAD.encode(point.y().unwrap())}]});
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let jwks_url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+    let app = axum::Router::new().route(
+        "/jwks.json",
+        axum::routing::get(move || {
+            let jwks = jwks.clone();
+            async move { axum::Json(jwks) }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    smart.add_client("ec-backend", ClientCredentials::JwksUri { uri: jwks_url }, None).await;
+    let pem = secret.to_pkcs8_pem(p384::pkcs8::LineEnding::LF).unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let claims = json!({"iss": "ec-backend", "sub": "ec-backend", "aud": smart.url("/auth/token"), "exp": now + 60, "jti": "ec-1"});
+    let header = Header { kid: Some("ec1".into()), ..Header::new(Algorithm::ES384) };
+    let signed = jsonwebtoken::encode(&header, &claims, &EncodingKey::from_ec_pem(pem.as_bytes()).unwrap()).unwrap();
+    let form = [
+        ("grant_type", "client_credentials"),
+        ("scope", "system/Patient.rs"),
+        ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+        ("client_assertion", signed.as_str()),
+    ];
+    let response = smart.token_request(&form, None).await;
+    assert_eq!(response.status(), 200);
+    let token: Value = response.json().await.unwrap();
+    assert_eq!(smart.get("Patient", token["access_token"].as_str().unwrap()).await.status(), 200);
+    // An RS256 assertion is not accepted (RS384 and ES384 only).
+    let (rsa_pem, _) = client_key("ec1");
+    let weak = jsonwebtoken::encode(&Header { kid: Some("ec1".into()), ..Header::new(Algorithm::RS256) }, &json!({"iss": "ec-backend", "sub": "ec-backend", "aud": smart.url("/auth/token"), "exp": now + 60, "jti": "ec-2"}), &EncodingKey::from_rsa_pem(&rsa_pem).unwrap()).unwrap();
+    let form = [
+        ("grant_type", "client_credentials"),
+        ("scope", "system/Patient.rs"),
+        ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+        ("client_assertion", weak.as_str()),
+    ];
+    assert_eq!(smart.token_request(&form, None).await.status(), 401);
+}
+
+async fn online_access_ends_with_the_session(db: Db) {
+    let (_server, smart, _patient, _admin) = patient_app(db).await;
+    let token = smart
+        .launch(&Authorization::new("app", "launch/patient patient/*.rs online_access", "ana", "ana-password"))
+        .await;
+    let refresh = token["refresh_token"].as_str().unwrap().to_string();
+    let response = smart
+        .token_request(&[("grant_type", "refresh_token"), ("refresh_token", &refresh), ("client_id", "app")], None)
+        .await;
+    assert_eq!(response.status(), 200, "while the session lives");
+    let refresh = response.json::<Value>().await.unwrap()["refresh_token"].as_str().unwrap().to_string();
+    // The user's login session ends (expires or is removed).
+    for (key, _) in smart.store.auth_list("session").await.unwrap() {
+        smart.store.auth_delete("session", &key).await.unwrap();
+    }
+    let response = smart
+        .token_request(&[("grant_type", "refresh_token"), ("refresh_token", &refresh), ("client_id", "app")], None)
+        .await;
+    assert_eq!(response.status(), 400);
+    assert_eq!(body(response).await["error"], "invalid_grant");
+}
+
+async fn rotated_keys_reach_every_node(db: Db) {
+    if db == Db::Sqlite {
+        return; // one SQLite process per database: nothing to share between nodes
+    }
+    let (server, smart, patient, _admin) = patient_app(db).await;
+    let before = smart.launch(&Authorization::new("app", PATIENT_SCOPES, "ana", "ana-password")).await;
+    let new_kid = hearth::auth::keys::add_key(smart.store.as_ref()).await.unwrap();
+    // A node started after the rotation signs with the new key; the first node learns it on sight.
+    let second = server.second_node().await;
+    let mut second_smart = Smart::new(&second).await;
+    second_smart.aud = smart.fhir.clone();
+    let after = second_smart.launch(&Authorization::new("app", PATIENT_SCOPES, "ana", "ana-password")).await;
+    let access = after["access_token"].as_str().unwrap();
+    assert_eq!(jsonwebtoken::decode_header(access).unwrap().kid.as_deref(), Some(new_kid.as_str()));
+    assert_eq!(smart.get(&format!("Patient/{patient}"), access).await.status(), 200);
+    assert_eq!(
+        smart.get(&format!("Patient/{patient}"), before["access_token"].as_str().unwrap()).await.status(),
+        200,
+        "old keys still verify"
+    );
+    let jwks: Value = smart.http.get(smart.url("/auth/jwks")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 2);
+}
+
 on_both_databases!(
+    jwks_uri_and_es384_clients,
+    online_access_ends_with_the_session,
+    rotated_keys_reach_every_node,
     discovery_documents_agree,
     fhir_requests_need_a_valid_token,
     standalone_launch_issues_tokens,

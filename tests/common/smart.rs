@@ -82,6 +82,9 @@ impl<'a> Authorization<'a> {
 pub struct Smart {
     pub root: String,
     pub fhir: String,
+    /// The `aud` of authorization requests: the public FHIR base (of a load balancer in front
+    /// of several nodes, or this node's).
+    pub aud: String,
     pub http: reqwest::Client,
     pub store: Arc<dyn Store>,
 }
@@ -91,7 +94,7 @@ impl Smart {
         let root = server.base.trim_end_matches("/fhir").to_string();
         let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
         let store = hearth::store::open_shared(&server.database_url).await.expect("open the store");
-        Smart { root, fhir: server.base.clone(), http, store }
+        Smart { root, fhir: server.base.clone(), aud: server.base.clone(), http, store }
     }
 
     pub async fn add_client(&self, client_id: &str, credentials: ClientCredentials, scope: Option<&str>) {
@@ -136,7 +139,7 @@ impl Smart {
             ("redirect_uri", REDIRECT.into()),
             ("scope", scope.into()),
             ("state", "st-123".into()),
-            ("aud", self.fhir.clone()),
+            ("aud", self.aud.clone()),
             ("code_challenge", pkce.challenge.clone()),
             ("code_challenge_method", "S256".into()),
         ];
