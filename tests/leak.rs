@@ -169,6 +169,18 @@ impl World {
         ] {
             self.nothing_of_b(&path, token).await;
         }
+        // Shared resources (the clinic, the practitioners) must not tell what B's records hold.
+        for path in [
+            format!("Organization?_has:DiagnosticReport:performer:subject=Patient/{b}"),
+            format!("Practitioner?_has:Encounter:participant:subject=Patient/{b}"),
+            format!("Practitioner?_has:Encounter:participant:subject.name={}", self.family_b),
+        ] {
+            let found = self.bundle(&path, token).await;
+            assert_eq!(found["entry"].as_array().map_or(0, Vec::len), 0, "{who}: {path}");
+        }
+        let clinic =
+            self.bundle(&format!("Organization?_has:DiagnosticReport:performer:subject=Patient/{a}"), token).await;
+        assert_eq!(clinic["entry"].as_array().map_or(0, Vec::len), 1, "{who}: A's clinic");
         let own = self.nothing_of_b(&format!("Patient?_has:Observation:subject:status=final&_id={a}"), token).await;
         assert!(own.contains(a), "{who}: _has finds A");
         let mine = self.nothing_of_b(&format!("Patient/{a}/Observation"), token).await;

@@ -95,6 +95,13 @@ fn restrict_query(
     if matches!(access, Access::Open) {
         return Ok(());
     }
+    // Chains and `_has` look at other resources: only at those the caller may read, or the
+    // answer would tell something of the others (which practitioners saw patient B).
+    for group in &mut query.all_of {
+        for condition in group.iter_mut() {
+            confine_nested(context, access, condition);
+        }
+    }
     if let [only] = query.resource_types.as_slice() {
         if let Restriction::Only(condition) = access.restriction(*context, permission, only)? {
             query.all_of.push(match condition {
@@ -126,6 +133,47 @@ fn restrict_query(
         query.all_of.push(clauses);
     }
     Ok(())
+}
+
+/// Adds the caller's read restriction to the resources that the chains and `_has` criteria
+/// inside `condition` look at (nothing of a type the caller may not read matches).
+fn confine_nested(context: &PolicyContext<'_>, access: &Access, condition: &mut Condition) {
+    match condition {
+        Condition::Chain { target_types, condition: inner, .. } => {
+            confine_nested(context, access, inner);
+            let mut clauses = Vec::new();
+            let mut restricted = false;
+            for target_type in target_types.iter() {
+                match access.granted(*context, Permission::Read, target_type) {
+                    None => restricted = true,
+                    Some(Restriction::None) => clauses.push(Condition::Type(target_type.clone())),
+                    Some(Restriction::Only(rule)) => {
+                        restricted = true;
+                        clauses.push(Condition::AllOf(vec![Condition::Type(target_type.clone()), rule]));
+                    }
+                }
+            }
+            if restricted {
+                let original = std::mem::replace(inner.as_mut(), Condition::AnyOf(Vec::new()));
+                **inner = Condition::AllOf(vec![original, Condition::AnyOf(clauses)]);
+            }
+        }
+        Condition::Has { source_type, condition: inner, .. } => {
+            confine_nested(context, access, inner);
+            let rule = match access.granted(*context, Permission::Read, source_type) {
+                None => Condition::AnyOf(Vec::new()),
+                Some(Restriction::None) => return,
+                Some(Restriction::Only(rule)) => rule,
+            };
+            let original = std::mem::replace(inner.as_mut(), Condition::AnyOf(Vec::new()));
+            **inner = Condition::AllOf(vec![original, rule]);
+        }
+        Condition::AnyOf(inner) | Condition::AllOf(inner) => {
+            inner.iter_mut().for_each(|c| confine_nested(context, access, c));
+        }
+        Condition::Not(inner) => confine_nested(context, access, inner),
+        _ => {}
+    }
 }
 
 /// Whether `rule` admits the stored `version` (indexed in memory when the rule needs it).
