@@ -50,8 +50,8 @@ impl AuthServer {
         authorization: Option<&str>,
         form: &HashMap<String, String>,
     ) -> Result<ClientIdentity, Reply> {
-        if let Some(basic) = authorization.and_then(|value| value.strip_prefix("Basic ")) {
-            return self.basic_client(basic.trim()).await;
+        if let Some(basic) = authorization.and_then(|value| super::credentials(value, "Basic")) {
+            return self.basic_client(basic, form.get("client_id")).await;
         }
         if let Some(kind) = form.get("client_assertion_type") {
             if kind != JWT_BEARER {
@@ -86,7 +86,7 @@ impl AuthServer {
     }
 
     /// `client_secret_basic`: `Authorization: Basic base64(urlencode(id):urlencode(secret))`.
-    async fn basic_client(&self, encoded: &str) -> Result<ClientIdentity, Reply> {
+    async fn basic_client(&self, encoded: &str, body_client_id: Option<&String>) -> Result<ClientIdentity, Reply> {
         let decoded = STANDARD.decode(encoded).ok().and_then(|bytes| String::from_utf8(bytes).ok());
         let Some((id, secret)) = decoded.as_deref().and_then(|text| text.split_once(':')) else {
             return Err(invalid_client("malformed Basic credentials"));
@@ -94,6 +94,9 @@ impl AuthServer {
         let unescape =
             |text: &str| percent_encoding::percent_decode_str(&text.replace('+', " ")).decode_utf8_lossy().into_owned();
         let record = self.registered(&unescape(id)).await?;
+        if body_client_id.is_some_and(|other| *other != record.client_id) {
+            return Err(invalid_client("client_id in the body differs from the Basic credentials"));
+        }
         if !record.secret_matches(&unescape(secret)) {
             return Err(invalid_client("wrong client credentials"));
         }

@@ -13,7 +13,7 @@ impl AuthServer {
     /// token; the answer says whether `token` is active and what it grants.
     pub async fn introspect(&self, authorization: Option<&str>, form: &HashMap<String, String>) -> Reply {
         let caller_ok = match authorization {
-            Some(value) if value.starts_with("Bearer ") || value.starts_with("bearer ") => {
+            Some(value) if super::credentials(value, "Bearer").is_some() => {
                 self.authenticate(Some(value)).await.is_ok()
             }
             _ => self.authenticate_client(authorization, form).await.is_ok(),

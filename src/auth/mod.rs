@@ -122,11 +122,7 @@ impl AuthServer {
 
     /// Checks a bearer token and returns what it grants.
     pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Access, BearerError> {
-        let token = authorization
-            .and_then(|value| value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or(BearerError::Missing)?;
+        let token = authorization.and_then(|value| credentials(value, "Bearer")).ok_or(BearerError::Missing)?;
         let claims = self.verify(token).await?;
         Ok(Access::Token(Arc::new(grant_of(&claims))))
     }
@@ -197,6 +193,14 @@ impl AuthServer {
             }
         }
     }
+}
+
+/// The credentials of an `Authorization` header value with the given scheme (the scheme's
+/// case does not matter, RFC 7235).
+pub(crate) fn credentials<'a>(value: &'a str, scheme: &str) -> Option<&'a str> {
+    let (given, credentials) = value.trim().split_once(' ')?;
+    let credentials = credentials.trim();
+    (given.eq_ignore_ascii_case(scheme) && !credentials.is_empty()).then_some(credentials)
 }
 
 /// What a token's claims grant.

@@ -58,9 +58,13 @@ impl FhirService {
             .is_some_and(|rule| admits(&rule, &registry, &self.config.base_url, version))
     }
 
-    /// Whether the deletion `version` (which has no body) may be shown: only when the caller's
-    /// rule for its type decides without the body (no restriction, or an `_id` check).
-    pub(super) fn deletion_visible(&self, access: &Access, version: &ResourceVersion) -> bool {
+    /// Whether a history entry may be shown: a version the caller may read, or a deletion
+    /// (which has no body) of a type whose rule decides without the body (no restriction, or an
+    /// `_id` check).
+    pub(super) fn history_visible(&self, access: &Access, version: &ResourceVersion) -> bool {
+        if !version.deleted || matches!(access, Access::Open) {
+            return self.visible(access, Permission::Read, version);
+        }
         let registry = self.registry();
         access.granted(policy(&registry, &self.config.base_url), Permission::Read, &version.resource_type).is_some_and(
             |rule| !rule.needs_index() && rule.admits(&version.resource_type, &version.id, &IndexRows::default()),

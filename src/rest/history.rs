@@ -5,7 +5,6 @@ use serde_json::json;
 use super::bundle_writer::BundleWriter;
 use super::{store_error, Body, FhirRequest, FhirResponse, FhirService};
 use crate::auth::scope::Permission;
-use crate::auth::Access;
 use crate::model::resource::{format_instant, parse_instant};
 use crate::model::FhirError;
 use crate::store::{HistoryQuery, HistoryScope};
@@ -106,19 +105,5 @@ impl FhirService {
             bundle.entry(&entry, (!version.deleted).then_some(&version.body[..]));
         }
         Ok(FhirResponse::new(200, Body::Raw(bundle.finish())))
-    }
-}
-
-impl FhirService {
-    /// Whether a history entry may be shown: a version the caller may read, or a deletion of
-    /// a resource type whose rule needs no look at the body (a deletion has none).
-    fn history_visible(&self, access: &Access, version: &crate::store::ResourceVersion) -> bool {
-        if !version.deleted {
-            return self.visible(access, Permission::Read, version);
-        }
-        match access {
-            Access::Open => true,
-            Access::Token(_) => self.deletion_visible(access, version),
-        }
     }
 }
