@@ -13,7 +13,8 @@ use super::FhirService;
 use crate::auth::scope::Permission;
 use crate::auth::{Access, PolicyContext, Restriction};
 use crate::model::FhirError;
-use crate::search::index::index_resource;
+use crate::search::index::index_selected;
+use crate::search::matcher::params_of;
 use crate::search::Registry;
 use crate::store::{
     Condition, IndexRows, JobStep, ResourceVersion, SearchPage, SearchQuery, StoreError, StoreResult, StoreTx,
@@ -186,7 +187,10 @@ fn admits(rule: &Restriction, registry: &Registry, base_url: &str, version: &Res
         return rule.admits(&version.resource_type, &version.id, &IndexRows::default());
     }
     let Ok(resource) = serde_json::from_slice::<Value>(&version.body) else { return false };
-    rule.admits(&version.resource_type, &version.id, &index_resource(registry, &resource, base_url))
+    let Restriction::Only(condition) = rule else { return true };
+    let params = params_of(condition);
+    let rows = index_selected(registry, &resource, base_url, |code| params.contains(&code));
+    rule.admits(&version.resource_type, &version.id, &rows)
 }
 
 /// A write transaction that enforces an access token's grant.

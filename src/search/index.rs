@@ -30,13 +30,24 @@ pub fn normalize(text: &str) -> String {
 /// Computes the index rows of `resource`. `base_url` is this server's FHIR base: absolute
 /// references under it are indexed as local `Type/id` references.
 pub fn index_resource(registry: &Registry, resource: &Value, base_url: &str) -> IndexRows {
+    index_selected(registry, resource, base_url, |_| true)
+}
+
+/// The index rows of the parameters `wanted` accepts (by code): an access check needs only the
+/// few its rule names.
+pub fn index_selected(
+    registry: &Registry,
+    resource: &Value,
+    base_url: &str,
+    wanted: impl Fn(&str) -> bool,
+) -> IndexRows {
     let Some(resource_type) = resource.get("resourceType").and_then(Value::as_str) else {
         return IndexRows::default();
     };
     let mut rows = RowSet::default();
     for param in registry.params_for(resource_type) {
         // `_id` is the id column itself.
-        if param.code == "_id" || !param.kind.is_supported() {
+        if param.code == "_id" || !param.kind.is_supported() || !wanted(&param.code) {
             continue;
         }
         let Some(expression) = &param.expression else { continue };

@@ -76,6 +76,28 @@ pub fn matches(condition: &Condition, candidate: &Candidate<'_>) -> Option<bool>
     })
 }
 
+/// The parameters whose index rows deciding `condition` needs.
+pub fn params_of(condition: &Condition) -> Vec<&str> {
+    let mut params = Vec::new();
+    collect_params(condition, &mut params);
+    params
+}
+
+fn collect_params<'a>(condition: &'a Condition, params: &mut Vec<&'a str>) {
+    match condition {
+        Condition::Token { param, .. }
+        | Condition::TokenHierarchy { param, .. }
+        | Condition::String { param, .. }
+        | Condition::Reference { param, .. }
+        | Condition::ReferenceUrl { param, .. }
+        | Condition::Uri { param, .. }
+        | Condition::Missing { param, .. } => params.push(param),
+        Condition::Not(inner) => collect_params(inner, params),
+        Condition::AnyOf(inner) | Condition::AllOf(inner) => inner.iter().for_each(|c| collect_params(c, params)),
+        _ => {}
+    }
+}
+
 fn system_matches(wanted: &TokenSystem, system: Option<&str>) -> bool {
     match wanted {
         TokenSystem::Any => true,
