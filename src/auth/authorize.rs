@@ -243,10 +243,7 @@ impl AuthServer {
             Ok(found) => found,
             Err(reply) => return reply,
         };
-        let name = match client(self.store.as_ref(), &pending.client_id).await {
-            Ok(Some(client)) => client_name(&client).to_string(),
-            _ => pending.client_id.clone(),
-        };
+        let name = self.client_name_of(&pending.client_id).await;
         let again = |message: &str| Reply::Page {
             status: 401,
             html: pages::login(&name, &request_id, &pending.csrf, Some(message)),
@@ -307,6 +304,14 @@ impl AuthServer {
         }
     }
 
+    /// The name a client is shown by on the pages (its id when it has none).
+    async fn client_name_of(&self, client_id: &str) -> String {
+        match client(self.store.as_ref(), client_id).await {
+            Ok(Some(client)) => client_name(&client).to_string(),
+            _ => client_id.to_string(),
+        }
+    }
+
     fn dummy_hash(&self) -> &'static str {
         static DUMMY: OnceLock<String> = OnceLock::new();
         DUMMY.get_or_init(|| hash_password("no such user", self.settings.password_cost))
@@ -329,7 +334,7 @@ impl AuthServer {
                 self.consent_for(request_id, pending, &session.username).await
             }
             _ => {
-                let name = pending.client_id.clone();
+                let name = self.client_name_of(&pending.client_id).await;
                 Reply::Page {
                     status: 200,
                     html: pages::login(&name, request_id, &pending.csrf, None),
@@ -351,10 +356,7 @@ impl AuthServer {
                 return server_error(error);
             }
         }
-        let name = match client(self.store.as_ref(), &pending.client_id).await {
-            Ok(Some(client)) => client_name(&client).to_string(),
-            _ => pending.client_id.clone(),
-        };
+        let name = self.client_name_of(&pending.client_id).await;
         let wants_patient = pending.scopes.iter().any(|s| s == "launch/patient");
         let choices = if wants_patient && pending.launch.is_none() && user.patients.len() > 1 {
             self.patient_choices(&user).await

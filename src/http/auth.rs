@@ -167,7 +167,7 @@ fn into_response(reply: Reply) -> Response {
             headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
             headers.insert(
                 header::CONTENT_SECURITY_POLICY,
-                HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; form-action 'self' http: https:; frame-ancestors 'none'"),
+                HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"),
             );
             set_cookie_header(&mut response, set_cookie);
             response
