@@ -28,7 +28,7 @@ struct StoredKey {
     rsa_pem: String,
     /// base64url of the HMAC secret.
     hmac_secret: String,
-    /// Unix seconds.
+    /// Microseconds since the Unix epoch (keys created in the same second still sort in order).
     created: i64,
 }
 
@@ -115,9 +115,9 @@ fn generate() -> StoreResult<(String, StoredKey)> {
         .to_string();
     let mut secret = [0u8; 32];
     rand::rng().fill_bytes(&mut secret);
-    let created = OffsetDateTime::now_utc().unix_timestamp();
+    let created = (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000) as i64;
     // Ids sort by creation time, so the newest key is the last in key order.
-    let kid = format!("{created:012x}-{}", &random_token(6));
+    let kid = format!("{created:014x}-{}", &random_token(6));
     Ok((kid, StoredKey { rsa_pem, hmac_secret: URL_SAFE_NO_PAD.encode(secret), created }))
 }
 
