@@ -5,7 +5,8 @@
 //! and a bearer token (a patient-scoped token reading that patient's resources, so that the
 //! compartment check runs on every read), and prints both and their ratio. Then the token
 //! endpoint: client_credentials tokens per second with `client_secret_basic` and with
-//! `private_key_jwt` (RS384 assertions signed before the run, each with its own `jti`).
+//! `private_key_jwt` (RS384 assertions signed before the run, each with its own `jti`; a run
+//! ends after `HEARTH_BENCH_ASSERTIONS`, default 6000, of them).
 //! Medians of `HEARTH_BENCH_RUNS` (default 3) runs of `HEARTH_BENCH_SECONDS` (default 3) s;
 //! `HEARTH_BENCH_PATIENTS` (default 20) patients.
 
@@ -17,7 +18,7 @@ use std::sync::Arc;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use bytes::Bytes;
-use common::{created_ids, env_number, ingest, load, median_load, LoadSummary, Server};
+use common::{created_ids, env_number, ingest, load, load_at_most, median_load, LoadSummary, Server};
 use http_body_util::Full;
 use hyper::Request;
 use rsa::pkcs1::EncodeRsaPrivateKey;
@@ -26,6 +27,13 @@ use serde_json::{json, Value};
 
 const CONNECTIONS: usize = 32;
 const HEARTH: &str = env!("CARGO_BIN_EXE_hearth");
+/// The public base URL of every server started here: tokens stay valid across restarts.
+const BASE: &str = "http://localhost:8080";
+
+/// A server with `--auth smart` at [`BASE`].
+async fn smart_server(url: &str) -> Server {
+    Server::start_with(HEARTH, url, &["--auth", "smart", "--base-url", BASE]).await
+}
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
@@ -110,25 +118,32 @@ async fn measure(url: &str, patients: usize, seconds: u64, runs: usize, dir: &st
         "bench-password\n",
     );
 
-    let open = Server::start(HEARTH, url).await;
     let mut open_runs = Vec::new();
     let mut authorized_runs = Vec::new();
     // The patient's own token: every read goes through the compartment check.
-    let smart = Server::start_with_auth(HEARTH, url, "smart").await;
+    let smart = smart_server(url).await;
     let token = patient_token(&smart, &patient).await;
     smart.stop();
-    open.stop();
     for _ in 0..runs.max(1) {
         let open = Server::start(HEARTH, url).await;
         open_runs.push(load(open.addr, CONNECTIONS, seconds, read(observations.clone(), None)).await);
         open.stop();
-        let smart = Server::start_with_auth(HEARTH, url, "smart").await;
+        let smart = smart_server(url).await;
         authorized_runs
             .push(load(smart.addr, CONNECTIONS, seconds, read(observations.clone(), Some(token.clone()))).await);
         smart.stop();
     }
-    let smart = Server::start_with_auth(HEARTH, url, "smart").await;
+    let smart = smart_server(url).await;
     let basic = format!("Basic {}", STANDARD.encode("bench-basic:bench-secret"));
+    let probe = reqwest::Client::new()
+        .post(format!("http://{}/auth/token", smart.addr))
+        .header("authorization", &basic)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("grant_type=client_credentials&scope=system%2F*.rs")
+        .send()
+        .await
+        .expect("token request");
+    assert_eq!(probe.status(), 200, "client_secret_basic: {}", probe.text().await.unwrap_or_default());
     let basic_tokens = median_load(runs, || {
         let basic = basic.clone();
         load(smart.addr, 16, seconds, move |_| {
@@ -137,10 +152,11 @@ async fn measure(url: &str, patients: usize, seconds: u64, runs: usize, dir: &st
     })
     .await;
     // Enough signed assertions for every request of every run (each jti is used once).
-    let token_url = format!("http://localhost:{}/auth/token", smart.addr.port());
+    let token_url = format!("{BASE}/auth/token");
     let pem = private.to_pkcs1_pem(rsa::pkcs8::LineEnding::LF).expect("PEM");
     let key = jsonwebtoken::EncodingKey::from_rsa_pem(pem.as_bytes()).expect("key");
-    let needed = 4000 * seconds as usize * runs.max(1);
+    let per_run = env_number("HEARTH_BENCH_ASSERTIONS", 6000);
+    let needed = per_run * runs.max(1) + 1;
     let assertions: Arc<Vec<String>> = Arc::new(
         (0..needed)
             .map(|n| {
@@ -151,13 +167,22 @@ async fn measure(url: &str, patients: usize, seconds: u64, runs: usize, dir: &st
             })
             .collect(),
     );
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // One request first, to fail with the server's reason rather than a status.
+    let probe = reqwest::Client::new()
+        .post(format!("http://{}/auth/token", smart.addr))
+        .body(jwt_form(&assertions[0]))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .send()
+        .await
+        .expect("token request");
+    assert_eq!(probe.status(), 200, "private_key_jwt: {}", probe.text().await.unwrap_or_default());
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(1));
     let jwt_tokens = median_load(runs, || {
         let (assertions, next) = (assertions.clone(), next.clone());
-        load(smart.addr, 16, seconds, move |_| {
+        load_at_most(smart.addr, 16, seconds, per_run, move |_| {
             let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let assertion = &assertions[n % assertions.len()];
-            token_request(None, format!("grant_type=client_credentials&scope=system%2F*.rs&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={assertion}"))
+            let assertion = &assertions[n.min(assertions.len() - 1)];
+            token_request(None, jwt_form(assertion))
         })
     })
     .await;
@@ -183,6 +208,11 @@ fn read(
     }
 }
 
+/// The form of a client_credentials request authenticated by `assertion`.
+fn jwt_form(assertion: &str) -> String {
+    format!("grant_type=client_credentials&scope=system%2F*.rs&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion={assertion}")
+}
+
 fn token_request(authorization: Option<&str>, form: String) -> Request<Full<Bytes>> {
     let mut request = Request::post("/auth/token")
         .header("host", "localhost")
@@ -200,7 +230,7 @@ async fn patient_token(server: &Server, patient: &str) -> String {
     let verifier = "bench-verifier-0123456789-0123456789-0123456789";
     use sha2::Digest;
     let challenge = URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(verifier.as_bytes()));
-    let fhir = format!("http://localhost:{}/fhir", server.addr.port());
+    let fhir = format!("{BASE}/fhir");
     let page = http
         .get(format!("{root}/auth/authorize"))
         .query(&[

@@ -32,15 +32,16 @@ impl Server {
     /// Starts the release `hearth` binary on a free port without authorization (`--auth off`)
     /// and waits until it is ready.
     pub async fn start(hearth_binary: &str, database_url: &str) -> Server {
-        Server::start_with_auth(hearth_binary, database_url, "off").await
+        Server::start_with(hearth_binary, database_url, &["--auth", "off"]).await
     }
 
-    /// Starts the release `hearth` binary with `--auth <auth>` (`off` or `smart`).
-    pub async fn start_with_auth(hearth_binary: &str, database_url: &str, auth: &str) -> Server {
+    /// Starts the release `hearth` binary with further `serve` flags.
+    pub async fn start_with(hearth_binary: &str, database_url: &str, flags: &[&str]) -> Server {
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let child = spawn(
             Command::new(hearth_binary)
-                .args(["serve", "--listen", &addr.to_string(), "--database", database_url, "--auth", auth])
+                .args(["serve", "--listen", &addr.to_string(), "--database", database_url])
+                .args(flags)
                 .env("RUST_LOG", "warn"),
         );
         wait_until_up(addr, "/readyz").await;
@@ -158,6 +159,18 @@ pub async fn load(
     seconds: u64,
     request: impl Fn(usize) -> Request<Full<Bytes>> + Send + Sync + 'static,
 ) -> LoadSummary {
+    load_at_most(addr, connections, seconds, usize::MAX, request).await
+}
+
+/// Like [`load`], but stops after `max_requests` requests (requests that may be sent only once,
+/// such as signed client assertions).
+pub async fn load_at_most(
+    addr: SocketAddr,
+    connections: usize,
+    seconds: u64,
+    max_requests: usize,
+    request: impl Fn(usize) -> Request<Full<Bytes>> + Send + Sync + 'static,
+) -> LoadSummary {
     let request = Arc::new(request);
     let counter = Arc::new(AtomicUsize::new(0));
     let deadline = Instant::now() + Duration::from_secs(seconds);
@@ -175,6 +188,9 @@ pub async fn load(
             let mut failures = Vec::new();
             while Instant::now() < deadline {
                 let n = counter.fetch_add(1, Ordering::Relaxed);
+                if n >= max_requests {
+                    break;
+                }
                 let request = request(n);
                 let uri = request.uri().to_string();
                 let sent = Instant::now();

@@ -25,6 +25,7 @@ use std::sync::{Arc, RwLock};
 use serde_json::Value;
 use time::OffsetDateTime;
 
+use crate::bounded::BoundedMap;
 use crate::store::{Store, StoreResult};
 pub use access::{Access, Grant, PolicyContext, Restriction};
 pub use authorize::SESSION_COOKIE;
@@ -91,7 +92,20 @@ pub struct AuthServer {
     /// check needs no query. Otherwise every check asks the database, so that a revocation on
     /// one node stops the token on every node at once.
     revoked: Option<RwLock<HashSet<String>>>,
+    /// Tokens verified before, with what they grant: a token used again is not decoded again
+    /// (its grant is still checked for revocation on every use).
+    verified: BoundedMap<String, Arc<Verified>>,
 }
+
+/// A verified access token.
+struct Verified {
+    access: Access,
+    grant: String,
+    expires: i64,
+}
+
+/// How many verified tokens are remembered.
+const VERIFIED_TOKENS: usize = 10_000;
 
 impl AuthServer {
     /// Loads (or creates) the signing keys and the revocation list.
@@ -103,7 +117,7 @@ impl AuthServer {
         } else {
             None
         };
-        Ok(Arc::new(AuthServer { store, keys, settings, revoked }))
+        Ok(Arc::new(AuthServer { store, keys, settings, revoked, verified: BoundedMap::new(VERIFIED_TOKENS) }))
     }
 
     /// The FHIR base URL: the issuer and the audience of tokens.
@@ -123,8 +137,20 @@ impl AuthServer {
     /// Checks a bearer token and returns what it grants.
     pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Access, BearerError> {
         let token = authorization.and_then(|value| credentials(value, "Bearer")).ok_or(BearerError::Missing)?;
+        if let Some(known) = self.verified.get(token) {
+            if known.expires <= now_seconds() {
+                return Err(BearerError::Invalid("the access token has expired"));
+            }
+            if self.is_revoked(&known.grant).await {
+                return Err(BearerError::Invalid("the access token has been revoked"));
+            }
+            return Ok(known.access.clone());
+        }
         let claims = self.verify(token).await?;
-        Ok(Access::Token(Arc::new(grant_of(&claims))))
+        let access = Access::Token(Arc::new(grant_of(&claims)));
+        let verified = Verified { access: access.clone(), grant: claims.grant, expires: claims.exp };
+        self.verified.insert(token.to_string(), Arc::new(verified));
+        Ok(access)
     }
 
     /// Verifies an access token: signature, expiry, audience, and that its grant is not revoked.

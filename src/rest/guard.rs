@@ -20,6 +20,9 @@ use crate::store::{
     Condition, IndexRows, JobStep, ResourceVersion, SearchPage, SearchQuery, StoreError, StoreResult, StoreTx,
 };
 
+/// The index rows access checks needed, by (type, id, version, parameters).
+pub(super) type AccessRows = crate::bounded::BoundedMap<(String, String, i64, String), Arc<IndexRows>>;
+
 impl FhirService {
     /// Confines `query` to what `access` may reach with `permission`: types without a grant are
     /// left out (403 when none is left), the others get their restriction.
@@ -33,30 +36,49 @@ impl FhirService {
         restrict_query(&policy(&registry, &self.config.base_url), access, permission, query)
     }
 
-    /// 403 unless `access` grants `permission` on some resources of `resource_type`.
-    pub(super) fn require(
+    /// The rule `access` applies to `permission` on `resource_type` (`None` when access is
+    /// open); 403 when it grants nothing there.
+    pub(super) fn rule(
         &self,
         access: &Access,
         permission: Permission,
         resource_type: &str,
-    ) -> Result<(), FhirError> {
-        if matches!(access, Access::Token(_)) {
-            let registry = self.registry();
-            access.restriction(policy(&registry, &self.config.base_url), permission, resource_type)?;
+    ) -> Result<Option<Restriction>, FhirError> {
+        match access {
+            Access::Open => Ok(None),
+            Access::Token(_) => {
+                let registry = self.registry();
+                access.restriction(policy(&registry, &self.config.base_url), permission, resource_type).map(Some)
+            }
         }
-        Ok(())
     }
 
-    /// Whether `access` may see `version` with `permission` (reads, history, includes).
+    /// Whether `rule` (from [`FhirService::rule`]) admits `version`. The index rows it needs
+    /// are kept per version and parameter set: a resource read again is not parsed again.
+    pub(super) fn admitted(&self, rule: Option<&Restriction>, version: &ResourceVersion) -> bool {
+        let Some(rule @ Restriction::Only(condition)) = rule else { return true };
+        let params = params_of(condition);
+        let key = (version.resource_type.clone(), version.id.clone(), version.version, params.join(","));
+        let rows = match self.access_rows.get(&key) {
+            Some(rows) => rows,
+            None => {
+                let Some(rows) = rows_for(&self.registry(), &self.config.base_url, version, &params) else {
+                    return false;
+                };
+                let rows = Arc::new(rows);
+                self.access_rows.insert(key, rows.clone());
+                rows
+            }
+        };
+        rule.admits(&version.resource_type, &version.id, &rows)
+    }
+
+    /// Whether `access` may see `version` with `permission` (history entries, includes).
     pub(super) fn visible(&self, access: &Access, permission: Permission, version: &ResourceVersion) -> bool {
-        if matches!(access, Access::Open) {
-            return true;
+        match self.rule(access, permission, &version.resource_type) {
+            Ok(rule) => self.admitted(rule.as_ref(), version),
+            Err(_) => false,
         }
-        let registry = self.registry();
-        let context = policy(&registry, &self.config.base_url);
-        access
-            .granted(context, permission, &version.resource_type)
-            .is_some_and(|rule| admits(&rule, &registry, &self.config.base_url, version))
     }
 
     /// Whether a history entry may be shown: a version the caller may read, or a deletion
@@ -183,14 +205,21 @@ fn confine_nested(context: &PolicyContext<'_>, access: &Access, condition: &mut 
 
 /// Whether `rule` admits the stored `version` (indexed in memory when the rule needs it).
 fn admits(rule: &Restriction, registry: &Registry, base_url: &str, version: &ResourceVersion) -> bool {
-    if !rule.needs_index() {
-        return rule.admits(&version.resource_type, &version.id, &IndexRows::default());
-    }
-    let Ok(resource) = serde_json::from_slice::<Value>(&version.body) else { return false };
     let Restriction::Only(condition) = rule else { return true };
     let params = params_of(condition);
-    let rows = index_selected(registry, &resource, base_url, |code| params.contains(&code));
-    rule.admits(&version.resource_type, &version.id, &rows)
+    match rows_for(registry, base_url, version, &params) {
+        Some(rows) => rule.admits(&version.resource_type, &version.id, &rows),
+        None => false,
+    }
+}
+
+/// The index rows of `params` of a stored version (`None` when its body does not parse).
+fn rows_for(registry: &Registry, base_url: &str, version: &ResourceVersion, params: &[&str]) -> Option<IndexRows> {
+    if params.is_empty() {
+        return Some(IndexRows::default());
+    }
+    let resource = serde_json::from_slice::<Value>(&version.body).ok()?;
+    Some(index_selected(registry, &resource, base_url, |code| params.contains(&code)))
 }
 
 /// A write transaction that enforces an access token's grant.

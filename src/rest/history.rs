@@ -47,7 +47,7 @@ impl FhirService {
             }
         }
         if let HistoryScope::Instance(t, _) | HistoryScope::Type(t) = &scope {
-            self.require(&request.access, Permission::Read, t)?;
+            self.rule(&request.access, Permission::Read, t)?;
         }
         if let HistoryScope::Instance(t, id) = &scope {
             let current = self.store.read(t, id).await.map_err(store_error)?;

@@ -186,7 +186,12 @@ pub struct FhirService {
     config: Arc<ServiceConfig>,
     /// Wakes this node's job worker when a job is queued here.
     jobs_queued: Arc<tokio::sync::Notify>,
+    /// The index rows access checks needed.
+    access_rows: Arc<guard::AccessRows>,
 }
+
+/// How many resource versions' access-check index rows are kept.
+const ACCESS_ROWS_CACHED: usize = 50_000;
 
 /// The operations this server implements (all with POST).
 const OPERATIONS: &[&str] = &["reindex"];
@@ -200,6 +205,7 @@ impl FhirService {
             registry: Arc::new(LiveRegistry::standard()),
             config: Arc::new(config),
             jobs_queued: Arc::new(tokio::sync::Notify::new()),
+            access_rows: Arc::new(crate::bounded::BoundedMap::new(ACCESS_ROWS_CACHED)),
         }
     }
 

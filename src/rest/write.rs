@@ -35,10 +35,10 @@ impl FhirService {
         request: &FhirRequest,
     ) -> Result<FhirResponse, FhirError> {
         let conditions = &request.conditions;
-        self.require(&request.access, Permission::Read, resource_type)?;
+        let rule = self.rule(&request.access, Permission::Read, resource_type)?;
         let current = source.read(resource_type, id).await?.ok_or_else(|| not_found(resource_type, id))?;
         // What the caller may not reach does not exist for it.
-        if !current.deleted && !self.visible(&request.access, Permission::Read, &current) {
+        if !current.deleted && !self.admitted(rule.as_ref(), &current) {
             return Err(not_found(resource_type, id));
         }
         if current.deleted {
@@ -63,10 +63,10 @@ impl FhirService {
         version: i64,
         access: &Access,
     ) -> Result<FhirResponse, FhirError> {
-        self.require(access, Permission::Read, resource_type)?;
+        let rule = self.rule(access, Permission::Read, resource_type)?;
         let missing = || FhirError::not_found(format!("{resource_type}/{id} has no version {version}"));
         let found = source.vread(resource_type, id, version).await?.ok_or_else(missing)?;
-        if !found.deleted && !self.visible(access, Permission::Read, &found) {
+        if !found.deleted && !self.admitted(rule.as_ref(), &found) {
             return Err(missing());
         }
         if found.deleted {

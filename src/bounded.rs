@@ -1,0 +1,65 @@
+//! A small concurrent map of bounded size for values that are cheap to recompute (verified
+//! tokens, the index rows an access check needs): sharded to keep lock contention low, and a
+//! shard that grows past its share is emptied rather than kept in LRU order.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, RandomState};
+use std::sync::Mutex;
+
+const SHARDS: usize = 16;
+
+/// A map holding about `capacity` entries.
+pub struct BoundedMap<K, V> {
+    shards: Vec<Mutex<HashMap<K, V>>>,
+    capacity_per_shard: usize,
+    hasher: RandomState,
+}
+
+impl<K: Hash + Eq, V: Clone> BoundedMap<K, V> {
+    /// An empty map for about `capacity` entries.
+    pub fn new(capacity: usize) -> Self {
+        BoundedMap {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            capacity_per_shard: capacity.div_ceil(SHARDS).max(1),
+            hasher: RandomState::new(),
+        }
+    }
+
+    fn shard<Q: Hash + ?Sized>(&self, key: &Q) -> &Mutex<HashMap<K, V>> {
+        &self.shards[self.hasher.hash_one(key) as usize % SHARDS]
+    }
+
+    /// The value stored under `key`.
+    pub fn get<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.shard(key).lock().expect("bounded map lock").get(key).cloned()
+    }
+
+    /// Stores `value` under `key`.
+    pub fn insert(&self, key: K, value: V) {
+        let mut shard = self.shard(&key).lock().expect("bounded map lock");
+        if shard.len() >= self.capacity_per_shard {
+            shard.clear();
+        }
+        shard.insert(key, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stays_bounded_and_answers() {
+        let map = BoundedMap::new(32);
+        for n in 0..1000 {
+            map.insert(n.to_string(), n);
+        }
+        assert_eq!(map.get("999"), Some(999));
+        let held: usize = map.shards.iter().map(|s| s.lock().unwrap().len()).sum();
+        assert!(held <= 32, "{held}");
+    }
+}
