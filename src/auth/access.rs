@@ -14,7 +14,8 @@
 //! Medication…) hold no patient's data: a scope on them reaches all of them.
 //! A v2 filter (`patient/Observation.rs?category=laboratory`) adds its criteria to its scope.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use super::scope::{Permission, ResourceScope, ScopeContext};
 use crate::model::FhirError;
@@ -47,7 +48,39 @@ pub struct Grant {
     pub user_patients: Option<Vec<String>>,
     /// Whether the token may create EHR launch contexts (`system/launch`).
     pub may_launch: bool,
+    /// The rules worked out so far for this grant (a token is used many times).
+    pub memo: RuleMemo,
 }
+
+/// The restrictions a grant has needed, by permission and resource type.
+#[derive(Default)]
+pub struct RuleMemo(Mutex<HashMap<(Permission, String), RuleOutcome>>);
+
+/// A worked-out rule, or why nothing is granted.
+type RuleOutcome = Result<Arc<Restriction>, FhirError>;
+
+impl Clone for RuleMemo {
+    /// A copy starts empty: it fills again on use.
+    fn clone(&self) -> Self {
+        RuleMemo::default()
+    }
+}
+
+impl PartialEq for RuleMemo {
+    /// What a grant means does not depend on what it has cached.
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for RuleMemo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RuleMemo")
+    }
+}
+
+/// Rules kept per grant at most (a grant touches a handful of types).
+const MEMO_RULES: usize = 256;
 
 /// Which resources of one type an interaction may touch.
 #[derive(Debug, Clone, PartialEq)]
@@ -122,6 +155,27 @@ impl Access {
             1 => clauses.pop().expect("one clause"),
             _ => Condition::AnyOf(clauses),
         }))
+    }
+
+    /// [`Access::restriction`], worked out once per grant, permission and type (the read path
+    /// asks it for every request).
+    pub fn rule(
+        &self,
+        context: PolicyContext<'_>,
+        permission: Permission,
+        resource_type: &str,
+    ) -> Result<Arc<Restriction>, FhirError> {
+        let Access::Token(grant) = self else { return Ok(Arc::new(Restriction::None)) };
+        let key = (permission, resource_type.to_string());
+        if let Some(known) = grant.memo.0.lock().expect("rule memo lock").get(&key) {
+            return known.clone();
+        }
+        let rule = self.restriction(context, permission, resource_type).map(Arc::new);
+        let mut memo = grant.memo.0.lock().expect("rule memo lock");
+        if memo.len() < MEMO_RULES {
+            memo.insert(key, rule.clone());
+        }
+        rule
     }
 
     /// Like [`Access::restriction`], but `None` instead of an error when nothing is granted.
@@ -226,6 +280,7 @@ mod tests {
             patients: patients.iter().map(|p| p.to_string()).collect(),
             user_patients: Some(patients.iter().map(|p| p.to_string()).collect()),
             may_launch: false,
+            memo: RuleMemo::default(),
         }))
     }
 

@@ -244,6 +244,7 @@ fn grant_of(claims: &AccessClaims) -> Grant {
             .collect(),
         patients: claims.patients.clone(),
         user_patients: claims.user_patients.clone(),
+        memo: access::RuleMemo::default(),
     }
 }
 

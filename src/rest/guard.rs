@@ -43,12 +43,12 @@ impl FhirService {
         access: &Access,
         permission: Permission,
         resource_type: &str,
-    ) -> Result<Option<Restriction>, FhirError> {
+    ) -> Result<Option<Arc<Restriction>>, FhirError> {
         match access {
             Access::Open => Ok(None),
             Access::Token(_) => {
                 let registry = self.registry();
-                access.restriction(policy(&registry, &self.config.base_url), permission, resource_type).map(Some)
+                access.rule(policy(&registry, &self.config.base_url), permission, resource_type).map(Some)
             }
         }
     }
@@ -76,7 +76,7 @@ impl FhirService {
     /// Whether `access` may see `version` with `permission` (history entries, includes).
     pub(super) fn visible(&self, access: &Access, permission: Permission, version: &ResourceVersion) -> bool {
         match self.rule(access, permission, &version.resource_type) {
-            Ok(rule) => self.admitted(rule.as_ref(), version),
+            Ok(rule) => self.admitted(rule.as_deref(), version),
             Err(_) => false,
         }
     }
