@@ -104,8 +104,25 @@ async fn measure(url: &str, patients: usize, seconds: u64, runs: usize, dir: &st
         "n": URL_SAFE_NO_PAD.encode(public.n().to_bytes_be()), "e": URL_SAFE_NO_PAD.encode(public.e().to_bytes_be())}]});
     let jwks_file = dir.join("bench-jwks.json");
     std::fs::write(&jwks_file, jwks.to_string()).expect("write JWKS");
-    admin(url, &["client", "add", "--client-id", "bench-basic", "--secret-stdin"], "bench-secret\n");
-    admin(url, &["client", "add", "--client-id", "bench-jwt", "--jwks-file", jwks_file.to_str().unwrap()], "");
+    admin(
+        url,
+        &["client", "add", "--client-id", "bench-basic", "--secret-stdin", "--scope", "system/*.rs"],
+        "bench-secret\n",
+    );
+    admin(
+        url,
+        &[
+            "client",
+            "add",
+            "--client-id",
+            "bench-jwt",
+            "--jwks-file",
+            jwks_file.to_str().unwrap(),
+            "--scope",
+            "system/*.rs",
+        ],
+        "",
+    );
     admin(
         url,
         &["client", "add", "--client-id", "bench-app", "--public", "--redirect-uri", "http://127.0.0.1:9/cb"],

@@ -97,7 +97,10 @@ pub async fn user(store: &dyn Store, command: UserCommand, cost: PasswordCost) -
             if username.trim().is_empty() {
                 bail!("--username must not be empty");
             }
-            let fhir_user = fhir_reference(&fhir_user, &["Patient", "Practitioner", "RelatedPerson", "Person"])?;
+            let fhir_user = fhir_reference(
+                &fhir_user,
+                &["Patient", "Practitioner", "PractitionerRole", "RelatedPerson", "Person"],
+            )?;
             let mut patients = patient
                 .iter()
                 .map(|p| fhir_reference(p, &["Patient"]).map(|r| r.trim_start_matches("Patient/").to_string()))

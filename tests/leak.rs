@@ -250,11 +250,11 @@ impl World {
             .send()
             .await
             .unwrap();
-        assert_eq!(put.status(), 403, "{who}: update B's");
+        assert_eq!(put.status(), 404, "{who}: update B's (does not exist for A)");
         assert_eq!(
             smart.fhir_request(Method::DELETE, &format!("{t}/{id}"), token).send().await.unwrap().status(),
-            403,
-            "{who}: delete B's"
+            404,
+            "{who}: delete B's (does not exist for A)"
         );
         // Moving A's own resource to B is refused too.
         let mut mine: Value = body(smart.get(&format!("Observation/{}", self.a_observation), &admin).await).await;

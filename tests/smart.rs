@@ -575,16 +575,126 @@ async fn backend_services_authenticate_with_signed_assertions(db: Db) {
         )
         .await;
     assert_eq!(body(response).await["error"], "invalid_scope");
+    let public = smart
+        .token_request(&[("grant_type", "client_credentials"), ("scope", "system/*.rs"), ("client_id", "app")], None)
+        .await;
+    assert_eq!(public.status(), 400);
+    assert_eq!(body(public).await["error"], "unauthorized_client");
+    // A confidential client registered without scopes gets no system scope at all.
+    smart.add_client("unscoped", ClientCredentials::Secret { digest: hearth::auth::keys::digest("pw") }, None).await;
+    let response = smart
+        .token_request(&[("grant_type", "client_credentials"), ("scope", "system/*.cruds")], Some(("unscoped", "pw")))
+        .await;
+    assert_eq!(body(response).await["error"], "invalid_scope");
+}
+
+async fn users_never_get_system_scopes_or_foreign_launches(db: Db) {
+    let (_server, smart, patient, admin) = patient_app(db).await;
+    // system/ scopes through a user's authorization are dropped, whatever the client asks.
+    let token = smart
+        .launch(&Authorization::new("app", "launch/patient patient/*.rs system/*.cruds", "ana", "ana-password"))
+        .await;
+    assert_eq!(token["scope"], "launch/patient patient/*.rs");
+    let response = smart.authorize("app", "system/*.cruds system/launch", &Pkce::new(), &[]).await;
+    assert_eq!(response.status(), 303);
     assert_eq!(
-        smart
-            .token_request(
-                &[("grant_type", "client_credentials"), ("scope", "system/*.rs"), ("client_id", "app")],
-                None
-            )
-            .await
-            .status(),
-        401
+        query_value(response.headers()["location"].to_str().unwrap(), "error").as_deref(),
+        Some("invalid_scope")
     );
+    // A launch for another patient is refused to a patient user.
+    let other = smart
+        .fhir_request(Method::POST, "Patient", &admin)
+        .header("content-type", "application/fhir+json")
+        .body(json!({"resourceType": "Patient", "name": [{"family": "Other"}]}).to_string())
+        .send()
+        .await
+        .unwrap();
+    let other = body(other).await["id"].as_str().unwrap().to_string();
+    let launch: Value = smart
+        .http
+        .post(smart.url("/auth/launch"))
+        .bearer_auth(&admin)
+        .json(&json!({"patient": other}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let auth = Authorization {
+        launch: launch["launch"].as_str(),
+        ..Authorization::new("app", "launch patient/*.rs", "ana", "ana-password")
+    };
+    let location = smart.consent_redirect(&auth, &Pkce::new(), "allow").await;
+    assert_eq!(query_value(&location, "error").as_deref(), Some("invalid_request"), "{location}");
+    assert!(query_value(&location, "code").is_none());
+    let _ = patient;
+}
+
+async fn patient_scopes_reach_shared_data_but_no_other_record(db: Db) {
+    let (_server, smart, patient, admin) = patient_app(db).await;
+    let create = |resource: Value| {
+        let (http, url, admin) = (
+            smart.http.clone(),
+            format!("{}/{}", smart.fhir, resource["resourceType"].as_str().unwrap()),
+            admin.clone(),
+        );
+        async move {
+            let response = http
+                .post(url)
+                .bearer_auth(admin)
+                .header("content-type", "application/fhir+json")
+                .body(resource.to_string())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 201);
+            body(response).await["id"].as_str().unwrap().to_string()
+        }
+    };
+    let practitioner = create(json!({"resourceType": "Practitioner", "name": [{"family": "House"}]})).await;
+    let task = create(json!({"resourceType": "Task", "status": "requested", "intent": "order", "for": {"reference": "Patient/someone-else"}})).await;
+    let device = create(json!({"resourceType": "Device", "patient": {"reference": "Patient/someone-else"}})).await;
+    let token = smart.launch(&Authorization::new("app", "launch/patient patient/*.cruds", "ana", "ana-password")).await;
+    let access = token["access_token"].as_str().unwrap();
+    assert_eq!(smart.get(&format!("Practitioner/{practitioner}"), access).await.status(), 200, "directory data");
+    for path in [format!("Task/{task}"), format!("Device/{device}")] {
+        assert_eq!(smart.get(&path, access).await.status(), 404, "{path}");
+    }
+    assert_eq!(body(smart.get("Task", access).await).await["entry"].as_array().map_or(0, Vec::len), 0);
+    // Patient scopes write nothing outside the patient's record.
+    let response = smart
+        .fhir_request(Method::POST, "Practitioner", access)
+        .header("content-type", "application/fhir+json")
+        .body(json!({"resourceType": "Practitioner", "name": [{"family": "Fake"}]}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    // Nor does a patch tell anything of a resource outside it (the answer does not depend on a guess).
+    let foreign = create(json!({"resourceType": "Observation", "status": "final", "code": {"text": "secret"}, "subject": {"reference": "Patient/someone-else"}})).await;
+    for guess in ["secret", "other"] {
+        let patch = json!([{"op": "test", "path": "/code/text", "value": guess}]);
+        let response = smart
+            .fhir_request(Method::PATCH, &format!("Observation/{foreign}"), access)
+            .header("content-type", "application/json-patch+json")
+            .body(patch.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 404, "guess {guess}");
+    }
+    // Filing data into another record beside one's own is refused.
+    let mixed = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+        "subject": {"reference": format!("Patient/{patient}")}, "performer": [{"reference": "Patient/someone-else"}]});
+    let response = smart
+        .fhir_request(Method::POST, "Observation", access)
+        .header("content-type", "application/fhir+json")
+        .body(mixed.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
 }
 
 async fn ehr_launch_brings_its_context(db: Db) {
@@ -678,7 +788,7 @@ async fn jwks_uri_and_es384_clients(db: Db) {
         }),
     );
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    smart.add_client("ec-backend", ClientCredentials::JwksUri { uri: jwks_url }, None).await;
+    smart.add_client("ec-backend", ClientCredentials::JwksUri { uri: jwks_url }, Some("system/*.rs")).await;
     let pem = secret.to_pkcs8_pem(p384::pkcs8::LineEnding::LF).unwrap();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
     let claims = json!({"iss": "ec-backend", "sub": "ec-backend", "aud": smart.url("/auth/token"), "exp": now + 60, "jti": "ec-1"});
@@ -753,6 +863,8 @@ async fn rotated_keys_reach_every_node(db: Db) {
 }
 
 on_both_databases!(
+    users_never_get_system_scopes_or_foreign_launches,
+    patient_scopes_reach_shared_data_but_no_other_record,
     jwks_uri_and_es384_clients,
     online_access_ends_with_the_session,
     rotated_keys_reach_every_node,

@@ -138,7 +138,7 @@ impl Access {
             };
             let mut parts = Vec::new();
             if let Some(patients) = patients {
-                if let Some(member) = compartment_condition(patients, resource_type) {
+                if let Some(member) = compartment_condition(patients, resource_type, permission) {
                     parts.push(member);
                 }
             }
@@ -189,6 +189,32 @@ impl Access {
     }
 }
 
+impl Access {
+    /// Whether every Patient reference of a resource about to be written, through the
+    /// parameters that put `resource_type` into Patient compartments, points at a patient the
+    /// caller may write for: a patient app cannot file data into another patient's record by
+    /// naming itself in one reference and the other patient in another.
+    pub fn writes_only_own_patients(&self, permission: Permission, resource_type: &str, rows: &IndexRows) -> bool {
+        let Access::Token(grant) = self else { return true };
+        let mut allowed: Vec<&String> = Vec::new();
+        for scope in grant.scopes.iter().filter(|s| s.grants(permission, resource_type)) {
+            match scope.context {
+                ScopeContext::Patient => allowed.extend(&grant.patients),
+                ScopeContext::User => match &grant.user_patients {
+                    Some(patients) => allowed.extend(patients),
+                    None => return true,
+                },
+                ScopeContext::System => return true,
+            }
+        }
+        let Some(params) = crate::search::compartment::params("Patient", resource_type) else { return true };
+        rows.references
+            .iter()
+            .filter(|r| r.target_type.as_deref() == Some("Patient") && params.contains(&r.param))
+            .all(|r| r.target_id.as_ref().is_some_and(|id| allowed.contains(&id)))
+    }
+}
+
 impl Restriction {
     /// Whether the resource with these index rows is reachable (conditions the in-memory
     /// evaluator cannot decide count as not reachable).
@@ -214,18 +240,67 @@ impl Restriction {
     }
 }
 
-/// "In the Patient compartment of one of `patients`", or `None` when `resource_type` is never
-/// in a Patient compartment.
-fn compartment_condition(patients: &[String], resource_type: &str) -> Option<Condition> {
+/// "In the Patient compartment of one of `patients`". Types that are never in a Patient
+/// compartment are either shared directory or definition data ([`SHARED_TYPES`]), which
+/// patient-bound scopes may read in full (`None`), or may hold some patient's data without the
+/// compartment saying whose (Task, Device, Binary…): those they do not reach at all.
+fn compartment_condition(patients: &[String], resource_type: &str, permission: Permission) -> Option<Condition> {
+    let nothing = Condition::AnyOf(Vec::new());
+    if membership("Patient", "", resource_type).is_none() {
+        let reads = matches!(permission, Permission::Read | Permission::Search);
+        return (!(reads && SHARED_TYPES.contains(&resource_type))).then_some(nothing);
+    }
     let mut any = Vec::new();
     for patient in patients {
-        any.extend(membership("Patient", patient, resource_type)?);
+        any.extend(membership("Patient", patient, resource_type).unwrap_or_default());
     }
     Some(match any.len() {
         1 => any.pop().expect("one condition"),
         _ => Condition::AnyOf(any),
     })
 }
+
+/// Types outside every Patient compartment that hold no patient's data: who and where care is
+/// given, what can be prescribed and booked, and the definitions the server works with.
+/// Patient-bound scopes read them in full, and write none of them.
+pub const SHARED_TYPES: &[&str] = &[
+    "ActivityDefinition",
+    "CapabilityStatement",
+    "ChargeItemDefinition",
+    "CodeSystem",
+    "CompartmentDefinition",
+    "ConceptMap",
+    "DeviceDefinition",
+    "Endpoint",
+    "EventDefinition",
+    "GraphDefinition",
+    "HealthcareService",
+    "ImplementationGuide",
+    "InsurancePlan",
+    "Library",
+    "Location",
+    "Measure",
+    "Medication",
+    "MedicationKnowledge",
+    "MessageDefinition",
+    "NamingSystem",
+    "ObservationDefinition",
+    "OperationDefinition",
+    "Organization",
+    "OrganizationAffiliation",
+    "PlanDefinition",
+    "Practitioner",
+    "PractitionerRole",
+    "Questionnaire",
+    "SearchParameter",
+    "Slot",
+    "SpecimenDefinition",
+    "StructureDefinition",
+    "StructureMap",
+    "Substance",
+    "TerminologyCapabilities",
+    "ValueSet",
+];
 
 /// A v2 scope filter as a condition. A filter that is not a valid search, or uses criteria the
 /// policy cannot check outside SQL, grants nothing (fail closed).

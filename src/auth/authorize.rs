@@ -16,7 +16,7 @@ use super::keys::{digest, random_token};
 use super::launch::{LaunchContext, LAUNCH};
 use super::pages::{self, PatientChoice};
 use super::records::{client, hash_password, user, verify_password, ClientRecord, UserRecord};
-use super::scope::{parse_scopes, Scope};
+use super::scope::{parse_scopes, Scope, ScopeContext};
 use super::{in_seconds, now_seconds, AuthServer, Reply};
 
 /// Record kinds.
@@ -127,8 +127,18 @@ pub(super) fn cookie<'a>(header: Option<&'a str>, name: &str) -> Option<&'a str>
     header?.split(';').filter_map(|pair| pair.trim().split_once('=')).find(|(n, _)| *n == name).map(|(_, v)| v)
 }
 
-/// Whether the client may be granted `requested` (its registered scopes, if it has any, cover it).
+/// Whether a user's authorization may grant `requested` to the client: never a `system/`
+/// scope (those are for backend services, through client_credentials), and only what the
+/// client's registered scopes, if it has any, cover.
 fn client_may_have(client: &ClientRecord, requested: &Scope, text: &str) -> bool {
+    let system = match requested {
+        Scope::Resource(scope) => scope.context == ScopeContext::System,
+        Scope::SystemLaunch => true,
+        _ => false,
+    };
+    if system {
+        return false;
+    }
     let Some(registered) = &client.scope else { return true };
     parse_scopes(registered).iter().any(|(word, allowed)| match (requested, allowed) {
         (Scope::Resource(wanted), Scope::Resource(wider)) => wanted.within(wider),
@@ -456,7 +466,11 @@ impl AuthServer {
         user: &UserRecord,
         chosen: Option<&str>,
     ) -> Result<(Option<String>, Option<String>), &'static str> {
-        if let Some(launch) = &pending.launch {
+        // An EHR launch's patient, for a user who may see that patient.
+        if let Some(launch) = pending.launch.as_ref().filter(|_| scopes.iter().any(|s| s == "launch")) {
+            if user.reachable_patients().is_some_and(|patients| !patients.contains(&launch.patient)) {
+                return Err("the launch's patient is not one this user may see");
+            }
             return Ok((Some(launch.patient.clone()), launch.encounter.clone()));
         }
         if !scopes.iter().any(|s| s == "launch/patient") {

@@ -62,13 +62,14 @@ pub struct UserRecord {
 }
 
 impl UserRecord {
-    /// The patients `user/` scopes reach: a Patient user's own compartment, a proxy's patients,
-    /// and every patient for anyone else (practitioners).
+    /// The patients `user/` scopes reach: a Patient user's own compartment, every patient for
+    /// clinicians (Practitioner, PractitionerRole), and the linked patients for anyone else
+    /// (a RelatedPerson or Person proxy).
     pub fn reachable_patients(&self) -> Option<Vec<String>> {
         match self.fhir_user.split_once('/') {
             Some(("Patient", id)) => Some(vec![id.to_string()]),
-            Some(("RelatedPerson", _)) => Some(self.patients.clone()),
-            _ => None,
+            Some(("Practitioner" | "PractitionerRole", _)) => None,
+            _ => Some(self.patients.clone()),
         }
     }
 }

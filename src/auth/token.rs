@@ -202,8 +202,10 @@ impl AuthServer {
 
     async fn client_credentials(&self, client: &ClientIdentity, form: &HashMap<String, String>) -> Reply {
         let ClientIdentity::Confidential(record) = client else {
-            return Reply::oauth_error(401, "invalid_client", "client_credentials needs a confidential client");
+            return Reply::oauth_error(400, "unauthorized_client", "client_credentials needs a confidential client");
         };
+        // A backend service gets only the system scopes it was registered for (none when it
+        // was registered without --scope): client_credentials never falls back to "anything".
         let requested = parse_scopes(form.get("scope").map(String::as_str).unwrap_or(""));
         let registered = parse_scopes(record.scope.as_deref().unwrap_or(""));
         let scopes: Vec<String> = requested
@@ -211,14 +213,9 @@ impl AuthServer {
             .filter(|(_, scope)| match scope {
                 Scope::Resource(wanted) => {
                     wanted.context == ScopeContext::System
-                        && (record.scope.is_none()
-                            || registered
-                                .iter()
-                                .any(|(_, r)| matches!(r, Scope::Resource(wider) if wanted.within(wider))))
+                        && registered.iter().any(|(_, r)| matches!(r, Scope::Resource(wider) if wanted.within(wider)))
                 }
-                Scope::SystemLaunch => {
-                    record.scope.is_none() || registered.iter().any(|(_, r)| *r == Scope::SystemLaunch)
-                }
+                Scope::SystemLaunch => registered.iter().any(|(_, r)| *r == Scope::SystemLaunch),
                 _ => false,
             })
             .map(|(text, _)| text)

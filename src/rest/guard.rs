@@ -20,8 +20,10 @@ use crate::store::{
     Condition, IndexRows, JobStep, ResourceVersion, SearchPage, SearchQuery, StoreError, StoreResult, StoreTx,
 };
 
-/// The index rows access checks needed, by (type, id, version, parameters).
-pub(super) type AccessRows = crate::bounded::BoundedMap<(String, String, i64, String), Arc<IndexRows>>;
+/// The index rows access checks needed, by (type, id, version, last updated, parameters).
+/// The instant is part of the key: a version number read inside a transaction that rolled
+/// back may later be written again with other content, never at the same microsecond.
+pub(super) type AccessRows = crate::bounded::BoundedMap<(String, String, i64, i128, String), Arc<IndexRows>>;
 
 impl FhirService {
     /// Confines `query` to what `access` may reach with `permission`: types without a grant are
@@ -58,7 +60,13 @@ impl FhirService {
     pub(super) fn admitted(&self, rule: Option<&Restriction>, version: &ResourceVersion) -> bool {
         let Some(rule @ Restriction::Only(condition)) = rule else { return true };
         let params = params_of(condition);
-        let key = (version.resource_type.clone(), version.id.clone(), version.version, params.join(","));
+        let key = (
+            version.resource_type.clone(),
+            version.id.clone(),
+            version.version,
+            version.last_updated.unix_timestamp_nanos(),
+            params.join(","),
+        );
         let rows = match self.access_rows.get(&key) {
             Some(rows) => rows,
             None => {
@@ -71,6 +79,25 @@ impl FhirService {
             }
         };
         rule.admits(&version.resource_type, &version.id, &rows)
+    }
+
+    /// Whether `rule` admits `version`, and for a deletion (which has no body) the version it
+    /// deleted: the caller learns nothing, not even that something was deleted, of records it
+    /// does not reach.
+    pub(super) async fn reaches(
+        &self,
+        source: &mut super::source::Source<'_>,
+        rule: Option<&Restriction>,
+        version: &ResourceVersion,
+    ) -> Result<bool, FhirError> {
+        if !version.deleted || !matches!(rule, Some(Restriction::Only(_))) {
+            return Ok(self.admitted(rule, version));
+        }
+        if version.version <= 1 {
+            return Ok(false);
+        }
+        let before = source.vread(&version.resource_type, &version.id, version.version - 1).await?;
+        Ok(before.is_some_and(|before| !before.deleted && self.admitted(rule, &before)))
     }
 
     /// Whether `access` may see `version` with `permission` (history entries, includes).
@@ -251,8 +278,27 @@ fn outside(permission: &str, version: &ResourceVersion) -> StoreError {
 
 #[async_trait]
 impl StoreTx for GuardedTx {
+    /// A resource the caller reaches by none of its rules does not exist for it: updates,
+    /// patches and deletes of it answer 404 before they look at its content or version.
     async fn current(&mut self, resource_type: &str, id: &str) -> StoreResult<Option<ResourceVersion>> {
-        self.inner.current(resource_type, id).await
+        let Some(current) = self.inner.current(resource_type, id).await? else { return Ok(None) };
+        // A deletion has no body: whose it was, its last version tells.
+        let judged = match current.deleted {
+            false => Some(current.clone()),
+            true if current.version > 1 => self.inner.vread(resource_type, id, current.version - 1).await?,
+            true => None,
+        };
+        let reachable = judged.is_some_and(|version| {
+            [Permission::Read, Permission::Update, Permission::Delete].into_iter().any(|permission| {
+                self.access
+                    .granted(self.context(), permission, resource_type)
+                    .is_some_and(|rule| admits(&rule, &self.registry, &self.base_url, &version))
+            })
+        });
+        if !reachable {
+            return Err(StoreError::Hidden(format!("{resource_type}/{id} is not known")));
+        }
+        Ok(Some(current))
     }
 
     async fn vread(&mut self, resource_type: &str, id: &str, version: i64) -> StoreResult<Option<ResourceVersion>> {
@@ -279,7 +325,10 @@ impl StoreTx for GuardedTx {
                 return Err(outside(verb, previous));
             }
         }
-        if !version.deleted && !rule.admits(&version.resource_type, &version.id, &index) {
+        let written_for_reachable_patients = version.deleted
+            || (self.access.writes_only_own_patients(permission, &version.resource_type, &index)
+                && rule.admits(&version.resource_type, &version.id, &index));
+        if !written_for_reachable_patients {
             return Err(outside(verb, &version));
         }
         self.inner.write(version, index).await

@@ -46,13 +46,16 @@ impl FhirService {
                 _ => {}
             }
         }
-        if let HistoryScope::Instance(t, _) | HistoryScope::Type(t) = &scope {
-            self.rule(&request.access, Permission::Read, t)?;
-        }
+        let rule = match &scope {
+            HistoryScope::Instance(t, _) | HistoryScope::Type(t) => self.rule(&request.access, Permission::Read, t)?,
+            HistoryScope::System => None,
+        };
         if let HistoryScope::Instance(t, id) = &scope {
-            let current = self.store.read(t, id).await.map_err(store_error)?;
-            if current.is_none_or(|c| !c.deleted && !self.visible(&request.access, Permission::Read, &c)) {
-                return Err(FhirError::not_found(format!("{t}/{id} is not known")));
+            let unknown = || FhirError::not_found(format!("{t}/{id} is not known"));
+            let current = self.store.read(t, id).await.map_err(store_error)?.ok_or_else(unknown)?;
+            let mut source = super::source::Source::Store(self.store.as_ref());
+            if !self.reaches(&mut source, rule.as_deref(), &current).await? {
+                return Err(unknown());
             }
         }
         let mut page = self.store.history(&query).await.map_err(store_error)?;

@@ -368,6 +368,7 @@ fn store_error(error: StoreError) -> FhirError {
             "a concurrent write to the same resource won; retry with the current version",
         ),
         StoreError::Forbidden(message) => FhirError::forbidden(message),
+        StoreError::Hidden(message) => FhirError::not_found(message),
         other => {
             tracing::error!(error = %other, "storage failure");
             FhirError::internal()

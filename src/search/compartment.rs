@@ -17,6 +17,11 @@ pub fn is_compartment(name: &str) -> bool {
     COMPARTMENTS.contains_key(name)
 }
 
+/// The reference parameters that put `resource_type` into a `compartment` (`None` when none do).
+pub fn params<'a>(compartment: &str, resource_type: &str) -> Option<&'a [String]> {
+    COMPARTMENTS.get(compartment)?.get(resource_type).map(Vec::as_slice)
+}
+
 /// The condition "`resource_type` resources in the compartment `compartment/id`", or `None`
 /// when that type can never be in such a compartment.
 pub fn membership(compartment: &str, id: &str, resource_type: &str) -> Option<Vec<Condition>> {

@@ -212,6 +212,9 @@ pub enum StoreError {
     /// A guarded transaction refused a write or lookup the caller's access does not allow.
     #[error("{0}")]
     Forbidden(String),
+    /// A guarded transaction hid a resource the caller's access does not reach.
+    #[error("{0}")]
+    Hidden(String),
 }
 
 /// Result of a storage call.

@@ -113,8 +113,10 @@ impl Smart {
         self.add_client(client_id, ClientCredentials::Public, None).await;
     }
 
+    /// A confidential client registered for every system scope (backend services, EHRs).
     pub async fn add_secret_client(&self, client_id: &str, secret: &str) {
-        self.add_client(client_id, ClientCredentials::Secret { digest: digest(secret) }, None).await;
+        let credentials = ClientCredentials::Secret { digest: digest(secret) };
+        self.add_client(client_id, credentials, Some("system/*.cruds system/launch")).await;
     }
 
     pub async fn add_user(&self, username: &str, password: &str, fhir_user: &str, patients: &[&str]) {
