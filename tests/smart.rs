@@ -164,6 +164,7 @@ async fn fhir_requests_need_a_valid_token(db: Db) {
         .body(json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "subject": {"reference": format!("Patient/{patient}")}}).to_string())
         .send().await.unwrap();
     assert_eq!(response.status(), 403);
+    assert!(response.headers()["www-authenticate"].to_str().unwrap().contains("insufficient_scope"));
     assert_eq!(body(response).await["issue"][0]["code"], "forbidden");
 }
 

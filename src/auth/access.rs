@@ -26,11 +26,10 @@ use crate::search::params::{parse_search, Paging};
 use crate::search::Registry;
 use crate::store::{Condition, IndexRows};
 
-/// Who is calling, and what they may do.
-#[derive(Debug, Clone, Default)]
+/// Who is calling, and what they may do. There is no default: every request says which.
+#[derive(Debug, Clone)]
 pub enum Access {
     /// No authorisation (`--auth off`, and the server's own work such as `hearth import`).
-    #[default]
     Open,
     /// A bearer token's grant.
     Token(Arc<Grant>),

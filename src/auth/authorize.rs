@@ -272,14 +272,12 @@ impl AuthServer {
             Ok(found) => found,
             Err(error) => return server_error(error),
         };
-        let verified = match &found {
-            Some(record) => verify_password(password, &record.password_hash),
-            None => {
-                // As slow as a real check, so that timing does not tell which names exist.
-                let _ = verify_password(password, self.dummy_hash());
-                false
-            }
-        };
+        // As slow for unknown names as for known ones, so that timing does not tell which exist;
+        // on a blocking thread, since a hash takes tens of milliseconds.
+        let hash = found.as_ref().map_or_else(|| self.dummy_hash().to_string(), |record| record.password_hash.clone());
+        let password = password.to_string();
+        let matches = tokio::task::spawn_blocking(move || verify_password(&password, &hash)).await.unwrap_or(false);
+        let verified = found.is_some() && matches;
         let Some(user) = found.filter(|_| verified) else {
             let count = failures.count + 1;
             let data = serde_json::to_string(&Failures { count }).expect("failures serialise");
@@ -409,8 +407,13 @@ impl AuthServer {
         if pending.username.as_deref() != Some(session.username.as_str()) {
             return error_page(403, "This request belongs to another sign-in.");
         }
-        // The request is used up, whatever the decision.
-        let _ = self.store.auth_delete(PENDING, &request_id).await;
+        // The request is used up, whatever the decision, and only once (two submissions of the
+        // same form get one answer).
+        match self.store.auth_take(PENDING, &request_id).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return error_page(400, "This sign-in was already answered. Start again from the app."),
+            Err(error) => return server_error(error),
+        }
         let state = pending.state.as_deref();
         if param(form, "decision") != Some("allow") {
             return redirect_error(&pending.redirect_uri, state, "access_denied", "the user denied access");

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use serde_json::{json, Value};
 
+use super::client_auth::ClientIdentity;
 use super::keys::digest;
 use super::token::{RefreshGrant, REFRESH};
 use super::{now_seconds, AuthServer, BearerError, Reply};
@@ -16,7 +17,8 @@ impl AuthServer {
             Some(value) if super::credentials(value, "Bearer").is_some() => {
                 self.authenticate(Some(value)).await.is_ok()
             }
-            _ => self.authenticate_client(authorization, form).await.is_ok(),
+            // A resource server or confidential client: a public client_id proves nothing.
+            _ => matches!(self.authenticate_client(authorization, form).await, Ok(ClientIdentity::Confidential(_))),
         };
         if !caller_ok {
             return Reply::oauth_error(

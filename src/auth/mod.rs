@@ -95,7 +95,12 @@ pub struct AuthServer {
     /// Tokens verified before, with what they grant: a token used again is not decoded again
     /// (its grant is still checked for revocation on every use).
     verified: BoundedMap<String, Arc<Verified>>,
+    /// When an unknown key id last made this node reload its keys (Unix seconds).
+    last_key_reload: std::sync::atomic::AtomicI64,
 }
+
+/// The least time between two key reloads caused by unknown key ids.
+const KEY_RELOAD_SECONDS: i64 = 5;
 
 /// A verified access token.
 struct Verified {
@@ -117,7 +122,14 @@ impl AuthServer {
         } else {
             None
         };
-        Ok(Arc::new(AuthServer { store, keys, settings, revoked, verified: BoundedMap::new(VERIFIED_TOKENS) }))
+        Ok(Arc::new(AuthServer {
+            store,
+            keys,
+            settings,
+            revoked,
+            verified: BoundedMap::new(VERIFIED_TOKENS),
+            last_key_reload: std::sync::atomic::AtomicI64::new(0),
+        }))
     }
 
     /// The FHIR base URL: the issuer and the audience of tokens.
@@ -160,8 +172,24 @@ impl AuthServer {
         let claims = match verify_access_token(&self.keys, token, &base, now) {
             Err(None) => {
                 // A key this node has not seen: another node or a rotation may have added it.
-                if let Err(error) = self.keys.reload(self.store.as_ref()).await {
-                    tracing::warn!(%error, "cannot reload signing keys");
+                // At most one reload per few seconds, or a stream of made-up key ids would
+                // keep the database busy.
+                let last = self.last_key_reload.load(std::sync::atomic::Ordering::Relaxed);
+                let due = now - last >= KEY_RELOAD_SECONDS;
+                if due
+                    && self
+                        .last_key_reload
+                        .compare_exchange(
+                            last,
+                            now,
+                            std::sync::atomic::Ordering::Relaxed,
+                            std::sync::atomic::Ordering::Relaxed,
+                        )
+                        .is_ok()
+                {
+                    if let Err(error) = self.keys.reload(self.store.as_ref()).await {
+                        tracing::warn!(%error, "cannot reload signing keys");
+                    }
                 }
                 verify_access_token(&self.keys, token, &base, now)
             }

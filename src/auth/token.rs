@@ -145,6 +145,13 @@ impl AuthServer {
             return Reply::oauth_error(400, "invalid_request", "refresh_token is missing");
         };
         let key = digest(token);
+        // Another client's refresh token is refused before it is used up, so that a client
+        // cannot burn (and so revoke) a grant that is not its own.
+        if let Ok(Some(data)) = self.store.auth_get(REFRESH, &key).await {
+            if serde_json::from_str::<RefreshGrant>(&data).is_ok_and(|r| r.client_id != client.client_id) {
+                return invalid_grant("the refresh token was issued to another client");
+            }
+        }
         let found = match self.store.auth_take(REFRESH, &key).await {
             Ok(Some(data)) => serde_json::from_str::<RefreshGrant>(&data).ok(),
             Ok(None) => None,
@@ -239,9 +246,8 @@ impl AuthServer {
     }
 
     /// Signs the access token (and the id_token and refresh token where granted).
-    async fn issue(&self, issue: Issue<'_>) -> Reply {
+    async fn issue(&self, mut issue: Issue<'_>) -> Reply {
         let now = now_seconds();
-        let has = |name: &str| issue.scopes.iter().any(|s| s == name);
         let user = match &issue.username {
             Some(name) => match user(self.store.as_ref(), name).await {
                 Ok(Some(user)) => Some(user),
@@ -251,6 +257,14 @@ impl AuthServer {
             None => None,
         };
         let fhir_user = user.as_ref().map(|u| u.fhir_user.clone());
+        // A refreshed grant reaches no patient the user has lost since (a proxy unlinked).
+        if let Some(reachable) = user.as_ref().and_then(|u| u.reachable_patients()) {
+            issue.patients.retain(|p| reachable.contains(p));
+            if issue.patient.as_ref().is_some_and(|p| !reachable.contains(p)) {
+                return invalid_grant("the patient of this grant is no longer one the user may see");
+            }
+        }
+        let has = |name: &str| issue.scopes.iter().any(|s| s == name);
         let claims = AccessClaims {
             iss: self.fhir_base(),
             sub: issue.subject.clone(),

@@ -121,7 +121,14 @@ async fn fhir(State(state): State<AppState>, request: Request) -> Response {
         request.access = authenticate(&state, &request, &parts.headers).await?;
         state.service.handle(request).await
     }
-    .await;
+    .await
+    .map_err(|error| match error.status {
+        // RFC 6750 §3.1: a token without the scope the request needs.
+        403 if state.auth.is_some() => {
+            error.with_challenge("Bearer realm=\"hearth\", error=\"insufficient_scope\"".to_string())
+        }
+        _ => error,
+    });
     let mut response = match outcome {
         Ok(response) => fhir_response(response, format, pretty),
         Err(error) => error_response(error, format, pretty),
