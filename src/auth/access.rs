@@ -51,12 +51,35 @@ pub struct Grant {
     pub memo: RuleMemo,
 }
 
-/// The restrictions a grant has needed, by permission and resource type.
+/// The rules a grant has needed, by resource type and permission.
 #[derive(Default)]
-pub struct RuleMemo(Mutex<HashMap<(Permission, String), RuleOutcome>>);
+pub struct RuleMemo(Mutex<HashMap<String, [Option<RuleOutcome>; 5]>>);
 
 /// A worked-out rule, or why nothing is granted.
-type RuleOutcome = Result<Arc<Restriction>, FhirError>;
+type RuleOutcome = Result<Arc<Rule>, FhirError>;
+
+/// A restriction with what deciding it on one resource needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    pub restriction: Restriction,
+    /// The search parameters whose index rows it looks at, comma-separated (empty: none).
+    pub params: String,
+}
+
+impl Rule {
+    fn new(restriction: Restriction) -> Rule {
+        let params = match &restriction {
+            Restriction::None => String::new(),
+            Restriction::Only(condition) => crate::search::matcher::params_of(condition).join(","),
+        };
+        Rule { restriction, params }
+    }
+
+    /// Whether the rule needs the index rows of parameter `code`.
+    pub fn needs_param(&self, code: &str) -> bool {
+        self.params.split(',').any(|p| p == code)
+    }
+}
 
 impl Clone for RuleMemo {
     /// A copy starts empty: it fills again on use.
@@ -163,16 +186,16 @@ impl Access {
         context: PolicyContext<'_>,
         permission: Permission,
         resource_type: &str,
-    ) -> Result<Arc<Restriction>, FhirError> {
-        let Access::Token(grant) = self else { return Ok(Arc::new(Restriction::None)) };
-        let key = (permission, resource_type.to_string());
-        if let Some(known) = grant.memo.0.lock().expect("rule memo lock").get(&key) {
+    ) -> Result<Arc<Rule>, FhirError> {
+        let Access::Token(grant) = self else { return Ok(Arc::new(Rule::new(Restriction::None))) };
+        let slot = permission as usize;
+        if let Some(Some(known)) = grant.memo.0.lock().expect("rule memo lock").get(resource_type).map(|r| &r[slot]) {
             return known.clone();
         }
-        let rule = self.restriction(context, permission, resource_type).map(Arc::new);
+        let rule = self.restriction(context, permission, resource_type).map(|r| Arc::new(Rule::new(r)));
         let mut memo = grant.memo.0.lock().expect("rule memo lock");
         if memo.len() < MEMO_RULES {
-            memo.insert(key, rule.clone());
+            memo.entry(resource_type.to_string()).or_default()[slot] = Some(rule.clone());
         }
         rule
     }

@@ -27,7 +27,7 @@ use time::OffsetDateTime;
 
 use crate::bounded::BoundedMap;
 use crate::store::{Store, StoreResult};
-pub use access::{Access, Grant, PolicyContext, Restriction};
+pub use access::{Access, Grant, PolicyContext, Restriction, Rule};
 pub use authorize::SESSION_COOKIE;
 use keys::KeyRing;
 pub use records::PasswordCost;

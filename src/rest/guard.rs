@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::FhirService;
 use crate::auth::scope::Permission;
-use crate::auth::{Access, PolicyContext, Restriction};
+use crate::auth::{Access, PolicyContext, Restriction, Rule};
 use crate::model::FhirError;
 use crate::search::index::index_selected;
 use crate::search::matcher::params_of;
@@ -20,10 +20,60 @@ use crate::store::{
     Condition, IndexRows, JobStep, ResourceVersion, SearchPage, SearchQuery, StoreError, StoreResult, StoreTx,
 };
 
-/// The index rows access checks needed, by (type, id, version, last updated, parameters).
-/// The instant is part of the key: a version number read inside a transaction that rolled
-/// back may later be written again with other content, never at the same microsecond.
-pub(super) type AccessRows = crate::bounded::BoundedMap<(String, String, i64, i128, String), Arc<IndexRows>>;
+/// The index rows access checks needed, by the hash of an [`AccessRowsKey`] (checked on a hit,
+/// so that a lookup allocates nothing).
+pub(super) type AccessRows = crate::bounded::BoundedMap<u64, Arc<CachedRows>>;
+
+/// What the rows of [`AccessRows`] belong to. The instant is part of it: a version number read
+/// inside a transaction that rolled back may later be written again with other content, never
+/// at the same microsecond.
+pub(super) struct AccessRowsKey {
+    resource_type: String,
+    id: String,
+    version: i64,
+    instant: i128,
+    params: String,
+}
+
+impl AccessRowsKey {
+    fn of(version: &ResourceVersion, params: &str) -> AccessRowsKey {
+        AccessRowsKey {
+            resource_type: version.resource_type.clone(),
+            id: version.id.clone(),
+            version: version.version,
+            instant: version.last_updated.unix_timestamp_nanos(),
+            params: params.to_string(),
+        }
+    }
+
+    /// The map key of a version's rows (computed without allocating).
+    fn hash(version: &ResourceVersion, params: &str) -> u64 {
+        use std::hash::BuildHasher;
+        static HASHER: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
+        let instant = version.last_updated.unix_timestamp_nanos();
+        HASHER.get_or_init(std::hash::RandomState::new).hash_one((
+            &version.resource_type,
+            &version.id,
+            version.version,
+            instant,
+            params,
+        ))
+    }
+
+    fn is_for(&self, version: &ResourceVersion, params: &str) -> bool {
+        self.resource_type == version.resource_type
+            && self.id == version.id
+            && self.version == version.version
+            && self.instant == version.last_updated.unix_timestamp_nanos()
+            && self.params == params
+    }
+}
+
+/// Index rows with the key they were computed for.
+pub(super) struct CachedRows {
+    key: AccessRowsKey,
+    rows: Arc<IndexRows>,
+}
 
 impl FhirService {
     /// Confines `query` to what `access` may reach with `permission`: types without a grant are
@@ -45,7 +95,7 @@ impl FhirService {
         access: &Access,
         permission: Permission,
         resource_type: &str,
-    ) -> Result<Option<Arc<Restriction>>, FhirError> {
+    ) -> Result<Option<Arc<Rule>>, FhirError> {
         match access {
             Access::Open => Ok(None),
             Access::Token(_) => {
@@ -57,28 +107,29 @@ impl FhirService {
 
     /// Whether `rule` (from [`FhirService::rule`]) admits `version`. The index rows it needs
     /// are kept per version and parameter set: a resource read again is not parsed again.
-    pub(super) fn admitted(&self, rule: Option<&Restriction>, version: &ResourceVersion) -> bool {
-        let Some(rule @ Restriction::Only(condition)) = rule else { return true };
-        let params = params_of(condition);
-        let key = (
-            version.resource_type.clone(),
-            version.id.clone(),
-            version.version,
-            version.last_updated.unix_timestamp_nanos(),
-            params.join(","),
-        );
-        let rows = match self.access_rows.get(&key) {
-            Some(rows) => rows,
+    pub(super) fn admitted(&self, rule: Option<&Rule>, version: &ResourceVersion) -> bool {
+        let Some(rule) = rule else { return true };
+        if rule.restriction == Restriction::None {
+            return true;
+        }
+        if rule.params.is_empty() {
+            return rule.restriction.admits(&version.resource_type, &version.id, &IndexRows::default());
+        }
+        let hash = AccessRowsKey::hash(version, &rule.params);
+        let rows = match self.access_rows.get(&hash).filter(|cached| cached.key.is_for(version, &rule.params)) {
+            Some(cached) => cached.rows.clone(),
             None => {
-                let Some(rows) = rows_for(&self.registry(), &self.config.base_url, version, &params) else {
-                    return false;
-                };
-                let rows = Arc::new(rows);
-                self.access_rows.insert(key, rows.clone());
+                let key = AccessRowsKey::of(version, &rule.params);
+                let Some(resource) = serde_json::from_slice::<Value>(&version.body).ok() else { return false };
+                let registry = self.registry();
+                let rows = Arc::new(index_selected(&registry, &resource, &self.config.base_url, |code| {
+                    rule.needs_param(code)
+                }));
+                self.access_rows.insert(hash, Arc::new(CachedRows { key, rows: rows.clone() }));
                 rows
             }
         };
-        rule.admits(&version.resource_type, &version.id, &rows)
+        rule.restriction.admits(&version.resource_type, &version.id, &rows)
     }
 
     /// Whether `rule` admits `version`, and for a deletion (which has no body) the version it
@@ -87,10 +138,11 @@ impl FhirService {
     pub(super) async fn reaches(
         &self,
         source: &mut super::source::Source<'_>,
-        rule: Option<&Restriction>,
+        rule: Option<&Rule>,
         version: &ResourceVersion,
     ) -> Result<bool, FhirError> {
-        if !version.deleted || !matches!(rule, Some(Restriction::Only(_))) {
+        let restricted = rule.is_some_and(|r| r.restriction != Restriction::None);
+        if !version.deleted || !restricted {
             return Ok(self.admitted(rule, version));
         }
         if version.version <= 1 {
