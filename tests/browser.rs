@@ -35,7 +35,6 @@ use axum::routing::get;
 use common::smart::{query_value, smart_server, Pkce, Smart};
 use common::{body, Db};
 use hearth::auth::records::{save_client, ClientCredentials, ClientRecord};
-use reqwest::Method;
 use serde_json::{json, Value};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -149,15 +148,9 @@ async fn standalone_launch_in_chromium() {
     // A patient, created with an admin token.
     smart.add_secret_client("admin", "admin-secret").await;
     let admin = smart.system_token("admin", "admin-secret", "system/*.cruds").await;
-    let response = smart
-        .fhir_request(Method::POST, "Patient", &admin)
-        .header("content-type", "application/fhir+json")
-        .body(json!({"resourceType": "Patient", "name": [{"family": "Rivera", "given": ["Ana"]}]}).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201, "create the Patient");
-    let patient = body(response).await["id"].as_str().unwrap().to_string();
+    let patient = smart
+        .create(&admin, &json!({"resourceType": "Patient", "name": [{"family": "Rivera", "given": ["Ana"]}]}))
+        .await;
     smart.add_user("ana", "ana-password", &format!("Patient/{patient}"), &[]).await;
 
     // A public app whose redirect URI is the local listener.

@@ -6,7 +6,7 @@ mod common;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use common::smart::{query_value, smart_server, Authorization, Pkce, Smart};
+use common::smart::{query_value, smart_server, Authorization, Pkce, SignedIn, Smart};
 use common::{body, Db};
 use hearth::auth::records::ClientCredentials;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -22,15 +22,9 @@ async fn patient_app(db: Db) -> (common::TestServer, Smart, String, String) {
     let smart = Smart::new(&server).await;
     smart.add_secret_client("admin", "admin-secret").await;
     let admin = smart.system_token("admin", "admin-secret", "system/*.cruds").await;
-    let response = smart
-        .fhir_request(Method::POST, "Patient", &admin)
-        .header("content-type", "application/fhir+json")
-        .body(json!({"resourceType": "Patient", "name": [{"family": "Rivera", "given": ["Ana"]}]}).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
-    let patient = body(response).await["id"].as_str().unwrap().to_string();
+    let patient = smart
+        .create(&admin, &json!({"resourceType": "Patient", "name": [{"family": "Rivera", "given": ["Ana"]}]}))
+        .await;
     smart.add_public_client("app").await;
     smart.add_user("ana", "ana-password", &format!("Patient/{patient}"), &[]).await;
     (server, smart, patient, admin)
@@ -299,18 +293,7 @@ async fn pkce_and_codes_are_checked(db: Db) {
     {
         let pkce = Pkce::new();
         let page = smart.authorize("app", PATIENT_SCOPES, &pkce, &extra).await.text().await.unwrap();
-        let response = smart.login(&page, "ana", "ana-password").await;
-        let cookie = response.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
-        let consent = smart
-            .http
-            .get(smart.url(response.headers()["location"].to_str().unwrap()))
-            .header("cookie", &cookie)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let SignedIn { cookie, consent, .. } = smart.sign_in(&page, "ana", "ana-password").await;
         let form = [
             ("request", common::smart::input_value(&consent, "request").unwrap()),
             ("csrf", common::smart::input_value(&consent, "csrf").unwrap()),
@@ -603,14 +586,7 @@ async fn users_never_get_system_scopes_or_foreign_launches(db: Db) {
         Some("invalid_scope")
     );
     // A launch for another patient is refused to a patient user.
-    let other = smart
-        .fhir_request(Method::POST, "Patient", &admin)
-        .header("content-type", "application/fhir+json")
-        .body(json!({"resourceType": "Patient", "name": [{"family": "Other"}]}).to_string())
-        .send()
-        .await
-        .unwrap();
-    let other = body(other).await["id"].as_str().unwrap().to_string();
+    let other = smart.create(&admin, &json!({"resourceType": "Patient", "name": [{"family": "Other"}]})).await;
     let launch: Value = smart
         .http
         .post(smart.url("/auth/launch"))
@@ -734,31 +710,14 @@ async fn ehr_launch_brings_its_context(db: Db) {
 
 async fn a_proxy_chooses_among_their_patients(db: Db) {
     let (_server, smart, first, admin) = patient_app(db).await;
-    let response = smart
-        .fhir_request(Method::POST, "Patient", &admin)
-        .header("content-type", "application/fhir+json")
-        .body(json!({"resourceType": "Patient", "name": [{"family": "Rivera", "given": ["Luis"]}]}).to_string())
-        .send()
-        .await
-        .unwrap();
-    let second = body(response).await["id"].as_str().unwrap().to_string();
+    let second = smart
+        .create(&admin, &json!({"resourceType": "Patient", "name": [{"family": "Rivera", "given": ["Luis"]}]}))
+        .await;
     smart.add_user("mum", "mum-password", "RelatedPerson/rp1", &[&first, &second]).await;
     let pkce = Pkce::new();
     let page = smart.authorize("app", "launch/patient patient/*.rs", &pkce, &[]).await.text().await.unwrap();
-    let response = smart.login(&page, "mum", "mum-password").await;
-    let cookie = response.headers()["set-cookie"].to_str().unwrap().to_string();
-    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"), "{cookie}");
-    let cookie = cookie.split(';').next().unwrap().to_string();
-    let consent = smart
-        .http
-        .get(smart.url(response.headers()["location"].to_str().unwrap()))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let SignedIn { set_cookie, consent, .. } = smart.sign_in(&page, "mum", "mum-password").await;
+    assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Lax"), "{set_cookie}");
     assert!(consent.contains("Luis Rivera") && consent.contains("Ana Rivera"), "both patients offered");
     let auth = Authorization {
         patient: Some(&second),

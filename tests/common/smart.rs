@@ -59,6 +59,14 @@ pub fn query_value(url: &str, name: &str) -> Option<String> {
     query_of(url).into_iter().find(|(n, _)| n == name).map(|(_, v)| v)
 }
 
+/// A signed-in browser: its session cookie (`name=value`), the whole `Set-Cookie` header, and
+/// the consent page it was sent to.
+pub struct SignedIn {
+    pub cookie: String,
+    pub set_cookie: String,
+    pub consent: String,
+}
+
 /// What one authorization request asks for.
 pub struct Authorization<'a> {
     pub client_id: &'a str,
@@ -165,19 +173,41 @@ impl Smart {
         self.http.post(self.url("/auth/login")).form(&form).send().await.unwrap()
     }
 
+    /// Signs in on the login `page` and follows the redirect to the consent page.
+    pub async fn sign_in(&self, page: &str, username: &str, password: &str) -> SignedIn {
+        let response = self.login(page, username, password).await;
+        assert_eq!(response.status(), 303, "login accepted");
+        let set_cookie = response.headers()["set-cookie"].to_str().unwrap().to_string();
+        let cookie = set_cookie.split(';').next().unwrap().to_string();
+        let consent_url = self.url(response.headers()["location"].to_str().unwrap());
+        let response = self.http.get(consent_url).header("cookie", &cookie).send().await.unwrap();
+        assert_eq!(response.status(), 200, "consent page");
+        SignedIn { cookie, set_cookie, consent: response.text().await.unwrap() }
+    }
+
+    /// Creates a resource with `token`; returns its id.
+    pub async fn create(&self, token: &str, resource: &Value) -> String {
+        let resource_type = resource["resourceType"].as_str().expect("resourceType");
+        let response = self
+            .fhir_request(reqwest::Method::POST, resource_type, token)
+            .header("content-type", "application/fhir+json")
+            .body(resource.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201, "create {resource_type}");
+        let created: Value = response.json().await.unwrap();
+        created["id"].as_str().unwrap().to_string()
+    }
+
     /// Runs authorize → login → consent; returns the final redirect's `Location`.
     pub async fn consent_redirect(&self, authorization: &Authorization<'_>, pkce: &Pkce, decision: &str) -> String {
         let launch: Vec<(&str, &str)> = authorization.launch.map(|l| vec![("launch", l)]).unwrap_or_default();
         let response = self.authorize(authorization.client_id, authorization.scope, pkce, &launch).await;
         assert_eq!(response.status(), 200, "login page");
         let page = response.text().await.unwrap();
-        let response = self.login(&page, authorization.username, authorization.password).await;
-        assert_eq!(response.status(), 303, "login accepted");
-        let cookie = response.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
-        let consent_url = self.url(response.headers()["location"].to_str().unwrap());
-        let response = self.http.get(consent_url).header("cookie", &cookie).send().await.unwrap();
-        assert_eq!(response.status(), 200, "consent page");
-        let page = response.text().await.unwrap();
+        let SignedIn { cookie, consent: page, .. } =
+            self.sign_in(&page, authorization.username, authorization.password).await;
         let mut form: Vec<(String, String)> = vec![
             ("request".into(), input_value(&page, "request").unwrap()),
             ("csrf".into(), input_value(&page, "csrf").unwrap()),
