@@ -258,7 +258,7 @@ async fn authorize_refuses_bad_requests(db: Db) {
 }
 
 async fn login_is_throttled_without_telling_who_exists(db: Db) {
-    let (_server, smart, _patient, _admin) = patient_app(db).await;
+    let (_server, smart, patient, _admin) = patient_app(db).await;
     let page = smart.authorize("app", PATIENT_SCOPES, &Pkce::new(), &[]).await.text().await.unwrap();
     let wrong_password = smart.login(&page, "ana", "nope").await;
     assert_eq!(wrong_password.status(), 401);
@@ -276,6 +276,16 @@ async fn login_is_throttled_without_telling_who_exists(db: Db) {
     let response = smart.login(&page, "ana", "ana-password").await;
     assert_eq!(response.status(), 401);
     assert!(response.text().await.unwrap().contains("Too many"));
+    // Attempts in parallel each count: of 20 at once at most five get the password checked.
+    smart.add_user("bob", "bob-password", &format!("Patient/{patient}"), &[]).await;
+    let attempts = (0..20).map(|n| {
+        let (smart, page) = (&smart, page.clone());
+        async move { smart.login(&page, "bob", &format!("guess-{n}")).await.text().await.unwrap() }
+    });
+    let pages = futures::future::join_all(attempts).await;
+    let checked = pages.iter().filter(|html| html.contains("incorrect")).count();
+    assert!(checked <= 5, "{checked} attempts were checked");
+    assert!(pages.iter().filter(|html| html.contains("Too many")).count() >= 15);
 }
 
 async fn pkce_and_codes_are_checked(db: Db) {

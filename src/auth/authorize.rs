@@ -23,7 +23,7 @@ use super::{in_seconds, now_seconds, AuthServer, Reply};
 const PENDING: &str = "authorize";
 const SESSION: &str = "session";
 pub(super) const CODE: &str = "code";
-const LOGIN_FAILURES: &str = "login-failures";
+const LOGIN_ATTEMPTS: &str = "login-attempts";
 
 /// The session cookie's name.
 pub const SESSION_COOKIE: &str = "hearth_session";
@@ -31,8 +31,8 @@ pub const SESSION_COOKIE: &str = "hearth_session";
 const PENDING_SECONDS: i64 = 600;
 const SESSION_SECONDS: i64 = 12 * 3600;
 const CODE_SECONDS: i64 = 300;
-/// Failed sign-ins allowed per user name within [`THROTTLE_SECONDS`].
-const MAX_FAILED_LOGINS: u32 = 5;
+/// Sign-in attempts allowed per user name within [`THROTTLE_SECONDS`] (a success resets it).
+const MAX_LOGIN_ATTEMPTS: i64 = 5;
 const THROTTLE_SECONDS: i64 = 900;
 
 const BAD_LOGIN: &str = "The username or password is incorrect.";
@@ -81,11 +81,6 @@ pub(super) struct CodeGrant {
     pub patients: Vec<String>,
     /// The grant every token of this authorization belongs to.
     pub grant: String,
-}
-
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Failures {
-    count: u32,
 }
 
 /// A form or query: name-value pairs in order (names may repeat).
@@ -260,12 +255,15 @@ impl AuthServer {
             set_cookie: None,
         };
         let (username, password) = (param(form, "username").unwrap_or(""), param(form, "password").unwrap_or(""));
+        // Every attempt is counted before the password is checked, atomically, so that parallel
+        // attempts cannot share one count; a successful sign-in clears it.
         let throttle_key = username.to_lowercase();
-        let failures: Failures = match self.store.auth_get(LOGIN_FAILURES, &throttle_key).await {
-            Ok(data) => data.and_then(|d| serde_json::from_str(&d).ok()).unwrap_or_default(),
-            Err(error) => return server_error(error),
-        };
-        if failures.count >= MAX_FAILED_LOGINS {
+        let attempts =
+            match self.store.auth_increment(LOGIN_ATTEMPTS, &throttle_key, in_seconds(THROTTLE_SECONDS)).await {
+                Ok(attempts) => attempts,
+                Err(error) => return server_error(error),
+            };
+        if attempts > MAX_LOGIN_ATTEMPTS {
             return again(THROTTLED);
         }
         let found = match user(self.store.as_ref(), username).await {
@@ -279,15 +277,9 @@ impl AuthServer {
         let matches = tokio::task::spawn_blocking(move || verify_password(&password, &hash)).await.unwrap_or(false);
         let verified = found.is_some() && matches;
         let Some(user) = found.filter(|_| verified) else {
-            let count = failures.count + 1;
-            let data = serde_json::to_string(&Failures { count }).expect("failures serialise");
-            let expires = in_seconds(THROTTLE_SECONDS);
-            if let Err(error) = self.store.auth_upsert(LOGIN_FAILURES, &throttle_key, &data, expires).await {
-                return server_error(error);
-            }
-            return again(if count >= MAX_FAILED_LOGINS { THROTTLED } else { BAD_LOGIN });
+            return again(if attempts >= MAX_LOGIN_ATTEMPTS { THROTTLED } else { BAD_LOGIN });
         };
-        let _ = self.store.auth_delete(LOGIN_FAILURES, &throttle_key).await;
+        let _ = self.store.auth_delete(LOGIN_ATTEMPTS, &throttle_key).await;
         let cookie_value = random_token(32);
         let session = Session { username: user.username.clone(), expires: now_seconds() + SESSION_SECONDS };
         let data = serde_json::to_string(&session).expect("session serialises");

@@ -16,6 +16,10 @@ pub trait AuthStore: Send + Sync {
     async fn auth_insert(&self, kind: &str, key: &str, data: &str, expires: OffsetDateTime) -> StoreResult<bool>;
     /// Stores a record, replacing any with that kind and key.
     async fn auth_upsert(&self, kind: &str, key: &str, data: &str, expires: OffsetDateTime) -> StoreResult<()>;
+    /// Counts one more under a kind and key and returns the new count, atomically (of concurrent
+    /// callers each gets its own number); a count whose expiry has passed starts again at 1,
+    /// expiring at `expires`.
+    async fn auth_increment(&self, kind: &str, key: &str, expires: OffsetDateTime) -> StoreResult<i64>;
     /// A live record.
     async fn auth_get(&self, kind: &str, key: &str) -> StoreResult<Option<String>>;
     /// A live record, deleted as it is read: of concurrent takers exactly one gets it.
@@ -75,6 +79,33 @@ macro_rules! auth_store {
                 .execute(&self.writers)
                 .await?;
                 Ok(())
+            }
+
+            async fn auth_increment(
+                &self,
+                kind: &str,
+                key: &str,
+                expires: time::OffsetDateTime,
+            ) -> $crate::store::StoreResult<i64> {
+                use sqlx::Row;
+                let now = $crate::store::sql::to_micros(time::OffsetDateTime::now_utc());
+                let row = sqlx::query(
+                    "INSERT INTO auth_objects (kind, key, data, expires) VALUES ($1, $2, '1', $3) \
+                     ON CONFLICT (kind, key) DO UPDATE SET \
+                     data = CASE WHEN auth_objects.expires <= $4 THEN '1' \
+                     ELSE CAST(CAST(auth_objects.data AS INTEGER) + 1 AS TEXT) END, \
+                     expires = CASE WHEN auth_objects.expires <= $4 THEN excluded.expires \
+                     ELSE auth_objects.expires END \
+                     RETURNING data",
+                )
+                .bind(kind)
+                .bind(key)
+                .bind($crate::store::sql::to_micros(expires))
+                .bind(now)
+                .fetch_one(&self.writers)
+                .await?;
+                let count: String = row.try_get("data")?;
+                Ok(count.parse().unwrap_or(i64::MAX))
             }
 
             async fn auth_get(&self, kind: &str, key: &str) -> $crate::store::StoreResult<Option<String>> {
