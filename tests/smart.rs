@@ -340,16 +340,7 @@ async fn pkce_and_codes_are_checked(db: Db) {
     assert_eq!(replay.status(), 400);
     assert_eq!(body(replay).await["error"], "invalid_grant");
     assert_eq!(smart.get(&format!("Patient/{patient}"), access).await.status(), 401, "revoked after replay");
-    let refresh = smart
-        .token_request(
-            &[
-                ("grant_type", "refresh_token"),
-                ("refresh_token", first["refresh_token"].as_str().unwrap()),
-                ("client_id", "app"),
-            ],
-            None,
-        )
-        .await;
+    let refresh = smart.refresh("app", first["refresh_token"].as_str().unwrap(), None).await;
     assert_eq!(refresh.status(), 400, "its refresh token is revoked too");
     // Unsupported grant types.
     let response = smart.token_request(&[("grant_type", "password"), ("client_id", "app")], None).await;
@@ -361,17 +352,7 @@ async fn refresh_tokens_rotate(db: Db) {
     let (_server, smart, patient, _admin) = patient_app(db).await;
     let token = smart.launch(&Authorization::new("app", PATIENT_SCOPES, "ana", "ana-password")).await;
     let first_refresh = token["refresh_token"].as_str().unwrap().to_string();
-    let response = smart
-        .token_request(
-            &[
-                ("grant_type", "refresh_token"),
-                ("refresh_token", &first_refresh),
-                ("client_id", "app"),
-                ("scope", "patient/*.rs offline_access"),
-            ],
-            None,
-        )
-        .await;
+    let response = smart.refresh("app", &first_refresh, Some("patient/*.rs offline_access")).await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["cache-control"], "no-store");
     assert_eq!(response.headers()["pragma"], "no-cache");
@@ -385,41 +366,16 @@ async fn refresh_tokens_rotate(db: Db) {
         200
     );
     // A wider scope than granted is refused.
-    let response = smart
-        .token_request(
-            &[
-                ("grant_type", "refresh_token"),
-                ("refresh_token", &second_refresh),
-                ("client_id", "app"),
-                ("scope", "patient/*.cruds"),
-            ],
-            None,
-        )
-        .await;
+    let response = smart.refresh("app", &second_refresh, Some("patient/*.cruds")).await;
     assert_eq!(response.status(), 400);
     assert_eq!(body(response).await["error"], "invalid_scope");
     // The rotated-away token used again revokes the grant.
-    assert_eq!(
-        smart
-            .token_request(
-                &[("grant_type", "refresh_token"), ("refresh_token", &first_refresh), ("client_id", "app")],
-                None
-            )
-            .await
-            .status(),
-        400
-    );
+    assert_eq!(smart.refresh("app", &first_refresh, None).await.status(), 400);
     assert_eq!(
         smart.get(&format!("Patient/{patient}"), refreshed["access_token"].as_str().unwrap()).await.status(),
         401
     );
-    assert_eq!(
-        smart
-            .token_request(&[("grant_type", "refresh_token"), ("refresh_token", "invalid"), ("client_id", "app")], None)
-            .await
-            .status(),
-        400
-    );
+    assert_eq!(smart.refresh("app", "invalid", None).await.status(), 400);
 }
 
 async fn introspection_and_revocation(db: Db) {
@@ -792,18 +748,14 @@ async fn online_access_ends_with_the_session(db: Db) {
         .launch(&Authorization::new("app", "launch/patient patient/*.rs online_access", "ana", "ana-password"))
         .await;
     let refresh = token["refresh_token"].as_str().unwrap().to_string();
-    let response = smart
-        .token_request(&[("grant_type", "refresh_token"), ("refresh_token", &refresh), ("client_id", "app")], None)
-        .await;
+    let response = smart.refresh("app", &refresh, None).await;
     assert_eq!(response.status(), 200, "while the session lives");
     let refresh = response.json::<Value>().await.unwrap()["refresh_token"].as_str().unwrap().to_string();
     // The user's login session ends (expires or is removed).
     for (key, _) in smart.store.auth_list("session").await.unwrap() {
         smart.store.auth_delete("session", &key).await.unwrap();
     }
-    let response = smart
-        .token_request(&[("grant_type", "refresh_token"), ("refresh_token", &refresh), ("client_id", "app")], None)
-        .await;
+    let response = smart.refresh("app", &refresh, None).await;
     assert_eq!(response.status(), 400);
     assert_eq!(body(response).await["error"], "invalid_grant");
 }

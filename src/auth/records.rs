@@ -4,6 +4,7 @@
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::keys::{digest, far_future};
@@ -106,20 +107,35 @@ fn constant_time_eq(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Stores a record that does not expire (replacing one with the same key).
+async fn save<T: Serialize>(store: &dyn Store, kind: &str, key: &str, record: &T) -> StoreResult<()> {
+    let data = serde_json::to_string(record).expect("records serialise");
+    store.auth_upsert(kind, key, &data, far_future()).await
+}
+
+/// The record under `key`, if there is a readable one.
+async fn load<T: DeserializeOwned>(store: &dyn Store, kind: &str, key: &str) -> StoreResult<Option<T>> {
+    Ok(store.auth_get(kind, key).await?.and_then(|data| serde_json::from_str(&data).ok()))
+}
+
+/// Every readable record of a kind.
+async fn load_all<T: DeserializeOwned>(store: &dyn Store, kind: &str) -> StoreResult<Vec<T>> {
+    Ok(store.auth_list(kind).await?.iter().filter_map(|(_, data)| serde_json::from_str(data).ok()).collect())
+}
+
 /// Stores a client (replacing one with the same id).
 pub async fn save_client(store: &dyn Store, client: &ClientRecord) -> StoreResult<()> {
-    let data = serde_json::to_string(client).expect("client serialises");
-    store.auth_upsert(CLIENT, &client.client_id, &data, far_future()).await
+    save(store, CLIENT, &client.client_id, client).await
 }
 
 /// A registered client.
 pub async fn client(store: &dyn Store, client_id: &str) -> StoreResult<Option<ClientRecord>> {
-    Ok(store.auth_get(CLIENT, client_id).await?.and_then(|data| serde_json::from_str(&data).ok()))
+    load(store, CLIENT, client_id).await
 }
 
 /// Every registered client.
 pub async fn clients(store: &dyn Store) -> StoreResult<Vec<ClientRecord>> {
-    Ok(store.auth_list(CLIENT).await?.iter().filter_map(|(_, data)| serde_json::from_str(data).ok()).collect())
+    load_all(store, CLIENT).await
 }
 
 /// Removes a client; `false` when there was none.
@@ -129,18 +145,17 @@ pub async fn remove_client(store: &dyn Store, client_id: &str) -> StoreResult<bo
 
 /// Stores a user (replacing one with the same name).
 pub async fn save_user(store: &dyn Store, user: &UserRecord) -> StoreResult<()> {
-    let data = serde_json::to_string(user).expect("user serialises");
-    store.auth_upsert(USER, &user.username, &data, far_future()).await
+    save(store, USER, &user.username, user).await
 }
 
 /// A user by name.
 pub async fn user(store: &dyn Store, username: &str) -> StoreResult<Option<UserRecord>> {
-    Ok(store.auth_get(USER, username).await?.and_then(|data| serde_json::from_str(&data).ok()))
+    load(store, USER, username).await
 }
 
 /// Every user.
 pub async fn users(store: &dyn Store) -> StoreResult<Vec<UserRecord>> {
-    Ok(store.auth_list(USER).await?.iter().filter_map(|(_, data)| serde_json::from_str(data).ok()).collect())
+    load_all(store, USER).await
 }
 
 /// Removes a user; `false` when there was none.

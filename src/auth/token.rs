@@ -44,6 +44,23 @@ pub(super) struct RefreshGrant {
     pub expires: i64,
 }
 
+/// A credential that works once and belongs to a grant.
+trait OneTime: serde::de::DeserializeOwned {
+    fn grant(&self) -> &str;
+}
+
+impl OneTime for CodeGrant {
+    fn grant(&self) -> &str {
+        &self.grant
+    }
+}
+
+impl OneTime for RefreshGrant {
+    fn grant(&self) -> &str {
+        &self.grant
+    }
+}
+
 fn invalid_grant(description: &str) -> Reply {
     Reply::oauth_error(400, "invalid_grant", description)
 }
@@ -94,26 +111,11 @@ impl AuthServer {
         let Some(code) = form.get("code") else {
             return Reply::oauth_error(400, "invalid_request", "code is missing");
         };
-        let key = digest(code);
-        let granted = match self.store.auth_take(CODE, &key).await {
-            Ok(Some(data)) => serde_json::from_str::<CodeGrant>(&data).ok(),
-            Ok(None) => None,
-            Err(error) => return server_error(error),
+        let granted: CodeGrant = match self.take_once(CODE, USED_CODE, &digest(code)).await {
+            Ok(Some(granted)) => granted,
+            Ok(None) => return invalid_grant("the code is not valid, has expired or was used before"),
+            Err(reply) => return reply,
         };
-        let Some(granted) = granted else {
-            // A code used before: whatever it issued is revoked (RFC 6749 §4.1.2).
-            if let Ok(Some(grant)) = self.store.auth_get(USED_CODE, &key).await {
-                if let Err(error) = self.revoke_grant(&grant).await {
-                    return server_error(error);
-                }
-            }
-            return invalid_grant("the code is not valid, has expired or was used before");
-        };
-        if let Err(error) =
-            self.store.auth_upsert(USED_CODE, &key, &granted.grant, in_seconds(REPLAY_MEMORY_SECONDS)).await
-        {
-            return server_error(error);
-        }
         if granted.client_id != client.client_id {
             return invalid_grant("the code was issued to another client");
         }
@@ -152,25 +154,11 @@ impl AuthServer {
                 return invalid_grant("the refresh token was issued to another client");
             }
         }
-        let found = match self.store.auth_take(REFRESH, &key).await {
-            Ok(Some(data)) => serde_json::from_str::<RefreshGrant>(&data).ok(),
-            Ok(None) => None,
-            Err(error) => return server_error(error),
+        let refresh: RefreshGrant = match self.take_once(REFRESH, USED_REFRESH, &key).await {
+            Ok(Some(refresh)) => refresh,
+            Ok(None) => return invalid_grant("the refresh token is not valid"),
+            Err(reply) => return reply,
         };
-        let Some(refresh) = found else {
-            if let Ok(Some(grant)) = self.store.auth_get(USED_REFRESH, &key).await {
-                // A rotated refresh token used again: it may have been stolen.
-                if let Err(error) = self.revoke_grant(&grant).await {
-                    return server_error(error);
-                }
-            }
-            return invalid_grant("the refresh token is not valid");
-        };
-        if let Err(error) =
-            self.store.auth_upsert(USED_REFRESH, &key, &refresh.grant, in_seconds(REPLAY_MEMORY_SECONDS)).await
-        {
-            return server_error(error);
-        }
         if refresh.client_id != client.client_id {
             return invalid_grant("the refresh token was issued to another client");
         }
@@ -243,6 +231,26 @@ impl AuthServer {
             session: None,
         })
         .await
+    }
+
+    /// Takes a one-time credential (a code, a refresh token) by the digest `key`, so that it
+    /// works once, and remembers it was used. Used again, it revokes the grant it issued
+    /// (RFC 6749 §4.1.2; a rotated refresh token seen again may have been stolen).
+    async fn take_once<T: OneTime>(&self, kind: &str, used_kind: &str, key: &str) -> Result<Option<T>, Reply> {
+        let taken = match self.store.auth_take(kind, key).await {
+            Ok(Some(data)) => serde_json::from_str::<T>(&data).ok(),
+            Ok(None) => None,
+            Err(error) => return Err(server_error(error)),
+        };
+        let Some(taken) = taken else {
+            if let Ok(Some(grant)) = self.store.auth_get(used_kind, key).await {
+                self.revoke_grant(&grant).await.map_err(server_error)?;
+            }
+            return Ok(None);
+        };
+        let remembered = in_seconds(REPLAY_MEMORY_SECONDS);
+        self.store.auth_upsert(used_kind, key, taken.grant(), remembered).await.map_err(server_error)?;
+        Ok(Some(taken))
     }
 
     /// Signs the access token (and the id_token and refresh token where granted).

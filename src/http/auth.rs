@@ -8,21 +8,18 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::auth::{AuthServer, BearerError, Reply};
 
-use super::AppState;
-
-/// The routes of the authorization server and the discovery documents.
-pub fn routes() -> Router<AppState> {
+/// The routes of the authorization server and the discovery documents (only a server with
+/// `--auth smart` has them).
+pub fn routes<S: Clone + Send + Sync + 'static>(auth: Arc<AuthServer>) -> Router<S> {
     Router::new()
-        .route("/fhir/.well-known/smart-configuration", get(|s: State<AppState>| reply(s, |a| a.smart_configuration())))
-        .route(
-            "/fhir/.well-known/openid-configuration",
-            get(|s: State<AppState>| reply(s, |a| a.openid_configuration())),
-        )
-        .route("/auth/jwks", get(|s: State<AppState>| reply(s, |a| a.jwks())))
-        .route("/auth/smart-style.json", get(|s: State<AppState>| reply(s, |a| a.smart_style())))
+        .route("/fhir/.well-known/smart-configuration", get(|s: State<Server>| reply(s, |a| a.smart_configuration())))
+        .route("/fhir/.well-known/openid-configuration", get(|s: State<Server>| reply(s, |a| a.openid_configuration())))
+        .route("/auth/jwks", get(|s: State<Server>| reply(s, |a| a.jwks())))
+        .route("/auth/smart-style.json", get(|s: State<Server>| reply(s, |a| a.smart_style())))
         .route("/auth/authorize", get(authorize_get).post(authorize_post))
         .route("/auth/login", post(login))
         .route("/auth/consent", get(consent_page).post(consent))
@@ -30,18 +27,14 @@ pub fn routes() -> Router<AppState> {
         .route("/auth/introspect", post(introspect))
         .route("/auth/revoke", post(revoke))
         .route("/auth/launch", post(launch))
+        .with_state(auth)
 }
 
-/// The answer of the authorization endpoints of a server running with `--auth off`.
-fn disabled() -> Response {
-    (StatusCode::NOT_FOUND, "this server runs without authorization (--auth off)").into_response()
-}
+/// The state of these routes.
+type Server = Arc<AuthServer>;
 
-async fn reply(State(state): State<AppState>, endpoint: impl FnOnce(&AuthServer) -> Reply) -> Response {
-    match &state.auth {
-        Some(auth) => into_response(endpoint(auth)),
-        None => disabled(),
-    }
+async fn reply(State(auth): State<Server>, endpoint: impl FnOnce(&AuthServer) -> Reply) -> Response {
+    into_response(endpoint(&auth))
 }
 
 fn header_text(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
@@ -59,73 +52,46 @@ fn form_map(body: &[u8]) -> HashMap<String, String> {
 }
 
 async fn authorize_get(
-    State(state): State<AppState>,
+    State(auth): State<Server>,
     Query(query): Query<Vec<(String, String)>>,
     headers: HeaderMap,
 ) -> Response {
-    match &state.auth {
-        Some(auth) => into_response(auth.authorize(&query, header_text(&headers, header::COOKIE)).await),
-        None => disabled(),
-    }
+    into_response(auth.authorize(&query, header_text(&headers, header::COOKIE)).await)
 }
 
-async fn authorize_post(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    match &state.auth {
-        Some(auth) => into_response(auth.authorize(&form_pairs(&body), header_text(&headers, header::COOKIE)).await),
-        None => disabled(),
-    }
+async fn authorize_post(State(auth): State<Server>, headers: HeaderMap, body: Bytes) -> Response {
+    into_response(auth.authorize(&form_pairs(&body), header_text(&headers, header::COOKIE)).await)
 }
 
-async fn login(State(state): State<AppState>, body: Bytes) -> Response {
-    match &state.auth {
-        Some(auth) => into_response(auth.login(&form_pairs(&body)).await),
-        None => disabled(),
-    }
+async fn login(State(auth): State<Server>, body: Bytes) -> Response {
+    into_response(auth.login(&form_pairs(&body)).await)
 }
 
 async fn consent_page(
-    State(state): State<AppState>,
+    State(auth): State<Server>,
     Query(query): Query<Vec<(String, String)>>,
     headers: HeaderMap,
 ) -> Response {
-    match &state.auth {
-        Some(auth) => into_response(auth.consent_page(&query, header_text(&headers, header::COOKIE)).await),
-        None => disabled(),
-    }
+    into_response(auth.consent_page(&query, header_text(&headers, header::COOKIE)).await)
 }
 
-async fn consent(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    match &state.auth {
-        Some(auth) => into_response(auth.consent(&form_pairs(&body), header_text(&headers, header::COOKIE)).await),
-        None => disabled(),
-    }
+async fn consent(State(auth): State<Server>, headers: HeaderMap, body: Bytes) -> Response {
+    into_response(auth.consent(&form_pairs(&body), header_text(&headers, header::COOKIE)).await)
 }
 
-async fn token(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    match &state.auth {
-        Some(auth) => into_response(auth.token(header_text(&headers, header::AUTHORIZATION), &form_map(&body)).await),
-        None => disabled(),
-    }
+async fn token(State(auth): State<Server>, headers: HeaderMap, body: Bytes) -> Response {
+    into_response(auth.token(header_text(&headers, header::AUTHORIZATION), &form_map(&body)).await)
 }
 
-async fn introspect(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    match &state.auth {
-        Some(auth) => {
-            into_response(auth.introspect(header_text(&headers, header::AUTHORIZATION), &form_map(&body)).await)
-        }
-        None => disabled(),
-    }
+async fn introspect(State(auth): State<Server>, headers: HeaderMap, body: Bytes) -> Response {
+    into_response(auth.introspect(header_text(&headers, header::AUTHORIZATION), &form_map(&body)).await)
 }
 
-async fn revoke(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    match &state.auth {
-        Some(auth) => into_response(auth.revoke(header_text(&headers, header::AUTHORIZATION), &form_map(&body)).await),
-        None => disabled(),
-    }
+async fn revoke(State(auth): State<Server>, headers: HeaderMap, body: Bytes) -> Response {
+    into_response(auth.revoke(header_text(&headers, header::AUTHORIZATION), &form_map(&body)).await)
 }
 
-async fn launch(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let Some(auth) = &state.auth else { return disabled() };
+async fn launch(State(auth): State<Server>, headers: HeaderMap, body: Bytes) -> Response {
     match auth.authenticate(header_text(&headers, header::AUTHORIZATION)).await {
         Ok(access) => into_response(auth.create_launch(&access, &body).await),
         Err(error) => bearer_challenge(&error),

@@ -36,8 +36,12 @@ pub struct AppState {
 
 /// The whole HTTP surface: `/fhir/…`, `/auth/…`, `/healthz`, `/readyz`, `/metrics`.
 pub fn router(state: AppState) -> Router {
+    let authorization = match &state.auth {
+        Some(server) => auth::routes(server.clone()),
+        None => Router::new(),
+    };
     let routes: Router = Router::new()
-        .merge(auth::routes())
+        .merge(authorization)
         .route("/fhir", any(fhir))
         .route("/fhir/", any(fhir))
         .route("/fhir/{*path}", any(fhir))

@@ -257,6 +257,14 @@ impl Smart {
         .await
     }
 
+    /// A refresh_token grant of a public client, optionally narrowing the scope.
+    pub async fn refresh(&self, client_id: &str, refresh_token: &str, scope: Option<&str>) -> Response {
+        let mut form =
+            vec![("grant_type", "refresh_token"), ("refresh_token", refresh_token), ("client_id", client_id)];
+        form.extend(scope.map(|scope| ("scope", scope)));
+        self.token_request(&form, None).await
+    }
+
     /// The token response of a full standalone launch of a public client.
     pub async fn launch(&self, authorization: &Authorization<'_>) -> Value {
         let pkce = Pkce::new();
