@@ -679,3 +679,93 @@ on_both_databases!(
     concurrent_creates_of_one_new_id_all_land,
     stored_bytes_are_served_unchanged,
 );
+
+/// The ETag of a read on `server`, and the family name read.
+async fn version_and_family(server: &TestServer, path: &str) -> (String, String) {
+    let response = server.get(path).await;
+    assert_eq!(response.status(), 200, "{path}");
+    let etag = header(&response, "etag");
+    (etag, body(response).await["name"][0]["family"].as_str().unwrap_or_default().to_string())
+}
+
+/// Two nodes on one PostgreSQL database, each caching what it reads: a write on either is
+/// what the other serves next, for single updates, deletes and a transaction of many resources
+/// (whose announcement spans several notifications).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_serve_each_others_writes_at_once() {
+    let first = TestServer::start(Db::Postgres).await;
+    let second = first.second_node().await;
+    let id = first.create(&patient("Node", "N-1")).await;
+    let path = format!("Patient/{id}");
+    for round in 1..=20 {
+        let (writer, reader) = if round % 2 == 0 { (&first, &second) } else { (&second, &first) };
+        for node in [&first, &second] {
+            assert_eq!(version_and_family(node, &path).await.0, format!("W/\"{round}\""), "both read and cached it");
+        }
+        let mut changed = patient(&format!("Node{round}"), "N-1");
+        changed["id"] = json!(id);
+        assert_eq!(writer.put(&path, &changed).await.status(), 200);
+        assert_eq!(
+            version_and_family(reader, &path).await,
+            (format!("W/\"{}\"", round + 1), format!("Node{round}")),
+            "round {round}"
+        );
+    }
+    assert_eq!(second.delete(&path).await.status(), 204);
+    assert_eq!(first.get(&path).await.status(), 410);
+
+    let many = |family: &str| {
+        let entries: Vec<Value> = (0..400)
+            .map(|n| {
+                let mut resource = patient(family, &format!("M-{n}"));
+                resource["id"] = json!(format!("many-{n}"));
+                json!({"resource": resource, "request": {"method": "PUT", "url": format!("Patient/many-{n}")}})
+            })
+            .collect();
+        json!({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+    };
+    assert_eq!(first.post("", &many("Before")).await.status(), 200);
+    for n in 0..400 {
+        assert_eq!(version_and_family(&second, &format!("Patient/many-{n}")).await.1, "Before");
+    }
+    assert_eq!(first.post("", &many("After")).await.status(), 200);
+    for n in 0..400 {
+        assert_eq!(
+            version_and_family(&second, &format!("Patient/many-{n}")).await,
+            ("W/\"2\"".to_string(), "After".to_string()),
+            "Patient/many-{n}"
+        );
+    }
+}
+
+/// When a node's change feed drops, it stops serving from its cache (it could miss writes
+/// meanwhile), and serves correctly again once the feed is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_change_feed_turns_the_cache_off() {
+    use sqlx::Connection;
+    let first = TestServer::start(Db::Postgres).await;
+    let second = first.second_node().await;
+    let id = first.create(&patient("Feed", "F-1")).await;
+    let path = format!("Patient/{id}");
+    assert_eq!(version_and_family(&second, &path).await.0, "W/\"1\"");
+    let mut admin = sqlx::PgConnection::connect(&first.database_url).await.unwrap();
+    let terminated: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1 AND datname = current_database()",
+    )
+    .bind(hearth::store::feed::APPLICATION_NAME)
+    .fetch_all(&mut admin)
+    .await
+    .unwrap();
+    assert_eq!(terminated, vec![true, true], "each node listens on one connection");
+    // Let the nodes notice; they reconnect after a second.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut changed = patient("Unannounced", "F-1");
+    changed["id"] = json!(id);
+    assert_eq!(first.put(&path, &changed).await.status(), 200);
+    assert_eq!(version_and_family(&second, &path).await, ("W/\"2\"".to_string(), "Unannounced".to_string()));
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    assert_eq!(version_and_family(&second, &path).await.0, "W/\"2\"", "the reconnected cache starts empty");
+    changed["name"][0]["family"] = json!("Announced");
+    assert_eq!(first.put(&path, &changed).await.status(), 200);
+    assert_eq!(version_and_family(&second, &path).await, ("W/\"3\"".to_string(), "Announced".to_string()));
+}

@@ -19,13 +19,13 @@ pub mod scope;
 mod token;
 pub mod tokens;
 
-use std::collections::HashSet;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use serde_json::Value;
 use time::OffsetDateTime;
 
 use crate::bounded::BoundedMap;
+use crate::store::feed::KeySet;
 use crate::store::{Store, StoreResult};
 pub use access::{Access, Grant, PolicyContext, Restriction, Rule};
 pub use authorize::SESSION_COOKIE;
@@ -88,10 +88,10 @@ pub struct AuthServer {
     store: Arc<dyn Store>,
     keys: KeyRing,
     settings: AuthSettings,
-    /// Revoked grants, when this process is the database's only user (SQLite): then a bearer
-    /// check needs no query. Otherwise every check asks the database, so that a revocation on
-    /// one node stops the token on every node at once.
-    revoked: Option<RwLock<HashSet<String>>>,
+    /// Revoked grants, mirrored in memory by the store (on PostgreSQL kept by its change feed,
+    /// so that a revocation on one node reaches every node as it commits). While the mirror
+    /// is incomplete (the feed reconnecting) every check asks the database.
+    revoked: Arc<KeySet>,
     /// Tokens verified before, with what they grant: a token used again is not decoded again
     /// (its grant is still checked for revocation on every use).
     verified: BoundedMap<String, Arc<Verified>>,
@@ -116,12 +116,7 @@ impl AuthServer {
     /// Loads (or creates) the signing keys and the revocation list.
     pub async fn open(store: Arc<dyn Store>, settings: AuthSettings) -> StoreResult<Arc<AuthServer>> {
         let keys = KeyRing::load(store.as_ref()).await?;
-        let revoked = if store.is_exclusive() {
-            let grants = store.auth_list(REVOKED).await?.into_iter().map(|(grant, _)| grant).collect();
-            Some(RwLock::new(grants))
-        } else {
-            None
-        };
+        let revoked = store.auth_watch(REVOKED).await?;
         Ok(Arc::new(AuthServer {
             store,
             keys,
@@ -207,8 +202,8 @@ impl AuthServer {
     }
 
     async fn is_revoked(&self, grant: &str) -> bool {
-        if let Some(revoked) = &self.revoked {
-            return revoked.read().expect("revocation lock").contains(grant);
+        if let Some(revoked) = self.revoked.contains(grant) {
+            return revoked;
         }
         match self.store.auth_get(REVOKED, grant).await {
             Ok(found) => found.is_some(),
@@ -221,11 +216,7 @@ impl AuthServer {
 
     /// Revokes every token of a grant, on every node.
     async fn revoke_grant(&self, grant: &str) -> StoreResult<()> {
-        self.store.auth_upsert(REVOKED, grant, "", keys::far_future()).await?;
-        if let Some(revoked) = &self.revoked {
-            revoked.write().expect("revocation lock").insert(grant.to_string());
-        }
-        Ok(())
+        self.store.auth_publish(REVOKED, grant, "", keys::far_future()).await
     }
 
     /// The published signing keys.

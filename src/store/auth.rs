@@ -4,9 +4,12 @@
 //! when a live record exists (a client assertion `jti` seen before) and a take that deletes
 //! while it reads (an authorization code used once).
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
+use super::feed::KeySet;
 use super::StoreResult;
 
 /// The key-value records of the authorization server.
@@ -16,6 +19,12 @@ pub trait AuthStore: Send + Sync {
     async fn auth_insert(&self, kind: &str, key: &str, data: &str, expires: OffsetDateTime) -> StoreResult<bool>;
     /// Stores a record, replacing any with that kind and key.
     async fn auth_upsert(&self, kind: &str, key: &str, data: &str, expires: OffsetDateTime) -> StoreResult<()>;
+    /// Stores a record like [`AuthStore::auth_upsert`] and announces it: every node's
+    /// [`AuthStore::auth_watch`] set of the kind gets the key when the write commits.
+    async fn auth_publish(&self, kind: &str, key: &str, data: &str, expires: OffsetDateTime) -> StoreResult<()>;
+    /// The keys of `kind` mirrored in memory (published records; loaded from the database on
+    /// the first call), for checks that must not cost a query each.
+    async fn auth_watch(&self, kind: &str) -> StoreResult<Arc<KeySet>>;
     /// Counts one more under a kind and key and returns the new count, atomically (of concurrent
     /// callers each gets its own number); a count whose expiry has passed starts again at 1,
     /// expiring at `expires`.
@@ -33,7 +42,8 @@ pub trait AuthStore: Send + Sync {
 }
 
 /// Implements [`AuthStore`] for a store type of [`super::sql::sql_store!`] (with its `readers` and
-/// `writers` pools). One SQL text serves both databases.
+/// `writers` pools, its feed and watched sets, and its `announce`). One SQL text serves both
+/// databases.
 macro_rules! auth_store {
     ($store:ident) => {
         #[async_trait::async_trait]
@@ -68,17 +78,41 @@ macro_rules! auth_store {
                 data: &str,
                 expires: time::OffsetDateTime,
             ) -> $crate::store::StoreResult<()> {
-                sqlx::query(
-                    "INSERT INTO auth_objects (kind, key, data, expires) VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (kind, key) DO UPDATE SET data = excluded.data, expires = excluded.expires",
-                )
-                .bind(kind)
-                .bind(key)
-                .bind(data)
-                .bind($crate::store::sql::to_micros(expires))
-                .execute(&self.writers)
-                .await?;
+                let mut conn = self.writers.acquire().await?;
+                upsert_auth_object(&mut conn, kind, key, data, expires).await
+            }
+
+            async fn auth_publish(
+                &self,
+                kind: &str,
+                key: &str,
+                data: &str,
+                expires: time::OffsetDateTime,
+            ) -> $crate::store::StoreResult<()> {
+                let mut tx = self.writers.begin().await?;
+                upsert_auth_object(&mut tx, kind, key, data, expires).await?;
+                let announcement = self.feed.as_ref().map(|feed| feed.auth_record(kind, key));
+                if let Some(announcement) = &announcement {
+                    announce(&mut tx, $crate::store::feed::AUTH, &announcement.payloads).await?;
+                }
+                tx.commit().await?;
+                self.watched.published(kind, key);
+                if let Some(announcement) = announcement {
+                    announcement.heard_back().await;
+                }
                 Ok(())
+            }
+
+            async fn auth_watch(
+                &self,
+                kind: &str,
+            ) -> $crate::store::StoreResult<std::sync::Arc<$crate::store::feed::KeySet>> {
+                let (set, new) = self.watched.register(kind);
+                if let (true, Some(generation)) = (new, self.watched.online()) {
+                    let keys = self.auth_list(kind).await?.into_iter().map(|(key, _)| key).collect();
+                    self.watched.loaded(&set, keys, generation);
+                }
+                Ok(set)
             }
 
             async fn auth_increment(
@@ -163,6 +197,27 @@ macro_rules! auth_store {
                     .await?;
                 Ok(done.rows_affected())
             }
+        }
+
+        /// Stores a record, replacing any with that kind and key.
+        async fn upsert_auth_object(
+            conn: &mut Conn,
+            kind: &str,
+            key: &str,
+            data: &str,
+            expires: time::OffsetDateTime,
+        ) -> $crate::store::StoreResult<()> {
+            sqlx::query(
+                "INSERT INTO auth_objects (kind, key, data, expires) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (kind, key) DO UPDATE SET data = excluded.data, expires = excluded.expires",
+            )
+            .bind(kind)
+            .bind(key)
+            .bind(data)
+            .bind($crate::store::sql::to_micros(expires))
+            .execute(conn)
+            .await?;
+            Ok(())
         }
     };
 }

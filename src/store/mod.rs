@@ -6,6 +6,7 @@
 
 mod auth;
 pub mod cache;
+pub mod feed;
 mod job;
 pub mod planner;
 mod postgres;
@@ -223,9 +224,6 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// Reads outside a transaction, and the way into one; and the authorization server's records.
 #[async_trait]
 pub trait Store: AuthStore + Send + Sync + 'static {
-    /// Whether this process is the database's only user (SQLite holds a lock file): state kept
-    /// in its memory is then exact.
-    fn is_exclusive(&self) -> bool;
     /// The current version of a resource (deleted ones included, with `deleted = true`).
     async fn read(&self, resource_type: &str, id: &str) -> StoreResult<Option<ResourceVersion>>;
     /// One specific version.

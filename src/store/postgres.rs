@@ -1,9 +1,13 @@
 //! PostgreSQL: a pool for reads and one for write transactions; writers lock the row they replace (`FOR UPDATE`), so concurrent updates
 //! of one resource queue up and every version number is used exactly once.
 
+use std::sync::Arc;
+
 use sqlx::postgres::PgPoolOptions;
 
 use super::auth::auth_store;
+use super::cache::{VersionCache, CACHED_VERSIONS};
+use super::feed::{Feed, Watched};
 use super::sql::sql_store;
 use super::StoreResult;
 
@@ -34,8 +38,12 @@ impl PostgresStore {
         let writers = pool().connect(url).await?;
         sqlx::migrate!("./migrations/postgres").run(&writers).await?;
         let readers = pool().connect(url).await?;
-        // Several nodes may write the same database: no process-local cache.
-        Ok(PostgresStore { readers, writers, cache: None, _writer_lock: None })
+        // Several nodes may write the same database: the cache and the mirrored sets serve
+        // while the change feed tells this node what the others write.
+        let cache = Arc::new(VersionCache::shared(CACHED_VERSIONS));
+        let watched = Arc::new(Watched::default());
+        let feed = Feed::start(url, cache.clone(), watched.clone()).await?;
+        Ok(PostgresStore { readers, writers, cache: Some(cache), watched, feed: Some(feed), _writer_lock: None })
     }
 }
 

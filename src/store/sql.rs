@@ -90,8 +90,13 @@ macro_rules! sql_store {
         pub struct $store {
             readers: sqlx::Pool<$db>,
             writers: sqlx::Pool<$db>,
-            /// Current versions, when this process is the database's only writer.
+            /// Current versions (exclusive when this process is the database's only writer,
+            /// shared when its change feed keeps it).
             cache: Option<std::sync::Arc<$crate::store::cache::VersionCache>>,
+            /// Authorization record kinds mirrored in memory.
+            watched: std::sync::Arc<$crate::store::feed::Watched>,
+            /// Where this node announces its writes to the others sharing the database.
+            feed: Option<std::sync::Arc<$crate::store::feed::Feed>>,
             /// The lock file that makes this process the only writer, held while the store lives.
             _writer_lock: Option<std::fs::File>,
         }
@@ -102,8 +107,9 @@ macro_rules! sql_store {
             tx: sqlx::Transaction<'static, $db>,
             pending: Vec<($crate::store::ResourceVersion, $crate::store::IndexRows)>,
             cache: Option<std::sync::Arc<$crate::store::cache::VersionCache>>,
-            /// What this transaction wrote, for the cache once it has committed.
+            /// What this transaction wrote, for the cache and the feed.
             written: Vec<$crate::store::ResourceVersion>,
+            feed: Option<std::sync::Arc<$crate::store::feed::Feed>>,
         }
 
         impl $tx {
@@ -119,6 +125,29 @@ macro_rules! sql_store {
 
         type Conn = <$db as sqlx::Database>::Connection;
         type Builder = sqlx::QueryBuilder<'static, $db>;
+
+        /// Sends `payloads` on a feed channel; inside a transaction they are delivered when it
+        /// commits (only stores with a feed, PostgreSQL, call this).
+        async fn announce(
+            conn: &mut Conn,
+            channel: &'static str,
+            payloads: &[String],
+        ) -> $crate::store::StoreResult<()> {
+            if payloads.is_empty() {
+                return Ok(());
+            }
+            let mut builder = Builder::new("SELECT ");
+            let mut notifications = builder.separated(", ");
+            for payload in payloads.iter().cloned() {
+                notifications.push("pg_notify(");
+                notifications.push_bind_unseparated(channel);
+                notifications.push_unseparated(", ");
+                notifications.push_bind_unseparated(payload);
+                notifications.push_unseparated(")");
+            }
+            builder.build().execute(conn).await?;
+            Ok(())
+        }
 
         fn decode_version(row: &<$db as sqlx::Database>::Row) -> Result<$crate::store::ResourceVersion, sqlx::Error> {
             use sqlx::Row;
@@ -438,10 +467,6 @@ macro_rules! sql_store {
 
         #[async_trait::async_trait]
         impl $crate::store::Store for $store {
-            fn is_exclusive(&self) -> bool {
-                self._writer_lock.is_some()
-            }
-
             async fn read(
                 &self,
                 resource_type: &str,
@@ -544,6 +569,7 @@ macro_rules! sql_store {
                     pending: Vec::new(),
                     cache: self.cache.clone(),
                     written: Vec::new(),
+                    feed: self.feed.clone(),
                 }))
             }
 
@@ -741,10 +767,17 @@ macro_rules! sql_store {
 
             async fn commit(mut self: Box<Self>) -> $crate::store::StoreResult<()> {
                 self.flush().await?;
-                let $tx { tx, cache, written, .. } = *self;
+                let $tx { mut tx, cache, written, feed, .. } = *self;
+                let announcement = feed.as_ref().map(|feed| feed.resources(&written));
+                if let Some(announcement) = &announcement {
+                    announce(&mut tx, $crate::store::feed::RESOURCES, &announcement.payloads).await?;
+                }
                 tx.commit().await.map_err($crate::store::sql::classify)?;
                 if let Some(cache) = cache {
                     cache.committed(&written);
+                }
+                if let Some(announcement) = announcement {
+                    announcement.heard_back().await;
                 }
                 Ok(())
             }

@@ -6,7 +6,8 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 use super::auth::auth_store;
-use super::cache::VersionCache;
+use super::cache::{VersionCache, CACHED_VERSIONS};
+use super::feed::Watched;
 use super::sql::sql_store;
 use super::{StoreError, StoreResult};
 
@@ -26,9 +27,6 @@ const READERS: u32 = 8;
 
 /// Page cache of each reader connection (negative: KiB, as `PRAGMA cache_size` takes it).
 const READER_CACHE_KIB: &str = "-8000";
-
-/// Resources whose current version is kept in memory.
-const CACHED_VERSIONS: usize = 20_000;
 
 impl SqliteStore {
     /// Opens (creating if missing) the database file named by `url` and migrates it. An
@@ -62,7 +60,10 @@ impl SqliteStore {
         Ok(SqliteStore {
             readers,
             writers,
-            cache: exclusive.then(|| std::sync::Arc::new(VersionCache::new(CACHED_VERSIONS))),
+            cache: exclusive.then(|| std::sync::Arc::new(VersionCache::exclusive(CACHED_VERSIONS))),
+            // A shared store (administration) mirrors nothing: its sets never answer.
+            watched: std::sync::Arc::new(if exclusive { Watched::exclusive() } else { Watched::default() }),
+            feed: None,
             _writer_lock: writer_lock,
         })
     }
