@@ -784,7 +784,36 @@ async fn rotated_keys_reach_every_node(db: Db) {
     assert_eq!(jwks["keys"].as_array().unwrap().len(), 2);
 }
 
+/// After a rotation the replaced key still verifies the tokens it signed, and retires when
+/// the last of them has expired: it then leaves the key ring and the JWKS.
+async fn replaced_keys_retire_when_their_tokens_expire(db: Db) {
+    use hearth::auth::keys::{add_key, far_future, KeyRing};
+    let (_server, smart, _patient, _admin) = patient_app(db).await;
+    let store = smart.store.as_ref();
+    let old_kid = KeyRing::load(store).await.unwrap().current().kid.clone();
+    let new_kid = add_key(store).await.unwrap();
+    let records = store.auth_list("signing-key").await.unwrap();
+    let record = |kid: &str| -> Value {
+        serde_json::from_str(&records.iter().find(|(key, _)| key == kid).expect("stored key").1).unwrap()
+    };
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let retires = record(&old_kid)["retires"].as_i64().expect("the replaced key has a retirement");
+    assert!((retires - (now + 3600 + 60)).abs() < 30, "an access token's lifetime and a minute: {}", retires - now);
+    assert!(record(&new_kid).get("retires").is_none(), "the signing key does not retire");
+    let ring = KeyRing::load(store).await.unwrap();
+    assert!(ring.find(&old_kid).is_some(), "still verifies its tokens");
+    // The hour has passed.
+    let mut aged = record(&old_kid);
+    aged["retires"] = json!(now - 1);
+    store.auth_upsert("signing-key", &old_kid, &aged.to_string(), far_future()).await.unwrap();
+    let ring = KeyRing::load(store).await.unwrap();
+    assert!(ring.find(&old_kid).is_none());
+    assert_eq!(ring.current().kid, new_kid);
+    assert_eq!(ring.jwks()["keys"].as_array().unwrap().len(), 1);
+}
+
 on_both_databases!(
+    replaced_keys_retire_when_their_tokens_expire,
     users_never_get_system_scopes_or_foreign_launches,
     patient_scopes_reach_shared_data_but_no_other_record,
     jwks_uri_and_es384_clients,

@@ -2,8 +2,9 @@
 //! the same ones and they survive restarts. Each key has an RSA key pair, which signs
 //! `id_token`s (RS256, published at `/auth/jwks`), and an HMAC secret, which signs access
 //! tokens (HS256: only this server verifies them, and it does so on every request, where RSA
-//! would cost tens of microseconds). The newest key signs; older ones still verify until
-//! their tokens have expired. `hearth key rotate` adds a new one.
+//! would cost tens of microseconds). The newest key signs; `hearth key rotate` adds a new one,
+//! and each older key retires (leaves the database, the JWKS and every node's ring) once the
+//! last token it signed has expired.
 
 use std::sync::RwLock;
 
@@ -30,7 +31,15 @@ struct StoredKey {
     hmac_secret: String,
     /// Microseconds since the Unix epoch (keys created in the same second still sort in order).
     created: i64,
+    /// When a newer key took over signing, plus the lifetime of the tokens this one signed
+    /// (Unix seconds): from then on it verifies nothing and its record expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    retires: Option<i64>,
 }
+
+/// How long a key still verifies after a newer one took over: the lifetime of the tokens it
+/// signed, and a minute for every node to start signing with the new key.
+const RETIRE_AFTER_SECONDS: i64 = super::tokens::ACCESS_TOKEN_SECONDS + 60;
 
 /// A key ready to use.
 pub struct SigningKey {
@@ -97,12 +106,22 @@ impl KeyRing {
     }
 }
 
-/// Creates and stores a new key, which becomes the signing key; returns its id.
+/// Creates and stores a new key, which becomes the signing key, and sets the retirement of the
+/// keys it replaces; returns its id.
 pub async fn add_key(store: &dyn Store) -> StoreResult<String> {
     let generated = tokio::task::spawn_blocking(generate).await.map_err(|e| StoreError::Busy(e.to_string()))??;
     let (kid, stored) = generated;
     let data = serde_json::to_string(&stored).expect("key serialises");
     store.auth_insert(KIND, &kid, &data, far_future()).await?;
+    let retires = OffsetDateTime::now_utc() + time::Duration::seconds(RETIRE_AFTER_SECONDS);
+    for (older, data) in store.auth_list(KIND).await? {
+        let Ok(mut key) = serde_json::from_str::<StoredKey>(&data) else { continue };
+        if older != kid && key.retires.is_none() {
+            key.retires = Some(retires.unix_timestamp());
+            let data = serde_json::to_string(&key).expect("key serialises");
+            store.auth_upsert(KIND, &older, &data, retires).await?;
+        }
+    }
     Ok(kid)
 }
 
@@ -118,9 +137,10 @@ fn generate() -> StoreResult<(String, StoredKey)> {
     let created = (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000) as i64;
     // Ids sort by creation time, so the newest key is the last in key order.
     let kid = format!("{created:014x}-{}", &random_token(6));
-    Ok((kid, StoredKey { rsa_pem, hmac_secret: URL_SAFE_NO_PAD.encode(secret), created }))
+    Ok((kid, StoredKey { rsa_pem, hmac_secret: URL_SAFE_NO_PAD.encode(secret), created, retires: None }))
 }
 
+/// The keys that have not retired.
 async fn read_keys(store: &dyn Store) -> StoreResult<Vec<std::sync::Arc<SigningKey>>> {
     let mut keys = Vec::new();
     for (kid, data) in store.auth_list(KIND).await? {
@@ -128,6 +148,9 @@ async fn read_keys(store: &dyn Store) -> StoreResult<Vec<std::sync::Arc<SigningK
             tracing::warn!(%kid, "unreadable signing key skipped");
             continue;
         };
+        if stored.retires.is_some_and(|retires| retires <= OffsetDateTime::now_utc().unix_timestamp()) {
+            continue;
+        }
         let (Ok(private), Ok(hmac_secret)) =
             (rsa::RsaPrivateKey::from_pkcs1_pem(&stored.rsa_pem), URL_SAFE_NO_PAD.decode(&stored.hmac_secret))
         else {
