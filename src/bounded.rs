@@ -3,14 +3,18 @@
 //! shard that grows past its share is emptied rather than kept in LRU order.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, RandomState};
+use std::hash::{BuildHasher, Hash};
 use std::sync::Mutex;
+
+// foldhash (hashbrown's default, seeded per map): SipHash over a 400-byte access token, once
+// for the shard and once in it, was a few per cent of an authenticated read.
+use foldhash::fast::RandomState;
 
 const SHARDS: usize = 16;
 
 /// A map holding about `capacity` entries.
 pub struct BoundedMap<K, V> {
-    shards: Vec<Mutex<HashMap<K, V>>>,
+    shards: Vec<Mutex<HashMap<K, V, RandomState>>>,
     capacity_per_shard: usize,
     hasher: RandomState,
 }
@@ -19,13 +23,13 @@ impl<K: Hash + Eq, V: Clone> BoundedMap<K, V> {
     /// An empty map for about `capacity` entries.
     pub fn new(capacity: usize) -> Self {
         BoundedMap {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::default())).collect(),
             capacity_per_shard: capacity.div_ceil(SHARDS).max(1),
-            hasher: RandomState::new(),
+            hasher: RandomState::default(),
         }
     }
 
-    fn shard<Q: Hash + ?Sized>(&self, key: &Q) -> &Mutex<HashMap<K, V>> {
+    fn shard<Q: Hash + ?Sized>(&self, key: &Q) -> &Mutex<HashMap<K, V, RandomState>> {
         &self.shards[self.hasher.hash_one(key) as usize % SHARDS]
     }
 

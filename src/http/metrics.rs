@@ -15,7 +15,7 @@ pub struct Metrics {
 }
 
 /// Middleware: counts every response.
-pub(super) async fn count(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub(super) async fn count(State(state): State<std::sync::Arc<AppState>>, request: Request, next: Next) -> Response {
     let response = next.run(request).await;
     let class = (response.status().as_u16() / 100).clamp(1, 5) as usize - 1;
     state.metrics.by_class[class].fetch_add(1, Ordering::Relaxed);
@@ -23,7 +23,7 @@ pub(super) async fn count(State(state): State<AppState>, request: Request, next:
 }
 
 /// `GET /metrics`.
-pub(super) async fn render(State(state): State<AppState>) -> String {
+pub(super) async fn render(State(state): State<std::sync::Arc<AppState>>) -> String {
     let mut text = String::from("# HELP hearth_http_responses_total HTTP responses by status class.\n# TYPE hearth_http_responses_total counter\n");
     for (n, counter) in state.metrics.by_class.iter().enumerate() {
         text.push_str(&format!(

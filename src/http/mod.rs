@@ -24,7 +24,6 @@ use format::{negotiate, parse_body, render, request_body_kind, Format, RequestBo
 pub use metrics::Metrics;
 
 /// Shared state of the HTTP layer.
-#[derive(Clone)]
 pub struct AppState {
     pub service: FhirService,
     /// Largest accepted request body in bytes (larger ones get 413).
@@ -36,6 +35,9 @@ pub struct AppState {
 
 /// The whole HTTP surface: `/fhir/…`, `/auth/…`, `/healthz`, `/readyz`, `/metrics`.
 pub fn router(state: AppState) -> Router {
+    // Shared, not cloned: axum clones the state for every request, and one reference count
+    // costs less than one per field.
+    let state = Arc::new(state);
     let authorization = match &state.auth {
         Some(server) => auth::routes(server.clone()),
         None => Router::new(),
@@ -84,7 +86,7 @@ fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
     error_response(FhirError::internal(), Format::Json, false)
 }
 
-async fn ready(State(state): State<AppState>) -> Response {
+async fn ready(State(state): State<Arc<AppState>>) -> Response {
     match state.service.store().ping().await {
         Ok(()) => (StatusCode::OK, "ready").into_response(),
         Err(error) => {
@@ -95,7 +97,7 @@ async fn ready(State(state): State<AppState>) -> Response {
 }
 
 /// Every FHIR request enters here.
-async fn fhir(State(state): State<AppState>, request: Request) -> Response {
+async fn fhir(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let query: Vec<(String, String)> =
         url::form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes()).into_owned().collect();

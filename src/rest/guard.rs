@@ -49,9 +49,9 @@ impl AccessRowsKey {
     /// The map key of a version's rows (computed without allocating).
     fn hash(version: &ResourceVersion, params: &str) -> u64 {
         use std::hash::BuildHasher;
-        static HASHER: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
+        static HASHER: std::sync::OnceLock<foldhash::fast::RandomState> = std::sync::OnceLock::new();
         let instant = version.last_updated.unix_timestamp_nanos();
-        HASHER.get_or_init(std::hash::RandomState::new).hash_one((
+        HASHER.get_or_init(foldhash::fast::RandomState::default).hash_one((
             &version.resource_type,
             &version.id,
             version.version,
