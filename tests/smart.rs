@@ -696,50 +696,83 @@ async fn a_proxy_chooses_among_their_patients(db: Db) {
     assert_eq!(smart.get(&format!("Patient/{first}"), access).await.status(), 404, "bound to the chosen patient");
 }
 
-async fn jwks_uri_and_es384_clients(db: Db) {
+/// An ES384 key pair: the PEM of the private key and its public JWK.
+fn ec_key(kid: &str) -> (String, Value) {
     use p384::pkcs8::EncodePrivateKey;
-    let (_server, smart, _patient, _admin) = patient_app(db).await;
-    // An ES384 key published at the client's own JWKS URL.
     let secret = p384::SecretKey::random(&mut rsa::rand_core::OsRng);
     let point = p384::elliptic_curve::sec1::ToEncodedPoint::to_encoded_point(&secret.public_key(), false);
-    let jwks = json!({"keys": [{"kty": "EC", "crv": "P-384", "kid": "ec1", "alg": "ES384", "use": "sig",
-        "x": URL_SAFE_NO_PAD.encode(point.x().unwrap()), "y": URL_SAFE_NO_PAD.encode(point.y().unwrap())}]});
+    let jwk = json!({"kty": "EC", "crv": "P-384", "kid": kid, "alg": "ES384", "use": "sig",
+        "x": URL_SAFE_NO_PAD.encode(point.x().unwrap()), "y": URL_SAFE_NO_PAD.encode(point.y().unwrap())});
+    (secret.to_pkcs8_pem(p384::pkcs8::LineEnding::LF).unwrap().to_string(), jwk)
+}
+
+/// Backend services whose keys live at their own JWKS URL: ES384 assertions verify, the key
+/// set is fetched once for many tokens, a rotated key is fetched when first used, and RS256
+/// is refused.
+async fn jwks_uri_and_es384_clients(db: Db) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    let (_server, smart, _patient, _admin) = patient_app(db).await;
+    let (pem, jwk) = ec_key("ec1");
+    let published = Arc::new(Mutex::new(json!({"keys": [jwk]})));
+    let fetches = Arc::new(AtomicUsize::new(0));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let jwks_url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
     let app = axum::Router::new().route(
         "/jwks.json",
-        axum::routing::get(move || {
-            let jwks = jwks.clone();
-            async move { axum::Json(jwks) }
+        axum::routing::get({
+            let (published, fetches) = (published.clone(), fetches.clone());
+            move || {
+                fetches.fetch_add(1, Ordering::SeqCst);
+                let jwks = published.lock().unwrap().clone();
+                async move { axum::Json(jwks) }
+            }
         }),
     );
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     smart.add_client("ec-backend", ClientCredentials::JwksUri { uri: jwks_url }, Some("system/*.rs")).await;
-    let pem = secret.to_pkcs8_pem(p384::pkcs8::LineEnding::LF).unwrap();
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-    let claims = json!({"iss": "ec-backend", "sub": "ec-backend", "aud": smart.url("/auth/token"), "exp": now + 60, "jti": "ec-1"});
-    let header = Header { kid: Some("ec1".into()), ..Header::new(Algorithm::ES384) };
-    let signed = jsonwebtoken::encode(&header, &claims, &EncodingKey::from_ec_pem(pem.as_bytes()).unwrap()).unwrap();
-    let form = [
-        ("grant_type", "client_credentials"),
-        ("scope", "system/Patient.rs"),
-        ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
-        ("client_assertion", signed.as_str()),
-    ];
-    let response = smart.token_request(&form, None).await;
+    let assertion = |kid: &str, key: &EncodingKey, algorithm: Algorithm, jti: &str| {
+        let claims = json!({"iss": "ec-backend", "sub": "ec-backend", "aud": smart.url("/auth/token"), "exp": now + 60, "jti": jti});
+        jsonwebtoken::encode(&Header { kid: Some(kid.into()), ..Header::new(algorithm) }, &claims, key).unwrap()
+    };
+    let smart = &smart;
+    let request_token = |signed: String| async move {
+        let form = [
+            ("grant_type", "client_credentials"),
+            ("scope", "system/Patient.rs"),
+            ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+            ("client_assertion", signed.as_str()),
+        ];
+        smart.token_request(&form, None).await
+    };
+    let key = EncodingKey::from_ec_pem(pem.as_bytes()).unwrap();
+    let response = request_token(assertion("ec1", &key, Algorithm::ES384, "ec-1")).await;
     assert_eq!(response.status(), 200);
     let token: Value = response.json().await.unwrap();
     assert_eq!(smart.get("Patient", token["access_token"].as_str().unwrap()).await.status(), 200);
+    for n in 2..6 {
+        assert_eq!(request_token(assertion("ec1", &key, Algorithm::ES384, &format!("ec-{n}"))).await.status(), 200);
+    }
+    assert_eq!(fetches.load(Ordering::SeqCst), 1, "one fetch serves many tokens");
+    assert_eq!(request_token(assertion("made-up", &key, Algorithm::ES384, "ec-6")).await.status(), 401);
+    assert_eq!(fetches.load(Ordering::SeqCst), 1, "unknown key ids right after a fetch do not fetch again");
+    // The client rotates its key; the first assertion with the new key (a second later) fetches it.
+    let (new_pem, new_jwk) = ec_key("ec2");
+    *published.lock().unwrap() = json!({"keys": [new_jwk]});
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+    let new_key = EncodingKey::from_ec_pem(new_pem.as_bytes()).unwrap();
+    assert_eq!(request_token(assertion("ec2", &new_key, Algorithm::ES384, "ec-7")).await.status(), 200);
+    assert_eq!(fetches.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        request_token(assertion("ec1", &key, Algorithm::ES384, "ec-8")).await.status(),
+        401,
+        "the withdrawn key no longer verifies"
+    );
     // An RS256 assertion is not accepted (RS384 and ES384 only).
-    let (rsa_pem, _) = client_key("ec1");
-    let weak = jsonwebtoken::encode(&Header { kid: Some("ec1".into()), ..Header::new(Algorithm::RS256) }, &json!({"iss": "ec-backend", "sub": "ec-backend", "aud": smart.url("/auth/token"), "exp": now + 60, "jti": "ec-2"}), &EncodingKey::from_rsa_pem(&rsa_pem).unwrap()).unwrap();
-    let form = [
-        ("grant_type", "client_credentials"),
-        ("scope", "system/Patient.rs"),
-        ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
-        ("client_assertion", weak.as_str()),
-    ];
-    assert_eq!(smart.token_request(&form, None).await.status(), 401);
+    let (rsa_pem, _) = client_key("ec2");
+    let weak = assertion("ec2", &EncodingKey::from_rsa_pem(&rsa_pem).unwrap(), Algorithm::RS256, "ec-9");
+    assert_eq!(request_token(weak).await.status(), 401);
 }
 
 async fn online_access_ends_with_the_session(db: Db) {

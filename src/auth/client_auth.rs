@@ -3,7 +3,7 @@
 //! confidential asymmetric ones (`private_key_jwt` with RS384 or ES384, SMART Backend Services).
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::Arc;
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
@@ -115,7 +115,7 @@ impl AuthServer {
         let issuer =
             unverified.get("iss").and_then(Value::as_str).ok_or_else(|| invalid_client("the assertion has no iss"))?;
         let record = self.registered(issuer).await?;
-        let jwks = self.client_keys(&record).await?;
+        let jwks = self.client_keys(&record, &kid).await?;
         let jwk =
             jwks.find(&kid).ok_or_else(|| invalid_client("the assertion's kid is not one of the client's keys"))?;
         let key = DecodingKey::from_jwk(jwk).map_err(|_| invalid_client("the client's key is not usable"))?;
@@ -163,23 +163,20 @@ impl AuthServer {
         Ok(record)
     }
 
-    /// The client's public keys: registered inline, or fetched from its JWKS URL.
-    async fn client_keys(&self, record: &ClientRecord) -> Result<JwkSet, Reply> {
-        let text = match &record.credentials {
-            ClientCredentials::Jwks { jwks } => jwks.clone(),
-            ClientCredentials::JwksUri { uri } => fetch_jwks(uri).await.map_err(|error| {
-                tracing::warn!(%error, client = %record.client_id, "cannot fetch the client's JWKS");
+    /// The client's public keys (one of which should be `kid`): registered inline, or from its
+    /// JWKS URL.
+    async fn client_keys(&self, record: &ClientRecord, kid: &str) -> Result<Arc<JwkSet>, Reply> {
+        match &record.credentials {
+            ClientCredentials::Jwks { jwks } => {
+                serde_json::from_str(jwks).map(Arc::new).map_err(|_| invalid_client("the client's JWKS is not valid"))
+            }
+            ClientCredentials::JwksUri { uri } => self.client_jwks.keys(uri, kid).await.map_err(|error| {
+                tracing::warn!(%error, client = %record.client_id, "cannot use the client's JWKS URL");
                 invalid_client("the client's JWKS could not be fetched")
-            })?,
-            _ => return Err(invalid_client("this client has no registered keys")),
-        };
-        serde_json::from_str(&text).map_err(|_| invalid_client("the client's JWKS is not valid"))
+            }),
+            _ => Err(invalid_client("this client has no registered keys")),
+        }
     }
-}
-
-async fn fetch_jwks(uri: &str) -> Result<String, reqwest::Error> {
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
-    client.get(uri).send().await?.error_for_status()?.text().await
 }
 
 /// The payload of a JWT, not yet verified (to learn which client's keys verify it).

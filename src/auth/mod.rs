@@ -9,6 +9,7 @@
 pub mod access;
 mod authorize;
 mod client_auth;
+mod client_jwks;
 mod discovery;
 mod introspect;
 pub mod keys;
@@ -97,6 +98,8 @@ pub struct AuthServer {
     verified: BoundedMap<String, Arc<Verified>>,
     /// When an unknown key id last made this node reload its keys (Unix seconds).
     last_key_reload: std::sync::atomic::AtomicI64,
+    /// Key sets of clients registered with a JWKS URL.
+    client_jwks: client_jwks::ClientJwks,
 }
 
 /// The least time between two key reloads caused by unknown key ids.
@@ -124,6 +127,7 @@ impl AuthServer {
             revoked,
             verified: BoundedMap::new(VERIFIED_TOKENS),
             last_key_reload: std::sync::atomic::AtomicI64::new(0),
+            client_jwks: client_jwks::ClientJwks::new(),
         }))
     }
 

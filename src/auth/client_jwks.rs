@@ -1,0 +1,67 @@
+//! The public keys of clients registered with a `jwks_uri`, fetched when first needed and kept
+//! for a few minutes: a backend service asking for a token every second must not cost a fetch
+//! of its key set each time. An assertion naming a key the kept set lacks (the client rotated
+//! its keys) fetches again, at most once a second per URL, so that made-up key ids cannot turn
+//! this server into a stream of requests to the client.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::jwk::JwkSet;
+
+use crate::bounded::BoundedMap;
+
+/// How long a fetched key set is used before it is fetched again.
+const MAX_AGE: Duration = Duration::from_secs(300);
+
+/// The least time between two fetches of one URL for an unknown key id.
+const REFETCH_GAP: Duration = Duration::from_secs(1);
+
+/// How long a fetch may take.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How many clients' key sets are kept.
+const KEPT: usize = 1_000;
+
+/// Why a client's keys are not available.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum JwksError {
+    #[error("cannot fetch the client's JWKS: {0}")]
+    Fetch(#[from] reqwest::Error),
+    #[error("the client's JWKS is not a valid JWK Set")]
+    Invalid,
+}
+
+struct Fetched {
+    keys: Arc<JwkSet>,
+    at: Instant,
+}
+
+/// Fetched key sets by URL.
+pub(super) struct ClientJwks {
+    http: reqwest::Client,
+    kept: BoundedMap<String, Arc<Fetched>>,
+}
+
+impl ClientJwks {
+    pub(super) fn new() -> Self {
+        let http = reqwest::Client::builder().timeout(FETCH_TIMEOUT).build().unwrap_or_default();
+        ClientJwks { http, kept: BoundedMap::new(KEPT) }
+    }
+
+    /// The key set at `uri` that should hold key `kid`: the kept one while it is fresh and has
+    /// the key, else a new fetch (throttled for unknown keys).
+    pub(super) async fn keys(&self, uri: &str, kid: &str) -> Result<Arc<JwkSet>, JwksError> {
+        if let Some(kept) = self.kept.get(uri) {
+            let age = kept.at.elapsed();
+            let usable = age < MAX_AGE && (kept.keys.find(kid).is_some() || age < REFETCH_GAP);
+            if usable {
+                return Ok(kept.keys.clone());
+            }
+        }
+        let text = self.http.get(uri).send().await?.error_for_status()?.text().await?;
+        let keys: Arc<JwkSet> = Arc::new(serde_json::from_str(&text).map_err(|_| JwksError::Invalid)?);
+        self.kept.insert(uri.to_string(), Arc::new(Fetched { keys: keys.clone(), at: Instant::now() }));
+        Ok(keys)
+    }
+}
