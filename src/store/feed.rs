@@ -19,7 +19,7 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use tokio::sync::oneshot;
 
 use super::cache::VersionCache;
-use super::StoreResult;
+use super::{StoreError, StoreResult};
 
 /// The channel of resource writes: a `node number` line, then one `Type/id/version` line per
 /// resource.
@@ -139,8 +139,16 @@ impl Watched {
 /// How long a commit waits at most to hear its own notifications back.
 const ECHO_WAIT: Duration = Duration::from_secs(1);
 
-/// This node's end of the PostgreSQL feed.
+/// This node's end of the PostgreSQL feed, as its store holds it. The listening runs on a
+/// thread of its own, so that a notification is applied as soon as it arrives rather than
+/// after the requests queued on the server's workers; dropping the store stops it.
 pub(super) struct Feed {
+    shared: Arc<Shared>,
+    _stop: oneshot::Sender<()>,
+}
+
+/// What the listening thread and the store's transactions share.
+struct Shared {
     /// Tells this node's notifications from the others'.
     node: String,
     cache: Arc<VersionCache>,
@@ -154,7 +162,7 @@ pub(super) struct Feed {
 /// The notifications of one transaction: send them in it, then [`Announcement::heard_back`]
 /// after it commits.
 pub(super) struct Announcement<'a> {
-    feed: &'a Feed,
+    feed: &'a Shared,
     /// The payloads, each at most [`PAYLOAD_BYTES`]; the first line of each is `node number`.
     pub(super) payloads: Vec<String>,
     /// The number of the last payload and where its echo arrives.
@@ -164,8 +172,10 @@ pub(super) struct Announcement<'a> {
 impl Announcement<'_> {
     /// Waits (at most [`ECHO_WAIT`], and not while the feed is down) until this node has heard
     /// the last notification back. The database hands a commit's notifications to every
-    /// listening node at once, so by then every node's feed has them: a request the caller
-    /// sends next, to any node, sees the change.
+    /// listening node together, so by then the other nodes have them too, or will within
+    /// moments, and apply them on their feed threads: the caller's next request, to any node,
+    /// sees the change unless it overtakes that (microseconds; a few milliseconds on a
+    /// saturated machine).
     pub(super) async fn heard_back(mut self) {
         if let Some((_, echo)) = self.echo.take() {
             if self.feed.watched.online().is_some() {
@@ -184,29 +194,42 @@ impl Drop for Announcement<'_> {
 }
 
 impl Feed {
-    /// Starts listening on `url` (one connection of its own) for the cache and the sets. When
-    /// the first connection fails (a database without `LISTEN`, say) the store still works, its
-    /// caches off, and the feed keeps trying in the background.
-    pub(super) async fn start(url: &str, cache: Arc<VersionCache>, watched: Arc<Watched>) -> StoreResult<Arc<Feed>> {
+    /// Starts listening on `url` (one connection of its own) for the cache and the sets, and
+    /// returns once the first connection is up or has failed. When it fails (a database
+    /// without `LISTEN`, say) the store still works, its caches off, and the feed keeps trying.
+    pub(super) async fn start(url: &str, cache: Arc<VersionCache>, watched: Arc<Watched>) -> StoreResult<Feed> {
         let options = PgConnectOptions::from_str(url)?.application_name(APPLICATION_NAME);
-        let pool = PgPoolOptions::new().max_connections(1).connect_lazy_with(options);
         let node = format!("{:016x}", rand::random::<u64>());
-        let feed = Arc::new(Feed { node, cache, watched, sent: AtomicU64::new(0), waiting: Mutex::default() });
-        let first = feed.open(&pool).await;
-        tokio::spawn(feed.clone().listen(pool, first));
-        Ok(feed)
+        let shared = Arc::new(Shared { node, cache, watched, sent: AtomicU64::new(0), waiting: Mutex::default() });
+        let (stop, stopped) = oneshot::channel();
+        let (first_attempt, first_attempted) = oneshot::channel();
+        let listening = shared.clone();
+        std::thread::Builder::new()
+            .name("hearth-feed".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+                match runtime {
+                    Ok(runtime) => runtime.block_on(listening.run(options, stopped, first_attempt)),
+                    Err(error) => tracing::error!(%error, "cannot run the change feed; caches off"),
+                }
+            })
+            .map_err(|error| StoreError::Busy(format!("cannot start the change feed: {error}")))?;
+        let _ = first_attempted.await;
+        Ok(Feed { shared, _stop: stop })
     }
 
     /// Announces that `written` were committed: `Type/id/version` lines.
     pub(super) fn resources(&self, written: &[super::ResourceVersion]) -> Announcement<'_> {
-        self.announcement(written.iter().map(|v| format!("{}/{}/{}", v.resource_type, v.id, v.version)))
+        self.shared.announcement(written.iter().map(|v| format!("{}/{}/{}", v.resource_type, v.id, v.version)))
     }
 
     /// Announces a published authorization record: `kind` and `key` lines.
     pub(super) fn auth_record(&self, kind: &str, key: &str) -> Announcement<'_> {
-        self.announcement([kind.to_string(), key.to_string()].into_iter())
+        self.shared.announcement([kind.to_string(), key.to_string()].into_iter())
     }
+}
 
+impl Shared {
     fn announcement(&self, lines: impl Iterator<Item = String>) -> Announcement<'_> {
         let mut payloads = Vec::new();
         for body in chunk(lines) {
@@ -221,15 +244,29 @@ impl Feed {
         Announcement { feed: self, payloads: payloads.into_iter().map(|(_, payload)| payload).collect(), echo }
     }
 
-    /// Applies what arrives; when the connection drops, switches the caches off and connects
-    /// again.
-    async fn listen(self: Arc<Self>, pool: PgPool, mut opened: StoreResult<PgListener>) {
+    /// The listening thread: applies what arrives; when the connection drops, switches the
+    /// caches off and connects again; ends when the store is dropped.
+    async fn run(
+        self: Arc<Self>,
+        options: PgConnectOptions,
+        mut stopped: oneshot::Receiver<()>,
+        first_attempt: oneshot::Sender<()>,
+    ) {
+        let pool = PgPoolOptions::new().max_connections(1).connect_lazy_with(options);
+        let mut opened = self.open(&pool).await;
+        let _ = first_attempt.send(());
         loop {
             match opened {
                 Ok(mut listener) => {
                     tracing::debug!("change feed connected");
-                    while let Ok(Some(notification)) = listener.try_recv().await {
-                        self.received(notification.channel(), notification.payload());
+                    loop {
+                        tokio::select! {
+                            _ = &mut stopped => return,
+                            received = listener.try_recv() => match received {
+                                Ok(Some(notification)) => self.received(notification.channel(), notification.payload()),
+                                _ => break,
+                            },
+                        }
                     }
                     tracing::warn!("change feed lost; caches off until it is back");
                 }
@@ -239,7 +276,10 @@ impl Feed {
             self.cache.go_offline();
             // Nobody waits for an echo that may never come.
             self.waiting.lock().expect("echo lock").clear();
-            tokio::time::sleep(RECONNECT_AFTER).await;
+            tokio::select! {
+                _ = &mut stopped => return,
+                _ = tokio::time::sleep(RECONNECT_AFTER) => {}
+            }
             opened = self.open(&pool).await;
         }
     }

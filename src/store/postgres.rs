@@ -43,7 +43,14 @@ impl PostgresStore {
         let cache = Arc::new(VersionCache::shared(CACHED_VERSIONS));
         let watched = Arc::new(Watched::default());
         let feed = Feed::start(url, cache.clone(), watched.clone()).await?;
-        Ok(PostgresStore { readers, writers, cache: Some(cache), watched, feed: Some(feed), _writer_lock: None })
+        Ok(PostgresStore {
+            readers,
+            writers,
+            cache: Some(cache),
+            watched,
+            feed: Some(Arc::new(feed)),
+            _writer_lock: None,
+        })
     }
 }
 

@@ -103,8 +103,12 @@ macro_rules! sql_store {
 
         /// A write transaction of this store. Writes are buffered and flushed in batches, before
         /// a search inside the transaction and at commit (reads of one resource look in the buffer).
+        /// The database transaction begins with the first statement: a bundle of new resources
+        /// is validated, indexed and serialised without holding a writer connection (SQLite has
+        /// one), so concurrent bundles prepare in parallel and queue only to write.
         pub struct $tx {
-            tx: sqlx::Transaction<'static, $db>,
+            tx: Option<sqlx::Transaction<'static, $db>>,
+            writers: sqlx::Pool<$db>,
             pending: Vec<($crate::store::ResourceVersion, $crate::store::IndexRows)>,
             cache: Option<std::sync::Arc<$crate::store::cache::VersionCache>>,
             /// What this transaction wrote, for the cache and the feed.
@@ -113,9 +117,20 @@ macro_rules! sql_store {
         }
 
         impl $tx {
+            /// The transaction's connection, beginning the transaction on first use.
+            async fn conn(&mut self) -> $crate::store::StoreResult<&mut Conn> {
+                if self.tx.is_none() {
+                    self.tx = Some(self.writers.begin().await?);
+                }
+                Ok(&mut **self.tx.as_mut().expect("begun above"))
+            }
+
             async fn flush(&mut self) -> $crate::store::StoreResult<()> {
+                if self.pending.is_empty() {
+                    return Ok(());
+                }
                 let pending = std::mem::take(&mut self.pending);
-                write_batch(&mut self.tx, &pending).await?;
+                write_batch(self.conn().await?, &pending).await?;
                 if self.cache.is_some() {
                     self.written.extend(pending.into_iter().map(|(version, _)| version));
                 }
@@ -565,7 +580,8 @@ macro_rules! sql_store {
 
             async fn begin(&self) -> $crate::store::StoreResult<Box<dyn $crate::store::StoreTx>> {
                 Ok(Box::new($tx {
-                    tx: self.writers.begin().await?,
+                    tx: None,
+                    writers: self.writers.clone(),
                     pending: Vec::new(),
                     cache: self.cache.clone(),
                     written: Vec::new(),
@@ -682,7 +698,7 @@ macro_rules! sql_store {
                 if let Some((version, _)) = pending {
                     return Ok(Some(version.clone()));
                 }
-                fetch_current(&mut self.tx, resource_type, id, $lock).await
+                fetch_current(self.conn().await?, resource_type, id, $lock).await
             }
 
             async fn vread(
@@ -698,7 +714,7 @@ macro_rules! sql_store {
                 if let Some((found, _)) = pending {
                     return Ok(Some(found.clone()));
                 }
-                fetch_version(&mut self.tx, resource_type, id, version).await
+                fetch_version(self.conn().await?, resource_type, id, version).await
             }
 
             async fn search(
@@ -706,7 +722,7 @@ macro_rules! sql_store {
                 query: &$crate::store::SearchQuery,
             ) -> $crate::store::StoreResult<$crate::store::SearchPage> {
                 self.flush().await?;
-                run_search(&mut self.tx, query).await
+                run_search(self.conn().await?, query).await
             }
 
             async fn write(
@@ -730,7 +746,7 @@ macro_rules! sql_store {
                 for chunk in keys.chunks($crate::store::sql::KEY_CHUNK) {
                     let mut sql = $crate::store::planner::current_versions(chunk);
                     sql.text.push_str($lock);
-                    for row in bind_args(&sql).fetch_all(&mut *self.tx).await? {
+                    for row in bind_args(&sql).fetch_all(self.conn().await?).await? {
                         let key: (String, String, i64) =
                             (row.try_get("resource_type")?, row.try_get("id")?, row.try_get("version")?);
                         current.insert(key);
@@ -743,8 +759,8 @@ macro_rules! sql_store {
                     .collect();
                 let unchanged_keys: Vec<(String, String)> =
                     unchanged.iter().map(|(v, _)| (v.resource_type.clone(), v.id.clone())).collect();
-                delete_index_rows(&mut self.tx, &unchanged_keys).await?;
-                insert_index_rows(&mut self.tx, &unchanged).await?;
+                delete_index_rows(self.conn().await?, &unchanged_keys).await?;
+                insert_index_rows(self.conn().await?, &unchanged).await?;
                 Ok(unchanged.len())
             }
 
@@ -760,14 +776,17 @@ macro_rules! sql_store {
                 .bind(now)
                 .bind(step.id)
                 .bind(step.owner)
-                .execute(&mut *self.tx)
+                .execute(self.conn().await?)
                 .await?;
                 Ok(done.rows_affected() == 1)
             }
 
             async fn commit(mut self: Box<Self>) -> $crate::store::StoreResult<()> {
                 self.flush().await?;
-                let $tx { mut tx, cache, written, feed, .. } = *self;
+                let $tx { tx, cache, written, feed, .. } = *self;
+                let Some(mut tx) = tx else {
+                    return Ok(()); // nothing was read or written
+                };
                 let announcement = feed.as_ref().map(|feed| feed.resources(&written));
                 if let Some(announcement) = &announcement {
                     announce(&mut tx, $crate::store::feed::RESOURCES, &announcement.payloads).await?;
