@@ -851,7 +851,64 @@ async fn replaced_keys_retire_when_their_tokens_expire(db: Db) {
     assert_eq!(ring.jwks()["keys"].as_array().unwrap().len(), 1);
 }
 
+/// A signed-in browser skips the login page, unless the app asks for `prompt=login`; with
+/// `prompt=none` no page is shown at all (an error goes back to the app). Signing out ends the
+/// session for good, and from the consent page leads back to signing in.
+async fn sessions_end_with_sign_out_and_prompts_are_honoured(db: Db) {
+    let (_server, smart, _patient, _admin) = patient_app(db).await;
+    let pkce = Pkce::new();
+    let scope = "launch/patient patient/*.rs openid fhirUser";
+    let page = smart.authorize("app", scope, &pkce, &[]).await.text().await.unwrap();
+    let SignedIn { cookie, .. } = smart.sign_in(&page, "ana", "ana-password").await;
+    let authorize_with_cookie = |extra: Vec<(&'static str, &'static str)>| {
+        let mut params: Vec<(&str, String)> = vec![
+            ("response_type", "code".into()),
+            ("client_id", "app".into()),
+            ("redirect_uri", common::smart::REDIRECT.into()),
+            ("scope", scope.into()),
+            ("state", "st-9".into()),
+            ("aud", smart.aud.clone()),
+            ("code_challenge", pkce.challenge.clone()),
+            ("code_challenge_method", "S256".into()),
+        ];
+        params.extend(extra.into_iter().map(|(name, value)| (name, value.to_string())));
+        smart.http.get(smart.url("/auth/authorize")).query(&params).header("cookie", cookie.clone()).send()
+    };
+    let consent = authorize_with_cookie(vec![]).await.unwrap().text().await.unwrap();
+    assert!(consent.contains("name=\"decision\""), "a live session goes straight to consent");
+    let again = authorize_with_cookie(vec![("prompt", "login")]).await.unwrap().text().await.unwrap();
+    assert!(again.contains("name=\"password\""), "prompt=login asks to sign in again");
+    let silent = authorize_with_cookie(vec![("prompt", "none")]).await.unwrap();
+    assert_eq!(silent.status(), 303);
+    let location = silent.headers()["location"].to_str().unwrap().to_string();
+    assert_eq!(query_value(&location, "error").as_deref(), Some("consent_required"), "{location}");
+    assert_eq!(query_value(&location, "state").as_deref(), Some("st-9"));
+
+    // Sign out from the consent page.
+    let form = [
+        ("request", common::smart::input_value(&consent, "request").unwrap()),
+        ("csrf", common::smart::input_value(&consent, "csrf").unwrap()),
+    ];
+    let response =
+        smart.http.post(smart.url("/auth/logout")).header("cookie", &cookie).form(&form).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let cleared = response.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(cleared.starts_with("hearth_session=;") && cleared.contains("Max-Age=0"), "{cleared}");
+    assert!(response.text().await.unwrap().contains("name=\"password\""), "back to signing in");
+    assert!(smart.store.auth_list("session").await.unwrap().is_empty(), "the session is gone");
+    let after = authorize_with_cookie(vec![]).await.unwrap().text().await.unwrap();
+    assert!(after.contains("name=\"password\""), "the old cookie no longer signs in");
+    let silent = authorize_with_cookie(vec![("prompt", "none")]).await.unwrap();
+    let location = silent.headers()["location"].to_str().unwrap().to_string();
+    assert_eq!(query_value(&location, "error").as_deref(), Some("login_required"), "{location}");
+    // Signing out without a session or a form is harmless.
+    let response = smart.http.post(smart.url("/auth/logout")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.text().await.unwrap().contains("signed out"));
+}
+
 on_both_databases!(
+    sessions_end_with_sign_out_and_prompts_are_honoured,
     replaced_keys_retire_when_their_tokens_expire,
     users_never_get_system_scopes_or_foreign_launches,
     patient_scopes_reach_shared_data_but_no_other_record,

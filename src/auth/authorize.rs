@@ -198,11 +198,21 @@ impl AuthServer {
             csrf: random_token(24),
             username: None,
         };
+        // OpenID Connect `prompt`: `none` shows no page, and this server asks for consent every
+        // time; `login` signs in again even with a live session.
+        let prompts: Vec<&str> = param(params, "prompt").unwrap_or("").split_whitespace().collect();
+        let session = self.session(cookies).await;
+        if prompts.contains(&"none") {
+            return match session {
+                Some(_) => fail("consent_required", "this server asks the user for consent on every authorization"),
+                None => fail("login_required", "the user is not signed in"),
+            };
+        }
         let request_id = random_token(24);
         if let Err(error) = self.save_pending(&request_id, &pending).await {
             return server_error(error);
         }
-        match self.session(cookies).await {
+        match session.filter(|_| !prompts.contains(&"login")) {
             Some((_, session)) => self.consent_for(&request_id, pending, &session.username).await,
             None => Reply::Page {
                 status: 200,
@@ -235,6 +245,35 @@ impl AuthServer {
         let data = self.store.auth_get(SESSION, &key).await.ok()??;
         let session: Session = serde_json::from_str(&data).ok()?;
         (session.expires > now_seconds()).then_some((key, session))
+    }
+
+    /// The `Set-Cookie` value of a session cookie (`max_age` 0 removes it).
+    fn session_cookie(&self, value: &str, max_age: i64) -> String {
+        let secure = if self.secure_cookies() { "; Secure" } else { "" };
+        format!("{SESSION_COOKIE}={value}; Path=/auth; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}")
+    }
+
+    /// `POST /auth/logout`: ends this browser's login session (the record and the cookie;
+    /// `online_access` refresh tokens end with it). Sent from a consent page (its `request` and
+    /// `csrf`), it goes on to the sign-in page of that request.
+    pub async fn logout(&self, form: &Params, cookies: Option<&str>) -> Reply {
+        if let Some((key, _)) = self.session(cookies).await {
+            if let Err(error) = self.store.auth_delete(SESSION, &key).await {
+                return server_error(error);
+            }
+        }
+        let html = match self.pending(form).await {
+            Ok((request_id, mut pending)) => {
+                pending.username = None;
+                if let Err(error) = self.save_pending(&request_id, &pending).await {
+                    return server_error(error);
+                }
+                let name = self.client_name_of(&pending.client_id).await;
+                pages::login(&name, &request_id, &pending.csrf, None)
+            }
+            Err(_) => pages::signed_out(),
+        };
+        Reply::Page { status: 200, html, set_cookie: Some(self.session_cookie("", 0)) }
     }
 
     /// Whether the session with this key is still live (for `online_access` refresh tokens).
@@ -292,15 +331,12 @@ impl AuthServer {
         if let Err(error) = self.save_pending(&request_id, &pending).await {
             return server_error(error);
         }
-        let secure = if self.secure_cookies() { "; Secure" } else { "" };
         Reply::Redirect {
             location: format!(
                 "/auth/consent?request={}",
                 url::form_urlencoded::byte_serialize(request_id.as_bytes()).collect::<String>()
             ),
-            set_cookie: Some(format!(
-                "{SESSION_COOKIE}={cookie_value}; Path=/auth; HttpOnly; SameSite=Lax; Max-Age={SESSION_SECONDS}{secure}"
-            )),
+            set_cookie: Some(self.session_cookie(&cookie_value, SESSION_SECONDS)),
         }
     }
 

@@ -104,12 +104,18 @@ pub(super) fn consent(
              <form method=\"post\" action=\"/auth/consent\">{hidden}<fieldset><legend>Permissions</legend>{scope_boxes}</fieldset>\
              {patient_choice}\
              <button type=\"submit\" name=\"decision\" value=\"allow\">Allow</button>\
-             <button type=\"submit\" name=\"decision\" value=\"deny\">Deny</button></form>",
+             <button type=\"submit\" name=\"decision\" value=\"deny\">Deny</button></form>\
+             <form method=\"post\" action=\"/auth/logout\">{hidden}<button type=\"submit\">Not {user}? Sign out</button></form>",
             user = escape(username),
             client = escape(client_name),
             hidden = hidden(request, csrf),
         ),
     )
+}
+
+/// After signing out without a request to go back to.
+pub(super) fn signed_out() -> String {
+    page("Signed out", "<h1>Signed out</h1><p>You are signed out. Start again from the app to sign in.</p>")
 }
 
 /// A page for errors that cannot be sent back to the client (unknown client, bad redirect).

@@ -23,6 +23,7 @@ pub fn routes<S: Clone + Send + Sync + 'static>(auth: Arc<AuthServer>) -> Router
         .route("/auth/authorize", get(authorize_get).post(authorize_post))
         .route("/auth/login", post(login))
         .route("/auth/consent", get(consent_page).post(consent))
+        .route("/auth/logout", post(logout))
         .route("/auth/token", post(token))
         .route("/auth/introspect", post(introspect))
         .route("/auth/revoke", post(revoke))
@@ -77,6 +78,10 @@ async fn consent_page(
 
 async fn consent(State(auth): State<Server>, headers: HeaderMap, body: Bytes) -> Response {
     into_response(auth.consent(&form_pairs(&body), header_text(&headers, header::COOKIE)).await)
+}
+
+async fn logout(State(auth): State<Server>, headers: HeaderMap, body: Bytes) -> Response {
+    into_response(auth.logout(&form_pairs(&body), header_text(&headers, header::COOKIE)).await)
 }
 
 async fn token(State(auth): State<Server>, headers: HeaderMap, body: Bytes) -> Response {
