@@ -678,6 +678,51 @@ async fn ehr_launch_brings_its_context(db: Db) {
         query_value(response.headers()["location"].to_str().unwrap(), "error").as_deref(),
         Some("invalid_request")
     );
+    // A launch made for one app is refused to another.
+    smart.add_public_client("other-app").await;
+    let for_app = launch(admin.clone(), json!({"patient": patient, "client_id": "app"})).await;
+    assert_eq!(for_app.status(), 201);
+    let bound = body(for_app).await["launch"].as_str().unwrap().to_string();
+    let response = smart.authorize("other-app", "launch user/*.rs", &Pkce::new(), &[("launch", &bound)]).await;
+    let location = response.headers()["location"].to_str().unwrap().to_string();
+    assert_eq!(query_value(&location, "error").as_deref(), Some("invalid_request"), "{location}");
+    let auth =
+        Authorization { launch: Some(&bound), ..Authorization::new("app", "launch user/*.rs", "dr", "dr-password") };
+    assert_eq!(smart.launch(&auth).await["patient"], patient.as_str(), "the app it was made for uses it");
+    assert_eq!(launch(admin.clone(), json!({"patient": patient, "client_id": "nobody"})).await.status(), 404);
+}
+
+/// A clinician's standalone launch with `launch/patient` names the patient on the consent page;
+/// an unknown id keeps the page open with the reason.
+async fn a_clinician_picks_the_patient_in_a_standalone_launch(db: Db) {
+    let (_server, smart, patient, _admin) = patient_app(db).await;
+    smart.add_user("dr-lee", "dr-password", "Practitioner/pr-lee", &[]).await;
+    let scope = "launch/patient patient/*.rs";
+    let pkce = Pkce::new();
+    let page = smart.authorize("app", scope, &pkce, &[]).await.text().await.unwrap();
+    let SignedIn { cookie, consent, .. } = smart.sign_in(&page, "dr-lee", "dr-password").await;
+    assert!(consent.contains("type=\"text\" name=\"patient\""), "a patient id field");
+    let answer = |picked: &str| {
+        let form = vec![
+            ("request", common::smart::input_value(&consent, "request").unwrap()),
+            ("csrf", common::smart::input_value(&consent, "csrf").unwrap()),
+            ("decision", "allow".to_string()),
+            ("scope", "launch/patient".to_string()),
+            ("scope", "patient/*.rs".to_string()),
+            ("patient", picked.to_string()),
+        ];
+        smart.http.post(smart.url("/auth/consent")).header("cookie", &cookie).form(&form).send()
+    };
+    let response = answer("no-such-patient").await.unwrap();
+    assert_eq!(response.status(), 400);
+    assert!(response.text().await.unwrap().contains("No patient has that id"));
+    let response = answer(&patient).await.unwrap();
+    assert_eq!(response.status(), 303, "the request stayed open for a second try");
+    let code = query_value(response.headers()["location"].to_str().unwrap(), "code").expect("a code");
+    let token: Value = smart.exchange("app", &code, &pkce.verifier).await.json().await.unwrap();
+    assert_eq!(token["patient"], patient.as_str());
+    let access = token["access_token"].as_str().unwrap();
+    assert_eq!(smart.get(&format!("Patient/{patient}"), access).await.status(), 200);
 }
 
 async fn a_proxy_chooses_among_their_patients(db: Db) {
@@ -908,6 +953,7 @@ async fn sessions_end_with_sign_out_and_prompts_are_honoured(db: Db) {
 }
 
 on_both_databases!(
+    a_clinician_picks_the_patient_in_a_standalone_launch,
     sessions_end_with_sign_out_and_prompts_are_honoured,
     replaced_keys_retire_when_their_tokens_expire,
     users_never_get_system_scopes_or_foreign_launches,

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::keys::{digest, random_token};
 use super::launch::{LaunchContext, LAUNCH};
-use super::pages::{self, PatientChoice};
+use super::pages::{self, PatientChoice, PatientPicker};
 use super::records::{client, hash_password, user, verify_password, ClientRecord, UserRecord};
 use super::scope::{parse_scopes, Scope, ScopeContext};
 use super::{in_seconds, now_seconds, AuthServer, Reply};
@@ -181,7 +181,12 @@ impl AuthServer {
         let launch = match param(params, "launch") {
             None => None,
             Some(launch) => match self.store.auth_get(LAUNCH, launch).await {
-                Ok(Some(data)) => serde_json::from_str::<LaunchContext>(&data).ok(),
+                Ok(Some(data)) => match serde_json::from_str::<LaunchContext>(&data) {
+                    Ok(context) if context.client_id.as_ref().is_some_and(|only| *only != client.client_id) => {
+                        return fail("invalid_request", "the launch is for another app")
+                    }
+                    found => found.ok(),
+                },
                 Ok(None) => return fail("invalid_request", "the launch is unknown or has expired"),
                 Err(error) => return server_error(error),
             },
@@ -392,17 +397,55 @@ impl AuthServer {
                 return server_error(error);
             }
         }
+        self.consent_page_for(request_id, &pending, &user, None).await
+    }
+
+    /// The consent page of a pending request, with an error to show.
+    async fn consent_page_for(
+        &self,
+        request_id: &str,
+        pending: &PendingRequest,
+        user: &UserRecord,
+        error: Option<&str>,
+    ) -> Reply {
         let name = self.client_name_of(&pending.client_id).await;
-        let wants_patient = pending.scopes.iter().any(|s| s == "launch/patient");
-        let choices = if wants_patient && pending.launch.is_none() && user.patients.len() > 1 {
-            self.patient_choices(&user).await
+        let wants_patient = pending.scopes.iter().any(|s| s == "launch/patient") && pending.launch.is_none();
+        let picker = if !wants_patient {
+            PatientPicker::None
+        } else if user.reachable_patients().is_none() {
+            PatientPicker::ById
+        } else if user.patients.len() > 1 {
+            PatientPicker::Choices(self.patient_choices(user).await)
         } else {
-            Vec::new()
+            PatientPicker::None
         };
-        Reply::Page {
-            status: 200,
-            html: pages::consent(&name, username, request_id, &pending.csrf, &pending.scopes, &choices),
-            set_cookie: None,
+        let html = pages::consent(&name, &user.username, request_id, &pending.csrf, &pending.scopes, &picker, error);
+        Reply::Page { status: if error.is_some() { 400 } else { 200 }, html, set_cookie: None }
+    }
+
+    /// For a clinician picking the patient by id: an error to show when that patient is not
+    /// stored (the request stays open to try again).
+    async fn unknown_picked_patient(
+        &self,
+        pending: &PendingRequest,
+        user: &UserRecord,
+        form: &Params,
+    ) -> Option<&'static str> {
+        let picks = pending.launch.is_none()
+            && pending.scopes.iter().any(|s| s == "launch/patient")
+            && user.reachable_patients().is_none();
+        if !picks {
+            return None;
+        }
+        let Some(id) = param(form, "patient").map(str::trim).filter(|id| !id.is_empty()) else {
+            return Some("Enter the id of the patient to open.");
+        };
+        if !crate::model::resource::is_valid_id(id) {
+            return Some("That is not a patient id.");
+        }
+        match self.store.read("Patient", id).await {
+            Ok(Some(found)) if !found.deleted => None,
+            _ => Some("No patient has that id."),
         }
     }
 
@@ -435,6 +478,15 @@ impl AuthServer {
         if pending.username.as_deref() != Some(session.username.as_str()) {
             return error_page(403, "This request belongs to another sign-in.");
         }
+        let user = match user(self.store.as_ref(), &session.username).await {
+            Ok(Some(user)) => user,
+            Ok(None) => return error_page(403, "This account no longer exists."),
+            Err(error) => return server_error(error),
+        };
+        let allowing = param(form, "decision") == Some("allow");
+        if let Some(problem) = self.unknown_picked_patient(&pending, &user, form).await.filter(|_| allowing) {
+            return self.consent_page_for(&request_id, &pending, &user, Some(problem)).await;
+        }
         // The request is used up, whatever the decision, and only once (two submissions of the
         // same form get one answer).
         match self.store.auth_take(PENDING, &request_id).await {
@@ -443,7 +495,7 @@ impl AuthServer {
             Err(error) => return server_error(error),
         }
         let state = pending.state.as_deref();
-        if param(form, "decision") != Some("allow") {
+        if !allowing {
             return redirect_error(&pending.redirect_uri, state, "access_denied", "the user denied access");
         }
         let ticked: Vec<&str> = form.iter().filter(|(n, _)| n == "scope").map(|(_, v)| v.as_str()).collect();
@@ -451,11 +503,6 @@ impl AuthServer {
         if scopes.is_empty() {
             return redirect_error(&pending.redirect_uri, state, "access_denied", "no scope was allowed");
         }
-        let user = match user(self.store.as_ref(), &session.username).await {
-            Ok(Some(user)) => user,
-            Ok(None) => return error_page(403, "This account no longer exists."),
-            Err(error) => return server_error(error),
-        };
         let (patient, encounter) = match self.patient_context(&pending, &scopes, &user, param(form, "patient")) {
             Ok(context) => context,
             Err(description) => return redirect_error(&pending.redirect_uri, state, "invalid_request", description),
@@ -489,7 +536,7 @@ impl AuthServer {
     }
 
     /// The patient (and encounter) in context: the EHR launch's, or for `launch/patient` the
-    /// user's own, the proxy's chosen one, or the only one they have.
+    /// user's own, the one a clinician picked, the proxy's chosen one, or the only one they have.
     fn patient_context(
         &self,
         pending: &PendingRequest,
@@ -509,6 +556,10 @@ impl AuthServer {
         }
         match user.fhir_user.split_once('/') {
             Some(("Patient", id)) => Ok((Some(id.to_string()), None)),
+            // A clinician's pick was checked against the stored patients before.
+            _ if user.reachable_patients().is_none() => {
+                chosen.map(|id| (Some(id.trim().to_string()), None)).ok_or("choose the patient to open")
+            }
             _ => match (chosen, user.patients.as_slice()) {
                 (Some(chosen), patients) if patients.iter().any(|p| p == chosen) => {
                     Ok((Some(chosen.to_string()), None))

@@ -1,5 +1,6 @@
-//! EHR launch contexts: `POST /auth/launch` binds a launch id to a patient (and an encounter);
-//! the `launch` parameter of an authorization request then brings that context into the token.
+//! EHR launch contexts: `POST /auth/launch` binds a launch id to a patient (and an encounter,
+//! and optionally the one app it is for); the `launch` parameter of an authorization request
+//! then brings that context into the token.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -18,6 +19,9 @@ const LAUNCH_SECONDS: i64 = 3600;
 pub(super) struct LaunchContext {
     pub patient: String,
     pub encounter: Option<String>,
+    /// The app the EHR launches; another client cannot use the launch id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
 }
 
 fn error(status: u16, message: &str) -> Reply {
@@ -25,8 +29,8 @@ fn error(status: u16, message: &str) -> Reply {
 }
 
 impl AuthServer {
-    /// `POST /auth/launch` with `{"patient": "…", "encounter": "…"}`; the caller needs
-    /// `system/launch` (an EHR) or full system access.
+    /// `POST /auth/launch` with `{"patient": "…", "encounter": "…", "client_id": "…"}` (the
+    /// last two optional); the caller needs `system/launch` (an EHR) or full system access.
     pub async fn create_launch(&self, access: &Access, body: &[u8]) -> Reply {
         let allowed = match access {
             Access::Open => true,
@@ -53,6 +57,18 @@ impl AuthServer {
             (Ok(None), _) => return error(400, "'patient' is required"),
             (Err(reply), _) | (_, Err(reply)) => return reply,
         };
+        let client_id = match body.get("client_id") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(client_id)) => match super::records::client(self.store.as_ref(), client_id).await {
+                Ok(Some(_)) => Some(client_id.clone()),
+                Ok(None) => return error(404, &format!("no client '{client_id}' is registered")),
+                Err(failure) => {
+                    tracing::error!(error = %failure, "cannot read the launch's client");
+                    return Reply::json(500, json!({"error": "server_error"}));
+                }
+            },
+            Some(_) => return error(400, "'client_id' must be a string"),
+        };
         for (resource_type, id) in [("Patient", Some(&patient)), ("Encounter", encounter.as_ref())] {
             let Some(id) = id else { continue };
             match self.store.read(resource_type, id).await {
@@ -65,7 +81,7 @@ impl AuthServer {
             }
         }
         let launch = random_token(16);
-        let data = serde_json::to_string(&LaunchContext { patient, encounter }).expect("launch serialises");
+        let data = serde_json::to_string(&LaunchContext { patient, encounter, client_id }).expect("launch serialises");
         if let Err(failure) = self.store.auth_upsert(LAUNCH, &launch, &data, in_seconds(LAUNCH_SECONDS)).await {
             tracing::error!(error = %failure, "cannot store a launch");
             return Reply::json(500, json!({"error": "server_error"}));

@@ -62,14 +62,26 @@ pub(super) struct PatientChoice {
     pub label: String,
 }
 
-/// The consent form: one checkbox per requested scope, a patient choice for proxies.
+/// How the consent page asks for the patient in context (`launch/patient` without an EHR
+/// launch).
+pub(super) enum PatientPicker {
+    /// It does not: no patient context, or the user's own.
+    None,
+    /// A proxy chooses one of their patients.
+    Choices(Vec<PatientChoice>),
+    /// A clinician names the patient by id.
+    ById,
+}
+
+/// The consent form: one checkbox per requested scope, and the patient picker.
 pub(super) fn consent(
     client_name: &str,
     username: &str,
     request: &str,
     csrf: &str,
     scopes: &[String],
-    patients: &[PatientChoice],
+    picker: &PatientPicker,
+    error: Option<&str>,
 ) -> String {
     let scope_boxes: String = scopes
         .iter()
@@ -80,27 +92,18 @@ pub(super) fn consent(
             )
         })
         .collect();
-    let patient_choice = if patients.is_empty() {
-        String::new()
-    } else {
-        let options: String = patients
-            .iter()
-            .enumerate()
-            .map(|(n, p)| {
-                format!(
-                    "<label><input type=\"radio\" name=\"patient\" value=\"{id}\"{checked}> {label}</label>",
-                    id = escape(&p.id),
-                    label = escape(&p.label),
-                    checked = if n == 0 { " checked" } else { "" }
-                )
-            })
-            .collect();
-        format!("<fieldset><legend>On behalf of</legend>{options}</fieldset>")
+    let patient_choice = match picker {
+        PatientPicker::None => String::new(),
+        PatientPicker::ById => "<fieldset><legend>Patient</legend><label>Patient id \
+             <input type=\"text\" name=\"patient\" required></label></fieldset>"
+            .to_string(),
+        PatientPicker::Choices(patients) => patient_options(patients),
     };
+    let error = error.map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", escape(e))).unwrap_or_default();
     page(
         "Allow access",
         &format!(
-            "<h1>Allow access</h1><p>Signed in as <strong>{user}</strong>. <strong>{client}</strong> asks for:</p>\
+            "<h1>Allow access</h1><p>Signed in as <strong>{user}</strong>. <strong>{client}</strong> asks for:</p>{error}\
              <form method=\"post\" action=\"/auth/consent\">{hidden}<fieldset><legend>Permissions</legend>{scope_boxes}</fieldset>\
              {patient_choice}\
              <button type=\"submit\" name=\"decision\" value=\"allow\">Allow</button>\
@@ -111,6 +114,23 @@ pub(super) fn consent(
             hidden = hidden(request, csrf),
         ),
     )
+}
+
+/// A proxy's patients as radio buttons, the first one chosen.
+fn patient_options(patients: &[PatientChoice]) -> String {
+    let options: String = patients
+        .iter()
+        .enumerate()
+        .map(|(n, p)| {
+            format!(
+                "<label><input type=\"radio\" name=\"patient\" value=\"{id}\"{checked}> {label}</label>",
+                id = escape(&p.id),
+                label = escape(&p.label),
+                checked = if n == 0 { " checked" } else { "" }
+            )
+        })
+        .collect();
+    format!("<fieldset><legend>On behalf of</legend>{options}</fieldset>")
 }
 
 /// After signing out without a request to go back to.
@@ -130,7 +150,15 @@ mod tests {
     #[test]
     fn values_are_escaped() {
         assert_eq!(escape("<a href=\"x\">&'"), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
-        let html = consent("<App>", "u", "r", "c", &["patient/Observation.rs?category=a&b".into()], &[]);
+        let html = consent(
+            "<App>",
+            "u",
+            "r",
+            "c",
+            &["patient/Observation.rs?category=a&b".into()],
+            &PatientPicker::None,
+            None,
+        );
         assert!(html.contains("value=\"patient/Observation.rs?category=a&amp;b\""));
         assert!(html.contains("&lt;App&gt;") && !html.contains("<App>"));
         assert!(
