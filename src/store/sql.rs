@@ -130,7 +130,9 @@ macro_rules! sql_store {
                     return Ok(());
                 }
                 let pending = std::mem::take(&mut self.pending);
-                write_batch(self.conn().await?, &pending).await?;
+                // Built before the writer is taken: binding a batch's values is work of its own.
+                let statements = BatchStatements::of(&pending);
+                statements.write(self.conn().await?).await?;
                 if self.cache.is_some() {
                     self.written.extend(pending.into_iter().map(|(version, _)| version));
                 }
@@ -338,58 +340,77 @@ macro_rules! sql_store {
             rows.iter().map(|row| Ok((row.try_get("resource_type")?, row.try_get("id")?))).collect()
         }
 
-        /// Writes buffered versions with few statements: one multi-row INSERT per table and
+        /// The statements that write buffered versions: one multi-row INSERT per table and
         /// chunk, instead of several statements per resource.
-        async fn write_batch(
-            conn: &mut Conn,
-            batch: &[($crate::store::ResourceVersion, $crate::store::IndexRows)],
-        ) -> $crate::store::StoreResult<()> {
-            use $crate::store::sql::{classify, to_micros, INSERT_CHUNK, VERSION_COLUMNS};
-            if batch.is_empty() {
-                return Ok(());
-            }
-            let push_version = |mut b: sqlx::query_builder::Separated<'_, 'static, $db, &'static str>,
-                                v: &$crate::store::ResourceVersion| {
-                b.push_bind(v.resource_type.clone())
-                    .push_bind(v.id.clone())
-                    .push_bind(v.version)
-                    .push_bind(to_micros(v.last_updated))
-                    .push_bind(v.deleted)
-                    .push_bind(v.method.as_str())
-                    .push_bind(v.body.to_vec());
-            };
-            for chunk in batch.chunks(INSERT_CHUNK / 2) {
-                let mut qb = Builder::new(format!("{} resource_history ({VERSION_COLUMNS}) ", $insert));
-                qb.push_values(chunk, |b, (v, _)| push_version(b, v));
-                qb.build().execute(&mut *conn).await.map_err(classify)?;
-            }
-            // One row per resource in `resources`: the last version written wins.
-            let mut latest: Vec<&$crate::store::ResourceVersion> = Vec::with_capacity(batch.len());
-            for (version, _) in batch.iter().rev() {
-                if !latest.iter().any(|v| v.resource_type == version.resource_type && v.id == version.id) {
-                    latest.push(version);
+        struct BatchStatements {
+            /// Into `resource_history` and `resources`.
+            versions: Vec<Builder>,
+            /// Resources whose earlier versions' index rows go (version 1 has none).
+            replaced: Vec<(String, String)>,
+            /// The index rows of the versions that are current after the batch.
+            index: Vec<Builder>,
+        }
+
+        impl BatchStatements {
+            fn of(batch: &[($crate::store::ResourceVersion, $crate::store::IndexRows)]) -> Self {
+                use $crate::store::sql::{to_micros, INSERT_CHUNK, VERSION_COLUMNS};
+                let push_version = |mut b: sqlx::query_builder::Separated<'_, 'static, $db, &'static str>,
+                                    v: &$crate::store::ResourceVersion| {
+                    b.push_bind(v.resource_type.clone())
+                        .push_bind(v.id.clone())
+                        .push_bind(v.version)
+                        .push_bind(to_micros(v.last_updated))
+                        .push_bind(v.deleted)
+                        .push_bind(v.method.as_str())
+                        .push_bind(v.body.to_vec());
+                };
+                let mut versions = Vec::new();
+                for chunk in batch.chunks(INSERT_CHUNK / 2) {
+                    let mut qb = Builder::new(format!("{} resource_history ({VERSION_COLUMNS}) ", $insert));
+                    qb.push_values(chunk, |b, (v, _)| push_version(b, v));
+                    versions.push(qb);
                 }
+                // One row per resource in `resources`: the last version written wins.
+                let mut latest: Vec<&$crate::store::ResourceVersion> = Vec::with_capacity(batch.len());
+                for (version, _) in batch.iter().rev() {
+                    if !latest.iter().any(|v| v.resource_type == version.resource_type && v.id == version.id) {
+                        latest.push(version);
+                    }
+                }
+                for chunk in latest.chunks(INSERT_CHUNK / 2) {
+                    let mut qb = Builder::new(format!("{} resources ({VERSION_COLUMNS}) ", $insert));
+                    qb.push_values(chunk, |b, v| push_version(b, v));
+                    qb.push(
+                        " ON CONFLICT (resource_type, id) DO UPDATE SET version = excluded.version, \
+                         last_updated = excluded.last_updated, deleted = excluded.deleted, \
+                         method = excluded.method, body = excluded.body",
+                    );
+                    versions.push(qb);
+                }
+                let replaced =
+                    latest.iter().filter(|v| v.version > 1).map(|v| (v.resource_type.clone(), v.id.clone())).collect();
+                let current: Vec<(&$crate::store::ResourceVersion, &$crate::store::IndexRows)> = latest
+                    .iter()
+                    .filter_map(|v| batch.iter().rev().find(|(o, _)| std::ptr::eq(o, *v)).map(|(o, rows)| (o, rows)))
+                    .collect();
+                BatchStatements { versions, replaced, index: index_row_statements(&current) }
             }
-            for chunk in latest.chunks(INSERT_CHUNK / 2) {
-                let mut qb = Builder::new(format!("{} resources ({VERSION_COLUMNS}) ", $insert));
-                qb.push_values(chunk, |b, v| push_version(b, v));
-                qb.push(
-                    " ON CONFLICT (resource_type, id) DO UPDATE SET version = excluded.version, \
-                     last_updated = excluded.last_updated, deleted = excluded.deleted, \
-                     method = excluded.method, body = excluded.body",
-                );
-                qb.build().execute(&mut *conn).await.map_err(classify)?;
+
+            async fn write(self, conn: &mut Conn) -> $crate::store::StoreResult<()> {
+                use $crate::store::sql::classify;
+                for mut statement in self.versions {
+                    statement.build().execute(&mut *conn).await.map_err(classify)?;
+                }
+                delete_index_rows(&mut *conn, &self.replaced).await?;
+                execute_all(conn, self.index).await
             }
-            // Earlier versions' index rows go; version 1 has none.
-            let replaced: Vec<(String, String)> =
-                latest.iter().filter(|v| v.version > 1).map(|v| (v.resource_type.clone(), v.id.clone())).collect();
-            delete_index_rows(&mut *conn, &replaced).await?;
-            // Index rows of the versions that are current after this batch.
-            let current: Vec<(&$crate::store::ResourceVersion, &$crate::store::IndexRows)> = latest
-                .iter()
-                .filter_map(|v| batch.iter().rev().find(|(o, _)| std::ptr::eq(o, *v)).map(|(o, rows)| (o, rows)))
-                .collect();
-            insert_index_rows(conn, &current).await
+        }
+
+        async fn execute_all(conn: &mut Conn, statements: Vec<Builder>) -> $crate::store::StoreResult<()> {
+            for mut statement in statements {
+                statement.build().execute(&mut *conn).await?;
+            }
+            Ok(())
         }
 
         /// Deletes every index row of the resources with these keys.
@@ -402,12 +423,13 @@ macro_rules! sql_store {
             Ok(())
         }
 
-        /// Inserts the index rows of resources (one multi-row INSERT per table and chunk).
-        async fn insert_index_rows(
-            conn: &mut Conn,
+        /// The statements that insert the index rows of resources (one multi-row INSERT per
+        /// table and chunk).
+        fn index_row_statements(
             current: &[(&$crate::store::ResourceVersion, &$crate::store::IndexRows)],
-        ) -> $crate::store::StoreResult<()> {
+        ) -> Vec<Builder> {
             use $crate::store::sql::INSERT_CHUNK;
+            let mut statements = Vec::new();
             macro_rules! insert_rows {
                 ($field:ident, $table:literal, $columns:literal, |$b:ident, $row:ident| $bind:block) => {
                     let rows: Vec<(&str, &str, _)> = current
@@ -429,7 +451,7 @@ macro_rules! sql_store {
                             $b.push_bind(owner_type.to_string()).push_bind(owner_id.to_string());
                             $bind
                         });
-                        qb.build().execute(&mut *conn).await?;
+                        statements.push(qb);
                     }
                 };
             }
@@ -477,7 +499,7 @@ macro_rules! sql_store {
                     }
                 }
             );
-            Ok(())
+            statements
         }
 
         #[async_trait::async_trait]
@@ -760,7 +782,7 @@ macro_rules! sql_store {
                 let unchanged_keys: Vec<(String, String)> =
                     unchanged.iter().map(|(v, _)| (v.resource_type.clone(), v.id.clone())).collect();
                 delete_index_rows(self.conn().await?, &unchanged_keys).await?;
-                insert_index_rows(self.conn().await?, &unchanged).await?;
+                execute_all(self.conn().await?, index_row_statements(&unchanged)).await?;
                 Ok(unchanged.len())
             }
 
