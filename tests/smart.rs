@@ -692,6 +692,47 @@ async fn ehr_launch_brings_its_context(db: Db) {
     assert_eq!(launch(admin.clone(), json!({"patient": patient, "client_id": "nobody"})).await.status(), 404);
 }
 
+/// A Binary is read under the rules of the resource its `securityContext` names: a patient
+/// downloads their own document's content, nobody else's, and nothing without a context.
+async fn binaries_follow_their_security_context(db: Db) {
+    let (_server, smart, patient, admin) = patient_app(db).await;
+    let other = smart.create(&admin, &json!({"resourceType": "Patient", "name": [{"family": "Other"}]})).await;
+    let document = |subject: &str| {
+        json!({"resourceType": "DocumentReference", "status": "current", "subject": {"reference": format!("Patient/{subject}")},
+            "content": [{"attachment": {"contentType": "text/plain", "title": "Visit summary"}}]})
+    };
+    let own_document = smart.create(&admin, &document(&patient)).await;
+    let other_document = smart.create(&admin, &document(&other)).await;
+    let binary = |context: Option<String>| {
+        let mut binary = json!({"resourceType": "Binary", "contentType": "text/plain", "data": "aGVsbG8="});
+        if let Some(reference) = context {
+            binary["securityContext"] = json!({"reference": reference});
+        }
+        binary
+    };
+    let own = smart.create(&admin, &binary(Some(format!("DocumentReference/{own_document}")))).await;
+    let absolute =
+        smart.create(&admin, &binary(Some(format!("{}/DocumentReference/{own_document}", smart.fhir)))).await;
+    let foreign = smart.create(&admin, &binary(Some(format!("DocumentReference/{other_document}")))).await;
+    let unbound = smart.create(&admin, &binary(None)).await;
+    let chained = smart.create(&admin, &binary(Some(format!("Binary/{own}")))).await;
+    let token = smart.launch(&Authorization::new("app", PATIENT_SCOPES, "ana", "ana-password")).await;
+    let access = token["access_token"].as_str().unwrap();
+    let smart = &smart;
+    let status = |path: String| async move { smart.get(&path, access).await.status() };
+    assert_eq!(status(format!("Binary/{own}")).await, 200);
+    assert_eq!(status(format!("Binary/{own}/_history/1")).await, 200);
+    assert_eq!(status(format!("Binary/{absolute}")).await, 200, "an absolute URL of this server");
+    assert_eq!(status(format!("Binary/{foreign}")).await, 404, "another patient's document");
+    assert_eq!(status(format!("Binary/{unbound}")).await, 404, "no security context");
+    assert_eq!(status(format!("Binary/{chained}")).await, 404, "a Binary is no security context");
+    // The context's own scope is needed too.
+    let narrow =
+        smart.launch(&Authorization::new("app", "launch/patient patient/Binary.rs", "ana", "ana-password")).await;
+    let narrow = narrow["access_token"].as_str().unwrap();
+    assert_eq!(smart.get(&format!("Binary/{own}"), narrow).await.status(), 404, "no scope on DocumentReference");
+}
+
 /// A clinician's standalone launch with `launch/patient` names the patient on the consent page;
 /// an unknown id keeps the page open with the reason.
 async fn a_clinician_picks_the_patient_in_a_standalone_launch(db: Db) {
@@ -953,6 +994,7 @@ async fn sessions_end_with_sign_out_and_prompts_are_honoured(db: Db) {
 }
 
 on_both_databases!(
+    binaries_follow_their_security_context,
     a_clinician_picks_the_patient_in_a_standalone_launch,
     sessions_end_with_sign_out_and_prompts_are_honoured,
     replaced_keys_retire_when_their_tokens_expire,

@@ -152,6 +152,44 @@ impl FhirService {
         Ok(before.is_some_and(|before| !before.deleted && self.admitted(rule, &before)))
     }
 
+    /// Whether a caller whose rule does not reach a Binary reaches it through its
+    /// `securityContext`: a Binary belongs to no compartment, and FHIR R4 reads it under the
+    /// access rules of the resource it names (a patient downloads the document their
+    /// DocumentReference points to). A deleted Binary is judged by the version it deleted.
+    pub(super) async fn reaches_by_security_context(
+        &self,
+        source: &mut super::source::Source<'_>,
+        access: &Access,
+        version: &ResourceVersion,
+    ) -> Result<bool, FhirError> {
+        if version.resource_type != "Binary" || matches!(access, Access::Open) {
+            return Ok(false);
+        }
+        let judged = match version.deleted {
+            false => Some(version.clone()),
+            true if version.version > 1 => source.vread("Binary", &version.id, version.version - 1).await?,
+            true => None,
+        };
+        let Some((target_type, target_id)) = judged.as_ref().and_then(|v| self.security_context(&v.body)) else {
+            return Ok(false);
+        };
+        let Ok(rule) = self.rule(access, Permission::Read, &target_type) else { return Ok(false) };
+        let target = source.read(&target_type, &target_id).await?;
+        Ok(target.is_some_and(|target| !target.deleted && self.admitted(rule.as_deref(), &target)))
+    }
+
+    /// The local resource a Binary's `securityContext` names (`Type/id`, or this server's
+    /// absolute URL of it); never another Binary.
+    fn security_context(&self, body: &[u8]) -> Option<(String, String)> {
+        let binary: Value = serde_json::from_slice(body).ok()?;
+        let reference = binary.get("securityContext")?.get("reference")?.as_str()?;
+        let base = format!("{}/", self.config.base_url);
+        let local = reference.strip_prefix(base.as_str()).unwrap_or(reference);
+        let (resource_type, id) = local.split_once('/')?;
+        let known = crate::model::validate::is_resource_type(resource_type) && resource_type != "Binary";
+        (known && crate::model::resource::is_valid_id(id)).then(|| (resource_type.to_string(), id.to_string()))
+    }
+
     /// Whether `access` may see `version` with `permission` (history entries, includes).
     pub(super) fn visible(&self, access: &Access, permission: Permission, version: &ResourceVersion) -> bool {
         match self.rule(access, permission, &version.resource_type) {
