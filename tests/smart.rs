@@ -913,9 +913,12 @@ async fn rotated_keys_reach_every_node(db: Db) {
 /// the last of them has expired: it then leaves the key ring and the JWKS.
 async fn replaced_keys_retire_when_their_tokens_expire(db: Db) {
     use hearth::auth::keys::{add_key, far_future, KeyRing};
-    let (_server, smart, _patient, _admin) = patient_app(db).await;
+    let (_server, smart, patient, _admin) = patient_app(db).await;
     let store = smart.store.as_ref();
     let old_kid = KeyRing::load(store).await.unwrap().current().kid.clone();
+    let before = smart.launch(&Authorization::new("app", PATIENT_SCOPES, "ana", "ana-password")).await;
+    let before = before["access_token"].as_str().unwrap().to_string();
+    assert_eq!(smart.get(&format!("Patient/{patient}"), &before).await.status(), 200, "verified and remembered");
     let new_kid = add_key(store).await.unwrap();
     let records = store.auth_list("signing-key").await.unwrap();
     let record = |kid: &str| -> Value {
@@ -935,6 +938,16 @@ async fn replaced_keys_retire_when_their_tokens_expire(db: Db) {
     assert!(ring.find(&old_kid).is_none());
     assert_eq!(ring.current().kid, new_kid);
     assert_eq!(ring.jwks()["keys"].as_array().unwrap().len(), 1);
+    // The server reloads its keys (a token with a key id it does not know makes it look), and
+    // the remembered token of the retired key stops too.
+    let unknown = jsonwebtoken::encode(
+        &Header { kid: Some("unknown-kid".into()), ..Header::new(Algorithm::HS256) },
+        &json!({"sub": "x"}),
+        &EncodingKey::from_secret(b"not the server's"),
+    )
+    .unwrap();
+    assert_eq!(smart.get("Patient", &unknown).await.status(), 401);
+    assert_eq!(smart.get(&format!("Patient/{patient}"), &before).await.status(), 401, "its key retired");
 }
 
 /// A signed-in browser skips the login page, unless the app asks for `prompt=login`; with

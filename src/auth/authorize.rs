@@ -431,9 +431,13 @@ impl AuthServer {
         user: &UserRecord,
         form: &Params,
     ) -> Option<&'static str> {
-        let picks = pending.launch.is_none()
-            && pending.scopes.iter().any(|s| s == "launch/patient")
-            && user.reachable_patients().is_none();
+        // The same test as `patient_context`, on the same scopes (requested and left ticked).
+        let granted = |scope: &str| {
+            pending.scopes.iter().any(|s| s == scope)
+                && form.iter().any(|(name, value)| name == "scope" && value == scope)
+        };
+        let ehr_context = pending.launch.is_some() && granted("launch");
+        let picks = !ehr_context && granted("launch/patient") && user.reachable_patients().is_none();
         if !picks {
             return None;
         }

@@ -2,7 +2,8 @@
 //! for a few minutes: a backend service asking for a token every second must not cost a fetch
 //! of its key set each time. An assertion naming a key the kept set lacks (the client rotated
 //! its keys) fetches again, at most once a second per URL, so that made-up key ids cannot turn
-//! this server into a stream of requests to the client.
+//! this server into a stream of requests to the client; a failed fetch is not repeated within
+//! that second either. Redirects are not followed and sets over 64 KiB are refused.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,6 +24,9 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How many clients' key sets are kept.
 const KEPT: usize = 1_000;
 
+/// The largest key set accepted.
+const MAX_BYTES: usize = 64 * 1024;
+
 /// Why a client's keys are not available.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum JwksError {
@@ -30,10 +34,16 @@ pub(super) enum JwksError {
     Fetch(#[from] reqwest::Error),
     #[error("the client's JWKS is not a valid JWK Set")]
     Invalid,
+    #[error("the client's JWKS is larger than 64 KiB")]
+    TooLarge,
+    #[error("the client's JWKS could not be fetched a moment ago")]
+    RecentlyFailed,
 }
 
+/// The outcome of the last fetch of a URL: a key set, or a failure (not fetched again for a
+/// moment, so that failing URLs cannot be made to take a fetch per request).
 struct Fetched {
-    keys: Arc<JwkSet>,
+    keys: Option<Arc<JwkSet>>,
     at: Instant,
 }
 
@@ -45,7 +55,11 @@ pub(super) struct ClientJwks {
 
 impl ClientJwks {
     pub(super) fn new() -> Self {
-        let http = reqwest::Client::builder().timeout(FETCH_TIMEOUT).build().unwrap_or_default();
+        let http = reqwest::Client::builder()
+            .timeout(FETCH_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap_or_default();
         ClientJwks { http, kept: BoundedMap::new(KEPT) }
     }
 
@@ -54,14 +68,29 @@ impl ClientJwks {
     pub(super) async fn keys(&self, uri: &str, kid: &str) -> Result<Arc<JwkSet>, JwksError> {
         if let Some(kept) = self.kept.get(uri) {
             let age = kept.at.elapsed();
-            let usable = age < MAX_AGE && (kept.keys.find(kid).is_some() || age < REFETCH_GAP);
-            if usable {
-                return Ok(kept.keys.clone());
+            match &kept.keys {
+                Some(keys) if age < MAX_AGE && (keys.find(kid).is_some() || age < REFETCH_GAP) => {
+                    return Ok(keys.clone())
+                }
+                None if age < REFETCH_GAP => return Err(JwksError::RecentlyFailed),
+                _ => {}
             }
         }
-        let text = self.http.get(uri).send().await?.error_for_status()?.text().await?;
-        let keys: Arc<JwkSet> = Arc::new(serde_json::from_str(&text).map_err(|_| JwksError::Invalid)?);
-        self.kept.insert(uri.to_string(), Arc::new(Fetched { keys: keys.clone(), at: Instant::now() }));
-        Ok(keys)
+        let fetched = self.fetch(uri).await;
+        let keys = fetched.as_ref().ok().cloned();
+        self.kept.insert(uri.to_string(), Arc::new(Fetched { keys, at: Instant::now() }));
+        fetched
+    }
+
+    async fn fetch(&self, uri: &str) -> Result<Arc<JwkSet>, JwksError> {
+        let mut response = self.http.get(uri).send().await?.error_for_status()?;
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await? {
+            if body.len() + chunk.len() > MAX_BYTES {
+                return Err(JwksError::TooLarge);
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Arc::new(serde_json::from_slice(&body).map_err(|_| JwksError::Invalid)?))
     }
 }

@@ -45,6 +45,8 @@ const RETIRE_AFTER_SECONDS: i64 = super::tokens::ACCESS_TOKEN_SECONDS + 60;
 pub struct SigningKey {
     pub kid: String,
     pub created: i64,
+    /// When it stops verifying (Unix seconds), once a newer key has taken over.
+    pub retires: Option<i64>,
     pub hmac_secret: Vec<u8>,
     pub rsa_pem: String,
     rsa_public: rsa::RsaPublicKey,
@@ -85,9 +87,11 @@ impl KeyRing {
         self.keys.read().expect("key ring lock").last().cloned().expect("at least one key")
     }
 
-    /// The key with this id, if this node knows it.
+    /// The key with this id, if this node knows it and it has not retired.
     pub fn find(&self, kid: &str) -> Option<std::sync::Arc<SigningKey>> {
-        self.keys.read().expect("key ring lock").iter().find(|k| k.kid == kid).cloned()
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let keys = self.keys.read().expect("key ring lock");
+        keys.iter().find(|k| k.kid == kid && k.retires.is_none_or(|retires| retires > now)).cloned()
     }
 
     /// Every key's public JWK.
@@ -114,9 +118,11 @@ pub async fn add_key(store: &dyn Store) -> StoreResult<String> {
     let data = serde_json::to_string(&stored).expect("key serialises");
     store.auth_insert(KIND, &kid, &data, far_future()).await?;
     let retires = OffsetDateTime::now_utc() + time::Duration::seconds(RETIRE_AFTER_SECONDS);
+    // Only keys created before this one: two nodes creating their first keys at once must not
+    // retire each other's (the later one takes over).
     for (older, data) in store.auth_list(KIND).await? {
         let Ok(mut key) = serde_json::from_str::<StoredKey>(&data) else { continue };
-        if older != kid && key.retires.is_none() {
+        if (key.created, older.as_str()) < (stored.created, kid.as_str()) && key.retires.is_none() {
             key.retires = Some(retires.unix_timestamp());
             let data = serde_json::to_string(&key).expect("key serialises");
             store.auth_upsert(KIND, &older, &data, retires).await?;
@@ -160,6 +166,7 @@ async fn read_keys(store: &dyn Store) -> StoreResult<Vec<std::sync::Arc<SigningK
         keys.push(std::sync::Arc::new(SigningKey {
             kid,
             created: stored.created,
+            retires: stored.retires,
             hmac_secret,
             rsa_pem: stored.rsa_pem,
             rsa_public: private.to_public_key(),

@@ -110,6 +110,8 @@ struct Verified {
     access: Access,
     grant: String,
     expires: i64,
+    /// The key that signed it: the token stops when the key retires.
+    kid: String,
 }
 
 /// How many verified tokens are remembered.
@@ -152,14 +154,18 @@ impl AuthServer {
             if known.expires <= now_seconds() {
                 return Err(BearerError::Invalid("the access token has expired"));
             }
+            if self.keys.find(&known.kid).is_none() {
+                return Err(BearerError::Invalid("the access token is not valid"));
+            }
             if self.is_revoked(&known.grant).await {
                 return Err(BearerError::Invalid("the access token has been revoked"));
             }
             return Ok(known.access.clone());
         }
         let claims = self.verify(token).await?;
+        let kid = jsonwebtoken::decode_header(token).ok().and_then(|header| header.kid).unwrap_or_default();
         let access = Access::Token(Arc::new(grant_of(&claims)));
-        let verified = Verified { access: access.clone(), grant: claims.grant, expires: claims.exp };
+        let verified = Verified { access: access.clone(), grant: claims.grant, expires: claims.exp, kid };
         self.verified.insert(token.to_string(), Arc::new(verified));
         Ok(access)
     }

@@ -27,6 +27,13 @@ pub(super) const RESOURCES: &str = "hearth_resources";
 /// The channel of published authorization records: `node number`, `kind` and `key` lines.
 pub(super) const AUTH: &str = "hearth_auth";
 
+/// The channel of each node's heartbeats to itself, proof that its feed still delivers.
+const HEARTBEAT: &str = "hearth_heartbeat";
+
+/// How often a node sends itself a heartbeat; one not back by the next is a lost feed (a
+/// half-open connection, or a pooler that drops notifications, never fails by itself).
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
+
 /// The largest payload sent in one notification (PostgreSQL allows just under 8000 bytes).
 const PAYLOAD_BYTES: usize = 7_000;
 
@@ -157,6 +164,8 @@ struct Shared {
     sent: AtomicU64,
     /// The commits waiting to hear a notification of theirs back, by its number.
     waiting: Mutex<HashMap<u64, oneshot::Sender<()>>>,
+    /// Told when a commit did not hear its notification back in time: the feed reconnects.
+    suspect: tokio::sync::Notify,
 }
 
 /// The notifications of one transaction: send them in it, then [`Announcement::heard_back`]
@@ -177,9 +186,13 @@ impl Announcement<'_> {
     /// sees the change unless it overtakes that (microseconds; a few milliseconds on a
     /// saturated machine).
     pub(super) async fn heard_back(mut self) {
-        if let Some((_, echo)) = self.echo.take() {
-            if self.feed.watched.online().is_some() {
-                let _ = tokio::time::timeout(ECHO_WAIT, echo).await;
+        if let Some((_, echo)) = &mut self.echo {
+            if self.feed.watched.online().is_some()
+                && tokio::time::timeout(ECHO_WAIT, echo).await.is_err()
+                && self.feed.watched.online().is_some()
+            {
+                tracing::warn!("a commit's notification did not come back; reconnecting the change feed");
+                self.feed.suspect.notify_one();
             }
         }
     }
@@ -200,7 +213,14 @@ impl Feed {
     pub(super) async fn start(url: &str, cache: Arc<VersionCache>, watched: Arc<Watched>) -> StoreResult<Feed> {
         let options = PgConnectOptions::from_str(url)?.application_name(APPLICATION_NAME);
         let node = format!("{:016x}", rand::random::<u64>());
-        let shared = Arc::new(Shared { node, cache, watched, sent: AtomicU64::new(0), waiting: Mutex::default() });
+        let shared = Arc::new(Shared {
+            node,
+            cache,
+            watched,
+            sent: AtomicU64::new(0),
+            waiting: Mutex::default(),
+            suspect: tokio::sync::Notify::new(),
+        });
         let (stop, stopped) = oneshot::channel();
         let (first_attempt, first_attempted) = oneshot::channel();
         let listening = shared.clone();
@@ -259,10 +279,24 @@ impl Shared {
             match opened {
                 Ok(mut listener) => {
                     tracing::debug!("change feed connected");
+                    let mut heartbeats = tokio::time::interval(HEARTBEAT_EVERY);
+                    let (mut sent, mut heard) = (0u64, 0u64);
                     loop {
                         tokio::select! {
                             _ = &mut stopped => return,
+                            _ = self.suspect.notified() => break,
+                            _ = heartbeats.tick() => {
+                                if heard < sent || !self.send_heartbeat(&mut listener, sent + 1).await {
+                                    break;
+                                }
+                                sent += 1;
+                            }
                             received = listener.try_recv() => match received {
+                                Ok(Some(notification)) if notification.channel() == HEARTBEAT => {
+                                    if let Some(number) = self.own_heartbeat(notification.payload()) {
+                                        heard = heard.max(number);
+                                    }
+                                }
                                 Ok(Some(notification)) => self.received(notification.channel(), notification.payload()),
                                 _ => break,
                             },
@@ -284,6 +318,21 @@ impl Shared {
         }
     }
 
+    /// Sends heartbeat `number` on the listening connection; `false` when that fails or hangs.
+    async fn send_heartbeat(&self, listener: &mut PgListener, number: u64) -> bool {
+        let send = sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(HEARTBEAT)
+            .bind(format!("{} {number}", self.node))
+            .execute(&mut *listener);
+        matches!(tokio::time::timeout(HEARTBEAT_EVERY, send).await, Ok(Ok(_)))
+    }
+
+    /// The number of a heartbeat of this node's.
+    fn own_heartbeat(&self, payload: &str) -> Option<u64> {
+        let (node, number) = payload.split_once(' ')?;
+        (node == self.node).then(|| number.parse().ok()).flatten()
+    }
+
     /// Connects and listens; then, every change being announced from now on, reloads the sets
     /// and starts the cache empty.
     async fn open(&self, pool: &PgPool) -> StoreResult<PgListener> {
@@ -291,7 +340,7 @@ impl Shared {
         // A lost connection must end the loop of `listen` (so that the caches switch off), not
         // be mended quietly with the notifications sent meanwhile lost.
         listener.eager_reconnect(false);
-        listener.listen_all([RESOURCES, AUTH]).await?;
+        listener.listen_all([RESOURCES, AUTH, HEARTBEAT]).await?;
         let (generation, sets) = self.watched.went_online();
         for (kind, set) in sets {
             let keys = live_keys(&mut listener, &kind).await?;
@@ -306,8 +355,9 @@ impl Shared {
         let Some((node, number)) = lines.next().and_then(|header| header.split_once(' ')) else { return };
         let from_here = node == self.node;
         match channel {
-            // This node evicted its own writes when they committed.
-            RESOURCES if !from_here => {
+            // This node's own writes too: it evicted them when they committed, unless the
+            // commit's answer was lost (eviction is by version, so twice does no harm).
+            RESOURCES => {
                 for line in lines {
                     if let Some((resource_type, id, version)) = parse_resource_line(line) {
                         self.cache.invalidate(resource_type, id, version);
