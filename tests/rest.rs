@@ -688,19 +688,10 @@ async fn version_and_family(server: &TestServer, path: &str) -> (String, String)
     (etag, body(response).await["name"][0]["family"].as_str().unwrap_or_default().to_string())
 }
 
-/// What `server` reads at `path` once it has applied the change feed: the notifications of a
-/// write reach every node as it commits, and a node applies them within moments (a busy
-/// machine may delay that by a few milliseconds); a node that never evicted a stale version
-/// keeps serving it and fails this.
+/// What `server` reads at `path` once it has applied the change feed; a node that never
+/// evicted a stale version keeps serving it and fails the comparison.
 async fn converged_read(server: &TestServer, path: &str, expected: &(String, String)) -> (String, String) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-    loop {
-        let read = version_and_family(server, path).await;
-        if read == *expected || std::time::Instant::now() > deadline {
-            return read;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    common::after_the_feed(|| version_and_family(server, path), |read| read == expected).await
 }
 
 /// Two nodes on one PostgreSQL database, each caching what it reads: a write on either is
@@ -724,14 +715,7 @@ async fn nodes_serve_each_others_writes() {
         assert_eq!(converged_read(reader, &path, &expected).await, expected, "round {round}");
     }
     assert_eq!(second.delete(&path).await.status(), 204);
-    let mut status = first.get(&path).await.status();
-    for _ in 0..400 {
-        if status == 410 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        status = first.get(&path).await.status();
-    }
+    let status = common::after_the_feed(|| async { first.get(&path).await.status() }, |s| *s == 410).await;
     assert_eq!(status, 410);
 
     let many = |family: &str| {

@@ -429,17 +429,8 @@ async fn introspection_and_revocation(db: Db) {
             .send()
             .await
             .unwrap();
-        // The revocation reaches the other node's feed as it commits; it applies it within
-        // moments (a busy machine may delay that by a few milliseconds).
-        let mut status = second_smart.get(&format!("Patient/{patient}"), other_access).await.status();
-        for _ in 0..400 {
-            if status == 401 {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-            status = second_smart.get(&format!("Patient/{patient}"), other_access).await.status();
-        }
-        assert_eq!(status, 401, "revoked on every node");
+        let read = || async { second_smart.get(&format!("Patient/{patient}"), other_access).await.status() };
+        assert_eq!(common::after_the_feed(read, |s| *s == 401).await, 401, "revoked on every node");
     }
 }
 

@@ -187,6 +187,24 @@ impl TestServer {
 }
 
 /// The response body as JSON.
+/// What `read` answers once another node has applied the change feed (PostgreSQL hands a
+/// commit's notifications to every node at once; a busy machine may delay applying them by a
+/// few milliseconds): polls until `done` holds or two seconds pass, and returns the last answer.
+pub async fn after_the_feed<T, F, R>(mut read: F, done: impl Fn(&T) -> bool) -> T
+where
+    F: FnMut() -> R,
+    R: std::future::Future<Output = T>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let answer = read().await;
+        if done(&answer) || std::time::Instant::now() > deadline {
+            return answer;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
 pub async fn body(response: Response) -> Value {
     let text = response.text().await.expect("body");
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
