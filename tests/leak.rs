@@ -59,13 +59,7 @@ async fn world(db: Db) -> (common::TestServer, World) {
         .expect("a seed with allergies");
     for index in 0..2 {
         let bundle = hearth::synth::patient_bundle(seed, index);
-        let response = smart
-            .fhir_request(Method::POST, "", &admin)
-            .header("content-type", "application/fhir+json")
-            .body(bundle.to_string())
-            .send()
-            .await
-            .unwrap();
+        let response = smart.send(Method::POST, "", &admin, &bundle).await;
         assert_eq!(response.status(), 200, "load patient {index}");
         resources.push(created(&body(response).await));
     }
@@ -200,14 +194,7 @@ impl World {
         let count = entries.len();
         for kind in ["batch", "transaction"] {
             let bundle = json!({"resourceType": "Bundle", "type": kind, "entry": entries});
-            let response = self
-                .smart
-                .fhir_request(Method::POST, "", token)
-                .header("content-type", "application/fhir+json")
-                .body(bundle.to_string())
-                .send()
-                .await
-                .unwrap();
+            let response = self.smart.send(Method::POST, "", token, &bundle).await;
             if kind == "transaction" {
                 // A transaction fails as a whole on the first entry it may not see.
                 assert_eq!(response.status(), 404, "{who}: transaction of B's reads");
@@ -226,30 +213,18 @@ impl World {
     async fn check_writes(&self, token: &str, who: &str) {
         let smart = &self.smart;
         let for_b = json!({"resourceType": "Observation", "status": "final", "code": {"text": "weight"}, "subject": {"reference": format!("Patient/{}", self.patient_b)}});
-        let post = |path: &str, body: &Value| {
-            smart
-                .fhir_request(Method::POST, path, token)
-                .header("content-type", "application/fhir+json")
-                .body(body.to_string())
-                .send()
-        };
-        assert_eq!(post("Observation", &for_b).await.unwrap().status(), 403, "{who}: create for B");
+        let post = |path: &'static str, body: Value| async move { smart.send(Method::POST, path, token, &body).await };
+        assert_eq!(post("Observation", for_b.clone()).await.status(), 403, "{who}: create for B");
         let transaction = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
             {"request": {"method": "POST", "url": "Observation"}, "resource": {"resourceType": "Observation", "status": "final", "code": {"text": "ok"}, "subject": {"reference": format!("Patient/{}", self.patient_a)}}},
             {"request": {"method": "POST", "url": "Observation"}, "resource": for_b},
         ]});
-        assert_eq!(post("", &transaction).await.unwrap().status(), 403, "{who}: transaction writing for B");
+        assert_eq!(post("", transaction).await.status(), 403, "{who}: transaction writing for B");
         let (t, id) = self.of_b.iter().find(|(t, _)| t == "Observation").unwrap();
         let admin = smart.system_token("loader", "loader-secret", "system/*.rs").await;
         let mut theirs: Value = body(smart.get(&format!("{t}/{id}"), &admin).await).await;
         theirs["status"] = json!("amended");
-        let put = smart
-            .fhir_request(Method::PUT, &format!("{t}/{id}"), token)
-            .header("content-type", "application/fhir+json")
-            .body(theirs.to_string())
-            .send()
-            .await
-            .unwrap();
+        let put = smart.send(Method::PUT, &format!("{t}/{id}"), token, &theirs).await;
         assert_eq!(put.status(), 404, "{who}: update B's (does not exist for A)");
         assert_eq!(
             smart.fhir_request(Method::DELETE, &format!("{t}/{id}"), token).send().await.unwrap().status(),
@@ -259,19 +234,9 @@ impl World {
         // Moving A's own resource to B is refused too.
         let mut mine: Value = body(smart.get(&format!("Observation/{}", self.a_observation), &admin).await).await;
         mine["subject"] = json!({"reference": format!("Patient/{}", self.patient_b)});
-        let moved = smart
-            .fhir_request(Method::PUT, &format!("Observation/{}", self.a_observation), token)
-            .header("content-type", "application/fhir+json")
-            .body(mine.to_string())
-            .send()
-            .await
-            .unwrap();
+        let moved = smart.send(Method::PUT, &format!("Observation/{}", self.a_observation), token, &mine).await;
         assert_eq!(moved.status(), 403, "{who}: move A's to B");
-        assert_eq!(
-            post("$reindex", &json!({"resourceType": "Parameters"})).await.unwrap().status(),
-            403,
-            "{who}: operations"
-        );
+        assert_eq!(post("$reindex", json!({"resourceType": "Parameters"})).await.status(), 403, "{who}: operations");
         // Nothing of it was stored: B still has exactly the Observations it had.
         let after: Value =
             body(smart.get(&format!("Observation?subject=Patient/{}&_summary=count", self.patient_b), &admin).await)
@@ -280,7 +245,7 @@ impl World {
         assert_eq!(after["total"].as_u64(), Some(before), "{who}: nothing written for B");
         // A's own writes work.
         let for_a = json!({"resourceType": "Observation", "status": "final", "code": {"text": "steps"}, "subject": {"reference": format!("Patient/{}", self.patient_a)}});
-        assert_eq!(post("Observation", &for_a).await.unwrap().status(), 201, "{who}: create for A");
+        assert_eq!(post("Observation", for_a).await.status(), 201, "{who}: create for A");
     }
 }
 

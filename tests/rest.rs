@@ -688,6 +688,15 @@ async fn version_and_family(server: &TestServer, path: &str) -> (String, String)
     (etag, body(response).await["name"][0]["family"].as_str().unwrap_or_default().to_string())
 }
 
+/// Two nodes on one fresh PostgreSQL database, and the path of a patient the first created.
+async fn two_nodes_with_a_patient(family: &str, mrn: &str) -> (TestServer, TestServer, String, String) {
+    let first = TestServer::start(Db::Postgres).await;
+    let second = first.second_node().await;
+    let id = first.create(&patient(family, mrn)).await;
+    let path = format!("Patient/{id}");
+    (first, second, id, path)
+}
+
 /// What `server` reads at `path` once it has applied the change feed; a node that never
 /// evicted a stale version keeps serving it and fails the comparison.
 async fn converged_read(server: &TestServer, path: &str, expected: &(String, String)) -> (String, String) {
@@ -699,10 +708,7 @@ async fn converged_read(server: &TestServer, path: &str, expected: &(String, Str
 /// (whose announcement spans several notifications).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_serve_each_others_writes() {
-    let first = TestServer::start(Db::Postgres).await;
-    let second = first.second_node().await;
-    let id = first.create(&patient("Node", "N-1")).await;
-    let path = format!("Patient/{id}");
+    let (first, second, id, path) = two_nodes_with_a_patient("Node", "N-1").await;
     for round in 1..=20 {
         let (writer, reader) = if round % 2 == 0 { (&first, &second) } else { (&second, &first) };
         for node in [&first, &second] {
@@ -745,10 +751,7 @@ async fn nodes_serve_each_others_writes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_change_feed_turns_the_cache_off() {
     use sqlx::Connection;
-    let first = TestServer::start(Db::Postgres).await;
-    let second = first.second_node().await;
-    let id = first.create(&patient("Feed", "F-1")).await;
-    let path = format!("Patient/{id}");
+    let (first, second, id, path) = two_nodes_with_a_patient("Feed", "F-1").await;
     assert_eq!(version_and_family(&second, &path).await.0, "W/\"1\"");
     let mut admin = sqlx::PgConnection::connect(&first.database_url).await.unwrap();
     let terminated: Vec<bool> = sqlx::query_scalar(

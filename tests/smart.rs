@@ -154,9 +154,7 @@ async fn fhir_requests_need_a_valid_token(db: Db) {
     assert_eq!(response.status(), 401, "expired");
     assert!(response.headers()["www-authenticate"].to_str().unwrap().contains("expired"));
     // A scope the token lacks is 403.
-    let response = smart.fhir_request(Method::POST, "Observation", access).header("content-type", "application/fhir+json")
-        .body(json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "subject": {"reference": format!("Patient/{patient}")}}).to_string())
-        .send().await.unwrap();
+    let response = smart.send(Method::POST, "Observation", access, &json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "subject": {"reference": format!("Patient/{patient}")}})).await;
     assert_eq!(response.status(), 403);
     assert!(response.headers()["www-authenticate"].to_str().unwrap().contains("insufficient_scope"));
     assert_eq!(body(response).await["issue"][0]["code"], "forbidden");
@@ -573,25 +571,8 @@ async fn users_never_get_system_scopes_or_foreign_launches(db: Db) {
 
 async fn patient_scopes_reach_shared_data_but_no_other_record(db: Db) {
     let (_server, smart, patient, admin) = patient_app(db).await;
-    let create = |resource: Value| {
-        let (http, url, admin) = (
-            smart.http.clone(),
-            format!("{}/{}", smart.fhir, resource["resourceType"].as_str().unwrap()),
-            admin.clone(),
-        );
-        async move {
-            let response = http
-                .post(url)
-                .bearer_auth(admin)
-                .header("content-type", "application/fhir+json")
-                .body(resource.to_string())
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(response.status(), 201);
-            body(response).await["id"].as_str().unwrap().to_string()
-        }
-    };
+    let (smart, admin) = (&smart, &admin);
+    let create = |resource: Value| async move { smart.create(admin, &resource).await };
     let practitioner = create(json!({"resourceType": "Practitioner", "name": [{"family": "House"}]})).await;
     let task = create(json!({"resourceType": "Task", "status": "requested", "intent": "order", "for": {"reference": "Patient/someone-else"}})).await;
     let device = create(json!({"resourceType": "Device", "patient": {"reference": "Patient/someone-else"}})).await;
@@ -604,36 +585,27 @@ async fn patient_scopes_reach_shared_data_but_no_other_record(db: Db) {
     assert_eq!(body(smart.get("Task", access).await).await["entry"].as_array().map_or(0, Vec::len), 0);
     // Patient scopes write nothing outside the patient's record.
     let response = smart
-        .fhir_request(Method::POST, "Practitioner", access)
-        .header("content-type", "application/fhir+json")
-        .body(json!({"resourceType": "Practitioner", "name": [{"family": "Fake"}]}).to_string())
-        .send()
-        .await
-        .unwrap();
+        .send(
+            Method::POST,
+            "Practitioner",
+            access,
+            &json!({"resourceType": "Practitioner", "name": [{"family": "Fake"}]}),
+        )
+        .await;
     assert_eq!(response.status(), 403);
     // Nor does a patch tell anything of a resource outside it (the answer does not depend on a guess).
     let foreign = create(json!({"resourceType": "Observation", "status": "final", "code": {"text": "secret"}, "subject": {"reference": "Patient/someone-else"}})).await;
     for guess in ["secret", "other"] {
         let patch = json!([{"op": "test", "path": "/code/text", "value": guess}]);
         let response = smart
-            .fhir_request(Method::PATCH, &format!("Observation/{foreign}"), access)
-            .header("content-type", "application/json-patch+json")
-            .body(patch.to_string())
-            .send()
-            .await
-            .unwrap();
+            .send_as(Method::PATCH, &format!("Observation/{foreign}"), access, "application/json-patch+json", &patch)
+            .await;
         assert_eq!(response.status(), 404, "guess {guess}");
     }
     // Filing data into another record beside one's own is refused.
     let mixed = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
         "subject": {"reference": format!("Patient/{patient}")}, "performer": [{"reference": "Patient/someone-else"}]});
-    let response = smart
-        .fhir_request(Method::POST, "Observation", access)
-        .header("content-type", "application/fhir+json")
-        .body(mixed.to_string())
-        .send()
-        .await
-        .unwrap();
+    let response = smart.send(Method::POST, "Observation", access, &mixed).await;
     assert_eq!(response.status(), 403);
 }
 

@@ -428,17 +428,11 @@ impl AuthServer {
     async fn unknown_picked_patient(
         &self,
         pending: &PendingRequest,
+        scopes: &[String],
         user: &UserRecord,
         form: &Params,
     ) -> Option<&'static str> {
-        // The same test as `patient_context`, on the same scopes (requested and left ticked).
-        let granted = |scope: &str| {
-            pending.scopes.iter().any(|s| s == scope)
-                && form.iter().any(|(name, value)| name == "scope" && value == scope)
-        };
-        let ehr_context = pending.launch.is_some() && granted("launch");
-        let picks = !ehr_context && granted("launch/patient") && user.reachable_patients().is_none();
-        if !picks {
+        if !clinician_picks(pending, scopes, user) {
             return None;
         }
         let Some(id) = param(form, "patient").map(str::trim).filter(|id| !id.is_empty()) else {
@@ -488,7 +482,10 @@ impl AuthServer {
             Err(error) => return server_error(error),
         };
         let allowing = param(form, "decision") == Some("allow");
-        if let Some(problem) = self.unknown_picked_patient(&pending, &user, form).await.filter(|_| allowing) {
+        // What the user allows: the requested scopes they left ticked.
+        let ticked: Vec<&str> = form.iter().filter(|(n, _)| n == "scope").map(|(_, v)| v.as_str()).collect();
+        let scopes: Vec<String> = pending.scopes.iter().filter(|s| ticked.contains(&s.as_str())).cloned().collect();
+        if let Some(problem) = self.unknown_picked_patient(&pending, &scopes, &user, form).await.filter(|_| allowing) {
             return self.consent_page_for(&request_id, &pending, &user, Some(problem)).await;
         }
         // The request is used up, whatever the decision, and only once (two submissions of the
@@ -502,8 +499,6 @@ impl AuthServer {
         if !allowing {
             return redirect_error(&pending.redirect_uri, state, "access_denied", "the user denied access");
         }
-        let ticked: Vec<&str> = form.iter().filter(|(n, _)| n == "scope").map(|(_, v)| v.as_str()).collect();
-        let scopes: Vec<String> = pending.scopes.iter().filter(|s| ticked.contains(&s.as_str())).cloned().collect();
         if scopes.is_empty() {
             return redirect_error(&pending.redirect_uri, state, "access_denied", "no scope was allowed");
         }
@@ -561,7 +556,7 @@ impl AuthServer {
         match user.fhir_user.split_once('/') {
             Some(("Patient", id)) => Ok((Some(id.to_string()), None)),
             // A clinician's pick was checked against the stored patients before.
-            _ if user.reachable_patients().is_none() => {
+            _ if clinician_picks(pending, scopes, user) => {
                 chosen.map(|id| (Some(id.trim().to_string()), None)).ok_or("choose the patient to open")
             }
             _ => match (chosen, user.patients.as_slice()) {
@@ -575,6 +570,14 @@ impl AuthServer {
             },
         }
     }
+}
+
+/// Whether the patient in context is the one a clinician names: `launch/patient` granted, no
+/// EHR launch context granted, and a user who reaches every patient.
+fn clinician_picks(pending: &PendingRequest, scopes: &[String], user: &UserRecord) -> bool {
+    let granted = |scope: &str| scopes.iter().any(|s| s == scope);
+    let ehr_context = pending.launch.is_some() && granted("launch");
+    !ehr_context && granted("launch/patient") && user.reachable_patients().is_none()
 }
 
 /// "Given Family" of a stored Patient.

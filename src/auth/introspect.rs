@@ -31,7 +31,7 @@ impl AuthServer {
             return Reply::oauth_error(400, "invalid_request", "token is missing");
         };
         let mut body = match self.verify(token).await {
-            Ok(claims) => {
+            Ok((claims, _)) => {
                 let mut body = json!({
                     "active": true,
                     "scope": claims.scope,
@@ -98,7 +98,7 @@ impl AuthServer {
         };
         let client_id = &client.record().client_id;
         let grant = match self.verify(token).await {
-            Ok(claims) if claims.client_id == *client_id => Some(claims.grant),
+            Ok((claims, _)) if claims.client_id == *client_id => Some(claims.grant),
             Ok(_) => None,
             Err(_) => match self.store.auth_get(REFRESH, &digest(token)).await {
                 Ok(Some(data)) => serde_json::from_str::<RefreshGrant>(&data)

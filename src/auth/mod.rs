@@ -162,8 +162,7 @@ impl AuthServer {
             }
             return Ok(known.access.clone());
         }
-        let claims = self.verify(token).await?;
-        let kid = jsonwebtoken::decode_header(token).ok().and_then(|header| header.kid).unwrap_or_default();
+        let (claims, kid) = self.verify(token).await?;
         let access = Access::Token(Arc::new(grant_of(&claims)));
         let verified = Verified { access: access.clone(), grant: claims.grant, expires: claims.exp, kid };
         self.verified.insert(token.to_string(), Arc::new(verified));
@@ -171,10 +170,10 @@ impl AuthServer {
     }
 
     /// Verifies an access token: signature, expiry, audience, and that its grant is not revoked.
-    async fn verify(&self, token: &str) -> Result<AccessClaims, BearerError> {
+    async fn verify(&self, token: &str) -> Result<(AccessClaims, String), BearerError> {
         let now = OffsetDateTime::now_utc().unix_timestamp();
         let base = self.fhir_base();
-        let claims = match verify_access_token(&self.keys, token, &base, now) {
+        let (claims, kid) = match verify_access_token(&self.keys, token, &base, now) {
             Err(None) => {
                 // A key this node has not seen: another node or a rotation may have added it.
                 // At most one reload per few seconds, or a stream of made-up key ids would
@@ -208,7 +207,7 @@ impl AuthServer {
         if self.is_revoked(&claims.grant).await {
             return Err(BearerError::Invalid("the access token has been revoked"));
         }
-        Ok(claims)
+        Ok((claims, kid))
     }
 
     async fn is_revoked(&self, grant: &str) -> bool {

@@ -62,14 +62,15 @@ pub fn sign_access_token(keys: &KeyRing, claims: &AccessClaims) -> String {
         .expect("HS256 signing cannot fail")
 }
 
-/// Checks an access token's signature, algorithm, expiry, issuer and audience. Returns
-/// `Err(None)` when the token names a key this node does not know (it may be new: reload).
+/// Checks an access token's signature, algorithm, expiry, issuer and audience; returns its
+/// claims and the id of the key that signed it. Returns `Err(None)` when the token names a key
+/// this node does not know (it may be new: reload).
 pub fn verify_access_token(
     keys: &KeyRing,
     token: &str,
     base_url: &str,
     now: i64,
-) -> Result<AccessClaims, Option<TokenError>> {
+) -> Result<(AccessClaims, String), Option<TokenError>> {
     let header = jsonwebtoken::decode_header(token).map_err(|_| Some(TokenError::Malformed))?;
     if header.alg != Algorithm::HS256 {
         return Err(Some(TokenError::Malformed));
@@ -91,7 +92,7 @@ pub fn verify_access_token(
     if claims.iss != base_url || claims.aud != base_url {
         return Err(Some(TokenError::WrongAudience));
     }
-    Ok(claims)
+    Ok((claims, kid))
 }
 
 /// The SMART claim of an `id_token`.

@@ -188,13 +188,7 @@ impl Smart {
     /// Creates a resource with `token`; returns its id.
     pub async fn create(&self, token: &str, resource: &Value) -> String {
         let resource_type = resource["resourceType"].as_str().expect("resourceType");
-        let response = self
-            .fhir_request(reqwest::Method::POST, resource_type, token)
-            .header("content-type", "application/fhir+json")
-            .body(resource.to_string())
-            .send()
-            .await
-            .unwrap();
+        let response = self.send(reqwest::Method::POST, resource_type, token, resource).await;
         assert_eq!(response.status(), 201, "create {resource_type}");
         let created: Value = response.json().await.unwrap();
         created["id"].as_str().unwrap().to_string()
@@ -291,5 +285,23 @@ impl Smart {
 
     pub async fn get(&self, path: &str, token: &str) -> Response {
         self.fhir_request(reqwest::Method::GET, path, token).send().await.unwrap()
+    }
+
+    /// A FHIR request with a bearer token and a FHIR JSON body.
+    pub async fn send(&self, method: reqwest::Method, path: &str, token: &str, body: &Value) -> Response {
+        self.send_as(method, path, token, "application/fhir+json", body).await
+    }
+
+    /// A FHIR request with a bearer token and a body of `content_type`.
+    pub async fn send_as(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        content_type: &str,
+        body: &Value,
+    ) -> Response {
+        let request = self.fhir_request(method, path, token).header("content-type", content_type);
+        request.body(body.to_string()).send().await.unwrap()
     }
 }
