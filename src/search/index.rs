@@ -3,6 +3,8 @@
 
 use std::collections::HashSet;
 
+use foldhash::fast::RandomState;
+
 use serde_json::Value;
 use unicode_normalization::{char::is_combining_mark, UnicodeNormalization};
 
@@ -164,11 +166,11 @@ fn composite_parts(kind: ParamKind, value: &Value, base_url: &str) -> Vec<Compos
 
 #[derive(Default)]
 struct RowSet {
-    tokens: HashSet<TokenRow>,
-    strings: HashSet<StringRow>,
-    references: HashSet<ReferenceRow>,
-    uris: HashSet<UriRow>,
-    dates: HashSet<DateRow>,
+    tokens: HashSet<TokenRow, RandomState>,
+    strings: HashSet<StringRow, RandomState>,
+    references: HashSet<ReferenceRow, RandomState>,
+    uris: HashSet<UriRow, RandomState>,
+    dates: HashSet<DateRow, RandomState>,
     numbers: Vec<NumberRow>,
     quantities: Vec<QuantityRow>,
     composites: Vec<CompositeRow>,
