@@ -641,6 +641,46 @@ async fn concurrent_creates_of_one_new_id_all_land(db: Db) {
     assert_eq!(header(&current, "etag"), "W/\"20\"");
 }
 
+/// Concurrent transactions share SQLite commits (a group commit): one that fails after its
+/// writes reached the database must take only its own writes back, and the others must land.
+async fn concurrent_transactions_fail_or_land_on_their_own(db: Db) {
+    let server = std::sync::Arc::new(TestServer::start(db).await);
+    let landing = |n: usize| {
+        json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"fullUrl": "urn:uuid:0d3c6f7e-0000-4000-8000-000000000001", "resource": patient("Lands", &format!("L{n}")),
+             "request": {"method": "POST", "url": "Patient"}},
+            {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "pulse"},
+                "subject": {"reference": "urn:uuid:0d3c6f7e-0000-4000-8000-000000000001"}},
+             "request": {"method": "POST", "url": "Observation"}},
+        ]})
+    };
+    // The search entry flushes the new patient into the database before the last entry fails.
+    let failing = |n: usize| {
+        json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": patient("Fails", &format!("F{n}")), "request": {"method": "POST", "url": "Patient"}},
+            {"request": {"method": "GET", "url": format!("Patient?identifier=F{n}")}},
+            {"request": {"method": "GET", "url": "Patient/no-such-patient"}},
+        ]})
+    };
+    let mut tasks = Vec::new();
+    for n in 0..40 {
+        let (server, bundle) = (server.clone(), if n % 2 == 0 { landing(n) } else { failing(n) });
+        tasks.push(tokio::spawn(async move { server.post("", &bundle).await.status().as_u16() }));
+    }
+    for (n, task) in tasks.into_iter().enumerate() {
+        let expected = if n % 2 == 0 { 200 } else { 404 };
+        assert_eq!(task.await.unwrap(), expected, "transaction {n}");
+    }
+    for n in 0..40 {
+        let (mrn, stored) = if n % 2 == 0 { (format!("L{n}"), 1) } else { (format!("F{n}"), 0) };
+        let found = server.search_ids(&format!("Patient?identifier={mrn}")).await;
+        assert_eq!(found.len(), stored, "patients with identifier {mrn}");
+        if let [id] = found.as_slice() {
+            assert_eq!(server.search_ids(&format!("Observation?subject=Patient/{id}")).await.len(), 1);
+        }
+    }
+}
+
 async fn stored_bytes_are_served_unchanged(db: Db) {
     let server = TestServer::start(db).await;
     let observation = r#"{"resourceType":"Observation","status":"final","code":{"text":"weight"},"valueQuantity":{"value":185.50,"unit":"lbs"}}"#;
@@ -677,6 +717,7 @@ on_both_databases!(
     batch_reports_each_entry,
     concurrent_updates_with_if_match_have_one_winner_per_version,
     concurrent_creates_of_one_new_id_all_land,
+    concurrent_transactions_fail_or_land_on_their_own,
     stored_bytes_are_served_unchanged,
 );
 

@@ -7,6 +7,7 @@
 mod auth;
 pub mod cache;
 pub mod feed;
+mod group;
 mod job;
 pub mod planner;
 mod postgres;
@@ -210,6 +211,9 @@ pub enum StoreError {
     Busy(String),
     #[error("cannot open the database's lock file: {0}")]
     LockFile(#[from] std::io::Error),
+    /// The group transaction this write was committed in failed, so the write is not stored.
+    #[error("the commit failed: {0}")]
+    CommitFailed(String),
     /// A guarded transaction refused a write or lookup the caller's access does not allow.
     #[error("{0}")]
     Forbidden(String),

@@ -169,14 +169,6 @@ pub fn incoming_references(targets: &[(String, String)], source_type: &str, para
     sql
 }
 
-/// Deletes the index rows of the given resources from `table`.
-pub fn delete_index_rows(table: &str, keys: &[(String, String)]) -> Sql {
-    let mut sql = Sql::default();
-    sql.push(&format!("DELETE FROM {table} WHERE "));
-    push_keys(&mut sql, "resource_type", "resource_id", keys);
-    sql
-}
-
 /// `((type = $1 AND id IN ($2, …)) OR …)`: one group per type, so that both databases look the
 /// keys up in the (type, id) indexes (a row-value `IN (VALUES …)` can end in a full scan).
 fn push_keys(sql: &mut Sql, type_column: &str, id_column: &str, keys: &[(String, String)]) {

@@ -18,7 +18,9 @@ sql_store!(
     lock = " FOR UPDATE",
     skip_locked = " FOR UPDATE SKIP LOCKED",
     insert = "INSERT INTO",
-    dialect = super::planner::Dialect::Postgres
+    one_query = false,
+    dialect = super::planner::Dialect::Postgres,
+    session = sqlx::Transaction<'static, sqlx::Postgres>
 );
 auth_store!(PostgresStore);
 
@@ -45,6 +47,7 @@ impl PostgresStore {
         let feed = Feed::start(url, cache.clone(), watched.clone()).await?;
         Ok(PostgresStore {
             readers,
+            sessions: writers.clone(),
             writers,
             cache: Some(cache),
             watched,

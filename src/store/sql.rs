@@ -7,7 +7,7 @@
 
 use time::OffsetDateTime;
 
-use super::StoreError;
+use super::{StoreError, StoreResult};
 
 /// How many index rows go into one multi-row INSERT (keeps well under SQLite's variable limit).
 pub(super) const INSERT_CHUNK: usize = 500;
@@ -69,13 +69,66 @@ pub(super) fn classify(error: sqlx::Error) -> StoreError {
     }
 }
 
+/// A write transaction's hold on the database, from its first statement until
+/// [`WriteSession::commit`] or until it is dropped (which rolls its writes back).
+#[async_trait::async_trait]
+pub(super) trait WriteSession: Sized + Send {
+    /// Where sessions begin: shared by all write transactions of a store.
+    type Source: Clone + Send + Sync;
+    type Connection;
+    async fn begin(source: &Self::Source) -> StoreResult<Self>;
+    fn connection(&mut self) -> &mut Self::Connection;
+    async fn commit(self) -> StoreResult<()>;
+}
+
+/// PostgreSQL: a transaction of its own on a pooled connection per write transaction.
+#[async_trait::async_trait]
+impl WriteSession for sqlx::Transaction<'static, sqlx::Postgres> {
+    type Source = sqlx::PgPool;
+    type Connection = sqlx::PgConnection;
+
+    async fn begin(pool: &sqlx::PgPool) -> StoreResult<Self> {
+        Ok(pool.begin().await?)
+    }
+
+    fn connection(&mut self) -> &mut sqlx::PgConnection {
+        self
+    }
+
+    async fn commit(self) -> StoreResult<()> {
+        sqlx::Transaction::commit(self).await.map_err(classify)
+    }
+}
+
+/// SQLite: a turn on the single writer inside a group commit.
+#[async_trait::async_trait]
+impl WriteSession for super::group::Member {
+    type Source = super::group::WriterGate;
+    type Connection = sqlx::SqliteConnection;
+
+    async fn begin(gate: &super::group::WriterGate) -> StoreResult<Self> {
+        gate.join().await
+    }
+
+    fn connection(&mut self) -> &mut sqlx::SqliteConnection {
+        self.conn()
+    }
+
+    async fn commit(self) -> StoreResult<()> {
+        super::group::Member::commit(self).await
+    }
+}
+
 /// Defines `$store` (with `readers`/`writers` pools of `$db`) and its transaction type, and
 /// implements [`Store`](super::Store) and [`StoreTx`](super::StoreTx) with the shared SQL.
 /// `$lock` is appended to the statement that reads a row a writer is about to replace, and
 /// `$skip_locked` to the one that picks a job to claim. `$insert` starts the bulk INSERTs of a
 /// write: SQLite's `INSERT OR FAIL` spares it a statement journal (a copy of every page the
 /// statement touches), which only matters for rolling back one statement of a transaction that
-/// goes on, and a failed write rolls back the whole transaction anyway.
+/// goes on, and a failed write rolls back the whole transaction anyway. With `$one_query` the
+/// statements of a batch are joined into one query (SQLite runs them in one call of its
+/// connection's thread; PostgreSQL's extended protocol takes one statement per query).
+/// `$session` is the [`WriteSession`] a write transaction holds.
 macro_rules! sql_store {
     (
         store = $store:ident,
@@ -84,12 +137,17 @@ macro_rules! sql_store {
         lock = $lock:literal,
         skip_locked = $skip_locked:literal,
         insert = $insert:literal,
-        dialect = $dialect:expr
+        one_query = $one_query:literal,
+        dialect = $dialect:expr,
+        session = $session:ty
     ) => {
         /// A store on this database. Reads go to `readers`, write transactions to `writers`.
         pub struct $store {
             readers: sqlx::Pool<$db>,
+            /// Writes outside a write transaction (jobs, authorization records).
             writers: sqlx::Pool<$db>,
+            /// Where write transactions begin.
+            sessions: <$session as $crate::store::sql::WriteSession>::Source,
             /// Current versions (exclusive when this process is the database's only writer,
             /// shared when its change feed keeps it).
             cache: Option<std::sync::Arc<$crate::store::cache::VersionCache>>,
@@ -107,8 +165,8 @@ macro_rules! sql_store {
         /// is validated, indexed and serialised without holding a writer connection (SQLite has
         /// one), so concurrent bundles prepare in parallel and queue only to write.
         pub struct $tx {
-            tx: Option<sqlx::Transaction<'static, $db>>,
-            writers: sqlx::Pool<$db>,
+            tx: Option<$session>,
+            sessions: <$session as $crate::store::sql::WriteSession>::Source,
             pending: Vec<($crate::store::ResourceVersion, $crate::store::IndexRows)>,
             cache: Option<std::sync::Arc<$crate::store::cache::VersionCache>>,
             /// What this transaction wrote, for the cache and the feed.
@@ -119,10 +177,11 @@ macro_rules! sql_store {
         impl $tx {
             /// The transaction's connection, beginning the transaction on first use.
             async fn conn(&mut self) -> $crate::store::StoreResult<&mut Conn> {
+                use $crate::store::sql::WriteSession;
                 if self.tx.is_none() {
-                    self.tx = Some(self.writers.begin().await?);
+                    self.tx = Some(<$session as WriteSession>::begin(&self.sessions).await?);
                 }
-                Ok(&mut **self.tx.as_mut().expect("begun above"))
+                Ok(self.tx.as_mut().expect("begun above").connection())
             }
 
             async fn flush(&mut self) -> $crate::store::StoreResult<()> {
@@ -341,15 +400,9 @@ macro_rules! sql_store {
         }
 
         /// The statements that write buffered versions: one multi-row INSERT per table and
-        /// chunk, instead of several statements per resource.
-        struct BatchStatements {
-            /// Into `resource_history` and `resources`.
-            versions: Vec<Builder>,
-            /// Resources whose earlier versions' index rows go (version 1 has none).
-            replaced: Vec<(String, String)>,
-            /// The index rows of the versions that are current after the batch.
-            index: Vec<Builder>,
-        }
+        /// chunk, instead of several statements per resource (on SQLite, all of them sent as
+        /// one query: one round trip to the writer's thread).
+        struct BatchStatements(Statements);
 
         impl BatchStatements {
             fn of(batch: &[($crate::store::ResourceVersion, $crate::store::IndexRows)]) -> Self {
@@ -364,11 +417,11 @@ macro_rules! sql_store {
                         .push_bind(v.method.as_str())
                         .push_bind(v.body.to_vec());
                 };
-                let mut versions = Vec::new();
+                let mut statements = Statements::default();
                 for chunk in batch.chunks(INSERT_CHUNK / 2) {
-                    let mut qb = Builder::new(format!("{} resource_history ({VERSION_COLUMNS}) ", $insert));
-                    qb.push_values(chunk, |b, (v, _)| push_version(b, v));
-                    versions.push(qb);
+                    statements
+                        .start(format!("{} resource_history ({VERSION_COLUMNS}) ", $insert))
+                        .push_values(chunk, |b, (v, _)| push_version(b, v));
                 }
                 // One row per resource in `resources`: the last version written wins.
                 let mut latest: Vec<&$crate::store::ResourceVersion> = Vec::with_capacity(batch.len());
@@ -378,58 +431,91 @@ macro_rules! sql_store {
                     }
                 }
                 for chunk in latest.chunks(INSERT_CHUNK / 2) {
-                    let mut qb = Builder::new(format!("{} resources ({VERSION_COLUMNS}) ", $insert));
-                    qb.push_values(chunk, |b, v| push_version(b, v));
-                    qb.push(
-                        " ON CONFLICT (resource_type, id) DO UPDATE SET version = excluded.version, \
-                         last_updated = excluded.last_updated, deleted = excluded.deleted, \
-                         method = excluded.method, body = excluded.body",
-                    );
-                    versions.push(qb);
+                    statements
+                        .start(format!("{} resources ({VERSION_COLUMNS}) ", $insert))
+                        .push_values(chunk, |b, v| push_version(b, v))
+                        .push(
+                            " ON CONFLICT (resource_type, id) DO UPDATE SET version = excluded.version, \
+                             last_updated = excluded.last_updated, deleted = excluded.deleted, \
+                             method = excluded.method, body = excluded.body",
+                        );
                 }
-                let replaced =
+                // Version 1 replaces no earlier index rows.
+                let replaced: Vec<(String, String)> =
                     latest.iter().filter(|v| v.version > 1).map(|v| (v.resource_type.clone(), v.id.clone())).collect();
+                delete_index_rows(&mut statements, &replaced);
                 let current: Vec<(&$crate::store::ResourceVersion, &$crate::store::IndexRows)> = latest
                     .iter()
                     .filter_map(|v| batch.iter().rev().find(|(o, _)| std::ptr::eq(o, *v)).map(|(o, rows)| (o, rows)))
                     .collect();
-                BatchStatements { versions, replaced, index: index_row_statements(&current) }
+                index_row_statements(&mut statements, &current);
+                BatchStatements(statements)
             }
 
             async fn write(self, conn: &mut Conn) -> $crate::store::StoreResult<()> {
+                self.0.execute(conn).await
+            }
+        }
+
+        /// Statements to run in order; on SQLite joined into one query.
+        #[derive(Default)]
+        struct Statements(Vec<Builder>);
+
+        impl Statements {
+            /// Starts the next statement with `sql`.
+            fn start(&mut self, sql: String) -> &mut Builder {
+                match self.0.last_mut() {
+                    Some(query) if $one_query => {
+                        query.push(";\n").push(sql);
+                    }
+                    _ => self.0.push(Builder::new(sql)),
+                }
+                self.0.last_mut().expect("a statement was started")
+            }
+
+            async fn execute(self, conn: &mut Conn) -> $crate::store::StoreResult<()> {
                 use $crate::store::sql::classify;
-                for mut statement in self.versions {
-                    statement.build().execute(&mut *conn).await.map_err(classify)?;
+                for mut statement in self.0 {
+                    // A joined query's text is new each time: not worth a prepared-statement slot.
+                    statement.build().persistent(!$one_query).execute(&mut *conn).await.map_err(classify)?;
                 }
-                delete_index_rows(&mut *conn, &self.replaced).await?;
-                execute_all(conn, self.index).await
+                Ok(())
             }
         }
 
-        async fn execute_all(conn: &mut Conn, statements: Vec<Builder>) -> $crate::store::StoreResult<()> {
-            for mut statement in statements {
-                statement.build().execute(&mut *conn).await?;
-            }
-            Ok(())
-        }
-
-        /// Deletes every index row of the resources with these keys.
-        async fn delete_index_rows(conn: &mut Conn, keys: &[(String, String)]) -> $crate::store::StoreResult<()> {
-            for chunk in keys.chunks($crate::store::sql::KEY_CHUNK) {
-                for table in $crate::store::sql::INDEX_TABLES {
-                    bind_args(&$crate::store::planner::delete_index_rows(table, chunk)).execute(&mut *conn).await?;
+        /// Deletes every index row of the resources with these keys: per table,
+        /// `(resource_type = ? AND resource_id IN (…)) OR …`, one group per type, so that both
+        /// databases look the keys up in the owner indexes.
+        fn delete_index_rows(statements: &mut Statements, keys: &[(String, String)]) {
+            let mut by_type: Vec<(&str, Vec<&str>)> = Vec::new();
+            for (resource_type, id) in keys {
+                match by_type.iter_mut().find(|(t, _)| t == resource_type) {
+                    Some((_, ids)) => ids.push(id),
+                    None => by_type.push((resource_type, vec![id])),
                 }
             }
-            Ok(())
+            for (resource_type, ids) in &by_type {
+                for chunk in ids.chunks($crate::store::sql::KEY_CHUNK) {
+                    for table in $crate::store::sql::INDEX_TABLES {
+                        let query = statements.start(format!("DELETE FROM {table} WHERE resource_type = "));
+                        query.push_bind(resource_type.to_string()).push(" AND resource_id IN (");
+                        let mut listed = query.separated(", ");
+                        for id in chunk {
+                            listed.push_bind(id.to_string());
+                        }
+                        query.push(")");
+                    }
+                }
+            }
         }
 
         /// The statements that insert the index rows of resources (one multi-row INSERT per
         /// table and chunk).
         fn index_row_statements(
+            statements: &mut Statements,
             current: &[(&$crate::store::ResourceVersion, &$crate::store::IndexRows)],
-        ) -> Vec<Builder> {
+        ) {
             use $crate::store::sql::INSERT_CHUNK;
-            let mut statements = Vec::new();
             macro_rules! insert_rows {
                 ($field:ident, $table:literal, $columns:literal, |$b:ident, $row:ident| $bind:block) => {
                     let rows: Vec<(&str, &str, _)> = current
@@ -439,19 +525,11 @@ macro_rules! sql_store {
                         })
                         .collect();
                     for chunk in rows.chunks(INSERT_CHUNK) {
-                        let mut qb = Builder::new(concat!(
-                            $insert,
-                            " ",
-                            $table,
-                            " (resource_type, resource_id, ",
-                            $columns,
-                            ") "
-                        ));
-                        qb.push_values(chunk, |mut $b, (owner_type, owner_id, $row)| {
+                        let sql = concat!($insert, " ", $table, " (resource_type, resource_id, ", $columns, ") ");
+                        statements.start(sql.to_string()).push_values(chunk, |mut $b, (owner_type, owner_id, $row)| {
                             $b.push_bind(owner_type.to_string()).push_bind(owner_id.to_string());
                             $bind
                         });
-                        statements.push(qb);
                     }
                 };
             }
@@ -499,7 +577,6 @@ macro_rules! sql_store {
                     }
                 }
             );
-            statements
         }
 
         #[async_trait::async_trait]
@@ -603,7 +680,7 @@ macro_rules! sql_store {
             async fn begin(&self) -> $crate::store::StoreResult<Box<dyn $crate::store::StoreTx>> {
                 Ok(Box::new($tx {
                     tx: None,
-                    writers: self.writers.clone(),
+                    sessions: self.sessions.clone(),
                     pending: Vec::new(),
                     cache: self.cache.clone(),
                     written: Vec::new(),
@@ -714,8 +791,13 @@ macro_rules! sql_store {
                 resource_type: &str,
                 id: &str,
             ) -> $crate::store::StoreResult<Option<$crate::store::ResourceVersion>> {
-                // Buffered writes of other resources do not change this one's row, so they
-                // stay buffered: a bundle of creates and updates is flushed once.
+                // Where reading the current version locks its row (PostgreSQL), the buffered
+                // writes go first: concurrent bundles that update one shared resource then hold
+                // its lock only for the rest of their transaction, not while inserting all the
+                // others. Without row locks the buffer stays: a bundle is flushed once.
+                if !$lock.is_empty() {
+                    self.flush().await?;
+                }
                 let pending = self.pending.iter().rev().find(|(v, _)| v.resource_type == resource_type && v.id == id);
                 if let Some((version, _)) = pending {
                     return Ok(Some(version.clone()));
@@ -781,8 +863,10 @@ macro_rules! sql_store {
                     .collect();
                 let unchanged_keys: Vec<(String, String)> =
                     unchanged.iter().map(|(v, _)| (v.resource_type.clone(), v.id.clone())).collect();
-                delete_index_rows(self.conn().await?, &unchanged_keys).await?;
-                execute_all(self.conn().await?, index_row_statements(&unchanged)).await?;
+                let mut statements = Statements::default();
+                delete_index_rows(&mut statements, &unchanged_keys);
+                index_row_statements(&mut statements, &unchanged);
+                statements.execute(self.conn().await?).await?;
                 Ok(unchanged.len())
             }
 
@@ -804,6 +888,7 @@ macro_rules! sql_store {
             }
 
             async fn commit(mut self: Box<Self>) -> $crate::store::StoreResult<()> {
+                use $crate::store::sql::WriteSession;
                 self.flush().await?;
                 let $tx { tx, cache, written, feed, .. } = *self;
                 let Some(mut tx) = tx else {
@@ -811,9 +896,9 @@ macro_rules! sql_store {
                 };
                 let announcement = feed.as_ref().map(|feed| feed.resources(&written));
                 if let Some(announcement) = &announcement {
-                    announce(&mut tx, $crate::store::feed::RESOURCES, &announcement.payloads).await?;
+                    announce(tx.connection(), $crate::store::feed::RESOURCES, &announcement.payloads).await?;
                 }
-                tx.commit().await.map_err($crate::store::sql::classify)?;
+                WriteSession::commit(tx).await?;
                 if let Some(cache) = cache {
                     cache.committed(&written);
                 }

@@ -8,6 +8,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use super::auth::auth_store;
 use super::cache::{VersionCache, CACHED_VERSIONS};
 use super::feed::Watched;
+use super::group::WriterGate;
 use super::sql::sql_store;
 use super::{StoreError, StoreResult};
 
@@ -18,7 +19,9 @@ sql_store!(
     lock = "",
     skip_locked = "",
     insert = "INSERT OR FAIL INTO",
-    dialect = super::planner::Dialect::Sqlite
+    one_query = true,
+    dialect = super::planner::Dialect::Sqlite,
+    session = super::group::Member
 );
 auth_store!(SqliteStore);
 
@@ -59,6 +62,7 @@ impl SqliteStore {
         let readers = pool_options().max_connections(READERS).connect_with(reader_options).await?;
         Ok(SqliteStore {
             readers,
+            sessions: WriterGate::new(writers.clone()),
             writers,
             cache: exclusive.then(|| std::sync::Arc::new(VersionCache::exclusive(CACHED_VERSIONS))),
             // A shared store (administration) mirrors nothing: its sets never answer.

@@ -1,0 +1,299 @@
+//! Group commit for SQLite's single writer.
+//!
+//! Write transactions take turns on the one writer connection, as before, but a turn no longer
+//! ends with its own `COMMIT`: each runs inside a `SAVEPOINT` of a group transaction, and the
+//! group commits when no other transaction is waiting for the writer (or it has
+//! [`MAX_MEMBERS`]). Every member answers only after that `COMMIT`, so what a client is told is
+//! stored is stored; a member that fails rolls back to its savepoint and leaves the others be.
+//! The gain: a page that several members change (the tail of an index, an interior B-tree page)
+//! goes to the write-ahead log once per group instead of once per transaction.
+//!
+//! A member sees the writes of the members before it in its group, as it would after their
+//! commits. When the group's `COMMIT` itself fails, every member of it fails with it.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use sqlx::pool::PoolConnection;
+use sqlx::{Sqlite, SqliteConnection, SqlitePool};
+use tokio::sync::{watch, Mutex, OwnedMutexGuard};
+
+use super::{StoreError, StoreResult};
+
+/// The most transactions one group commits at once: a member waits for the later ones.
+const MAX_MEMBERS: usize = 16;
+
+/// How a group ended: `None` while it is open, then its `COMMIT`'s result.
+type Outcome = Option<Result<(), String>>;
+
+/// The way to the writer connection, shared by all write transactions of one store.
+#[derive(Clone)]
+pub struct WriterGate {
+    pool: SqlitePool,
+    turn: Arc<Mutex<Group>>,
+    /// Transactions waiting for their turn: while there are any, the group stays open.
+    waiting: Arc<AtomicUsize>,
+}
+
+/// The open group transaction, if any.
+#[derive(Default)]
+struct Group {
+    /// The writer connection, in a transaction, while the group is open.
+    conn: Option<PoolConnection<Sqlite>>,
+    /// Members whose writes the group holds.
+    members: usize,
+    /// Where the members hear the group's outcome.
+    outcome: Option<watch::Sender<Outcome>>,
+}
+
+/// One write transaction's turn on the writer: it holds the writer until [`Member::commit`] or
+/// until it is dropped (which rolls back its own writes only).
+pub struct Member {
+    turn: Option<OwnedMutexGuard<Group>>,
+    waiting: Arc<AtomicUsize>,
+}
+
+impl WriterGate {
+    /// A gate to the writer connection of `pool` (a pool of one).
+    pub fn new(pool: SqlitePool) -> Self {
+        WriterGate { pool, turn: Arc::new(Mutex::new(Group::default())), waiting: Arc::new(AtomicUsize::new(0)) }
+    }
+
+    /// Waits for the writer, opening a group transaction when none is open, and starts this
+    /// member's savepoint.
+    pub async fn join(&self) -> StoreResult<Member> {
+        let waiter = Waiter::count(&self.waiting);
+        let mut turn = self.turn.clone().lock_owned().await;
+        drop(waiter);
+        if turn.conn.is_none() {
+            let mut conn = self.pool.acquire().await?;
+            // IMMEDIATE: the write lock now, so another process's writer (administration)
+            // cannot make a later statement of the group fail as busy.
+            run(&mut conn, "BEGIN IMMEDIATE").await?;
+            turn.conn = Some(conn);
+            turn.outcome = Some(watch::channel(None).0);
+        }
+        let mut member = Member { turn: Some(turn), waiting: self.waiting.clone() };
+        // On failure the dropped member ends its turn like any other that did not commit.
+        run(member.conn(), "SAVEPOINT member").await?;
+        Ok(member)
+    }
+}
+
+impl Member {
+    /// The writer connection, inside this member's savepoint.
+    pub fn conn(&mut self) -> &mut SqliteConnection {
+        self.turn
+            .as_mut()
+            .and_then(|turn| turn.conn.as_deref_mut())
+            .expect("a member holds the open group's connection")
+    }
+
+    /// Keeps this member's writes in the group and waits until the group has committed.
+    pub async fn commit(mut self) -> StoreResult<()> {
+        let turn = self.turn.take().expect("a member commits once");
+        // The turn ends in a task of its own: a caller that stops waiting (a client hung up)
+        // must not leave the group open, nor the members before it waiting.
+        let ended = tokio::spawn(end_turn(turn, true, self.waiting.clone()));
+        let mut outcome = ended.await.map_err(|_| abandoned())??;
+        let result = outcome.wait_for(Option::is_some).await.map_err(|_| abandoned())?.clone();
+        result.expect("waited for an outcome").map_err(StoreError::CommitFailed)
+    }
+}
+
+impl Drop for Member {
+    /// Rolls back this member's writes (a transaction dropped without commit).
+    fn drop(&mut self) {
+        let Some(mut turn) = self.turn.take() else { return };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(end_turn(turn, false, self.waiting.clone()));
+            }
+            // No runtime to roll back on (the process is ending): close the connection, which
+            // rolls the whole group back, rather than let anyone write on in it.
+            Err(_) => {
+                if let Some(conn) = turn.conn.take() {
+                    drop(conn.detach());
+                }
+                *turn = Group::default();
+            }
+        }
+    }
+}
+
+/// Ends a member's turn, keeping or rolling back its writes, and commits the group when
+/// nobody else is waiting for the writer or it is full. Returns where the member hears the
+/// group's outcome, or why its own writes could not be kept.
+fn end_turn(
+    mut turn: OwnedMutexGuard<Group>,
+    keep: bool,
+    waiting: Arc<AtomicUsize>,
+) -> BoxFuture<'static, StoreResult<watch::Receiver<Outcome>>> {
+    Box::pin(async move {
+        let outcome = turn.outcome.as_ref().expect("an open group has an outcome").subscribe();
+        let conn = turn.conn.as_deref_mut().expect("an open group has a connection");
+        let kept = if keep { run(conn, "RELEASE member").await } else { Ok(()) };
+        if !keep || kept.is_err() {
+            let rolled_back = rollback_member(conn).await;
+            if let Err(error) = rolled_back {
+                // The savepoint's state is unknown: nothing of the group can be trusted.
+                finish(&mut turn, "ROLLBACK", Err(format!("a member's rollback failed: {error}"))).await;
+            }
+        } else {
+            turn.members += 1;
+        }
+        if turn.conn.is_some() && (waiting.load(Ordering::Acquire) == 0 || turn.members >= MAX_MEMBERS) {
+            finish(&mut turn, "COMMIT", Ok(())).await;
+        }
+        kept?;
+        Ok(outcome)
+    })
+}
+
+/// Ends the open group with `statement` (`COMMIT` or `ROLLBACK`) and tells its members how it
+/// went: `Ok` only when `intended` was and the statement succeeded.
+async fn finish(turn: &mut Group, statement: &'static str, intended: Result<(), String>) {
+    let Some(mut conn) = turn.conn.take() else { return };
+    let ended = run(&mut conn, statement).await;
+    let result = match (intended, ended) {
+        (Ok(()), Ok(())) => Ok(()),
+        (Err(reason), _) => Err(reason),
+        (Ok(()), Err(error)) => Err(error.to_string()),
+    };
+    if result.is_err() && run(&mut conn, "ROLLBACK").await.is_err() {
+        // Still in a transaction it cannot end: the connection must not go back to the pool.
+        drop(conn.detach());
+    }
+    if let Some(outcome) = turn.outcome.take() {
+        outcome.send_replace(Some(result));
+    }
+    turn.members = 0;
+}
+
+/// One transaction counted as waiting for its turn, for as long as this lives (a caller that
+/// stops waiting must not keep the group open).
+struct Waiter<'a>(&'a AtomicUsize);
+
+impl<'a> Waiter<'a> {
+    fn count(waiting: &'a AtomicUsize) -> Self {
+        waiting.fetch_add(1, Ordering::AcqRel);
+        Waiter(waiting)
+    }
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Runs a statement without parameters on the writer connection.
+async fn run(conn: &mut SqliteConnection, sql: &'static str) -> Result<(), sqlx::Error> {
+    sqlx::query(sql).execute(conn).await.map(drop)
+}
+
+/// Undoes a member's writes and ends its savepoint.
+async fn rollback_member(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+    run(conn, "ROLLBACK TO member").await?;
+    run(conn, "RELEASE member").await
+}
+
+fn abandoned() -> StoreError {
+    StoreError::CommitFailed("the group commit was abandoned".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+
+    use super::*;
+
+    /// A gate on a fresh database with one table, and a reader pool beside it.
+    async fn gate() -> (WriterGate, SqlitePool, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let options = SqliteConnectOptions::new()
+            .filename(dir.path().join("group.db"))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal);
+        let writers = SqlitePoolOptions::new().max_connections(1).connect_with(options.clone()).await.expect("writer");
+        sqlx::query("CREATE TABLE t (name TEXT NOT NULL)").execute(&writers).await.expect("table");
+        let readers = SqlitePoolOptions::new().connect_with(options.read_only(true)).await.expect("readers");
+        (WriterGate::new(writers), readers, dir)
+    }
+
+    async fn insert(member: &mut Member, name: &str) {
+        sqlx::query("INSERT INTO t (name) VALUES ($1)").bind(name).execute(member.conn()).await.expect("insert");
+    }
+
+    async fn stored(readers: &SqlitePool) -> Vec<String> {
+        sqlx::query_scalar("SELECT name FROM t ORDER BY name").fetch_all(readers).await.expect("select")
+    }
+
+    /// Joins the gate in a task of its own, returning once that task waits for its turn.
+    async fn queue_member(gate: &WriterGate) -> tokio::task::JoinHandle<Member> {
+        let waiting_before = gate.waiting.load(Ordering::Acquire);
+        let queued = gate.clone();
+        let joined = tokio::spawn(async move { queued.join().await.expect("join") });
+        while gate.waiting.load(Ordering::Acquire) == waiting_before {
+            tokio::task::yield_now().await;
+        }
+        joined
+    }
+
+    #[tokio::test]
+    async fn a_lone_member_commits_at_once() {
+        let (gate, readers, _dir) = gate().await;
+        let mut member = gate.join().await.expect("join");
+        insert(&mut member, "alone").await;
+        member.commit().await.expect("commit");
+        assert_eq!(stored(&readers).await, ["alone"]);
+    }
+
+    #[tokio::test]
+    async fn members_answer_after_the_group_commit_and_a_rolled_back_one_leaves_the_others() {
+        let (gate, readers, _dir) = gate().await;
+        let mut first = gate.join().await.expect("join");
+        insert(&mut first, "first").await;
+        let second = queue_member(&gate).await;
+        // Someone waits, so the first member's commit hands the writer on and waits itself.
+        let first_commit = tokio::spawn(first.commit());
+        let mut second = second.await.expect("second joins");
+        insert(&mut second, "second").await;
+        let third = queue_member(&gate).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!first_commit.is_finished(), "the first member answered before its group committed");
+        assert!(stored(&readers).await.is_empty(), "readers saw writes of an open group");
+        drop(second); // rolls back its own insert only
+        let mut third = third.await.expect("third joins");
+        insert(&mut third, "third").await;
+        third.commit().await.expect("the group commits");
+        first_commit.await.expect("first member").expect("its commit");
+        assert_eq!(stored(&readers).await, ["first", "third"]);
+    }
+
+    #[tokio::test]
+    async fn a_group_closes_when_full() {
+        let (gate, readers, _dir) = gate().await;
+        let mut commits = Vec::new();
+        let mut next = gate.join().await.expect("join");
+        for n in 0..MAX_MEMBERS {
+            insert(&mut next, &format!("member {n:02}")).await;
+            let queued = queue_member(&gate).await;
+            commits.push(tokio::spawn(next.commit()));
+            next = queued.await.expect("next joins");
+        }
+        // The group closed with its last member although one more waits for the writer.
+        for commit in commits {
+            let answered = tokio::time::timeout(Duration::from_secs(5), commit).await;
+            answered
+                .expect("a full group commits without waiting for the next member")
+                .expect("member")
+                .expect("commit");
+        }
+        assert_eq!(stored(&readers).await.len(), MAX_MEMBERS);
+        drop(next);
+    }
+}
