@@ -35,6 +35,8 @@ struct Running {
     stop: tokio::sync::oneshot::Sender<()>,
     serve: tokio::task::JoinHandle<()>,
     jobs: tokio::task::JoinHandle<()>,
+    /// The server's store, to see when the last of its users has let it go.
+    store: std::sync::Weak<dyn hearth::store::Store>,
 }
 
 impl TestServer {
@@ -69,6 +71,7 @@ impl TestServer {
         let root = format!("http://{address}");
         let settings = Settings { base_url: public_root.unwrap_or_else(|| root.clone()), ..settings };
         let hearth = Hearth::open(&database_url, settings.clone()).await.expect("open the database");
+        let store = std::sync::Arc::downgrade(hearth.service().store());
         let jobs = tokio::spawn(hearth.service().clone().run_background());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let serve = tokio::spawn(async move {
@@ -84,7 +87,7 @@ impl TestServer {
             db,
             database_url,
             settings,
-            running: Some(Running { stop, serve, jobs }),
+            running: Some(Running { stop, serve, jobs, store }),
             _dir: dir,
         }
     }
@@ -105,6 +108,23 @@ impl TestServer {
         let _ = running.jobs.await;
         drop(self.client);
         let _ = running.serve.await;
+        // axum's serve returns when every connection task has said it is done, which each
+        // says just before it drops its copy of the router: the store (and SQLite's
+        // single-writer lock) goes a moment later.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while running.store.strong_count() > 0 {
+            assert!(std::time::Instant::now() < deadline, "the stopped server still holds its store");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        // A process that other tests spawn at that moment holds a copy of the lock file's
+        // descriptor (and so the lock) from its fork until its exec closes it.
+        if let Some(path) = self.database_url.strip_prefix("sqlite://") {
+            let lock = std::fs::File::open(format!("{path}.lock")).expect("the SQLite lock file");
+            while lock.try_lock().is_err() {
+                assert!(std::time::Instant::now() < deadline, "something still holds the SQLite writer lock");
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
         Self::serve(self.db, self.database_url.clone(), self._dir.take(), self.settings.clone(), None).await
     }
 
