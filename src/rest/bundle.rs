@@ -150,15 +150,34 @@ impl FhirService {
         })
     }
 
-    async fn transaction(&self, mut entries: Vec<Entry>, access: &Access) -> Result<FhirResponse, FhirError> {
+    async fn transaction(&self, entries: Vec<Entry>, access: &Access) -> Result<FhirResponse, FhirError> {
         let mut tx = self.begin(access).await?;
+        match self.transaction_entries(tx.as_mut(), entries).await {
+            Ok(responses) => {
+                tx.commit().await.map_err(store_error)?;
+                Ok(response_bundle("transaction-response", responses))
+            }
+            Err(error) => {
+                tx.rollback().await;
+                Err(error)
+            }
+        }
+    }
+
+    /// Runs a transaction's entries in the order of the specification; their responses in
+    /// the bundle's order.
+    async fn transaction_entries(
+        &self,
+        tx: &mut dyn StoreTx,
+        mut entries: Vec<Entry>,
+    ) -> Result<Vec<FhirResponse>, FhirError> {
         let count = entries.len();
         entries.sort_by_key(Entry::rank);
         let mut responses: Vec<Option<FhirResponse>> = vec![None; count];
 
         // 1. Deletes come first, so that later lookups see their effect.
         for entry in entries.iter_mut().filter(|e| e.request.method == Method::Delete) {
-            let response = self.run_entry(tx.as_mut(), entry).await?;
+            let response = self.run_entry(&mut *tx, entry).await?;
             responses[entry.index] = Some(response);
         }
         // 2. Decide every POST's id, and learn where each fullUrl will live.
@@ -170,7 +189,7 @@ impl FhirService {
                 (Method::Post, Route::Type(t)) => {
                     let plan = match &entry.request.conditions.if_none_exist {
                         Some(criteria) => match self
-                            .find(tx.as_mut(), &t, &parse_query_string(criteria), 2)
+                            .find(&mut *tx, &t, &parse_query_string(criteria), 2)
                             .await
                             .map_err(context)?
                             .as_slice()
@@ -204,7 +223,7 @@ impl FhirService {
             if let Some(body) = &mut entry.request.body {
                 let index = entry.index;
                 let context = |e: FhirError| e.in_bundle_entry(index);
-                self.rewrite_references(tx.as_mut(), body, &targets).await.map_err(context)?;
+                self.rewrite_references(&mut *tx, body, &targets).await.map_err(context)?;
             }
         }
         // 4. Everything else, in order.
@@ -224,16 +243,13 @@ impl FhirService {
                         .ok_or_else(|| context(FhirError::bad_request("a POST entry needs a resource")))?;
                     validate_resource(&resource, &resource_type).map_err(context)?;
                     let prefer = entry.request.conditions.prefer_return;
-                    self.write_new(tx.as_mut(), &resource_type, &id, resource, prefer).await.map_err(context)?
+                    self.write_new(&mut *tx, &resource_type, &id, resource, prefer).await.map_err(context)?
                 }
-                None => self.run_entry(tx.as_mut(), entry).await?,
+                None => self.run_entry(&mut *tx, entry).await?,
             };
             responses[entry.index] = Some(response);
         }
-        tx.commit().await.map_err(store_error)?;
-        let responses =
-            responses.into_iter().map(|r| r.unwrap_or_else(|| FhirResponse::new(500, Body::None))).collect();
-        Ok(response_bundle("transaction-response", responses))
+        Ok(responses.into_iter().map(|r| r.unwrap_or_else(|| FhirResponse::new(500, Body::None))).collect())
     }
 
     /// Runs one transaction entry inside `tx`; its error names the entry.

@@ -435,4 +435,8 @@ impl StoreTx for GuardedTx {
     async fn commit(self: Box<Self>) -> StoreResult<()> {
         self.inner.commit().await
     }
+
+    async fn rollback(self: Box<Self>) {
+        self.inner.rollback().await
+    }
 }

@@ -244,9 +244,16 @@ impl FhirService {
         let request = request.clone();
         if request.method.writes() && matches!(route, Route::Type(_) | Route::Instance(..)) {
             let mut tx = self.begin(&request.access).await?;
-            let response = self.dispatch(&mut Source::Tx(tx.as_mut()), route, request).await?;
-            tx.commit().await.map_err(store_error)?;
-            Ok(response)
+            match self.dispatch(&mut Source::Tx(tx.as_mut()), route, request).await {
+                Ok(response) => {
+                    tx.commit().await.map_err(store_error)?;
+                    Ok(response)
+                }
+                Err(error) => {
+                    tx.rollback().await;
+                    Err(error)
+                }
+            }
         } else {
             self.dispatch(&mut Source::Store(self.store.as_ref()), route, request).await
         }

@@ -2,8 +2,8 @@
 //!
 //! Write transactions take turns on the one writer connection, as before, but a turn no longer
 //! ends with its own `COMMIT`: each runs inside a `SAVEPOINT` of a group transaction, and the
-//! group commits when no other transaction is waiting for the writer (or it has
-//! [`MAX_MEMBERS`]). Every member answers only after that `COMMIT`, so what a client is told is
+//! group commits when no other transaction is waiting for the writer (or it has had
+//! [`MAX_MEMBERS`] turns). Every member answers only after that `COMMIT`, so what a client is told is
 //! stored is stored; a member that fails rolls back to its savepoint and leaves the others be.
 //! The gain: a page that several members change (the tail of an index, an interior B-tree page)
 //! goes to the write-ahead log once per group instead of once per transaction.
@@ -21,7 +21,7 @@ use tokio::sync::{watch, Mutex, OwnedMutexGuard};
 
 use super::{StoreError, StoreResult};
 
-/// The most transactions one group commits at once: a member waits for the later ones.
+/// The most turns one group takes: a member waits for the later ones.
 const MAX_MEMBERS: usize = 16;
 
 /// How a group ended: `None` while it is open, then its `COMMIT`'s result.
@@ -41,8 +41,8 @@ pub struct WriterGate {
 struct Group {
     /// The writer connection, in a transaction, while the group is open.
     conn: Option<PoolConnection<Sqlite>>,
-    /// Members whose writes the group holds.
-    members: usize,
+    /// Turns taken in the group, rolled back ones included: what bounds how long it stays open.
+    turns: usize,
     /// Where the members hear the group's outcome.
     outcome: Option<watch::Sender<Outcome>>,
 }
@@ -61,8 +61,15 @@ impl WriterGate {
     }
 
     /// Waits for the writer, opening a group transaction when none is open, and starts this
-    /// member's savepoint.
+    /// member's savepoint. The wait runs in a task of its own: a caller that stops waiting (a
+    /// client hung up) would otherwise leave a half-begun transaction on the connection, or
+    /// stop counting as waiting after a member handed the writer to it.
     pub async fn join(&self) -> StoreResult<Member> {
+        let gate = self.clone();
+        tokio::spawn(async move { gate.take_turn().await }).await.map_err(|_| abandoned())?
+    }
+
+    async fn take_turn(self) -> StoreResult<Member> {
         let waiter = Waiter::count(&self.waiting);
         let mut turn = self.turn.clone().lock_owned().await;
         drop(waiter);
@@ -92,14 +99,26 @@ impl Member {
 
     /// Keeps this member's writes in the group and waits until the group has committed.
     pub async fn commit(mut self) -> StoreResult<()> {
-        let turn = self.turn.take().expect("a member commits once");
-        // The turn ends in a task of its own: a caller that stops waiting (a client hung up)
-        // must not leave the group open, nor the members before it waiting.
-        let ended = tokio::spawn(end_turn(turn, true, self.waiting.clone()));
-        let mut outcome = ended.await.map_err(|_| abandoned())??;
-        let result = outcome.wait_for(Option::is_some).await.map_err(|_| abandoned())?.clone();
-        result.expect("waited for an outcome").map_err(StoreError::CommitFailed)
+        let turn = self.turn.take().expect("a member ends once");
+        let outcome = end(turn, true, self.waiting.clone()).await?;
+        outcome.expect("waited for an outcome").map_err(StoreError::CommitFailed)
     }
+
+    /// Rolls back this member's writes and waits until its group has ended: what the caller
+    /// answers may rest on the writes of the members before it.
+    pub async fn rollback(mut self) {
+        let turn = self.turn.take().expect("a member ends once");
+        let _ = end(turn, false, self.waiting.clone()).await;
+    }
+}
+
+/// Ends a member's turn in a task of its own (a caller that stops waiting must not leave the
+/// group open, nor the members before it waiting) and waits for the group's outcome.
+async fn end(turn: OwnedMutexGuard<Group>, keep: bool, waiting: Arc<AtomicUsize>) -> StoreResult<Outcome> {
+    let ended = tokio::spawn(end_turn(turn, keep, waiting));
+    let mut outcome = ended.await.map_err(|_| abandoned())??;
+    let settled = outcome.wait_for(Option::is_some).await.map_err(|_| abandoned())?.clone();
+    Ok(settled)
 }
 
 impl Drop for Member {
@@ -140,10 +159,9 @@ fn end_turn(
                 // The savepoint's state is unknown: nothing of the group can be trusted.
                 finish(&mut turn, "ROLLBACK", Err(format!("a member's rollback failed: {error}"))).await;
             }
-        } else {
-            turn.members += 1;
         }
-        if turn.conn.is_some() && (waiting.load(Ordering::Acquire) == 0 || turn.members >= MAX_MEMBERS) {
+        turn.turns += 1;
+        if turn.conn.is_some() && (waiting.load(Ordering::Acquire) == 0 || turn.turns >= MAX_MEMBERS) {
             finish(&mut turn, "COMMIT", Ok(())).await;
         }
         kept?;
@@ -156,19 +174,19 @@ fn end_turn(
 async fn finish(turn: &mut Group, statement: &'static str, intended: Result<(), String>) {
     let Some(mut conn) = turn.conn.take() else { return };
     let ended = run(&mut conn, statement).await;
+    if ended.is_err() && run(&mut conn, "ROLLBACK").await.is_err() {
+        // Still in a transaction it cannot end: the connection must not go back to the pool.
+        drop(conn.detach());
+    }
     let result = match (intended, ended) {
         (Ok(()), Ok(())) => Ok(()),
         (Err(reason), _) => Err(reason),
         (Ok(()), Err(error)) => Err(error.to_string()),
     };
-    if result.is_err() && run(&mut conn, "ROLLBACK").await.is_err() {
-        // Still in a transaction it cannot end: the connection must not go back to the pool.
-        drop(conn.detach());
-    }
     if let Some(outcome) = turn.outcome.take() {
         outcome.send_replace(Some(result));
     }
-    turn.members = 0;
+    turn.turns = 0;
 }
 
 /// One transaction counted as waiting for its turn, for as long as this lives (a caller that
@@ -271,6 +289,44 @@ mod tests {
         insert(&mut third, "third").await;
         third.commit().await.expect("the group commits");
         first_commit.await.expect("first member").expect("its commit");
+        assert_eq!(stored(&readers).await, ["first", "third"]);
+    }
+
+    /// Waits for `task`, failing the test when it takes seconds (a hung group).
+    async fn settled<T>(task: tokio::task::JoinHandle<T>) -> T {
+        tokio::time::timeout(Duration::from_secs(5), task).await.expect("the group settles").expect("task")
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_gives_up_does_not_keep_the_group_open() {
+        let (gate, readers, _dir) = gate().await;
+        let mut first = gate.join().await.expect("join");
+        insert(&mut first, "first").await;
+        let gave_up = queue_member(&gate).await;
+        let first_commit = tokio::spawn(first.commit());
+        gave_up.abort(); // its client hung up while it waited for the writer
+        settled(first_commit).await.expect("commit");
+        assert_eq!(stored(&readers).await, ["first"]);
+    }
+
+    #[tokio::test]
+    async fn a_rollback_waits_for_its_group() {
+        let (gate, readers, _dir) = gate().await;
+        let mut first = gate.join().await.expect("join");
+        insert(&mut first, "first").await;
+        let second = queue_member(&gate).await;
+        let first_commit = tokio::spawn(first.commit());
+        let mut second = second.await.expect("second joins");
+        insert(&mut second, "second").await;
+        let third = queue_member(&gate).await;
+        let second_rollback = tokio::spawn(second.rollback());
+        let mut third = third.await.expect("third joins");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!second_rollback.is_finished(), "a rollback answered before its group ended");
+        insert(&mut third, "third").await;
+        third.commit().await.expect("the group commits");
+        settled(second_rollback).await;
+        settled(first_commit).await.expect("commit");
         assert_eq!(stored(&readers).await, ["first", "third"]);
     }
 

@@ -298,6 +298,11 @@ pub trait StoreTx: Send {
     async fn job_step(&mut self, step: &JobStep<'_>) -> StoreResult<bool>;
     /// Makes everything written visible at once.
     async fn commit(self: Box<Self>) -> StoreResult<()>;
+    /// Undoes everything written and waits until that has settled: on SQLite, until the group
+    /// commit the transaction ran in has ended, because what it read may rest on the writes of
+    /// the transactions before it in that group. (Dropping the transaction rolls back too,
+    /// without waiting.)
+    async fn rollback(self: Box<Self>);
 }
 
 /// Opens the store named by a database URL (`sqlite://file.db`, `postgres://…`) and migrates it.

@@ -64,7 +64,8 @@ pub(super) fn sort_value_kind(key: &super::query::SortKey) -> SortValueKind {
 pub(super) fn classify(error: sqlx::Error) -> StoreError {
     match &error {
         sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
-        sqlx::Error::Database(db) if db.code().as_deref() == Some("40001") => StoreError::Conflict,
+        // Serialization failure, and a deadlock PostgreSQL broke by aborting this transaction.
+        sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40001" | "40P01")) => StoreError::Conflict,
         _ => StoreError::Database(error),
     }
 }
@@ -79,6 +80,7 @@ pub(super) trait WriteSession: Sized + Send {
     async fn begin(source: &Self::Source) -> StoreResult<Self>;
     fn connection(&mut self) -> &mut Self::Connection;
     async fn commit(self) -> StoreResult<()>;
+    async fn rollback(self);
 }
 
 /// PostgreSQL: a transaction of its own on a pooled connection per write transaction.
@@ -98,6 +100,11 @@ impl WriteSession for sqlx::Transaction<'static, sqlx::Postgres> {
     async fn commit(self) -> StoreResult<()> {
         sqlx::Transaction::commit(self).await.map_err(classify)
     }
+
+    async fn rollback(self) {
+        // A rollback that fails leaves nothing behind: the connection is closed.
+        let _ = sqlx::Transaction::rollback(self).await;
+    }
 }
 
 /// SQLite: a turn on the single writer inside a group commit.
@@ -116,6 +123,10 @@ impl WriteSession for super::group::Member {
 
     async fn commit(self) -> StoreResult<()> {
         super::group::Member::commit(self).await
+    }
+
+    async fn rollback(self) {
+        super::group::Member::rollback(self).await
     }
 }
 
@@ -171,6 +182,8 @@ macro_rules! sql_store {
             cache: Option<std::sync::Arc<$crate::store::cache::VersionCache>>,
             /// What this transaction wrote, for the cache and the feed.
             written: Vec<$crate::store::ResourceVersion>,
+            /// Whether it has locked a row it read (`$lock`).
+            locked: bool,
             feed: Option<std::sync::Arc<$crate::store::feed::Feed>>,
         }
 
@@ -684,6 +697,7 @@ macro_rules! sql_store {
                     pending: Vec::new(),
                     cache: self.cache.clone(),
                     written: Vec::new(),
+                    locked: false,
                     feed: self.feed.clone(),
                 }))
             }
@@ -792,11 +806,12 @@ macro_rules! sql_store {
                 id: &str,
             ) -> $crate::store::StoreResult<Option<$crate::store::ResourceVersion>> {
                 // Where reading the current version locks its row (PostgreSQL), the buffered
-                // writes go first: concurrent bundles that update one shared resource then hold
-                // its lock only for the rest of their transaction, not while inserting all the
-                // others. Without row locks the buffer stays: a bundle is flushed once.
-                if !$lock.is_empty() {
+                // writes go before the first lock: concurrent bundles that update one shared
+                // resource then hold its lock only for the rest of their transaction, not while
+                // inserting all the others. Otherwise the buffer stays: a bundle is flushed once.
+                if !$lock.is_empty() && !self.locked {
                     self.flush().await?;
+                    self.locked = true;
                 }
                 let pending = self.pending.iter().rev().find(|(v, _)| v.resource_type == resource_type && v.id == id);
                 if let Some((version, _)) = pending {
@@ -894,18 +909,32 @@ macro_rules! sql_store {
                 let Some(mut tx) = tx else {
                     return Ok(()); // nothing was read or written
                 };
-                let announcement = feed.as_ref().map(|feed| feed.resources(&written));
-                if let Some(announcement) = &announcement {
-                    announce(tx.connection(), $crate::store::feed::RESOURCES, &announcement.payloads).await?;
+                // From here on in a task of its own: a caller that stops waiting (a client hung
+                // up) must not keep the cache from learning what was committed.
+                let committing = tokio::spawn(async move {
+                    let announcement = feed.as_ref().map(|feed| feed.resources(&written));
+                    if let Some(announcement) = &announcement {
+                        announce(tx.connection(), $crate::store::feed::RESOURCES, &announcement.payloads).await?;
+                    }
+                    WriteSession::commit(tx).await?;
+                    if let Some(cache) = cache {
+                        cache.committed(&written);
+                    }
+                    if let Some(announcement) = announcement {
+                        announcement.heard_back().await;
+                    }
+                    Ok(())
+                });
+                committing
+                    .await
+                    .map_err(|_| $crate::store::StoreError::CommitFailed("the commit task stopped".into()))?
+            }
+
+            async fn rollback(self: Box<Self>) {
+                use $crate::store::sql::WriteSession;
+                if let Some(tx) = self.tx {
+                    WriteSession::rollback(tx).await;
                 }
-                WriteSession::commit(tx).await?;
-                if let Some(cache) = cache {
-                    cache.committed(&written);
-                }
-                if let Some(announcement) = announcement {
-                    announcement.heard_back().await;
-                }
-                Ok(())
             }
         }
     };
