@@ -261,6 +261,27 @@ mod tests {
         joined
     }
 
+    /// A group of three turns: the first member inserted "first" and committed (it waits for
+    /// the group), the second holds the writer having inserted "second", a third waits.
+    async fn three_turns(
+        gate: &WriterGate,
+    ) -> (tokio::task::JoinHandle<StoreResult<()>>, Member, tokio::task::JoinHandle<Member>) {
+        let mut first = gate.join().await.expect("join");
+        insert(&mut first, "first").await;
+        let second = queue_member(gate).await;
+        // Someone waits, so the first member's commit hands the writer on and waits itself.
+        let first_commit = tokio::spawn(first.commit());
+        let mut second = second.await.expect("second joins");
+        insert(&mut second, "second").await;
+        let third = queue_member(gate).await;
+        (first_commit, second, third)
+    }
+
+    /// Waits for `task`, failing the test when it takes seconds (a hung group).
+    async fn settled<T>(task: tokio::task::JoinHandle<T>) -> T {
+        tokio::time::timeout(Duration::from_secs(5), task).await.expect("the group settles").expect("task")
+    }
+
     #[tokio::test]
     async fn a_lone_member_commits_at_once() {
         let (gate, readers, _dir) = gate().await;
@@ -273,14 +294,7 @@ mod tests {
     #[tokio::test]
     async fn members_answer_after_the_group_commit_and_a_rolled_back_one_leaves_the_others() {
         let (gate, readers, _dir) = gate().await;
-        let mut first = gate.join().await.expect("join");
-        insert(&mut first, "first").await;
-        let second = queue_member(&gate).await;
-        // Someone waits, so the first member's commit hands the writer on and waits itself.
-        let first_commit = tokio::spawn(first.commit());
-        let mut second = second.await.expect("second joins");
-        insert(&mut second, "second").await;
-        let third = queue_member(&gate).await;
+        let (first_commit, second, third) = three_turns(&gate).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!first_commit.is_finished(), "the first member answered before its group committed");
         assert!(stored(&readers).await.is_empty(), "readers saw writes of an open group");
@@ -288,13 +302,8 @@ mod tests {
         let mut third = third.await.expect("third joins");
         insert(&mut third, "third").await;
         third.commit().await.expect("the group commits");
-        first_commit.await.expect("first member").expect("its commit");
+        settled(first_commit).await.expect("commit");
         assert_eq!(stored(&readers).await, ["first", "third"]);
-    }
-
-    /// Waits for `task`, failing the test when it takes seconds (a hung group).
-    async fn settled<T>(task: tokio::task::JoinHandle<T>) -> T {
-        tokio::time::timeout(Duration::from_secs(5), task).await.expect("the group settles").expect("task")
     }
 
     #[tokio::test]
@@ -312,13 +321,7 @@ mod tests {
     #[tokio::test]
     async fn a_rollback_waits_for_its_group() {
         let (gate, readers, _dir) = gate().await;
-        let mut first = gate.join().await.expect("join");
-        insert(&mut first, "first").await;
-        let second = queue_member(&gate).await;
-        let first_commit = tokio::spawn(first.commit());
-        let mut second = second.await.expect("second joins");
-        insert(&mut second, "second").await;
-        let third = queue_member(&gate).await;
+        let (first_commit, second, third) = three_turns(&gate).await;
         let second_rollback = tokio::spawn(second.rollback());
         let mut third = third.await.expect("third joins");
         tokio::time::sleep(Duration::from_millis(50)).await;
