@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 
+use foldhash::fast::RandomState;
 use serde_json::{json, Value};
 
 use super::route::Route;
@@ -182,7 +183,8 @@ impl FhirService {
         }
         // 2. Decide every POST's id, and learn where each fullUrl will live.
         let mut planned: HashMap<usize, PlannedCreate> = HashMap::new();
-        let mut targets: HashMap<String, String> = HashMap::new();
+        // Every string of every resource is looked up here: foldhash, not SipHash.
+        let mut targets: FullUrls = HashMap::default();
         for entry in &entries {
             let context = |e: FhirError| e.in_bundle_entry(entry.index);
             let location = match (entry.request.method, Route::parse(&entry.request.path).map_err(context)?) {
@@ -270,7 +272,7 @@ impl FhirService {
         &self,
         tx: &mut dyn StoreTx,
         value: &mut Value,
-        targets: &HashMap<String, String>,
+        targets: &FullUrls,
     ) -> Result<(), FhirError> {
         let mut conditional: Vec<String> = Vec::new();
         replace_strings(value, &mut |text| {
@@ -336,6 +338,9 @@ fn without_entry_resources(bundle: &Value) -> Value {
         .collect();
     Value::Object(shell)
 }
+
+/// Where each entry's `fullUrl` lives on this server (`Type/id`).
+type FullUrls = HashMap<String, String, RandomState>;
 
 fn is_conditional_reference(text: &str) -> bool {
     text.split_once('?').is_some_and(|(t, q)| !q.is_empty() && crate::model::validate::is_resource_type(t))
