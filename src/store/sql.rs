@@ -203,8 +203,8 @@ macro_rules! sql_store {
                 }
                 let pending = std::mem::take(&mut self.pending);
                 // Built before the writer is taken: binding a batch's values is work of its own.
-                let statements = BatchStatements::of(&pending);
-                statements.write(self.conn().await?).await?;
+                let statements = batch_statements(&pending);
+                statements.execute(self.conn().await?).await?;
                 if self.cache.is_some() {
                     self.written.extend(pending.into_iter().map(|(version, _)| version));
                 }
@@ -415,59 +415,51 @@ macro_rules! sql_store {
         /// The statements that write buffered versions: one multi-row INSERT per table and
         /// chunk, instead of several statements per resource (on SQLite, all of them sent as
         /// one query: one round trip to the writer's thread).
-        struct BatchStatements(Statements);
-
-        impl BatchStatements {
-            fn of(batch: &[($crate::store::ResourceVersion, $crate::store::IndexRows)]) -> Self {
-                use $crate::store::sql::{to_micros, INSERT_CHUNK, VERSION_COLUMNS};
-                let push_version = |mut b: sqlx::query_builder::Separated<'_, 'static, $db, &'static str>,
-                                    v: &$crate::store::ResourceVersion| {
-                    b.push_bind(v.resource_type.clone())
-                        .push_bind(v.id.clone())
-                        .push_bind(v.version)
-                        .push_bind(to_micros(v.last_updated))
-                        .push_bind(v.deleted)
-                        .push_bind(v.method.as_str())
-                        .push_bind(v.body.to_vec());
-                };
-                let mut statements = Statements::default();
-                for chunk in batch.chunks(INSERT_CHUNK / 2) {
-                    statements
-                        .start(format!("{} resource_history ({VERSION_COLUMNS}) ", $insert))
-                        .push_values(chunk, |b, (v, _)| push_version(b, v));
-                }
-                // One row per resource in `resources`: the last version written wins.
-                let mut latest: Vec<&$crate::store::ResourceVersion> = Vec::with_capacity(batch.len());
-                for (version, _) in batch.iter().rev() {
-                    if !latest.iter().any(|v| v.resource_type == version.resource_type && v.id == version.id) {
-                        latest.push(version);
-                    }
-                }
-                for chunk in latest.chunks(INSERT_CHUNK / 2) {
-                    statements
-                        .start(format!("{} resources ({VERSION_COLUMNS}) ", $insert))
-                        .push_values(chunk, |b, v| push_version(b, v))
-                        .push(
-                            " ON CONFLICT (resource_type, id) DO UPDATE SET version = excluded.version, \
-                             last_updated = excluded.last_updated, deleted = excluded.deleted, \
-                             method = excluded.method, body = excluded.body",
-                        );
-                }
-                // Version 1 replaces no earlier index rows.
-                let replaced: Vec<(String, String)> =
-                    latest.iter().filter(|v| v.version > 1).map(|v| (v.resource_type.clone(), v.id.clone())).collect();
-                delete_index_rows(&mut statements, &replaced);
-                let current: Vec<(&$crate::store::ResourceVersion, &$crate::store::IndexRows)> = latest
-                    .iter()
-                    .filter_map(|v| batch.iter().rev().find(|(o, _)| std::ptr::eq(o, *v)).map(|(o, rows)| (o, rows)))
-                    .collect();
-                index_row_statements(&mut statements, &current);
-                BatchStatements(statements)
+        fn batch_statements(batch: &[($crate::store::ResourceVersion, $crate::store::IndexRows)]) -> Statements {
+            use $crate::store::sql::{to_micros, INSERT_CHUNK, VERSION_COLUMNS};
+            let push_version = |mut b: sqlx::query_builder::Separated<'_, 'static, $db, &'static str>,
+                                v: &$crate::store::ResourceVersion| {
+                b.push_bind(v.resource_type.clone())
+                    .push_bind(v.id.clone())
+                    .push_bind(v.version)
+                    .push_bind(to_micros(v.last_updated))
+                    .push_bind(v.deleted)
+                    .push_bind(v.method.as_str())
+                    .push_bind(v.body.to_vec());
+            };
+            let mut statements = Statements::default();
+            for chunk in batch.chunks(INSERT_CHUNK / 2) {
+                statements
+                    .start(format!("{} resource_history ({VERSION_COLUMNS}) ", $insert))
+                    .push_values(chunk, |b, (v, _)| push_version(b, v));
             }
-
-            async fn write(self, conn: &mut Conn) -> $crate::store::StoreResult<()> {
-                self.0.execute(conn).await
+            // One row per resource in `resources`: the last version written wins.
+            let mut latest: Vec<&$crate::store::ResourceVersion> = Vec::with_capacity(batch.len());
+            for (version, _) in batch.iter().rev() {
+                if !latest.iter().any(|v| v.resource_type == version.resource_type && v.id == version.id) {
+                    latest.push(version);
+                }
             }
+            for chunk in latest.chunks(INSERT_CHUNK / 2) {
+                statements
+                    .start(format!("{} resources ({VERSION_COLUMNS}) ", $insert))
+                    .push_values(chunk, |b, v| push_version(b, v))
+                    .push(
+                        " ON CONFLICT (resource_type, id) DO UPDATE SET version = excluded.version, \
+                         last_updated = excluded.last_updated, deleted = excluded.deleted, \
+                         method = excluded.method, body = excluded.body",
+                    );
+            }
+            // Version 1 replaces no earlier index rows.
+            let replaced: Vec<(String, String)> =
+                latest.iter().filter(|v| v.version > 1).map(|v| (v.resource_type.clone(), v.id.clone())).collect();
+            delete_index_rows(&mut statements, &replaced);
+            let current: Vec<(&$crate::store::ResourceVersion, &$crate::store::IndexRows)> = latest
+                .iter()
+                .filter_map(|v| batch.iter().rev().find(|(o, _)| std::ptr::eq(o, *v)).map(|(o, rows)| (o, rows)))
+                .collect();
+            index_row_statements(&mut statements, &current);
+            statements
         }
 
         /// Statements to run in order; on SQLite joined into one query.
