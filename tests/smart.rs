@@ -969,10 +969,41 @@ async fn sessions_end_with_sign_out_and_prompts_are_honoured(db: Db) {
     assert!(response.text().await.unwrap().contains("signed out"));
 }
 
+/// Signing in again in a browser that has a session (`prompt=login`, or the next person at a
+/// shared computer) replaces that session: the earlier one ends for good.
+async fn signing_in_again_replaces_the_browsers_session(db: Db) {
+    let (_server, smart, _patient, _admin) = patient_app(db).await;
+    let pkce = Pkce::new();
+    let scope = "launch/patient patient/*.rs openid fhirUser";
+    let page = smart.authorize("app", scope, &pkce, &[]).await.text().await.unwrap();
+    let SignedIn { cookie: first, .. } = smart.sign_in(&page, "ana", "ana-password").await;
+    let again = smart.authorize("app", scope, &pkce, &[("prompt", "login")]).await.text().await.unwrap();
+    let form = [
+        ("request", common::smart::input_value(&again, "request").unwrap()),
+        ("csrf", common::smart::input_value(&again, "csrf").unwrap()),
+        ("username", "ana".to_string()),
+        ("password", "ana-password".to_string()),
+    ];
+    let response = smart.http.post(smart.url("/auth/login")).header("cookie", &first).form(&form).send().await.unwrap();
+    assert_eq!(response.status(), 303);
+    let second = response.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    assert_ne!(second, first);
+    assert_eq!(smart.store.auth_list("session").await.unwrap().len(), 1, "one session per browser");
+    let consent_with = |cookie: String| {
+        let request = common::smart::input_value(&again, "request").unwrap();
+        smart.http.get(smart.url("/auth/consent")).query(&[("request", request)]).header("cookie", cookie).send()
+    };
+    let with_first = consent_with(first).await.unwrap().text().await.unwrap();
+    assert!(with_first.contains("name=\"password\""), "the earlier session has ended: sign in again");
+    let with_second = consent_with(second).await.unwrap().text().await.unwrap();
+    assert!(with_second.contains("name=\"decision\""), "the new session goes on to consent");
+}
+
 on_both_databases!(
     binaries_follow_their_security_context,
     a_clinician_picks_the_patient_in_a_standalone_launch,
     sessions_end_with_sign_out_and_prompts_are_honoured,
+    signing_in_again_replaces_the_browsers_session,
     replaced_keys_retire_when_their_tokens_expire,
     users_never_get_system_scopes_or_foreign_launches,
     patient_scopes_reach_shared_data_but_no_other_record,

@@ -262,10 +262,8 @@ impl AuthServer {
     /// `online_access` refresh tokens end with it). Sent from a consent page (its `request` and
     /// `csrf`), it goes on to the sign-in page of that request.
     pub async fn logout(&self, form: &Params, cookies: Option<&str>) -> Reply {
-        if let Some((key, _)) = self.session(cookies).await {
-            if let Err(error) = self.store.auth_delete(SESSION, &key).await {
-                return server_error(error);
-            }
+        if let Err(error) = self.end_session(cookies).await {
+            return server_error(error);
         }
         let html = match self.pending(form).await {
             Ok((request_id, mut pending)) => {
@@ -281,13 +279,23 @@ impl AuthServer {
         Reply::Page { status: 200, html, set_cookie: Some(self.session_cookie("", 0)) }
     }
 
+    /// Ends the login session of the `Cookie` header, if it has a live one.
+    async fn end_session(&self, cookies: Option<&str>) -> crate::store::StoreResult<()> {
+        match self.session(cookies).await {
+            Some((key, _)) => self.store.auth_delete(SESSION, &key).await.map(drop),
+            None => Ok(()),
+        }
+    }
+
     /// Whether the session with this key is still live (for `online_access` refresh tokens).
     pub(super) async fn session_alive(&self, key: &str) -> bool {
         matches!(self.store.auth_get(SESSION, key).await, Ok(Some(_)))
     }
 
-    /// `POST /auth/login`.
-    pub async fn login(&self, form: &Params) -> Reply {
+    /// `POST /auth/login`. A browser that signs in again (`prompt=login`, or the next person at
+    /// a shared computer) replaces its session: the earlier one ends, and its `online_access`
+    /// refresh tokens with it.
+    pub async fn login(&self, form: &Params, cookies: Option<&str>) -> Reply {
         let (request_id, mut pending) = match self.pending(form).await {
             Ok(found) => found,
             Err(reply) => return reply,
@@ -324,6 +332,9 @@ impl AuthServer {
             return again(if attempts >= MAX_LOGIN_ATTEMPTS { THROTTLED } else { BAD_LOGIN });
         };
         let _ = self.store.auth_delete(LOGIN_ATTEMPTS, &throttle_key).await;
+        if let Err(error) = self.end_session(cookies).await {
+            return server_error(error);
+        }
         let cookie_value = random_token(32);
         let session = Session { username: user.username.clone(), expires: now_seconds() + SESSION_SECONDS };
         let data = serde_json::to_string(&session).expect("session serialises");

@@ -64,8 +64,8 @@ async fn authorize_post(State(auth): State<Server>, headers: HeaderMap, body: By
     into_response(auth.authorize(&form_pairs(&body), header_text(&headers, header::COOKIE)).await)
 }
 
-async fn login(State(auth): State<Server>, body: Bytes) -> Response {
-    into_response(auth.login(&form_pairs(&body)).await)
+async fn login(State(auth): State<Server>, headers: HeaderMap, body: Bytes) -> Response {
+    into_response(auth.login(&form_pairs(&body), header_text(&headers, header::COOKIE)).await)
 }
 
 async fn consent_page(
