@@ -50,6 +50,19 @@ impl<K: Hash + Eq, V: Clone> BoundedMap<K, V> {
         }
         shard.insert(key, value);
     }
+
+    /// The value stored under `key`, storing `make()` first when there is none (one value
+    /// however many callers ask at once).
+    pub fn get_or_insert_with(&self, key: K, make: impl FnOnce() -> V) -> V {
+        let mut shard = self.shard(&key).lock().expect("bounded map lock");
+        if let Some(value) = shard.get(&key) {
+            return value.clone();
+        }
+        if shard.len() >= self.capacity_per_shard {
+            shard.clear();
+        }
+        shard.entry(key).or_insert_with(make).clone()
+    }
 }
 
 #[cfg(test)]
@@ -65,5 +78,13 @@ mod tests {
         assert_eq!(map.get("999"), Some(999));
         let held: usize = map.shards.iter().map(|s| s.lock().unwrap().len()).sum();
         assert!(held <= 32, "{held}");
+    }
+
+    #[test]
+    fn get_or_insert_with_keeps_the_first_value() {
+        let map = BoundedMap::new(32);
+        assert_eq!(map.get_or_insert_with("k".to_string(), || 1), 1);
+        assert_eq!(map.get_or_insert_with("k".to_string(), || 2), 1);
+        assert_eq!(map.get("k"), Some(1));
     }
 }

@@ -802,6 +802,11 @@ async fn jwks_uri_and_es384_clients(db: Db) {
         smart.token_request(&form, None).await
     };
     let key = EncodingKey::from_ec_pem(pem.as_bytes()).unwrap();
+    // The client's first requests arrive together: they wait for one fetch of its key set.
+    let first = (1..9).map(|n| request_token(assertion("ec1", &key, Algorithm::ES384, &format!("ec-first-{n}"))));
+    let responses = futures::future::join_all(first).await;
+    assert!(responses.iter().all(|r| r.status() == 200));
+    assert_eq!(fetches.load(Ordering::SeqCst), 1, "concurrent first requests share one fetch");
     let response = request_token(assertion("ec1", &key, Algorithm::ES384, "ec-1")).await;
     assert_eq!(response.status(), 200);
     let token: Value = response.json().await.unwrap();

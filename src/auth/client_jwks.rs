@@ -3,7 +3,8 @@
 //! of its key set each time. An assertion naming a key the kept set lacks (the client rotated
 //! its keys) fetches again, at most once a second per URL, so that made-up key ids cannot turn
 //! this server into a stream of requests to the client; a failed fetch is not repeated within
-//! that second either. Redirects are not followed and sets over 64 KiB are refused.
+//! that second either. Concurrent requests that need a fetch of one URL wait for a single one.
+//! Redirects are not followed and sets over 64 KiB are refused.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -51,6 +52,8 @@ struct Fetched {
 pub(super) struct ClientJwks {
     http: reqwest::Client,
     kept: BoundedMap<String, Arc<Fetched>>,
+    /// Held while a URL is fetched.
+    fetching: BoundedMap<String, Arc<tokio::sync::Mutex<()>>>,
 }
 
 impl ClientJwks {
@@ -60,26 +63,36 @@ impl ClientJwks {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap_or_default();
-        ClientJwks { http, kept: BoundedMap::new(KEPT) }
+        ClientJwks { http, kept: BoundedMap::new(KEPT), fetching: BoundedMap::new(KEPT) }
     }
 
     /// The key set at `uri` that should hold key `kid`: the kept one while it is fresh and has
     /// the key, else a new fetch (throttled for unknown keys).
     pub(super) async fn keys(&self, uri: &str, kid: &str) -> Result<Arc<JwkSet>, JwksError> {
-        if let Some(kept) = self.kept.get(uri) {
-            let age = kept.at.elapsed();
-            match &kept.keys {
-                Some(keys) if age < MAX_AGE && (keys.find(kid).is_some() || age < REFETCH_GAP) => {
-                    return Ok(keys.clone())
-                }
-                None if age < REFETCH_GAP => return Err(JwksError::RecentlyFailed),
-                _ => {}
-            }
+        if let Some(answer) = self.kept_answer(uri, kid) {
+            return answer;
+        }
+        let fetching = self.fetching.get_or_insert_with(uri.to_string(), Default::default);
+        let _only_fetch = fetching.lock().await;
+        // A fetch that finished while this one waited answers it too.
+        if let Some(answer) = self.kept_answer(uri, kid) {
+            return answer;
         }
         let fetched = self.fetch(uri).await;
         let keys = fetched.as_ref().ok().cloned();
         self.kept.insert(uri.to_string(), Arc::new(Fetched { keys, at: Instant::now() }));
         fetched
+    }
+
+    /// What the kept outcome of the last fetch answers, unless `uri` needs fetching.
+    fn kept_answer(&self, uri: &str, kid: &str) -> Option<Result<Arc<JwkSet>, JwksError>> {
+        let kept = self.kept.get(uri)?;
+        let age = kept.at.elapsed();
+        match &kept.keys {
+            Some(keys) if age < MAX_AGE && (keys.find(kid).is_some() || age < REFETCH_GAP) => Some(Ok(keys.clone())),
+            None if age < REFETCH_GAP => Some(Err(JwksError::RecentlyFailed)),
+            _ => None,
+        }
     }
 
     async fn fetch(&self, uri: &str) -> Result<Arc<JwkSet>, JwksError> {
