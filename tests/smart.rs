@@ -951,13 +951,32 @@ async fn sessions_end_with_sign_out_and_prompts_are_honoured(db: Db) {
     assert_eq!(query_value(&location, "error").as_deref(), Some("consent_required"), "{location}");
     assert_eq!(query_value(&location, "state").as_deref(), Some("st-9"));
 
+    // Another site cannot sign the browser out.
+    let response = smart
+        .http
+        .post(smart.url("/auth/logout"))
+        .header("cookie", &cookie)
+        .header("origin", "https://elsewhere.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    assert_eq!(smart.store.auth_list("session").await.unwrap().len(), 1, "the session stays");
     // Sign out from the consent page.
     let form = [
         ("request", common::smart::input_value(&consent, "request").unwrap()),
         ("csrf", common::smart::input_value(&consent, "csrf").unwrap()),
     ];
-    let response =
-        smart.http.post(smart.url("/auth/logout")).header("cookie", &cookie).form(&form).send().await.unwrap();
+    let own_origin = url::Url::parse(&smart.url("/")).unwrap().origin().ascii_serialization();
+    let response = smart
+        .http
+        .post(smart.url("/auth/logout"))
+        .header("cookie", &cookie)
+        .header("origin", own_origin)
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     let cleared = response.headers()["set-cookie"].to_str().unwrap().to_string();
     assert!(cleared.starts_with("hearth_session=;") && cleared.contains("Max-Age=0"), "{cleared}");

@@ -260,8 +260,12 @@ impl AuthServer {
 
     /// `POST /auth/logout`: ends this browser's login session (the record and the cookie;
     /// `online_access` refresh tokens end with it). Sent from a consent page (its `request` and
-    /// `csrf`), it goes on to the sign-in page of that request.
-    pub async fn logout(&self, form: &Params, cookies: Option<&str>) -> Reply {
+    /// `csrf`), it goes on to the sign-in page of that request. A form posted from another site
+    /// (its `Origin`) is refused: it needs no token, so another page must not sign people out.
+    pub async fn logout(&self, form: &Params, cookies: Option<&str>, origin: Option<&str>) -> Reply {
+        if !self.is_own_origin(origin) {
+            return error_page(403, "Signing out is only possible from this server's own pages.");
+        }
         if let Err(error) = self.end_session(cookies).await {
             return server_error(error);
         }

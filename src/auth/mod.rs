@@ -142,6 +142,14 @@ impl AuthServer {
         format!("{}{path}", self.settings.base_url)
     }
 
+    /// Whether a browser's `Origin` header names this server (or is absent: not a browser, or
+    /// a same-origin request of an older one). A form posted from another site names that site.
+    fn is_own_origin(&self, origin: Option<&str>) -> bool {
+        let Some(origin) = origin else { return true };
+        let own = url::Url::parse(&self.settings.base_url).map(|url| url.origin().ascii_serialization());
+        own.is_ok_and(|own| own == origin)
+    }
+
     /// Whether cookies must be `Secure` (the server is reached over https).
     fn secure_cookies(&self) -> bool {
         self.settings.base_url.starts_with("https://")

@@ -81,7 +81,8 @@ async fn consent(State(auth): State<Server>, headers: HeaderMap, body: Bytes) ->
 }
 
 async fn logout(State(auth): State<Server>, headers: HeaderMap, body: Bytes) -> Response {
-    into_response(auth.logout(&form_pairs(&body), header_text(&headers, header::COOKIE)).await)
+    let (cookies, origin) = (header_text(&headers, header::COOKIE), header_text(&headers, header::ORIGIN));
+    into_response(auth.logout(&form_pairs(&body), cookies, origin).await)
 }
 
 async fn token(State(auth): State<Server>, headers: HeaderMap, body: Bytes) -> Response {
