@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::{LazyLock, OnceLock};
 
-use jsonschema::{Draft, Validator};
+use jsonschema::{Draft, Registry, Validator};
 use serde_json::{json, Value};
 
 use super::{FhirError, Issue, IssueCode};
@@ -25,19 +25,32 @@ const MAX_DIAGNOSTIC_CHARS: usize = 300;
 
 static SCHEMA_TEXT: &str = include_str!("../../conformance/fhir.schema.json");
 
-/// The parsed official schema and one lazily compiled validator per resource type.
+/// The official schema's `id`, under which its definitions are registered.
+const SCHEMA_URI: &str = "http://hl7.org/fhir/json-schema/4.0";
+
+/// The parsed official schema.
+static SCHEMA: LazyLock<Value> =
+    LazyLock::new(|| serde_json::from_str(SCHEMA_TEXT).expect("conformance/fhir.schema.json is valid JSON"));
+
+/// The official schema, registered once, and one lazily compiled validator per resource type
+/// that refers into it (a validator built from a copy of all definitions held ~3.7 MB each).
 struct SchemaSet {
-    definitions: Value,
+    registry: Registry<'static>,
     validators: HashMap<String, OnceLock<Option<Validator>>>,
 }
 
 static SCHEMAS: LazyLock<SchemaSet> = LazyLock::new(|| {
-    let mut schema: Value = serde_json::from_str(SCHEMA_TEXT).expect("conformance/fhir.schema.json is valid JSON");
+    let schema: &'static Value = &SCHEMA;
     let validators = schema["discriminator"]["mapping"]
         .as_object()
         .map(|mapping| mapping.keys().map(|name| (name.clone(), OnceLock::new())).collect())
         .unwrap_or_default();
-    SchemaSet { definitions: schema["definitions"].take(), validators }
+    let registry = Registry::new()
+        .draft(Draft::Draft6)
+        .add(SCHEMA_URI, schema)
+        .and_then(|registry| registry.prepare())
+        .expect("the official schema registers");
+    SchemaSet { registry, validators }
 });
 
 /// Every FHIR R4 resource type name, sorted.
@@ -52,21 +65,11 @@ pub fn is_resource_type(name: &str) -> bool {
     SCHEMAS.validators.contains_key(name)
 }
 
-/// Compiles every resource type's validator now instead of on first use.
-pub fn warm_up() {
-    for name in resource_types() {
-        validator_for(name);
-    }
-}
-
 fn validator_for(resource_type: &str) -> Option<&'static Validator> {
     let cell = SCHEMAS.validators.get(resource_type)?;
     cell.get_or_init(|| {
-        let schema = json!({
-            "$ref": format!("#/definitions/{resource_type}"),
-            "definitions": SCHEMAS.definitions,
-        });
-        match jsonschema::options().with_draft(Draft::Draft6).build(&schema) {
+        let schema = json!({"$ref": format!("{SCHEMA_URI}#/definitions/{resource_type}")});
+        match jsonschema::options().with_draft(Draft::Draft6).with_registry(&SCHEMAS.registry).build(&schema) {
             Ok(validator) => Some(validator),
             Err(error) => {
                 tracing::error!(resource_type, %error, "cannot compile the JSON schema of a resource type");
@@ -174,7 +177,7 @@ fn choice_message(error: &jsonschema::ValidationError<'_>, location: &str) -> Op
         _ => return None,
     };
     let pointer = error.schema_path().as_str().strip_prefix("/definitions")?;
-    let branches = SCHEMAS.definitions.pointer(pointer)?.as_array()?;
+    let branches = SCHEMA["definitions"].pointer(pointer)?.as_array()?;
     let variants: Vec<&str> = branches.iter().filter_map(|b| b.get("required")?.get(0)?.as_str()).collect();
     let base = choice_base(&variants)?;
     if multiple {
