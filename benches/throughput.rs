@@ -5,8 +5,9 @@
 //! p50/p99 latency, 32 connections), create (req/s), and the server's peak RSS. In the same run
 //! it measures a static axum response served by a separate process (this binary started with
 //! `--static-server`), so read throughput is also reported as a ratio of that ceiling.
-//! Each load figure is the median of several runs. Environment: `HEARTH_BENCH_PATIENTS`
-//! (default 100), `HEARTH_BENCH_SECONDS` (default 5 per run), `HEARTH_BENCH_RUNS` (default 3).
+//! Each figure is the median of several runs (ingest: into as many fresh databases).
+//! Environment: `HEARTH_BENCH_PATIENTS` (default 100), `HEARTH_BENCH_SECONDS` (default 5 per
+//! run), `HEARTH_BENCH_RUNS` (default 3).
 
 mod common;
 
@@ -76,9 +77,16 @@ async fn run() {
 
     let mut all = Vec::new();
     let sqlite_dir = tempfile::tempdir().expect("temp dir");
-    let sqlite_url = format!("sqlite://{}", sqlite_dir.path().join("bench.db").display());
-    for (database, url) in [("SQLite", sqlite_url), ("PostgreSQL", common::postgres::fresh_database().await)] {
-        all.push(measure(database, &url, &bundles, seconds, runs).await);
+    // Ingest is measured once per fresh database, `runs` times; the last database then serves
+    // the read and create loads.
+    let sqlite_urls =
+        (0..runs).map(|n| format!("sqlite://{}", sqlite_dir.path().join(format!("bench-{n}.db")).display())).collect();
+    let mut postgres_urls = Vec::new();
+    for _ in 0..runs {
+        postgres_urls.push(common::postgres::fresh_database().await);
+    }
+    for (database, urls) in [("SQLite", sqlite_urls), ("PostgreSQL", postgres_urls)] {
+        all.push(measure(database, &urls, &bundles, seconds, runs).await);
     }
 
     println!();
@@ -100,14 +108,27 @@ async fn run() {
     println!("static ceiling: {:.0} req/s", ceiling.per_second);
 }
 
-async fn measure(database: &'static str, url: &str, bundles: &[Bytes], seconds: u64, runs: usize) -> Figures {
-    let server = Server::start(env!("CARGO_BIN_EXE_hearth"), url).await;
+/// Ingests into each of the fresh databases `urls` (the median is reported), then measures
+/// read and create on the last.
+async fn measure(database: &'static str, urls: &[String], bundles: &[Bytes], seconds: u64, runs: usize) -> Figures {
+    let (last, earlier) = urls.split_last().expect("a database to measure");
+    let mut rates = Vec::new();
+    for url in earlier {
+        let server = Server::start(env!("CARGO_BIN_EXE_hearth"), url).await;
+        rates.push(ingest(server.addr, bundles, INGEST_CONCURRENCY).await.resources_per_second);
+        server.stop();
+    }
+    let server = Server::start(env!("CARGO_BIN_EXE_hearth"), last).await;
     let addr = server.addr;
     let ingested = ingest(addr, bundles, INGEST_CONCURRENCY).await;
+    rates.push(ingested.resources_per_second);
+    rates.sort_by(f64::total_cmp);
+    let ingest_resources_per_s = rates[rates.len() / 2];
     let observation_ids: Vec<String> = ingested.responses.iter().flat_map(|r| created_ids(r, "Observation")).collect();
+    let listed: Vec<String> = rates.iter().map(|r| format!("{r:.0}")).collect();
     println!(
-        "{database}: ingested at {:.0} resources/s; {} observations to read",
-        ingested.resources_per_second,
+        "{database}: ingested at {ingest_resources_per_s:.0} resources/s (median of {}); {} observations to read",
+        listed.join(", "),
         observation_ids.len()
     );
     let ids = Arc::new(observation_ids);
@@ -135,5 +156,5 @@ async fn measure(database: &'static str, url: &str, bundles: &[Bytes], seconds: 
     println!("{database}: create {:.0} req/s", create.per_second);
     let peak_rss_mb = server.peak_rss_mb();
     server.stop();
-    Figures { database, ingest_resources_per_s: ingested.resources_per_second, read, create, peak_rss_mb }
+    Figures { database, ingest_resources_per_s, read, create, peak_rss_mb }
 }
