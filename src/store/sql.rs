@@ -276,7 +276,13 @@ macro_rules! sql_store {
                 "SELECT {} FROM resources WHERE resource_type = $1 AND id = $2{lock}",
                 $crate::store::sql::VERSION_COLUMNS
             );
-            let row = sqlx::query(&sql).bind(resource_type).bind(id).fetch_optional(conn).await?;
+            // A row lock can end in a deadlock PostgreSQL breaks: a conflict, retried.
+            let row = sqlx::query(&sql)
+                .bind(resource_type)
+                .bind(id)
+                .fetch_optional(conn)
+                .await
+                .map_err($crate::store::sql::classify)?;
             Ok(row.as_ref().map(decode_version).transpose()?)
         }
 
@@ -797,10 +803,11 @@ macro_rules! sql_store {
                 resource_type: &str,
                 id: &str,
             ) -> $crate::store::StoreResult<Option<$crate::store::ResourceVersion>> {
-                // Where reading the current version locks its row (PostgreSQL), the buffered
-                // writes go before the first lock: concurrent bundles that update one shared
-                // resource then hold its lock only for the rest of their transaction, not while
-                // inserting all the others. Otherwise the buffer stays: a bundle is flushed once.
+                // Where reading the current version locks its row (PostgreSQL), what is buffered
+                // before the transaction's first lock is written first. A bundle's creates come
+                // before its updates, so concurrent bundles that all update one shared resource
+                // do not hold its lock while inserting their new resources. Later writes stay
+                // buffered (a bundle of updates is flushed once), as they do without row locks.
                 if !$lock.is_empty() && !self.locked {
                     self.flush().await?;
                     self.locked = true;
@@ -857,7 +864,9 @@ macro_rules! sql_store {
                 for chunk in keys.chunks($crate::store::sql::KEY_CHUNK) {
                     let mut sql = $crate::store::planner::current_versions(chunk);
                     sql.text.push_str($lock);
-                    for row in bind_args(&sql).fetch_all(self.conn().await?).await? {
+                    let rows =
+                        bind_args(&sql).fetch_all(self.conn().await?).await.map_err($crate::store::sql::classify)?;
+                    for row in rows {
                         let key: (String, String, i64) =
                             (row.try_get("resource_type")?, row.try_get("id")?, row.try_get("version")?);
                         current.insert(key);
@@ -896,7 +905,11 @@ macro_rules! sql_store {
 
             async fn commit(mut self: Box<Self>) -> $crate::store::StoreResult<()> {
                 use $crate::store::sql::WriteSession;
-                self.flush().await?;
+                if let Err(error) = self.flush().await {
+                    // Answered only once the group this ran in has ended, like any other error.
+                    $crate::store::StoreTx::rollback(self).await;
+                    return Err(error);
+                }
                 let $tx { tx, cache, written, feed, .. } = *self;
                 let Some(mut tx) = tx else {
                     return Ok(()); // nothing was read or written
