@@ -1008,6 +1008,16 @@ async fn signing_in_again_replaces_the_browsers_session(db: Db) {
         ("username", "ana".to_string()),
         ("password", "ana-password".to_string()),
     ];
+    let cross_site = smart
+        .http
+        .post(smart.url("/auth/login"))
+        .header("cookie", &first)
+        .header("origin", "https://elsewhere.example")
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cross_site.status(), 403, "a sign-in form posted from another site");
     let response = smart.http.post(smart.url("/auth/login")).header("cookie", &first).form(&form).send().await.unwrap();
     assert_eq!(response.status(), 303);
     let second = response.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();

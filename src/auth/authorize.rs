@@ -298,8 +298,11 @@ impl AuthServer {
 
     /// `POST /auth/login`. A browser that signs in again (`prompt=login`, or the next person at
     /// a shared computer) replaces its session: the earlier one ends, and its `online_access`
-    /// refresh tokens with it.
-    pub async fn login(&self, form: &Params, cookies: Option<&str>) -> Reply {
+    /// refresh tokens with it. A form posted from another site (its `Origin`) is refused.
+    pub async fn login(&self, form: &Params, cookies: Option<&str>, origin: Option<&str>) -> Reply {
+        if !self.is_own_origin(origin) {
+            return error_page(403, "Signing in is only possible from this server's own pages.");
+        }
         let (request_id, mut pending) = match self.pending(form).await {
             Ok(found) => found,
             Err(reply) => return reply,
@@ -336,9 +339,6 @@ impl AuthServer {
             return again(if attempts >= MAX_LOGIN_ATTEMPTS { THROTTLED } else { BAD_LOGIN });
         };
         let _ = self.store.auth_delete(LOGIN_ATTEMPTS, &throttle_key).await;
-        if let Err(error) = self.end_session(cookies).await {
-            return server_error(error);
-        }
         let cookie_value = random_token(32);
         let session = Session { username: user.username.clone(), expires: now_seconds() + SESSION_SECONDS };
         let data = serde_json::to_string(&session).expect("session serialises");
@@ -349,6 +349,10 @@ impl AuthServer {
         }
         pending.username = Some(user.username.clone());
         if let Err(error) = self.save_pending(&request_id, &pending).await {
+            return server_error(error);
+        }
+        // The new session is stored: the earlier one of this browser ends.
+        if let Err(error) = self.end_session(cookies).await {
             return server_error(error);
         }
         Reply::Redirect {

@@ -65,7 +65,8 @@ async fn authorize_post(State(auth): State<Server>, headers: HeaderMap, body: By
 }
 
 async fn login(State(auth): State<Server>, headers: HeaderMap, body: Bytes) -> Response {
-    into_response(auth.login(&form_pairs(&body), header_text(&headers, header::COOKIE)).await)
+    let (cookies, origin) = (header_text(&headers, header::COOKIE), header_text(&headers, header::ORIGIN));
+    into_response(auth.login(&form_pairs(&body), cookies, origin).await)
 }
 
 async fn consent_page(
