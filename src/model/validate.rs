@@ -366,6 +366,12 @@ mod tests {
                 "Observation.component[0]",
                 "only one type of value[x]",
             ),
+            (
+                json!({"resourceType": "Questionnaire", "status": "draft",
+                "useContext": [{"code": {"system": "http://terminology.hl7.org/CodeSystem/usage-context-type", "code": "focus"}}]}),
+                "Questionnaire.useContext[0]",
+                "value[x] is required (one of valueCodeableConcept,",
+            ),
         ];
         for (resource, location, text) in cases {
             let issues = issues_of(resource.clone());
