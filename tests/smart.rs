@@ -1002,23 +1002,10 @@ async fn signing_in_again_replaces_the_browsers_session(db: Db) {
     let page = smart.authorize("app", scope, &pkce, &[]).await.text().await.unwrap();
     let SignedIn { cookie: first, .. } = smart.sign_in(&page, "ana", "ana-password").await;
     let again = smart.authorize("app", scope, &pkce, &[("prompt", "login")]).await.text().await.unwrap();
-    let form = [
-        ("request", common::smart::input_value(&again, "request").unwrap()),
-        ("csrf", common::smart::input_value(&again, "csrf").unwrap()),
-        ("username", "ana".to_string()),
-        ("password", "ana-password".to_string()),
-    ];
-    let cross_site = smart
-        .http
-        .post(smart.url("/auth/login"))
-        .header("cookie", &first)
-        .header("origin", "https://elsewhere.example")
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
+    let sign_in_again = || smart.login_request(&again, "ana", "ana-password").header("cookie", &first);
+    let cross_site = sign_in_again().header("origin", "https://elsewhere.example").send().await.unwrap();
     assert_eq!(cross_site.status(), 403, "a sign-in form posted from another site");
-    let response = smart.http.post(smart.url("/auth/login")).header("cookie", &first).form(&form).send().await.unwrap();
+    let response = sign_in_again().send().await.unwrap();
     assert_eq!(response.status(), 303);
     let second = response.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
     assert_ne!(second, first);

@@ -164,13 +164,18 @@ impl Smart {
 
     /// Posts the login form of `page`; returns the response (303 to consent on success).
     pub async fn login(&self, page: &str, username: &str, password: &str) -> Response {
+        self.login_request(page, username, password).send().await.unwrap()
+    }
+
+    /// The post of the login form of `page`, for headers of a test's own.
+    pub fn login_request(&self, page: &str, username: &str, password: &str) -> reqwest::RequestBuilder {
         let form = [
             ("request", input_value(page, "request").expect("request field")),
             ("csrf", input_value(page, "csrf").expect("csrf field")),
             ("username", username.into()),
             ("password", password.into()),
         ];
-        self.http.post(self.url("/auth/login")).form(&form).send().await.unwrap()
+        self.http.post(self.url("/auth/login")).form(&form)
     }
 
     /// Signs in on the login `page` and follows the redirect to the consent page.
