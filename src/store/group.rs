@@ -3,10 +3,11 @@
 //! Write transactions take turns on the one writer connection, as before, but a turn no longer
 //! ends with its own `COMMIT`: each runs inside a `SAVEPOINT` of a group transaction, and the
 //! group commits when no other transaction is waiting for the writer (or it has had
-//! [`MAX_MEMBERS`] turns). Every member answers only after that `COMMIT`, so what a client is told is
-//! stored is stored; a member that fails rolls back to its savepoint and leaves the others be.
-//! The gain: a page that several members change (the tail of an index, an interior B-tree page)
-//! goes to the write-ahead log once per group instead of once per transaction.
+//! [`MAX_MEMBERS`] turns). Every member answers only after that `COMMIT`, so what a client is
+//! told is stored is stored; a member that fails rolls back to its savepoint and leaves the
+//! others be. The gain: a page that several members change (the tail of an index, an interior
+//! B-tree page) goes to the write-ahead log once per group instead of once per transaction, and
+//! concurrent small writes share one commit (ADR 8).
 //!
 //! A member sees the writes of the members before it in its group, as it would after their
 //! commits. When the group's `COMMIT` itself fails, every member of it fails with it.
