@@ -45,9 +45,7 @@ impl<K: Hash + Eq, V: Clone> BoundedMap<K, V> {
     /// Stores `value` under `key`.
     pub fn insert(&self, key: K, value: V) {
         let mut shard = self.shard(&key).lock().expect("bounded map lock");
-        if shard.len() >= self.capacity_per_shard {
-            shard.clear();
-        }
+        self.make_room(&mut shard);
         shard.insert(key, value);
     }
 
@@ -58,10 +56,15 @@ impl<K: Hash + Eq, V: Clone> BoundedMap<K, V> {
         if let Some(value) = shard.get(&key) {
             return value.clone();
         }
+        self.make_room(&mut shard);
+        shard.entry(key).or_insert_with(make).clone()
+    }
+
+    /// Empties a full shard: cheaper than tracking use, and the bound is what matters.
+    fn make_room(&self, shard: &mut HashMap<K, V, RandomState>) {
         if shard.len() >= self.capacity_per_shard {
             shard.clear();
         }
-        shard.entry(key).or_insert_with(make).clone()
     }
 }
 

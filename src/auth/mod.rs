@@ -89,6 +89,8 @@ pub struct AuthServer {
     store: Arc<dyn Store>,
     keys: KeyRing,
     settings: AuthSettings,
+    /// The browser origin of `settings.base_url` (`scheme://host[:port]`).
+    origin: Option<String>,
     /// Revoked grants, mirrored in memory by the store (on PostgreSQL kept by its change feed,
     /// so that a revocation on one node reaches every node as it commits). While the mirror
     /// is incomplete (the feed reconnecting) every check asks the database.
@@ -122,9 +124,11 @@ impl AuthServer {
     pub async fn open(store: Arc<dyn Store>, settings: AuthSettings) -> StoreResult<Arc<AuthServer>> {
         let keys = KeyRing::load(store.as_ref()).await?;
         let revoked = store.auth_watch(REVOKED).await?;
+        let origin = url::Url::parse(&settings.base_url).ok().map(|url| url.origin().ascii_serialization());
         Ok(Arc::new(AuthServer {
             store,
             keys,
+            origin,
             settings,
             revoked,
             verified: BoundedMap::new(VERIFIED_TOKENS),
@@ -145,9 +149,7 @@ impl AuthServer {
     /// Whether a browser's `Origin` header names this server (or is absent: not a browser, or
     /// a same-origin request of an older one). A form posted from another site names that site.
     fn is_own_origin(&self, origin: Option<&str>) -> bool {
-        let Some(origin) = origin else { return true };
-        let own = url::Url::parse(&self.settings.base_url).map(|url| url.origin().ascii_serialization());
-        own.is_ok_and(|own| own == origin)
+        origin.is_none_or(|origin| self.origin.as_deref() == Some(origin))
     }
 
     /// Whether cookies must be `Secure` (the server is reached over https).

@@ -152,17 +152,30 @@ impl FhirService {
         Ok(before.is_some_and(|before| !before.deleted && self.admitted(rule, &before)))
     }
 
+    /// Whether a read or vread by `access` (its read `rule`) reaches `version`: by the rule
+    /// itself, or for a Binary through its `securityContext`.
+    pub(super) async fn reaches_for_read(
+        &self,
+        source: &mut super::source::Source<'_>,
+        access: &Access,
+        rule: Option<&Rule>,
+        version: &ResourceVersion,
+    ) -> Result<bool, FhirError> {
+        Ok(self.reaches(source, rule, version).await?
+            || self.reaches_by_security_context(source, access, version).await?)
+    }
+
     /// Whether a caller whose rule does not reach a Binary reaches it through its
     /// `securityContext`: a Binary belongs to no compartment, and FHIR R4 reads it under the
     /// access rules of the resource it names (a patient downloads the document their
     /// DocumentReference points to). A deleted Binary is judged by the version it deleted.
-    pub(super) async fn reaches_by_security_context(
+    async fn reaches_by_security_context(
         &self,
         source: &mut super::source::Source<'_>,
         access: &Access,
         version: &ResourceVersion,
     ) -> Result<bool, FhirError> {
-        if version.resource_type != "Binary" || matches!(access, Access::Open) {
+        if version.resource_type != "Binary" {
             return Ok(false);
         }
         let judged = match version.deleted {
@@ -179,15 +192,15 @@ impl FhirService {
     }
 
     /// The local resource a Binary's `securityContext` names (`Type/id`, or this server's
-    /// absolute URL of it); never another Binary.
+    /// absolute URL of it; not a version of it); never another Binary.
     fn security_context(&self, body: &[u8]) -> Option<(String, String)> {
         let binary: Value = serde_json::from_slice(body).ok()?;
         let reference = binary.get("securityContext")?.get("reference")?.as_str()?;
-        let base = format!("{}/", self.config.base_url);
-        let local = reference.strip_prefix(base.as_str()).unwrap_or(reference);
-        let (resource_type, id) = local.split_once('/')?;
-        let known = crate::model::validate::is_resource_type(resource_type) && resource_type != "Binary";
-        (known && crate::model::resource::is_valid_id(id)).then(|| (resource_type.to_string(), id.to_string()))
+        if reference.contains("/_history/") {
+            return None;
+        }
+        let (resource_type, id) = crate::search::index::parse_local_reference(reference, &self.config.base_url)?;
+        (resource_type != "Binary").then(|| (resource_type.to_string(), id.to_string()))
     }
 
     /// Whether `access` may see `version` with `permission` (history entries, includes).

@@ -38,9 +38,7 @@ impl FhirService {
         let rule = self.rule(&request.access, Permission::Read, resource_type)?;
         let current = source.read(resource_type, id).await?.ok_or_else(|| not_found(resource_type, id))?;
         // What the caller may not reach does not exist for it (nor does its deletion).
-        if !self.reaches(source, rule.as_deref(), &current).await?
-            && !self.reaches_by_security_context(source, &request.access, &current).await?
-        {
+        if !self.reaches_for_read(source, &request.access, rule.as_deref(), &current).await? {
             return Err(not_found(resource_type, id));
         }
         if current.deleted {
@@ -68,9 +66,7 @@ impl FhirService {
         let rule = self.rule(access, Permission::Read, resource_type)?;
         let missing = || FhirError::not_found(format!("{resource_type}/{id} has no version {version}"));
         let found = source.vread(resource_type, id, version).await?.ok_or_else(missing)?;
-        if !self.reaches(source, rule.as_deref(), &found).await?
-            && !self.reaches_by_security_context(source, access, &found).await?
-        {
+        if !self.reaches_for_read(source, access, rule.as_deref(), &found).await? {
             return Err(missing());
         }
         if found.deleted {

@@ -169,9 +169,8 @@ pub fn incoming_references(targets: &[(String, String)], source_type: &str, para
     sql
 }
 
-/// `((type = $1 AND id IN ($2, …)) OR …)`: one group per type, so that both databases look the
-/// keys up in the (type, id) indexes (a row-value `IN (VALUES …)` can end in a full scan).
-fn push_keys(sql: &mut Sql, type_column: &str, id_column: &str, keys: &[(String, String)]) {
+/// The ids of `keys` grouped by type, types in order of first appearance.
+pub(super) fn group_by_type(keys: &[(String, String)]) -> Vec<(&str, Vec<&str>)> {
     let mut by_type: Vec<(&str, Vec<&str>)> = Vec::new();
     for (resource_type, id) in keys {
         match by_type.iter_mut().find(|(t, _)| t == resource_type) {
@@ -179,6 +178,13 @@ fn push_keys(sql: &mut Sql, type_column: &str, id_column: &str, keys: &[(String,
             None => by_type.push((resource_type, vec![id])),
         }
     }
+    by_type
+}
+
+/// `((type = $1 AND id IN ($2, …)) OR …)`: one group per type, so that both databases look the
+/// keys up in the (type, id) indexes (a row-value `IN (VALUES …)` can end in a full scan).
+fn push_keys(sql: &mut Sql, type_column: &str, id_column: &str, keys: &[(String, String)]) {
+    let by_type = group_by_type(keys);
     if by_type.is_empty() {
         sql.push("1 = 0");
         return;

@@ -436,7 +436,7 @@ macro_rules! sql_store {
             let mut statements = Statements::default();
             for chunk in batch.chunks(INSERT_CHUNK / 2) {
                 statements
-                    .start(format!("{} resource_history ({VERSION_COLUMNS}) ", $insert))
+                    .start(&format!("{} resource_history ({VERSION_COLUMNS}) ", $insert))
                     .push_values(chunk, |b, (v, _)| push_version(b, v));
             }
             // One row per resource in `resources`: the last version written wins.
@@ -448,7 +448,7 @@ macro_rules! sql_store {
             }
             for chunk in latest.chunks(INSERT_CHUNK / 2) {
                 statements
-                    .start(format!("{} resources ({VERSION_COLUMNS}) ", $insert))
+                    .start(&format!("{} resources ({VERSION_COLUMNS}) ", $insert))
                     .push_values(chunk, |b, v| push_version(b, v))
                     .push(
                         " ON CONFLICT (resource_type, id) DO UPDATE SET version = excluded.version, \
@@ -474,7 +474,7 @@ macro_rules! sql_store {
 
         impl Statements {
             /// Starts the next statement with `sql`.
-            fn start(&mut self, sql: String) -> &mut Builder {
+            fn start(&mut self, sql: &str) -> &mut Builder {
                 match self.0.last_mut() {
                     Some(query) if $one_query => {
                         query.push(";\n").push(sql);
@@ -494,21 +494,14 @@ macro_rules! sql_store {
             }
         }
 
-        /// Deletes every index row of the resources with these keys: per table,
-        /// `(resource_type = ? AND resource_id IN (…)) OR …`, one group per type, so that both
-        /// databases look the keys up in the owner indexes.
+        /// Deletes every index row of the resources with these keys: per table and type,
+        /// `resource_type = ? AND resource_id IN (…)`, which both databases look up in the
+        /// owner indexes.
         fn delete_index_rows(statements: &mut Statements, keys: &[(String, String)]) {
-            let mut by_type: Vec<(&str, Vec<&str>)> = Vec::new();
-            for (resource_type, id) in keys {
-                match by_type.iter_mut().find(|(t, _)| t == resource_type) {
-                    Some((_, ids)) => ids.push(id),
-                    None => by_type.push((resource_type, vec![id])),
-                }
-            }
-            for (resource_type, ids) in &by_type {
+            for (resource_type, ids) in $crate::store::planner::group_by_type(keys) {
                 for chunk in ids.chunks($crate::store::sql::KEY_CHUNK) {
                     for table in $crate::store::sql::INDEX_TABLES {
-                        let query = statements.start(format!("DELETE FROM {table} WHERE resource_type = "));
+                        let query = statements.start(&format!("DELETE FROM {table} WHERE resource_type = "));
                         query.push_bind(resource_type.to_string()).push(" AND resource_id IN (");
                         let mut listed = query.separated(", ");
                         for id in chunk {
@@ -537,7 +530,7 @@ macro_rules! sql_store {
                         .collect();
                     for chunk in rows.chunks(INSERT_CHUNK) {
                         let sql = concat!($insert, " ", $table, " (resource_type, resource_id, ", $columns, ") ");
-                        statements.start(sql.to_string()).push_values(chunk, |mut $b, (owner_type, owner_id, $row)| {
+                        statements.start(sql).push_values(chunk, |mut $b, (owner_type, owner_id, $row)| {
                             $b.push_bind(owner_type.to_string()).push_bind(owner_id.to_string());
                             $bind
                         });
