@@ -1,13 +1,20 @@
 //! Group commit for SQLite's single writer.
 //!
 //! Write transactions take turns on the one writer connection, as before, but a turn no longer
-//! ends with its own `COMMIT`: each runs inside a `SAVEPOINT` of a group transaction, and the
-//! group commits when no other transaction is waiting for the writer (or it has had
-//! [`MAX_MEMBERS`] turns). Every member answers only after that `COMMIT`, so what a client is
-//! told is stored is stored; a member that fails rolls back to its savepoint and leaves the
-//! others be. The gain: a page that several members change (the tail of an index, an interior
-//! B-tree page) goes to the write-ahead log once per group instead of once per transaction, and
+//! ends with its own `COMMIT`: each is a member of a group transaction, and the group commits
+//! when no other transaction is waiting for the writer (or it has had [`MAX_MEMBERS`] turns).
+//! Every member answers only after that `COMMIT`, so what a client is told is stored is stored.
+//! The gain: a page that several members change (the tail of an index, an interior B-tree
+//! page) goes to the write-ahead log once per group instead of once per transaction, and
 //! concurrent small writes share one commit (ADR 8).
+//!
+//! A member that fails undoes its own writes and leaves the others be. Writes the transaction
+//! may still fail after go inside a `SAVEPOINT` of the member; its last write (at commit) does
+//! not need one, and neither do the writes of a group's first member, whose undo is the
+//! group's `ROLLBACK`. A savepoint copies every page its member changes into a journal in
+//! memory, which cost a third of the writer's time during ingest. Should a last write itself
+//! fail partway (a database error, not bad input: input is checked before it is written), the
+//! group is rolled back and every member of it fails.
 //!
 //! A member sees the writes of the members before it in its group, as it would after their
 //! commits. When the group's `COMMIT` itself fails, every member of it fails with it.
@@ -53,6 +60,19 @@ struct Group {
 pub struct Member {
     turn: Option<OwnedMutexGuard<Group>>,
     waiting: Arc<AtomicUsize>,
+    /// Whether the member took the group's first turn: nothing of others to keep if it fails.
+    first: bool,
+    writes: Writes,
+}
+
+/// What a member has written, and how it would be undone.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Writes {
+    None,
+    /// Inside the member's savepoint: undone by rolling back to it.
+    InSavepoint,
+    /// Outside a savepoint: undone only by rolling back the whole group.
+    Bare,
 }
 
 impl WriterGate {
@@ -61,8 +81,7 @@ impl WriterGate {
         WriterGate { pool, turn: Arc::new(Mutex::new(Group::default())), waiting: Arc::new(AtomicUsize::new(0)) }
     }
 
-    /// Waits for the writer, opening a group transaction when none is open, and starts this
-    /// member's savepoint. The wait runs in a task of its own: a caller that stops waiting (a
+    /// Waits for the writer, opening a group transaction when none is open. The wait runs in a task of its own: a caller that stops waiting (a
     /// client hung up) would otherwise leave a half-begun transaction on the connection, or
     /// stop counting as waiting after a member handed the writer to it.
     pub async fn join(&self) -> StoreResult<Member> {
@@ -82,15 +101,13 @@ impl WriterGate {
             turn.conn = Some(conn);
             turn.outcome = Some(watch::channel(None).0);
         }
-        let mut member = Member { turn: Some(turn), waiting: self.waiting.clone() };
-        // On failure the dropped member ends its turn like any other that did not commit.
-        run(member.conn(), "SAVEPOINT member").await?;
-        Ok(member)
+        let first = turn.turns == 0;
+        Ok(Member { turn: Some(turn), waiting: self.waiting.clone(), first, writes: Writes::None })
     }
 }
 
 impl Member {
-    /// The writer connection, inside this member's savepoint.
+    /// The writer connection, for reads.
     pub fn conn(&mut self) -> &mut SqliteConnection {
         self.turn
             .as_mut()
@@ -98,10 +115,26 @@ impl Member {
             .expect("a member holds the open group's connection")
     }
 
+    /// The writer connection, for a write. Unless it is the member's `last` write (nothing
+    /// after it can fail the transaction but the write itself), it goes inside the member's
+    /// savepoint, begun here, so that a later failure can undo it alone.
+    pub async fn writing(&mut self, last: bool) -> StoreResult<&mut SqliteConnection> {
+        if self.writes == Writes::None {
+            if last || self.first {
+                self.writes = Writes::Bare;
+            } else {
+                // On failure the dropped member ends its turn like any other that did not commit.
+                run(self.conn(), "SAVEPOINT member").await?;
+                self.writes = Writes::InSavepoint;
+            }
+        }
+        Ok(self.conn())
+    }
+
     /// Keeps this member's writes in the group and waits until the group has committed.
     pub async fn commit(mut self) -> StoreResult<()> {
         let turn = self.turn.take().expect("a member ends once");
-        let outcome = end(turn, true, self.waiting.clone()).await?;
+        let outcome = end(turn, true, self.writes, self.waiting.clone()).await?;
         outcome.expect("waited for an outcome").map_err(StoreError::CommitFailed)
     }
 
@@ -109,14 +142,19 @@ impl Member {
     /// answers may rest on the writes of the members before it.
     pub async fn rollback(mut self) {
         let turn = self.turn.take().expect("a member ends once");
-        let _ = end(turn, false, self.waiting.clone()).await;
+        let _ = end(turn, false, self.writes, self.waiting.clone()).await;
     }
 }
 
 /// Ends a member's turn in a task of its own (a caller that stops waiting must not leave the
 /// group open, nor the members before it waiting) and waits for the group's outcome.
-async fn end(turn: OwnedMutexGuard<Group>, keep: bool, waiting: Arc<AtomicUsize>) -> StoreResult<Outcome> {
-    let ended = tokio::spawn(end_turn(turn, keep, waiting));
+async fn end(
+    turn: OwnedMutexGuard<Group>,
+    keep: bool,
+    writes: Writes,
+    waiting: Arc<AtomicUsize>,
+) -> StoreResult<Outcome> {
+    let ended = tokio::spawn(end_turn(turn, keep, writes, waiting));
     let mut outcome = ended.await.map_err(|_| abandoned())??;
     let settled = outcome.wait_for(Option::is_some).await.map_err(|_| abandoned())?.clone();
     Ok(settled)
@@ -128,7 +166,7 @@ impl Drop for Member {
         let Some(mut turn) = self.turn.take() else { return };
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                runtime.spawn(end_turn(turn, false, self.waiting.clone()));
+                runtime.spawn(end_turn(turn, false, self.writes, self.waiting.clone()));
             }
             // No runtime to roll back on (the process is ending): close the connection, which
             // rolls the whole group back, rather than let anyone write on in it.
@@ -148,18 +186,24 @@ impl Drop for Member {
 fn end_turn(
     mut turn: OwnedMutexGuard<Group>,
     keep: bool,
+    writes: Writes,
     waiting: Arc<AtomicUsize>,
 ) -> BoxFuture<'static, StoreResult<watch::Receiver<Outcome>>> {
     Box::pin(async move {
         let outcome = turn.outcome.as_ref().expect("an open group has an outcome").subscribe();
         let conn = turn.conn.as_deref_mut().expect("an open group has a connection");
-        let kept = if keep { run(conn, "RELEASE member").await } else { Ok(()) };
-        if !keep || kept.is_err() {
+        let in_savepoint = writes == Writes::InSavepoint;
+        let kept = if keep && in_savepoint { run(conn, "RELEASE member").await } else { Ok(()) };
+        if in_savepoint && (!keep || kept.is_err()) {
             let rolled_back = rollback_member(conn).await;
             if let Err(error) = rolled_back {
                 // The savepoint's state is unknown: nothing of the group can be trusted.
                 finish(&mut turn, "ROLLBACK", Err(format!("a member's rollback failed: {error}"))).await;
             }
+        }
+        if !keep && writes == Writes::Bare {
+            let reason = "a transaction of the group failed partway through writing".to_string();
+            finish(&mut turn, "ROLLBACK", Err(reason)).await;
         }
         turn.turns += 1;
         if turn.conn.is_some() && (waiting.load(Ordering::Acquire) == 0 || turn.turns >= MAX_MEMBERS) {
@@ -243,8 +287,14 @@ mod tests {
         (WriterGate::new(writers), readers, dir)
     }
 
+    /// Inserts `name` as a write the member may still fail after.
     async fn insert(member: &mut Member, name: &str) {
-        sqlx::query("INSERT INTO t (name) VALUES ($1)").bind(name).execute(member.conn()).await.expect("insert");
+        write(member, name, false).await;
+    }
+
+    async fn write(member: &mut Member, name: &str, last: bool) {
+        let conn = member.writing(last).await.expect("writer");
+        sqlx::query("INSERT INTO t (name) VALUES ($1)").bind(name).execute(conn).await.expect("insert");
     }
 
     async fn stored(readers: &SqlitePool) -> Vec<String> {
@@ -305,6 +355,38 @@ mod tests {
         third.commit().await.expect("the group commits");
         settled(first_commit).await.expect("commit");
         assert_eq!(stored(&readers).await, ["first", "third"]);
+    }
+
+    #[tokio::test]
+    async fn a_member_that_fails_after_its_last_write_fails_its_group() {
+        let (gate, readers, _dir) = gate().await;
+        let mut first = gate.join().await.expect("join");
+        insert(&mut first, "first").await;
+        let second = queue_member(&gate).await;
+        let first_commit = tokio::spawn(first.commit());
+        let mut second = second.await.expect("second joins");
+        write(&mut second, "second", true).await; // no savepoint to undo it alone
+        let third = queue_member(&gate).await;
+        second.rollback().await;
+        let failed = settled(first_commit).await;
+        assert!(matches!(failed, Err(StoreError::CommitFailed(_))), "{failed:?}");
+        let mut third = third.await.expect("third joins a new group");
+        insert(&mut third, "third").await;
+        third.commit().await.expect("the new group commits");
+        assert_eq!(stored(&readers).await, ["third"]);
+    }
+
+    #[tokio::test]
+    async fn a_first_member_that_fails_leaves_nothing() {
+        let (gate, readers, _dir) = gate().await;
+        let mut first = gate.join().await.expect("join");
+        insert(&mut first, "first").await;
+        let second = queue_member(&gate).await;
+        first.rollback().await;
+        let mut second = second.await.expect("second joins");
+        write(&mut second, "second", true).await;
+        second.commit().await.expect("commit");
+        assert_eq!(stored(&readers).await, ["second"]);
     }
 
     #[tokio::test]

@@ -78,7 +78,11 @@ pub(super) trait WriteSession: Sized + Send {
     type Source: Clone + Send + Sync;
     type Connection;
     async fn begin(source: &Self::Source) -> StoreResult<Self>;
+    /// The connection, for reads.
     fn connection(&mut self) -> &mut Self::Connection;
+    /// The connection, for a write; `last` when nothing after it but the write itself can
+    /// fail the transaction (its flush at commit), which SQLite need not be able to undo alone.
+    async fn writing(&mut self, last: bool) -> StoreResult<&mut Self::Connection>;
     async fn commit(self) -> StoreResult<()>;
     async fn rollback(self);
 }
@@ -95,6 +99,10 @@ impl WriteSession for sqlx::Transaction<'static, sqlx::Postgres> {
 
     fn connection(&mut self) -> &mut sqlx::PgConnection {
         self
+    }
+
+    async fn writing(&mut self, _last: bool) -> StoreResult<&mut sqlx::PgConnection> {
+        Ok(self)
     }
 
     async fn commit(self) -> StoreResult<()> {
@@ -119,6 +127,10 @@ impl WriteSession for super::group::Member {
 
     fn connection(&mut self) -> &mut sqlx::SqliteConnection {
         self.conn()
+    }
+
+    async fn writing(&mut self, last: bool) -> StoreResult<&mut sqlx::SqliteConnection> {
+        super::group::Member::writing(self, last).await
     }
 
     async fn commit(self) -> StoreResult<()> {
@@ -197,14 +209,22 @@ macro_rules! sql_store {
                 Ok(self.tx.as_mut().expect("begun above").connection())
             }
 
-            async fn flush(&mut self) -> $crate::store::StoreResult<()> {
+            /// The transaction's connection for a write (see `WriteSession::writing`).
+            async fn write_conn(&mut self, last: bool) -> $crate::store::StoreResult<&mut Conn> {
+                use $crate::store::sql::WriteSession;
+                self.conn().await?;
+                WriteSession::writing(self.tx.as_mut().expect("begun above"), last).await
+            }
+
+            /// Writes the buffered versions; `last` at commit.
+            async fn flush(&mut self, last: bool) -> $crate::store::StoreResult<()> {
                 if self.pending.is_empty() {
                     return Ok(());
                 }
                 let pending = std::mem::take(&mut self.pending);
                 // Built before the writer is taken: binding a batch's values is work of its own.
                 let statements = batch_statements(&pending);
-                statements.execute(self.conn().await?).await?;
+                statements.execute(self.write_conn(last).await?).await?;
                 if self.cache.is_some() {
                     self.written.extend(pending.into_iter().map(|(version, _)| version));
                 }
@@ -802,7 +822,7 @@ macro_rules! sql_store {
                 // do not hold its lock while inserting their new resources. Later writes stay
                 // buffered (a bundle of updates is flushed once), as they do without row locks.
                 if !$lock.is_empty() && !self.locked {
-                    self.flush().await?;
+                    self.flush(false).await?;
                     self.locked = true;
                 }
                 let pending = self.pending.iter().rev().find(|(v, _)| v.resource_type == resource_type && v.id == id);
@@ -832,7 +852,7 @@ macro_rules! sql_store {
                 &mut self,
                 query: &$crate::store::SearchQuery,
             ) -> $crate::store::StoreResult<$crate::store::SearchPage> {
-                self.flush().await?;
+                self.flush(false).await?;
                 run_search(self.conn().await?, query).await
             }
 
@@ -850,7 +870,7 @@ macro_rules! sql_store {
                 batch: &[($crate::store::ResourceVersion, $crate::store::IndexRows)],
             ) -> $crate::store::StoreResult<usize> {
                 use sqlx::Row;
-                self.flush().await?;
+                self.flush(false).await?;
                 let keys: Vec<(String, String)> =
                     batch.iter().map(|(v, _)| (v.resource_type.clone(), v.id.clone())).collect();
                 let mut current = std::collections::HashSet::new();
@@ -875,7 +895,7 @@ macro_rules! sql_store {
                 let mut statements = Statements::default();
                 delete_index_rows(&mut statements, &unchanged_keys);
                 index_row_statements(&mut statements, &unchanged);
-                statements.execute(self.conn().await?).await?;
+                statements.execute(self.write_conn(false).await?).await?;
                 Ok(unchanged.len())
             }
 
@@ -891,14 +911,14 @@ macro_rules! sql_store {
                 .bind(now)
                 .bind(step.id)
                 .bind(step.owner)
-                .execute(self.conn().await?)
+                .execute(self.write_conn(false).await?)
                 .await?;
                 Ok(done.rows_affected() == 1)
             }
 
             async fn commit(mut self: Box<Self>) -> $crate::store::StoreResult<()> {
                 use $crate::store::sql::WriteSession;
-                if let Err(error) = self.flush().await {
+                if let Err(error) = self.flush(true).await {
                     // Answered only once the group this ran in has ended, like any other error.
                     $crate::store::StoreTx::rollback(self).await;
                     return Err(error);
