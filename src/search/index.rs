@@ -26,6 +26,10 @@ const MAX_COMPOSITE_ROWS: usize = 64;
 
 /// Lower-cases and removes accents, so that string search is case- and accent-insensitive.
 pub fn normalize(text: &str) -> String {
+    // ASCII has no accents to remove (its decomposition is itself).
+    if text.is_ascii() {
+        return text.to_ascii_lowercase();
+    }
     text.nfd().filter(|c| !is_combining_mark(*c)).flat_map(char::to_lowercase).collect()
 }
 

@@ -223,10 +223,10 @@ macro_rules! sql_store {
                 }
                 let pending = std::mem::take(&mut self.pending);
                 // Built before the writer is taken: binding a batch's values is work of its own.
-                let statements = batch_statements(&pending);
+                let (statements, versions) = batch_statements(pending);
                 statements.execute(self.write_conn(last).await?).await?;
                 if self.cache.is_some() {
-                    self.written.extend(pending.into_iter().map(|(version, _)| version));
+                    self.written.extend(versions);
                 }
                 Ok(())
             }
@@ -440,8 +440,11 @@ macro_rules! sql_store {
 
         /// The statements that write buffered versions: one multi-row INSERT per table and
         /// chunk, instead of several statements per resource (on SQLite, all of them sent as
-        /// one query: one round trip to the writer's thread).
-        fn batch_statements(batch: &[($crate::store::ResourceVersion, $crate::store::IndexRows)]) -> Statements {
+        /// one query: one round trip to the writer's thread). The index rows are moved into the
+        /// statements; the versions come back.
+        fn batch_statements(
+            batch: Vec<($crate::store::ResourceVersion, $crate::store::IndexRows)>,
+        ) -> (Statements, Vec<$crate::store::ResourceVersion>) {
             use $crate::store::sql::{to_micros, INSERT_CHUNK, VERSION_COLUMNS};
             let push_version = |mut b: sqlx::query_builder::Separated<'_, 'static, $db, &'static str>,
                                 v: &$crate::store::ResourceVersion| {
@@ -453,23 +456,26 @@ macro_rules! sql_store {
                     .push_bind(v.method.as_str())
                     .push_bind(v.body.to_vec());
             };
+            let (versions, mut rows): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
             let mut statements = Statements::default();
-            for chunk in batch.chunks(INSERT_CHUNK / 2) {
+            for chunk in versions.chunks(INSERT_CHUNK / 2) {
                 statements
                     .start(&format!("{} resource_history ({VERSION_COLUMNS}) ", $insert))
-                    .push_values(chunk, |b, (v, _)| push_version(b, v));
+                    .push_values(chunk, |b, v| push_version(b, v));
             }
             // One row per resource in `resources`: the last version written wins.
-            let mut latest: Vec<&$crate::store::ResourceVersion> = Vec::with_capacity(batch.len());
-            for (version, _) in batch.iter().rev() {
-                if !latest.iter().any(|v| v.resource_type == version.resource_type && v.id == version.id) {
-                    latest.push(version);
+            let mut latest: Vec<usize> = Vec::with_capacity(versions.len());
+            for (n, version) in versions.iter().enumerate().rev() {
+                let seen =
+                    |&m: &usize| versions[m].resource_type == version.resource_type && versions[m].id == version.id;
+                if !latest.iter().any(seen) {
+                    latest.push(n);
                 }
             }
             for chunk in latest.chunks(INSERT_CHUNK / 2) {
                 statements
                     .start(&format!("{} resources ({VERSION_COLUMNS}) ", $insert))
-                    .push_values(chunk, |b, v| push_version(b, v))
+                    .push_values(chunk, |b, &n| push_version(b, &versions[n]))
                     .push(
                         " ON CONFLICT (resource_type, id) DO UPDATE SET version = excluded.version, \
                          last_updated = excluded.last_updated, deleted = excluded.deleted, \
@@ -477,15 +483,16 @@ macro_rules! sql_store {
                     );
             }
             // Version 1 replaces no earlier index rows.
-            let replaced: Vec<(String, String)> =
-                latest.iter().filter(|v| v.version > 1).map(|v| (v.resource_type.clone(), v.id.clone())).collect();
-            delete_index_rows(&mut statements, &replaced);
-            let current: Vec<(&$crate::store::ResourceVersion, &$crate::store::IndexRows)> = latest
+            let replaced: Vec<(String, String)> = latest
                 .iter()
-                .filter_map(|v| batch.iter().rev().find(|(o, _)| std::ptr::eq(o, *v)).map(|(o, rows)| (o, rows)))
+                .map(|&n| &versions[n])
+                .filter(|v| v.version > 1)
+                .map(|v| (v.resource_type.clone(), v.id.clone()))
                 .collect();
-            index_row_statements(&mut statements, &current);
-            statements
+            delete_index_rows(&mut statements, &replaced);
+            let current = latest.iter().map(|&n| (&versions[n], std::mem::take(&mut rows[n]))).collect();
+            index_row_statements(&mut statements, current);
+            (statements, versions)
         }
 
         /// Statements to run in order; on SQLite joined into one query.
@@ -534,21 +541,24 @@ macro_rules! sql_store {
         }
 
         /// The statements that insert the index rows of resources (one multi-row INSERT per
-        /// table and chunk).
+        /// table and chunk), moving the rows' values into them.
         fn index_row_statements(
             statements: &mut Statements,
-            current: &[(&$crate::store::ResourceVersion, &$crate::store::IndexRows)],
+            mut current: Vec<(&$crate::store::ResourceVersion, $crate::store::IndexRows)>,
         ) {
             use $crate::store::sql::INSERT_CHUNK;
             macro_rules! insert_rows {
                 ($field:ident, $table:literal, $columns:literal, |$b:ident, $row:ident| $bind:block) => {
-                    let rows: Vec<(&str, &str, _)> = current
-                        .iter()
+                    let mut rows: Vec<(&str, &str, _)> = current
+                        .iter_mut()
                         .flat_map(|(v, index)| {
-                            index.$field.iter().map(move |row| (v.resource_type.as_str(), v.id.as_str(), row))
+                            std::mem::take(&mut index.$field)
+                                .into_iter()
+                                .map(|row| (v.resource_type.as_str(), v.id.as_str(), row))
                         })
                         .collect();
-                    for chunk in rows.chunks(INSERT_CHUNK) {
+                    while !rows.is_empty() {
+                        let chunk = rows.drain(..rows.len().min(INSERT_CHUNK));
                         let sql = concat!($insert, " ", $table, " (resource_type, resource_id, ", $columns, ") ");
                         statements.start(sql).push_values(chunk, |mut $b, (owner_type, owner_id, $row)| {
                             $b.push_bind(owner_type.to_string()).push_bind(owner_id.to_string());
@@ -558,41 +568,39 @@ macro_rules! sql_store {
                 };
             }
             insert_rows!(tokens, "search_token", "param, system, code", |b, row| {
-                b.push_bind(row.param.clone()).push_bind(row.system.clone()).push_bind(row.code.clone());
+                b.push_bind(row.param).push_bind(row.system).push_bind(row.code);
             });
             insert_rows!(strings, "search_string", "param, normalized, exact", |b, row| {
-                b.push_bind(row.param.clone()).push_bind(row.normalized.clone()).push_bind(row.exact.clone());
+                b.push_bind(row.param).push_bind(row.normalized).push_bind(row.exact);
             });
             insert_rows!(references, "search_reference", "param, target_type, target_id, target_url", |b, row| {
-                b.push_bind(row.param.clone())
-                    .push_bind(row.target_type.clone())
-                    .push_bind(row.target_id.clone())
-                    .push_bind(row.target_url.clone());
+                b.push_bind(row.param).push_bind(row.target_type).push_bind(row.target_id).push_bind(row.target_url);
             });
             insert_rows!(uris, "search_uri", "param, value", |b, row| {
-                b.push_bind(row.param.clone()).push_bind(row.value.clone());
+                b.push_bind(row.param).push_bind(row.value);
             });
             insert_rows!(dates, "search_date", "param, low, high", |b, row| {
-                b.push_bind(row.param.clone()).push_bind(row.low).push_bind(row.high);
+                b.push_bind(row.param).push_bind(row.low).push_bind(row.high);
             });
             insert_rows!(numbers, "search_number", "param, value", |b, row| {
-                b.push_bind(row.param.clone()).push_bind(row.value);
+                b.push_bind(row.param).push_bind(row.value);
             });
             insert_rows!(quantities, "search_quantity", "param, value, system, code, unit", |b, row| {
-                b.push_bind(row.param.clone())
+                b.push_bind(row.param)
                     .push_bind(row.value)
-                    .push_bind(row.system.clone())
-                    .push_bind(row.code.clone())
-                    .push_bind(row.unit.clone());
+                    .push_bind(row.system)
+                    .push_bind(row.code)
+                    .push_bind(row.unit);
             });
             insert_rows!(
                 composites,
                 "search_composite",
                 "param, s0, c0, v0, lo0, hi0, s1, c1, v1, lo1, hi1, s2, c2, v2, lo2, hi2",
                 |b, row| {
-                    b.push_bind(row.param.clone());
-                    for n in 0..3 {
-                        let part = row.parts.get(n).cloned().unwrap_or_default();
+                    b.push_bind(row.param);
+                    let mut parts = row.parts.into_iter();
+                    for _ in 0..3 {
+                        let part = parts.next().unwrap_or_default();
                         b.push_bind(part.system)
                             .push_bind(part.code)
                             .push_bind(part.number)
@@ -885,18 +893,18 @@ macro_rules! sql_store {
                         current.insert(key);
                     }
                 }
-                let unchanged: Vec<(&$crate::store::ResourceVersion, &$crate::store::IndexRows)> = batch
+                let unchanged: Vec<(&$crate::store::ResourceVersion, $crate::store::IndexRows)> = batch
                     .iter()
                     .filter(|(v, _)| current.contains(&(v.resource_type.clone(), v.id.clone(), v.version)))
-                    .map(|(v, rows)| (v, rows))
+                    .map(|(v, rows)| (v, rows.clone()))
                     .collect();
                 let unchanged_keys: Vec<(String, String)> =
                     unchanged.iter().map(|(v, _)| (v.resource_type.clone(), v.id.clone())).collect();
                 let mut statements = Statements::default();
                 delete_index_rows(&mut statements, &unchanged_keys);
-                index_row_statements(&mut statements, &unchanged);
+                index_row_statements(&mut statements, unchanged);
                 statements.execute(self.write_conn(false).await?).await?;
-                Ok(unchanged.len())
+                Ok(unchanged_keys.len())
             }
 
             async fn job_step(&mut self, step: &$crate::store::JobStep<'_>) -> $crate::store::StoreResult<bool> {
