@@ -17,12 +17,115 @@ sql_store!(
     db = sqlx::Postgres,
     lock = " FOR UPDATE",
     skip_locked = " FOR UPDATE SKIP LOCKED",
-    insert = "INSERT INTO",
     one_query = false,
     dialect = super::planner::Dialect::Postgres,
     session = sqlx::Transaction<'static, sqlx::Postgres>
 );
 auth_store!(PostgresStore);
+
+/// The statement that inserts `versions` into `table` (`resource_history` or `resources`),
+/// ending with `then`: one `INSERT … SELECT * FROM UNNEST(…)` with an array per column (see
+/// `index_row_statements`).
+fn version_statements(statements: &mut Statements, table: &str, versions: &[&super::ResourceVersion], then: &str) {
+    use super::sql::{to_micros, VERSION_COLUMNS};
+    if versions.is_empty() {
+        return;
+    }
+    let query = statements.start(&format!("INSERT INTO {table} ({VERSION_COLUMNS}) SELECT * FROM UNNEST("));
+    query
+        .push_bind(versions.iter().map(|v| v.resource_type.clone()).collect::<Vec<String>>())
+        .push("::text[], ")
+        .push_bind(versions.iter().map(|v| v.id.clone()).collect::<Vec<String>>())
+        .push("::text[], ")
+        .push_bind(versions.iter().map(|v| v.version).collect::<Vec<i64>>())
+        .push("::int8[], ")
+        .push_bind(versions.iter().map(|v| to_micros(v.last_updated)).collect::<Vec<i64>>())
+        .push("::int8[], ")
+        .push_bind(versions.iter().map(|v| v.deleted).collect::<Vec<bool>>())
+        .push("::bool[], ")
+        .push_bind(versions.iter().map(|v| v.method.as_str().to_string()).collect::<Vec<String>>())
+        .push("::text[], ")
+        .push_bind(versions.iter().map(|v| v.body.to_vec()).collect::<Vec<Vec<u8>>>())
+        .push("::bytea[])")
+        .push(then);
+}
+
+/// The statements that insert the index rows of resources: per table, one
+/// `INSERT … SELECT * FROM UNNEST(…)` with an array per column, the rows' values moved into
+/// them. The text is the same whatever the number of rows, so a connection parses and plans it
+/// once; a multi-row `VALUES` list was a new statement, parsed and planned, every time.
+fn index_row_statements(statements: &mut Statements, mut current: Vec<(&super::ResourceVersion, super::IndexRows)>) {
+    /// `$table`'s rows of `current` (field `$field`), each column an array of `$value`s cast to
+    /// `$array`.
+    macro_rules! unnest {
+        ($field:ident, $table:literal, |$row:pat_param| { $($column:ident: $array:literal = $value:expr),+ $(,)? }) => {{
+            let (mut resource_type, mut resource_id) = (Vec::new(), Vec::new());
+            $(let mut $column = Vec::new();)+
+            for (version, index) in current.iter_mut() {
+                for $row in std::mem::take(&mut index.$field) {
+                    resource_type.push(version.resource_type.clone());
+                    resource_id.push(version.id.clone());
+                    $($column.push($value);)+
+                }
+            }
+            if !resource_type.is_empty() {
+                let columns = [$(stringify!($column)),+].join(", ");
+                let query = statements.start(&format!(
+                    "INSERT INTO {} (resource_type, resource_id, {columns}) SELECT * FROM UNNEST(",
+                    $table
+                ));
+                query.push_bind(resource_type).push("::text[], ").push_bind(resource_id).push("::text[]");
+                $(query.push(", ").push_bind($column).push(concat!("::", $array));)+
+                query.push(")");
+            }
+        }};
+    }
+    unnest!(tokens, "search_token", |row| { param: "text[]" = row.param, system: "text[]" = row.system, code: "text[]" = row.code });
+    unnest!(strings, "search_string", |row| {
+        param: "text[]" = row.param,
+        normalized: "text[]" = row.normalized,
+        exact: "text[]" = row.exact,
+    });
+    unnest!(references, "search_reference", |row| {
+        param: "text[]" = row.param,
+        target_type: "text[]" = row.target_type,
+        target_id: "text[]" = row.target_id,
+        target_url: "text[]" = row.target_url,
+    });
+    unnest!(uris, "search_uri", |row| { param: "text[]" = row.param, value: "text[]" = row.value });
+    unnest!(dates, "search_date", |row| { param: "text[]" = row.param, low: "int8[]" = row.low, high: "int8[]" = row.high });
+    unnest!(numbers, "search_number", |row| { param: "text[]" = row.param, value: "float8[]" = row.value });
+    unnest!(quantities, "search_quantity", |row| {
+        param: "text[]" = row.param,
+        value: "float8[]" = row.value,
+        system: "text[]" = row.system,
+        code: "text[]" = row.code,
+        unit: "text[]" = row.unit,
+    });
+    for (_, index) in current.iter_mut() {
+        for row in &mut index.composites {
+            row.parts.resize(3, super::CompositePart::default());
+        }
+    }
+    unnest!(composites, "search_composite", |mut row| {
+        param: "text[]" = row.param,
+        s0: "text[]" = row.parts[0].system.take(),
+        c0: "text[]" = row.parts[0].code.take(),
+        v0: "float8[]" = row.parts[0].number,
+        lo0: "int8[]" = row.parts[0].low,
+        hi0: "int8[]" = row.parts[0].high,
+        s1: "text[]" = row.parts[1].system.take(),
+        c1: "text[]" = row.parts[1].code.take(),
+        v1: "float8[]" = row.parts[1].number,
+        lo1: "int8[]" = row.parts[1].low,
+        hi1: "int8[]" = row.parts[1].high,
+        s2: "text[]" = row.parts[2].system.take(),
+        c2: "text[]" = row.parts[2].code.take(),
+        v2: "float8[]" = row.parts[2].number,
+        lo2: "int8[]" = row.parts[2].low,
+        hi2: "int8[]" = row.parts[2].high,
+    });
+}
 
 /// Connections in each pool per core of this machine. More connections than the cores can
 /// serve only queue inside PostgreSQL: on 2 cores, 6 connections served 12-20% more searches

@@ -1,7 +1,8 @@
 //! The SQL shared by the SQLite and PostgreSQL stores.
 //!
 //! Both databases run the same statements (sqlx's `QueryBuilder` writes each dialect's
-//! placeholders); the one difference that matters, row locking, is a parameter. The
+//! placeholders), except for bulk INSERTs; the differences that matter, row locking and how
+//! many rows are inserted at once, are parameters and per-database functions. The
 //! [`sql_store!`] macro instantiates the store, its transaction type and the trait impls for one
 //! sqlx database type, so the SQL exists once.
 
@@ -9,7 +10,7 @@ use time::OffsetDateTime;
 
 use super::{StoreError, StoreResult};
 
-/// How many index rows go into one multi-row INSERT (keeps well under SQLite's variable limit).
+/// How many index rows go into one multi-row INSERT on SQLite (well under its variable limit).
 pub(super) const INSERT_CHUNK: usize = 500;
 
 /// Every search index table (each has `resource_type` and `resource_id` columns).
@@ -29,6 +30,10 @@ pub(super) const JOB_COLUMNS: &str = "id, kind, parameters, status, progress, pr
 
 /// The column list every resource-version query selects, in the order [`sql_store!`] decodes.
 pub(super) const VERSION_COLUMNS: &str = "resource_type, id, version, last_updated, deleted, method, body";
+
+/// What ends the INSERT of current versions into `resources`: a new version replaces the row.
+pub(super) const REPLACE_CURRENT: &str = " ON CONFLICT (resource_type, id) DO UPDATE SET version = excluded.version, \
+     last_updated = excluded.last_updated, deleted = excluded.deleted, method = excluded.method, body = excluded.body";
 
 /// Microseconds since the Unix epoch: the stored form of instants.
 pub(super) fn to_micros(at: OffsetDateTime) -> i64 {
@@ -145,13 +150,12 @@ impl WriteSession for super::group::Member {
 /// Defines `$store` (with `readers`/`writers` pools of `$db`) and its transaction type, and
 /// implements [`Store`](super::Store) and [`StoreTx`](super::StoreTx) with the shared SQL.
 /// `$lock` is appended to the statement that reads a row a writer is about to replace, and
-/// `$skip_locked` to the one that picks a job to claim. `$insert` starts the bulk INSERTs of a
-/// write: SQLite's `INSERT OR FAIL` spares it a statement journal (a copy of every page the
-/// statement touches), which only matters for rolling back one statement of a transaction that
-/// goes on, and a failed write rolls back the whole transaction anyway. With `$one_query` the
+/// `$skip_locked` to the one that picks a job to claim. With `$one_query` the
 /// statements of a batch are joined into one query (SQLite runs them in one call of its
 /// connection's thread; PostgreSQL's extended protocol takes one statement per query).
-/// `$session` is the [`WriteSession`] a write transaction holds.
+/// `$session` is the [`WriteSession`] a write transaction holds. The invoking module defines
+/// `version_statements` and `index_row_statements`: how its database best takes many rows at
+/// once.
 macro_rules! sql_store {
     (
         store = $store:ident,
@@ -159,7 +163,6 @@ macro_rules! sql_store {
         db = $db:ty,
         lock = $lock:literal,
         skip_locked = $skip_locked:literal,
-        insert = $insert:literal,
         one_query = $one_query:literal,
         dialect = $dialect:expr,
         session = $session:ty
@@ -445,43 +448,17 @@ macro_rules! sql_store {
         fn batch_statements(
             batch: Vec<($crate::store::ResourceVersion, $crate::store::IndexRows)>,
         ) -> (Statements, Vec<$crate::store::ResourceVersion>) {
-            use $crate::store::sql::{to_micros, INSERT_CHUNK, VERSION_COLUMNS};
-            let push_version = |mut b: sqlx::query_builder::Separated<'_, 'static, $db, &'static str>,
-                                v: &$crate::store::ResourceVersion| {
-                b.push_bind(v.resource_type.clone())
-                    .push_bind(v.id.clone())
-                    .push_bind(v.version)
-                    .push_bind(to_micros(v.last_updated))
-                    .push_bind(v.deleted)
-                    .push_bind(v.method.as_str())
-                    .push_bind(v.body.to_vec());
-            };
             let (versions, mut rows): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
             let mut statements = Statements::default();
-            for chunk in versions.chunks(INSERT_CHUNK / 2) {
-                statements
-                    .start(&format!("{} resource_history ({VERSION_COLUMNS}) ", $insert))
-                    .push_values(chunk, |b, v| push_version(b, v));
-            }
+            version_statements(&mut statements, "resource_history", &versions.iter().collect::<Vec<_>>(), "");
             // One row per resource in `resources`: the last version written wins.
-            let mut latest: Vec<usize> = Vec::with_capacity(versions.len());
-            for (n, version) in versions.iter().enumerate().rev() {
-                let seen =
-                    |&m: &usize| versions[m].resource_type == version.resource_type && versions[m].id == version.id;
-                if !latest.iter().any(seen) {
-                    latest.push(n);
-                }
-            }
-            for chunk in latest.chunks(INSERT_CHUNK / 2) {
-                statements
-                    .start(&format!("{} resources ({VERSION_COLUMNS}) ", $insert))
-                    .push_values(chunk, |b, &n| push_version(b, &versions[n]))
-                    .push(
-                        " ON CONFLICT (resource_type, id) DO UPDATE SET version = excluded.version, \
-                         last_updated = excluded.last_updated, deleted = excluded.deleted, \
-                         method = excluded.method, body = excluded.body",
-                    );
-            }
+            let mut seen = std::collections::HashSet::with_capacity(versions.len());
+            let latest: Vec<usize> = (0..versions.len())
+                .rev()
+                .filter(|&n| seen.insert((versions[n].resource_type.as_str(), versions[n].id.as_str())))
+                .collect();
+            let current_versions: Vec<&$crate::store::ResourceVersion> = latest.iter().map(|&n| &versions[n]).collect();
+            version_statements(&mut statements, "resources", &current_versions, $crate::store::sql::REPLACE_CURRENT);
             // Version 1 replaces no earlier index rows.
             let replaced: Vec<(String, String)> = latest
                 .iter()
@@ -538,77 +515,6 @@ macro_rules! sql_store {
                     }
                 }
             }
-        }
-
-        /// The statements that insert the index rows of resources (one multi-row INSERT per
-        /// table and chunk), moving the rows' values into them.
-        fn index_row_statements(
-            statements: &mut Statements,
-            mut current: Vec<(&$crate::store::ResourceVersion, $crate::store::IndexRows)>,
-        ) {
-            use $crate::store::sql::INSERT_CHUNK;
-            macro_rules! insert_rows {
-                ($field:ident, $table:literal, $columns:literal, |$b:ident, $row:ident| $bind:block) => {
-                    let mut rows: Vec<(&str, &str, _)> = current
-                        .iter_mut()
-                        .flat_map(|(v, index)| {
-                            std::mem::take(&mut index.$field)
-                                .into_iter()
-                                .map(|row| (v.resource_type.as_str(), v.id.as_str(), row))
-                        })
-                        .collect();
-                    while !rows.is_empty() {
-                        let chunk = rows.drain(..rows.len().min(INSERT_CHUNK));
-                        let sql = concat!($insert, " ", $table, " (resource_type, resource_id, ", $columns, ") ");
-                        statements.start(sql).push_values(chunk, |mut $b, (owner_type, owner_id, $row)| {
-                            $b.push_bind(owner_type.to_string()).push_bind(owner_id.to_string());
-                            $bind
-                        });
-                    }
-                };
-            }
-            insert_rows!(tokens, "search_token", "param, system, code", |b, row| {
-                b.push_bind(row.param).push_bind(row.system).push_bind(row.code);
-            });
-            insert_rows!(strings, "search_string", "param, normalized, exact", |b, row| {
-                b.push_bind(row.param).push_bind(row.normalized).push_bind(row.exact);
-            });
-            insert_rows!(references, "search_reference", "param, target_type, target_id, target_url", |b, row| {
-                b.push_bind(row.param).push_bind(row.target_type).push_bind(row.target_id).push_bind(row.target_url);
-            });
-            insert_rows!(uris, "search_uri", "param, value", |b, row| {
-                b.push_bind(row.param).push_bind(row.value);
-            });
-            insert_rows!(dates, "search_date", "param, low, high", |b, row| {
-                b.push_bind(row.param).push_bind(row.low).push_bind(row.high);
-            });
-            insert_rows!(numbers, "search_number", "param, value", |b, row| {
-                b.push_bind(row.param).push_bind(row.value);
-            });
-            insert_rows!(quantities, "search_quantity", "param, value, system, code, unit", |b, row| {
-                b.push_bind(row.param)
-                    .push_bind(row.value)
-                    .push_bind(row.system)
-                    .push_bind(row.code)
-                    .push_bind(row.unit);
-            });
-            insert_rows!(
-                composites,
-                "search_composite",
-                "param, s0, c0, v0, lo0, hi0, s1, c1, v1, lo1, hi1, s2, c2, v2, lo2, hi2",
-                |b, row| {
-                    b.push_bind(row.param);
-                    let mut parts = row.parts.into_iter();
-                    for _ in 0..3 {
-                        let part = parts.next().unwrap_or_default();
-                        b.push_bind(part.system)
-                            .push_bind(part.code)
-                            .push_bind(part.number)
-                            .push_bind(part.low)
-                            .push_bind(part.high);
-                    }
-                }
-            );
         }
 
         #[async_trait::async_trait]

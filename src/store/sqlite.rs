@@ -18,12 +18,98 @@ sql_store!(
     db = sqlx::Sqlite,
     lock = "",
     skip_locked = "",
-    insert = "INSERT OR FAIL INTO",
     one_query = true,
     dialect = super::planner::Dialect::Sqlite,
     session = super::group::Member
 );
 auth_store!(SqliteStore);
+
+/// The statements that insert `versions` into `table` (`resource_history` or `resources`),
+/// each ending with `then`: multi-row INSERTs. `INSERT OR FAIL` spares a write the statement
+/// journal (a copy of every page the statement touches), which only matters for rolling back
+/// one statement of a transaction that goes on; a failed write is undone as a whole.
+fn version_statements(statements: &mut Statements, table: &str, versions: &[&super::ResourceVersion], then: &str) {
+    use super::sql::{to_micros, INSERT_CHUNK, VERSION_COLUMNS};
+    for chunk in versions.chunks(INSERT_CHUNK / 2) {
+        statements
+            .start(&format!("INSERT OR FAIL INTO {table} ({VERSION_COLUMNS}) "))
+            .push_values(chunk, |mut b, v| {
+                b.push_bind(v.resource_type.clone())
+                    .push_bind(v.id.clone())
+                    .push_bind(v.version)
+                    .push_bind(to_micros(v.last_updated))
+                    .push_bind(v.deleted)
+                    .push_bind(v.method.as_str())
+                    .push_bind(v.body.to_vec());
+            })
+            .push(then);
+    }
+}
+
+/// The statements that insert the index rows of resources, moving the rows' values into
+/// them: one multi-row INSERT per table and chunk (SQLite parses each anew, but the whole
+/// flush is one call of the writer's thread). `INSERT OR FAIL`: see `version_statements`.
+fn index_row_statements(statements: &mut Statements, mut current: Vec<(&super::ResourceVersion, super::IndexRows)>) {
+    use super::sql::INSERT_CHUNK;
+    macro_rules! insert_rows {
+        ($field:ident, $table:literal, $columns:literal, |$b:ident, $row:ident| $bind:block) => {
+            let mut rows: Vec<(&str, &str, _)> = current
+                .iter_mut()
+                .flat_map(|(v, index)| {
+                    std::mem::take(&mut index.$field)
+                        .into_iter()
+                        .map(|row| (v.resource_type.as_str(), v.id.as_str(), row))
+                })
+                .collect();
+            while !rows.is_empty() {
+                let chunk = rows.drain(..rows.len().min(INSERT_CHUNK));
+                let sql = concat!("INSERT OR FAIL INTO ", $table, " (resource_type, resource_id, ", $columns, ") ");
+                statements.start(sql).push_values(chunk, |mut $b, (owner_type, owner_id, $row)| {
+                    $b.push_bind(owner_type.to_string()).push_bind(owner_id.to_string());
+                    $bind
+                });
+            }
+        };
+    }
+    insert_rows!(tokens, "search_token", "param, system, code", |b, row| {
+        b.push_bind(row.param).push_bind(row.system).push_bind(row.code);
+    });
+    insert_rows!(strings, "search_string", "param, normalized, exact", |b, row| {
+        b.push_bind(row.param).push_bind(row.normalized).push_bind(row.exact);
+    });
+    insert_rows!(references, "search_reference", "param, target_type, target_id, target_url", |b, row| {
+        b.push_bind(row.param).push_bind(row.target_type).push_bind(row.target_id).push_bind(row.target_url);
+    });
+    insert_rows!(uris, "search_uri", "param, value", |b, row| {
+        b.push_bind(row.param).push_bind(row.value);
+    });
+    insert_rows!(dates, "search_date", "param, low, high", |b, row| {
+        b.push_bind(row.param).push_bind(row.low).push_bind(row.high);
+    });
+    insert_rows!(numbers, "search_number", "param, value", |b, row| {
+        b.push_bind(row.param).push_bind(row.value);
+    });
+    insert_rows!(quantities, "search_quantity", "param, value, system, code, unit", |b, row| {
+        b.push_bind(row.param).push_bind(row.value).push_bind(row.system).push_bind(row.code).push_bind(row.unit);
+    });
+    insert_rows!(
+        composites,
+        "search_composite",
+        "param, s0, c0, v0, lo0, hi0, s1, c1, v1, lo1, hi1, s2, c2, v2, lo2, hi2",
+        |b, row| {
+            b.push_bind(row.param);
+            let mut parts = row.parts.into_iter();
+            for _ in 0..3 {
+                let part = parts.next().unwrap_or_default();
+                b.push_bind(part.system)
+                    .push_bind(part.code)
+                    .push_bind(part.number)
+                    .push_bind(part.low)
+                    .push_bind(part.high);
+            }
+        }
+    );
+}
 
 /// Readers beside the single writer: enough to keep both cores busy while a write runs.
 const READERS: u32 = 8;
