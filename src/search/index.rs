@@ -404,6 +404,12 @@ mod tests {
     #[test]
     fn normalizes_case_and_accents() {
         assert_eq!(normalize("Ångström ÉLODIE"), "angstrom elodie");
+        for byte in 0..128u8 {
+            let text = format!("a{}Z", byte as char);
+            let decomposed: String =
+                text.nfd().filter(|c| !is_combining_mark(*c)).flat_map(char::to_lowercase).collect();
+            assert_eq!(normalize(&text), decomposed, "ASCII {byte}");
+        }
     }
 
     #[test]

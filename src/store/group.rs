@@ -12,7 +12,7 @@
 //! may still fail after go inside a `SAVEPOINT` of the member; its last write (at commit) does
 //! not need one, and neither do the writes of a group's first member, whose undo is the
 //! group's `ROLLBACK`. A savepoint copies every page its member changes into a journal in
-//! memory, which cost a third of the writer's time during ingest. Should a last write itself
+//! memory, which cost 15% of the writer's time during ingest (ADR 8). Should a last write itself
 //! fail partway (a database error, not bad input: input is checked before it is written), the
 //! group is rolled back and every member of it fails.
 //!
@@ -60,7 +60,7 @@ struct Group {
 pub struct Member {
     turn: Option<OwnedMutexGuard<Group>>,
     waiting: Arc<AtomicUsize>,
-    /// Whether the member took the group's first turn: nothing of others to keep if it fails.
+    /// Whether the member opened the group: nothing of others to keep if it fails.
     first: bool,
     writes: Writes,
 }
@@ -68,7 +68,7 @@ pub struct Member {
 /// What a member has written, and how it would be undone.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Writes {
-    None,
+    Nothing,
     /// Inside the member's savepoint: undone by rolling back to it.
     InSavepoint,
     /// Outside a savepoint: undone only by rolling back the whole group.
@@ -81,9 +81,10 @@ impl WriterGate {
         WriterGate { pool, turn: Arc::new(Mutex::new(Group::default())), waiting: Arc::new(AtomicUsize::new(0)) }
     }
 
-    /// Waits for the writer, opening a group transaction when none is open. The wait runs in a task of its own: a caller that stops waiting (a
-    /// client hung up) would otherwise leave a half-begun transaction on the connection, or
-    /// stop counting as waiting after a member handed the writer to it.
+    /// Waits for the writer, opening a group transaction when none is open. The wait runs in a
+    /// task of its own: a caller that stops waiting (a client hung up) would otherwise leave a
+    /// half-begun transaction on the connection, or stop counting as waiting after a member
+    /// handed the writer to it.
     pub async fn join(&self) -> StoreResult<Member> {
         let gate = self.clone();
         tokio::spawn(async move { gate.take_turn().await }).await.map_err(|_| abandoned())?
@@ -93,7 +94,8 @@ impl WriterGate {
         let waiter = Waiter::count(&self.waiting);
         let mut turn = self.turn.clone().lock_owned().await;
         drop(waiter);
-        if turn.conn.is_none() {
+        let first = turn.conn.is_none();
+        if first {
             let mut conn = self.pool.acquire().await?;
             // IMMEDIATE: the write lock now, so another process's writer (administration)
             // cannot make a later statement of the group fail as busy.
@@ -101,8 +103,7 @@ impl WriterGate {
             turn.conn = Some(conn);
             turn.outcome = Some(watch::channel(None).0);
         }
-        let first = turn.turns == 0;
-        Ok(Member { turn: Some(turn), waiting: self.waiting.clone(), first, writes: Writes::None })
+        Ok(Member { turn: Some(turn), waiting: self.waiting.clone(), first, writes: Writes::Nothing })
     }
 }
 
@@ -119,13 +120,16 @@ impl Member {
     /// after it can fail the transaction but the write itself), it goes inside the member's
     /// savepoint, begun here, so that a later failure can undo it alone.
     pub async fn writing(&mut self, last: bool) -> StoreResult<&mut SqliteConnection> {
-        if self.writes == Writes::None {
+        if self.writes == Writes::Nothing {
             if last || self.first {
                 self.writes = Writes::Bare;
             } else {
-                // On failure the dropped member ends its turn like any other that did not commit.
-                run(self.conn(), "SAVEPOINT member").await?;
+                // Counted as begun before it is: a caller that stops waiting here leaves a
+                // savepoint that may exist, and a rollback to one that does not fails the group
+                // (as safe as it gets). On failure the dropped member ends its turn like any
+                // other that did not commit.
                 self.writes = Writes::InSavepoint;
+                run(self.conn(), "SAVEPOINT member").await?;
             }
         }
         Ok(self.conn())
@@ -205,9 +209,11 @@ fn end_turn(
             let reason = "a transaction of the group failed partway through writing".to_string();
             finish(&mut turn, "ROLLBACK", Err(reason)).await;
         }
-        turn.turns += 1;
-        if turn.conn.is_some() && (waiting.load(Ordering::Acquire) == 0 || turn.turns >= MAX_MEMBERS) {
-            finish(&mut turn, "COMMIT", Ok(())).await;
+        if turn.conn.is_some() {
+            turn.turns += 1;
+            if waiting.load(Ordering::Acquire) == 0 || turn.turns >= MAX_MEMBERS {
+                finish(&mut turn, "COMMIT", Ok(())).await;
+            }
         }
         kept?;
         Ok(outcome)
@@ -371,6 +377,7 @@ mod tests {
         let failed = settled(first_commit).await;
         assert!(matches!(failed, Err(StoreError::CommitFailed(_))), "{failed:?}");
         let mut third = third.await.expect("third joins a new group");
+        assert!(third.first, "the member after a rolled-back group opens the next one");
         insert(&mut third, "third").await;
         third.commit().await.expect("the new group commits");
         assert_eq!(stored(&readers).await, ["third"]);
@@ -381,6 +388,7 @@ mod tests {
         let (gate, readers, _dir) = gate().await;
         let mut first = gate.join().await.expect("join");
         insert(&mut first, "first").await;
+        assert_eq!(first.writes, Writes::Bare, "the group's first member needs no savepoint");
         let second = queue_member(&gate).await;
         first.rollback().await;
         let mut second = second.await.expect("second joins");

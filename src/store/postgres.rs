@@ -23,6 +23,13 @@ sql_store!(
 );
 auth_store!(PostgresStore);
 
+/// ` = ANY(…)` the ids, bound as one array: the statement's text is the same for any number of
+/// ids.
+fn push_one_of(query: &mut Builder, ids: &[&str]) {
+    let ids: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
+    query.push(" = ANY(").push_bind(ids).push("::text[])");
+}
+
 /// The statement that inserts `versions` into `table` (`resource_history` or `resources`),
 /// ending with `then`: one `INSERT … SELECT * FROM UNNEST(…)` with an array per column (see
 /// `index_row_statements`).
@@ -43,7 +50,7 @@ fn version_statements(statements: &mut Statements, table: &str, versions: &[&sup
         .push("::int8[], ")
         .push_bind(versions.iter().map(|v| v.deleted).collect::<Vec<bool>>())
         .push("::bool[], ")
-        .push_bind(versions.iter().map(|v| v.method.as_str().to_string()).collect::<Vec<String>>())
+        .push_bind(versions.iter().map(|v| v.method.as_str()).collect::<Vec<&'static str>>())
         .push("::text[], ")
         .push_bind(versions.iter().map(|v| v.body.to_vec()).collect::<Vec<Vec<u8>>>())
         .push("::bytea[])")
@@ -58,7 +65,11 @@ fn index_row_statements(statements: &mut Statements, mut current: Vec<(&super::R
     /// `$table`'s rows of `current` (field `$field`), each column an array of `$value`s cast to
     /// `$array`.
     macro_rules! unnest {
-        ($field:ident, $table:literal, |$row:pat_param| { $($column:ident: $array:literal = $value:expr),+ $(,)? }) => {{
+        (
+            $field:ident,
+            $table:literal,
+            |$row:pat_param| { $($column:ident: $array:literal = $value:expr),+ $(,)? }
+        ) => {{
             let (mut resource_type, mut resource_id) = (Vec::new(), Vec::new());
             $(let mut $column = Vec::new();)+
             for (version, index) in current.iter_mut() {
@@ -80,7 +91,11 @@ fn index_row_statements(statements: &mut Statements, mut current: Vec<(&super::R
             }
         }};
     }
-    unnest!(tokens, "search_token", |row| { param: "text[]" = row.param, system: "text[]" = row.system, code: "text[]" = row.code });
+    unnest!(tokens, "search_token", |row| {
+        param: "text[]" = row.param,
+        system: "text[]" = row.system,
+        code: "text[]" = row.code,
+    });
     unnest!(strings, "search_string", |row| {
         param: "text[]" = row.param,
         normalized: "text[]" = row.normalized,
@@ -93,7 +108,11 @@ fn index_row_statements(statements: &mut Statements, mut current: Vec<(&super::R
         target_url: "text[]" = row.target_url,
     });
     unnest!(uris, "search_uri", |row| { param: "text[]" = row.param, value: "text[]" = row.value });
-    unnest!(dates, "search_date", |row| { param: "text[]" = row.param, low: "int8[]" = row.low, high: "int8[]" = row.high });
+    unnest!(dates, "search_date", |row| {
+        param: "text[]" = row.param,
+        low: "int8[]" = row.low,
+        high: "int8[]" = row.high,
+    });
     unnest!(numbers, "search_number", |row| { param: "text[]" = row.param, value: "float8[]" = row.value });
     unnest!(quantities, "search_quantity", |row| {
         param: "text[]" = row.param,

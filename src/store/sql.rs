@@ -1,17 +1,14 @@
 //! The SQL shared by the SQLite and PostgreSQL stores.
 //!
 //! Both databases run the same statements (sqlx's `QueryBuilder` writes each dialect's
-//! placeholders), except for bulk INSERTs; the differences that matter, row locking and how
-//! many rows are inserted at once, are parameters and per-database functions. The
+//! placeholders), except for bulk writes; the differences that matter, row locking and how
+//! bulk INSERTs and DELETEs are written, are parameters and per-database functions. The
 //! [`sql_store!`] macro instantiates the store, its transaction type and the trait impls for one
 //! sqlx database type, so the SQL exists once.
 
 use time::OffsetDateTime;
 
 use super::{StoreError, StoreResult};
-
-/// How many index rows go into one multi-row INSERT on SQLite (well under its variable limit).
-pub(super) const INSERT_CHUNK: usize = 500;
 
 /// Every search index table (each has `resource_type` and `resource_id` columns).
 pub(super) const INDEX_TABLES: &[&str] = &[
@@ -154,8 +151,8 @@ impl WriteSession for super::group::Member {
 /// statements of a batch are joined into one query (SQLite runs them in one call of its
 /// connection's thread; PostgreSQL's extended protocol takes one statement per query).
 /// `$session` is the [`WriteSession`] a write transaction holds. The invoking module defines
-/// `version_statements` and `index_row_statements`: how its database best takes many rows at
-/// once.
+/// `version_statements`, `index_row_statements` and `push_one_of`: how its database best
+/// takes many rows, and many keys, in one statement.
 macro_rules! sql_store {
     (
         store = $store:ident,
@@ -217,6 +214,33 @@ macro_rules! sql_store {
                 use $crate::store::sql::WriteSession;
                 self.conn().await?;
                 WriteSession::writing(self.tx.as_mut().expect("begun above"), last).await
+            }
+
+            /// [`StoreTx::commit`](super::StoreTx::commit)'s work: the last flush, the commit, and
+            /// what the cache and the feed learn of it.
+            async fn flush_and_commit(mut self: Box<Self>) -> $crate::store::StoreResult<()> {
+                use $crate::store::sql::WriteSession;
+                if let Err(error) = self.flush(true).await {
+                    // Answered only once the group this ran in has ended, like any other error.
+                    $crate::store::StoreTx::rollback(self).await;
+                    return Err(error);
+                }
+                let $tx { tx, cache, written, feed, .. } = *self;
+                let Some(mut tx) = tx else {
+                    return Ok(()); // nothing was read or written
+                };
+                let announcement = feed.as_ref().map(|feed| feed.resources(&written));
+                if let Some(announcement) = &announcement {
+                    announce(tx.connection(), $crate::store::feed::RESOURCES, &announcement.payloads).await?;
+                }
+                WriteSession::commit(tx).await?;
+                if let Some(cache) = cache {
+                    cache.committed(&written);
+                }
+                if let Some(announcement) = announcement {
+                    announcement.heard_back().await;
+                }
+                Ok(())
             }
 
             /// Writes the buffered versions; `last` at commit.
@@ -441,9 +465,10 @@ macro_rules! sql_store {
             rows.iter().map(|row| Ok((row.try_get("resource_type")?, row.try_get("id")?))).collect()
         }
 
-        /// The statements that write buffered versions: one multi-row INSERT per table and
-        /// chunk, instead of several statements per resource (on SQLite, all of them sent as
-        /// one query: one round trip to the writer's thread). The index rows are moved into the
+        /// The statements that write buffered versions: a bulk INSERT per table (see
+        /// `version_statements` and `index_row_statements`) instead of several statements per
+        /// resource (on SQLite, all of them sent as one query: one round trip to the writer's
+        /// thread). The index rows are moved into the
         /// statements; the versions come back.
         fn batch_statements(
             batch: Vec<($crate::store::ResourceVersion, $crate::store::IndexRows)>,
@@ -499,19 +524,15 @@ macro_rules! sql_store {
         }
 
         /// Deletes every index row of the resources with these keys: per table and type,
-        /// `resource_type = ? AND resource_id IN (…)`, which both databases look up in the
-        /// owner indexes.
+        /// `resource_type = ? AND resource_id` among the ids (`push_one_of`), which both
+        /// databases look up in the owner indexes.
         fn delete_index_rows(statements: &mut Statements, keys: &[(String, String)]) {
             for (resource_type, ids) in $crate::store::planner::group_by_type(keys) {
                 for chunk in ids.chunks($crate::store::sql::KEY_CHUNK) {
                     for table in $crate::store::sql::INDEX_TABLES {
                         let query = statements.start(&format!("DELETE FROM {table} WHERE resource_type = "));
-                        query.push_bind(resource_type.to_string()).push(" AND resource_id IN (");
-                        let mut listed = query.separated(", ");
-                        for id in chunk {
-                            listed.push_bind(id.to_string());
-                        }
-                        query.push(")");
+                        query.push_bind(resource_type.to_string()).push(" AND resource_id");
+                        push_one_of(query, chunk);
                     }
                 }
             }
@@ -830,34 +851,11 @@ macro_rules! sql_store {
                 Ok(done.rows_affected() == 1)
             }
 
-            async fn commit(mut self: Box<Self>) -> $crate::store::StoreResult<()> {
-                use $crate::store::sql::WriteSession;
-                if let Err(error) = self.flush(true).await {
-                    // Answered only once the group this ran in has ended, like any other error.
-                    $crate::store::StoreTx::rollback(self).await;
-                    return Err(error);
-                }
-                let $tx { tx, cache, written, feed, .. } = *self;
-                let Some(mut tx) = tx else {
-                    return Ok(()); // nothing was read or written
-                };
-                // From here on in a task of its own: a caller that stops waiting (a client hung
-                // up) must not keep the cache from learning what was committed.
-                let committing = tokio::spawn(async move {
-                    let announcement = feed.as_ref().map(|feed| feed.resources(&written));
-                    if let Some(announcement) = &announcement {
-                        announce(tx.connection(), $crate::store::feed::RESOURCES, &announcement.payloads).await?;
-                    }
-                    WriteSession::commit(tx).await?;
-                    if let Some(cache) = cache {
-                        cache.committed(&written);
-                    }
-                    if let Some(announcement) = announcement {
-                        announcement.heard_back().await;
-                    }
-                    Ok(())
-                });
-                committing
+            async fn commit(self: Box<Self>) -> $crate::store::StoreResult<()> {
+                // In a task of its own: a caller that stops waiting (a client hung up) must cut
+                // short neither the last flush, which on SQLite has no savepoint of its own (its
+                // whole group would fail with it), nor the cache's learning what was committed.
+                tokio::spawn(self.flush_and_commit())
                     .await
                     .map_err(|_| $crate::store::StoreError::CommitFailed("the commit task stopped".into()))?
             }

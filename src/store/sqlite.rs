@@ -24,12 +24,25 @@ sql_store!(
 );
 auth_store!(SqliteStore);
 
+/// How many rows go into one multi-row INSERT (well under SQLite's variable limit).
+const INSERT_CHUNK: usize = 500;
+
+/// ` IN (…)` the ids, one bound parameter each.
+fn push_one_of(query: &mut Builder, ids: &[&str]) {
+    query.push(" IN (");
+    let mut listed = query.separated(", ");
+    for id in ids {
+        listed.push_bind(id.to_string());
+    }
+    query.push(")");
+}
+
 /// The statements that insert `versions` into `table` (`resource_history` or `resources`),
 /// each ending with `then`: multi-row INSERTs. `INSERT OR FAIL` spares a write the statement
 /// journal (a copy of every page the statement touches), which only matters for rolling back
 /// one statement of a transaction that goes on; a failed write is undone as a whole.
 fn version_statements(statements: &mut Statements, table: &str, versions: &[&super::ResourceVersion], then: &str) {
-    use super::sql::{to_micros, INSERT_CHUNK, VERSION_COLUMNS};
+    use super::sql::{to_micros, VERSION_COLUMNS};
     for chunk in versions.chunks(INSERT_CHUNK / 2) {
         statements
             .start(&format!("INSERT OR FAIL INTO {table} ({VERSION_COLUMNS}) "))
@@ -50,19 +63,18 @@ fn version_statements(statements: &mut Statements, table: &str, versions: &[&sup
 /// them: one multi-row INSERT per table and chunk (SQLite parses each anew, but the whole
 /// flush is one call of the writer's thread). `INSERT OR FAIL`: see `version_statements`.
 fn index_row_statements(statements: &mut Statements, mut current: Vec<(&super::ResourceVersion, super::IndexRows)>) {
-    use super::sql::INSERT_CHUNK;
     macro_rules! insert_rows {
         ($field:ident, $table:literal, $columns:literal, |$b:ident, $row:ident| $bind:block) => {
-            let mut rows: Vec<(&str, &str, _)> = current
+            let mut rows = current
                 .iter_mut()
                 .flat_map(|(v, index)| {
                     std::mem::take(&mut index.$field)
                         .into_iter()
                         .map(|row| (v.resource_type.as_str(), v.id.as_str(), row))
                 })
-                .collect();
-            while !rows.is_empty() {
-                let chunk = rows.drain(..rows.len().min(INSERT_CHUNK));
+                .peekable();
+            while rows.peek().is_some() {
+                let chunk = rows.by_ref().take(INSERT_CHUNK);
                 let sql = concat!("INSERT OR FAIL INTO ", $table, " (resource_type, resource_id, ", $columns, ") ");
                 statements.start(sql).push_values(chunk, |mut $b, (owner_type, owner_id, $row)| {
                     $b.push_bind(owner_type.to_string()).push_bind(owner_id.to_string());
