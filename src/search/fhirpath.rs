@@ -87,6 +87,16 @@ impl Expression {
         Ok(Expression { root })
     }
 
+    /// This expression for resources of `resource_type` alone, when that is shorter: the
+    /// branches of a union that start with another resource type (`CarePlan.subject` in the
+    /// `patient` parameter shared by thirty types) select nothing on such a resource, and are
+    /// left out so that indexing does not evaluate them. `None` when nothing is left out (or
+    /// everything would be).
+    pub fn for_type(&self, resource_type: &str) -> Option<Expression> {
+        let root = without_other_types(&self.root, resource_type)?;
+        (leaves(&root) < leaves(&self.root)).then_some(Expression { root })
+    }
+
     /// Evaluates against a resource; returns the selected nodes in document order.
     pub fn evaluate<'a>(&self, resource: &'a Value) -> Vec<Node<'a>> {
         self.evaluate_on_with_resource(resource, resource)
@@ -150,6 +160,40 @@ enum Func {
 
 fn boxed(expr: Expr) -> Box<Expr> {
     Box::new(expr)
+}
+
+/// `expr` without the union branches that start with a concrete resource type other than
+/// `resource_type`; `None` when nothing is left.
+fn without_other_types(expr: &Expr, resource_type: &str) -> Option<Expr> {
+    match expr {
+        Expr::Union(left, right) => {
+            match (without_other_types(left, resource_type), without_other_types(right, resource_type)) {
+                (Some(left), Some(right)) => Some(Expr::Union(boxed(left), boxed(right))),
+                (one, other) => one.or(other),
+            }
+        }
+        _ => match leading_type(expr) {
+            Some(name) if name != resource_type && !is_abstract_resource_type(name) => None,
+            _ => Some(expr.clone()),
+        },
+    }
+}
+
+/// The resource type a path starts with (`Observation` in `Observation.code.coding`), if any.
+fn leading_type(expr: &Expr) -> Option<&str> {
+    match expr {
+        Expr::Ident(name) if starts_uppercase(name) => Some(name),
+        Expr::Member(base, _) | Expr::Index(base, _) | Expr::Call(base, _) => leading_type(base),
+        _ => None,
+    }
+}
+
+/// How many branches a union has (1 for any other expression).
+fn leaves(expr: &Expr) -> usize {
+    match expr {
+        Expr::Union(left, right) => leaves(left) + leaves(right),
+        _ => 1,
+    }
 }
 
 /// Literals cannot become [`Node`]s (which borrow from the resource), so they are only
@@ -795,6 +839,23 @@ mod tests {
 
     fn types<'a>(nodes: &[Node<'a>]) -> Vec<Option<&'a str>> {
         nodes.iter().map(|n| n.type_name).collect()
+    }
+
+    #[test]
+    fn an_expression_shared_by_types_keeps_the_branches_of_one_type() {
+        let shared = parse(
+            "AllergyIntolerance.patient | CarePlan.subject.where(resolve() is Patient) | \
+             Observation.subject.where(resolve() is Patient) | Resource.meta.tag",
+        );
+        let observation = json!({"resourceType": "Observation", "subject": {"reference": "Patient/p1"},
+            "meta": {"tag": [{"code": "t"}]}});
+        let own = shared.for_type("Observation").expect("shorter for one type");
+        assert_eq!(leaves(&own.root), 2, "{own:?}");
+        let values = |e: &Expression| e.evaluate(&observation).iter().map(|n| n.value.clone()).collect::<Vec<_>>();
+        assert_eq!(values(&own), values(&shared));
+        assert_eq!(values(&own).len(), 2);
+        assert!(parse("Observation.code").for_type("Observation").is_none(), "nothing to leave out");
+        assert!(parse("CarePlan.subject").for_type("Observation").is_none(), "nothing would be left");
     }
 
     /// Asserts `expression => expected values` for each case, against `resource`.

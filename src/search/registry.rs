@@ -49,7 +49,7 @@ impl ParamKind {
 }
 
 /// One search parameter as the server uses it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct SearchParam {
     pub code: String,
     pub url: String,
@@ -64,7 +64,7 @@ pub struct SearchParam {
 }
 
 /// One component of a composite parameter.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Component {
     pub kind: ParamKind,
     pub expression: Expression,
@@ -184,12 +184,19 @@ impl Registry {
         Ok(())
     }
 
+    /// Adds `param` for each of its `bases`; a type gets its own copy when the expression
+    /// shared by several types is shorter for it (see [`Expression::for_type`]).
     fn insert(&mut self, param: Arc<SearchParam>, bases: &[String]) {
         for base in bases {
             if base == "Resource" || base == "DomainResource" {
                 self.common.push(param.clone());
             } else {
-                self.by_type.entry(base.clone()).or_default().push(param.clone());
+                let own = param.expression.as_ref().and_then(|expression| expression.for_type(base));
+                let param = match own {
+                    Some(expression) => Arc::new(SearchParam { expression: Some(expression), ..(*param).clone() }),
+                    None => param.clone(),
+                };
+                self.by_type.entry(base.clone()).or_default().push(param);
             }
         }
     }
@@ -225,7 +232,7 @@ impl Registry {
             .values()
             .flatten()
             .chain(&self.common)
-            .filter(move |p| p.origin.is_some() && seen.insert(Arc::as_ptr(p)))
+            .filter(move |p| p.origin.as_deref().is_some_and(|origin| seen.insert(origin)))
             .map(Arc::as_ref)
     }
 }
