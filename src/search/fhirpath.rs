@@ -28,7 +28,9 @@
 
 use serde_json::Value;
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::LazyLock;
 
 /// A parsed FHIRPath expression: parse once with [`Expression::parse`], evaluate many times.
 #[derive(Debug, Clone)]
@@ -569,10 +571,17 @@ const DATA_TYPES: &str = "base64Binary boolean canonical code date dateTime deci
 /// The data type spelled `name`, ignoring the case of the first letter (`DateTime` is
 /// `dateTime`), or `None` if `name` is not a data type.
 fn data_type(name: &str) -> Option<&'static str> {
-    let rest = name.get(1..)?;
-    DATA_TYPES.split_ascii_whitespace().find(|candidate| {
-        candidate.get(1..) == Some(rest) && candidate.as_bytes()[0].eq_ignore_ascii_case(&name.as_bytes()[0])
-    })
+    /// The data types by their names without the first letter (looked up for every member
+    /// an expression names that the element lacks, as a possible choice variant).
+    static BY_REST: LazyLock<HashMap<&'static str, Vec<&'static str>>> = LazyLock::new(|| {
+        let mut by_rest: HashMap<&'static str, Vec<&'static str>> = HashMap::new();
+        for name in DATA_TYPES.split_ascii_whitespace() {
+            by_rest.entry(&name[1..]).or_default().push(name);
+        }
+        by_rest
+    });
+    let first = *name.as_bytes().first()?;
+    BY_REST.get(name.get(1..)?)?.iter().copied().find(|candidate| candidate.as_bytes()[0].eq_ignore_ascii_case(&first))
 }
 
 /// Type of the choice variant `key` of element `base` (`valueQuantity` of `value`).
