@@ -318,14 +318,19 @@ mod tests {
         joined
     }
 
+    /// A group's first member, having inserted "first", and the next transaction queued.
+    async fn first_and_next(gate: &WriterGate) -> (Member, tokio::task::JoinHandle<Member>) {
+        let mut first = gate.join().await.expect("join");
+        insert(&mut first, "first").await;
+        (first, queue_member(gate).await)
+    }
+
     /// A group of three turns: the first member inserted "first" and committed (it waits for
     /// the group), the second holds the writer having inserted "second", a third waits.
     async fn three_turns(
         gate: &WriterGate,
     ) -> (tokio::task::JoinHandle<StoreResult<()>>, Member, tokio::task::JoinHandle<Member>) {
-        let mut first = gate.join().await.expect("join");
-        insert(&mut first, "first").await;
-        let second = queue_member(gate).await;
+        let (first, second) = first_and_next(gate).await;
         // Someone waits, so the first member's commit hands the writer on and waits itself.
         let first_commit = tokio::spawn(first.commit());
         let mut second = second.await.expect("second joins");
@@ -366,9 +371,7 @@ mod tests {
     #[tokio::test]
     async fn a_member_that_fails_after_its_last_write_fails_its_group() {
         let (gate, readers, _dir) = gate().await;
-        let mut first = gate.join().await.expect("join");
-        insert(&mut first, "first").await;
-        let second = queue_member(&gate).await;
+        let (first, second) = first_and_next(&gate).await;
         let first_commit = tokio::spawn(first.commit());
         let mut second = second.await.expect("second joins");
         write(&mut second, "second", true).await; // no savepoint to undo it alone
@@ -386,10 +389,8 @@ mod tests {
     #[tokio::test]
     async fn a_first_member_that_fails_leaves_nothing() {
         let (gate, readers, _dir) = gate().await;
-        let mut first = gate.join().await.expect("join");
-        insert(&mut first, "first").await;
+        let (first, second) = first_and_next(&gate).await;
         assert_eq!(first.writes, Writes::Bare, "the group's first member needs no savepoint");
-        let second = queue_member(&gate).await;
         first.rollback().await;
         let mut second = second.await.expect("second joins");
         write(&mut second, "second", true).await;
@@ -400,9 +401,7 @@ mod tests {
     #[tokio::test]
     async fn a_waiter_that_gives_up_does_not_keep_the_group_open() {
         let (gate, readers, _dir) = gate().await;
-        let mut first = gate.join().await.expect("join");
-        insert(&mut first, "first").await;
-        let gave_up = queue_member(&gate).await;
+        let (first, gave_up) = first_and_next(&gate).await;
         let first_commit = tokio::spawn(first.commit());
         gave_up.abort(); // its client hung up while it waited for the writer
         settled(first_commit).await.expect("commit");
