@@ -181,12 +181,23 @@ fn without_other_types(expr: &Expr, resource_type: &str) -> Option<Expr> {
     }
 }
 
-/// The resource type a path starts with (`Observation` in `Observation.code.coding`), if any.
+/// The resource type a path starts with (`Observation` in `Observation.code.coding`), if any,
+/// when the path selects nothing on a resource of another type: every step after it gives
+/// nothing for no input (`exists()` would give `false`).
 fn leading_type(expr: &Expr) -> Option<&str> {
     match expr {
         Expr::Ident(name) if starts_uppercase(name) => Some(name),
-        Expr::Member(base, _) | Expr::Index(base, _) | Expr::Call(base, _) => leading_type(base),
+        Expr::Member(base, _) | Expr::Index(base, _) => leading_type(base),
+        Expr::Call(base, func) if func.gives_nothing_for_nothing() => leading_type(base),
         _ => None,
+    }
+}
+
+impl Func {
+    /// Whether the function selects nothing when its input is empty (unlike `exists()`,
+    /// `empty()`, `hasValue()` and `hasExtension()`, which answer `true` or `false`).
+    fn gives_nothing_for_nothing(&self) -> bool {
+        !matches!(self, Func::Exists(_) | Func::Empty | Func::HasValue | Func::HasExtension(_))
     }
 }
 
@@ -865,6 +876,10 @@ mod tests {
         assert_eq!(values(&own).len(), 2);
         assert!(parse("Observation.code").for_type("Observation").is_none(), "nothing to leave out");
         assert!(parse("CarePlan.subject").for_type("Observation").is_none(), "nothing would be left");
+        let patient = json!({"resourceType": "Patient", "active": true});
+        let answering = parse("Patient.active | Observation.status.exists()");
+        assert!(answering.for_type("Patient").is_none(), "exists() answers false on another type");
+        assert_eq!(select("Patient.active | Observation.status.exists()", &patient), json!([true, false]));
     }
 
     /// Asserts `expression => expected values` for each case, against `resource`.

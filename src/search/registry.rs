@@ -224,17 +224,6 @@ impl Registry {
         let own = self.by_type.get(resource_type).map(Vec::as_slice).unwrap_or_default();
         own.iter().chain(self.common.iter()).map(Arc::as_ref)
     }
-
-    /// The custom parameters (from `SearchParameter` resources), each once.
-    pub fn custom(&self) -> impl Iterator<Item = &SearchParam> {
-        let mut seen = std::collections::HashSet::new();
-        self.by_type
-            .values()
-            .flatten()
-            .chain(&self.common)
-            .filter(move |p| p.origin.as_deref().is_some_and(|origin| seen.insert(origin)))
-            .map(Arc::as_ref)
-    }
 }
 
 impl Definition {
