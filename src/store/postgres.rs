@@ -80,10 +80,10 @@ fn index_row_statements(statements: &mut Statements, mut current: Vec<(&super::R
                 }
             }
             if !resource_type.is_empty() {
-                let columns = [$(stringify!($column)),+].join(", ");
-                let query = statements.start(&format!(
-                    "INSERT INTO {} (resource_type, resource_id, {columns}) SELECT * FROM UNNEST(",
-                    $table
+                let query = statements.start(concat!(
+                    "INSERT INTO ", $table, " (resource_type, resource_id",
+                    $(", ", stringify!($column),)+
+                    ") SELECT * FROM UNNEST("
                 ));
                 query.push_bind(resource_type).push("::text[], ").push_bind(resource_id).push("::text[]");
                 $(query.push(", ").push_bind($column).push(concat!("::", $array));)+
