@@ -52,7 +52,7 @@ pub fn parse_criterion(
         };
     }
     let param = lookup(registry, resource_type, code)?;
-    match (param.kind, modifier) {
+    let conditions = match (param.kind, modifier) {
         (kind, Some("missing")) => {
             let missing = match value {
                 "true" => true,
@@ -83,6 +83,35 @@ pub fn parse_criterion(
             Ok(vec![if modifier == "in" { any_of } else { Condition::Not(Box::new(any_of)) }])
         }
         _ => values.iter().map(|value| parse_value(param, code, modifier, value, base_url)).collect(),
+    }?;
+    Ok(match registry.stored_under(resource_type, code) {
+        Some(parts) => conditions.into_iter().map(|condition| on_parts(condition, code, parts)).collect(),
+        None => conditions,
+    })
+}
+
+/// `condition`, a test of the rows of `code`, as a test of the rows of `parts`, which hold its
+/// values between them ([`Registry::stored_under`]): a row of `code` that passes is a row of
+/// one of the parts that passes, and `code` has no row when none of them has.
+fn on_parts(condition: Condition, code: &str, parts: &[String]) -> Condition {
+    let each_part = |condition: &Condition| -> Vec<Condition> {
+        let rename = |part: &String| {
+            let mut renamed = condition.clone();
+            if let Some(param) = renamed.param_mut() {
+                // `code:text` and the like are rows of the part's `part:text`.
+                if let Some(suffix) = param.strip_prefix(code) {
+                    *param = format!("{part}{suffix}");
+                }
+            }
+            renamed
+        };
+        parts.iter().map(rename).collect()
+    };
+    match condition {
+        Condition::Not(inner) => Condition::Not(Box::new(on_parts(*inner, code, parts))),
+        Condition::AnyOf(inner) => Condition::AnyOf(inner.into_iter().map(|c| on_parts(c, code, parts)).collect()),
+        missing @ Condition::Missing { missing: true, .. } => Condition::AllOf(each_part(&missing)),
+        leaf => Condition::AnyOf(each_part(&leaf)),
     }
 }
 

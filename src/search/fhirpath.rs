@@ -33,7 +33,7 @@ use std::fmt;
 use std::sync::LazyLock;
 
 /// A parsed FHIRPath expression: parse once with [`Expression::parse`], evaluate many times.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Expression {
     root: Expr,
 }
@@ -99,6 +99,26 @@ impl Expression {
         (leaves(&root) < leaves(&self.root)).then_some(Expression { root })
     }
 
+    /// Whether every operand of `part`'s top-level unions is one of this expression's
+    /// (`Observation.code | Observation.component.code` includes `Observation.component.code`).
+    /// Operands compare as parsed, so this is conservative: literals at other offsets differ.
+    pub fn includes(&self, part: &Expression) -> bool {
+        let own = union_operands(&self.root);
+        union_operands(&part.root).iter().all(|operand| own.contains(operand))
+    }
+
+    /// Whether this expression selects exactly the union of what `parts` select: each of its
+    /// top-level union operands is one of theirs and each of theirs one of its own.
+    pub fn is_union_of(&self, parts: &[&Expression]) -> bool {
+        let theirs: Vec<&Expr> = parts.iter().flat_map(|part| union_operands(&part.root)).collect();
+        parts.iter().all(|part| self.includes(part)) && union_operands(&self.root).iter().all(|o| theirs.contains(o))
+    }
+
+    /// How many operands its top-level unions have (1 for an expression without a union).
+    pub fn union_width(&self) -> usize {
+        leaves(&self.root)
+    }
+
     /// Evaluates against a resource; returns the selected nodes in document order.
     pub fn evaluate<'a>(&self, resource: &'a Value) -> Vec<Node<'a>> {
         self.evaluate_on_with_resource(resource, resource)
@@ -121,7 +141,7 @@ impl Expression {
 
 // --- AST ---------------------------------------------------------------------------------
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 enum Expr {
     /// `$this`: the focus; also the implicit input of a leading function call.
     This,
@@ -142,7 +162,7 @@ enum Expr {
     Equals(Box<Expr>, Box<Expr>, bool),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 enum Func {
     Where(Box<Expr>),
     Exists(Option<Box<Expr>>),
@@ -202,6 +222,18 @@ impl Func {
 }
 
 /// How many branches a union has (1 for any other expression).
+/// The operands of the top-level unions of `expr` (`expr` itself when it is no union).
+fn union_operands(expr: &Expr) -> Vec<&Expr> {
+    match expr {
+        Expr::Union(left, right) => {
+            let mut operands = union_operands(left);
+            operands.extend(union_operands(right));
+            operands
+        }
+        _ => vec![expr],
+    }
+}
+
 fn leaves(expr: &Expr) -> usize {
     match expr {
         Expr::Union(left, right) => leaves(left) + leaves(right),

@@ -33,10 +33,12 @@ pub fn normalize(text: &str) -> String {
     text.nfd().filter(|c| !is_combining_mark(*c)).flat_map(char::to_lowercase).collect()
 }
 
-/// Computes the index rows of `resource`. `base_url` is this server's FHIR base: absolute
-/// references under it are indexed as local `Type/id` references.
+/// Computes the index rows `resource` is stored with. `base_url` is this server's FHIR base:
+/// absolute references under it are indexed as local `Type/id` references. A parameter whose
+/// values other parameters' rows hold ([`Registry::stored_under`]) gets none of its own.
 pub fn index_resource(registry: &Registry, resource: &Value, base_url: &str) -> IndexRows {
-    index_selected(registry, resource, base_url, |_| true)
+    let resource_type = resource.get("resourceType").and_then(Value::as_str).unwrap_or_default();
+    index_selected(registry, resource, base_url, |code| registry.stored_under(resource_type, code).is_none())
 }
 
 /// The index rows of the parameters `wanted` accepts (by code): an access check needs only the
@@ -517,5 +519,14 @@ mod tests {
                 "{param}"
             );
         }
+        // `combo-code` is `code | component-code`: searches read those rows, none of its own
+        // are stored, but an access check that names it still gets its values.
+        assert!(!rows.tokens.iter().any(|t| t.param.starts_with("combo-")));
+        assert!(!rows.strings.iter().any(|s| s.param.starts_with("combo-")));
+        let selected = index_selected(Registry::standard(), &observation, BASE, |code| code == "combo-code");
+        assert_eq!(
+            selected.tokens.iter().map(|t| (t.param.as_str(), t.code.as_str())).collect::<Vec<_>>(),
+            [("combo-code", "2339-0")]
+        );
     }
 }

@@ -85,16 +85,9 @@ pub fn params_of(condition: &Condition) -> Vec<&str> {
 
 fn collect_params<'a>(condition: &'a Condition, params: &mut Vec<&'a str>) {
     match condition {
-        Condition::Token { param, .. }
-        | Condition::TokenHierarchy { param, .. }
-        | Condition::String { param, .. }
-        | Condition::Reference { param, .. }
-        | Condition::ReferenceUrl { param, .. }
-        | Condition::Uri { param, .. }
-        | Condition::Missing { param, .. } => params.push(param),
         Condition::Not(inner) => collect_params(inner, params),
         Condition::AnyOf(inner) | Condition::AllOf(inner) => inner.iter().for_each(|c| collect_params(c, params)),
-        _ => {}
+        leaf => params.extend(leaf.param()),
     }
 }
 

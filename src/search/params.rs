@@ -177,13 +177,19 @@ fn parse_sort(registry: &Registry, resource_types: &[String], value: &str) -> Re
                 _ => {
                     let kinds: Vec<ParamKind> =
                         resource_types.iter().filter_map(|t| registry.lookup(t, code)).map(|p| p.kind).collect();
+                    // The rows that hold the values, the same for every type searched.
+                    let mut stored = resource_types.iter().map(|t| registry.stored_under(t, code));
+                    let params = stored.next().flatten().map_or_else(|| vec![code.to_string()], <[String]>::to_vec);
+                    let same_rows =
+                        stored.all(|other| other.map_or_else(|| vec![code.to_string()], <[String]>::to_vec) == params);
                     match kinds.first() {
                         Some(kind)
                             if kinds.len() == resource_types.len()
                                 && kind.is_supported()
-                                && *kind != ParamKind::Composite =>
+                                && *kind != ParamKind::Composite
+                                && same_rows =>
                         {
-                            SortBy::Param { param: code.to_string(), table: table_of(*kind) }
+                            SortBy::Param { params, table: table_of(*kind) }
                         }
                         _ => {
                             return Err(FhirError::bad_request(format!(
@@ -357,7 +363,10 @@ mod tests {
         assert_eq!(
             parsed.query.sort,
             vec![
-                SortKey { by: SortBy::Param { param: "date".into(), table: IndexTable::Date }, descending: true },
+                SortKey {
+                    by: SortBy::Param { params: vec!["date".into()], table: IndexTable::Date },
+                    descending: true
+                },
                 SortKey { by: SortBy::Id, descending: false },
             ]
         );

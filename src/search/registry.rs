@@ -64,7 +64,7 @@ pub struct SearchParam {
 }
 
 /// One component of a composite parameter.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Component {
     pub kind: ParamKind,
     pub expression: Expression,
@@ -96,6 +96,9 @@ pub struct Registry {
     by_type: HashMap<String, Vec<Arc<SearchParam>>>,
     /// Parameters whose base is `Resource` or `DomainResource`: they apply to every type.
     common: Vec<Arc<SearchParam>>,
+    /// Resource type → code → the parameters whose index rows hold this one's values, for the
+    /// parameters that get no rows of their own (see [`Registry::stored_under`]).
+    stored: HashMap<String, HashMap<String, Vec<String>>>,
 }
 
 static STANDARD: LazyLock<Registry> = LazyLock::new(|| {
@@ -119,6 +122,7 @@ impl Registry {
             let param = definition.build(|url| kinds.get(url).copied(), None).map_err(|e| e.to_string())?;
             registry.insert(Arc::new(param), &definition.base);
         }
+        registry.link_stored();
         Ok(registry)
     }
 
@@ -181,7 +185,54 @@ impl Registry {
         let param = definition.build(|url| self.kind_of(url), origin)?;
         self.remove_origin(origin);
         self.insert(Arc::new(param), &definition.base);
+        self.link_stored();
         Ok(())
+    }
+
+    /// The parameters whose index rows hold the values of `code` on `resource_type`, when it
+    /// has none of its own: its expression is the union of theirs (Observation's `combo-code`
+    /// is `code | component-code`), so its rows would repeat theirs. A search on it searches
+    /// their rows instead (`Some`); `None` for a parameter with rows of its own.
+    pub fn stored_under(&self, resource_type: &str, code: &str) -> Option<&[String]> {
+        self.stored.get(resource_type)?.get(code).map(Vec::as_slice)
+    }
+
+    /// Finds, per type, the parameters that [`Registry::stored_under`] answers for. The parts
+    /// are standard parameters (a custom one may be deleted, and its rows with it) of the same
+    /// kind, with rows of their own, and, for composites, the same components. References are
+    /// left alone, since includes, chains and compartments name them.
+    fn link_stored(&mut self) {
+        let mut stored: HashMap<String, HashMap<String, Vec<String>>> = HashMap::new();
+        for (resource_type, params) in &self.by_type {
+            let mut by_width: Vec<(&SearchParam, &Expression)> = params
+                .iter()
+                .filter(|p| p.kind.is_supported() && !matches!(p.kind, ParamKind::Reference | ParamKind::Special))
+                .filter_map(|p| Some((p.as_ref(), p.expression.as_ref()?)))
+                .collect();
+            by_width.sort_by_key(|(_, expression)| expression.union_width());
+            let mut own_rows: Vec<(&SearchParam, &Expression)> = Vec::new();
+            for (param, expression) in by_width {
+                let parts: Vec<&(&SearchParam, &Expression)> = own_rows
+                    .iter()
+                    .filter(|(part, part_expression)| {
+                        part.origin.is_none()
+                            && part.kind == param.kind
+                            && part.components == param.components
+                            && part_expression.union_width() < expression.union_width()
+                            && expression.includes(part_expression)
+                    })
+                    .collect();
+                let expressions: Vec<&Expression> = parts.iter().map(|(_, e)| *e).collect();
+                if !parts.is_empty() && expression.is_union_of(&expressions) {
+                    let mut codes: Vec<String> = parts.iter().map(|(part, _)| part.code.clone()).collect();
+                    codes.sort();
+                    stored.entry(resource_type.clone()).or_default().insert(param.code.clone(), codes);
+                } else {
+                    own_rows.push((param, expression));
+                }
+            }
+        }
+        self.stored = stored;
     }
 
     /// Adds `param` for each of its `bases`; a type gets its own copy when the expression
@@ -342,6 +393,45 @@ mod tests {
         assert_eq!(registry.lookup("Appointment", "_id").unwrap().kind, ParamKind::Token);
         assert!(registry.lookup("Slot", "schedule").unwrap().targets.contains(&"Schedule".to_string()));
         assert!(registry.lookup("Patient", "nonsense").is_none());
+    }
+
+    #[test]
+    fn unions_of_other_parameters_are_stored_under_them() {
+        let registry = Registry::standard();
+        let stored = |code| registry.stored_under("Observation", code);
+        assert_eq!(stored("combo-code"), Some(&["code".to_string(), "component-code".to_string()][..]));
+        assert_eq!(
+            stored("combo-value-quantity"),
+            Some(&["component-value-quantity".to_string(), "value-quantity".to_string()][..])
+        );
+        assert_eq!(
+            stored("combo-code-value-quantity"),
+            Some(&["code-value-quantity".to_string(), "component-code-value-quantity".to_string()][..])
+        );
+        assert_eq!(stored("code"), None);
+        // A reference parameter keeps its rows, whatever it repeats (`patient` is `subject`
+        // narrowed to patients).
+        assert_eq!(stored("patient"), None);
+    }
+
+    #[test]
+    fn custom_parameters_are_stored_under_standard_ones_only() {
+        let custom = |id: &str, code: &str, expression: &str| {
+            serde_json::json!({"resourceType": "SearchParameter", "id": id, "status": "active",
+                "url": format!("http://example.org/{code}"), "code": code, "base": ["Patient"],
+                "type": "token", "expression": expression})
+        };
+        let (registry, problems) = Registry::standard().with_custom(&[
+            custom("a", "gender-or-active", "Patient.gender | Patient.active"),
+            custom("b", "gender-copy", "Patient.gender"),
+            custom("c", "copy-or-language", "Patient.gender | Patient.communication.language"),
+        ]);
+        assert!(problems.is_empty(), "{problems:?}");
+        let stored = |code| registry.stored_under("Patient", code).map(<[String]>::to_vec);
+        assert_eq!(stored("gender-or-active"), Some(vec!["active".to_string(), "gender".to_string()]));
+        // As wide as `gender`: not a union of narrower parameters.
+        assert_eq!(stored("gender-copy"), None);
+        assert_eq!(stored("copy-or-language"), Some(vec!["gender".to_string(), "language".to_string()]));
     }
 
     #[test]

@@ -700,7 +700,7 @@ fn push_point_comparison(sql: &mut Sql, column: &str, comparison: Comparison, va
 
 /// The value a sort key orders by, as a scalar subquery over the index.
 fn push_sort_value(sql: &mut Sql, key: &SortKey) {
-    let (param, table) = match &key.by {
+    let (params, table) = match &key.by {
         SortBy::Id => {
             sql.push("r.id");
             return;
@@ -709,7 +709,7 @@ fn push_sort_value(sql: &mut Sql, key: &SortKey) {
             sql.push("r.last_updated");
             return;
         }
-        SortBy::Param { param, table } => (param, *table),
+        SortBy::Param { params, table } => (params, *table),
     };
     let column = match (table, key.descending) {
         (IndexTable::Date, false) => "low",
@@ -722,10 +722,16 @@ fn push_sort_value(sql: &mut Sql, key: &SortKey) {
     };
     let aggregate = if key.descending { "MAX" } else { "MIN" };
     sql.push(&format!(
-        "(SELECT {aggregate}(si.{column}) FROM {} si WHERE si.resource_type = r.resource_type AND si.resource_id = r.id AND si.param || '' = ",
+        "(SELECT {aggregate}(si.{column}) FROM {} si WHERE si.resource_type = r.resource_type AND si.resource_id = r.id AND si.param || '' IN (",
         table.name()
     ));
-    sql.text(param).push(")");
+    for (n, param) in params.iter().enumerate() {
+        if n > 0 {
+            sql.push(", ");
+        }
+        sql.text(param);
+    }
+    sql.push("))");
 }
 
 /// Rows after (`forward`) or before the cursor in the order (s0…sn, resource_type, id), nulls last.
@@ -803,7 +809,7 @@ mod tests {
     #[test]
     fn keyset_after_a_null_sort_value_stays_among_nulls() {
         let sort = vec![SortKey {
-            by: SortBy::Param { param: "birthdate".into(), table: IndexTable::Date },
+            by: SortBy::Param { params: vec!["birthdate".into()], table: IndexTable::Date },
             descending: false,
         }];
         let mut query = SearchQuery::new("Patient", 5);

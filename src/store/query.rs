@@ -132,6 +132,46 @@ pub enum Condition {
     Has { source_type: String, param: String, condition: Box<Condition> },
 }
 
+/// The `param` of the conditions that test one resource's own index rows, borrowed as
+/// `$condition` is (shared or mutable).
+macro_rules! own_rows_param {
+    ($condition:expr) => {
+        match $condition {
+            Condition::Token { param, .. }
+            | Condition::TokenHierarchy { param, .. }
+            | Condition::String { param, .. }
+            | Condition::Reference { param, .. }
+            | Condition::ReferenceUrl { param, .. }
+            | Condition::Uri { param, .. }
+            | Condition::Date { param, .. }
+            | Condition::Number { param, .. }
+            | Condition::Quantity { param, .. }
+            | Condition::Composite { param, .. }
+            | Condition::Missing { param, .. }
+            | Condition::Chain { param, .. } => Some(param),
+            Condition::Id(_)
+            | Condition::Not(_)
+            | Condition::AnyOf(_)
+            | Condition::AllOf(_)
+            | Condition::Type(_)
+            | Condition::Has { .. } => None,
+        }
+    };
+}
+
+impl Condition {
+    /// The parameter whose index rows a condition on one resource's own rows tests (`None`
+    /// for ids, types, combinations and `_has`, whose rows are another resource's).
+    pub fn param(&self) -> Option<&str> {
+        own_rows_param!(self).map(String::as_str)
+    }
+
+    /// [`Condition::param`], to change.
+    pub fn param_mut(&mut self) -> Option<&mut String> {
+        own_rows_param!(self)
+    }
+}
+
 /// How one component of a composite row must match.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CompositeMatch {
@@ -150,9 +190,10 @@ pub enum CompositeMatch {
 pub enum SortBy {
     Id,
     LastUpdated,
-    /// A search parameter's indexed values (the smallest ascending, the largest descending).
+    /// A search parameter's indexed values (the smallest ascending, the largest descending),
+    /// found in the rows of `params`: its own code, or the parameters that hold its values.
     Param {
-        param: String,
+        params: Vec<String>,
         table: IndexTable,
     },
 }
@@ -267,8 +308,11 @@ mod tests {
     #[test]
     fn cursors_round_trip() {
         let sort = vec![
-            SortKey { by: SortBy::Param { param: "date".into(), table: IndexTable::Date }, descending: true },
-            SortKey { by: SortBy::Param { param: "family".into(), table: IndexTable::String }, descending: false },
+            SortKey { by: SortBy::Param { params: vec!["date".into()], table: IndexTable::Date }, descending: true },
+            SortKey {
+                by: SortBy::Param { params: vec!["family".into()], table: IndexTable::String },
+                descending: false,
+            },
         ];
         let cursor = Cursor {
             values: vec![SortValue::Int(-5), SortValue::Null],
