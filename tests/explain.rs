@@ -29,6 +29,9 @@ const US_CORE_SEARCHES: &[(&str, &str)] = &[
     ("Patient", "_id=p1&_has:Observation:patient:category=laboratory"),
     ("Slot", "schedule=Schedule/s1&status=free&start=ge2026-01-01"),
     ("Observation", "patient=p1&code=http://loinc.org|2339-0"),
+    // Stored under code and component-code: one lookup over both parameters' rows.
+    ("Observation", "combo-code=http://loinc.org|8480-6"),
+    ("Observation", "patient=p1&combo-code=http://loinc.org|8480-6&_sort=-date"),
 ];
 
 fn sql_for(resource_type: &str, query: &str, dialect: planner::Dialect) -> planner::Sql {
