@@ -816,3 +816,30 @@ async fn a_lost_change_feed_turns_the_cache_off() {
     let expected = ("W/\"3\"".to_string(), "Announced".to_string());
     assert_eq!(converged_read(&second, &path, &expected).await, expected, "the feed is back");
 }
+
+/// SQLite's write-ahead log is copied into the database file in the background: a few writes,
+/// far below the size at which the writer would checkpoint itself, reach the file within a
+/// second or so, and the server still reads them back after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_checkpoints_in_the_background() {
+    let server = TestServer::start(Db::Sqlite).await;
+    let path = server.database_url.strip_prefix("sqlite://").expect("a SQLite database").to_string();
+    let file_size = || std::fs::metadata(&path).expect("the database file").len();
+    let before = file_size();
+    let mut ids = Vec::new();
+    for n in 0..40 {
+        let created = server.post("Patient", &patient("Checkpoint", &format!("C-{n}"))).await;
+        assert_eq!(created.status(), 201);
+        let location = created.headers()["location"].to_str().unwrap().to_string();
+        ids.push(location.split("/Patient/").nth(1).unwrap().split('/').next().unwrap().to_string());
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while file_size() <= before {
+        assert!(std::time::Instant::now() < deadline, "the database file stayed at {before} bytes");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let server = server.restart().await;
+    for id in &ids {
+        assert_eq!(server.get(&format!("Patient/{id}")).await.status(), 200, "{id}");
+    }
+}

@@ -20,7 +20,7 @@
 //! commits. When the group's `COMMIT` itself fails, every member of it fails with it.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use futures::future::BoxFuture;
 use sqlx::pool::PoolConnection;
@@ -75,10 +75,25 @@ enum Writes {
     Bare,
 }
 
+/// Tells a background task of the store whether the store (its gate) still exists.
+pub struct GateAlive(Weak<Mutex<Group>>);
+
+impl GateAlive {
+    /// Whether the gate, and so the store, is still in use.
+    pub fn is_alive(&self) -> bool {
+        self.0.strong_count() > 0
+    }
+}
+
 impl WriterGate {
     /// A gate to the writer connection of `pool` (a pool of one).
     pub fn new(pool: SqlitePool) -> Self {
         WriterGate { pool, turn: Arc::new(Mutex::new(Group::default())), waiting: Arc::new(AtomicUsize::new(0)) }
+    }
+
+    /// What a background task of the store checks to end with it.
+    pub fn alive(&self) -> GateAlive {
+        GateAlive(Arc::downgrade(&self.turn))
     }
 
     /// Waits for the writer, opening a group transaction when none is open. The wait runs in a

@@ -140,9 +140,6 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .pragma("cache_size", "-32000")
-            // Checkpoint the WAL every ~40 MB instead of every 4 MB: ingest writes many pages
-            // per transaction, and each checkpoint costs an fsync.
-            .pragma("wal_autocheckpoint", "10000")
             .pragma("temp_store", "memory");
         // One writer: SQLite allows one at a time anyway, and queueing in the pool is cheaper
         // than retrying on SQLITE_BUSY.
@@ -151,16 +148,24 @@ impl SqliteStore {
         // A connection to a local file does not break unnoticed: no ping before each acquire
         // (sqlx's default), which was a round trip to the connection's worker thread per request.
         let pool_options = || SqlitePoolOptions::new().test_before_acquire(false);
-        let writers = pool_options().max_connections(1).connect_with(options.clone()).await?;
+        let writer_options = options.clone().pragma("wal_autocheckpoint", WRITER_CHECKPOINT_PAGES);
+        let writers = pool_options().max_connections(1).connect_with(writer_options).await?;
         sqlx::migrate!("./migrations/sqlite").run(&writers).await?;
         // Each connection has a page cache of its own (see .cargo/config.toml): the readers keep
         // small ones and leave the rest to the operating system's file cache, so that memory
         // stays bounded however many readers are busy.
-        let reader_options = options.read_only(true).pragma("cache_size", READER_CACHE_KIB);
+        let reader_options = options.clone().read_only(true).pragma("cache_size", READER_CACHE_KIB);
         let readers = pool_options().max_connections(READERS).connect_with(reader_options).await?;
+        let sessions = WriterGate::new(writers.clone());
+        if exclusive {
+            // A checkpoint copies log frames without the page cache: it gets a small one.
+            let checkpointer_options = options.pragma("cache_size", CHECKPOINTER_CACHE_KIB);
+            let checkpointer = pool_options().max_connections(1).connect_with(checkpointer_options).await?;
+            tokio::spawn(checkpoint_in_background(checkpointer, sessions.alive()));
+        }
         Ok(SqliteStore {
             readers,
-            sessions: WriterGate::new(writers.clone()),
+            sessions,
             writers,
             cache: exclusive.then(|| std::sync::Arc::new(VersionCache::exclusive(CACHED_VERSIONS))),
             // A shared store (administration) mirrors nothing: its sets never answer.
@@ -169,6 +174,39 @@ impl SqliteStore {
             _writer_lock: writer_lock,
         })
     }
+}
+
+/// How often the write-ahead log is copied back into the database file.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Page cache of the checkpointer's connection (KiB, negative as `PRAGMA cache_size` takes it).
+const CHECKPOINTER_CACHE_KIB: &str = "-256";
+
+/// The log size (in 4 KiB pages, ~40 MB) at which the writer checkpoints at commit
+/// (`wal_autocheckpoint`). Only a checkpoint that reaches the end of the log lets the log start
+/// over, and one beside a busy writer never does; by then the background checkpoints have
+/// copied and synced most of it, and the writer's part is short.
+const WRITER_CHECKPOINT_PAGES: &str = "10000";
+
+/// Copies the write-ahead log back into the database file every [`CHECKPOINT_INTERVAL`], on a
+/// connection of its own, until the store is dropped. A `PASSIVE` checkpoint runs beside the
+/// writer and the readers. When the writer did all of it at commit, every write waited for the
+/// copy and for the fsyncs of the log and the database file (a quarter of the writer's
+/// context switches during ingest). With nothing new in the log, a checkpoint reads its header
+/// and no more.
+async fn checkpoint_in_background(checkpointer: sqlx::SqlitePool, store: super::group::GateAlive) {
+    let mut ticks = tokio::time::interval(CHECKPOINT_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if !store.is_alive() {
+            break;
+        }
+        if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&checkpointer).await {
+            tracing::warn!(%error, "checkpoint of the SQLite write-ahead log failed");
+        }
+    }
+    checkpointer.close().await;
 }
 
 /// Makes this process the file's only writer (`<database>.lock`), or says who is.
