@@ -246,4 +246,34 @@ async fn result_sets_match_the_specification(db: Db) {
     assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), CASES.len(), failures.join("\n"));
 }
 
-on_both_databases!(result_sets_match_the_specification);
+/// A parameter stored under others (`combo-value-quantity` is `value-quantity |
+/// component-value-quantity`) is missing only where all of them are.
+async fn combined_parameters_are_missing_where_all_parts_are(db: Db) {
+    let server = TestServer::start(db).await;
+    let code = json!({"coding": [{"system": "http://loinc.org", "code": "85354-9"}]});
+    let fixtures = [
+        json!({"resourceType": "Observation", "id": "value", "status": "final", "code": code,
+            "valueQuantity": {"value": 5.4, "system": "http://unitsofmeasure.org", "code": "mmol/L"}}),
+        json!({"resourceType": "Observation", "id": "components", "status": "final", "code": code,
+            "component": [{"code": code, "valueQuantity": {"value": 120, "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}}]}),
+        json!({"resourceType": "Observation", "id": "neither", "status": "registered", "code": code}),
+    ];
+    for fixture in &fixtures {
+        let path = format!("Observation/{}", fixture["id"].as_str().unwrap());
+        assert_eq!(server.put(&path, fixture).await.status(), 201, "{path}");
+    }
+    for (query, expected) in [
+        ("Observation?combo-value-quantity:missing=true", vec!["neither"]),
+        ("Observation?combo-value-quantity:missing=false", vec!["components", "value"]),
+    ] {
+        let bundle: Value = server.get(query).await.json().await.unwrap();
+        let ids: Vec<&str> =
+            bundle["entry"].as_array().into_iter().flatten().map(|e| e["resource"]["id"].as_str().unwrap()).collect();
+        assert_eq!(ids, expected, "{query}");
+    }
+    let counted: Value =
+        server.get("Observation?combo-value-quantity:missing=true&_summary=count").await.json().await.unwrap();
+    assert_eq!(counted["total"], 1);
+}
+
+on_both_databases!(result_sets_match_the_specification, combined_parameters_are_missing_where_all_parts_are);

@@ -96,7 +96,7 @@ impl Expression {
     /// everything would be).
     pub fn for_type(&self, resource_type: &str) -> Option<Expression> {
         let root = without_other_types(&self.root, resource_type)?;
-        (leaves(&root) < leaves(&self.root)).then_some(Expression { root })
+        (union_operands(&root).len() < self.union_width()).then_some(Expression { root })
     }
 
     /// Whether every operand of `part`'s top-level unions is one of this expression's
@@ -116,7 +116,7 @@ impl Expression {
 
     /// How many operands its top-level unions have (1 for an expression without a union).
     pub fn union_width(&self) -> usize {
-        leaves(&self.root)
+        union_operands(&self.root).len()
     }
 
     /// Evaluates against a resource; returns the selected nodes in document order.
@@ -221,7 +221,6 @@ impl Func {
     }
 }
 
-/// How many branches a union has (1 for any other expression).
 /// The operands of the top-level unions of `expr` (`expr` itself when it is no union).
 fn union_operands(expr: &Expr) -> Vec<&Expr> {
     match expr {
@@ -231,13 +230,6 @@ fn union_operands(expr: &Expr) -> Vec<&Expr> {
             operands
         }
         _ => vec![expr],
-    }
-}
-
-fn leaves(expr: &Expr) -> usize {
-    match expr {
-        Expr::Union(left, right) => leaves(left) + leaves(right),
-        _ => 1,
     }
 }
 
@@ -902,7 +894,7 @@ mod tests {
         let observation = json!({"resourceType": "Observation", "subject": {"reference": "Patient/p1"},
             "meta": {"tag": [{"code": "t"}]}});
         let own = shared.for_type("Observation").expect("shorter for one type");
-        assert_eq!(leaves(&own.root), 2, "{own:?}");
+        assert_eq!(own.union_width(), 2, "{own:?}");
         let values = |e: &Expression| e.evaluate(&observation).iter().map(|n| n.value.clone()).collect::<Vec<_>>();
         assert_eq!(values(&own), values(&shared));
         assert_eq!(values(&own).len(), 2);

@@ -38,7 +38,8 @@ pub fn normalize(text: &str) -> String {
 /// values other parameters' rows hold ([`Registry::stored_under`]) gets none of its own.
 pub fn index_resource(registry: &Registry, resource: &Value, base_url: &str) -> IndexRows {
     let resource_type = resource.get("resourceType").and_then(Value::as_str).unwrap_or_default();
-    index_selected(registry, resource, base_url, |code| registry.stored_under(resource_type, code).is_none())
+    let stored = registry.stored_in(resource_type);
+    index_selected(registry, resource, base_url, |code| stored.is_none_or(|stored| !stored.contains_key(code)))
 }
 
 /// The index rows of the parameters `wanted` accepts (by code): an access check needs only the

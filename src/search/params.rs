@@ -8,7 +8,7 @@ use super::criteria::{parse_criterion, table_of, Context};
 use super::{ParamKind, Registry};
 use crate::model::validate::is_resource_type;
 use crate::model::{FhirError, IssueCode};
-use crate::store::{Cursor, SearchQuery, SortBy, SortKey};
+use crate::store::{Condition, Cursor, SearchQuery, SortBy, SortKey};
 
 /// Parameters that only shape the HTTP response; the HTTP layer reads them.
 const FORMAT_PARAMETERS: &[&str] = &["_format", "_pretty"];
@@ -153,8 +153,18 @@ fn apply_parameter(
         }
         _ => {
             let mut group = Vec::new();
+            let code = name.split([':', '.']).next().unwrap_or(name);
             for resource_type in &query.resource_types {
-                group.extend(parse_criterion(context, resource_type, name, value)?);
+                let conditions = parse_criterion(context, resource_type, name, value)?;
+                // Rewritten onto other parameters' rows, they mean those parameters of this
+                // type only: on another type searched alongside, the same codes may mean
+                // something else.
+                if query.resource_types.len() > 1 && registry.stored_under(resource_type, code).is_some() {
+                    let this_type = Condition::Type(resource_type.clone());
+                    group.push(Condition::AllOf(vec![this_type, Condition::AnyOf(conditions)]));
+                } else {
+                    group.extend(conditions);
+                }
             }
             query.all_of.push(group);
         }
@@ -343,6 +353,35 @@ mod tests {
         );
         assert!(parse("Patient", &[("_has:Observation:code:code", "1")], true).is_err(), "code is not a reference");
         assert!(parse("Observation", &[("code.name", "x")], true).is_err(), "code cannot be chained");
+    }
+
+    #[test]
+    fn rewritten_criteria_keep_to_their_type_in_searches_over_several() {
+        // A custom `combo-code` of DiagnosticReport has rows of its own; Observation's is
+        // stored under `code` and `component-code`, which a DiagnosticReport also has.
+        let custom = serde_json::json!({"resourceType": "SearchParameter", "id": "dr-combo", "status": "active",
+            "url": "http://example.org/dr-combo", "code": "combo-code", "base": ["DiagnosticReport"],
+            "type": "token", "expression": "DiagnosticReport.code | DiagnosticReport.code.coding[0]"});
+        let (registry, problems) = Registry::standard().with_custom([&custom]);
+        assert!(problems.is_empty(), "{problems:?}");
+        let value_sets = Default::default();
+        let context = Context { registry: &registry, base_url: BASE, value_sets: &value_sets };
+        let types = ["Observation".to_string(), "DiagnosticReport".to_string()];
+        let params = [("combo-code".to_string(), "8480-6".to_string())];
+        let parsed = parse_search(context, &types, &params, true, PAGING).unwrap();
+        let token = |param: &str| Condition::Token {
+            param: param.into(),
+            system: TokenSystem::Any,
+            code: Some("8480-6".into()),
+        };
+        let observation = Condition::AnyOf(vec![token("code"), token("component-code")]);
+        assert_eq!(
+            parsed.query.all_of,
+            vec![vec![
+                Condition::AllOf(vec![Condition::Type("Observation".into()), Condition::AnyOf(vec![observation])]),
+                token("combo-code"),
+            ]]
+        );
     }
 
     #[test]

@@ -134,12 +134,14 @@ impl Registry {
     ) -> (Registry, Vec<InvalidDefinition>) {
         let mut registry = self.clone();
         let problems = resources.into_iter().filter_map(|resource| registry.add_custom(resource).err()).collect();
+        registry.link_stored();
         (registry, problems)
     }
 
     /// Adds a custom `SearchParameter` resource if its status is `active` (others are ignored).
     /// A copy of a parameter already known by its URL adds nothing. `Err` says, for the author
-    /// of the resource, why the server cannot honour it.
+    /// of the resource, why the server cannot honour it. The parameter gets rows of its own
+    /// until [`Registry::with_custom`], which calls this, finds it stored under others.
     pub fn add_custom(&mut self, resource: &Value) -> Result<(), InvalidDefinition> {
         if resource.get("status").and_then(Value::as_str) != Some("active") {
             return Ok(());
@@ -185,7 +187,6 @@ impl Registry {
         let param = definition.build(|url| self.kind_of(url), origin)?;
         self.remove_origin(origin);
         self.insert(Arc::new(param), &definition.base);
-        self.link_stored();
         Ok(())
     }
 
@@ -195,6 +196,11 @@ impl Registry {
     /// their rows instead (`Some`); `None` for a parameter with rows of its own.
     pub fn stored_under(&self, resource_type: &str, code: &str) -> Option<&[String]> {
         self.stored.get(resource_type)?.get(code).map(Vec::as_slice)
+    }
+
+    /// The parameters of `resource_type` that [`Registry::stored_under`] answers for, by code.
+    pub fn stored_in(&self, resource_type: &str) -> Option<&HashMap<String, Vec<String>>> {
+        self.stored.get(resource_type)
     }
 
     /// Finds, per type, the parameters that [`Registry::stored_under`] answers for. The parts

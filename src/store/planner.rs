@@ -338,6 +338,11 @@ struct Owner<'a> {
 /// parameters (what a parameter stored under others searches): equal but for their parameter.
 /// One index lookup with `param IN (…)` answers them, where an `OR` of lookups is a scan.
 fn same_test_on(group: &[Condition]) -> Option<Vec<&str>> {
+    // `:missing=true` tests that no row exists: on several parameters, that is all of them.
+    let positive = |c: &Condition| !matches!(c, Condition::Missing { missing: true, .. });
+    if group.len() < 2 || !group.iter().all(positive) {
+        return None;
+    }
     let params: Vec<&str> = group.iter().map(Condition::param).collect::<Option<_>>()?;
     let without_param = |condition: &Condition| {
         let mut condition = condition.clone();
@@ -347,7 +352,7 @@ fn same_test_on(group: &[Condition]) -> Option<Vec<&str>> {
         condition
     };
     let first = without_param(group.first()?);
-    (params.len() > 1 && group[1..].iter().all(|c| without_param(c) == first)).then_some(params)
+    group[1..].iter().all(|c| without_param(c) == first).then_some(params)
 }
 
 /// `<column> = $n` or `<column> IN ($n, …)`.
@@ -398,8 +403,9 @@ fn push_any_of(sql: &mut Sql, group: &[Condition], owner: Owner<'_>, depth: usiz
     sql.push(")");
 }
 
-/// Opens `<owner> IN (SELECT … FROM <table> i<d> WHERE i<d>.resource_type … AND i<d>.param = $n`;
-/// the caller adds its comparisons on `i<d>` and closes the parenthesis.
+/// Opens `<owner> IN (SELECT … FROM <table> i<d> WHERE i<d>.resource_type … AND i<d>.param = $n`
+/// (`IN ($n, …)` for the owner's `rows_of`); the caller adds its comparisons on `i<d>` and
+/// closes the parenthesis.
 /// Or, when the owner is probed, `EXISTS (SELECT 1 FROM <table> i<d> WHERE <i owned by the row> AND …`.
 fn open_index_in(sql: &mut Sql, table: IndexTable, param: &str, owner: Owner<'_>, depth: usize) -> String {
     let i = format!("i{depth}");
@@ -845,8 +851,12 @@ mod tests {
             assert!(sql.text.contains("i0.param IN ($"), "{}", sql.text);
             assert_eq!(sql.text.matches('$').count(), sql.args.len());
         }
-        // Other values, or other tests, stay an OR of lookups.
+        // Other values, or other tests, stay an OR of lookups; so do tests that no row exists.
         query.all_of[0] = vec![Condition::AnyOf(vec![token("code", "8480-6"), token("component-code", "8462-4")])];
+        let sql = page(&query, Dialect::Sqlite);
+        assert_eq!(sql.text.matches("FROM search_token").count(), 2, "{}", sql.text);
+        let missing = |param: &str| Condition::Missing { param: param.into(), table: IndexTable::Token, missing: true };
+        query.all_of[0] = vec![Condition::AnyOf(vec![missing("code"), missing("component-code")])];
         let sql = page(&query, Dialect::Sqlite);
         assert_eq!(sql.text.matches("FROM search_token").count(), 2, "{}", sql.text);
     }
