@@ -76,7 +76,9 @@ pub fn matches(condition: &Condition, candidate: &Candidate<'_>) -> Option<bool>
     })
 }
 
-/// The parameters whose index rows deciding `condition` needs.
+/// The search parameters (codes) whose index rows deciding `condition` needs. A modifier's
+/// rows come with their parameter's (`code:text` rows are indexed with `code`), so `code:text`
+/// needs `code`.
 pub fn params_of(condition: &Condition) -> Vec<&str> {
     let mut params = Vec::new();
     collect_params(condition, &mut params);
@@ -87,7 +89,7 @@ fn collect_params<'a>(condition: &'a Condition, params: &mut Vec<&'a str>) {
     match condition {
         Condition::Not(inner) => collect_params(inner, params),
         Condition::AnyOf(inner) | Condition::AllOf(inner) => inner.iter().for_each(|c| collect_params(c, params)),
-        leaf => params.extend(leaf.param()),
+        leaf => params.extend(leaf.param().map(|param| param.split(':').next().unwrap_or(param))),
     }
 }
 
@@ -153,6 +155,20 @@ mod tests {
 
     fn category(system: TokenSystem, code: &str) -> Condition {
         Condition::Token { param: "category".into(), system, code: Some(code.into()) }
+    }
+
+    #[test]
+    fn modifier_rows_are_asked_of_their_parameter() {
+        let text = Condition::String { param: "code:text".into(), value: "gluc".into(), matching: StringMatch::Prefix };
+        let condition = Condition::AllOf(vec![subject("a"), Condition::Not(Box::new(text.clone()))]);
+        assert_eq!(params_of(&condition), ["subject", "code"]);
+        // The rows indexing `code` gives are the ones the condition tests.
+        let observation = serde_json::json!({"resourceType": "Observation", "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "2339-0"}], "text": "Glucose"}});
+        let registry = crate::search::Registry::standard();
+        let rows =
+            crate::search::index::index_selected(registry, &observation, "", |code| params_of(&text).contains(&code));
+        assert_eq!(matches(&text, &Candidate { resource_type: "Observation", id: "o1", rows: &rows }), Some(true));
     }
 
     #[test]
