@@ -94,25 +94,24 @@ pub fn parse_criterion(
 /// values between them ([`Registry::stored_under`]): a row of `code` that passes is a row of
 /// one of the parts that passes, and `code` has no row when none of them has.
 fn on_parts(condition: Condition, code: &str, parts: &[String]) -> Condition {
-    let each_part = |condition: &Condition| -> Vec<Condition> {
-        let rename = |part: &String| {
-            let mut renamed = condition.clone();
-            if let Some(param) = renamed.param_mut() {
-                // `code:text` and the like are rows of the part's `part:text`.
-                if let Some(suffix) = param.strip_prefix(code) {
-                    *param = format!("{part}{suffix}");
-                }
-            }
-            renamed
-        };
-        parts.iter().map(rename).collect()
-    };
+    let each_part = |leaf: &Condition| parts.iter().map(|part| on_part(leaf, code, part)).collect();
     match condition {
         Condition::Not(inner) => Condition::Not(Box::new(on_parts(*inner, code, parts))),
         Condition::AnyOf(inner) => Condition::AnyOf(inner.into_iter().map(|c| on_parts(c, code, parts)).collect()),
         missing @ Condition::Missing { missing: true, .. } => Condition::AllOf(each_part(&missing)),
         leaf => Condition::AnyOf(each_part(&leaf)),
     }
+}
+
+/// `leaf`, a test of the rows of `code` (or of `code:text` and the like), on those of `part`.
+fn on_part(leaf: &Condition, code: &str, part: &str) -> Condition {
+    let mut renamed = leaf.clone();
+    if let Some(param) = renamed.param_mut() {
+        if let Some(suffix) = param.strip_prefix(code) {
+            *param = format!("{part}{suffix}");
+        }
+    }
+    renamed
 }
 
 /// `link` is `param` or `param:Type`; `rest` is the criterion on the referenced resources.

@@ -107,11 +107,11 @@ impl Expression {
         union_operands(&part.root).iter().all(|operand| own.contains(operand))
     }
 
-    /// Whether this expression selects exactly the union of what `parts` select: each of its
-    /// top-level union operands is one of theirs and each of theirs one of its own.
-    pub fn is_union_of(&self, parts: &[&Expression]) -> bool {
+    /// Whether each of this expression's top-level union operands is one of `parts`'. With
+    /// [`Expression::includes`] of every part, it selects exactly the union of what they select.
+    pub fn is_covered_by(&self, parts: &[&Expression]) -> bool {
         let theirs: Vec<&Expr> = parts.iter().flat_map(|part| union_operands(&part.root)).collect();
-        parts.iter().all(|part| self.includes(part)) && union_operands(&self.root).iter().all(|o| theirs.contains(o))
+        union_operands(&self.root).iter().all(|operand| theirs.contains(operand))
     }
 
     /// How many operands its top-level unions have (1 for an expression without a union).

@@ -188,10 +188,11 @@ fn parse_sort(registry: &Registry, resource_types: &[String], value: &str) -> Re
                     let kinds: Vec<ParamKind> =
                         resource_types.iter().filter_map(|t| registry.lookup(t, code)).map(|p| p.kind).collect();
                     // The rows that hold the values, the same for every type searched.
-                    let mut stored = resource_types.iter().map(|t| registry.stored_under(t, code));
-                    let params = stored.next().flatten().map_or_else(|| vec![code.to_string()], <[String]>::to_vec);
-                    let same_rows =
-                        stored.all(|other| other.map_or_else(|| vec![code.to_string()], <[String]>::to_vec) == params);
+                    let rows_of = |t: &String| {
+                        registry.stored_under(t, code).map_or_else(|| vec![code.to_string()], <[String]>::to_vec)
+                    };
+                    let params = resource_types.first().map(rows_of).unwrap_or_default();
+                    let same_rows = resource_types.iter().all(|t| rows_of(t) == params);
                     match kinds.first() {
                         Some(kind)
                             if kinds.len() == resource_types.len()

@@ -212,7 +212,7 @@ impl Registry {
         for (resource_type, params) in &self.by_type {
             let mut by_width: Vec<(&SearchParam, &Expression)> = params
                 .iter()
-                .filter(|p| p.kind.is_supported() && !matches!(p.kind, ParamKind::Reference | ParamKind::Special))
+                .filter(|p| !matches!(p.kind, ParamKind::Reference | ParamKind::Special))
                 .filter_map(|p| Some((p.as_ref(), p.expression.as_ref()?)))
                 .collect();
             by_width.sort_by_key(|(_, expression)| expression.union_width());
@@ -229,7 +229,8 @@ impl Registry {
                     })
                     .collect();
                 let expressions: Vec<&Expression> = parts.iter().map(|(_, e)| *e).collect();
-                if !parts.is_empty() && expression.is_union_of(&expressions) {
+                // Each part is included (filtered above): covered, it is their union.
+                if !parts.is_empty() && expression.is_covered_by(&expressions) {
                     let mut codes: Vec<String> = parts.iter().map(|(part, _)| part.code.clone()).collect();
                     codes.sort();
                     stored.entry(resource_type.clone()).or_default().insert(param.code.clone(), codes);
