@@ -32,6 +32,11 @@ const US_CORE_SEARCHES: &[(&str, &str)] = &[
     // Stored under code and component-code: one lookup over both parameters' rows.
     ("Observation", "combo-code=http://loinc.org|8480-6"),
     ("Observation", "patient=p1&combo-code=http://loinc.org|8480-6&_sort=-date"),
+    // Several values: a UNION ALL of one lookup per value drives the search.
+    ("Observation", "code=http://loinc.org|2339-0,http://loinc.org|8480-6"),
+    ("Observation", "combo-code=http://loinc.org|8480-6,http://loinc.org|2339-0"),
+    ("Observation", "subject=Patient/p1,Patient/p2&_sort=-date"),
+    ("Appointment", "patient=p1&status=booked,fulfilled"),
 ];
 
 fn sql_for(resource_type: &str, query: &str, dialect: planner::Dialect) -> planner::Sql {

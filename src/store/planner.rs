@@ -229,7 +229,8 @@ fn push_filters(sql: &mut Sql, query: &SearchQuery, dialect: Dialect, rows: Rows
         dialect == Dialect::Postgres
             && (query.sort.is_empty() || rows == Rows::NotNeeded)
             && query.resource_types.len() == 1
-            && matches!(query.all_of[*n].as_slice(), [condition] if is_derivable(condition))
+            && !query.all_of[*n].is_empty()
+            && query.all_of[*n].iter().all(is_derivable)
     });
     let Some(derived) = derived else {
         sql.push(" FROM resources r WHERE ");
@@ -242,7 +243,7 @@ fn push_filters(sql: &mut Sql, query: &SearchQuery, dialect: Dialect, rows: Rows
                 alias: "r",
                 types: &query.resource_types,
                 drive: Some(n) == driver,
-                derive: false,
+                membership: Membership::In,
                 rows_of: None,
             };
             sql.push(" AND ");
@@ -255,12 +256,18 @@ fn push_filters(sql: &mut Sql, query: &SearchQuery, dialect: Dialect, rows: Rows
     // are read (its generic plans otherwise read every candidate's row first; an
     // Observation?patient&code page: 0.28 -> 0.19 ms).
     sql.push(" FROM (SELECT d.resource_type, d.id FROM ");
-    let owner = Owner { alias: "r", types: &query.resource_types, drive: true, derive: true, rows_of: None };
-    push_condition(sql, &query.all_of[derived][0], owner, 0);
+    let owner =
+        Owner { alias: "r", types: &query.resource_types, drive: true, membership: Membership::Derived, rows_of: None };
+    push_any_of(sql, &query.all_of[derived], owner, 0);
     sql.push(" d WHERE 1 = 1");
     for (n, group) in query.all_of.iter().enumerate().filter(|(n, _)| *n != derived) {
-        let owner =
-            Owner { alias: "d", types: &query.resource_types, drive: Some(n) == driver, derive: false, rows_of: None };
+        let owner = Owner {
+            alias: "d",
+            types: &query.resource_types,
+            drive: Some(n) == driver,
+            membership: Membership::In,
+            rows_of: None,
+        };
         sql.push(" AND ");
         push_any_of(sql, group, owner, 0);
     }
@@ -276,10 +283,11 @@ fn push_filters(sql: &mut Sql, query: &SearchQuery, dialect: Dialect, rows: Rows
 }
 
 /// Whether a driving condition can be written as a derived table of candidate ids: one index
-/// lookup (or chain, or `_has`) whose membership test opens exactly once.
+/// lookup (or chain, or `_has`) whose membership test opens exactly once, or an OR of such
+/// (one lookup over several parameters, or a `UNION ALL` of lookups: [`push_any_of`]).
 fn is_derivable(condition: &Condition) -> bool {
     match condition {
-        Condition::AnyOf(inner) => same_test_on(inner).is_some() && is_derivable(&inner[0]),
+        Condition::AnyOf(inner) => !inner.is_empty() && inner.iter().all(is_derivable),
         _ => !matches!(
             condition,
             Condition::Id(_) | Condition::Type(_) | Condition::AllOf(_) | Condition::Not(_) | Condition::Missing { .. }
@@ -326,12 +334,22 @@ struct Owner<'a> {
     alias: &'a str,
     types: &'a [String],
     drive: bool,
-    /// Driving, written as the derived table `(SELECT DISTINCT … AS resource_type, … AS id …)`
-    /// instead of `IN`.
-    derive: bool,
+    /// How a driving condition writes its candidates.
+    membership: Membership,
     /// The parameters whose rows the condition tests instead of its own (see
     /// [`same_test_on`]).
     rows_of: Option<&'a [&'a str]>,
+}
+
+/// How a driving condition writes the resources it finds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Membership {
+    /// `<owner> IN (SELECT …)`.
+    In,
+    /// The derived table `(SELECT DISTINCT … AS resource_type, … AS id …)`.
+    Derived,
+    /// `(SELECT … AS resource_type, … AS id …)`, one branch of a `UNION ALL` ([`push_union`]).
+    Branch,
 }
 
 /// The parameters of `group`'s conditions when they are one test on the rows of several
@@ -375,8 +393,10 @@ fn push_one_of(sql: &mut Sql, column: &str, values: &[impl AsRef<str>]) {
 /// type). The subquery is uncorrelated, so the database can drive the search from the index.
 fn open_membership(sql: &mut Sql, owner: Owner<'_>, type_column: &str, id_column: &str) {
     let alias = owner.alias;
-    if owner.derive {
+    if owner.membership == Membership::Derived {
         sql.push(&format!("(SELECT DISTINCT {type_column} AS resource_type, {id_column} AS id"));
+    } else if owner.membership == Membership::Branch {
+        sql.push(&format!("(SELECT {type_column} AS resource_type, {id_column} AS id"));
     } else if owner.types.len() == 1 {
         sql.push(&format!("{alias}.id IN (SELECT {id_column}"));
     } else {
@@ -393,6 +413,14 @@ fn push_any_of(sql: &mut Sql, group: &[Condition], owner: Owner<'_>, depth: usiz
         push_condition(sql, &group[0], Owner { rows_of: Some(&params), ..owner }, depth);
         return;
     }
+    if let [only] = group {
+        push_condition(sql, only, owner, depth);
+        return;
+    }
+    if owner.drive && group.iter().all(is_derivable) {
+        push_union(sql, group, owner, depth);
+        return;
+    }
     sql.push("(");
     for (n, condition) in group.iter().enumerate() {
         if n > 0 {
@@ -401,6 +429,42 @@ fn push_any_of(sql: &mut Sql, group: &[Condition], owner: Owner<'_>, depth: usiz
         push_condition(sql, condition, owner, depth);
     }
     sql.push(")");
+}
+
+/// A driving OR of index lookups as one membership: the `UNION ALL` of their candidates, so
+/// that each lookup drives from its index. (`r.id IN (A) OR r.id IN (B)` is a scan of every
+/// resource of the type: `Observation?code=a,b&_summary=count` ran at a quarter of the rate of
+/// one code.)
+fn push_union(sql: &mut Sql, group: &[Condition], owner: Owner<'_>, depth: usize) {
+    let union = format!("u{depth}");
+    let (open, close) = match owner.membership {
+        Membership::In if owner.types.len() == 1 => (format!("{}.id IN (", owner.alias), ")".to_string()),
+        Membership::In => (format!("({0}.resource_type, {0}.id) IN (", owner.alias), ")".to_string()),
+        // Only PostgreSQL derives, for one type: `DISTINCT ON` the id sorts the candidates by
+        // it (a page of two codes' observations: 2.2 -> 1.2 ms), where `DISTINCT` hashes them.
+        Membership::Derived => (
+            format!("(SELECT DISTINCT ON ({union}.id) {union}.resource_type, {union}.id FROM ("),
+            format!(") {union})"),
+        ),
+        Membership::Branch => {
+            (format!("(SELECT {union}.resource_type AS resource_type, {union}.id AS id FROM ("), format!(") {union})"))
+        }
+    };
+    sql.push(&open);
+    for (n, condition) in group.iter().enumerate() {
+        if n > 0 {
+            sql.push(" UNION ALL ");
+        }
+        let branch = format!("{union}_{n}");
+        let columns = match owner.membership {
+            Membership::In if owner.types.len() == 1 => format!("{branch}.id"),
+            _ => format!("{branch}.resource_type, {branch}.id"),
+        };
+        sql.push(&format!("SELECT {columns} FROM "));
+        push_condition(sql, condition, Owner { membership: Membership::Branch, ..owner }, depth);
+        sql.push(&format!(" {branch}"));
+    }
+    sql.push(&close);
 }
 
 /// Opens `<owner> IN (SELECT … FROM <table> i<d> WHERE i<d>.resource_type … AND i<d>.param = $n`
@@ -596,7 +660,13 @@ fn push_condition(sql: &mut Sql, condition: &Condition, owner: Owner<'_>, depth:
             push_condition(
                 sql,
                 condition,
-                Owner { alias: &target, types: target_types, drive: owner.drive, derive: false, rows_of: None },
+                Owner {
+                    alias: &target,
+                    types: target_types,
+                    drive: owner.drive,
+                    membership: Membership::In,
+                    rows_of: None,
+                },
                 depth + 1,
             );
             sql.push("))");
@@ -626,7 +696,8 @@ fn push_condition(sql: &mut Sql, condition: &Condition, owner: Owner<'_>, depth:
             }
             sql.push(&format!(" AND {source}.deleted = FALSE AND "));
             let types = [source_type.clone()];
-            let inner = Owner { alias: &source, types: &types, drive: owner.drive, derive: false, rows_of: None };
+            let inner =
+                Owner { alias: &source, types: &types, drive: owner.drive, membership: Membership::In, rows_of: None };
             push_condition(sql, condition, inner, depth + 1);
             sql.push("))");
         }
@@ -851,7 +922,7 @@ mod tests {
             assert!(sql.text.contains("i0.param IN ($"), "{}", sql.text);
             assert_eq!(sql.text.matches('$').count(), sql.args.len());
         }
-        // Other values, or other tests, stay an OR of lookups; so do tests that no row exists.
+        // Other values are a lookup each; tests that no row exists stay an OR of probes.
         query.all_of[0] = vec![Condition::AnyOf(vec![token("code", "8480-6"), token("component-code", "8462-4")])];
         let sql = page(&query, Dialect::Sqlite);
         assert_eq!(sql.text.matches("FROM search_token").count(), 2, "{}", sql.text);
@@ -859,6 +930,36 @@ mod tests {
         query.all_of[0] = vec![Condition::AnyOf(vec![missing("code"), missing("component-code")])];
         let sql = page(&query, Dialect::Sqlite);
         assert_eq!(sql.text.matches("FROM search_token").count(), 2, "{}", sql.text);
+        assert!(!sql.text.contains("UNION"), "{}", sql.text);
+    }
+
+    #[test]
+    fn an_or_of_lookups_drives_as_one_union() {
+        let code = |code: &str| Condition::Token {
+            param: "code".into(),
+            system: TokenSystem::Is("http://loinc.org".into()),
+            code: Some(code.into()),
+        };
+        let mut query = SearchQuery::new("Observation", 10);
+        query.all_of.push(vec![code("8867-4"), code("8310-5")]);
+        let sqlite = page(&query, Dialect::Sqlite);
+        assert!(sqlite.text.contains("r.id IN (SELECT u0_0.id FROM (SELECT i0.resource_type"), "{}", sqlite.text);
+        assert_eq!(sqlite.text.matches(" UNION ALL ").count(), 1, "{}", sqlite.text);
+        assert!(!sqlite.text.contains(" OR "), "{}", sqlite.text);
+        let postgres = page(&query, Dialect::Postgres);
+        assert!(postgres.text.contains("(SELECT DISTINCT ON (u0.id) u0.resource_type, u0.id FROM ("), "{}", postgres.text);
+        for sql in [&sqlite, &postgres] {
+            assert_eq!(sql.text.matches('$').count(), sql.args.len());
+        }
+        // Probed, not driving (a reference narrows more): still an OR of one probe per value.
+        query.all_of.push(vec![Condition::Reference {
+            param: "subject".into(),
+            target_type: Some("Patient".into()),
+            target_id: "p1".into(),
+        }]);
+        let probed = page(&query, Dialect::Sqlite);
+        assert!(!probed.text.contains("UNION"), "{}", probed.text);
+        assert_eq!(probed.text.matches("EXISTS (SELECT 1 FROM search_token").count(), 2, "{}", probed.text);
     }
 
     #[test]
