@@ -19,7 +19,7 @@
 //! A member sees the writes of the members before it in its group, as it would after their
 //! commits. When the group's `COMMIT` itself fails, every member of it fails with it.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 use futures::future::BoxFuture;
@@ -40,16 +40,8 @@ type Outcome = Option<Result<(), String>>;
 pub struct WriterGate {
     pool: SqlitePool,
     turn: Arc<Mutex<Group>>,
-    counters: Arc<Counters>,
-}
-
-/// What the gate counts outside the turn's lock.
-#[derive(Default)]
-struct Counters {
     /// Transactions waiting for their turn: while there are any, the group stays open.
-    waiting: AtomicUsize,
-    /// Groups committed.
-    committed: AtomicU64,
+    waiting: Arc<AtomicUsize>,
 }
 
 /// The open group transaction, if any.
@@ -67,7 +59,7 @@ struct Group {
 /// until it is dropped (which rolls back its own writes only).
 pub struct Member {
     turn: Option<OwnedMutexGuard<Group>>,
-    counters: Arc<Counters>,
+    waiting: Arc<AtomicUsize>,
     /// Whether the member opened the group: nothing of others to keep if it fails.
     first: bool,
     writes: Writes,
@@ -83,34 +75,25 @@ enum Writes {
     Bare,
 }
 
-/// What a background task of the store watches: whether the store (its gate) still exists,
-/// and how many groups it has committed.
-pub struct GateWatch {
-    gate: Weak<Mutex<Group>>,
-    counters: Arc<Counters>,
-}
+/// Tells a background task of the store whether the store (its gate) still exists.
+pub struct GateAlive(Weak<Mutex<Group>>);
 
-impl GateWatch {
+impl GateAlive {
     /// Whether the gate, and so the store, is still in use.
     pub fn is_alive(&self) -> bool {
-        self.gate.strong_count() > 0
-    }
-
-    /// How many groups have committed so far.
-    pub fn committed(&self) -> u64 {
-        self.counters.committed.load(Ordering::Acquire)
+        self.0.strong_count() > 0
     }
 }
 
 impl WriterGate {
     /// A gate to the writer connection of `pool` (a pool of one).
     pub fn new(pool: SqlitePool) -> Self {
-        WriterGate { pool, turn: Arc::new(Mutex::new(Group::default())), counters: Arc::default() }
+        WriterGate { pool, turn: Arc::new(Mutex::new(Group::default())), waiting: Arc::new(AtomicUsize::new(0)) }
     }
 
-    /// What a background task of the store watches (to end with it, say).
-    pub fn watch(&self) -> GateWatch {
-        GateWatch { gate: Arc::downgrade(&self.turn), counters: self.counters.clone() }
+    /// What a background task of the store checks to end with it.
+    pub fn alive(&self) -> GateAlive {
+        GateAlive(Arc::downgrade(&self.turn))
     }
 
     /// Waits for the writer, opening a group transaction when none is open. The wait runs in a
@@ -123,7 +106,7 @@ impl WriterGate {
     }
 
     async fn take_turn(self) -> StoreResult<Member> {
-        let waiter = Waiter::count(&self.counters.waiting);
+        let waiter = Waiter::count(&self.waiting);
         let mut turn = self.turn.clone().lock_owned().await;
         drop(waiter);
         let first = turn.conn.is_none();
@@ -135,7 +118,7 @@ impl WriterGate {
             turn.conn = Some(conn);
             turn.outcome = Some(watch::channel(None).0);
         }
-        Ok(Member { turn: Some(turn), counters: self.counters.clone(), first, writes: Writes::Nothing })
+        Ok(Member { turn: Some(turn), waiting: self.waiting.clone(), first, writes: Writes::Nothing })
     }
 }
 
@@ -170,7 +153,7 @@ impl Member {
     /// Keeps this member's writes in the group and waits until the group has committed.
     pub async fn commit(mut self) -> StoreResult<()> {
         let turn = self.turn.take().expect("a member ends once");
-        let outcome = end(turn, true, self.writes, self.counters.clone()).await?;
+        let outcome = end(turn, true, self.writes, self.waiting.clone()).await?;
         outcome.expect("waited for an outcome").map_err(StoreError::CommitFailed)
     }
 
@@ -178,7 +161,7 @@ impl Member {
     /// answers may rest on the writes of the members before it.
     pub async fn rollback(mut self) {
         let turn = self.turn.take().expect("a member ends once");
-        let _ = end(turn, false, self.writes, self.counters.clone()).await;
+        let _ = end(turn, false, self.writes, self.waiting.clone()).await;
     }
 }
 
@@ -188,9 +171,9 @@ async fn end(
     turn: OwnedMutexGuard<Group>,
     keep: bool,
     writes: Writes,
-    counters: Arc<Counters>,
+    waiting: Arc<AtomicUsize>,
 ) -> StoreResult<Outcome> {
-    let ended = tokio::spawn(end_turn(turn, keep, writes, counters));
+    let ended = tokio::spawn(end_turn(turn, keep, writes, waiting));
     let mut outcome = ended.await.map_err(|_| abandoned())??;
     let settled = outcome.wait_for(Option::is_some).await.map_err(|_| abandoned())?.clone();
     Ok(settled)
@@ -202,7 +185,7 @@ impl Drop for Member {
         let Some(mut turn) = self.turn.take() else { return };
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                runtime.spawn(end_turn(turn, false, self.writes, self.counters.clone()));
+                runtime.spawn(end_turn(turn, false, self.writes, self.waiting.clone()));
             }
             // No runtime to roll back on (the process is ending): close the connection, which
             // rolls the whole group back, rather than let anyone write on in it.
@@ -223,7 +206,7 @@ fn end_turn(
     mut turn: OwnedMutexGuard<Group>,
     keep: bool,
     writes: Writes,
-    counters: Arc<Counters>,
+    waiting: Arc<AtomicUsize>,
 ) -> BoxFuture<'static, StoreResult<watch::Receiver<Outcome>>> {
     Box::pin(async move {
         let outcome = turn.outcome.as_ref().expect("an open group has an outcome").subscribe();
@@ -243,9 +226,8 @@ fn end_turn(
         }
         if turn.conn.is_some() {
             turn.turns += 1;
-            let nobody_waits = counters.waiting.load(Ordering::Acquire) == 0;
-            if (nobody_waits || turn.turns >= MAX_MEMBERS) && finish(&mut turn, "COMMIT", Ok(())).await {
-                counters.committed.fetch_add(1, Ordering::AcqRel);
+            if waiting.load(Ordering::Acquire) == 0 || turn.turns >= MAX_MEMBERS {
+                finish(&mut turn, "COMMIT", Ok(())).await;
             }
         }
         kept?;
@@ -254,9 +236,9 @@ fn end_turn(
 }
 
 /// Ends the open group with `statement` (`COMMIT` or `ROLLBACK`) and tells its members how it
-/// went: `Ok` only when `intended` was and the statement succeeded. Returns whether it was.
-async fn finish(turn: &mut Group, statement: &'static str, intended: Result<(), String>) -> bool {
-    let Some(mut conn) = turn.conn.take() else { return false };
+/// went: `Ok` only when `intended` was and the statement succeeded.
+async fn finish(turn: &mut Group, statement: &'static str, intended: Result<(), String>) {
+    let Some(mut conn) = turn.conn.take() else { return };
     let ended = run(&mut conn, statement).await;
     if ended.is_err() && run(&mut conn, "ROLLBACK").await.is_err() {
         // Still in a transaction it cannot end: the connection must not go back to the pool.
@@ -267,12 +249,10 @@ async fn finish(turn: &mut Group, statement: &'static str, intended: Result<(), 
         (Err(reason), _) => Err(reason),
         (Ok(()), Err(error)) => Err(error.to_string()),
     };
-    let succeeded = result.is_ok();
     if let Some(outcome) = turn.outcome.take() {
         outcome.send_replace(Some(result));
     }
     turn.turns = 0;
-    succeeded
 }
 
 /// One transaction counted as waiting for its turn, for as long as this lives (a caller that
@@ -344,10 +324,10 @@ mod tests {
 
     /// Joins the gate in a task of its own, returning once that task waits for its turn.
     async fn queue_member(gate: &WriterGate) -> tokio::task::JoinHandle<Member> {
-        let waiting_before = gate.counters.waiting.load(Ordering::Acquire);
+        let waiting_before = gate.waiting.load(Ordering::Acquire);
         let queued = gate.clone();
         let joined = tokio::spawn(async move { queued.join().await.expect("join") });
-        while gate.counters.waiting.load(Ordering::Acquire) == waiting_before {
+        while gate.waiting.load(Ordering::Acquire) == waiting_before {
             tokio::task::yield_now().await;
         }
         joined
@@ -386,7 +366,6 @@ mod tests {
         insert(&mut member, "alone").await;
         member.commit().await.expect("commit");
         assert_eq!(stored(&readers).await, ["alone"]);
-        assert_eq!(gate.watch().committed(), 1);
     }
 
     #[tokio::test]
@@ -415,7 +394,6 @@ mod tests {
         second.rollback().await;
         let failed = settled(first_commit).await;
         assert!(matches!(failed, Err(StoreError::CommitFailed(_))), "{failed:?}");
-        assert_eq!(gate.watch().committed(), 0, "a rolled-back group counts as committed");
         let mut third = third.await.expect("third joins a new group");
         assert!(third.first, "the member after a rolled-back group opens the next one");
         insert(&mut third, "third").await;

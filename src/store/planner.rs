@@ -947,11 +947,7 @@ mod tests {
         assert_eq!(sqlite.text.matches(" UNION ALL ").count(), 1, "{}", sqlite.text);
         assert!(!sqlite.text.contains(" OR "), "{}", sqlite.text);
         let postgres = page(&query, Dialect::Postgres);
-        assert!(
-            postgres.text.contains("(SELECT DISTINCT ON (u0.id) u0.resource_type, u0.id FROM ("),
-            "{}",
-            postgres.text
-        );
+        assert!(postgres.text.contains("(SELECT DISTINCT ON (u0.id) u0.resource_type, u0.id FROM ("), "{}", postgres.text);
         for sql in [&sqlite, &postgres] {
             assert_eq!(sql.text.matches('$').count(), sql.args.len());
         }

@@ -161,7 +161,7 @@ impl SqliteStore {
             // A checkpoint copies log frames without the page cache: it gets a small one.
             let checkpointer_options = options.pragma("cache_size", CHECKPOINTER_CACHE_KIB);
             let checkpointer = pool_options().max_connections(1).connect_with(checkpointer_options).await?;
-            tokio::spawn(checkpoint_in_background(checkpointer, sessions.watch()));
+            tokio::spawn(checkpoint_in_background(checkpointer, sessions.alive()));
         }
         Ok(SqliteStore {
             readers,
@@ -192,25 +192,18 @@ const WRITER_CHECKPOINT_PAGES: &str = "10000";
 /// connection of its own, until the store is dropped. A `PASSIVE` checkpoint runs beside the
 /// writer and the readers. When the writer did all of it at commit, every write waited for the
 /// copy and for the fsyncs of the log and the database file (a quarter of the writer's
-/// context switches during ingest). Only a store that has committed since checkpoints again:
-/// an idle one costs a timer tick.
-async fn checkpoint_in_background(checkpointer: sqlx::SqlitePool, store: super::group::GateWatch) {
+/// context switches during ingest). With nothing new in the log, a checkpoint reads its header
+/// and no more.
+async fn checkpoint_in_background(checkpointer: sqlx::SqlitePool, store: super::group::GateAlive) {
     let mut ticks = tokio::time::interval(CHECKPOINT_INTERVAL);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut checkpointed_after = None;
     loop {
         ticks.tick().await;
         if !store.is_alive() {
             break;
         }
-        let committed = store.committed();
-        if checkpointed_after == Some(committed) {
-            continue;
-        }
-        // (busy, frames in the log, frames checkpointed): done only when it copied them all.
-        match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(&checkpointer).await {
-            Ok((_, log, copied)) => checkpointed_after = (copied == log).then_some(committed),
-            Err(error) => tracing::warn!(%error, "checkpoint of the SQLite write-ahead log failed"),
+        if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&checkpointer).await {
+            tracing::warn!(%error, "checkpoint of the SQLite write-ahead log failed");
         }
     }
     checkpointer.close().await;
