@@ -32,10 +32,12 @@ const US_CORE_SEARCHES: &[(&str, &str)] = &[
     // Stored under code and component-code: one lookup over both parameters' rows.
     ("Observation", "combo-code=http://loinc.org|8480-6"),
     ("Observation", "patient=p1&combo-code=http://loinc.org|8480-6&_sort=-date"),
-    // Several values: a UNION ALL of one lookup per value drives the search.
+    // Several values drive as one lookup (codes of one system) or a UNION ALL of lookups.
     ("Observation", "code=http://loinc.org|2339-0,http://loinc.org|8480-6"),
+    ("Observation", "code=http://loinc.org|2339-0,http://snomed.info/sct|271649006"),
     ("Observation", "combo-code=http://loinc.org|8480-6,http://loinc.org|2339-0"),
     ("Observation", "subject=Patient/p1,Patient/p2&_sort=-date"),
+    // ... or, where another criterion drives, are probed.
     ("Appointment", "patient=p1&status=booked,fulfilled"),
 ];
 

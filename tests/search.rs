@@ -294,4 +294,36 @@ async fn combined_parameters_are_missing_where_all_parts_are(db: Db) {
     assert_eq!(counted["total"], 1);
 }
 
-on_both_databases!(result_sets_match_the_specification, combined_parameters_are_missing_where_all_parts_are);
+/// Hundreds of values for one parameter (a long list, a large ValueSet's concepts) are
+/// answered: codes of one system as one lookup, more lookups than one `UNION ALL` takes as an
+/// OR of them.
+async fn long_value_lists_are_answered(db: Db) {
+    let server = TestServer::start(db).await;
+    for fixture in fixtures().iter().filter(|fixture| fixture["resourceType"] == "Observation") {
+        let path = format!("Observation/{}", fixture["id"].as_str().unwrap());
+        assert_eq!(server.put(&path, fixture).await.status(), 201, "{path}");
+    }
+    let one_system: Vec<String> = (0..600).map(|n| format!("http://loinc.org|{n}-9")).collect();
+    let many_systems: Vec<String> = (0..600).map(|n| format!("urn:example:system-{n}|29463-7")).collect();
+    for (mut values, wanted, expected) in [
+        (one_system, "http://loinc.org|2339-0", vec!["obs-glucose-1", "obs-glucose-2"]),
+        (many_systems, "http://loinc.org|29463-7", vec!["obs-weight"]),
+    ] {
+        values.insert(values.len() / 2, wanted.to_string());
+        let query = format!("Observation?code={}", values.join(","));
+        let response = server.get(&query).await;
+        assert_eq!(response.status(), 200, "{} values", values.len());
+        let bundle: Value = response.json().await.unwrap();
+        let ids: Vec<&str> =
+            bundle["entry"].as_array().into_iter().flatten().map(|e| e["resource"]["id"].as_str().unwrap()).collect();
+        assert_eq!(ids, expected, "{} values", values.len());
+        let counted: Value = server.get(&format!("{query}&_summary=count")).await.json().await.unwrap();
+        assert_eq!(counted["total"].as_u64(), Some(expected.len() as u64), "{} values", values.len());
+    }
+}
+
+on_both_databases!(
+    result_sets_match_the_specification,
+    combined_parameters_are_missing_where_all_parts_are,
+    long_value_lists_are_answered
+);

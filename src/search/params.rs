@@ -162,6 +162,14 @@ fn apply_parameter(
                 if query.resource_types.len() > 1 && registry.stored_under(resource_type, code).is_some() {
                     let this_type = Condition::Type(resource_type.clone());
                     group.push(Condition::AllOf(vec![this_type, Condition::AnyOf(conditions)]));
+                } else if query.resource_types.len() > 1 {
+                    // Another type's conditions are often the same ones (`name` on Patient and
+                    // Practitioner): each is tested once.
+                    for condition in conditions {
+                        if !group.contains(&condition) {
+                            group.push(condition);
+                        }
+                    }
                 } else {
                     group.extend(conditions);
                 }

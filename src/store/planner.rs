@@ -229,8 +229,7 @@ fn push_filters(sql: &mut Sql, query: &SearchQuery, dialect: Dialect, rows: Rows
         dialect == Dialect::Postgres
             && (query.sort.is_empty() || rows == Rows::NotNeeded)
             && query.resource_types.len() == 1
-            && !query.all_of[*n].is_empty()
-            && query.all_of[*n].iter().all(is_derivable)
+            && is_derivable_group(&query.all_of[*n])
     });
     let Some(derived) = derived else {
         sql.push(" FROM resources r WHERE ");
@@ -287,11 +286,55 @@ fn push_filters(sql: &mut Sql, query: &SearchQuery, dialect: Dialect, rows: Rows
 /// (one lookup over several parameters, or a `UNION ALL` of lookups: [`push_any_of`]).
 fn is_derivable(condition: &Condition) -> bool {
     match condition {
-        Condition::AnyOf(inner) => !inner.is_empty() && inner.iter().all(is_derivable),
+        Condition::AnyOf(inner) => is_derivable_group(inner),
         _ => !matches!(
             condition,
             Condition::Id(_) | Condition::Type(_) | Condition::AllOf(_) | Condition::Not(_) | Condition::Missing { .. }
         ),
+    }
+}
+
+/// Whether an OR group can be written as one membership (see [`is_derivable`]).
+fn is_derivable_group(group: &[Condition]) -> bool {
+    !group.is_empty() && group.iter().all(is_derivable) && lookups(group).len() <= MAX_UNION_BRANCHES
+}
+
+/// The most lookups one `UNION ALL` joins, below SQLite's limit of 500 terms in a compound
+/// SELECT; a larger OR group is written as an OR of lookups.
+const MAX_UNION_BRANCHES: usize = 200;
+
+/// One lookup of an OR group: a condition, or the token conditions on one parameter and
+/// system that differ only in their code (several values, a ValueSet's concepts) as one lookup
+/// with `code IN (…)`.
+enum Lookup<'a> {
+    One(&'a Condition),
+    Codes { param: &'a str, system: &'a TokenSystem, codes: Vec<&'a str> },
+}
+
+/// The lookups of an OR group, in its order (codes of one parameter and system merged).
+fn lookups(group: &[Condition]) -> Vec<Lookup<'_>> {
+    let mut lookups: Vec<Lookup<'_>> = Vec::new();
+    for condition in group {
+        let Condition::Token { param, system, code: Some(code) } = condition else {
+            lookups.push(Lookup::One(condition));
+            continue;
+        };
+        let same = lookups.iter_mut().find_map(|lookup| match lookup {
+            Lookup::Codes { param: p, system: s, codes } if *p == param && *s == system => Some(codes),
+            _ => None,
+        });
+        match same {
+            Some(codes) => codes.push(code),
+            None => lookups.push(Lookup::Codes { param, system, codes: vec![code] }),
+        }
+    }
+    lookups
+}
+
+fn push_lookup(sql: &mut Sql, lookup: &Lookup<'_>, owner: Owner<'_>, depth: usize) {
+    match lookup {
+        Lookup::One(condition) => push_condition(sql, condition, owner, depth),
+        Lookup::Codes { param, system, codes } => push_token(sql, param, system, codes, owner, depth),
     }
 }
 
@@ -346,7 +389,8 @@ struct Owner<'a> {
 enum Membership {
     /// `<owner> IN (SELECT …)`.
     In,
-    /// The derived table `(SELECT DISTINCT … AS resource_type, … AS id …)`.
+    /// The derived table `(SELECT DISTINCT … AS resource_type, … AS id …)` (over a union:
+    /// `DISTINCT ON` the id).
     Derived,
     /// `(SELECT … AS resource_type, … AS id …)`, one branch of a `UNION ALL` ([`push_union`]).
     Branch,
@@ -389,19 +433,20 @@ fn push_one_of(sql: &mut Sql, column: &str, values: &[impl AsRef<str>]) {
     sql.push(")");
 }
 
-/// Opens `<owner> IN (SELECT <type column>, <id column>` (just the id when the owner has one
-/// type). The subquery is uncorrelated, so the database can drive the search from the index.
+/// Opens the owner's [`Membership`]: `<owner> IN (SELECT <type column>, <id column>` (just the
+/// id when the owner has one type), or a subquery of `resource_type` and `id`. The subquery is
+/// uncorrelated, so the database can drive the search from the index.
 fn open_membership(sql: &mut Sql, owner: Owner<'_>, type_column: &str, id_column: &str) {
     let alias = owner.alias;
-    if owner.membership == Membership::Derived {
-        sql.push(&format!("(SELECT DISTINCT {type_column} AS resource_type, {id_column} AS id"));
-    } else if owner.membership == Membership::Branch {
-        sql.push(&format!("(SELECT {type_column} AS resource_type, {id_column} AS id"));
-    } else if owner.types.len() == 1 {
-        sql.push(&format!("{alias}.id IN (SELECT {id_column}"));
-    } else {
-        sql.push(&format!("({alias}.resource_type, {alias}.id) IN (SELECT {type_column}, {id_column}"));
-    }
+    let columns = format!("{type_column} AS resource_type, {id_column} AS id");
+    match owner.membership {
+        Membership::Derived => sql.push(&format!("(SELECT DISTINCT {columns}")),
+        Membership::Branch => sql.push(&format!("(SELECT {columns}")),
+        Membership::In if owner.types.len() == 1 => sql.push(&format!("{alias}.id IN (SELECT {id_column}")),
+        Membership::In => {
+            sql.push(&format!("({alias}.resource_type, {alias}.id) IN (SELECT {type_column}, {id_column}"))
+        }
+    };
 }
 
 fn push_any_of(sql: &mut Sql, group: &[Condition], owner: Owner<'_>, depth: usize) {
@@ -413,20 +458,21 @@ fn push_any_of(sql: &mut Sql, group: &[Condition], owner: Owner<'_>, depth: usiz
         push_condition(sql, &group[0], Owner { rows_of: Some(&params), ..owner }, depth);
         return;
     }
-    if let [only] = group {
-        push_condition(sql, only, owner, depth);
+    let lookups = lookups(group);
+    if let [only] = lookups.as_slice() {
+        push_lookup(sql, only, owner, depth);
         return;
     }
-    if owner.drive && group.iter().all(is_derivable) {
-        push_union(sql, group, owner, depth);
+    if owner.drive && is_derivable_group(group) {
+        push_union(sql, &lookups, owner, depth);
         return;
     }
     sql.push("(");
-    for (n, condition) in group.iter().enumerate() {
+    for (n, lookup) in lookups.iter().enumerate() {
         if n > 0 {
             sql.push(" OR ");
         }
-        push_condition(sql, condition, owner, depth);
+        push_lookup(sql, lookup, owner, depth);
     }
     sql.push(")");
 }
@@ -435,7 +481,7 @@ fn push_any_of(sql: &mut Sql, group: &[Condition], owner: Owner<'_>, depth: usiz
 /// that each lookup drives from its index. (`r.id IN (A) OR r.id IN (B)` is a scan of every
 /// resource of the type: `Observation?code=a,b&_summary=count` ran at a quarter of the rate of
 /// one code.)
-fn push_union(sql: &mut Sql, group: &[Condition], owner: Owner<'_>, depth: usize) {
+fn push_union(sql: &mut Sql, lookups: &[Lookup<'_>], owner: Owner<'_>, depth: usize) {
     let union = format!("u{depth}");
     let (open, close) = match owner.membership {
         Membership::In if owner.types.len() == 1 => (format!("{}.id IN (", owner.alias), ")".to_string()),
@@ -451,7 +497,7 @@ fn push_union(sql: &mut Sql, group: &[Condition], owner: Owner<'_>, depth: usize
         }
     };
     sql.push(&open);
-    for (n, condition) in group.iter().enumerate() {
+    for (n, lookup) in lookups.iter().enumerate() {
         if n > 0 {
             sql.push(" UNION ALL ");
         }
@@ -461,15 +507,15 @@ fn push_union(sql: &mut Sql, group: &[Condition], owner: Owner<'_>, depth: usize
             _ => format!("{branch}.resource_type, {branch}.id"),
         };
         sql.push(&format!("SELECT {columns} FROM "));
-        push_condition(sql, condition, Owner { membership: Membership::Branch, ..owner }, depth);
+        push_lookup(sql, lookup, Owner { membership: Membership::Branch, ..owner }, depth);
         sql.push(&format!(" {branch}"));
     }
     sql.push(&close);
 }
 
-/// Opens `<owner> IN (SELECT … FROM <table> i<d> WHERE i<d>.resource_type … AND i<d>.param = $n`
-/// (`IN ($n, …)` for the owner's `rows_of`); the caller adds its comparisons on `i<d>` and
-/// closes the parenthesis.
+/// Opens the owner's membership (`<owner> IN (SELECT …`, see [`open_membership`]) `FROM <table>
+/// i<d> WHERE i<d>.resource_type … AND i<d>.param = $n` (`IN ($n, …)` for the owner's
+/// `rows_of`); the caller adds its comparisons on `i<d>` and closes the parenthesis.
 /// Or, when the owner is probed, `EXISTS (SELECT 1 FROM <table> i<d> WHERE <i owned by the row> AND …`.
 fn open_index_in(sql: &mut Sql, table: IndexTable, param: &str, owner: Owner<'_>, depth: usize) -> String {
     let i = format!("i{depth}");
@@ -522,19 +568,30 @@ fn push_token_system(sql: &mut Sql, i: &str, system: &TokenSystem) {
     }
 }
 
+/// A token lookup: `param`'s rows in `system` with one of `codes` (any code when none).
+fn push_token(
+    sql: &mut Sql,
+    param: &str,
+    system: &TokenSystem,
+    codes: &[impl AsRef<str>],
+    owner: Owner<'_>,
+    depth: usize,
+) {
+    let i = open_index_in(sql, IndexTable::Token, param, owner, depth);
+    if !codes.is_empty() {
+        sql.push(" AND ");
+        push_one_of(sql, &format!("{i}.code"), codes);
+    }
+    push_token_system(sql, &i, system);
+    sql.push(")");
+}
+
 fn push_condition(sql: &mut Sql, condition: &Condition, owner: Owner<'_>, depth: usize) {
     match condition {
         Condition::Id(id) => {
             sql.push(&format!("{}.id = ", owner.alias)).text(id);
         }
-        Condition::Token { param, system, code } => {
-            let i = open_index_in(sql, IndexTable::Token, param, owner, depth);
-            if let Some(code) = code {
-                sql.push(&format!(" AND {i}.code = ")).text(code);
-            }
-            push_token_system(sql, &i, system);
-            sql.push(")");
-        }
+        Condition::Token { param, system, code } => push_token(sql, param, system, code.as_slice(), owner, depth),
         Condition::TokenHierarchy { param, system, code, matching } => {
             let i = open_index_in(sql, IndexTable::Token, param, owner, depth);
             push_prefix_match(sql, &format!("{i}.code"), code, *matching);
@@ -935,23 +992,37 @@ mod tests {
 
     #[test]
     fn an_or_of_lookups_drives_as_one_union() {
-        let code = |code: &str| Condition::Token {
+        let token = |system: &str, code: &str| Condition::Token {
             param: "code".into(),
-            system: TokenSystem::Is("http://loinc.org".into()),
+            system: TokenSystem::Is(system.into()),
             code: Some(code.into()),
         };
         let mut query = SearchQuery::new("Observation", 10);
-        query.all_of.push(vec![code("8867-4"), code("8310-5")]);
+        query.all_of.push(vec![token("http://loinc.org", "8867-4"), token("http://snomed.info/sct", "364075005")]);
         let sqlite = page(&query, Dialect::Sqlite);
         assert!(sqlite.text.contains("r.id IN (SELECT u0_0.id FROM (SELECT i0.resource_type"), "{}", sqlite.text);
         assert_eq!(sqlite.text.matches(" UNION ALL ").count(), 1, "{}", sqlite.text);
         assert!(!sqlite.text.contains(" OR "), "{}", sqlite.text);
         let postgres = page(&query, Dialect::Postgres);
-        assert!(postgres.text.contains("(SELECT DISTINCT ON (u0.id) u0.resource_type, u0.id FROM ("), "{}", postgres.text);
-        for sql in [&sqlite, &postgres] {
+        assert!(
+            postgres.text.contains("(SELECT DISTINCT ON (u0.id) u0.resource_type, u0.id FROM ("),
+            "{}",
+            postgres.text
+        );
+        let counted = count(&query, Dialect::Postgres);
+        assert!(counted.text.contains(" UNION ALL "), "{}", counted.text);
+        let mut several_types = query.clone();
+        several_types.resource_types.push("DiagnosticReport".into());
+        let tuple = page(&several_types, Dialect::Sqlite);
+        assert!(
+            tuple.text.contains("(r.resource_type, r.id) IN (SELECT u0_0.resource_type, u0_0.id FROM"),
+            "{}",
+            tuple.text
+        );
+        for sql in [&sqlite, &postgres, &counted, &tuple] {
             assert_eq!(sql.text.matches('$').count(), sql.args.len());
         }
-        // Probed, not driving (a reference narrows more): still an OR of one probe per value.
+        // Probed, not driving (a reference narrows more): still an OR of one probe per lookup.
         query.all_of.push(vec![Condition::Reference {
             param: "subject".into(),
             target_type: Some("Patient".into()),
@@ -960,6 +1031,29 @@ mod tests {
         let probed = page(&query, Dialect::Sqlite);
         assert!(!probed.text.contains("UNION"), "{}", probed.text);
         assert_eq!(probed.text.matches("EXISTS (SELECT 1 FROM search_token").count(), 2, "{}", probed.text);
+    }
+
+    #[test]
+    fn codes_of_one_system_are_one_lookup_and_a_long_or_is_no_union() {
+        let token = |system: String, code: String| Condition::Token {
+            param: "code".into(),
+            system: TokenSystem::Is(system),
+            code: Some(code),
+        };
+        let mut query = SearchQuery::new("Observation", 10);
+        // A ValueSet's 600 concepts of one system: one lookup.
+        query.all_of.push((0..600).map(|n| token("http://loinc.org".into(), format!("{n}-0"))).collect());
+        let sql = page(&query, Dialect::Sqlite);
+        assert_eq!(sql.text.matches("FROM search_token").count(), 1, "{}", sql.text);
+        assert!(sql.text.contains("i0.code IN ($"), "{}", sql.text);
+        assert_eq!(sql.text.matches('$').count(), sql.args.len());
+        // More lookups than a compound SELECT takes: an OR of them.
+        query.all_of[0] = (0..MAX_UNION_BRANCHES + 1).map(|n| token(format!("urn:system:{n}"), "c".into())).collect();
+        for dialect in [Dialect::Sqlite, Dialect::Postgres] {
+            let sql = page(&query, dialect);
+            assert!(!sql.text.contains("UNION"), "{}", sql.text);
+            assert_eq!(sql.text.matches("FROM search_token").count(), MAX_UNION_BRANCHES + 1);
+        }
     }
 
     #[test]
