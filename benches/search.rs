@@ -32,11 +32,6 @@ const SEARCHES: &[(&str, bool, &str)] = &[
     ("_include", false, "/fhir/MedicationRequest?patient={p}&_include=MedicationRequest:requester"),
     ("_has", false, "/fhir/Patient?_id={p}&_has:Observation:patient:category=laboratory"),
     ("_summary=count", true, "/fhir/Observation?patient={p}&_summary=count"),
-    (
-        "two codes, counted",
-        false,
-        "/fhir/Observation?code=http://loinc.org|8867-4,http://loinc.org|8310-5&_summary=count",
-    ),
 ];
 
 struct Subject {
