@@ -238,13 +238,7 @@ fn push_filters(sql: &mut Sql, query: &SearchQuery, dialect: Dialect, rows: Rows
             sql.push(" AND r.deleted = FALSE");
         }
         for (n, group) in query.all_of.iter().enumerate() {
-            let owner = Owner {
-                alias: "r",
-                types: &query.resource_types,
-                drive: Some(n) == driver,
-                membership: Membership::In,
-                rows_of: None,
-            };
+            let owner = Owner::new("r", &query.resource_types, Some(n) == driver);
             sql.push(" AND ");
             push_any_of(sql, group, owner, 0);
         }
@@ -255,18 +249,11 @@ fn push_filters(sql: &mut Sql, query: &SearchQuery, dialect: Dialect, rows: Rows
     // are read (its generic plans otherwise read every candidate's row first; an
     // Observation?patient&code page: 0.28 -> 0.19 ms).
     sql.push(" FROM (SELECT d.resource_type, d.id FROM ");
-    let owner =
-        Owner { alias: "r", types: &query.resource_types, drive: true, membership: Membership::Derived, rows_of: None };
+    let owner = Owner { membership: Membership::Derived, ..Owner::new("r", &query.resource_types, true) };
     push_any_of(sql, &query.all_of[derived], owner, 0);
     sql.push(" d WHERE 1 = 1");
     for (n, group) in query.all_of.iter().enumerate().filter(|(n, _)| *n != derived) {
-        let owner = Owner {
-            alias: "d",
-            types: &query.resource_types,
-            drive: Some(n) == driver,
-            membership: Membership::In,
-            rows_of: None,
-        };
+        let owner = Owner::new("d", &query.resource_types, Some(n) == driver);
         sql.push(" AND ");
         push_any_of(sql, group, owner, 0);
     }
@@ -382,6 +369,13 @@ struct Owner<'a> {
     /// The parameters whose rows the condition tests instead of its own (see
     /// [`same_test_on`]).
     rows_of: Option<&'a [&'a str]>,
+}
+
+impl<'a> Owner<'a> {
+    /// A row of `alias` (one of `types`) that the condition drives (`IN`) or probes.
+    fn new(alias: &'a str, types: &'a [String], drive: bool) -> Self {
+        Owner { alias, types, drive, membership: Membership::In, rows_of: None }
+    }
 }
 
 /// How a driving condition writes the resources it finds.
@@ -714,18 +708,7 @@ fn push_condition(sql: &mut Sql, condition: &Condition, owner: Owner<'_>, depth:
                 ));
             }
             sql.push(&format!(" AND {target}.deleted = FALSE AND "));
-            push_condition(
-                sql,
-                condition,
-                Owner {
-                    alias: &target,
-                    types: target_types,
-                    drive: owner.drive,
-                    membership: Membership::In,
-                    rows_of: None,
-                },
-                depth + 1,
-            );
+            push_condition(sql, condition, Owner::new(&target, target_types, owner.drive), depth + 1);
             sql.push("))");
         }
         Condition::Has { source_type, param, condition } => {
@@ -753,9 +736,7 @@ fn push_condition(sql: &mut Sql, condition: &Condition, owner: Owner<'_>, depth:
             }
             sql.push(&format!(" AND {source}.deleted = FALSE AND "));
             let types = [source_type.clone()];
-            let inner =
-                Owner { alias: &source, types: &types, drive: owner.drive, membership: Membership::In, rows_of: None };
-            push_condition(sql, condition, inner, depth + 1);
+            push_condition(sql, condition, Owner::new(&source, &types, owner.drive), depth + 1);
             sql.push("))");
         }
     }
