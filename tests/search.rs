@@ -322,8 +322,49 @@ async fn long_value_lists_are_answered(db: Db) {
     }
 }
 
+/// Paging through a search with several values (driven by their union, or by one lookup of
+/// several codes) yields every match once, in the order of the unpaged search.
+async fn searches_with_several_values_page_through_every_match(db: Db) {
+    let server = TestServer::start(db).await;
+    for fixture in fixtures().iter().filter(|fixture| fixture["resourceType"] == "Observation") {
+        let path = format!("Observation/{}", fixture["id"].as_str().unwrap());
+        assert_eq!(server.put(&path, fixture).await.status(), 201, "{path}");
+    }
+    let ids_and_next = |page: &Value| {
+        let ids: Vec<String> = page["entry"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| e["resource"]["id"].as_str().unwrap().to_string())
+            .collect();
+        let next = page["link"].as_array().into_iter().flatten().find(|l| l["relation"] == "next");
+        (ids, next.map(|l| l["url"].as_str().unwrap().to_string()))
+    };
+    for query in [
+        "Observation?code=2339-0,29463-7,85354-9",
+        "Observation?code=2339-0,85354-9,29463-7&_sort=-date",
+        "Observation?code=http://loinc.org|2339-0,http://snomed.info/sct|1,http://loinc.org|85354-9",
+        "Observation?subject=Patient/pat-anna,Patient/pat-bob&_sort=value-quantity",
+    ] {
+        let whole: Value = server.get(&format!("{query}&_count=100")).await.json().await.unwrap();
+        let (expected, _) = ids_and_next(&whole);
+        assert!(expected.len() >= 3, "{query}: {expected:?}");
+        let mut seen = Vec::new();
+        let mut next = Some(server.url(&format!("{query}&_count=1")));
+        while let Some(url) = next {
+            let page: Value = server.client.get(&url).send().await.unwrap().json().await.unwrap();
+            let (ids, link) = ids_and_next(&page);
+            seen.extend(ids);
+            next = link;
+            assert!(seen.len() <= expected.len(), "{query}: pages go on past {expected:?}: {seen:?}");
+        }
+        assert_eq!(seen, expected, "{query}");
+    }
+}
+
 on_both_databases!(
     result_sets_match_the_specification,
     combined_parameters_are_missing_where_all_parts_are,
-    long_value_lists_are_answered
+    long_value_lists_are_answered,
+    searches_with_several_values_page_through_every_match
 );
