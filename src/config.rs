@@ -55,6 +55,10 @@ pub enum Command {
         /// Files or directories (searched for .json and .ndjson files).
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// Files imported at a time. Files that depend on one another (a conditional reference
+        /// to what another file creates) need 1: the order of files is kept only then.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+        jobs: u16,
     },
     /// Register, list and remove SMART clients.
     Client {

@@ -5,6 +5,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use futures::stream::{self, StreamExt};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
@@ -27,6 +28,16 @@ pub struct ImportSummary {
     pub errors: Vec<String>,
 }
 
+impl ImportSummary {
+    /// Adds what the import of one file did.
+    fn absorb(&mut self, file: ImportSummary) {
+        self.resources += file.resources;
+        self.failed_entries += file.failed_entries;
+        let room = MAX_ERRORS_SHOWN.saturating_sub(self.errors.len());
+        self.errors.extend(file.errors.into_iter().take(room));
+    }
+}
+
 impl fmt::Display for ImportSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let rate = if self.seconds > 0.0 { self.resources as f64 / self.seconds } else { 0.0 };
@@ -45,8 +56,11 @@ impl fmt::Display for ImportSummary {
     }
 }
 
-/// Imports every `.json` and `.ndjson` file named or found under `paths`.
-pub async fn import_paths(service: &FhirService, paths: &[PathBuf]) -> anyhow::Result<ImportSummary> {
+/// Imports every `.json` and `.ndjson` file named or found under `paths`, `jobs` files at a
+/// time (their bundles still one after another within a file). Concurrent files prepare their
+/// bundles while others are written: with one at a time, validating and indexing a bundle and
+/// writing it take turns.
+pub async fn import_paths(service: &FhirService, paths: &[PathBuf], jobs: usize) -> anyhow::Result<ImportSummary> {
     let mut files = Vec::new();
     for path in paths {
         collect_files(path, &mut files)?;
@@ -57,24 +71,35 @@ pub async fn import_paths(service: &FhirService, paths: &[PathBuf]) -> anyhow::R
         .set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} files {msg} [{elapsed_precise}, eta {eta}]")?);
     let started = Instant::now();
     let mut summary = ImportSummary { files: files.len(), ..ImportSummary::default() };
-    for file in &files {
-        let text = std::fs::read_to_string(file)?;
-        let bundles = if file.extension().is_some_and(|e| e == "ndjson") {
-            ndjson_batches(&text)
-        } else {
-            vec![as_processable(&text)]
-        };
-        for bundle in bundles {
-            match bundle {
-                Ok(bundle) => post_bundle(service, bundle, file, &mut summary).await,
-                Err(error) => record(&mut summary, file, None, &error.to_string(), 1),
-            }
-        }
+    // In the files' order, so that the summary lists errors as a sequential import would.
+    // Each file in a task of its own, so that several prepare their bundles in parallel.
+    let tasks = files.iter().map(|file| tokio::spawn(import_file(service.clone(), file.clone())));
+    let mut imported = stream::iter(tasks).buffered(jobs.max(1));
+    while let Some(file_summary) = imported.next().await {
+        summary.absorb(file_summary??);
         progress.inc(1);
         progress.set_message(format!("{} resources", summary.resources));
     }
     progress.finish_and_clear();
     summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// Imports one file, its bundles in order.
+async fn import_file(service: FhirService, file: PathBuf) -> anyhow::Result<ImportSummary> {
+    let text = tokio::fs::read_to_string(&file).await?;
+    let bundles = if file.extension().is_some_and(|e| e == "ndjson") {
+        ndjson_batches(&text)
+    } else {
+        vec![as_processable(&text)]
+    };
+    let mut summary = ImportSummary::default();
+    for bundle in bundles {
+        match bundle {
+            Ok(bundle) => post_bundle(&service, bundle, &file, &mut summary).await,
+            Err(error) => record(&mut summary, &file, None, &error.to_string(), 1),
+        }
+    }
     Ok(summary)
 }
 

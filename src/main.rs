@@ -49,10 +49,10 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!(%listen, fhir_base = %format!("{base_url}/fhir"), "Hearth is serving");
             hearth.serve(listener).await?;
         }
-        Command::Import { paths } => {
+        Command::Import { paths, jobs } => {
             let base_url = cli.base_url.unwrap_or_else(|| "http://localhost:8080".to_string());
             let hearth = Hearth::open(&cli.database, Settings::new(&base_url)).await?;
-            let summary = hearth::import::import_paths(hearth.service(), &paths).await?;
+            let summary = hearth::import::import_paths(hearth.service(), &paths, usize::from(jobs)).await?;
             println!("{summary}");
             if summary.failed_entries > 0 {
                 std::process::exit(1);

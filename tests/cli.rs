@@ -70,6 +70,55 @@ async fn synth_bundles_import_cleanly() {
     assert!(String::from_utf8_lossy(&failed.stdout).contains("broken.json"));
 }
 
+/// Counts of the resources of `types` in the SQLite database `database`.
+async fn stored_counts(database: &str, types: &[&str]) -> Vec<u64> {
+    let server = Hearth::open(database, Settings::new("http://localhost:8080")).await.unwrap();
+    let mut counts = Vec::new();
+    for resource_type in types {
+        let mut query = SearchQuery::new(resource_type, 0);
+        query.with_total = true;
+        counts.push(server.service().store().search(&query).await.unwrap().total.unwrap());
+    }
+    counts
+}
+
+#[tokio::test]
+async fn an_import_of_several_files_at_a_time_stores_what_one_at_a_time_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bundles");
+    let synth = run_hearth(&["synth", "--patients", "6", "--seed", "11", "--out", out.to_str().unwrap()]);
+    assert!(synth.status.success(), "{}", String::from_utf8_lossy(&synth.stderr));
+    // Two files that fail, listed in the summary in the files' order whatever finishes first.
+    std::fs::write(out.join("a-broken.json"), "{not json").unwrap();
+    std::fs::write(out.join("z-broken.json"), "[]").unwrap();
+
+    let import = |name: &str, jobs: &str| {
+        let database = format!("sqlite://{}", dir.path().join(name).display());
+        let run = run_hearth(&["import", "--jobs", jobs, "--database", &database, out.to_str().unwrap()]);
+        assert!(!run.status.success(), "the broken files fail the import");
+        (database, String::from_utf8_lossy(&run.stdout).into_owned())
+    };
+    let (one_at_a_time, sequential) = import("one.db", "1");
+    let (four_at_a_time, parallel) = import("four.db", "4");
+    assert!(parallel.contains("from 8 files") && parallel.contains("2 entries failed"), "{parallel}");
+    let errors = |summary: &str| summary.lines().skip(1).map(str::to_string).collect::<Vec<_>>();
+    assert_eq!(errors(&parallel), errors(&sequential));
+    assert!(errors(&parallel)[0].contains("a-broken.json") && errors(&parallel)[1].contains("z-broken.json"));
+
+    let types = ["Patient", "Observation", "Encounter", "Appointment", "Practitioner", "Organization", "Schedule"];
+    let sequential_counts = stored_counts(&one_at_a_time, &types).await;
+    assert_eq!(sequential_counts[0], 6, "{sequential_counts:?}");
+    assert_eq!(stored_counts(&four_at_a_time, &types).await, sequential_counts);
+
+    let refused = run_hearth(&["import", "--jobs", "0", out.to_str().unwrap()]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--jobs"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}
+
 /// Runs `hearth` with `input` on its standard input.
 fn run_with_input(args: &[&str], input: &str) -> std::process::Output {
     use std::io::Write;
