@@ -63,6 +63,7 @@ impl fmt::Display for ImportSummary {
 pub async fn import_paths(service: &FhirService, paths: &[PathBuf], jobs: usize) -> anyhow::Result<ImportSummary> {
     let mut files = Vec::new();
     for path in paths {
+        anyhow::ensure!(path.exists(), "{}: no such file or directory", path.display());
         collect_files(path, &mut files)?;
     }
     files.sort();
@@ -76,7 +77,7 @@ pub async fn import_paths(service: &FhirService, paths: &[PathBuf], jobs: usize)
     let tasks = files.iter().map(|file| tokio::spawn(import_file(service.clone(), file.clone())));
     let mut imported = stream::iter(tasks).buffered(jobs.max(1));
     while let Some(file_summary) = imported.next().await {
-        summary.absorb(file_summary??);
+        summary.absorb(file_summary?);
         progress.inc(1);
         progress.set_message(format!("{} resources", summary.resources));
     }
@@ -85,22 +86,29 @@ pub async fn import_paths(service: &FhirService, paths: &[PathBuf], jobs: usize)
     Ok(summary)
 }
 
-/// Imports one file, its bundles in order.
-async fn import_file(service: FhirService, file: PathBuf) -> anyhow::Result<ImportSummary> {
-    let text = tokio::fs::read_to_string(&file).await?;
+/// Imports one file, its bundles in order. A file that cannot be read counts as one failed
+/// entry, and the import goes on with the others.
+async fn import_file(service: FhirService, file: PathBuf) -> ImportSummary {
+    let mut summary = ImportSummary::default();
+    let text = match tokio::fs::read_to_string(&file).await {
+        Ok(text) => text,
+        Err(error) => {
+            record(&mut summary, &file, None, &format!("cannot be read: {error}"), 1);
+            return summary;
+        }
+    };
     let bundles = if file.extension().is_some_and(|e| e == "ndjson") {
         ndjson_batches(&text)
     } else {
         vec![as_processable(&text)]
     };
-    let mut summary = ImportSummary::default();
     for bundle in bundles {
         match bundle {
             Ok(bundle) => post_bundle(&service, bundle, &file, &mut summary).await,
             Err(error) => record(&mut summary, &file, None, &error.to_string(), 1),
         }
     }
-    Ok(summary)
+    summary
 }
 
 fn collect_files(path: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
@@ -118,6 +126,9 @@ fn collect_files(path: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
 /// searchset, a single resource) as a batch that PUTs resources with ids and POSTs the others.
 fn as_processable(text: &str) -> Result<Value, FhirError> {
     let value: Value = serde_json::from_str(text).map_err(|e| FhirError::bad_request(format!("invalid JSON: {e}")))?;
+    if value.get("resourceType").and_then(Value::as_str).is_none() {
+        return Err(FhirError::bad_request("not a FHIR resource: it has no resourceType"));
+    }
     let is_bundle = value.get("resourceType").and_then(Value::as_str) == Some("Bundle");
     let kind = value.get("type").and_then(Value::as_str).unwrap_or("");
     if is_bundle && (kind == "transaction" || kind == "batch") {

@@ -88,8 +88,9 @@ async fn an_import_of_several_files_at_a_time_stores_what_one_at_a_time_does() {
     let out = dir.path().join("bundles");
     let synth = run_hearth(&["synth", "--patients", "6", "--seed", "11", "--out", out.to_str().unwrap()]);
     assert!(synth.status.success(), "{}", String::from_utf8_lossy(&synth.stderr));
-    // Two files that fail, listed in the summary in the files' order whatever finishes first.
+    // Files that fail, listed in the summary in the files' order whatever finishes first.
     std::fs::write(out.join("a-broken.json"), "{not json").unwrap();
+    std::os::unix::fs::symlink(dir.path().join("nowhere.json"), out.join("m-unreadable.json")).unwrap();
     std::fs::write(out.join("z-broken.json"), "[]").unwrap();
 
     let import = |name: &str, jobs: &str| {
@@ -100,16 +101,23 @@ async fn an_import_of_several_files_at_a_time_stores_what_one_at_a_time_does() {
     };
     let (one_at_a_time, sequential) = import("one.db", "1");
     let (four_at_a_time, parallel) = import("four.db", "4");
-    assert!(parallel.contains("from 8 files") && parallel.contains("2 entries failed"), "{parallel}");
-    let errors = |summary: &str| summary.lines().skip(1).map(str::to_string).collect::<Vec<_>>();
+    assert!(parallel.contains("from 9 files") && parallel.contains("3 entries failed"), "{parallel}");
+    let errors =
+        |summary: &str| summary.lines().skip(1).filter(|line| !line.is_empty()).map(str::to_string).collect::<Vec<_>>();
     assert_eq!(errors(&parallel), errors(&sequential));
-    assert!(errors(&parallel)[0].contains("a-broken.json") && errors(&parallel)[1].contains("z-broken.json"));
+    let [broken, unreadable, empty] = &errors(&parallel)[..] else { panic!("{parallel}") };
+    assert!(broken.contains("a-broken.json: 400 invalid JSON"), "{parallel}");
+    assert!(empty.contains("z-broken.json: 400 not a FHIR resource"), "{parallel}");
+    assert!(unreadable.contains("m-unreadable.json: cannot be read"), "{parallel}");
 
     let types = ["Patient", "Observation", "Encounter", "Appointment", "Practitioner", "Organization", "Schedule"];
     let sequential_counts = stored_counts(&one_at_a_time, &types).await;
     assert_eq!(sequential_counts[0], 6, "{sequential_counts:?}");
     assert_eq!(stored_counts(&four_at_a_time, &types).await, sequential_counts);
 
+    let missing = run_hearth(&["import", dir.path().join("missing").to_str().unwrap()]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no such file"), "{missing:?}");
     let refused = run_hearth(&["import", "--jobs", "0", out.to_str().unwrap()]);
     assert!(!refused.status.success());
     assert!(
