@@ -52,12 +52,14 @@ pub enum Command {
     },
     /// Load transaction, batch or collection Bundles (`.json`) and `.ndjson` files.
     Import {
-        /// Files or directories (searched for .json and .ndjson files).
+        /// Files, or directories searched for .json and .ndjson files; all imported in the
+        /// sorted order of their paths.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
-        /// Files imported at a time. Files that depend on one another (a conditional reference
-        /// to what another file creates) need 1: the order of files is kept only then.
-        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+        /// Files imported at a time. Files that depend on one another need 1, which keeps
+        /// their order: a conditional reference, or an ifNoneExist create, that must find
+        /// what an earlier file creates.
+        #[arg(long, env = "HEARTH_JOBS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
         jobs: u16,
     },
     /// Register, list and remove SMART clients.

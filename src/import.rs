@@ -26,6 +26,8 @@ pub struct ImportSummary {
     pub seconds: f64,
     /// `file: entry n: message`, the first few.
     pub errors: Vec<String>,
+    /// Errors beyond those listed.
+    pub unlisted_errors: usize,
 }
 
 impl ImportSummary {
@@ -34,6 +36,7 @@ impl ImportSummary {
         self.resources += file.resources;
         self.failed_entries += file.failed_entries;
         let room = MAX_ERRORS_SHOWN.saturating_sub(self.errors.len());
+        self.unlisted_errors += file.unlisted_errors + file.errors.len().saturating_sub(room);
         self.errors.extend(file.errors.into_iter().take(room));
     }
 }
@@ -49,39 +52,69 @@ impl fmt::Display for ImportSummary {
         for error in &self.errors {
             writeln!(f, "  {error}")?;
         }
-        if self.failed_entries > self.errors.len() {
-            writeln!(f, "  … and {} more", self.failed_entries - self.errors.len())?;
+        if self.unlisted_errors > 0 {
+            writeln!(f, "  … and {} more errors", self.unlisted_errors)?;
         }
         Ok(())
     }
 }
 
-/// Imports every `.json` and `.ndjson` file named or found under `paths`, `jobs` files at a
-/// time (their bundles still one after another within a file). Concurrent files prepare their
-/// bundles while others are written: with one at a time, validating and indexing a bundle and
-/// writing it take turns.
-pub async fn import_paths(service: &FhirService, paths: &[PathBuf], jobs: usize) -> anyhow::Result<ImportSummary> {
+/// The files an import of `paths` reads: each file named (whatever its extension) and every
+/// `.json` and `.ndjson` file found under each directory named, sorted, each once. Found before
+/// anything is opened, so that a mistyped path changes nothing.
+pub fn files_to_import(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for path in paths {
-        anyhow::ensure!(path.exists(), "{}: no such file or directory", path.display());
-        collect_files(path, &mut files)?;
+        let metadata = std::fs::metadata(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        if metadata.is_dir() {
+            collect_files(path, &mut files)?;
+        } else {
+            files.push(path.clone());
+        }
     }
     files.sort();
+    files.dedup();
+    anyhow::ensure!(!files.is_empty(), "no .json or .ndjson files in {}", describe(paths));
+    Ok(files)
+}
+
+fn describe(paths: &[PathBuf]) -> String {
+    paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+}
+
+/// Imports `files`, `jobs` at a time, each in a task of its own (a file's bundles one after
+/// another). While one bundle is written, others are parsed, validated and indexed: with one
+/// file at a time, preparing a bundle and writing it take turns. The summary lists errors in
+/// the files' order, as one file at a time would.
+pub async fn import_files(service: &FhirService, files: &[PathBuf], jobs: usize) -> anyhow::Result<ImportSummary> {
     let progress = ProgressBar::new(files.len() as u64);
     progress
         .set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} files {msg} [{elapsed_precise}, eta {eta}]")?);
     let started = Instant::now();
-    let mut summary = ImportSummary { files: files.len(), ..ImportSummary::default() };
-    // In the files' order, so that the summary lists errors as a sequential import would.
-    // Each file in a task of its own, so that several prepare their bundles in parallel.
-    let tasks = files.iter().map(|file| tokio::spawn(import_file(service.clone(), file.clone())));
-    let mut imported = stream::iter(tasks).buffered(jobs.max(1));
-    while let Some(file_summary) = imported.next().await {
-        summary.absorb(file_summary?);
+    // Unordered, so that one long file does not hold up the others; put in order below.
+    let tasks = files.iter().enumerate().map(|(n, file)| {
+        let task = tokio::spawn(import_file(service.clone(), file.clone()));
+        async move { (n, task.await) }
+    });
+    let mut imported = stream::iter(tasks).buffer_unordered(jobs.max(1));
+    let mut by_file: Vec<ImportSummary> = files.iter().map(|_| ImportSummary::default()).collect();
+    let mut resources = 0;
+    while let Some((n, outcome)) = imported.next().await {
+        let file_summary = outcome.unwrap_or_else(|failure| {
+            let mut failed = ImportSummary::default();
+            record(&mut failed, &files[n], None, &format!("the import of this file failed: {failure}"), 1);
+            failed
+        });
+        resources += file_summary.resources;
+        by_file[n] = file_summary;
         progress.inc(1);
-        progress.set_message(format!("{} resources", summary.resources));
+        progress.set_message(format!("{resources} resources"));
     }
     progress.finish_and_clear();
+    let mut summary = ImportSummary { files: files.len(), ..ImportSummary::default() };
+    for file_summary in by_file {
+        summary.absorb(file_summary);
+    }
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
 }
@@ -111,12 +144,14 @@ async fn import_file(service: FhirService, file: PathBuf) -> ImportSummary {
     summary
 }
 
-fn collect_files(path: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
+fn collect_files(path: &Path, files: &mut Vec<PathBuf>) -> anyhow::Result<()> {
     if path.is_dir() {
-        for entry in std::fs::read_dir(path)? {
-            collect_files(&entry?.path(), files)?;
+        let entries = std::fs::read_dir(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            collect_files(&entry.path(), files)?;
         }
-    } else if path.extension().is_some_and(|e| e == "json" || e == "ndjson") {
+    } else if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json") || e.eq_ignore_ascii_case("ndjson")) {
         files.push(path.to_path_buf());
     }
     Ok(())
@@ -126,9 +161,7 @@ fn collect_files(path: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
 /// searchset, a single resource) as a batch that PUTs resources with ids and POSTs the others.
 fn as_processable(text: &str) -> Result<Value, FhirError> {
     let value: Value = serde_json::from_str(text).map_err(|e| FhirError::bad_request(format!("invalid JSON: {e}")))?;
-    if value.get("resourceType").and_then(Value::as_str).is_none() {
-        return Err(FhirError::bad_request("not a FHIR resource: it has no resourceType"));
-    }
+    let value = with_resource_type(value)?;
     let is_bundle = value.get("resourceType").and_then(Value::as_str) == Some("Bundle");
     let kind = value.get("type").and_then(Value::as_str).unwrap_or("");
     if is_bundle && (kind == "transaction" || kind == "batch") {
@@ -158,11 +191,20 @@ fn ndjson_batches(text: &str) -> Vec<Result<Value, FhirError>> {
                 .map(|line| {
                     serde_json::from_str::<Value>(line)
                         .map_err(|e| FhirError::bad_request(format!("invalid NDJSON line: {e}")))
+                        .and_then(with_resource_type)
                 })
                 .collect::<Result<Vec<_>, _>>()
                 .map(batch_of)
         })
         .collect()
+}
+
+/// `value`, if it names its resourceType (anything else is not a FHIR resource).
+fn with_resource_type(value: Value) -> Result<Value, FhirError> {
+    match value.get("resourceType").and_then(Value::as_str) {
+        Some(_) => Ok(value),
+        None => Err(FhirError::bad_request("not a FHIR resource: it has no resourceType")),
+    }
 }
 
 fn batch_of(resources: Vec<Value>) -> Value {
@@ -207,5 +249,7 @@ fn record(summary: &mut ImportSummary, file: &Path, entry: Option<usize>, messag
     if summary.errors.len() < MAX_ERRORS_SHOWN {
         let at = entry.map(|n| format!(" entry {n}")).unwrap_or_default();
         summary.errors.push(format!("{}{at}: {message}", file.display()));
+    } else {
+        summary.unlisted_errors += 1;
     }
 }

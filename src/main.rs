@@ -51,8 +51,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Import { paths, jobs } => {
             let base_url = cli.base_url.unwrap_or_else(|| "http://localhost:8080".to_string());
+            let files = hearth::import::files_to_import(&paths)?;
             let hearth = Hearth::open(&cli.database, Settings::new(&base_url)).await?;
-            let summary = hearth::import::import_paths(hearth.service(), &paths, usize::from(jobs)).await?;
+            let summary = hearth::import::import_files(hearth.service(), &files, usize::from(jobs)).await?;
             println!("{summary}");
             if summary.failed_entries > 0 {
                 std::process::exit(1);

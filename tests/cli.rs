@@ -3,7 +3,7 @@
 use std::process::Command;
 
 use hearth::server::{Hearth, Settings};
-use hearth::store::SearchQuery;
+use hearth::store::{SearchQuery, Store};
 
 fn run_hearth(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_hearth")).args(args).output().expect("run hearth")
@@ -38,17 +38,9 @@ async fn synth_bundles_import_cleanly() {
 
     let server = Hearth::open(&database, Settings::new("http://localhost:8080")).await.unwrap();
     let store = server.service().store().clone();
-    let count = |resource_type: &'static str| {
-        let store = store.clone();
-        async move {
-            let mut query = SearchQuery::new(resource_type, 0);
-            query.with_total = true;
-            store.search(&query).await.unwrap().total.unwrap()
-        }
-    };
-    assert_eq!(count("Patient").await, 5);
-    assert!(count("Observation").await > 10);
-    assert!(count("Appointment").await >= 3);
+    assert_eq!(count(store.as_ref(), "Patient").await, 5);
+    assert!(count(store.as_ref(), "Observation").await > 10);
+    assert!(count(store.as_ref(), "Appointment").await >= 3);
     assert!(store.read("Patient", "nd-1").await.unwrap().is_some());
 
     // While a server has the SQLite database open, another process may not write to it.
@@ -75,21 +67,29 @@ async fn stored_counts(database: &str, types: &[&str]) -> Vec<u64> {
     let server = Hearth::open(database, Settings::new("http://localhost:8080")).await.unwrap();
     let mut counts = Vec::new();
     for resource_type in types {
-        let mut query = SearchQuery::new(resource_type, 0);
-        query.with_total = true;
-        counts.push(server.service().store().search(&query).await.unwrap().total.unwrap());
+        counts.push(count(server.service().store().as_ref(), resource_type).await);
     }
     counts
 }
 
+async fn count(store: &dyn Store, resource_type: &str) -> u64 {
+    let mut query = SearchQuery::new(resource_type, 0);
+    query.with_total = true;
+    store.search(&query).await.unwrap().total.unwrap()
+}
+
+#[cfg(unix)]
 #[tokio::test]
 async fn an_import_of_several_files_at_a_time_stores_what_one_at_a_time_does() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("bundles");
     let synth = run_hearth(&["synth", "--patients", "6", "--seed", "11", "--out", out.to_str().unwrap()]);
     assert!(synth.status.success(), "{}", String::from_utf8_lossy(&synth.stderr));
-    // Files that fail, listed in the summary in the files' order whatever finishes first.
-    std::fs::write(out.join("a-broken.json"), "{not json").unwrap();
+    // Files that fail, listed in the summary in the files' order whatever finishes first: the
+    // first one fails last, after a thousand patients.
+    let patients: String = (0..1000).map(|n| format!("{{\"resourceType\":\"Patient\",\"id\":\"nd-{n}\"}}\n")).collect();
+    std::fs::write(out.join("a-slow.ndjson"), patients + "{\"id\":\"no-type\"}\n").unwrap();
+    std::fs::write(out.join("b-broken.json"), "{not json").unwrap();
     std::os::unix::fs::symlink(dir.path().join("nowhere.json"), out.join("m-unreadable.json")).unwrap();
     std::fs::write(out.join("z-broken.json"), "[]").unwrap();
 
@@ -101,30 +101,49 @@ async fn an_import_of_several_files_at_a_time_stores_what_one_at_a_time_does() {
     };
     let (one_at_a_time, sequential) = import("one.db", "1");
     let (four_at_a_time, parallel) = import("four.db", "4");
-    assert!(parallel.contains("from 9 files") && parallel.contains("3 entries failed"), "{parallel}");
+    assert!(parallel.contains("from 10 files") && parallel.contains("4 entries failed"), "{parallel}");
     let errors =
         |summary: &str| summary.lines().skip(1).filter(|line| !line.is_empty()).map(str::to_string).collect::<Vec<_>>();
     assert_eq!(errors(&parallel), errors(&sequential));
-    let [broken, unreadable, empty] = &errors(&parallel)[..] else { panic!("{parallel}") };
-    assert!(broken.contains("a-broken.json: 400 invalid JSON"), "{parallel}");
-    assert!(empty.contains("z-broken.json: 400 not a FHIR resource"), "{parallel}");
+    let [slow, broken, unreadable, empty] = &errors(&parallel)[..] else { panic!("{parallel}") };
+    assert!(slow.contains("a-slow.ndjson: 400 not a FHIR resource"), "{parallel}");
+    assert!(broken.contains("b-broken.json: 400 invalid JSON"), "{parallel}");
     assert!(unreadable.contains("m-unreadable.json: cannot be read"), "{parallel}");
+    assert!(empty.contains("z-broken.json: 400 not a FHIR resource"), "{parallel}");
 
     let types = ["Patient", "Observation", "Encounter", "Appointment", "Practitioner", "Organization", "Schedule"];
     let sequential_counts = stored_counts(&one_at_a_time, &types).await;
-    assert_eq!(sequential_counts[0], 6, "{sequential_counts:?}");
+    // The slow file's first thousand lines are one batch, stored; its bad line is the next.
+    assert_eq!(sequential_counts[0], 6 + 1000, "{sequential_counts:?}");
     assert_eq!(stored_counts(&four_at_a_time, &types).await, sequential_counts);
+}
 
-    let missing = run_hearth(&["import", dir.path().join("missing").to_str().unwrap()]);
+#[tokio::test]
+async fn an_import_refuses_paths_it_cannot_import_before_opening_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let database_file = dir.path().join("refused.db");
+    let database = format!("sqlite://{}", database_file.display());
+    let import = |args: &[&str]| run_hearth(&[&["import", "--database", &database][..], args].concat());
+
+    let missing = import(&[dir.path().join("missing").to_str().unwrap()]);
     assert!(!missing.status.success());
-    assert!(String::from_utf8_lossy(&missing.stderr).contains("no such file"), "{missing:?}");
-    let refused = run_hearth(&["import", "--jobs", "0", out.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("No such file"), "{missing:?}");
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let nothing = import(&[empty.to_str().unwrap()]);
+    assert!(!nothing.status.success());
+    assert!(String::from_utf8_lossy(&nothing.stderr).contains("no .json or .ndjson files"), "{nothing:?}");
+    let refused = import(&["--jobs", "0", empty.to_str().unwrap()]);
     assert!(!refused.status.success());
-    assert!(
-        String::from_utf8_lossy(&refused.stderr).contains("--jobs"),
-        "{}",
-        String::from_utf8_lossy(&refused.stderr)
-    );
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--jobs"), "{refused:?}");
+    assert!(!database_file.exists(), "a refused import created the database");
+
+    // A file named on the command line is imported whatever its extension.
+    let named = dir.path().join("patient.txt");
+    std::fs::write(&named, "{\"resourceType\":\"Patient\",\"id\":\"named\"}").unwrap();
+    let imported = import(&[named.to_str().unwrap()]);
+    let summary = String::from_utf8_lossy(&imported.stdout);
+    assert!(imported.status.success() && summary.contains("imported 1 resources from 1 files"), "{summary}");
 }
 
 /// Runs `hearth` with `input` on its standard input.
