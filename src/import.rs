@@ -65,7 +65,7 @@ impl fmt::Display for ImportSummary {
 pub fn files_to_import(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for path in paths {
-        let metadata = std::fs::metadata(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let metadata = std::fs::metadata(path).map_err(at(path))?;
         if metadata.is_dir() {
             collect_files(path, &mut files)?;
         } else {
@@ -76,6 +76,11 @@ pub fn files_to_import(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     files.dedup();
     anyhow::ensure!(!files.is_empty(), "no .json or .ndjson files in {}", describe(paths));
     Ok(files)
+}
+
+/// Names `path` in an I/O error that happened there.
+fn at(path: &Path) -> impl Fn(std::io::Error) -> anyhow::Error + '_ {
+    move |error| anyhow::anyhow!("{}: {error}", path.display())
 }
 
 fn describe(paths: &[PathBuf]) -> String {
@@ -146,9 +151,8 @@ async fn import_file(service: FhirService, file: PathBuf) -> ImportSummary {
 
 fn collect_files(path: &Path, files: &mut Vec<PathBuf>) -> anyhow::Result<()> {
     if path.is_dir() {
-        let entries = std::fs::read_dir(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        for entry in std::fs::read_dir(path).map_err(at(path))? {
+            let entry = entry.map_err(at(path))?;
             collect_files(&entry.path(), files)?;
         }
     } else if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json") || e.eq_ignore_ascii_case("ndjson")) {
