@@ -135,11 +135,7 @@ async fn import_file(service: FhirService, file: PathBuf) -> ImportSummary {
             return summary;
         }
     };
-    let bundles = if file.extension().is_some_and(|e| e == "ndjson") {
-        ndjson_batches(&text)
-    } else {
-        vec![as_processable(&text)]
-    };
+    let bundles = if has_extension(&file, "ndjson") { ndjson_batches(&text) } else { vec![as_processable(&text)] };
     for bundle in bundles {
         match bundle {
             Ok(bundle) => post_bundle(&service, bundle, &file, &mut summary).await,
@@ -155,10 +151,15 @@ fn collect_files(path: &Path, files: &mut Vec<PathBuf>) -> anyhow::Result<()> {
             let entry = entry.map_err(at(path))?;
             collect_files(&entry.path(), files)?;
         }
-    } else if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json") || e.eq_ignore_ascii_case("ndjson")) {
+    } else if has_extension(path, "json") || has_extension(path, "ndjson") {
         files.push(path.to_path_buf());
     }
     Ok(())
+}
+
+/// Whether `path` ends in `.extension`, in any case.
+fn has_extension(path: &Path, extension: &str) -> bool {
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case(extension))
 }
 
 /// A Bundle ready for `POST /`: transactions and batches as they are, anything else (collection,
