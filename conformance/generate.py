@@ -10,6 +10,10 @@ and writes reduced, deterministic forms of what the server needs:
 - search-parameters.json   every SearchParameter: url, code, base, type, expression, target, component
 - compartments.json        the CompartmentDefinitions: resource type -> search parameter names
 - summary-elements.json    per resource type, the top-level elements `_summary=true` keeps
+- operations/*.json        the official OperationDefinitions of the operations Hearth implements
+                           (R4 core, and IPS 2.0.0's `summary` from the npm registry), as
+                           published; the project's own definitions there (`reindex.json`) are
+                           written by hand and left alone
 
 Usage: python3 conformance/generate.py [PATH_TO_UNPACKED_PACKAGE]
 """
@@ -215,6 +219,28 @@ def compartments(files):
     return out
 
 
+# The official definitions of the operations Hearth implements, by their file in the core package.
+CORE_OPERATIONS = ["Patient-everything", "Resource-validate", "Composition-document"]
+
+
+def ips_operation_definitions():
+    """The IPS 2.0.0 OperationDefinitions (npm registry package hl7.fhir.uv.ips, CC0)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(["npm", "pack", "hl7.fhir.uv.ips@2.0.0", "--silent"], cwd=tmp, check=True)
+        tgz = next(os.path.join(tmp, f) for f in os.listdir(tmp) if f.endswith(".tgz"))
+        with tarfile.open(tgz, mode="r:gz") as tar:
+            return {"summary": json.load(tar.extractfile("package/OperationDefinition-summary.json"))}
+
+
+def write_operations(files):
+    definitions = {name: files[f"OperationDefinition-{name}.json"] for name in CORE_OPERATIONS}
+    definitions.update(ips_operation_definitions())
+    for name, definition in definitions.items():
+        with open(os.path.join(HERE, "operations", f"{name}.json"), "w", encoding="utf-8") as f:
+            json.dump(definition, f, indent=2, ensure_ascii=False)
+            f.write("\n")
+
+
 def write(name, data):
     with open(os.path.join(HERE, name), "w", encoding="utf-8") as f:
         json.dump(data, f, separators=(",", ":"), sort_keys=False, ensure_ascii=False)
@@ -229,6 +255,7 @@ def main():
     write("search-parameters.json", search_parameters(files))
     write("compartments.json", compartments(files))
     write("summary-elements.json", summary_elements(files))
+    write_operations(files)
 
 
 if __name__ == "__main__":

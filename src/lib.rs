@@ -12,6 +12,7 @@ pub mod config;
 pub mod http;
 pub mod import;
 pub mod model;
+pub mod operations;
 pub mod rest;
 pub mod search;
 pub mod server;

@@ -1,7 +1,8 @@
 //! The leak matrix: two synthetic patients with data in every portal resource type. A token
 //! for patient A, and tokens of a proxy linked to A only, get nothing of patient B through any
 //! access path: read, vread, search, chained search, `_include`, `_revinclude`, `_has`,
-//! history, compartment search, system search, batch, transaction and operations.
+//! history, compartment search, system search, batch, transaction and operations
+//! (`$everything`, `$summary`).
 
 mod common;
 
@@ -181,6 +182,23 @@ impl World {
         assert!(mine.contains(&self.a_observation), "{who}: A's compartment");
     }
 
+    /// `$everything` and `$summary` gather only what the caller could read one by one: A's
+    /// record, never B's, and B's record does not exist for it.
+    async fn check_operations(&self, token: &str, who: &str) {
+        let (a, b) = (&self.patient_a, &self.patient_b);
+        for path in [format!("Patient/{b}/$everything"), format!("Patient/{b}/$summary")] {
+            assert_eq!(self.smart.get(&path, token).await.status(), 404, "{who}: {path}");
+        }
+        let everything = self.nothing_of_b(&format!("Patient/{a}/$everything?_count=1000"), token).await;
+        assert!(everything.contains(a) && everything.contains(&self.a_observation), "{who}: A's record");
+        let all = self.nothing_of_b("Patient/$everything?_count=1000", token).await;
+        assert!(all.contains(&self.a_observation), "{who}: Patient/$everything is A's record");
+        self.nothing_of_b(&format!("Patient/{a}/$summary"), token).await;
+        let parameters = json!({"resourceType": "Parameters", "parameter": [{"name": "_count", "valueInteger": 1000}]});
+        let posted = self.smart.send(Method::POST, &format!("Patient/{b}/$everything"), token, &parameters).await;
+        assert_eq!(posted.status(), 404, "{who}: POST $everything of B");
+    }
+
     async fn check_bundles(&self, token: &str, who: &str) {
         let entries: Vec<Value> = self
             .of_b
@@ -255,6 +273,7 @@ async fn a_patient_gets_nothing_of_another(db: Db) {
     world.check_reads(&token, "patient").await;
     world.check_searches(&token, "patient").await;
     world.check_bundles(&token, "patient").await;
+    world.check_operations(&token, "patient").await;
     let writer = world.token("anna", "anna-pw", "launch/patient patient/*.cruds").await;
     world.check_writes(&writer, "patient writer").await;
     let user = world.token("anna", "anna-pw", "user/*.rs").await;
@@ -268,6 +287,7 @@ async fn a_proxy_gets_nothing_of_other_patients(db: Db) {
         world.check_reads(&token, scope).await;
         world.check_searches(&token, scope).await;
         world.check_bundles(&token, scope).await;
+        world.check_operations(&token, scope).await;
     }
     let writer = world.token("carer", "carer-pw", "user/*.cruds").await;
     world.check_writes(&writer, "proxy writer").await;

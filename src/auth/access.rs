@@ -417,7 +417,7 @@ mod tests {
         assert!(!patients.needs_index() || matches!(patients, Restriction::Only(_)));
         // Practitioners are nobody's patient data.
         assert_eq!(access.restriction(context(), Permission::Read, "Practitioner").unwrap(), Restriction::None);
-        assert_eq!(access.restriction(context(), Permission::Create, "Observation").unwrap_err().status, 403);
+        assert_eq!(access.restriction(context(), Permission::Create, "Observation").unwrap_err().status(), 403);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use axum::http::HeaderMap;
 use bytes::Bytes;
 use serde_json::Value;
 
-use crate::model::{FhirError, IssueCode};
+use crate::model::{ErrorKind, FhirError, IssueCode};
 use crate::rest::Body;
 
 /// A FHIR wire format.
@@ -80,7 +80,7 @@ pub fn negotiate(query: &[(String, String)], headers: &HeaderMap) -> Result<Form
 }
 
 fn not_acceptable(message: String) -> FhirError {
-    FhirError::new(406, IssueCode::NotSupported, message)
+    FhirError::new(ErrorKind::NotAcceptable, IssueCode::NotSupported, message)
 }
 
 /// Classifies a request body by its `Content-Type` (JSON when absent); 415 for others.
@@ -95,7 +95,7 @@ pub fn request_body_kind(headers: &HeaderMap) -> Result<RequestBodyKind, FhirErr
         "application/x-www-form-urlencoded" => Ok(RequestBodyKind::Form),
         _ => Format::of_media_type(&essence).map(RequestBodyKind::Fhir).ok_or_else(|| {
             FhirError::new(
-                415,
+                ErrorKind::UnsupportedMediaType,
                 IssueCode::NotSupported,
                 format!("Content-Type '{content_type}' is not supported; send application/fhir+json or application/fhir+xml"),
             )
@@ -108,10 +108,12 @@ pub fn parse_body(bytes: &[u8], format: Format) -> Result<Value, FhirError> {
     let json = match format {
         Format::Json => std::borrow::Cow::Borrowed(bytes),
         Format::Xml => std::borrow::Cow::Owned(
-            fhir_xml::xml_to_json(bytes).map_err(|e| FhirError::new(400, IssueCode::Structure, e.to_string()))?,
+            fhir_xml::xml_to_json(bytes)
+                .map_err(|e| FhirError::new(ErrorKind::BadRequest, IssueCode::Structure, e.to_string()))?,
         ),
     };
-    serde_json::from_slice(&json).map_err(|e| FhirError::new(400, IssueCode::Structure, format!("invalid JSON: {e}")))
+    serde_json::from_slice(&json)
+        .map_err(|e| FhirError::new(ErrorKind::BadRequest, IssueCode::Structure, format!("invalid JSON: {e}")))
 }
 
 /// Renders a body in `format`; stored JSON bytes pass through untouched unless pretty or XML.
@@ -130,7 +132,11 @@ pub fn render(body: Body, format: Format, pretty: bool) -> Result<Bytes, FhirErr
         }
         Format::Xml => fhir_xml::json_to_xml(&compact_json, pretty).map(Bytes::from).map_err(|e| {
             tracing::error!(error = %e, "cannot render a stored resource as XML");
-            FhirError::new(500, IssueCode::Exception, "the resource cannot be rendered as XML; ask for JSON")
+            FhirError::new(
+                ErrorKind::Internal,
+                IssueCode::Exception,
+                "the resource cannot be rendered as XML; ask for JSON",
+            )
         }),
     }
 }
@@ -160,10 +166,10 @@ mod tests {
             negotiate(&none, &accept("application/fhir+json;q=0.5, application/fhir+xml")).unwrap(),
             Format::Xml
         );
-        assert_eq!(negotiate(&none, &accept("text/html")).unwrap_err().status, 406);
+        assert_eq!(negotiate(&none, &accept("text/html")).unwrap_err().status(), 406);
         let xml = vec![("_format".to_string(), "xml".to_string())];
         assert_eq!(negotiate(&xml, &accept("application/fhir+json")).unwrap(), Format::Xml);
         let bad = vec![("_format".to_string(), "yaml".to_string())];
-        assert_eq!(negotiate(&bad, &HeaderMap::new()).unwrap_err().status, 406);
+        assert_eq!(negotiate(&bad, &HeaderMap::new()).unwrap_err().status(), 406);
     }
 }

@@ -18,7 +18,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::auth::{Access, AuthServer, BearerError};
-use crate::model::{FhirError, IssueCode};
+use crate::model::{ErrorKind, FhirError, IssueCode};
 use crate::rest::{Body, Conditions, FhirRequest, FhirResponse, FhirService, Method, PatchFormat, PreferReturn};
 use format::{negotiate, parse_body, render, request_body_kind, Format, RequestBodyKind};
 pub use metrics::Metrics;
@@ -118,7 +118,7 @@ async fn fhir(State(state): State<Arc<AppState>>, request: Request) -> Response 
         })?;
         let bytes = axum::body::to_bytes(body, state.max_body_bytes).await.map_err(|_| {
             FhirError::new(
-                413,
+                ErrorKind::PayloadTooLarge,
                 IssueCode::TooLong,
                 format!("the request body is larger than {} bytes", state.max_body_bytes),
             )
@@ -128,9 +128,9 @@ async fn fhir(State(state): State<Arc<AppState>>, request: Request) -> Response 
         state.service.handle(request).await
     }
     .await
-    .map_err(|error| match error.status {
+    .map_err(|error| match error.kind {
         // RFC 6750 §3.1: a token without the scope the request needs.
-        403 if state.auth.is_some() => {
+        ErrorKind::Forbidden if state.auth.is_some() => {
             error.with_challenge("Bearer realm=\"hearth\", error=\"insufficient_scope\"".to_string())
         }
         _ => error,
@@ -157,7 +157,7 @@ async fn authenticate(state: &AppState, request: &FhirRequest, headers: &HeaderM
             BearerError::Missing => "this server needs a bearer token (SMART on FHIR)",
             BearerError::Invalid(why) => why,
         };
-        FhirError::new(401, IssueCode::Login, message).with_challenge(auth::challenge(&error))
+        FhirError::new(ErrorKind::Unauthorized, IssueCode::Login, message).with_challenge(auth::challenge(&error))
     })
 }
 
@@ -263,7 +263,7 @@ fn fhir_response(response: FhirResponse, format: Format, pretty: bool) -> Respon
 
 /// An error as an OperationOutcome response; 5xx details never reach the client.
 pub fn error_response(error: FhirError, format: Format, pretty: bool) -> Response {
-    let mut response = fhir_response(FhirResponse::new(error.status, Body::Json(error.outcome())), format, pretty);
+    let mut response = fhir_response(FhirResponse::new(error.status(), Body::Json(error.outcome())), format, pretty);
     if let Some(allow) = error.allow {
         response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
     }

@@ -7,4 +7,4 @@ pub mod resource;
 pub mod subset;
 pub mod validate;
 
-pub use outcome::{FhirError, Issue, IssueCode};
+pub use outcome::{ErrorKind, FhirError, Issue, IssueCode};

@@ -108,10 +108,63 @@ pub fn operation_outcome(issues: &[Issue]) -> Value {
     })
 }
 
-/// A failed FHIR interaction: an HTTP status and the issues that explain it.
+/// What kind of failure an error is. Its HTTP status is decided here, in [`ErrorKind::status`],
+/// and nowhere else; code that must tell failures apart (a write conflict to retry) matches
+/// the kind, never a number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request is malformed or names what the server does not support.
+    BadRequest,
+    /// No valid credentials.
+    Unauthorized,
+    /// The caller's token does not grant this.
+    Forbidden,
+    /// Nothing there, or nothing the caller may know of.
+    NotFound,
+    MethodNotAllowed,
+    /// No acceptable response format.
+    NotAcceptable,
+    /// A concurrent write to the same resource won; the write may be retried from the start.
+    WriteConflict,
+    /// The request conflicts with the state of what it names (a job that already ended).
+    Conflict,
+    /// The resource was deleted.
+    Gone,
+    /// A version precondition (`If-Match`, conditional criteria) does not hold.
+    PreconditionFailed,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    /// Well-formed, but against a business rule or a validation rule.
+    Unprocessable,
+    /// A failure of the server; details stay in the log.
+    Internal,
+}
+
+impl ErrorKind {
+    /// The HTTP status of this kind of failure.
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorKind::BadRequest => 400,
+            ErrorKind::Unauthorized => 401,
+            ErrorKind::Forbidden => 403,
+            ErrorKind::NotFound => 404,
+            ErrorKind::MethodNotAllowed => 405,
+            ErrorKind::NotAcceptable => 406,
+            ErrorKind::WriteConflict | ErrorKind::Conflict => 409,
+            ErrorKind::Gone => 410,
+            ErrorKind::PreconditionFailed => 412,
+            ErrorKind::PayloadTooLarge => 413,
+            ErrorKind::UnsupportedMediaType => 415,
+            ErrorKind::Unprocessable => 422,
+            ErrorKind::Internal => 500,
+        }
+    }
+}
+
+/// A failed FHIR interaction: what kind of failure, and the issues that explain it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FhirError {
-    pub status: u16,
+    pub kind: ErrorKind,
     pub issues: Vec<Issue>,
     /// For 405: the methods the resource does allow (the `Allow` header).
     pub allow: Option<&'static str>,
@@ -121,13 +174,18 @@ pub struct FhirError {
 
 impl FhirError {
     /// An error with one issue.
-    pub fn new(status: u16, code: IssueCode, diagnostics: impl Into<String>) -> Self {
-        FhirError { status, issues: vec![Issue::error(code, diagnostics)], allow: None, challenge: None }
+    pub fn new(kind: ErrorKind, code: IssueCode, diagnostics: impl Into<String>) -> Self {
+        FhirError { kind, issues: vec![Issue::error(code, diagnostics)], allow: None, challenge: None }
+    }
+
+    /// The HTTP status the error is answered with.
+    pub fn status(&self) -> u16 {
+        self.kind.status()
     }
 
     /// 400 Bad Request.
     pub fn bad_request(diagnostics: impl Into<String>) -> Self {
-        Self::new(400, IssueCode::Invalid, diagnostics)
+        Self::new(ErrorKind::BadRequest, IssueCode::Invalid, diagnostics)
     }
 
     /// Adds the `WWW-Authenticate` challenge of a 401.
@@ -138,37 +196,37 @@ impl FhirError {
 
     /// 403 Forbidden: the caller's token does not grant this.
     pub fn forbidden(diagnostics: impl Into<String>) -> Self {
-        Self::new(403, IssueCode::Forbidden, diagnostics)
+        Self::new(ErrorKind::Forbidden, IssueCode::Forbidden, diagnostics)
     }
 
     /// 404 Not Found.
     pub fn not_found(diagnostics: impl Into<String>) -> Self {
-        Self::new(404, IssueCode::NotFound, diagnostics)
+        Self::new(ErrorKind::NotFound, IssueCode::NotFound, diagnostics)
     }
 
     /// 422 Unprocessable Entity with validation issues.
     pub fn unprocessable(issues: Vec<Issue>) -> Self {
-        FhirError { status: 422, issues, allow: None, challenge: None }
+        FhirError { kind: ErrorKind::Unprocessable, issues, allow: None, challenge: None }
     }
 
-    /// 400 (or another status) with several issues.
-    pub fn with_issues(status: u16, issues: Vec<Issue>) -> Self {
-        FhirError { status, issues, allow: None, challenge: None }
+    /// An error with several issues.
+    pub fn with_issues(kind: ErrorKind, issues: Vec<Issue>) -> Self {
+        FhirError { kind, issues, allow: None, challenge: None }
     }
 
     /// 405 Method Not Allowed, naming the methods that are allowed.
     pub fn method_not_allowed(diagnostics: impl Into<String>, allow: &'static str) -> Self {
-        FhirError { allow: Some(allow), ..Self::new(405, IssueCode::NotSupported, diagnostics) }
+        FhirError { allow: Some(allow), ..Self::new(ErrorKind::MethodNotAllowed, IssueCode::NotSupported, diagnostics) }
     }
 
     /// 412 Precondition Failed.
     pub fn precondition_failed(diagnostics: impl Into<String>) -> Self {
-        Self::new(412, IssueCode::Conflict, diagnostics)
+        Self::new(ErrorKind::PreconditionFailed, IssueCode::Conflict, diagnostics)
     }
 
     /// 500: details stay in the log, the client learns only that something failed.
     pub fn internal() -> Self {
-        Self::new(500, IssueCode::Exception, "internal server error (details are in the server log)")
+        Self::new(ErrorKind::Internal, IssueCode::Exception, "internal server error (details are in the server log)")
     }
 
     /// The OperationOutcome resource describing this error.
@@ -206,7 +264,7 @@ impl FhirError {
 impl std::fmt::Display for FhirError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let texts: Vec<&str> = self.issues.iter().map(|i| i.diagnostics.as_str()).collect();
-        write!(f, "{} {}", self.status, texts.join("; "))
+        write!(f, "{} {}", self.status(), texts.join("; "))
     }
 }
 

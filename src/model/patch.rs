@@ -7,7 +7,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{FhirError, IssueCode};
+use super::{ErrorKind, FhirError, IssueCode};
 
 /// A parsed patch document, checked before the resource it applies to is even looked up.
 #[derive(Debug)]
@@ -49,12 +49,20 @@ impl PatchDocument {
     pub fn apply(&self, resource: &mut Value) -> Result<(), FhirError> {
         match self {
             PatchDocument::Json(patch) => json_patch::patch(resource, patch).map_err(|e| {
-                FhirError::new(422, IssueCode::Processing, format!("JSON Patch could not be applied: {e}"))
+                FhirError::new(
+                    ErrorKind::Unprocessable,
+                    IssueCode::Processing,
+                    format!("JSON Patch could not be applied: {e}"),
+                )
             }),
             PatchDocument::FhirPath(operations) => {
                 for (n, op) in operations.iter().enumerate() {
                     op.apply(resource).map_err(|message| {
-                        FhirError::new(422, IssueCode::Processing, format!("operation {n}: {message}"))
+                        FhirError::new(
+                            ErrorKind::Unprocessable,
+                            IssueCode::Processing,
+                            format!("operation {n}: {message}"),
+                        )
                     })?;
                 }
                 Ok(())
@@ -292,8 +300,8 @@ mod tests {
         patch.apply(&mut patient).unwrap();
         assert_eq!(patient["active"], json!(false));
         let missing = PatchDocument::json_patch(&json!([{"op": "remove", "path": "/nothing"}])).unwrap();
-        assert_eq!(missing.apply(&mut patient).unwrap_err().status, 422);
-        assert_eq!(PatchDocument::json_patch(&json!({"op": "remove"})).unwrap_err().status, 400);
+        assert_eq!(missing.apply(&mut patient).unwrap_err().status(), 422);
+        assert_eq!(PatchDocument::json_patch(&json!({"op": "remove"})).unwrap_err().status(), 400);
     }
 
     #[test]
@@ -327,14 +335,14 @@ mod tests {
         let mut patient = json!({"resourceType": "Patient"});
         let bad =
             operation(json!([{"name": "type", "valueCode": "explode"}, {"name": "path", "valueString": "Patient"}]));
-        assert_eq!(PatchDocument::fhirpath_patch(&bad).unwrap_err().status, 400);
+        assert_eq!(PatchDocument::fhirpath_patch(&bad).unwrap_err().status(), 400);
         let missing = operation(
             json!([{"name": "type", "valueCode": "replace"}, {"name": "path", "valueString": "Patient.gender"},
             {"name": "value", "valueCode": "male"}]),
         );
-        assert_eq!(PatchDocument::fhirpath_patch(&missing).unwrap().apply(&mut patient).unwrap_err().status, 422);
+        assert_eq!(PatchDocument::fhirpath_patch(&missing).unwrap().apply(&mut patient).unwrap_err().status(), 422);
         let functions = operation(json!([{"name": "type", "valueCode": "delete"},
             {"name": "path", "valueString": "Patient.name.where(use='old')"}]));
-        assert_eq!(PatchDocument::fhirpath_patch(&functions).unwrap_err().status, 400);
+        assert_eq!(PatchDocument::fhirpath_patch(&functions).unwrap_err().status(), 400);
     }
 }

@@ -3,7 +3,7 @@
 use serde_json::{Map, Value};
 use time::{format_description::well_known::Rfc3339, OffsetDateTime};
 
-use super::{FhirError, IssueCode};
+use super::{ErrorKind, FhirError, IssueCode};
 
 /// Whether `id` is a valid FHIR logical id: 1–64 characters of `[A-Za-z0-9-.]`.
 pub fn is_valid_id(id: &str) -> bool {
@@ -50,8 +50,8 @@ pub fn resource_type_of(resource: &Value) -> Result<&str, FhirError> {
         .ok_or_else(|| FhirError::bad_request("the request body must be a JSON object (a FHIR resource)"))?;
     match object.get("resourceType") {
         Some(Value::String(t)) => Ok(t),
-        Some(_) => Err(FhirError::new(400, IssueCode::Structure, "resourceType must be a string")),
-        None => Err(FhirError::new(400, IssueCode::Required, "the resource has no resourceType")),
+        Some(_) => Err(FhirError::new(ErrorKind::BadRequest, IssueCode::Structure, "resourceType must be a string")),
+        None => Err(FhirError::new(ErrorKind::BadRequest, IssueCode::Required, "the resource has no resourceType")),
     }
 }
 

@@ -16,7 +16,7 @@ use std::sync::{LazyLock, OnceLock};
 use jsonschema::{Draft, Registry, Validator};
 use serde_json::{json, Value};
 
-use super::{FhirError, Issue, IssueCode};
+use super::{ErrorKind, FhirError, Issue, IssueCode};
 
 /// The most issues reported for one resource; the rest are summarised.
 const MAX_ISSUES: usize = 20;
@@ -84,8 +84,12 @@ fn validator_for(resource_type: &str) -> Option<&'static Validator> {
 pub fn validate_resource(resource: &Value, expected_type: &str) -> Result<(), FhirError> {
     let actual = super::resource::resource_type_of(resource)?;
     if !is_resource_type(actual) {
-        return Err(FhirError::new(400, IssueCode::NotSupported, format!("unknown resource type '{actual}'"))
-            .with_expression("resourceType"));
+        return Err(FhirError::new(
+            ErrorKind::BadRequest,
+            IssueCode::NotSupported,
+            format!("unknown resource type '{actual}'"),
+        )
+        .with_expression("resourceType"));
     }
     if actual != expected_type {
         return Err(FhirError::bad_request(format!(
@@ -106,7 +110,7 @@ pub fn validate_resource(resource: &Value, expected_type: &str) -> Result<(), Fh
         issues.truncate(MAX_ISSUES);
         issues.push(Issue::error(IssueCode::Invalid, format!("{more} more issues not shown")));
     }
-    Err(FhirError::with_issues(400, issues))
+    Err(FhirError::with_issues(ErrorKind::BadRequest, issues))
 }
 
 /// Validates `resource` (whose FHIRPath location is `root`) against its type's schema, then
@@ -414,7 +418,7 @@ mod tests {
     #[test]
     fn rejects_type_mismatch_and_unknown_types() {
         let error = validate_resource(&json!({"resourceType": "Patient"}), "Observation").unwrap_err();
-        assert_eq!(error.status, 400);
+        assert_eq!(error.status(), 400);
         let error = validate_resource(&json!({"resourceType": "Spaceship"}), "Spaceship").unwrap_err();
         assert!(error.issues[0].diagnostics.contains("Spaceship"));
     }

@@ -19,7 +19,7 @@ use super::{store_error, Body, Conditions, FhirRequest, FhirResponse, FhirServic
 use crate::auth::Access;
 use crate::model::resource::new_id;
 use crate::model::validate::validate_resource;
-use crate::model::{FhirError, IssueCode};
+use crate::model::{ErrorKind, FhirError, IssueCode};
 use crate::store::StoreTx;
 
 /// One parsed `Bundle.entry`.
@@ -70,7 +70,7 @@ impl FhirService {
         };
         if raw_entries.len() > self.config.max_bundle_entries {
             return Err(FhirError::new(
-                413,
+                ErrorKind::PayloadTooLarge,
                 IssueCode::TooCostly,
                 format!(
                     "the bundle has {} entries; at most {} are accepted",
@@ -310,7 +310,7 @@ impl FhirService {
             };
             responses.push(outcome.unwrap_or_else(|error| {
                 let error = error.in_bundle_entry(index);
-                FhirResponse::new(error.status, Body::Json(error.outcome()))
+                FhirResponse::new(error.status(), Body::Json(error.outcome()))
             }));
         }
         response_bundle("batch-response", responses)

@@ -4,14 +4,14 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::Value;
 
 /// Writes `{"resourceType":"Bundle",…,"entry":[…]}` incrementally.
-pub(super) struct BundleWriter {
+pub struct BundleWriter {
     out: BytesMut,
     entries: usize,
 }
 
 impl BundleWriter {
     /// Starts a bundle of `bundle_type` with optional `total` and `link`s (relation, url).
-    pub(super) fn new(bundle_type: &str, total: Option<u64>, links: &[(&str, String)]) -> Self {
+    pub fn new(bundle_type: &str, total: Option<u64>, links: &[(&str, String)]) -> Self {
         let mut head = serde_json::Map::new();
         head.insert("resourceType".into(), "Bundle".into());
         head.insert("id".into(), crate::model::resource::new_id().into());
@@ -37,7 +37,7 @@ impl BundleWriter {
 
     /// Appends an entry: the members of `entry` (fullUrl, search, request, response…) plus the
     /// stored `resource` bytes when present.
-    pub(super) fn entry(&mut self, entry: &Value, resource: Option<&[u8]>) {
+    pub fn entry(&mut self, entry: &Value, resource: Option<&[u8]>) {
         self.out.put_slice(if self.entries == 0 { b",\"entry\":[" } else { b"," });
         self.entries += 1;
         let members = serde_json::to_vec(entry).unwrap_or_else(|_| b"{}".to_vec());
@@ -54,7 +54,7 @@ impl BundleWriter {
     }
 
     /// Closes the bundle.
-    pub(super) fn finish(mut self) -> Bytes {
+    pub fn finish(mut self) -> Bytes {
         if self.entries > 0 {
             self.out.put_u8(b']');
         }

@@ -5,14 +5,16 @@ use serde_json::{json, Value};
 
 use super::{Body, FhirResponse};
 use crate::model::validate::resource_types;
+use crate::operations::Definition;
 use crate::search::Registry;
 
 /// Interactions every resource type supports.
 const TYPE_INTERACTIONS: &[&str] =
     &["read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create", "search-type"];
 
-/// The statement as a JSON value.
-pub fn capability_statement(registry: &Registry) -> Value {
+/// The statement as a JSON value; `base_url` is the FHIR base (for the canonical URLs of the
+/// project's own OperationDefinitions).
+pub fn capability_statement(registry: &Registry, base_url: &str) -> Value {
     let resources: Vec<Value> = resource_types()
         .into_iter()
         .map(|resource_type| {
@@ -39,6 +41,7 @@ pub fn capability_statement(registry: &Registry) -> Value {
                 "conditionalUpdate": true,
                 "conditionalDelete": "single",
                 "searchParam": search_params,
+                "operation": operations_on(base_url, |d| (d.type_level || d.instance) && d.applies_to(resource_type)),
             })
         })
         .collect();
@@ -57,13 +60,23 @@ pub fn capability_statement(registry: &Registry) -> Value {
             "mode": "server",
             "resource": resources,
             "interaction": [{"code": "transaction"}, {"code": "batch"}, {"code": "history-system"}],
+            "operation": operations_on(base_url, |d| d.system),
         }],
     })
 }
 
+/// The operations whose definitions `defined_here` accepts, as `{name, definition}`.
+fn operations_on(base_url: &str, defined_here: impl Fn(&Definition) -> bool) -> Vec<Value> {
+    crate::operations::registered()
+        .map(|r| r.definition)
+        .filter(|d| defined_here(d))
+        .map(|d| json!({"name": d.code, "definition": d.canonical(base_url)}))
+        .collect()
+}
+
 /// `GET /metadata`, with `rest.security` when the server authorizes requests.
-pub(super) fn response(registry: &Registry, security: Option<&Value>) -> FhirResponse {
-    let mut statement = capability_statement(registry);
+pub(super) fn response(registry: &Registry, base_url: &str, security: Option<&Value>) -> FhirResponse {
+    let mut statement = capability_statement(registry, base_url);
     if let Some(security) = security {
         statement["rest"][0]["security"] = security.clone();
     }

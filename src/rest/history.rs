@@ -3,7 +3,8 @@
 use serde_json::json;
 
 use super::bundle_writer::BundleWriter;
-use super::{store_error, Body, FhirRequest, FhirResponse, FhirService};
+use super::view::{Lookup, ReadView};
+use super::{Body, FhirRequest, FhirResponse, FhirService};
 use crate::auth::scope::Permission;
 use crate::model::resource::{format_instant, parse_instant};
 use crate::model::FhirError;
@@ -11,7 +12,12 @@ use crate::store::{HistoryQuery, HistoryScope};
 
 impl FhirService {
     /// `GET …/_history` with `_count`, `_since` and the `_cursor` of `next` links.
-    pub(super) async fn history(&self, scope: HistoryScope, request: &FhirRequest) -> Result<FhirResponse, FhirError> {
+    pub(super) async fn history(
+        &self,
+        view: &mut ReadView<'_>,
+        scope: HistoryScope,
+        request: &FhirRequest,
+    ) -> Result<FhirResponse, FhirError> {
         let mut query = HistoryQuery {
             scope: scope.clone(),
             since: None,
@@ -46,23 +52,21 @@ impl FhirService {
                 _ => {}
             }
         }
-        let rule = match &scope {
-            HistoryScope::Instance(t, _) | HistoryScope::Type(t) => self.rule(&request.access, Permission::Read, t)?,
-            HistoryScope::System => None,
-        };
-        if let HistoryScope::Instance(t, id) = &scope {
-            let unknown = || FhirError::not_found(format!("{t}/{id} is not known"));
-            let current = self.store.read(t, id).await.map_err(store_error)?.ok_or_else(unknown)?;
-            let mut source = super::source::Source::Store(self.store.as_ref());
-            if !self.reaches(&mut source, rule.as_deref(), &current).await? {
-                return Err(unknown());
+        match &scope {
+            HistoryScope::Instance(t, id) => {
+                if view.read(t, id).await? == Lookup::Unknown {
+                    return Err(FhirError::not_found(format!("{t}/{id} is not known")));
+                }
             }
+            // 403 when the token grants no read of the type.
+            HistoryScope::Type(t) => {
+                self.rule(view.access(), Permission::Read, t)?;
+            }
+            HistoryScope::System => {}
         }
-        let mut page = self.store.history(&query).await.map_err(store_error)?;
         // Versions the caller may not read are left out (a page may then hold fewer entries;
         // its `next` link still continues after the last version looked at).
-        let last_seq = page.entries.last().map(|(seq, _)| *seq);
-        page.entries.retain(|(_, version)| self.history_visible(&request.access, version));
+        let (page, last_seq) = view.history(&query).await?;
         let base = match &scope {
             HistoryScope::System => format!("{}/_history", self.config.base_url),
             HistoryScope::Type(t) => format!("{}/{t}/_history", self.config.base_url),

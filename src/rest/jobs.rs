@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 use super::{store_error, Body, FhirResponse, FhirService};
 use crate::model::outcome::operation_outcome;
 use crate::model::resource::new_id;
-use crate::model::{FhirError, Issue, IssueCode};
+use crate::model::{ErrorKind, FhirError, Issue, IssueCode};
 use crate::store::{Job, JobStatus};
 
 /// How long a claimed job stays with its worker without a recorded step.
@@ -60,7 +60,7 @@ impl FhirService {
     async fn run_job(&self, owner: &str, job: Job) {
         tracing::info!(job = job.id, kind = %job.kind, "job started");
         let end = match job.kind.as_str() {
-            "reindex" => self.reindex_job(owner, &job).await,
+            crate::operations::reindex::JOB_KIND => self.reindex_job(owner, &job).await,
             other => Err(format!("unknown job kind '{other}'")),
         };
         let (status, message) = match end {
@@ -100,7 +100,7 @@ impl FhirService {
             }
             JobStatus::Done => Ok(FhirResponse::new(200, information(job.message.unwrap_or_default()))),
             JobStatus::Failed => Err(FhirError::new(
-                500,
+                ErrorKind::Internal,
                 IssueCode::Exception,
                 format!("job {id} failed: {}", job.message.unwrap_or_default()),
             )),
@@ -115,7 +115,7 @@ impl FhirService {
         }
         match self.store.job(id).await.map_err(store_error)? {
             Some(job) => Err(FhirError::new(
-                409,
+                ErrorKind::Conflict,
                 IssueCode::Conflict,
                 format!("job {id} has already ended ({})", job.status.as_str()),
             )),

@@ -10,11 +10,13 @@ pub mod capability;
 mod guard;
 mod history;
 mod jobs;
+mod operation;
 mod reindex;
 mod route;
 mod search;
 mod search_parameters;
 mod source;
+mod view;
 mod write;
 
 use std::sync::Arc;
@@ -24,15 +26,19 @@ use serde_json::Value;
 use time::OffsetDateTime;
 
 use crate::auth::Access;
-use crate::model::FhirError;
+use crate::model::{ErrorKind, FhirError};
+use crate::operations::{definition, Level};
 use crate::search::params::Paging;
 use crate::search::registry::LiveRegistry;
 use crate::store::{Store, StoreError};
 
+pub use bundle_writer::BundleWriter;
+pub use operation::OperationContext;
 pub use route::Route;
 use search::SearchScope;
 use search_parameters::writes_search_parameters;
 use source::Source;
+pub use view::{Lookup, ReadView};
 
 /// HTTP methods of FHIR interactions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,9 +199,6 @@ pub struct FhirService {
 /// How many resource versions' access-check index rows are kept.
 const ACCESS_ROWS_CACHED: usize = 50_000;
 
-/// The operations this server implements (all with POST).
-const OPERATIONS: &[&str] = &["reindex"];
-
 impl FhirService {
     /// A service over `store` with the standard R4 search parameters; call
     /// [`FhirService::load_search_parameters`] to add the custom ones stored in it.
@@ -267,19 +270,32 @@ impl FhirService {
         request: FhirRequest,
     ) -> Result<FhirResponse, FhirError> {
         use Method::*;
-        let administrative = matches!(route, Route::SystemOperation(_) | Route::TypeOperation(..) | Route::Job(_));
-        if administrative && !request.access.is_administrator() {
-            return Err(FhirError::forbidden("operations and jobs need full system access (system/*.cruds)"));
+        if matches!(route, Route::Job(_)) && !request.access.is_administrator() {
+            return Err(FhirError::forbidden("jobs need full system access (system/*.cruds)"));
         }
+        let access = &request.access;
         match (request.method, route) {
-            (Get | Head, Route::Metadata) => Ok(capability::response(&self.registry(), self.config.security.as_ref())),
-            (Get | Head, Route::SystemHistory) => self.history(crate::store::HistoryScope::System, &request).await,
-            (Get | Head, Route::TypeHistory(t)) => self.history(crate::store::HistoryScope::Type(t), &request).await,
-            (Get | Head, Route::InstanceHistory(t, id)) => {
-                self.history(crate::store::HistoryScope::Instance(t, id), &request).await
+            (Get | Head, Route::Metadata) => {
+                Ok(capability::response(&self.registry(), &self.config.base_url, self.config.security.as_ref()))
             }
-            (Get | Head, Route::Instance(t, id)) => self.read(source, &t, &id, &request).await,
-            (Get | Head, Route::Version(t, id, v)) => self.vread(source, &t, &id, v, &request.access).await,
+            (Get | Head, Route::SystemHistory) => {
+                self.history(&mut self.view(source, access), crate::store::HistoryScope::System, &request).await
+            }
+            (Get | Head, Route::TypeHistory(t)) => {
+                self.history(&mut self.view(source, access), crate::store::HistoryScope::Type(t), &request).await
+            }
+            (Get | Head, Route::InstanceHistory(t, id)) => {
+                self.history(&mut self.view(source, access), crate::store::HistoryScope::Instance(t, id), &request)
+                    .await
+            }
+            (Get | Head, Route::Instance(t, id)) if t == "OperationDefinition" && definition::by_id(&id).is_some() => {
+                self.rule(access, crate::auth::scope::Permission::Read, "OperationDefinition")?;
+                self.operation_definition(&id)
+            }
+            (Get | Head, Route::Instance(t, id)) => {
+                self.read(&mut self.view(source, access), &t, &id, &request.conditions).await
+            }
+            (Get | Head, Route::Version(t, id, v)) => self.vread(&mut self.view(source, access), &t, &id, v).await,
             (Get | Head, Route::Type(t)) | (Post, Route::TypeSearch(t)) => {
                 let scope = SearchScope {
                     resource_types: vec![t.clone()],
@@ -287,7 +303,7 @@ impl FhirService {
                     required: Vec::new(),
                     link_params: Vec::new(),
                 };
-                self.search(source, scope, &request).await
+                self.search(&mut self.view(source, access), scope, &request).await
             }
             (Get | Head, Route::Compartment(compartment, id, t)) => {
                 let membership = crate::search::compartment::membership(&compartment, &id, &t).ok_or_else(|| {
@@ -296,13 +312,18 @@ impl FhirService {
                 let path = format!("{compartment}/{id}/{t}");
                 let scope =
                     SearchScope { resource_types: vec![t], path, required: vec![membership], link_params: Vec::new() };
-                self.search(source, scope, &request).await
+                self.search(&mut self.view(source, access), scope, &request).await
             }
             (Get | Head, Route::System) => {
-                let mut request = request;
+                let mut request = request.clone();
                 let (resource_types, link_params) = system_search_types(&mut request.query)?;
                 let scope = SearchScope { resource_types, path: String::new(), required: Vec::new(), link_params };
-                self.search(source, scope, &request).await
+                self.search(&mut self.view(source, access), scope, &request).await
+            }
+            (_, Route::SystemOperation(name)) => self.invoke(source.reborrow(), Level::System, &name, request).await,
+            (_, Route::TypeOperation(t, name)) => self.invoke(source.reborrow(), Level::Type(t), &name, request).await,
+            (_, Route::InstanceOperation(t, id, name)) => {
+                self.invoke(source.reborrow(), Level::Instance(t, id), &name, request).await
             }
             (Post, Route::Type(t)) => self.create(source.tx()?, &t, request).await,
             (Put, Route::Instance(t, id)) => self.update(source.tx()?, &t, &id, request).await,
@@ -311,13 +332,6 @@ impl FhirService {
             (Patch, Route::Type(t)) => self.conditional_patch(source.tx()?, &t, request).await,
             (Delete, Route::Instance(t, id)) => self.delete(source.tx()?, &t, &id, &request.conditions).await,
             (Delete, Route::Type(t)) => self.conditional_delete(source.tx()?, &t, request).await,
-            (Post, Route::SystemOperation(name)) if name == "reindex" => self.start_reindex(Vec::new()).await,
-            (Post, Route::TypeOperation(t, name)) if name == "reindex" => self.start_reindex(vec![t]).await,
-            (_, Route::SystemOperation(name) | Route::TypeOperation(_, name))
-                if !OPERATIONS.contains(&name.as_str()) =>
-            {
-                Err(FhirError::not_found(format!("this server has no operation ${name}")))
-            }
             (Get | Head, Route::Job(id)) => self.job_status(id).await,
             (Delete, Route::Job(id)) => self.cancel_job(id).await,
             (method, route) => Err(FhirError::method_not_allowed(
@@ -330,6 +344,11 @@ impl FhirService {
                 route.allowed_methods(),
             )),
         }
+    }
+
+    /// The caller's read view over `source`.
+    fn view<'s>(&'s self, source: &'s mut Source<'_>, access: &'s Access) -> ReadView<'s> {
+        ReadView::new(self, access, source.reborrow())
     }
 
     /// Absolute URL of a resource.
@@ -363,14 +382,14 @@ fn system_search_types(query: &mut Vec<(String, String)>) -> Result<TypesAndLink
 const WRITE_ATTEMPTS: usize = 3;
 
 fn is_write_conflict(error: &FhirError) -> bool {
-    error.status == 409 && error.issues.first().is_some_and(|issue| issue.code == crate::model::IssueCode::Conflict)
+    error.kind == ErrorKind::WriteConflict
 }
 
 /// Storage failures as FHIR errors: conflicts are 409, the rest is logged and hidden.
 fn store_error(error: StoreError) -> FhirError {
     match error {
         StoreError::Conflict => FhirError::new(
-            409,
+            ErrorKind::WriteConflict,
             crate::model::IssueCode::Conflict,
             "a concurrent write to the same resource won; retry with the current version",
         ),

@@ -1,27 +1,17 @@
-//! `$reindex` (`POST /fhir/$reindex`, `POST /fhir/[type]/$reindex`): recomputes the search
-//! index of stored resources with the parameters now in force, so that custom SearchParameters
-//! cover data written before them. It runs as a background job, one batch per transaction.
+//! The reindex job queued by `$reindex` (`crate::operations`): recomputes the search index of
+//! stored resources with the parameters now in force, one batch per transaction, carrying on
+//! after the last (type, id) it recorded when another worker takes it over.
 
 use serde::{Deserialize, Serialize};
 
 use super::jobs::{lease_until, JobEnd};
-use super::{FhirResponse, FhirService};
-use crate::model::FhirError;
+use super::FhirService;
+use crate::operations::reindex::JobParameters;
 use crate::search::index::index_resource;
 use crate::store::{IndexRows, Job, JobStep, ResourceVersion};
 
-/// The job kind in the queue.
-const KIND: &str = "reindex";
-
 /// Resources per batch (and per transaction).
 const BATCH: usize = 500;
-
-/// What a reindex job covers.
-#[derive(Serialize, Deserialize)]
-struct Parameters {
-    /// Resource types; empty for all.
-    types: Vec<String>,
-}
 
 /// Where a reindex job carries on: after this (type, id).
 #[derive(Serialize, Deserialize)]
@@ -30,19 +20,9 @@ struct Progress {
 }
 
 impl FhirService {
-    /// Queues a reindex of `types` (every type when empty).
-    pub(super) async fn start_reindex(&self, types: Vec<String>) -> Result<FhirResponse, FhirError> {
-        let what = match types.as_slice() {
-            [] => "reindex of all resources".to_string(),
-            types => format!("reindex of {}", types.join(", ")),
-        };
-        let parameters = serde_json::to_string(&Parameters { types }).map_err(|_| FhirError::internal())?;
-        self.queue_job(KIND, &parameters, &what).await
-    }
-
     /// Runs (or resumes) a reindex job.
     pub(super) async fn reindex_job(&self, owner: &str, job: &Job) -> Result<JobEnd, String> {
-        let parameters: Parameters = serde_json::from_str(&job.parameters).map_err(|e| e.to_string())?;
+        let parameters: JobParameters = serde_json::from_str(&job.parameters).map_err(|e| e.to_string())?;
         let progress: Option<Progress> =
             job.progress.as_deref().map(serde_json::from_str).transpose().map_err(|e| e.to_string())?;
         let mut after = progress.map(|p| p.after);

@@ -31,6 +31,8 @@ pub enum Route {
     SystemOperation(String),
     /// `Patient/$reindex`: an operation on one type.
     TypeOperation(String, String),
+    /// `Patient/1/$everything`: an operation on one resource.
+    InstanceOperation(String, String, String),
     /// `_jobs/7`: the status of an asynchronous request (FHIR async pattern).
     Job(i64),
 }
@@ -64,6 +66,9 @@ impl Route {
             }
             ["_jobs", job] => {
                 job.parse::<i64>().map(Route::Job).map_err(|_| FhirError::not_found(format!("there is no job '{job}'")))
+            }
+            [t, i, operation] if operation.starts_with('$') => {
+                Ok(Route::InstanceOperation(resource_type(t)?, id(i)?, operation[1..].to_string()))
             }
             [t] => Ok(Route::Type(resource_type(t)?)),
             [t, "_search"] => Ok(Route::TypeSearch(resource_type(t)?)),
@@ -100,7 +105,7 @@ impl Route {
             Route::TypeSearch(_) => "POST",
             Route::Instance(..) => "GET, HEAD, PUT, PATCH, DELETE",
             Route::Compartment(..) => "GET, HEAD",
-            Route::SystemOperation(_) | Route::TypeOperation(..) => "POST",
+            Route::SystemOperation(_) | Route::TypeOperation(..) | Route::InstanceOperation(..) => "GET, HEAD, POST",
             Route::Job(_) => "GET, HEAD, DELETE",
         }
     }
@@ -120,6 +125,7 @@ impl Route {
             Route::Compartment(c, id, t) => format!("{c}/{id}/{t}"),
             Route::SystemOperation(name) => format!("${name}"),
             Route::TypeOperation(t, name) => format!("{t}/${name}"),
+            Route::InstanceOperation(t, id, name) => format!("{t}/{id}/${name}"),
             Route::Job(id) => format!("_jobs/{id}"),
         }
     }
@@ -146,16 +152,20 @@ mod tests {
         );
         assert_eq!(Route::parse("$reindex").unwrap(), Route::SystemOperation("reindex".into()));
         assert_eq!(Route::parse("Patient/$reindex").unwrap(), Route::TypeOperation("Patient".into(), "reindex".into()));
+        assert_eq!(
+            Route::parse("Patient/1/$everything").unwrap(),
+            Route::InstanceOperation("Patient".into(), "1".into(), "everything".into())
+        );
         assert_eq!(Route::parse("_jobs/7").unwrap(), Route::Job(7));
     }
 
     #[test]
     fn rejects_bad_paths() {
-        assert_eq!(Route::parse("Spaceship/1").unwrap_err().status, 404);
-        assert_eq!(Route::parse("Patient/a_b").unwrap_err().status, 400);
-        assert_eq!(Route::parse("Patient/1/_history/x").unwrap_err().status, 404);
-        assert_eq!(Route::parse("_jobs/x").unwrap_err().status, 404);
-        assert_eq!(Route::parse("Patient/1/2/3/4").unwrap_err().status, 404);
-        assert_eq!(Route::parse("Observation/1/Patient").unwrap_err().status, 404, "Observation is no compartment");
+        assert_eq!(Route::parse("Spaceship/1").unwrap_err().status(), 404);
+        assert_eq!(Route::parse("Patient/a_b").unwrap_err().status(), 400);
+        assert_eq!(Route::parse("Patient/1/_history/x").unwrap_err().status(), 404);
+        assert_eq!(Route::parse("_jobs/x").unwrap_err().status(), 404);
+        assert_eq!(Route::parse("Patient/1/2/3/4").unwrap_err().status(), 404);
+        assert_eq!(Route::parse("Observation/1/Patient").unwrap_err().status(), 404, "Observation is no compartment");
     }
 }

@@ -6,10 +6,8 @@ use std::collections::HashSet;
 use serde_json::{json, Value};
 
 use super::bundle_writer::BundleWriter;
-use super::source::Source;
-use super::{store_error, Body, FhirRequest, FhirResponse, FhirService};
-use crate::auth::scope::Permission;
-use crate::auth::Access;
+use super::view::ReadView;
+use super::{Body, FhirRequest, FhirResponse, FhirService};
 use crate::model::outcome::operation_outcome;
 use crate::model::{subset, FhirError, Issue, IssueCode};
 use crate::search::criteria::{Context, ValueSets};
@@ -41,11 +39,11 @@ impl FhirService {
     /// Runs a search and answers with a `searchset` Bundle.
     pub(super) async fn search(
         &self,
-        source: &mut Source<'_>,
+        view: &mut ReadView<'_>,
         scope: SearchScope,
         request: &FhirRequest,
     ) -> Result<FhirResponse, FhirError> {
-        let value_sets = self.value_sets(source, &request.query).await?;
+        let value_sets = self.value_sets(view, &request.query).await?;
         let registry = self.registry();
         let context = Context { registry: &registry, base_url: &self.config.base_url, value_sets: &value_sets };
         let mut parsed = parse_search(
@@ -56,15 +54,14 @@ impl FhirService {
             self.config.paging,
         )?;
         parsed.query.all_of.extend(scope.required.iter().cloned());
-        self.restrict(&request.access, Permission::Search, &mut parsed.query)?;
         if parsed.summary == Summary::Count {
             parsed.query.count = 0;
         }
         if parsed.query.count == 0 {
             parsed.query.with_total = true;
         }
-        let page = source.search(&parsed.query).await?;
-        let (included, truncated) = self.included(&page.resources, &parsed.includes, &request.access).await?;
+        let page = view.search(parsed.query.clone()).await?;
+        let (included, truncated) = included(view, &page.resources, &parsed.includes).await?;
 
         let links = self.links(
             &scope,
@@ -93,10 +90,11 @@ impl FhirService {
     }
 
     /// The ValueSets named by `:in`/`:not-in` criteria, expanded from their `compose.include`
-    /// concept lists (or their stored `expansion`). Unknown ones are left out; the parser says so.
+    /// concept lists (or their stored `expansion`). Unknown ones (and those the caller may not
+    /// read) are left out; the parser says so.
     async fn value_sets(
         &self,
-        source: &mut Source<'_>,
+        view: &mut ReadView<'_>,
         parameters: &[(String, String)],
     ) -> Result<ValueSets, FhirError> {
         let mut value_sets = ValueSets::new();
@@ -110,7 +108,7 @@ impl FhirService {
                 value: url.clone(),
                 matching: UriMatch::Exact,
             }]);
-            let Some(found) = source.search(&query).await?.resources.into_iter().next() else {
+            let Some(found) = view.search_readable(query).await?.resources.into_iter().next() else {
                 tracing::debug!(%name, %url, "no such ValueSet");
                 continue;
             };
@@ -179,65 +177,60 @@ impl FhirService {
         }
         links
     }
+}
 
-    /// Resolves `_include` and `_revinclude`, iterating where asked, up to [`MAX_INCLUDED`].
-    /// Returns the included resources and whether the bound cut them short.
-    async fn included(
-        &self,
-        matches: &[ResourceVersion],
-        includes: &[Include],
-        access: &Access,
-    ) -> Result<(Vec<ResourceVersion>, bool), FhirError> {
-        if includes.is_empty() || matches.is_empty() {
-            return Ok((Vec::new(), false));
-        }
-        let mut seen: HashSet<Key> = matches.iter().map(key_of).collect();
-        let mut frontier: Vec<Key> = matches.iter().map(key_of).collect();
-        let mut included = Vec::new();
-        let mut first_round = true;
-        while !frontier.is_empty() {
-            let mut found: Vec<Key> = Vec::new();
-            for include in includes.iter().filter(|i| first_round || i.iterate) {
-                for key in self.follow(include, &frontier).await? {
-                    if seen.insert(key.clone()) {
-                        found.push(key);
-                    }
+/// Resolves `_include` and `_revinclude`, iterating where asked, up to [`MAX_INCLUDED`].
+/// Returns the included resources and whether the bound cut them short.
+async fn included(
+    view: &mut ReadView<'_>,
+    matches: &[ResourceVersion],
+    includes: &[Include],
+) -> Result<(Vec<ResourceVersion>, bool), FhirError> {
+    if includes.is_empty() || matches.is_empty() {
+        return Ok((Vec::new(), false));
+    }
+    let mut seen: HashSet<Key> = matches.iter().map(key_of).collect();
+    let mut frontier: Vec<Key> = matches.iter().map(key_of).collect();
+    let mut included = Vec::new();
+    let mut first_round = true;
+    while !frontier.is_empty() {
+        let mut found: Vec<Key> = Vec::new();
+        for include in includes.iter().filter(|i| first_round || i.iterate) {
+            for key in follow(view, include, &frontier).await? {
+                if seen.insert(key.clone()) {
+                    found.push(key);
                 }
             }
-            let truncated = included.len() + found.len() > MAX_INCLUDED;
-            found.truncate(MAX_INCLUDED - included.len());
-            let mut resources = self.store.read_many(&found).await.map_err(store_error)?;
-            // Only what the caller may read is included, and only that is followed further.
-            resources.retain(|resource| self.visible(access, Permission::Read, resource));
-            let found: Vec<Key> = resources.iter().map(key_of).collect();
-            resources.sort_by_key(key_of);
-            included.extend(resources);
-            if truncated {
-                return Ok((included, true));
-            }
-            frontier = found;
-            first_round = false;
         }
-        Ok((included, false))
+        let truncated = included.len() + found.len() > MAX_INCLUDED;
+        found.truncate(MAX_INCLUDED - included.len());
+        // Only what the caller may read is included, and only that is followed further.
+        let mut resources = view.read_many(&found).await?;
+        let found: Vec<Key> = resources.iter().map(key_of).collect();
+        resources.sort_by_key(key_of);
+        included.extend(resources);
+        if truncated {
+            return Ok((included, true));
+        }
+        frontier = found;
+        first_round = false;
     }
+    Ok((included, false))
+}
 
-    async fn follow(&self, include: &Include, frontier: &[Key]) -> Result<Vec<Key>, FhirError> {
-        let any_type = include.source_type == "*";
-        let result = if include.reverse {
-            if any_type {
-                return Ok(Vec::new());
-            }
-            self.store.references_to(frontier, &include.source_type, include.param.as_deref()).await
-        } else {
-            let sources: Vec<Key> =
-                frontier.iter().filter(|(t, _)| any_type || *t == include.source_type).cloned().collect();
-            if sources.is_empty() {
-                return Ok(Vec::new());
-            }
-            self.store.references_from(&sources, include.param.as_deref(), include.target_type.as_deref()).await
-        };
-        result.map_err(store_error)
+async fn follow(view: &mut ReadView<'_>, include: &Include, frontier: &[Key]) -> Result<Vec<Key>, FhirError> {
+    let any_type = include.source_type == "*";
+    if include.reverse {
+        if any_type {
+            return Ok(Vec::new());
+        }
+        return view.references_to(frontier, &include.source_type, include.param.as_deref()).await;
     }
+    let sources: Vec<Key> = frontier.iter().filter(|(t, _)| any_type || *t == include.source_type).cloned().collect();
+    if sources.is_empty() {
+        return Ok(Vec::new());
+    }
+    view.references_from(&sources, include.param.as_deref(), include.target_type.as_deref()).await
 }
 
 /// The (system, code) pairs of a ValueSet: its expansion if stored, else the concepts its

@@ -45,6 +45,14 @@ impl Source<'_> {
         .map_err(store_error)
     }
 
+    /// A shorter-lived copy that reads from the same place.
+    pub(super) fn reborrow(&mut self) -> Source<'_> {
+        match self {
+            Source::Store(store) => Source::Store(*store),
+            Source::Tx(tx) => Source::Tx(&mut **tx),
+        }
+    }
+
     /// The transaction, for interactions that write.
     pub(super) fn tx(&mut self) -> Result<&mut dyn StoreTx, FhirError> {
         match self {

@@ -4,14 +4,13 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use super::source::Source;
+use super::view::{Lookup, ReadView};
 use super::{store_error, Body, Conditions, FhirRequest, FhirResponse, FhirService, PatchFormat, PreferReturn};
-use crate::auth::scope::Permission;
-use crate::auth::Access;
 use crate::model::outcome::operation_outcome;
 use crate::model::patch::PatchDocument;
 use crate::model::resource::{is_valid_id, new_id, now, stamp};
 use crate::model::validate::validate_resource;
-use crate::model::{FhirError, Issue, IssueCode};
+use crate::model::{ErrorKind, FhirError, Issue, IssueCode};
 use crate::search::criteria::{Context, ValueSets};
 use crate::search::index::index_resource;
 use crate::search::params::{parse_search, Paging};
@@ -29,21 +28,17 @@ impl FhirService {
     /// say the client's copy is current.
     pub(super) async fn read(
         &self,
-        source: &mut Source<'_>,
+        view: &mut ReadView<'_>,
         resource_type: &str,
         id: &str,
-        request: &FhirRequest,
+        conditions: &Conditions,
     ) -> Result<FhirResponse, FhirError> {
-        let conditions = &request.conditions;
-        let rule = self.rule(&request.access, Permission::Read, resource_type)?;
-        let current = source.read(resource_type, id).await?.ok_or_else(|| not_found(resource_type, id))?;
         // What the caller may not reach does not exist for it (nor does its deletion).
-        if !self.reaches_for_read(source, &request.access, rule.as_deref(), &current).await? {
-            return Err(not_found(resource_type, id));
-        }
-        if current.deleted {
-            return Err(gone(resource_type, id, current.version));
-        }
+        let current = match view.read(resource_type, id).await? {
+            Lookup::Found(current) => current,
+            Lookup::Deleted(deletion) => return Err(gone(resource_type, id, deletion.version)),
+            Lookup::Unknown => return Err(not_found(resource_type, id)),
+        };
         let unchanged_by_etag = conditions.if_none_match.as_deref().and_then(parse_etag) == Some(current.version);
         let unchanged_by_date = conditions
             .if_modified_since
@@ -57,22 +52,16 @@ impl FhirService {
     /// `GET [type]/[id]/_history/[vid]`.
     pub(super) async fn vread(
         &self,
-        source: &mut Source<'_>,
+        view: &mut ReadView<'_>,
         resource_type: &str,
         id: &str,
         version: i64,
-        access: &Access,
     ) -> Result<FhirResponse, FhirError> {
-        let rule = self.rule(access, Permission::Read, resource_type)?;
-        let missing = || FhirError::not_found(format!("{resource_type}/{id} has no version {version}"));
-        let found = source.vread(resource_type, id, version).await?.ok_or_else(missing)?;
-        if !self.reaches_for_read(source, access, rule.as_deref(), &found).await? {
-            return Err(missing());
+        match view.vread(resource_type, id, version).await? {
+            Lookup::Found(found) => Ok(version_response(200, &found)),
+            Lookup::Deleted(_) => Err(gone(resource_type, id, version)),
+            Lookup::Unknown => Err(FhirError::not_found(format!("{resource_type}/{id} has no version {version}"))),
         }
-        if found.deleted {
-            return Err(gone(resource_type, id, version));
-        }
-        Ok(version_response(200, &found))
     }
 
     /// `POST [type]`, honouring `If-None-Exist`.
@@ -193,7 +182,7 @@ impl FhirService {
             Some(PatchFormat::FhirPathPatch) => PatchDocument::fhirpath_patch(&document)?,
             None => {
                 return Err(FhirError::new(
-                    415,
+                    ErrorKind::UnsupportedMediaType,
                     IssueCode::NotSupported,
                     "PATCH needs application/json-patch+json or a FHIRPath Patch Parameters body",
                 ))
@@ -208,10 +197,14 @@ impl FhirService {
         let mut resource: Value = serde_json::from_slice(&current.body).map_err(|_| FhirError::internal())?;
         patch.apply(&mut resource)?;
         if resource.get("id").and_then(Value::as_str) != Some(id) {
-            return Err(FhirError::new(422, IssueCode::Processing, "a patch may not change or remove the resource id"));
+            return Err(FhirError::new(
+                ErrorKind::Unprocessable,
+                IssueCode::Processing,
+                "a patch may not change or remove the resource id",
+            ));
         }
         validate_resource(&resource, resource_type).map_err(|mut e| {
-            e.status = 422;
+            e.kind = ErrorKind::Unprocessable;
             e.within("the patched resource is invalid")
         })?;
         self.write_version(tx, resource, &current, WriteMethod::Patch, request.conditions.prefer_return, 200).await
@@ -350,7 +343,7 @@ impl FhirService {
     }
 
     /// Stamps metadata, serialises once, indexes, and writes.
-    async fn store_resource(
+    pub(super) async fn store_resource(
         &self,
         tx: &mut dyn StoreTx,
         resource_type: &str,
@@ -364,14 +357,8 @@ impl FhirService {
         }
         let last_updated = now();
         stamp(&mut resource, id, version, last_updated);
+        self.check_definition(resource_type, &resource)?;
         let registry = self.registry();
-        if resource_type == "SearchParameter" {
-            // An active definition the server cannot honour is refused rather than ignored.
-            registry.as_ref().clone().add_custom(&resource).map_err(|invalid| {
-                let issue = Issue::error(IssueCode::Processing, invalid.message.clone()).at(invalid.location());
-                FhirError::unprocessable(vec![issue])
-            })?;
-        }
         let index = index_resource(&registry, &resource, &self.config.base_url);
         let body = Bytes::from(serde_json::to_vec(&resource).map_err(|_| FhirError::internal())?);
         let stored = ResourceVersion {
@@ -385,6 +372,18 @@ impl FhirService {
         };
         tx.write(stored.clone(), index).await.map_err(store_error)?;
         Ok(stored)
+    }
+
+    /// The checks of definitions the server acts on: an active SearchParameter the server
+    /// cannot honour is refused (422) rather than stored and ignored.
+    pub(super) fn check_definition(&self, resource_type: &str, resource: &Value) -> Result<(), FhirError> {
+        if resource_type != "SearchParameter" {
+            return Ok(());
+        }
+        self.registry().as_ref().clone().add_custom(resource).map(|_| ()).map_err(|invalid| {
+            let issue = Issue::error(IssueCode::Processing, invalid.message.clone()).at(invalid.location());
+            FhirError::unprocessable(vec![issue])
+        })
     }
 
     fn written(&self, status: u16, version: &ResourceVersion) -> FhirResponse {
@@ -437,8 +436,8 @@ fn not_found(resource_type: &str, id: &str) -> FhirError {
     FhirError::not_found(format!("{resource_type}/{id} is not known"))
 }
 
-fn gone(resource_type: &str, id: &str, version: i64) -> FhirError {
-    FhirError::new(410, IssueCode::Deleted, format!("{resource_type}/{id} was deleted (version {version})"))
+pub(super) fn gone(resource_type: &str, id: &str, version: i64) -> FhirError {
+    FhirError::new(ErrorKind::Gone, IssueCode::Deleted, format!("{resource_type}/{id} was deleted (version {version})"))
 }
 
 /// Decodes `a=1&b=2` (as in `If-None-Exist` or a bundle entry URL) into pairs.

@@ -7,7 +7,7 @@ use super::date::{approximate, parse_range, split_prefix};
 use super::index::{normalize, parse_local_reference};
 use super::{ParamKind, Registry, SearchParam};
 use crate::model::validate::is_resource_type;
-use crate::model::{FhirError, IssueCode};
+use crate::model::{ErrorKind, FhirError, IssueCode};
 use crate::store::{Comparison, CompositeMatch, Condition, IndexTable, StringMatch, TokenSystem, UriMatch};
 
 /// The codes of ValueSets stored on the server, by canonical URL: (system, code) pairs, where
@@ -194,11 +194,15 @@ fn parse_has(context: Context<'_>, resource_type: &str, rest: &str, value: &str)
 
 fn lookup<'a>(registry: &'a Registry, resource_type: &str, code: &str) -> Result<&'a SearchParam, FhirError> {
     let param = registry.lookup(resource_type, code).ok_or_else(|| {
-        FhirError::new(400, IssueCode::NotSupported, format!("unknown search parameter '{code}' for {resource_type}"))
+        FhirError::new(
+            ErrorKind::BadRequest,
+            IssueCode::NotSupported,
+            format!("unknown search parameter '{code}' for {resource_type}"),
+        )
     })?;
     if !param.kind.is_supported() {
         return Err(FhirError::new(
-            400,
+            ErrorKind::BadRequest,
             IssueCode::NotSupported,
             format!("search parameter '{code}' of type {} is not supported yet", param.kind.as_str()),
         ));
@@ -351,7 +355,11 @@ fn parse_of_type(code: &str, value: &str) -> Result<Condition, FhirError> {
 }
 
 fn unsupported_modifier(code: &str, modifier: &str) -> FhirError {
-    FhirError::new(400, IssueCode::NotSupported, format!("modifier ':{modifier}' is not supported on '{code}'"))
+    FhirError::new(
+        ErrorKind::BadRequest,
+        IssueCode::NotSupported,
+        format!("modifier ':{modifier}' is not supported on '{code}'"),
+    )
 }
 
 fn parse_date(param: String, value: &str) -> Result<Condition, FhirError> {

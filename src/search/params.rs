@@ -7,7 +7,7 @@
 use super::criteria::{parse_criterion, table_of, Context};
 use super::{ParamKind, Registry};
 use crate::model::validate::is_resource_type;
-use crate::model::{FhirError, IssueCode};
+use crate::model::{ErrorKind, FhirError, IssueCode};
 use crate::store::{Condition, Cursor, SearchQuery, SortBy, SortKey};
 
 /// Parameters that only shape the HTTP response; the HTTP layer reads them.
@@ -139,7 +139,7 @@ fn apply_parameter(
         }
         "_contained" | "_containedType" => {
             return Err(FhirError::new(
-                400,
+                ErrorKind::BadRequest,
                 IssueCode::NotSupported,
                 "searching contained resources (_contained) is not supported",
             ))
@@ -439,7 +439,7 @@ mod tests {
     #[test]
     fn strict_rejects_and_lenient_ignores_unknown_parameters() {
         let error = parse("Patient", &[("shoe-size", "9")], true).unwrap_err();
-        assert_eq!(error.status, 400);
+        assert_eq!(error.status(), 400);
         assert!(error.issues[0].diagnostics.contains("shoe-size"));
         let parsed = parse("Patient", &[("shoe-size", "9"), ("gender", "male")], false).unwrap();
         assert_eq!(parsed.applied, vec![("gender".to_string(), "male".to_string())]);

@@ -1,0 +1,156 @@
+//! The guarded read view: the only way interactions and operations read resources. It carries
+//! the caller's [`Access`] with the place it reads from, and applies the access policy on every
+//! read — searches get the caller's restriction in their SQL, reads and gathered resources are
+//! checked one by one — so that no code path can read data and forget to ask whether the caller
+//! may see it (the way Helios hands its tenant context to every storage call).
+
+use super::source::Source;
+use super::{store_error, FhirService};
+use crate::auth::scope::Permission;
+use crate::auth::Access;
+use crate::model::FhirError;
+use crate::store::{HistoryPage, HistoryQuery, ResourceVersion, SearchPage, SearchQuery};
+
+/// A resource as the caller may know it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Lookup {
+    /// The version asked for, which the caller may read.
+    Found(ResourceVersion),
+    /// A deletion of a resource the caller could read before it was deleted.
+    Deleted(ResourceVersion),
+    /// Nothing the caller may know of: never written, or outside what it reaches.
+    Unknown,
+}
+
+impl Lookup {
+    /// The readable version, if any.
+    pub fn found(self) -> Option<ResourceVersion> {
+        match self {
+            Lookup::Found(version) => Some(version),
+            Lookup::Deleted(_) | Lookup::Unknown => None,
+        }
+    }
+}
+
+/// Reads as one caller, from the store or from inside a write transaction.
+pub struct ReadView<'a> {
+    service: &'a FhirService,
+    access: &'a Access,
+    /// Where it reads from (an operation that writes uses the same transaction).
+    pub(super) source: Source<'a>,
+}
+
+impl<'a> ReadView<'a> {
+    pub(super) fn new(service: &'a FhirService, access: &'a Access, source: Source<'a>) -> Self {
+        ReadView { service, access, source }
+    }
+
+    /// The caller whose access the view applies.
+    pub fn access(&self) -> &Access {
+        self.access
+    }
+
+    /// Whether the caller's token allows `permission` on `version` (to tell, say, whether an
+    /// update it validates would be allowed).
+    pub fn permits(&self, permission: Permission, version: &ResourceVersion) -> bool {
+        self.service.visible(self.access, permission, version)
+    }
+
+    /// The public FHIR base URL (for `fullUrl`s and links).
+    pub fn base_url(&self) -> &str {
+        &self.service.config.base_url
+    }
+
+    /// The current version of a resource; 403 when the caller's token grants no read of the
+    /// type at all. A resource the caller does not reach is [`Lookup::Unknown`], as is its
+    /// deletion.
+    pub async fn read(&mut self, resource_type: &str, id: &str) -> Result<Lookup, FhirError> {
+        let rule = self.service.rule(self.access, Permission::Read, resource_type)?;
+        let Some(current) = self.source.read(resource_type, id).await? else { return Ok(Lookup::Unknown) };
+        self.judge(rule.as_deref(), current).await
+    }
+
+    /// One version of a resource, under the same rules as [`ReadView::read`].
+    pub async fn vread(&mut self, resource_type: &str, id: &str, version: i64) -> Result<Lookup, FhirError> {
+        let rule = self.service.rule(self.access, Permission::Read, resource_type)?;
+        let Some(found) = self.source.vread(resource_type, id, version).await? else { return Ok(Lookup::Unknown) };
+        self.judge(rule.as_deref(), found).await
+    }
+
+    async fn judge(&mut self, rule: Option<&crate::auth::Rule>, version: ResourceVersion) -> Result<Lookup, FhirError> {
+        if !self.service.reaches_for_read(&mut self.source, self.access, rule, &version).await? {
+            return Ok(Lookup::Unknown);
+        }
+        Ok(if version.deleted { Lookup::Deleted(version) } else { Lookup::Found(version) })
+    }
+
+    /// A page of search results among the resources the caller may search: its restriction is
+    /// part of the query, so pages and totals stay exact. 403 when it may search none of the
+    /// query's types.
+    pub async fn search(&mut self, mut query: SearchQuery) -> Result<SearchPage, FhirError> {
+        self.service.restrict(self.access, Permission::Search, &mut query)?;
+        self.source.search(&query).await
+    }
+
+    /// [`ReadView::search`], leaving out the types the caller may not search at all instead of
+    /// refusing the query: an empty page when none is left.
+    pub async fn search_readable(&mut self, mut query: SearchQuery) -> Result<SearchPage, FhirError> {
+        let searchable = |t: &String| self.service.rule(self.access, Permission::Search, t).is_ok();
+        query.resource_types.retain(searchable);
+        if query.resource_types.is_empty() {
+            return Ok(SearchPage { resources: Vec::new(), total: Some(0), next: None, previous: None });
+        }
+        self.search(query).await
+    }
+
+    /// The current resources with these keys that the caller may read; the others are left out.
+    pub async fn read_many(&mut self, keys: &[(String, String)]) -> Result<Vec<ResourceVersion>, FhirError> {
+        let mut resources = self.service.store.read_many(keys).await.map_err(store_error)?;
+        resources.retain(|resource| self.service.visible(self.access, Permission::Read, resource));
+        Ok(resources)
+    }
+
+    /// The resources that `sources` reference (through `param`, to `target_type` when given)
+    /// and the caller may read.
+    pub async fn referenced(
+        &mut self,
+        sources: &[(String, String)],
+        param: Option<&str>,
+        target_type: Option<&str>,
+    ) -> Result<Vec<ResourceVersion>, FhirError> {
+        let keys = self.references_from(sources, param, target_type).await?;
+        self.read_many(&keys).await
+    }
+
+    /// The keys of the local resources `sources` reference. Keys only, for this module's
+    /// include walk: what they name is read through [`ReadView::read_many`].
+    pub(super) async fn references_from(
+        &mut self,
+        sources: &[(String, String)],
+        param: Option<&str>,
+        target_type: Option<&str>,
+    ) -> Result<Vec<(String, String)>, FhirError> {
+        self.service.store.references_from(sources, param, target_type).await.map_err(store_error)
+    }
+
+    /// The keys of the `source_type` resources that reference `targets` (through `param` when
+    /// given). Keys only, as for [`ReadView::references_from`].
+    pub(super) async fn references_to(
+        &mut self,
+        targets: &[(String, String)],
+        source_type: &str,
+        param: Option<&str>,
+    ) -> Result<Vec<(String, String)>, FhirError> {
+        self.service.store.references_to(targets, source_type, param).await.map_err(store_error)
+    }
+
+    /// A page of history with the versions the caller may not see left out (the page may then
+    /// hold fewer entries), and the sequence number of the last version looked at, where the
+    /// next page starts.
+    pub(super) async fn history(&mut self, query: &HistoryQuery) -> Result<(HistoryPage, Option<i64>), FhirError> {
+        let mut page = self.service.store.history(query).await.map_err(store_error)?;
+        let last_seq = page.entries.last().map(|(seq, _)| *seq);
+        page.entries.retain(|(_, version)| self.service.history_visible(self.access, version));
+        Ok((page, last_seq))
+    }
+}
