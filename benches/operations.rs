@@ -1,20 +1,28 @@
 //! Operations benchmark: `cargo bench --bench operations` (builds release).
 //!
-//! Loads `hearth synth` patients (default 200) into SQLite and PostgreSQL, then measures, one
-//! request at a time (latency, not throughput): a read by id of the Patient (the yardstick of
-//! the same run), the first page of `Patient/[id]/$everything` (`_count=100`), a whole
-//! `$everything` walked to its last page, and IPS `Patient/[id]/$summary`, each round robin over
-//! the patients. Prints the median and p99 of each (medians of `HEARTH_BENCH_RUNS` runs) and
-//! the ratio of `$everything` and `$summary` to the read. Environment: `HEARTH_BENCH_PATIENTS`,
-//! `HEARTH_BENCH_SECONDS` (default 5 per run), `HEARTH_BENCH_RUNS` (default 3).
+//! Loads `hearth synth` patients (default 200) into SQLite and PostgreSQL, grows the records of
+//! the first 20 to about `HEARTH_BENCH_RECORD` resources each (default 500: the synthetic
+//! records hold ~66) with observations by the clinic's practitioners, then measures on those 20,
+//! one request at a time (latency, not throughput): a read by id of the Patient (the yardstick
+//! of the same run), the first page of `Patient/[id]/$everything` (`_count=100`), a whole
+//! `$everything` walked to its last page, and IPS `Patient/[id]/$summary`, each round robin.
+//! Prints the median and p99 of each (the run with the median throughput of
+//! `HEARTH_BENCH_RUNS`) and the ratios to the read. Environment: `HEARTH_BENCH_PATIENTS`,
+//! `HEARTH_BENCH_RECORD`, `HEARTH_BENCH_SECONDS` (default 5 per run), `HEARTH_BENCH_RUNS`
+//! (default 3).
 
 mod common;
 
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use common::{created_ids, env_number, get, ingest, load, median_load, LoadSummary, Server};
-use serde_json::Value;
+use hearth::synth::PRACTITIONER_POOL;
+use serde_json::{json, Value};
+
+/// How many patients get a large record and are measured.
+const MEASURED: usize = 20;
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
@@ -40,13 +48,21 @@ async fn run() {
     for (database, database_url) in [("SQLite", sqlite_url), ("PostgreSQL", common::postgres::fresh_database().await)] {
         let server = Server::start(env!("CARGO_BIN_EXE_hearth"), &database_url).await;
         let ingested = ingest(server.addr, &bundles, 4).await;
-        let ids: Arc<Vec<String>> =
-            Arc::new(ingested.responses.iter().filter_map(|r| created_ids(r, "Patient").into_iter().next()).collect());
-        let sizes: Vec<usize> = ingested.responses.iter().map(|r| r["entry"].as_array().map_or(0, Vec::len)).collect();
+        let measured: Vec<(String, usize)> = ingested
+            .responses
+            .iter()
+            .filter_map(|r| Some((created_ids(r, "Patient").into_iter().next()?, r["entry"].as_array()?.len())))
+            .take(MEASURED)
+            .collect();
+        let record = env_number("HEARTH_BENCH_RECORD", 500);
+        let growth: Vec<Bytes> =
+            measured.iter().map(|(patient, size)| more_observations(patient, record.saturating_sub(*size))).collect();
+        ingest(server.addr, &growth, 2).await;
+        let ids: Arc<Vec<String>> = Arc::new(measured.into_iter().map(|(patient, _)| patient).collect());
         println!(
-            "{database}: loaded at {:.0} resources/s; {:.0} resources per patient bundle on average",
+            "{database}: loaded at {:.0} resources/s; {} patients grown to ~{record} resources each",
             ingested.resources_per_second,
-            sizes.iter().sum::<usize>() as f64 / sizes.len().max(1) as f64
+            ids.len()
         );
         let measure = |template: &'static str| {
             let (ids, addr) = (ids.clone(), server.addr);
@@ -83,6 +99,26 @@ async fn run() {
         );
         server.stop();
     }
+}
+
+/// A transaction of `count` observations of `patient` by the clinic's practitioners, half
+/// laboratory results and half vital signs, over the last years.
+fn more_observations(patient: &str, count: usize) -> Bytes {
+    let entries: Vec<Value> = (0..count)
+        .map(|n| {
+            let (category, code) = if n % 2 == 0 { ("laboratory", "2339-0") } else { ("vital-signs", "8867-4") };
+            json!({"request": {"method": "POST", "url": "Observation"}, "resource": {
+                "resourceType": "Observation", "status": "final",
+                "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": category}]}],
+                "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+                "subject": {"reference": format!("Patient/{patient}")},
+                "performer": [{"reference": format!("Practitioner/prac-{}", n % PRACTITIONER_POOL)}],
+                "effectiveDateTime": format!("20{:02}-{:02}-{:02}T09:00:00Z", 20 + n % 6, 1 + n % 12, 1 + n % 28),
+                "valueQuantity": {"value": 60 + n % 40, "unit": "1", "system": "http://unitsofmeasure.org", "code": "1"}}})
+        })
+        .collect();
+    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": entries});
+    Bytes::from(serde_json::to_vec(&bundle).expect("json"))
 }
 
 /// Walks `$everything` of patient after patient to its last page for `seconds`, three times,

@@ -1,5 +1,5 @@
-//! Every US Core style search (patient + category/code/date/status, sorted by date) is answered
-//! through indexes: the query plan of each, on both databases, shows index searches and no full
+//! Every US Core style search (patient + category/code/date/status, sorted by date), and the
+//! pages of `$everything`, are answered through indexes: the query plan of each, on both databases, shows index searches and no full
 //! scan of a table. PostgreSQL is asked with `enable_seqscan = off`, which shows that an index
 //! path exists (on a tiny table it would otherwise rightly prefer a sequential scan).
 
@@ -73,15 +73,40 @@ macro_rules! bound {
     };
 }
 
+/// A page of `Patient/p1/$everything`, then the same after a cursor with `_type` and dates.
+fn everything_pages(dialect: planner::Dialect) -> Vec<(String, planner::Sql)> {
+    use hearth::operations::everything::{compartment_query, Wanted};
+    let (registry, base) = (Registry::standard(), "http://localhost/fhir");
+    let first = compartment_query(registry, base, "p1", &Wanted::default(), 100, None).expect("a query");
+    let wanted = Wanted {
+        types: vec!["Observation".into(), "Encounter".into()],
+        start: Some("2024-01-01".into()),
+        end: Some("2024-12-31".into()),
+        since: Some("2024-01-01T00:00:00Z".into()),
+    };
+    let after = r#"["next","Observation","o1"]"#;
+    let later = compartment_query(registry, base, "p1", &wanted, 100, Some(after)).expect("a query");
+    vec![
+        ("Patient/p1/$everything".to_string(), planner::page(&first, dialect)),
+        (
+            "Patient/p1/$everything?_type=…&start=…&end=…&_since=… (next page)".to_string(),
+            planner::page(&later, dialect),
+        ),
+    ]
+}
+
 async fn us_core_searches_use_indexes(db: Db) {
     let server = TestServer::start(db).await;
     let database = server.database_url.clone();
-    for (resource_type, query) in US_CORE_SEARCHES {
-        let dialect = match db {
-            Db::Sqlite => planner::Dialect::Sqlite,
-            Db::Postgres => planner::Dialect::Postgres,
-        };
-        let sql = sql_for(resource_type, query, dialect);
+    let dialect = match db {
+        Db::Sqlite => planner::Dialect::Sqlite,
+        Db::Postgres => planner::Dialect::Postgres,
+    };
+    let searches = US_CORE_SEARCHES
+        .iter()
+        .map(|(resource_type, query)| (format!("{resource_type}?{query}"), sql_for(resource_type, query, dialect)))
+        .chain(everything_pages(dialect));
+    for (search, sql) in searches {
         let plan: Vec<String> = match db {
             Db::Sqlite => {
                 let mut conn = sqlx::SqliteConnection::connect(&database).await.unwrap();
@@ -99,14 +124,10 @@ async fn us_core_searches_use_indexes(db: Db) {
         };
         let scans = full_scans(&plan);
         if std::env::var("SHOW_PLANS").is_ok() {
-            println!("{db:?} {resource_type}?{query}\n  {}", plan.join("\n  "));
+            println!("{db:?} {search}\n  {}", plan.join("\n  "));
         }
-        assert!(scans.is_empty(), "{resource_type}?{query} scans a whole table:\n{}", plan.join("\n"));
-        assert!(
-            plan.iter().any(|l| l.contains("INDEX") || l.contains("Index")),
-            "{resource_type}?{query}:\n{}",
-            plan.join("\n")
-        );
+        assert!(scans.is_empty(), "{search} scans a whole table:\n{}", plan.join("\n"));
+        assert!(plan.iter().any(|l| l.contains("INDEX") || l.contains("Index")), "{search}:\n{}", plan.join("\n"));
     }
 }
 

@@ -190,6 +190,15 @@ async fn inputs_are_checked_against_the_definition(db: Db) {
     assert_eq!(response.status(), 405);
     assert_eq!(response.headers()["allow"], "POST");
     assert_eq!(server.delete(&everything).await.status(), 405);
+    // A cursor belongs to its own patient's $everything.
+    let other = server.create(&json!({"resourceType": "Patient"})).await;
+    let forged = server
+        .request(Method::GET, &everything)
+        .query(&[("_cursor", format!("[\"{other}\",false,null]"))])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 400, "a cursor naming another patient");
     // Unknown instances are 404, exactly as a read.
     assert_eq!(server.get("Patient/nobody/$everything").await.status(), 404);
     assert_eq!(server.delete(&format!("Patient/{patient}")).await.status(), 204);
@@ -256,6 +265,20 @@ async fn everything_returns_the_record_and_what_it_references(db: Db) {
     )
     .await;
     assert_eq!(entries_of(&since, "match"), vec![key("Observation", &r.old_observation)]);
+    let since_all = body(
+        server
+            .request(Method::GET, &format!("Patient/{}/$everything", r.patient))
+            .query(&[("_since", before.as_str())])
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        entries_of(&since_all, "match"),
+        vec![key("Observation", &r.old_observation)],
+        "the Patient, unchanged since, is left out too"
+    );
 
     // Patient/$everything (open access): every patient's record, one patient after another.
     let mut seen = Vec::new();
@@ -499,7 +522,9 @@ async fn document_bundles_a_stored_composition(db: Db) {
     assert_references_resolve(&document, &server.base);
     let by_id = body(server.get(&format!("Composition/$document?id={composition}")).await).await;
     assert_eq!(by_id["entry"].as_array().unwrap().len(), document["entry"].as_array().unwrap().len());
-    // persist=true stores the document as a Bundle.
+    // persist=true stores the document as a Bundle, with POST only.
+    assert_eq!(server.get(&format!("{path}?persist=true")).await.status(), 405);
+    assert_eq!(body(server.get("Bundle?_summary=count").await).await["total"], 0, "GET stored nothing");
     let response = server.post(&format!("{path}?persist=true"), &json!({"resourceType": "Parameters"})).await;
     assert_eq!(response.status(), 200);
     let location = response.headers()["location"].to_str().unwrap().to_string();
@@ -566,6 +591,10 @@ async fn operations_apply_the_callers_access(db: Db) {
         }
         let all = ids(&body(smart.get("Patient/$everything", &access).await).await);
         assert!(all.contains(&ana) && !all.contains(&luis) && !all.contains(&luiss), "{who}: {all:?}");
+        let cursor = format!("[\"{luis}\",false,null]");
+        let forged =
+            smart.fhir_request(Method::GET, "Patient/$everything", &access).query(&[("_cursor", cursor)]).send();
+        assert_eq!(forged.await.unwrap().status(), 400, "{who}: a cursor naming a patient out of reach");
         let summary = smart.get(&format!("Patient/{ana}/$summary"), &access).await;
         assert_eq!(summary.status(), 200, "{who}");
         assert!(!body(summary).await.to_string().contains(&luiss));
@@ -583,6 +612,7 @@ async fn operations_apply_the_callers_access(db: Db) {
     // Nor may a token without the Patient scope run $everything on a patient.
     let observations_only = token("ana", "ana-password", "launch/patient patient/Observation.rs").await;
     assert_eq!(smart.get(&format!("Patient/{ana}/$everything"), &observations_only).await.status(), 403);
+    assert_eq!(smart.get("Patient/$everything", &observations_only).await.status(), 403);
     // A patient may validate an update of their own record but is told they may not update another's.
     let writer = token("ana", "ana-password", "launch/patient patient/*.rs").await;
     let mut mine = body(smart.get(&format!("Observation/{anas}"), &admin).await).await;

@@ -61,8 +61,6 @@ pub struct ParameterDefinition {
     /// The FHIR type (`date`, `Resource`, `Bundle`…); absent for parameters made of parts.
     #[serde(rename = "type")]
     pub value_type: Option<String>,
-    /// For `string` parameters that carry a search value (`token`, `date`…).
-    pub search_type: Option<String>,
 }
 
 impl ParameterDefinition {
@@ -71,9 +69,14 @@ impl ParameterDefinition {
         self.direction == "in"
     }
 
+    /// How many times it may occur (`None`: any number).
+    pub fn max_occurs(&self) -> Option<usize> {
+        self.max.parse().ok()
+    }
+
     /// Whether it may occur more than once.
     pub fn repeats(&self) -> bool {
-        self.max != "0" && self.max != "1"
+        self.max_occurs().is_none_or(|max| max > 1)
     }
 
     /// Whether its value is a resource (and so is given as `resource` in `Parameters`).

@@ -1,8 +1,8 @@
 //! `Composition/[id]/$document` (FHIR R4 `Composition-document`): the `document` Bundle of a
 //! stored Composition — the Composition first, then the resources it references (subject,
 //! authors, attesters, custodian, encounter, section entries) and those they reference in
-//! turn, as far as the caller may read them. `persist=true` also stores the Bundle as a
-//! `Bundle` resource (the answer then carries its `Location`).
+//! turn, as far as the caller may read them. `persist=true` (with POST: it changes data) also
+//! stores the Bundle as a `Bundle` resource (the answer then carries its `Location`).
 
 use async_trait::async_trait;
 
@@ -45,6 +45,9 @@ impl Operation for Document {
         let bundle = document_bundle(context, &url, composition, entries, None);
         if !inputs.flag("persist") {
             return Ok(FhirResponse::new(200, Body::Json(bundle)));
+        }
+        if context.read_only() {
+            return Err(FhirError::method_not_allowed("persist=true stores the document: use POST", "POST"));
         }
         let version = context.create("Bundle", bundle).await?;
         Ok(FhirResponse {

@@ -15,8 +15,8 @@ use crate::store::ResourceVersion;
 /// How many rounds of references are followed from the gathered resources.
 const MAX_ROUNDS: usize = 8;
 
-/// The most resources one document holds (the Composition aside).
-pub const MAX_RESOURCES: usize = 5_000;
+/// The most referenced resources added to a document's gathered ones.
+pub const MAX_REFERENCED: usize = 5_000;
 
 /// A resource of the document, parsed.
 pub struct Entry {
@@ -46,6 +46,7 @@ pub async fn with_references(
             entries.push(Entry::of(&version)?);
         }
     }
+    let gathered_count = entries.len();
     let mut frontier: Vec<(String, String)> = local_references(context.base_url(), also);
     for entry in &entries {
         frontier.extend(local_references(context.base_url(), &entry.resource));
@@ -54,7 +55,7 @@ pub async fn with_references(
         frontier.retain(|key| !seen.contains(key));
         frontier.sort();
         frontier.dedup();
-        frontier.truncate(MAX_RESOURCES.saturating_sub(entries.len()));
+        frontier.truncate(MAX_REFERENCED.saturating_sub(entries.len() - gathered_count));
         if frontier.is_empty() {
             break;
         }
@@ -135,7 +136,12 @@ pub fn document_bundle(
     profile: Option<&str>,
 ) -> Value {
     let base_url = context.base_url();
-    let present: HashSet<(String, String)> = entries.iter().map(|e| (e.resource_type.clone(), e.id.clone())).collect();
+    let mut present: HashSet<(String, String)> =
+        entries.iter().map(|e| (e.resource_type.clone(), e.id.clone())).collect();
+    // Entries may reference the Composition itself (Provenance.target, say).
+    if let Some(id) = composition.get("id").and_then(Value::as_str) {
+        present.insert(("Composition".to_string(), id.to_string()));
+    }
     drop_dangling(base_url, &mut composition, &present);
     let mut bundle_entries = vec![json!({"fullUrl": composition_url, "resource": composition})];
     for mut entry in entries {
@@ -199,7 +205,7 @@ fn escape(text: &str) -> String {
 }
 
 /// Entries grouped by type (in the order of `entries`), for sections.
-pub fn by_type(entries: &[Entry]) -> BTreeMap<&str, Vec<&Entry>> {
+pub fn by_type<'a>(entries: &[&'a Entry]) -> BTreeMap<&'a str, Vec<&'a Entry>> {
     let mut grouped: BTreeMap<&str, Vec<&Entry>> = BTreeMap::new();
     for entry in entries {
         grouped.entry(entry.resource_type.as_str()).or_default().push(entry);

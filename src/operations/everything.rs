@@ -50,7 +50,10 @@ impl Operation for Everything {
         let filters = Filters::read(inputs, context)?;
         let position = context.cursor().map(Position::decode).transpose()?;
         let patient = match (level, &position) {
+            (Level::Instance(_, id), Some(position)) if position.patient != *id => return Err(foreign_cursor()),
             (Level::Instance(_, id), _) => Some(id.clone()),
+            // A cursor names a patient: one the caller reaches, as a link of its own would.
+            (_, Some(position)) if !reaches_patient(context, &position.patient).await? => return Err(foreign_cursor()),
             (_, Some(position)) => Some(position.patient.clone()),
             (_, None) => next_patient(context, None).await?,
         };
@@ -59,16 +62,20 @@ impl Operation for Everything {
         };
         let position = position.unwrap_or(Position { patient, patient_given: false, after: None });
         let mut matches = Vec::new();
-        if !position.patient_given && filters.wants("Patient") {
+        if !position.patient_given && filters.wanted.wants("Patient") {
             if let Lookup::Found(found) = context.view.read("Patient", &position.patient).await? {
-                matches.push(found);
+                if filters.wanted.changed_since(&found) {
+                    matches.push(found);
+                }
             }
         }
         let room = filters.count - matches.len();
         let mut next = match room {
             0 => Some(Position { patient: position.patient.clone(), patient_given: true, after: None }),
             _ => {
-                let query = compartment_query(context, &position, &filters, room)?;
+                let registry = context.registry();
+                let (patient, after) = (&position.patient, position.after.as_deref());
+                let query = compartment_query(&registry, context.base_url(), patient, &filters.wanted, room, after)?;
                 let page = context.view.search_readable(query).await?;
                 matches.extend(page.resources);
                 page.next.map(|cursor| Position {
@@ -94,14 +101,32 @@ impl Operation for Everything {
 
 /// The checked parameters.
 struct Filters {
-    /// `_type`: the types wanted (all when empty).
-    types: Vec<String>,
-    start: Option<String>,
-    end: Option<String>,
-    since: Option<String>,
+    wanted: Wanted,
     count: usize,
     /// The parameters as given, for the links.
     applied: Vec<(String, String)>,
+}
+
+/// Which of a record's resources are wanted (`_type`, `start`, `end`, `_since`).
+#[derive(Debug, Clone, Default)]
+pub struct Wanted {
+    /// The types wanted (all when empty).
+    pub types: Vec<String>,
+    pub start: Option<String>,
+    pub end: Option<String>,
+    pub since: Option<String>,
+}
+
+impl Wanted {
+    fn wants(&self, resource_type: &str) -> bool {
+        self.types.is_empty() || self.types.iter().any(|t| t == resource_type)
+    }
+
+    /// Whether `version` was last updated at or after `_since` (always without it).
+    fn changed_since(&self, version: &ResourceVersion) -> bool {
+        let since = self.since.as_deref().and_then(crate::model::resource::parse_instant);
+        since.is_none_or(|since| version.last_updated >= since)
+    }
 }
 
 impl Filters {
@@ -130,11 +155,8 @@ impl Filters {
             applied.push(("_type".to_string(), types.join(",")));
         }
         applied.push(("_count".to_string(), count.to_string()));
-        Ok(Filters { types, start: text("start"), end: text("end"), since: text("_since"), count, applied })
-    }
-
-    fn wants(&self, resource_type: &str) -> bool {
-        self.types.is_empty() || self.types.iter().any(|t| t == resource_type)
+        let wanted = Wanted { types, start: text("start"), end: text("end"), since: text("_since") };
+        Ok(Filters { wanted, count, applied })
     }
 }
 
@@ -153,52 +175,62 @@ impl Position {
     }
 
     fn decode(text: &str) -> Result<Position, FhirError> {
-        let invalid =
-            || FhirError::bad_request("the _cursor does not belong to $everything; follow the links as given");
         let (patient, patient_given, after): (String, bool, Option<String>) =
-            serde_json::from_str(text).map_err(|_| invalid())?;
+            serde_json::from_str(text).map_err(|_| foreign_cursor())?;
         if !crate::model::resource::is_valid_id(&patient) {
-            return Err(invalid());
+            return Err(foreign_cursor());
         }
         Ok(Position { patient, patient_given, after })
     }
 }
 
-/// The first patient the caller may search after `after` (by id), or the first of all.
+fn foreign_cursor() -> FhirError {
+    FhirError::bad_request("the _cursor does not belong to this $everything; follow the links as given")
+}
+
+/// The first patient the caller may search after `after` (by id), or the first of all; 403
+/// when the token may search no Patient at all.
 async fn next_patient(context: &mut OperationContext<'_>, after: Option<&str>) -> Result<Option<String>, FhirError> {
     let mut query = SearchQuery::new("Patient", 1);
     query.cursor =
         after.map(|id| Cursor { values: Vec::new(), resource_type: "Patient".into(), id: id.into(), backward: false });
-    let page = context.view.search_readable(query).await?;
+    let page = context.view.search(query).await?;
     Ok(page.resources.into_iter().next().map(|patient| patient.id))
 }
 
-/// The search for the compartment of `position.patient` (the Patient resource itself aside),
-/// `room` resources from `position.after`.
+/// Whether the caller may search the Patient `id`.
+async fn reaches_patient(context: &mut OperationContext<'_>, id: &str) -> Result<bool, FhirError> {
+    let mut query = SearchQuery::new("Patient", 1);
+    query.all_of.push(vec![Condition::Id(id.to_string())]);
+    Ok(!context.view.search(query).await?.resources.is_empty())
+}
+
+/// The search for one page of `patient`'s compartment (the Patient resource itself aside):
+/// `room` resources after the search cursor `after`.
 ///
 /// One lookup drives it: the patient's incoming references through any compartment parameter
 /// of the types searched (`param IN (…)`, one index range). A second group, probed per
 /// candidate, keeps only references through the parameters of the candidate's own type, with
 /// the date range where one is asked for.
-fn compartment_query(
-    context: &OperationContext<'_>,
-    position: &Position,
-    filters: &Filters,
+pub fn compartment_query(
+    registry: &Registry,
+    base_url: &str,
+    patient: &str,
+    wanted: &Wanted,
     room: usize,
+    after: Option<&str>,
 ) -> Result<SearchQuery, FhirError> {
-    let registry = context.registry();
     let value_sets = ValueSets::new();
-    let search = Context { registry: &registry, base_url: context.base_url(), value_sets: &value_sets };
-    let patient = &position.patient;
+    let search = Context { registry, base_url, value_sets: &value_sets };
     let reference = |param: &str| Condition::Reference {
         param: param.to_string(),
         target_type: Some("Patient".to_string()),
-        target_id: patient.clone(),
+        target_id: patient.to_string(),
     };
     let mut types = Vec::new();
     let mut driver: Vec<Condition> = Vec::new();
     let mut by_type: Vec<Condition> = Vec::new();
-    for resource_type in compartment_types().filter(|t| filters.wants(t)) {
+    for resource_type in compartment_types().filter(|t| wanted.wants(t)) {
         let params: Vec<&String> =
             compartment_params("Patient", resource_type).unwrap_or_default().iter().filter(|p| *p != "{def}").collect();
         if params.is_empty() {
@@ -214,20 +246,18 @@ fn compartment_query(
             Condition::Type(resource_type.to_string()),
             Condition::AnyOf(params.iter().map(|p| reference(p)).collect()),
         ];
-        clause.extend(date_range(search, &registry, resource_type, filters)?);
+        clause.extend(date_range(search, registry, resource_type, wanted)?);
         by_type.push(Condition::AllOf(clause));
         types.push(resource_type.to_string());
     }
     let mut query = SearchQuery::new("", room);
     query.resource_types = types;
     query.all_of = vec![driver, by_type];
-    if let Some(since) = &filters.since {
+    if let Some(since) = &wanted.since {
         query.all_of.push(parse_criterion(search, "Patient", "_lastUpdated", &format!("ge{since}"))?);
     }
-    if let Some(after) = &position.after {
-        let cursor = Cursor::decode(after, &query.sort).ok_or_else(|| {
-            FhirError::bad_request("the _cursor does not belong to $everything; follow the links as given")
-        })?;
+    if let Some(after) = after {
+        let cursor = Cursor::decode(after, &query.sort).ok_or_else(foreign_cursor)?;
         query.cursor = Some(cursor);
     }
     Ok(query)
@@ -239,19 +269,19 @@ fn date_range(
     search: Context<'_>,
     registry: &Registry,
     resource_type: &str,
-    filters: &Filters,
+    wanted: &Wanted,
 ) -> Result<Option<Condition>, FhirError> {
-    if filters.start.is_none() && filters.end.is_none() {
+    if wanted.start.is_none() && wanted.end.is_none() {
         return Ok(None);
     }
     if !registry.params_for(resource_type).any(|p| p.code == "date") {
         return Ok(None);
     }
     let mut within = Vec::new();
-    if let Some(start) = &filters.start {
+    if let Some(start) = &wanted.start {
         within.push(Condition::AnyOf(parse_criterion(search, resource_type, "date", &format!("ge{start}"))?));
     }
-    if let Some(end) = &filters.end {
+    if let Some(end) = &wanted.end {
         within.push(Condition::AnyOf(parse_criterion(search, resource_type, "date", &format!("le{end}"))?));
     }
     let undated = parse_criterion(search, resource_type, "date:missing", "true")?;
@@ -276,7 +306,7 @@ async fn referenced(
         return Ok(Vec::new());
     }
     let keys: Vec<(String, String)> = matches.iter().map(|m| (m.resource_type.clone(), m.id.clone())).collect();
-    let mut included = context.view.referenced(&keys, None, None).await?;
+    let mut included = context.view.referenced(&keys).await?;
     included.retain(|r| membership("Patient", "", &r.resource_type).is_none());
     included.sort_by(|a, b| (&a.resource_type, &a.id).cmp(&(&b.resource_type, &b.id)));
     included.dedup_by(|a, b| a.resource_type == b.resource_type && a.id == b.id);

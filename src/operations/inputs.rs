@@ -100,7 +100,7 @@ pub fn read(definition: &Definition, query: &[(String, String)], body: Option<Va
                     .at(format!("Parameters.parameter.where(name = '{}')", parameter.name)),
             );
         }
-        if given > 1 && !parameter.repeats() {
+        if parameter.max_occurs().is_some_and(|max| given > max) {
             issues.push(Issue::error(
                 IssueCode::Invalid,
                 format!("parameter '{}' may be given at most {} time(s), not {given}", parameter.name, parameter.max),

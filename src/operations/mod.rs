@@ -1,5 +1,5 @@
 //! FHIR operations (`$name`), one module each, described by the OperationDefinitions under
-//! `conformance/operations/` (see `docs/operations/adding-an-operation.md`).
+//! `conformance/operations/` (see `docs/operations/README.md` on adding one).
 //!
 //! The layer in front of every operation does what is common to all of them: it finds the
 //! operation and checks that it is defined at the level it was invoked on, refuses GET for an
@@ -11,7 +11,7 @@
 pub mod definition;
 mod document;
 mod documents;
-mod everything;
+pub mod everything;
 pub mod inputs;
 pub(crate) mod reindex;
 mod summary;
@@ -50,8 +50,6 @@ impl Level {
 /// the REST interactions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Needs {
-    /// No access to stored data (it reads nothing, or only through the view).
-    Nothing,
     /// At instance level, read access to the instance (404 when the caller does not reach it,
     /// exactly as a read; 410 when it is deleted). What else it reads goes through the view.
     ReadInstance,

@@ -10,6 +10,8 @@
 //! (practitioners, organizations, medications…) are carried in the Bundle, so that every
 //! reference in it resolves inside it.
 
+use std::collections::HashSet;
+
 use async_trait::async_trait;
 use serde_json::{json, Value};
 
@@ -158,8 +160,13 @@ impl Operation for Summary {
         for resource_type in TYPES {
             gathered.extend(records(context, resource_type, &patient.id).await?);
         }
+        let records: HashSet<(String, String)> =
+            gathered.iter().map(|r| (r.resource_type.clone(), r.id.clone())).collect();
         let entries = with_references(context, gathered, &Value::Null).await?;
-        let composition = composition(context, &patient.id, &entries);
+        // Sections list the records gathered for them, not what those records reference.
+        let sectioned: Vec<&Entry> =
+            entries.iter().filter(|e| records.contains(&(e.resource_type.clone(), e.id.clone()))).collect();
+        let composition = composition(context, &patient.id, &sectioned);
         let bundle =
             document_bundle(context, &format!("urn:uuid:{}", uuid()), composition, entries, Some(BUNDLE_PROFILE));
         Ok(FhirResponse::new(200, Body::Json(bundle)))
@@ -228,9 +235,9 @@ fn entered_in_error(version: &ResourceVersion) -> bool {
 }
 
 /// The Composition: one section per IPS section, with entries and a narrative.
-fn composition(context: &OperationContext<'_>, patient: &str, entries: &[Entry]) -> Value {
+fn composition(context: &OperationContext<'_>, patient: &str, records: &[&Entry]) -> Value {
     let absolute = |t: &str, id: &str| context.resource_url(t, id);
-    let grouped = by_type(entries);
+    let grouped = by_type(records);
     let mut sections = Vec::new();
     for section in SECTIONS {
         let members: Vec<&Entry> = TYPES

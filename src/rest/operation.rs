@@ -24,6 +24,7 @@ pub struct OperationContext<'a> {
     service: &'a FhirService,
     instance: Option<ResourceVersion>,
     cursor: Option<String>,
+    read_only: bool,
 }
 
 impl OperationContext<'_> {
@@ -36,6 +37,11 @@ impl OperationContext<'_> {
     /// The `_cursor` of a paged operation's link, when the request follows one.
     pub fn cursor(&self) -> Option<&str> {
         self.cursor.as_deref()
+    }
+
+    /// Whether it was invoked with GET (or HEAD), which must change nothing.
+    pub fn read_only(&self) -> bool {
+        self.read_only
     }
 
     /// The public FHIR base URL.
@@ -73,6 +79,9 @@ impl OperationContext<'_> {
     /// Creates `resource` (checked as a create would be) as the caller: in the transaction
     /// the operation runs in, or in one of its own.
     pub async fn create(&mut self, resource_type: &str, resource: Value) -> Result<ResourceVersion, FhirError> {
+        if self.read_only {
+            return Err(FhirError::method_not_allowed("this invocation stores data: use POST", "POST"));
+        }
         self.check_content(resource_type, &resource)?;
         let id = crate::model::resource::new_id();
         if let Source::Tx(tx) = &mut self.view.source {
@@ -138,7 +147,7 @@ impl FhirService {
             },
             _ => None,
         };
-        let mut context = OperationContext { view, service: self, instance, cursor };
+        let mut context = OperationContext { view, service: self, instance, cursor, read_only: get };
         operation.run(&mut context, &level, &inputs).await
     }
 }

@@ -1,5 +1,6 @@
 //! The guarded read view: the only way interactions and operations read resources. It carries
-//! the caller's [`Access`] with the place it reads from, and applies the access policy on every
+//! the caller's [`Access`] with the place it reads from (reads, versions and searches see a
+//! transaction's own writes; gathering reads see committed data), and applies the access policy on every
 //! read — searches get the caller's restriction in their SQL, reads and gathered resources are
 //! checked one by one — so that no code path can read data and forget to ask whether the caller
 //! may see it (the way Helios hands its tenant context to every storage call).
@@ -20,16 +21,6 @@ pub enum Lookup {
     Deleted(ResourceVersion),
     /// Nothing the caller may know of: never written, or outside what it reaches.
     Unknown,
-}
-
-impl Lookup {
-    /// The readable version, if any.
-    pub fn found(self) -> Option<ResourceVersion> {
-        match self {
-            Lookup::Found(version) => Some(version),
-            Lookup::Deleted(_) | Lookup::Unknown => None,
-        }
-    }
 }
 
 /// Reads as one caller, from the store or from inside a write transaction.
@@ -104,21 +95,18 @@ impl<'a> ReadView<'a> {
     }
 
     /// The current resources with these keys that the caller may read; the others are left out.
+    /// Like the reference lookups and history below, it reads committed data from the store,
+    /// not a transaction's own writes (`_include` of a bundle entry sees what was committed).
     pub async fn read_many(&mut self, keys: &[(String, String)]) -> Result<Vec<ResourceVersion>, FhirError> {
         let mut resources = self.service.store.read_many(keys).await.map_err(store_error)?;
         resources.retain(|resource| self.service.visible(self.access, Permission::Read, resource));
         Ok(resources)
     }
 
-    /// The resources that `sources` reference (through `param`, to `target_type` when given)
-    /// and the caller may read.
-    pub async fn referenced(
-        &mut self,
-        sources: &[(String, String)],
-        param: Option<&str>,
-        target_type: Option<&str>,
-    ) -> Result<Vec<ResourceVersion>, FhirError> {
-        let keys = self.references_from(sources, param, target_type).await?;
+    /// The local resources that `sources` reference and the caller may read (committed data,
+    /// as [`ReadView::read_many`]).
+    pub async fn referenced(&mut self, sources: &[(String, String)]) -> Result<Vec<ResourceVersion>, FhirError> {
+        let keys = self.references_from(sources, None, None).await?;
         self.read_many(&keys).await
     }
 
