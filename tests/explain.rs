@@ -73,24 +73,33 @@ macro_rules! bound {
     };
 }
 
-/// A page of `Patient/p1/$everything`, then the same after a cursor with `_type` and dates.
+/// The searches of a `$everything` page: a type of the compartment, then the same after a
+/// cursor with dates and `_since`.
 fn everything_pages(dialect: planner::Dialect) -> Vec<(String, planner::Sql)> {
     use hearth::operations::everything::{compartment_query, Wanted};
     let (registry, base) = (Registry::standard(), "http://localhost/fhir");
-    let first = compartment_query(registry, base, "p1", &Wanted::default(), 100, None).expect("a query");
+    let query = |resource_type: &str, wanted: &Wanted, after: Option<&str>| {
+        compartment_query(registry, base, "p1", resource_type, wanted, 100, after).expect("valid").expect("a query")
+    };
     let wanted = Wanted {
-        types: vec!["Observation".into(), "Encounter".into()],
+        types: Vec::new(),
         start: Some("2024-01-01".into()),
         end: Some("2024-12-31".into()),
         since: Some("2024-01-01T00:00:00Z".into()),
     };
     let after = r#"["next","Observation","o1"]"#;
-    let later = compartment_query(registry, base, "p1", &wanted, 100, Some(after)).expect("a query");
     vec![
-        ("Patient/p1/$everything".to_string(), planner::page(&first, dialect)),
         (
-            "Patient/p1/$everything?_type=…&start=…&end=…&_since=… (next page)".to_string(),
-            planner::page(&later, dialect),
+            "Patient/p1/$everything: Observation".to_string(),
+            planner::page(&query("Observation", &Wanted::default(), None), dialect),
+        ),
+        (
+            "Patient/p1/$everything: Encounter".to_string(),
+            planner::page(&query("Encounter", &Wanted::default(), None), dialect),
+        ),
+        (
+            "Patient/p1/$everything?start=…&end=…&_since=… (next page of Observation)".to_string(),
+            planner::page(&query("Observation", &wanted, Some(after)), dialect),
         ),
     ]
 }

@@ -204,6 +204,11 @@ impl FhirError {
         Self::new(ErrorKind::NotFound, IssueCode::NotFound, diagnostics)
     }
 
+    /// 410 Gone: the resource was deleted (in `version`).
+    pub fn gone(resource_type: &str, id: &str, version: i64) -> Self {
+        Self::new(ErrorKind::Gone, IssueCode::Deleted, format!("{resource_type}/{id} was deleted (version {version})"))
+    }
+
     /// 422 Unprocessable Entity with validation issues.
     pub fn unprocessable(issues: Vec<Issue>) -> Self {
         FhirError { kind: ErrorKind::Unprocessable, issues, allow: None, challenge: None }

@@ -71,6 +71,7 @@ async fn composition_named(context: &mut OperationContext<'_>, id: Option<&str>)
     };
     match context.view.read("Composition", &named).await? {
         Lookup::Found(found) => Ok(found),
-        _ => Err(FhirError::not_found(format!("Composition/{named} is not known"))),
+        Lookup::Deleted(deletion) => Err(FhirError::gone("Composition", &named, deletion.version)),
+        Lookup::Unknown => Err(FhirError::not_found(format!("Composition/{named} is not known"))),
     }
 }

@@ -6,9 +6,10 @@
 //!
 //! Everything is read through the caller's view: a resource type the token may not search is
 //! left out, a restricted one keeps only what the restriction admits, and included resources
-//! are those the caller may read. Pages follow keyset cursors like searches (ADR 2): a page
-//! never spans two patients, and a resource present throughout is returned exactly once
-//! however the record changes between pages.
+//! are those the caller may read. A page is the compartment searches of the types, in type and
+//! id order, each continued by its keyset cursor (ADR 2): a page never spans two patients, and a
+//! resource present throughout is returned exactly once however the record changes between
+//! pages.
 //!
 //! Parameters: `start`/`end` keep resources whose clinical date (`date` search parameter of
 //! their type) meets the range, and those without one; `_since` keeps resources changed since
@@ -20,7 +21,7 @@ use serde_json::json;
 use super::{Inputs, Level, Needs, Operation};
 use crate::model::FhirError;
 use crate::rest::{Body, BundleWriter, FhirResponse, Lookup, OperationContext};
-use crate::search::compartment::{membership, params as compartment_params};
+use crate::search::compartment::membership;
 use crate::search::criteria::{parse_criterion, Context, ValueSets};
 use crate::search::Registry;
 use crate::store::{Condition, Cursor, ResourceVersion, SearchQuery};
@@ -60,7 +61,7 @@ impl Operation for Everything {
         let Some(patient) = patient else {
             return Ok(bundle(context, level, &filters, &[], &[], None));
         };
-        let position = position.unwrap_or(Position { patient, patient_given: false, after: None });
+        let position = position.unwrap_or(Position { patient, patient_given: false, resume: None });
         let mut matches = Vec::new();
         if !position.patient_given && filters.wanted.wants("Patient") {
             if let Lookup::Found(found) = context.view.read("Patient", &position.patient).await? {
@@ -69,27 +70,12 @@ impl Operation for Everything {
                 }
             }
         }
-        let room = filters.count - matches.len();
-        let mut next = match room {
-            0 => Some(Position { patient: position.patient.clone(), patient_given: true, after: None }),
-            _ => {
-                let registry = context.registry();
-                let (patient, after) = (&position.patient, position.after.as_deref());
-                let query = compartment_query(&registry, context.base_url(), patient, &filters.wanted, room, after)?;
-                let page = context.view.search_readable(query).await?;
-                matches.extend(page.resources);
-                page.next.map(|cursor| Position {
-                    patient: position.patient.clone(),
-                    patient_given: true,
-                    after: Some(cursor.encode()),
-                })
-            }
-        };
+        let mut next = fill(context, &position, &filters, &mut matches).await?;
         if next.is_none() && matches!(level, Level::Type(_)) {
             next = next_patient(context, Some(&position.patient)).await?.map(|patient| Position {
                 patient,
                 patient_given: false,
-                after: None,
+                resume: None,
             });
         }
         let included = referenced(context, &matches).await?;
@@ -161,27 +147,84 @@ impl Filters {
 }
 
 /// Where a page starts: the patient, whether their Patient resource was given already, and
-/// the cursor in their compartment.
+/// where in their compartment to go on: the type, and the search cursor in it (its start when
+/// `None`). Types come in name order, each in id order: the (type, id) order of a search.
 #[derive(Debug, Clone, PartialEq)]
 struct Position {
     patient: String,
     patient_given: bool,
-    after: Option<String>,
+    resume: Option<(String, Option<String>)>,
 }
 
 impl Position {
     fn encode(&self) -> String {
-        json!([self.patient, self.patient_given, self.after]).to_string()
+        let (resource_type, cursor) = match &self.resume {
+            Some((resource_type, cursor)) => (Some(resource_type), cursor.as_ref()),
+            None => (None, None),
+        };
+        json!([self.patient, self.patient_given, resource_type, cursor]).to_string()
     }
 
     fn decode(text: &str) -> Result<Position, FhirError> {
-        let (patient, patient_given, after): (String, bool, Option<String>) =
+        type Parts = (String, bool, Option<String>, Option<String>);
+        let (patient, patient_given, resource_type, cursor): Parts =
             serde_json::from_str(text).map_err(|_| foreign_cursor())?;
         if !crate::model::resource::is_valid_id(&patient) {
             return Err(foreign_cursor());
         }
-        Ok(Position { patient, patient_given, after })
+        let resume = match (resource_type, cursor) {
+            (Some(resource_type), cursor) => Some((resource_type, cursor)),
+            (None, None) => None,
+            (None, Some(_)) => return Err(foreign_cursor()),
+        };
+        Ok(Position { patient, patient_given, resume })
     }
+}
+
+/// Adds to `matches` the compartment resources from `position` on, type after type, until the
+/// page is full; where the next page starts, if anything is left.
+///
+/// Only the types with a reference to the patient are searched (one index range tells which),
+/// each with the compartment search of its type (`Patient/[id]/[type]`): one index lookup per
+/// compartment parameter of the type, under the caller's restriction.
+async fn fill(
+    context: &mut OperationContext<'_>,
+    position: &Position,
+    filters: &Filters,
+    matches: &mut Vec<ResourceVersion>,
+) -> Result<Option<Position>, FhirError> {
+    let patient = &position.patient;
+    let referring = context.view.types_referring_to("Patient", patient).await?;
+    let (from_type, mut after) = match &position.resume {
+        Some((resource_type, cursor)) => (resource_type.as_str(), cursor.clone()),
+        None => ("", None),
+    };
+    let registry = context.registry();
+    for resource_type in referring.iter().filter(|t| t.as_str() >= from_type && filters.wanted.wants(t)) {
+        if resource_type != from_type {
+            after = None;
+        }
+        let resume_here = || Position { patient: patient.clone(), patient_given: true, resume: None };
+        let room = filters.count - matches.len();
+        if room == 0 {
+            return Ok(Some(Position { resume: Some((resource_type.clone(), None)), ..resume_here() }));
+        }
+        let (base_url, wanted) = (context.base_url(), &filters.wanted);
+        let Some(query) =
+            compartment_query(&registry, base_url, patient, resource_type, wanted, room, after.as_deref())?
+        else {
+            continue;
+        };
+        let page = context.view.search_readable(query).await?;
+        matches.extend(page.resources);
+        if let Some(cursor) = page.next {
+            return Ok(Some(Position {
+                resume: Some((resource_type.clone(), Some(cursor.encode()))),
+                ..resume_here()
+            }));
+        }
+    }
+    Ok(None)
 }
 
 fn foreign_cursor() -> FhirError {
@@ -205,72 +248,46 @@ async fn reaches_patient(context: &mut OperationContext<'_>, id: &str) -> Result
     Ok(!context.view.search(query).await?.resources.is_empty())
 }
 
-/// The search for one page of `patient`'s compartment (the Patient resource itself aside):
-/// `room` resources after the search cursor `after`.
-///
-/// One lookup drives it: the patient's incoming references through any compartment parameter
-/// of the types searched (`param IN (…)`, one index range). A second group, probed per
-/// candidate, keeps only references through the parameters of the candidate's own type, with
-/// the date range where one is asked for.
+/// The search for one page of `patient`'s `resource_type` resources (the Patient resource
+/// itself aside): `room` resources after the search cursor `after`. `None` for a type that is
+/// never in a Patient compartment.
 pub fn compartment_query(
     registry: &Registry,
     base_url: &str,
     patient: &str,
+    resource_type: &str,
     wanted: &Wanted,
     room: usize,
     after: Option<&str>,
-) -> Result<SearchQuery, FhirError> {
+) -> Result<Option<SearchQuery>, FhirError> {
+    let Some(membership) = membership("Patient", patient, resource_type) else { return Ok(None) };
+    // The patient's own resource is given apart, first; linked patients are members here.
+    let members: Vec<Condition> = membership.into_iter().filter(|c| !matches!(c, Condition::Id(_))).collect();
+    if members.is_empty() {
+        return Ok(None);
+    }
     let value_sets = ValueSets::new();
     let search = Context { registry, base_url, value_sets: &value_sets };
-    let reference = |param: &str| Condition::Reference {
-        param: param.to_string(),
-        target_type: Some("Patient".to_string()),
-        target_id: patient.to_string(),
-    };
-    let mut types = Vec::new();
-    let mut driver: Vec<Condition> = Vec::new();
-    let mut by_type: Vec<Condition> = Vec::new();
-    for resource_type in compartment_types().filter(|t| wanted.wants(t)) {
-        let params: Vec<&String> =
-            compartment_params("Patient", resource_type).unwrap_or_default().iter().filter(|p| *p != "{def}").collect();
-        if params.is_empty() {
-            continue;
-        }
-        for param in &params {
-            let condition = reference(param);
-            if !driver.contains(&condition) {
-                driver.push(condition);
-            }
-        }
-        let mut clause = vec![
-            Condition::Type(resource_type.to_string()),
-            Condition::AnyOf(params.iter().map(|p| reference(p)).collect()),
-        ];
-        clause.extend(date_range(search, registry, resource_type, wanted)?);
-        by_type.push(Condition::AllOf(clause));
-        types.push(resource_type.to_string());
-    }
-    let mut query = SearchQuery::new("", room);
-    query.resource_types = types;
-    query.all_of = vec![driver, by_type];
+    let mut query = SearchQuery::new(resource_type, room);
+    query.all_of.push(members);
+    query.all_of.extend(date_range(search, registry, resource_type, wanted)?);
     if let Some(since) = &wanted.since {
-        query.all_of.push(parse_criterion(search, "Patient", "_lastUpdated", &format!("ge{since}"))?);
+        query.all_of.push(parse_criterion(search, resource_type, "_lastUpdated", &format!("ge{since}"))?);
     }
     if let Some(after) = after {
-        let cursor = Cursor::decode(after, &query.sort).ok_or_else(foreign_cursor)?;
-        query.cursor = Some(cursor);
+        query.cursor = Some(Cursor::decode(after, &query.sort).ok_or_else(foreign_cursor)?);
     }
-    Ok(query)
+    Ok(Some(query))
 }
 
-/// The condition that a `resource_type` resource's clinical date meets `start`/`end`, or that
-/// it has none (a type without a `date` parameter is not limited).
+/// The group "a `resource_type` resource's clinical date meets `start`/`end`, or it has none"
+/// (a type without a `date` parameter is not limited).
 fn date_range(
     search: Context<'_>,
     registry: &Registry,
     resource_type: &str,
     wanted: &Wanted,
-) -> Result<Option<Condition>, FhirError> {
+) -> Result<Option<Vec<Condition>>, FhirError> {
     if wanted.start.is_none() && wanted.end.is_none() {
         return Ok(None);
     }
@@ -285,15 +302,7 @@ fn date_range(
         within.push(Condition::AnyOf(parse_criterion(search, resource_type, "date", &format!("le{end}"))?));
     }
     let undated = parse_criterion(search, resource_type, "date:missing", "true")?;
-    Ok(Some(Condition::AnyOf([vec![Condition::AllOf(within)], undated].concat())))
-}
-
-/// The types that can be in a Patient compartment (the Patient resource itself aside, which
-/// is in its own).
-fn compartment_types() -> impl Iterator<Item = &'static str> {
-    crate::model::validate::resource_types()
-        .into_iter()
-        .filter(|t| compartment_params("Patient", t).is_some_and(|params| params.iter().any(|p| p != "{def}")))
+    Ok(Some([vec![Condition::AllOf(within)], undated].concat()))
 }
 
 /// The resources `matches` reference that belong to no patient's compartment (who and where
@@ -363,16 +372,16 @@ mod tests {
 
     #[test]
     fn positions_round_trip_and_refuse_foreign_cursors() {
-        let position = Position { patient: "p1".into(), patient_given: true, after: Some("[\"next\"]".into()) };
+        let position = Position {
+            patient: "p1".into(),
+            patient_given: true,
+            resume: Some(("Observation".into(), Some("[\"next\"]".into()))),
+        };
         assert_eq!(Position::decode(&position.encode()).unwrap(), position);
+        let start = Position { patient: "p1".into(), patient_given: false, resume: None };
+        assert_eq!(Position::decode(&start.encode()).unwrap(), start);
         assert_eq!(Position::decode("[\"next\",\"Patient\",\"x\"]").unwrap_err().status(), 400);
-        assert_eq!(Position::decode("[\"a b\",false,null]").unwrap_err().status(), 400);
-    }
-
-    #[test]
-    fn compartment_types_leave_out_shared_data() {
-        let types: Vec<&str> = compartment_types().collect();
-        assert!(types.contains(&"Observation") && types.contains(&"Encounter"));
-        assert!(!types.contains(&"Practitioner") && !types.contains(&"Medication"));
+        assert_eq!(Position::decode("[\"a b\",false,null,null]").unwrap_err().status(), 400);
+        assert_eq!(Position::decode("[\"p1\",true,null,\"[]\"]").unwrap_err().status(), 400);
     }
 }

@@ -141,7 +141,7 @@ impl FhirService {
             (Level::Instance(t, id), Needs::ReadInstance) => match view.read(t, id).await? {
                 Lookup::Found(version) => Some(version),
                 Lookup::Deleted(deletion) => {
-                    return Err(super::write::gone(t, id, deletion.version));
+                    return Err(FhirError::gone(t, id, deletion.version));
                 }
                 Lookup::Unknown => return Err(FhirError::not_found(format!("{t}/{id} is not known"))),
             },

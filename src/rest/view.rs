@@ -110,6 +110,13 @@ impl<'a> ReadView<'a> {
         self.read_many(&keys).await
     }
 
+    /// The types of the resources that reference `target_type/target_id` (committed data).
+    /// Types only, and not the caller's to see: they tell an operation which searches are
+    /// worth running; what it returns comes from those searches, under the caller's access.
+    pub async fn types_referring_to(&mut self, target_type: &str, target_id: &str) -> Result<Vec<String>, FhirError> {
+        self.service.store.referring_types(target_type, target_id).await.map_err(store_error)
+    }
+
     /// The keys of the local resources `sources` reference. Keys only, for this module's
     /// include walk: what they name is read through [`ReadView::read_many`].
     pub(super) async fn references_from(

@@ -36,7 +36,7 @@ impl FhirService {
         // What the caller may not reach does not exist for it (nor does its deletion).
         let current = match view.read(resource_type, id).await? {
             Lookup::Found(current) => current,
-            Lookup::Deleted(deletion) => return Err(gone(resource_type, id, deletion.version)),
+            Lookup::Deleted(deletion) => return Err(FhirError::gone(resource_type, id, deletion.version)),
             Lookup::Unknown => return Err(not_found(resource_type, id)),
         };
         let unchanged_by_etag = conditions.if_none_match.as_deref().and_then(parse_etag) == Some(current.version);
@@ -59,7 +59,7 @@ impl FhirService {
     ) -> Result<FhirResponse, FhirError> {
         match view.vread(resource_type, id, version).await? {
             Lookup::Found(found) => Ok(version_response(200, &found)),
-            Lookup::Deleted(_) => Err(gone(resource_type, id, version)),
+            Lookup::Deleted(_) => Err(FhirError::gone(resource_type, id, version)),
             Lookup::Unknown => Err(FhirError::not_found(format!("{resource_type}/{id} has no version {version}"))),
         }
     }
@@ -192,7 +192,7 @@ impl FhirService {
         check_if_match(&request.conditions, current.as_ref())?;
         let current = current.ok_or_else(|| not_found(resource_type, id))?;
         if current.deleted {
-            return Err(gone(resource_type, id, current.version));
+            return Err(FhirError::gone(resource_type, id, current.version));
         }
         let mut resource: Value = serde_json::from_slice(&current.body).map_err(|_| FhirError::internal())?;
         patch.apply(&mut resource)?;
@@ -434,10 +434,6 @@ fn required_body(body: Option<Value>) -> Result<Value, FhirError> {
 
 fn not_found(resource_type: &str, id: &str) -> FhirError {
     FhirError::not_found(format!("{resource_type}/{id} is not known"))
-}
-
-pub(super) fn gone(resource_type: &str, id: &str, version: i64) -> FhirError {
-    FhirError::new(ErrorKind::Gone, IssueCode::Deleted, format!("{resource_type}/{id} was deleted (version {version})"))
 }
 
 /// Decodes `a=1&b=2` (as in `If-None-Exist` or a bundle entry URL) into pairs.

@@ -252,6 +252,9 @@ pub trait Store: AuthStore + Send + Sync + 'static {
         source_type: &str,
         param: Option<&str>,
     ) -> StoreResult<Vec<(String, String)>>;
+    /// The resource types with a reference (through any parameter) to `target_type/target_id`,
+    /// in order: which types a walk of a compartment needs to search.
+    async fn referring_types(&self, target_type: &str, target_id: &str) -> StoreResult<Vec<String>>;
     /// Up to `limit` current, not deleted resources of `types` (every type when empty) in
     /// (type, id) order, starting after the key `after`.
     async fn scan(

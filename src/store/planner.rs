@@ -156,6 +156,14 @@ pub fn outgoing_references(sources: &[(String, String)], param: Option<&str>, ta
     sql
 }
 
+/// The resource types with a reference to `target_type/target_id`, in order.
+pub fn referring_types(target_type: &str, target_id: &str) -> Sql {
+    let mut sql = Sql::default();
+    sql.push("SELECT DISTINCT resource_type FROM search_reference WHERE target_type = ").text(target_type);
+    sql.push(" AND target_id = ").text(target_id).push(" ORDER BY resource_type");
+    sql
+}
+
 /// Resources of `source_type` that reference any of `targets`, optionally through one parameter.
 pub fn incoming_references(targets: &[(String, String)], source_type: &str, param: Option<&str>) -> Sql {
     let mut sql = Sql::default();
@@ -614,7 +622,12 @@ fn push_condition(sql: &mut Sql, condition: &Condition, owner: Owner<'_>, depth:
         }
         Condition::Reference { param, target_type, target_id } => {
             let i = open_index_in(sql, IndexTable::Reference, param, owner, depth);
-            sql.push(&format!(" AND {i}.target_id = ")).text(target_id);
+            // A probe must use the owner index (see `open_index_in`). With the target compared
+            // plainly, SQLite prefers the target index, whose (target_type, target_id,
+            // resource_type) prefix walks every reference to the target for each candidate (a
+            // page of a 500-resource $everything: 490 rows per probe, 18 ms a page).
+            let target_id_column = if owner.drive { format!("{i}.target_id") } else { format!("{i}.target_id || ''") };
+            sql.push(&format!(" AND {target_id_column} = ")).text(target_id);
             if let Some(target_type) = target_type {
                 sql.push(&format!(" AND {i}.target_type = ")).text(target_type);
             }

@@ -636,6 +636,18 @@ macro_rules! sql_store {
                 Ok(keys)
             }
 
+            async fn referring_types(
+                &self,
+                target_type: &str,
+                target_id: &str,
+            ) -> $crate::store::StoreResult<Vec<String>> {
+                use sqlx::Row;
+                let mut conn = self.readers.acquire().await?;
+                let sql = $crate::store::planner::referring_types(target_type, target_id);
+                let rows = bind_args(&sql).fetch_all(&mut *conn).await?;
+                Ok(rows.iter().map(|row| row.try_get("resource_type")).collect::<Result<Vec<String>, _>>()?)
+            }
+
             async fn begin(&self) -> $crate::store::StoreResult<Box<dyn $crate::store::StoreTx>> {
                 Ok(Box::new($tx {
                     tx: None,
