@@ -442,6 +442,7 @@ async fn summary_is_an_ips_document(db: Db) {
         assert!(document["timestamp"].is_string());
         let composition = &document["entry"][0]["resource"];
         assert_eq!(composition["resourceType"], "Composition");
+        assert_eq!(document["entry"][0]["fullUrl"], format!("urn:uuid:{}", composition["id"].as_str().unwrap()));
         assert_eq!(composition["type"]["coding"][0]["code"], "60591-5");
         assert_eq!(composition["subject"]["reference"], format!("{}/Patient/{}", server.base, r.patient));
         let section = |code: &str| {

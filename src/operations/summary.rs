@@ -167,8 +167,9 @@ impl Operation for Summary {
         let sectioned: Vec<&Entry> =
             entries.iter().filter(|e| records.contains(&(e.resource_type.clone(), e.id.clone()))).collect();
         let composition = composition(context, &patient.id, &sectioned);
-        let bundle =
-            document_bundle(context, &format!("urn:uuid:{}", uuid()), composition, entries, Some(BUNDLE_PROFILE));
+        // The generated Composition's fullUrl is the urn:uuid of its id.
+        let url = format!("urn:uuid:{}", composition["id"].as_str().unwrap_or_default());
+        let bundle = document_bundle(context, &url, composition, entries, Some(BUNDLE_PROFILE));
         Ok(FhirResponse::new(200, Body::Json(bundle)))
     }
 }
