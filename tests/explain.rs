@@ -140,4 +140,25 @@ async fn us_core_searches_use_indexes(db: Db) {
     }
 }
 
+/// A reference criterion that does not drive is probed per candidate through the owner index
+/// (the candidate's own rows), never through the target index, which would walk every
+/// reference to the target for each candidate (a practitioner's thousands of observations).
+/// SQLite's planner is the one that picked the target index; PostgreSQL decides by statistics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reference_probes_use_the_owner_index_on_sqlite() {
+    let server = TestServer::start(Db::Sqlite).await;
+    let sql = sql_for("Observation", "_id=o1&performer=Practitioner/d1", planner::Dialect::Sqlite);
+    let mut conn = sqlx::SqliteConnection::connect(&server.database_url).await.unwrap();
+    let explained = format!("EXPLAIN QUERY PLAN {}", sql.text);
+    let plan: Vec<String> = bound!(&explained, &sql.args)
+        .fetch_all(&mut conn)
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get::<String, _>("detail"))
+        .collect();
+    let probe = plan.iter().position(|line| line.contains("CORRELATED")).expect("the reference is probed");
+    assert!(plan[probe + 1].contains("search_reference_owner"), "{}", plan.join("\n"));
+}
+
 on_both_databases!(us_core_searches_use_indexes);
