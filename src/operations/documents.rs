@@ -36,14 +36,14 @@ impl Entry {
 /// through the caller's view. Ordered by type and id after the ones gathered, each once.
 pub async fn with_references(
     context: &mut OperationContext<'_>,
-    gathered: Vec<ResourceVersion>,
+    gathered: Vec<Entry>,
     also: &Value,
 ) -> Result<Vec<Entry>, FhirError> {
     let mut seen: HashSet<(String, String)> = HashSet::new();
     let mut entries = Vec::new();
-    for version in gathered {
-        if seen.insert((version.resource_type.clone(), version.id.clone())) {
-            entries.push(Entry::of(&version)?);
+    for entry in gathered {
+        if seen.insert((entry.resource_type.clone(), entry.id.clone())) {
+            entries.push(entry);
         }
     }
     let gathered_count = entries.len();

@@ -156,7 +156,7 @@ impl Operation for Summary {
             (Some(patient), _) => patient,
             (None, _) => patient_by_identifier(context, inputs.text("identifier")).await?,
         };
-        let mut gathered = vec![patient.clone()];
+        let mut gathered = vec![Entry::of(&patient)?];
         for resource_type in TYPES {
             gathered.extend(records(context, resource_type, &patient.id).await?);
         }
@@ -207,7 +207,7 @@ async fn records(
     context: &mut OperationContext<'_>,
     resource_type: &str,
     patient: &str,
-) -> Result<Vec<ResourceVersion>, FhirError> {
+) -> Result<Vec<Entry>, FhirError> {
     let mut query = SearchQuery::new(resource_type, MAX_PER_TYPE);
     query.all_of.push(membership("Patient", patient, resource_type).unwrap_or_default());
     if resource_type == "Observation" {
@@ -218,11 +218,17 @@ async fn records(
         query.all_of.push(parse_criterion(search, "Observation", "category", "laboratory,vital-signs")?);
     }
     let page = context.view.search_readable(query).await?;
-    Ok(page.resources.into_iter().filter(|r| !entered_in_error(r)).collect())
+    let mut records = Vec::with_capacity(page.resources.len());
+    for version in &page.resources {
+        let record = Entry::of(version)?;
+        if !entered_in_error(&record.resource) {
+            records.push(record);
+        }
+    }
+    Ok(records)
 }
 
-fn entered_in_error(version: &ResourceVersion) -> bool {
-    let Ok(resource) = serde_json::from_slice::<Value>(&version.body) else { return true };
+fn entered_in_error(resource: &Value) -> bool {
     let code_of = |name: &str| {
         resource
             .get(name)
