@@ -7,7 +7,8 @@
 use async_trait::async_trait;
 
 use super::documents::{document_bundle, local_references, with_references, Entry};
-use super::{Inputs, Level, Needs, Operation};
+use super::inputs::parameter_path;
+use super::{Inputs, Level, Operation};
 use crate::model::FhirError;
 use crate::rest::{Body, FhirResponse, Lookup, OperationContext};
 use crate::store::ResourceVersion;
@@ -16,14 +17,6 @@ pub struct Document;
 
 #[async_trait]
 impl Operation for Document {
-    fn definition_id(&self) -> &'static str {
-        "Composition-document"
-    }
-
-    fn needs(&self) -> Needs {
-        Needs::ReadInstance
-    }
-
     async fn run(
         &self,
         context: &mut OperationContext<'_>,
@@ -32,7 +25,7 @@ impl Operation for Document {
     ) -> Result<FhirResponse, FhirError> {
         if inputs.text("graph").is_some() {
             return Err(FhirError::bad_request("the parameter 'graph' (a GraphDefinition) is not supported")
-                .with_expression("Parameters.parameter.where(name = 'graph')"));
+                .with_expression(&parameter_path("graph")));
         }
         let stored = match (context.instance().cloned(), level) {
             (Some(stored), _) => stored,

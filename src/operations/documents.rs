@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use serde_json::{json, Map, Value};
 
-use crate::model::resource::{format_instant, now};
+use crate::model::resource::{format_instant, new_id, now};
 use crate::model::FhirError;
 use crate::rest::OperationContext;
 use crate::search::index::parse_local_reference;
@@ -26,6 +26,11 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// Its (type, id).
+    pub fn key(&self) -> (String, String) {
+        (self.resource_type.clone(), self.id.clone())
+    }
+
     pub fn of(version: &ResourceVersion) -> Result<Entry, FhirError> {
         let resource = serde_json::from_slice(&version.body).map_err(|_| FhirError::internal())?;
         Ok(Entry { resource_type: version.resource_type.clone(), id: version.id.clone(), resource })
@@ -42,7 +47,7 @@ pub async fn with_references(
     let mut seen: HashSet<(String, String)> = HashSet::new();
     let mut entries = Vec::new();
     for entry in gathered {
-        if seen.insert((entry.resource_type.clone(), entry.id.clone())) {
+        if seen.insert(entry.key()) {
             entries.push(entry);
         }
     }
@@ -136,8 +141,7 @@ pub fn document_bundle(
     profile: Option<&str>,
 ) -> Value {
     let base_url = context.base_url();
-    let mut present: HashSet<(String, String)> =
-        entries.iter().map(|e| (e.resource_type.clone(), e.id.clone())).collect();
+    let mut present: HashSet<(String, String)> = entries.iter().map(Entry::key).collect();
     // Entries may reference the Composition itself (Provenance.target, say).
     if let Some(id) = composition.get("id").and_then(Value::as_str) {
         present.insert(("Composition".to_string(), id.to_string()));
@@ -156,16 +160,12 @@ pub fn document_bundle(
     if let Some(profile) = profile {
         bundle.insert("meta".into(), json!({"profile": [profile]}));
     }
-    bundle.insert("identifier".into(), json!({"system": "urn:ietf:rfc:3986", "value": format!("urn:uuid:{}", uuid())}));
+    bundle
+        .insert("identifier".into(), json!({"system": "urn:ietf:rfc:3986", "value": format!("urn:uuid:{}", new_id())}));
     bundle.insert("type".into(), "document".into());
     bundle.insert("timestamp".into(), format_instant(now()).into());
     bundle.insert("entry".into(), Value::Array(bundle_entries));
     Value::Object(bundle)
-}
-
-/// A random UUID (for `urn:uuid:` identifiers and fullUrls).
-pub fn uuid() -> String {
-    uuid::Uuid::now_v7().to_string()
 }
 
 /// A display text of a resource for a narrative: its `code`'s (or `vaccineCode`'s,

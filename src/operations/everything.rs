@@ -18,7 +18,8 @@
 use async_trait::async_trait;
 use serde_json::json;
 
-use super::{Inputs, Level, Needs, Operation};
+use super::inputs::parameter_path;
+use super::{Inputs, Level, Operation};
 use crate::model::FhirError;
 use crate::rest::{Body, BundleWriter, FhirResponse, Lookup, OperationContext};
 use crate::search::compartment::membership;
@@ -30,18 +31,6 @@ pub struct Everything;
 
 #[async_trait]
 impl Operation for Everything {
-    fn definition_id(&self) -> &'static str {
-        "Patient-everything"
-    }
-
-    fn needs(&self) -> Needs {
-        Needs::ReadInstance
-    }
-
-    fn pages(&self) -> bool {
-        true
-    }
-
     async fn run(
         &self,
         context: &mut OperationContext<'_>,
@@ -121,13 +110,14 @@ impl Filters {
             inputs.texts("_type").flat_map(|t| t.split(',')).map(str::trim).map(str::to_string).collect();
         if let Some(unknown) = types.iter().find(|t| !crate::model::validate::is_resource_type(t)) {
             return Err(FhirError::bad_request(format!("_type: '{unknown}' is not a resource type"))
-                .with_expression("Parameters.parameter.where(name = '_type')"));
+                .with_expression(&parameter_path("_type")));
         }
         let paging = context.paging();
         let count = match inputs.integer("_count") {
             Some(count) if count < 1 => {
-                return Err(FhirError::bad_request("_count must be at least 1")
-                    .with_expression("Parameters.parameter.where(name = '_count')"))
+                return Err(
+                    FhirError::bad_request("_count must be at least 1").with_expression(&parameter_path("_count"))
+                )
             }
             Some(count) => (count as usize).min(paging.max_count),
             None => paging.default_count,
@@ -210,12 +200,12 @@ async fn fill(
             return Ok(Some(Position { resume: Some((resource_type.clone(), None)), ..resume_here() }));
         }
         let (base_url, wanted) = (context.base_url(), &filters.wanted);
-        let Some(query) =
+        let Some(mut query) =
             compartment_query(&registry, base_url, patient, resource_type, wanted, room, after.as_deref())?
         else {
             continue;
         };
-        let page = context.view.search_readable(query).await?;
+        let page = context.view.search_readable(&mut query).await?;
         matches.extend(page.resources);
         if let Some(cursor) = page.next {
             return Ok(Some(Position {
@@ -237,7 +227,7 @@ async fn next_patient(context: &mut OperationContext<'_>, after: Option<&str>) -
     let mut query = SearchQuery::new("Patient", 1);
     query.cursor =
         after.map(|id| Cursor { values: Vec::new(), resource_type: "Patient".into(), id: id.into(), backward: false });
-    let page = context.view.search(query).await?;
+    let page = context.view.search(&mut query).await?;
     Ok(page.resources.into_iter().next().map(|patient| patient.id))
 }
 
@@ -245,7 +235,7 @@ async fn next_patient(context: &mut OperationContext<'_>, after: Option<&str>) -
 async fn reaches_patient(context: &mut OperationContext<'_>, id: &str) -> Result<bool, FhirError> {
     let mut query = SearchQuery::new("Patient", 1);
     query.all_of.push(vec![Condition::Id(id.to_string())]);
-    Ok(!context.view.search(query).await?.resources.is_empty())
+    Ok(!context.view.search(&mut query).await?.resources.is_empty())
 }
 
 /// The search for one page of `patient`'s `resource_type` resources (the Patient resource

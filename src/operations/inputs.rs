@@ -58,6 +58,11 @@ impl Inputs {
     }
 }
 
+/// The FHIRPath of input `name` in a `Parameters` resource, for an issue's `expression`.
+pub fn parameter_path(name: &str) -> String {
+    format!("Parameters.parameter.where(name = '{name}')")
+}
+
 /// Reads and checks the inputs of an invocation: the URL's parameters, and the body when
 /// there is one (a `Parameters` resource, or the bare resource of an operation whose only
 /// resource input it stands for).
@@ -97,7 +102,7 @@ pub fn read(definition: &Definition, query: &[(String, String)], body: Option<Va
         if given < parameter.min as usize {
             issues.push(
                 Issue::error(IssueCode::Required, format!("parameter '{}' is required", parameter.name))
-                    .at(format!("Parameters.parameter.where(name = '{}')", parameter.name)),
+                    .at(parameter_path(&parameter.name)),
             );
         }
         if parameter.max_occurs().is_some_and(|max| given > max) {
@@ -167,7 +172,7 @@ fn unknown(definition: &Definition, name: &str) -> Issue {
         IssueCode::NotSupported,
         format!("${} has no parameter '{name}' (its parameters: {known})", definition.code),
     )
-    .at(format!("Parameters.parameter.where(name = '{name}')"))
+    .at(parameter_path(name))
 }
 
 /// Whether a value has the parameter's type; the issue that says why not.
@@ -175,10 +180,7 @@ fn check_type(parameter: &ParameterDefinition, value: &InputValue) -> Option<Iss
     let name = &parameter.name;
     let value_type = parameter.value_type.as_deref().unwrap_or("string");
     let wrong = |what: String| {
-        Some(
-            Issue::error(IssueCode::Value, format!("parameter '{name}': {what}"))
-                .at(format!("Parameters.parameter.where(name = '{name}')")),
-        )
+        Some(Issue::error(IssueCode::Value, format!("parameter '{name}': {what}")).at(parameter_path(name)))
     };
     match value {
         InputValue::Resource(resource) if parameter.is_resource() => {

@@ -57,20 +57,10 @@ pub enum Needs {
     Administrator,
 }
 
-/// One operation.
+/// What an operation does once the layer has found it, checked its inputs and the access it
+/// needs (see [`OPERATIONS`]).
 #[async_trait]
 pub trait Operation: Send + Sync {
-    /// The `id` of its OperationDefinition.
-    fn definition_id(&self) -> &'static str;
-
-    /// The access it needs before it runs.
-    fn needs(&self) -> Needs;
-
-    /// Whether its answer is paged like a search (it then accepts the `_cursor` of its links).
-    fn pages(&self) -> bool {
-        false
-    }
-
     /// Runs it; the inputs are checked against the definition already.
     async fn run(
         &self,
@@ -80,22 +70,52 @@ pub trait Operation: Send + Sync {
     ) -> Result<FhirResponse, FhirError>;
 }
 
-/// Every operation this server implements.
-static OPERATIONS: &[&dyn Operation] =
-    &[&everything::Everything, &validate::Validate, &summary::Summary, &document::Document, &reindex::Reindex];
+/// One operation of the registry: the id of its OperationDefinition, the access it needs
+/// before it runs, whether its answer is paged like a search (it then accepts the `_cursor` of
+/// its own links), and what runs it.
+struct Entry {
+    definition: &'static str,
+    needs: Needs,
+    pages: bool,
+    operation: &'static dyn Operation,
+}
+
+/// Every operation this server implements, with the access each needs.
+static OPERATIONS: &[Entry] = &[
+    Entry {
+        definition: "Patient-everything",
+        needs: Needs::ReadInstance,
+        pages: true,
+        operation: &everything::Everything,
+    },
+    // At type level $validate reads nothing; at instance level it reads the instance as the caller.
+    Entry { definition: "Resource-validate", needs: Needs::ReadInstance, pages: false, operation: &validate::Validate },
+    Entry { definition: "summary", needs: Needs::ReadInstance, pages: false, operation: &summary::Summary },
+    Entry {
+        definition: "Composition-document",
+        needs: Needs::ReadInstance,
+        pages: false,
+        operation: &document::Document,
+    },
+    Entry { definition: "reindex", needs: Needs::Administrator, pages: false, operation: &reindex::Reindex },
+];
 
 /// An operation with its definition.
 pub struct Registered {
     pub operation: &'static dyn Operation,
     pub definition: &'static Definition,
+    pub needs: Needs,
+    pub pages: bool,
 }
 
 /// The operations with their definitions.
 pub fn registered() -> impl Iterator<Item = Registered> {
-    OPERATIONS.iter().map(|operation| Registered {
-        operation: *operation,
-        definition: definition::by_id(operation.definition_id())
+    OPERATIONS.iter().map(|entry| Registered {
+        operation: entry.operation,
+        definition: definition::by_id(entry.definition)
             .expect("every operation has its definition under conformance/operations"),
+        needs: entry.needs,
+        pages: entry.pages,
     })
 }
 

@@ -6,7 +6,7 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use super::{Inputs, Level, Needs, Operation};
+use super::{Inputs, Level, Operation};
 use crate::model::FhirError;
 use crate::rest::{FhirResponse, OperationContext};
 
@@ -24,14 +24,6 @@ pub struct Reindex;
 
 #[async_trait]
 impl Operation for Reindex {
-    fn definition_id(&self) -> &'static str {
-        "reindex"
-    }
-
-    fn needs(&self) -> Needs {
-        Needs::Administrator
-    }
-
     async fn run(
         &self,
         context: &mut OperationContext<'_>,

@@ -15,15 +15,13 @@ use std::collections::HashSet;
 use async_trait::async_trait;
 use serde_json::{json, Value};
 
-use super::documents::{
-    by_type, display_of, document_bundle, narrative_list, narrative_text, uuid, with_references, Entry,
-};
-use super::{Inputs, Level, Needs, Operation};
-use crate::model::resource::{format_instant, now};
+use super::documents::{by_type, display_of, document_bundle, narrative_list, narrative_text, with_references, Entry};
+use super::inputs::parameter_path;
+use super::{Inputs, Level, Operation};
+use crate::model::resource::{format_instant, new_id, now};
 use crate::model::{ErrorKind, FhirError, IssueCode};
 use crate::rest::{Body, FhirResponse, OperationContext};
 use crate::search::compartment::membership;
-use crate::search::criteria::{parse_criterion, Context, ValueSets};
 use crate::store::{ResourceVersion, SearchQuery};
 
 /// The IPS Composition profile (the only one this server generates).
@@ -128,14 +126,6 @@ const TYPES: &[&str] = &[
 
 #[async_trait]
 impl Operation for Summary {
-    fn definition_id(&self) -> &'static str {
-        "summary"
-    }
-
-    fn needs(&self) -> Needs {
-        Needs::ReadInstance
-    }
-
     async fn run(
         &self,
         context: &mut OperationContext<'_>,
@@ -149,7 +139,7 @@ impl Operation for Summary {
                     IssueCode::NotSupported,
                     format!("this server generates IPS summaries ({COMPOSITION_PROFILE}) only, not '{profile}'"),
                 )
-                .with_expression("Parameters.parameter.where(name = 'profile')"));
+                .with_expression(&parameter_path("profile")));
             }
         }
         let patient = match (context.instance().cloned(), level) {
@@ -160,12 +150,10 @@ impl Operation for Summary {
         for resource_type in TYPES {
             gathered.extend(records(context, resource_type, &patient.id).await?);
         }
-        let records: HashSet<(String, String)> =
-            gathered.iter().map(|r| (r.resource_type.clone(), r.id.clone())).collect();
+        let records: HashSet<(String, String)> = gathered.iter().map(Entry::key).collect();
         let entries = with_references(context, gathered, &Value::Null).await?;
         // Sections list the records gathered for them, not what those records reference.
-        let sectioned: Vec<&Entry> =
-            entries.iter().filter(|e| records.contains(&(e.resource_type.clone(), e.id.clone()))).collect();
+        let sectioned: Vec<&Entry> = entries.iter().filter(|e| records.contains(&e.key())).collect();
         let composition = composition(context, &patient.id, &sectioned);
         // The generated Composition's fullUrl is the urn:uuid of its id.
         let url = format!("urn:uuid:{}", composition["id"].as_str().unwrap_or_default());
@@ -185,12 +173,9 @@ async fn patient_by_identifier(
             "Patient/$summary needs the parameter 'identifier' (system|value), or use Patient/[id]/$summary",
         )
     })?;
-    let registry = context.registry();
-    let value_sets = ValueSets::new();
-    let search = Context { registry: &registry, base_url: context.base_url(), value_sets: &value_sets };
     let mut query = SearchQuery::new("Patient", 2);
-    query.all_of.push(parse_criterion(search, "Patient", "identifier", identifier)?);
-    let mut found = context.view.search(query).await?.resources;
+    query.all_of.push(context.criterion("Patient", "identifier", identifier)?);
+    let mut found = context.view.search(&mut query).await?.resources;
     match found.len() {
         1 => Ok(found.remove(0)),
         0 => Err(FhirError::not_found(format!("no patient has the identifier '{identifier}'"))),
@@ -212,12 +197,9 @@ async fn records(
     query.all_of.push(membership("Patient", patient, resource_type).unwrap_or_default());
     if resource_type == "Observation" {
         // The observations of the Results and Vital Signs sections.
-        let registry = context.registry();
-        let value_sets = ValueSets::new();
-        let search = Context { registry: &registry, base_url: context.base_url(), value_sets: &value_sets };
-        query.all_of.push(parse_criterion(search, "Observation", "category", "laboratory,vital-signs")?);
+        query.all_of.push(context.criterion("Observation", "category", "laboratory,vital-signs")?);
     }
-    let page = context.view.search_readable(query).await?;
+    let page = context.view.search_readable(&mut query).await?;
     let mut records = Vec::with_capacity(page.resources.len());
     for version in &page.resources {
         let record = Entry::of(version)?;
@@ -278,7 +260,7 @@ fn composition(context: &OperationContext<'_>, patient: &str, records: &[&Entry]
     let date = format_instant(now());
     json!({
         "resourceType": "Composition",
-        "id": uuid(),
+        "id": new_id(),
         "meta": {"profile": [COMPOSITION_PROFILE]},
         "status": "final",
         "type": {"coding": [{"system": LOINC, "code": "60591-5", "display": "Patient summary Document"}]},

@@ -14,7 +14,8 @@
 use async_trait::async_trait;
 use serde_json::Value;
 
-use super::{Inputs, Level, Needs, Operation};
+use super::inputs::parameter_path;
+use super::{Inputs, Level, Operation};
 use crate::auth::scope::Permission;
 use crate::model::outcome::operation_outcome;
 use crate::model::{FhirError, Issue, IssueCode};
@@ -40,7 +41,7 @@ impl Mode {
             Some("profile") => Ok(Mode::Profile),
             Some(other) => {
                 Err(FhirError::bad_request(format!("mode must be create, update, delete or profile, not '{other}'"))
-                    .with_expression("Parameters.parameter.where(name = 'mode')"))
+                    .with_expression(&parameter_path("mode")))
             }
         }
     }
@@ -48,15 +49,6 @@ impl Mode {
 
 #[async_trait]
 impl Operation for Validate {
-    fn definition_id(&self) -> &'static str {
-        "Resource-validate"
-    }
-
-    /// At instance level the instance is read as the caller; at type level nothing is read.
-    fn needs(&self) -> Needs {
-        Needs::ReadInstance
-    }
-
     async fn run(
         &self,
         context: &mut OperationContext<'_>,
@@ -82,7 +74,7 @@ impl Operation for Validate {
             (None, Some(stored)) => serde_json::from_slice(&stored.body).map_err(|_| FhirError::internal())?,
             (None, None) => {
                 return Err(FhirError::bad_request("parameter 'resource' is required: the resource to validate")
-                    .with_expression("Parameters.parameter.where(name = 'resource')"))
+                    .with_expression(&parameter_path("resource")))
             }
         };
         if let Err(error) = context.check_content(resource_type, &resource) {
@@ -99,7 +91,7 @@ impl Operation for Validate {
                         IssueCode::NotSupported,
                         format!("the profile '{profile}' is not known to this server"),
                     )
-                    .at("Parameters.parameter.where(name = 'profile')"),
+                    .at(parameter_path("profile")),
                 );
             }
         } else if mode == Mode::Profile {

@@ -273,7 +273,8 @@ impl FhirService {
         if matches!(route, Route::Job(_)) && !request.access.is_administrator() {
             return Err(FhirError::forbidden("jobs need full system access (system/*.cruds)"));
         }
-        let access = &request.access;
+        // The caller's access outlives the request, which some arms take apart.
+        let access = &request.access.clone();
         match (request.method, route) {
             (Get | Head, Route::Metadata) => {
                 Ok(capability::response(&self.registry(), &self.config.base_url, self.config.security.as_ref()))
@@ -315,7 +316,7 @@ impl FhirService {
                 self.search(&mut self.view(source, access), scope, &request).await
             }
             (Get | Head, Route::System) => {
-                let mut request = request.clone();
+                let mut request = request;
                 let (resource_types, link_params) = system_search_types(&mut request.query)?;
                 let scope = SearchScope { resource_types, path: String::new(), required: Vec::new(), link_params };
                 self.search(&mut self.view(source, access), scope, &request).await

@@ -11,9 +11,10 @@ use super::{Body, FhirRequest, FhirResponse, FhirService, Method};
 use crate::model::validate::validate_resource;
 use crate::model::FhirError;
 use crate::operations::{self, inputs, Level, Needs, Registered};
+use crate::search::criteria::{parse_criterion, Context, ValueSets};
 use crate::search::params::Paging;
 use crate::search::Registry;
-use crate::store::{ResourceVersion, WriteMethod};
+use crate::store::{Condition, ResourceVersion, WriteMethod};
 
 /// What an operation may use while it runs: the caller's guarded read view, the instance it
 /// was invoked on (read through that view), and the few services operations share. There is
@@ -57,6 +58,14 @@ impl OperationContext<'_> {
     /// The search parameters in force.
     pub fn registry(&self) -> Arc<Registry> {
         self.service.registry()
+    }
+
+    /// The condition group of one search criterion (`name=value`) on `resource_type`.
+    pub fn criterion(&self, resource_type: &str, name: &str, value: &str) -> Result<Vec<Condition>, FhirError> {
+        let registry = self.registry();
+        let value_sets = ValueSets::new();
+        let search = Context { registry: &registry, base_url: self.base_url(), value_sets: &value_sets };
+        parse_criterion(search, resource_type, name, value)
     }
 
     /// The absolute URL of a resource (a `fullUrl`).
@@ -111,7 +120,7 @@ impl FhirService {
         code: &str,
         request: FhirRequest,
     ) -> Result<FhirResponse, FhirError> {
-        let Registered { operation, definition } = operations::find(code, &level)?;
+        let Registered { operation, definition, needs, pages } = operations::find(code, &level)?;
         let allowed = if definition.affects_state { "POST" } else { "GET, HEAD, POST" };
         let get = match request.method {
             Method::Get | Method::Head if !definition.affects_state => true,
@@ -128,16 +137,13 @@ impl FhirService {
             }
         };
         let FhirRequest { mut query, body, access, .. } = request;
-        let cursor = match operation.pages() {
-            true => take_cursor(&mut query),
-            false => None,
-        };
-        if operation.needs() == Needs::Administrator && !access.is_administrator() {
+        let cursor = if pages { take_cursor(&mut query) } else { None };
+        if needs == Needs::Administrator && !access.is_administrator() {
             return Err(FhirError::forbidden(format!("${code} needs full system access (system/*.cruds)")));
         }
         let inputs = inputs::read(definition, &query, if get { None } else { body })?;
         let mut view = ReadView::new(self, &access, source.reborrow());
-        let instance = match (&level, operation.needs()) {
+        let instance = match (&level, needs) {
             (Level::Instance(t, id), Needs::ReadInstance) => match view.read(t, id).await? {
                 Lookup::Found(version) => Some(version),
                 Lookup::Deleted(deletion) => {
@@ -150,9 +156,7 @@ impl FhirService {
         let mut context = OperationContext { view, service: self, instance, cursor, read_only: get };
         operation.run(&mut context, &level, &inputs).await
     }
-}
 
-impl FhirService {
     /// `GET OperationDefinition/[id]` of an operation this server implements: its definition
     /// as published, with this server's base in the project's own canonical URLs.
     pub(super) fn operation_definition(&self, id: &str) -> Result<FhirResponse, FhirError> {

@@ -60,7 +60,7 @@ impl FhirService {
         if parsed.query.count == 0 {
             parsed.query.with_total = true;
         }
-        let page = view.search(parsed.query.clone()).await?;
+        let page = view.search(&mut parsed.query).await?;
         let (included, truncated) = included(view, &page.resources, &parsed.includes).await?;
 
         let links = self.links(
@@ -108,7 +108,7 @@ impl FhirService {
                 value: url.clone(),
                 matching: UriMatch::Exact,
             }]);
-            let Some(found) = view.search_readable(query).await?.resources.into_iter().next() else {
+            let Some(found) = view.search_readable(&mut query).await?.resources.into_iter().next() else {
                 tracing::debug!(%name, %url, "no such ValueSet");
                 continue;
             };

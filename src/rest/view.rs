@@ -75,17 +75,17 @@ impl<'a> ReadView<'a> {
         Ok(if version.deleted { Lookup::Deleted(version) } else { Lookup::Found(version) })
     }
 
-    /// A page of search results among the resources the caller may search: its restriction is
-    /// part of the query, so pages and totals stay exact. 403 when it may search none of the
-    /// query's types.
-    pub async fn search(&mut self, mut query: SearchQuery) -> Result<SearchPage, FhirError> {
-        self.service.restrict(self.access, Permission::Search, &mut query)?;
-        self.source.search(&query).await
+    /// A page of search results among the resources the caller may search: the caller's
+    /// restriction is added to `query` (in place: a search's links still read its count and
+    /// cursor), so pages and totals stay exact. 403 when it may search none of its types.
+    pub async fn search(&mut self, query: &mut SearchQuery) -> Result<SearchPage, FhirError> {
+        self.service.restrict(self.access, Permission::Search, query)?;
+        self.source.search(query).await
     }
 
     /// [`ReadView::search`], leaving out the types the caller may not search at all instead of
     /// refusing the query: an empty page when none is left.
-    pub async fn search_readable(&mut self, mut query: SearchQuery) -> Result<SearchPage, FhirError> {
+    pub async fn search_readable(&mut self, query: &mut SearchQuery) -> Result<SearchPage, FhirError> {
         let searchable = |t: &String| self.service.rule(self.access, Permission::Search, t).is_ok();
         query.resource_types.retain(searchable);
         if query.resource_types.is_empty() {
