@@ -49,6 +49,16 @@ pub enum Command {
         /// Largest page size a `_count` may ask for (larger ones are cut to it).
         #[arg(long, env = "HEARTH_MAX_COUNT", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
         max_count: u32,
+        /// How many seconds `$hold` keeps a slot for a patient before the hold expires by itself.
+        #[arg(long, env = "HEARTH_HOLD_SECONDS", default_value_t = 600, value_parser = clap::value_parser!(u32).range(1..))]
+        hold_seconds: u32,
+        /// How close to its start a patient may no longer cancel an appointment online
+        /// (`24h`, `90m`, `1h 30m`); patients may cancel until the start when not given.
+        #[arg(long, env = "HEARTH_CANCEL_CUTOFF", value_parser = parse_duration)]
+        cancel_cutoff: Option<time::Duration>,
+        /// Serve `$bulk-publish` (slot availability, SMART Scheduling Links) without a token.
+        #[arg(long, env = "HEARTH_PUBLISH_SLOTS")]
+        publish_slots: bool,
     },
     /// Load transaction, batch or collection Bundles (`.json`) and `.ndjson` files.
     Import {
@@ -163,6 +173,16 @@ pub enum KeyCommand {
     Rotate,
 }
 
+/// A duration such as `24h`, `90m` or `1h 30m` (jiff's friendly format; ISO 8601 `PT24H` too).
+fn parse_duration(text: &str) -> Result<time::Duration, String> {
+    let duration: jiff::SignedDuration =
+        text.parse().map_err(|error| format!("'{text}' is not a duration: {error}"))?;
+    if duration.is_negative() {
+        return Err(format!("'{text}' is negative"));
+    }
+    Ok(time::Duration::new(duration.as_secs(), duration.subsec_nanos()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,5 +193,16 @@ mod tests {
         let Command::Serve { default_count, max_count, .. } = cli.command else { panic!("serve") };
         assert_eq!((default_count, max_count), (50, 200));
         assert!(Cli::try_parse_from(["hearth", "serve", "--max-count", "0"]).is_err());
+    }
+
+    #[test]
+    fn scheduling_flags() {
+        let cli = Cli::try_parse_from(["hearth", "serve", "--cancel-cutoff", "1h 30m", "--publish-slots"]).unwrap();
+        let Command::Serve { cancel_cutoff, publish_slots, hold_seconds, .. } = cli.command else { panic!("serve") };
+        assert_eq!(cancel_cutoff, Some(time::Duration::minutes(90)));
+        assert!(publish_slots);
+        assert_eq!(hold_seconds, 600);
+        assert!(Cli::try_parse_from(["hearth", "serve", "--cancel-cutoff", "soon"]).is_err());
+        assert!(Cli::try_parse_from(["hearth", "serve", "--cancel-cutoff", "-2h"]).is_err());
     }
 }

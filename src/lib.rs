@@ -13,6 +13,7 @@ pub mod http;
 pub mod import;
 pub mod model;
 pub mod operations;
+pub mod portal;
 pub mod rest;
 pub mod search;
 pub mod server;

@@ -3,6 +3,7 @@
 use clap::Parser;
 use hearth::auth::PasswordCost;
 use hearth::config::{AuthMode, Cli, Command};
+use hearth::portal::scheduling::SchedulingSettings;
 use hearth::search::params::Paging;
 use hearth::server::{Hearth, Settings};
 use tracing_subscriber::EnvFilter;
@@ -24,7 +25,16 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { listen, auth, max_body_bytes, default_count, max_count } => {
+        Command::Serve {
+            listen,
+            auth,
+            max_body_bytes,
+            default_count,
+            max_count,
+            hold_seconds,
+            cancel_cutoff,
+            publish_slots,
+        } => {
             if default_count > max_count {
                 anyhow::bail!("--default-count ({default_count}) cannot be larger than --max-count ({max_count})");
             }
@@ -42,8 +52,18 @@ async fn main() -> anyhow::Result<()> {
                 }
             });
             let paging = Paging { default_count: default_count as usize, max_count: max_count as usize };
-            let settings =
-                Settings { max_body_bytes, paging, smart: auth == AuthMode::Smart, ..Settings::new(&base_url) };
+            let scheduling = SchedulingSettings {
+                hold: time::Duration::seconds(i64::from(hold_seconds)),
+                cancel_cutoff,
+                publish_slots,
+            };
+            let settings = Settings {
+                max_body_bytes,
+                paging,
+                smart: auth == AuthMode::Smart,
+                scheduling,
+                ..Settings::new(&base_url)
+            };
             let hearth = Hearth::open(&cli.database, settings).await?;
             let listener = tokio::net::TcpListener::bind(listen).await?;
             tracing::info!(%listen, fhir_base = %format!("{base_url}/fhir"), "Hearth is serving");

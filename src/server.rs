@@ -7,6 +7,7 @@ use tokio::net::TcpListener;
 
 use crate::auth::{AuthServer, AuthSettings, PasswordCost};
 use crate::http::{self, AppState, Metrics};
+use crate::portal::scheduling::SchedulingSettings;
 use crate::rest::{FhirService, ServiceConfig};
 use crate::search::params::Paging;
 use crate::store::{self, Store};
@@ -23,6 +24,7 @@ pub struct Settings {
     pub smart: bool,
     /// How expensive new password hashes are (tests use cheap ones).
     pub password_cost: PasswordCost,
+    pub scheduling: SchedulingSettings,
 }
 
 impl Settings {
@@ -35,6 +37,7 @@ impl Settings {
             max_bundle_entries: 10_000,
             smart: false,
             password_cost: PasswordCost::Standard,
+            scheduling: SchedulingSettings::default(),
         }
     }
 }
@@ -71,6 +74,7 @@ impl Hearth {
                 paging: settings.paging,
                 max_bundle_entries: settings.max_bundle_entries,
                 security: auth.as_ref().map(|auth| auth.capability_security()),
+                scheduling: settings.scheduling,
             },
         );
         let state = AppState {

@@ -212,6 +212,18 @@ impl Access {
 }
 
 impl Access {
+    /// Whether the caller acts for particular patients only when it does `permission` on
+    /// `resource_type`: a patient or a proxy (`patient/` scopes, or `user/` scopes of a
+    /// patient's user), not staff or a system. Some workflow rules hold only for them.
+    pub fn is_patient_bound(&self, permission: Permission, resource_type: &str) -> bool {
+        let Access::Token(grant) = self else { return false };
+        grant.scopes.iter().filter(|s| s.grants(permission, resource_type)).all(|scope| match scope.context {
+            ScopeContext::Patient => true,
+            ScopeContext::User => grant.user_patients.is_some(),
+            ScopeContext::System => false,
+        })
+    }
+
     /// Whether every Patient reference of a resource about to be written, through the
     /// parameters that put `resource_type` into Patient compartments, points at a patient the
     /// caller may write for: a patient app cannot file data into another patient's record by

@@ -120,6 +120,7 @@ pub fn parse_body(bytes: &[u8], format: Format) -> Result<Value, FhirError> {
 pub fn render(body: Body, format: Format, pretty: bool) -> Result<Bytes, FhirError> {
     let compact_json = match body {
         Body::None => return Ok(Bytes::new()),
+        Body::Document { bytes, .. } => return Ok(bytes),
         Body::Raw(bytes) if format == Format::Json && !pretty => return Ok(bytes),
         Body::Raw(bytes) => bytes,
         Body::Json(value) if format == Format::Json && pretty => return to_pretty(&value),

@@ -152,6 +152,16 @@ async fn authenticate(state: &AppState, request: &FhirRequest, headers: &HeaderM
     if request.path == "metadata" && matches!(request.method, Method::Get | Method::Head) {
         return Ok(Access::Open);
     }
+    // Published availability (SMART Scheduling Links) is open when the operator says so; the
+    // operation reads only what the clinic publishes (Slots, Schedules, Locations).
+    let publishes = state.service.config().scheduling.publish_slots;
+    if publishes
+        && request.path == "$bulk-publish"
+        && matches!(request.method, Method::Get | Method::Head)
+        && header_text(headers, "authorization").is_none()
+    {
+        return Ok(Access::Open);
+    }
     auth.authenticate(header_text(headers, "authorization")).await.map_err(|error| {
         let message = match &error {
             BearerError::Missing => "this server needs a bearer token (SMART on FHIR)",
@@ -227,7 +237,11 @@ fn conditions(headers: &HeaderMap) -> Result<Conditions, FhirError> {
 
 fn fhir_response(response: FhirResponse, format: Format, pretty: bool) -> Response {
     let status = StatusCode::from_u16(response.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let has_body = response.body != Body::None;
+    let content_type = match &response.body {
+        Body::None => None,
+        Body::Document { content_type, .. } => Some(*content_type),
+        _ => Some(format.content_type()),
+    };
     let bytes = match render(response.body, format, pretty) {
         Ok(bytes) => bytes,
         Err(error) => return error_response(error, Format::Json, pretty),
@@ -235,8 +249,8 @@ fn fhir_response(response: FhirResponse, format: Format, pretty: bool) -> Respon
     let mut http = Response::new(HttpBody::from(bytes));
     *http.status_mut() = status;
     let headers = http.headers_mut();
-    if has_body {
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
+    if let Some(content_type) = content_type {
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     }
     if let Some(version) = response.version {
         if let Ok(value) = HeaderValue::from_str(&format!("W/\"{version}\"")) {

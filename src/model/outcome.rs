@@ -22,6 +22,8 @@ pub enum IssueCode {
     Conflict,
     Exception,
     Processing,
+    /// A workflow rule of the server refused the change (`business-rule`).
+    BusinessRule,
     Informational,
     TooCostly,
 }
@@ -47,6 +49,7 @@ impl IssueCode {
             IssueCode::Conflict => "conflict",
             IssueCode::Exception => "exception",
             IssueCode::Processing => "processing",
+            IssueCode::BusinessRule => "business-rule",
             IssueCode::Informational => "informational",
             IssueCode::TooCostly => "too-costly",
         }

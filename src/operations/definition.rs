@@ -17,6 +17,12 @@ const SOURCES: &[&str] = &[
     include_str!("../../conformance/operations/summary.json"),
     include_str!("../../conformance/operations/Composition-document.json"),
     include_str!("../../conformance/operations/reindex.json"),
+    include_str!("../../conformance/operations/appointment-find.json"),
+    include_str!("../../conformance/operations/appointment-hold.json"),
+    include_str!("../../conformance/operations/appointment-book.json"),
+    include_str!("../../conformance/operations/appointment-cancel.json"),
+    include_str!("../../conformance/operations/schedule-generate-slots.json"),
+    include_str!("../../conformance/operations/bulk-publish.json"),
 ];
 
 /// Where the project's own definitions write the server's FHIR base.

@@ -136,7 +136,7 @@ fn read_parameters(body: &Value, values: &mut Vec<(String, InputValue)>, issues:
             fields.iter().find(|(field, _)| field.starts_with("value")).map(|(field, value)| (field.clone(), value))
         });
         match value {
-            Some((field, value)) => match primitive_text(value) {
+            Some((field, value)) => match primitive_text(reference_or_value(&field, value)) {
                 Some(text) => values.push((name.to_string(), InputValue::Text(text))),
                 None => issues.push(
                     Issue::error(
@@ -149,6 +149,14 @@ fn read_parameters(body: &Value, values: &mut Vec<(String, InputValue)>, issues:
             None => issues
                 .push(Issue::error(IssueCode::Required, format!("parameter '{name}' has no value or resource")).at(at)),
         }
+    }
+}
+
+/// A `valueReference` stands for its `reference` (`Appointment/123`), the form the URL gives.
+fn reference_or_value<'a>(field: &str, value: &'a Value) -> &'a Value {
+    match field {
+        "valueReference" => value.get("reference").unwrap_or(value),
+        _ => value,
     }
 }
 

@@ -8,10 +8,17 @@
 //! through the caller's guarded [`ReadView`](crate::rest::ReadView) in its
 //! [`OperationContext`], so what it gathers is what the caller could read one by one.
 
+mod appointments;
+mod book;
+mod bulk_publish;
+mod cancel;
 pub mod definition;
 mod document;
 mod documents;
 pub mod everything;
+mod find;
+mod generate_slots;
+pub mod hold;
 pub mod inputs;
 pub(crate) mod reindex;
 mod summary;
@@ -55,6 +62,9 @@ pub enum Needs {
     ReadInstance,
     /// Full system access (`system/*.cruds`).
     Administrator,
+    /// Nothing before it runs: what it reads goes through the caller's view (or the data
+    /// published for discovery), what it writes through the caller's guarded transaction.
+    Nothing,
 }
 
 /// What an operation does once the layer has found it, checked its inputs and the access it
@@ -98,6 +108,17 @@ static OPERATIONS: &[Entry] = &[
         operation: &document::Document,
     },
     Entry { definition: "reindex", needs: Needs::Administrator, pages: false, operation: &reindex::Reindex },
+    Entry { definition: "appointment-find", needs: Needs::Nothing, pages: false, operation: &find::Find },
+    Entry { definition: "appointment-hold", needs: Needs::Nothing, pages: false, operation: &hold::Hold },
+    Entry { definition: "appointment-book", needs: Needs::Nothing, pages: false, operation: &book::Book },
+    Entry { definition: "appointment-cancel", needs: Needs::ReadInstance, pages: false, operation: &cancel::Cancel },
+    Entry {
+        definition: "schedule-generate-slots",
+        needs: Needs::ReadInstance,
+        pages: false,
+        operation: &generate_slots::GenerateSlots,
+    },
+    Entry { definition: "bulk-publish", needs: Needs::Nothing, pages: false, operation: &bulk_publish::BulkPublish },
 ];
 
 /// An operation with its definition.

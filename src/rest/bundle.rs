@@ -397,7 +397,7 @@ fn response_entry(response: FhirResponse) -> Value {
             outcome["outcome"] = resource;
         }
         Body::Json(resource) => entry["resource"] = resource,
-        Body::None => {}
+        Body::None | Body::Document { .. } => {}
     }
     entry["response"] = outcome;
     entry

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde_json::Value;
+use time::OffsetDateTime;
 
 use super::FhirService;
 use crate::auth::scope::Permission;
@@ -224,9 +225,11 @@ impl FhirService {
         )
     }
 
-    /// A write transaction that enforces `access` (the plain one when access is open).
+    /// A write transaction that enforces `access` (no check when access is open) and, for
+    /// everyone, the workflow rules of [`super::scheduling::SchedulingTx`].
     pub(super) async fn begin(&self, access: &Access) -> Result<Box<dyn StoreTx>, FhirError> {
-        let tx = self.store.begin().await.map_err(super::store_error)?;
+        let raw = self.store.begin().await.map_err(super::store_error)?;
+        let tx: Box<dyn StoreTx> = Box::new(super::scheduling::SchedulingTx::new(raw, self.clone(), access.clone()));
         Ok(match access {
             Access::Open => tx,
             Access::Token(_) => Box::new(GuardedTx {
@@ -443,6 +446,10 @@ impl StoreTx for GuardedTx {
 
     async fn job_step(&mut self, step: &JobStep<'_>) -> StoreResult<bool> {
         self.inner.job_step(step).await
+    }
+
+    async fn enqueue_job(&mut self, kind: &str, parameters: &str, not_before: OffsetDateTime) -> StoreResult<i64> {
+        self.inner.enqueue_job(kind, parameters, not_before).await
     }
 
     async fn commit(self: Box<Self>) -> StoreResult<()> {

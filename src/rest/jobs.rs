@@ -61,6 +61,7 @@ impl FhirService {
         tracing::info!(job = job.id, kind = %job.kind, "job started");
         let end = match job.kind.as_str() {
             crate::operations::reindex::JOB_KIND => self.reindex_job(owner, &job).await,
+            crate::operations::hold::EXPIRY_JOB => self.hold_expiry_job(&job).await,
             other => Err(format!("unknown job kind '{other}'")),
         };
         let (status, message) = match end {

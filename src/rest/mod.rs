@@ -9,10 +9,13 @@ mod bundle_writer;
 pub mod capability;
 mod guard;
 mod history;
+mod hold_expiry;
 mod jobs;
 mod operation;
+mod operation_tx;
 mod reindex;
 mod route;
+mod scheduling;
 mod search;
 mod search_parameters;
 mod source;
@@ -33,12 +36,14 @@ use crate::search::registry::LiveRegistry;
 use crate::store::{Store, StoreError};
 
 pub use bundle_writer::BundleWriter;
-pub use operation::OperationContext;
+pub use operation::{OperationContext, PublishedView};
+pub use operation_tx::OperationTx;
 pub use route::Route;
 use search::SearchScope;
 use search_parameters::writes_search_parameters;
 use source::Source;
 pub use view::{Lookup, ReadView};
+pub use write::version_response;
 
 /// HTTP methods of FHIR interactions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,6 +154,12 @@ pub enum Body {
     Raw(Bytes),
     /// A JSON value built for this response (OperationOutcome, CapabilityStatement…).
     Json(Value),
+    /// Bytes that are not a FHIR resource, served as they are with their own media type
+    /// (the `$bulk-publish` manifest and its NDJSON files).
+    Document {
+        content_type: &'static str,
+        bytes: Bytes,
+    },
 }
 
 /// One FHIR interaction response.
@@ -182,6 +193,7 @@ pub struct ServiceConfig {
     pub max_bundle_entries: usize,
     /// The CapabilityStatement's `rest.security` (SMART on FHIR), when authorization is on.
     pub security: Option<Value>,
+    pub scheduling: crate::portal::scheduling::SchedulingSettings,
 }
 
 /// The FHIR interactions over one store.
@@ -396,6 +408,7 @@ fn store_error(error: StoreError) -> FhirError {
         ),
         StoreError::Forbidden(message) => FhirError::forbidden(message),
         StoreError::Hidden(message) => FhirError::not_found(message),
+        StoreError::Refused(error) => *error,
         other => {
             tracing::error!(error = %other, "storage failure");
             FhirError::internal()

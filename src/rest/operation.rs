@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+use super::operation_tx::OperationTx;
 use super::source::Source;
 use super::view::{Lookup, ReadView};
 use super::{Body, FhirRequest, FhirResponse, FhirService, Method};
@@ -12,9 +13,10 @@ use crate::model::validate::validate_resource;
 use crate::model::FhirError;
 use crate::operations::{self, inputs, Level, Needs, Registered};
 use crate::search::criteria::{parse_criterion, Context, ValueSets};
+use crate::search::params::parse_search;
 use crate::search::params::Paging;
 use crate::search::Registry;
-use crate::store::{Condition, ResourceVersion, WriteMethod};
+use crate::store::{Condition, ResourceVersion, SearchQuery, WriteMethod};
 
 /// What an operation may use while it runs: the caller's guarded read view, the instance it
 /// was invoked on (read through that view), and the few services operations share. There is
@@ -26,6 +28,7 @@ pub struct OperationContext<'a> {
     instance: Option<ResourceVersion>,
     cursor: Option<String>,
     read_only: bool,
+    if_none_match: Option<String>,
 }
 
 impl OperationContext<'_> {
@@ -38,6 +41,11 @@ impl OperationContext<'_> {
     /// The `_cursor` of a paged operation's link, when the request follows one.
     pub fn cursor(&self) -> Option<&str> {
         self.cursor.as_deref()
+    }
+
+    /// The request's `If-None-Match` header.
+    pub fn if_none_match(&self) -> Option<&str> {
+        self.if_none_match.as_deref()
     }
 
     /// Whether it was invoked with GET (or HEAD), which must change nothing.
@@ -62,10 +70,7 @@ impl OperationContext<'_> {
 
     /// The condition group of one search criterion (`name=value`) on `resource_type`.
     pub fn criterion(&self, resource_type: &str, name: &str, value: &str) -> Result<Vec<Condition>, FhirError> {
-        let registry = self.registry();
-        let value_sets = ValueSets::new();
-        let search = Context { registry: &registry, base_url: self.base_url(), value_sets: &value_sets };
-        parse_criterion(search, resource_type, name, value)
+        self.service.criterion(resource_type, name, value)
     }
 
     /// The absolute URL of a resource (a `fullUrl`).
@@ -83,6 +88,45 @@ impl OperationContext<'_> {
     /// Queues a background job (202 with the status URL).
     pub async fn queue_job(&mut self, kind: &str, parameters: &str, what: &str) -> Result<FhirResponse, FhirError> {
         self.service.queue_job(kind, parameters, what).await
+    }
+
+    /// The caller's access.
+    pub fn access(&self) -> &crate::auth::Access {
+        self.view.access()
+    }
+
+    /// The scheduling settings of the server.
+    pub fn scheduling(&self) -> crate::portal::scheduling::SchedulingSettings {
+        self.service.config.scheduling
+    }
+
+    /// A search query over `resource_type` from search parameters (`name`, `value`), parsed
+    /// as a REST search's are: chains, modifiers, `_sort` and `_count` included.
+    pub fn search_query(&self, resource_type: &str, parameters: &[(String, String)]) -> Result<SearchQuery, FhirError> {
+        self.service.search_query(resource_type, parameters)
+    }
+
+    /// The transaction the operation writes in, as the caller: the bundle's when it runs as a
+    /// bundle entry, else one of its own (commit it with [`OperationTx::commit`]).
+    pub async fn begin(&mut self) -> Result<OperationTx<'_>, FhirError> {
+        if self.read_only {
+            return Err(FhirError::method_not_allowed("this invocation stores data: use POST", "POST"));
+        }
+        let service = self.service;
+        if matches!(self.view.source, Source::Store(_)) {
+            let tx = service.begin(self.view.access()).await?;
+            return Ok(OperationTx::owned(service, tx));
+        }
+        Ok(OperationTx::borrowed(service, self.view.source.tx()?))
+    }
+
+    /// What the clinic publishes for anyone to discover: Slots, their Schedules (those of
+    /// practitioners, roles, locations, services and devices), Locations, HealthcareServices,
+    /// Practitioners and PractitionerRoles, read without the caller's restriction (a patient
+    /// app finds free time of a practitioner whose Schedule is not in its compartment). Only
+    /// the operations that publish availability ($find, $bulk-publish) use it.
+    pub fn published(&self) -> PublishedView<'_> {
+        PublishedView { service: self.service }
     }
 
     /// Creates `resource` (checked as a create would be) as the caller: in the transaction
@@ -110,7 +154,106 @@ impl OperationContext<'_> {
     }
 }
 
+/// Reads of the published scheduling data (see [`OperationContext::published`]).
+pub struct PublishedView<'a> {
+    service: &'a FhirService,
+}
+
+impl PublishedView<'_> {
+    /// The resource types it reads.
+    pub const TYPES: &'static [&'static str] =
+        &["Slot", "Schedule", "Location", "HealthcareService", "Practitioner", "PractitionerRole"];
+
+    /// The public FHIR base URL.
+    pub fn base_url(&self) -> &str {
+        &self.service.config.base_url
+    }
+
+    /// A search query over a published type from search parameters.
+    pub fn search_query(&self, resource_type: &str, parameters: &[(String, String)]) -> Result<SearchQuery, FhirError> {
+        self.service.search_query(resource_type, parameters)
+    }
+
+    /// The history sequence number of the newest change (deletions included) to any of
+    /// `types`: what an ETag of published data needs, one history row per type.
+    pub async fn latest_change(&self, types: &[&str]) -> Result<Option<i64>, FhirError> {
+        self.check(types.iter().copied())?;
+        let mut latest = None;
+        for resource_type in types {
+            let query = crate::store::HistoryQuery {
+                scope: crate::store::HistoryScope::Type(resource_type.to_string()),
+                since: None,
+                before_seq: None,
+                count: 1,
+            };
+            let page = self.service.store.history(&query).await.map_err(super::store_error)?;
+            latest = latest.max(page.entries.first().map(|(seq, _)| *seq));
+        }
+        Ok(latest)
+    }
+
+    /// A page of a search over published types; any other type is a programming error (500).
+    pub async fn search(&self, query: &SearchQuery) -> Result<crate::store::SearchPage, FhirError> {
+        self.check(query.resource_types.iter().map(String::as_str))?;
+        let mut page = self.service.store.search(query).await.map_err(super::store_error)?;
+        page.resources.retain(is_published);
+        Ok(page)
+    }
+
+    /// The current resources of published types with these keys.
+    pub async fn read_many(&self, keys: &[(String, String)]) -> Result<Vec<ResourceVersion>, FhirError> {
+        self.check(keys.iter().map(|(t, _)| t.as_str()))?;
+        let mut found = self.service.store.read_many(keys).await.map_err(super::store_error)?;
+        found.retain(is_published);
+        Ok(found)
+    }
+
+    fn check<'t>(&self, mut types: impl Iterator<Item = &'t str>) -> Result<(), FhirError> {
+        match types.all(|t| Self::TYPES.contains(&t)) {
+            true => Ok(()),
+            false => Err(FhirError::internal()),
+        }
+    }
+}
+
+/// Whether a version of a published type is published: a Schedule of a patient or a related
+/// person (the R4 actor may be one) is that person's data, not the clinic's.
+fn is_published(version: &ResourceVersion) -> bool {
+    if version.resource_type != "Schedule" {
+        return true;
+    }
+    let Ok(schedule) = serde_json::from_slice::<Value>(&version.body) else { return false };
+    let actors = schedule.get("actor").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    !actors.iter().filter_map(|a| a.get("reference").and_then(Value::as_str)).any(|reference| {
+        reference.starts_with("Patient/")
+            || reference.starts_with("RelatedPerson/")
+            || reference.contains("/Patient/")
+            || reference.contains("/RelatedPerson/")
+    })
+}
+
 impl FhirService {
+    /// A search query over `resource_type` from search parameters, parsed as a REST search's.
+    pub(super) fn search_query(
+        &self,
+        resource_type: &str,
+        parameters: &[(String, String)],
+    ) -> Result<SearchQuery, FhirError> {
+        let registry = self.registry();
+        let value_sets = ValueSets::new();
+        let search = Context { registry: &registry, base_url: &self.config.base_url, value_sets: &value_sets };
+        let types = [resource_type.to_string()];
+        Ok(parse_search(search, &types, parameters, true, self.config.paging)?.query)
+    }
+
+    /// The condition group of one search criterion (`name=value`) on `resource_type`.
+    pub(super) fn criterion(&self, resource_type: &str, name: &str, value: &str) -> Result<Vec<Condition>, FhirError> {
+        let registry = self.registry();
+        let value_sets = ValueSets::new();
+        let search = Context { registry: &registry, base_url: &self.config.base_url, value_sets: &value_sets };
+        parse_criterion(search, resource_type, name, value)
+    }
+
     /// Invokes operation `code` at `level`: finds it, checks the method, the inputs and the
     /// access it needs, then runs it with the caller's read view over `source`.
     pub(super) async fn invoke(
@@ -136,7 +279,7 @@ impl FhirService {
                 ));
             }
         };
-        let FhirRequest { mut query, body, access, .. } = request;
+        let FhirRequest { mut query, body, access, conditions, .. } = request;
         let cursor = if pages { take_cursor(&mut query) } else { None };
         if needs == Needs::Administrator && !access.is_administrator() {
             return Err(FhirError::forbidden(format!("${code} needs full system access (system/*.cruds)")));
@@ -153,7 +296,8 @@ impl FhirService {
             },
             _ => None,
         };
-        let mut context = OperationContext { view, service: self, instance, cursor, read_only: get };
+        let if_none_match = conditions.if_none_match;
+        let mut context = OperationContext { view, service: self, instance, cursor, read_only: get, if_none_match };
         operation.run(&mut context, &level, &inputs).await
     }
 

@@ -47,6 +47,11 @@ impl<'a> ReadView<'a> {
         self.service.visible(self.access, permission, version)
     }
 
+    /// Whether the caller's token grants `permission` on `resource_type` at all.
+    pub fn may(&self, permission: Permission, resource_type: &str) -> bool {
+        self.service.rule(self.access, permission, resource_type).is_ok()
+    }
+
     /// The public FHIR base URL (for `fullUrl`s and links).
     pub fn base_url(&self) -> &str {
         &self.service.config.base_url

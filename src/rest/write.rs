@@ -406,7 +406,7 @@ impl FhirService {
 }
 
 /// The response carrying a stored version with its ETag and Last-Modified.
-pub(super) fn version_response(status: u16, version: &ResourceVersion) -> FhirResponse {
+pub fn version_response(status: u16, version: &ResourceVersion) -> FhirResponse {
     FhirResponse {
         version: Some(version.version),
         last_modified: Some(version.last_updated),

@@ -220,6 +220,10 @@ pub enum StoreError {
     /// A guarded transaction hid a resource the caller's access does not reach.
     #[error("{0}")]
     Hidden(String),
+    /// A workflow rule the transaction enforces refused the change (a Slot taken twice); the
+    /// error says what and where, with its own status.
+    #[error("{0}")]
+    Refused(Box<crate::model::FhirError>),
 }
 
 /// Result of a storage call.
@@ -299,6 +303,9 @@ pub trait StoreTx: Send {
     /// Records a job's step in this transaction; `false` (and nothing recorded) when the job was
     /// cancelled or another worker took it over.
     async fn job_step(&mut self, step: &JobStep<'_>) -> StoreResult<bool>;
+    /// Queues a background job that no worker claims before `not_before`, committed with this
+    /// transaction (or not at all): work a change promises to do later is never lost.
+    async fn enqueue_job(&mut self, kind: &str, parameters: &str, not_before: OffsetDateTime) -> StoreResult<i64>;
     /// Makes everything written visible at once.
     async fn commit(self: Box<Self>) -> StoreResult<()>;
     /// Undoes everything written and waits until that has settled: on SQLite, until the group

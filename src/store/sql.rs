@@ -701,7 +701,7 @@ macro_rules! sql_store {
                 let now = $crate::store::sql::to_micros(time::OffsetDateTime::now_utc());
                 let sql = format!(
                     "UPDATE jobs SET status = 'running', owner = $1, lease_until = $2, updated = $3 \
-                     WHERE id = (SELECT id FROM jobs WHERE status = 'queued' \
+                     WHERE id = (SELECT id FROM jobs WHERE (status = 'queued' AND not_before <= $3) \
                      OR (status = 'running' AND lease_until < $3) ORDER BY id LIMIT 1{}) RETURNING {}",
                     $skip_locked,
                     $crate::store::sql::JOB_COLUMNS
@@ -861,6 +861,27 @@ macro_rules! sql_store {
                 .execute(self.write_conn(false).await?)
                 .await?;
                 Ok(done.rows_affected() == 1)
+            }
+
+            async fn enqueue_job(
+                &mut self,
+                kind: &str,
+                parameters: &str,
+                not_before: time::OffsetDateTime,
+            ) -> $crate::store::StoreResult<i64> {
+                use sqlx::Row;
+                let now = $crate::store::sql::to_micros(time::OffsetDateTime::now_utc());
+                let row = sqlx::query(
+                    "INSERT INTO jobs (kind, parameters, status, processed, created, updated, not_before) \
+                     VALUES ($1, $2, 'queued', 0, $3, $3, $4) RETURNING id",
+                )
+                .bind(kind)
+                .bind(parameters)
+                .bind(now)
+                .bind($crate::store::sql::to_micros(not_before))
+                .fetch_one(self.write_conn(false).await?)
+                .await?;
+                Ok(row.try_get("id")?)
             }
 
             async fn commit(self: Box<Self>) -> $crate::store::StoreResult<()> {

@@ -21,7 +21,12 @@ pub const REDIRECT: &str = "http://127.0.0.1:9/callback";
 
 /// Starts a server that requires SMART tokens (cheap password hashes).
 pub async fn smart_server(db: Db) -> TestServer {
-    TestServer::start_with(db, |s| Settings { smart: true, password_cost: PasswordCost::Cheap, ..s }).await
+    smart_server_with(db, |settings| settings).await
+}
+
+/// [`smart_server`] with other settings adjusted too.
+pub async fn smart_server_with(db: Db, adjust: impl FnOnce(Settings) -> Settings) -> TestServer {
+    TestServer::start_with(db, |s| adjust(Settings { smart: true, password_cost: PasswordCost::Cheap, ..s })).await
 }
 
 /// A PKCE verifier and its S256 challenge.

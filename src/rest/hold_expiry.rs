@@ -1,0 +1,64 @@
+//! The job that ends a hold ($hold): when it runs out, an Appointment still `pending` is
+//! cancelled, and the write transaction frees its Slots. Queued by $hold in the transaction
+//! that stored the hold, with the hold's end as the time before which no worker claims it.
+
+use serde_json::Value;
+
+use super::jobs::JobEnd;
+use super::{FhirService, WRITE_ATTEMPTS};
+use crate::auth::Access;
+use crate::model::FhirError;
+use crate::operations::hold::{still_held, Expiry, EXPIRED};
+use crate::portal::scheduling::cancelled;
+use crate::store::{Job, WriteMethod};
+
+impl FhirService {
+    pub(super) async fn hold_expiry_job(&self, job: &Job) -> Result<JobEnd, String> {
+        let expiry: Expiry =
+            serde_json::from_str(&job.parameters).map_err(|error| format!("unreadable parameters: {error}"))?;
+        let mut attempt = 1;
+        loop {
+            match self.expire_hold(&expiry).await {
+                Err(error) if attempt < WRITE_ATTEMPTS && super::is_write_conflict(&error) => attempt += 1,
+                Ok(message) => return Ok(JobEnd::Finished(message)),
+                Err(error) => return Err(error.to_string()),
+            }
+        }
+    }
+
+    /// Cancels the held Appointment if it is still pending; says what it did.
+    async fn expire_hold(&self, expiry: &Expiry) -> Result<String, FhirError> {
+        let id = &expiry.appointment;
+        let mut tx = self.begin(&Access::Open).await?;
+        let current = tx.current("Appointment", id).await.map_err(super::store_error)?.filter(|v| !v.deleted);
+        let Some(current) = current else {
+            tx.rollback().await;
+            return Ok(format!("Appointment/{id} no longer exists"));
+        };
+        let appointment: Value = serde_json::from_slice(&current.body).map_err(|_| FhirError::internal())?;
+        if !still_held(&appointment) {
+            tx.rollback().await;
+            return Ok(format!("Appointment/{id} is no longer held (it was booked or cancelled)"));
+        }
+        let written = self
+            .store_resource(
+                tx.as_mut(),
+                "Appointment",
+                id,
+                current.version + 1,
+                cancelled(appointment, EXPIRED),
+                WriteMethod::Update,
+            )
+            .await;
+        match written {
+            Ok(_) => {
+                tx.commit().await.map_err(super::store_error)?;
+                Ok(format!("the hold of Appointment/{id} expired: it is cancelled and its slots are free"))
+            }
+            Err(error) => {
+                tx.rollback().await;
+                Err(error)
+            }
+        }
+    }
+}
