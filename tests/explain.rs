@@ -28,6 +28,10 @@ const US_CORE_SEARCHES: &[(&str, &str)] = &[
     ("Observation", "patient.identifier=http://hearth.example/mrn|MRN-1&category=laboratory"),
     ("Patient", "_id=p1&_has:Observation:patient:category=laboratory"),
     ("Slot", "schedule=Schedule/s1&status=free&start=ge2026-01-01"),
+    // The windows of Appointment/$find: free Slots starting within a bounded range (which
+    // drives), of all Schedules or of some.
+    ("Slot", "status=free&start=2026-12-07&_sort=start&_count=10"),
+    ("Slot", "status=free&start=2026-12-07&schedule=Schedule/s1,Schedule/s2&_sort=start&_count=10"),
     ("Observation", "patient=p1&code=http://loinc.org|2339-0"),
     // Stored under code and component-code: one lookup over both parameters' rows.
     ("Observation", "combo-code=http://loinc.org|8480-6"),

@@ -1,8 +1,10 @@
 //! `Appointment/$find` (IHE ITI-115): proposes Appointments for free Slots, earliest first.
 //!
-//! The Slots come from one search (free, starting in the range, refined by the inputs; a
-//! practitioner or location is the Slot's Schedule's actor, a specialty or service type the
-//! Slot's own or its Schedule's), read from what the clinic publishes (see
+//! The Slots come from searches of free Slots by start, earliest first, over windows of the
+//! range that double in length (one day, two, four…: each search sorts only its window's
+//! Slots). A practitioner or location selects the Schedules whose actor it is (searched first,
+//! then the Slots by `schedule`); a specialty or service type is the Slot's own or its
+//! Schedule's. Everything is read from what the clinic publishes (see
 //! [`OperationContext::published`]): a patient app finds a practitioner's free time although
 //! the practitioner's Schedule is in no compartment of its. A Slot is proposed only when its
 //! Schedule is active and the Slot lies inside the Schedule's `planningHorizon`, and only
@@ -16,19 +18,19 @@ use time::OffsetDateTime;
 
 use super::inputs::parameter_path;
 use super::{Inputs, Level, Operation};
-use crate::model::resource::{format_instant, new_id, now};
+use crate::model::resource::{new_id, now};
 use crate::model::{ErrorKind, FhirError, Issue, IssueCode};
 use crate::portal::scheduling::span_of;
 use crate::rest::{Body, BundleWriter, FhirResponse, Lookup, OperationContext, PublishedView};
 use crate::search::date::parse_range;
 use crate::search::index::parse_local_reference;
-use crate::store::{Condition, ResourceVersion, SearchQuery};
+use crate::store::{Comparison, Condition, ResourceVersion, SearchQuery};
 
 /// The longest range one search may cover.
 const MAX_RANGE_DAYS: i64 = 366;
 
 /// How many pages of Slots one invocation looks at, at most, for proposals that pass the
-/// Schedules' checks (a bound on the work of one request).
+/// Schedules' checks (a bound on the work of one request; windows count one page at least).
 const MAX_PAGES: usize = 20;
 
 pub struct Find;
@@ -49,28 +51,45 @@ impl Operation for Find {
         let patient = patient(context, inputs).await?;
         let published = context.published();
         let actors = actors(&published, inputs).await?;
-        let mut query = slot_query(context, inputs, &actors, from, to, wanted)?;
         let mut schedules: HashMap<String, Option<Value>> = HashMap::new();
+        let schedule_ids = match actors.is_empty() {
+            true => None,
+            false => Some(schedules_of(&published, &actors, &mut schedules).await?),
+        };
+        if schedule_ids.as_ref().is_some_and(Vec::is_empty) {
+            return Ok(FhirResponse::new(200, Body::Raw(BundleWriter::new("searchset", Some(0), &[]).finish())));
+        }
         let mut proposals = Vec::new();
-        for _ in 0..MAX_PAGES {
-            let page = published.search(&query).await?;
-            learn_schedules(&published, &page.resources, &mut schedules).await?;
-            for slot in &page.resources {
-                if proposals.len() == wanted {
-                    break;
+        let mut pages = 0;
+        // Windows of growing length from the earliest start: a search sorts only its window's
+        // Slots, and the first day or two usually hold the earliest proposals.
+        let (mut window_start, mut length) = (from, time::Duration::days(1));
+        while proposals.len() < wanted && window_start < to && pages < MAX_PAGES {
+            let window_end = (window_start + length).min(to);
+            let window = Window { start: window_start, end: window_end };
+            let mut query = slot_query(context, inputs, schedule_ids.as_deref(), &window, wanted - proposals.len())?;
+            while pages < MAX_PAGES {
+                pages += 1;
+                let page = published.search(&query).await?;
+                learn_schedules(&published, &page.resources, &mut schedules).await?;
+                for slot in &page.resources {
+                    if proposals.len() == wanted {
+                        break;
+                    }
+                    let Ok(slot_value) = serde_json::from_slice::<Value>(&slot.body) else { continue };
+                    let schedule = schedule_id(&slot_value, context.base_url())
+                        .and_then(|id| schedules.get(&id).cloned().flatten());
+                    let Some(schedule) = schedule else { continue };
+                    if bookable_in(&schedule, &slot_value) {
+                        proposals.push(proposal(&slot.id, &slot_value, &schedule, patient.as_deref()));
+                    }
                 }
-                let Ok(slot_value) = serde_json::from_slice::<Value>(&slot.body) else { continue };
-                let schedule =
-                    schedule_id(&slot_value, context.base_url()).and_then(|id| schedules.get(&id).cloned().flatten());
-                let Some(schedule) = schedule else { continue };
-                if bookable_in(&schedule, &slot_value) {
-                    proposals.push(proposal(&slot.id, &slot_value, &schedule, patient.as_deref()));
+                match page.next {
+                    Some(next) if proposals.len() < wanted => query.cursor = Some(next),
+                    _ => break,
                 }
             }
-            match page.next {
-                Some(next) if proposals.len() < wanted => query.cursor = Some(next),
-                _ => break,
-            }
+            (window_start, length) = (window_end, length * 2);
         }
         let mut writer = BundleWriter::new("searchset", Some(proposals.len() as u64), &[]);
         for appointment in &proposals {
@@ -81,7 +100,7 @@ impl Operation for Find {
     }
 }
 
-/// The range of starts asked for: from `start` (or now, when later) to `end`; 400 when `end`
+/// The range of starts asked for, `[from, to)`: from `start` (or now, when later) to `end`; 400 when `end`
 /// is not after `start` or the range is longer than a year.
 fn range(inputs: &Inputs) -> Result<(OffsetDateTime, OffsetDateTime), FhirError> {
     let bound = |name: &str, high: bool| {
@@ -97,7 +116,14 @@ fn range(inputs: &Inputs) -> Result<(OffsetDateTime, OffsetDateTime), FhirError>
     if end - start > time::Duration::days(MAX_RANGE_DAYS) {
         return Err(bad("end", format!("the range from start to end may cover at most {MAX_RANGE_DAYS} days")));
     }
-    Ok((start.max(now()), end))
+    // Whole seconds, so that windows start on them: a Slot's start (indexed with its
+    // precision, a second) then falls inside one window, never across two.
+    let from = start.max(now());
+    let from = match from.nanosecond() {
+        0 => from,
+        _ => from.replace_nanosecond(0).map_err(|_| FhirError::internal())? + time::Duration::SECOND,
+    };
+    Ok((from, end))
 }
 
 fn bad(name: &str, message: String) -> FhirError {
@@ -168,30 +194,43 @@ async fn actors(published: &PublishedView<'_>, inputs: &Inputs) -> Result<Vec<Ve
     Ok(groups)
 }
 
-/// The search for free Slots starting in `[from, to]`, earliest first, with the inputs'
-/// refinements.
+/// Part of the range of starts searched: `[start, end)`.
+struct Window {
+    start: OffsetDateTime,
+    end: OffsetDateTime,
+}
+
+/// The search for free Slots starting in a window, earliest first, of `schedules` when the
+/// inputs named actors, with the inputs' other refinements.
 fn slot_query(
     context: &OperationContext<'_>,
     inputs: &Inputs,
-    actors: &[Vec<String>],
-    from: OffsetDateTime,
-    to: OffsetDateTime,
+    schedules: Option<&[String]>,
+    window: &Window,
     count: usize,
 ) -> Result<SearchQuery, FhirError> {
     let mut parameters = vec![
         ("status".to_string(), "free".to_string()),
-        ("start".to_string(), format!("gt{}", format_instant(from))),
-        ("start".to_string(), format!("le{}", format_instant(to))),
         ("_sort".to_string(), "start".to_string()),
         ("_count".to_string(), count.to_string()),
     ];
-    for group in actors {
-        parameters.push(("schedule.actor".to_string(), group.join(",")));
+    if let Some(schedules) = schedules {
+        let references: Vec<String> = schedules.iter().map(|id| format!("Schedule/{id}")).collect();
+        parameters.push(("schedule".to_string(), references.join(",")));
     }
     if let Some(types) = joined(inputs, &["appointment-type"]) {
         parameters.push(("appointment-type".to_string(), types));
     }
     let mut query = context.search_query("Slot", &parameters)?;
+    // The window as one bounded range on the start's index row (`eq`: within it), which
+    // drives the search: each window sorts only its own Slots.
+    let micros = |at: OffsetDateTime| (at.unix_timestamp_nanos() / 1000) as i64;
+    query.all_of.push(vec![Condition::Date {
+        param: "start".to_string(),
+        comparison: Comparison::Eq,
+        low: micros(window.start),
+        high: micros(window.end),
+    }]);
     // A specialty or service type is the Slot's own, or else its Schedule's.
     for (param, names) in [("specialty", &["specialty"][..]), ("service-type", &["visit-type", "service-type"][..])] {
         if let Some(codes) = joined(inputs, names) {
@@ -201,6 +240,31 @@ fn slot_query(
         }
     }
     Ok(query)
+}
+
+/// The ids of the published Schedules with the actors asked for (any of each kind, every
+/// kind), learnt into `schedules` as they are read.
+async fn schedules_of(
+    published: &PublishedView<'_>,
+    actors: &[Vec<String>],
+    schedules: &mut HashMap<String, Option<Value>>,
+) -> Result<Vec<String>, FhirError> {
+    let mut parameters: Vec<(String, String)> =
+        actors.iter().map(|group| ("actor".to_string(), group.join(","))).collect();
+    parameters.push(("_count".to_string(), "1000".to_string()));
+    let mut query = published.search_query("Schedule", &parameters)?;
+    let mut ids = Vec::new();
+    loop {
+        let page = published.search(&query).await?;
+        for version in page.resources {
+            schedules.insert(version.id.clone(), serde_json::from_slice(&version.body).ok());
+            ids.push(version.id);
+        }
+        match page.next {
+            Some(next) => query.cursor = Some(next),
+            None => return Ok(ids),
+        }
+    }
 }
 
 /// The values of the inputs `names`, joined with commas (a search's "any of").

@@ -362,6 +362,9 @@ fn selectivity(condition: &Condition) -> u8 {
         Condition::String { matching: StringMatch::Exact, .. } => 60,
         Condition::Chain { .. } | Condition::Has { .. } => 50,
         Condition::String { .. } | Condition::Uri { .. } | Condition::Composite { .. } => 40,
+        // A date range bounded on both sides (`eq`: within a day, or a window an operation
+        // asks for) is one index range over `low`; an open one (`ge`, `lt`…) is not narrow.
+        Condition::Date { comparison: Comparison::Eq, .. } => 45,
         Condition::Token { .. } | Condition::TokenHierarchy { .. } => 30,
         Condition::Date { .. } | Condition::Number { .. } | Condition::Quantity { .. } => 20,
         Condition::AnyOf(inner) => inner.iter().map(selectivity).min().unwrap_or(0),
@@ -806,8 +809,11 @@ fn push_interval_comparison(
     low: i64,
     high: i64,
 ) {
+    // `low < high` bounds the index range on `low` from above too (a stored interval is never
+    // empty, so it is implied by `high <= high`), where `low >= …` alone would walk to the end.
     let contained = |sql: &mut Sql| {
         sql.push(&format!("({low_column} >= ")).bind(Arg::Int(low));
+        sql.push(&format!(" AND {low_column} < ")).bind(Arg::Int(high));
         sql.push(&format!(" AND {high_column} <= ")).bind(Arg::Int(high)).push(")");
     };
     match comparison {
@@ -985,6 +991,24 @@ mod tests {
         let sql = page(&query, Dialect::Sqlite);
         assert_eq!(sql.text.matches("FROM search_token").count(), 2, "{}", sql.text);
         assert!(!sql.text.contains("UNION"), "{}", sql.text);
+    }
+
+    #[test]
+    fn a_bounded_date_range_drives_before_a_bare_code() {
+        let mut query = SearchQuery::new("Slot", 10);
+        query.all_of.push(vec![Condition::Token {
+            param: "status".into(),
+            system: TokenSystem::Any,
+            code: Some("free".into()),
+        }]);
+        query.all_of.push(vec![Condition::Date { param: "start".into(), comparison: Comparison::Eq, low: 0, high: 1 }]);
+        let sql = page(&query, Dialect::Sqlite);
+        assert!(
+            sql.text.contains("r.id IN (SELECT i0.resource_id FROM search_date i0"),
+            "the date drives: {}",
+            sql.text
+        );
+        assert!(sql.text.contains("EXISTS (SELECT 1 FROM search_token i0"), "the status is probed: {}", sql.text);
     }
 
     #[test]
