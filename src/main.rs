@@ -92,7 +92,8 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", hearth::admin::key(store.as_ref(), command).await?);
         }
         Command::Synth { patients, seed, out } => {
-            let summary = hearth::synth::write_bundles(&out, patients, seed)?;
+            let today = time::OffsetDateTime::now_utc().date();
+            let summary = hearth::synth::write_bundles(&out, patients, seed, today)?;
             println!("wrote {} bundles with {} resources to {}", summary.bundles, summary.resources, out.display());
         }
     }

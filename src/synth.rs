@@ -18,6 +18,9 @@
 //! whatever is observed during an encounter lies within the encounter period,
 //! and the simulation's "now" is 2026-11-01 (booked appointments lie after it,
 //! fulfilled ones before).
+//!
+//! [`availability_bundle`] makes the clinic bookable from the day it is written on: the
+//! practitioners' weekly hours turned into free Slots by `$generate-slots`.
 
 use std::collections::BTreeSet;
 use std::io;
@@ -35,6 +38,17 @@ pub const PRACTITIONER_POOL: usize = 20;
 pub const CLINIC_ID: &str = "org-hearth-clinic";
 /// Identifier system of patient medical record numbers (`MRN-<seed>-<index>`).
 pub const MRN_SYSTEM: &str = "http://hearth.example/mrn";
+
+/// The time zone of the clinic (Springfield, Illinois), on its Schedules.
+const CLINIC_TIME_ZONE: &str = "America/Chicago";
+const TIMEZONE_EXTENSION: &str = "http://hl7.org/fhir/StructureDefinition/timezone";
+
+/// The file of [`availability_bundle`], named to sort after the patients' bundles (an import
+/// takes files in path order) so that generated Slots keep clear of theirs.
+pub const AVAILABILITY_FILE: &str = "schedule-availability.json";
+
+/// How many days of free Slots [`availability_bundle`] asks for.
+pub const AVAILABILITY_DAYS: i64 = 28;
 
 /// What [`write_bundles`] wrote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -295,17 +309,48 @@ pub fn patient_bundle(seed: u64, index: usize) -> Value {
 /// Writes `patients` bundles as `DIR/patient-00000.json` … and returns how many resources were written in all.
 ///
 /// The directory is created if needed; files hold compact JSON.
-pub fn write_bundles(dir: &Path, patients: usize, seed: u64) -> io::Result<SynthSummary> {
+pub fn write_bundles(dir: &Path, patients: usize, seed: u64, today: time::Date) -> io::Result<SynthSummary> {
     std::fs::create_dir_all(dir)?;
     let mut resources = 0;
-    for index in 0..patients {
-        let bundle = patient_bundle(seed, index);
+    let mut write = |name: &str, bundle: &Value| {
         resources += bundle["entry"].as_array().map_or(0, Vec::len);
-        let bytes = serde_json::to_vec(&bundle).map_err(io::Error::other)?;
-        std::fs::write(dir.join(format!("patient-{index:05}.json")), bytes)?;
+        let bytes = serde_json::to_vec(bundle).map_err(io::Error::other)?;
+        std::fs::write(dir.join(name), bytes)
+    };
+    for index in 0..patients {
+        write(&format!("patient-{index:05}.json"), &patient_bundle(seed, index))?;
     }
-    let bundles = patients;
-    Ok(SynthSummary { bundles, resources })
+    write(AVAILABILITY_FILE, &availability_bundle(today))?;
+    Ok(SynthSummary { bundles: patients + 1, resources })
+}
+
+/// A batch that makes the clinic bookable from `today` on: every practitioner and Schedule of
+/// the pool (the same idempotent PUTs as the patients' bundles), then `$generate-slots` of
+/// each Schedule for [`AVAILABILITY_DAYS`] days of weekday office hours (08:00–12:00 and
+/// 13:00–17:00 in the clinic's time zone, 30-minute routine Slots). Unlike the patients'
+/// bundles it depends on the date it is made for; the server runs a batch's entries in order.
+pub fn availability_bundle(today: time::Date) -> Value {
+    let date = |d: time::Date| format!("{:04}-{:02}-{:02}", d.year(), d.month() as u8, d.day());
+    let last = today + time::Duration::days(AVAILABILITY_DAYS - 1);
+    let mut entries = Vec::new();
+    for n in 0..PRACTITIONER_POOL {
+        for shared in [Shared::Practitioner(n), Shared::Schedule(n)] {
+            entries.push(json!({"fullUrl": shared.url(), "resource": shared.resource(),
+                "request": {"method": "PUT", "url": shared.url()}}));
+        }
+    }
+    for n in 0..PRACTITIONER_POOL {
+        let parameters = json!({"resourceType": "Parameters", "parameter": [
+            {"name": "start", "valueDate": date(today)}, {"name": "end", "valueDate": date(last)},
+            {"name": "availability", "valueString": "mon-fri 08:00-12:00"},
+            {"name": "availability", "valueString": "mon-fri 13:00-17:00"},
+            {"name": "slot-minutes", "valuePositiveInt": 30},
+            {"name": "service-type", "valueString": "http://terminology.hl7.org/CodeSystem/service-type|124"},
+            {"name": "appointment-type", "valueString": "ROUTINE"}]});
+        let url = format!("{}/$generate-slots", Shared::Schedule(n).url());
+        entries.push(json!({"resource": parameters, "request": {"method": "POST", "url": url}}));
+    }
+    json!({"resourceType": "Bundle", "type": "batch", "entry": entries})
 }
 
 /// A resource shared between bundles, sent as an idempotent PUT with a fixed id.
@@ -354,7 +399,8 @@ impl Shared {
                     "serviceCategory": [cc(&tho("service-category"), "17", "General Practice")],
                     "specialty": [cc(SNOMED, "394814009", "General practice")],
                     "actor": [{"reference": Shared::Practitioner(n).url(), "display": format!("Dr. {given} {family}")}],
-                    "planningHorizon": {"start": "2019-01-01T00:00:00Z", "end": "2026-12-31T23:59:00Z"},
+                    "extension": [{"url": TIMEZONE_EXTENSION, "valueCode": CLINIC_TIME_ZONE}],
+                    "planningHorizon": {"start": "2019-01-01T00:00:00Z"},
                     "comment": "Weekday office hours, 30-minute slots"})
             }
         }
@@ -1088,7 +1134,8 @@ mod tests {
     #[test]
     fn write_bundles_writes_files_and_counts() {
         let dir = std::env::temp_dir().join(format!("hearth-synth-{}", std::process::id()));
-        let summary = write_bundles(&dir, 4, 99).unwrap();
+        let today = time::macros::date!(2027 - 01 - 04);
+        let summary = write_bundles(&dir, 4, 99, today).unwrap();
         let mut resources = 0;
         for index in 0..4 {
             let text = std::fs::read(dir.join(format!("patient-{index:05}.json"))).unwrap();
@@ -1096,8 +1143,11 @@ mod tests {
             assert_eq!(bundle, patient_bundle(99, index));
             resources += entries(&bundle).len();
         }
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 4);
-        assert_eq!(summary, SynthSummary { bundles: 4, resources });
+        let availability: Value = serde_json::from_slice(&std::fs::read(dir.join(AVAILABILITY_FILE)).unwrap()).unwrap();
+        assert_eq!(availability, availability_bundle(today));
+        resources += entries(&availability).len();
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 5);
+        assert_eq!(summary, SynthSummary { bundles: 5, resources });
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -17,7 +17,7 @@ async fn synth_bundles_import_cleanly() {
 
     let synth = run_hearth(&["synth", "--patients", "3", "--seed", "7", "--out", out.to_str().unwrap()]);
     assert!(synth.status.success(), "{}", String::from_utf8_lossy(&synth.stderr));
-    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 3);
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 3 + 1, "the patients and the clinic's availability");
     let again = dir.path().join("again");
     run_hearth(&["synth", "--patients", "3", "--seed", "7", "--out", again.to_str().unwrap()]);
     assert_eq!(
@@ -34,13 +34,14 @@ async fn synth_bundles_import_cleanly() {
     let import = run_hearth(&["import", "--database", &database, out.to_str().unwrap(), ndjson.to_str().unwrap()]);
     let summary = String::from_utf8_lossy(&import.stdout);
     assert!(import.status.success(), "{summary}\n{}", String::from_utf8_lossy(&import.stderr));
-    assert!(summary.contains("from 4 files") && summary.contains("0 entries failed"), "{summary}");
+    assert!(summary.contains("from 5 files") && summary.contains("0 entries failed"), "{summary}");
 
     let server = Hearth::open(&database, Settings::new("http://localhost:8080")).await.unwrap();
     let store = server.service().store().clone();
     assert_eq!(count(store.as_ref(), "Patient").await, 5);
     assert!(count(store.as_ref(), "Observation").await > 10);
     assert!(count(store.as_ref(), "Appointment").await >= 3);
+    assert!(count(store.as_ref(), "Slot").await > 20 * 28, "a month of office hours");
     assert!(store.read("Patient", "nd-1").await.unwrap().is_some());
 
     // While a server has the SQLite database open, another process may not write to it.
@@ -101,7 +102,7 @@ async fn an_import_of_several_files_at_a_time_stores_what_one_at_a_time_does() {
     };
     let (one_at_a_time, sequential) = import("one.db", "1");
     let (four_at_a_time, parallel) = import("four.db", "4");
-    assert!(parallel.contains("from 10 files") && parallel.contains("4 entries failed"), "{parallel}");
+    assert!(parallel.contains("from 11 files") && parallel.contains("4 entries failed"), "{parallel}");
     let errors =
         |summary: &str| summary.lines().skip(1).filter(|line| !line.is_empty()).map(str::to_string).collect::<Vec<_>>();
     assert_eq!(errors(&parallel), errors(&sequential));

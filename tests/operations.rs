@@ -140,7 +140,7 @@ async fn definitions_are_served_and_listed(db: Db) {
     let statement = body(server.get("metadata").await).await;
     let system: Vec<&str> =
         statement["rest"][0]["operation"].as_array().unwrap().iter().map(|o| o["name"].as_str().unwrap()).collect();
-    assert_eq!(system, ["reindex"]);
+    assert_eq!(system, ["reindex", "bulk-publish"]);
     let resources = statement["rest"][0]["resource"].as_array().unwrap();
     let operations_of = |t: &str| -> BTreeSet<String> {
         let resource = resources.iter().find(|r| r["type"] == t).unwrap();
@@ -149,6 +149,13 @@ async fn definitions_are_served_and_listed(db: Db) {
     assert_eq!(operations_of("Patient"), ["everything", "reindex", "summary", "validate"].map(String::from).into());
     assert_eq!(operations_of("Composition"), ["document", "reindex", "validate"].map(String::from).into());
     assert_eq!(operations_of("Observation"), ["reindex", "validate"].map(String::from).into());
+    assert_eq!(
+        operations_of("Appointment"),
+        ["book", "cancel", "find", "hold", "reindex", "validate"].map(String::from).into()
+    );
+    assert_eq!(operations_of("Schedule"), ["generate-slots", "reindex", "validate"].map(String::from).into());
+    let find = body(server.get("OperationDefinition/appointment-find").await).await;
+    assert_eq!(find["url"], format!("{}/OperationDefinition/appointment-find", server.base));
     let everything = resources.iter().find(|r| r["type"] == "Patient").unwrap()["operation"]
         .as_array()
         .unwrap()

@@ -420,6 +420,9 @@ async fn patients_book_only_for_themselves(db: Db) {
     assert_eq!(response.status(), 200, "a patient finds a practitioner's free time");
     let proposals = matches(&body(response).await);
     assert_eq!(proposals.len(), 3);
+    let unnamed = format!("Appointment/$find?start={}&end={}", at(0, 0, 0), at(5, 0, 0));
+    let unnamed = matches(&body(smart.get(&unnamed, &ana_token).await).await);
+    assert_eq!(unnamed[0]["participant"], proposals[0]["participant"], "for her own patient when she names none");
     assert_eq!(smart.get(&find(&luis), &ana_token).await.status(), 422, "another patient is not known to her");
 
     let book = |proposal: &Value| parameters("appointment-resource", proposal);
@@ -652,6 +655,36 @@ async fn clinics_generate_slots_and_publish_them(db: Db) {
     assert_eq!(anonymous.post(server.url("$bulk-publish")).send().await.unwrap().status(), 401);
 }
 
+/// What `hearth synth` writes, loaded in path order, leaves a clinic a patient can book into.
+async fn a_synthetic_clinic_can_be_booked_into(db: Db) {
+    let server = TestServer::start(db).await;
+    let dir = tempfile::tempdir().unwrap();
+    let today = OffsetDateTime::now_utc().date();
+    hearth::synth::write_bundles(dir.path(), 2, 7, today).unwrap();
+    let mut files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|f| f.unwrap().path()).collect();
+    files.sort();
+    assert!(files.last().unwrap().ends_with(hearth::synth::AVAILABILITY_FILE));
+    for file in &files {
+        let bundle: Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+        let response = body(server.post("", &bundle).await).await;
+        for entry in response["entry"].as_array().unwrap() {
+            let status = entry["response"]["status"].as_str().unwrap();
+            assert!(status.starts_with('2'), "{}: {status} {}", file.display(), entry["response"]);
+        }
+    }
+    let patient = server.search_ids("Patient").await.remove(0);
+    let find = format!(
+        "Appointment/$find?start={}&end={}&practitioner=Practitioner/prac-3&patient=Patient/{patient}&_count=5",
+        at(0, 0, 0),
+        at(hearth::synth::AVAILABILITY_DAYS, 0, 0)
+    );
+    let proposals = matches(&body(server.get(&find).await).await);
+    assert_eq!(proposals.len(), 5, "office hours of the coming weeks");
+    assert_eq!(proposals[0]["appointmentType"]["coding"][0]["code"], "ROUTINE");
+    let response = server.post("Appointment/$book", &parameters("appointment-resource", &proposals[0])).await;
+    assert_eq!(response.status(), 200);
+}
+
 on_both_databases!(
     find_hold_book_reschedule_and_cancel,
     no_slot_is_booked_twice_on_any_write_path,
@@ -661,4 +694,5 @@ on_both_databases!(
     patients_cannot_cancel_within_the_cutoff,
     concurrent_bookings_never_double_book,
     clinics_generate_slots_and_publish_them,
+    a_synthetic_clinic_can_be_booked_into,
 );

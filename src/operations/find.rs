@@ -136,7 +136,9 @@ fn bad(name: &str, message: String) -> FhirError {
 /// The patient the proposals are for, read as the caller (a patient's token reaches only its
 /// own patients: another one is unknown).
 async fn patient(context: &mut OperationContext<'_>, inputs: &Inputs) -> Result<Option<String>, FhirError> {
-    let Some((name, reference)) = one_of(inputs, &["patient-reference", "patient"]) else { return Ok(None) };
+    let Some((name, reference)) = one_of(inputs, &["patient-reference", "patient"]) else {
+        return Ok(launched_patient(context.access()).map(|id| format!("Patient/{id}")));
+    };
     let id = match parse_local_reference(reference, context.base_url()) {
         Some(("Patient", id)) => id.to_string(),
         _ => return Err(bad(name, format!("'{reference}' is not a reference to a Patient here"))),
@@ -147,6 +149,18 @@ async fn patient(context: &mut OperationContext<'_>, inputs: &Inputs) -> Result<
             ErrorKind::Unprocessable,
             vec![Issue::error(IssueCode::NotFound, format!("Patient/{id} is not known")).at(parameter_path(name))],
         )),
+    }
+}
+
+/// The patient of a patient-launched token (the one patient its `patient/` scopes reach), for
+/// whom a patient app finds appointments when it names nobody.
+fn launched_patient(access: &crate::auth::Access) -> Option<&str> {
+    match access {
+        crate::auth::Access::Token(grant) => match grant.patients.as_slice() {
+            [only] => Some(only),
+            _ => None,
+        },
+        crate::auth::Access::Open => None,
     }
 }
 
