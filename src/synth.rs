@@ -32,6 +32,8 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
 use uuid::Builder;
 
+use crate::portal::availability::TIMEZONE_EXTENSION;
+
 /// Number of shared practitioners (`Practitioner/prac-0` … `prac-19`).
 pub const PRACTITIONER_POOL: usize = 20;
 /// Fixed id of the clinic Organization every bundle references.
@@ -41,10 +43,9 @@ pub const MRN_SYSTEM: &str = "http://hearth.example/mrn";
 
 /// The time zone of the clinic (Springfield, Illinois), on its Schedules.
 const CLINIC_TIME_ZONE: &str = "America/Chicago";
-const TIMEZONE_EXTENSION: &str = "http://hl7.org/fhir/StructureDefinition/timezone";
 
 /// The file of [`availability_bundle`], named to sort after the patients' bundles (an import
-/// takes files in path order) so that generated Slots keep clear of theirs.
+/// with `--jobs 1` takes files in path order) so that generated Slots keep clear of theirs.
 pub const AVAILABILITY_FILE: &str = "schedule-availability.json";
 
 /// How many days of free Slots [`availability_bundle`] asks for.

@@ -223,6 +223,11 @@ async fn no_slot_is_booked_twice_on_any_write_path(db: Db) {
     assert_eq!(response.status(), 409);
     assert!(outcome(response).await.contains("follows the appointment"));
     assert_eq!(server.delete(&format!("Slot/{a}")).await.status(), 409);
+    let mut moved = read(&server, &format!("Slot/{a}")).await;
+    (moved["start"], moved["end"]) = (json!(at(3, 18, 0)), json!(at(3, 18, 30)));
+    let response = server.put(&format!("Slot/{a}"), &moved).await;
+    assert_eq!(response.status(), 409, "a booked slot does not move under its appointment");
+    assert!(outcome(response).await.contains("would no longer be its Slots'"));
     let mut slot_d = read(&server, &format!("Slot/{d}")).await;
     slot_d["status"] = json!("busy");
     assert_eq!(server.put(&format!("Slot/{d}"), &slot_d).await.status(), 422);
@@ -371,6 +376,18 @@ async fn an_expired_hold_frees_its_slot(db: Db) {
             assert!(appointment["cancelationReason"]["text"].as_str().unwrap().contains("hold expired"));
             break;
         }
+        assert!(std::time::Instant::now() < deadline, "the hold expires");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(slot_status(&read(&server, &format!("Slot/{free}")).await), "free");
+    // A hold made by a plain create of a pending Appointment expires alike.
+    let mut pending = proposal.clone();
+    pending["status"] = json!("pending");
+    pending["participant"][0]["status"] = json!("accepted");
+    let id = body(server.post("Appointment", &pending).await).await["id"].as_str().unwrap().to_string();
+    assert_eq!(slot_status(&read(&server, &format!("Slot/{free}")).await), "busy-tentative");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while read(&server, &format!("Appointment/{id}")).await["status"] != "cancelled" {
         assert!(std::time::Instant::now() < deadline, "the hold expires");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -614,6 +631,23 @@ async fn clinics_generate_slots_and_publish_them(db: Db) {
     let response = smart.send(Method::POST, &path, &ana_token, &generate("2027-04-30")).await;
     assert_eq!(response.status(), 404, "a practitioner's schedule is not in a patient's reach");
 
+    let own_schedule = smart
+        .create(&admin, &json!({"resourceType": "Schedule", "actor": [{"reference": format!("Patient/{ana}")}]}))
+        .await;
+    smart
+        .create(
+            &admin,
+            &json!({"resourceType": "Slot", "schedule": {"reference": format!("Schedule/{own_schedule}")},
+            "status": "busy-unavailable", "start": "2027-03-08T09:00:00Z", "end": "2027-03-08T10:00:00Z"}),
+        )
+        .await;
+    let mut noted = body(smart.get(&format!("Slot?schedule=Schedule/{schedule}&_count=1"), &admin).await).await
+        ["entry"][0]["resource"]
+        .clone();
+    noted["comment"] = json!("Dr. Osei prefers new patients");
+    let path = format!("Slot/{}", noted["id"].as_str().unwrap());
+    assert_eq!(smart.send(Method::PUT, &path, &admin, &noted).await.status(), 200);
+
     // Published without a token: the manifest, its files, and a cheap 304.
     let anonymous = reqwest::Client::new();
     let manifest = anonymous.get(server.url("$bulk-publish")).send().await.unwrap();
@@ -627,8 +661,12 @@ async fn clinics_generate_slots_and_publish_them(db: Db) {
     let file = anonymous.get(&slot_url).send().await.unwrap();
     assert_eq!(file.headers()["content-type"], "application/fhir+ndjson");
     let text = file.text().await.unwrap();
-    assert_eq!(text.lines().count(), 55);
+    assert_eq!(text.lines().count(), 55, "the clinic's slots, not a patient's own schedule's");
     assert!(text.lines().all(|line| serde_json::from_str::<Value>(line).unwrap()["resourceType"] == "Slot"));
+    assert!(!text.contains("comment") && !text.contains("prefers"), "only the scheduling elements");
+    let schedules = anonymous.get(manifest["output"][1]["url"].as_str().unwrap()).send().await.unwrap();
+    let schedules = schedules.text().await.unwrap();
+    assert!(schedules.contains("America/New_York") && !schedules.contains(&own_schedule), "{schedules}");
     let unchanged = anonymous.get(server.url("$bulk-publish")).header("if-none-match", &etag).send().await.unwrap();
     assert_eq!(unchanged.status(), 304);
     let since = manifest["transactionTime"].as_str().unwrap().to_string();

@@ -215,13 +215,16 @@ impl Access {
     /// Whether the caller acts for particular patients only when it does `permission` on
     /// `resource_type`: a patient or a proxy (`patient/` scopes, or `user/` scopes of a
     /// patient's user), not staff or a system. Some workflow rules hold only for them.
+    /// (False when no scope grants it at all.)
     pub fn is_patient_bound(&self, permission: Permission, resource_type: &str) -> bool {
         let Access::Token(grant) = self else { return false };
-        grant.scopes.iter().filter(|s| s.grants(permission, resource_type)).all(|scope| match scope.context {
-            ScopeContext::Patient => true,
-            ScopeContext::User => grant.user_patients.is_some(),
-            ScopeContext::System => false,
-        })
+        let mut granting = grant.scopes.iter().filter(|s| s.grants(permission, resource_type)).peekable();
+        granting.peek().is_some()
+            && granting.all(|scope| match scope.context {
+                ScopeContext::Patient => true,
+                ScopeContext::User => grant.user_patients.is_some(),
+                ScopeContext::System => false,
+            })
     }
 
     /// Whether every Patient reference of a resource about to be written, through the

@@ -11,7 +11,7 @@ use super::inputs::parameter_path;
 use super::Inputs;
 use crate::model::resource::now;
 use crate::model::{ErrorKind, FhirError, Issue, IssueCode};
-use crate::portal::scheduling::{slot_ids, span_of, status_of, times_disagree};
+use crate::portal::scheduling::{refers_to, slot_ids, span_of, status_of, times_disagree};
 use crate::rest::{Body, BundleWriter, FhirResponse, OperationContext, OperationTx};
 use crate::search::index::parse_local_reference;
 use crate::store::ResourceVersion;
@@ -25,8 +25,8 @@ pub struct Given {
 
 /// Reads `appointment-resource` or `appointment-reference` (exactly one), the stored one
 /// through the caller's transaction (404 when the caller does not reach it). Its status must
-/// be one of `accepted`.
-pub async fn given(tx: &mut OperationTx<'_>, inputs: &Inputs, accepted: &[&str]) -> Result<Given, FhirError> {
+/// be one of `statuses`.
+pub async fn given(tx: &mut OperationTx<'_>, inputs: &Inputs, statuses: &[&str]) -> Result<Given, FhirError> {
     let resource = inputs.resource("appointment-resource");
     let reference = inputs.text("appointment-reference");
     let given = match (resource, reference) {
@@ -50,9 +50,9 @@ pub async fn given(tx: &mut OperationTx<'_>, inputs: &Inputs, accepted: &[&str])
         }
     };
     let status = status_of(&given.appointment);
-    if !(status.is_empty() || accepted.contains(&status)) {
+    if !(status.is_empty() || statuses.contains(&status)) {
         return Err(unprocessable(
-            format!("the Appointment is {status}; this operation takes one that is {}", accepted.join(" or ")),
+            format!("the Appointment is {status}; this operation takes one that is {}", statuses.join(" or ")),
             "Appointment.status",
         ));
     }
@@ -124,7 +124,7 @@ fn names_patient(appointment: &Value) -> bool {
     participants
         .iter()
         .filter_map(|p| p.pointer("/actor/reference").and_then(Value::as_str))
-        .any(|reference| reference.starts_with("Patient/") || reference.contains("/Patient/"))
+        .any(|reference| refers_to(reference, &["Patient"]))
 }
 
 /// A 422 with one business-rule issue at `expression`.

@@ -26,6 +26,9 @@ use crate::search::date::parse_range;
 use crate::search::index::parse_local_reference;
 use crate::store::{Comparison, Condition, ResourceVersion, SearchQuery};
 
+/// The fewest Slots one page reads: some may be left out by their Schedule's checks.
+const MIN_PAGE: usize = 50;
+
 /// The longest range one search may cover.
 const MAX_RANGE_DAYS: i64 = 366;
 
@@ -67,7 +70,8 @@ impl Operation for Find {
         while proposals.len() < wanted && window_start < to && pages < MAX_PAGES {
             let window_end = (window_start + length).min(to);
             let window = Window { start: window_start, end: window_end };
-            let mut query = slot_query(context, inputs, schedule_ids.as_deref(), &window, wanted - proposals.len())?;
+            let page_size = (wanted - proposals.len()).max(MIN_PAGE);
+            let mut query = slot_query(context, inputs, schedule_ids.as_deref(), &window, page_size)?;
             while pages < MAX_PAGES {
                 pages += 1;
                 let page = published.search(&query).await?;
@@ -238,7 +242,6 @@ fn slot_query(
     let mut query = context.search_query("Slot", &parameters)?;
     // The window as one bounded range on the start's index row (`eq`: within it), which
     // drives the search: each window sorts only its own Slots.
-    let micros = |at: OffsetDateTime| (at.unix_timestamp_nanos() / 1000) as i64;
     query.all_of.push(vec![Condition::Date {
         param: "start".to_string(),
         comparison: Comparison::Eq,
@@ -279,6 +282,11 @@ async fn schedules_of(
             None => return Ok(ids),
         }
     }
+}
+
+/// Microseconds since the epoch, as the date index holds instants.
+fn micros(at: OffsetDateTime) -> i64 {
+    (at.unix_timestamp_nanos() / 1000) as i64
 }
 
 /// The values of the inputs `names`, joined with commas (a search's "any of").
@@ -337,7 +345,6 @@ fn bookable_in(schedule: &Value, slot: &Value) -> bool {
                 .and_then(parse_range)
                 .map(|r| if name == "start" { r.low } else { r.high })
         };
-    let micros = |at: OffsetDateTime| (at.unix_timestamp_nanos() / 1000) as i64;
     horizon("start").is_none_or(|low| micros(span.start) >= low)
         && horizon("end").is_none_or(|high| micros(span.end) <= high)
 }

@@ -15,12 +15,9 @@ use super::inputs::parameter_path;
 use super::{Inputs, Level, Operation};
 use crate::model::outcome::operation_outcome;
 use crate::model::{ErrorKind, FhirError, Issue, IssueCode};
-use crate::portal::availability::{slot_times, SlotTime, Window};
+use crate::portal::availability::{slot_times, SlotTime, Window, TIMEZONE_EXTENSION};
 use crate::rest::{Body, FhirResponse, OperationContext, OperationTx};
 use crate::store::ResourceVersion;
-
-/// The R4 core extension that gives a resource's IANA time zone.
-pub const TIMEZONE_EXTENSION: &str = "http://hl7.org/fhir/StructureDefinition/timezone";
 
 /// The longest range of dates one invocation covers.
 const MAX_DAYS: i32 = 366;

@@ -18,7 +18,7 @@ mod documents;
 pub mod everything;
 mod find;
 mod generate_slots;
-pub mod hold;
+mod hold;
 pub mod inputs;
 pub(crate) mod reindex;
 mod summary;

@@ -1,12 +1,16 @@
 //! Weekly availability turned into Slot times ($generate-slots): opening hours and breaks in
 //! local wall-clock time, expanded day by day in the schedule's IANA time zone, so that a
-//! clinic open 09:00–17:00 stays open 09:00–17:00 across daylight-saving changes. A local time
-//! that does not exist on a day (the hour skipped in spring) starts no Slot; a local time that
-//! occurs twice (the hour repeated in autumn) starts one, at its first occurrence.
+//! clinic open 09:00–17:00 stays open 09:00–17:00 across daylight-saving changes. Every Slot
+//! lasts its length in real time: one that would span a change (in the hour skipped in spring
+//! or repeated in autumn) is left out.
 
 use jiff::civil::{Date, DateTime, Time};
 use jiff::tz::TimeZone;
 use jiff::Timestamp;
+
+/// The R4 core extension that gives a resource's IANA time zone (on a Schedule: the zone its
+/// weekly hours are in).
+pub const TIMEZONE_EXTENSION: &str = "http://hl7.org/fhir/StructureDefinition/timezone";
 
 /// Days of the week as written in availability (`mon` … `sun`), Monday first.
 const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
@@ -123,15 +127,21 @@ pub fn slot_times(
             if start < last_end {
                 continue;
             }
-            if let (Some(begin), Some(end)) = (local(day, start, zone)?, local(day, start + length, zone)?) {
-                last_end = start + length;
-                times.push(SlotTime {
-                    start: begin.timestamp(),
-                    end: end.timestamp(),
-                    start_text: begin.strftime("%Y-%m-%dT%H:%M:%S%:z").to_string(),
-                    end_text: end.strftime("%Y-%m-%dT%H:%M:%S%:z").to_string(),
-                });
+            let Some(begin) = local(day, start, zone)? else { continue };
+            // The end a Slot's length after its start, in real time; a Slot across a
+            // daylight-saving change (its end not the local time planned) is left out.
+            let end =
+                begin.checked_add(jiff::SignedDuration::from_mins(i64::from(length))).map_err(|e| e.to_string())?;
+            if end.datetime() != planned(day, start + length)? {
+                continue;
             }
+            last_end = start + length;
+            times.push(SlotTime {
+                start: begin.timestamp(),
+                end: end.timestamp(),
+                start_text: begin.strftime("%Y-%m-%dT%H:%M:%S%:z").to_string(),
+                end_text: end.strftime("%Y-%m-%dT%H:%M:%S%:z").to_string(),
+            });
         }
         day = match day.tomorrow() {
             Ok(next) => next,
@@ -141,13 +151,20 @@ pub fn slot_times(
     Ok(times)
 }
 
-/// The local time `minutes` after midnight of `day` in `zone`; `None` when it does not exist
-/// there (skipped by a daylight-saving change).
-fn local(day: Date, minutes: i32, zone: &TimeZone) -> Result<Option<jiff::Zoned>, String> {
-    let (day, minutes) =
-        if minutes == 24 * 60 { (day.tomorrow().map_err(|e| e.to_string())?, 0) } else { (day, minutes) };
+/// The local date-time `minutes` after midnight of `day` (`24:00` is the next midnight).
+fn planned(day: Date, minutes: i32) -> Result<DateTime, String> {
+    let (day, minutes) = match minutes {
+        1440 => (day.tomorrow().map_err(|e| e.to_string())?, 0),
+        _ => (day, minutes),
+    };
     let time = Time::new((minutes / 60) as i8, (minutes % 60) as i8, 0, 0).map_err(|e| e.to_string())?;
-    let wanted = DateTime::from_parts(day, time);
+    Ok(DateTime::from_parts(day, time))
+}
+
+/// The local time `minutes` after midnight of `day` in `zone` (its first occurrence when it
+/// occurs twice); `None` when it does not exist there (skipped by a daylight-saving change).
+fn local(day: Date, minutes: i32, zone: &TimeZone) -> Result<Option<jiff::Zoned>, String> {
+    let wanted = planned(day, minutes)?;
     let zoned = zone.to_ambiguous_zoned(wanted).compatible().map_err(|e| e.to_string())?;
     Ok((zoned.datetime() == wanted).then_some(zoned))
 }
@@ -204,15 +221,16 @@ mod tests {
         let times = slot_times(&open, &[], date("2027-03-13"), date("2027-03-15"), 60, &zone).unwrap();
         let texts: Vec<&str> = times.iter().map(|t| t.start_text.as_str()).collect();
         assert_eq!(texts, ["2027-03-13T09:00:00-05:00", "2027-03-14T09:00:00-04:00", "2027-03-15T09:00:00-04:00"]);
-        // A night clinic: 02:00–03:00 does not exist on the 14th; 01:00–02:00 happens twice
-        // on 2027-11-07, and only its first occurrence is a Slot.
+        // A night clinic: 02:00–03:00 does not exist on the 14th, and the Slot 01:00–02:00
+        // would last two hours on 2027-11-07 (01:00 happens twice): Slots across a change
+        // are left out, each other Slot lasts its length.
         let night = [Window::parse("sun 01:00-04:00", false).unwrap()];
         let spring = slot_times(&night, &[], date("2027-03-14"), date("2027-03-14"), 60, &zone).unwrap();
         let texts: Vec<&str> = spring.iter().map(|t| t.start_text.as_str()).collect();
         assert_eq!(texts, ["2027-03-14T03:00:00-04:00"]);
         let autumn = slot_times(&night, &[], date("2027-11-07"), date("2027-11-07"), 60, &zone).unwrap();
         let texts: Vec<&str> = autumn.iter().map(|t| t.start_text.as_str()).collect();
-        assert_eq!(texts, ["2027-11-07T01:00:00-04:00", "2027-11-07T02:00:00-05:00", "2027-11-07T03:00:00-05:00"]);
-        assert!(autumn.windows(2).all(|pair| pair[0].end <= pair[1].start));
+        assert_eq!(texts, ["2027-11-07T02:00:00-05:00", "2027-11-07T03:00:00-05:00"]);
+        assert!(autumn.iter().all(|t| t.end.as_second() - t.start.as_second() == 3600));
     }
 }

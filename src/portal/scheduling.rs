@@ -30,6 +30,19 @@ impl Default for SchedulingSettings {
     }
 }
 
+/// The job kind that ends a hold: no worker claims it before the hold runs out.
+pub const HOLD_EXPIRY_JOB: &str = "appointment-hold-expiry";
+
+/// Which hold an expiry job ends: the Appointment, if it is still `pending` by then (a
+/// booking or a cancellation ended the hold already; editing it does not extend it).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct HoldExpiry {
+    pub appointment: String,
+}
+
+/// Why an expired hold's Appointment was cancelled (its `cancelationReason.text`).
+pub const HOLD_EXPIRED: &str = "The hold expired before the appointment was booked";
+
 /// Appointment statuses that hold their Slots. `proposed` (an offer from `$find`) and
 /// `waitlist` hold nothing yet; `cancelled`, `noshow` and `entered-in-error` hold nothing any
 /// more. `fulfilled` keeps its Slot: the time was used.
@@ -57,6 +70,22 @@ pub fn expected_slot_status(current: &str, holder: Option<&str>) -> String {
 /// Whether a Slot in `status` may be taken by an Appointment (one already holding it keeps it).
 pub fn is_bookable(status: &str) -> bool {
     !matches!(status, "busy-unavailable" | "entered-in-error")
+}
+
+/// Whether a reference (relative, absolute, or versioned) names a resource of one of `types`.
+pub fn refers_to(reference: &str, types: &[&str]) -> bool {
+    reference.split('/').any(|segment| types.contains(&segment))
+}
+
+/// Whether a Schedule's actors include a person whose data it then is (a Patient or a
+/// RelatedPerson; a contained actor counts as one): such a Schedule is not the clinic's to
+/// publish.
+pub fn is_persons_schedule(schedule: &Value) -> bool {
+    let actors = schedule.get("actor").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    actors
+        .iter()
+        .filter_map(|a| a.get("reference").and_then(Value::as_str))
+        .any(|reference| reference.starts_with('#') || refers_to(reference, &["Patient", "RelatedPerson"]))
 }
 
 /// An Appointment's `status` (empty when it has none).
@@ -172,6 +201,15 @@ mod tests {
         assert_eq!(expected_slot_status("busy-unavailable", None), "busy-unavailable");
         assert_eq!(expected_slot_status("busy", Some("fulfilled")), "busy");
         assert_eq!(expected_slot_status("busy", Some("proposed")), "free");
+    }
+
+    #[test]
+    fn persons_schedules_are_recognised() {
+        let schedule = |reference: &str| json!({"actor": [{"reference": "Practitioner/p"}, {"reference": reference}]});
+        assert!(is_persons_schedule(&schedule("Patient/1")));
+        assert!(is_persons_schedule(&schedule("http://other/fhir/RelatedPerson/2/_history/3")));
+        assert!(is_persons_schedule(&schedule("#contained")));
+        assert!(!is_persons_schedule(&schedule("Location/l1")));
     }
 
     #[test]

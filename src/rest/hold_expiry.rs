@@ -8,13 +8,12 @@ use super::jobs::JobEnd;
 use super::{FhirService, WRITE_ATTEMPTS};
 use crate::auth::Access;
 use crate::model::FhirError;
-use crate::operations::hold::{still_held, Expiry, EXPIRED};
-use crate::portal::scheduling::cancelled;
+use crate::portal::scheduling::{cancelled, status_of, HoldExpiry, HOLD_EXPIRED};
 use crate::store::{Job, WriteMethod};
 
 impl FhirService {
     pub(super) async fn hold_expiry_job(&self, job: &Job) -> Result<JobEnd, String> {
-        let expiry: Expiry =
+        let expiry: HoldExpiry =
             serde_json::from_str(&job.parameters).map_err(|error| format!("unreadable parameters: {error}"))?;
         let mut attempt = 1;
         loop {
@@ -27,7 +26,7 @@ impl FhirService {
     }
 
     /// Cancels the held Appointment if it is still pending; says what it did.
-    async fn expire_hold(&self, expiry: &Expiry) -> Result<String, FhirError> {
+    async fn expire_hold(&self, expiry: &HoldExpiry) -> Result<String, FhirError> {
         let id = &expiry.appointment;
         let mut tx = self.begin(&Access::Open).await?;
         let current = tx.current("Appointment", id).await.map_err(super::store_error)?.filter(|v| !v.deleted);
@@ -36,7 +35,7 @@ impl FhirService {
             return Ok(format!("Appointment/{id} no longer exists"));
         };
         let appointment: Value = serde_json::from_slice(&current.body).map_err(|_| FhirError::internal())?;
-        if !still_held(&appointment) {
+        if status_of(&appointment) != "pending" {
             tx.rollback().await;
             return Ok(format!("Appointment/{id} is no longer held (it was booked or cancelled)"));
         }
@@ -46,7 +45,7 @@ impl FhirService {
                 "Appointment",
                 id,
                 current.version + 1,
-                cancelled(appointment, EXPIRED),
+                cancelled(appointment, HOLD_EXPIRED),
                 WriteMethod::Update,
             )
             .await;

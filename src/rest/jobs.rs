@@ -34,17 +34,23 @@ pub(super) fn lease_until() -> OffsetDateTime {
 }
 
 impl FhirService {
-    /// This node's background work until the process ends: the job worker and the watch for
-    /// SearchParameters written by other nodes.
+    /// This node's background work until the process ends: the job worker, a second worker for
+    /// hold expiries only (a long job such as a reindex must not keep held Slots from freeing
+    /// themselves on time), and the watch for SearchParameters written by other nodes.
     pub async fn run_background(self) {
-        tokio::join!(self.clone().run_jobs(), self.watch_search_parameters());
+        tokio::join!(
+            self.clone().run_jobs(None),
+            self.clone().run_jobs(Some(crate::portal::scheduling::HOLD_EXPIRY_JOB)),
+            self.watch_search_parameters()
+        );
     }
 
-    /// Claims and runs queued jobs, one at a time, until the process ends.
-    async fn run_jobs(self) {
+    /// Claims and runs queued jobs (of `kind` when given), one at a time, until the process
+    /// ends.
+    async fn run_jobs(self, kind: Option<&'static str>) {
         let owner = new_id();
         loop {
-            match self.store.claim_job(&owner, lease_until()).await {
+            match self.store.claim_job(&owner, lease_until(), kind).await {
                 Ok(Some(job)) => self.run_job(&owner, job).await,
                 Ok(None) => {
                     let _ = tokio::time::timeout(POLL, self.jobs_queued.notified()).await;
@@ -61,7 +67,7 @@ impl FhirService {
         tracing::info!(job = job.id, kind = %job.kind, "job started");
         let end = match job.kind.as_str() {
             crate::operations::reindex::JOB_KIND => self.reindex_job(owner, &job).await,
-            crate::operations::hold::EXPIRY_JOB => self.hold_expiry_job(&job).await,
+            crate::portal::scheduling::HOLD_EXPIRY_JOB => self.hold_expiry_job(&job).await,
             other => Err(format!("unknown job kind '{other}'")),
         };
         let (status, message) = match end {

@@ -16,7 +16,7 @@ use crate::search::criteria::{parse_criterion, Context, ValueSets};
 use crate::search::params::parse_search;
 use crate::search::params::Paging;
 use crate::search::Registry;
-use crate::store::{Condition, ResourceVersion, SearchQuery, WriteMethod};
+use crate::store::{Condition, ResourceVersion, SearchQuery};
 
 /// What an operation may use while it runs: the caller's guarded read view, the instance it
 /// was invoked on (read through that view), and the few services operations share. There is
@@ -132,25 +132,9 @@ impl OperationContext<'_> {
     /// Creates `resource` (checked as a create would be) as the caller: in the transaction
     /// the operation runs in, or in one of its own.
     pub async fn create(&mut self, resource_type: &str, resource: Value) -> Result<ResourceVersion, FhirError> {
-        if self.read_only {
-            return Err(FhirError::method_not_allowed("this invocation stores data: use POST", "POST"));
-        }
-        self.check_content(resource_type, &resource)?;
-        let id = crate::model::resource::new_id();
-        if let Source::Tx(tx) = &mut self.view.source {
-            return self.service.store_resource(*tx, resource_type, &id, 1, resource, WriteMethod::Create).await;
-        }
-        let mut tx = self.service.begin(self.view.access()).await?;
-        match self.service.store_resource(tx.as_mut(), resource_type, &id, 1, resource, WriteMethod::Create).await {
-            Ok(version) => {
-                tx.commit().await.map_err(super::store_error)?;
-                Ok(version)
-            }
-            Err(error) => {
-                tx.rollback().await;
-                Err(error)
-            }
-        }
+        let mut tx = self.begin().await?;
+        let created = tx.create(resource_type, resource).await;
+        tx.finish(created).await
     }
 }
 
@@ -222,14 +206,8 @@ fn is_published(version: &ResourceVersion) -> bool {
     if version.resource_type != "Schedule" {
         return true;
     }
-    let Ok(schedule) = serde_json::from_slice::<Value>(&version.body) else { return false };
-    let actors = schedule.get("actor").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
-    !actors.iter().filter_map(|a| a.get("reference").and_then(Value::as_str)).any(|reference| {
-        reference.starts_with("Patient/")
-            || reference.starts_with("RelatedPerson/")
-            || reference.contains("/Patient/")
-            || reference.contains("/RelatedPerson/")
-    })
+    serde_json::from_slice::<Value>(&version.body)
+        .is_ok_and(|schedule| !crate::portal::scheduling::is_persons_schedule(&schedule))
 }
 
 impl FhirService {
@@ -239,19 +217,20 @@ impl FhirService {
         resource_type: &str,
         parameters: &[(String, String)],
     ) -> Result<SearchQuery, FhirError> {
-        let registry = self.registry();
-        let value_sets = ValueSets::new();
-        let search = Context { registry: &registry, base_url: &self.config.base_url, value_sets: &value_sets };
         let types = [resource_type.to_string()];
-        Ok(parse_search(search, &types, parameters, true, self.config.paging)?.query)
+        self.with_search_context(|search| Ok(parse_search(search, &types, parameters, true, self.config.paging)?.query))
     }
 
     /// The condition group of one search criterion (`name=value`) on `resource_type`.
     pub(super) fn criterion(&self, resource_type: &str, name: &str, value: &str) -> Result<Vec<Condition>, FhirError> {
+        self.with_search_context(|search| parse_criterion(search, resource_type, name, value))
+    }
+
+    /// Runs `parse` with the search parameters in force and the server's base.
+    fn with_search_context<T>(&self, parse: impl FnOnce(Context<'_>) -> T) -> T {
         let registry = self.registry();
         let value_sets = ValueSets::new();
-        let search = Context { registry: &registry, base_url: &self.config.base_url, value_sets: &value_sets };
-        parse_criterion(search, resource_type, name, value)
+        parse(Context { registry: &registry, base_url: &self.config.base_url, value_sets: &value_sets })
     }
 
     /// Invokes operation `code` at `level`: finds it, checks the method, the inputs and the

@@ -4,7 +4,6 @@
 //! operation runs as one of its entries.
 
 use serde_json::Value;
-use time::OffsetDateTime;
 
 use super::{store_error, FhirService};
 use crate::model::resource::new_id;
@@ -101,16 +100,6 @@ impl<'a> OperationTx<'a> {
         crate::model::validate::validate_resource(&resource, resource_type)?;
         let service = self.service;
         service.store_resource(self.tx(), resource_type, id, version, resource, method).await
-    }
-
-    /// Queues a job, committed with the transaction, that no worker starts before `not_before`.
-    pub async fn enqueue_job(
-        &mut self,
-        kind: &str,
-        parameters: &str,
-        not_before: OffsetDateTime,
-    ) -> Result<i64, FhirError> {
-        self.tx().enqueue_job(kind, parameters, not_before).await.map_err(store_error)
     }
 
     /// Ends the transaction with the outcome of the work done in it: commits when it succeeded

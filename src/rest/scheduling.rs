@@ -21,7 +21,8 @@ use crate::auth::scope::Permission;
 use crate::auth::Access;
 use crate::model::{ErrorKind, FhirError, Issue, IssueCode};
 use crate::portal::scheduling::{
-    expected_slot_status, held_slot_ids, is_bookable, span_of, status_of, times_disagree, HOLDING_STATUSES,
+    expected_slot_status, held_slot_ids, is_bookable, span_of, status_of, times_disagree, HoldExpiry, HOLDING_STATUSES,
+    HOLD_EXPIRY_JOB,
 };
 use crate::store::{
     IndexRows, JobStep, ResourceVersion, SearchPage, SearchQuery, StoreError, StoreResult, StoreTx, WriteMethod,
@@ -32,11 +33,41 @@ pub(super) struct SchedulingTx {
     inner: Box<dyn StoreTx>,
     service: FhirService,
     access: Access,
-    /// The Appointments written here, with the Slots each held before this transaction.
-    appointments: BTreeMap<String, Vec<String>>,
+    /// The Appointments written here, as they were before this transaction.
+    appointments: BTreeMap<String, Before>,
     /// The Slots the caller wrote here.
     slots: BTreeSet<String>,
 }
+
+/// An Appointment as it was before the transaction wrote it.
+#[derive(Clone)]
+struct Before {
+    status: String,
+    /// The Slots it held.
+    held: Vec<String>,
+}
+
+/// What the transaction did to one Appointment it wrote.
+struct Change {
+    id: String,
+    before: Before,
+    /// Its final version (`None`: deleted).
+    after: Option<Value>,
+    held: Vec<String>,
+}
+
+impl Change {
+    fn released(&self) -> impl Iterator<Item = &String> {
+        self.before.held.iter().filter(|slot| !self.held.contains(slot))
+    }
+
+    fn taken(&self) -> impl Iterator<Item = &String> {
+        self.held.iter().filter(|slot| !self.before.held.contains(slot))
+    }
+}
+
+/// The Slots of a settlement, read under their locks (`None`: none, or deleted).
+type LockedSlots = BTreeMap<String, Option<(ResourceVersion, Value)>>;
 
 impl SchedulingTx {
     pub(super) fn new(inner: Box<dyn StoreTx>, service: FhirService, access: Access) -> Self {
@@ -52,98 +83,149 @@ impl SchedulingTx {
         Ok(Some((version, parsed)))
     }
 
-    /// Notes an Appointment about to be written: the Slots its stored version holds, and the
-    /// cancellation cut-off for patients.
+    /// Notes an Appointment about to be written for the first time here: what it was before.
     async fn note_appointment(&mut self, version: &ResourceVersion) -> StoreResult<()> {
         if self.appointments.contains_key(&version.id) {
             return Ok(());
         }
         let before = self.live("Appointment", &version.id).await?;
         let base_url = &self.service.config.base_url;
-        let held = before.as_ref().map(|(_, a)| held_slot_ids(a, base_url)).unwrap_or_default();
-        if let Some((_, before)) = &before {
-            self.check_cancel_cutoff(before, version)?;
-        }
-        self.appointments.insert(version.id.clone(), held);
+        let before = match &before {
+            Some((_, appointment)) => {
+                Before { status: status_of(appointment).to_string(), held: held_slot_ids(appointment, base_url) }
+            }
+            None => Before { status: String::new(), held: Vec::new() },
+        };
+        self.appointments.insert(version.id.clone(), before);
         Ok(())
     }
 
-    /// A patient (or proxy) may not cancel an Appointment that starts within the clinic's
-    /// cut-off (`--cancel-cutoff`); staff and systems may.
-    fn check_cancel_cutoff(&self, before: &Value, version: &ResourceVersion) -> StoreResult<()> {
-        let Some(cutoff) = self.service.config.scheduling.cancel_cutoff else { return Ok(()) };
-        if !self.access.is_patient_bound(Permission::Update, "Appointment")
-            || !HOLDING_STATUSES.contains(&status_of(before))
-        {
-            return Ok(());
-        }
-        let after: Value = serde_json::from_slice(&version.body).unwrap_or(Value::Null);
-        let frees = version.deleted || !HOLDING_STATUSES.contains(&status_of(&after));
-        let starts = span_of(before).map(|span| span.start);
-        match starts {
-            Some(start) if frees && start - OffsetDateTime::now_utc() < cutoff => Err(refused(
-                ErrorKind::Unprocessable,
-                IssueCode::BusinessRule,
-                format!(
-                    "Appointment/{} starts within {} hours: it can no longer be cancelled online; please call the clinic",
-                    version.id,
-                    cutoff.whole_minutes() as f64 / 60.0
-                ),
-            )),
-            _ => Ok(()),
-        }
+    /// Whether the caller acts for patients only (a patient app, a proxy): some rules hold
+    /// only for them.
+    fn for_patients(&self) -> bool {
+        [Permission::Update, Permission::Delete, Permission::Create]
+            .into_iter()
+            .any(|permission| self.access.is_patient_bound(permission, "Appointment"))
     }
 
     /// Applies the scheduling rules to every Slot the transaction concerns (see the module
     /// documentation), in the order of their ids so that concurrent transactions lock them in
-    /// one order.
+    /// one order; then queues the expiry of the holds it made.
     async fn settle(&mut self) -> StoreResult<()> {
         let base_url = self.service.config.base_url.clone();
-        let mut by_appointments: BTreeSet<String> = BTreeSet::new();
-        let mut holding = Vec::new();
-        for (id, held_before) in self.appointments.clone() {
-            by_appointments.extend(held_before);
-            if let Some((_, appointment)) = self.live("Appointment", &id).await? {
-                let held = held_slot_ids(&appointment, &base_url);
-                by_appointments.extend(held.iter().cloned());
-                if !held.is_empty() {
-                    holding.push((id, appointment, held));
-                }
-            }
+        let mut changes = Vec::new();
+        for (id, before) in self.appointments.clone() {
+            let after = self.live("Appointment", &id).await?.map(|(_, appointment)| appointment);
+            let held = after.as_ref().map(|a| held_slot_ids(a, &base_url)).unwrap_or_default();
+            changes.push(Change { id, before, after, held });
         }
+        let by_appointments: BTreeSet<String> =
+            changes.iter().flat_map(|c| c.before.held.iter().chain(&c.held)).cloned().collect();
         let concerned: BTreeSet<String> = by_appointments.iter().chain(&self.slots).cloned().collect();
-        let mut slots = BTreeMap::new();
+        let mut slots = LockedSlots::new();
         for id in concerned {
             let slot = self.live("Slot", &id).await?;
             slots.insert(id, slot);
         }
-        for (id, appointment, held) in &holding {
-            let mut named = Vec::new();
-            for slot_id in held {
-                match slots.get(slot_id).and_then(Option::as_ref) {
-                    Some((_, slot)) => named.push((slot_id.clone(), slot.clone())),
-                    None => {
-                        return Err(refused(
-                            ErrorKind::Unprocessable,
-                            IssueCode::NotFound,
-                            format!("Appointment/{id} names Slot/{slot_id}, which does not exist"),
-                        ))
-                    }
-                }
-            }
-            if let Some(why) = times_disagree(appointment, &named) {
-                return Err(refused(
-                    ErrorKind::Unprocessable,
-                    IssueCode::BusinessRule,
-                    format!("Appointment/{id}: {why}"),
-                ));
-            }
+        for change in &changes {
+            self.check_appointment(change, &slots)?;
         }
         for (slot_id, slot) in slots {
             // A Slot the caller wrote beside no Appointment of it keeps the status the caller
             // gave, or is refused; one booked or cancelled here follows its Appointment.
-            let set_by_caller = self.slots.contains(&slot_id) && !by_appointments.contains(&slot_id);
+            let written_by_caller = self.slots.contains(&slot_id);
+            let set_by_caller = written_by_caller && !by_appointments.contains(&slot_id);
             self.settle_slot(&slot_id, slot, set_by_caller).await?;
+            if written_by_caller {
+                self.check_holder_times(&slot_id).await?;
+            }
+        }
+        self.queue_hold_expiries(&changes).await
+    }
+
+    /// The rules of one Appointment written here: the Slots it holds exist and its times are
+    /// theirs; and for patients, a Slot it takes starts in the future and a Slot a booked
+    /// appointment gives up does not start within the cut-off.
+    fn check_appointment(&self, change: &Change, slots: &LockedSlots) -> StoreResult<()> {
+        let id = &change.id;
+        let slot = |slot_id: &String| slots.get(slot_id).and_then(Option::as_ref).map(|(_, s)| s);
+        if let Some(appointment) = change.after.as_ref().filter(|_| !change.held.is_empty()) {
+            let mut named = Vec::new();
+            for slot_id in &change.held {
+                let Some(found) = slot(slot_id) else {
+                    let message = format!("Appointment/{id} names Slot/{slot_id}, which does not exist");
+                    return Err(refused(ErrorKind::Unprocessable, IssueCode::NotFound, message));
+                };
+                named.push((slot_id.clone(), found.clone()));
+            }
+            if let Some(why) = times_disagree(appointment, &named) {
+                let message = format!("Appointment/{id}: {why}");
+                return Err(refused(ErrorKind::Unprocessable, IssueCode::BusinessRule, message));
+            }
+        }
+        if !self.for_patients() {
+            return Ok(());
+        }
+        let now = OffsetDateTime::now_utc();
+        let starts = |slot_id: &String| slot(slot_id).and_then(span_of).map(|span| span.start);
+        if let Some(past) = change.taken().find(|slot_id| starts(slot_id).is_some_and(|start| start <= now)) {
+            let message = format!("Slot/{past} is in the past: it can no longer be booked");
+            return Err(refused(ErrorKind::Unprocessable, IssueCode::BusinessRule, message));
+        }
+        let Some(cutoff) = self.service.config.scheduling.cancel_cutoff else { return Ok(()) };
+        // A hold (`pending`) may always be let go; a booking not within the cut-off.
+        if change.before.status == "pending" {
+            return Ok(());
+        }
+        if let Some(near) = change.released().find(|slot_id| starts(slot_id).is_some_and(|start| start - now < cutoff))
+        {
+            let message = format!(
+                "Appointment/{id} (Slot/{near}) starts within {} hours: it can no longer be cancelled or moved online; \
+                 please call the clinic",
+                cutoff.whole_minutes() as f64 / 60.0
+            );
+            return Err(refused(ErrorKind::Unprocessable, IssueCode::BusinessRule, message));
+        }
+        Ok(())
+    }
+
+    /// When the caller wrote a held Slot, its holder's times must still be its Slots' (a Slot
+    /// moved under a booking would leave the patient with a time nobody keeps).
+    async fn check_holder_times(&mut self, slot_id: &str) -> StoreResult<()> {
+        let Some((holder, _)) = self.holders(slot_id).await?.into_iter().next() else { return Ok(()) };
+        if self.appointments.contains_key(&holder) {
+            return Ok(()); // checked with the Appointments written here
+        }
+        let Some((_, appointment)) = self.live("Appointment", &holder).await? else { return Ok(()) };
+        let mut named = Vec::new();
+        for id in held_slot_ids(&appointment, &self.service.config.base_url) {
+            if let Some((_, slot)) = self.live("Slot", &id).await? {
+                named.push((id, slot));
+            }
+        }
+        match times_disagree(&appointment, &named) {
+            None => Ok(()),
+            Some(why) => Err(refused(
+                ErrorKind::Conflict,
+                IssueCode::Conflict,
+                format!(
+                    "Slot/{slot_id} is held by Appointment/{holder}, whose times would no longer be its Slots': {why}"
+                ),
+            )),
+        }
+    }
+
+    /// Queues the end of each hold made here (an Appointment that became `pending`, by `$hold`
+    /// or any other write): a job no worker claims before `--hold-seconds` have passed.
+    async fn queue_hold_expiries(&mut self, changes: &[Change]) -> StoreResult<()> {
+        let until = OffsetDateTime::now_utc() + self.service.config.scheduling.hold;
+        for change in changes {
+            let now_pending = change.after.as_ref().is_some_and(|a| status_of(a) == "pending");
+            if now_pending && change.before.status != "pending" {
+                let parameters = serde_json::to_string(&HoldExpiry { appointment: change.id.clone() })
+                    .map_err(|error| StoreError::Busy(error.to_string()))?;
+                self.inner.enqueue_job(HOLD_EXPIRY_JOB, &parameters, until).await?;
+            }
         }
         Ok(())
     }

@@ -47,9 +47,14 @@ impl<'a> ReadView<'a> {
         self.service.visible(self.access, permission, version)
     }
 
-    /// Whether the caller's token grants `permission` on `resource_type` at all.
-    pub fn may(&self, permission: Permission, resource_type: &str) -> bool {
-        self.service.rule(self.access, permission, resource_type).is_ok()
+    /// Whether the caller may do `permission` on every resource of `resource_type` (no
+    /// compartment or filter restricts it).
+    pub fn reaches_all(&self, permission: Permission, resource_type: &str) -> bool {
+        match self.service.rule(self.access, permission, resource_type) {
+            Ok(None) => true,
+            Ok(Some(rule)) => rule.restriction == crate::auth::Restriction::None,
+            Err(_) => false,
+        }
     }
 
     /// The public FHIR base URL (for `fullUrl`s and links).

@@ -273,9 +273,10 @@ pub trait Store: AuthStore + Send + Sync + 'static {
     async fn enqueue_job(&self, kind: &str, parameters: &str) -> StoreResult<Job>;
     /// A job by id.
     async fn job(&self, id: i64) -> StoreResult<Option<Job>>;
-    /// Takes the oldest queued job, or a running one whose lease ran out, for `owner` until
-    /// `lease_until`. Concurrent workers never take the same job.
-    async fn claim_job(&self, owner: &str, lease_until: OffsetDateTime) -> StoreResult<Option<Job>>;
+    /// Takes the oldest due queued job (of `kind` when given), or a running one whose lease ran
+    /// out, for `owner` until `lease_until`. Concurrent workers never take the same job.
+    async fn claim_job(&self, owner: &str, lease_until: OffsetDateTime, kind: Option<&str>)
+        -> StoreResult<Option<Job>>;
     /// Ends a job `owner` holds with `status` and `message`; `false` when it no longer holds it.
     async fn finish_job(&self, id: i64, owner: &str, status: JobStatus, message: &str) -> StoreResult<bool>;
     /// Cancels a job that has not finished; `false` when there was none to cancel.

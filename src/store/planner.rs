@@ -353,6 +353,9 @@ fn found_in_own_index(condition: &Condition) -> bool {
     }
 }
 
+/// The longest date range, in microseconds, that counts as narrow: a week.
+const NARROW_DATE: i64 = 7 * 24 * 3600 * 1_000_000;
+
 /// How well a condition narrows a search, by kind (higher is narrower; 0 cannot drive).
 fn selectivity(condition: &Condition) -> u8 {
     match condition {
@@ -362,9 +365,10 @@ fn selectivity(condition: &Condition) -> u8 {
         Condition::String { matching: StringMatch::Exact, .. } => 60,
         Condition::Chain { .. } | Condition::Has { .. } => 50,
         Condition::String { .. } | Condition::Uri { .. } | Condition::Composite { .. } => 40,
-        // A date range bounded on both sides (`eq`: within a day, or a window an operation
-        // asks for) is one index range over `low`; an open one (`ge`, `lt`…) is not narrow.
-        Condition::Date { comparison: Comparison::Eq, .. } => 45,
+        // A date range bounded on both sides and at most a week long (`eq` a day, or a window
+        // an operation asks for) is one short index range over `low`; a longer or open one
+        // (`ge`, `lt`…) is not narrow.
+        Condition::Date { comparison: Comparison::Eq, low, high, .. } if high.saturating_sub(*low) <= NARROW_DATE => 45,
         Condition::Token { .. } | Condition::TokenHierarchy { .. } => 30,
         Condition::Date { .. } | Condition::Number { .. } | Condition::Quantity { .. } => 20,
         Condition::AnyOf(inner) => inner.iter().map(selectivity).min().unwrap_or(0),
@@ -809,8 +813,10 @@ fn push_interval_comparison(
     low: i64,
     high: i64,
 ) {
-    // `low < high` bounds the index range on `low` from above too (a stored interval is never
-    // empty, so it is implied by `high <= high`), where `low >= …` alone would walk to the end.
+    // `low < high` bounds the index range on `low` from above too, where `low >= …` alone
+    // would walk to the end of the index. It adds no condition: a stored interval is never
+    // empty (its low is below its high), so `low < high` follows from its high being at most
+    // the searched high.
     let contained = |sql: &mut Sql| {
         sql.push(&format!("({low_column} >= ")).bind(Arg::Int(low));
         sql.push(&format!(" AND {low_column} < ")).bind(Arg::Int(high));

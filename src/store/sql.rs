@@ -22,6 +22,28 @@ pub(super) const INDEX_TABLES: &[&str] = &[
     "search_composite",
 ];
 
+/// Queues a job (`$1` kind, `$2` parameters, `$3` now, `$4` not before); a `RETURNING` clause
+/// follows.
+pub(super) const INSERT_JOB: &str =
+    "INSERT INTO jobs (kind, parameters, status, processed, created, updated, not_before) \
+     VALUES ($1, $2, 'queued', 0, $3, $3, $4)";
+
+/// The statement `sql` (built on [`INSERT_JOB`]) with its values bound: a job due at
+/// `not_before`.
+pub(super) fn insert_job<'q, DB: sqlx::Database>(
+    sql: &'q str,
+    kind: &'q str,
+    parameters: &'q str,
+    not_before: OffsetDateTime,
+) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
+where
+    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    let now = to_micros(OffsetDateTime::now_utc());
+    sqlx::query(sql).bind(kind).bind(parameters).bind(now).bind(to_micros(not_before))
+}
+
 /// The columns of a job row, in the order [`sql_store!`] decodes.
 pub(super) const JOB_COLUMNS: &str = "id, kind, parameters, status, progress, processed, message, created, updated";
 
@@ -677,13 +699,9 @@ macro_rules! sql_store {
                 kind: &str,
                 parameters: &str,
             ) -> $crate::store::StoreResult<$crate::store::Job> {
-                let now = $crate::store::sql::to_micros(time::OffsetDateTime::now_utc());
-                let sql = format!(
-                    "INSERT INTO jobs (kind, parameters, status, processed, created, updated) \
-                     VALUES ($1, $2, 'queued', 0, $3, $3) RETURNING {}",
-                    $crate::store::sql::JOB_COLUMNS
-                );
-                let row = sqlx::query(&sql).bind(kind).bind(parameters).bind(now).fetch_one(&self.writers).await?;
+                let now = time::OffsetDateTime::now_utc();
+                let sql = format!("{} RETURNING {}", $crate::store::sql::INSERT_JOB, $crate::store::sql::JOB_COLUMNS);
+                let row = $crate::store::sql::insert_job(&sql, kind, parameters, now).fetch_one(&self.writers).await?;
                 Ok(decode_job(&row)?)
             }
 
@@ -697,21 +715,23 @@ macro_rules! sql_store {
                 &self,
                 owner: &str,
                 lease_until: time::OffsetDateTime,
+                kind: Option<&str>,
             ) -> $crate::store::StoreResult<Option<$crate::store::Job>> {
                 let now = $crate::store::sql::to_micros(time::OffsetDateTime::now_utc());
+                let of_kind = if kind.is_some() { " AND kind = $4" } else { "" };
                 let sql = format!(
                     "UPDATE jobs SET status = 'running', owner = $1, lease_until = $2, updated = $3 \
-                     WHERE id = (SELECT id FROM jobs WHERE (status = 'queued' AND not_before <= $3) \
-                     OR (status = 'running' AND lease_until < $3) ORDER BY id LIMIT 1{}) RETURNING {}",
+                     WHERE id = (SELECT id FROM jobs WHERE ((status = 'queued' AND not_before <= $3) \
+                     OR (status = 'running' AND lease_until < $3)){of_kind} ORDER BY id LIMIT 1{}) RETURNING {}",
                     $skip_locked,
                     $crate::store::sql::JOB_COLUMNS
                 );
-                let row = sqlx::query(&sql)
-                    .bind(owner)
-                    .bind($crate::store::sql::to_micros(lease_until))
-                    .bind(now)
-                    .fetch_optional(&self.writers)
-                    .await?;
+                let mut query =
+                    sqlx::query(&sql).bind(owner).bind($crate::store::sql::to_micros(lease_until)).bind(now);
+                if let Some(kind) = kind {
+                    query = query.bind(kind);
+                }
+                let row = query.fetch_optional(&self.writers).await?;
                 Ok(row.as_ref().map(decode_job).transpose()?)
             }
 
@@ -870,17 +890,10 @@ macro_rules! sql_store {
                 not_before: time::OffsetDateTime,
             ) -> $crate::store::StoreResult<i64> {
                 use sqlx::Row;
-                let now = $crate::store::sql::to_micros(time::OffsetDateTime::now_utc());
-                let row = sqlx::query(
-                    "INSERT INTO jobs (kind, parameters, status, processed, created, updated, not_before) \
-                     VALUES ($1, $2, 'queued', 0, $3, $3, $4) RETURNING id",
-                )
-                .bind(kind)
-                .bind(parameters)
-                .bind(now)
-                .bind($crate::store::sql::to_micros(not_before))
-                .fetch_one(self.write_conn(false).await?)
-                .await?;
+                let sql = format!("{} RETURNING id", $crate::store::sql::INSERT_JOB);
+                let row = $crate::store::sql::insert_job(&sql, kind, parameters, not_before)
+                    .fetch_one(self.write_conn(false).await?)
+                    .await?;
                 Ok(row.try_get("id")?)
             }
 
