@@ -2,7 +2,7 @@
 //! for patient A, and tokens of a proxy linked to A only, get nothing of patient B through any
 //! access path: read, vread, search, chained search, `_include`, `_revinclude`, `_has`,
 //! history, compartment search, system search, batch, transaction and operations
-//! (`$everything`, `$summary`).
+//! (`$everything`, `$summary`, the scheduling operations).
 
 mod common;
 
@@ -197,6 +197,23 @@ impl World {
         let parameters = json!({"resourceType": "Parameters", "parameter": [{"name": "_count", "valueInteger": 1000}]});
         let posted = self.smart.send(Method::POST, &format!("Patient/{b}/$everything"), token, &parameters).await;
         assert_eq!(posted.status(), 404, "{who}: POST $everything of B");
+        // Scheduling: B's appointments do not exist for A, and free time names nobody.
+        let (_, appointment) = self.of_b.iter().find(|(t, _)| t == "Appointment").expect("B has appointments");
+        let nothing = json!({"resourceType": "Parameters"});
+        let cancel =
+            self.smart.send(Method::POST, &format!("Appointment/{appointment}/$cancel"), token, &nothing).await;
+        assert_eq!(cancel.status(), 404, "{who}: $cancel of B's appointment");
+        let by_reference = json!({"resourceType": "Parameters", "parameter": [
+            {"name": "appointment-reference", "valueReference": {"reference": format!("Appointment/{appointment}")}}]});
+        for operation in ["$hold", "$book"] {
+            let response =
+                self.smart.send(Method::POST, &format!("Appointment/{operation}"), token, &by_reference).await;
+            assert_eq!(response.status(), 404, "{who}: {operation} of B's appointment");
+        }
+        let find = self.smart.get("Appointment/$find?start=2026-11-01&end=2027-10-31&_count=500", token).await;
+        assert_eq!(find.status(), 200, "{who}: $find");
+        let text = find.text().await.unwrap();
+        assert!(!text.contains(b.as_str()), "{who}: $find names patient B");
     }
 
     async fn check_bundles(&self, token: &str, who: &str) {

@@ -403,6 +403,29 @@ async fn an_expired_hold_frees_its_slot(db: Db) {
     assert_eq!(slot_status(&read(&server, &format!("Slot/{free}")).await), "busy");
 }
 
+/// A hold's end is a job in the database: a restart does not lose it.
+async fn a_hold_ends_after_a_restart(db: Db) {
+    let server = TestServer::start_with(db, |mut settings| {
+        settings.scheduling.hold = time::Duration::seconds(2);
+        settings
+    })
+    .await;
+    let clinic = clinic(&server).await;
+    let free = slot(&server, &clinic, &at(1, 12, 0), &at(1, 12, 15), "free").await;
+    let proposal = json!({"resourceType": "Appointment", "status": "proposed", "start": at(1, 12, 0), "end": at(1, 12, 15),
+        "slot": [{"reference": format!("Slot/{free}")}],
+        "participant": [{"actor": {"reference": format!("Patient/{}", clinic.patient)}}]});
+    let held = body(server.post("Appointment/$hold", &parameters("appointment-resource", &proposal)).await).await;
+    let id = matches(&held)[0]["id"].as_str().unwrap().to_string();
+    let server = server.restart().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while read(&server, &format!("Appointment/{id}")).await["status"] != "cancelled" {
+        assert!(std::time::Instant::now() < deadline, "the hold ends after the restart");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(slot_status(&read(&server, &format!("Slot/{free}")).await), "free");
+}
+
 async fn patients_book_only_for_themselves(db: Db) {
     let server = smart_server(db).await;
     let smart = Smart::new(&server).await;
@@ -728,6 +751,7 @@ on_both_databases!(
     no_slot_is_booked_twice_on_any_write_path,
     operations_refuse_bad_input,
     an_expired_hold_frees_its_slot,
+    a_hold_ends_after_a_restart,
     patients_book_only_for_themselves,
     patients_cannot_cancel_within_the_cutoff,
     concurrent_bookings_never_double_book,
