@@ -3,7 +3,6 @@
 //! write transaction treats both alike (freed Slots, the patients' cut-off).
 
 use async_trait::async_trait;
-use serde_json::Value;
 
 use super::appointments::unprocessable;
 use super::{Inputs, Level, Operation};
@@ -24,8 +23,7 @@ impl Operation for Cancel {
         _level: &Level,
         inputs: &Inputs,
     ) -> Result<FhirResponse, FhirError> {
-        let Some(instance) = context.instance().cloned() else { return Err(FhirError::internal()) };
-        let appointment: Value = serde_json::from_slice(&instance.body).map_err(|_| FhirError::internal())?;
+        let (instance, appointment) = context.required_instance()?;
         let status = status_of(&appointment);
         if !is_cancellable(status) {
             return Err(unprocessable(

@@ -35,8 +35,7 @@ impl Operation for GenerateSlots {
         _level: &Level,
         inputs: &Inputs,
     ) -> Result<FhirResponse, FhirError> {
-        let Some(schedule) = context.instance().cloned() else { return Err(FhirError::internal()) };
-        let schedule_value: Value = serde_json::from_slice(&schedule.body).map_err(|_| FhirError::internal())?;
+        let (schedule, schedule_value) = context.required_instance()?;
         let times = planned_times(inputs, &schedule_value)?;
         let template = template(inputs, &schedule.id)?;
         let mut tx = context.begin().await?;

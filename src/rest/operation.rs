@@ -38,6 +38,14 @@ impl OperationContext<'_> {
         self.instance.as_ref()
     }
 
+    /// The instance of an operation defined at instance level only, with its content: the
+    /// layer read it before the operation ran (a missing one is the layer's fault, a 500).
+    pub fn required_instance(&self) -> Result<(ResourceVersion, Value), FhirError> {
+        let instance = self.instance.clone().ok_or_else(FhirError::internal)?;
+        let resource = serde_json::from_slice(&instance.body).map_err(|_| FhirError::internal())?;
+        Ok((instance, resource))
+    }
+
     /// The `_cursor` of a paged operation's link, when the request follows one.
     pub fn cursor(&self) -> Option<&str> {
         self.cursor.as_deref()
