@@ -59,6 +59,13 @@ pub enum Command {
         /// Serve `$bulk-publish` (slot availability, SMART Scheduling Links) without a token.
         #[arg(long, env = "HEARTH_PUBLISH_SLOTS")]
         publish_slots: bool,
+        /// Largest raw upload to Binary (a patient's PDF or photo), in bytes.
+        #[arg(long, env = "HEARTH_MAX_UPLOAD_BYTES", default_value_t = crate::model::upload::DEFAULT_MAX_UPLOAD_BYTES)]
+        max_upload_bytes: usize,
+        /// Media types a raw upload to Binary may have, comma-separated.
+        #[arg(long, env = "HEARTH_UPLOAD_TYPES", value_delimiter = ',',
+              default_value = crate::model::upload::DEFAULT_UPLOAD_TYPES)]
+        upload_types: Vec<String>,
     },
     /// Load transaction, batch or collection Bundles (`.json`) and `.ndjson` files.
     Import {

@@ -3,6 +3,7 @@
 use clap::Parser;
 use hearth::auth::PasswordCost;
 use hearth::config::{AuthMode, Cli, Command};
+use hearth::model::upload::UploadRules;
 use hearth::portal::scheduling::SchedulingSettings;
 use hearth::search::params::Paging;
 use hearth::server::{Hearth, Settings};
@@ -34,6 +35,8 @@ async fn main() -> anyhow::Result<()> {
             hold_seconds,
             cancel_cutoff,
             publish_slots,
+            max_upload_bytes,
+            upload_types,
         } => {
             if default_count > max_count {
                 anyhow::bail!("--default-count ({default_count}) cannot be larger than --max-count ({max_count})");
@@ -62,6 +65,10 @@ async fn main() -> anyhow::Result<()> {
                 paging,
                 smart: auth == AuthMode::Smart,
                 scheduling,
+                uploads: UploadRules {
+                    max_bytes: max_upload_bytes,
+                    types: upload_types.iter().map(|t| t.trim().to_ascii_lowercase()).collect(),
+                },
                 ..Settings::new(&base_url)
             };
             let hearth = Hearth::open(&cli.database, settings).await?;

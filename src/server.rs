@@ -7,6 +7,7 @@ use tokio::net::TcpListener;
 
 use crate::auth::{AuthServer, AuthSettings, PasswordCost};
 use crate::http::{self, AppState, Metrics};
+use crate::model::upload::UploadRules;
 use crate::portal::scheduling::SchedulingSettings;
 use crate::rest::{FhirService, ServiceConfig};
 use crate::search::params::Paging;
@@ -25,6 +26,8 @@ pub struct Settings {
     /// How expensive new password hashes are (tests use cheap ones).
     pub password_cost: PasswordCost,
     pub scheduling: SchedulingSettings,
+    /// What raw uploads to Binary may be (`--max-upload-bytes`, `--upload-types`).
+    pub uploads: UploadRules,
 }
 
 impl Settings {
@@ -38,6 +41,7 @@ impl Settings {
             smart: false,
             password_cost: PasswordCost::Standard,
             scheduling: SchedulingSettings::default(),
+            uploads: UploadRules::default(),
         }
     }
 }
@@ -75,6 +79,7 @@ impl Hearth {
                 max_bundle_entries: settings.max_bundle_entries,
                 security: auth.as_ref().map(|auth| auth.capability_security()),
                 scheduling: settings.scheduling,
+                uploads: settings.uploads.clone(),
             },
         );
         let state = AppState {

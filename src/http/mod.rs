@@ -2,6 +2,7 @@
 //! and turning [`FhirResponse`]s and [`FhirError`]s into HTTP responses.
 
 mod auth;
+pub mod binary;
 pub mod format;
 mod metrics;
 
@@ -102,13 +103,20 @@ async fn fhir(State(state): State<Arc<AppState>>, request: Request) -> Response 
     let query: Vec<(String, String)> =
         url::form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes()).into_owned().collect();
     let pretty = query.iter().any(|(name, value)| name == "_pretty" && value == "true");
-    let format = match negotiate(&query, &parts.headers) {
+    let path = parts.uri.path().trim_start_matches("/fhir").trim_start_matches('/').to_string();
+    // A read of a Binary's content is answered in the Binary's own media type.
+    let content_accept =
+        Method::parse(parts.method.as_str()).and_then(|m| binary::wants_content(m, &path, &query, &parts.headers));
+    let negotiated = match &content_accept {
+        Some(_) => Ok(Format::Json),
+        None => negotiate(&query, &parts.headers),
+    };
+    let format = match negotiated {
         Ok(format) => format,
         Err(error) => return error_response(error, Format::Json, pretty),
     };
     let head = parts.method == axum::http::Method::HEAD;
     let outcome = async {
-        let path = parts.uri.path().trim_start_matches("/fhir").trim_start_matches('/').to_string();
         let method = Method::parse(parts.method.as_str()).ok_or_else(|| {
             let allowed = crate::rest::Route::parse(&path).map(|r| r.allowed_methods()).unwrap_or("GET, HEAD");
             FhirError::method_not_allowed(
@@ -123,7 +131,7 @@ async fn fhir(State(state): State<Arc<AppState>>, request: Request) -> Response 
                 format!("the request body is larger than {} bytes", state.max_body_bytes),
             )
         })?;
-        let mut request = decode_request(method, path, query, &parts.headers, &bytes)?;
+        let mut request = decode_request(method, path, query, &parts.headers, &bytes, &state.service.config().uploads)?;
         request.access = authenticate(&state, &request, &parts.headers).await?;
         state.service.handle(request).await
     }
@@ -135,9 +143,18 @@ async fn fhir(State(state): State<Arc<AppState>>, request: Request) -> Response 
         }
         _ => error,
     });
-    let mut response = match outcome {
-        Ok(response) => fhir_response(response, format, pretty),
-        Err(error) => error_response(error, format, pretty),
+    let content = match (outcome, &content_accept) {
+        (Ok(response), Some(accept)) => match binary::content_response(response.clone(), accept) {
+            Ok(Some(content)) => Ok(content),
+            Ok(None) => Err(Ok(response)),
+            Err(error) => Err(Err(error)),
+        },
+        (outcome, _) => Err(outcome),
+    };
+    let mut response = match content {
+        Ok(content) => content,
+        Err(Ok(response)) => fhir_response(response, format, pretty),
+        Err(Err(error)) => error_response(error, format, pretty),
     };
     if head {
         *response.body_mut() = HttpBody::empty();
@@ -178,10 +195,13 @@ fn decode_request(
     mut query: Vec<(String, String)>,
     headers: &HeaderMap,
     bytes: &[u8],
+    uploads: &crate::model::upload::UploadRules,
 ) -> Result<FhirRequest, FhirError> {
     let mut body = None;
     let mut patch_format = None;
-    if !bytes.is_empty() {
+    if let Some(uploaded) = binary::uploaded(method, &path, headers, bytes, uploads)? {
+        body = Some(uploaded);
+    } else if !bytes.is_empty() {
         match request_body_kind(headers)? {
             RequestBodyKind::Form => query.extend(url::form_urlencoded::parse(bytes).into_owned()),
             RequestBodyKind::JsonPatch => {

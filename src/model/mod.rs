@@ -5,6 +5,7 @@ pub mod outcome;
 pub mod patch;
 pub mod resource;
 pub mod subset;
+pub mod upload;
 pub mod validate;
 
 pub use outcome::{ErrorKind, FhirError, Issue, IssueCode};

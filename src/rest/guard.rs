@@ -375,6 +375,53 @@ impl GuardedTx {
     }
 }
 
+impl GuardedTx {
+    /// A write of a Binary by a caller whose scope on Binary is restricted (a patient's): a
+    /// Binary belongs to no compartment, so, as for reads, it is judged by its
+    /// `securityContext`: the version written and the one it replaces must each name a
+    /// resource the caller may read (a patient uploads into their own record, nowhere else).
+    async fn write_binary(
+        &mut self,
+        version: ResourceVersion,
+        index: IndexRows,
+        previous: Option<ResourceVersion>,
+        verb: &str,
+    ) -> StoreResult<()> {
+        if let Some(previous) = &previous {
+            if !self.context_in_reach(&previous.body).await? {
+                return Err(outside(verb, previous));
+            }
+        }
+        if !version.deleted && !self.context_in_reach(&version.body).await? {
+            return Err(StoreError::Forbidden(format!(
+                "the access token does not allow to {verb} Binary/{}: its securityContext must name a resource of \
+                 the records the token reaches (X-Security-Context on a raw upload)",
+                version.id
+            )));
+        }
+        self.inner.write(version, index).await
+    }
+
+    /// Whether a Binary's `securityContext` names a local resource (not a Binary) that the
+    /// caller may read.
+    async fn context_in_reach(&mut self, body: &[u8]) -> StoreResult<bool> {
+        let Ok(binary) = serde_json::from_slice::<Value>(body) else { return Ok(false) };
+        let Some(reference) = binary.pointer("/securityContext/reference").and_then(Value::as_str) else {
+            return Ok(false);
+        };
+        let Some((target_type, target_id)) = crate::search::index::parse_local_reference(reference, &self.base_url)
+        else {
+            return Ok(false);
+        };
+        if target_type == "Binary" || reference.contains("/_history/") {
+            return Ok(false);
+        }
+        let Ok(rule) = self.rule(Permission::Read, target_type) else { return Ok(false) };
+        let target = self.inner.current(target_type, target_id).await?.filter(|t| !t.deleted);
+        Ok(target.is_some_and(|target| admits(&rule, &self.registry, &self.base_url, &target)))
+    }
+}
+
 fn outside(permission: &str, version: &ResourceVersion) -> StoreError {
     StoreError::Forbidden(format!(
         "the access token does not allow to {permission} {}/{}: it is outside the records the token reaches",
@@ -426,6 +473,9 @@ impl StoreTx for GuardedTx {
             (None, false) => (Permission::Create, "create"),
         };
         let rule = self.rule(permission, &version.resource_type)?;
+        if version.resource_type == "Binary" && rule != Restriction::None {
+            return self.write_binary(version, index, previous, verb).await;
+        }
         if let Some(previous) = &previous {
             if !admits(&rule, &self.registry, &self.base_url, previous) {
                 return Err(outside(verb, previous));

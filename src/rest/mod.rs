@@ -194,6 +194,8 @@ pub struct ServiceConfig {
     /// The CapabilityStatement's `rest.security` (SMART on FHIR), when authorization is on.
     pub security: Option<Value>,
     pub scheduling: crate::portal::scheduling::SchedulingSettings,
+    /// What uploaded files may be.
+    pub uploads: crate::model::upload::UploadRules,
 }
 
 /// The FHIR interactions over one store.

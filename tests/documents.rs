@@ -1,0 +1,183 @@
+//! Documents end to end through HTTP, on both databases: a Binary's content downloaded in its
+//! own media type, raw uploads with `X-Security-Context`, and what patients may upload.
+
+mod common;
+
+use common::smart::{smart_server, smart_server_with, Authorization, Smart};
+use common::{body, outcome, Db, TestServer};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+/// A small but real PDF.
+const PDF: &[u8] = b"%PDF-1.4\n1 0 obj\n<< /Type /Catalog >>\nendobj\ntrailer\n<< /Root 1 0 R >>\n%%EOF\n";
+
+/// A 1x1 PNG.
+const PNG: &[u8] = &[
+    0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A, 0x00, 0x00, 0x00, 0x0D, 0x49, 0x48, 0x44, 0x52, 0x00, 0x00, 0x00,
+    0x01, 0x00, 0x00, 0x00, 0x01, 0x08, 0x06, 0x00, 0x00, 0x00, 0x1F, 0x15, 0xC4, 0x89, 0x00, 0x00, 0x00, 0x0A, 0x49,
+    0x44, 0x41, 0x54, 0x78, 0x9C, 0x63, 0x00, 0x01, 0x00, 0x00, 0x05, 0x00, 0x01, 0x0D, 0x0A, 0x2D, 0xB4, 0x00, 0x00,
+    0x00, 0x00, 0x49, 0x45, 0x4E, 0x44, 0xAE, 0x42, 0x60, 0x82,
+];
+
+/// Uploads `bytes` as `content_type` into `context` (when given) with `token`.
+async fn upload(
+    smart: &Smart,
+    token: &str,
+    content_type: &str,
+    bytes: &[u8],
+    context: Option<&str>,
+) -> reqwest::Response {
+    let mut request =
+        smart.fhir_request(Method::POST, "Binary", token).header("content-type", content_type).body(bytes.to_vec());
+    if let Some(context) = context {
+        request = request.header("x-security-context", context);
+    }
+    request.send().await.unwrap()
+}
+
+async fn download(smart: &Smart, token: &str, id: &str, accept: &str) -> reqwest::Response {
+    smart.fhir_request(Method::GET, &format!("Binary/{id}"), token).header("accept", accept).send().await.unwrap()
+}
+
+fn created_id(response: &Value) -> String {
+    response["id"].as_str().unwrap().to_string()
+}
+
+async fn binaries_are_served_as_themselves(db: Db) {
+    let server = smart_server(db).await;
+    let smart = Smart::new(&server).await;
+    smart.add_secret_client("admin", "admin-secret").await;
+    let admin = smart.system_token("admin", "admin-secret", "system/*.cruds").await;
+    let patient = smart.create(&admin, &json!({"resourceType": "Patient"})).await;
+    let response = upload(&smart, &admin, "application/pdf", PDF, Some(&format!("Patient/{patient}"))).await;
+    assert_eq!(response.status(), 201);
+    let binary = body(response).await;
+    assert_eq!(binary["contentType"], "application/pdf");
+    assert_eq!(binary["securityContext"]["reference"], format!("Patient/{patient}"));
+    let id = created_id(&binary);
+
+    for accept in ["application/pdf", "*/*", "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"] {
+        let response = download(&smart, &admin, &id, accept).await;
+        assert_eq!(response.status(), 200, "{accept}");
+        assert_eq!(response.headers()["content-type"], "application/pdf", "{accept}");
+        assert_eq!(response.headers()["content-disposition"], format!("inline; filename=\"Binary-{id}\""));
+        assert_eq!(response.headers()["x-content-type-options"], "nosniff");
+        assert_eq!(response.headers()["etag"], "W/\"1\"");
+        assert_eq!(response.bytes().await.unwrap().as_ref(), PDF, "the bytes exactly as sent");
+    }
+    let resource = download(&smart, &admin, &id, "application/fhir+json").await;
+    assert_eq!(resource.status(), 200);
+    assert_eq!(body(resource).await["resourceType"], "Binary", "a FHIR Accept gets the resource");
+    assert_eq!(download(&smart, &admin, &id, "image/png").await.status(), 406);
+    let versioned = smart
+        .fhir_request(Method::GET, &format!("Binary/{id}/_history/1"), &admin)
+        .header("accept", "application/pdf")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(versioned.bytes().await.unwrap().as_ref(), PDF);
+    let head = smart.fhir_request(Method::HEAD, &format!("Binary/{id}"), &admin).header("accept", "*/*").send();
+    let head = head.await.unwrap();
+    assert_eq!((head.status().as_u16(), head.headers()["content-type"].to_str().unwrap()), (200, "application/pdf"));
+    assert_eq!(download(&smart, &admin, "missing", "application/pdf").await.status(), 404);
+
+    // A raw PUT replaces the content.
+    let put = smart
+        .fhir_request(Method::PUT, &format!("Binary/{id}"), &admin)
+        .header("content-type", "image/png")
+        .header("x-security-context", format!("Patient/{patient}"))
+        .body(PNG.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    let png = download(&smart, &admin, &id, "image/*").await;
+    assert_eq!(png.headers()["content-type"], "image/png");
+    assert_eq!(png.bytes().await.unwrap().as_ref(), PNG);
+}
+
+async fn uploads_are_checked_and_nothing_refused_is_stored(db: Db) {
+    let server = smart_server_with(db, |mut settings| {
+        settings.uploads.max_bytes = 1024;
+        settings
+    })
+    .await;
+    let smart = Smart::new(&server).await;
+    smart.add_secret_client("admin", "admin-secret").await;
+    let admin = smart.system_token("admin", "admin-secret", "system/*.cruds").await;
+    let big = [PDF, &vec![b' '; 2048][..]].concat();
+    for (content_type, bytes, status, says) in [
+        ("application/pdf", &big[..], 413, "at most 1024 bytes"),
+        ("text/html", &b"<html><script>alert(1)</script></html>"[..], 415, "not accepted"),
+        ("application/pdf", PNG, 415, "not application/pdf"),
+        ("image/png", PDF, 415, "not image/png"),
+    ] {
+        let response = upload(&smart, &admin, content_type, bytes, Some("Patient/p1")).await;
+        assert_eq!(response.status(), status, "{content_type}");
+        assert!(outcome(response).await.contains(says), "{content_type}");
+    }
+    let stored = body(smart.get("Binary?_summary=count", &admin).await).await;
+    assert_eq!(stored["total"], 0, "nothing stored");
+    let other = smart.fhir_request(Method::POST, "Observation", &admin).header("content-type", "application/pdf");
+    assert_eq!(other.body(PDF.to_vec()).send().await.unwrap().status(), 415, "only Binary takes raw bodies");
+}
+
+async fn patients_upload_only_into_their_own_record(db: Db) {
+    let server = smart_server(db).await;
+    let smart = Smart::new(&server).await;
+    smart.add_secret_client("admin", "admin-secret").await;
+    let admin = smart.system_token("admin", "admin-secret", "system/*.cruds").await;
+    let ana = smart.create(&admin, &json!({"resourceType": "Patient"})).await;
+    let luis = smart.create(&admin, &json!({"resourceType": "Patient"})).await;
+    smart.add_public_client("app").await;
+    smart.add_user("ana", "ana-password", &format!("Patient/{ana}"), &[]).await;
+    let scope = "launch/patient patient/Binary.cr patient/DocumentReference.cr patient/Patient.r";
+    let token = smart.launch(&Authorization::new("app", scope, "ana", "ana-password")).await;
+    let ana_token = token["access_token"].as_str().unwrap().to_string();
+
+    let response = upload(&smart, &ana_token, "image/png", PNG, Some(&format!("Patient/{ana}"))).await;
+    assert_eq!(response.status(), 201, "into her own record");
+    let own = created_id(&body(response).await);
+    assert_eq!(download(&smart, &ana_token, &own, "image/png").await.bytes().await.unwrap().as_ref(), PNG);
+    for context in [Some(format!("Patient/{luis}")), None, Some("Binary/x".to_string())] {
+        let response = upload(&smart, &ana_token, "image/png", PNG, context.as_deref()).await;
+        assert_eq!(response.status(), 403, "{context:?}");
+    }
+    let luiss = upload(&smart, &admin, "application/pdf", PDF, Some(&format!("Patient/{luis}"))).await;
+    let luiss = created_id(&body(luiss).await);
+    assert_eq!(download(&smart, &ana_token, &luiss, "application/pdf").await.status(), 404, "another's file");
+    let moved = smart
+        .fhir_request(Method::PUT, &format!("Binary/{luiss}"), &ana_token)
+        .header("content-type", "image/png")
+        .header("x-security-context", format!("Patient/{ana}"))
+        .body(PNG.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(moved.status(), 404, "nor can she overwrite it");
+    let count = body(smart.get("Binary?_summary=count", &admin).await).await;
+    assert_eq!(count["total"], 2, "her upload and his file, nothing else");
+}
+
+async fn without_authorization_uploads_work_too(db: Db) {
+    let server = TestServer::start(db).await;
+    let response = server
+        .request(Method::POST, "Binary")
+        .header("content-type", "application/pdf")
+        .header("x-security-context", "Patient/p1")
+        .body(PDF.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let id = created_id(&body(response).await);
+    let content = server.request(Method::GET, &format!("Binary/{id}")).header("accept", "application/pdf").send();
+    assert_eq!(content.await.unwrap().bytes().await.unwrap().as_ref(), PDF);
+}
+
+on_both_databases!(
+    binaries_are_served_as_themselves,
+    uploads_are_checked_and_nothing_refused_is_stored,
+    patients_upload_only_into_their_own_record,
+    without_authorization_uploads_work_too,
+);
