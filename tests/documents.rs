@@ -159,6 +159,66 @@ async fn patients_upload_only_into_their_own_record(db: Db) {
     assert_eq!(count["total"], 2, "her upload and his file, nothing else");
 }
 
+async fn patients_upload_a_document_in_one_step(db: Db) {
+    use base64::Engine;
+    use sha1::Digest;
+    let server = smart_server(db).await;
+    let smart = Smart::new(&server).await;
+    smart.add_secret_client("admin", "admin-secret").await;
+    let admin = smart.system_token("admin", "admin-secret", "system/*.cruds").await;
+    let ana = smart.create(&admin, &json!({"resourceType": "Patient"})).await;
+    let luis = smart.create(&admin, &json!({"resourceType": "Patient"})).await;
+    smart.add_public_client("app").await;
+    smart.add_user("ana", "ana-password", &format!("Patient/{ana}"), &[]).await;
+    let scope = "launch/patient patient/Binary.cr patient/DocumentReference.crs patient/Patient.r";
+    let token = smart.launch(&Authorization::new("app", scope, "ana", "ana-password")).await;
+    let ana_token = token["access_token"].as_str().unwrap().to_string();
+    let encoded = base64::engine::general_purpose::STANDARD.encode(PDF);
+    let parameters = |file: Value, patient: Option<&str>| {
+        let mut parameter = vec![
+            json!({"name": "file", "resource": file}),
+            json!({"name": "title", "valueString": "Insurance card, front"}),
+            json!({"name": "type", "valueString": "http://loinc.org|64290-0"}),
+        ];
+        if let Some(patient) = patient {
+            parameter.push(json!({"name": "patient", "valueReference": {"reference": patient}}));
+        }
+        json!({"resourceType": "Parameters", "parameter": parameter})
+    };
+    let pdf = json!({"resourceType": "Binary", "contentType": "application/pdf", "data": encoded});
+    let response =
+        smart.send(Method::POST, "DocumentReference/$upload", &ana_token, &parameters(pdf.clone(), None)).await;
+    assert_eq!(response.status(), 201);
+    assert!(response.headers()["location"].to_str().unwrap().contains("/DocumentReference/"));
+    let document = body(response).await;
+    assert_eq!((document["status"].as_str(), document["docStatus"].as_str()), (Some("current"), Some("preliminary")));
+    assert_eq!(document["subject"]["reference"], format!("Patient/{ana}"));
+    assert_eq!(document["type"]["coding"][0]["code"], "64290-0");
+    let attachment = &document["content"][0]["attachment"];
+    assert_eq!(attachment["size"], PDF.len());
+    assert_eq!(attachment["hash"], base64::engine::general_purpose::STANDARD.encode(sha1::Sha1::digest(PDF)));
+    assert_eq!(attachment["title"], "Insurance card, front");
+    let url = attachment["url"].as_str().unwrap();
+    let content = smart.fhir_request(Method::GET, url, &ana_token).header("accept", "application/pdf").send();
+    assert_eq!(content.await.unwrap().bytes().await.unwrap().as_ref(), PDF, "stored exactly as sent");
+    let listed = body(smart.get(&format!("DocumentReference?patient={ana}&_sort=-date"), &ana_token).await).await;
+    assert_eq!(listed["entry"][0]["resource"]["id"], document["id"]);
+
+    let for_luis = parameters(pdf.clone(), Some(&format!("Patient/{luis}")));
+    let response = smart.send(Method::POST, "DocumentReference/$upload", &ana_token, &for_luis).await;
+    assert_eq!(response.status(), 403, "not into another patient's record");
+    let lying = json!({"resourceType": "Binary", "contentType": "image/png", "data": encoded});
+    let response = smart.send(Method::POST, "DocumentReference/$upload", &ana_token, &parameters(lying, None)).await;
+    assert_eq!(response.status(), 415);
+    let count = |t: &'static str| {
+        let (smart, admin) = (&smart, &admin);
+        async move { body(smart.get(&format!("{t}?_summary=count"), admin).await).await["total"].clone() }
+    };
+    assert_eq!((count("Binary").await, count("DocumentReference").await), (json!(1), json!(1)), "nothing else stored");
+    let response = smart.send(Method::POST, "DocumentReference/$upload", &admin, &parameters(pdf, None)).await;
+    assert_eq!(response.status(), 400, "a system names the patient");
+}
+
 async fn without_authorization_uploads_work_too(db: Db) {
     let server = TestServer::start(db).await;
     let response = server
@@ -179,5 +239,6 @@ on_both_databases!(
     binaries_are_served_as_themselves,
     uploads_are_checked_and_nothing_refused_is_stored,
     patients_upload_only_into_their_own_record,
+    patients_upload_a_document_in_one_step,
     without_authorization_uploads_work_too,
 );

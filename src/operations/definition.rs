@@ -23,6 +23,7 @@ const SOURCES: &[&str] = &[
     include_str!("../../conformance/operations/appointment-cancel.json"),
     include_str!("../../conformance/operations/schedule-generate-slots.json"),
     include_str!("../../conformance/operations/bulk-publish.json"),
+    include_str!("../../conformance/operations/documentreference-upload.json"),
 ];
 
 /// Where the project's own definitions write the server's FHIR base.

@@ -22,6 +22,7 @@ mod hold;
 pub mod inputs;
 pub(crate) mod reindex;
 mod summary;
+mod upload;
 mod validate;
 
 use async_trait::async_trait;
@@ -119,6 +120,7 @@ static OPERATIONS: &[Entry] = &[
         operation: &generate_slots::GenerateSlots,
     },
     Entry { definition: "bulk-publish", needs: Needs::Nothing, pages: false, operation: &bulk_publish::BulkPublish },
+    Entry { definition: "documentreference-upload", needs: Needs::Nothing, pages: false, operation: &upload::Upload },
 ];
 
 /// An operation with its definition.

@@ -103,6 +103,11 @@ impl OperationContext<'_> {
         self.view.access()
     }
 
+    /// What uploaded files may be.
+    pub fn uploads(&self) -> &crate::model::upload::UploadRules {
+        &self.service.config.uploads
+    }
+
     /// The scheduling settings of the server.
     pub fn scheduling(&self) -> crate::portal::scheduling::SchedulingSettings {
         self.service.config.scheduling
