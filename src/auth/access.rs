@@ -244,7 +244,7 @@ impl Access {
                 ScopeContext::System => return true,
             }
         }
-        let Some(params) = crate::search::compartment::params("Patient", resource_type) else { return true };
+        let Some(params) = patient_params(resource_type) else { return true };
         rows.references
             .iter()
             .filter(|r| r.target_type.as_deref() == Some("Patient") && params.contains(&r.param))
@@ -283,18 +283,48 @@ impl Restriction {
 /// compartment saying whose (Task, Device, Binary…): those they do not reach at all.
 fn compartment_condition(patients: &[String], resource_type: &str, permission: Permission) -> Option<Condition> {
     let nothing = Condition::AnyOf(Vec::new());
-    if membership("Patient", "", resource_type).is_none() {
+    if membership("Patient", "", resource_type).is_none() && reach_beyond_compartment(resource_type).is_none() {
         let reads = matches!(permission, Permission::Read | Permission::Search);
         return (!(reads && SHARED_TYPES.contains(&resource_type))).then_some(nothing);
     }
     let mut any = Vec::new();
     for patient in patients {
-        any.extend(membership("Patient", patient, resource_type).unwrap_or_default());
+        any.extend(patient_reach(patient, resource_type));
     }
     Some(match any.len() {
         1 => any.pop().expect("one condition"),
         _ => Condition::AnyOf(any),
     })
+}
+
+/// Types outside the R4 Patient compartment that are nonetheless a patient's, with the search
+/// parameter that says whose: R4 leaves Task out (its `for` may be anything), but a refill
+/// request for a patient (`Task.for` that patient) is theirs to make and to follow.
+const REACH_BEYOND_COMPARTMENT: &[(&str, &str)] = &[("Task", "patient")];
+
+fn reach_beyond_compartment(resource_type: &str) -> Option<&'static str> {
+    REACH_BEYOND_COMPARTMENT.iter().find(|(t, _)| *t == resource_type).map(|(_, param)| *param)
+}
+
+/// The conditions "`resource_type` resources of `patient`": its Patient compartment, or the
+/// reach beyond it ([`REACH_BEYOND_COMPARTMENT`]).
+fn patient_reach(patient: &str, resource_type: &str) -> Vec<Condition> {
+    if let Some(param) = reach_beyond_compartment(resource_type) {
+        return vec![Condition::Reference {
+            param: param.to_string(),
+            target_type: Some("Patient".to_string()),
+            target_id: patient.to_string(),
+        }];
+    }
+    membership("Patient", patient, resource_type).unwrap_or_default()
+}
+
+/// The reference parameters that say whose `resource_type` resources are.
+fn patient_params(resource_type: &str) -> Option<Vec<String>> {
+    match reach_beyond_compartment(resource_type) {
+        Some(param) => Some(vec![param.to_string()]),
+        None => crate::search::compartment::params("Patient", resource_type).map(<[String]>::to_vec),
+    }
 }
 
 /// Types outside every Patient compartment that hold no patient's data: who and where care is

@@ -21,6 +21,7 @@ mod generate_slots;
 mod hold;
 pub mod inputs;
 pub(crate) mod reindex;
+mod request_refill;
 mod summary;
 mod upload;
 mod validate;
@@ -121,6 +122,12 @@ static OPERATIONS: &[Entry] = &[
     },
     Entry { definition: "bulk-publish", needs: Needs::Nothing, pages: false, operation: &bulk_publish::BulkPublish },
     Entry { definition: "documentreference-upload", needs: Needs::Nothing, pages: false, operation: &upload::Upload },
+    Entry {
+        definition: "medicationrequest-request-refill",
+        needs: Needs::ReadInstance,
+        pages: false,
+        operation: &request_refill::RequestRefill,
+    },
 ];
 
 /// An operation with its definition.

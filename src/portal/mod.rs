@@ -3,4 +3,5 @@
 //! too). Nothing here does I/O.
 
 pub mod availability;
+pub mod refills;
 pub mod scheduling;

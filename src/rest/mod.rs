@@ -13,6 +13,7 @@ mod hold_expiry;
 mod jobs;
 mod operation;
 mod operation_tx;
+mod refills;
 mod reindex;
 mod route;
 mod scheduling;

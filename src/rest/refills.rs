@@ -1,0 +1,194 @@
+//! The refill rules, kept by the write transaction itself (as the scheduling rules are, ADR 10):
+//! every write path runs in a [`RefillTx`], so no REST write, bundle or operation can request
+//! a refill of a foreign, stopped or already requested prescription.
+//!
+//! At commit, for each Task written that is an open refill request: its MedicationRequest is
+//! read with the transaction's locking read (so concurrent requests for one prescription queue
+//! up on its row, on any node), must be active and of the Task's patient, and no other open
+//! request may have it as focus (searched inside the transaction, after the lock). A patient or
+//! proxy may only make refill requests (`requested`, requester their patient) and withdraw them
+//! (`cancelled`); what happens to a request next is the clinic's.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use super::FhirService;
+use crate::auth::scope::Permission;
+use crate::auth::Access;
+use crate::model::{ErrorKind, FhirError, Issue, IssueCode};
+use crate::portal::refills::{is_open_request, is_refill_request, local_reference, status_of, OPEN_STATUSES};
+use crate::store::{IndexRows, JobStep, ResourceVersion, SearchPage, SearchQuery, StoreError, StoreResult, StoreTx};
+
+/// A write transaction that keeps the refill rules (see the module documentation).
+pub(super) struct RefillTx {
+    inner: Box<dyn StoreTx>,
+    service: FhirService,
+    access: Access,
+    /// The Tasks written here, as they were before (`None`: new).
+    tasks: BTreeMap<String, Option<Value>>,
+}
+
+impl RefillTx {
+    pub(super) fn new(inner: Box<dyn StoreTx>, service: FhirService, access: Access) -> Self {
+        RefillTx { inner, service, access, tasks: BTreeMap::new() }
+    }
+
+    async fn live(&mut self, resource_type: &str, id: &str) -> StoreResult<Option<Value>> {
+        let current = self.inner.current(resource_type, id).await?.filter(|v| !v.deleted);
+        Ok(current.map(|v| serde_json::from_slice(&v.body).unwrap_or(Value::Null)))
+    }
+
+    fn for_patients(&self) -> bool {
+        [Permission::Create, Permission::Update, Permission::Delete]
+            .into_iter()
+            .any(|permission| self.access.is_patient_bound(permission, "Task"))
+    }
+
+    async fn settle(&mut self) -> StoreResult<()> {
+        for (id, before) in self.tasks.clone() {
+            let after = self.live("Task", &id).await?;
+            if self.for_patients() {
+                check_patient_change(&id, before.as_ref(), after.as_ref())?;
+            }
+            let Some(task) = after.filter(is_open_request) else { continue };
+            let reopened = before.as_ref().is_none_or(|b| !is_open_request(b) || b["focus"] != task["focus"]);
+            if reopened {
+                self.check_request(&id, &task).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The prescription of an open request exists, is active, is the Task's patient's, and has
+    /// no other open request.
+    async fn check_request(&mut self, id: &str, task: &Value) -> StoreResult<()> {
+        let base_url = self.service.config.base_url.clone();
+        let Some(("MedicationRequest", prescription_id)) = local_reference(task, "/focus/reference", &base_url) else {
+            return Err(refused(format!("Task/{id}: a refill request's focus is a MedicationRequest of this server")));
+        };
+        let prescription_id = prescription_id.to_string();
+        let Some(prescription) = self.live("MedicationRequest", &prescription_id).await? else {
+            return Err(refused(format!("Task/{id}: MedicationRequest/{prescription_id} does not exist")));
+        };
+        let status = prescription.get("status").and_then(Value::as_str).unwrap_or("");
+        if status != "active" {
+            return Err(refused(format!(
+                "MedicationRequest/{prescription_id} is {status}: only an active prescription can be refilled"
+            )));
+        }
+        let whose = local_reference(&prescription, "/subject/reference", &base_url);
+        if whose.is_none() || whose != local_reference(task, "/for/reference", &base_url) {
+            return Err(refused(format!("Task/{id}: MedicationRequest/{prescription_id} is not the patient's")));
+        }
+        let mut query = SearchQuery::new("Task", 10);
+        let criterion = |name: &str, value: &str| {
+            self.service.criterion("Task", name, value).map_err(|error| StoreError::Refused(Box::new(error)))
+        };
+        query.all_of.push(criterion("focus", &format!("MedicationRequest/{prescription_id}"))?);
+        query.all_of.push(criterion("status", &OPEN_STATUSES.join(","))?);
+        let page = self.inner.search(&query).await?;
+        let other = page.resources.iter().find(|v| {
+            v.id != id && serde_json::from_slice::<Value>(&v.body).is_ok_and(|other| is_refill_request(&other))
+        });
+        if let Some(other) = other {
+            return Err(refused(format!(
+                "MedicationRequest/{prescription_id} has an open refill request already (Task/{})",
+                other.id
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// What a patient or proxy may do to a Task: make a refill request (`requested`, for and by
+/// their patient; the token's reach has checked whose), or withdraw one (`cancelled`).
+fn check_patient_change(id: &str, before: Option<&Value>, after: Option<&Value>) -> StoreResult<()> {
+    match (before, after) {
+        (None, Some(task)) => {
+            if !is_refill_request(task) {
+                return Err(refused(format!("Task/{id}: a patient's Task is a refill or renewal request")));
+            }
+            if status_of(task) != "requested" {
+                return Err(refused(format!("Task/{id}: a refill request starts as requested")));
+            }
+            if task["requester"] != task["for"] {
+                return Err(refused(format!("Task/{id}: a refill request is requested by its patient")));
+            }
+            Ok(())
+        }
+        (Some(before), Some(after)) => {
+            let mut withdrawn = before.clone();
+            withdrawn["status"] = Value::String("cancelled".to_string());
+            let unchanged = |task: &Value| {
+                let mut task = task.clone();
+                if let Some(object) = task.as_object_mut() {
+                    object.remove("meta");
+                }
+                task
+            };
+            if is_open_request(before) && unchanged(after) == unchanged(&withdrawn) {
+                return Ok(());
+            }
+            Err(refused(format!(
+                "Task/{id}: a patient may withdraw an open refill request (status cancelled) and change nothing else"
+            )))
+        }
+        (Some(_), None) => Err(refused(format!("Task/{id}: withdraw a refill request instead of deleting it"))),
+        (None, None) => Ok(()),
+    }
+}
+
+fn refused(message: String) -> StoreError {
+    let issue = Issue::error(IssueCode::BusinessRule, message);
+    StoreError::Refused(Box::new(FhirError::with_issues(ErrorKind::Unprocessable, vec![issue])))
+}
+
+#[async_trait]
+impl StoreTx for RefillTx {
+    async fn current(&mut self, resource_type: &str, id: &str) -> StoreResult<Option<ResourceVersion>> {
+        self.inner.current(resource_type, id).await
+    }
+
+    async fn vread(&mut self, resource_type: &str, id: &str, version: i64) -> StoreResult<Option<ResourceVersion>> {
+        self.inner.vread(resource_type, id, version).await
+    }
+
+    async fn search(&mut self, query: &SearchQuery) -> StoreResult<SearchPage> {
+        self.inner.search(query).await
+    }
+
+    async fn write(&mut self, version: ResourceVersion, index: IndexRows) -> StoreResult<()> {
+        if version.resource_type == "Task" && !self.tasks.contains_key(&version.id) {
+            let before = self.live("Task", &version.id).await?;
+            self.tasks.insert(version.id.clone(), before);
+        }
+        self.inner.write(version, index).await
+    }
+
+    async fn reindex(&mut self, batch: &[(ResourceVersion, IndexRows)]) -> StoreResult<usize> {
+        self.inner.reindex(batch).await
+    }
+
+    async fn job_step(&mut self, step: &JobStep<'_>) -> StoreResult<bool> {
+        self.inner.job_step(step).await
+    }
+
+    async fn enqueue_job(&mut self, kind: &str, parameters: &str, not_before: OffsetDateTime) -> StoreResult<i64> {
+        self.inner.enqueue_job(kind, parameters, not_before).await
+    }
+
+    async fn commit(mut self: Box<Self>) -> StoreResult<()> {
+        if let Err(error) = self.settle().await {
+            self.inner.rollback().await;
+            return Err(error);
+        }
+        self.inner.commit().await
+    }
+
+    async fn rollback(self: Box<Self>) {
+        self.inner.rollback().await
+    }
+}
