@@ -47,6 +47,9 @@ pub struct Grant {
     pub user_patients: Option<Vec<String>>,
     /// Whether the token may create EHR launch contexts (`system/launch`).
     pub may_launch: bool,
+    /// The user's own resource (`Patient/1`, `RelatedPerson/2`, `Practitioner/3`), when a user
+    /// signed in.
+    pub fhir_user: Option<String>,
     /// The rules worked out so far for this grant (a token is used many times).
     pub memo: RuleMemo,
 }
@@ -422,6 +425,7 @@ mod tests {
             patients: patients.iter().map(|p| p.to_string()).collect(),
             user_patients: Some(patients.iter().map(|p| p.to_string()).collect()),
             may_launch: false,
+            fhir_user: None,
             memo: RuleMemo::default(),
         }))
     }

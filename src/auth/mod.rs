@@ -282,6 +282,7 @@ fn grant_of(claims: &AccessClaims) -> Grant {
             .collect(),
         patients: claims.patients.clone(),
         user_patients: claims.user_patients.clone(),
+        fhir_user: claims.fhir_user.clone(),
         memo: access::RuleMemo::default(),
     }
 }

@@ -230,8 +230,11 @@ impl FhirService {
     /// [`super::refills::RefillTx`].
     pub(super) async fn begin(&self, access: &Access) -> Result<Box<dyn StoreTx>, FhirError> {
         let raw = self.store.begin().await.map_err(super::store_error)?;
-        let tx: Box<dyn StoreTx> = Box::new(super::scheduling::SchedulingTx::new(raw, self.clone(), access.clone()));
-        let tx: Box<dyn StoreTx> = Box::new(super::refills::RefillTx::new(tx, self.clone(), access.clone()));
+        use super::workflow::WorkflowTx;
+        let tx: Box<dyn StoreTx> =
+            Box::new(WorkflowTx(super::scheduling::SchedulingTx::new(raw, self.clone(), access.clone())));
+        let tx: Box<dyn StoreTx> =
+            Box::new(WorkflowTx(super::refills::RefillTx::new(tx, self.clone(), access.clone())));
         Ok(match access {
             Access::Open => tx,
             Access::Token(_) => Box::new(GuardedTx {

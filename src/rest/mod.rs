@@ -21,6 +21,7 @@ mod search;
 mod search_parameters;
 mod source;
 mod view;
+mod workflow;
 mod write;
 
 use std::sync::Arc;

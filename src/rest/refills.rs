@@ -13,14 +13,14 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use serde_json::Value;
-use time::OffsetDateTime;
 
+use super::workflow::Workflow;
 use super::FhirService;
 use crate::auth::scope::Permission;
 use crate::auth::Access;
 use crate::model::{ErrorKind, FhirError, Issue, IssueCode};
 use crate::portal::refills::{is_open_request, is_refill_request, local_reference, status_of, OPEN_STATUSES};
-use crate::store::{IndexRows, JobStep, ResourceVersion, SearchPage, SearchQuery, StoreError, StoreResult, StoreTx};
+use crate::store::{ResourceVersion, SearchQuery, StoreError, StoreResult, StoreTx};
 
 /// A write transaction that keeps the refill rules (see the module documentation).
 pub(super) struct RefillTx {
@@ -47,7 +47,8 @@ impl RefillTx {
             .any(|permission| self.access.is_patient_bound(permission, "Task"))
     }
 
-    async fn settle(&mut self) -> StoreResult<()> {
+    /// Checks each Task written here (see the module documentation).
+    async fn check_tasks(&mut self) -> StoreResult<()> {
         for (id, before) in self.tasks.clone() {
             let after = self.live("Task", &id).await?;
             if self.for_patients() {
@@ -147,48 +148,24 @@ fn refused(message: String) -> StoreError {
 }
 
 #[async_trait]
-impl StoreTx for RefillTx {
-    async fn current(&mut self, resource_type: &str, id: &str) -> StoreResult<Option<ResourceVersion>> {
-        self.inner.current(resource_type, id).await
+impl Workflow for RefillTx {
+    fn inner(&mut self) -> &mut dyn StoreTx {
+        self.inner.as_mut()
     }
 
-    async fn vread(&mut self, resource_type: &str, id: &str, version: i64) -> StoreResult<Option<ResourceVersion>> {
-        self.inner.vread(resource_type, id, version).await
+    fn into_inner(self) -> Box<dyn StoreTx> {
+        self.inner
     }
 
-    async fn search(&mut self, query: &SearchQuery) -> StoreResult<SearchPage> {
-        self.inner.search(query).await
-    }
-
-    async fn write(&mut self, version: ResourceVersion, index: IndexRows) -> StoreResult<()> {
+    async fn note(&mut self, version: &ResourceVersion) -> StoreResult<()> {
         if version.resource_type == "Task" && !self.tasks.contains_key(&version.id) {
             let before = self.live("Task", &version.id).await?;
             self.tasks.insert(version.id.clone(), before);
         }
-        self.inner.write(version, index).await
+        Ok(())
     }
 
-    async fn reindex(&mut self, batch: &[(ResourceVersion, IndexRows)]) -> StoreResult<usize> {
-        self.inner.reindex(batch).await
-    }
-
-    async fn job_step(&mut self, step: &JobStep<'_>) -> StoreResult<bool> {
-        self.inner.job_step(step).await
-    }
-
-    async fn enqueue_job(&mut self, kind: &str, parameters: &str, not_before: OffsetDateTime) -> StoreResult<i64> {
-        self.inner.enqueue_job(kind, parameters, not_before).await
-    }
-
-    async fn commit(mut self: Box<Self>) -> StoreResult<()> {
-        if let Err(error) = self.settle().await {
-            self.inner.rollback().await;
-            return Err(error);
-        }
-        self.inner.commit().await
-    }
-
-    async fn rollback(self: Box<Self>) {
-        self.inner.rollback().await
+    async fn settle(&mut self) -> StoreResult<()> {
+        self.check_tasks().await
     }
 }

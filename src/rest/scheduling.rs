@@ -16,6 +16,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 use time::OffsetDateTime;
 
+use super::workflow::Workflow;
 use super::FhirService;
 use crate::auth::scope::Permission;
 use crate::auth::Access;
@@ -24,9 +25,7 @@ use crate::portal::scheduling::{
     expected_slot_status, held_slot_ids, is_bookable, span_of, status_of, times_disagree, HoldExpiry, HOLDING_STATUSES,
     HOLD_EXPIRY_JOB,
 };
-use crate::store::{
-    IndexRows, JobStep, ResourceVersion, SearchPage, SearchQuery, StoreError, StoreResult, StoreTx, WriteMethod,
-};
+use crate::store::{ResourceVersion, SearchQuery, StoreError, StoreResult, StoreTx, WriteMethod};
 
 /// A write transaction that keeps the scheduling invariant (see the module documentation).
 pub(super) struct SchedulingTx {
@@ -111,7 +110,7 @@ impl SchedulingTx {
     /// Applies the scheduling rules to every Slot the transaction concerns (see the module
     /// documentation), in the order of their ids so that concurrent transactions lock them in
     /// one order; then queues the expiry of the holds it made.
-    async fn settle(&mut self) -> StoreResult<()> {
+    async fn settle_slots(&mut self) -> StoreResult<()> {
         let base_url = self.service.config.base_url.clone();
         let mut changes = Vec::new();
         for (id, before) in self.appointments.clone() {
@@ -332,55 +331,31 @@ fn refused(kind: ErrorKind, code: IssueCode, message: String) -> StoreError {
 }
 
 #[async_trait]
-impl StoreTx for SchedulingTx {
-    async fn current(&mut self, resource_type: &str, id: &str) -> StoreResult<Option<ResourceVersion>> {
-        self.inner.current(resource_type, id).await
+impl Workflow for SchedulingTx {
+    fn inner(&mut self) -> &mut dyn StoreTx {
+        self.inner.as_mut()
     }
 
-    async fn vread(&mut self, resource_type: &str, id: &str, version: i64) -> StoreResult<Option<ResourceVersion>> {
-        self.inner.vread(resource_type, id, version).await
+    fn into_inner(self) -> Box<dyn StoreTx> {
+        self.inner
     }
 
-    async fn search(&mut self, query: &SearchQuery) -> StoreResult<SearchPage> {
-        self.inner.search(query).await
-    }
-
-    async fn write(&mut self, version: ResourceVersion, index: IndexRows) -> StoreResult<()> {
+    async fn note(&mut self, version: &ResourceVersion) -> StoreResult<()> {
         match version.resource_type.as_str() {
-            "Appointment" => self.note_appointment(&version).await?,
+            "Appointment" => self.note_appointment(version).await?,
             // A Slot created free (or blocked) cannot be held by an Appointment of an earlier
             // transaction, which would have been refused for naming a missing Slot: nothing to
             // settle unless an Appointment of this one names it ($generate-slots writes
             // thousands).
-            "Slot" if !(version.version == 1 && is_unheld_create(&version)) => {
+            "Slot" if !(version.version == 1 && is_unheld_create(version)) => {
                 self.slots.insert(version.id.clone());
             }
             _ => {}
         }
-        self.inner.write(version, index).await
+        Ok(())
     }
 
-    async fn reindex(&mut self, batch: &[(ResourceVersion, IndexRows)]) -> StoreResult<usize> {
-        self.inner.reindex(batch).await
-    }
-
-    async fn job_step(&mut self, step: &JobStep<'_>) -> StoreResult<bool> {
-        self.inner.job_step(step).await
-    }
-
-    async fn enqueue_job(&mut self, kind: &str, parameters: &str, not_before: OffsetDateTime) -> StoreResult<i64> {
-        self.inner.enqueue_job(kind, parameters, not_before).await
-    }
-
-    async fn commit(mut self: Box<Self>) -> StoreResult<()> {
-        if let Err(error) = self.settle().await {
-            self.inner.rollback().await;
-            return Err(error);
-        }
-        self.inner.commit().await
-    }
-
-    async fn rollback(self: Box<Self>) {
-        self.inner.rollback().await
+    async fn settle(&mut self) -> StoreResult<()> {
+        self.settle_slots().await
     }
 }

@@ -1,0 +1,78 @@
+//! The write transaction's workflow rules: each workflow (scheduling, refills, messaging) sees
+//! every write as it passes and checks what the transaction did when it commits, inside it, so
+//! that no write path (REST, bundles, operations, jobs) can go around it. [`WorkflowTx`] is the
+//! one [`StoreTx`] they all share; a workflow only says what it notes and how it settles.
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+
+use crate::store::{IndexRows, JobStep, ResourceVersion, SearchPage, SearchQuery, StoreResult, StoreTx};
+
+/// The rules of one workflow over the transaction it wraps.
+#[async_trait]
+pub(super) trait Workflow: Send {
+    /// The transaction it wraps.
+    fn inner(&mut self) -> &mut dyn StoreTx;
+
+    /// The transaction it wraps, to end it.
+    fn into_inner(self) -> Box<dyn StoreTx>;
+
+    /// Notes a write about to pass (reads through [`Workflow::inner`] still see what it
+    /// replaces).
+    async fn note(&mut self, version: &ResourceVersion) -> StoreResult<()>;
+
+    /// Checks, and completes, what the transaction did, before it commits; an error rolls it
+    /// back.
+    async fn settle(&mut self) -> StoreResult<()>;
+}
+
+/// A transaction that keeps a workflow's rules.
+pub(super) struct WorkflowTx<W>(pub W);
+
+#[async_trait]
+impl<W: Workflow> StoreTx for WorkflowTx<W> {
+    async fn current(&mut self, resource_type: &str, id: &str) -> StoreResult<Option<ResourceVersion>> {
+        self.0.inner().current(resource_type, id).await
+    }
+
+    async fn vread(&mut self, resource_type: &str, id: &str, version: i64) -> StoreResult<Option<ResourceVersion>> {
+        self.0.inner().vread(resource_type, id, version).await
+    }
+
+    async fn search(&mut self, query: &SearchQuery) -> StoreResult<SearchPage> {
+        self.0.inner().search(query).await
+    }
+
+    async fn write(&mut self, version: ResourceVersion, index: IndexRows) -> StoreResult<()> {
+        self.0.note(&version).await?;
+        self.0.inner().write(version, index).await
+    }
+
+    async fn reindex(&mut self, batch: &[(ResourceVersion, IndexRows)]) -> StoreResult<usize> {
+        self.0.inner().reindex(batch).await
+    }
+
+    async fn job_step(&mut self, step: &JobStep<'_>) -> StoreResult<bool> {
+        self.0.inner().job_step(step).await
+    }
+
+    async fn enqueue_job(&mut self, kind: &str, parameters: &str, not_before: OffsetDateTime) -> StoreResult<i64> {
+        self.0.inner().enqueue_job(kind, parameters, not_before).await
+    }
+
+    async fn commit(mut self: Box<Self>) -> StoreResult<()> {
+        let settled = self.0.settle().await;
+        let inner = self.0.into_inner();
+        match settled {
+            Ok(()) => inner.commit().await,
+            Err(error) => {
+                inner.rollback().await;
+                Err(error)
+            }
+        }
+    }
+
+    async fn rollback(self: Box<Self>) {
+        self.0.into_inner().rollback().await
+    }
+}
