@@ -66,6 +66,10 @@ pub enum Command {
         #[arg(long, env = "HEARTH_UPLOAD_TYPES", value_delimiter = ',',
               default_value = crate::model::upload::DEFAULT_UPLOAD_TYPES)]
         upload_types: Vec<String>,
+        /// Whom every patient may message besides their care team, comma-separated
+        /// references (`Organization/front-desk`).
+        #[arg(long, env = "HEARTH_MESSAGE_RECIPIENTS", value_delimiter = ',')]
+        message_recipients: Vec<String>,
     },
     /// Load transaction, batch or collection Bundles (`.json`) and `.ndjson` files.
     Import {

@@ -4,6 +4,7 @@ use clap::Parser;
 use hearth::auth::PasswordCost;
 use hearth::config::{AuthMode, Cli, Command};
 use hearth::model::upload::UploadRules;
+use hearth::portal::messaging::MessagingSettings;
 use hearth::portal::scheduling::SchedulingSettings;
 use hearth::search::params::Paging;
 use hearth::server::{Hearth, Settings};
@@ -37,6 +38,7 @@ async fn main() -> anyhow::Result<()> {
             publish_slots,
             max_upload_bytes,
             upload_types,
+            message_recipients,
         } => {
             if default_count > max_count {
                 anyhow::bail!("--default-count ({default_count}) cannot be larger than --max-count ({max_count})");
@@ -68,6 +70,9 @@ async fn main() -> anyhow::Result<()> {
                 uploads: UploadRules {
                     max_bytes: max_upload_bytes,
                     types: upload_types.iter().map(|t| t.trim().to_ascii_lowercase()).collect(),
+                },
+                messaging: MessagingSettings {
+                    recipients: message_recipients.iter().map(|r| r.trim().to_string()).collect(),
                 },
                 ..Settings::new(&base_url)
             };

@@ -28,6 +28,7 @@ pub struct Settings {
     pub scheduling: SchedulingSettings,
     /// What raw uploads to Binary may be (`--max-upload-bytes`, `--upload-types`).
     pub uploads: UploadRules,
+    pub messaging: crate::portal::messaging::MessagingSettings,
 }
 
 impl Settings {
@@ -42,6 +43,7 @@ impl Settings {
             password_cost: PasswordCost::Standard,
             scheduling: SchedulingSettings::default(),
             uploads: UploadRules::default(),
+            messaging: Default::default(),
         }
     }
 }
@@ -80,6 +82,7 @@ impl Hearth {
                 security: auth.as_ref().map(|auth| auth.capability_security()),
                 scheduling: settings.scheduling,
                 uploads: settings.uploads.clone(),
+                messaging: settings.messaging.clone(),
             },
         );
         let state = AppState {

@@ -25,6 +25,7 @@ const SOURCES: &[&str] = &[
     include_str!("../../conformance/operations/bulk-publish.json"),
     include_str!("../../conformance/operations/documentreference-upload.json"),
     include_str!("../../conformance/operations/medicationrequest-request-refill.json"),
+    include_str!("../../conformance/operations/communication-unread.json"),
 ];
 
 /// Where the project's own definitions write the server's FHIR base.

@@ -23,6 +23,7 @@ pub mod inputs;
 pub(crate) mod reindex;
 mod request_refill;
 mod summary;
+mod unread;
 mod upload;
 mod validate;
 
@@ -128,6 +129,7 @@ static OPERATIONS: &[Entry] = &[
         pages: false,
         operation: &request_refill::RequestRefill,
     },
+    Entry { definition: "communication-unread", needs: Needs::Nothing, pages: false, operation: &unread::Unread },
 ];
 
 /// An operation with its definition.

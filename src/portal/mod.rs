@@ -3,5 +3,6 @@
 //! too). Nothing here does I/O.
 
 pub mod availability;
+pub mod messaging;
 pub mod refills;
 pub mod scheduling;

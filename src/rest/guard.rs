@@ -226,8 +226,8 @@ impl FhirService {
     }
 
     /// A write transaction that enforces `access` (no check when access is open) and, for
-    /// everyone, the workflow rules of [`super::scheduling::SchedulingTx`] and
-    /// [`super::refills::RefillTx`].
+    /// everyone, the workflow rules of [`super::scheduling::SchedulingTx`],
+    /// [`super::refills::RefillTx`] and [`super::messaging::MessagingTx`].
     pub(super) async fn begin(&self, access: &Access) -> Result<Box<dyn StoreTx>, FhirError> {
         let raw = self.store.begin().await.map_err(super::store_error)?;
         use super::workflow::WorkflowTx;
@@ -235,6 +235,8 @@ impl FhirService {
             Box::new(WorkflowTx(super::scheduling::SchedulingTx::new(raw, self.clone(), access.clone())));
         let tx: Box<dyn StoreTx> =
             Box::new(WorkflowTx(super::refills::RefillTx::new(tx, self.clone(), access.clone())));
+        let tx: Box<dyn StoreTx> =
+            Box::new(WorkflowTx(super::messaging::MessagingTx::new(tx, self.clone(), access.clone())));
         Ok(match access {
             Access::Open => tx,
             Access::Token(_) => Box::new(GuardedTx {

@@ -11,6 +11,7 @@ mod guard;
 mod history;
 mod hold_expiry;
 mod jobs;
+mod messaging;
 mod operation;
 mod operation_tx;
 mod refills;
@@ -198,6 +199,7 @@ pub struct ServiceConfig {
     pub scheduling: crate::portal::scheduling::SchedulingSettings,
     /// What uploaded files may be.
     pub uploads: crate::model::upload::UploadRules,
+    pub messaging: crate::portal::messaging::MessagingSettings,
 }
 
 /// The FHIR interactions over one store.
