@@ -2,7 +2,8 @@
 //! for patient A, and tokens of a proxy linked to A only, get nothing of patient B through any
 //! access path: read, vread, search, chained search, `_include`, `_revinclude`, `_has`,
 //! history, compartment search, system search, batch, transaction and operations
-//! (`$everything`, `$summary`, the scheduling operations).
+//! (`$everything`, `$summary`, the scheduling operations, `$request-refill`, `$unread`,
+//! `$upload` and raw uploads).
 
 mod common;
 
@@ -214,6 +215,34 @@ impl World {
         assert_eq!(find.status(), 200, "{who}: $find");
         let text = find.text().await.unwrap();
         assert!(!text.contains(b.as_str()), "{who}: $find names patient B");
+        // The portal's records: B's prescriptions, threads and files do not exist for A.
+        if let Some((_, prescription)) = self.of_b.iter().find(|(t, _)| t == "MedicationRequest") {
+            let path = format!("MedicationRequest/{prescription}/$request-refill");
+            let response = self.smart.send(Method::POST, &path, token, &nothing).await;
+            assert_eq!(response.status(), 404, "{who}: $request-refill of B's prescription");
+        }
+        let unread = self.smart.get("Communication/$unread", token).await;
+        if unread.status() == 200 {
+            let text = unread.text().await.unwrap();
+            for (t, id) in self.of_b.iter().filter(|(t, _)| t == "Communication") {
+                assert!(!text.contains(id.as_str()), "{who}: $unread counts {t}/{id} of B");
+            }
+        }
+        let upload = json!({"resourceType": "Parameters", "parameter": [
+            {"name": "file", "resource": {"resourceType": "Binary", "contentType": "text/plain", "data": "aGk="}},
+            {"name": "patient", "valueReference": {"reference": format!("Patient/{b}")}}]});
+        let response = self.smart.send(Method::POST, "DocumentReference/$upload", token, &upload).await;
+        assert_eq!(response.status(), 403, "{who}: $upload into B's record");
+        let raw = self
+            .smart
+            .fhir_request(Method::POST, "Binary", token)
+            .header("content-type", "text/plain")
+            .header("x-security-context", format!("Patient/{b}"))
+            .body("hi")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(raw.status(), 403, "{who}: raw upload into B's record");
     }
 
     async fn check_bundles(&self, token: &str, who: &str) {
