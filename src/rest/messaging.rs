@@ -15,11 +15,10 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use serde_json::Value;
 
-use super::workflow::Workflow;
+use super::workflow::{unprocessable, Workflow};
 use super::FhirService;
 use crate::auth::scope::Permission;
 use crate::auth::Access;
-use crate::model::{ErrorKind, FhirError, Issue, IssueCode};
 use crate::portal::messaging::{care_team, local, locals, only_marked_read};
 use crate::store::{ResourceVersion, SearchQuery, StoreError, StoreResult, StoreTx};
 
@@ -67,13 +66,13 @@ impl MessagingTx {
                         .iter()
                         .any(|r| patients.contains(r) || Some(r.as_str()) == user.as_deref());
                     if !(addressed && only_marked_read(&before, &after)) {
-                        return Err(refused(format!(
+                        return Err(unprocessable(format!(
                             "Communication/{id}: a message cannot be changed once sent (its recipient may mark it read)"
                         )));
                     }
                 }
                 (Some(_), None) => {
-                    return Err(refused(format!("Communication/{id}: a message cannot be deleted once sent")));
+                    return Err(unprocessable(format!("Communication/{id}: a message cannot be deleted once sent")));
                 }
                 (None, None) => {}
             }
@@ -92,16 +91,16 @@ impl MessagingTx {
         let sender = message.get("sender").and_then(|s| local(s, &base_url));
         let as_itself = sender.as_deref().is_some_and(|s| Some(s) == user || patients.iter().any(|p| p == s));
         if !as_itself {
-            return Err(refused(format!("Communication/{id}: its sender must be you")));
+            return Err(unprocessable(format!("Communication/{id}: its sender must be you")));
         }
         let subject = message.get("subject").and_then(|s| local(s, &base_url));
         let Some(patient) = subject.filter(|s| patients.contains(s)) else {
-            return Err(refused(format!("Communication/{id}: its subject must be the patient it is about")));
+            return Err(unprocessable(format!("Communication/{id}: its subject must be the patient it is about")));
         };
         match locals(message, "partOf", &base_url).first() {
             Some(thread) => self.check_thread(id, thread, &patient).await?,
             None if message.get("topic").is_none() => {
-                return Err(refused(format!(
+                return Err(unprocessable(format!(
                     "Communication/{id}: a new thread needs a topic; a message in a thread names it in partOf"
                 )));
             }
@@ -109,11 +108,11 @@ impl MessagingTx {
         }
         let recipients = locals(message, "recipient", &base_url);
         if recipients.is_empty() {
-            return Err(refused(format!("Communication/{id}: a message needs a recipient")));
+            return Err(unprocessable(format!("Communication/{id}: a message needs a recipient")));
         }
         let allowed = self.messageable(&patient).await?;
         if let Some(stranger) = recipients.iter().find(|r| !allowed.contains(*r)) {
-            return Err(refused(format!(
+            return Err(unprocessable(format!(
                 "Communication/{id}: {stranger} is not among those the patient may message (their care team)"
             )));
         }
@@ -132,7 +131,7 @@ impl MessagingTx {
                 && t.get("subject").and_then(|s| local(s, &base_url)).as_deref() == Some(patient)
         });
         if !theirs {
-            return Err(refused(format!("Communication/{id}: {thread} is not a thread of the patient's")));
+            return Err(unprocessable(format!("Communication/{id}: {thread} is not a thread of the patient's")));
         }
         Ok(())
     }
@@ -154,11 +153,6 @@ impl MessagingTx {
         allowed.extend(self.service.config.messaging.recipients.iter().cloned());
         Ok(allowed)
     }
-}
-
-fn refused(message: String) -> StoreError {
-    let issue = Issue::error(IssueCode::BusinessRule, message);
-    StoreError::Refused(Box::new(FhirError::with_issues(ErrorKind::Unprocessable, vec![issue])))
 }
 
 #[async_trait]

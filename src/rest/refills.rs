@@ -14,11 +14,10 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use serde_json::Value;
 
-use super::workflow::Workflow;
+use super::workflow::{unprocessable, Workflow};
 use super::FhirService;
 use crate::auth::scope::Permission;
 use crate::auth::Access;
-use crate::model::{ErrorKind, FhirError, Issue, IssueCode};
 use crate::portal::refills::{is_open_request, is_refill_request, local_reference, status_of, OPEN_STATUSES};
 use crate::store::{ResourceVersion, SearchQuery, StoreError, StoreResult, StoreTx};
 
@@ -68,21 +67,23 @@ impl RefillTx {
     async fn check_request(&mut self, id: &str, task: &Value) -> StoreResult<()> {
         let base_url = self.service.config.base_url.clone();
         let Some(("MedicationRequest", prescription_id)) = local_reference(task, "/focus/reference", &base_url) else {
-            return Err(refused(format!("Task/{id}: a refill request's focus is a MedicationRequest of this server")));
+            return Err(unprocessable(format!(
+                "Task/{id}: a refill request's focus is a MedicationRequest of this server"
+            )));
         };
         let prescription_id = prescription_id.to_string();
         let Some(prescription) = self.live("MedicationRequest", &prescription_id).await? else {
-            return Err(refused(format!("Task/{id}: MedicationRequest/{prescription_id} does not exist")));
+            return Err(unprocessable(format!("Task/{id}: MedicationRequest/{prescription_id} does not exist")));
         };
         let status = prescription.get("status").and_then(Value::as_str).unwrap_or("");
         if status != "active" {
-            return Err(refused(format!(
+            return Err(unprocessable(format!(
                 "MedicationRequest/{prescription_id} is {status}: only an active prescription can be refilled"
             )));
         }
         let whose = local_reference(&prescription, "/subject/reference", &base_url);
         if whose.is_none() || whose != local_reference(task, "/for/reference", &base_url) {
-            return Err(refused(format!("Task/{id}: MedicationRequest/{prescription_id} is not the patient's")));
+            return Err(unprocessable(format!("Task/{id}: MedicationRequest/{prescription_id} is not the patient's")));
         }
         let mut query = SearchQuery::new("Task", 10);
         let criterion = |name: &str, value: &str| {
@@ -95,7 +96,7 @@ impl RefillTx {
             v.id != id && serde_json::from_slice::<Value>(&v.body).is_ok_and(|other| is_refill_request(&other))
         });
         if let Some(other) = other {
-            return Err(refused(format!(
+            return Err(unprocessable(format!(
                 "MedicationRequest/{prescription_id} has an open refill request already (Task/{})",
                 other.id
             )));
@@ -110,13 +111,13 @@ fn check_patient_change(id: &str, before: Option<&Value>, after: Option<&Value>)
     match (before, after) {
         (None, Some(task)) => {
             if !is_refill_request(task) {
-                return Err(refused(format!("Task/{id}: a patient's Task is a refill or renewal request")));
+                return Err(unprocessable(format!("Task/{id}: a patient's Task is a refill or renewal request")));
             }
             if status_of(task) != "requested" {
-                return Err(refused(format!("Task/{id}: a refill request starts as requested")));
+                return Err(unprocessable(format!("Task/{id}: a refill request starts as requested")));
             }
             if task["requester"] != task["for"] {
-                return Err(refused(format!("Task/{id}: a refill request is requested by its patient")));
+                return Err(unprocessable(format!("Task/{id}: a refill request is requested by its patient")));
             }
             Ok(())
         }
@@ -133,18 +134,13 @@ fn check_patient_change(id: &str, before: Option<&Value>, after: Option<&Value>)
             if is_open_request(before) && unchanged(after) == unchanged(&withdrawn) {
                 return Ok(());
             }
-            Err(refused(format!(
+            Err(unprocessable(format!(
                 "Task/{id}: a patient may withdraw an open refill request (status cancelled) and change nothing else"
             )))
         }
-        (Some(_), None) => Err(refused(format!("Task/{id}: withdraw a refill request instead of deleting it"))),
+        (Some(_), None) => Err(unprocessable(format!("Task/{id}: withdraw a refill request instead of deleting it"))),
         (None, None) => Ok(()),
     }
-}
-
-fn refused(message: String) -> StoreError {
-    let issue = Issue::error(IssueCode::BusinessRule, message);
-    StoreError::Refused(Box::new(FhirError::with_issues(ErrorKind::Unprocessable, vec![issue])))
 }
 
 #[async_trait]

@@ -16,11 +16,11 @@ use async_trait::async_trait;
 use serde_json::Value;
 use time::OffsetDateTime;
 
-use super::workflow::Workflow;
+use super::workflow::{refused, Workflow};
 use super::FhirService;
 use crate::auth::scope::Permission;
 use crate::auth::Access;
-use crate::model::{ErrorKind, FhirError, Issue, IssueCode};
+use crate::model::{ErrorKind, IssueCode};
 use crate::portal::scheduling::{
     expected_slot_status, held_slot_ids, is_bookable, span_of, status_of, times_disagree, HoldExpiry, HOLDING_STATUSES,
     HOLD_EXPIRY_JOB,
@@ -324,10 +324,6 @@ impl SchedulingTx {
 fn is_unheld_create(version: &ResourceVersion) -> bool {
     let slot: Value = serde_json::from_slice(&version.body).unwrap_or(Value::Null);
     !matches!(status_of(&slot), "busy" | "busy-tentative")
-}
-
-fn refused(kind: ErrorKind, code: IssueCode, message: String) -> StoreError {
-    StoreError::Refused(Box::new(FhirError::with_issues(kind, vec![Issue::error(code, message)])))
 }
 
 #[async_trait]

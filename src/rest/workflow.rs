@@ -6,7 +6,18 @@
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
-use crate::store::{IndexRows, JobStep, ResourceVersion, SearchPage, SearchQuery, StoreResult, StoreTx};
+use crate::model::{ErrorKind, FhirError, Issue, IssueCode};
+use crate::store::{IndexRows, JobStep, ResourceVersion, SearchPage, SearchQuery, StoreError, StoreResult, StoreTx};
+
+/// A workflow rule's refusal: a 4xx with one issue, answered as it is.
+pub(super) fn refused(kind: ErrorKind, code: IssueCode, message: String) -> StoreError {
+    StoreError::Refused(Box::new(FhirError::with_issues(kind, vec![Issue::error(code, message)])))
+}
+
+/// A business rule's refusal (422), the usual one.
+pub(super) fn unprocessable(message: String) -> StoreError {
+    refused(ErrorKind::Unprocessable, IssueCode::BusinessRule, message)
+}
 
 /// The rules of one workflow over the transaction it wraps.
 #[async_trait]
