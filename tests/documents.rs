@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::smart::{smart_server, smart_server_with, Authorization, Smart};
+use common::smart::{smart_server, smart_server_with, Smart};
 use common::{body, outcome, Db, TestServer};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -46,8 +46,7 @@ fn created_id(response: &Value) -> String {
 async fn binaries_are_served_as_themselves(db: Db) {
     let server = smart_server(db).await;
     let smart = Smart::new(&server).await;
-    smart.add_secret_client("admin", "admin-secret").await;
-    let admin = smart.system_token("admin", "admin-secret", "system/*.cruds").await;
+    let admin = smart.admin_token().await;
     let patient = smart.create(&admin, &json!({"resourceType": "Patient"})).await;
     let response = upload(&smart, &admin, "application/pdf", PDF, Some(&format!("Patient/{patient}"))).await;
     assert_eq!(response.status(), 201);
@@ -103,8 +102,7 @@ async fn uploads_are_checked_and_nothing_refused_is_stored(db: Db) {
     })
     .await;
     let smart = Smart::new(&server).await;
-    smart.add_secret_client("admin", "admin-secret").await;
-    let admin = smart.system_token("admin", "admin-secret", "system/*.cruds").await;
+    let admin = smart.admin_token().await;
     let big = [PDF, &vec![b' '; 2048][..]].concat();
     for (content_type, bytes, status, says) in [
         ("application/pdf", &big[..], 413, "at most 1024 bytes"),
@@ -125,15 +123,11 @@ async fn uploads_are_checked_and_nothing_refused_is_stored(db: Db) {
 async fn patients_upload_only_into_their_own_record(db: Db) {
     let server = smart_server(db).await;
     let smart = Smart::new(&server).await;
-    smart.add_secret_client("admin", "admin-secret").await;
-    let admin = smart.system_token("admin", "admin-secret", "system/*.cruds").await;
+    let admin = smart.admin_token().await;
     let ana = smart.create(&admin, &json!({"resourceType": "Patient"})).await;
     let luis = smart.create(&admin, &json!({"resourceType": "Patient"})).await;
-    smart.add_public_client("app").await;
-    smart.add_user("ana", "ana-password", &format!("Patient/{ana}"), &[]).await;
     let scope = "launch/patient patient/Binary.cr patient/DocumentReference.cr patient/Patient.r";
-    let token = smart.launch(&Authorization::new("app", scope, "ana", "ana-password")).await;
-    let ana_token = token["access_token"].as_str().unwrap().to_string();
+    let ana_token = smart.user_token("ana", &format!("Patient/{ana}"), &[], scope).await;
 
     let response = upload(&smart, &ana_token, "image/png", PNG, Some(&format!("Patient/{ana}"))).await;
     assert_eq!(response.status(), 201, "into her own record");
@@ -164,15 +158,11 @@ async fn patients_upload_a_document_in_one_step(db: Db) {
     use sha1::Digest;
     let server = smart_server(db).await;
     let smart = Smart::new(&server).await;
-    smart.add_secret_client("admin", "admin-secret").await;
-    let admin = smart.system_token("admin", "admin-secret", "system/*.cruds").await;
+    let admin = smart.admin_token().await;
     let ana = smart.create(&admin, &json!({"resourceType": "Patient"})).await;
     let luis = smart.create(&admin, &json!({"resourceType": "Patient"})).await;
-    smart.add_public_client("app").await;
-    smart.add_user("ana", "ana-password", &format!("Patient/{ana}"), &[]).await;
     let scope = "launch/patient patient/Binary.cr patient/DocumentReference.crs patient/Patient.r";
-    let token = smart.launch(&Authorization::new("app", scope, "ana", "ana-password")).await;
-    let ana_token = token["access_token"].as_str().unwrap().to_string();
+    let ana_token = smart.user_token("ana", &format!("Patient/{ana}"), &[], scope).await;
     let encoded = base64::engine::general_purpose::STANDARD.encode(PDF);
     let parameters = |file: Value, patient: Option<&str>| {
         let mut parameter = vec![

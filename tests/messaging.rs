@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::smart::{smart_server_with, Authorization, Smart};
+use common::smart::{smart_server_with, Smart};
 use common::{body, outcome, Db};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -32,8 +32,7 @@ async fn patients_message_their_care_team(db: Db) {
     })
     .await;
     let smart = Smart::new(&server).await;
-    smart.add_secret_client("admin", "admin-secret").await;
-    let admin = smart.system_token("admin", "admin-secret", "system/*.cruds").await;
+    let admin = smart.admin_token().await;
     let doctor = smart.create(&admin, &json!({"resourceType": "Practitioner"})).await;
     let stranger = smart.create(&admin, &json!({"resourceType": "Practitioner"})).await;
     let ana = smart.create(&admin, &json!({"resourceType": "Patient"})).await;
@@ -47,11 +46,8 @@ async fn patients_message_their_care_team(db: Db) {
             "participant": [{"individual": {"reference": format!("Practitioner/{doctor}")}}]}),
         )
         .await;
-    smart.add_public_client("app").await;
-    smart.add_user("ana", "ana-password", &format!("Patient/{ana}"), &[]).await;
     let scope = "openid fhirUser launch/patient patient/Communication.crus";
-    let token = smart.launch(&Authorization::new("app", scope, "ana", "ana-password")).await;
-    let ana_token = token["access_token"].as_str().unwrap().to_string();
+    let ana_token = smart.user_token("ana", &format!("Patient/{ana}"), &[], scope).await;
     let (me, doc) = (format!("Patient/{ana}"), format!("Practitioner/{doctor}"));
     let post = |resource: Value| {
         let (smart, token) = (&smart, &ana_token);

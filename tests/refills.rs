@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::smart::{smart_server, Authorization, Smart};
+use common::smart::{smart_server, Smart};
 use common::{body, outcome, Db};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -29,8 +29,7 @@ fn refill_task(patient: &str, prescription: &str) -> Value {
 async fn refills_follow_the_rules(db: Db) {
     let server = smart_server(db).await;
     let smart = Smart::new(&server).await;
-    smart.add_secret_client("admin", "admin-secret").await;
-    let admin = smart.system_token("admin", "admin-secret", "system/*.cruds").await;
+    let admin = smart.admin_token().await;
     let doctor = smart.create(&admin, &json!({"resourceType": "Practitioner"})).await;
     let ana = smart.create(&admin, &json!({"resourceType": "Patient"})).await;
     let luis = smart.create(&admin, &json!({"resourceType": "Patient"})).await;
@@ -38,11 +37,8 @@ async fn refills_follow_the_rules(db: Db) {
     let second = smart.create(&admin, &prescription(&ana, &doctor, "active")).await;
     let stopped = smart.create(&admin, &prescription(&ana, &doctor, "stopped")).await;
     let luiss = smart.create(&admin, &prescription(&luis, &doctor, "active")).await;
-    smart.add_public_client("app").await;
-    smart.add_user("ana", "ana-password", &format!("Patient/{ana}"), &[]).await;
     let scope = "launch/patient patient/MedicationRequest.rs patient/Task.crus";
-    let token = smart.launch(&Authorization::new("app", scope, "ana", "ana-password")).await;
-    let ana_token = token["access_token"].as_str().unwrap().to_string();
+    let ana_token = smart.user_token("ana", &format!("Patient/{ana}"), &[], scope).await;
     let note =
         json!({"resourceType": "Parameters", "parameter": [{"name": "note", "valueString": "Running out on Friday"}]});
     let request = |id: &str| {
@@ -113,8 +109,7 @@ async fn refills_follow_the_rules(db: Db) {
 async fn racing_requests_open_one(db: Db) {
     let server = smart_server(db).await;
     let smart = Smart::new(&server).await;
-    smart.add_secret_client("admin", "admin-secret").await;
-    let admin = smart.system_token("admin", "admin-secret", "system/*.cruds").await;
+    let admin = smart.admin_token().await;
     let doctor = smart.create(&admin, &json!({"resourceType": "Practitioner"})).await;
     let ana = smart.create(&admin, &json!({"resourceType": "Patient"})).await;
     let active = smart.create(&admin, &prescription(&ana, &doctor, "active")).await;

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::smart::{smart_server, smart_server_with, Authorization, Smart};
+use common::smart::{smart_server, smart_server_with, Smart};
 use common::{body, outcome, Db, TestServer};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -429,8 +429,7 @@ async fn a_hold_ends_after_a_restart(db: Db) {
 async fn patients_book_only_for_themselves(db: Db) {
     let server = smart_server(db).await;
     let smart = Smart::new(&server).await;
-    smart.add_secret_client("admin", "admin-secret").await;
-    let admin = smart.system_token("admin", "admin-secret", "system/*.cruds").await;
+    let admin = smart.admin_token().await;
     let create = |resource: Value| {
         let (smart, admin) = (&smart, &admin);
         async move { smart.create(admin, &resource).await }
@@ -447,11 +446,8 @@ async fn patients_book_only_for_themselves(db: Db) {
             "status": "free", "start": at(1, hour, 0), "end": at(1, hour, 30)});
         slots.push(create(slot).await);
     }
-    smart.add_public_client("app").await;
-    smart.add_user("ana", "ana-password", &format!("Patient/{ana}"), &[]).await;
     let scope = "launch/patient patient/Appointment.cruds patient/Slot.rs patient/Patient.r";
-    let token = smart.launch(&Authorization::new("app", scope, "ana", "ana-password")).await;
-    let ana_token = token["access_token"].as_str().unwrap().to_string();
+    let ana_token = smart.user_token("ana", &format!("Patient/{ana}"), &[], scope).await;
 
     let find = |patient: &str| {
         format!("Appointment/$find?start={}&end={}&patient=Patient/{patient}", at(0, 0, 0), at(5, 0, 0))
@@ -506,8 +502,7 @@ async fn patients_cannot_cancel_within_the_cutoff(db: Db) {
     })
     .await;
     let smart = Smart::new(&server).await;
-    smart.add_secret_client("admin", "admin-secret").await;
-    let admin = smart.system_token("admin", "admin-secret", "system/*.cruds").await;
+    let admin = smart.admin_token().await;
     let schedule =
         smart.create(&admin, &json!({"resourceType": "Schedule", "actor": [{"reference": "Location/l1"}]})).await;
     let ana = smart.create(&admin, &json!({"resourceType": "Patient"})).await;
@@ -525,12 +520,8 @@ async fn patients_cannot_cancel_within_the_cutoff(db: Db) {
             "participant": [{"actor": {"reference": format!("Patient/{ana}")}, "status": "accepted"}]});
         appointments.push(smart.create(&admin, &appointment).await);
     }
-    smart.add_public_client("app").await;
-    smart.add_user("ana", "ana-password", &format!("Patient/{ana}"), &[]).await;
-    let token = smart
-        .launch(&Authorization::new("app", "launch/patient patient/Appointment.cruds", "ana", "ana-password"))
-        .await;
-    let ana_token = token["access_token"].as_str().unwrap().to_string();
+    let scope = "launch/patient patient/Appointment.cruds";
+    let ana_token = smart.user_token("ana", &format!("Patient/{ana}"), &[], scope).await;
     let cancel = json!({"resourceType": "Parameters"});
     let response =
         smart.send(Method::POST, &format!("Appointment/{}/$cancel", appointments[0]), &ana_token, &cancel).await;
@@ -597,8 +588,7 @@ async fn clinics_generate_slots_and_publish_them(db: Db) {
     })
     .await;
     let smart = Smart::new(&server).await;
-    smart.add_secret_client("admin", "admin-secret").await;
-    let admin = smart.system_token("admin", "admin-secret", "system/*.cruds").await;
+    let admin = smart.admin_token().await;
     let practitioner =
         smart.create(&admin, &json!({"resourceType": "Practitioner", "name": [{"family": "Osei"}]})).await;
     let schedule = smart
@@ -646,11 +636,8 @@ async fn clinics_generate_slots_and_publish_them(db: Db) {
     let mut bad_window = generate("2027-03-09");
     bad_window["parameter"][2]["valueString"] = json!("weekdays 9-5");
     assert_eq!(smart.send(Method::POST, &path, &admin, &bad_window).await.status(), 400);
-    smart.add_public_client("app").await;
     let ana = smart.create(&admin, &json!({"resourceType": "Patient"})).await;
-    smart.add_user("ana", "ana-password", &format!("Patient/{ana}"), &[]).await;
-    let token = smart.launch(&Authorization::new("app", "launch/patient patient/*.cruds", "ana", "ana-password")).await;
-    let ana_token = token["access_token"].as_str().unwrap().to_string();
+    let ana_token = smart.user_token("ana", &format!("Patient/{ana}"), &[], "launch/patient patient/*.cruds").await;
     let response = smart.send(Method::POST, &path, &ana_token, &generate("2027-04-30")).await;
     assert_eq!(response.status(), 404, "a practitioner's schedule is not in a patient's reach");
 

@@ -230,6 +230,14 @@ impl Access {
             })
     }
 
+    /// Whether the caller writes `resource_type` only for particular patients (a patient app, a
+    /// proxy): whatever it may write of that type, create, update or delete, is patient-bound.
+    pub fn writes_for_patients(&self, resource_type: &str) -> bool {
+        [Permission::Create, Permission::Update, Permission::Delete]
+            .into_iter()
+            .any(|permission| self.is_patient_bound(permission, resource_type))
+    }
+
     /// Whether every Patient reference of a resource about to be written, through the
     /// parameters that put `resource_type` into Patient compartments, points at a patient the
     /// caller may write for: a patient app cannot file data into another patient's record by

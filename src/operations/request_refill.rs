@@ -10,7 +10,7 @@ use super::{Inputs, Level, Operation};
 use crate::model::resource::{format_instant, now};
 use crate::model::FhirError;
 use crate::portal::refills::request_for;
-use crate::rest::{version_response, FhirResponse, OperationContext};
+use crate::rest::{FhirResponse, OperationContext};
 
 pub struct RequestRefill;
 
@@ -27,8 +27,6 @@ impl Operation for RequestRefill {
         let mut tx = context.begin().await?;
         let created = tx.create("Task", task).await;
         let version = tx.finish(created).await?;
-        let mut response = version_response(201, &version);
-        response.location = Some(format!("{}/_history/{}", context.resource_url("Task", &version.id), version.version));
-        Ok(response)
+        Ok(context.created(&version))
     }
 }

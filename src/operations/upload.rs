@@ -14,7 +14,7 @@ use super::inputs::parameter_path;
 use super::{Inputs, Level, Operation};
 use crate::model::resource::{format_instant, now};
 use crate::model::{ErrorKind, FhirError, Issue, IssueCode};
-use crate::rest::{version_response, FhirResponse, OperationContext};
+use crate::rest::{FhirResponse, OperationContext};
 use crate::search::index::parse_local_reference;
 
 pub struct Upload;
@@ -49,10 +49,7 @@ impl Operation for Upload {
         }
         .await;
         let version = tx.finish(stored).await?;
-        let mut response = version_response(201, &version);
-        response.location =
-            Some(format!("{}/_history/{}", context.resource_url("DocumentReference", &version.id), version.version));
-        Ok(response)
+        Ok(context.created(&version))
     }
 }
 

@@ -15,9 +15,8 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use serde_json::Value;
 
-use super::workflow::{unprocessable, Workflow};
+use super::workflow::{live, unprocessable, Workflow};
 use super::FhirService;
-use crate::auth::scope::Permission;
 use crate::auth::Access;
 use crate::portal::messaging::{care_team, local, locals, only_marked_read};
 use crate::store::{ResourceVersion, SearchQuery, StoreError, StoreResult, StoreTx};
@@ -36,18 +35,10 @@ impl MessagingTx {
         MessagingTx { inner, service, access, messages: BTreeMap::new() }
     }
 
-    async fn live(&mut self, resource_type: &str, id: &str) -> StoreResult<Option<Value>> {
-        let current = self.inner.current(resource_type, id).await?.filter(|v| !v.deleted);
-        Ok(current.map(|v| serde_json::from_slice(&v.body).unwrap_or(Value::Null)))
-    }
-
     /// The caller's patients and who it is, when it is a patient or a proxy.
     fn patient_caller(&self) -> Option<(Vec<String>, Option<String>)> {
         let Access::Token(grant) = &self.access else { return None };
-        let bound = [Permission::Create, Permission::Update, Permission::Delete]
-            .into_iter()
-            .any(|permission| self.access.is_patient_bound(permission, "Communication"));
-        if !bound {
+        if !self.access.writes_for_patients("Communication") {
             return None;
         }
         let patients = grant.user_patients.clone().unwrap_or_default().into_iter().chain(grant.patients.clone());
@@ -58,7 +49,7 @@ impl MessagingTx {
     async fn check_messages(&mut self) -> StoreResult<()> {
         let Some((patients, user)) = self.patient_caller() else { return Ok(()) };
         for (id, before) in self.messages.clone() {
-            let after = self.live("Communication", &id).await?;
+            let after = live(self.inner.as_mut(), "Communication", &id).await?;
             match (before, after) {
                 (None, Some(message)) => self.check_new(&id, &message, &patients, user.as_deref()).await?,
                 (Some(before), Some(after)) => {
@@ -123,7 +114,7 @@ impl MessagingTx {
     async fn check_thread(&mut self, id: &str, thread: &str, patient: &str) -> StoreResult<()> {
         let base_url = self.service.config.base_url.clone();
         let found = match thread.split_once('/') {
-            Some(("Communication", thread_id)) => self.live("Communication", thread_id).await?,
+            Some(("Communication", thread_id)) => live(self.inner.as_mut(), "Communication", thread_id).await?,
             _ => None,
         };
         let theirs = found.is_some_and(|t| {
@@ -168,7 +159,7 @@ impl Workflow for MessagingTx {
     async fn note(&mut self, version: &ResourceVersion) -> StoreResult<()> {
         let noted = self.messages.contains_key(&version.id);
         if version.resource_type == "Communication" && !noted && self.patient_caller().is_some() {
-            let before = self.live("Communication", &version.id).await?;
+            let before = live(self.inner.as_mut(), "Communication", &version.id).await?;
             self.messages.insert(version.id.clone(), before);
         }
         Ok(())

@@ -103,6 +103,12 @@ impl OperationContext<'_> {
         self.view.access()
     }
 
+    /// The answer to a create an operation made: 201 with the version, its ETag and `Location`,
+    /// as a REST create answers.
+    pub fn created(&self, version: &ResourceVersion) -> FhirResponse {
+        self.service.written(201, version)
+    }
+
     /// What uploaded files may be.
     pub fn uploads(&self) -> &crate::model::upload::UploadRules {
         &self.service.config.uploads

@@ -14,9 +14,8 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use serde_json::Value;
 
-use super::workflow::{unprocessable, Workflow};
+use super::workflow::{live, unprocessable, Workflow};
 use super::FhirService;
-use crate::auth::scope::Permission;
 use crate::auth::Access;
 use crate::portal::refills::{is_open_request, is_refill_request, local_reference, status_of, OPEN_STATUSES};
 use crate::store::{ResourceVersion, SearchQuery, StoreError, StoreResult, StoreTx};
@@ -35,22 +34,11 @@ impl RefillTx {
         RefillTx { inner, service, access, tasks: BTreeMap::new() }
     }
 
-    async fn live(&mut self, resource_type: &str, id: &str) -> StoreResult<Option<Value>> {
-        let current = self.inner.current(resource_type, id).await?.filter(|v| !v.deleted);
-        Ok(current.map(|v| serde_json::from_slice(&v.body).unwrap_or(Value::Null)))
-    }
-
-    fn for_patients(&self) -> bool {
-        [Permission::Create, Permission::Update, Permission::Delete]
-            .into_iter()
-            .any(|permission| self.access.is_patient_bound(permission, "Task"))
-    }
-
     /// Checks each Task written here (see the module documentation).
     async fn check_tasks(&mut self) -> StoreResult<()> {
         for (id, before) in self.tasks.clone() {
-            let after = self.live("Task", &id).await?;
-            if self.for_patients() {
+            let after = live(self.inner.as_mut(), "Task", &id).await?;
+            if self.access.writes_for_patients("Task") {
                 check_patient_change(&id, before.as_ref(), after.as_ref())?;
             }
             let Some(task) = after.filter(is_open_request) else { continue };
@@ -72,7 +60,7 @@ impl RefillTx {
             )));
         };
         let prescription_id = prescription_id.to_string();
-        let Some(prescription) = self.live("MedicationRequest", &prescription_id).await? else {
+        let Some(prescription) = live(self.inner.as_mut(), "MedicationRequest", &prescription_id).await? else {
             return Err(unprocessable(format!("Task/{id}: MedicationRequest/{prescription_id} does not exist")));
         };
         let status = prescription.get("status").and_then(Value::as_str).unwrap_or("");
@@ -155,7 +143,7 @@ impl Workflow for RefillTx {
 
     async fn note(&mut self, version: &ResourceVersion) -> StoreResult<()> {
         if version.resource_type == "Task" && !self.tasks.contains_key(&version.id) {
-            let before = self.live("Task", &version.id).await?;
+            let before = live(self.inner.as_mut(), "Task", &version.id).await?;
             self.tasks.insert(version.id.clone(), before);
         }
         Ok(())

@@ -16,9 +16,8 @@ use async_trait::async_trait;
 use serde_json::Value;
 use time::OffsetDateTime;
 
-use super::workflow::{refused, Workflow};
+use super::workflow::{live_version, refused, Workflow};
 use super::FhirService;
-use crate::auth::scope::Permission;
 use crate::auth::Access;
 use crate::model::{ErrorKind, IssueCode};
 use crate::portal::scheduling::{
@@ -73,21 +72,12 @@ impl SchedulingTx {
         SchedulingTx { inner, service, access, appointments: BTreeMap::new(), slots: BTreeSet::new() }
     }
 
-    /// The current, not deleted version of a resource, parsed.
-    async fn live(&mut self, resource_type: &str, id: &str) -> StoreResult<Option<(ResourceVersion, Value)>> {
-        let Some(version) = self.inner.current(resource_type, id).await?.filter(|v| !v.deleted) else {
-            return Ok(None);
-        };
-        let parsed = serde_json::from_slice(&version.body).unwrap_or(Value::Null);
-        Ok(Some((version, parsed)))
-    }
-
     /// Notes an Appointment about to be written for the first time here: what it was before.
     async fn note_appointment(&mut self, version: &ResourceVersion) -> StoreResult<()> {
         if self.appointments.contains_key(&version.id) {
             return Ok(());
         }
-        let before = self.live("Appointment", &version.id).await?;
+        let before = live_version(self.inner.as_mut(), "Appointment", &version.id).await?;
         let base_url = &self.service.config.base_url;
         let before = match &before {
             Some((_, appointment)) => {
@@ -99,14 +89,6 @@ impl SchedulingTx {
         Ok(())
     }
 
-    /// Whether the caller acts for patients only (a patient app, a proxy): some rules hold
-    /// only for them.
-    fn for_patients(&self) -> bool {
-        [Permission::Update, Permission::Delete, Permission::Create]
-            .into_iter()
-            .any(|permission| self.access.is_patient_bound(permission, "Appointment"))
-    }
-
     /// Applies the scheduling rules to every Slot the transaction concerns (see the module
     /// documentation), in the order of their ids so that concurrent transactions lock them in
     /// one order; then queues the expiry of the holds it made.
@@ -114,7 +96,8 @@ impl SchedulingTx {
         let base_url = self.service.config.base_url.clone();
         let mut changes = Vec::new();
         for (id, before) in self.appointments.clone() {
-            let after = self.live("Appointment", &id).await?.map(|(_, appointment)| appointment);
+            let after =
+                live_version(self.inner.as_mut(), "Appointment", &id).await?.map(|(_, appointment)| appointment);
             let held = after.as_ref().map(|a| held_slot_ids(a, &base_url)).unwrap_or_default();
             changes.push(Change { id, before, after, held });
         }
@@ -123,7 +106,7 @@ impl SchedulingTx {
         let concerned: BTreeSet<String> = by_appointments.iter().chain(&self.slots).cloned().collect();
         let mut slots = LockedSlots::new();
         for id in concerned {
-            let slot = self.live("Slot", &id).await?;
+            let slot = live_version(self.inner.as_mut(), "Slot", &id).await?;
             slots.insert(id, slot);
         }
         for change in &changes {
@@ -162,7 +145,7 @@ impl SchedulingTx {
                 return Err(refused(ErrorKind::Unprocessable, IssueCode::BusinessRule, message));
             }
         }
-        if !self.for_patients() {
+        if !self.access.writes_for_patients("Appointment") {
             return Ok(());
         }
         let now = OffsetDateTime::now_utc();
@@ -195,10 +178,12 @@ impl SchedulingTx {
         if self.appointments.contains_key(&holder) {
             return Ok(()); // checked with the Appointments written here
         }
-        let Some((_, appointment)) = self.live("Appointment", &holder).await? else { return Ok(()) };
+        let Some((_, appointment)) = live_version(self.inner.as_mut(), "Appointment", &holder).await? else {
+            return Ok(());
+        };
         let mut named = Vec::new();
         for id in held_slot_ids(&appointment, &self.service.config.base_url) {
-            if let Some((_, slot)) = self.live("Slot", &id).await? {
+            if let Some((_, slot)) = live_version(self.inner.as_mut(), "Slot", &id).await? {
                 named.push((id, slot));
             }
         }

@@ -4,10 +4,27 @@
 //! one [`StoreTx`] they all share; a workflow only says what it notes and how it settles.
 
 use async_trait::async_trait;
+use serde_json::Value;
 use time::OffsetDateTime;
 
 use crate::model::{ErrorKind, FhirError, Issue, IssueCode};
 use crate::store::{IndexRows, JobStep, ResourceVersion, SearchPage, SearchQuery, StoreError, StoreResult, StoreTx};
+
+/// The current, not deleted version of a resource as `tx` sees it, with its content.
+pub(super) async fn live_version(
+    tx: &mut dyn StoreTx,
+    resource_type: &str,
+    id: &str,
+) -> StoreResult<Option<(ResourceVersion, Value)>> {
+    let Some(version) = tx.current(resource_type, id).await?.filter(|v| !v.deleted) else { return Ok(None) };
+    let content = serde_json::from_slice(&version.body).unwrap_or(Value::Null);
+    Ok(Some((version, content)))
+}
+
+/// The content of the current, not deleted version of a resource as `tx` sees it.
+pub(super) async fn live(tx: &mut dyn StoreTx, resource_type: &str, id: &str) -> StoreResult<Option<Value>> {
+    Ok(live_version(tx, resource_type, id).await?.map(|(_, content)| content))
+}
 
 /// A workflow rule's refusal: a 4xx with one issue, answered as it is.
 pub(super) fn refused(kind: ErrorKind, code: IssueCode, message: String) -> StoreError {

@@ -386,7 +386,7 @@ impl FhirService {
         })
     }
 
-    fn written(&self, status: u16, version: &ResourceVersion) -> FhirResponse {
+    pub(super) fn written(&self, status: u16, version: &ResourceVersion) -> FhirResponse {
         FhirResponse {
             location: Some(self.version_url(&version.resource_type, &version.id, version.version)),
             ..version_response(status, version)

@@ -132,6 +132,22 @@ impl Smart {
         self.add_client(client_id, credentials, Some("system/*.cruds system/launch")).await;
     }
 
+    /// The `system/*.cruds` token of the secret client `admin` (registered here).
+    pub async fn admin_token(&self) -> String {
+        self.add_secret_client("admin", "admin-secret").await;
+        self.system_token("admin", "admin-secret", "system/*.cruds").await
+    }
+
+    /// The access token of a standalone launch of the public client `app` by a new user
+    /// `username` (password `<username>-password`) with `scope`.
+    pub async fn user_token(&self, username: &str, fhir_user: &str, patients: &[&str], scope: &str) -> String {
+        let password = format!("{username}-password");
+        self.add_public_client("app").await;
+        self.add_user(username, &password, fhir_user, patients).await;
+        let token = self.launch(&Authorization::new("app", scope, username, &password)).await;
+        token["access_token"].as_str().unwrap().to_string()
+    }
+
     pub async fn add_user(&self, username: &str, password: &str, fhir_user: &str, patients: &[&str]) {
         let record = UserRecord {
             username: username.into(),
