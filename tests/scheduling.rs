@@ -493,6 +493,17 @@ async fn patients_book_only_for_themselves(db: Db) {
         .send(Method::POST, &format!("Appointment/{anas}/$cancel"), &ana_token, &json!({"resourceType": "Parameters"}))
         .await;
     assert_eq!(response.status(), 200, "she cancels her own");
+
+    // A parent books for the child they act for, and for nobody else.
+    let scope = "user/Appointment.cruds user/Slot.rs user/Patient.r";
+    let mum_token = smart.user_token("mum", "RelatedPerson/rp1", &[&ana], scope).await;
+    let response = smart.send(Method::POST, "Appointment/$book", &mum_token, &book(&proposals[0])).await;
+    assert_eq!(response.status(), 200, "for her child");
+    let mut later_for_luis = proposals[2].clone();
+    later_for_luis["participant"][1]["actor"]["reference"] = json!(format!("Patient/{luis}"));
+    let response = smart.send(Method::POST, "Appointment/$hold", &mum_token, &book(&later_for_luis)).await;
+    assert_eq!(response.status(), 403, "not for another child");
+    assert_eq!(body(smart.get(&format!("Slot/{}", slots[2]), &admin).await).await["status"], "free");
 }
 
 async fn patients_cannot_cancel_within_the_cutoff(db: Db) {
