@@ -88,6 +88,25 @@ async fn world(db: Db) -> (common::TestServer, World) {
     ] {
         assert!(types.contains(wanted), "patient B has a {wanted}: {types:?}");
     }
+    // Payments are the patient's through the Invoice they settle (outside the R4 compartment).
+    let mut of_b = of_b;
+    for (index, list) in resources.iter().enumerate() {
+        let invoice = list.iter().find(|(t, _)| t == "Invoice").unwrap().1.clone();
+        let payment = json!({"resourceType": "PaymentReconciliation", "status": "active",
+            "created": "2026-11-03T10:00:00Z", "paymentDate": "2026-11-03", "paymentAmount": {"value": 1, "currency": "USD"},
+            "detail": [{"type": {"text": "payment"}, "request": {"reference": format!("Invoice/{invoice}")},
+                "amount": {"value": 1, "currency": "USD"}}]});
+        let payment = smart.create(&admin, &payment).await;
+        let notice = json!({"resourceType": "PaymentNotice", "status": "active", "created": "2026-11-03T10:00:00Z",
+            "request": {"reference": format!("Invoice/{invoice}")},
+            "payment": {"reference": format!("PaymentReconciliation/{payment}")},
+            "recipient": {"display": "Clinic"}, "amount": {"value": 1, "currency": "USD"}});
+        let notice = smart.create(&admin, &notice).await;
+        if index == 1 {
+            of_b.push(("PaymentReconciliation".to_string(), payment));
+            of_b.push(("PaymentNotice".to_string(), notice));
+        }
+    }
     let a_observation = resources[0].iter().find(|(t, _)| t == "Observation").unwrap().1.clone();
     let b: Value =
         body(smart.fhir_request(Method::GET, &format!("Patient/{patient_b}"), &admin).send().await.unwrap()).await;
@@ -161,7 +180,12 @@ impl World {
             "Patient?_has:Observation:subject:status=final".to_string(),
             "Observation/_history?_count=500".to_string(),
             "_history?_count=1000".to_string(),
-            "?_type=Observation,Condition,Encounter,Communication,Invoice&_count=1000".to_string(),
+            "?_type=Observation,Condition,Encounter,Communication,Invoice,PaymentReconciliation&_count=1000"
+                .to_string(),
+            "PaymentReconciliation?_include=PaymentReconciliation:detail-request&_count=200".to_string(),
+            "Invoice?_revinclude=PaymentReconciliation:detail-request&_revinclude=PaymentNotice:request".to_string(),
+            format!("PaymentNotice?request:Invoice.subject=Patient/{b}"),
+            "PaymentReconciliation/_history?_count=500".to_string(),
         ] {
             self.nothing_of_b(&path, token).await;
         }

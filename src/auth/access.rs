@@ -273,6 +273,20 @@ impl Restriction {
         }
     }
 
+    /// Whether deciding it needs other resources than the one judged (a chain: a payment is a
+    /// patient's through its Invoice), which [`Restriction::admits`] alone answers `false`.
+    pub fn follows_references(&self) -> bool {
+        fn follows(condition: &Condition) -> bool {
+            match condition {
+                Condition::Chain { .. } | Condition::Has { .. } => true,
+                Condition::AnyOf(inner) | Condition::AllOf(inner) => inner.iter().any(follows),
+                Condition::Not(inner) => follows(inner),
+                _ => false,
+            }
+        }
+        matches!(self, Restriction::Only(condition) if follows(condition))
+    }
+
     /// Whether deciding [`Restriction::admits`] needs the resource's index rows (an `_id`
     /// check alone does not).
     pub fn needs_index(&self) -> bool {
@@ -308,32 +322,52 @@ fn compartment_condition(patients: &[String], resource_type: &str, permission: P
     })
 }
 
-/// Types outside the R4 Patient compartment that are nonetheless a patient's, with the search
-/// parameter that says whose: R4 leaves Task out (its `for` may be anything), but a refill
-/// request for a patient (`Task.for` that patient) is theirs to make and to follow.
-const REACH_BEYOND_COMPARTMENT: &[(&str, &str)] = &[("Task", "patient")];
+/// How a type outside the R4 Patient compartment is nonetheless a patient's.
+enum Reach {
+    /// A reference parameter of its own names the patient: R4 leaves Task out (its `for` may be
+    /// anything), but a refill request for a patient (`Task.for` that patient) is theirs to
+    /// make and to follow.
+    Own(&'static str),
+    /// It references, through `param`, a resource of `target` that is the patient's: a payment
+    /// is the patient's whose Invoice it settles (R4 names no patient on PaymentNotice or
+    /// PaymentReconciliation). Deciding it reads the other resource, so it is a chain.
+    Through { param: &'static str, target: &'static str },
+}
 
-fn reach_beyond_compartment(resource_type: &str) -> Option<&'static str> {
-    REACH_BEYOND_COMPARTMENT.iter().find(|(t, _)| *t == resource_type).map(|(_, param)| *param)
+const REACH_BEYOND_COMPARTMENT: &[(&str, Reach)] = &[
+    ("Task", Reach::Own("patient")),
+    ("PaymentNotice", Reach::Through { param: "request", target: "Invoice" }),
+    ("PaymentReconciliation", Reach::Through { param: "detail-request", target: "Invoice" }),
+];
+
+fn reach_beyond_compartment(resource_type: &str) -> Option<&'static Reach> {
+    REACH_BEYOND_COMPARTMENT.iter().find(|(t, _)| *t == resource_type).map(|(_, reach)| reach)
 }
 
 /// The conditions "`resource_type` resources of `patient`": its Patient compartment, or the
 /// reach beyond it ([`REACH_BEYOND_COMPARTMENT`]).
 fn patient_reach(patient: &str, resource_type: &str) -> Vec<Condition> {
-    if let Some(param) = reach_beyond_compartment(resource_type) {
-        return vec![Condition::Reference {
+    match reach_beyond_compartment(resource_type) {
+        Some(Reach::Own(param)) => vec![Condition::Reference {
             param: param.to_string(),
             target_type: Some("Patient".to_string()),
             target_id: patient.to_string(),
-        }];
+        }],
+        Some(Reach::Through { param, target }) => vec![Condition::Chain {
+            param: param.to_string(),
+            target_types: vec![target.to_string()],
+            condition: Box::new(Condition::AnyOf(patient_reach(patient, target))),
+        }],
+        None => membership("Patient", patient, resource_type).unwrap_or_default(),
     }
-    membership("Patient", patient, resource_type).unwrap_or_default()
 }
 
-/// The reference parameters that say whose `resource_type` resources are.
+/// The reference parameters that say whose `resource_type` resources are (none of its own
+/// for a type reached through another).
 fn patient_params(resource_type: &str) -> Option<Vec<String>> {
     match reach_beyond_compartment(resource_type) {
-        Some(param) => Some(vec![param.to_string()]),
+        Some(Reach::Own(param)) => Some(vec![param.to_string()]),
+        Some(Reach::Through { .. }) => Some(Vec::new()),
         None => crate::search::compartment::params("Patient", resource_type).map(<[String]>::to_vec),
     }
 }

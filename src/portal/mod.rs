@@ -3,6 +3,7 @@
 //! too). Nothing here does I/O.
 
 pub mod availability;
+pub mod billing;
 pub mod messaging;
 pub mod refills;
 pub mod scheduling;

@@ -12,6 +12,19 @@ use crate::search::Registry;
 const TYPE_INTERACTIONS: &[&str] =
     &["read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create", "search-type"];
 
+/// The choices Hearth made where R4 leaves one, for the types the portal's workflows write
+/// (`docs/portal.md` says more).
+const WORKFLOW_NOTES: &[(&str, &str)] = &[
+    ("Appointment", "No Slot is held by two active Appointments; a Slot's status follows its holder (all write paths)."),
+    ("Binary", "Raw bytes for a non-FHIR Accept; raw uploads with X-Security-Context; patients upload into their own record only."),
+    ("Communication", "Secure messaging: patients write as themselves to their care team in their own threads; sent messages are not changed, only marked read (received)."),
+    ("Coverage", "Patients submit insurance cards as status draft for the clinic to activate; they change no other card."),
+    ("Invoice", "Patients read, never write. A PaymentReconciliation paying the total moves an issued Invoice to balanced."),
+    ("PaymentNotice", "A patient's through the Invoice it names in request; patients read, never write."),
+    ("PaymentReconciliation", "A patient's through the Invoice its detail.request names (search parameter detail-request); patients read, never write."),
+    ("Task", "Patients reach the Tasks for them, and create refill or renewal requests of their active prescriptions, one open each."),
+];
+
 /// The statement as a JSON value; `base_url` is the FHIR base (for the canonical URLs of the
 /// project's own OperationDefinitions).
 pub fn capability_statement(registry: &Registry, base_url: &str) -> Value {
@@ -29,7 +42,7 @@ pub fn capability_statement(registry: &Registry, base_url: &str) -> Value {
                     .filter(|p| p.kind.is_supported() && p.code != "_id")
                     .map(|p| json!({"name": p.code, "definition": p.url, "type": p.kind.as_str()})),
             );
-            json!({
+            let mut resource = json!({
                 "type": resource_type,
                 "profile": format!("http://hl7.org/fhir/StructureDefinition/{resource_type}"),
                 "interaction": TYPE_INTERACTIONS.iter().map(|code| json!({"code": code})).collect::<Vec<_>>(),
@@ -42,7 +55,11 @@ pub fn capability_statement(registry: &Registry, base_url: &str) -> Value {
                 "conditionalDelete": "single",
                 "searchParam": search_params,
                 "operation": operations_on(base_url, |d| (d.type_level || d.instance) && d.applies_to(resource_type)),
-            })
+            });
+            if let Some((_, note)) = WORKFLOW_NOTES.iter().find(|(t, _)| *t == resource_type) {
+                resource["documentation"] = Value::String(note.to_string());
+            }
+            resource
         })
         .collect();
     json!({

@@ -163,7 +163,32 @@ impl FhirService {
         version: &ResourceVersion,
     ) -> Result<bool, FhirError> {
         Ok(self.reaches(source, rule, version).await?
-            || self.reaches_by_security_context(source, access, version).await?)
+            || self.reaches_by_security_context(source, access, version).await?
+            || self.reaches_by_query(source, access, rule, version).await?)
+    }
+
+    /// Whether a rule that the version alone cannot decide (it follows a reference: a payment
+    /// is a patient's through the Invoice it settles) admits it, asked of the store as a
+    /// search by `_id` would be. Only the current version is judged so: an older one may have
+    /// pointed elsewhere.
+    pub(super) async fn reaches_by_query(
+        &self,
+        source: &mut super::source::Source<'_>,
+        access: &Access,
+        rule: Option<&Rule>,
+        version: &ResourceVersion,
+    ) -> Result<bool, FhirError> {
+        if version.deleted || !rule.is_some_and(|rule| rule.restriction.follows_references()) {
+            return Ok(false);
+        }
+        let current = source.read(&version.resource_type, &version.id).await?;
+        if current.is_none_or(|current| current.version != version.version) {
+            return Ok(false);
+        }
+        let mut query = SearchQuery::new(&version.resource_type, 1);
+        query.all_of.push(vec![Condition::Id(version.id.clone())]);
+        self.restrict(access, Permission::Read, &mut query)?;
+        Ok(!source.search(&query).await?.resources.is_empty())
     }
 
     /// Whether a caller whose rule does not reach a Binary reaches it through its
@@ -227,7 +252,8 @@ impl FhirService {
 
     /// A write transaction that enforces `access` (no check when access is open) and, for
     /// everyone, the workflow rules of [`super::scheduling::SchedulingTx`],
-    /// [`super::refills::RefillTx`] and [`super::messaging::MessagingTx`].
+    /// [`super::refills::RefillTx`], [`super::messaging::MessagingTx`] and
+    /// [`super::billing::BillingTx`].
     pub(super) async fn begin(&self, access: &Access) -> Result<Box<dyn StoreTx>, FhirError> {
         let raw = self.store.begin().await.map_err(super::store_error)?;
         use super::workflow::WorkflowTx;
@@ -237,6 +263,8 @@ impl FhirService {
             Box::new(WorkflowTx(super::refills::RefillTx::new(tx, self.clone(), access.clone())));
         let tx: Box<dyn StoreTx> =
             Box::new(WorkflowTx(super::messaging::MessagingTx::new(tx, self.clone(), access.clone())));
+        let tx: Box<dyn StoreTx> =
+            Box::new(WorkflowTx(super::billing::BillingTx::new(tx, self.clone(), access.clone())));
         Ok(match access {
             Access::Open => tx,
             Access::Token(_) => Box::new(GuardedTx {

@@ -4,6 +4,7 @@
 //! body) goes in and a [`FhirResponse`] comes out. Batch and transaction entries are dispatched
 //! through the very same code, which is why nothing here knows about axum.
 
+mod billing;
 mod bundle;
 mod bundle_writer;
 pub mod capability;

@@ -108,9 +108,20 @@ impl<'a> ReadView<'a> {
     /// Like the reference lookups and history below, it reads committed data from the store,
     /// not a transaction's own writes (`_include` of a bundle entry sees what was committed).
     pub async fn read_many(&mut self, keys: &[(String, String)]) -> Result<Vec<ResourceVersion>, FhirError> {
-        let mut resources = self.service.store.read_many(keys).await.map_err(store_error)?;
-        resources.retain(|resource| self.service.visible(self.access, Permission::Read, resource));
-        Ok(resources)
+        let resources = self.service.store.read_many(keys).await.map_err(store_error)?;
+        let mut readable = Vec::with_capacity(resources.len());
+        for resource in resources {
+            if self.service.visible(self.access, Permission::Read, &resource) {
+                readable.push(resource);
+                continue;
+            }
+            // A rule the resource alone cannot decide (a payment is a patient's through its Invoice).
+            let rule = self.service.rule(self.access, Permission::Read, &resource.resource_type).ok().flatten();
+            if self.service.reaches_by_query(&mut self.source, self.access, rule.as_deref(), &resource).await? {
+                readable.push(resource);
+            }
+        }
+        Ok(readable)
     }
 
     /// The local resources that `sources` reference and the caller may read (committed data,

@@ -101,9 +101,14 @@ pub struct Registry {
     stored: HashMap<String, HashMap<String, Vec<String>>>,
 }
 
+/// The R4 parameters, and the server's own: R4 has none that says which Invoice a payment
+/// settles (`PaymentReconciliation.detail.request`), and a patient's payments are found by it.
 static STANDARD: LazyLock<Registry> = LazyLock::new(|| {
-    Registry::from_json(include_str!("../../conformance/search-parameters.json"))
-        .expect("conformance/search-parameters.json is valid")
+    Registry::from_json(&[
+        include_str!("../../conformance/search-parameters.json"),
+        include_str!("../../conformance/hearth-search-parameters.json"),
+    ])
+    .expect("conformance/search-parameters.json and hearth-search-parameters.json are valid")
 });
 
 impl Registry {
@@ -112,10 +117,13 @@ impl Registry {
         &STANDARD
     }
 
-    /// Builds a registry from the generated JSON form. Expressions that do not parse are a
-    /// build-time error of the shipped data, reported as `Err`.
-    pub fn from_json(text: &str) -> Result<Registry, String> {
-        let definitions: Vec<Definition> = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    /// Builds a registry from lists of definitions in the generated JSON form. Expressions that
+    /// do not parse are a build-time error of the shipped data, reported as `Err`.
+    pub fn from_json(texts: &[&str]) -> Result<Registry, String> {
+        let mut definitions: Vec<Definition> = Vec::new();
+        for text in texts {
+            definitions.extend(serde_json::from_str::<Vec<Definition>>(text).map_err(|e| e.to_string())?);
+        }
         let kinds: HashMap<&str, ParamKind> = definitions.iter().map(|d| (d.url.as_str(), d.kind)).collect();
         let mut registry = Registry::default();
         for definition in &definitions {
