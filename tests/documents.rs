@@ -95,6 +95,74 @@ async fn binaries_are_served_as_themselves(db: Db) {
     assert_eq!(png.bytes().await.unwrap().as_ref(), PNG);
 }
 
+/// (distinct contents, chunks) in the content table, and the largest Binary row.
+async fn stored_contents(server: &TestServer) -> (i64, i64, i64) {
+    use sqlx::{Connection, Row};
+    let counts = "SELECT COUNT(DISTINCT sha256) AS contents, COUNT(*) AS chunks FROM binary_content";
+    let rows = "SELECT MAX(LENGTH(body)) AS longest FROM resource_history WHERE resource_type = 'Binary'";
+    let (counts, rows) = match server.db {
+        Db::Sqlite => {
+            let mut conn = sqlx::SqliteConnection::connect(&server.database_url).await.unwrap();
+            let counts = sqlx::query(counts).fetch_one(&mut conn).await.unwrap();
+            let longest: i64 = sqlx::query(rows).fetch_one(&mut conn).await.unwrap().get("longest");
+            ((counts.get("contents"), counts.get("chunks")), longest)
+        }
+        Db::Postgres => {
+            let mut conn = sqlx::PgConnection::connect(&server.database_url).await.unwrap();
+            let counts = sqlx::query(counts).fetch_one(&mut conn).await.unwrap();
+            let longest: i32 = sqlx::query(rows).fetch_one(&mut conn).await.unwrap().get("longest");
+            ((counts.get("contents"), counts.get("chunks")), i64::from(longest))
+        }
+    };
+    (counts.0, counts.1, rows)
+}
+
+/// A large file is stored once, apart from its Binary's JSON, and every way of reading the
+/// Binary gives it back: raw (streamed), as a resource, by version, in history and searches.
+async fn large_files_are_stored_once_and_read_back_everywhere(db: Db) {
+    use base64::Engine;
+    let server = smart_server(db).await;
+    let smart = Smart::new(&server).await;
+    let admin = smart.admin_token().await;
+    let patient = smart.create(&admin, &json!({"resourceType": "Patient"})).await;
+    let mut pdf = PDF.to_vec();
+    pdf.extend((0..3 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
+    let context = format!("Patient/{patient}");
+    let created = body(upload(&smart, &admin, "application/pdf", &pdf, Some(&context)).await).await;
+    let id = created_id(&created);
+    let encoded = base64::engine::general_purpose::STANDARD.encode(&pdf);
+    assert_eq!(created["data"], encoded.as_str());
+
+    let raw = download(&smart, &admin, &id, "application/pdf").await;
+    assert_eq!(raw.headers()["content-length"], pdf.len().to_string().as_str());
+    assert!(raw.bytes().await.unwrap() == pdf, "the streamed bytes are the bytes sent");
+    let resource = body(download(&smart, &admin, &id, "application/fhir+json").await).await;
+    assert_eq!(resource["data"], encoded.as_str());
+
+    // A second version with the same content (its context changed): the content is stored once.
+    let mut moved = resource.clone();
+    moved["securityContext"] = json!({"reference": format!("Patient/{patient}"), "display": "moved"});
+    assert_eq!(smart.send(Method::PUT, &format!("Binary/{id}"), &admin, &moved).await.status(), 200);
+    let history = body(smart.get(&format!("Binary/{id}/_history"), &admin).await).await;
+    let entries = history["entry"].as_array().unwrap();
+    assert_eq!(entries.len(), 2);
+    assert!(entries.iter().all(|e| e["resource"]["data"] == encoded.as_str()), "every version has its data");
+    let first = smart.fhir_request(Method::GET, &format!("Binary/{id}/_history/1"), &admin);
+    let first = body(first.header("accept", "application/fhir+json").send().await.unwrap()).await;
+    assert_eq!(first["data"], encoded.as_str());
+    let found = body(smart.get(&format!("Binary?_id={id}"), &admin).await).await;
+    assert_eq!(found["entry"][0]["resource"]["data"], encoded.as_str());
+    let (contents, chunks, longest) = stored_contents(&server).await;
+    assert_eq!((contents, chunks), (1, pdf.len().div_ceil(256 * 1024) as i64), "one copy, in 256 KiB chunks");
+    assert!(longest < 1024, "the Binary rows hold no data ({longest} bytes)");
+
+    // data that is not base64 cannot be stored as bytes.
+    let forged = json!({"resourceType": "Binary", "contentType": "text/plain", "data": "hearth:content"});
+    let response = smart.send(Method::POST, "Binary", &admin, &forged).await;
+    assert_eq!(response.status(), 400);
+    assert!(outcome(response).await.contains("not valid base64"));
+}
+
 async fn uploads_are_checked_and_nothing_refused_is_stored(db: Db) {
     let server = smart_server_with(db, |mut settings| {
         settings.uploads.max_bytes = 1024;
@@ -226,6 +294,7 @@ async fn without_authorization_uploads_work_too(db: Db) {
 }
 
 on_both_databases!(
+    large_files_are_stored_once_and_read_back_everywhere,
     binaries_are_served_as_themselves,
     uploads_are_checked_and_nothing_refused_is_stored,
     patients_upload_only_into_their_own_record,

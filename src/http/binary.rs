@@ -6,6 +6,8 @@
 //! Uploads are checked at the door ([`UploadRules::check`]): size, allowed media type, and bytes
 //! that are what the `Content-Type` says.
 
+use std::sync::Arc;
+
 use axum::body::Body as HttpBody;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
@@ -15,6 +17,8 @@ use serde_json::{json, Value};
 use crate::model::upload::UploadRules;
 use crate::model::{ErrorKind, FhirError, IssueCode};
 use crate::rest::{Body, FhirResponse, Method};
+use crate::store::content::{self, StoredContent};
+use crate::store::Store;
 
 /// The FHIR media types (and `_format` shorthands): a request naming one wants the resource.
 fn is_fhir_media_type(media: &str) -> bool {
@@ -86,7 +90,11 @@ fn accepts(accept: &str, content_type: &str) -> bool {
 /// The raw content of a Binary read (`response`, the resource in JSON), answered in the
 /// Binary's media type with its validators; 406 when `accept` does not admit that type. Other
 /// answers (an error, a 304) pass through as FHIR.
-pub fn content_response(response: FhirResponse, accept: &str) -> Result<Option<Response>, FhirError> {
+pub fn content_response(
+    response: FhirResponse,
+    accept: &str,
+    store: &Arc<dyn Store>,
+) -> Result<Option<Response>, FhirError> {
     let Body::Raw(stored) = &response.body else { return Ok(None) };
     if response.status != 200 {
         return Ok(None);
@@ -100,14 +108,22 @@ pub fn content_response(response: FhirResponse, accept: &str) -> Result<Option<R
             format!("this Binary is {content_type}, which '{accept}' does not accept; ask for it or for application/fhir+json"),
         ));
     }
-    let data = binary.get("data").and_then(Value::as_str).unwrap_or("");
-    let bytes = base64::engine::general_purpose::STANDARD.decode(data).map_err(|_| FhirError::internal())?;
     let id = binary.get("id").and_then(Value::as_str).unwrap_or("binary");
-    let mut http = Response::new(HttpBody::from(bytes));
+    let (body, length) = match content::stored_content_of(stored) {
+        Some(named) => (streamed(store.clone(), named.clone()), named.size),
+        None => {
+            let data = binary.get("data").and_then(Value::as_str).unwrap_or("");
+            let bytes = base64::engine::general_purpose::STANDARD.decode(data).map_err(|_| FhirError::internal())?;
+            let length = bytes.len() as u64;
+            (HttpBody::from(bytes), length)
+        }
+    };
+    let mut http = Response::new(body);
     *http.status_mut() = StatusCode::OK;
     let headers = http.headers_mut();
     let value = |text: String| HeaderValue::from_str(&text).map_err(|_| FhirError::internal());
     headers.insert(header::CONTENT_TYPE, value(content_type.to_string())?);
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
     // Shown in the browser only when it cannot run script there; saved otherwise.
     let disposition = if is_inert(content_type) { "inline" } else { "attachment" };
     headers.insert(header::CONTENT_DISPOSITION, value(format!("{disposition}; filename=\"Binary-{id}\""))?);
@@ -120,6 +136,26 @@ pub fn content_response(response: FhirResponse, accept: &str) -> Result<Option<R
         headers.insert(header::LAST_MODIFIED, value(httpdate::fmt_http_date(at.into()))?);
     }
     Ok(Some(http))
+}
+
+/// The body that streams a content stored apart from its Binary, one chunk read at a time:
+/// a download holds one chunk in memory, however large the file.
+fn streamed(store: Arc<dyn Store>, named: StoredContent) -> HttpBody {
+    let chunks = named.chunk_count();
+    let stream = futures::stream::try_unfold(0i64, move |seq| {
+        let (store, sha256) = (store.clone(), named.sha256.clone());
+        async move {
+            if seq >= chunks {
+                return Ok(None);
+            }
+            match store.content_chunk(&sha256, seq).await {
+                Ok(Some(chunk)) => Ok(Some((chunk, seq + 1))),
+                Ok(None) => Err(std::io::Error::other(format!("chunk {seq} of content {sha256} is missing"))),
+                Err(error) => Err(std::io::Error::other(error.to_string())),
+            }
+        }
+    });
+    HttpBody::from_stream(stream)
 }
 
 /// Media types a browser displays without running anything.

@@ -133,6 +133,7 @@ async fn fhir(State(state): State<Arc<AppState>>, request: Request) -> Response 
         })?;
         let mut request = decode_request(method, path, query, &parts.headers, &bytes, &state.service.config().uploads)?;
         request.access = authenticate(&state, &request, &parts.headers).await?;
+        request.content = content_accept.is_some();
         state.service.handle(request).await
     }
     .await
@@ -144,7 +145,8 @@ async fn fhir(State(state): State<Arc<AppState>>, request: Request) -> Response 
         _ => error,
     });
     let content = match (outcome, &content_accept) {
-        (Ok(response), Some(accept)) => match binary::content_response(response.clone(), accept) {
+        (Ok(response), Some(accept)) => match binary::content_response(response.clone(), accept, state.service.store())
+        {
             Ok(Some(content)) => Ok(content),
             Ok(None) => Err(Ok(response)),
             Err(error) => Err(Err(error)),
@@ -223,6 +225,7 @@ fn decode_request(
         body,
         patch_format: if method == Method::Patch { patch_format } else { None },
         access: Access::Open,
+        content: false,
     })
 }
 

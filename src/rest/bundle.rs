@@ -147,6 +147,7 @@ impl FhirService {
                 body: resource,
                 patch_format,
                 access: access.clone(),
+                content: false,
             },
         })
     }

@@ -133,6 +133,9 @@ pub struct FhirRequest {
     pub patch_format: Option<PatchFormat>,
     /// What the caller may do (every entry of a bundle inherits the bundle's).
     pub access: Access,
+    /// A read of a Binary's raw content: the Binary as stored is read, its content named
+    /// rather than inlined, and the content is streamed from the store (ADR 11).
+    pub content: bool,
 }
 
 impl FhirRequest {
@@ -146,6 +149,7 @@ impl FhirRequest {
             body: None,
             patch_format: None,
             access: Access::Open,
+            content: false,
         }
     }
 }
@@ -276,6 +280,8 @@ impl FhirService {
                     Err(error)
                 }
             }
+        } else if request.content {
+            self.dispatch(&mut Source::Stored(self.store.as_ref()), route, request).await
         } else {
             self.dispatch(&mut Source::Store(self.store.as_ref()), route, request).await
         }

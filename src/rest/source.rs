@@ -9,6 +9,9 @@ use super::store_error;
 /// The store, or an open transaction on it.
 pub(super) enum Source<'a> {
     Store(&'a dyn Store),
+    /// The store, a Binary read as stored: its content named, not inlined (for a download of
+    /// the raw content, which streams it; ADR 11).
+    Stored(&'a dyn Store),
     Tx(&'a mut dyn StoreTx),
 }
 
@@ -17,6 +20,8 @@ impl Source<'_> {
     pub(super) async fn read(&mut self, resource_type: &str, id: &str) -> Result<Option<ResourceVersion>, FhirError> {
         match self {
             Source::Store(store) => store.read(resource_type, id).await,
+            Source::Stored(store) if resource_type == "Binary" => store.binary_as_stored(id, None).await,
+            Source::Stored(store) => store.read(resource_type, id).await,
             Source::Tx(tx) => tx.current(resource_type, id).await,
         }
         .map_err(store_error)
@@ -31,6 +36,8 @@ impl Source<'_> {
     ) -> Result<Option<ResourceVersion>, FhirError> {
         match self {
             Source::Store(store) => store.vread(resource_type, id, version).await,
+            Source::Stored(store) if resource_type == "Binary" => store.binary_as_stored(id, Some(version)).await,
+            Source::Stored(store) => store.vread(resource_type, id, version).await,
             Source::Tx(tx) => tx.vread(resource_type, id, version).await,
         }
         .map_err(store_error)
@@ -39,7 +46,7 @@ impl Source<'_> {
     /// A page of search results.
     pub(super) async fn search(&mut self, query: &SearchQuery) -> Result<SearchPage, FhirError> {
         match self {
-            Source::Store(store) => store.search(query).await,
+            Source::Store(store) | Source::Stored(store) => store.search(query).await,
             Source::Tx(tx) => tx.search(query).await,
         }
         .map_err(store_error)
@@ -49,6 +56,7 @@ impl Source<'_> {
     pub(super) fn reborrow(&mut self) -> Source<'_> {
         match self {
             Source::Store(store) => Source::Store(*store),
+            Source::Stored(store) => Source::Stored(*store),
             Source::Tx(tx) => Source::Tx(&mut **tx),
         }
     }
@@ -57,7 +65,7 @@ impl Source<'_> {
     pub(super) fn tx(&mut self) -> Result<&mut dyn StoreTx, FhirError> {
         match self {
             Source::Tx(tx) => Ok(&mut **tx),
-            Source::Store(_) => Err(FhirError::internal()),
+            Source::Store(_) | Source::Stored(_) => Err(FhirError::internal()),
         }
     }
 }

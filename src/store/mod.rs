@@ -6,6 +6,7 @@
 
 mod auth;
 pub mod cache;
+pub mod content;
 pub mod feed;
 mod group;
 mod job;
@@ -281,6 +282,11 @@ pub trait Store: AuthStore + Send + Sync + 'static {
     async fn finish_job(&self, id: i64, owner: &str, status: JobStatus, message: &str) -> StoreResult<bool>;
     /// Cancels a job that has not finished; `false` when there was none to cancel.
     async fn cancel_job(&self, id: i64) -> StoreResult<bool>;
+    /// A Binary as stored, current or one version of it: its content, when stored apart
+    /// ([`content`], ADR 11), named rather than inlined. What a download streams from.
+    async fn binary_as_stored(&self, id: &str, version: Option<i64>) -> StoreResult<Option<ResourceVersion>>;
+    /// Chunk `seq` of a Binary content stored apart.
+    async fn content_chunk(&self, sha256: &str, seq: i64) -> StoreResult<Option<Bytes>>;
     /// Whether the database answers.
     async fn ping(&self) -> StoreResult<()>;
 }

@@ -213,12 +213,40 @@ macro_rules! sql_store {
             tx: Option<$session>,
             sessions: <$session as $crate::store::sql::WriteSession>::Source,
             pending: Vec<($crate::store::ResourceVersion, $crate::store::IndexRows)>,
+            /// The content of the Binaries in `pending`, split off to be stored apart (ADR 11),
+            /// by their (type, id, version).
+            contents: Vec<((String, String, i64), $crate::store::content::Split)>,
             cache: Option<std::sync::Arc<$crate::store::cache::VersionCache>>,
             /// What this transaction wrote, for the cache and the feed.
             written: Vec<$crate::store::ResourceVersion>,
             /// Whether it has locked a row it read (`$lock`).
             locked: bool,
             feed: Option<std::sync::Arc<$crate::store::feed::Feed>>,
+        }
+
+        impl $store {
+            /// The current version as stored (a Binary's content named, not inlined), through
+            /// the cache when there is one.
+            async fn read_stored(
+                &self,
+                resource_type: &str,
+                id: &str,
+            ) -> $crate::store::StoreResult<Option<$crate::store::ResourceVersion>> {
+                let Some(cache) = &self.cache else {
+                    let mut conn = self.readers.acquire().await?;
+                    return fetch_current(&mut conn, resource_type, id, "").await;
+                };
+                if let Some(cached) = cache.get(resource_type, id) {
+                    return Ok(Some(cached));
+                }
+                let epoch = cache.epoch();
+                let mut conn = self.readers.acquire().await?;
+                let found = fetch_current(&mut conn, resource_type, id, "").await?;
+                if let Some(version) = &found {
+                    cache.fill(version, epoch);
+                }
+                Ok(found)
+            }
         }
 
         impl $tx {
@@ -270,10 +298,21 @@ macro_rules! sql_store {
                 if self.pending.is_empty() {
                     return Ok(());
                 }
-                let pending = std::mem::take(&mut self.pending);
+                let mut pending = std::mem::take(&mut self.pending);
+                let contents = std::mem::take(&mut self.contents);
+                for (version, _) in pending.iter_mut() {
+                    let key = (version.resource_type.clone(), version.id.clone(), version.version);
+                    if let Some((_, split)) = contents.iter().find(|(k, _)| *k == key) {
+                        version.body = split.stored.clone();
+                    }
+                }
                 // Built before the writer is taken: binding a batch's values is work of its own.
                 let (statements, versions) = batch_statements(pending);
-                statements.execute(self.write_conn(last).await?).await?;
+                let conn = self.write_conn(last).await?;
+                for (_, split) in &contents {
+                    store_content(conn, &split.content).await?;
+                }
+                statements.execute(conn).await?;
                 if self.cache.is_some() {
                     self.written.extend(versions);
                 }
@@ -318,6 +357,78 @@ macro_rules! sql_store {
                 method: $crate::store::WriteMethod::parse(row.try_get::<&str, _>("method")?),
                 body: bytes::Bytes::from(row.try_get::<Vec<u8>, _>("body")?),
             })
+        }
+
+        /// Stores a Binary's content unless it is stored already (ADR 11).
+        async fn store_content(
+            conn: &mut Conn,
+            content: &$crate::store::content::Content,
+        ) -> $crate::store::StoreResult<()> {
+            let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM binary_content WHERE sha256 = $1")
+                .bind(&content.sha256)
+                .fetch_one(&mut *conn)
+                .await?;
+            if stored == content.chunk_count() {
+                return Ok(());
+            }
+            for (seq, chunk) in content.chunks() {
+                sqlx::query(
+                    "INSERT INTO binary_content (sha256, seq, chunk) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                )
+                .bind(&content.sha256)
+                .bind(seq)
+                .bind(chunk.as_ref())
+                .execute(&mut *conn)
+                .await?;
+            }
+            Ok(())
+        }
+
+        /// One chunk of a stored content.
+        async fn fetch_chunk(
+            conn: &mut Conn,
+            sha256: &str,
+            seq: i64,
+        ) -> $crate::store::StoreResult<Option<bytes::Bytes>> {
+            let chunk: Option<Vec<u8>> =
+                sqlx::query_scalar("SELECT chunk FROM binary_content WHERE sha256 = $1 AND seq = $2")
+                    .bind(sha256)
+                    .bind(seq)
+                    .fetch_optional(conn)
+                    .await?;
+            Ok(chunk.map(bytes::Bytes::from))
+        }
+
+        /// Puts `data` back into the Binaries among `versions` whose content is stored apart.
+        async fn inflate(
+            conn: &mut Conn,
+            versions: &mut [$crate::store::ResourceVersion],
+        ) -> $crate::store::StoreResult<()> {
+            for version in versions.iter_mut() {
+                let Some(stored) = $crate::store::content::stored_content(version) else { continue };
+                let chunks: Vec<Vec<u8>> =
+                    sqlx::query_scalar("SELECT chunk FROM binary_content WHERE sha256 = $1 ORDER BY seq")
+                        .bind(&stored.sha256)
+                        .fetch_all(&mut *conn)
+                        .await?;
+                let content = chunks.concat();
+                if content.len() as u64 != stored.size {
+                    let problem = format!("the content of Binary/{} (sha256 {}) is missing", version.id, stored.sha256);
+                    return Err(sqlx::Error::Decode(problem.into()).into());
+                }
+                version.body = $crate::store::content::inflated(&version.body, &stored, &content);
+            }
+            Ok(())
+        }
+
+        /// [`inflate`] for one version, if any.
+        async fn inflate_one(
+            conn: &mut Conn,
+            version: Option<$crate::store::ResourceVersion>,
+        ) -> $crate::store::StoreResult<Option<$crate::store::ResourceVersion>> {
+            let mut versions: Vec<_> = version.into_iter().collect();
+            inflate(conn, &mut versions).await?;
+            Ok(versions.pop())
         }
 
         fn decode_job(row: &<$db as sqlx::Database>::Row) -> Result<$crate::store::Job, sqlx::Error> {
@@ -567,20 +678,11 @@ macro_rules! sql_store {
                 resource_type: &str,
                 id: &str,
             ) -> $crate::store::StoreResult<Option<$crate::store::ResourceVersion>> {
-                let Some(cache) = &self.cache else {
-                    let mut conn = self.readers.acquire().await?;
-                    return fetch_current(&mut conn, resource_type, id, "").await;
-                };
-                if let Some(cached) = cache.get(resource_type, id) {
-                    return Ok(Some(cached));
+                let found = self.read_stored(resource_type, id).await?;
+                if found.as_ref().and_then($crate::store::content::stored_content).is_none() {
+                    return Ok(found);
                 }
-                let epoch = cache.epoch();
-                let mut conn = self.readers.acquire().await?;
-                let found = fetch_current(&mut conn, resource_type, id, "").await?;
-                if let Some(version) = &found {
-                    cache.fill(version, epoch);
-                }
-                Ok(found)
+                inflate_one(&mut *self.readers.acquire().await?, found).await
             }
 
             async fn vread(
@@ -590,7 +692,8 @@ macro_rules! sql_store {
                 version: i64,
             ) -> $crate::store::StoreResult<Option<$crate::store::ResourceVersion>> {
                 let mut conn = self.readers.acquire().await?;
-                fetch_version(&mut conn, resource_type, id, version).await
+                let found = fetch_version(&mut conn, resource_type, id, version).await?;
+                inflate_one(&mut conn, found).await
             }
 
             async fn history(
@@ -598,7 +701,11 @@ macro_rules! sql_store {
                 query: &$crate::store::HistoryQuery,
             ) -> $crate::store::StoreResult<$crate::store::HistoryPage> {
                 let mut conn = self.readers.acquire().await?;
-                fetch_history(&mut conn, query).await
+                let mut page = fetch_history(&mut conn, query).await?;
+                for (_, version) in page.entries.iter_mut() {
+                    inflate(&mut conn, std::slice::from_mut(version)).await?;
+                }
+                Ok(page)
             }
 
             async fn search(
@@ -606,7 +713,9 @@ macro_rules! sql_store {
                 query: &$crate::store::SearchQuery,
             ) -> $crate::store::StoreResult<$crate::store::SearchPage> {
                 let mut conn = self.readers.acquire().await?;
-                run_search(&mut conn, query).await
+                let mut page = run_search(&mut conn, query).await?;
+                inflate(&mut conn, &mut page.resources).await?;
+                Ok(page)
             }
 
             async fn read_many(
@@ -621,6 +730,7 @@ macro_rules! sql_store {
                         found.push(decode_version(&row)?);
                     }
                 }
+                inflate(&mut conn, &mut found).await?;
                 Ok(found)
             }
 
@@ -675,6 +785,7 @@ macro_rules! sql_store {
                     tx: None,
                     sessions: self.sessions.clone(),
                     pending: Vec::new(),
+                    contents: Vec::new(),
                     cache: self.cache.clone(),
                     written: Vec::new(),
                     locked: false,
@@ -770,6 +881,21 @@ macro_rules! sql_store {
                 Ok(done.rows_affected() == 1)
             }
 
+            async fn binary_as_stored(
+                &self,
+                id: &str,
+                version: Option<i64>,
+            ) -> $crate::store::StoreResult<Option<$crate::store::ResourceVersion>> {
+                match version {
+                    None => self.read_stored("Binary", id).await,
+                    Some(version) => fetch_version(&mut *self.readers.acquire().await?, "Binary", id, version).await,
+                }
+            }
+
+            async fn content_chunk(&self, sha256: &str, seq: i64) -> $crate::store::StoreResult<Option<bytes::Bytes>> {
+                fetch_chunk(&mut *self.readers.acquire().await?, sha256, seq).await
+            }
+
             async fn ping(&self) -> $crate::store::StoreResult<()> {
                 sqlx::query("SELECT 1").execute(&self.readers).await?;
                 Ok(())
@@ -796,7 +922,9 @@ macro_rules! sql_store {
                 if let Some((version, _)) = pending {
                     return Ok(Some(version.clone()));
                 }
-                fetch_current(self.conn().await?, resource_type, id, $lock).await
+                let conn = self.conn().await?;
+                let found = fetch_current(conn, resource_type, id, $lock).await?;
+                inflate_one(conn, found).await
             }
 
             async fn vread(
@@ -812,7 +940,9 @@ macro_rules! sql_store {
                 if let Some((found, _)) = pending {
                     return Ok(Some(found.clone()));
                 }
-                fetch_version(self.conn().await?, resource_type, id, version).await
+                let conn = self.conn().await?;
+                let found = fetch_version(conn, resource_type, id, version).await?;
+                inflate_one(conn, found).await
             }
 
             async fn search(
@@ -820,7 +950,10 @@ macro_rules! sql_store {
                 query: &$crate::store::SearchQuery,
             ) -> $crate::store::StoreResult<$crate::store::SearchPage> {
                 self.flush(false).await?;
-                run_search(self.conn().await?, query).await
+                let conn = self.conn().await?;
+                let mut page = run_search(conn, query).await?;
+                inflate(conn, &mut page.resources).await?;
+                Ok(page)
             }
 
             async fn write(
@@ -828,6 +961,9 @@ macro_rules! sql_store {
                 version: $crate::store::ResourceVersion,
                 index: $crate::store::IndexRows,
             ) -> $crate::store::StoreResult<()> {
+                if let Some(split) = $crate::store::content::split(&version)? {
+                    self.contents.push(((version.resource_type.clone(), version.id.clone(), version.version), split));
+                }
                 self.pending.push((version, index));
                 Ok(())
             }
