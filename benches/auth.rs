@@ -12,18 +12,20 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::Arc;
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use bytes::Bytes;
-use common::{created_ids, env_number, ingest, load, load_at_most, median_load, LoadSummary, Server};
+use common::{
+    admin, created_ids, env_number, ingest, load, load_at_most, median_load, portal_token, register_portal_user,
+    LoadSummary, Server,
+};
 use http_body_util::Full;
 use hyper::Request;
 use rsa::pkcs1::EncodeRsaPrivateKey;
 use rsa::traits::PublicKeyParts;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const CONNECTIONS: usize = 32;
 const HEARTH: &str = env!("CARGO_BIN_EXE_hearth");
@@ -76,20 +78,6 @@ struct Figures {
     jwt_tokens: LoadSummary,
 }
 
-/// Runs a `hearth` administration command on the database, with `stdin` as its input.
-fn admin(url: &str, args: &[&str], stdin: &str) {
-    use std::io::Write;
-    let mut child = Command::new(HEARTH)
-        .args(args)
-        .args(["--database", url])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("hearth admin command");
-    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
-    assert!(child.wait().expect("wait").success(), "hearth {args:?} failed");
-}
-
 async fn measure(url: &str, patients: usize, seconds: u64, runs: usize, dir: &std::path::Path) -> Figures {
     // Data goes in without authorization; then the clients and a patient user are registered.
     let server = Server::start(HEARTH, url).await;
@@ -105,11 +93,13 @@ async fn measure(url: &str, patients: usize, seconds: u64, runs: usize, dir: &st
     let jwks_file = dir.join("bench-jwks.json");
     std::fs::write(&jwks_file, jwks.to_string()).expect("write JWKS");
     admin(
+        HEARTH,
         url,
         &["client", "add", "--client-id", "bench-basic", "--secret-stdin", "--scope", "system/*.rs"],
         "bench-secret\n",
     );
     admin(
+        HEARTH,
         url,
         &[
             "client",
@@ -123,23 +113,13 @@ async fn measure(url: &str, patients: usize, seconds: u64, runs: usize, dir: &st
         ],
         "",
     );
-    admin(
-        url,
-        &["client", "add", "--client-id", "bench-app", "--public", "--redirect-uri", "http://127.0.0.1:9/cb"],
-        "",
-    );
-    let fhir_user = format!("Patient/{patient}");
-    admin(
-        url,
-        &["user", "add", "--username", "bench", "--password-stdin", "--fhir-user", &fhir_user],
-        "bench-password\n",
-    );
+    register_portal_user(HEARTH, url, &format!("Patient/{patient}"));
 
     let mut open_runs = Vec::new();
     let mut authorized_runs = Vec::new();
     // The patient's own token: every read goes through the compartment check.
     let smart = smart_server(url).await;
-    let token = patient_token(&smart, &patient).await;
+    let token = portal_token(&smart, BASE, "launch/patient patient/*.rs", &patient).await;
     smart.stop();
     for _ in 0..runs.max(1) {
         let open = Server::start(HEARTH, url).await;
@@ -238,84 +218,4 @@ fn token_request(authorization: Option<&str>, form: String) -> Request<Full<Byte
         request = request.header("authorization", value);
     }
     request.body(Full::new(Bytes::from(form))).expect("request")
-}
-
-/// A `patient/*.rs` token of the patient, through the real login and consent forms.
-async fn patient_token(server: &Server, patient: &str) -> String {
-    let root = format!("http://{}", server.addr);
-    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
-    let verifier = "bench-verifier-0123456789-0123456789-0123456789";
-    use sha2::Digest;
-    let challenge = URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(verifier.as_bytes()));
-    let fhir = format!("{BASE}/fhir");
-    let page = http
-        .get(format!("{root}/auth/authorize"))
-        .query(&[
-            ("response_type", "code"),
-            ("client_id", "bench-app"),
-            ("redirect_uri", "http://127.0.0.1:9/cb"),
-            ("scope", "launch/patient patient/*.rs"),
-            ("state", "s"),
-            ("aud", &fhir),
-            ("code_challenge", &challenge),
-            ("code_challenge_method", "S256"),
-        ])
-        .send()
-        .await
-        .expect("authorize")
-        .text()
-        .await
-        .expect("page");
-    let field = |html: &str, name: &str| -> String {
-        let start = html.find(&format!("name=\"{name}\" value=\"")).expect("field") + name.len() + 15;
-        html[start..start + html[start..].find('"').expect("end")].to_string()
-    };
-    let login = http
-        .post(format!("{root}/auth/login"))
-        .form(&[
-            ("request", field(&page, "request")),
-            ("csrf", field(&page, "csrf")),
-            ("username", "bench".into()),
-            ("password", "bench-password".into()),
-        ])
-        .send()
-        .await
-        .expect("login");
-    let cookie = login.headers()["set-cookie"].to_str().expect("cookie").split(';').next().expect("cookie").to_string();
-    let consent_url = format!("{root}{}", login.headers()["location"].to_str().expect("location"));
-    let consent =
-        http.get(consent_url).header("cookie", &cookie).send().await.expect("consent").text().await.expect("page");
-    let done = http
-        .post(format!("{root}/auth/consent"))
-        .header("cookie", &cookie)
-        .form(&[
-            ("request", field(&consent, "request")),
-            ("csrf", field(&consent, "csrf")),
-            ("decision", "allow".into()),
-            ("scope", "launch/patient".into()),
-            ("scope", "patient/*.rs".into()),
-        ])
-        .send()
-        .await
-        .expect("consent");
-    let location = done.headers()["location"].to_str().expect("redirect").to_string();
-    let code =
-        url::Url::parse(&location).expect("url").query_pairs().find(|(n, _)| n == "code").expect("code").1.to_string();
-    let token: Value = http
-        .post(format!("{root}/auth/token"))
-        .form(&[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("redirect_uri", "http://127.0.0.1:9/cb"),
-            ("code_verifier", verifier),
-            ("client_id", "bench-app"),
-        ])
-        .send()
-        .await
-        .expect("token")
-        .json()
-        .await
-        .expect("token json");
-    assert_eq!(token["patient"], patient);
-    token["access_token"].as_str().expect("access token").to_string()
 }

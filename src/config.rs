@@ -70,6 +70,10 @@ pub enum Command {
         /// references (`Organization/front-desk`).
         #[arg(long, env = "HEARTH_MESSAGE_RECIPIENTS", value_delimiter = ',')]
         message_recipients: Vec<String>,
+        /// A directory whose files are served at /static/ (a portal web app on the API's
+        /// origin).
+        #[arg(long, env = "HEARTH_STATIC_DIR")]
+        static_dir: Option<PathBuf>,
     },
     /// Load transaction, batch or collection Bundles (`.json`) and `.ndjson` files.
     Import {

@@ -39,6 +39,7 @@ async fn main() -> anyhow::Result<()> {
             max_upload_bytes,
             upload_types,
             message_recipients,
+            static_dir,
         } => {
             if default_count > max_count {
                 anyhow::bail!("--default-count ({default_count}) cannot be larger than --max-count ({max_count})");
@@ -74,6 +75,7 @@ async fn main() -> anyhow::Result<()> {
                 messaging: MessagingSettings {
                     recipients: message_recipients.iter().map(|r| r.trim().to_string()).collect(),
                 },
+                static_dir,
                 ..Settings::new(&base_url)
             };
             let hearth = Hearth::open(&cli.database, settings).await?;

@@ -29,6 +29,8 @@ pub struct Settings {
     /// What raw uploads to Binary may be (`--max-upload-bytes`, `--upload-types`).
     pub uploads: UploadRules,
     pub messaging: crate::portal::messaging::MessagingSettings,
+    /// Files served at `/static/` (`--static-dir`): a portal web app on the API's origin.
+    pub static_dir: Option<std::path::PathBuf>,
 }
 
 impl Settings {
@@ -44,6 +46,7 @@ impl Settings {
             scheduling: SchedulingSettings::default(),
             uploads: UploadRules::default(),
             messaging: Default::default(),
+            static_dir: None,
         }
     }
 }
@@ -90,6 +93,7 @@ impl Hearth {
             max_body_bytes: settings.max_body_bytes,
             metrics: Arc::new(Metrics::default()),
             auth: auth.clone(),
+            static_dir: settings.static_dir.clone(),
         };
         Hearth { router: http::router(state), service, auth }
     }

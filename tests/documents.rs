@@ -293,7 +293,26 @@ async fn without_authorization_uploads_work_too(db: Db) {
     assert_eq!(content.await.unwrap().bytes().await.unwrap().as_ref(), PDF);
 }
 
+/// `--static-dir`: the operator's files at `/static/`, nothing outside the directory.
+async fn static_files_are_served_from_the_operators_directory(db: Db) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("portal.html"), b"<!doctype html><title>Portal</title>").unwrap();
+    let static_dir = Some(dir.path().to_path_buf());
+    let server = TestServer::start_with(db, |s| hearth::server::Settings { static_dir, ..s }).await;
+    let root = server.url("").trim_end_matches("/fhir").to_string();
+    let client = reqwest::Client::new();
+    let page = client.get(format!("{root}/static/portal.html")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.headers()["content-type"], "text/html");
+    assert_eq!(page.headers()["x-content-type-options"], "nosniff");
+    assert_eq!(page.text().await.unwrap(), "<!doctype html><title>Portal</title>");
+    assert_eq!(client.get(format!("{root}/static/missing.html")).send().await.unwrap().status(), 404);
+    let outside = client.get(format!("{root}/static/..%2f..%2fetc%2fpasswd")).send().await.unwrap();
+    assert!(outside.status().is_client_error(), "{}", outside.status());
+}
+
 on_both_databases!(
+    static_files_are_served_from_the_operators_directory,
     large_files_are_stored_once_and_read_back_everywhere,
     binaries_are_served_as_themselves,
     uploads_are_checked_and_nothing_refused_is_stored,

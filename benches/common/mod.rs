@@ -251,3 +251,116 @@ fn peak_rss_kb(pid: u32) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// Runs a `hearth` administration command on the database, with `stdin` as its input.
+pub fn admin(hearth_binary: &str, url: &str, args: &[&str], stdin: &str) {
+    use std::io::Write;
+    let mut child = Command::new(hearth_binary)
+        .args(args)
+        .args(["--database", url])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("hearth admin command");
+    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
+    assert!(child.wait().expect("wait").success(), "hearth {args:?} failed");
+}
+
+/// Registers the public client `bench-app` and the portal user `bench` (password
+/// `bench-password`) whose `fhirUser` is `fhir_user`, with `hearth` administration commands.
+pub fn register_portal_user(hearth_binary: &str, url: &str, fhir_user: &str) {
+    admin(
+        hearth_binary,
+        url,
+        &["client", "add", "--client-id", "bench-app", "--public", "--redirect-uri", "http://127.0.0.1:9/cb"],
+        "",
+    );
+    admin(
+        hearth_binary,
+        url,
+        &["user", "add", "--username", "bench", "--password-stdin", "--fhir-user", fhir_user],
+        "bench-password\n",
+    );
+}
+
+/// A token of the portal user `bench` (password `bench-password`, client `bench-app`, see
+/// [`register_portal_user`]) for `patient` with `scope` (space-separated), through the real
+/// login and consent forms of a server whose public base URL is `base_url`.
+pub async fn portal_token(server: &Server, base_url: &str, scope: &str, patient: &str) -> String {
+    let root = format!("http://{}", server.addr);
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let verifier = "bench-verifier-0123456789-0123456789-0123456789";
+    use base64::Engine;
+    use sha2::Digest;
+    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(verifier.as_bytes()));
+    let fhir = format!("{base_url}/fhir");
+    let page = http
+        .get(format!("{root}/auth/authorize"))
+        .query(&[
+            ("response_type", "code"),
+            ("client_id", "bench-app"),
+            ("redirect_uri", "http://127.0.0.1:9/cb"),
+            ("scope", scope),
+            ("state", "s"),
+            ("aud", &fhir),
+            ("code_challenge", &challenge),
+            ("code_challenge_method", "S256"),
+        ])
+        .send()
+        .await
+        .expect("authorize")
+        .text()
+        .await
+        .expect("page");
+    let field = |html: &str, name: &str| -> String {
+        let start = html.find(&format!("name=\"{name}\" value=\"")).expect("field") + name.len() + 15;
+        html[start..start + html[start..].find('"').expect("end")].to_string()
+    };
+    let login = http
+        .post(format!("{root}/auth/login"))
+        .form(&[
+            ("request", field(&page, "request")),
+            ("csrf", field(&page, "csrf")),
+            ("username", "bench".into()),
+            ("password", "bench-password".into()),
+        ])
+        .send()
+        .await
+        .expect("login");
+    let cookie = login.headers()["set-cookie"].to_str().expect("cookie").split(';').next().expect("cookie").to_string();
+    let consent_url = format!("{root}{}", login.headers()["location"].to_str().expect("location"));
+    let consent =
+        http.get(consent_url).header("cookie", &cookie).send().await.expect("consent").text().await.expect("page");
+    let done = http
+        .post(format!("{root}/auth/consent"))
+        .header("cookie", &cookie)
+        .form(
+            &[("request", field(&consent, "request")), ("csrf", field(&consent, "csrf")), ("decision", "allow".into())]
+                .into_iter()
+                .chain(scope.split(' ').map(|s| ("scope", s.to_string())))
+                .collect::<Vec<_>>(),
+        )
+        .send()
+        .await
+        .expect("consent");
+    let location = done.headers()["location"].to_str().expect("redirect").to_string();
+    let code =
+        url::Url::parse(&location).expect("url").query_pairs().find(|(n, _)| n == "code").expect("code").1.to_string();
+    let token: Value = http
+        .post(format!("{root}/auth/token"))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", "http://127.0.0.1:9/cb"),
+            ("code_verifier", verifier),
+            ("client_id", "bench-app"),
+        ])
+        .send()
+        .await
+        .expect("token")
+        .json()
+        .await
+        .expect("token json");
+    assert_eq!(token["patient"], patient);
+    token["access_token"].as_str().expect("access token").to_string()
+}

@@ -32,9 +32,12 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The SMART authorization server; `None` with `--auth off`.
     pub auth: Option<Arc<AuthServer>>,
+    /// Files served at `/static/` (`--static-dir`).
+    pub static_dir: Option<std::path::PathBuf>,
 }
 
-/// The whole HTTP surface: `/fhir/…`, `/auth/…`, `/healthz`, `/readyz`, `/metrics`.
+/// The whole HTTP surface: `/fhir/…`, `/auth/…`, `/healthz`, `/readyz`, `/metrics`, and
+/// `/static/…` when the operator gives a directory.
 pub fn router(state: AppState) -> Router {
     // Shared, not cloned: axum clones the state for every request, and one reference count
     // costs less than one per field.
@@ -43,14 +46,19 @@ pub fn router(state: AppState) -> Router {
         Some(server) => auth::routes(server.clone()),
         None => Router::new(),
     };
-    let routes: Router = Router::new()
+    let routes: Router<Arc<AppState>> = Router::new()
         .merge(authorization)
         .route("/fhir", any(fhir))
         .route("/fhir/", any(fhir))
         .route("/fhir/{*path}", any(fhir))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
-        .route("/metrics", get(metrics::render))
+        .route("/metrics", get(metrics::render));
+    let routes = match &state.static_dir {
+        Some(dir) => routes.nest_service("/static", static_files(dir)),
+        None => routes,
+    };
+    let routes = routes
         .layer(axum::middleware::from_fn_with_state(state.clone(), metrics::count))
         .layer(CatchPanicLayer::custom(panic_response))
         .with_state(state);
@@ -65,6 +73,18 @@ pub fn router(state: AppState) -> Router {
             if plain_options { routes.clone() } else { with_cors.clone() }.oneshot(request)
         }))
         .layer(TraceLayer::new_for_http())
+}
+
+/// The operator's static files (a portal web app), with ETags and ranges, never a directory
+/// listing; `nosniff` so that a file is only ever what its extension says.
+fn static_files(dir: &std::path::Path) -> Router {
+    async fn nosniff(mut response: Response) -> Response {
+        response.headers_mut().insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+        response
+    }
+    Router::new()
+        .fallback_service(tower_http::services::ServeDir::new(dir))
+        .layer(axum::middleware::map_response(nosniff))
 }
 
 /// CORS for browser apps: the FHIR API, discovery and token endpoints take bearer tokens or
