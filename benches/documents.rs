@@ -2,7 +2,7 @@
 //!
 //! On SQLite and PostgreSQL, with `--auth smart` and a patient's token (so every request runs
 //! the access checks and the workflow rules a portal's requests run): raw uploads of a 5 MiB
-//! PDF into the patient's record (`POST /fhir/Binary`), raw downloads of one (`GET
+//! PDF into the patient's record (`POST /fhir/Binary`, each a distinct file), raw downloads of one (`GET
 //! /fhir/Binary/[id]`, `Accept: application/pdf`, streamed from the stored chunks), and the same
 //! file served by the same process from `--static-dir` (the yardstick: bytes read from a
 //! file), in MB/s; then messages posted per second into the patient's thread. Medians of
@@ -11,6 +11,9 @@
 //! downloads hold files whole.
 
 mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use common::{env_number, get, load, median_load, portal_token, register_portal_user, LoadSummary, Server};
@@ -86,19 +89,25 @@ async fn run() {
         let flags =
             ["--auth", "smart", "--base-url", BASE, "--static-dir", &static_dir, "--message-recipients", &recipients];
         let server = Server::start_with(HEARTH, &url, &flags).await;
-        let scope = "launch/patient patient/Binary.cr patient/Communication.crs";
+        let scope = "launch/patient patient/Patient.r patient/Binary.cr patient/Communication.crs";
         let token = portal_token(&server, BASE, scope, &patient).await;
 
+        // Every upload a file of its own (the last 8 bytes count them): the same content twice
+        // would be stored once.
+        let uploaded = Arc::new(AtomicU64::new(0));
         let upload = {
             let (file, token, context) = (file.clone(), token.clone(), format!("Patient/{patient}"));
             median_load(runs, || {
-                let (file, token, context) = (file.clone(), token.clone(), context.clone());
+                let (file, token, context, uploaded) = (file.clone(), token.clone(), context.clone(), uploaded.clone());
                 load(server.addr, CONNECTIONS, seconds, move |_| {
+                    let mut distinct = file.to_vec();
+                    let count = uploaded.fetch_add(1, Ordering::Relaxed) + 1;
+                    distinct[FILE_BYTES - 8..].copy_from_slice(&count.to_le_bytes());
                     authorized(Request::post("/fhir/Binary"), &token)
                         .header("content-type", "application/pdf")
                         .header("x-security-context", &context)
                         .header("prefer", "return=minimal")
-                        .body(Full::new(file.clone()))
+                        .body(Full::new(Bytes::from(distinct)))
                         .expect("request")
                 })
             })

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::smart::{smart_server_with, Smart};
+use common::smart::{smart_server, smart_server_with, Smart};
 use common::{body, outcome, Db};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -117,4 +117,48 @@ async fn patients_message_their_care_team(db: Db) {
     assert_eq!(count["total"], 5, "nothing refused was stored");
 }
 
-on_both_databases!(patients_message_their_care_team);
+/// A proxy writes as themselves for the patient they act for; the patient's doctor, with a
+/// practitioner's token, answers in the thread and the patient sees it unread.
+async fn proxies_write_as_themselves_and_doctors_answer(db: Db) {
+    let server = smart_server(db).await;
+    let smart = Smart::new(&server).await;
+    let admin = smart.admin_token().await;
+    let doctor = smart.create(&admin, &json!({"resourceType": "Practitioner"})).await;
+    let ana = smart.create(&admin, &json!({"resourceType": "Patient"})).await;
+    let luis = smart.create(&admin, &json!({"resourceType": "Patient"})).await;
+    let care_team = json!({"resourceType": "CareTeam", "status": "active",
+        "subject": {"reference": format!("Patient/{ana}")},
+        "participant": [{"member": {"reference": format!("Practitioner/{doctor}")}}]});
+    smart.create(&admin, &care_team).await;
+    let mother = smart
+        .create(&admin, &json!({"resourceType": "RelatedPerson", "patient": {"reference": format!("Patient/{ana}")}}))
+        .await;
+    let (her, mom, doc) =
+        (format!("Patient/{ana}"), format!("RelatedPerson/{mother}"), format!("Practitioner/{doctor}"));
+    let proxy = smart.user_token("mother", &mom, &[&ana], "user/Communication.crus").await;
+    let doctor_token = smart.user_token("doctor", &doc, &[], "user/Communication.crus").await;
+
+    let response = smart.send(Method::POST, "Communication", &proxy, &thread(&mom, &doc, &her, "Her fever")).await;
+    assert_eq!(response.status(), 201, "a proxy starts a thread as themselves");
+    let thread_id = body(response).await["id"].as_str().unwrap().to_string();
+    let forged = reply(message(&doc, &her, &her, "All fine"), &thread_id);
+    let response = smart.send(Method::POST, "Communication", &proxy, &forged).await;
+    assert_eq!(response.status(), 422, "not in the doctor's name");
+    let his = thread(&mom, &doc, &format!("Patient/{luis}"), "Not hers");
+    assert_eq!(
+        smart.send(Method::POST, "Communication", &proxy, &his).await.status(),
+        403,
+        "not about another patient"
+    );
+
+    let answer = reply(message(&doc, &her, &her, "Give her fluids"), &thread_id);
+    let response = smart.send(Method::POST, "Communication", &doctor_token, &answer).await;
+    assert_eq!(response.status(), 201, "the doctor answers with a practitioner's token");
+    let counts = body(smart.get("Communication/$unread", &proxy).await).await;
+    let total = counts["parameter"].as_array().unwrap().iter().find(|p| p["name"] == "total").unwrap();
+    assert_eq!(total["valueInteger"], 1, "the answer is unread");
+    let count = body(smart.get("Communication?_summary=count", &admin).await).await;
+    assert_eq!(count["total"], 2, "nothing refused was stored");
+}
+
+on_both_databases!(patients_message_their_care_team, proxies_write_as_themselves_and_doctors_answer);
