@@ -165,7 +165,7 @@ fn has_extension(path: &Path, extension: &str) -> bool {
 /// A Bundle ready for `POST /`: transactions and batches as they are, anything else (collection,
 /// searchset, a single resource) as a batch that PUTs resources with ids and POSTs the others.
 fn as_processable(text: &str) -> Result<Value, FhirError> {
-    let value: Value = serde_json::from_str(text).map_err(|e| FhirError::bad_request(format!("invalid JSON: {e}")))?;
+    let value: Value = crate::model::json::parse_str(text)?;
     let value = with_resource_type(value)?;
     let is_bundle = value.get("resourceType").and_then(Value::as_str) == Some("Bundle");
     let kind = value.get("type").and_then(Value::as_str).unwrap_or("");
@@ -194,9 +194,7 @@ fn ndjson_batches(text: &str) -> Vec<Result<Value, FhirError>> {
             chunk
                 .iter()
                 .map(|line| {
-                    serde_json::from_str::<Value>(line)
-                        .map_err(|e| FhirError::bad_request(format!("invalid NDJSON line: {e}")))
-                        .and_then(with_resource_type)
+                    crate::model::json::parse_str(line).and_then(with_resource_type)
                 })
                 .collect::<Result<Vec<_>, _>>()
                 .map(batch_of)

@@ -324,6 +324,91 @@ fn cases() -> Vec<Case> {
         unknown("required-complex-element-missing", resource("Observation", json!({"status": "final"})), "Observation.code"),
         // The official JSON schema gives complex datatypes no `"type": "object"`, so these need
         // a check of their own.
+        raw(
+            "json-duplicate-key",
+            Method::POST,
+            "Patient",
+            br#"{"resourceType":"Patient","gender":"male","gender":"female"}"#,
+            400,
+        ),
+        raw(
+            "json-duplicate-key-nested",
+            Method::POST,
+            "",
+            br#"{"resourceType":"Bundle","type":"transaction","entry":[{"resource":{"resourceType":"Patient","active":true,"active":false},"request":{"method":"POST","url":"Patient"}}]}"#,
+            400,
+        ),
+        // What the R4 StructureDefinitions say beyond the JSON schema.
+        invalid("date-not-in-calendar", patient(json!({"birthDate": "2023-02-30"})), "Patient.birthDate"),
+        invalid(
+            "datetime-not-in-calendar",
+            observation(json!({"effectiveDateTime": "2023-04-31T10:00:00Z"})),
+            "Observation.effectiveDateTime",
+        ),
+        invalid("integer-beyond-32-bits", patient(json!({"multipleBirthInteger": 2147483648u64})), "Patient.multipleBirthInteger"),
+        invalid(
+            "base64-that-does-not-decode",
+            resource("DocumentReference", json!({"status": "current", "content": [{"attachment": {"data": "A==="}}]})),
+            "DocumentReference.content[0].attachment.data",
+        ),
+        invalid("extension-without-value", patient(json!({"extension": [{"url": "http://example.org/x"}]})), "Patient.extension[0]"),
+        invalid(
+            "extension-with-value-and-extensions",
+            patient(json!({"extension": [{"url": "http://example.org/x", "valueString": "a",
+                "extension": [{"url": "y", "valueString": "b"}]}]})),
+            "Patient.extension[0]",
+        ),
+        invalid(
+            "narrative-with-script",
+            patient(json!({"text": {"status": "generated",
+                "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">Hi<script>alert(1)</script></div>"}})),
+            "Patient.text.div",
+        ),
+        invalid(
+            "narrative-with-event-handler",
+            patient(json!({"text": {"status": "generated",
+                "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\"><p onmouseover=\"steal()\">Hi</p></div>"}})),
+            "Patient.text.div",
+        ),
+        invalid(
+            "narrative-not-xhtml",
+            patient(json!({"text": {"status": "generated", "div": "<div>Hi</div>"}})),
+            "Patient.text.div",
+        ),
+        invalid(
+            "narrative-without-content",
+            patient(json!({"text": {"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\"> </div>"}})),
+            "Patient.text.div",
+        ),
+        invalid(
+            "contained-inside-contained",
+            patient(json!({"managingOrganization": {"reference": "#o"}, "contained": [{"resourceType": "Organization",
+                "id": "o", "contained": [{"resourceType": "Organization", "id": "p"}]}]})),
+            "Patient.contained[0]",
+        ),
+        invalid(
+            "contained-not-referenced",
+            patient(json!({"contained": [{"resourceType": "Organization", "id": "o"}]})),
+            "Patient.contained[0]",
+        ),
+        invalid(
+            "contained-with-version",
+            patient(json!({"managingOrganization": {"reference": "#o"}, "contained": [{"resourceType": "Organization",
+                "id": "o", "meta": {"versionId": "3"}}]})),
+            "Patient.contained[0]",
+        ),
+        invalid(
+            "local-reference-to-nothing",
+            patient(json!({"managingOrganization": {"reference": "#nowhere"}})),
+            "Patient.managingOrganization",
+        ),
+        invalid(
+            "code-outside-required-binding",
+            resource("Condition", json!({"subject": {"reference": "Patient/1"}, "clinicalStatus": {"coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "sleeping"}]}})),
+            "Condition.clinicalStatus",
+        ),
+        unknown("backbone-without-required-element", patient(json!({"link": [{"type": "seealso"}]})), "Patient.link[0].other"),
         invalid("string-where-object-required", observation(json!({"code": "abc"})), "Observation.code"),
         invalid("string-where-reference-required", observation(json!({"subject": "Patient/1"})), "Observation.subject"),
         invalid("number-where-object-required", observation(json!({"valueQuantity": 5})), "Observation.valueQuantity"),

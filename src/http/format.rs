@@ -112,8 +112,7 @@ pub fn parse_body(bytes: &[u8], format: Format) -> Result<Value, FhirError> {
                 .map_err(|e| FhirError::new(ErrorKind::BadRequest, IssueCode::Structure, e.to_string()))?,
         ),
     };
-    serde_json::from_slice(&json)
-        .map_err(|e| FhirError::new(ErrorKind::BadRequest, IssueCode::Structure, format!("invalid JSON: {e}")))
+    crate::model::json::parse(&json)
 }
 
 /// Renders a body in `format`; stored JSON bytes pass through untouched unless pretty or XML.

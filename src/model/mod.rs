@@ -2,6 +2,7 @@
 //! Nothing here does I/O.
 
 pub mod outcome;
+pub mod json;
 pub mod patch;
 pub mod resource;
 pub mod subset;

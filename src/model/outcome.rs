@@ -56,6 +56,10 @@ impl IssueCode {
     }
 }
 
+/// The code system of the rules validation names in `issue.details` (invariant keys such as
+/// `ref-1`, and `cardinality`, `value`, `binding`).
+pub const VALIDATION_RULES: &str = "http://hearth.dev/fhir/CodeSystem/validation-rule";
+
 /// One `OperationOutcome.issue`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Issue {
@@ -66,12 +70,14 @@ pub struct Issue {
     pub diagnostics: String,
     /// FHIRPath location of the problem, when there is one.
     pub expression: Option<String>,
+    /// The rule broken, when validation found it (an invariant's key such as `ref-1`).
+    pub rule: Option<String>,
 }
 
 impl Issue {
     /// An error-severity issue without a location.
     pub fn error(code: IssueCode, diagnostics: impl Into<String>) -> Self {
-        Issue { severity: "error", code, diagnostics: diagnostics.into(), expression: None }
+        Issue { severity: "error", code, diagnostics: diagnostics.into(), expression: None, rule: None }
     }
 
     /// An information-severity issue (used for successful `Prefer: return=OperationOutcome`).
@@ -81,7 +87,19 @@ impl Issue {
             code: IssueCode::Informational,
             diagnostics: diagnostics.into(),
             expression: None,
+            rule: None,
         }
+    }
+
+    /// A warning-severity issue.
+    pub fn warning(code: IssueCode, diagnostics: impl Into<String>) -> Self {
+        Issue { severity: "warning", ..Issue::error(code, diagnostics) }
+    }
+
+    /// Names the rule broken (`details.coding` in the OperationOutcome).
+    pub fn rule(mut self, rule: impl Into<String>) -> Self {
+        self.rule = Some(rule.into());
+        self
     }
 
     /// Attaches the FHIRPath location of the problem.
@@ -98,6 +116,9 @@ impl Issue {
         });
         if let Some(expression) = &self.expression {
             issue["expression"] = json!([expression]);
+        }
+        if let Some(rule) = &self.rule {
+            issue["details"] = json!({"coding": [{"system": VALIDATION_RULES, "code": rule}]});
         }
         issue
     }

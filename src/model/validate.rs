@@ -17,6 +17,7 @@ use jsonschema::{Draft, Registry, Validator};
 use serde_json::{json, Value};
 
 use super::{ErrorKind, FhirError, Issue, IssueCode};
+use crate::validation::Severity;
 
 /// The most issues reported for one resource; the rest are summarised.
 const MAX_ISSUES: usize = 20;
@@ -101,6 +102,19 @@ pub fn validate_resource(resource: &Value, expected_type: &str) -> Result<(), Fh
     check_no_empty_values(resource, actual, &mut issues);
     if issues.is_empty() {
         schema_issues(resource, actual, actual, &mut issues);
+    }
+    if issues.is_empty() {
+        issues.extend(
+            crate::validation::base(resource, actual)
+                .into_iter()
+                .filter(|finding| finding.severity == Severity::Error)
+                .map(|finding| {
+                    let code = if finding.rule == "cardinality" { IssueCode::Required } else { IssueCode::Invariant };
+                    Issue::error(code, format!("{}: {} ({})", finding.location, finding.message, finding.rule))
+                        .at(finding.location)
+                        .rule(finding.rule)
+                }),
+        );
     }
     if issues.is_empty() {
         return Ok(());

@@ -77,12 +77,10 @@ impl FhirService {
             self.write_entry(&mut bundle, found, "include", &parsed)?;
         }
         if truncated {
-            let warning = Issue {
-                severity: "warning",
-                code: IssueCode::TooCostly,
-                diagnostics: format!("only the first {MAX_INCLUDED} included resources are in this page; narrow the search or lower _count"),
-                expression: None,
-            };
+            let warning = Issue::warning(
+                IssueCode::TooCostly,
+                format!("only the first {MAX_INCLUDED} included resources are in this page; narrow the search or lower _count"),
+            );
             let outcome = serde_json::to_vec(&operation_outcome(&[warning])).map_err(|_| FhirError::internal())?;
             bundle.entry(&json!({"search": {"mode": "outcome"}}), Some(&outcome));
         }

@@ -1,0 +1,322 @@
+//! A resource walked against the R4 core StructureDefinitions: every element found in the
+//! JSON is matched to its definition, and checked for what the JSON schema cannot say —
+//! minimum cardinality, primitive values beyond their regex, required bindings, extensions
+//! with a value or extensions (ext-1), local references to contained resources (ref-1), the
+//! narrative (txt-1, txt-2) and the rules for contained resources (dom-2 to dom-5).
+
+use serde_json::{Map, Value};
+
+use super::definitions::{Definitions, ElementDefinition, StructureDefinition};
+use super::{expansions, narrative, primitives, Finding};
+
+/// Walks one resource (and the resources inside it), collecting findings.
+pub struct Walk<'a> {
+    definitions: &'a Definitions,
+    findings: Vec<Finding>,
+}
+
+/// The resource whose `contained` a local reference (`#id`) points into.
+struct Container {
+    ids: Vec<String>,
+}
+
+impl<'a> Walk<'a> {
+    pub fn new(definitions: &'a Definitions) -> Self {
+        Walk { definitions, findings: Vec::new() }
+    }
+
+    /// What was found.
+    pub fn into_findings(self) -> Vec<Finding> {
+        self.findings
+    }
+
+    fn report(&mut self, rule: &'static str, location: &str, message: String) {
+        self.findings.push(Finding::error(rule, location, message));
+    }
+
+    fn warn(&mut self, rule: &'static str, location: &str, message: String) {
+        self.findings.push(Finding::warning(rule, location, message));
+    }
+
+    /// Walks a resource found at `location` (its type for a resource that stands alone).
+    pub fn resource(&mut self, resource: &Value, location: &str) {
+        let container = Container { ids: contained_ids(resource) };
+        self.resource_in(resource, location, &container);
+    }
+
+    fn resource_in(&mut self, resource: &Value, location: &str, container: &Container) {
+        let Some(object) = resource.as_object() else { return };
+        let Some(type_name) = object.get("resourceType").and_then(Value::as_str) else { return };
+        let Some(definition) = self.definitions.core(type_name) else { return };
+        self.object(object, definition, type_name, location, container);
+        self.contained_rules(object, location);
+    }
+
+    /// dom-2 to dom-5: what a contained resource may not have, and that it is referenced.
+    fn contained_rules(&mut self, resource: &Map<String, Value>, location: &str) {
+        let Some(contained) = resource.get("contained").and_then(Value::as_array) else { return };
+        let local_refs = local_references(&Value::Object(resource.clone()));
+        for (index, inner) in contained.iter().enumerate() {
+            let at = format!("{location}.contained[{index}]");
+            if inner.get("contained").is_some() {
+                self.report("dom-2", &at, "a contained resource cannot contain resources".into());
+            }
+            let meta = inner.get("meta");
+            if meta.is_some_and(|m| m.get("versionId").is_some() || m.get("lastUpdated").is_some()) {
+                self.report("dom-4", &at, "a contained resource has no meta.versionId or meta.lastUpdated".into());
+            }
+            if meta.is_some_and(|m| m.get("security").is_some()) {
+                self.report("dom-5", &at, "a contained resource has no security labels of its own".into());
+            }
+            let id = inner.get("id").and_then(Value::as_str).unwrap_or("");
+            let referenced = local_refs.iter().any(|r| r == &format!("#{id}"));
+            let refers_back = local_references(inner).iter().any(|r| r == "#");
+            if !referenced && !refers_back {
+                self.report(
+                    "dom-3",
+                    &at,
+                    format!("contained resource '{id}' is referenced neither by the resource nor refers to it"),
+                );
+            }
+        }
+    }
+
+    /// Walks an object whose definition is the element `path` of `definition`.
+    fn object(
+        &mut self,
+        object: &Map<String, Value>,
+        definition: &'a StructureDefinition,
+        path: &str,
+        location: &str,
+        container: &Container,
+    ) {
+        for element in definition.children(path) {
+            let name = element.name();
+            let present: Vec<(String, Option<&str>)> = if element.is_choice() {
+                let base = name.trim_end_matches("[x]");
+                element
+                    .types
+                    .iter()
+                    .map(|t| (format!("{base}{}", capitalised(&t.code)), Some(t.code.as_str())))
+                    .filter(|(key, _)| object.contains_key(key) || object.contains_key(&format!("_{key}")))
+                    .collect()
+            } else {
+                let key = name.to_string();
+                let present = object.contains_key(&key) || object.contains_key(&format!("_{key}"));
+                if present {
+                    vec![(key, None)]
+                } else {
+                    Vec::new()
+                }
+            };
+            if present.is_empty() {
+                if element.min > 0 {
+                    let at = format!("{location}.{name}");
+                    self.report("cardinality", &at, format!("{} is required (minimum {})", element.path, element.min));
+                }
+                continue;
+            }
+            for (key, choice_type) in present {
+                let type_code = choice_type.or_else(|| element.types.first().map(|t| t.code.as_str()));
+                self.element_values(object, &key, element, type_code, definition, location, container);
+            }
+        }
+    }
+
+    /// Walks the values of `key` (and of `_key`, a primitive's id and extensions).
+    #[allow(clippy::too_many_arguments)]
+    fn element_values(
+        &mut self,
+        object: &Map<String, Value>,
+        key: &str,
+        element: &'a ElementDefinition,
+        type_code: Option<&str>,
+        definition: &'a StructureDefinition,
+        location: &str,
+        container: &Container,
+    ) {
+        let at = |index: Option<usize>| {
+            let base = format!("{location}.{key}");
+            match index {
+                Some(i) => format!("{base}[{i}]"),
+                None => base,
+            }
+        };
+        let items: Vec<(Option<usize>, &Value)> = match object.get(key) {
+            Some(Value::Array(items)) => items.iter().enumerate().map(|(i, v)| (Some(i), v)).collect(),
+            Some(value) => vec![(None, value)],
+            None => Vec::new(),
+        };
+        for (index, value) in items {
+            if !value.is_null() {
+                self.value(value, element, type_code, definition, &at(index), container);
+            }
+        }
+        // A primitive's id and extensions: walked as an Element.
+        let companions: Vec<(Option<usize>, &Value)> = match object.get(&format!("_{key}")) {
+            Some(Value::Array(items)) => items.iter().enumerate().map(|(i, v)| (Some(i), v)).collect(),
+            Some(value) => vec![(None, value)],
+            None => Vec::new(),
+        };
+        for (index, companion) in companions {
+            if let (Some(companion), Some(element_definition)) =
+                (companion.as_object(), self.definitions.core("Element"))
+            {
+                self.object(companion, element_definition, "Element", &at(index), container);
+            }
+        }
+    }
+
+    /// Walks one value of an element of type `type_code`.
+    fn value(
+        &mut self,
+        value: &Value,
+        element: &'a ElementDefinition,
+        type_code: Option<&str>,
+        definition: &'a StructureDefinition,
+        location: &str,
+        container: &Container,
+    ) {
+        if let Some(reference) = &element.content_reference {
+            let path = reference.trim_start_matches('#');
+            if let Some(object) = value.as_object() {
+                self.object(object, definition, path, location, container);
+            }
+            return;
+        }
+        let Some(type_code) = type_code else { return };
+        match type_code {
+            "Resource" => {
+                let own = !element.path.ends_with(".contained");
+                match own {
+                    true => self.resource(value, location),
+                    false => self.resource_in(value, location, container),
+                }
+                return;
+            }
+            "BackboneElement" | "Element" if definition.children(&element.path).next().is_some() => {
+                if let Some(object) = value.as_object() {
+                    self.object(object, definition, &element.path, location, container);
+                }
+                return;
+            }
+            _ => {}
+        }
+        let Some(type_definition) = self.definitions.core(type_code) else { return };
+        if type_definition.is_primitive() {
+            if let Some(problem) = primitives::problem(type_code, value) {
+                self.report("value", location, format!("{type_code}: {problem}"));
+            }
+            if type_code == "xhtml" {
+                for (rule, problem) in narrative::problems(value.as_str().unwrap_or("")) {
+                    self.report(rule, location, problem);
+                }
+            }
+        } else if let Some(object) = value.as_object() {
+            self.object(object, type_definition, type_code, location, container);
+            match type_code {
+                "Extension" => self.extension_rule(object, location),
+                "Reference" => self.local_reference(object, location, container),
+                _ => {}
+            }
+        }
+        self.binding(value, element, type_code, location);
+    }
+
+    /// ext-1: an extension has either a value or extensions, not both.
+    fn extension_rule(&mut self, extension: &Map<String, Value>, location: &str) {
+        let has_value = extension.keys().any(|k| k.starts_with("value"));
+        let has_extensions = extension.get("extension").is_some();
+        if has_value == has_extensions {
+            self.report("ext-1", location, "an extension has either extensions or a value[x], not both".into());
+        }
+    }
+
+    /// ref-1: a local reference names a contained resource of the resource.
+    fn local_reference(&mut self, reference: &Map<String, Value>, location: &str, container: &Container) {
+        let Some(target) = reference.get("reference").and_then(Value::as_str) else { return };
+        let Some(id) = target.strip_prefix('#').filter(|id| !id.is_empty()) else { return };
+        if !container.ids.iter().any(|known| known == id) {
+            self.report("ref-1", location, format!("'{target}' names no contained resource"));
+        }
+    }
+
+    /// A required binding is an error when the code is not in its (expanded) value set, an
+    /// extensible one a warning.
+    fn binding(&mut self, value: &Value, element: &ElementDefinition, type_code: &str, location: &str) {
+        let Some(binding) = &element.binding else { return };
+        let required = match binding.strength.as_str() {
+            "required" => true,
+            "extensible" => false,
+            _ => return,
+        };
+        let Some(expansion) = expansions::expansion(&binding.value_set) else { return };
+        let codings: Vec<&Value> = match type_code {
+            "code" => {
+                let Some(code) = value.as_str() else { return };
+                if expansion.contains_code(code) {
+                    return;
+                }
+                return self.binding_finding(required, location, format!("'{code}'"), &binding.value_set);
+            }
+            "Coding" => vec![value],
+            "CodeableConcept" => {
+                value.get("coding").and_then(Value::as_array).map(|c| c.iter().collect()).unwrap_or_default()
+            }
+            _ => return,
+        };
+        // A CodeableConcept with text only says nothing coded.
+        if codings.is_empty() {
+            return;
+        }
+        let known = codings.iter().any(|coding| {
+            let (system, code) =
+                (coding.get("system").and_then(Value::as_str), coding.get("code").and_then(Value::as_str));
+            matches!((system, code), (Some(system), Some(code)) if expansion.contains(system, code))
+        });
+        if !known {
+            let shown: Vec<String> = codings
+                .iter()
+                .map(|c| {
+                    let text = |k: &str| c.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+                    format!("{}|{}", text("system"), text("code"))
+                })
+                .collect();
+            self.binding_finding(required, location, shown.join(", "), &binding.value_set);
+        }
+    }
+
+    fn binding_finding(&mut self, required: bool, location: &str, shown: String, value_set: &str) {
+        let message = format!("{shown} is not in the value set {value_set}");
+        match required {
+            true => self.report("binding", location, message),
+            false => self.warn("binding", location, message),
+        }
+    }
+}
+
+fn capitalised(code: &str) -> String {
+    let mut chars = code.chars();
+    chars.next().map(|first| first.to_ascii_uppercase().to_string() + chars.as_str()).unwrap_or_default()
+}
+
+fn contained_ids(resource: &Value) -> Vec<String> {
+    let contained = resource.get("contained").and_then(Value::as_array).into_iter().flatten();
+    contained.filter_map(|c| c.get("id").and_then(Value::as_str)).map(str::to_string).collect()
+}
+
+/// Every string in `value` that is a local reference (`#…`), wherever it is (references,
+/// canonicals and uris alike).
+fn local_references(value: &Value) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![value];
+    while let Some(value) = stack.pop() {
+        match value {
+            Value::String(text) if text.starts_with('#') => found.push(text.clone()),
+            Value::Array(items) => stack.extend(items),
+            Value::Object(object) => stack.extend(object.values()),
+            _ => {}
+        }
+    }
+    found
+}
