@@ -172,16 +172,17 @@ fn as_processable(text: &str) -> Result<Value, FhirError> {
     if is_bundle && (kind == "transaction" || kind == "batch") {
         return Ok(value);
     }
-    let resources: Vec<Value> = if is_bundle {
+    // Entries keep their fullUrl: the batch resolves references between them by it.
+    let resources: Vec<(Option<Value>, Value)> = if is_bundle {
         value
             .get("entry")
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
-            .filter_map(|e| e.get("resource").cloned())
+            .filter_map(|e| Some((e.get("fullUrl").cloned(), e.get("resource")?.clone())))
             .collect()
     } else {
-        vec![value]
+        vec![(None, value)]
     };
     Ok(batch_of(resources))
 }
@@ -193,9 +194,7 @@ fn ndjson_batches(text: &str) -> Vec<Result<Value, FhirError>> {
         .map(|chunk| {
             chunk
                 .iter()
-                .map(|line| {
-                    crate::model::json::parse_str(line).and_then(with_resource_type)
-                })
+                .map(|line| crate::model::json::parse_str(line).and_then(with_resource_type).map(|r| (None, r)))
                 .collect::<Result<Vec<_>, _>>()
                 .map(batch_of)
         })
@@ -210,16 +209,22 @@ fn with_resource_type(value: Value) -> Result<Value, FhirError> {
     }
 }
 
-fn batch_of(resources: Vec<Value>) -> Value {
+/// A batch that PUTs the resources with ids and POSTs the others, each entry with its `fullUrl`
+/// when given.
+fn batch_of(resources: Vec<(Option<Value>, Value)>) -> Value {
     let entries: Vec<Value> = resources
         .into_iter()
-        .map(|resource| {
+        .map(|(full_url, resource)| {
             let resource_type = resource.get("resourceType").and_then(Value::as_str).unwrap_or("").to_string();
             let request = match resource.get("id").and_then(Value::as_str) {
                 Some(id) => json!({"method": "PUT", "url": format!("{resource_type}/{id}")}),
                 None => json!({"method": "POST", "url": resource_type}),
             };
-            json!({"resource": resource, "request": request})
+            let mut entry = json!({"resource": resource, "request": request});
+            if let Some(full_url) = full_url {
+                entry["fullUrl"] = full_url;
+            }
+            entry
         })
         .collect();
     json!({"resourceType": "Bundle", "type": "batch", "entry": entries})

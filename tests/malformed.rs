@@ -690,6 +690,34 @@ fn cases() -> Vec<Case> {
             404,
         ),
         post(
+            "transaction-full-url-twice",
+            "",
+            transaction(json!([marked_patient_entry("full-url-1"), marked_patient_entry("full-url-2")])),
+            400,
+        )
+        .at("Bundle.entry[1].fullUrl"),
+        post(
+            "transaction-reference-to-no-entry",
+            "",
+            transaction(json!([
+                marked_patient_entry("dangling"),
+                {"resource": observation(json!({"subject": {"reference": "urn:uuid:0e4b0e70-0000-4000-8000-000000000000"}})),
+                 "request": {"method": "POST", "url": "Observation"}}
+            ])),
+            400,
+        ),
+        post(
+            "transaction-changes-one-resource-twice",
+            "",
+            transaction(json!([
+                marked_patient_entry("twice"),
+                {"resource": patient(json!({"id": "twice", "identifier": [{"system": MARKER, "value": "a"}]})),
+                 "request": {"method": "PUT", "url": "Patient/twice"}},
+                {"request": {"method": "DELETE", "url": "Patient/twice"}}
+            ])),
+            400,
+        ),
+        post(
             "transaction-type-differs-from-url",
             "",
             transaction(json!([

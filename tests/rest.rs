@@ -700,6 +700,49 @@ async fn stored_bytes_are_served_unchanged(db: Db) {
     assert_eq!(read, created);
 }
 
+/// A batch (as Synthea exports them) whose entries refer to each other by `urn:uuid:`: each
+/// referrer runs after what it refers to and gets its new id; a reference to no entry, or to an
+/// entry that failed, fails that entry alone; nothing is stored with a `urn:` reference.
+async fn batch_resolves_references_between_entries(db: Db) {
+    let server = TestServer::start(db).await;
+    let (p, e, bad) = (
+        "urn:uuid:11111111-0000-4000-8000-000000000001",
+        "urn:uuid:11111111-0000-4000-8000-000000000002",
+        "urn:uuid:11111111-0000-4000-8000-00000000dead",
+    );
+    let observation = |subject: &str, encounter: &str| {
+        json!({"resourceType": "Observation", "status": "final",
+        "code": {"text": "weight"}, "subject": {"reference": subject}, "encounter": {"reference": encounter}})
+    };
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"fullUrl": "urn:uuid:11111111-0000-4000-8000-000000000003", "resource": observation(p, e), "request": {"method": "POST", "url": "Observation"}},
+        {"fullUrl": e, "resource": {"resourceType": "Encounter", "status": "finished",
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+            "subject": {"reference": p}}, "request": {"method": "POST", "url": "Encounter"}},
+        {"fullUrl": p, "resource": patient("Synthea", "S1"), "request": {"method": "POST", "url": "Patient"}},
+        {"fullUrl": "urn:uuid:11111111-0000-4000-8000-000000000004", "resource": observation(p, bad), "request": {"method": "POST", "url": "Observation"}},
+        {"fullUrl": "urn:uuid:11111111-0000-4000-8000-000000000005", "resource": {"resourceType": "Patient", "bogus": true}, "request": {"method": "POST", "url": "Patient"}},
+        {"resource": observation("urn:uuid:11111111-0000-4000-8000-000000000005", e), "request": {"method": "POST", "url": "Observation"}},
+    ]});
+    let response = server.post("", &batch).await;
+    assert_eq!(response.status(), 200);
+    let result = body(response).await;
+    let statuses: Vec<&str> =
+        result["entry"].as_array().unwrap().iter().map(|e| e["response"]["status"].as_str().unwrap()).collect();
+    assert_eq!(
+        statuses,
+        ["201 Created", "201 Created", "201 Created", "400 Bad Request", "400 Bad Request", "400 Bad Request"]
+    );
+    let patient_id = server.search_ids("Patient?identifier=S1").await.pop().unwrap();
+    let stored = body(server.get("Observation?code:text=weight").await).await;
+    let stored = &stored["entry"].as_array().unwrap();
+    assert_eq!(stored.len(), 1, "only the observation whose references resolved");
+    assert_eq!(stored[0]["resource"]["subject"]["reference"], format!("Patient/{patient_id}"));
+    assert!(stored[0]["resource"]["encounter"]["reference"].as_str().unwrap().starts_with("Encounter/"));
+    let refused = result["entry"][3]["response"]["outcome"]["issue"][0]["diagnostics"].as_str().unwrap();
+    assert!(refused.contains(bad), "{refused}");
+}
+
 on_both_databases!(
     metadata_lists_what_is_implemented,
     create_read_update_delete_and_history,
@@ -715,6 +758,7 @@ on_both_databases!(
     sorted_pages_link_both_ways,
     transaction_rewrites_references_and_is_atomic,
     batch_reports_each_entry,
+    batch_resolves_references_between_entries,
     concurrent_updates_with_if_match_have_one_winner_per_version,
     concurrent_creates_of_one_new_id_all_land,
     concurrent_transactions_fail_or_land_on_their_own,

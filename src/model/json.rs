@@ -13,7 +13,9 @@ use super::{ErrorKind, FhirError, IssueCode};
 
 /// Parses a JSON document, refusing invalid JSON and objects with duplicate keys (400).
 pub fn parse(bytes: &[u8]) -> Result<Value, FhirError> {
-    let invalid = |e: serde_json::Error| FhirError::new(ErrorKind::BadRequest, IssueCode::Structure, format!("invalid JSON: {e}"));
+    let invalid = |e: serde_json::Error| {
+        FhirError::new(ErrorKind::BadRequest, IssueCode::Structure, format!("invalid JSON: {e}"))
+    };
     let value: Value = serde_json::from_slice(bytes).map_err(invalid)?;
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     NoDuplicates { path: String::new() }.deserialize(&mut deserializer).map_err(invalid)?;

@@ -1,8 +1,9 @@
 //! Resources as data: validation, OperationOutcome issues, metadata stamping and patches.
 //! Nothing here does I/O.
 
-pub mod outcome;
+pub mod bundle;
 pub mod json;
+pub mod outcome;
 pub mod patch;
 pub mod resource;
 pub mod subset;

@@ -68,6 +68,7 @@ impl FhirService {
                 return Err(FhirError::bad_request("Bundle.entry must be an array").with_expression("Bundle.entry"))
             }
         };
+        crate::model::bundle::check_full_urls(raw_entries)?;
         if raw_entries.len() > self.config.max_bundle_entries {
             return Err(FhirError::new(
                 ErrorKind::PayloadTooLarge,
@@ -177,6 +178,17 @@ impl FhirService {
         entries.sort_by_key(Entry::rank);
         let mut responses: Vec<Option<FhirResponse>> = vec![None; count];
 
+        // The resources the entries name, before any runs (R4 http.html#trules: "if any resource
+        // identities overlap, the transaction SHALL fail"); `ifNoneExist` matches join below.
+        let changed: Vec<(String, usize)> = entries
+            .iter()
+            .filter(|e| !matches!(e.request.method, Method::Get | Method::Head | Method::Post))
+            .filter_map(|e| match Route::parse(&e.request.path) {
+                Ok(Route::Instance(t, id)) => Some((format!("{t}/{id}"), e.index)),
+                _ => None,
+            })
+            .collect();
+        check_overlaps(changed.iter().map(|(identity, index)| (*index, identity.clone())))?;
         // 1. Deletes come first, so that later lookups see their effect.
         for entry in entries.iter_mut().filter(|e| e.request.method == Method::Delete) {
             let response = self.run_entry(&mut *tx, entry).await?;
@@ -221,12 +233,19 @@ impl FhirService {
                 targets.insert(full_url.clone(), location);
             }
         }
-        // 3. Rewrite references everywhere in the bundle's resources.
+        let found = planned.iter().filter_map(|(index, plan)| match plan {
+            PlannedCreate::Existing(existing) => Some((*index, format!("{}/{}", existing.resource_type, existing.id))),
+            PlannedCreate::New { .. } => None,
+        });
+        check_overlaps(changed.iter().map(|(identity, index)| (*index, identity.clone())).chain(found))?;
+        // 3. Rewrite references everywhere in the bundle's resources; a `urn:` reference left is
+        //    to no entry, and fails the bundle.
         for entry in &mut entries {
             if let Some(body) = &mut entry.request.body {
                 let index = entry.index;
                 let context = |e: FhirError| e.in_bundle_entry(index);
                 self.rewrite_references(&mut *tx, body, &targets).await.map_err(context)?;
+                crate::model::bundle::unresolved(body).map_err(context)?;
             }
         }
         // 4. Everything else, in order.
@@ -299,23 +318,75 @@ impl FhirService {
         Ok(())
     }
 
+    /// Runs a batch's entries one by one, each after the entries whose `fullUrl` it
+    /// references, with those references rewritten to where those entries were stored. An
+    /// entry referring to a failed entry, or to a `urn:` no entry has, fails alone: a batch
+    /// never stores a reference it did not resolve.
     async fn batch(&self, raw_entries: &[Value], prefer: PreferReturn, access: &Access) -> FhirResponse {
-        let mut responses = Vec::with_capacity(raw_entries.len());
-        for (index, raw) in raw_entries.iter().enumerate() {
-            let outcome = match self.parse_entry(index, raw, prefer, access) {
-                Ok(entry) if Route::parse(&entry.request.path).is_ok_and(|r| r == Route::System) => {
+        let full_urls: Vec<Option<&str>> =
+            raw_entries.iter().map(|e| e.get("fullUrl").and_then(Value::as_str)).collect();
+        let resources: Vec<Option<&Value>> = raw_entries.iter().map(|e| e.get("resource")).collect();
+        let mut responses: Vec<Option<FhirResponse>> = vec![None; raw_entries.len()];
+        let mut stored: FullUrls = HashMap::default();
+        for (index, depends_on) in crate::model::bundle::dependency_order(&full_urls, &resources) {
+            let failed = depends_on.iter().find(|&&d| responses[d].as_ref().is_some_and(|r| r.status >= 400));
+            let outcome = match (failed, self.parse_entry(index, &raw_entries[index], prefer, access)) {
+                (_, Err(error)) => Err(error),
+                (Some(&dependency), _) => Err(FhirError::bad_request(format!(
+                    "it refers to Bundle.entry[{dependency}] ({}), which failed",
+                    full_urls[dependency].unwrap_or_default()
+                ))),
+                (None, Ok(entry)) if Route::parse(&entry.request.path).is_ok_and(|r| r == Route::System) => {
                     Err(FhirError::bad_request("bundles cannot be nested"))
                 }
-                Ok(entry) => Box::pin(self.handle(entry.request)).await,
-                Err(error) => Err(error),
+                (None, Ok(mut entry)) => match entry.request.body.as_mut() {
+                    Some(body) => {
+                        replace_strings(body, &mut |text| stored.get(text).cloned());
+                        match crate::model::bundle::unresolved(body) {
+                            Ok(()) => Box::pin(self.handle(entry.request)).await,
+                            Err(error) => Err(error),
+                        }
+                    }
+                    None => Box::pin(self.handle(entry.request)).await,
+                },
             };
-            responses.push(outcome.unwrap_or_else(|error| {
+            let response = outcome.unwrap_or_else(|error| {
                 let error = error.in_bundle_entry(index);
                 FhirResponse::new(error.status(), Body::Json(error.outcome()))
-            }));
+            });
+            if let (Some(full_url), Some(location)) = (full_urls[index], stored_at(&response, &self.config.base_url)) {
+                stored.insert(full_url.to_string(), location);
+            }
+            responses[index] = Some(response);
         }
-        response_bundle("batch-response", responses)
+        response_bundle("batch-response", responses.into_iter().flatten().collect())
     }
+}
+
+/// Where a successful write's response says the resource is (`Type/id`).
+fn stored_at(response: &FhirResponse, base_url: &str) -> Option<String> {
+    if response.status >= 400 {
+        return None;
+    }
+    let location = response.location.as_deref()?;
+    let relative = location.strip_prefix(base_url).unwrap_or(location).trim_start_matches('/');
+    let mut parts = relative.split('/');
+    Some(format!("{}/{}", parts.next()?, parts.next()?))
+}
+
+/// 400 when two entries of a transaction change the same resource, given as (entry, `Type/id`).
+fn check_overlaps(identities: impl Iterator<Item = (usize, String)>) -> Result<(), FhirError> {
+    let mut changed: HashMap<String, usize> = HashMap::new();
+    for (index, identity) in identities {
+        if let Some(first) = changed.insert(identity.clone(), index) {
+            let (first, second) = (first.min(index), first.max(index));
+            return Err(FhirError::bad_request(format!(
+                "Bundle.entry[{first}] and Bundle.entry[{second}] both change {identity}: a transaction changes a resource once"
+            ))
+            .with_expression(&format!("Bundle.entry[{second}]")));
+        }
+    }
+    Ok(())
 }
 
 /// The Bundle with its entries' resources left out: each of those is validated on its own by
