@@ -743,6 +743,26 @@ async fn batch_resolves_references_between_entries(db: Db) {
     assert!(refused.contains(bad), "{refused}");
 }
 
+/// Values longer than an index keeps are stored whole and found by their beginning (a B-tree
+/// entry of PostgreSQL holds about 2.7 kB); a string beyond the 1 MB FHIR allows is refused.
+async fn large_values_are_stored_and_found_by_their_beginning(db: Db) {
+    let server = TestServer::start(db).await;
+    let family = format!("Longfamily{}", "x".repeat(900 * 1024));
+    let system = format!("urn:example:{}", "s".repeat(4000));
+    let resource = json!({"resourceType": "Patient", "name": [{"family": family}],
+        "identifier": [{"system": system, "value": "v".repeat(5000)}]});
+    let response = server.post("Patient", &resource).await;
+    assert_eq!(response.status(), 201);
+    let id = body(response).await["id"].as_str().unwrap().to_string();
+    assert_eq!(server.search_ids("Patient?name=longfamilyxxx").await, vec![id.clone()]);
+    let by_identifier = format!("Patient?identifier={system}|{}", "v".repeat(5000));
+    assert_eq!(server.search_ids(&by_identifier).await, vec![id.clone()]);
+    let stored = body(server.get(&format!("Patient/{id}")).await).await;
+    assert_eq!(stored["name"][0]["family"].as_str().unwrap().len(), family.len(), "stored whole");
+    let huge = json!({"resourceType": "Patient", "name": [{"family": "y".repeat(2 * 1024 * 1024)}]});
+    assert_eq!(server.post("Patient", &huge).await.status(), 400);
+}
+
 on_both_databases!(
     metadata_lists_what_is_implemented,
     create_read_update_delete_and_history,
@@ -759,6 +779,7 @@ on_both_databases!(
     transaction_rewrites_references_and_is_atomic,
     batch_reports_each_entry,
     batch_resolves_references_between_entries,
+    large_values_are_stored_and_found_by_their_beginning,
     concurrent_updates_with_if_match_have_one_winner_per_version,
     concurrent_creates_of_one_new_id_all_land,
     concurrent_transactions_fail_or_land_on_their_own,

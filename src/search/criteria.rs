@@ -82,7 +82,7 @@ pub fn parse_criterion(
             );
             Ok(vec![if modifier == "in" { any_of } else { Condition::Not(Box::new(any_of)) }])
         }
-        _ => values.iter().map(|value| parse_value(param, code, modifier, value, base_url)).collect(),
+        _ => values.iter().map(|value| parse_value(param, code, modifier, value, base_url).map(bound)).collect(),
     }?;
     Ok(match registry.stored_under(resource_type, code) {
         Some(parts) => conditions.into_iter().map(|condition| on_parts(condition, code, parts)).collect(),
@@ -221,6 +221,24 @@ pub fn table_of(kind: ParamKind) -> IndexTable {
         ParamKind::Date => IndexTable::Date,
         ParamKind::Number => IndexTable::Number,
         ParamKind::Quantity => IndexTable::Quantity,
+    }
+}
+
+/// A condition on text cut as the index cuts its values ([`crate::search::index::bounded`]): a
+/// value longer than the index keeps is found by its beginning.
+fn bound(condition: Condition) -> Condition {
+    use crate::search::index::bounded;
+    match condition {
+        Condition::String { param, value, matching } => Condition::String { param, value: bounded(value), matching },
+        Condition::Token { param, system, code } => {
+            let system = match system {
+                TokenSystem::Is(system) => TokenSystem::Is(bounded(system)),
+                other => other,
+            };
+            Condition::Token { param, system, code: code.map(bounded) }
+        }
+        Condition::Uri { param, value, matching } => Condition::Uri { param, value: bounded(value), matching },
+        other => other,
     }
 }
 

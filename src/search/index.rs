@@ -292,14 +292,32 @@ impl RowSet {
 
     fn into_rows(self) -> IndexRows {
         let mut rows = IndexRows {
-            tokens: self.tokens.into_iter().collect(),
-            strings: self.strings.into_iter().collect(),
+            tokens: self
+                .tokens
+                .into_iter()
+                .map(|row| TokenRow { system: row.system.map(bounded), code: bounded(row.code), ..row })
+                .collect(),
+            strings: self
+                .strings
+                .into_iter()
+                .map(|row| StringRow { normalized: bounded(row.normalized), exact: bounded(row.exact), ..row })
+                .collect(),
             references: self.references.into_iter().collect(),
-            uris: self.uris.into_iter().collect(),
+            uris: self.uris.into_iter().map(|row| UriRow { value: bounded(row.value), ..row }).collect(),
             dates: self.dates.into_iter().collect(),
             numbers: self.numbers,
             quantities: self.quantities,
-            composites: self.composites,
+            composites: self
+                .composites
+                .into_iter()
+                .map(|mut row| {
+                    for part in &mut row.parts {
+                        part.system = part.system.take().map(bounded);
+                        part.code = part.code.take().map(bounded);
+                    }
+                    row
+                })
+                .collect(),
         };
         // Deterministic order keeps writes reproducible and tests simple.
         rows.tokens.sort_by(|a, b| (&a.param, &a.system, &a.code).cmp(&(&b.param, &b.system, &b.code)));
@@ -316,6 +334,23 @@ impl RowSet {
         rows.dates.sort_by(|a, b| (&a.param, a.low, a.high).cmp(&(&b.param, b.low, b.high)));
         rows
     }
+}
+
+/// The most bytes of a value the index keeps: a search never needs more, and PostgreSQL refuses
+/// B-tree entries beyond about 2.7 kB (a token row holds a system and a code).
+const MAX_INDEXED_BYTES: usize = 512;
+
+/// `text` cut to [`MAX_INDEXED_BYTES`] at a character boundary: a longer value is found by its
+/// beginning.
+pub fn bounded(mut text: String) -> String {
+    if text.len() > MAX_INDEXED_BYTES {
+        let mut end = MAX_INDEXED_BYTES;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
 }
 
 fn push_unique<T: PartialEq>(rows: &mut Vec<T>, row: T) {
