@@ -763,6 +763,33 @@ async fn large_values_are_stored_and_found_by_their_beginning(db: Db) {
     assert_eq!(server.post("Patient", &huge).await.status(), 400);
 }
 
+/// `application/merge-patch+json` (RFC 7386): members set, `null` removes, the result validated
+/// like any write.
+async fn merge_patch_sets_and_removes_members(db: Db) {
+    let server = TestServer::start(db).await;
+    let id = server
+        .create(&json!({"resourceType": "Patient", "gender": "female", "birthDate": "1990-01-01", "name": [{"family": "Merge"}]}))
+        .await;
+    let merge = |patch: Value| {
+        let (server, path) = (&server, format!("Patient/{id}"));
+        async move {
+            let request = server.request(Method::PATCH, &path).header("content-type", "application/merge-patch+json");
+            request.body(patch.to_string()).send().await.unwrap()
+        }
+    };
+    let response = merge(json!({"gender": "male", "birthDate": null, "active": true})).await;
+    assert_eq!(response.status(), 200);
+    let patched = body(server.get(&format!("Patient/{id}")).await).await;
+    assert_eq!((patched["gender"].as_str(), patched["active"].as_bool()), (Some("male"), Some(true)));
+    assert!(patched.get("birthDate").is_none());
+    assert_eq!(patched["name"][0]["family"], "Merge");
+    assert_eq!(patched["meta"]["versionId"], "2");
+    assert_eq!(merge(json!({"birthDate": "2023-02-30"})).await.status(), 422, "the result is validated");
+    assert_eq!(merge(json!(["not", "an", "object"])).await.status(), 400);
+    let unchanged = body(server.get(&format!("Patient/{id}")).await).await;
+    assert_eq!(unchanged["meta"]["versionId"], "2", "nothing refused was stored");
+}
+
 on_both_databases!(
     metadata_lists_what_is_implemented,
     create_read_update_delete_and_history,
@@ -771,6 +798,7 @@ on_both_databases!(
     prefer_return,
     conditional_create_update_delete,
     json_patch_and_fhirpath_patch,
+    merge_patch_sets_and_removes_members,
     xml_and_pretty_formats,
     history_paging_and_since,
     minimal_search,

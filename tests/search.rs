@@ -362,8 +362,25 @@ async fn searches_with_several_values_page_through_every_match(db: Db) {
     }
 }
 
+/// A `code` element carries no system, but its required binding gives it one: `system|code`
+/// with that system finds it (R4 search.html#token), another system does not.
+async fn codes_have_the_system_of_their_required_binding(db: Db) {
+    let server = TestServer::start(db).await;
+    let id = server.create(&json!({"resourceType": "Patient", "gender": "female"})).await;
+    let found = |query: &'static str| {
+        let server = &server;
+        async move { server.search_ids(query).await }
+    };
+    assert_eq!(found("Patient?gender=http://hl7.org/fhir/administrative-gender|female").await, vec![id.clone()]);
+    assert_eq!(found("Patient?gender=http://hl7.org/fhir/administrative-gender|").await, vec![id.clone()]);
+    assert!(found("Patient?gender=http://example.org/genders|female").await.is_empty());
+    assert!(found("Patient?gender=http://hl7.org/fhir/administrative-gender|male").await.is_empty());
+    assert_eq!(found("Patient?gender=female").await, vec![id]);
+}
+
 on_both_databases!(
     result_sets_match_the_specification,
+    codes_have_the_system_of_their_required_binding,
     combined_parameters_are_missing_where_all_parts_are,
     long_value_lists_are_answered,
     searches_with_several_values_page_through_every_match

@@ -42,6 +42,7 @@ impl Format {
 pub enum RequestBodyKind {
     Fhir(Format),
     JsonPatch,
+    MergePatch,
     Form,
 }
 
@@ -92,6 +93,7 @@ pub fn request_body_kind(headers: &HeaderMap) -> Result<RequestBodyKind, FhirErr
     let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     match essence.as_str() {
         "application/json-patch+json" => Ok(RequestBodyKind::JsonPatch),
+        "application/merge-patch+json" => Ok(RequestBodyKind::MergePatch),
         "application/x-www-form-urlencoded" => Ok(RequestBodyKind::Form),
         _ => Format::of_media_type(&essence).map(RequestBodyKind::Fhir).ok_or_else(|| {
             FhirError::new(

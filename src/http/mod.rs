@@ -230,6 +230,10 @@ fn decode_request(
                 patch_format = Some(PatchFormat::JsonPatch);
                 body = Some(parse_body(bytes, Format::Json)?);
             }
+            RequestBodyKind::MergePatch => {
+                patch_format = Some(PatchFormat::MergePatch);
+                body = Some(parse_body(bytes, Format::Json)?);
+            }
             RequestBodyKind::Fhir(format) => {
                 patch_format = Some(PatchFormat::FhirPathPatch);
                 body = Some(parse_body(bytes, format)?);

@@ -1,6 +1,8 @@
 //! The two patch formats FHIR R4 defines for the `patch` interaction.
 //!
 //! - JSON Patch (RFC 6902, `application/json-patch+json`) through the `json-patch` crate.
+//! - JSON Merge Patch (RFC 7386, `application/merge-patch+json`), which FHIR R4 does not name
+//!   but clients use (fhirpy's `patch()`, Aidbox): also through `json-patch`.
 //! - FHIRPath Patch (a `Parameters` resource with `operation` parts). Paths are the simple
 //!   FHIRPath form `Type.element[index].element…`, which is what clients send in practice;
 //!   functions such as `where()` in a patch path are rejected with a clear 400.
@@ -16,6 +18,8 @@ pub enum PatchDocument {
     Json(json_patch::Patch),
     /// FHIRPath Patch operations.
     FhirPath(Vec<Operation>),
+    /// RFC 7386 JSON Merge Patch: members to set, `null` for members to remove.
+    Merge(Value),
 }
 
 impl PatchDocument {
@@ -24,6 +28,17 @@ impl PatchDocument {
         serde_json::from_value(document.clone())
             .map(PatchDocument::Json)
             .map_err(|e| FhirError::bad_request(format!("not a valid JSON Patch document: {e}")))
+    }
+
+    /// A JSON Merge Patch document: an object (400 otherwise; a merge patch that is not an
+    /// object would replace the whole resource with it).
+    pub fn merge_patch(document: &Value) -> Result<Self, FhirError> {
+        match document {
+            Value::Object(members) if members.get("resourceType").is_none_or(Value::is_string) => {
+                Ok(PatchDocument::Merge(document.clone()))
+            }
+            _ => Err(FhirError::bad_request("a JSON Merge Patch body must be a JSON object")),
+        }
     }
 
     /// Parses a FHIRPath Patch `Parameters` resource (400 when malformed).
@@ -48,6 +63,10 @@ impl PatchDocument {
     /// Applies the patch to `resource` (422 when it does not fit the resource).
     pub fn apply(&self, resource: &mut Value) -> Result<(), FhirError> {
         match self {
+            PatchDocument::Merge(document) => {
+                json_patch::merge(resource, document);
+                Ok(())
+            }
             PatchDocument::Json(patch) => json_patch::patch(resource, patch).map_err(|e| {
                 FhirError::new(
                     ErrorKind::Unprocessable,

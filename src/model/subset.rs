@@ -14,82 +14,19 @@ static SUMMARY_ELEMENTS: LazyLock<HashMap<String, Vec<String>>> = LazyLock::new(
         .expect("conformance/summary-elements.json is valid")
 });
 
-/// Keeps the top-level elements whose base name (`value` for `valueQuantity`) `keep` accepts.
+/// Keeps the top-level elements whose name (`value` for `valueQuantity`) `keep` accepts.
 fn retain(resource: &Value, keep: impl Fn(&str) -> bool) -> Value {
     let Some(object) = resource.as_object() else { return resource.clone() };
+    let resource_type = object.get("resourceType").and_then(Value::as_str).unwrap_or("");
     let mut subset: Map<String, Value> = object
         .iter()
-        .filter(|(name, _)| ALWAYS_KEPT.contains(&name.as_str()) || keep(base_name(name)))
+        .filter(|(key, _)| {
+            ALWAYS_KEPT.contains(&key.as_str()) || keep(crate::validation::element_name(resource_type, key))
+        })
         .map(|(name, value)| (name.clone(), value.clone()))
         .collect();
     mark_subsetted(&mut subset);
     Value::Object(subset)
-}
-
-/// `valueQuantity` → `value`; `_birthDate` → `birthDate`; other names unchanged.
-fn base_name(name: &str) -> &str {
-    let name = name.strip_prefix('_').unwrap_or(name);
-    match name.char_indices().find(|(_, c)| c.is_ascii_uppercase()) {
-        Some((at, _)) if is_choice_suffix(&name[at..]) => &name[..at],
-        _ => name,
-    }
-}
-
-/// Whether `suffix` names a FHIR data type (so `name` is a choice variant).
-fn is_choice_suffix(suffix: &str) -> bool {
-    const TYPES: &[&str] = &[
-        "Base64Binary",
-        "Boolean",
-        "Canonical",
-        "Code",
-        "Date",
-        "DateTime",
-        "Decimal",
-        "Id",
-        "Instant",
-        "Integer",
-        "Markdown",
-        "Oid",
-        "PositiveInt",
-        "String",
-        "Time",
-        "UnsignedInt",
-        "Uri",
-        "Url",
-        "Uuid",
-        "Address",
-        "Age",
-        "Annotation",
-        "Attachment",
-        "CodeableConcept",
-        "Coding",
-        "ContactPoint",
-        "Count",
-        "Distance",
-        "Duration",
-        "HumanName",
-        "Identifier",
-        "Money",
-        "Period",
-        "Quantity",
-        "Range",
-        "Ratio",
-        "Reference",
-        "SampledData",
-        "Signature",
-        "Timing",
-        "ContactDetail",
-        "Contributor",
-        "DataRequirement",
-        "Expression",
-        "ParameterDefinition",
-        "RelatedArtifact",
-        "TriggerDefinition",
-        "UsageContext",
-        "Dosage",
-        "Meta",
-    ];
-    TYPES.contains(&suffix)
 }
 
 fn mark_subsetted(resource: &mut Map<String, Value>) {
@@ -148,6 +85,12 @@ mod tests {
         let result = elements(&observation(), &["status".to_string(), "value".to_string()]);
         let keys: Vec<&String> = result.as_object().unwrap().keys().collect();
         assert_eq!(keys, ["resourceType", "id", "meta", "status", "valueQuantity"]);
+        let patient = json!({"resourceType": "Patient", "gender": "female", "birthDate": "1990-01-01",
+            "_birthDate": {"extension": [{"url": "http://example.org/t", "valueTime": "10:00:00"}]},
+            "deceasedBoolean": false, "name": [{"family": "x"}]});
+        let result = elements(&patient, &["birthDate".to_string(), "gender".to_string(), "deceased".to_string()]);
+        let keys: Vec<&String> = result.as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["resourceType", "gender", "birthDate", "_birthDate", "deceasedBoolean", "meta"]);
         assert!(text_only(&observation()).get("text").is_some() && text_only(&observation()).get("status").is_none());
         assert!(
             without_text(&observation()).get("text").is_none() && without_text(&observation()).get("note").is_some()

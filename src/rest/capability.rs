@@ -72,7 +72,7 @@ pub fn capability_statement(registry: &Registry, base_url: &str) -> Value {
         "implementation": {"description": "Hearth FHIR R4 server"},
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json", "application/fhir+xml"],
-        "patchFormat": ["application/json-patch+json", "application/fhir+json", "application/fhir+xml"],
+        "patchFormat": ["application/json-patch+json", "application/merge-patch+json", "application/fhir+json", "application/fhir+xml"],
         "rest": [{
             "mode": "server",
             "resource": resources,

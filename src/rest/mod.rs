@@ -104,6 +104,7 @@ pub enum PreferReturn {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PatchFormat {
     JsonPatch,
+    MergePatch,
     FhirPathPatch,
 }
 

@@ -179,12 +179,13 @@ impl FhirService {
         let document = required_body(request.body)?;
         let patch = match request.patch_format {
             Some(PatchFormat::JsonPatch) => PatchDocument::json_patch(&document)?,
+            Some(PatchFormat::MergePatch) => PatchDocument::merge_patch(&document)?,
             Some(PatchFormat::FhirPathPatch) => PatchDocument::fhirpath_patch(&document)?,
             None => {
                 return Err(FhirError::new(
                     ErrorKind::UnsupportedMediaType,
                     IssueCode::NotSupported,
-                    "PATCH needs application/json-patch+json or a FHIRPath Patch Parameters body",
+                    "PATCH needs application/json-patch+json, application/merge-patch+json or a FHIRPath Patch Parameters body",
                 ))
             }
         };

@@ -242,6 +242,8 @@ fn bound(condition: Condition) -> Condition {
     }
 }
 
+use crate::validation::implicit_code_system;
+
 fn parse_value(
     param: &SearchParam,
     code: &str,
@@ -260,7 +262,21 @@ fn parse_value(
         (ParamKind::String, Some("exact")) => {
             Ok(Condition::String { param: name, value: value.to_string(), matching: StringMatch::Exact })
         }
-        (ParamKind::Token, None) => Ok(parse_token(name, value)),
+        (ParamKind::Token, None) => Ok(match parse_token(name, value) {
+            // A `code` element carries no system: its required binding's system is implied.
+            Condition::Token { param: name, system: TokenSystem::Is(system), code }
+                if param
+                    .expression
+                    .as_ref()
+                    .and_then(|e| e.plain_paths())
+                    .as_deref()
+                    .and_then(implicit_code_system)
+                    == Some(system.as_str()) =>
+            {
+                Condition::Token { param: name, system: TokenSystem::Any, code }
+            }
+            other => other,
+        }),
         (ParamKind::Token, Some("of-type")) => parse_of_type(code, value),
         (ParamKind::Token, Some(m @ ("below" | "above"))) => match parse_token(name, value) {
             Condition::Token { param, system, code: Some(code) } => {

@@ -78,6 +78,26 @@ fn node<'a>(value: &'a Value, type_name: Option<&'a str>) -> Node<'a> {
 }
 
 impl Expression {
+    /// The dotted element paths (`Patient.gender`) of an expression that is one, or a union of
+    /// them; `None` for anything else (a `where`, a `resolve`, an `as`).
+    pub fn plain_paths(&self) -> Option<Vec<String>> {
+        fn paths(expr: &Expr, out: &mut Vec<String>) -> bool {
+            fn dotted(expr: &Expr) -> Option<String> {
+                match expr {
+                    Expr::Ident(name) => Some(name.clone()),
+                    Expr::Member(parent, name) => Some(format!("{}.{name}", dotted(parent)?)),
+                    _ => None,
+                }
+            }
+            match expr {
+                Expr::Union(left, right) => paths(left, out) && paths(right, out),
+                other => dotted(other).map(|path| out.push(path)).is_some(),
+            }
+        }
+        let mut out = Vec::new();
+        paths(&self.root, &mut out).then_some(out)
+    }
+
     /// Parses `source`, rejecting any construct outside the supported subset.
     pub fn parse(source: &str) -> Result<Expression, ParseError> {
         let mut parser = Parser { tokens: tokenize(source)?, index: 0 };

@@ -21,13 +21,7 @@ pub const CORE: &str = "http://hl7.org/fhir/StructureDefinition/";
 #[derive(Debug, Deserialize)]
 pub struct StructureDefinition {
     pub url: String,
-    pub name: String,
-    /// The type it defines or constrains (`Patient`, `Extension`, `date`).
-    #[serde(rename = "type")]
-    pub type_name: String,
     pub kind: String,
-    #[serde(default)]
-    pub derivation: Option<String>,
     pub elements: Vec<ElementDefinition>,
     /// Element index by path, for the elements that are no slice (`Patient.name` → its index).
     #[serde(skip)]
@@ -46,19 +40,13 @@ pub struct ElementDefinition {
     pub slice_name: Option<String>,
     #[serde(default)]
     pub min: u32,
-    #[serde(default)]
-    pub max: Option<String>,
     #[serde(default, rename = "type")]
     pub types: Vec<TypeRef>,
     #[serde(default)]
     pub binding: Option<Binding>,
-    #[serde(default)]
-    pub constraint: Vec<Constraint>,
     /// `#Questionnaire.item`: the children are those of another element.
     #[serde(default)]
     pub content_reference: Option<String>,
-    #[serde(default)]
-    pub max_length: Option<usize>,
 }
 
 /// A type an element may have.
@@ -67,13 +55,6 @@ pub struct ElementDefinition {
 pub struct TypeRef {
     /// A FHIR type name, or for a primitive's value a FHIRPath system type URL.
     pub code: String,
-    #[serde(default)]
-    pub profile: Vec<String>,
-    #[serde(default)]
-    pub target_profile: Vec<String>,
-    /// The regex a primitive's value matches.
-    #[serde(default)]
-    pub regex: Option<String>,
 }
 
 /// An element's terminology binding.
@@ -82,16 +63,6 @@ pub struct Binding {
     pub strength: String,
     #[serde(rename = "valueSet")]
     pub value_set: String,
-}
-
-/// An invariant.
-#[derive(Debug, Deserialize)]
-pub struct Constraint {
-    pub key: String,
-    pub severity: String,
-    pub expression: String,
-    #[serde(default)]
-    pub human: Option<String>,
 }
 
 impl StructureDefinition {
@@ -131,11 +102,6 @@ impl ElementDefinition {
         self.path.rsplit('.').next().unwrap_or(&self.path)
     }
 
-    /// Whether it may repeat.
-    pub fn repeats(&self) -> bool {
-        self.max.as_deref().is_some_and(|max| max != "1" && max != "0")
-    }
-
     /// Whether it is a choice of types (`value[x]`).
     pub fn is_choice(&self) -> bool {
         self.path.ends_with("[x]")
@@ -165,11 +131,6 @@ impl Definitions {
         &DEFINITIONS
     }
 
-    /// A definition by canonical url (a `|version` suffix is ignored).
-    pub fn get(&self, url: &str) -> Option<&StructureDefinition> {
-        self.by_url.get(url.split('|').next().unwrap_or(url))
-    }
-
     /// The R4 core definition of a type (`Patient`, `HumanName`, `date`).
     pub fn core(&self, type_name: &str) -> Option<&StructureDefinition> {
         self.by_url.get(&format!("{CORE}{type_name}"))
@@ -186,14 +147,12 @@ mod tests {
         let patient = definitions.core("Patient").unwrap();
         assert_eq!(patient.kind, "resource");
         let name = patient.element("Patient.name").unwrap();
-        assert!(name.repeats());
         assert_eq!(name.types[0].code, "HumanName");
         let children: Vec<&str> = patient.children("Patient.contact").map(ElementDefinition::name).collect();
         assert!(children.contains(&"relationship") && children.contains(&"telecom"), "{children:?}");
         let date = definitions.core("date").unwrap();
         assert!(date.is_primitive());
-        assert!(date.element("date.value").unwrap().types[0].regex.is_some());
-        assert!(definitions.get("http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient").is_some());
-        assert!(definitions.get("http://hl7.org/fhir/uv/ips/StructureDefinition/Patient-uv-ips").is_some());
+        assert!(definitions.by_url.contains_key("http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient"));
+        assert!(definitions.by_url.contains_key("http://hl7.org/fhir/uv/ips/StructureDefinition/Patient-uv-ips"));
     }
 }

@@ -16,7 +16,8 @@ struct Line {
 /// A value set's codes as (system, code).
 pub struct Expansion {
     codes: HashSet<(String, String)>,
-    /// The systems of its codes.
+    /// The systems of its codes (a `code` element's implicit system is the one system of its
+    /// required binding).
     systems: Vec<String>,
 }
 
@@ -53,6 +54,14 @@ impl Expansion {
     pub fn contains_code(&self, code: &str) -> bool {
         self.systems.iter().any(|system| self.contains(system, code))
     }
+
+    /// The one code system of its codes, if it has exactly one.
+    pub fn only_system(&self) -> Option<&str> {
+        match self.systems.as_slice() {
+            [only] => Some(only),
+            _ => None,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -64,6 +73,7 @@ mod tests {
         let gender = expansion("http://hl7.org/fhir/ValueSet/administrative-gender|4.0.1").unwrap();
         assert!(gender.contains("http://hl7.org/fhir/administrative-gender", "female"));
         assert!(gender.contains_code("unknown") && !gender.contains_code("Female"));
+        assert_eq!(gender.only_system(), Some("http://hl7.org/fhir/administrative-gender"));
         assert!(expansion("http://hl7.org/fhir/ValueSet/ucum-units").is_none(), "UCUM is not listed offline");
     }
 }

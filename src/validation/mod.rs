@@ -10,7 +10,7 @@ mod primitives;
 
 use serde_json::Value;
 
-pub use definitions::Definitions;
+use definitions::Definitions;
 
 /// One problem found, with the rule it breaks: an invariant's key (`ref-1`), or `cardinality`,
 /// `value`, `binding` for the element rules.
@@ -37,6 +37,43 @@ impl Finding {
     fn warning(rule: &str, location: &str, message: String) -> Self {
         Finding { severity: Severity::Warning, rule: rule.to_string(), location: location.to_string(), message }
     }
+}
+
+/// The element of `resource_type` a JSON key of it holds: `value` for `valueQuantity` (a choice
+/// of types), `birthDate` for `_birthDate` (a primitive's id and extensions), the key otherwise.
+pub fn element_name<'k>(resource_type: &str, key: &'k str) -> &'k str {
+    let name = key.strip_prefix('_').unwrap_or(key);
+    let Some(definition) = Definitions::carried().core(resource_type) else { return name };
+    if definition.element(&format!("{resource_type}.{name}")).is_some() {
+        return name;
+    }
+    let choice = name
+        .char_indices()
+        .filter(|(_, c)| c.is_ascii_uppercase())
+        .map(|(at, _)| &name[..at])
+        .find(|base| definition.element(&format!("{resource_type}.{base}[x]")).is_some());
+    choice.unwrap_or(name)
+}
+
+/// The code system that the values of every one of `paths` (`Patient.gender`) implicitly have:
+/// each is an element of type `code` whose required binding lists codes of that one system. A
+/// token search `system|code` on them then matches their codes (R4 search.html#token).
+pub fn implicit_code_system(paths: &[String]) -> Option<&'static str> {
+    let mut found: Option<&'static str> = None;
+    for path in paths {
+        let resource_type = path.split('.').next()?;
+        let element = Definitions::carried().core(resource_type)?.element(path)?;
+        if element.types.len() != 1 || element.types[0].code != "code" {
+            return None;
+        }
+        let binding = element.binding.as_ref().filter(|b| b.strength == "required")?;
+        let system = expansions::expansion(&binding.value_set)?.only_system()?;
+        if found.is_some_and(|known| known != system) {
+            return None;
+        }
+        found = Some(system);
+    }
+    found
 }
 
 /// What the R4 core definitions say of `resource` (and of the resources inside it), whose
