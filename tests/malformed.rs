@@ -408,6 +408,23 @@ fn cases() -> Vec<Case> {
                 "system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "sleeping"}]}})),
             "Condition.clinicalStatus",
         ),
+        // Each resource's own invariants, evaluated as FHIRPath.
+        invalid(
+            "invariant-period-ends-before-it-starts",
+            patient(json!({"name": [{"family": "x", "period": {"start": "2020-01-01", "end": "2019-01-01"}}]})),
+            "Patient.name[0].period",
+        ),
+        invalid("invariant-contact-with-no-details", patient(json!({"contact": [{"gender": "male"}]})), "Patient.contact[0]"),
+        invalid(
+            "invariant-value-and-absent-reason",
+            observation(json!({"valueString": "x", "dataAbsentReason": {"text": "not asked"}})),
+            "Observation",
+        ),
+        invalid(
+            "invariant-quantity-code-without-system",
+            observation(json!({"valueQuantity": {"value": 1, "code": "kg"}})),
+            "Observation.valueQuantity",
+        ),
         unknown("backbone-without-required-element", patient(json!({"link": [{"type": "seealso"}]})), "Patient.link[0].other"),
         invalid("string-where-object-required", observation(json!({"code": "abc"})), "Observation.code"),
         invalid("string-where-reference-required", observation(json!({"subject": "Patient/1"})), "Observation.subject"),

@@ -59,6 +59,9 @@ impl FhirService {
         if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle") {
             return Err(FhirError::bad_request("POST to the base needs a Bundle").with_expression("resourceType"));
         }
+        if let Some(Value::Array(entries)) = bundle.get("entry") {
+            crate::model::bundle::check_full_urls(entries)?;
+        }
         validate_resource(&without_entry_resources(bundle), "Bundle")?;
         let kind = bundle.get("type").and_then(Value::as_str).unwrap_or("");
         let raw_entries: &[Value] = match bundle.get("entry") {
@@ -68,7 +71,6 @@ impl FhirService {
                 return Err(FhirError::bad_request("Bundle.entry must be an array").with_expression("Bundle.entry"))
             }
         };
-        crate::model::bundle::check_full_urls(raw_entries)?;
         if raw_entries.len() > self.config.max_bundle_entries {
             return Err(FhirError::new(
                 ErrorKind::PayloadTooLarge,

@@ -6,7 +6,8 @@
 
 use serde_json::{Map, Value};
 
-use super::definitions::{Definitions, ElementDefinition, StructureDefinition};
+use super::definitions::{choice_key, Constraint, Definitions, ElementDefinition, StructureDefinition};
+use super::model::CoreModel;
 use super::{expansions, narrative, primitives, Finding};
 
 /// Walks one resource (and the resources inside it), collecting findings.
@@ -15,10 +16,17 @@ pub struct Walk<'a> {
     findings: Vec<Finding>,
 }
 
-/// The resource whose `contained` a local reference (`#id`) points into.
-struct Container {
+/// Where a node is: the resource it is in (`%resource`) and the resource that contains that one
+/// (`%rootResource`, whose `contained` a local reference `#id` points into).
+struct Container<'v> {
     ids: Vec<String>,
+    resource: &'v Value,
+    root: &'v Value,
 }
+
+/// Invariants Hearth checks natively (faster, and with better messages): they are not evaluated
+/// again as FHIRPath.
+const NATIVE: &[&str] = &["ele-1", "ext-1", "dom-2", "dom-3", "dom-4", "dom-5", "dom-6", "txt-1", "txt-2", "ref-1"];
 
 impl<'a> Walk<'a> {
     pub fn new(definitions: &'a Definitions) -> Self {
@@ -40,15 +48,19 @@ impl<'a> Walk<'a> {
 
     /// Walks a resource found at `location` (its type for a resource that stands alone).
     pub fn resource(&mut self, resource: &Value, location: &str) {
-        let container = Container { ids: contained_ids(resource) };
+        let container = Container { ids: contained_ids(resource), resource, root: resource };
         self.resource_in(resource, location, &container);
     }
 
-    fn resource_in(&mut self, resource: &Value, location: &str, container: &Container) {
+    fn resource_in(&mut self, resource: &Value, location: &str, container: &Container<'_>) {
         let Some(object) = resource.as_object() else { return };
         let Some(type_name) = object.get("resourceType").and_then(Value::as_str) else { return };
         let Some(definition) = self.definitions.core(type_name) else { return };
-        self.object(object, definition, type_name, location, container);
+        let here = Container { ids: container.ids.clone(), resource, root: container.root };
+        if let Some(root) = definition.element(type_name) {
+            self.invariants(&root.constraint, resource, type_name, location, &here);
+        }
+        self.object(object, definition, type_name, location, &here);
         self.contained_rules(object, location);
     }
 
@@ -88,7 +100,7 @@ impl<'a> Walk<'a> {
         definition: &'a StructureDefinition,
         path: &str,
         location: &str,
-        container: &Container,
+        container: &Container<'_>,
     ) {
         for element in definition.children(path) {
             let name = element.name();
@@ -97,7 +109,7 @@ impl<'a> Walk<'a> {
                 element
                     .types
                     .iter()
-                    .map(|t| (format!("{base}{}", capitalised(&t.code)), Some(t.code.as_str())))
+                    .map(|t| (choice_key(base, &t.code), Some(t.code.as_str())))
                     .filter(|(key, _)| object.contains_key(key) || object.contains_key(&format!("_{key}")))
                     .collect()
             } else {
@@ -133,7 +145,7 @@ impl<'a> Walk<'a> {
         type_code: Option<&str>,
         definition: &'a StructureDefinition,
         location: &str,
-        container: &Container,
+        container: &Container<'_>,
     ) {
         let at = |index: Option<usize>| {
             let base = format!("{location}.{key}");
@@ -175,7 +187,7 @@ impl<'a> Walk<'a> {
         type_code: Option<&str>,
         definition: &'a StructureDefinition,
         location: &str,
-        container: &Container,
+        container: &Container<'_>,
     ) {
         if let Some(reference) = &element.content_reference {
             let path = reference.trim_start_matches('#');
@@ -195,6 +207,7 @@ impl<'a> Walk<'a> {
                 return;
             }
             "BackboneElement" | "Element" if definition.children(&element.path).next().is_some() => {
+                self.invariants(&element.constraint, value, &element.path, location, container);
                 if let Some(object) = value.as_object() {
                     self.object(object, definition, &element.path, location, container);
                 }
@@ -213,6 +226,10 @@ impl<'a> Walk<'a> {
                 }
             }
         } else if let Some(object) = value.as_object() {
+            self.invariants(&element.constraint, value, type_code, location, container);
+            if let Some(root) = type_definition.element(type_code) {
+                self.invariants(&root.constraint, value, type_code, location, container);
+            }
             self.object(object, type_definition, type_code, location, container);
             match type_code {
                 "Extension" => self.extension_rule(object, location),
@@ -221,6 +238,32 @@ impl<'a> Walk<'a> {
             }
         }
         self.binding(value, element, type_code, location);
+    }
+
+    /// The invariants of an element, evaluated on its value as FHIRPath (those checked natively
+    /// aside). An invariant the engine cannot evaluate is left out rather than guessed.
+    fn invariants(
+        &mut self,
+        constraints: &[Constraint],
+        value: &Value,
+        type_name: &str,
+        location: &str,
+        container: &Container<'_>,
+    ) {
+        for constraint in constraints.iter().filter(|c| !NATIVE.contains(&c.key.as_str())) {
+            let Some(expression) = &constraint.parsed else { continue };
+            let mut context = fhirpath::Context::new(container.resource, &CoreModel);
+            context.variables.insert("rootResource".into(), fhirpath::resource(container.root));
+            let node = fhirpath::Item::Node(fhirpath::Node::new(value, Some(type_name.to_string())));
+            let Ok(result) = expression.evaluate(vec![node], &context) else { continue };
+            if fhirpath::truth(&result) == Some(false) {
+                let message = constraint.human.clone().unwrap_or_else(|| constraint.expression.clone());
+                match constraint.severity.as_str() {
+                    "error" => self.findings.push(Finding::error(&constraint.key, location, message)),
+                    _ => self.findings.push(Finding::warning(&constraint.key, location, message)),
+                }
+            }
+        }
     }
 
     /// ext-1: an extension has either a value or extensions, not both.
@@ -233,7 +276,7 @@ impl<'a> Walk<'a> {
     }
 
     /// ref-1: a local reference names a contained resource of the resource.
-    fn local_reference(&mut self, reference: &Map<String, Value>, location: &str, container: &Container) {
+    fn local_reference(&mut self, reference: &Map<String, Value>, location: &str, container: &Container<'_>) {
         let Some(target) = reference.get("reference").and_then(Value::as_str) else { return };
         let Some(id) = target.strip_prefix('#').filter(|id| !id.is_empty()) else { return };
         if !container.ids.iter().any(|known| known == id) {
@@ -293,11 +336,6 @@ impl<'a> Walk<'a> {
             false => self.warn("binding", location, message),
         }
     }
-}
-
-fn capitalised(code: &str) -> String {
-    let mut chars = code.chars();
-    chars.next().map(|first| first.to_ascii_uppercase().to_string() + chars.as_str()).unwrap_or_default()
 }
 
 fn contained_ids(resource: &Value) -> Vec<String> {

@@ -5,6 +5,7 @@
 mod definitions;
 mod expansions;
 mod instance;
+mod model;
 mod narrative;
 mod primitives;
 
