@@ -72,13 +72,14 @@ def ref_name(prop):
 
 
 def tighten_schema(schema, files):
-    """Closes three gaps of the official R4 JSON schema, using the StructureDefinitions, and
+    """Closes four gaps of the official R4 JSON schema, using the StructureDefinitions, and
     cuts its recursion through embedded resources (see below):
 
     - complex types and resources get `"type": "object"` (the schema omits it, so a string
       would pass where a CodeableConcept is required);
     - integer, positiveInt and unsignedInt must be whole numbers above their minimum (the
       schema's `pattern` only applies to strings, so 1.5 or 0 would pass);
+    - canonical elements get their `_name` twin, which the schema forgot;
     - elements with min >= 1 become `required` (the schema leaves out required primitives, since
       FHIR allows a primitive to be given only by its `_name` extension twin; Hearth requires
       the value), and each choice element `name[x]` may appear with at most one type (exactly
@@ -120,6 +121,16 @@ def tighten_schema(schema, files):
                 tighten_numbers(value)
 
     tighten_numbers(schema)
+
+    # The official schema leaves out the `_name` twin (id and extensions) of canonical elements,
+    # which FHIR JSON allows for every primitive: US Core's own examples use `_questionnaire`.
+    for definition in defs.values():
+        properties = definition.get("properties", {})
+        for name, prop in list(properties.items()):
+            ref = prop.get("$ref") or prop.get("items", {}).get("$ref")
+            if ref == "#/definitions/canonical" and "_" + name not in properties:
+                twin = {"$ref": "#/definitions/Element"}
+                properties["_" + name] = {"type": "array", "items": twin} if "items" in prop else twin
 
     def definition_of(path):
         """Walks the schema from the type along property references: `Claim.item.detail`."""
