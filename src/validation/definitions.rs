@@ -32,17 +32,31 @@ pub struct StructureDefinition {
     /// The child elements (no slices) of each element path.
     #[serde(skip)]
     children: HashMap<String, Vec<usize>>,
+    /// The child elements of each element id (a profile's slices have children of their own).
+    #[serde(skip)]
+    children_by_id: HashMap<String, Vec<usize>>,
+    /// The slices of each sliced element, by the sliced element's id.
+    #[serde(skip)]
+    slices: HashMap<String, Vec<usize>>,
 }
 
 /// One element of a snapshot.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ElementDefinition {
+    /// `Observation.category:VSCat.coding`: the path with the slices it is in.
+    #[serde(default)]
+    pub id: String,
     pub path: String,
     #[serde(default)]
     pub slice_name: Option<String>,
     #[serde(default)]
     pub min: u32,
+    /// `*` or a number.
+    #[serde(default)]
+    pub max: Option<String>,
+    #[serde(default)]
+    pub slicing: Option<Slicing>,
     #[serde(default, rename = "type")]
     pub types: Vec<TypeRef>,
     #[serde(default)]
@@ -52,6 +66,26 @@ pub struct ElementDefinition {
     pub content_reference: Option<String>,
     #[serde(default)]
     pub constraint: Vec<Constraint>,
+    /// `fixed[x]` and `pattern[x]`, and whatever else the reduced form keeps.
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, serde_json::Value>,
+}
+
+/// How an element's repetitions are told apart into slices.
+#[derive(Debug, Deserialize)]
+pub struct Slicing {
+    #[serde(default)]
+    pub discriminator: Vec<Discriminator>,
+    #[serde(default)]
+    pub rules: Option<String>,
+}
+
+/// One way to tell a slice: the value, pattern, type, profile or presence at a path.
+#[derive(Debug, Deserialize)]
+pub struct Discriminator {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub path: String,
 }
 
 /// An invariant, its expression parsed once (`None` when the engine cannot parse it).
@@ -72,6 +106,9 @@ pub struct Constraint {
 pub struct TypeRef {
     /// A FHIR type name, or for a primitive's value a FHIRPath system type URL.
     pub code: String,
+    /// Profiles the value conforms to (an extension's definition, a nested profile).
+    #[serde(default)]
+    pub profile: Vec<String>,
 }
 
 /// An element's terminology binding.
@@ -100,6 +137,17 @@ impl StructureDefinition {
                 self.children.entry(parent.to_string()).or_default().push(index);
             }
         }
+        for (index, element) in self.elements.iter().enumerate() {
+            let Some((parent, last)) = element.id.rsplit_once('.') else { continue };
+            match last.split_once(':') {
+                // `a.b:slice` is a slice of `a.b` (a re-slice `a.b:s/t` is left out).
+                Some((name, slice)) if !slice.contains('/') => {
+                    self.slices.entry(format!("{parent}.{name}")).or_default().push(index)
+                }
+                Some(_) => {}
+                None => self.children_by_id.entry(parent.to_string()).or_default().push(index),
+            }
+        }
         self
     }
 
@@ -114,6 +162,21 @@ impl StructureDefinition {
         self.children.get(path).into_iter().flatten().map(|&index| &self.elements[index])
     }
 
+    /// The children of the element with id `id` (a slice's own children included).
+    pub fn children_of_id(&self, id: &str) -> impl Iterator<Item = &ElementDefinition> {
+        self.children_by_id.get(id).into_iter().flatten().map(|&index| &self.elements[index])
+    }
+
+    /// The slices of the sliced element with id `id`.
+    pub fn slices_of(&self, id: &str) -> impl Iterator<Item = &ElementDefinition> {
+        self.slices.get(id).into_iter().flatten().map(|&index| &self.elements[index])
+    }
+
+    /// The root element (its id is the type's name).
+    pub fn root(&self) -> Option<&ElementDefinition> {
+        self.elements.first()
+    }
+
     /// Whether it defines a primitive type.
     pub fn is_primitive(&self) -> bool {
         self.kind == "primitive-type"
@@ -121,6 +184,20 @@ impl StructureDefinition {
 }
 
 impl ElementDefinition {
+    /// The most repetitions allowed (`None`: unbounded).
+    pub fn max_count(&self) -> Option<usize> {
+        self.max.as_deref().and_then(|max| max.parse().ok())
+    }
+
+    /// Its `fixed[x]` (exact) or `pattern[x]` (at least these members) value, `true` for fixed.
+    pub fn fixed_or_pattern(&self) -> Option<(bool, &serde_json::Value)> {
+        self.other.iter().find_map(|(key, value)| match key {
+            k if k.starts_with("fixed") => Some((true, value)),
+            k if k.starts_with("pattern") => Some((false, value)),
+            _ => None,
+        })
+    }
+
     /// The element's name in its parent (`value[x]` for a choice).
     pub fn name(&self) -> &str {
         self.path.rsplit('.').next().unwrap_or(&self.path)

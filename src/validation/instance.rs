@@ -7,7 +7,7 @@
 use serde_json::{Map, Value};
 
 use super::definitions::{choice_key, Constraint, Definitions, ElementDefinition, StructureDefinition};
-use super::model::CoreModel;
+use super::invariants;
 use super::{expansions, narrative, primitives, Finding};
 
 /// Walks one resource (and the resources inside it), collecting findings.
@@ -240,8 +240,7 @@ impl<'a> Walk<'a> {
         self.binding(value, element, type_code, location);
     }
 
-    /// The invariants of an element, evaluated on its value as FHIRPath (those checked natively
-    /// aside). An invariant the engine cannot evaluate is left out rather than guessed.
+    /// The invariants of an element, evaluated on its value (those checked natively aside).
     fn invariants(
         &mut self,
         constraints: &[Constraint],
@@ -250,20 +249,9 @@ impl<'a> Walk<'a> {
         location: &str,
         container: &Container<'_>,
     ) {
-        for constraint in constraints.iter().filter(|c| !NATIVE.contains(&c.key.as_str())) {
-            let Some(expression) = &constraint.parsed else { continue };
-            let mut context = fhirpath::Context::new(container.resource, &CoreModel);
-            context.variables.insert("rootResource".into(), fhirpath::resource(container.root));
-            let node = fhirpath::Item::Node(fhirpath::Node::new(value, Some(type_name.to_string())));
-            let Ok(result) = expression.evaluate(vec![node], &context) else { continue };
-            if fhirpath::truth(&result) == Some(false) {
-                let message = constraint.human.clone().unwrap_or_else(|| constraint.expression.clone());
-                match constraint.severity.as_str() {
-                    "error" => self.findings.push(Finding::error(&constraint.key, location, message)),
-                    _ => self.findings.push(Finding::warning(&constraint.key, location, message)),
-                }
-            }
-        }
+        let native = |key: &str| NATIVE.contains(&key);
+        let at = invariants::At { value, type_name, location, resource: container.resource, root: container.root };
+        invariants::evaluate(constraints, native, &at, &mut self.findings);
     }
 
     /// ext-1: an extension has either a value or extensions, not both.

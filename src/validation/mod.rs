@@ -5,9 +5,11 @@
 mod definitions;
 mod expansions;
 mod instance;
+mod invariants;
 mod model;
 mod narrative;
 mod primitives;
+mod profile;
 
 use serde_json::Value;
 
@@ -75,6 +77,23 @@ pub fn implicit_code_system(paths: &[String]) -> Option<&'static str> {
         found = Some(system);
     }
     found
+}
+
+/// What the profile with canonical url `profile` says of `resource` beyond the base definition;
+/// `None` when the server carries no such profile.
+pub fn against_profile(resource: &Value, profile: &str) -> Option<Vec<Finding>> {
+    let definition = Definitions::carried().get(profile)?;
+    let resource_type = resource.get("resourceType").and_then(Value::as_str).unwrap_or_default();
+    let mut findings = Vec::new();
+    match definition.root() {
+        Some(root) if root.path == resource_type => profile::check(resource, definition, &mut findings),
+        Some(root) => {
+            let message = format!("{profile} is a profile of {}, not of {resource_type}", root.path);
+            findings.push(Finding::error("profile", resource_type, message));
+        }
+        None => {}
+    }
+    Some(findings)
 }
 
 /// What the R4 core definitions say of `resource` (and of the resources inside it), whose
