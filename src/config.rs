@@ -74,6 +74,14 @@ pub enum Command {
         /// origin).
         #[arg(long, env = "HEARTH_STATIC_DIR")]
         static_dir: Option<PathBuf>,
+        /// Profiles every resource of a type must claim and conform to, comma-separated
+        /// `Type=canonical-url` (`Patient=http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient`).
+        #[arg(long, env = "HEARTH_REQUIRE_PROFILE", value_delimiter = ',')]
+        require_profile: Vec<String>,
+        /// Accept resources claiming a profile the server does not carry (unchecked) instead
+        /// of refusing them.
+        #[arg(long, env = "HEARTH_ACCEPT_UNKNOWN_PROFILES")]
+        accept_unknown_profiles: bool,
     },
     /// Load transaction, batch or collection Bundles (`.json`) and `.ndjson` files.
     Import {

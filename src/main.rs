@@ -40,6 +40,8 @@ async fn main() -> anyhow::Result<()> {
             upload_types,
             message_recipients,
             static_dir,
+            require_profile,
+            accept_unknown_profiles,
         } => {
             if default_count > max_count {
                 anyhow::bail!("--default-count ({default_count}) cannot be larger than --max-count ({max_count})");
@@ -76,6 +78,10 @@ async fn main() -> anyhow::Result<()> {
                     recipients: message_recipients.iter().map(|r| r.trim().to_string()).collect(),
                 },
                 static_dir,
+                profiles: hearth::rest::profiles::ProfilePolicy {
+                    required: required_profiles(&require_profile)?,
+                    accept_unknown: accept_unknown_profiles,
+                },
                 ..Settings::new(&base_url)
             };
             let hearth = Hearth::open(&cli.database, settings).await?;
@@ -112,4 +118,21 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `--require-profile Type=url,…` as (type, url) pairs; the profile must be one the server
+/// carries, of that type.
+fn required_profiles(values: &[String]) -> anyhow::Result<Vec<(String, String)>> {
+    values
+        .iter()
+        .map(|value| {
+            let Some((resource_type, url)) = value.trim().split_once('=') else {
+                anyhow::bail!("--require-profile takes Type=canonical-url, not '{value}'");
+            };
+            if !hearth::validation::is_profile_of(url, resource_type) {
+                anyhow::bail!("--require-profile: {url} is no profile of {resource_type} this server carries");
+            }
+            Ok((resource_type.to_string(), url.to_string()))
+        })
+        .collect()
 }

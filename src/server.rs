@@ -31,6 +31,8 @@ pub struct Settings {
     pub messaging: crate::portal::messaging::MessagingSettings,
     /// Files served at `/static/` (`--static-dir`): a portal web app on the API's origin.
     pub static_dir: Option<std::path::PathBuf>,
+    /// Profiles required per type (`--require-profile`), unknown ones accepted or not.
+    pub profiles: crate::rest::profiles::ProfilePolicy,
 }
 
 impl Settings {
@@ -47,6 +49,7 @@ impl Settings {
             uploads: UploadRules::default(),
             messaging: Default::default(),
             static_dir: None,
+            profiles: Default::default(),
         }
     }
 }
@@ -86,6 +89,7 @@ impl Hearth {
                 scheduling: settings.scheduling,
                 uploads: settings.uploads.clone(),
                 messaging: settings.messaging.clone(),
+                profiles: settings.profiles.clone(),
             },
         );
         let state = AppState {

@@ -1,10 +1,16 @@
 //! The published examples of US Core 6.1.0 and IPS 2.0.0 (CC0, in `tests/data/`) are valid FHIR
 //! R4: every one passes the server's validation (schema, definitions, invariants), so that its
-//! checks refuse what the specification forbids and nothing the specification allows.
+//! checks refuse what the specification forbids and nothing the specification allows; they
+//! conform to the profiles they claim, and broken copies do not. Writes enforce claimed and
+//! required profiles on both databases.
+
+mod common;
 
 use std::path::Path;
 
-use serde_json::Value;
+use common::{body, Db, TestServer};
+use hearth::rest::profiles::ProfilePolicy;
+use serde_json::{json, Value};
 
 fn examples(folder: &str) -> Vec<(String, Value)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(folder);
@@ -127,3 +133,67 @@ fn broken_examples_fail_with_the_right_issue() {
     other_type["resourceType"] = "Patient".into();
     assert_eq!(broken(&other_type, &profile), vec![("Patient".to_string(), "profile".to_string())]);
 }
+
+/// The issues of an OperationOutcome as (expression, rule).
+fn issues_of(outcome: &Value) -> Vec<(String, String)> {
+    let issues = outcome["issue"].as_array().cloned().unwrap_or_default();
+    issues
+        .iter()
+        .map(|i| {
+            let expression = i["expression"][0].as_str().unwrap_or_default().to_string();
+            (expression, i["details"]["coding"][0]["code"].as_str().unwrap_or_default().to_string())
+        })
+        .collect()
+}
+
+async fn writes_conform_to_the_profiles_they_claim(db: Db) {
+    let server = TestServer::start(db).await;
+    let patient = example("us-core", "Patient-example.json");
+    assert_eq!(server.post("Patient", &patient).await.status(), 201);
+    let mut broken = patient.clone();
+    broken.as_object_mut().unwrap().remove("identifier");
+    let response = server.post("Patient", &broken).await;
+    assert_eq!(response.status(), 422);
+    let outcome = body(response).await;
+    assert!(issues_of(&outcome).contains(&("Patient.identifier".into(), "cardinality".into())), "{outcome}");
+    let mut unknown = patient.clone();
+    unknown["meta"]["profile"] = json!(["http://example.org/StructureDefinition/nobody"]);
+    let response = server.post("Patient", &unknown).await;
+    assert_eq!(response.status(), 422);
+    assert!(issues_of(&body(response).await).iter().any(|(_, rule)| rule == "unknown-profile"));
+    assert_eq!(server.search_ids("Patient").await.len(), 1, "nothing refused was stored");
+
+    // $validate against a profile the resource does not claim.
+    let mut plain = broken.clone();
+    plain.as_object_mut().unwrap().remove("meta");
+    let parameters = json!({"resourceType": "Parameters", "parameter": [
+        {"name": "resource", "resource": plain},
+        {"name": "profile", "valueUri": format!("{US_CORE}us-core-patient")}]});
+    let response = server.post("Patient/$validate", &parameters).await;
+    assert_eq!(response.status(), 200);
+    let outcome = body(response).await;
+    assert!(issues_of(&outcome).contains(&("Patient.identifier".into(), "cardinality".into())), "{outcome}");
+
+    let statement = body(server.get("metadata").await).await;
+    let resources = statement["rest"][0]["resource"].as_array().unwrap();
+    let patients = resources.iter().find(|r| r["type"] == "Patient").unwrap();
+    let supported = patients["supportedProfile"].as_array().unwrap();
+    assert!(supported.contains(&json!(format!("{US_CORE}us-core-patient"))));
+}
+
+async fn operators_require_profiles_and_may_accept_unknown_ones(db: Db) {
+    let required =
+        ProfilePolicy { required: vec![("Patient".into(), format!("{US_CORE}us-core-patient"))], accept_unknown: true };
+    let server = TestServer::start_with(db, |s| hearth::server::Settings { profiles: required, ..s }).await;
+    let response = server.post("Patient", &json!({"resourceType": "Patient", "gender": "female"})).await;
+    assert_eq!(response.status(), 422);
+    assert!(issues_of(&body(response).await)
+        .iter()
+        .any(|(at, rule)| at == "Patient.meta.profile" && rule == "required-profile"));
+    assert_eq!(server.post("Patient", &example("us-core", "Patient-example.json")).await.status(), 201);
+    let observation = json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"},
+        "meta": {"profile": ["http://example.org/StructureDefinition/local-observation"]}});
+    assert_eq!(server.post("Observation", &observation).await.status(), 201, "unknown profiles accepted");
+}
+
+on_both_databases!(writes_conform_to_the_profiles_they_claim, operators_require_profiles_and_may_accept_unknown_ones);

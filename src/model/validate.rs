@@ -108,12 +108,7 @@ pub fn validate_resource(resource: &Value, expected_type: &str) -> Result<(), Fh
             crate::validation::base(resource, actual)
                 .into_iter()
                 .filter(|finding| finding.severity == Severity::Error)
-                .map(|finding| {
-                    let code = if finding.rule == "cardinality" { IssueCode::Required } else { IssueCode::Invariant };
-                    Issue::error(code, format!("{}: {} ({})", finding.location, finding.message, finding.rule))
-                        .at(finding.location)
-                        .rule(finding.rule)
-                }),
+                .map(crate::validation::Finding::into_issue),
         );
     }
     if issues.is_empty() {

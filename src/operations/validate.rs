@@ -7,8 +7,8 @@
 //! - `mode=update`: those of an update; the resource needs an `id`, the instance's at instance
 //!   level, and the caller must be allowed to update it.
 //! - `mode=delete` (instance level, no resource): whether the caller may delete the instance.
-//! - `profile`: only the base profile of the type is known until profile validation exists;
-//!   any other profile is reported as unknown.
+//! - `profile`: the resource is checked against that profile too (the ones in `profiles/`:
+//!   R4 core, US Core 6.1.0, IPS 2.0.0), errors and warnings; any other is reported as unknown.
 //! - Without a resource at instance level, the stored resource is validated.
 
 use async_trait::async_trait;
@@ -84,15 +84,15 @@ impl Operation for Validate {
             issues.extend(update_issues(context, level, &resource));
         }
         if let Some(profile) = inputs.text("profile") {
-            let base = format!("http://hl7.org/fhir/StructureDefinition/{resource_type}");
-            if profile.split('|').next() != Some(base.as_str()) {
-                issues.push(
+            match context.profile_issues(&resource, profile) {
+                Some(found) => issues.extend(found),
+                None => issues.push(
                     Issue::error(
                         IssueCode::NotSupported,
                         format!("the profile '{profile}' is not known to this server"),
                     )
                     .at(parameter_path("profile")),
-                );
+                ),
             }
         } else if mode == Mode::Profile {
             return Err(FhirError::bad_request("mode=profile needs the parameter 'profile'"));

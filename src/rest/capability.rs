@@ -56,6 +56,10 @@ pub fn capability_statement(registry: &Registry, base_url: &str) -> Value {
                 "searchParam": search_params,
                 "operation": operations_on(base_url, |d| (d.type_level || d.instance) && d.applies_to(resource_type)),
             });
+            let profiles = crate::validation::profiles_of(resource_type);
+            if !profiles.is_empty() {
+                resource["supportedProfile"] = json!(profiles);
+            }
             if let Some((_, note)) = WORKFLOW_NOTES.iter().find(|(t, _)| *t == resource_type) {
                 resource["documentation"] = Value::String(note.to_string());
             }

@@ -15,6 +15,7 @@ mod jobs;
 mod messaging;
 mod operation;
 mod operation_tx;
+pub mod profiles;
 mod refills;
 mod reindex;
 mod route;
@@ -206,6 +207,8 @@ pub struct ServiceConfig {
     /// What uploaded files may be.
     pub uploads: crate::model::upload::UploadRules,
     pub messaging: crate::portal::messaging::MessagingSettings,
+    /// Profiles required per type, and whether unknown ones are accepted.
+    pub profiles: profiles::ProfilePolicy,
 }
 
 /// The FHIR interactions over one store.

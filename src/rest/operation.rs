@@ -90,7 +90,15 @@ impl OperationContext<'_> {
     /// nothing.
     pub fn check_content(&self, resource_type: &str, resource: &Value) -> Result<(), FhirError> {
         validate_resource(resource, resource_type)?;
-        self.service.check_definition(resource_type, resource)
+        self.service.check_definition(resource_type, resource)?;
+        self.service.check_profiles(resource_type, resource)
+    }
+
+    /// The problems of `resource` against the profile with canonical url `profile`, errors and
+    /// warnings; `None` when the server does not carry it.
+    pub fn profile_issues(&self, resource: &Value, profile: &str) -> Option<Vec<crate::model::Issue>> {
+        let findings = crate::validation::against_profile(resource, profile)?;
+        Some(findings.into_iter().map(crate::validation::Finding::into_issue).collect())
     }
 
     /// Queues a background job (202 with the status URL).

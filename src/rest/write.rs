@@ -359,6 +359,7 @@ impl FhirService {
         let last_updated = now();
         stamp(&mut resource, id, version, last_updated);
         self.check_definition(resource_type, &resource)?;
+        self.check_profiles(resource_type, &resource)?;
         let registry = self.registry();
         let index = index_resource(&registry, &resource, &self.config.base_url);
         let body = Bytes::from(serde_json::to_vec(&resource).map_err(|_| FhirError::internal())?);

@@ -22,6 +22,9 @@ pub const CORE: &str = "http://hl7.org/fhir/StructureDefinition/";
 pub struct StructureDefinition {
     pub url: String,
     pub kind: String,
+    /// `specialization` (a type) or `constraint` (a profile).
+    #[serde(default)]
+    pub derivation: Option<String>,
     /// The definition it derives from (`…/DomainResource` for `Patient`).
     #[serde(default, rename = "baseDefinition")]
     pub base_definition: Option<String>,
@@ -246,6 +249,19 @@ impl Definitions {
     /// A definition by canonical url (a `|version` suffix is ignored).
     pub fn get(&self, url: &str) -> Option<&StructureDefinition> {
         self.by_url.get(url.split('|').next().unwrap_or(url))
+    }
+
+    /// The profiles (constraining definitions of a resource type) carried for `resource_type`.
+    pub fn profiles_of(&self, resource_type: &str) -> Vec<&str> {
+        let mut urls: Vec<&str> = self
+            .by_url
+            .values()
+            .filter(|d| d.kind == "resource" && d.derivation.as_deref() == Some("constraint"))
+            .filter(|d| d.root().is_some_and(|root| root.path == resource_type))
+            .map(|d| d.url.as_str())
+            .collect();
+        urls.sort_unstable();
+        urls
     }
 
     /// The R4 core definition of a type (`Patient`, `HumanName`, `date`).

@@ -40,6 +40,19 @@ impl Finding {
     fn warning(rule: &str, location: &str, message: String) -> Self {
         Finding { severity: Severity::Warning, rule: rule.to_string(), location: location.to_string(), message }
     }
+
+    /// The OperationOutcome issue that reports it: its location as `expression`, its rule in
+    /// `details` and in the text.
+    pub fn into_issue(self) -> crate::model::Issue {
+        use crate::model::{Issue, IssueCode};
+        let code = if self.rule == "cardinality" { IssueCode::Required } else { IssueCode::Invariant };
+        let text = format!("{}: {} ({})", self.location, self.message, self.rule);
+        let issue = match self.severity {
+            Severity::Error => Issue::error(code, text),
+            Severity::Warning => Issue::warning(code, text),
+        };
+        issue.at(self.location).rule(self.rule)
+    }
 }
 
 /// The element of `resource_type` a JSON key of it holds: `value` for `valueQuantity` (a choice
@@ -94,6 +107,17 @@ pub fn against_profile(resource: &Value, profile: &str) -> Option<Vec<Finding>> 
         None => {}
     }
     Some(findings)
+}
+
+/// Whether the server carries `profile` and it constrains `resource_type`.
+pub fn is_profile_of(profile: &str, resource_type: &str) -> bool {
+    Definitions::carried().get(profile).and_then(|d| d.root()).is_some_and(|root| root.path == resource_type)
+}
+
+/// The canonical urls of the profiles carried for `resource_type` (its base definition aside),
+/// sorted: the CapabilityStatement's `supportedProfile`.
+pub fn profiles_of(resource_type: &str) -> Vec<&'static str> {
+    Definitions::carried().profiles_of(resource_type)
 }
 
 /// What the R4 core definitions say of `resource` (and of the resources inside it), whose
