@@ -3,7 +3,9 @@
 //! For a Patient, an Observation and a MedicationRequest of the synthetic portal data: the
 //! microseconds one write's validation takes (median of `HEARTH_BENCH_RUNS`, default 5, runs of
 //! 2000 validations each), in all (`validate_resource`: JSON schema, then the walk against the
-//! R4 definitions with every invariant), and the walk alone (`validation::base`).
+//! R4 definitions with every invariant), and the walk alone (`validation::base`); then the US
+//! Core 6.1.0 examples of the same types against the profiles they claim
+//! (`validation::against_profile`).
 
 use std::time::Instant;
 
@@ -25,6 +27,22 @@ fn main() {
             std::hint::black_box(hearth::validation::base(resource, wanted));
         });
         println!("  {wanted:<18} all checks {all:>8.1} µs   definitions and invariants {walk:>8.1} µs");
+    }
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/us-core");
+    for (file, profile) in [
+        ("Patient-example.json", "us-core-patient"),
+        ("Observation-weight.json", "us-core-body-weight"),
+        ("MedicationRequest-self-tylenol.json", "us-core-medicationrequest"),
+    ] {
+        let text = std::fs::read_to_string(examples.join(file)).expect("example");
+        let resource: Value = serde_json::from_str(&text).expect("JSON");
+        let url = format!("http://hl7.org/fhir/us/core/StructureDefinition/{profile}");
+        let findings = hearth::validation::against_profile(&resource, &url).expect("a carried profile");
+        assert!(findings.iter().all(|f| f.severity != hearth::validation::Severity::Error), "{file}");
+        let cost = median(runs, || {
+            std::hint::black_box(hearth::validation::against_profile(&resource, &url));
+        });
+        println!("  US Core {profile:<28} {cost:>8.1} µs");
     }
 }
 

@@ -41,6 +41,9 @@ pub struct StructureDefinition {
     /// The slices of each sliced element, by the sliced element's id.
     #[serde(skip)]
     slices: HashMap<String, Vec<usize>>,
+    /// Every element by id.
+    #[serde(skip)]
+    by_id: HashMap<String, usize>,
 }
 
 /// One element of a snapshot.
@@ -141,6 +144,7 @@ impl StructureDefinition {
             }
         }
         for (index, element) in self.elements.iter().enumerate() {
+            self.by_id.insert(element.id.clone(), index);
             let Some((parent, last)) = element.id.rsplit_once('.') else { continue };
             match last.split_once(':') {
                 // `a.b:slice` is a slice of `a.b` (a re-slice `a.b:s/t` is left out).
@@ -168,6 +172,11 @@ impl StructureDefinition {
     /// The children of the element with id `id` (a slice's own children included).
     pub fn children_of_id(&self, id: &str) -> impl Iterator<Item = &ElementDefinition> {
         self.children_by_id.get(id).into_iter().flatten().map(|&index| &self.elements[index])
+    }
+
+    /// The element with id `id`.
+    pub fn element_by_id(&self, id: &str) -> Option<&ElementDefinition> {
+        self.by_id.get(id).map(|&index| &self.elements[index])
     }
 
     /// The slices of the sliced element with id `id`.

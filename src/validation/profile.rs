@@ -220,7 +220,7 @@ fn items_of<'v>(object: &'v Map<String, Value>, element: &ElementDefinition) -> 
 /// Whether `item` belongs to `slice`: every discriminator of the sliced element agrees.
 fn in_slice_of(item: &Value, type_name: &str, slice: &ElementDefinition, definition: &StructureDefinition) -> bool {
     let sliced_id = slice.id.rsplit_once(':').map_or(slice.id.as_str(), |(base, _)| base);
-    let Some(sliced) = definition.elements.iter().find(|e| e.id == sliced_id) else { return false };
+    let Some(sliced) = definition.element_by_id(sliced_id) else { return false };
     let Some(slicing) = &sliced.slicing else { return false };
     slicing.discriminator.iter().all(|discriminator| {
         let target = discriminated(slice, &discriminator.path, definition);
@@ -260,7 +260,7 @@ fn extension_url<'d>(slice: &'d ElementDefinition, path: &str) -> Option<(bool, 
     }
     let profile = slice.types.iter().find(|t| t.code == "Extension")?.profile.first()?;
     let definition = Definitions::carried().get(profile)?;
-    definition.elements.iter().find(|e| e.path == "Extension.url").and_then(|e| e.fixed_or_pattern())
+    definition.element_by_id("Extension.url").and_then(|e| e.fixed_or_pattern())
 }
 
 /// The element of a slice at a discriminator's path (`$this`: the slice itself).
@@ -273,7 +273,7 @@ fn discriminated<'d>(
         return Some(slice);
     }
     let id = format!("{}.{}", slice.id, path.replace(".ofType(", ":").replace(')', ""));
-    definition.elements.iter().find(|e| e.id == id || e.id == format!("{id}[x]"))
+    definition.element_by_id(&id).or_else(|| definition.element_by_id(&format!("{id}[x]")))
 }
 
 /// The values at a simple dotted path under `value` (`coding.code`; `$this` is the value).
