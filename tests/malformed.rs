@@ -408,6 +408,12 @@ fn cases() -> Vec<Case> {
                 "system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "sleeping"}]}})),
             "Condition.clinicalStatus",
         ),
+        invalid(
+            "extension-not-as-its-definition-says",
+            patient(json!({"extension": [{"url": "http://hl7.org/fhir/us/core/StructureDefinition/us-core-birthsex",
+                "valueString": "F"}]})),
+            "Patient.extension[0].value",
+        ),
         // Each resource's own invariants, evaluated as FHIRPath.
         invalid(
             "invariant-period-ends-before-it-starts",

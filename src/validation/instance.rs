@@ -7,8 +7,8 @@
 use serde_json::{Map, Value};
 
 use super::definitions::{choice_key, Constraint, Definitions, ElementDefinition, StructureDefinition};
-use super::invariants;
 use super::{expansions, narrative, primitives, Finding};
+use super::{invariants, profile};
 
 /// Walks one resource (and the resources inside it), collecting findings.
 pub struct Walk<'a> {
@@ -232,7 +232,10 @@ impl<'a> Walk<'a> {
             }
             self.object(object, type_definition, type_code, location, container);
             match type_code {
-                "Extension" => self.extension_rule(object, location),
+                "Extension" => {
+                    self.extension_rule(object, location);
+                    self.known_extension(value, location, container);
+                }
                 "Reference" => self.local_reference(object, location, container),
                 _ => {}
             }
@@ -252,6 +255,14 @@ impl<'a> Walk<'a> {
         let native = |key: &str| NATIVE.contains(&key);
         let at = invariants::At { value, type_name, location, resource: container.resource, root: container.root };
         invariants::evaluate(constraints, native, &at, &mut self.findings);
+    }
+
+    /// An extension whose definition the server carries conforms to it (its value's type,
+    /// its nested extensions, their cardinalities and bindings).
+    fn known_extension(&mut self, extension: &Value, location: &str, container: &Container<'_>) {
+        let Some(url) = extension.get("url").and_then(Value::as_str) else { return };
+        let Some(definition) = self.definitions.get(url).filter(|d| d.kind == "complex-type") else { return };
+        profile::check_at(extension, definition, "Extension", location, container.resource, &mut self.findings);
     }
 
     /// ext-1: an extension has either a value or extensions, not both.

@@ -16,10 +16,23 @@ const MAX_DEPTH: usize = 12;
 
 /// Checks `resource` against the profile `definition`.
 pub(super) fn check(resource: &Value, definition: &StructureDefinition, findings: &mut Vec<Finding>) {
-    let Some(root) = definition.root() else { return };
     let type_name = resource.get("resourceType").and_then(Value::as_str).unwrap_or_default();
+    check_at(resource, definition, type_name, type_name, resource, findings);
+}
+
+/// Checks `value` (of `type_name`, at `location`, inside `resource`) against `definition`: a
+/// resource against its profile, an extension against its definition.
+pub(super) fn check_at(
+    value: &Value,
+    definition: &StructureDefinition,
+    type_name: &str,
+    location: &str,
+    resource: &Value,
+    findings: &mut Vec<Finding>,
+) {
+    let Some(root) = definition.root() else { return };
     let mut walk = ProfileWalk { resource, findings, depth: 0 };
-    walk.value(resource, definition, root, type_name, type_name);
+    walk.value(value, definition, root, type_name, location);
 }
 
 struct ProfileWalk<'r, 'f> {
