@@ -197,3 +197,10 @@ async fn operators_require_profiles_and_may_accept_unknown_ones(db: Db) {
 }
 
 on_both_databases!(writes_conform_to_the_profiles_they_claim, operators_require_profiles_and_may_accept_unknown_ones);
+
+#[test]
+fn ips_examples_conform_to_their_profiles() {
+    let (checked, problems) = profile_problems("ips");
+    assert!(checked > 0, "{checked} checked");
+    assert!(problems.is_empty(), "{} of {checked}:\n{}", problems.len(), problems.join("\n"));
+}

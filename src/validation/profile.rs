@@ -252,14 +252,31 @@ fn in_slice_of(item: &Value, type_name: &str, slice: &ElementDefinition, definit
                 let present = !at_path(item, &discriminator.path).is_empty();
                 target.is_some_and(|e| if e.min > 0 { present } else { e.max.as_deref() != Some("0") || !present })
             }
-            "type" => slice
-                .types
-                .iter()
-                .any(|t| t.code == type_name || item.get("resourceType").and_then(Value::as_str) == Some(&t.code)),
-            "profile" => {
-                let wanted = slice.types.iter().flat_map(|t| &t.profile).filter_map(|p| Definitions::carried().get(p));
-                let own = item.get("resourceType").and_then(Value::as_str).unwrap_or(type_name);
-                wanted.into_iter().any(|p| p.root().is_some_and(|root| root.path == own))
+            // The type (or profile) of the element at the path tells the slice: a resource's by
+            // its resourceType, `$this` by the item's own type.
+            "type" | "profile" => {
+                let Some(target) = target else { return false };
+                let found = at_path(item, &discriminator.path);
+                let type_of = |value: &Value| match value.get("resourceType").and_then(Value::as_str) {
+                    Some(resource_type) => resource_type.to_string(),
+                    None => type_name.to_string(),
+                };
+                if discriminator.kind == "type" {
+                    return found.iter().any(|value| target.types.iter().any(|t| t.code == type_of(value)));
+                }
+                // A profile discriminator: the value conforms to one of the profiles (checked).
+                let profiles =
+                    target.types.iter().flat_map(|t| &t.profile).filter_map(|p| Definitions::carried().get(p));
+                profiles.into_iter().any(|profile| {
+                    found.iter().any(|value| {
+                        let of_type = profile.root().is_some_and(|root| root.path == type_of(value));
+                        of_type && {
+                            let mut problems = Vec::new();
+                            check_at(value, profile, &type_of(value), "", value, &mut problems);
+                            problems.iter().all(|p| p.severity != super::Severity::Error)
+                        }
+                    })
+                })
             }
             _ => false,
         }
