@@ -6,8 +6,6 @@
 //! Uploads are checked at the door ([`UploadRules::check`]): size, allowed media type, and bytes
 //! that are what the `Content-Type` says.
 
-use std::sync::Arc;
-
 use axum::body::Body as HttpBody;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
@@ -16,9 +14,7 @@ use serde_json::{json, Value};
 
 use crate::model::upload::UploadRules;
 use crate::model::{ErrorKind, FhirError, IssueCode};
-use crate::rest::{Body, FhirResponse, Method};
-use crate::store::content::{self, StoredContent};
-use crate::store::Store;
+use crate::rest::{Body, FhirResponse, FhirService, Method};
 
 /// The FHIR media types (and `_format` shorthands): a request naming one wants the resource.
 fn is_fhir_media_type(media: &str) -> bool {
@@ -93,7 +89,7 @@ fn accepts(accept: &str, content_type: &str) -> bool {
 pub fn content_response(
     response: FhirResponse,
     accept: &str,
-    store: &Arc<dyn Store>,
+    service: &FhirService,
 ) -> Result<Option<Response>, FhirError> {
     let Body::Raw(stored) = &response.body else { return Ok(None) };
     if response.status != 200 {
@@ -109,8 +105,8 @@ pub fn content_response(
         ));
     }
     let id = binary.get("id").and_then(Value::as_str).unwrap_or("binary");
-    let (body, length) = match content::stored_content_of(stored) {
-        Some(named) => (streamed(store.clone(), named.clone()), named.size),
+    let (body, length) = match service.content_stream(stored) {
+        Some((size, stream)) => (HttpBody::from_stream(stream), size),
         None => {
             let data = binary.get("data").and_then(Value::as_str).unwrap_or("");
             let bytes = base64::engine::general_purpose::STANDARD.decode(data).map_err(|_| FhirError::internal())?;
@@ -136,26 +132,6 @@ pub fn content_response(
         headers.insert(header::LAST_MODIFIED, value(httpdate::fmt_http_date(at.into()))?);
     }
     Ok(Some(http))
-}
-
-/// The body that streams a content stored apart from its Binary, one chunk read at a time:
-/// a download holds one chunk in memory, however large the file.
-fn streamed(store: Arc<dyn Store>, named: StoredContent) -> HttpBody {
-    let chunks = named.chunk_count();
-    let stream = futures::stream::try_unfold(0i64, move |seq| {
-        let (store, sha256) = (store.clone(), named.sha256.clone());
-        async move {
-            if seq >= chunks {
-                return Ok(None);
-            }
-            match store.content_chunk(&sha256, seq).await {
-                Ok(Some(chunk)) => Ok(Some((chunk, seq + 1))),
-                Ok(None) => Err(std::io::Error::other(format!("chunk {seq} of content {sha256} is missing"))),
-                Err(error) => Err(std::io::Error::other(error.to_string())),
-            }
-        }
-    });
-    HttpBody::from_stream(stream)
 }
 
 /// Media types a browser displays without running anything.

@@ -165,8 +165,7 @@ async fn fhir(State(state): State<Arc<AppState>>, request: Request) -> Response 
         _ => error,
     });
     let content = match (outcome, &content_accept) {
-        (Ok(response), Some(accept)) => match binary::content_response(response.clone(), accept, state.service.store())
-        {
+        (Ok(response), Some(accept)) => match binary::content_response(response.clone(), accept, &state.service) {
             Ok(Some(content)) => Ok(content),
             Ok(None) => Err(Ok(response)),
             Err(error) => Err(Err(error)),

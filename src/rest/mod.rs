@@ -249,6 +249,32 @@ impl FhirService {
         &self.store
     }
 
+    /// The size and the chunks of the content a Binary read as stored names (`None` when its
+    /// `data` is inline, ADR 11), each chunk read from the store as the one before has been
+    /// sent: a download holds one chunk in memory, however large the file. The caller has read
+    /// the Binary under its access rules.
+    pub fn content_stream(
+        &self,
+        stored_binary: &[u8],
+    ) -> Option<(u64, impl futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + 'static)> {
+        let named = crate::store::content::stored_content_of(stored_binary)?;
+        let (store, chunks, size) = (self.store.clone(), named.chunk_count(), named.size);
+        let stream = futures::stream::try_unfold(0i64, move |seq| {
+            let (store, sha256) = (store.clone(), named.sha256.clone());
+            async move {
+                if seq >= chunks {
+                    return Ok(None);
+                }
+                match store.content_chunk(&sha256, seq).await {
+                    Ok(Some(chunk)) => Ok(Some((chunk, seq + 1))),
+                    Ok(None) => Err(std::io::Error::other(format!("chunk {seq} of content {sha256} is missing"))),
+                    Err(error) => Err(std::io::Error::other(error.to_string())),
+                }
+            }
+        });
+        Some((size, stream))
+    }
+
     /// Carries out one interaction; writes run in their own database transaction. A write that
     /// lost a race with a concurrent writer (two transactions creating the same new id) is
     /// retried from the start, so the loser becomes the next version instead of failing.

@@ -104,6 +104,10 @@ pub struct Constraint {
     pub human: Option<String>,
     #[serde(skip)]
     pub parsed: Option<Arc<fhirpath::Expression>>,
+    /// Whether the R4 core definition has it on the same element (or it is a global one):
+    /// the base walk checks it already, a profile's check leaves it out. Set at load.
+    #[serde(skip)]
+    pub from_core: bool,
 }
 
 /// A type an element may have.
@@ -246,8 +250,29 @@ static DEFINITIONS: LazyLock<Definitions> = LazyLock::new(|| {
             }
         }
     }
+    mark_core_constraints(&mut by_url);
     Definitions { by_url }
 });
+
+/// Sets [`Constraint::from_core`] once, so that checking a profile does not look the base up
+/// for every constraint of every element of every write.
+fn mark_core_constraints(by_url: &mut HashMap<String, StructureDefinition>) {
+    let mut core_keys: HashMap<String, Vec<String>> = HashMap::new();
+    for definition in
+        by_url.values().filter(|d| d.url.starts_with(CORE) && d.derivation.as_deref() == Some("specialization"))
+    {
+        for element in &definition.elements {
+            core_keys.entry(element.path.clone()).or_default().extend(element.constraint.iter().map(|c| c.key.clone()));
+        }
+    }
+    for element in by_url.values_mut().flat_map(|d| d.elements.iter_mut()) {
+        let keys = core_keys.get(&element.path);
+        for constraint in &mut element.constraint {
+            let global = ["ele-", "ext-", "dom-"].iter().any(|prefix| constraint.key.starts_with(prefix));
+            constraint.from_core = global || keys.is_some_and(|keys| keys.contains(&constraint.key));
+        }
+    }
+}
 
 impl Definitions {
     /// The definitions carried in `profiles/`.

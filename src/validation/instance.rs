@@ -19,7 +19,7 @@ pub struct Walk<'a> {
 /// Where a node is: the resource it is in (`%resource`) and the resource that contains that one
 /// (`%rootResource`, whose `contained` a local reference `#id` points into).
 struct Container<'v> {
-    ids: Vec<String>,
+    ids: &'v [String],
     resource: &'v Value,
     root: &'v Value,
 }
@@ -48,7 +48,8 @@ impl<'a> Walk<'a> {
 
     /// Walks a resource found at `location` (its type for a resource that stands alone).
     pub fn resource(&mut self, resource: &Value, location: &str) {
-        let container = Container { ids: contained_ids(resource), resource, root: resource };
+        let ids = contained_ids(resource);
+        let container = Container { ids: &ids, resource, root: resource };
         self.resource_in(resource, location, &container);
     }
 
@@ -56,7 +57,7 @@ impl<'a> Walk<'a> {
         let Some(object) = resource.as_object() else { return };
         let Some(type_name) = object.get("resourceType").and_then(Value::as_str) else { return };
         let Some(definition) = self.definitions.core(type_name) else { return };
-        let here = Container { ids: container.ids.clone(), resource, root: container.root };
+        let here = Container { ids: container.ids, resource, root: container.root };
         if let Some(root) = definition.element(type_name) {
             self.invariants(&root.constraint, resource, type_name, location, &here);
         }
@@ -252,7 +253,7 @@ impl<'a> Walk<'a> {
         location: &str,
         container: &Container<'_>,
     ) {
-        let native = |key: &str| NATIVE.contains(&key);
+        let native = |c: &Constraint| NATIVE.contains(&c.key.as_str());
         let at = invariants::At { value, type_name, location, resource: container.resource, root: container.root };
         invariants::evaluate(constraints, native, &at, &mut self.findings);
     }

@@ -21,11 +21,11 @@ pub(super) struct At<'v> {
 /// out rather than guessed; an error-severity one that is false is an error, others warnings.
 pub(super) fn evaluate(
     constraints: &[Constraint],
-    skip: impl Fn(&str) -> bool,
+    skip: impl Fn(&Constraint) -> bool,
     at: &At<'_>,
     findings: &mut Vec<Finding>,
 ) {
-    for constraint in constraints.iter().filter(|c| !skip(&c.key)) {
+    for constraint in constraints.iter().filter(|c| !skip(c)) {
         let Some(expression) = &constraint.parsed else { continue };
         let mut context = fhirpath::Context::new(at.resource, &CoreModel);
         context.variables.insert("rootResource".into(), fhirpath::resource(at.root));

@@ -68,8 +68,7 @@ impl ProfileWalk<'_, '_> {
         }
         self.binding(value, element, type_name, location);
         let at = At { value, type_name, location, resource: self.resource, root: self.resource };
-        let core_keys = |key: &str| is_core_constraint(key, &element.path);
-        invariants::evaluate(&element.constraint, core_keys, &at, self.findings);
+        invariants::evaluate(&element.constraint, |c| c.from_core, &at, self.findings);
         if self.depth < MAX_DEPTH {
             self.depth += 1;
             for profile in element
@@ -178,16 +177,6 @@ fn in_required_binding(value: &Value, element: &ElementDefinition) -> bool {
 fn coding_in(coding: &Value, expansion: &expansions::Expansion) -> bool {
     let text = |key: &str| coding.get(key).and_then(Value::as_str);
     matches!((text("system"), text("code")), (Some(system), Some(code)) if expansion.contains(system, code))
-}
-
-/// Whether a constraint key is the base definition's (checked by the base walk already).
-fn is_core_constraint(key: &str, path: &str) -> bool {
-    let Some(resource_type) = path.split('.').next() else { return false };
-    let Some(core) = Definitions::carried().core(resource_type) else { return false };
-    core.element(path).is_some_and(|element| element.constraint.iter().any(|c| c.key == key))
-        || key.starts_with("ele-")
-        || key.starts_with("ext-")
-        || key.starts_with("dom-")
 }
 
 fn closed(element: &ElementDefinition) -> bool {

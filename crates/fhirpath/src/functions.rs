@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::eval::{number_of, same_unit, truth, Collection, EvalError, Evaluator, Result, Scope};
 use crate::parser::Ast;
-use crate::value::{Item, Node, Precision, Temporal};
+use crate::value::{days_from_civil, Item, Node, Precision, Temporal};
 
 /// A binary operator on two evaluated operands.
 pub(crate) fn operator<'a>(op: &str, l: Collection<'a>, r: Collection<'a>) -> Result<Collection<'a>> {
@@ -149,7 +149,7 @@ fn shift(t: &Temporal, amount: Decimal, unit: &str) -> Result<Temporal> {
     let whole = amount.trunc().to_i64().ok_or_else(|| EvalError("quantity too large".into()))?;
     let mut shifted = t.clone();
     let civil = |t: &mut Temporal, days: i64| {
-        let (y, m, d) = civil_from_days(days_of(t) + days);
+        let (y, m, d) = civil_from_days(days_from_civil(t.year, t.month, t.day) + days);
         (t.year, t.month, t.day) = (y, m, d);
     };
     match crate::value::canonical_unit(unit) {
@@ -178,15 +178,6 @@ fn shift(t: &Temporal, amount: Decimal, unit: &str) -> Result<Temporal> {
         shifted.day = 1;
     }
     Ok(shifted)
-}
-
-fn days_of(t: &Temporal) -> i64 {
-    let y = i64::from(t.year) - i64::from(t.month <= 2);
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let m = i64::from(t.month);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(t.day) - 1;
-    era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468
 }
 
 fn civil_from_days(days: i64) -> (i32, u32, u32) {
