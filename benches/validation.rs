@@ -9,6 +9,7 @@
 
 use std::time::Instant;
 
+use hearth::validation::Definitions;
 use serde_json::Value;
 
 fn main() {
@@ -37,10 +38,11 @@ fn main() {
         let text = std::fs::read_to_string(examples.join(file)).expect("example");
         let resource: Value = serde_json::from_str(&text).expect("JSON");
         let url = format!("http://hl7.org/fhir/us/core/StructureDefinition/{profile}");
-        let findings = hearth::validation::against_profile(&resource, &url).expect("a carried profile");
+        let findings =
+            hearth::validation::against_profile(Definitions::carried(), &resource, &url).expect("a carried profile");
         assert!(findings.iter().all(|f| f.severity != hearth::validation::Severity::Error), "{file}");
         let cost = median(runs, || {
-            std::hint::black_box(hearth::validation::against_profile(&resource, &url));
+            std::hint::black_box(hearth::validation::against_profile(Definitions::carried(), &resource, &url));
         });
         println!("  US Core {profile:<28} {cost:>8.1} µs");
     }

@@ -3,10 +3,10 @@
 
 From the published packages (HL7, CC0) this writes reduced, deterministic forms:
 
-- <package>/StructureDefinition.ndjson   one StructureDefinition per line, sorted by url: the
-    snapshot's elements with only what validation reads (path, slicing, cardinality, types with
-    their profiles, fixed and pattern values, bindings, constraints, and for primitive types
-    the regex of their value)
+- <package>/StructureDefinition.ndjson   one StructureDefinition per line, sorted by url, still
+    in the FHIR shape (Hearth reads these and the ones operators add with one parser) but
+    reduced to what validation reads: the snapshot's elements with their path, slicing,
+    cardinality, types with their profiles, fixed and pattern values, bindings and constraints
 - expansions.ndjson   one line per ValueSet that an element of those StructureDefinitions binds
     with strength required or extensible: {"url", "version", "codes": [[system, code], ...]},
     or {"url", "version", "unexpanded": reason} when its codes cannot be listed offline (a code
@@ -32,7 +32,6 @@ import zipfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 CARRIED = ["hl7.fhir.r4.core-4.0.1", "hl7.fhir.us.core-6.1.0", "hl7.fhir.uv.ips-2.0.0"]
 ELEMENT_KEYS = ["id", "path", "sliceName", "min", "max", "contentReference", "maxLength", "mustSupport"]
-REGEX_EXTENSION = "http://hl7.org/fhir/StructureDefinition/regex"
 
 
 def read_tgz(data):
@@ -88,14 +87,9 @@ def reduce_element(element):
     types = []
     for t in element.get("type", []):
         kept = {key: t[key] for key in ("code", "profile", "targetProfile") if key in t}
-        for extension in t.get("extension", []):
-            if extension.get("url") == REGEX_EXTENSION:
-                kept["regex"] = extension["valueString"]
-        # The FHIRPath type of a primitive's value (`System.String`) is a code extension here.
-        if "code" not in kept:
-            for extension in t.get("_code", {}).get("extension", []):
-                if extension.get("url", "").endswith("structuredefinition-fhir-type"):
-                    kept["code"] = extension.get("valueUrl") or extension.get("valueUri")
+        # The FHIRPath type of a primitive's value (`System.String`) may be only an extension.
+        if "code" not in kept and "_code" in t:
+            kept["_code"] = t["_code"]
         types.append(kept)
     if types:
         reduced["type"] = types
@@ -112,9 +106,9 @@ def reduce_element(element):
 
 
 def reduce_structure_definition(sd):
-    keys = ("url", "version", "name", "type", "kind", "abstract", "baseDefinition", "derivation")
+    keys = ("resourceType", "url", "version", "name", "type", "kind", "abstract", "baseDefinition", "derivation")
     reduced = {key: sd[key] for key in keys if key in sd}
-    reduced["elements"] = [reduce_element(e) for e in sd["snapshot"]["element"]]
+    reduced["snapshot"] = {"element": [reduce_element(e) for e in sd["snapshot"]["element"]]}
     return reduced
 
 
@@ -226,7 +220,7 @@ def main():
         with open(os.path.join(HERE, name, "StructureDefinition.ndjson"), "w", encoding="utf-8") as out:
             for sd in definitions:
                 out.write(json.dumps(sd, separators=(",", ":"), ensure_ascii=False, sort_keys=False) + "\n")
-                for element in sd["elements"]:
+                for element in sd["snapshot"]["element"]:
                     binding = element.get("binding", {})
                     if binding.get("strength") in ("required", "extensible"):
                         bound[binding["valueSet"].split("|")[0]] = binding["valueSet"]

@@ -8,9 +8,11 @@ use anyhow::{bail, Context};
 
 use crate::auth::keys::{add_key, digest};
 use crate::auth::records::{self, hash_password, ClientCredentials, ClientRecord, PasswordCost, UserRecord};
-use crate::config::{ClientCommand, KeyCommand, UserCommand};
+use crate::config::{ClientCommand, KeyCommand, ProfilesCommand, UserCommand};
 use crate::model::resource::is_valid_id;
 use crate::store::Store;
+use crate::validation::packages::{packages_in, read_package, unmet_dependencies, Package};
+use crate::validation::Definitions;
 
 /// Reads one line (a secret or password) from standard input.
 fn read_secret(what: &str) -> anyhow::Result<String> {
@@ -150,4 +152,61 @@ fn fhir_reference(text: &str, types: &[&str]) -> anyhow::Result<String> {
         Some((t, id)) if types.contains(&t) && is_valid_id(id) => Ok(text.to_string()),
         _ => bail!("'{text}' must be a reference such as {}/123", types[0]),
     }
+}
+
+/// `hearth profiles add|list`: the packages `serve --profiles DIR` reads.
+pub fn profiles(command: ProfilesCommand) -> anyhow::Result<String> {
+    match command {
+        ProfilesCommand::Add { package, profiles } => {
+            let bytes = std::fs::read(&package).with_context(|| format!("cannot read {}", package.display()))?;
+            let added = read_package(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", package.display()))?;
+            std::fs::create_dir_all(&profiles).with_context(|| format!("cannot create {}", profiles.display()))?;
+            let mut report = Vec::new();
+            for (path, other) in packages_in(&profiles).map_err(anyhow::Error::msg)? {
+                if other.name == added.name {
+                    std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+                    report.push(format!("removed {} {} ({})", other.name, other.version, path.display()));
+                }
+            }
+            let target = profiles.join(format!("{}-{}.tgz", added.name, added.version));
+            std::fs::write(&target, &bytes).with_context(|| format!("cannot write {}", target.display()))?;
+            report.push(format!("added {}: {}", target.display(), describe(&added)));
+            let present: Vec<Package> =
+                packages_in(&profiles).map_err(anyhow::Error::msg)?.into_iter().map(|(_, p)| p).collect();
+            report.extend(unmet(&present));
+            Ok(report.join("\n"))
+        }
+        ProfilesCommand::List { profiles } => {
+            let present = packages_in(&profiles).map_err(anyhow::Error::msg)?;
+            let mut report: Vec<String> =
+                present.iter().map(|(path, p)| format!("{}: {}", path.display(), describe(p))).collect();
+            if report.is_empty() {
+                report.push(format!("no packages in {}", profiles.display()));
+            }
+            let present: Vec<Package> = present.into_iter().map(|(_, p)| p).collect();
+            report.extend(unmet(&present));
+            Ok(report.join("\n"))
+        }
+    }
+}
+
+/// A package's name and what the server uses of it.
+fn describe(package: &Package) -> String {
+    let definitions = Definitions::with(&package.resources);
+    let (structure_definitions, expanded) = definitions.added();
+    let mut line = format!(
+        "{} {}: {structure_definitions} StructureDefinitions used, {expanded} bound value sets expanded",
+        package.name, package.version
+    );
+    for (url, why) in definitions.unusable_all() {
+        line.push_str(&format!("\n  not used: {url}: {why}"));
+    }
+    line
+}
+
+fn unmet(packages: &[Package]) -> Vec<String> {
+    unmet_dependencies(packages)
+        .into_iter()
+        .map(|dependency| format!("warning: depends on {dependency}, which is not in the folder: add it as well"))
+        .collect()
 }

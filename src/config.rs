@@ -82,6 +82,10 @@ pub enum Command {
         /// of refusing them.
         #[arg(long, env = "HEARTH_ACCEPT_UNKNOWN_PROFILES")]
         accept_unknown_profiles: bool,
+        /// A folder of FHIR packages (`.tgz`, as `hearth profiles add` puts them there) whose
+        /// profiles, value sets and code systems are used besides the carried ones.
+        #[arg(long, env = "HEARTH_PROFILES")]
+        profiles: Option<PathBuf>,
     },
     /// Load transaction, batch or collection Bundles (`.json`) and `.ndjson` files.
     Import {
@@ -110,6 +114,11 @@ pub enum Command {
         #[command(subcommand)]
         command: KeyCommand,
     },
+    /// Add FHIR packages (profiles and their value sets) to the folder `serve --profiles` reads.
+    Profiles {
+        #[command(subcommand)]
+        command: ProfilesCommand,
+    },
     /// Write deterministic synthetic patients as transaction Bundles.
     Synth {
         #[arg(long, default_value_t = 10)]
@@ -118,6 +127,24 @@ pub enum Command {
         seed: u64,
         #[arg(long)]
         out: PathBuf,
+    },
+}
+
+/// `hearth profiles …`.
+#[derive(Debug, Subcommand)]
+pub enum ProfilesCommand {
+    /// Check a package (`.tgz` from a FHIR package registry) and copy it into the folder.
+    Add {
+        /// The package file.
+        package: PathBuf,
+        /// The folder (created if missing).
+        #[arg(long, env = "HEARTH_PROFILES")]
+        profiles: PathBuf,
+    },
+    /// List the packages in the folder and what the server uses of them.
+    List {
+        #[arg(long, env = "HEARTH_PROFILES")]
+        profiles: PathBuf,
     },
 }
 

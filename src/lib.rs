@@ -11,6 +11,7 @@ pub mod bounded;
 pub mod config;
 pub mod http;
 pub mod import;
+pub mod live;
 pub mod model;
 pub mod operations;
 pub mod portal;

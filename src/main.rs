@@ -6,8 +6,11 @@ use hearth::config::{AuthMode, Cli, Command};
 use hearth::model::upload::UploadRules;
 use hearth::portal::messaging::MessagingSettings;
 use hearth::portal::scheduling::SchedulingSettings;
+use hearth::rest::profiles::ProfilePolicy;
 use hearth::search::params::Paging;
 use hearth::server::{Hearth, Settings};
+use hearth::validation::Definitions;
+use std::path::Path;
 use tracing_subscriber::EnvFilter;
 
 /// mimalloc instead of the system allocator: a request allocates many small JSON values and
@@ -42,6 +45,7 @@ async fn main() -> anyhow::Result<()> {
             static_dir,
             require_profile,
             accept_unknown_profiles,
+            profiles,
         } => {
             if default_count > max_count {
                 anyhow::bail!("--default-count ({default_count}) cannot be larger than --max-count ({max_count})");
@@ -78,10 +82,7 @@ async fn main() -> anyhow::Result<()> {
                     recipients: message_recipients.iter().map(|r| r.trim().to_string()).collect(),
                 },
                 static_dir,
-                profiles: hearth::rest::profiles::ProfilePolicy {
-                    required: required_profiles(&require_profile)?,
-                    accept_unknown: accept_unknown_profiles,
-                },
+                profiles: profile_policy(profiles.as_deref(), &require_profile, accept_unknown_profiles)?,
                 ..Settings::new(&base_url)
             };
             let hearth = Hearth::open(&cli.database, settings).await?;
@@ -111,6 +112,7 @@ async fn main() -> anyhow::Result<()> {
             let store = hearth::store::open_shared(&cli.database).await?;
             println!("{}", hearth::admin::key(store.as_ref(), command).await?);
         }
+        Command::Profiles { command } => println!("{}", hearth::admin::profiles(command)?),
         Command::Synth { patients, seed, out } => {
             let today = time::OffsetDateTime::now_utc().date();
             let summary = hearth::synth::write_bundles(&out, patients, seed, today)?;
@@ -120,19 +122,27 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `--require-profile Type=url,…` as (type, url) pairs; the profile must be one the server
-/// carries, of that type.
-fn required_profiles(values: &[String]) -> anyhow::Result<Vec<(String, String)>> {
-    values
+/// What the operator asks of profiles: the packages of `--profiles DIR`, and
+/// `--require-profile Type=url,…` as (type, url) pairs, each a profile of that type the server
+/// knows from `profiles/` or those packages.
+fn profile_policy(dir: Option<&Path>, required: &[String], accept_unknown: bool) -> anyhow::Result<ProfilePolicy> {
+    let packages = match dir {
+        Some(dir) => hearth::validation::packages::packages_in(dir).map_err(anyhow::Error::msg)?,
+        None => Vec::new(),
+    };
+    let resources: Vec<serde_json::Value> = packages.into_iter().flat_map(|(_, p)| p.resources).collect();
+    let definitions = Definitions::with(&resources);
+    let required = required
         .iter()
         .map(|value| {
             let Some((resource_type, url)) = value.trim().split_once('=') else {
                 anyhow::bail!("--require-profile takes Type=canonical-url, not '{value}'");
             };
-            if !hearth::validation::is_profile_of(url, resource_type) {
-                anyhow::bail!("--require-profile: {url} is no profile of {resource_type} this server carries");
+            if !definitions.profiles_of(resource_type).contains(&url) {
+                anyhow::bail!("--require-profile: {url} is no profile of {resource_type} this server knows");
             }
             Ok((resource_type.to_string(), url.to_string()))
         })
-        .collect()
+        .collect::<anyhow::Result<_>>()?;
+    Ok(ProfilePolicy { required, accept_unknown, packages: resources.into() })
 }

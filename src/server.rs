@@ -74,6 +74,7 @@ impl Hearth {
         };
         let hearth = Hearth::with_store(store, auth, settings);
         hearth.service.load_search_parameters().await?;
+        hearth.service.load_profiles().await?;
         Ok(hearth)
     }
 

@@ -10,6 +10,7 @@ use std::path::Path;
 
 use common::{body, Db, TestServer};
 use hearth::rest::profiles::ProfilePolicy;
+use hearth::validation::Definitions;
 use serde_json::{json, Value};
 
 fn examples(folder: &str) -> Vec<(String, Value)> {
@@ -33,7 +34,9 @@ fn profile_problems(folder: &str) -> (usize, Vec<String>) {
     for (name, resource) in examples(folder) {
         let profiles = resource.pointer("/meta/profile").and_then(Value::as_array).cloned().unwrap_or_default();
         for profile in profiles.iter().filter_map(Value::as_str) {
-            let Some(findings) = hearth::validation::against_profile(&resource, profile) else { continue };
+            let Some(findings) = hearth::validation::against_profile(Definitions::carried(), &resource, profile) else {
+                continue;
+            };
             checked += 1;
             let errors: Vec<String> = findings
                 .iter()
@@ -84,7 +87,8 @@ fn example(folder: &str, name: &str) -> Value {
 
 /// The rules `resource` breaks against `profile`, as (location, rule).
 fn broken(resource: &Value, profile: &str) -> Vec<(String, String)> {
-    let findings = hearth::validation::against_profile(resource, profile).expect("a carried profile");
+    let findings =
+        hearth::validation::against_profile(Definitions::carried(), resource, profile).expect("a carried profile");
     findings
         .into_iter()
         .filter(|f| f.severity == hearth::validation::Severity::Error)
@@ -182,8 +186,11 @@ async fn writes_conform_to_the_profiles_they_claim(db: Db) {
 }
 
 async fn operators_require_profiles_and_may_accept_unknown_ones(db: Db) {
-    let required =
-        ProfilePolicy { required: vec![("Patient".into(), format!("{US_CORE}us-core-patient"))], accept_unknown: true };
+    let required = ProfilePolicy {
+        required: vec![("Patient".into(), format!("{US_CORE}us-core-patient"))],
+        accept_unknown: true,
+        ..ProfilePolicy::default()
+    };
     let server = TestServer::start_with(db, |s| hearth::server::Settings { profiles: required, ..s }).await;
     let response = server.post("Patient", &json!({"resourceType": "Patient", "gender": "female"})).await;
     assert_eq!(response.status(), 422);

@@ -7,6 +7,7 @@ use super::{Body, FhirResponse};
 use crate::model::validate::resource_types;
 use crate::operations::Definition;
 use crate::search::Registry;
+use crate::validation::Definitions;
 
 /// Interactions every resource type supports.
 const TYPE_INTERACTIONS: &[&str] =
@@ -27,7 +28,7 @@ const WORKFLOW_NOTES: &[(&str, &str)] = &[
 
 /// The statement as a JSON value; `base_url` is the FHIR base (for the canonical URLs of the
 /// project's own OperationDefinitions).
-pub fn capability_statement(registry: &Registry, base_url: &str) -> Value {
+pub fn capability_statement(registry: &Registry, definitions: &Definitions, base_url: &str) -> Value {
     let resources: Vec<Value> = resource_types()
         .into_iter()
         .map(|resource_type| {
@@ -56,7 +57,7 @@ pub fn capability_statement(registry: &Registry, base_url: &str) -> Value {
                 "searchParam": search_params,
                 "operation": operations_on(base_url, |d| (d.type_level || d.instance) && d.applies_to(resource_type)),
             });
-            let profiles = crate::validation::profiles_of(resource_type);
+            let profiles = definitions.profiles_of(resource_type);
             if !profiles.is_empty() {
                 resource["supportedProfile"] = json!(profiles);
             }
@@ -96,8 +97,13 @@ fn operations_on(base_url: &str, defined_here: impl Fn(&Definition) -> bool) -> 
 }
 
 /// `GET /metadata`, with `rest.security` when the server authorizes requests.
-pub(super) fn response(registry: &Registry, base_url: &str, security: Option<&Value>) -> FhirResponse {
-    let mut statement = capability_statement(registry, base_url);
+pub(super) fn response(
+    registry: &Registry,
+    definitions: &Definitions,
+    base_url: &str,
+    security: Option<&Value>,
+) -> FhirResponse {
+    let mut statement = capability_statement(registry, definitions, base_url);
     if let Some(security) = security {
         statement["rest"][0]["security"] = security.clone();
     }

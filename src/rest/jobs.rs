@@ -36,12 +36,12 @@ pub(super) fn lease_until() -> OffsetDateTime {
 impl FhirService {
     /// This node's background work until the process ends: the job worker, a second worker for
     /// hold expiries only (a long job such as a reindex must not keep held Slots from freeing
-    /// themselves on time), and the watch for SearchParameters written by other nodes.
+    /// themselves on time), and the watch for definitions (search parameters, profiles) written by other nodes.
     pub async fn run_background(self) {
         tokio::join!(
             self.clone().run_jobs(None),
             self.clone().run_jobs(Some(crate::portal::scheduling::HOLD_EXPIRY_JOB)),
-            self.watch_search_parameters()
+            self.watch_stored_definitions()
         );
     }
 

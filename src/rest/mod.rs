@@ -21,8 +21,8 @@ mod reindex;
 mod route;
 mod scheduling;
 mod search;
-mod search_parameters;
 mod source;
+mod stored_definitions;
 mod view;
 mod workflow;
 mod write;
@@ -34,18 +34,19 @@ use serde_json::Value;
 use time::OffsetDateTime;
 
 use crate::auth::Access;
+use crate::live::Live;
 use crate::model::{ErrorKind, FhirError};
 use crate::operations::{definition, Level};
 use crate::search::params::Paging;
-use crate::search::registry::LiveRegistry;
+use crate::search::Registry;
 use crate::store::{Store, StoreError};
+use crate::validation::Definitions;
 
 pub use bundle_writer::BundleWriter;
 pub use operation::{OperationContext, PublishedView};
 pub use operation_tx::OperationTx;
 pub use route::Route;
 use search::SearchScope;
-use search_parameters::writes_search_parameters;
 use source::Source;
 pub use view::{Lookup, ReadView};
 pub use write::version_response;
@@ -215,7 +216,9 @@ pub struct ServiceConfig {
 #[derive(Clone)]
 pub struct FhirService {
     store: Arc<dyn Store>,
-    registry: Arc<LiveRegistry>,
+    registry: Arc<Live<Registry>>,
+    /// The profiles in force (carried, the operator's packages', stored).
+    definitions: Arc<Live<Definitions>>,
     config: Arc<ServiceConfig>,
     /// Wakes this node's job worker when a job is queued here.
     jobs_queued: Arc<tokio::sync::Notify>,
@@ -228,11 +231,14 @@ const ACCESS_ROWS_CACHED: usize = 50_000;
 
 impl FhirService {
     /// A service over `store` with the standard R4 search parameters; call
-    /// [`FhirService::load_search_parameters`] to add the custom ones stored in it.
+    /// [`FhirService::load_search_parameters`] and [`FhirService::load_profiles`] to add the
+    /// definitions stored in it.
     pub fn new(store: Arc<dyn Store>, config: ServiceConfig) -> Self {
+        let definitions = Definitions::with(&config.profiles.packages);
         FhirService {
             store,
-            registry: Arc::new(LiveRegistry::standard()),
+            registry: Arc::new(Live::new(Registry::standard().clone())),
+            definitions: Arc::new(Live::new(definitions)),
             config: Arc::new(config),
             jobs_queued: Arc::new(tokio::sync::Notify::new()),
             access_rows: Arc::new(crate::bounded::BoundedMap::new(ACCESS_ROWS_CACHED)),
@@ -286,8 +292,8 @@ impl FhirService {
                 outcome => break outcome,
             }
         };
-        if outcome.is_ok() && writes_search_parameters(&request) {
-            self.load_search_parameters().await.map_err(store_error)?;
+        if outcome.is_ok() {
+            self.reload_after(&request).await.map_err(store_error)?;
         }
         outcome
     }
@@ -331,9 +337,12 @@ impl FhirService {
         // The caller's access outlives the request, which some arms take apart.
         let access = &request.access.clone();
         match (request.method, route) {
-            (Get | Head, Route::Metadata) => {
-                Ok(capability::response(&self.registry(), &self.config.base_url, self.config.security.as_ref()))
-            }
+            (Get | Head, Route::Metadata) => Ok(capability::response(
+                &self.registry(),
+                &self.definitions(),
+                &self.config.base_url,
+                self.config.security.as_ref(),
+            )),
             (Get | Head, Route::SystemHistory) => {
                 self.history(&mut self.view(source, access), crate::store::HistoryScope::System, &request).await
             }

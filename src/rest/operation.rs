@@ -97,7 +97,7 @@ impl OperationContext<'_> {
     /// The problems of `resource` against the profile with canonical url `profile`, errors and
     /// warnings; `None` when the server does not carry it.
     pub fn profile_issues(&self, resource: &Value, profile: &str) -> Option<Vec<crate::model::Issue>> {
-        let findings = crate::validation::against_profile(resource, profile)?;
+        let findings = crate::validation::against_profile(&self.service.definitions(), resource, profile)?;
         Some(findings.into_iter().map(crate::validation::Finding::into_issue).collect())
     }
 

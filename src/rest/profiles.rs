@@ -1,6 +1,10 @@
 //! Profiles on every write: a resource that claims a profile in `meta.profile` conforms to it,
 //! and the operator may require profiles per type (`--require-profile`). Checked where every
 //! write passes ([`FhirService::store_resource`]), so REST, bundles, operations and jobs alike.
+//! The profiles are the carried ones, the operator's packages' (`--profiles`) and the
+//! StructureDefinitions stored on the server.
+
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -13,8 +17,10 @@ use crate::validation::{against_profile, Finding, Severity};
 pub struct ProfilePolicy {
     /// (type, profile url): every resource of the type must claim and conform to the profile.
     pub required: Vec<(String, String)>,
-    /// Accept a claim of a profile the server does not carry (unchecked) instead of refusing it.
+    /// Accept a claim of a profile the server does not know (unchecked) instead of refusing it.
     pub accept_unknown: bool,
+    /// The StructureDefinitions, ValueSets and CodeSystems of the operator's packages.
+    pub packages: Arc<[Value]>,
 }
 
 impl FhirService {
@@ -22,6 +28,7 @@ impl FhirService {
     /// claim; a profile the server does not carry is refused unless the operator accepts them.
     pub(super) fn check_profiles(&self, resource_type: &str, resource: &Value) -> Result<(), FhirError> {
         let policy = &self.config.profiles;
+        let definitions = self.definitions();
         let claimed: Vec<&str> = resource
             .pointer("/meta/profile")
             .and_then(Value::as_array)
@@ -36,10 +43,13 @@ impl FhirService {
             }
         }
         for profile in &claimed {
-            match against_profile(resource, profile) {
+            match against_profile(&definitions, resource, profile) {
                 None if policy.accept_unknown => {}
                 None => {
-                    let message = format!("the profile {profile} is not known to this server");
+                    let message = match definitions.unusable(profile) {
+                        Some(why) => format!("the profile {profile} cannot be checked: {why}"),
+                        None => format!("the profile {profile} is not known to this server"),
+                    };
                     issues.push(Issue::error(IssueCode::NotSupported, message).at(at.clone()).rule("unknown-profile"));
                 }
                 Some(findings) => issues

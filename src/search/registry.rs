@@ -3,8 +3,7 @@
 //! plus the custom `SearchParameter` resources stored on the server (status `active`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, LazyLock, RwLock};
+use std::sync::{Arc, LazyLock};
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -361,38 +360,6 @@ fn is_search_code(code: &str) -> bool {
     !code.is_empty()
         && !code.starts_with('_')
         && code.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-}
-
-/// The registry in force, replaced whole when custom parameters change; readers take a
-/// snapshot per request, so one search sees one consistent set of parameters.
-#[derive(Debug)]
-pub struct LiveRegistry {
-    current: RwLock<Arc<Registry>>,
-    /// Which state of the stored definitions the registry was built from (the caller's marker).
-    source: AtomicI64,
-}
-
-impl LiveRegistry {
-    /// Starts with the standard parameters only.
-    pub fn standard() -> Self {
-        LiveRegistry { current: RwLock::new(Arc::new(Registry::standard().clone())), source: AtomicI64::new(-1) }
-    }
-
-    /// The registry as it is now.
-    pub fn current(&self) -> Arc<Registry> {
-        self.current.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
-    }
-
-    /// Puts `registry`, built from the stored definitions as of `source`, in force.
-    pub fn replace(&self, registry: Registry, source: i64) {
-        *self.current.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(registry);
-        self.source.store(source, Ordering::Release);
-    }
-
-    /// The marker given with the registry in force (-1 before the first).
-    pub fn source(&self) -> i64 {
-        self.source.load(Ordering::Acquire)
-    }
 }
 
 #[cfg(test)]

@@ -7,8 +7,8 @@
 use serde_json::{Map, Value};
 
 use super::definitions::{choice_key, Constraint, Definitions, ElementDefinition, StructureDefinition};
-use super::{expansions, narrative, primitives, Finding};
 use super::{invariants, profile};
+use super::{narrative, primitives, Finding};
 
 /// Walks one resource (and the resources inside it), collecting findings.
 pub struct Walk<'a> {
@@ -263,7 +263,15 @@ impl<'a> Walk<'a> {
     fn known_extension(&mut self, extension: &Value, location: &str, container: &Container<'_>) {
         let Some(url) = extension.get("url").and_then(Value::as_str) else { return };
         let Some(definition) = self.definitions.get(url).filter(|d| d.kind == "complex-type") else { return };
-        profile::check_at(extension, definition, "Extension", location, container.resource, &mut self.findings);
+        profile::check_at(
+            self.definitions,
+            extension,
+            definition,
+            "Extension",
+            location,
+            container.resource,
+            &mut self.findings,
+        );
     }
 
     /// ext-1: an extension has either a value or extensions, not both.
@@ -293,7 +301,7 @@ impl<'a> Walk<'a> {
             "extensible" => false,
             _ => return,
         };
-        let Some(expansion) = expansions::expansion(&binding.value_set) else { return };
+        let Some(expansion) = self.definitions.expansion(&binding.value_set) else { return };
         let codings: Vec<&Value> = match type_code {
             "code" => {
                 let Some(code) = value.as_str() else { return };

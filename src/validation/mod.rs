@@ -8,12 +8,13 @@ mod instance;
 mod invariants;
 mod model;
 mod narrative;
+pub mod packages;
 mod primitives;
 mod profile;
 
 use serde_json::Value;
 
-use definitions::Definitions;
+pub use definitions::Definitions;
 
 /// One problem found, with the rule it breaks: an invariant's key (`ref-1`), or `cardinality`,
 /// `value`, `binding` for the element rules.
@@ -83,7 +84,7 @@ pub fn implicit_code_system(paths: &[String]) -> Option<&'static str> {
             return None;
         }
         let binding = element.binding.as_ref().filter(|b| b.strength == "required")?;
-        let system = expansions::expansion(&binding.value_set)?.only_system()?;
+        let system = Definitions::carried().expansion(&binding.value_set)?.only_system()?;
         if found.is_some_and(|known| known != system) {
             return None;
         }
@@ -92,14 +93,14 @@ pub fn implicit_code_system(paths: &[String]) -> Option<&'static str> {
     found
 }
 
-/// What the profile with canonical url `profile` says of `resource` beyond the base definition;
-/// `None` when the server carries no such profile.
-pub fn against_profile(resource: &Value, profile: &str) -> Option<Vec<Finding>> {
-    let definition = Definitions::carried().get(profile)?;
+/// What the profile with canonical url `profile` (looked up in `definitions`) says of
+/// `resource` beyond the base definition; `None` when there is no such usable profile.
+pub fn against_profile(definitions: &Definitions, resource: &Value, profile: &str) -> Option<Vec<Finding>> {
+    let definition = definitions.get(profile)?;
     let resource_type = resource.get("resourceType").and_then(Value::as_str).unwrap_or_default();
     let mut findings = Vec::new();
     match definition.root() {
-        Some(root) if root.path == resource_type => profile::check(resource, definition, &mut findings),
+        Some(root) if root.path == resource_type => profile::check(definitions, resource, definition, &mut findings),
         Some(root) => {
             let message = format!("{profile} is a profile of {}, not of {resource_type}", root.path);
             findings.push(Finding::error("profile", resource_type, message));
@@ -109,19 +110,10 @@ pub fn against_profile(resource: &Value, profile: &str) -> Option<Vec<Finding>> 
     Some(findings)
 }
 
-/// Whether the server carries `profile` and it constrains `resource_type`.
-pub fn is_profile_of(profile: &str, resource_type: &str) -> bool {
-    Definitions::carried().get(profile).and_then(|d| d.root()).is_some_and(|root| root.path == resource_type)
-}
-
-/// The canonical urls of the profiles carried for `resource_type` (its base definition aside),
-/// sorted: the CapabilityStatement's `supportedProfile`.
-pub fn profiles_of(resource_type: &str) -> Vec<&'static str> {
-    Definitions::carried().profiles_of(resource_type)
-}
-
 /// What the R4 core definitions say of `resource` (and of the resources inside it), whose
-/// FHIRPath location is `root` (its type for a resource that stands alone).
+/// FHIRPath location is `root` (its type for a resource that stands alone). Extensions are
+/// checked against the definitions carried; those of an operator's packages or of the store
+/// where a profile the resource claims uses them.
 pub fn base(resource: &Value, root: &str) -> Vec<Finding> {
     let mut walk = instance::Walk::new(Definitions::carried());
     walk.resource(resource, root);

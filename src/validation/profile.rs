@@ -14,15 +14,22 @@ use super::{expansions, Finding};
 /// How deep profiles may nest (an extension's profile inside a type's profile…).
 const MAX_DEPTH: usize = 12;
 
-/// Checks `resource` against the profile `definition`.
-pub(super) fn check(resource: &Value, definition: &StructureDefinition, findings: &mut Vec<Finding>) {
+/// Checks `resource` against the profile `definition` (the profiles it names looked up in
+/// `definitions`).
+pub(super) fn check(
+    definitions: &Definitions,
+    resource: &Value,
+    definition: &StructureDefinition,
+    findings: &mut Vec<Finding>,
+) {
     let type_name = resource.get("resourceType").and_then(Value::as_str).unwrap_or_default();
-    check_at(resource, definition, type_name, type_name, resource, findings);
+    check_at(definitions, resource, definition, type_name, type_name, resource, findings);
 }
 
 /// Checks `value` (of `type_name`, at `location`, inside `resource`) against `definition`: a
 /// resource against its profile, an extension against its definition.
 pub(super) fn check_at(
+    definitions: &Definitions,
     value: &Value,
     definition: &StructureDefinition,
     type_name: &str,
@@ -31,11 +38,12 @@ pub(super) fn check_at(
     findings: &mut Vec<Finding>,
 ) {
     let Some(root) = definition.root() else { return };
-    let mut walk = ProfileWalk { resource, findings, depth: 0 };
+    let mut walk = ProfileWalk { definitions, resource, findings, depth: 0 };
     walk.value(value, definition, root, type_name, location);
 }
 
 struct ProfileWalk<'r, 'f> {
+    definitions: &'r Definitions,
     resource: &'r Value,
     findings: &'f mut Vec<Finding>,
     depth: usize,
@@ -77,7 +85,7 @@ impl ProfileWalk<'_, '_> {
                 .filter(|t| t.code == type_name || element.types.len() == 1)
                 .flat_map(|t| &t.profile)
             {
-                match Definitions::carried().get(profile) {
+                match self.definitions.get(profile) {
                     Some(nested) if !std::ptr::eq(nested, definition) => {
                         if let Some(root) = nested.root() {
                             self.value(value, nested, root, type_name, location);
@@ -105,7 +113,8 @@ impl ProfileWalk<'_, '_> {
             for (index, (item, type_name)) in items.iter().enumerate() {
                 let item_at = if child.max.as_deref() == Some("1") { at.clone() } else { format!("{at}[{index}]") };
                 self.value(item, definition, child, type_name, &item_at);
-                let matching = slices.iter().position(|slice| in_slice_of(item, type_name, slice, definition));
+                let matching =
+                    slices.iter().position(|slice| in_slice_of(self.definitions, item, type_name, slice, definition));
                 match matching {
                     Some(found) => {
                         in_slice[found] += 1;
@@ -140,7 +149,7 @@ impl ProfileWalk<'_, '_> {
     /// A required binding of the profile (its value sets that expand offline).
     fn binding(&mut self, value: &Value, element: &ElementDefinition, type_name: &str, location: &str) {
         let Some(binding) = element.binding.as_ref().filter(|b| b.strength == "required") else { return };
-        let Some(expansion) = expansions::expansion(&binding.value_set) else { return };
+        let Some(expansion) = self.definitions.expansion(&binding.value_set) else { return };
         let known = match type_name {
             "code" => value.as_str().is_some_and(|code| expansion.contains_code(code)),
             "Coding" => coding_in(value, expansion),
@@ -161,9 +170,9 @@ impl ProfileWalk<'_, '_> {
 }
 
 /// Whether a code, Coding or CodeableConcept is in the required binding of `element`.
-fn in_required_binding(value: &Value, element: &ElementDefinition) -> bool {
+fn in_required_binding(definitions: &Definitions, value: &Value, element: &ElementDefinition) -> bool {
     let Some(binding) = element.binding.as_ref().filter(|b| b.strength == "required") else { return false };
-    let Some(expansion) = expansions::expansion(&binding.value_set) else { return false };
+    let Some(expansion) = definitions.expansion(&binding.value_set) else { return false };
     match value {
         Value::String(code) => expansion.contains_code(code),
         Value::Object(object) => match object.get("coding").and_then(Value::as_array) {
@@ -220,7 +229,13 @@ fn items_of<'v>(object: &'v Map<String, Value>, element: &ElementDefinition) -> 
 }
 
 /// Whether `item` belongs to `slice`: every discriminator of the sliced element agrees.
-fn in_slice_of(item: &Value, type_name: &str, slice: &ElementDefinition, definition: &StructureDefinition) -> bool {
+fn in_slice_of(
+    definitions: &Definitions,
+    item: &Value,
+    type_name: &str,
+    slice: &ElementDefinition,
+    definition: &StructureDefinition,
+) -> bool {
     let sliced_id = slice.id.rsplit_once(':').map_or(slice.id.as_str(), |(base, _)| base);
     let Some(sliced) = definition.element_by_id(sliced_id) else { return false };
     let Some(slicing) = &sliced.slicing else { return false };
@@ -228,13 +243,16 @@ fn in_slice_of(item: &Value, type_name: &str, slice: &ElementDefinition, definit
         let target = discriminated(slice, &discriminator.path, definition);
         match discriminator.kind.as_str() {
             "value" | "pattern" => {
-                let expected =
-                    target.and_then(|e| e.fixed_or_pattern()).or_else(|| extension_url(slice, &discriminator.path));
+                let expected = target
+                    .and_then(|e| e.fixed_or_pattern())
+                    .or_else(|| extension_url(definitions, slice, &discriminator.path));
                 let found = at_path(item, &discriminator.path);
                 match expected {
                     Some((fixed, expected)) => found.iter().any(|value| conforms(value, expected, fixed)),
                     // No value to compare: a required binding tells the slice (its codes).
-                    None => target.is_some_and(|target| found.iter().any(|value| in_required_binding(value, target))),
+                    None => target.is_some_and(|target| {
+                        found.iter().any(|value| in_required_binding(definitions, value, target))
+                    }),
                 }
             }
             "exists" => {
@@ -254,14 +272,13 @@ fn in_slice_of(item: &Value, type_name: &str, slice: &ElementDefinition, definit
                     return found.iter().any(|value| target.types.iter().any(|t| t.code == type_of(value)));
                 }
                 // A profile discriminator: the value conforms to one of the profiles (checked).
-                let profiles =
-                    target.types.iter().flat_map(|t| &t.profile).filter_map(|p| Definitions::carried().get(p));
+                let profiles = target.types.iter().flat_map(|t| &t.profile).filter_map(|p| definitions.get(p));
                 profiles.into_iter().any(|profile| {
                     found.iter().any(|value| {
                         let of_type = profile.root().is_some_and(|root| root.path == type_of(value));
                         of_type && {
                             let mut problems = Vec::new();
-                            check_at(value, profile, &type_of(value), "", value, &mut problems);
+                            check_at(definitions, value, profile, &type_of(value), "", value, &mut problems);
                             problems.iter().all(|p| p.severity != super::Severity::Error)
                         }
                     })
@@ -273,12 +290,16 @@ fn in_slice_of(item: &Value, type_name: &str, slice: &ElementDefinition, definit
 }
 
 /// An extension slice is told by its url, which its profile fixes: `(true, url)`.
-fn extension_url<'d>(slice: &'d ElementDefinition, path: &str) -> Option<(bool, &'d Value)> {
+fn extension_url<'d>(
+    definitions: &'d Definitions,
+    slice: &'d ElementDefinition,
+    path: &str,
+) -> Option<(bool, &'d Value)> {
     if path != "url" {
         return None;
     }
     let profile = slice.types.iter().find(|t| t.code == "Extension")?.profile.first()?;
-    let definition = Definitions::carried().get(profile)?;
+    let definition = definitions.get(profile)?;
     definition.element_by_id("Extension.url").and_then(|e| e.fixed_or_pattern())
 }
 
