@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 
 const PROFILE: &str = "http://clinic.example/fhir/StructureDefinition/clinic-patient";
 const GENDERS: &str = "http://clinic.example/fhir/ValueSet/clinic-genders";
+const MARITAL_STATUSES: &str = "http://clinic.example/fhir/ValueSet/marital-statuses";
 
 /// A profile of Patient (from the carried R4 core snapshot): a birth date is required and the gender
 /// must be one of the clinic's value set; `birth_date_min` sets the first.
@@ -33,6 +34,9 @@ fn clinic_profile(birth_date_min: u32) -> Value {
         match element["id"].as_str() {
             Some("Patient.birthDate") => element["min"] = json!(birth_date_min),
             Some("Patient.gender") => element["binding"] = json!({"strength": "required", "valueSet": GENDERS}),
+            Some("Patient.maritalStatus") => {
+                element["binding"] = json!({"strength": "extensible", "valueSet": MARITAL_STATUSES})
+            }
             _ => {}
         }
     }
@@ -40,9 +44,12 @@ fn clinic_profile(birth_date_min: u32) -> Value {
 }
 
 /// The clinic's genders: female and male of the administrative genders, and its own code
-/// system's concepts under `recorded`, less `recorded-unsure`.
+/// system's concepts under `recorded`, less `recorded-unsure`; and its marital statuses (the
+/// R4 ones, imported).
 fn clinic_genders() -> Vec<Value> {
     vec![
+        json!({"resourceType": "ValueSet", "url": MARITAL_STATUSES, "status": "active", "compose": {
+            "include": [{"valueSet": ["http://hl7.org/fhir/ValueSet/marital-status"]}]}}),
         json!({"resourceType": "ValueSet", "url": GENDERS, "status": "active", "compose": {
             "include": [
                 {"system": "http://hl7.org/fhir/administrative-gender", "concept": [{"code": "female"}, {"code": "male"}]},
@@ -131,6 +138,14 @@ async fn packages_in_the_folder_are_enforced(db: Db) {
         {"name": "profile", "valueUri": PROFILE}]});
     let outcome = body(server.post("Patient/$validate", &parameters).await).await;
     assert!(issues_of(&outcome).contains(&("Patient.birthDate".into(), "cardinality".into())), "{outcome}");
+    // An extensible binding warns, and the write is stored.
+    let mut unmarried = patient("female", Some("1980-02-01"));
+    unmarried["maritalStatus"] = json!({"coding": [{"system": "http://clinic.example/cs", "code": "single"}]});
+    let parameters = json!({"resourceType": "Parameters", "parameter": [{"name": "resource", "resource": unmarried}]});
+    let outcome = body(server.post("Patient/$validate", &parameters).await).await;
+    let warning = outcome["issue"].as_array().unwrap().iter().find(|i| i["expression"][0] == "Patient.maritalStatus");
+    assert_eq!(warning.map(|w| w["severity"].clone()), Some(json!("warning")), "{outcome}");
+    assert_eq!(server.post("Patient", &unmarried).await.status(), 201);
     let statement = body(server.get("metadata").await).await;
     let patients =
         statement["rest"][0]["resource"].as_array().unwrap().iter().find(|r| r["type"] == "Patient").cloned();
@@ -208,7 +223,7 @@ fn profiles_add_checks_a_package_and_puts_it_in_the_folder() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout} {}", String::from_utf8_lossy(&output.stderr));
     assert!(
-        stdout.contains("clinic.example.profiles 1.0.0: 1 StructureDefinitions used, 1 bound value sets expanded"),
+        stdout.contains("clinic.example.profiles 1.0.0: 1 StructureDefinitions used, 2 bound value sets expanded"),
         "{stdout}"
     );
     assert!(stdout.contains("depends on clinic.example.base#2.0.0"), "{stdout}");

@@ -7,8 +7,10 @@
 //! - `mode=update`: those of an update; the resource needs an `id`, the instance's at instance
 //!   level, and the caller must be allowed to update it.
 //! - `mode=delete` (instance level, no resource): whether the caller may delete the instance.
-//! - `profile`: the resource is checked against that profile too (the ones in `profiles/`:
-//!   R4 core, US Core 6.1.0, IPS 2.0.0), errors and warnings; any other is reported as unknown.
+//! - `profile`: the resource is checked against that profile too (any the server knows: carried
+//!   in `profiles/`, in the operator's packages, stored), errors and warnings; any other is
+//!   reported as unknown. The warnings of the profiles the resource claims are reported too
+//!   (their errors are those of a write).
 //! - Without a resource at instance level, the stored resource is validated.
 
 use async_trait::async_trait;
@@ -83,7 +85,13 @@ impl Operation for Validate {
         if mode == Mode::Update {
             issues.extend(update_issues(context, level, &resource));
         }
-        if let Some(profile) = inputs.text("profile") {
+        let asked = inputs.text("profile");
+        let claimed = resource.pointer("/meta/profile").and_then(Value::as_array).into_iter().flatten();
+        for profile in claimed.filter_map(Value::as_str).filter(|p| Some(*p) != asked) {
+            let found = context.profile_issues(&resource, profile).unwrap_or_default();
+            issues.extend(found.into_iter().filter(|issue| issue.severity == "warning"));
+        }
+        if let Some(profile) = asked {
             match context.profile_issues(&resource, profile) {
                 Some(found) => issues.extend(found),
                 None => issues.push(

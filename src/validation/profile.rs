@@ -146,9 +146,15 @@ impl ProfileWalk<'_, '_> {
         }
     }
 
-    /// A required binding of the profile (its value sets that expand offline).
+    /// A required (error) or extensible (warning) binding of the profile, to a value set that
+    /// expands offline.
     fn binding(&mut self, value: &Value, element: &ElementDefinition, type_name: &str, location: &str) {
-        let Some(binding) = element.binding.as_ref().filter(|b| b.strength == "required") else { return };
+        let Some(binding) = element.binding.as_ref() else { return };
+        let required = match binding.strength.as_str() {
+            "required" => true,
+            "extensible" => false,
+            _ => return,
+        };
         let Some(expansion) = self.definitions.expansion(&binding.value_set) else { return };
         let known = match type_name {
             "code" => value.as_str().is_some_and(|code| expansion.contains_code(code)),
@@ -159,12 +165,18 @@ impl ProfileWalk<'_, '_> {
             }
             _ => true,
         };
-        if !known {
-            self.error(
+        match (known, required) {
+            (true, _) => {}
+            (false, true) => self.error(
                 "binding",
                 location,
                 format!("is not in the value set {} that {} requires", binding.value_set, element.id),
-            );
+            ),
+            (false, false) => self.findings.push(Finding::warning(
+                "binding",
+                location,
+                format!("is not in the value set {} that {} binds (extensible)", binding.value_set, element.id),
+            )),
         }
     }
 }
