@@ -403,6 +403,21 @@ fn cases() -> Vec<Case> {
             "Patient.managingOrganization",
         ),
         invalid(
+            "reference-to-a-type-not-allowed",
+            patient(json!({"generalPractitioner": [{"reference": "Observation/1"}]})),
+            "Patient.generalPractitioner[0]",
+        ),
+        invalid(
+            "reference-to-a-contained-type-not-allowed",
+            patient(json!({"managingOrganization": {"reference": "#o"}, "contained": [{"resourceType": "Device", "id": "o"}]})),
+            "Patient.managingOrganization",
+        ),
+        invalid(
+            "reference-type-not-allowed",
+            patient(json!({"managingOrganization": {"type": "Patient", "display": "me"}})),
+            "Patient.managingOrganization",
+        ),
+        invalid(
             "code-outside-required-binding",
             resource("Condition", json!({"subject": {"reference": "Patient/1"}, "clinicalStatus": {"coding": [{
                 "system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "sleeping"}]}})),

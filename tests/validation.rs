@@ -133,6 +133,22 @@ fn broken_examples_fail_with_the_right_issue() {
     wrong_unit["valueQuantity"]["code"] = "lb_av_x".into();
     assert!(!broken(&wrong_unit, &profile).is_empty(), "a unit outside the required binding");
 
+    // Body weight is of a US Core Patient: not of a Group (which R4 allows), nor of a contained
+    // patient without the identifier US Core requires.
+    let mut of_group = weight.clone();
+    of_group["subject"] = serde_json::json!({"reference": "Group/example"});
+    let found = broken(&of_group, &profile);
+    assert!(found.contains(&("Observation.subject".into(), "reference-target".into())), "{found:?}");
+    let mut of_contained = weight.clone();
+    of_contained["contained"] = serde_json::json!([{"resourceType": "Patient", "id": "p", "gender": "female"}]);
+    of_contained["subject"] = serde_json::json!({"reference": "#p"});
+    let found = broken(&of_contained, &profile);
+    assert!(found.contains(&("Observation.subject".into(), "reference-target".into())), "{found:?}");
+    let mut identified = of_contained.clone();
+    identified["contained"][0] = patient.clone();
+    identified["contained"][0]["id"] = "p".into();
+    assert!(broken(&identified, &profile).is_empty(), "{:?}", broken(&identified, &profile));
+
     let mut other_type = weight.clone();
     other_type["resourceType"] = "Patient".into();
     assert_eq!(broken(&other_type, &profile), vec![("Patient".to_string(), "profile".to_string())]);

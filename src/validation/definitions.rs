@@ -125,6 +125,8 @@ pub struct TypeRef {
     pub code: String,
     /// Profiles the value conforms to (an extension's definition, a nested profile).
     pub profile: Vec<String>,
+    /// For a Reference (or canonical): the definitions (types or profiles) its target may have.
+    pub target_profile: Vec<String>,
 }
 
 /// A type as written: some packages give a primitive value's type only as the
@@ -137,6 +139,8 @@ struct TypeRefJson {
     code_element: Option<Value>,
     #[serde(default)]
     profile: Vec<String>,
+    #[serde(default, rename = "targetProfile")]
+    target_profile: Vec<String>,
 }
 
 impl From<TypeRefJson> for TypeRef {
@@ -149,7 +153,7 @@ impl From<TypeRefJson> for TypeRef {
             fhir_type.get("valueUrl").or_else(|| fhir_type.get("valueUri"))?.as_str().map(str::to_string)
         };
         let code = json.code.clone().or_else(from_extension).unwrap_or_default();
-        TypeRef { code, profile: json.profile }
+        TypeRef { code, profile: json.profile, target_profile: json.target_profile }
     }
 }
 

@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 
 use super::definitions::{choice_key, Constraint, Definitions, ElementDefinition, StructureDefinition};
 use super::{invariants, profile};
-use super::{narrative, primitives, Finding};
+use super::{narrative, primitives, references, Finding};
 
 /// Walks one resource (and the resources inside it), collecting findings.
 pub struct Walk<'a> {
@@ -237,7 +237,10 @@ impl<'a> Walk<'a> {
                     self.extension_rule(object, location);
                     self.known_extension(value, location, container);
                 }
-                "Reference" => self.local_reference(object, location, container),
+                "Reference" => {
+                    self.local_reference(object, location, container);
+                    self.reference_target(object, element, location, container);
+                }
                 _ => {}
             }
         }
@@ -289,6 +292,23 @@ impl<'a> Walk<'a> {
         let Some(id) = target.strip_prefix('#').filter(|id| !id.is_empty()) else { return };
         if !container.ids.iter().any(|known| known == id) {
             self.report("ref-1", location, format!("'{target}' names no contained resource"));
+        }
+    }
+
+    /// A reference names a resource of a type its element allows (`Reference(Patient|Group)`).
+    fn reference_target(
+        &mut self,
+        reference: &Map<String, Value>,
+        element: &ElementDefinition,
+        location: &str,
+        container: &Container<'_>,
+    ) {
+        let Some(targets) = references::reference_type(element) else { return };
+        let Some(allowed) = references::allowed_types(self.definitions, &targets.target_profile) else { return };
+        let Some((found, _)) = references::referenced(reference, container.root) else { return };
+        if !allowed.contains(&found.as_str()) {
+            let message = format!("refers to a {found}, where {} allows {}", element.path, allowed.join(", "));
+            self.report("reference-target", location, message);
         }
     }
 

@@ -11,6 +11,7 @@ mod narrative;
 pub mod packages;
 mod primitives;
 mod profile;
+mod references;
 
 use serde_json::Value;
 

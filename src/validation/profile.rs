@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 use super::definitions::{choice_key, Definitions, ElementDefinition, StructureDefinition};
 use super::invariants::{self, At};
-use super::{expansions, Finding};
+use super::{expansions, references, Finding};
 
 /// How deep profiles may nest (an extension's profile inside a type's profile…).
 const MAX_DEPTH: usize = 12;
@@ -75,6 +75,9 @@ impl ProfileWalk<'_, '_> {
             }
         }
         self.binding(value, element, type_name, location);
+        if type_name == "Reference" {
+            self.reference(value, element, location);
+        }
         let at = At { value, type_name, location, resource: self.resource, root: self.resource };
         invariants::evaluate(&element.constraint, |c| c.from_core, &at, self.findings);
         if self.depth < MAX_DEPTH {
@@ -143,6 +146,38 @@ impl ProfileWalk<'_, '_> {
             let message =
                 format!("{} allows at most {} (found {count})", element.id, element.max.as_deref().unwrap_or_default());
             self.error("cardinality", location, message);
+        }
+    }
+
+    /// A reference names a resource of a type the profile's `targetProfile` allows, and a
+    /// contained one conforms to one of those profiles (a stored one is not read here).
+    fn reference(&mut self, value: &Value, element: &ElementDefinition, location: &str) {
+        let Some(reference) = value.as_object() else { return };
+        let Some(targets) = references::reference_type(element) else { return };
+        let Some((found, contained)) = references::referenced(reference, self.resource) else { return };
+        let Some(allowed) = references::allowed_types(self.definitions, &targets.target_profile) else { return };
+        if !allowed.contains(&found.as_str()) {
+            let message = format!("refers to a {found}, where {} allows {}", element.id, allowed.join(", "));
+            self.error("reference-target", location, message);
+            return;
+        }
+        let Some(contained) = contained else { return };
+        let profiles: Vec<&StructureDefinition> = targets
+            .target_profile
+            .iter()
+            .filter_map(|url| self.definitions.get(url))
+            .filter(|d| d.derivation.as_deref() == Some("constraint"))
+            .filter(|d| d.root().is_some_and(|root| root.path == found))
+            .collect();
+        let conforms = |profile: &&StructureDefinition| {
+            let mut problems = Vec::new();
+            check_at(self.definitions, contained, profile, &found, &found, contained, &mut problems);
+            problems.iter().all(|p| p.severity != super::Severity::Error)
+        };
+        if !profiles.is_empty() && !profiles.iter().any(conforms) {
+            let urls: Vec<&str> = profiles.iter().map(|p| p.url.as_str()).collect();
+            let message = format!("refers to a contained {found} that conforms to none of {}", urls.join(", "));
+            self.error("reference-target", location, message);
         }
     }
 
