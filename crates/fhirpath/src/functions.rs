@@ -409,6 +409,10 @@ impl<'c, 'a> Evaluator<'c, 'a> {
                 }),
                 _ => Vec::new(),
             },
+            "escape" | "unescape" => match (string_input()?, text_arg(0)?) {
+                (Some(s), Some(target)) => escaped(name == "escape", &target, &s).map(Item::Str).into_iter().collect(),
+                _ => Vec::new(),
+            },
             "upper" => string_input()?.map(|s| Item::Str(s.to_uppercase())).into_iter().collect(),
             "lower" => string_input()?.map(|s| Item::Str(s.to_lowercase())).into_iter().collect(),
             "length" => string_input()?.map(|s| Item::Int(s.chars().count() as i64)).into_iter().collect(),
@@ -767,5 +771,23 @@ fn now(with_time: bool) -> Temporal {
         precision: if with_time { Precision::Second } else { Precision::Day },
         offset: with_time.then_some(0),
         time_only: false,
+    }
+}
+
+/// `escape(target)` (or `unescape`) of `text` for `html` or `json`; `None` for another target or
+/// JSON escapes that do not decode.
+fn escaped(escape: bool, target: &str, text: &str) -> Option<String> {
+    const HTML: [(&str, &str); 5] = [("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"), ("\"", "&quot;"), ("'", "&#39;")];
+    match (target, escape) {
+        ("html", true) => Some(HTML.iter().fold(text.to_string(), |s, (plain, entity)| s.replace(plain, entity))),
+        ("html", false) => {
+            Some(HTML.iter().rev().fold(text.to_string(), |s, (plain, entity)| s.replace(entity, plain)))
+        }
+        ("json", true) => {
+            let quoted = serde_json::to_string(text).ok()?;
+            Some(quoted[1..quoted.len() - 1].to_string())
+        }
+        ("json", false) => serde_json::from_str(&format!("\"{text}\"")).ok(),
+        _ => None,
     }
 }
