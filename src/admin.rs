@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 
 use crate::auth::keys::{add_key, digest};
 use crate::auth::records::{self, hash_password, ClientCredentials, ClientRecord, PasswordCost, UserRecord};
+use crate::auth::registration::{invite, registration_link, InviteError};
 use crate::config::{ClientCommand, KeyCommand, ProfilesCommand, UserCommand};
 use crate::model::resource::is_valid_id;
 use crate::store::Store;
@@ -92,9 +93,22 @@ pub async fn client(store: &dyn Store, command: ClientCommand) -> anyhow::Result
     }
 }
 
-/// Carries out `hearth user …`; returns what to print.
-pub async fn user(store: &dyn Store, command: UserCommand, cost: PasswordCost) -> anyhow::Result<String> {
+/// Carries out `hearth user …` (links under the public `base_url`); returns what to print.
+pub async fn user(
+    store: &dyn Store,
+    command: UserCommand,
+    cost: PasswordCost,
+    base_url: &str,
+) -> anyhow::Result<String> {
     match command {
+        UserCommand::Invite { fhir_user, invite_ttl } => {
+            let token = match invite(store, &fhir_user, invite_ttl).await {
+                Ok(token) => token,
+                Err(InviteError::Refused(why)) => bail!("{why}"),
+                Err(InviteError::Store(error)) => return Err(error.into()),
+            };
+            Ok(registration_link(base_url, &token))
+        }
         UserCommand::Add { username, password_stdin: _, fhir_user, patient } => {
             if username.trim().is_empty() {
                 bail!("--username must not be empty");

@@ -209,6 +209,16 @@ pub enum UserCommand {
     /// Remove a user.
     Remove { username: String },
     /// Change a user's password (read from standard input).
+    /// Invite the person of a Patient or RelatedPerson (with a birthDate on record) to
+    /// register: prints a one-time registration link.
+    Invite {
+        /// `Patient/id` or `RelatedPerson/id`.
+        #[arg(long)]
+        fhir_user: String,
+        /// How long the link stays valid (`7d`, `48h`).
+        #[arg(long, env = "HEARTH_INVITE_TTL", default_value = "7d", value_parser = parse_duration)]
+        invite_ttl: time::Duration,
+    },
     Passwd {
         username: String,
         #[arg(long, required = true)]
@@ -223,10 +233,13 @@ pub enum KeyCommand {
     Rotate,
 }
 
-/// A duration such as `24h`, `90m` or `1h 30m` (jiff's friendly format; ISO 8601 `PT24H` too).
+/// A duration such as `7d` (days of 24 hours), `24h`, `90m` or `1h 30m` (jiff's friendly format;
+/// ISO 8601 `PT24H` too).
 fn parse_duration(text: &str) -> Result<time::Duration, String> {
-    let duration: jiff::SignedDuration =
-        text.parse().map_err(|error| format!("'{text}' is not a duration: {error}"))?;
+    let not_a_duration = |error: jiff::Error| format!("'{text}' is not a duration: {error}");
+    // A span, so that days (`7d`) are accepted, each of 24 hours.
+    let span: jiff::Span = text.parse().map_err(not_a_duration)?;
+    let duration = span.to_duration(jiff::SpanRelativeTo::days_are_24_hours()).map_err(not_a_duration)?;
     if duration.is_negative() {
         return Err(format!("'{text}' is negative"));
     }

@@ -106,7 +106,8 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::User { command } => {
             let store = hearth::store::open_shared(&cli.database).await?;
-            println!("{}", hearth::admin::user(store.as_ref(), command, PasswordCost::Standard).await?);
+            let base_url = cli.base_url.as_deref().unwrap_or("http://localhost:8080");
+            println!("{}", hearth::admin::user(store.as_ref(), command, PasswordCost::Standard, base_url).await?);
         }
         Command::Key { command } => {
             let store = hearth::store::open_shared(&cli.database).await?;

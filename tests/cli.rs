@@ -251,3 +251,27 @@ async fn clients_users_and_keys_are_administered_beside_a_running_server() {
     );
     assert!(!run_hearth(&[&["client", "remove", "svc"][..], &db].concat()).status.success(), "removing twice fails");
 }
+
+#[tokio::test]
+async fn user_invite_prints_a_one_time_registration_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = format!("sqlite://{}", dir.path().join("invite.db").display());
+    let patient = dir.path().join("patient.json");
+    std::fs::write(&patient, r#"{"resourceType":"Patient","id":"p1","birthDate":"1980-02-01"}"#).unwrap();
+    assert!(run_hearth(&["import", "--database", &database, patient.to_str().unwrap()]).status.success());
+    let invite = |fhir_user: &str| {
+        let base = ["--database", &database, "--base-url", "https://portal.example", "user", "invite", "--fhir-user"];
+        run_hearth(&[&base[..], &[fhir_user]].concat())
+    };
+    let printed = invite("Patient/p1");
+    let link = String::from_utf8_lossy(&printed.stdout).trim().to_string();
+    assert!(printed.status.success(), "{printed:?}");
+    let token = link.strip_prefix("https://portal.example/auth/register?token=").expect("a registration link");
+    assert!(token.len() >= 43, "{link}");
+    // Only the token's digest is stored.
+    let file = std::fs::read(dir.path().join("invite.db")).unwrap();
+    assert!(!file.windows(token.len()).any(|w| w == token.as_bytes()), "the token is not in the database");
+    let refused = invite("Patient/nobody");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("there is no Patient/nobody"), "{refused:?}");
+}

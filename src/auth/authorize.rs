@@ -32,8 +32,8 @@ const PENDING_SECONDS: i64 = 600;
 const SESSION_SECONDS: i64 = 12 * 3600;
 const CODE_SECONDS: i64 = 300;
 /// Sign-in attempts allowed per user name within [`THROTTLE_SECONDS`] (a success resets it).
-const MAX_LOGIN_ATTEMPTS: i64 = 5;
-const THROTTLE_SECONDS: i64 = 900;
+pub(super) const MAX_LOGIN_ATTEMPTS: i64 = 5;
+pub(super) const THROTTLE_SECONDS: i64 = 900;
 
 const BAD_LOGIN: &str = "The username or password is incorrect.";
 const THROTTLED: &str = "Too many failed sign-ins. Wait a few minutes and try again.";
@@ -86,15 +86,15 @@ pub(super) struct CodeGrant {
 /// A form or query: name-value pairs in order (names may repeat).
 pub type Params = [(String, String)];
 
-fn param<'a>(params: &'a Params, name: &str) -> Option<&'a str> {
+pub(super) fn param<'a>(params: &'a Params, name: &str) -> Option<&'a str> {
     params.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str()).filter(|v| !v.is_empty())
 }
 
-fn error_page(status: u16, message: &str) -> Reply {
+pub(super) fn error_page(status: u16, message: &str) -> Reply {
     Reply::Page { status, html: pages::error(message), set_cookie: None }
 }
 
-fn server_error(error: impl std::fmt::Display) -> Reply {
+pub(super) fn server_error(error: impl std::fmt::Display) -> Reply {
     tracing::error!(%error, "authorization server storage failure");
     error_page(500, "The server could not complete the request. Try again later.")
 }
@@ -339,14 +339,10 @@ impl AuthServer {
             return again(if attempts >= MAX_LOGIN_ATTEMPTS { THROTTLED } else { BAD_LOGIN });
         };
         let _ = self.store.auth_delete(LOGIN_ATTEMPTS, &throttle_key).await;
-        let cookie_value = random_token(32);
-        let session = Session { username: user.username.clone(), expires: now_seconds() + SESSION_SECONDS };
-        let data = serde_json::to_string(&session).expect("session serialises");
-        if let Err(error) =
-            self.store.auth_upsert(SESSION, &digest(&cookie_value), &data, in_seconds(SESSION_SECONDS)).await
-        {
-            return server_error(error);
-        }
+        let set_cookie = match self.start_session(&user.username).await {
+            Ok(set_cookie) => set_cookie,
+            Err(error) => return server_error(error),
+        };
         pending.username = Some(user.username.clone());
         if let Err(error) = self.save_pending(&request_id, &pending).await {
             return server_error(error);
@@ -360,8 +356,18 @@ impl AuthServer {
                 "/auth/consent?request={}",
                 url::form_urlencoded::byte_serialize(request_id.as_bytes()).collect::<String>()
             ),
-            set_cookie: Some(self.session_cookie(&cookie_value, SESSION_SECONDS)),
+            set_cookie: Some(set_cookie),
         }
+    }
+
+    /// Starts a login session for `username` and answers the `Set-Cookie` value that carries
+    /// it (only the cookie's digest is stored).
+    pub(super) async fn start_session(&self, username: &str) -> crate::store::StoreResult<String> {
+        let cookie_value = random_token(32);
+        let session = Session { username: username.to_string(), expires: now_seconds() + SESSION_SECONDS };
+        let data = serde_json::to_string(&session).expect("session serialises");
+        self.store.auth_upsert(SESSION, &digest(&cookie_value), &data, in_seconds(SESSION_SECONDS)).await?;
+        Ok(self.session_cookie(&cookie_value, SESSION_SECONDS))
     }
 
     /// The name a client is shown by on the pages (its id when it has none).

@@ -138,6 +138,41 @@ pub(super) fn signed_out() -> String {
     page("Signed out", "<h1>Signed out</h1><p>You are signed out. Start again from the app to sign in.</p>")
 }
 
+/// The registration form of an invitation link: the person confirms their birth date and
+/// chooses a username and password.
+pub(super) fn register(token: &str, csrf: &str, error: Option<&str>) -> String {
+    let error = error.map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", escape(e))).unwrap_or_default();
+    page(
+        "Create your account",
+        &format!(
+            "<h1>Create your account</h1><p>Your clinic invited you to see your health records online.</p>{error}\
+             <form method=\"post\" action=\"/auth/register\">\
+             <input type=\"hidden\" name=\"token\" value=\"{token}\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+             <label>Your date of birth <input type=\"date\" name=\"birth_date\" required autofocus></label>\
+             <label>Choose a username <input type=\"text\" name=\"username\" autocomplete=\"username\" required \
+             minlength=\"3\" maxlength=\"64\"></label>\
+             <label>Choose a password (at least {min} characters) <input type=\"password\" name=\"password\" \
+             autocomplete=\"new-password\" required minlength=\"{min}\"></label>\
+             <button type=\"submit\">Create account</button></form>",
+            token = escape(token),
+            csrf = escape(csrf),
+            min = super::password_policy::MIN_LENGTH,
+        ),
+    )
+}
+
+/// After registering: signed in.
+pub(super) fn registered(username: &str) -> String {
+    page(
+        "Account created",
+        &format!(
+            "<h1>Account created</h1><p>Welcome, <strong>{}</strong>. You are signed in: go back to your \
+             clinic's app to see your records.</p>",
+            escape(username)
+        ),
+    )
+}
+
 /// A page for errors that cannot be sent back to the client (unknown client, bad redirect).
 pub(super) fn error(message: &str) -> String {
     page("Authorization error", &format!("<h1>Authorization error</h1><p class=\"error\">{}</p>", escape(message)))

@@ -22,6 +22,7 @@ pub fn routes<S: Clone + Send + Sync + 'static>(auth: Arc<AuthServer>) -> Router
         .route("/auth/smart-style.json", get(|s: State<Server>| reply(s, |a| a.smart_style())))
         .route("/auth/authorize", get(authorize_get).post(authorize_post))
         .route("/auth/login", post(login))
+        .route("/auth/register", get(register_page).post(register))
         .route("/auth/consent", get(consent_page).post(consent))
         .route("/auth/logout", post(logout))
         .route("/auth/token", post(token))
@@ -67,6 +68,14 @@ async fn authorize_post(State(auth): State<Server>, headers: HeaderMap, body: By
 async fn login(State(auth): State<Server>, headers: HeaderMap, body: Bytes) -> Response {
     let (cookies, origin) = (header_text(&headers, header::COOKIE), header_text(&headers, header::ORIGIN));
     into_response(auth.login(&form_pairs(&body), cookies, origin).await)
+}
+
+async fn register_page(State(auth): State<Server>, Query(query): Query<Vec<(String, String)>>) -> Response {
+    into_response(auth.register_page(&query).await)
+}
+
+async fn register(State(auth): State<Server>, headers: HeaderMap, body: Bytes) -> Response {
+    into_response(auth.register(&form_pairs(&body), header_text(&headers, header::ORIGIN)).await)
 }
 
 async fn consent_page(

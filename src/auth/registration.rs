@@ -1,0 +1,193 @@
+//! Registration by invitation. Staff invite the person a Patient or RelatedPerson resource
+//! describes; the invitation is a one-time link (`/auth/register?token=…`) with a random
+//! 256-bit token of which only the digest is stored, valid for a set time. The person confirms
+//! their birth date against the resource, chooses a username and a password, and is signed
+//! in. Wrong birth dates count like failed sign-ins: after five the link is locked.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::authorize::{error_page, param, server_error, Params, MAX_LOGIN_ATTEMPTS, THROTTLE_SECONDS};
+use super::keys::{digest, random_token};
+use super::password_policy::password_problem;
+use super::records::{hash_password, save_user, user, UserRecord};
+use super::{in_seconds, pages, AuthServer, Reply};
+use crate::store::{Store, StoreResult};
+
+/// Record kind of invitations (keyed by the token's digest).
+const INVITATION: &str = "invitation";
+
+/// Record kind of failed registration attempts per invitation.
+const REGISTER_ATTEMPTS: &str = "register-attempts";
+
+const GONE: &str = "This link has expired or was already used. Ask your clinic for a new invitation.";
+const LOCKED: &str = "This link is locked after too many attempts. Ask your clinic for a new invitation.";
+const WRONG_BIRTH_DATE: &str = "The date of birth does not match our records.";
+
+/// A pending invitation.
+#[derive(Debug, Serialize, Deserialize)]
+struct Invitation {
+    /// `Patient/1` or `RelatedPerson/3`: who registers.
+    fhir_user: String,
+    /// The patients the account acts for (the Patient itself, or the RelatedPerson's patient).
+    patients: Vec<String>,
+    /// The birth date the person must confirm.
+    birth_date: String,
+    /// Ties the form to the invitation.
+    csrf: String,
+}
+
+/// Why a resource cannot be invited.
+#[derive(Debug, thiserror::Error)]
+pub enum InviteError {
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// Invites the person `fhir_user` (`Patient/id` or `RelatedPerson/id`, with a birth date on
+/// record) for `ttl`; answers the token of the link, which is not stored.
+pub async fn invite(store: &dyn Store, fhir_user: &str, ttl: time::Duration) -> Result<String, InviteError> {
+    let refused = |message: String| InviteError::Refused(message);
+    let (resource_type, id) = fhir_user
+        .split_once('/')
+        .filter(|(t, _)| matches!(*t, "Patient" | "RelatedPerson"))
+        .ok_or_else(|| refused(format!("only a Patient or a RelatedPerson is invited, not '{fhir_user}'")))?;
+    let stored = store.read(resource_type, id).await?.filter(|v| !v.deleted);
+    let resource: Value = stored
+        .and_then(|v| serde_json::from_slice(&v.body).ok())
+        .ok_or_else(|| refused(format!("there is no {fhir_user}")))?;
+    let birth_date = resource["birthDate"]
+        .as_str()
+        .ok_or_else(|| refused(format!("{fhir_user} has no birthDate for the person to confirm")))?;
+    let patients = match resource_type {
+        "Patient" => vec![id.to_string()],
+        _ => {
+            let patient = resource.pointer("/patient/reference").and_then(Value::as_str).unwrap_or_default();
+            let patient =
+                patient.strip_prefix("Patient/").ok_or_else(|| refused(format!("{fhir_user} names no Patient")))?;
+            vec![patient.to_string()]
+        }
+    };
+    let token = random_token(32);
+    let invitation = Invitation {
+        fhir_user: fhir_user.to_string(),
+        patients,
+        birth_date: birth_date.to_string(),
+        csrf: random_token(24),
+    };
+    let data = serde_json::to_string(&invitation).expect("an invitation serialises");
+    store.auth_upsert(INVITATION, &digest(&token), &data, time::OffsetDateTime::now_utc() + ttl).await?;
+    Ok(token)
+}
+
+/// The link an invitation's token opens, under the server's public base URL.
+pub fn registration_link(base_url: &str, token: &str) -> String {
+    format!("{}/auth/register?token={token}", base_url.trim_end_matches('/'))
+}
+
+impl AuthServer {
+    /// `GET /auth/register?token=…`: the registration form, or why the link cannot be used.
+    pub async fn register_page(&self, params: &Params) -> Reply {
+        let token = param(params, "token").unwrap_or("");
+        match self.invitation(token).await {
+            Ok(Some(invitation)) => {
+                Reply::Page { status: 200, html: pages::register(token, &invitation.csrf, None), set_cookie: None }
+            }
+            Ok(None) => error_page(410, GONE),
+            Err(error) => server_error(error),
+        }
+    }
+
+    /// `POST /auth/register`: checks the birth date, the username and the password; creates
+    /// the account, uses up the invitation, and signs the person in.
+    pub async fn register(&self, form: &Params, origin: Option<&str>) -> Reply {
+        if !self.is_own_origin(origin) {
+            return error_page(403, "Registering is only possible from this server's own pages.");
+        }
+        let token = param(form, "token").unwrap_or("");
+        let invitation = match self.invitation(token).await {
+            Ok(Some(invitation)) => invitation,
+            Ok(None) => return error_page(410, GONE),
+            Err(error) => return server_error(error),
+        };
+        if param(form, "csrf") != Some(invitation.csrf.as_str()) {
+            return error_page(403, "The form has expired. Open the link from your invitation again.");
+        }
+        let again = |status: u16, message: &str| Reply::Page {
+            status,
+            html: pages::register(token, &invitation.csrf, Some(message)),
+            set_cookie: None,
+        };
+        if param(form, "birth_date").map(str::trim) != Some(invitation.birth_date.as_str()) {
+            return match self.count_failure(token).await {
+                Ok(true) => error_page(429, LOCKED),
+                Ok(false) => again(401, WRONG_BIRTH_DATE),
+                Err(error) => server_error(error),
+            };
+        }
+        let username = param(form, "username").unwrap_or("").trim();
+        if !is_username(username) {
+            return again(400, "A username has 3 to 64 letters, digits, dots, dashes, underscores or @.");
+        }
+        let password = param(form, "password").unwrap_or("");
+        if let Some(problem) = password_problem(password, username, &[&invitation.birth_date]) {
+            return again(400, &problem);
+        }
+        match user(self.store.as_ref(), username).await {
+            Ok(None) => {}
+            Ok(Some(_)) => return again(409, "This username is taken. Choose another."),
+            Err(error) => return server_error(error),
+        }
+        // Taking the invitation is what makes it one use: of two posts at once, one gets it.
+        match self.store.auth_take(INVITATION, &digest(token)).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return error_page(410, GONE),
+            Err(error) => return server_error(error),
+        }
+        let (password, cost) = (password.to_string(), self.settings.password_cost);
+        let password_hash = tokio::task::spawn_blocking(move || hash_password(&password, cost)).await;
+        let Ok(password_hash) = password_hash else { return server_error("the password could not be hashed") };
+        let record = UserRecord {
+            username: username.to_string(),
+            password_hash,
+            fhir_user: invitation.fhir_user,
+            patients: invitation.patients,
+        };
+        if let Err(error) = save_user(self.store.as_ref(), &record).await {
+            return server_error(error);
+        }
+        match self.start_session(username).await {
+            Ok(set_cookie) => {
+                Reply::Page { status: 201, html: pages::registered(username), set_cookie: Some(set_cookie) }
+            }
+            Err(error) => server_error(error),
+        }
+    }
+
+    /// The live invitation of a link's token, unless it is locked.
+    async fn invitation(&self, token: &str) -> StoreResult<Option<Invitation>> {
+        if token.is_empty() {
+            return Ok(None);
+        }
+        let data = self.store.auth_get(INVITATION, &digest(token)).await?;
+        Ok(data.and_then(|data| serde_json::from_str(&data).ok()))
+    }
+
+    /// Counts a failed attempt on an invitation; `true` when that locked it (removed).
+    async fn count_failure(&self, token: &str) -> StoreResult<bool> {
+        let key = digest(token);
+        let failures = self.store.auth_increment(REGISTER_ATTEMPTS, &key, in_seconds(THROTTLE_SECONDS)).await?;
+        if failures < MAX_LOGIN_ATTEMPTS {
+            return Ok(false);
+        }
+        self.store.auth_delete(INVITATION, &key).await?;
+        Ok(true)
+    }
+}
+
+/// A username people can type: 3 to 64 letters, digits and `._-@`.
+fn is_username(name: &str) -> bool {
+    (3..=64).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-@".contains(c))
+}

@@ -1,0 +1,183 @@
+//! Registration by invitation, black-box on both databases: staff invite the person of a
+//! Patient or RelatedPerson, the person opens the one-time link, confirms their birth date,
+//! chooses a username and a password, and is signed in; every refusal on the way.
+
+mod common;
+
+use common::smart::{input_value, smart_server, Pkce, Smart};
+use common::{Db, TestServer};
+use hearth::auth::records::user;
+use hearth::auth::registration::{invite, registration_link};
+use reqwest::{Response, StatusCode};
+use serde_json::json;
+
+const BIRTH_DATE: &str = "1980-02-01";
+const PASSWORD: &str = "violet kettle drums at noon";
+
+struct Clinic {
+    _server: TestServer,
+    smart: Smart,
+    patient: String,
+    admin: String,
+}
+
+async fn clinic(db: Db) -> Clinic {
+    let server = smart_server(db).await;
+    let smart = Smart::new(&server).await;
+    smart.add_secret_client("admin", "admin-secret").await;
+    let admin = smart.system_token("admin", "admin-secret", "system/*.cruds").await;
+    let resource = json!({"resourceType": "Patient", "name": [{"family": "Rivera"}], "birthDate": BIRTH_DATE});
+    let patient = smart.create(&admin, &resource).await;
+    smart.add_public_client("app").await;
+    Clinic { _server: server, smart, patient, admin }
+}
+
+impl Clinic {
+    async fn invite(&self, fhir_user: &str) -> String {
+        invite(self.smart.store.as_ref(), fhir_user, time::Duration::days(7)).await.unwrap()
+    }
+
+    /// The registration page of a token's link.
+    async fn page(&self, token: &str) -> Response {
+        let link = registration_link(&self.smart.root, token);
+        self.smart.http.get(link).send().await.unwrap()
+    }
+
+    /// Posts the form of `page` with these answers.
+    async fn register(&self, page: &str, birth_date: &str, username: &str, password: &str) -> Response {
+        let form = [
+            ("token", input_value(page, "token").unwrap()),
+            ("csrf", input_value(page, "csrf").unwrap()),
+            ("birth_date", birth_date.into()),
+            ("username", username.into()),
+            ("password", password.into()),
+        ];
+        self.smart.http.post(self.smart.url("/auth/register")).form(&form).send().await.unwrap()
+    }
+}
+
+fn alert(html: &str) -> String {
+    html.split("role=\"alert\">").nth(1).map(|rest| rest.split('<').next().unwrap().to_string()).unwrap_or_default()
+}
+
+async fn an_invited_patient_registers_and_is_signed_in(db: Db) {
+    let clinic = clinic(db).await;
+    let token = clinic.invite(&format!("Patient/{}", clinic.patient)).await;
+    assert!(token.len() >= 43, "at least 256 bits");
+    let response = clinic.page(&token).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers()["content-security-policy"].to_str().unwrap().contains("default-src"));
+    let page = response.text().await.unwrap();
+    assert!(!page.contains(BIRTH_DATE), "the page does not give the answer away");
+
+    let wrong = clinic.register(&page, "1980-02-02", "ana.rivera", PASSWORD).await;
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    assert!(alert(&wrong.text().await.unwrap()).contains("date of birth"));
+    for (password, problem) in
+        [("short-one", "12 characters"), ("ana.rivera-2024!", "username"), ("password123456", "too easy")]
+    {
+        let weak = clinic.register(&page, BIRTH_DATE, "ana.rivera", password).await;
+        assert_eq!(weak.status(), StatusCode::BAD_REQUEST, "{password}");
+        assert!(alert(&weak.text().await.unwrap()).contains(problem), "{password}");
+    }
+    let bad_name = clinic.register(&page, BIRTH_DATE, "ana rivera<script>", PASSWORD).await;
+    assert_eq!(bad_name.status(), StatusCode::BAD_REQUEST);
+    clinic.smart.add_user("taken", "taken-password", "Practitioner/1", &[]).await;
+    assert_eq!(clinic.register(&page, BIRTH_DATE, "taken", PASSWORD).await.status(), StatusCode::CONFLICT);
+    let forged = page.replace(&input_value(&page, "csrf").unwrap(), "forged");
+    assert_eq!(clinic.register(&forged, BIRTH_DATE, "ana.rivera", PASSWORD).await.status(), StatusCode::FORBIDDEN);
+    let cross_site = clinic
+        .smart
+        .http
+        .post(clinic.smart.url("/auth/register"))
+        .header("origin", "https://evil.example")
+        .form(&[("token", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cross_site.status(), StatusCode::FORBIDDEN);
+    assert!(user(clinic.smart.store.as_ref(), "ana.rivera").await.unwrap().is_none(), "nothing stored yet");
+
+    let registered = clinic.register(&page, BIRTH_DATE, "ana.rivera", PASSWORD).await;
+    assert_eq!(registered.status(), StatusCode::CREATED);
+    let set_cookie = registered.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(set_cookie.starts_with("hearth_session=") && set_cookie.contains("HttpOnly"));
+    let stored = user(clinic.smart.store.as_ref(), "ana.rivera").await.unwrap().expect("the account");
+    assert_eq!(stored.fhir_user, format!("Patient/{}", clinic.patient));
+    assert_eq!(stored.patients, vec![clinic.patient.clone()]);
+    assert!(stored.password_hash.starts_with("$argon2id$"));
+
+    // Signed in: an authorization request from this browser goes straight to consent.
+    let cookie = set_cookie.split(';').next().unwrap();
+    let response = clinic
+        .smart
+        .http
+        .get(clinic.smart.url("/auth/authorize"))
+        .query(&[
+            ("response_type", "code"),
+            ("client_id", "app"),
+            ("redirect_uri", common::smart::REDIRECT),
+            ("scope", "openid fhirUser launch/patient patient/*.rs"),
+            ("state", "s"),
+            ("aud", clinic.smart.aud.as_str()),
+            ("code_challenge", Pkce::new().challenge.as_str()),
+            ("code_challenge_method", "S256"),
+        ])
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let consent = response.text().await.unwrap();
+    assert!(consent.contains("ana.rivera") && !consent.contains("name=\"password\""), "{consent}");
+
+    // The link is used up; signing in with the new password works.
+    assert_eq!(clinic.page(&token).await.status(), StatusCode::GONE);
+    assert_eq!(clinic.register(&page, BIRTH_DATE, "ana.two", PASSWORD).await.status(), StatusCode::GONE);
+    let login = clinic.smart.authorize("app", "openid patient/*.rs", &Pkce::new(), &[]).await.text().await.unwrap();
+    assert_eq!(clinic.smart.login(&login, "ana.rivera", PASSWORD).await.status(), 303);
+}
+
+async fn links_expire_lock_and_serve_caregivers(db: Db) {
+    let clinic = clinic(db).await;
+    // Five wrong birth dates lock the link.
+    let token = clinic.invite(&format!("Patient/{}", clinic.patient)).await;
+    let page = clinic.page(&token).await.text().await.unwrap();
+    for attempt in 1..=5 {
+        let response = clinic.register(&page, "2001-01-01", "guesser", PASSWORD).await;
+        let expected = if attempt < 5 { StatusCode::UNAUTHORIZED } else { StatusCode::TOO_MANY_REQUESTS };
+        assert_eq!(response.status(), expected, "attempt {attempt}");
+    }
+    assert_eq!(clinic.register(&page, BIRTH_DATE, "guesser", PASSWORD).await.status(), StatusCode::GONE);
+    assert_eq!(clinic.page(&token).await.status(), StatusCode::GONE);
+
+    // An expired link, and links that never existed.
+    let fhir_user = format!("Patient/{}", clinic.patient);
+    let expired = invite(clinic.smart.store.as_ref(), &fhir_user, time::Duration::seconds(-1)).await.unwrap();
+    assert_eq!(clinic.page(&expired).await.status(), StatusCode::GONE);
+    assert_eq!(clinic.page("made-up").await.status(), StatusCode::GONE);
+    assert_eq!(clinic.page("").await.status(), StatusCode::GONE);
+
+    // Only people with a birth date on record are invited.
+    let practitioner = clinic.smart.create(&clinic.admin, &json!({"resourceType": "Practitioner"})).await;
+    assert!(invite(clinic.smart.store.as_ref(), &format!("Practitioner/{practitioner}"), time::Duration::days(1))
+        .await
+        .is_err());
+    let undated = clinic.smart.create(&clinic.admin, &json!({"resourceType": "Patient"})).await;
+    assert!(invite(clinic.smart.store.as_ref(), &format!("Patient/{undated}"), time::Duration::days(1)).await.is_err());
+
+    // A caregiver registers for the patient their RelatedPerson names.
+    let related = json!({"resourceType": "RelatedPerson", "patient": {"reference": format!("Patient/{}", clinic.patient)},
+        "birthDate": "1955-06-30"});
+    let caregiver = clinic.smart.create(&clinic.admin, &related).await;
+    let token = clinic.invite(&format!("RelatedPerson/{caregiver}")).await;
+    let page = clinic.page(&token).await.text().await.unwrap();
+    assert_eq!(clinic.register(&page, "1955-06-30", "marta", PASSWORD).await.status(), StatusCode::CREATED);
+    let stored = user(clinic.smart.store.as_ref(), "marta").await.unwrap().unwrap();
+    assert_eq!(
+        (stored.fhir_user, stored.patients),
+        (format!("RelatedPerson/{caregiver}"), vec![clinic.patient.clone()])
+    );
+}
+
+on_both_databases!(an_invited_patient_registers_and_is_signed_in, links_expire_lock_and_serve_caregivers);
