@@ -166,6 +166,20 @@ async fn links_expire_lock_and_serve_caregivers(db: Db) {
     let undated = clinic.smart.create(&clinic.admin, &json!({"resourceType": "Patient"})).await;
     assert!(invite(clinic.smart.store.as_ref(), &format!("Patient/{undated}"), time::Duration::days(1)).await.is_err());
 
+    // Two posts of one link at once make one account.
+    let token = clinic.invite(&format!("Patient/{}", clinic.patient)).await;
+    let page = clinic.page(&token).await.text().await.unwrap();
+    let (first, second) = tokio::join!(
+        clinic.register(&page, BIRTH_DATE, "twin.a", PASSWORD),
+        clinic.register(&page, BIRTH_DATE, "twin.b", PASSWORD)
+    );
+    let mut statuses = [first.status().as_u16(), second.status().as_u16()];
+    statuses.sort();
+    assert_eq!(statuses, [201, 410]);
+    let store = clinic.smart.store.as_ref();
+    let accounts = [user(store, "twin.a").await.unwrap(), user(store, "twin.b").await.unwrap()];
+    assert_eq!(accounts.iter().filter(|a| a.is_some()).count(), 1);
+
     // A caregiver registers for the patient their RelatedPerson names.
     let related = json!({"resourceType": "RelatedPerson", "patient": {"reference": format!("Patient/{}", clinic.patient)},
         "birthDate": "1955-06-30"});

@@ -148,6 +148,13 @@ pub async fn save_user(store: &dyn Store, user: &UserRecord) -> StoreResult<()> 
     save(store, USER, &user.username, user).await
 }
 
+/// Stores a new user; `false` (nothing stored) when the name is taken, also by a user stored
+/// at the same moment.
+pub async fn insert_user(store: &dyn Store, user: &UserRecord) -> StoreResult<bool> {
+    let data = serde_json::to_string(user).expect("records serialise");
+    store.auth_insert(USER, &user.username, &data, far_future()).await
+}
+
 /// A user by name.
 pub async fn user(store: &dyn Store, username: &str) -> StoreResult<Option<UserRecord>> {
     load(store, USER, username).await

@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::authorize::{error_page, param, server_error, Params, MAX_LOGIN_ATTEMPTS, THROTTLE_SECONDS};
 use super::keys::{digest, random_token};
 use super::password_policy::password_problem;
-use super::records::{hash_password, save_user, user, UserRecord};
+use super::records::{hash_password, insert_user, remove_user, UserRecord};
 use super::{in_seconds, pages, AuthServer, Reply};
 use crate::store::{Store, StoreResult};
 
@@ -135,28 +135,33 @@ impl AuthServer {
         if let Some(problem) = password_problem(password, username, &[&invitation.birth_date]) {
             return again(400, &problem);
         }
-        match user(self.store.as_ref(), username).await {
-            Ok(None) => {}
-            Ok(Some(_)) => return again(409, "This username is taken. Choose another."),
-            Err(error) => return server_error(error),
-        }
-        // Taking the invitation is what makes it one use: of two posts at once, one gets it.
-        match self.store.auth_take(INVITATION, &digest(token)).await {
-            Ok(Some(_)) => {}
-            Ok(None) => return error_page(410, GONE),
-            Err(error) => return server_error(error),
-        }
         let (password, cost) = (password.to_string(), self.settings.password_cost);
         let password_hash = tokio::task::spawn_blocking(move || hash_password(&password, cost)).await;
         let Ok(password_hash) = password_hash else { return server_error("the password could not be hashed") };
         let record = UserRecord {
             username: username.to_string(),
             password_hash,
-            fhir_user: invitation.fhir_user,
-            patients: invitation.patients,
+            fhir_user: invitation.fhir_user.clone(),
+            patients: invitation.patients.clone(),
         };
-        if let Err(error) = save_user(self.store.as_ref(), &record).await {
-            return server_error(error);
+        // Inserted, not replaced: a name taken by anyone, even by a registration at this very
+        // moment, stays theirs.
+        match insert_user(self.store.as_ref(), &record).await {
+            Ok(true) => {}
+            Ok(false) => return again(409, "This username is taken. Choose another."),
+            Err(error) => return server_error(error),
+        }
+        // Taking the invitation is what makes it one use: of two posts at once, one gets it;
+        // the other's account is removed again.
+        match self.store.auth_take(INVITATION, &digest(token)).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return match remove_user(self.store.as_ref(), username).await {
+                    Ok(_) => error_page(410, GONE),
+                    Err(error) => server_error(error),
+                }
+            }
+            Err(error) => return server_error(error),
         }
         match self.start_session(username).await {
             Ok(set_cookie) => {
