@@ -86,6 +86,9 @@ pub enum Command {
         /// profiles, value sets and code systems are used besides the carried ones.
         #[arg(long, env = "HEARTH_PROFILES")]
         profiles: Option<PathBuf>,
+        /// How long the registration link of an invitation (`$invite`) is valid (`7d`, `48h`).
+        #[arg(long, env = "HEARTH_INVITE_TTL", default_value = "7d", value_parser = parse_duration)]
+        invite_ttl: time::Duration,
     },
     /// Load transaction, batch or collection Bundles (`.json`) and `.ndjson` files.
     Import {

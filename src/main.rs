@@ -46,6 +46,7 @@ async fn main() -> anyhow::Result<()> {
             require_profile,
             accept_unknown_profiles,
             profiles,
+            invite_ttl,
         } => {
             if default_count > max_count {
                 anyhow::bail!("--default-count ({default_count}) cannot be larger than --max-count ({max_count})");
@@ -83,6 +84,7 @@ async fn main() -> anyhow::Result<()> {
                 },
                 static_dir,
                 profiles: profile_policy(profiles.as_deref(), &require_profile, accept_unknown_profiles)?,
+                invite_ttl,
                 ..Settings::new(&base_url)
             };
             let hearth = Hearth::open(&cli.database, settings).await?;

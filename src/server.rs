@@ -33,6 +33,8 @@ pub struct Settings {
     pub static_dir: Option<std::path::PathBuf>,
     /// Profiles required per type (`--require-profile`), unknown ones accepted or not.
     pub profiles: crate::rest::profiles::ProfilePolicy,
+    /// How long a registration link of `$invite` is valid.
+    pub invite_ttl: time::Duration,
 }
 
 impl Settings {
@@ -50,6 +52,7 @@ impl Settings {
             messaging: Default::default(),
             static_dir: None,
             profiles: Default::default(),
+            invite_ttl: time::Duration::days(7),
         }
     }
 }
@@ -91,6 +94,7 @@ impl Hearth {
                 uploads: settings.uploads.clone(),
                 messaging: settings.messaging.clone(),
                 profiles: settings.profiles.clone(),
+                invite_ttl: settings.invite_ttl,
             },
         );
         let state = AppState {

@@ -194,4 +194,42 @@ async fn links_expire_lock_and_serve_caregivers(db: Db) {
     );
 }
 
-on_both_databases!(an_invited_patient_registers_and_is_signed_in, links_expire_lock_and_serve_caregivers);
+async fn staff_invite_through_the_api_and_patients_cannot(db: Db) {
+    let clinic = clinic(db).await;
+    let invite_as = |token: String, path: String| {
+        let url = format!("{}/{path}/$invite", clinic.smart.fhir);
+        let request = clinic.smart.http.post(url).bearer_auth(token);
+        async move { request.json(&json!({"resourceType": "Parameters"})).send().await.unwrap() }
+    };
+    let patient_path = format!("Patient/{}", clinic.patient);
+    let response = invite_as(clinic.admin.clone(), patient_path.clone()).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    let parameters: serde_json::Value = response.json().await.unwrap();
+    let link = parameters["parameter"][0]["valueUrl"].as_str().unwrap().to_string();
+    assert!(link.starts_with(&format!("{}/auth/register?token=", clinic.smart.root)), "{link}");
+    assert_eq!(parameters["parameter"][1]["name"], "expires");
+    let page = clinic.smart.http.get(&link).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let page = page.text().await.unwrap();
+    assert_eq!(clinic.register(&page, BIRTH_DATE, "ana.api", PASSWORD).await.status(), StatusCode::CREATED);
+
+    // A patient's own token, even one that may update the record, invites no one; nor does
+    // staff that may only read.
+    let own = clinic.smart.user_token("ana", &patient_path, &[], "patient/*.cruds").await;
+    assert_eq!(invite_as(own, patient_path.clone()).await.status(), StatusCode::FORBIDDEN);
+    let reader = clinic.smart.system_token("admin", "admin-secret", "system/*.rs").await;
+    assert_eq!(invite_as(reader, patient_path.clone()).await.status(), StatusCode::FORBIDDEN);
+    // Who cannot register is refused with the reason; who does not exist is not found.
+    let undated = clinic.smart.create(&clinic.admin, &json!({"resourceType": "Patient"})).await;
+    let response = invite_as(clinic.admin.clone(), format!("Patient/{undated}")).await;
+    assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(response.text().await.unwrap().contains("birthDate"));
+    assert_eq!(invite_as(clinic.admin.clone(), "Patient/nobody".into()).await.status(), StatusCode::NOT_FOUND);
+}
+
+on_both_databases!(
+    an_invited_patient_registers_and_is_signed_in,
+    links_expire_lock_and_serve_caregivers,
+    staff_invite_through_the_api_and_patients_cannot
+);

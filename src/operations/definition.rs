@@ -17,6 +17,7 @@ const SOURCES: &[&str] = &[
     include_str!("../../conformance/operations/summary.json"),
     include_str!("../../conformance/operations/Composition-document.json"),
     include_str!("../../conformance/operations/reindex.json"),
+    include_str!("../../conformance/operations/person-invite.json"),
     include_str!("../../conformance/operations/appointment-find.json"),
     include_str!("../../conformance/operations/appointment-hold.json"),
     include_str!("../../conformance/operations/appointment-book.json"),

@@ -20,6 +20,7 @@ mod find;
 mod generate_slots;
 mod hold;
 pub mod inputs;
+mod invite;
 pub(crate) mod reindex;
 mod request_refill;
 mod summary;
@@ -130,6 +131,7 @@ static OPERATIONS: &[Entry] = &[
         operation: &request_refill::RequestRefill,
     },
     Entry { definition: "communication-unread", needs: Needs::Nothing, pages: false, operation: &unread::Unread },
+    Entry { definition: "person-invite", needs: Needs::ReadInstance, pages: false, operation: &invite::Invite },
 ];
 
 /// An operation with its definition.

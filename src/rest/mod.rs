@@ -210,6 +210,8 @@ pub struct ServiceConfig {
     pub messaging: crate::portal::messaging::MessagingSettings,
     /// Profiles required per type, and whether unknown ones are accepted.
     pub profiles: profiles::ProfilePolicy,
+    /// How long an invitation's registration link is valid (`$invite`).
+    pub invite_ttl: time::Duration,
 }
 
 /// The FHIR interactions over one store.

@@ -46,6 +46,25 @@ impl OperationContext<'_> {
         Ok((instance, resource))
     }
 
+    /// A one-time registration link for the person `fhir_user` names, and when it expires; 422
+    /// when the resource cannot be invited (no birth date, a RelatedPerson of no Patient).
+    pub async fn invite(&mut self, fhir_user: &str) -> Result<(String, time::OffsetDateTime), FhirError> {
+        use crate::auth::registration::{invite, registration_link, InviteError};
+        let ttl = self.service.config.invite_ttl;
+        let token = match invite(self.service.store().as_ref(), fhir_user, ttl).await {
+            Ok(token) => token,
+            Err(InviteError::Refused(why)) => {
+                return Err(FhirError::unprocessable(vec![crate::model::Issue::error(
+                    crate::model::IssueCode::BusinessRule,
+                    why,
+                )]))
+            }
+            Err(InviteError::Store(error)) => return Err(super::store_error(error)),
+        };
+        let server = self.service.config.base_url.trim_end_matches("/fhir");
+        Ok((registration_link(server, &token), time::OffsetDateTime::now_utc() + ttl))
+    }
+
     /// The `_cursor` of a paged operation's link, when the request follows one.
     pub fn cursor(&self) -> Option<&str> {
         self.cursor.as_deref()
