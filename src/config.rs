@@ -89,6 +89,14 @@ pub enum Command {
         /// How long the registration link of an invitation (`$invite`) is valid (`7d`, `48h`).
         #[arg(long, env = "HEARTH_INVITE_TTL", default_value = "7d", value_parser = parse_duration)]
         invite_ttl: time::Duration,
+        /// The SMTP server e-mail goes through: `smtp://host:port` (`?tls=required` for
+        /// STARTTLS) or `smtps://host:port`; credentials in the URL or from
+        /// `HEARTH_SMTP_USERNAME` and `HEARTH_SMTP_PASSWORD`. Without it no e-mail is sent.
+        #[arg(long, env = "HEARTH_SMTP_URL")]
+        smtp_url: Option<String>,
+        /// The sender of e-mail.
+        #[arg(long, env = "HEARTH_MAIL_FROM", default_value = "Hearth <no-reply@localhost>")]
+        mail_from: String,
     },
     /// Load transaction, batch or collection Bundles (`.json`) and `.ndjson` files.
     Import {

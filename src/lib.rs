@@ -12,6 +12,7 @@ pub mod config;
 pub mod http;
 pub mod import;
 pub mod live;
+pub mod mail;
 pub mod model;
 pub mod operations;
 pub mod portal;

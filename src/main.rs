@@ -47,6 +47,8 @@ async fn main() -> anyhow::Result<()> {
             accept_unknown_profiles,
             profiles,
             invite_ttl,
+            smtp_url,
+            mail_from,
         } => {
             if default_count > max_count {
                 anyhow::bail!("--default-count ({default_count}) cannot be larger than --max-count ({max_count})");
@@ -85,6 +87,7 @@ async fn main() -> anyhow::Result<()> {
                 static_dir,
                 profiles: profile_policy(profiles.as_deref(), &require_profile, accept_unknown_profiles)?,
                 invite_ttl,
+                mailer: mailer(smtp_url, mail_from)?,
                 ..Settings::new(&base_url)
             };
             let hearth = Hearth::open(&cli.database, settings).await?;
@@ -123,6 +126,16 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The mailer of `--smtp-url` and `--mail-from`; says at start-up when no e-mail is sent.
+fn mailer(smtp_url: Option<String>, from: String) -> anyhow::Result<hearth::mail::Mailer> {
+    let mailer =
+        hearth::mail::Mailer::new(&hearth::mail::MailSettings { smtp_url, from }).map_err(anyhow::Error::msg)?;
+    if !mailer.sends() {
+        tracing::info!("no --smtp-url: no e-mail is sent; $invite answers registration links to hand over");
+    }
+    Ok(mailer)
 }
 
 /// What the operator asks of profiles: the packages of `--profiles DIR`, and

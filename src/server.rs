@@ -35,6 +35,8 @@ pub struct Settings {
     pub profiles: crate::rest::profiles::ProfilePolicy,
     /// How long a registration link of `$invite` is valid.
     pub invite_ttl: time::Duration,
+    /// Where e-mail goes (nowhere by default).
+    pub mailer: crate::mail::Mailer,
 }
 
 impl Settings {
@@ -53,6 +55,7 @@ impl Settings {
             static_dir: None,
             profiles: Default::default(),
             invite_ttl: time::Duration::days(7),
+            mailer: crate::mail::Mailer::off(),
         }
     }
 }
@@ -95,6 +98,7 @@ impl Hearth {
                 messaging: settings.messaging.clone(),
                 profiles: settings.profiles.clone(),
                 invite_ttl: settings.invite_ttl,
+                mailer: settings.mailer.clone(),
             },
         );
         let state = AppState {

@@ -146,7 +146,10 @@ async fn definitions_are_served_and_listed(db: Db) {
         let resource = resources.iter().find(|r| r["type"] == t).unwrap();
         resource["operation"].as_array().unwrap().iter().map(|o| o["name"].as_str().unwrap().to_string()).collect()
     };
-    assert_eq!(operations_of("Patient"), ["everything", "invite", "reindex", "summary", "validate"].map(String::from).into());
+    assert_eq!(
+        operations_of("Patient"),
+        ["everything", "invite", "reindex", "summary", "validate"].map(String::from).into()
+    );
     assert_eq!(operations_of("Composition"), ["document", "reindex", "validate"].map(String::from).into());
     assert_eq!(operations_of("Observation"), ["reindex", "validate"].map(String::from).into());
     assert_eq!(

@@ -4,10 +4,13 @@
 
 mod common;
 
-use common::smart::{input_value, smart_server, Pkce, Smart};
+use common::smart::{input_value, smart_server_with, Pkce, Smart};
+use common::smtp::SmtpSink;
 use common::{Db, TestServer};
 use hearth::auth::records::user;
 use hearth::auth::registration::{invite, registration_link};
+use hearth::mail::{MailSettings, Mailer};
+use hearth::server::Settings;
 use reqwest::{Response, StatusCode};
 use serde_json::json;
 
@@ -22,7 +25,11 @@ struct Clinic {
 }
 
 async fn clinic(db: Db) -> Clinic {
-    let server = smart_server(db).await;
+    clinic_with(db, |s| s).await
+}
+
+async fn clinic_with(db: Db, adjust: impl FnOnce(Settings) -> Settings) -> Clinic {
+    let server = smart_server_with(db, adjust).await;
     let smart = Smart::new(&server).await;
     smart.add_secret_client("admin", "admin-secret").await;
     let admin = smart.system_token("admin", "admin-secret", "system/*.cruds").await;
@@ -54,6 +61,14 @@ impl Clinic {
         ];
         self.smart.http.post(self.smart.url("/auth/register")).form(&form).send().await.unwrap()
     }
+}
+
+/// The output parameter `name` without its name.
+fn output(parameters: &serde_json::Value, name: &str) -> serde_json::Value {
+    let found = parameters["parameter"].as_array().unwrap().iter().find(|p| p["name"] == name);
+    let mut found = found.cloned().unwrap_or_default();
+    found.as_object_mut().map(|o| o.remove("name"));
+    found
 }
 
 fn alert(html: &str) -> String {
@@ -206,9 +221,14 @@ async fn staff_invite_through_the_api_and_patients_cannot(db: Db) {
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["cache-control"], "no-store");
     let parameters: serde_json::Value = response.json().await.unwrap();
-    let link = parameters["parameter"][0]["valueUrl"].as_str().unwrap().to_string();
+    assert_eq!(output(&parameters, "delivery"), json!({"valueCode": "print"}), "no e-mail: printed");
+    let link = output(&parameters, "link")["valueUrl"].as_str().unwrap().to_string();
     assert!(link.starts_with(&format!("{}/auth/register?token=", clinic.smart.root)), "{link}");
-    assert_eq!(parameters["parameter"][1]["name"], "expires");
+    assert!(output(&parameters, "expires")["valueInstant"].is_string());
+    let by_email = json!({"resourceType": "Parameters", "parameter": [{"name": "delivery", "valueCode": "email"}]});
+    let url = format!("{}/{patient_path}/$invite", clinic.smart.fhir);
+    let refused = clinic.smart.http.post(url).bearer_auth(&clinic.admin).json(&by_email).send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::UNPROCESSABLE_ENTITY, "this server sends no e-mail");
     let page = clinic.smart.http.get(&link).send().await.unwrap();
     assert_eq!(page.status(), StatusCode::OK);
     let page = page.text().await.unwrap();
@@ -228,7 +248,55 @@ async fn staff_invite_through_the_api_and_patients_cannot(db: Db) {
     assert_eq!(invite_as(clinic.admin.clone(), "Patient/nobody".into()).await.status(), StatusCode::NOT_FOUND);
 }
 
+async fn invitations_are_emailed_from_the_queue(db: Db) {
+    let sink = SmtpSink::start().await;
+    let settings = MailSettings { smtp_url: Some(sink.url()), from: "Clinic <clinic@example.org>".into() };
+    let mailer = Mailer::new(&settings).unwrap();
+    let clinic = clinic_with(db, |s| Settings { mailer, ..s }).await;
+    let resource = json!({"resourceType": "Patient", "name": [{"family": "Okafor"}], "birthDate": "1972-11-05",
+        "telecom": [{"system": "phone", "value": "555-0100"}, {"system": "email", "value": "chi@example.org"}]});
+    let patient = clinic.smart.create(&clinic.admin, &resource).await;
+    let invite = |parameters: serde_json::Value| {
+        let url = format!("{}/Patient/{patient}/$invite", clinic.smart.fhir);
+        let request = clinic.smart.http.post(url).bearer_auth(&clinic.admin).json(&parameters);
+        async move { request.send().await.unwrap() }
+    };
+    let response = invite(json!({"resourceType": "Parameters"})).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let parameters: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(output(&parameters, "delivery"), json!({"valueCode": "email"}));
+    assert_eq!(output(&parameters, "email"), json!({"valueString": "chi@example.org"}));
+    assert!(!parameters.to_string().contains("token="), "an e-mailed link is not answered");
+
+    let mail = sink.wait_for(1).await.remove(0);
+    assert_eq!(mail.to, vec!["chi@example.org".to_string()]);
+    assert!(mail.from.contains("clinic@example.org"));
+    let text = mail.body();
+    assert!(
+        !mail.data.contains("Okafor") && !text.contains("Okafor") && !text.contains("1972"),
+        "no health data: {text}"
+    );
+    let link = text.lines().find(|l| l.contains("/auth/register?token=")).expect("the link").trim().to_string();
+    let page = clinic.smart.http.get(&link).send().await.unwrap().text().await.unwrap();
+    assert_eq!(clinic.register(&page, "1972-11-05", "chi.okafor", PASSWORD).await.status(), StatusCode::CREATED);
+
+    // Another address on request, printed on request; a forged address is refused, unsent.
+    let to_other =
+        json!({"resourceType": "Parameters", "parameter": [{"name": "email", "valueString": "carer@example.org"}]});
+    assert_eq!(invite(to_other).await.status(), StatusCode::OK);
+    assert_eq!(sink.wait_for(2).await[1].to, vec!["carer@example.org".to_string()]);
+    let printed = json!({"resourceType": "Parameters", "parameter": [{"name": "delivery", "valueCode": "print"}]});
+    let parameters: serde_json::Value = invite(printed).await.json().await.unwrap();
+    assert!(output(&parameters, "link")["valueUrl"].as_str().unwrap().contains("token="));
+    let injected = json!({"resourceType": "Parameters", "parameter": [
+        {"name": "email", "valueString": "chi@example.org\r\nBcc: everyone@example.org"}]});
+    assert_eq!(invite(injected).await.status(), StatusCode::BAD_REQUEST);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(sink.delivered().len(), 2, "nothing more was sent");
+}
+
 on_both_databases!(
+    invitations_are_emailed_from_the_queue,
     an_invited_patient_registers_and_is_signed_in,
     links_expire_lock_and_serve_caregivers,
     staff_invite_through_the_api_and_patients_cannot

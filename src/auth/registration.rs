@@ -46,9 +46,10 @@ pub enum InviteError {
     Store(#[from] crate::store::StoreError),
 }
 
-/// Invites the person `fhir_user` (`Patient/id` or `RelatedPerson/id`, with a birth date on
-/// record) for `ttl`; answers the token of the link, which is not stored.
-pub async fn invite(store: &dyn Store, fhir_user: &str, ttl: time::Duration) -> Result<String, InviteError> {
+/// Who an invitation for `fhir_user` (`Patient/id` or `RelatedPerson/id`) registers: the
+/// patients the account acts for and the birth date on record; refused when the resource does
+/// not exist or has no birth date (or the RelatedPerson no patient).
+async fn invitee(store: &dyn Store, fhir_user: &str) -> Result<(Vec<String>, String), InviteError> {
     let refused = |message: String| InviteError::Refused(message);
     let (resource_type, id) = fhir_user
         .split_once('/')
@@ -70,13 +71,20 @@ pub async fn invite(store: &dyn Store, fhir_user: &str, ttl: time::Duration) -> 
             vec![patient.to_string()]
         }
     };
+    Ok((patients, birth_date.to_string()))
+}
+
+/// Whether `fhir_user` can be invited (see [`invite`]), without inviting.
+pub async fn check_invitable(store: &dyn Store, fhir_user: &str) -> Result<(), InviteError> {
+    invitee(store, fhir_user).await.map(|_| ())
+}
+
+/// Invites the person `fhir_user` (`Patient/id` or `RelatedPerson/id`, with a birth date on
+/// record) for `ttl`; answers the token of the link, which is not stored.
+pub async fn invite(store: &dyn Store, fhir_user: &str, ttl: time::Duration) -> Result<String, InviteError> {
+    let (patients, birth_date) = invitee(store, fhir_user).await?;
     let token = random_token(32);
-    let invitation = Invitation {
-        fhir_user: fhir_user.to_string(),
-        patients,
-        birth_date: birth_date.to_string(),
-        csrf: random_token(24),
-    };
+    let invitation = Invitation { fhir_user: fhir_user.to_string(), patients, birth_date, csrf: random_token(24) };
     let data = serde_json::to_string(&invitation).expect("an invitation serialises");
     store.auth_upsert(INVITATION, &digest(&token), &data, time::OffsetDateTime::now_utc() + ttl).await?;
     Ok(token)

@@ -1,14 +1,16 @@
 //! `Patient/[id]/$invite` and `RelatedPerson/[id]/$invite` (Hearth's own): a one-time
-//! registration link for the person the resource describes (see `auth::registration`), for
-//! staff to hand over. Patient-bound tokens invite no one.
+//! registration link for the person the resource describes (see `auth::registration`),
+//! e-mailed from the queue or answered for staff to hand over. Patient-bound tokens invite no
+//! one.
 
 use async_trait::async_trait;
-use serde_json::json;
+use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 
+use super::inputs::parameter_path;
 use super::{Inputs, Level, Operation};
 use crate::auth::scope::Permission;
-use crate::model::{ErrorKind, FhirError, IssueCode};
+use crate::model::{ErrorKind, FhirError, Issue, IssueCode};
 use crate::rest::{Body, FhirResponse, OperationContext};
 
 pub struct Invite;
@@ -19,9 +21,9 @@ impl Operation for Invite {
         &self,
         context: &mut OperationContext<'_>,
         _level: &Level,
-        _inputs: &Inputs,
+        inputs: &Inputs,
     ) -> Result<FhirResponse, FhirError> {
-        let (instance, _) = context.required_instance()?;
+        let (instance, resource) = context.required_instance()?;
         let resource_type = instance.resource_type.as_str();
         let staff = context.view.permits(Permission::Update, &instance)
             && !context.view.access().is_patient_bound(Permission::Update, resource_type);
@@ -34,14 +36,57 @@ impl Operation for Invite {
                 ),
             ));
         }
-        let (link, expires) = context.invite(&format!("{resource_type}/{}", instance.id)).await?;
-        let expires = expires.format(&Rfc3339).map_err(|_| FhirError::internal())?;
-        let parameters = json!({"resourceType": "Parameters", "parameter": [
-            {"name": "link", "valueUrl": link},
-            {"name": "expires", "valueInstant": expires}]});
-        let mut response = FhirResponse::new(200, Body::Json(parameters));
-        // The link is a credential until it is used.
+        let fhir_user = format!("{resource_type}/{}", instance.id);
+        let email = inputs.text("email").map(str::to_string).or_else(|| telecom_email(&resource));
+        let by_email = match inputs.text("delivery") {
+            Some("email") => true,
+            Some("print") => false,
+            None => context.sends_email() && email.is_some(),
+            Some(other) => return Err(bad_input("delivery", format!("is email or print, not '{other}'"))),
+        };
+        let parameters = match (by_email, email) {
+            (true, Some(email)) => {
+                if !context.sends_email() {
+                    let message = "this server sends no e-mail (it runs without --smtp-url): use delivery=print";
+                    return Err(unprocessable(message.into(), "delivery"));
+                }
+                let email = crate::mail::address(&email).map_err(|why| bad_input("email", why))?.email.to_string();
+                context.queue_invitation(&fhir_user, &email).await?;
+                json!([{"name": "delivery", "valueCode": "email"}, {"name": "email", "valueString": email}])
+            }
+            (true, None) => {
+                let message = format!("{fhir_user} has no e-mail address: give 'email', or use delivery=print");
+                return Err(unprocessable(message, "email"));
+            }
+            (false, _) => {
+                let (link, expires) = context.invite(&fhir_user).await?;
+                let expires = expires.format(&Rfc3339).map_err(|_| FhirError::internal())?;
+                json!([{"name": "delivery", "valueCode": "print"}, {"name": "link", "valueUrl": link},
+                    {"name": "expires", "valueInstant": expires}])
+            }
+        };
+        let mut response =
+            FhirResponse::new(200, Body::Json(json!({"resourceType": "Parameters", "parameter": parameters})));
+        // A printed link is a credential until it is used.
         response.headers.push(("cache-control", "no-store".to_string()));
         Ok(response)
     }
+}
+
+/// The first e-mail address among a resource's `telecom`.
+fn telecom_email(resource: &Value) -> Option<String> {
+    let telecom = resource["telecom"].as_array()?;
+    let email = telecom.iter().find(|t| t["system"] == "email")?;
+    email["value"].as_str().map(str::to_string)
+}
+
+fn bad_input(name: &str, message: String) -> FhirError {
+    FhirError::with_issues(
+        ErrorKind::BadRequest,
+        vec![Issue::error(IssueCode::Value, format!("parameter '{name}' {message}")).at(parameter_path(name))],
+    )
+}
+
+fn unprocessable(message: String, name: &str) -> FhirError {
+    FhirError::unprocessable(vec![Issue::error(IssueCode::BusinessRule, message).at(parameter_path(name))])
 }

@@ -68,6 +68,7 @@ impl FhirService {
         let end = match job.kind.as_str() {
             crate::operations::reindex::JOB_KIND => self.reindex_job(owner, &job).await,
             crate::portal::scheduling::HOLD_EXPIRY_JOB => self.hold_expiry_job(&job).await,
+            crate::mail::MAIL_JOB => self.mail_job(&job).await,
             other => Err(format!("unknown job kind '{other}'")),
         };
         let (status, message) = match end {

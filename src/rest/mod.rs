@@ -12,6 +12,7 @@ mod guard;
 mod history;
 mod hold_expiry;
 mod jobs;
+mod mail;
 mod messaging;
 mod operation;
 mod operation_tx;
@@ -212,6 +213,8 @@ pub struct ServiceConfig {
     pub profiles: profiles::ProfilePolicy,
     /// How long an invitation's registration link is valid (`$invite`).
     pub invite_ttl: time::Duration,
+    /// Where queued e-mail goes.
+    pub mailer: crate::mail::Mailer,
 }
 
 /// The FHIR interactions over one store.

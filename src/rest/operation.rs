@@ -49,20 +49,25 @@ impl OperationContext<'_> {
     /// A one-time registration link for the person `fhir_user` names, and when it expires; 422
     /// when the resource cannot be invited (no birth date, a RelatedPerson of no Patient).
     pub async fn invite(&mut self, fhir_user: &str) -> Result<(String, time::OffsetDateTime), FhirError> {
-        use crate::auth::registration::{invite, registration_link, InviteError};
+        use crate::auth::registration::{invite, registration_link};
         let ttl = self.service.config.invite_ttl;
-        let token = match invite(self.service.store().as_ref(), fhir_user, ttl).await {
-            Ok(token) => token,
-            Err(InviteError::Refused(why)) => {
-                return Err(FhirError::unprocessable(vec![crate::model::Issue::error(
-                    crate::model::IssueCode::BusinessRule,
-                    why,
-                )]))
-            }
-            Err(InviteError::Store(error)) => return Err(super::store_error(error)),
-        };
+        let token = invite(self.service.store().as_ref(), fhir_user, ttl).await.map_err(invite_error)?;
         let server = self.service.config.base_url.trim_end_matches("/fhir");
         Ok((registration_link(server, &token), time::OffsetDateTime::now_utc() + ttl))
+    }
+
+    /// Whether the server sends e-mail (`--smtp-url`).
+    pub fn sends_email(&self) -> bool {
+        self.service.config.mailer.sends()
+    }
+
+    /// Queues the e-mail of an invitation for `fhir_user` to `to` (its link is minted when it
+    /// is sent); 422 when the resource cannot be invited.
+    pub async fn queue_invitation(&mut self, fhir_user: &str, to: &str) -> Result<(), FhirError> {
+        use crate::auth::registration::check_invitable;
+        check_invitable(self.service.store().as_ref(), fhir_user).await.map_err(invite_error)?;
+        let purpose = crate::mail::Purpose::Invitation { fhir_user: fhir_user.to_string() };
+        self.service.queue_mail(&crate::mail::Queued { to: to.to_string(), purpose, attempt: 1 }).await
     }
 
     /// The `_cursor` of a paged operation's link, when the request follows one.
@@ -339,4 +344,15 @@ impl FhirService {
 fn take_cursor(query: &mut Vec<(String, String)>) -> Option<String> {
     let position = query.iter().position(|(name, _)| name == "_cursor")?;
     Some(query.remove(position).1)
+}
+
+/// 422 for who cannot be invited, with the reason.
+fn invite_error(error: crate::auth::registration::InviteError) -> FhirError {
+    use crate::auth::registration::InviteError;
+    match error {
+        InviteError::Refused(why) => {
+            FhirError::unprocessable(vec![crate::model::Issue::error(crate::model::IssueCode::BusinessRule, why)])
+        }
+        InviteError::Store(error) => super::store_error(error),
+    }
 }

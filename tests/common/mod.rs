@@ -5,6 +5,7 @@
 
 pub mod postgres;
 pub mod smart;
+pub mod smtp;
 
 use hearth::server::{Hearth, Settings};
 use reqwest::{Method, Response};

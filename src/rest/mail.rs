@@ -1,0 +1,48 @@
+//! Queued e-mail (see [`crate::mail`]): queued by the request that asks for it, sent by the job
+//! worker of any node, tried again with growing delays when the SMTP server does not take it.
+
+use super::jobs::JobEnd;
+use super::{store_error, FhirService};
+use crate::auth::registration::{invite, registration_link};
+use crate::mail::{invitation_text, retry_delay, Purpose, Queued, MAIL_JOB, MAX_ATTEMPTS};
+use crate::model::FhirError;
+use crate::store::Job;
+
+impl FhirService {
+    /// Queues `queued` for the job worker (of this node at once, or of any node).
+    pub(crate) async fn queue_mail(&self, queued: &Queued) -> Result<(), FhirError> {
+        let parameters = serde_json::to_string(queued).map_err(|_| FhirError::internal())?;
+        self.store.enqueue_job(MAIL_JOB, &parameters).await.map_err(store_error)?;
+        self.jobs_queued.notify_one();
+        Ok(())
+    }
+
+    /// Renders and sends one queued e-mail; when the server does not take it, queues the next
+    /// try (the job ends, so that no worker holds a lease while it waits).
+    pub(super) async fn mail_job(&self, job: &Job) -> Result<JobEnd, String> {
+        let queued: Queued =
+            serde_json::from_str(&job.parameters).map_err(|error| format!("unreadable parameters: {error}"))?;
+        let (subject, text) = match &queued.purpose {
+            Purpose::Invitation { fhir_user } => {
+                let ttl = self.config.invite_ttl;
+                let token = invite(self.store.as_ref(), fhir_user, ttl).await.map_err(|error| error.to_string())?;
+                let server = self.config.base_url.trim_end_matches("/fhir");
+                invitation_text(&registration_link(server, &token), ttl)
+            }
+        };
+        let error = match self.config.mailer.send(&queued.to, &subject, text).await {
+            Ok(()) => return Ok(JobEnd::Finished(format!("e-mail sent (try {})", queued.attempt))),
+            Err(error) => error,
+        };
+        if queued.attempt >= MAX_ATTEMPTS {
+            return Err(format!("not sent after {MAX_ATTEMPTS} tries: {error}"));
+        }
+        let next = Queued { attempt: queued.attempt + 1, ..queued };
+        let parameters = serde_json::to_string(&next).map_err(|error| error.to_string())?;
+        let not_before = time::OffsetDateTime::now_utc() + retry_delay(next.attempt);
+        let mut tx = self.store.begin().await.map_err(|error| error.to_string())?;
+        let id = tx.enqueue_job(MAIL_JOB, &parameters, not_before).await.map_err(|error| error.to_string())?;
+        tx.commit().await.map_err(|error| error.to_string())?;
+        Ok(JobEnd::Finished(format!("not sent ({error}); try {} queued as job {id}", next.attempt)))
+    }
+}
