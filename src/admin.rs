@@ -7,6 +7,7 @@ use std::io::BufRead;
 use anyhow::{bail, Context};
 
 use crate::auth::keys::{add_key, digest};
+use crate::auth::password_reset::{reset_link, reset_token};
 use crate::auth::records::{self, hash_password, ClientCredentials, ClientRecord, PasswordCost, UserRecord};
 use crate::auth::registration::{invite, registration_link, InviteError};
 use crate::config::{ClientCommand, KeyCommand, ProfilesCommand, UserCommand};
@@ -101,6 +102,12 @@ pub async fn user(
     base_url: &str,
 ) -> anyhow::Result<String> {
     match command {
+        UserCommand::Reset { username } => {
+            if records::user(store, &username).await?.is_none() {
+                bail!("there is no user {username}");
+            }
+            Ok(reset_link(base_url, &reset_token(store, &username).await?))
+        }
         UserCommand::Invite { fhir_user, invite_ttl } => {
             let token = match invite(store, &fhir_user, invite_ttl).await {
                 Ok(token) => token,

@@ -230,6 +230,9 @@ pub enum UserCommand {
         #[arg(long, env = "HEARTH_INVITE_TTL", default_value = "7d", value_parser = parse_duration)]
         invite_ttl: time::Duration,
     },
+    /// Print a one-time link (valid an hour) for the user to choose a new password; using it
+    /// ends every session and token of the account.
+    Reset { username: String },
     Passwd {
         username: String,
         #[arg(long, required = true)]

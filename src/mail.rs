@@ -23,10 +23,9 @@ pub fn retry_delay(attempt: u32) -> Duration {
     Duration::from_secs(60 * 4u64.pow(attempt.saturating_sub(2)))
 }
 
-/// A queued e-mail: what it is for and to whom.
+/// A queued e-mail: what it is for.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Queued {
-    pub to: String,
     pub purpose: Purpose,
     /// Which try this is (1 for the first).
     #[serde(default = "first")]
@@ -41,8 +40,12 @@ fn first() -> u32 {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Purpose {
-    /// An invitation to register, for the person `fhir_user` names.
-    Invitation { fhir_user: String },
+    /// An invitation to register, for the person `fhir_user` names, sent `to` an address.
+    Invitation { fhir_user: String, to: String },
+    /// A password reset link for the account a person named by its username or e-mail address
+    /// (sent to the e-mail address of the account's resource; nothing when there is none, and
+    /// the person who asked is not told which).
+    PasswordReset { account: String },
 }
 
 /// Where e-mail goes: `--smtp-url`, `--mail-from`.
@@ -114,6 +117,18 @@ pub fn address(text: &str) -> Result<Mailbox, String> {
         return Err("an e-mail address has no line breaks".into());
     }
     text.trim().parse::<Mailbox>().map_err(|e| format!("'{text}' is not an e-mail address ({e})"))
+}
+
+/// The password reset e-mail.
+pub fn password_reset_text(link: &str) -> (String, String) {
+    let subject = "Reset your password".to_string();
+    let text = format!(
+        "Hello,\r\n\r\nSomeone asked to reset the password of your account for your health records.\r\n\
+         Open this link within an hour to choose a new one (it works once):\r\n\r\n{link}\r\n\r\n\
+         Choosing a new password signs you out everywhere. If you did not ask, ignore this e-mail:\r\n\
+         your password stays as it is.\r\n"
+    );
+    (subject, text)
 }
 
 /// The invitation e-mail: the link, and nothing about the person's health.

@@ -72,8 +72,11 @@ impl Hearth {
     pub async fn open(database_url: &str, settings: Settings) -> anyhow::Result<Hearth> {
         let store = store::open(database_url).await?;
         let auth = if settings.smart {
-            let auth_settings =
-                AuthSettings { base_url: settings.base_url.clone(), password_cost: settings.password_cost };
+            let auth_settings = AuthSettings {
+                base_url: settings.base_url.clone(),
+                password_cost: settings.password_cost,
+                sends_email: settings.mailer.sends(),
+            };
             Some(AuthServer::open(store.clone(), auth_settings).await?)
         } else {
             None

@@ -274,4 +274,18 @@ async fn user_invite_prints_a_one_time_registration_link() {
     let refused = invite("Patient/nobody");
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("there is no Patient/nobody"), "{refused:?}");
+
+    // A password reset link for an account, and none for who has no account.
+    let add =
+        ["--database", &database, "user", "add", "--username", "ana", "--password-stdin", "--fhir-user", "Patient/p1"];
+    assert!(run_with_input(&add, "ana-password\n").status.success());
+    let reset = |username: &str| {
+        run_hearth(&["--database", &database, "--base-url", "https://portal.example", "user", "reset", username])
+    };
+    let printed = reset("ana");
+    assert!(
+        String::from_utf8_lossy(&printed.stdout).starts_with("https://portal.example/auth/reset?token="),
+        "{printed:?}"
+    );
+    assert!(!reset("nobody").status.success());
 }

@@ -1,10 +1,12 @@
-//! Registration by invitation, black-box on both databases: staff invite the person of a
-//! Patient or RelatedPerson, the person opens the one-time link, confirms their birth date,
-//! chooses a username and a password, and is signed in; every refusal on the way.
+//! Accounts, black-box on both databases. Registration by invitation: staff invite the person
+//! of a Patient or RelatedPerson (the link printed or e-mailed), the person opens the one-time
+//! link, confirms their birth date, chooses a username and a password, and is signed in. A
+//! forgotten password: a reset link by e-mail, which ends every session and token. Every
+//! refusal on the way.
 
 mod common;
 
-use common::smart::{input_value, smart_server_with, Pkce, Smart};
+use common::smart::{input_value, smart_server_with, Authorization, Pkce, Smart};
 use common::smtp::SmtpSink;
 use common::{Db, TestServer};
 use hearth::auth::records::user;
@@ -48,6 +50,23 @@ impl Clinic {
     async fn page(&self, token: &str) -> Response {
         let link = registration_link(&self.smart.root, token);
         self.smart.http.get(link).send().await.unwrap()
+    }
+
+    /// An authorization request of the app `app` from a browser with the session `cookie`.
+    async fn authorize_in_browser(&self, scope: &str, cookie: &str) -> Response {
+        let challenge = Pkce::new().challenge;
+        let query = [
+            ("response_type", "code"),
+            ("client_id", "app"),
+            ("redirect_uri", common::smart::REDIRECT),
+            ("scope", scope),
+            ("state", "s"),
+            ("aud", self.smart.aud.as_str()),
+            ("code_challenge", challenge.as_str()),
+            ("code_challenge_method", "S256"),
+        ];
+        let request = self.smart.http.get(self.smart.url("/auth/authorize")).query(&query);
+        request.header("cookie", cookie).send().await.unwrap()
     }
 
     /// Posts the form of `page` with these answers.
@@ -124,24 +143,7 @@ async fn an_invited_patient_registers_and_is_signed_in(db: Db) {
 
     // Signed in: an authorization request from this browser goes straight to consent.
     let cookie = set_cookie.split(';').next().unwrap();
-    let response = clinic
-        .smart
-        .http
-        .get(clinic.smart.url("/auth/authorize"))
-        .query(&[
-            ("response_type", "code"),
-            ("client_id", "app"),
-            ("redirect_uri", common::smart::REDIRECT),
-            ("scope", "openid fhirUser launch/patient patient/*.rs"),
-            ("state", "s"),
-            ("aud", clinic.smart.aud.as_str()),
-            ("code_challenge", Pkce::new().challenge.as_str()),
-            ("code_challenge_method", "S256"),
-        ])
-        .header("cookie", cookie)
-        .send()
-        .await
-        .unwrap();
+    let response = clinic.authorize_in_browser("openid fhirUser launch/patient patient/*.rs", cookie).await;
     assert_eq!(response.status(), StatusCode::OK);
     let consent = response.text().await.unwrap();
     assert!(consent.contains("ana.rivera") && !consent.contains("name=\"password\""), "{consent}");
@@ -250,9 +252,7 @@ async fn staff_invite_through_the_api_and_patients_cannot(db: Db) {
 
 async fn invitations_are_emailed_from_the_queue(db: Db) {
     let sink = SmtpSink::start().await;
-    let settings = MailSettings { smtp_url: Some(sink.url()), from: "Clinic <clinic@example.org>".into() };
-    let mailer = Mailer::new(&settings).unwrap();
-    let clinic = clinic_with(db, |s| Settings { mailer, ..s }).await;
+    let clinic = mailing_clinic(db, &sink).await;
     let resource = json!({"resourceType": "Patient", "name": [{"family": "Okafor"}], "birthDate": "1972-11-05",
         "telecom": [{"system": "phone", "value": "555-0100"}, {"system": "email", "value": "chi@example.org"}]});
     let patient = clinic.smart.create(&clinic.admin, &resource).await;
@@ -295,7 +295,75 @@ async fn invitations_are_emailed_from_the_queue(db: Db) {
     assert_eq!(sink.delivered().len(), 2, "nothing more was sent");
 }
 
+/// A clinic whose server e-mails through `sink`.
+async fn mailing_clinic(db: Db, sink: &SmtpSink) -> Clinic {
+    let settings = MailSettings { smtp_url: Some(sink.url()), from: "Clinic <clinic@example.org>".into() };
+    let mailer = Mailer::new(&settings).unwrap();
+    clinic_with(db, |s| Settings { mailer, ..s }).await
+}
+
+async fn a_forgotten_password_is_reset_by_email_and_ends_every_session(db: Db) {
+    let sink = SmtpSink::start().await;
+    let clinic = mailing_clinic(db, &sink).await;
+    let resource = json!({"resourceType": "Patient", "birthDate": BIRTH_DATE,
+        "telecom": [{"system": "email", "value": "chi@example.org"}]});
+    let patient = clinic.smart.create(&clinic.admin, &resource).await;
+    clinic.smart.add_user("chi", "chi-password", &format!("Patient/{patient}"), &[]).await;
+    let scope = "openid fhirUser offline_access launch/patient patient/*.rs";
+    let tokens = clinic.smart.launch(&Authorization::new("app", scope, "chi", "chi-password")).await;
+    let (access, refresh) = (tokens["access_token"].as_str().unwrap(), tokens["refresh_token"].as_str().unwrap());
+    let login = clinic.smart.authorize("app", scope, &Pkce::new(), &[]).await.text().await.unwrap();
+    let session = clinic.smart.sign_in(&login, "chi", "chi-password").await.cookie;
+    let read_patient = || clinic.smart.http.get(format!("{}/Patient/{patient}", clinic.smart.fhir)).bearer_auth(access);
+    assert_eq!(read_patient().send().await.unwrap().status(), StatusCode::OK);
+
+    let forgot = |account: &'static str| {
+        let request = clinic.smart.http.post(clinic.smart.url("/auth/forgot")).form(&[("account", account)]);
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status(), response.text().await.unwrap())
+        }
+    };
+    let known = forgot("chi").await;
+    let unknown = forgot("nobody").await;
+    assert_eq!(known.0, StatusCode::OK);
+    assert_eq!(known, unknown, "the same answer whether or not the account exists");
+    let mail = sink.wait_for(1).await.remove(0);
+    assert_eq!(mail.to, vec!["chi@example.org".to_string()]);
+    let text = mail.body();
+    let link = text.lines().find(|l| l.contains("/auth/reset?token=")).expect("the link").trim().to_string();
+    let page = clinic.smart.http.get(&link).send().await.unwrap().text().await.unwrap();
+    let reset = |password: &str| {
+        let form = [
+            ("token", input_value(&page, "token").unwrap()),
+            ("csrf", input_value(&page, "csrf").unwrap()),
+            ("password", password.to_string()),
+        ];
+        clinic.smart.http.post(clinic.smart.url("/auth/reset")).form(&form).send()
+    };
+    assert_eq!(reset("short").await.unwrap().status(), StatusCode::BAD_REQUEST);
+    assert_eq!(reset("password123456").await.unwrap().status(), StatusCode::BAD_REQUEST);
+    assert_eq!(reset(PASSWORD).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(reset("another fine password").await.unwrap().status(), StatusCode::GONE, "one use");
+
+    // Everything of the account before ends: its access and refresh tokens, its session.
+    assert_eq!(read_patient().send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(clinic.smart.refresh("app", refresh, None).await.status(), StatusCode::BAD_REQUEST);
+    let with_session = clinic.authorize_in_browser(scope, &session).await;
+    assert!(with_session.text().await.unwrap().contains("name=\"password\""), "signed out: the sign-in form");
+    let tokens = clinic.smart.launch(&Authorization::new("app", scope, "chi", PASSWORD)).await;
+    assert!(tokens["access_token"].is_string(), "the new password signs in");
+
+    // By e-mail address too; nothing is sent for an address of no account.
+    forgot("CHI@example.org").await;
+    forgot("stranger@example.org").await;
+    assert_eq!(sink.wait_for(2).await[1].to, vec!["chi@example.org".to_string()]);
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert_eq!(sink.delivered().len(), 2);
+}
+
 on_both_databases!(
+    a_forgotten_password_is_reset_by_email_and_ends_every_session,
     invitations_are_emailed_from_the_queue,
     an_invited_patient_registers_and_is_signed_in,
     links_expire_lock_and_serve_caregivers,

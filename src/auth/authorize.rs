@@ -21,7 +21,7 @@ use super::{in_seconds, now_seconds, AuthServer, Reply};
 
 /// Record kinds.
 const PENDING: &str = "authorize";
-const SESSION: &str = "session";
+pub(super) const SESSION: &str = "session";
 pub(super) const CODE: &str = "code";
 const LOGIN_ATTEMPTS: &str = "login-attempts";
 

@@ -14,8 +14,10 @@ mod discovery;
 mod introspect;
 pub mod keys;
 mod launch;
+mod one_time;
 mod pages;
 pub mod password_policy;
+pub mod password_reset;
 pub mod records;
 pub mod registration;
 pub mod scope;
@@ -47,6 +49,8 @@ pub struct AuthSettings {
     pub base_url: String,
     /// How expensive new password hashes are.
     pub password_cost: PasswordCost,
+    /// Whether the server sends e-mail (password reset links go by e-mail).
+    pub sends_email: bool,
 }
 
 /// What an endpoint answers.
@@ -233,6 +237,25 @@ impl AuthServer {
                 true
             }
         }
+    }
+
+    /// Ends every login session of `username` and revokes the grants of its refresh tokens (with
+    /// their access tokens, on every node): after a new password, or when the account is closed.
+    pub(super) async fn end_everything_of(&self, username: &str) -> StoreResult<()> {
+        for (key, data) in self.store.auth_list(authorize::SESSION).await? {
+            let session = serde_json::from_str::<authorize::Session>(&data);
+            if session.is_ok_and(|session| session.username == username) {
+                self.store.auth_delete(authorize::SESSION, &key).await?;
+            }
+        }
+        for (key, data) in self.store.auth_list(token::REFRESH).await? {
+            let Ok(refresh) = serde_json::from_str::<token::RefreshGrant>(&data) else { continue };
+            if refresh.username == username {
+                self.revoke_grant(&refresh.grant).await?;
+                self.store.auth_delete(token::REFRESH, &key).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Revokes every token of a grant, on every node.

@@ -173,6 +173,63 @@ pub(super) fn registered(username: &str) -> String {
     )
 }
 
+/// Where a person asks for a password reset link (or learns that the clinic resets it, when
+/// the server sends no e-mail).
+pub(super) fn forgot(sends_email: bool, error: Option<&str>) -> String {
+    if !sends_email {
+        return page(
+            "Forgot your password",
+            "<h1>Forgot your password</h1><p>Ask your clinic to send you a link to choose a new password.</p>",
+        );
+    }
+    let error = error.map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", escape(e))).unwrap_or_default();
+    page(
+        "Forgot your password",
+        &format!(
+            "<h1>Forgot your password</h1><p>We will e-mail you a link to choose a new one.</p>{error}\
+             <form method=\"post\" action=\"/auth/forgot\">\
+             <label>Username or e-mail address <input type=\"text\" name=\"account\" autocomplete=\"username\" \
+             required autofocus maxlength=\"254\"></label><button type=\"submit\">Send the link</button></form>"
+        ),
+    )
+}
+
+/// After asking for a reset link: the same whether or not the account exists.
+pub(super) fn reset_asked() -> String {
+    page(
+        "Check your e-mail",
+        "<h1>Check your e-mail</h1><p>If an account with an e-mail address matches, we have sent it a link \
+         to choose a new password. It works for an hour.</p>",
+    )
+}
+
+/// The form of a reset link: the new password.
+pub(super) fn reset(token: &str, csrf: &str, error: Option<&str>) -> String {
+    let error = error.map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", escape(e))).unwrap_or_default();
+    page(
+        "Choose a new password",
+        &format!(
+            "<h1>Choose a new password</h1>{error}<form method=\"post\" action=\"/auth/reset\">\
+             <input type=\"hidden\" name=\"token\" value=\"{token}\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+             <label>New password (at least {min} characters) <input type=\"password\" name=\"password\" \
+             autocomplete=\"new-password\" required minlength=\"{min}\" autofocus></label>\
+             <button type=\"submit\">Change password</button></form>",
+            token = escape(token),
+            csrf = escape(csrf),
+            min = super::password_policy::MIN_LENGTH,
+        ),
+    )
+}
+
+/// After a new password: signed out everywhere.
+pub(super) fn password_changed() -> String {
+    page(
+        "Password changed",
+        "<h1>Password changed</h1><p>Your password is changed, and you are signed out everywhere. \
+         Sign in again from your clinic's app.</p>",
+    )
+}
+
 /// A page for errors that cannot be sent back to the client (unknown client, bad redirect).
 pub(super) fn error(message: &str) -> String {
     page("Authorization error", &format!("<h1>Authorization error</h1><p class=\"error\">{}</p>", escape(message)))

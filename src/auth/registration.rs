@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use super::authorize::{error_page, param, server_error, Params, MAX_LOGIN_ATTEMPTS, THROTTLE_SECONDS};
 use super::keys::{digest, random_token};
+use super::one_time::LinkPages;
 use super::password_policy::password_problem;
 use super::records::{hash_password, insert_user, remove_user, UserRecord};
 use super::{in_seconds, pages, AuthServer, Reply};
@@ -21,6 +22,13 @@ const INVITATION: &str = "invitation";
 const REGISTER_ATTEMPTS: &str = "register-attempts";
 
 const GONE: &str = "This link has expired or was already used. Ask your clinic for a new invitation.";
+
+const PAGES: LinkPages = LinkPages {
+    kind: INVITATION,
+    gone: GONE,
+    foreign: "Registering is only possible from this server's own pages.",
+    stale: "The form has expired. Open the link from your invitation again.",
+};
 const LOCKED: &str = "This link is locked after too many attempts. Ask your clinic for a new invitation.";
 const WRONG_BIRTH_DATE: &str = "The date of birth does not match our records.";
 
@@ -98,31 +106,17 @@ pub fn registration_link(base_url: &str, token: &str) -> String {
 impl AuthServer {
     /// `GET /auth/register?token=…`: the registration form, or why the link cannot be used.
     pub async fn register_page(&self, params: &Params) -> Reply {
-        let token = param(params, "token").unwrap_or("");
-        match self.invitation(token).await {
-            Ok(Some(invitation)) => {
-                Reply::Page { status: 200, html: pages::register(token, &invitation.csrf, None), set_cookie: None }
-            }
-            Ok(None) => error_page(410, GONE),
-            Err(error) => server_error(error),
-        }
+        self.link_page(&PAGES, params, |record: &Invitation| &record.csrf, pages::register).await
     }
 
     /// `POST /auth/register`: checks the birth date, the username and the password; creates
     /// the account, uses up the invitation, and signs the person in.
     pub async fn register(&self, form: &Params, origin: Option<&str>) -> Reply {
-        if !self.is_own_origin(origin) {
-            return error_page(403, "Registering is only possible from this server's own pages.");
-        }
-        let token = param(form, "token").unwrap_or("");
-        let invitation = match self.invitation(token).await {
-            Ok(Some(invitation)) => invitation,
-            Ok(None) => return error_page(410, GONE),
-            Err(error) => return server_error(error),
+        let (token, invitation) = match self.posted_link(&PAGES, form, origin, |i: &Invitation| &i.csrf).await {
+            Ok(posted) => posted,
+            Err(reply) => return reply,
         };
-        if param(form, "csrf") != Some(invitation.csrf.as_str()) {
-            return error_page(403, "The form has expired. Open the link from your invitation again.");
-        }
+        let token = token.as_str();
         let again = |status: u16, message: &str| Reply::Page {
             status,
             html: pages::register(token, &invitation.csrf, Some(message)),
@@ -177,15 +171,6 @@ impl AuthServer {
             }
             Err(error) => server_error(error),
         }
-    }
-
-    /// The live invitation of a link's token, unless it is locked.
-    async fn invitation(&self, token: &str) -> StoreResult<Option<Invitation>> {
-        if token.is_empty() {
-            return Ok(None);
-        }
-        let data = self.store.auth_get(INVITATION, &digest(token)).await?;
-        Ok(data.and_then(|data| serde_json::from_str(&data).ok()))
     }
 
     /// Counts a failed attempt on an invitation; `true` when that locked it (removed).

@@ -23,6 +23,8 @@ pub fn routes<S: Clone + Send + Sync + 'static>(auth: Arc<AuthServer>) -> Router
         .route("/auth/authorize", get(authorize_get).post(authorize_post))
         .route("/auth/login", post(login))
         .route("/auth/register", get(register_page).post(register))
+        .route("/auth/forgot", get(|s: State<Server>| reply(s, |a| a.forgot_page())).post(forgot))
+        .route("/auth/reset", get(reset_page).post(reset))
         .route("/auth/consent", get(consent_page).post(consent))
         .route("/auth/logout", post(logout))
         .route("/auth/token", post(token))
@@ -76,6 +78,18 @@ async fn register_page(State(auth): State<Server>, Query(query): Query<Vec<(Stri
 
 async fn register(State(auth): State<Server>, headers: HeaderMap, body: Bytes) -> Response {
     into_response(auth.register(&form_pairs(&body), header_text(&headers, header::ORIGIN)).await)
+}
+
+async fn forgot(State(auth): State<Server>, headers: HeaderMap, body: Bytes) -> Response {
+    into_response(auth.forgot(&form_pairs(&body), header_text(&headers, header::ORIGIN)).await)
+}
+
+async fn reset_page(State(auth): State<Server>, Query(query): Query<Vec<(String, String)>>) -> Response {
+    into_response(auth.reset_page(&query).await)
+}
+
+async fn reset(State(auth): State<Server>, headers: HeaderMap, body: Bytes) -> Response {
+    into_response(auth.reset(&form_pairs(&body), header_text(&headers, header::ORIGIN)).await)
 }
 
 async fn consent_page(

@@ -3,8 +3,9 @@
 
 use super::jobs::JobEnd;
 use super::{store_error, FhirService};
+use crate::auth::password_reset::{account_to_email, reset_link, reset_token};
 use crate::auth::registration::{invite, registration_link};
-use crate::mail::{invitation_text, retry_delay, Purpose, Queued, MAIL_JOB, MAX_ATTEMPTS};
+use crate::mail::{invitation_text, password_reset_text, retry_delay, Purpose, Queued, MAIL_JOB, MAX_ATTEMPTS};
 use crate::model::FhirError;
 use crate::store::Job;
 
@@ -22,15 +23,23 @@ impl FhirService {
     pub(super) async fn mail_job(&self, job: &Job) -> Result<JobEnd, String> {
         let queued: Queued =
             serde_json::from_str(&job.parameters).map_err(|error| format!("unreadable parameters: {error}"))?;
-        let (subject, text) = match &queued.purpose {
-            Purpose::Invitation { fhir_user } => {
+        let server = self.config.base_url.trim_end_matches("/fhir");
+        let (to, (subject, text)) = match &queued.purpose {
+            Purpose::Invitation { fhir_user, to } => {
                 let ttl = self.config.invite_ttl;
                 let token = invite(self.store.as_ref(), fhir_user, ttl).await.map_err(|error| error.to_string())?;
-                let server = self.config.base_url.trim_end_matches("/fhir");
-                invitation_text(&registration_link(server, &token), ttl)
+                (to.clone(), invitation_text(&registration_link(server, &token), ttl))
+            }
+            Purpose::PasswordReset { account } => {
+                let found = account_to_email(self.store.as_ref(), account).await.map_err(|error| error.to_string())?;
+                let Some((username, to)) = found else {
+                    return Ok(JobEnd::Finished("no account with an e-mail address matches: nothing sent".into()));
+                };
+                let token = reset_token(self.store.as_ref(), &username).await.map_err(|error| error.to_string())?;
+                (to, password_reset_text(&reset_link(server, &token)))
             }
         };
-        let error = match self.config.mailer.send(&queued.to, &subject, text).await {
+        let error = match self.config.mailer.send(&to, &subject, text).await {
             Ok(()) => return Ok(JobEnd::Finished(format!("e-mail sent (try {})", queued.attempt))),
             Err(error) => error,
         };

@@ -66,8 +66,8 @@ impl OperationContext<'_> {
     pub async fn queue_invitation(&mut self, fhir_user: &str, to: &str) -> Result<(), FhirError> {
         use crate::auth::registration::check_invitable;
         check_invitable(self.service.store().as_ref(), fhir_user).await.map_err(invite_error)?;
-        let purpose = crate::mail::Purpose::Invitation { fhir_user: fhir_user.to_string() };
-        self.service.queue_mail(&crate::mail::Queued { to: to.to_string(), purpose, attempt: 1 }).await
+        let purpose = crate::mail::Purpose::Invitation { fhir_user: fhir_user.to_string(), to: to.to_string() };
+        self.service.queue_mail(&crate::mail::Queued { purpose, attempt: 1 }).await
     }
 
     /// The `_cursor` of a paged operation's link, when the request follows one.
