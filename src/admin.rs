@@ -10,6 +10,7 @@ use crate::auth::keys::{add_key, digest};
 use crate::auth::password_reset::{reset_link, reset_token};
 use crate::auth::records::{self, hash_password, ClientCredentials, ClientRecord, PasswordCost, UserRecord};
 use crate::auth::registration::{invite, registration_link, InviteError};
+use crate::auth::sign_out_everywhere;
 use crate::config::{ClientCommand, KeyCommand, ProfilesCommand, UserCommand};
 use crate::model::resource::is_valid_id;
 use crate::store::Store;
@@ -103,9 +104,7 @@ pub async fn user(
 ) -> anyhow::Result<String> {
     match command {
         UserCommand::Reset { username } => {
-            if records::user(store, &username).await?.is_none() {
-                bail!("there is no user {username}");
-            }
+            existing_user(store, &username).await?;
             Ok(reset_link(base_url, &reset_token(store, &username).await?))
         }
         UserCommand::Invite { fhir_user, invite_ttl } => {
@@ -134,8 +133,7 @@ pub async fn user(
                 }
             }
             let password_hash = hash_password(&read_secret("password")?, cost);
-            records::save_user(store, &UserRecord { username: username.clone(), password_hash, fhir_user, patients })
-                .await?;
+            records::save_user(store, &UserRecord::new(&username, password_hash, fhir_user, patients)).await?;
             Ok(format!("added user {username}"))
         }
         UserCommand::List => {
@@ -150,12 +148,22 @@ pub async fn user(
             false => bail!("there is no user {username}"),
         },
         UserCommand::Passwd { username, password_stdin: _ } => {
-            let Some(mut found) = records::user(store, &username).await? else {
-                bail!("there is no user {username}");
-            };
+            let mut found = existing_user(store, &username).await?;
             found.password_hash = hash_password(&read_secret("password")?, cost);
+            sign_out_everywhere(store, found).await?;
+            Ok(format!("changed the password of {username}; its sessions and tokens have ended"))
+        }
+        UserCommand::Disable { username } => {
+            let mut found = existing_user(store, &username).await?;
+            found.disabled = true;
+            sign_out_everywhere(store, found).await?;
+            Ok(format!("disabled {username}; its sessions and tokens have ended"))
+        }
+        UserCommand::Enable { username } => {
+            let mut found = existing_user(store, &username).await?;
+            found.disabled = false;
             records::save_user(store, &found).await?;
-            Ok(format!("changed the password of {username}"))
+            Ok(format!("enabled {username}"))
         }
     }
 }
@@ -173,6 +181,11 @@ fn fhir_reference(text: &str, types: &[&str]) -> anyhow::Result<String> {
         Some((t, id)) if types.contains(&t) && is_valid_id(id) => Ok(text.to_string()),
         _ => bail!("'{text}' must be a reference such as {}/123", types[0]),
     }
+}
+
+/// The account `username`, or an error saying there is none.
+async fn existing_user(store: &dyn Store, username: &str) -> anyhow::Result<UserRecord> {
+    records::user(store, username).await?.with_context(|| format!("there is no user {username}"))
 }
 
 /// `hearth profiles add|list`: the packages `serve --profiles DIR` reads.

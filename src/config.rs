@@ -233,6 +233,11 @@ pub enum UserCommand {
     /// Print a one-time link (valid an hour) for the user to choose a new password; using it
     /// ends every session and token of the account.
     Reset { username: String },
+    /// Disable an account: it signs in to nothing, and its sessions and tokens stop at once
+    /// on every node.
+    Disable { username: String },
+    /// Enable a disabled account again (its earlier tokens stay ended).
+    Enable { username: String },
     Passwd {
         username: String,
         #[arg(long, required = true)]

@@ -11,6 +11,7 @@ use common::smtp::SmtpSink;
 use common::{Db, TestServer};
 use hearth::auth::records::user;
 use hearth::auth::registration::{invite, registration_link};
+use hearth::config::UserCommand;
 use hearth::mail::{MailSettings, Mailer};
 use hearth::server::Settings;
 use reqwest::{Response, StatusCode};
@@ -20,7 +21,7 @@ const BIRTH_DATE: &str = "1980-02-01";
 const PASSWORD: &str = "violet kettle drums at noon";
 
 struct Clinic {
-    _server: TestServer,
+    server: TestServer,
     smart: Smart,
     patient: String,
     admin: String,
@@ -38,7 +39,7 @@ async fn clinic_with(db: Db, adjust: impl FnOnce(Settings) -> Settings) -> Clini
     let resource = json!({"resourceType": "Patient", "name": [{"family": "Rivera"}], "birthDate": BIRTH_DATE});
     let patient = smart.create(&admin, &resource).await;
     smart.add_public_client("app").await;
-    Clinic { _server: server, smart, patient, admin }
+    Clinic { server, smart, patient, admin }
 }
 
 impl Clinic {
@@ -312,6 +313,9 @@ async fn a_forgotten_password_is_reset_by_email_and_ends_every_session(db: Db) {
     let scope = "openid fhirUser offline_access launch/patient patient/*.rs";
     let tokens = clinic.smart.launch(&Authorization::new("app", scope, "chi", "chi-password")).await;
     let (access, refresh) = (tokens["access_token"].as_str().unwrap(), tokens["refresh_token"].as_str().unwrap());
+    let without_refresh =
+        clinic.smart.launch(&Authorization::new("app", "openid patient/*.rs", "chi", "chi-password")).await;
+    let access_only = without_refresh["access_token"].as_str().unwrap().to_string();
     let login = clinic.smart.authorize("app", scope, &Pkce::new(), &[]).await.text().await.unwrap();
     let session = clinic.smart.sign_in(&login, "chi", "chi-password").await.cookie;
     let read_patient = || clinic.smart.http.get(format!("{}/Patient/{patient}", clinic.smart.fhir)).bearer_auth(access);
@@ -348,6 +352,9 @@ async fn a_forgotten_password_is_reset_by_email_and_ends_every_session(db: Db) {
 
     // Everything of the account before ends: its access and refresh tokens, its session.
     assert_eq!(read_patient().send().await.unwrap().status(), StatusCode::UNAUTHORIZED);
+    let read_without_refresh = clinic.smart.http.get(format!("{}/Patient/{patient}", clinic.smart.fhir));
+    let status = read_without_refresh.bearer_auth(&access_only).send().await.unwrap().status();
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "tokens without a refresh token end too");
     assert_eq!(clinic.smart.refresh("app", refresh, None).await.status(), StatusCode::BAD_REQUEST);
     let with_session = clinic.authorize_in_browser(scope, &session).await;
     assert!(with_session.text().await.unwrap().contains("name=\"password\""), "signed out: the sign-in form");
@@ -362,7 +369,54 @@ async fn a_forgotten_password_is_reset_by_email_and_ends_every_session(db: Db) {
     assert_eq!(sink.delivered().len(), 2);
 }
 
+async fn disabled_accounts_stop_at_once_and_sign_in_to_nothing(db: Db) {
+    let clinic = clinic(db).await;
+    let patient_path = format!("Patient/{}", clinic.patient);
+    clinic.smart.add_user("dee", "dee-password", &patient_path, &[]).await;
+    let scope = "openid fhirUser launch/patient patient/*.rs";
+    let access_only = clinic.smart.launch(&Authorization::new("app", scope, "dee", "dee-password")).await;
+    let access_only = access_only["access_token"].as_str().unwrap().to_string();
+    let offline = format!("{scope} offline_access");
+    let with_refresh = clinic.smart.launch(&Authorization::new("app", &offline, "dee", "dee-password")).await;
+    let refresh = with_refresh["refresh_token"].as_str().unwrap().to_string();
+    let read = |token: String| {
+        let request = clinic.smart.http.get(format!("{}/{patient_path}", clinic.smart.fhir)).bearer_auth(token);
+        async move { request.send().await.unwrap().status() }
+    };
+    assert_eq!(read(access_only.clone()).await, StatusCode::OK);
+
+    // Through the server's own store: on SQLite a command from another process reaches the
+    // server's token checks only when it reloads them (docs/accounts.md).
+    let server_store = clinic.server.server_store();
+    let store = server_store.as_ref();
+    let command = |command| hearth::admin::user(store, command, hearth::auth::PasswordCost::Cheap, "http://x");
+    command(UserCommand::Disable { username: "dee".into() }).await.unwrap();
+    // At once on this node; on another within the feed's delay (the same server here).
+    let mut status = read(access_only.clone()).await;
+    for _ in 0..20 {
+        if status == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        status = read(access_only.clone()).await;
+    }
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "a token without refresh stops too");
+    assert_eq!(clinic.smart.refresh("app", &refresh, None).await.status(), StatusCode::BAD_REQUEST);
+    let login = clinic.smart.authorize("app", scope, &Pkce::new(), &[]).await.text().await.unwrap();
+    let refused = clinic.smart.login(&login, "dee", "dee-password").await;
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    assert!(alert(&refused.text().await.unwrap()).contains("disabled"));
+    let wrong = clinic.smart.login(&login, "dee", "not-the-password").await.text().await.unwrap();
+    assert!(!alert(&wrong).contains("disabled"), "only the right password learns that it is disabled");
+
+    command(UserCommand::Enable { username: "dee".into() }).await.unwrap();
+    let again = clinic.smart.launch(&Authorization::new("app", scope, "dee", "dee-password")).await;
+    assert_eq!(read(again["access_token"].as_str().unwrap().to_string()).await, StatusCode::OK);
+    assert_eq!(read(access_only).await, StatusCode::UNAUTHORIZED, "earlier tokens stay ended");
+}
+
 on_both_databases!(
+    disabled_accounts_stop_at_once_and_sign_in_to_nothing,
     a_forgotten_password_is_reset_by_email_and_ends_every_session,
     invitations_are_emailed_from_the_queue,
     an_invited_patient_registers_and_is_signed_in,

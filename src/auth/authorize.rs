@@ -36,6 +36,9 @@ pub(super) const MAX_LOGIN_ATTEMPTS: i64 = 5;
 pub(super) const THROTTLE_SECONDS: i64 = 900;
 
 const BAD_LOGIN: &str = "The username or password is incorrect.";
+
+/// Told only to who gave the right password.
+const DISABLED: &str = "This account is disabled. Contact your clinic.";
 const THROTTLED: &str = "Too many failed sign-ins. Wait a few minutes and try again.";
 
 /// An authorization request waiting for login and consent.
@@ -339,6 +342,9 @@ impl AuthServer {
             return again(if attempts >= MAX_LOGIN_ATTEMPTS { THROTTLED } else { BAD_LOGIN });
         };
         let _ = self.store.auth_delete(LOGIN_ATTEMPTS, &throttle_key).await;
+        if user.disabled {
+            return again(DISABLED);
+        }
         let set_cookie = match self.start_session(&user.username).await {
             Ok(set_cookie) => set_cookie,
             Err(error) => return server_error(error),

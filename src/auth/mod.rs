@@ -39,8 +39,45 @@ pub use records::PasswordCost;
 use scope::{parse_scopes, Scope};
 use tokens::{verify_access_token, AccessClaims};
 
-/// Record kind of revoked grants.
+/// Record kind of revoked grants, and of ended generations of a user's tokens.
 const REVOKED: &str = "revoked";
+
+/// The revocation key of generation `epoch` of `username`'s tokens.
+fn signed_out(username: &str, epoch: u32) -> String {
+    format!("user:{epoch}:{username}")
+}
+
+/// What revokes a token: its grant, and the generation of its account's tokens.
+fn revocation_keys(claims: &AccessClaims) -> Vec<String> {
+    let mut keys = vec![claims.grant.clone()];
+    keys.extend(claims.epoch.map(|epoch| signed_out(&claims.sub, epoch)));
+    keys
+}
+
+/// Signs `account` out everywhere and stores it: its live access tokens stop at their next use
+/// on every node (their generation ends), its refresh tokens' grants are revoked, and its login
+/// sessions end. For a new password, or a disabled account; `account` is stored as given, with
+/// the next generation.
+pub async fn sign_out_everywhere(store: &dyn Store, mut account: records::UserRecord) -> StoreResult<()> {
+    let ended = account.epoch;
+    account.epoch += 1;
+    records::save_user(store, &account).await?;
+    store.auth_publish(REVOKED, &signed_out(&account.username, ended), "", keys::far_future()).await?;
+    for (key, data) in store.auth_list(authorize::SESSION).await? {
+        let session = serde_json::from_str::<authorize::Session>(&data);
+        if session.is_ok_and(|session| session.username == account.username) {
+            store.auth_delete(authorize::SESSION, &key).await?;
+        }
+    }
+    for (key, data) in store.auth_list(token::REFRESH).await? {
+        let Ok(refresh) = serde_json::from_str::<token::RefreshGrant>(&data) else { continue };
+        if refresh.username == account.username {
+            store.auth_publish(REVOKED, &refresh.grant, "", keys::far_future()).await?;
+            store.auth_delete(token::REFRESH, &key).await?;
+        }
+    }
+    Ok(())
+}
 
 /// Settings of the authorization server.
 #[derive(Debug, Clone)]
@@ -116,7 +153,8 @@ const KEY_RELOAD_SECONDS: i64 = 5;
 /// A verified access token.
 struct Verified {
     access: Access,
-    grant: String,
+    /// What revokes it (see [`revocation_keys`]).
+    revocations: Vec<String>,
     expires: i64,
     /// The key that signed it: the token stops when the key retires.
     kid: String,
@@ -173,14 +211,15 @@ impl AuthServer {
             if self.keys.find(&known.kid).is_none() {
                 return Err(BearerError::Invalid("the access token is not valid"));
             }
-            if self.is_revoked(&known.grant).await {
+            if self.any_revoked(&known.revocations).await {
                 return Err(BearerError::Invalid("the access token has been revoked"));
             }
             return Ok(known.access.clone());
         }
         let (claims, kid) = self.verify(token).await?;
         let access = Access::Token(Arc::new(grant_of(&claims)));
-        let verified = Verified { access: access.clone(), grant: claims.grant, expires: claims.exp, kid };
+        let verified =
+            Verified { access: access.clone(), revocations: revocation_keys(&claims), expires: claims.exp, kid };
         self.verified.insert(token.to_string(), Arc::new(verified));
         Ok(access)
     }
@@ -220,10 +259,19 @@ impl AuthServer {
             Some(tokens::TokenError::WrongAudience) => BearerError::Invalid("the access token is for another server"),
             _ => BearerError::Invalid("the access token is not valid"),
         })?;
-        if self.is_revoked(&claims.grant).await {
+        if self.any_revoked(&revocation_keys(&claims)).await {
             return Err(BearerError::Invalid("the access token has been revoked"));
         }
         Ok((claims, kid))
+    }
+
+    async fn any_revoked(&self, keys: &[String]) -> bool {
+        for key in keys {
+            if self.is_revoked(key).await {
+                return true;
+            }
+        }
+        false
     }
 
     async fn is_revoked(&self, grant: &str) -> bool {
@@ -237,25 +285,6 @@ impl AuthServer {
                 true
             }
         }
-    }
-
-    /// Ends every login session of `username` and revokes the grants of its refresh tokens (with
-    /// their access tokens, on every node): after a new password, or when the account is closed.
-    pub(super) async fn end_everything_of(&self, username: &str) -> StoreResult<()> {
-        for (key, data) in self.store.auth_list(authorize::SESSION).await? {
-            let session = serde_json::from_str::<authorize::Session>(&data);
-            if session.is_ok_and(|session| session.username == username) {
-                self.store.auth_delete(authorize::SESSION, &key).await?;
-            }
-        }
-        for (key, data) in self.store.auth_list(token::REFRESH).await? {
-            let Ok(refresh) = serde_json::from_str::<token::RefreshGrant>(&data) else { continue };
-            if refresh.username == username {
-                self.revoke_grant(&refresh.grant).await?;
-                self.store.auth_delete(token::REFRESH, &key).await?;
-            }
-        }
-        Ok(())
     }
 
     /// Revokes every token of a grant, on every node.

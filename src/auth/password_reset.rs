@@ -10,7 +10,7 @@ use super::authorize::{error_page, param, server_error, Params};
 use super::keys::{digest, random_token};
 use super::one_time::LinkPages;
 use super::password_policy::password_problem;
-use super::records::{hash_password, save_user, user, users, UserRecord};
+use super::records::{hash_password, user, users, UserRecord};
 use super::{in_seconds, pages, AuthServer, Reply};
 use crate::mail::{Purpose, Queued, MAIL_JOB};
 use crate::store::{Store, StoreResult};
@@ -153,10 +153,7 @@ impl AuthServer {
             return server_error("the password could not be hashed");
         };
         account.password_hash = hash;
-        if let Err(error) = save_user(self.store.as_ref(), &account).await {
-            return server_error(error);
-        }
-        if let Err(error) = self.end_everything_of(&account.username).await {
+        if let Err(error) = super::sign_out_everywhere(self.store.as_ref(), account).await {
             return server_error(error);
         }
         Reply::Page { status: 200, html: pages::password_changed(), set_cookie: None }

@@ -60,9 +60,23 @@ pub struct UserRecord {
     pub fhir_user: String,
     /// The patients (ids) a proxy acts for; a Patient user's own id.
     pub patients: Vec<String>,
+    /// A disabled account signs in to nothing, and its tokens stop.
+    #[serde(default)]
+    pub disabled: bool,
+    /// Which generation of the account's tokens is live: its access tokens carry it, and
+    /// signing the account out everywhere ends the generation ([`super::sign_out_everywhere`]).
+    #[serde(default)]
+    pub epoch: u32,
 }
 
 impl UserRecord {
+    /// A new, enabled account. Its token generation starts at random, so that an account
+    /// added again under a name used before does not start with a generation that was ended.
+    pub fn new(username: &str, password_hash: String, fhir_user: String, patients: Vec<String>) -> Self {
+        let epoch = rand::random::<u32>() / 2;
+        UserRecord { username: username.to_string(), password_hash, fhir_user, patients, disabled: false, epoch }
+    }
+
     /// The patients `user/` scopes reach: a Patient user's own compartment, every patient for
     /// clinicians (Practitioner, PractitionerRole), and the linked patients for anyone else
     /// (a RelatedPerson or Person proxy).

@@ -140,12 +140,8 @@ impl AuthServer {
         let (password, cost) = (password.to_string(), self.settings.password_cost);
         let password_hash = tokio::task::spawn_blocking(move || hash_password(&password, cost)).await;
         let Ok(password_hash) = password_hash else { return server_error("the password could not be hashed") };
-        let record = UserRecord {
-            username: username.to_string(),
-            password_hash,
-            fhir_user: invitation.fhir_user.clone(),
-            patients: invitation.patients.clone(),
-        };
+        let record =
+            UserRecord::new(username, password_hash, invitation.fhir_user.clone(), invitation.patients.clone());
         // Inserted, not replaced: a name taken by anyone, even by a registration at this very
         // moment, stays theirs.
         match insert_user(self.store.as_ref(), &record).await {

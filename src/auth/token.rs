@@ -258,6 +258,7 @@ impl AuthServer {
         let now = now_seconds();
         let user = match &issue.username {
             Some(name) => match user(self.store.as_ref(), name).await {
+                Ok(Some(user)) if user.disabled => return invalid_grant("the account of this grant is disabled"),
                 Ok(Some(user)) => Some(user),
                 Ok(None) => return invalid_grant("the user of this grant no longer exists"),
                 Err(error) => return server_error(error),
@@ -286,6 +287,7 @@ impl AuthServer {
             patient: issue.patient.clone(),
             encounter: issue.encounter.clone(),
             fhir_user: fhir_user.clone(),
+            epoch: user.as_ref().map(|u| u.epoch),
             patients: issue.patients.clone(),
             user_patients: match &user {
                 Some(user) => user.reachable_patients(),

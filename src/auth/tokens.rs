@@ -38,6 +38,9 @@ pub struct AccessClaims {
     /// The user's FHIR resource (`Patient/1`), when there is a user.
     #[serde(default, rename = "fhirUser", skip_serializing_if = "Option::is_none")]
     pub fhir_user: Option<String>,
+    /// The generation of the user's tokens this one belongs to (see `UserRecord::epoch`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u32>,
     /// The patients `patient/` scopes reach.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub patients: Vec<String>,

@@ -149,12 +149,9 @@ impl Smart {
     }
 
     pub async fn add_user(&self, username: &str, password: &str, fhir_user: &str, patients: &[&str]) {
-        let record = UserRecord {
-            username: username.into(),
-            password_hash: hash_password(password, PasswordCost::Cheap),
-            fhir_user: fhir_user.into(),
-            patients: patients.iter().map(|p| p.to_string()).collect(),
-        };
+        let patients = patients.iter().map(|p| p.to_string()).collect();
+        let record =
+            UserRecord::new(username, hash_password(password, PasswordCost::Cheap), fhir_user.into(), patients);
         save_user(self.store.as_ref(), &record).await.unwrap();
     }
 
