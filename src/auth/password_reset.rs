@@ -56,16 +56,16 @@ pub fn reset_link(base_url: &str, token: &str) -> String {
     format!("{}/auth/reset?token={token}", base_url.trim_end_matches('/'))
 }
 
-/// The account `account` names (its username, or the e-mail address of its resource) and the
-/// address to e-mail it at; `None` when there is no such account or it has no address.
+/// The enabled account `account` names (its username, or the e-mail address of its resource)
+/// and the address to e-mail it at; `None` when there is no such account or it has no address.
 pub async fn account_to_email(store: &dyn Store, account: &str) -> StoreResult<Option<(String, String)>> {
-    if let Some(found) = user(store, account).await? {
+    if let Some(found) = user(store, account).await?.filter(|found| !found.disabled) {
         return Ok(email_of(store, &found).await?.map(|email| (found.username, email)));
     }
     if !account.contains('@') {
         return Ok(None);
     }
-    for found in users(store).await? {
+    for found in users(store).await?.into_iter().filter(|found| !found.disabled) {
         if let Some(email) = email_of(store, &found).await? {
             if email.eq_ignore_ascii_case(account.trim()) {
                 return Ok(Some((found.username, email)));
