@@ -137,9 +137,10 @@ pub async fn user(
             Ok(format!("added user {username}"))
         }
         UserCommand::List => {
-            let mut out = String::from("username\tfhir_user\tpatients\n");
+            let mut out = String::from("username\tfhir_user\tpatients\tstate\n");
             for u in records::users(store).await? {
-                out.push_str(&format!("{}\t{}\t{}\n", u.username, u.fhir_user, u.patients.join(" ")));
+                let state = if u.disabled { "disabled" } else { "enabled" };
+                out.push_str(&format!("{}\t{}\t{}\t{state}\n", u.username, u.fhir_user, u.patients.join(" ")));
             }
             Ok(out.trim_end().to_string())
         }

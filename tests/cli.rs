@@ -288,4 +288,12 @@ async fn user_invite_prints_a_one_time_registration_link() {
         "{printed:?}"
     );
     assert!(!reset("nobody").status.success());
+
+    // Disabling and enabling an account shows in the list.
+    let user = |args: &[&str]| run_hearth(&[&["--database", database.as_str(), "user"][..], args].concat());
+    assert!(user(&["disable", "ana"]).status.success());
+    assert!(String::from_utf8_lossy(&user(&["list"]).stdout).contains("Patient/p1\tp1\tdisabled"));
+    assert!(user(&["enable", "ana"]).status.success());
+    assert!(String::from_utf8_lossy(&user(&["list"]).stdout).contains("Patient/p1\tp1\tenabled"));
+    assert!(!user(&["disable", "nobody"]).status.success());
 }

@@ -11,7 +11,6 @@ use common::smtp::SmtpSink;
 use common::{Db, TestServer};
 use hearth::auth::records::user;
 use hearth::auth::registration::{invite, registration_link};
-use hearth::config::UserCommand;
 use hearth::mail::{MailSettings, Mailer};
 use hearth::server::Settings;
 use reqwest::{Response, StatusCode};
@@ -21,7 +20,7 @@ const BIRTH_DATE: &str = "1980-02-01";
 const PASSWORD: &str = "violet kettle drums at noon";
 
 struct Clinic {
-    server: TestServer,
+    _server: TestServer,
     smart: Smart,
     patient: String,
     admin: String,
@@ -39,7 +38,7 @@ async fn clinic_with(db: Db, adjust: impl FnOnce(Settings) -> Settings) -> Clini
     let resource = json!({"resourceType": "Patient", "name": [{"family": "Rivera"}], "birthDate": BIRTH_DATE});
     let patient = smart.create(&admin, &resource).await;
     smart.add_public_client("app").await;
-    Clinic { server, smart, patient, admin }
+    Clinic { _server: server, smart, patient, admin }
 }
 
 impl Clinic {
@@ -385,22 +384,27 @@ async fn disabled_accounts_stop_at_once_and_sign_in_to_nothing(db: Db) {
     };
     assert_eq!(read(access_only.clone()).await, StatusCode::OK);
 
-    // Through the server's own store: on SQLite a command from another process reaches the
-    // server's token checks only when it reloads them (docs/accounts.md).
-    let server_store = clinic.server.server_store();
-    let store = server_store.as_ref();
-    let command = |command| hearth::admin::user(store, command, hearth::auth::PasswordCost::Cheap, "http://x");
-    command(UserCommand::Disable { username: "dee".into() }).await.unwrap();
-    // At once on this node; on another within the feed's delay (the same server here).
-    let mut status = read(access_only.clone()).await;
-    for _ in 0..20 {
-        if status == StatusCode::UNAUTHORIZED {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        status = read(access_only.clone()).await;
-    }
-    assert_eq!(status, StatusCode::UNAUTHORIZED, "a token without refresh stops too");
+    let account = |action: &str, token: Option<&str>| {
+        let url = clinic.smart.url(&format!("/auth/accounts/dee/{action}"));
+        let request = clinic.smart.http.post(url);
+        let request = match token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
+        async move { request.send().await.unwrap() }
+    };
+    // Only staff manage accounts: not without a token, not the patient, not a reader.
+    assert_eq!(account("disable", None).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(account("disable", Some(&access_only)).await.status(), StatusCode::FORBIDDEN);
+    let reader = clinic.smart.system_token("admin", "admin-secret", "system/*.rs").await;
+    assert_eq!(account("disable", Some(&reader)).await.status(), StatusCode::FORBIDDEN);
+    let unknown = clinic.smart.http.post(clinic.smart.url("/auth/accounts/nobody/disable")).bearer_auth(&clinic.admin);
+    assert_eq!(unknown.send().await.unwrap().status(), StatusCode::NOT_FOUND);
+    assert_eq!(read(access_only.clone()).await, StatusCode::OK, "refusals changed nothing");
+    let disabled = account("disable", Some(&clinic.admin)).await;
+    assert_eq!(disabled.status(), StatusCode::OK);
+    assert_eq!(disabled.json::<serde_json::Value>().await.unwrap(), json!({"username": "dee", "disabled": true}));
+    assert_eq!(read(access_only.clone()).await, StatusCode::UNAUTHORIZED, "at once, a token without refresh too");
     assert_eq!(clinic.smart.refresh("app", &refresh, None).await.status(), StatusCode::BAD_REQUEST);
     let login = clinic.smart.authorize("app", scope, &Pkce::new(), &[]).await.text().await.unwrap();
     let refused = clinic.smart.login(&login, "dee", "dee-password").await;
@@ -409,7 +413,7 @@ async fn disabled_accounts_stop_at_once_and_sign_in_to_nothing(db: Db) {
     let wrong = clinic.smart.login(&login, "dee", "not-the-password").await.text().await.unwrap();
     assert!(!alert(&wrong).contains("disabled"), "only the right password learns that it is disabled");
 
-    command(UserCommand::Enable { username: "dee".into() }).await.unwrap();
+    assert_eq!(account("enable", Some(&clinic.admin)).await.status(), StatusCode::OK);
     let again = clinic.smart.launch(&Authorization::new("app", scope, "dee", "dee-password")).await;
     assert_eq!(read(again["access_token"].as_str().unwrap().to_string()).await, StatusCode::OK);
     assert_eq!(read(access_only).await, StatusCode::UNAUTHORIZED, "earlier tokens stay ended");

@@ -230,6 +230,18 @@ impl Access {
             })
     }
 
+    /// Whether the caller may do `permission` on `resource_type` as staff or a system: a scope
+    /// grants it, not only for particular patients (everyone, without authorisation).
+    pub fn acts_as_staff(&self, permission: Permission, resource_type: &str) -> bool {
+        match self {
+            Access::Open => true,
+            Access::Token(grant) => {
+                grant.scopes.iter().any(|s| s.grants(permission, resource_type))
+                    && !self.is_patient_bound(permission, resource_type)
+            }
+        }
+    }
+
     /// Whether the caller writes `resource_type` only for particular patients (a patient app, a
     /// proxy): whatever it may write of that type, create, update or delete, is patient-bound.
     pub fn writes_for_patients(&self, resource_type: &str) -> bool {

@@ -7,6 +7,7 @@
 //! database (`auth_objects`), so any node can serve any step of a flow.
 
 pub mod access;
+mod accounts;
 mod authorize;
 mod client_auth;
 mod client_jwks;

@@ -2,7 +2,7 @@
 //! `Authorization` header for [`AuthServer`], and turns its [`Reply`]s into responses.
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -31,6 +31,8 @@ pub fn routes<S: Clone + Send + Sync + 'static>(auth: Arc<AuthServer>) -> Router
         .route("/auth/introspect", post(introspect))
         .route("/auth/revoke", post(revoke))
         .route("/auth/launch", post(launch))
+        .route("/auth/accounts/{username}/disable", post(disable_account))
+        .route("/auth/accounts/{username}/enable", post(enable_account))
         .with_state(auth)
 }
 
@@ -119,6 +121,26 @@ async fn introspect(State(auth): State<Server>, headers: HeaderMap, body: Bytes)
 
 async fn revoke(State(auth): State<Server>, headers: HeaderMap, body: Bytes) -> Response {
     into_response(auth.revoke(header_text(&headers, header::AUTHORIZATION), &form_map(&body)).await)
+}
+
+async fn disable_account(state: State<Server>, path: Path<String>, headers: HeaderMap) -> Response {
+    set_disabled(state, path, headers, true).await
+}
+
+async fn enable_account(state: State<Server>, path: Path<String>, headers: HeaderMap) -> Response {
+    set_disabled(state, path, headers, false).await
+}
+
+async fn set_disabled(
+    State(auth): State<Server>,
+    Path(username): Path<String>,
+    headers: HeaderMap,
+    disabled: bool,
+) -> Response {
+    match auth.authenticate(header_text(&headers, header::AUTHORIZATION)).await {
+        Ok(access) => into_response(auth.set_disabled(&access, &username, disabled).await),
+        Err(error) => bearer_challenge(&error),
+    }
 }
 
 async fn launch(State(auth): State<Server>, headers: HeaderMap, body: Bytes) -> Response {

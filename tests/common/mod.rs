@@ -129,12 +129,6 @@ impl TestServer {
         Self::serve(self.db, self.database_url.clone(), self._dir.take(), self.settings.clone(), None).await
     }
 
-    /// The running server's own store (what an in-process call such as an admin API uses;
-    /// another handle on SQLite is another process to the server's caches).
-    pub fn server_store(&self) -> std::sync::Arc<dyn hearth::store::Store> {
-        self.running.as_ref().and_then(|r| r.store.upgrade()).expect("a running server")
-    }
-
     /// Absolute URL of a path under the FHIR base (`Patient/1`).
     pub fn url(&self, path: &str) -> String {
         if path.is_empty() {
