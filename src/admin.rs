@@ -227,7 +227,7 @@ pub fn profiles(command: ProfilesCommand) -> anyhow::Result<String> {
 
 /// A package's name and what the server uses of it.
 fn describe(package: &Package) -> String {
-    let definitions = Definitions::with(&package.resources);
+    let definitions = Definitions::with(&package.resources.iter().collect::<Vec<_>>());
     let (structure_definitions, expanded) = definitions.added();
     let mut line = format!(
         "{} {}: {structure_definitions} StructureDefinitions used, {expanded} bound value sets expanded",

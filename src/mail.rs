@@ -12,6 +12,8 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde::{Deserialize, Serialize};
 
+use crate::store::{Job, Store, StoreResult};
+
 /// The job kind of queued e-mails.
 pub const MAIL_JOB: &str = "mail";
 
@@ -46,6 +48,26 @@ pub enum Purpose {
     /// (sent to the e-mail address of the account's resource; nothing when there is none, and
     /// the person who asked is not told which).
     PasswordReset { account: String },
+}
+
+impl Queued {
+    /// The first try of an e-mail for `purpose`.
+    pub fn new(purpose: Purpose) -> Self {
+        Queued { purpose, attempt: 1 }
+    }
+}
+
+/// Queues `queued` as a job of kind [`MAIL_JOB`] (any node's worker sends it); answers the job.
+pub async fn queue(store: &dyn Store, queued: &Queued) -> StoreResult<Job> {
+    let parameters = serde_json::to_string(queued).expect("a queued e-mail serialises");
+    store.enqueue_job(MAIL_JOB, &parameters).await
+}
+
+/// The first e-mail address among a FHIR resource's `telecom` (a Patient's, a RelatedPerson's).
+pub fn telecom_email(resource: &serde_json::Value) -> Option<String> {
+    let telecom = resource["telecom"].as_array()?;
+    let email = telecom.iter().find(|t| t["system"] == "email")?;
+    email["value"].as_str().map(str::to_string)
 }
 
 /// Where e-mail goes: `--smtp-url`, `--mail-from`.

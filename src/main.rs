@@ -147,7 +147,7 @@ fn profile_policy(dir: Option<&Path>, required: &[String], accept_unknown: bool)
         None => Vec::new(),
     };
     let resources: Vec<serde_json::Value> = packages.into_iter().flat_map(|(_, p)| p.resources).collect();
-    let definitions = Definitions::with(&resources);
+    let definitions = Definitions::with(&resources.iter().collect::<Vec<_>>());
     let required = required
         .iter()
         .map(|value| {

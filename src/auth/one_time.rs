@@ -4,11 +4,38 @@
 //! used, and a form that is not the link's own.
 
 use serde::de::DeserializeOwned;
+use serde::Serialize;
+use time::OffsetDateTime;
 
 use super::authorize::{error_page, param, server_error, Params};
-use super::keys::digest;
+use super::keys::{digest, random_token};
 use super::{AuthServer, Reply};
-use crate::store::StoreResult;
+use crate::store::{Store, StoreResult};
+
+/// Stores `record` under the digest of a new 256-bit token until `expires`; answers the token,
+/// which is not stored.
+pub(super) async fn mint<T: Serialize>(
+    store: &dyn Store,
+    kind: &str,
+    record: &T,
+    expires: OffsetDateTime,
+) -> StoreResult<String> {
+    let token = random_token(32);
+    let data = serde_json::to_string(record).expect("a one-time link's record serialises");
+    store.auth_upsert(kind, &digest(&token), &data, expires).await?;
+    Ok(token)
+}
+
+/// A new CSRF token for the form a link opens.
+pub(super) fn new_csrf() -> String {
+    random_token(24)
+}
+
+/// The link to the page at `path` (`/auth/register`) for `token`, under the server's public
+/// base URL.
+pub(super) fn link(base_url: &str, path: &str, token: &str) -> String {
+    format!("{}{path}?token={token}", base_url.trim_end_matches('/'))
+}
 
 /// What the pages of one kind of link say when it cannot be used.
 pub(super) struct LinkPages {

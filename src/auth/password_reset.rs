@@ -7,12 +7,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::authorize::{error_page, param, server_error, Params};
-use super::keys::{digest, random_token};
-use super::one_time::LinkPages;
+use super::keys::digest;
+use super::one_time::{link, mint, new_csrf, LinkPages};
 use super::password_policy::password_problem;
 use super::records::{hash_password, user, users, UserRecord};
 use super::{in_seconds, pages, AuthServer, Reply};
-use crate::mail::{Purpose, Queued, MAIL_JOB};
+use crate::mail::{telecom_email, Purpose, Queued};
 use crate::store::{Store, StoreResult};
 
 /// Record kind of reset links (keyed by the token's digest).
@@ -44,16 +44,13 @@ struct ResetLink {
 
 /// A reset link's token for `username`, which is not stored (its digest is).
 pub async fn reset_token(store: &dyn Store, username: &str) -> StoreResult<String> {
-    let token = random_token(32);
-    let link = ResetLink { username: username.to_string(), csrf: random_token(24) };
-    let data = serde_json::to_string(&link).expect("a reset link serialises");
-    store.auth_upsert(RESET, &digest(&token), &data, in_seconds(RESET_SECONDS)).await?;
-    Ok(token)
+    let link = ResetLink { username: username.to_string(), csrf: new_csrf() };
+    mint(store, RESET, &link, in_seconds(RESET_SECONDS)).await
 }
 
 /// The link a reset token opens, under the server's public base URL.
 pub fn reset_link(base_url: &str, token: &str) -> String {
-    format!("{}/auth/reset?token={token}", base_url.trim_end_matches('/'))
+    link(base_url, "/auth/reset", token)
 }
 
 /// The enabled account `account` names (its username, or the e-mail address of its resource)
@@ -80,8 +77,7 @@ async fn email_of(store: &dyn Store, user: &UserRecord) -> StoreResult<Option<St
     let Some((resource_type, id)) = user.fhir_user.split_once('/') else { return Ok(None) };
     let Some(stored) = store.read(resource_type, id).await?.filter(|v| !v.deleted) else { return Ok(None) };
     let resource: Value = serde_json::from_slice(&stored.body).unwrap_or_default();
-    let telecom = resource["telecom"].as_array().cloned().unwrap_or_default();
-    Ok(telecom.iter().find(|t| t["system"] == "email").and_then(|t| t["value"].as_str().map(str::to_string)))
+    Ok(telecom_email(&resource))
 }
 
 impl AuthServer {
@@ -110,9 +106,8 @@ impl AuthServer {
             Err(error) => return server_error(error),
         };
         if requests <= MAX_RESET_REQUESTS {
-            let queued = Queued { purpose: Purpose::PasswordReset { account: account.to_string() }, attempt: 1 };
-            let parameters = serde_json::to_string(&queued).expect("a queued e-mail serialises");
-            if let Err(error) = self.store.enqueue_job(MAIL_JOB, &parameters).await {
+            let queued = Queued::new(Purpose::PasswordReset { account: account.to_string() });
+            if let Err(error) = crate::mail::queue(self.store.as_ref(), &queued).await {
                 return server_error(error);
             }
         }

@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::authorize::{error_page, param, server_error, Params, MAX_LOGIN_ATTEMPTS, THROTTLE_SECONDS};
-use super::keys::{digest, random_token};
-use super::one_time::LinkPages;
+use super::keys::digest;
+use super::one_time::{link, mint, new_csrf, LinkPages};
 use super::password_policy::password_problem;
 use super::records::{hash_password, insert_user, remove_user, UserRecord};
 use super::{in_seconds, pages, AuthServer, Reply};
@@ -91,16 +91,13 @@ pub async fn check_invitable(store: &dyn Store, fhir_user: &str) -> Result<(), I
 /// record) for `ttl`; answers the token of the link, which is not stored.
 pub async fn invite(store: &dyn Store, fhir_user: &str, ttl: time::Duration) -> Result<String, InviteError> {
     let (patients, birth_date) = invitee(store, fhir_user).await?;
-    let token = random_token(32);
-    let invitation = Invitation { fhir_user: fhir_user.to_string(), patients, birth_date, csrf: random_token(24) };
-    let data = serde_json::to_string(&invitation).expect("an invitation serialises");
-    store.auth_upsert(INVITATION, &digest(&token), &data, time::OffsetDateTime::now_utc() + ttl).await?;
-    Ok(token)
+    let invitation = Invitation { fhir_user: fhir_user.to_string(), patients, birth_date, csrf: new_csrf() };
+    Ok(mint(store, INVITATION, &invitation, time::OffsetDateTime::now_utc() + ttl).await?)
 }
 
 /// The link an invitation's token opens, under the server's public base URL.
 pub fn registration_link(base_url: &str, token: &str) -> String {
-    format!("{}/auth/register?token={token}", base_url.trim_end_matches('/'))
+    link(base_url, "/auth/register", token)
 }
 
 impl AuthServer {

@@ -4,7 +4,7 @@
 //! one.
 
 use async_trait::async_trait;
-use serde_json::{json, Value};
+use serde_json::json;
 use time::format_description::well_known::Rfc3339;
 
 use super::inputs::parameter_path;
@@ -37,7 +37,7 @@ impl Operation for Invite {
             ));
         }
         let fhir_user = format!("{resource_type}/{}", instance.id);
-        let email = inputs.text("email").map(str::to_string).or_else(|| telecom_email(&resource));
+        let email = inputs.text("email").map(str::to_string).or_else(|| crate::mail::telecom_email(&resource));
         let by_email = match inputs.text("delivery") {
             Some("email") => true,
             Some("print") => false,
@@ -71,13 +71,6 @@ impl Operation for Invite {
         response.headers.push(("cache-control", "no-store".to_string()));
         Ok(response)
     }
-}
-
-/// The first e-mail address among a resource's `telecom`.
-fn telecom_email(resource: &Value) -> Option<String> {
-    let telecom = resource["telecom"].as_array()?;
-    let email = telecom.iter().find(|t| t["system"] == "email")?;
-    email["value"].as_str().map(str::to_string)
 }
 
 fn bad_input(name: &str, message: String) -> FhirError {

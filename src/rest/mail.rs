@@ -12,8 +12,7 @@ use crate::store::Job;
 impl FhirService {
     /// Queues `queued` for the job worker (of this node at once, or of any node).
     pub(crate) async fn queue_mail(&self, queued: &Queued) -> Result<(), FhirError> {
-        let parameters = serde_json::to_string(queued).map_err(|_| FhirError::internal())?;
-        self.store.enqueue_job(MAIL_JOB, &parameters).await.map_err(store_error)?;
+        crate::mail::queue(self.store.as_ref(), queued).await.map_err(store_error)?;
         self.jobs_queued.notify_one();
         Ok(())
     }
@@ -23,7 +22,7 @@ impl FhirService {
     pub(super) async fn mail_job(&self, job: &Job) -> Result<JobEnd, String> {
         let queued: Queued =
             serde_json::from_str(&job.parameters).map_err(|error| format!("unreadable parameters: {error}"))?;
-        let server = self.config.base_url.trim_end_matches("/fhir");
+        let server = self.config.server_url();
         let (to, (subject, text)) = match &queued.purpose {
             Purpose::Invitation { fhir_user, to } => {
                 let ttl = self.config.invite_ttl;

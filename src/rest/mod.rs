@@ -217,6 +217,14 @@ pub struct ServiceConfig {
     pub mailer: crate::mail::Mailer,
 }
 
+impl ServiceConfig {
+    /// The public URL of the server (the FHIR base without `/fhir`): where its own pages, such
+    /// as those of one-time links, are.
+    pub fn server_url(&self) -> &str {
+        self.base_url.trim_end_matches("/fhir")
+    }
+}
+
 /// The FHIR interactions over one store.
 #[derive(Clone)]
 pub struct FhirService {
@@ -239,11 +247,10 @@ impl FhirService {
     /// [`FhirService::load_search_parameters`] and [`FhirService::load_profiles`] to add the
     /// definitions stored in it.
     pub fn new(store: Arc<dyn Store>, config: ServiceConfig) -> Self {
-        let definitions = Definitions::with(&config.profiles.packages);
         FhirService {
             store,
             registry: Arc::new(Live::new(Registry::standard().clone())),
-            definitions: Arc::new(Live::new(definitions)),
+            definitions: Arc::new(Live::new(Definitions::with(&[]))),
             config: Arc::new(config),
             jobs_queued: Arc::new(tokio::sync::Notify::new()),
             access_rows: Arc::new(crate::bounded::BoundedMap::new(ACCESS_ROWS_CACHED)),

@@ -52,8 +52,7 @@ impl OperationContext<'_> {
         use crate::auth::registration::{invite, registration_link};
         let ttl = self.service.config.invite_ttl;
         let token = invite(self.service.store().as_ref(), fhir_user, ttl).await.map_err(invite_error)?;
-        let server = self.service.config.base_url.trim_end_matches("/fhir");
-        Ok((registration_link(server, &token), time::OffsetDateTime::now_utc() + ttl))
+        Ok((registration_link(self.service.config.server_url(), &token), time::OffsetDateTime::now_utc() + ttl))
     }
 
     /// Whether the server sends e-mail (`--smtp-url`).
@@ -67,7 +66,7 @@ impl OperationContext<'_> {
         use crate::auth::registration::check_invitable;
         check_invitable(self.service.store().as_ref(), fhir_user).await.map_err(invite_error)?;
         let purpose = crate::mail::Purpose::Invitation { fhir_user: fhir_user.to_string(), to: to.to_string() };
-        self.service.queue_mail(&crate::mail::Queued { purpose, attempt: 1 }).await
+        self.service.queue_mail(&crate::mail::Queued::new(purpose)).await
     }
 
     /// The `_cursor` of a paged operation's link, when the request follows one.

@@ -54,8 +54,8 @@ impl FhirService {
     /// StructureDefinitions, ValueSets and CodeSystems.
     pub async fn load_profiles(&self) -> Result<(), StoreError> {
         let newest = self.newest_write(PROFILE_TYPES).await?;
-        let mut resources = self.config.profiles.packages.to_vec();
-        resources.extend(self.stored(PROFILE_TYPES).await?);
+        let stored = self.stored(PROFILE_TYPES).await?;
+        let resources: Vec<&Value> = self.config.profiles.packages.iter().chain(&stored).collect();
         let definitions = Definitions::with(&resources);
         self.definitions.replace(definitions, newest);
         Ok(())

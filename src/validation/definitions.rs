@@ -338,12 +338,12 @@ impl Definitions {
     /// CodeSystems among `resources` (an operator's packages, the store's): a url the carried
     /// ones define, or that an earlier resource defined, is left as it was; a StructureDefinition
     /// that cannot be used (no snapshot) is remembered with the reason.
-    pub fn with(resources: &[Value]) -> Definitions {
+    pub fn with(resources: &[&Value]) -> Definitions {
         let carried = Definitions::carried();
         let mut by_url = HashMap::new();
         let mut unusable = HashMap::new();
         let mut parsed = HashMap::new();
-        for resource in resources.iter().filter(|r| r["resourceType"] == "StructureDefinition") {
+        for resource in resources.iter().copied().filter(|r| r["resourceType"] == "StructureDefinition") {
             let Some(url) = resource["url"].as_str() else { continue };
             if carried.get(url).is_some() || by_url.contains_key(url) || unusable.contains_key(url) {
                 continue;
@@ -475,7 +475,7 @@ mod tests {
         let mut without_snapshot = profile.clone();
         without_snapshot["url"] = serde_json::json!("http://clinic.example/sd/differential");
         without_snapshot.as_object_mut().unwrap().remove("snapshot");
-        let definitions = Definitions::with(&[patient, profile, without_snapshot]);
+        let definitions = Definitions::with(&[&patient, &profile, &without_snapshot]);
         assert_eq!(definitions.core("Patient").unwrap().elements[0].min, 0, "the carried definition stays");
         assert!(definitions.profiles_of("Patient").contains(&"http://clinic.example/sd/patient"));
         assert!(definitions.get("http://clinic.example/sd/patient|1.0").is_some());

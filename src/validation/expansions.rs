@@ -42,12 +42,12 @@ pub(super) fn carried() -> HashMap<String, Option<Arc<Expansion>>> {
 /// code system published elsewhere such as SNOMED CT, a filter other than is-a).
 pub(super) fn expand(
     urls: &[&str],
-    resources: &[Value],
+    resources: &[&Value],
     carried: &Definitions,
 ) -> HashMap<String, Option<Arc<Expansion>>> {
     let by_url = |resource_type: &str| -> HashMap<&str, &Value> {
         let mut found = HashMap::new();
-        for resource in resources.iter().filter(|r| r["resourceType"] == resource_type) {
+        for resource in resources.iter().copied().filter(|r| r["resourceType"] == resource_type) {
             if let Some(url) = resource["url"].as_str() {
                 found.entry(url).or_insert(resource);
             }
@@ -218,7 +218,7 @@ mod tests {
         ];
         let urls =
             ["http://clinic.example/vs/below-a", "http://clinic.example/vs/snomed", "http://clinic.example/vs/none"];
-        let expanded = expand(&urls, &resources, Definitions::carried());
+        let expanded = expand(&urls, &resources.iter().collect::<Vec<_>>(), Definitions::carried());
         let below_a = expanded["http://clinic.example/vs/below-a"].as_ref().unwrap();
         assert!(below_a.contains(system, "a1") && below_a.contains(system, "a21"));
         assert!(!below_a.contains(system, "a") && !below_a.contains(system, "a2") && !below_a.contains(system, "b"));
