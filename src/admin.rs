@@ -137,10 +137,11 @@ pub async fn user(
             Ok(format!("added user {username}"))
         }
         UserCommand::List => {
-            let mut out = String::from("username\tfhir_user\tpatients\tstate\n");
+            let mut out = String::from("username\tfhir_user\tpatients\trelated\tstate\n");
             for u in records::users(store).await? {
                 let state = if u.disabled { "disabled" } else { "enabled" };
-                out.push_str(&format!("{}\t{}\t{}\t{state}\n", u.username, u.fhir_user, u.patients.join(" ")));
+                let (patients, related) = (u.patients.join(" "), u.related.join(" "));
+                out.push_str(&format!("{}\t{}\t{patients}\t{related}\t{state}\n", u.username, u.fhir_user));
             }
             Ok(out.trim_end().to_string())
         }
@@ -159,6 +160,29 @@ pub async fn user(
             found.disabled = true;
             sign_out_everywhere(store, found).await?;
             Ok(format!("disabled {username}; its sessions and tokens have ended"))
+        }
+        UserCommand::Link { username, related_person } => {
+            let id = related_person_id(&related_person)?;
+            let mut found = existing_user(store, &username).await?;
+            if found.is_clinician() {
+                bail!("{username} is a clinician's account, which reaches every patient already");
+            }
+            if found.related_persons().contains(&id) {
+                return Ok(format!("{username} already acts through {related_person}"));
+            }
+            found.related.push(id);
+            records::save_user(store, &found).await?;
+            Ok(format!("{username} acts through {related_person} while it is active and in its period"))
+        }
+        UserCommand::Unlink { username, related_person } => {
+            let id = related_person_id(&related_person)?;
+            let mut found = existing_user(store, &username).await?;
+            if !found.related.contains(&id) {
+                bail!("{username} is not linked to {related_person} (an account's own RelatedPerson is ended by editing it)");
+            }
+            found.related.retain(|r| *r != id);
+            sign_out_everywhere(store, found).await?;
+            Ok(format!("{username} no longer acts through {related_person}; its sessions and tokens have ended"))
         }
         UserCommand::Enable { username } => {
             let mut found = existing_user(store, &username).await?;
@@ -182,6 +206,11 @@ fn fhir_reference(text: &str, types: &[&str]) -> anyhow::Result<String> {
         Some((t, id)) if types.contains(&t) && is_valid_id(id) => Ok(text.to_string()),
         _ => bail!("'{text}' must be a reference such as {}/123", types[0]),
     }
+}
+
+/// The id of a `RelatedPerson/id` reference.
+fn related_person_id(text: &str) -> anyhow::Result<String> {
+    Ok(fhir_reference(text, &["RelatedPerson"])?.trim_start_matches("RelatedPerson/").to_string())
 }
 
 /// The account `username`, or an error saying there is none.

@@ -97,6 +97,11 @@ pub enum Command {
         /// The sender of e-mail.
         #[arg(long, env = "HEARTH_MAIL_FROM", default_value = "Hearth <no-reply@localhost>")]
         mail_from: String,
+        /// The age at which a parent's or guardian's proxy access (a RelatedPerson whose
+        /// relationship is a parent or guardian code) ends, unless the RelatedPerson's period
+        /// starts on or after that birthday; 0 for never.
+        #[arg(long, env = "HEARTH_PARENT_ACCESS_UNTIL_AGE", default_value_t = 18)]
+        parent_access_until_age: u8,
     },
     /// Load transaction, batch or collection Bundles (`.json`) and `.ndjson` files.
     Import {
@@ -211,7 +216,8 @@ pub enum UserCommand {
         /// The user's FHIR resource: Patient/id, Practitioner/id or RelatedPerson/id.
         #[arg(long)]
         fhir_user: String,
-        /// A patient this user acts for (a proxy: parent, caregiver), as Patient/id.
+        /// A patient this user acts for whatever the FHIR data say (an operator's link, as
+        /// Patient/id); a RelatedPerson account follows its resource without it.
         #[arg(long)]
         patient: Vec<String>,
     },
@@ -219,7 +225,6 @@ pub enum UserCommand {
     List,
     /// Remove a user.
     Remove { username: String },
-    /// Change a user's password (read from standard input).
     /// Invite the person of a Patient or RelatedPerson (with a birthDate on record) to
     /// register: prints a one-time registration link.
     Invite {
@@ -238,6 +243,20 @@ pub enum UserCommand {
     Disable { username: String },
     /// Enable a disabled account again (its earlier tokens stay ended).
     Enable { username: String },
+    /// Let an account act through another RelatedPerson (a caregiver of several patients): it
+    /// reaches that RelatedPerson's patient while the resource is active and in its period.
+    Link {
+        username: String,
+        /// `RelatedPerson/id`.
+        related_person: String,
+    },
+    /// Stop an account acting through a RelatedPerson; its sessions and tokens end.
+    Unlink {
+        username: String,
+        /// `RelatedPerson/id`.
+        related_person: String,
+    },
+    /// Change a user's password (read from standard input).
     Passwd {
         username: String,
         #[arg(long, required = true)]

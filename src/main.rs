@@ -1,6 +1,7 @@
 //! The `hearth` command line: parses arguments and hands over to the library.
 
 use clap::Parser;
+use hearth::auth::proxy::ProxyPolicy;
 use hearth::auth::PasswordCost;
 use hearth::config::{AuthMode, Cli, Command};
 use hearth::model::upload::UploadRules;
@@ -49,6 +50,7 @@ async fn main() -> anyhow::Result<()> {
             invite_ttl,
             smtp_url,
             mail_from,
+            parent_access_until_age,
         } => {
             if default_count > max_count {
                 anyhow::bail!("--default-count ({default_count}) cannot be larger than --max-count ({max_count})");
@@ -88,6 +90,7 @@ async fn main() -> anyhow::Result<()> {
                 profiles: profile_policy(profiles.as_deref(), &require_profile, accept_unknown_profiles)?,
                 invite_ttl,
                 mailer: mailer(smtp_url, mail_from)?,
+                proxy: ProxyPolicy { parent_access_until_age: Some(parent_access_until_age).filter(|&age| age > 0) },
                 ..Settings::new(&base_url)
             };
             let hearth = Hearth::open(&cli.database, settings).await?;

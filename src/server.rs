@@ -37,6 +37,8 @@ pub struct Settings {
     pub invite_ttl: time::Duration,
     /// Where e-mail goes (nowhere by default).
     pub mailer: crate::mail::Mailer,
+    /// When a parent's proxy access ends (`--parent-access-until-age`).
+    pub proxy: crate::auth::proxy::ProxyPolicy,
 }
 
 impl Settings {
@@ -56,6 +58,7 @@ impl Settings {
             profiles: Default::default(),
             invite_ttl: time::Duration::days(7),
             mailer: crate::mail::Mailer::off(),
+            proxy: crate::auth::proxy::ProxyPolicy { parent_access_until_age: Some(18) },
         }
     }
 }
@@ -76,6 +79,7 @@ impl Hearth {
                 base_url: settings.base_url.clone(),
                 password_cost: settings.password_cost,
                 sends_email: settings.mailer.sends(),
+                proxy: settings.proxy,
             };
             Some(AuthServer::open(store.clone(), auth_settings).await?)
         } else {

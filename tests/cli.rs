@@ -292,8 +292,17 @@ async fn user_invite_prints_a_one_time_registration_link() {
     // Disabling and enabling an account shows in the list.
     let user = |args: &[&str]| run_hearth(&[&["--database", database.as_str(), "user"][..], args].concat());
     assert!(user(&["disable", "ana"]).status.success());
-    assert!(String::from_utf8_lossy(&user(&["list"]).stdout).contains("Patient/p1\tp1\tdisabled"));
+    assert!(String::from_utf8_lossy(&user(&["list"]).stdout).contains("Patient/p1\tp1\t\tdisabled"));
     assert!(user(&["enable", "ana"]).status.success());
-    assert!(String::from_utf8_lossy(&user(&["list"]).stdout).contains("Patient/p1\tp1\tenabled"));
+    assert!(String::from_utf8_lossy(&user(&["list"]).stdout).contains("Patient/p1\tp1\t\tenabled"));
     assert!(!user(&["disable", "nobody"]).status.success());
+
+    // A parent who is a patient too acts through the RelatedPerson of their child.
+    assert!(user(&["link", "ana", "RelatedPerson/child-1"]).status.success());
+    assert!(String::from_utf8_lossy(&user(&["list"]).stdout).contains("Patient/p1\tp1\tchild-1\tenabled"));
+    assert!(!user(&["link", "ana", "Patient/child-1"]).status.success(), "a RelatedPerson is linked");
+    assert!(!user(&["unlink", "ana", "RelatedPerson/other"]).status.success());
+    let unlinked = user(&["unlink", "ana", "RelatedPerson/child-1"]);
+    assert!(String::from_utf8_lossy(&unlinked.stdout).contains("sessions and tokens have ended"));
+    assert!(String::from_utf8_lossy(&user(&["list"]).stdout).contains("Patient/p1\tp1\t\tenabled"));
 }

@@ -138,7 +138,7 @@ async fn an_invited_patient_registers_and_is_signed_in(db: Db) {
     assert!(set_cookie.starts_with("hearth_session=") && set_cookie.contains("HttpOnly"));
     let stored = user(clinic.smart.store.as_ref(), "ana.rivera").await.unwrap().expect("the account");
     assert_eq!(stored.fhir_user, format!("Patient/{}", clinic.patient));
-    assert_eq!(stored.patients, vec![clinic.patient.clone()]);
+    assert!(stored.patients.is_empty() && stored.related.is_empty(), "a patient reaches their own record");
     assert!(stored.password_hash.starts_with("$argon2id$"));
 
     // Signed in: an authorization request from this browser goes straight to consent.
@@ -197,7 +197,8 @@ async fn links_expire_lock_and_serve_caregivers(db: Db) {
     let accounts = [user(store, "twin.a").await.unwrap(), user(store, "twin.b").await.unwrap()];
     assert_eq!(accounts.iter().filter(|a| a.is_some()).count(), 1);
 
-    // A caregiver registers for the patient their RelatedPerson names.
+    // A caregiver registers for the patient their RelatedPerson names, and reaches that patient
+    // through it (tests/proxies.rs follows the RelatedPerson's changes).
     let related = json!({"resourceType": "RelatedPerson", "patient": {"reference": format!("Patient/{}", clinic.patient)},
         "birthDate": "1955-06-30"});
     let caregiver = clinic.smart.create(&clinic.admin, &related).await;
@@ -205,10 +206,9 @@ async fn links_expire_lock_and_serve_caregivers(db: Db) {
     let page = clinic.page(&token).await.text().await.unwrap();
     assert_eq!(clinic.register(&page, "1955-06-30", "marta", PASSWORD).await.status(), StatusCode::CREATED);
     let stored = user(clinic.smart.store.as_ref(), "marta").await.unwrap().unwrap();
-    assert_eq!(
-        (stored.fhir_user, stored.patients),
-        (format!("RelatedPerson/{caregiver}"), vec![clinic.patient.clone()])
-    );
+    assert_eq!((stored.fhir_user, stored.patients), (format!("RelatedPerson/{caregiver}"), vec![]));
+    let token = clinic.smart.launch(&Authorization::new("app", "launch/patient patient/*.rs", "marta", PASSWORD)).await;
+    assert_eq!(token["patient"], clinic.patient.as_str());
 }
 
 async fn staff_invite_through_the_api_and_patients_cannot(db: Db) {

@@ -50,6 +50,8 @@ pub struct Grant {
     /// The user's own resource (`Patient/1`, `RelatedPerson/2`, `Practitioner/3`), when a user
     /// signed in.
     pub fhir_user: Option<String>,
+    /// The RelatedPersons (ids) a proxy's access comes from, which it may not change.
+    pub acts_through: Vec<String>,
     /// The rules worked out so far for this grant (a token is used many times).
     pub memo: RuleMemo,
 }
@@ -240,6 +242,14 @@ impl Access {
                     && !self.is_patient_bound(permission, resource_type)
             }
         }
+    }
+
+    /// Whether the caller's access comes from RelatedPerson `id` (a proxy may not extend or
+    /// change its own access by editing that resource).
+    pub fn acts_through(&self, id: &str) -> bool {
+        let Access::Token(grant) = self else { return false };
+        grant.acts_through.iter().any(|through| through == id)
+            || grant.fhir_user.as_deref().and_then(|user| user.strip_prefix("RelatedPerson/")) == Some(id)
     }
 
     /// Whether the caller writes `resource_type` only for particular patients (a patient app, a
@@ -478,6 +488,7 @@ mod tests {
             scopes,
             patients: patients.iter().map(|p| p.to_string()).collect(),
             user_patients: Some(patients.iter().map(|p| p.to_string()).collect()),
+            acts_through: Vec::new(),
             may_launch: false,
             fhir_user: None,
             memo: RuleMemo::default(),

@@ -317,34 +317,11 @@ impl AuthServer {
             set_cookie: None,
         };
         let (username, password) = (param(form, "username").unwrap_or(""), param(form, "password").unwrap_or(""));
-        // Every attempt is counted before the password is checked, atomically, so that parallel
-        // attempts cannot share one count; a successful sign-in clears it.
-        let throttle_key = username.to_lowercase();
-        let attempts =
-            match self.store.auth_increment(LOGIN_ATTEMPTS, &throttle_key, in_seconds(THROTTLE_SECONDS)).await {
-                Ok(attempts) => attempts,
-                Err(error) => return server_error(error),
-            };
-        if attempts > MAX_LOGIN_ATTEMPTS {
-            return again(THROTTLED);
-        }
-        let found = match user(self.store.as_ref(), username).await {
-            Ok(found) => found,
+        let user = match self.check_credentials(username, password).await {
+            Ok(Ok(user)) => user,
+            Ok(Err(message)) => return again(message),
             Err(error) => return server_error(error),
         };
-        // As slow for unknown names as for known ones, so that timing does not tell which exist;
-        // on a blocking thread, since a hash takes tens of milliseconds.
-        let hash = found.as_ref().map_or_else(|| self.dummy_hash().to_string(), |record| record.password_hash.clone());
-        let password = password.to_string();
-        let matches = tokio::task::spawn_blocking(move || verify_password(&password, &hash)).await.unwrap_or(false);
-        let verified = found.is_some() && matches;
-        let Some(user) = found.filter(|_| verified) else {
-            return again(if attempts >= MAX_LOGIN_ATTEMPTS { THROTTLED } else { BAD_LOGIN });
-        };
-        let _ = self.store.auth_delete(LOGIN_ATTEMPTS, &throttle_key).await;
-        if user.disabled {
-            return again(DISABLED);
-        }
         let set_cookie = match self.start_session(&user.username).await {
             Ok(set_cookie) => set_cookie,
             Err(error) => return server_error(error),
@@ -364,6 +341,35 @@ impl AuthServer {
             ),
             set_cookie: Some(set_cookie),
         }
+    }
+
+    /// The enabled account `username` when `password` is its password, or what to tell the
+    /// person. Every attempt is counted before the password is checked, atomically, so that
+    /// parallel attempts cannot share one count; a success clears it. As slow for unknown names
+    /// as for known ones, so that timing does not tell which exist.
+    pub(super) async fn check_credentials(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> crate::store::StoreResult<Result<UserRecord, &'static str>> {
+        let throttle_key = username.to_lowercase();
+        let attempts = self.store.auth_increment(LOGIN_ATTEMPTS, &throttle_key, in_seconds(THROTTLE_SECONDS)).await?;
+        if attempts > MAX_LOGIN_ATTEMPTS {
+            return Ok(Err(THROTTLED));
+        }
+        let found = user(self.store.as_ref(), username).await?;
+        // On a blocking thread, since a hash takes tens of milliseconds.
+        let hash = found.as_ref().map_or_else(|| self.dummy_hash().to_string(), |record| record.password_hash.clone());
+        let password = password.to_string();
+        let matches = tokio::task::spawn_blocking(move || verify_password(&password, &hash)).await.unwrap_or(false);
+        let Some(user) = found.filter(|_| matches) else {
+            return Ok(Err(if attempts >= MAX_LOGIN_ATTEMPTS { THROTTLED } else { BAD_LOGIN }));
+        };
+        self.store.auth_delete(LOGIN_ATTEMPTS, &throttle_key).await?;
+        if user.disabled {
+            return Ok(Err(DISABLED));
+        }
+        Ok(Ok(user))
     }
 
     /// Starts a login session for `username` and answers the `Set-Cookie` value that carries
@@ -443,12 +449,16 @@ impl AuthServer {
         let wants_patient = pending.scopes.iter().any(|s| s == "launch/patient") && pending.launch.is_none();
         let picker = if !wants_patient {
             PatientPicker::None
-        } else if user.reachable_patients().is_none() {
+        } else if user.is_clinician() {
             PatientPicker::ById
-        } else if user.patients.len() > 1 {
-            PatientPicker::Choices(self.patient_choices(user).await)
         } else {
-            PatientPicker::None
+            match self.reach(user).await {
+                Ok(reach) => match reach.patients.unwrap_or_default() {
+                    patients if patients.len() > 1 => PatientPicker::Choices(self.patient_choices(&patients).await),
+                    _ => PatientPicker::None,
+                },
+                Err(error) => return server_error(error),
+            }
         };
         let html = pages::consent(&name, &user.username, request_id, &pending.csrf, &pending.scopes, &picker, error);
         Reply::Page { status: if error.is_some() { 400 } else { 200 }, html, set_cookie: None }
@@ -479,9 +489,9 @@ impl AuthServer {
     }
 
     /// The patients a proxy may act for, labelled with their names where known.
-    async fn patient_choices(&self, user: &UserRecord) -> Vec<PatientChoice> {
+    async fn patient_choices(&self, patients: &[String]) -> Vec<PatientChoice> {
         let mut choices = Vec::new();
-        for id in &user.patients {
+        for id in patients {
             let name = match self.store.read("Patient", id).await {
                 Ok(Some(found)) if !found.deleted => patient_name(&found.body),
                 _ => None,
@@ -533,15 +543,20 @@ impl AuthServer {
         if scopes.is_empty() {
             return redirect_error(&pending.redirect_uri, state, "access_denied", "no scope was allowed");
         }
-        let (patient, encounter) = match self.patient_context(&pending, &scopes, &user, param(form, "patient")) {
+        let reachable = match self.reach(&user).await {
+            Ok(reach) => reach.patients,
+            Err(error) => return server_error(error),
+        };
+        let context = self.patient_context(&pending, &scopes, &user, reachable.as_deref(), param(form, "patient"));
+        let (patient, encounter) = match context {
             Ok(context) => context,
             Err(description) => return redirect_error(&pending.redirect_uri, state, "invalid_request", description),
         };
         // patient/ scopes reach the patient in context; without one, a patient's own records
-        // or a proxy's patients.
+        // and a proxy's patients.
         let patients = match &patient {
             Some(patient) => vec![patient.clone()],
-            None => user.reachable_patients().unwrap_or_default(),
+            None => reachable.unwrap_or_default(),
         };
         let grant = CodeGrant {
             client_id: pending.client_id.clone(),
@@ -566,17 +581,19 @@ impl AuthServer {
     }
 
     /// The patient (and encounter) in context: the EHR launch's, or for `launch/patient` the
-    /// user's own, the one a clinician picked, the proxy's chosen one, or the only one they have.
+    /// one a clinician picked, the one a patient or proxy chose among those they reach
+    /// (`reachable`; `None` for every patient), or the only one they have.
     fn patient_context(
         &self,
         pending: &PendingRequest,
         scopes: &[String],
         user: &UserRecord,
+        reachable: Option<&[String]>,
         chosen: Option<&str>,
     ) -> Result<(Option<String>, Option<String>), &'static str> {
         // An EHR launch's patient, for a user who may see that patient.
         if let Some(launch) = pending.launch.as_ref().filter(|_| scopes.iter().any(|s| s == "launch")) {
-            if user.reachable_patients().is_some_and(|patients| !patients.contains(&launch.patient)) {
+            if reachable.is_some_and(|patients| !patients.contains(&launch.patient)) {
                 return Err("the launch's patient is not one this user may see");
             }
             return Ok((Some(launch.patient.clone()), launch.encounter.clone()));
@@ -584,21 +601,16 @@ impl AuthServer {
         if !scopes.iter().any(|s| s == "launch/patient") {
             return Ok((None, None));
         }
-        match user.fhir_user.split_once('/') {
-            Some(("Patient", id)) => Ok((Some(id.to_string()), None)),
+        if clinician_picks(pending, scopes, user) {
             // A clinician's pick was checked against the stored patients before.
-            _ if clinician_picks(pending, scopes, user) => {
-                chosen.map(|id| (Some(id.trim().to_string()), None)).ok_or("choose the patient to open")
-            }
-            _ => match (chosen, user.patients.as_slice()) {
-                (Some(chosen), patients) if patients.iter().any(|p| p == chosen) => {
-                    Ok((Some(chosen.to_string()), None))
-                }
-                (Some(_), _) => Err("the chosen patient is not one this user may act for"),
-                (None, [only]) => Ok((Some(only.clone()), None)),
-                (None, []) => Ok((None, None)),
-                (None, _) => Err("choose the patient to act for"),
-            },
+            return chosen.map(|id| (Some(id.trim().to_string()), None)).ok_or("choose the patient to open");
+        }
+        match (chosen, reachable.unwrap_or_default()) {
+            (None, [only]) => Ok((Some(only.clone()), None)),
+            (Some(chosen), patients) if patients.iter().any(|p| p == chosen) => Ok((Some(chosen.to_string()), None)),
+            (Some(_), _) => Err("the chosen patient is not one this user may act for"),
+            (None, []) => Ok((None, None)),
+            (None, _) => Err("choose the patient to act for"),
         }
     }
 }
@@ -608,7 +620,7 @@ impl AuthServer {
 fn clinician_picks(pending: &PendingRequest, scopes: &[String], user: &UserRecord) -> bool {
     let granted = |scope: &str| scopes.iter().any(|s| s == scope);
     let ehr_context = pending.launch.is_some() && granted("launch");
-    !ehr_context && granted("launch/patient") && user.reachable_patients().is_none()
+    !ehr_context && granted("launch/patient") && user.is_clinician()
 }
 
 /// "Given Family" of a stored Patient.

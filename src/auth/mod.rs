@@ -19,6 +19,7 @@ mod one_time;
 mod pages;
 pub mod password_policy;
 pub mod password_reset;
+pub mod proxy;
 pub mod records;
 pub mod registration;
 pub mod scope;
@@ -89,6 +90,8 @@ pub struct AuthSettings {
     pub password_cost: PasswordCost,
     /// Whether the server sends e-mail (password reset links go by e-mail).
     pub sends_email: bool,
+    /// When a parent's proxy access ends.
+    pub proxy: proxy::ProxyPolicy,
 }
 
 /// What an endpoint answers.
@@ -159,6 +162,8 @@ struct Verified {
     expires: i64,
     /// The key that signed it: the token stops when the key retires.
     kid: String,
+    /// The RelatedPersons it acts through: the token stops when one of them ends.
+    links: Vec<proxy::Link>,
 }
 
 /// How many verified tokens are remembered.
@@ -215,14 +220,41 @@ impl AuthServer {
             if self.any_revoked(&known.revocations).await {
                 return Err(BearerError::Invalid("the access token has been revoked"));
             }
+            self.check_links(&known.links).await?;
             return Ok(known.access.clone());
         }
         let (claims, kid) = self.verify(token).await?;
+        self.check_links(&claims.links).await?;
         let access = Access::Token(Arc::new(grant_of(&claims)));
-        let verified =
-            Verified { access: access.clone(), revocations: revocation_keys(&claims), expires: claims.exp, kid };
+        let verified = Verified {
+            access: access.clone(),
+            revocations: revocation_keys(&claims),
+            expires: claims.exp,
+            kid,
+            links: claims.links,
+        };
         self.verified.insert(token.to_string(), Arc::new(verified));
         Ok(access)
+    }
+
+    /// Refuses a proxy's token once a RelatedPerson it acts through no longer grants access.
+    async fn check_links(&self, links: &[proxy::Link]) -> Result<(), BearerError> {
+        if links.is_empty() {
+            return Ok(());
+        }
+        match proxy::all_live(self.store.as_ref(), links).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(BearerError::Invalid("the proxy access of this token has ended")),
+            Err(error) => {
+                tracing::error!(%error, "cannot check a proxy's access; refusing the token");
+                Err(BearerError::Invalid("the proxy access of this token cannot be checked"))
+            }
+        }
+    }
+
+    /// The patients `account` reaches now (see [`proxy`]).
+    async fn reach(&self, account: &records::UserRecord) -> StoreResult<proxy::Reach> {
+        proxy::reach(self.store.as_ref(), self.settings.proxy, account).await
     }
 
     /// Verifies an access token: signature, expiry, audience, and that its grant is not revoked.
@@ -338,6 +370,7 @@ fn grant_of(claims: &AccessClaims) -> Grant {
         patients: claims.patients.clone(),
         user_patients: claims.user_patients.clone(),
         fhir_user: claims.fhir_user.clone(),
+        acts_through: claims.links.iter().map(|link| link.related_person.clone()).collect(),
         memo: access::RuleMemo::default(),
     }
 }

@@ -60,19 +60,16 @@ impl AuthServer {
     }
 
     /// The page a link opens (`?token=…`): its form, rendered by `form` with the token and the
-    /// CSRF token, or 410 for a dead link.
+    /// link's record, or 410 for a dead link.
     pub(super) async fn link_page<T: DeserializeOwned>(
         &self,
         pages: &LinkPages,
         params: &Params,
-        csrf_of: fn(&T) -> &str,
-        form: fn(&str, &str, Option<&str>) -> String,
+        form: fn(&str, &T, Option<&str>) -> String,
     ) -> Reply {
         let token = param(params, "token").unwrap_or("");
         match self.one_time_record::<T>(pages.kind, token).await {
-            Ok(Some(record)) => {
-                Reply::Page { status: 200, html: form(token, csrf_of(&record), None), set_cookie: None }
-            }
+            Ok(Some(record)) => Reply::Page { status: 200, html: form(token, &record, None), set_cookie: None },
             Ok(None) => error_page(410, pages.gone),
             Err(error) => server_error(error),
         }

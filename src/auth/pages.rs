@@ -140,23 +140,52 @@ pub(super) fn signed_out() -> String {
 
 /// The registration form of an invitation link: the person confirms their birth date and
 /// chooses a username and password.
-pub(super) fn register(token: &str, csrf: &str, error: Option<&str>) -> String {
+pub(super) fn register(token: &str, csrf: &str, may_link: bool, error: Option<&str>) -> String {
     let error = error.map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", escape(e))).unwrap_or_default();
+    let hidden = format!(
+        "<input type=\"hidden\" name=\"token\" value=\"{}\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">",
+        escape(token),
+        escape(csrf)
+    );
+    let birth_date = "<label>Your date of birth <input type=\"date\" name=\"birth_date\" required></label>";
+    // A caregiver invited for another patient adds the invitation to the account they have.
+    let existing = if may_link {
+        format!(
+            "<h2>Already have an account?</h2><p>If you already see another person's records here, add this \
+             one to your account.</p><form method=\"post\" action=\"/auth/register\">{hidden}\
+             <input type=\"hidden\" name=\"existing\" value=\"1\">{birth_date}\
+             <label>Your username <input type=\"text\" name=\"username\" autocomplete=\"username\" required \
+             maxlength=\"64\"></label>\
+             <label>Your password <input type=\"password\" name=\"password\" autocomplete=\"current-password\" \
+             required></label><button type=\"submit\">Add to my account</button></form>"
+        )
+    } else {
+        String::new()
+    };
     page(
         "Create your account",
         &format!(
-            "<h1>Create your account</h1><p>Your clinic invited you to see your health records online.</p>{error}\
-             <form method=\"post\" action=\"/auth/register\">\
-             <input type=\"hidden\" name=\"token\" value=\"{token}\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
-             <label>Your date of birth <input type=\"date\" name=\"birth_date\" required autofocus></label>\
+            "<h1>Create your account</h1><p>Your clinic invited you to see health records online.</p>{error}\
+             <form method=\"post\" action=\"/auth/register\">{hidden}{first_birth_date}\
              <label>Choose a username <input type=\"text\" name=\"username\" autocomplete=\"username\" required \
              minlength=\"3\" maxlength=\"64\"></label>\
              <label>Choose a password (at least {min} characters) <input type=\"password\" name=\"password\" \
              autocomplete=\"new-password\" required minlength=\"{min}\"></label>\
-             <button type=\"submit\">Create account</button></form>",
-            token = escape(token),
-            csrf = escape(csrf),
+             <button type=\"submit\">Create account</button></form>{existing}",
+            first_birth_date = birth_date.replace(" required>", " required autofocus>"),
             min = super::password_policy::MIN_LENGTH,
+        ),
+    )
+}
+
+/// After adding an invitation to an existing account: signed in.
+pub(super) fn linked(username: &str) -> String {
+    page(
+        "Access added",
+        &format!(
+            "<h1>Access added</h1><p><strong>{}</strong>, your account now reaches this person's records too. \
+             You are signed in: go back to your clinic's app and choose whose records to see.</p>",
+            escape(username)
         ),
     )
 }

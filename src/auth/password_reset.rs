@@ -116,7 +116,7 @@ impl AuthServer {
 
     /// `GET /auth/reset?token=…`: the form for a new password.
     pub async fn reset_page(&self, params: &Params) -> Reply {
-        self.link_page(&PAGES, params, |record: &ResetLink| &record.csrf, pages::reset).await
+        self.link_page(&PAGES, params, |token, link: &ResetLink, error| pages::reset(token, &link.csrf, error)).await
     }
 
     /// `POST /auth/reset`: sets the new password, uses the link up, and ends every session and

@@ -58,8 +58,13 @@ pub struct UserRecord {
     pub password_hash: String,
     /// The user's FHIR resource: `Patient/1`, `Practitioner/7`, `RelatedPerson/3`.
     pub fhir_user: String,
-    /// The patients (ids) a proxy acts for; a Patient user's own id.
+    /// Patients (ids) the operator linked the account to (`hearth user add --patient`); they
+    /// do not follow the data. A Patient user's own id may be among them.
     pub patients: Vec<String>,
+    /// RelatedPersons (ids) the account acts through besides its `fhir_user` (a caregiver of
+    /// several patients); see [`super::proxy`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub related: Vec<String>,
     /// A disabled account signs in to nothing, and its tokens stop.
     #[serde(default)]
     pub disabled: bool,
@@ -74,18 +79,27 @@ impl UserRecord {
     /// added again under a name used before does not start with a generation that was ended.
     pub fn new(username: &str, password_hash: String, fhir_user: String, patients: Vec<String>) -> Self {
         let epoch = rand::random::<u32>() / 2;
-        UserRecord { username: username.to_string(), password_hash, fhir_user, patients, disabled: false, epoch }
+        UserRecord {
+            username: username.to_string(),
+            password_hash,
+            fhir_user,
+            patients,
+            related: Vec::new(),
+            disabled: false,
+            epoch,
+        }
     }
 
-    /// The patients `user/` scopes reach: a Patient user's own compartment, every patient for
-    /// clinicians (Practitioner, PractitionerRole), and the linked patients for anyone else
-    /// (a RelatedPerson or Person proxy).
-    pub fn reachable_patients(&self) -> Option<Vec<String>> {
-        match self.fhir_user.split_once('/') {
-            Some(("Patient", id)) => Some(vec![id.to_string()]),
-            Some(("Practitioner" | "PractitionerRole", _)) => None,
-            _ => Some(self.patients.clone()),
-        }
+    /// The RelatedPersons (ids) the account acts through: its own resource if it is one, and
+    /// those linked since.
+    pub fn related_persons(&self) -> Vec<String> {
+        let own = self.fhir_user.strip_prefix("RelatedPerson/").map(str::to_string);
+        own.into_iter().chain(self.related.iter().cloned()).collect()
+    }
+
+    /// Whether the user is a clinician, who reaches every patient.
+    pub fn is_clinician(&self) -> bool {
+        matches!(self.fhir_user.split_once('/'), Some(("Practitioner" | "PractitionerRole", _)))
     }
 }
 

@@ -11,7 +11,7 @@ use super::authorize::{error_page, param, server_error, Params, MAX_LOGIN_ATTEMP
 use super::keys::digest;
 use super::one_time::{link, mint, new_csrf, LinkPages};
 use super::password_policy::password_problem;
-use super::records::{hash_password, insert_user, remove_user, UserRecord};
+use super::records::{hash_password, insert_user, remove_user, save_user, UserRecord};
 use super::{in_seconds, pages, AuthServer, Reply};
 use crate::store::{Store, StoreResult};
 
@@ -37,12 +37,23 @@ const WRONG_BIRTH_DATE: &str = "The date of birth does not match our records.";
 struct Invitation {
     /// `Patient/1` or `RelatedPerson/3`: who registers.
     fhir_user: String,
-    /// The patients the account acts for (the Patient itself, or the RelatedPerson's patient).
-    patients: Vec<String>,
     /// The birth date the person must confirm.
     birth_date: String,
     /// Ties the form to the invitation.
     csrf: String,
+}
+
+impl Invitation {
+    /// The RelatedPerson id of a caregiver's invitation, which may be added to an account the
+    /// caregiver has (for another patient).
+    fn related_person(&self) -> Option<&str> {
+        self.fhir_user.strip_prefix("RelatedPerson/")
+    }
+
+    /// The registration form for this invitation.
+    fn form(token: &str, invitation: &Invitation, error: Option<&str>) -> String {
+        pages::register(token, &invitation.csrf, invitation.related_person().is_some(), error)
+    }
 }
 
 /// Why a resource cannot be invited.
@@ -54,10 +65,11 @@ pub enum InviteError {
     Store(#[from] crate::store::StoreError),
 }
 
-/// Who an invitation for `fhir_user` (`Patient/id` or `RelatedPerson/id`) registers: the
-/// patients the account acts for and the birth date on record; refused when the resource does
-/// not exist or has no birth date (or the RelatedPerson no patient).
-async fn invitee(store: &dyn Store, fhir_user: &str) -> Result<(Vec<String>, String), InviteError> {
+/// The birth date on record of the person an invitation for `fhir_user` (`Patient/id` or
+/// `RelatedPerson/id`) registers; refused when the resource does not exist or has no birth date
+/// (or the RelatedPerson names no patient). Which patients the account reaches is not stored
+/// with the invitation: it follows the resource ([`super::proxy`]).
+async fn invitee(store: &dyn Store, fhir_user: &str) -> Result<String, InviteError> {
     let refused = |message: String| InviteError::Refused(message);
     let (resource_type, id) = fhir_user
         .split_once('/')
@@ -70,16 +82,12 @@ async fn invitee(store: &dyn Store, fhir_user: &str) -> Result<(Vec<String>, Str
     let birth_date = resource["birthDate"]
         .as_str()
         .ok_or_else(|| refused(format!("{fhir_user} has no birthDate for the person to confirm")))?;
-    let patients = match resource_type {
-        "Patient" => vec![id.to_string()],
-        _ => {
-            let patient = resource.pointer("/patient/reference").and_then(Value::as_str).unwrap_or_default();
-            let patient =
-                patient.strip_prefix("Patient/").ok_or_else(|| refused(format!("{fhir_user} names no Patient")))?;
-            vec![patient.to_string()]
-        }
-    };
-    Ok((patients, birth_date.to_string()))
+    let names_patient =
+        resource.pointer("/patient/reference").and_then(Value::as_str).is_some_and(|r| r.starts_with("Patient/"));
+    if resource_type == "RelatedPerson" && !names_patient {
+        return Err(refused(format!("{fhir_user} names no Patient")));
+    }
+    Ok(birth_date.to_string())
 }
 
 /// Whether `fhir_user` can be invited (see [`invite`]), without inviting.
@@ -90,8 +98,8 @@ pub async fn check_invitable(store: &dyn Store, fhir_user: &str) -> Result<(), I
 /// Invites the person `fhir_user` (`Patient/id` or `RelatedPerson/id`, with a birth date on
 /// record) for `ttl`; answers the token of the link, which is not stored.
 pub async fn invite(store: &dyn Store, fhir_user: &str, ttl: time::Duration) -> Result<String, InviteError> {
-    let (patients, birth_date) = invitee(store, fhir_user).await?;
-    let invitation = Invitation { fhir_user: fhir_user.to_string(), patients, birth_date, csrf: new_csrf() };
+    let birth_date = invitee(store, fhir_user).await?;
+    let invitation = Invitation { fhir_user: fhir_user.to_string(), birth_date, csrf: new_csrf() };
     Ok(mint(store, INVITATION, &invitation, time::OffsetDateTime::now_utc() + ttl).await?)
 }
 
@@ -103,7 +111,7 @@ pub fn registration_link(base_url: &str, token: &str) -> String {
 impl AuthServer {
     /// `GET /auth/register?token=…`: the registration form, or why the link cannot be used.
     pub async fn register_page(&self, params: &Params) -> Reply {
-        self.link_page(&PAGES, params, |record: &Invitation| &record.csrf, pages::register).await
+        self.link_page(&PAGES, params, Invitation::form).await
     }
 
     /// `POST /auth/register`: checks the birth date, the username and the password; creates
@@ -116,7 +124,7 @@ impl AuthServer {
         let token = token.as_str();
         let again = |status: u16, message: &str| Reply::Page {
             status,
-            html: pages::register(token, &invitation.csrf, Some(message)),
+            html: Invitation::form(token, &invitation, Some(message)),
             set_cookie: None,
         };
         if param(form, "birth_date").map(str::trim) != Some(invitation.birth_date.as_str()) {
@@ -125,6 +133,9 @@ impl AuthServer {
                 Ok(false) => again(401, WRONG_BIRTH_DATE),
                 Err(error) => server_error(error),
             };
+        }
+        if param(form, "existing") == Some("1") {
+            return self.add_to_account(token, &invitation, form).await;
         }
         let username = param(form, "username").unwrap_or("").trim();
         if !is_username(username) {
@@ -137,8 +148,7 @@ impl AuthServer {
         let (password, cost) = (password.to_string(), self.settings.password_cost);
         let password_hash = tokio::task::spawn_blocking(move || hash_password(&password, cost)).await;
         let Ok(password_hash) = password_hash else { return server_error("the password could not be hashed") };
-        let record =
-            UserRecord::new(username, password_hash, invitation.fhir_user.clone(), invitation.patients.clone());
+        let record = UserRecord::new(username, password_hash, invitation.fhir_user.clone(), Vec::new());
         // Inserted, not replaced: a name taken by anyone, even by a registration at this very
         // moment, stays theirs.
         match insert_user(self.store.as_ref(), &record).await {
@@ -158,10 +168,55 @@ impl AuthServer {
             }
             Err(error) => return server_error(error),
         }
-        match self.start_session(username).await {
-            Ok(set_cookie) => {
-                Reply::Page { status: 201, html: pages::registered(username), set_cookie: Some(set_cookie) }
+        self.signed_in_page(username, 201, pages::registered(username)).await
+    }
+
+    /// A caregiver's invitation added to the account they have (the birth date was confirmed):
+    /// the account's username and password are checked as a sign-in is (and throttled alike),
+    /// the invitation is used up, and the account acts through this RelatedPerson too.
+    async fn add_to_account(&self, token: &str, invitation: &Invitation, form: &Params) -> Reply {
+        let again = |status: u16, message: &str| Reply::Page {
+            status,
+            html: Invitation::form(token, invitation, Some(message)),
+            set_cookie: None,
+        };
+        let Some(related_person) = invitation.related_person() else {
+            return again(400, "This invitation is for your own record: create an account for it.");
+        };
+        let (username, password) =
+            (param(form, "username").unwrap_or("").trim(), param(form, "password").unwrap_or(""));
+        let mut account = match self.check_credentials(username, password).await {
+            Ok(Ok(account)) => account,
+            Ok(Err(message)) => {
+                return match self.count_failure(token).await {
+                    Ok(true) => error_page(429, LOCKED),
+                    Ok(false) => again(401, message),
+                    Err(error) => server_error(error),
+                }
             }
+            Err(error) => return server_error(error),
+        };
+        if account.is_clinician() {
+            return again(400, "A clinician's account cannot act for patients. Create an account for this.");
+        }
+        match self.store.auth_take(INVITATION, &digest(token)).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return error_page(410, GONE),
+            Err(error) => return server_error(error),
+        }
+        if !account.related_persons().iter().any(|id| id == related_person) {
+            account.related.push(related_person.to_string());
+            if let Err(error) = save_user(self.store.as_ref(), &account).await {
+                return server_error(error);
+            }
+        }
+        self.signed_in_page(&account.username, 200, pages::linked(&account.username)).await
+    }
+
+    /// `html`, with a new login session for `username`.
+    async fn signed_in_page(&self, username: &str, status: u16, html: String) -> Reply {
+        match self.start_session(username).await {
+            Ok(set_cookie) => Reply::Page { status, html, set_cookie: Some(set_cookie) },
             Err(error) => server_error(error),
         }
     }

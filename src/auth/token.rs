@@ -13,6 +13,7 @@ use sha2::Digest;
 use super::authorize::{CodeGrant, CODE};
 use super::client_auth::ClientIdentity;
 use super::keys::{digest, random_token};
+use super::proxy;
 use super::records::{user, ClientRecord};
 use super::scope::{parse_scopes, Scope, ScopeContext};
 use super::tokens::{sign_access_token, sign_id_token, AccessClaims, IdTokenRequest, ACCESS_TOKEN_SECONDS};
@@ -266,8 +267,16 @@ impl AuthServer {
             None => None,
         };
         let fhir_user = user.as_ref().map(|u| u.fhir_user.clone());
-        // A refreshed grant reaches no patient the user has lost since (a proxy unlinked).
-        if let Some(reachable) = user.as_ref().and_then(|u| u.reachable_patients()) {
+        let reach = match &user {
+            Some(user) => match self.reach(user).await {
+                Ok(reach) => reach,
+                Err(error) => return server_error(error),
+            },
+            None => proxy::Reach { patients: None, links: Vec::new() },
+        };
+        // A refreshed grant reaches no patient the user has lost since (a RelatedPerson ended,
+        // a link removed).
+        if let Some(reachable) = &reach.patients {
             issue.patients.retain(|p| reachable.contains(p));
             if issue.patient.as_ref().is_some_and(|p| !reachable.contains(p)) {
                 return invalid_grant("the patient of this grant is no longer one the user may see");
@@ -289,10 +298,8 @@ impl AuthServer {
             fhir_user: fhir_user.clone(),
             epoch: user.as_ref().map(|u| u.epoch),
             patients: issue.patients.clone(),
-            user_patients: match &user {
-                Some(user) => user.reachable_patients(),
-                None => None,
-            },
+            user_patients: reach.patients,
+            links: links_used(reach.links, &issue.scopes, &issue.patients),
         };
         let mut body = json!({
             "access_token": sign_access_token(&self.keys, &claims),
@@ -349,6 +356,16 @@ impl AuthServer {
         }
         Reply::Json { status: 200, body, no_store: true, www_authenticate: None }
     }
+}
+
+/// The links a token reaches patients through, which stop it when they end: all of the
+/// user's with a `user/` scope, else those of the patients its `patient/` scopes reach (a
+/// caregiver's token for one child does not stop when access to another ends).
+fn links_used(links: Vec<proxy::Link>, scopes: &[String], patients: &[String]) -> Vec<proxy::Link> {
+    if scopes.iter().any(|scope| scope.starts_with("user/")) {
+        return links;
+    }
+    links.into_iter().filter(|link| patients.contains(&link.patient)).collect()
 }
 
 /// PKCE (RFC 7636) with S256 only: the verifier must hash to the challenge of the request.

@@ -47,6 +47,9 @@ pub struct AccessClaims {
     /// The patients `user/` scopes reach; absent for every patient.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_patients: Option<Vec<String>>,
+    /// The RelatedPersons through which a proxy reaches patients (checked on every use).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<super::proxy::Link>,
 }
 
 /// Why a token was refused.

@@ -515,6 +515,12 @@ impl StoreTx for GuardedTx {
             if !admits(&rule, &self.registry, &self.base_url, previous) {
                 return Err(outside(verb, previous));
             }
+            if previous.resource_type == "RelatedPerson" && self.access.acts_through(&previous.id) {
+                return Err(StoreError::Forbidden(format!(
+                    "RelatedPerson/{} is where this token's access comes from: the clinic changes it, not the proxy",
+                    previous.id
+                )));
+            }
         }
         let written_for_reachable_patients = version.deleted
             || (self.access.writes_only_own_patients(permission, &version.resource_type, &index)
