@@ -3,7 +3,8 @@
 //! On SQLite and PostgreSQL it loads synthetic patients, then measures in one run, alternating:
 //! read by id with `--auth off`, and the same reads on the same database with `--auth smart`
 //! and a bearer token (a patient-scoped token reading that patient's resources, so that the
-//! compartment check runs on every read), and prints both and their ratio. Then the token
+//! compartment check runs on every read), and the same with a caregiver's token (a RelatedPerson
+//! proxy, whose links are read again on every request), and prints them and their ratios. Then the token
 //! endpoint: client_credentials tokens per second with `client_secret_basic` and with
 //! `private_key_jwt` (RS384 assertions signed before the run, each with its own `jti`; a run
 //! ends after `HEARTH_BENCH_ASSERTIONS`, default 6000, of them).
@@ -56,15 +57,17 @@ async fn run() {
         rows.push((database, measure(&url, patients, seconds, runs, dir.path()).await));
     }
     println!();
-    println!("| database | read --auth off req/s | read with token req/s | ratio | token p99 ms | client_secret_basic tokens/s | private_key_jwt tokens/s |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| database | read --auth off req/s | read with token req/s | ratio | token p99 ms | read with proxy token req/s | proxy / patient | client_secret_basic tokens/s | private_key_jwt tokens/s |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for (database, f) in rows {
         println!(
-            "| {database} | {:.0} | {:.0} | {:.0}% | {:.2} | {:.0} | {:.0} |",
+            "| {database} | {:.0} | {:.0} | {:.0}% | {:.2} | {:.0} | {:.0}% | {:.0} | {:.0} |",
             f.open.per_second,
             f.authorized.per_second,
             100.0 * f.authorized.per_second / f.open.per_second,
             f.authorized.p99_ms,
+            f.proxy.per_second,
+            100.0 * f.proxy.per_second / f.authorized.per_second,
             f.basic_tokens.per_second,
             f.jwt_tokens.per_second
         );
@@ -74,6 +77,7 @@ async fn run() {
 struct Figures {
     open: LoadSummary,
     authorized: LoadSummary,
+    proxy: LoadSummary,
     basic_tokens: LoadSummary,
     jwt_tokens: LoadSummary,
 }
@@ -113,13 +117,16 @@ async fn measure(url: &str, patients: usize, seconds: u64, runs: usize, dir: &st
         ],
         "",
     );
-    register_portal_user(HEARTH, url, &format!("Patient/{patient}"));
+    register_portal_user(HEARTH, url, "bench", &format!("Patient/{patient}"));
+    let caregiver = caregiver_of(url, &patient).await;
+    register_portal_user(HEARTH, url, "bench-carer", &format!("RelatedPerson/{caregiver}"));
 
-    let mut open_runs = Vec::new();
-    let mut authorized_runs = Vec::new();
-    // The patient's own token: every read goes through the compartment check.
+    let (mut open_runs, mut authorized_runs, mut proxy_runs) = (Vec::new(), Vec::new(), Vec::new());
+    // The patient's own token: every read goes through the compartment check; the caregiver's
+    // also reads its RelatedPerson again.
     let smart = smart_server(url).await;
-    let token = portal_token(&smart, BASE, "launch/patient patient/*.rs", &patient).await;
+    let token = portal_token(&smart, BASE, "bench", "launch/patient patient/*.rs", &patient).await;
+    let proxy_token = portal_token(&smart, BASE, "bench-carer", "launch/patient patient/*.rs", &patient).await;
     smart.stop();
     for _ in 0..runs.max(1) {
         let open = Server::start(HEARTH, url).await;
@@ -128,6 +135,8 @@ async fn measure(url: &str, patients: usize, seconds: u64, runs: usize, dir: &st
         let smart = smart_server(url).await;
         authorized_runs
             .push(load(smart.addr, CONNECTIONS, seconds, read(observations.clone(), Some(token.clone()))).await);
+        proxy_runs
+            .push(load(smart.addr, CONNECTIONS, seconds, read(observations.clone(), Some(proxy_token.clone()))).await);
         smart.stop();
     }
     let smart = smart_server(url).await;
@@ -188,7 +197,31 @@ async fn measure(url: &str, patients: usize, seconds: u64, runs: usize, dir: &st
         all.sort_by(|a, b| a.per_second.total_cmp(&b.per_second));
         all[all.len() / 2]
     };
-    Figures { open: middle(open_runs), authorized: middle(authorized_runs), basic_tokens, jwt_tokens }
+    Figures {
+        open: middle(open_runs),
+        authorized: middle(authorized_runs),
+        proxy: middle(proxy_runs),
+        basic_tokens,
+        jwt_tokens,
+    }
+}
+
+/// Stores a caregiver's RelatedPerson for `patient` (with `--auth off`); answers its id.
+async fn caregiver_of(url: &str, patient: &str) -> String {
+    let server = Server::start(HEARTH, url).await;
+    let related = json!({"resourceType": "RelatedPerson", "patient": {"reference": format!("Patient/{patient}")},
+        "relationship": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode", "code": "FRND"}]}]});
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/fhir/RelatedPerson", server.addr))
+        .header("content-type", "application/fhir+json")
+        .body(related.to_string())
+        .send()
+        .await
+        .expect("create RelatedPerson");
+    assert_eq!(response.status(), 201, "RelatedPerson");
+    let created: serde_json::Value = response.json().await.expect("body");
+    server.stop();
+    created["id"].as_str().expect("id").to_string()
 }
 
 /// Reads of the patient's Observations by id, with a bearer token or without.

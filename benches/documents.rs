@@ -83,14 +83,14 @@ async fn run() {
         let patient = create(json!({"resourceType": "Patient", "name": [{"family": "Bench"}]})).await;
         let desk = create(json!({"resourceType": "Organization", "name": "Front desk"})).await;
         open.stop();
-        register_portal_user(HEARTH, &url, &format!("Patient/{patient}"));
+        register_portal_user(HEARTH, &url, "bench", &format!("Patient/{patient}"));
         let static_dir = dir.path().to_str().expect("path").to_string();
         let recipients = format!("Organization/{desk}");
         let flags =
             ["--auth", "smart", "--base-url", BASE, "--static-dir", &static_dir, "--message-recipients", &recipients];
         let server = Server::start_with(HEARTH, &url, &flags).await;
         let scope = "launch/patient patient/Patient.r patient/Binary.cr patient/Communication.crs";
-        let token = portal_token(&server, BASE, scope, &patient).await;
+        let token = portal_token(&server, BASE, "bench", scope, &patient).await;
 
         // Every upload a file of its own (the last 8 bytes count them): the same content twice
         // would be stored once.

@@ -266,9 +266,9 @@ pub fn admin(hearth_binary: &str, url: &str, args: &[&str], stdin: &str) {
     assert!(child.wait().expect("wait").success(), "hearth {args:?} failed");
 }
 
-/// Registers the public client `bench-app` and the portal user `bench` (password
+/// Registers the public client `bench-app` and the portal user `username` (password
 /// `bench-password`) whose `fhirUser` is `fhir_user`, with `hearth` administration commands.
-pub fn register_portal_user(hearth_binary: &str, url: &str, fhir_user: &str) {
+pub fn register_portal_user(hearth_binary: &str, url: &str, username: &str, fhir_user: &str) {
     admin(
         hearth_binary,
         url,
@@ -278,15 +278,15 @@ pub fn register_portal_user(hearth_binary: &str, url: &str, fhir_user: &str) {
     admin(
         hearth_binary,
         url,
-        &["user", "add", "--username", "bench", "--password-stdin", "--fhir-user", fhir_user],
+        &["user", "add", "--username", username, "--password-stdin", "--fhir-user", fhir_user],
         "bench-password\n",
     );
 }
 
-/// A token of the portal user `bench` (password `bench-password`, client `bench-app`, see
+/// A token of the portal user `username` (password `bench-password`, client `bench-app`, see
 /// [`register_portal_user`]) for `patient` with `scope` (space-separated), through the real
 /// login and consent forms of a server whose public base URL is `base_url`.
-pub async fn portal_token(server: &Server, base_url: &str, scope: &str, patient: &str) -> String {
+pub async fn portal_token(server: &Server, base_url: &str, username: &str, scope: &str, patient: &str) -> String {
     let root = format!("http://{}", server.addr);
     let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
     let verifier = "bench-verifier-0123456789-0123456789-0123456789";
@@ -321,7 +321,7 @@ pub async fn portal_token(server: &Server, base_url: &str, scope: &str, patient:
         .form(&[
             ("request", field(&page, "request")),
             ("csrf", field(&page, "csrf")),
-            ("username", "bench".into()),
+            ("username", username.into()),
             ("password", "bench-password".into()),
         ])
         .send()

@@ -117,19 +117,17 @@ pub async fn all_live(store: &dyn Store, links: &[Link]) -> StoreResult<bool> {
     }))
 }
 
-/// The stored, not deleted RelatedPersons among `ids`.
+/// The stored, not deleted RelatedPersons among `ids`. Read one by one, since a read by id is
+/// answered from the store's cache of current versions (an account has a handful of links).
 async fn read_related(store: &dyn Store, ids: &[String]) -> StoreResult<Vec<(String, Value)>> {
-    if ids.is_empty() {
-        return Ok(Vec::new());
+    let mut found = Vec::with_capacity(ids.len());
+    for id in ids {
+        let Some(version) = store.read("RelatedPerson", id).await?.filter(|v| !v.deleted) else { continue };
+        if let Ok(resource) = serde_json::from_slice(&version.body) {
+            found.push((version.id, resource));
+        }
     }
-    let keys: Vec<(String, String)> = ids.iter().map(|id| ("RelatedPerson".to_string(), id.clone())).collect();
-    Ok(store
-        .read_many(&keys)
-        .await?
-        .into_iter()
-        .filter(|version| !version.deleted)
-        .filter_map(|version| Some((version.id, serde_json::from_slice(&version.body).ok()?)))
-        .collect())
+    Ok(found)
 }
 
 /// The patient a RelatedPerson grants access to at `now`: it is active and `now` is inside its
