@@ -1,5 +1,7 @@
-//! End-to-end test of the real login and consent HTML pages in headless Chromium: a standalone
-//! SMART launch of a public client, driven by `tests/browser/launch.mjs` (playwright-core).
+//! End-to-end tests of the real HTML pages in headless Chromium, driven by scripts in
+//! `tests/browser/` (playwright-core): a standalone SMART launch of a public client
+//! (`launch.mjs`), and a caregiver's registration and choice of patient (`register.mjs`, see its
+//! test below).
 //!
 //! The test starts a SMART server on SQLite and a small HTTP listener on 127.0.0.1 that stands
 //! for the app's redirect URI, registers a public client with that redirect URI and a patient
@@ -35,6 +37,7 @@ use axum::routing::get;
 use common::smart::{query_value, smart_server, Pkce, Smart};
 use common::{body, Db};
 use hearth::auth::records::{save_client, ClientCredentials, ClientRecord};
+use hearth::auth::registration::{invite, registration_link};
 use serde_json::{json, Value};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -111,11 +114,12 @@ impl Drop for Callback {
     }
 }
 
-/// Runs `launch.mjs` with `args`; returns its JSON report (panics with its stderr on failure).
-async fn run_browser(args: &Value) -> Value {
+/// Runs the script `script` of `tests/browser` with `args`; returns its JSON report (panics
+/// with its stderr on failure).
+async fn run_browser(script: &str, args: &Value) -> Value {
     let mut command = tokio::process::Command::new("node");
     command
-        .arg(Path::new(BROWSER_DIR).join("launch.mjs"))
+        .arg(Path::new(BROWSER_DIR).join(script))
         .arg(args.to_string())
         .current_dir(BROWSER_DIR)
         .stdin(Stdio::null())
@@ -125,15 +129,59 @@ async fn run_browser(args: &Value) -> Value {
     let child = command.spawn().expect("start node (is Node.js installed?)");
     let output = tokio::time::timeout(SCRIPT_TIMEOUT, child.wait_with_output())
         .await
-        .unwrap_or_else(|_| panic!("launch.mjs ran for over {} s", SCRIPT_TIMEOUT.as_secs()))
+        .unwrap_or_else(|_| panic!("{script} ran for over {} s", SCRIPT_TIMEOUT.as_secs()))
         .expect("wait for node");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "launch.mjs failed ({}):\n{stderr}\nstdout: {stdout}", output.status);
+    assert!(output.status.success(), "{script} failed ({}):\n{stderr}\nstdout: {stdout}", output.status);
     let report = stdout.lines().rev().find(|line| line.starts_with('{')).unwrap_or_else(|| {
-        panic!("launch.mjs printed no JSON report:\n{stdout}\nstderr: {stderr}");
+        panic!("{script} printed no JSON report:\n{stdout}\nstderr: {stderr}");
     });
-    serde_json::from_str(report).unwrap_or_else(|e| panic!("launch.mjs report is not JSON ({e}): {report}"))
+    serde_json::from_str(report).unwrap_or_else(|e| panic!("{script} report is not JSON ({e}): {report}"))
+}
+
+/// A public app whose redirect URI is the local listener.
+async fn browser_app(smart: &Smart, callback: &Callback) {
+    let client = ClientRecord {
+        client_id: "browser-app".into(),
+        name: Some("Browser App".into()),
+        credentials: ClientCredentials::Public,
+        redirect_uris: vec![callback.url.clone()],
+        scope: None,
+        launch_uri: None,
+    };
+    save_client(smart.store.as_ref(), &client).await.unwrap();
+}
+
+/// The authorize URL of the browser app for `scopes`.
+fn authorize_url(smart: &Smart, callback: &Callback, scopes: &str, pkce: &Pkce) -> String {
+    let mut authorize = url::Url::parse(&smart.url("/auth/authorize")).unwrap();
+    authorize
+        .query_pairs_mut()
+        .append_pair("response_type", "code")
+        .append_pair("client_id", "browser-app")
+        .append_pair("redirect_uri", &callback.url)
+        .append_pair("scope", scopes)
+        .append_pair("state", STATE)
+        .append_pair("aud", &smart.fhir)
+        .append_pair("code_challenge", &pkce.challenge)
+        .append_pair("code_challenge_method", "S256");
+    authorize.to_string()
+}
+
+/// The browser's code exchanged with the PKCE verifier (`Smart::exchange` sends the shared test
+/// REDIRECT, so the form is spelled out with this app's redirect URI); answers the token.
+async fn exchange(smart: &Smart, callback: &Callback, code: &str, pkce: &Pkce) -> Value {
+    let form = [
+        ("grant_type", "authorization_code"),
+        ("code", code),
+        ("redirect_uri", &callback.url),
+        ("code_verifier", &pkce.verifier),
+        ("client_id", "browser-app"),
+    ];
+    let response = smart.token_request(&form, None).await;
+    assert_eq!(response.status(), 200, "token");
+    response.json().await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,46 +194,28 @@ async fn standalone_launch_in_chromium() {
     let smart = Smart::new(&server).await;
 
     // A patient, created with an admin token.
-    smart.add_secret_client("admin", "admin-secret").await;
-    let admin = smart.system_token("admin", "admin-secret", "system/*.cruds").await;
+    let admin = smart.admin_token().await;
     let patient = smart
         .create(&admin, &json!({"resourceType": "Patient", "name": [{"family": "Rivera", "given": ["Ana"]}]}))
         .await;
     smart.add_user("ana", "ana-password", &format!("Patient/{patient}"), &[]).await;
 
-    // A public app whose redirect URI is the local listener.
     let callback = Callback::start().await;
-    let client = ClientRecord {
-        client_id: "browser-app".into(),
-        name: Some("Browser App".into()),
-        credentials: ClientCredentials::Public,
-        redirect_uris: vec![callback.url.clone()],
-        scope: None,
-        launch_uri: None,
-    };
-    save_client(smart.store.as_ref(), &client).await.unwrap();
-
+    browser_app(&smart, &callback).await;
     let pkce = Pkce::new();
-    let mut authorize = url::Url::parse(&smart.url("/auth/authorize")).unwrap();
-    authorize
-        .query_pairs_mut()
-        .append_pair("response_type", "code")
-        .append_pair("client_id", &client.client_id)
-        .append_pair("redirect_uri", &callback.url)
-        .append_pair("scope", SCOPES)
-        .append_pair("state", STATE)
-        .append_pair("aud", &smart.fhir)
-        .append_pair("code_challenge", &pkce.challenge)
-        .append_pair("code_challenge_method", "S256");
+    let authorize = authorize_url(&smart, &callback, SCOPES, &pkce);
 
-    let report = run_browser(&json!({
-        "authorizeUrl": authorize.as_str(),
-        "username": "ana",
-        "password": "ana-password",
-        "untick": UNTICKED,
-        "callbackUrl": callback.url,
-        "chromium": CHROMIUM,
-    }))
+    let report = run_browser(
+        "launch.mjs",
+        &json!({
+            "authorizeUrl": authorize,
+            "username": "ana",
+            "password": "ana-password",
+            "untick": UNTICKED,
+            "callbackUrl": callback.url,
+            "chromium": CHROMIUM,
+        }),
+    )
     .await;
 
     // The pages: the wrong password's alert, and one ticked checkbox per requested scope.
@@ -215,22 +245,7 @@ async fn standalone_launch_in_chromium() {
     assert_eq!(session["sameSite"], "Lax", "{session}");
     assert_eq!(session["secure"], false, "plain http: {session}");
 
-    // The code, exchanged with the PKCE verifier (`Smart::exchange` sends the shared test
-    // REDIRECT, so the form is spelled out with this app's redirect URI).
-    let response = smart
-        .token_request(
-            &[
-                ("grant_type", "authorization_code"),
-                ("code", &code),
-                ("redirect_uri", &callback.url),
-                ("code_verifier", &pkce.verifier),
-                ("client_id", &client.client_id),
-            ],
-            None,
-        )
-        .await;
-    assert_eq!(response.status(), 200, "token");
-    let token: Value = response.json().await.unwrap();
+    let token = exchange(&smart, &callback, &code, &pkce).await;
     assert_eq!(token["patient"], patient.as_str(), "{token}");
     let granted: Vec<&str> = token["scope"].as_str().unwrap().split(' ').collect();
     assert!(!granted.contains(&UNTICKED), "{UNTICKED} was unticked but granted: {granted:?}");
@@ -244,4 +259,65 @@ async fn standalone_launch_in_chromium() {
     assert_eq!(response.status(), 200, "read Patient/{patient} with the token");
     assert_eq!(body(response).await["id"], patient.as_str());
     eprintln!("browser launch checked in {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// A caregiver goes through registration as a person would: the invitation's page refuses a
+/// wrong birth date and a weak password with an alert, creates the account, adds a second
+/// child's invitation to it, and on a portal app's consent page offers both children (and no
+/// one else); the one picked is the token's patient.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caregiver_registration_and_patient_choice_in_chromium() {
+    if !browser_available() {
+        return;
+    }
+    let server = smart_server(Db::Sqlite).await;
+    let smart = Smart::new(&server).await;
+    let admin = smart.admin_token().await;
+    let patient = |given: &str| json!({"resourceType": "Patient", "name": [{"family": "Rivera", "given": [given]}]});
+    let ana = smart.create(&admin, &patient("Ana")).await;
+    let luis = smart.create(&admin, &patient("Luis")).await;
+    smart.create(&admin, &patient("Zoe")).await;
+    let mother_of = |child: &str| json!({"resourceType": "RelatedPerson", "patient": {"reference": format!("Patient/{child}")}, "birthDate": "1984-05-06"});
+    let mut links = Vec::new();
+    for child in [&ana, &luis] {
+        let related = smart.create(&admin, &mother_of(child)).await;
+        let token = invite(smart.store.as_ref(), &format!("RelatedPerson/{related}"), time::Duration::days(7)).await;
+        links.push(registration_link(&smart.root, &token.unwrap()));
+    }
+    let callback = Callback::start().await;
+    browser_app(&smart, &callback).await;
+    let pkce = Pkce::new();
+
+    let report = run_browser(
+        "register.mjs",
+        &json!({
+            "registerUrl": links[0],
+            "addUrl": links[1],
+            "birthDate": "1984-05-06",
+            "wrongBirthDate": "1984-06-05",
+            "username": "maria.rivera",
+            "password": "amber lantern over quiet hills",
+            "weakPassword": "password1234",
+            "authorizeUrl": authorize_url(&smart, &callback, "launch/patient patient/*.rs", &pkce),
+            "choose": format!("Luis Rivera (Patient/{luis})"),
+            "callbackUrl": callback.url,
+            "chromium": CHROMIUM,
+        }),
+    )
+    .await;
+
+    assert!(report["alerts"]["birthDate"].as_str().unwrap().contains("date of birth"), "{report}");
+    assert!(report["alerts"]["password"].as_str().unwrap().contains("too easy"), "{report}");
+    assert_eq!(report["created"], "Account created");
+    assert_eq!(report["added"], "Access added");
+    let mut offered: Vec<&str> =
+        report["choices"].as_array().unwrap().iter().map(|c| c["value"].as_str().unwrap()).collect();
+    offered.sort();
+    let mut children = vec![ana.as_str(), luis.as_str()];
+    children.sort();
+    assert_eq!(offered, children, "both children and no one else: {report}");
+    let final_url = report["finalUrl"].as_str().unwrap();
+    let code = query_value(final_url, "code").unwrap_or_else(|| panic!("no code in {final_url}"));
+    let token = exchange(&smart, &callback, &code, &pkce).await;
+    assert_eq!(token["patient"], luis.as_str(), "{token}");
 }

@@ -26,8 +26,7 @@ struct Clinic {
 async fn clinic(db: Db) -> Clinic {
     let server = smart_server(db).await;
     let smart = Smart::new(&server).await;
-    smart.add_secret_client("admin", "admin-secret").await;
-    let admin = smart.system_token("admin", "admin-secret", "system/*.cruds").await;
+    let admin = smart.admin_token().await;
     smart.add_public_client("app").await;
     Clinic { _server: server, smart, admin }
 }

@@ -116,6 +116,11 @@ async fn an_invited_patient_registers_and_is_signed_in(db: Db) {
     }
     let bad_name = clinic.register(&page, BIRTH_DATE, "ana rivera<script>", PASSWORD).await;
     assert_eq!(bad_name.status(), StatusCode::BAD_REQUEST);
+    let long_password = clinic.register(&page, BIRTH_DATE, "ana.rivera", &"violet kettle ".repeat(20)).await;
+    assert_eq!(long_password.status(), StatusCode::BAD_REQUEST);
+    assert!(alert(&long_password.text().await.unwrap()).contains("at most 256"));
+    let oversize = clinic.register(&page, BIRTH_DATE, &"a".repeat(100 * 1024), PASSWORD).await;
+    assert_eq!(oversize.status(), StatusCode::PAYLOAD_TOO_LARGE, "a form is a few KiB");
     clinic.smart.add_user("taken", "taken-password", "Practitioner/1", &[]).await;
     assert_eq!(clinic.register(&page, BIRTH_DATE, "taken", PASSWORD).await.status(), StatusCode::CONFLICT);
     let forged = page.replace(&input_value(&page, "csrf").unwrap(), "forged");
@@ -295,6 +300,60 @@ async fn invitations_are_emailed_from_the_queue(db: Db) {
     assert_eq!(sink.delivered().len(), 2, "nothing more was sent");
 }
 
+/// An SMTP server that fails for a while: the e-mail is not lost but queued again for a later
+/// try (the schedule says one minute for the second), and the later try delivers a working link.
+async fn an_email_the_smtp_server_refuses_is_tried_again(db: Db) {
+    let sink = SmtpSink::refusing(1).await;
+    let clinic = mailing_clinic(db, &sink).await;
+    let url = format!("{}/Patient/{}/$invite", clinic.smart.fhir, clinic.patient);
+    let to = json!({"resourceType": "Parameters", "parameter": [{"name": "email", "valueString": "ana@example.org"}]});
+    let response = clinic.smart.http.post(url).bearer_auth(&clinic.admin).json(&to).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    for _ in 0..200 {
+        if sink.refused() == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(sink.refused(), 1, "the first try reached the SMTP server");
+
+    // The first try's job says what became of it, and the next try waits its turn.
+    let store = clinic.smart.store.as_ref();
+    let mut next_try = None;
+    for _ in 0..100 {
+        for id in 1..=20 {
+            let Some(job) = store.job(id).await.unwrap().filter(|job| job.kind == "mail") else { continue };
+            let message = job.message.clone().unwrap_or_default();
+            if let Some(queued) = message.split("try 2 queued as job ").nth(1) {
+                next_try = Some((message.clone(), queued.parse::<i64>().unwrap()));
+            }
+        }
+        if next_try.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (message, retry) = next_try.expect("the failed try queued the next");
+    assert!(message.contains("not sent"), "{message}");
+    let queued = store.job(retry).await.unwrap().unwrap();
+    assert_eq!(queued.status, hearth::store::JobStatus::Queued);
+    let parameters: serde_json::Value = serde_json::from_str(&queued.parameters).unwrap();
+    assert_eq!(parameters["attempt"], 2);
+    assert!(!queued.parameters.contains("token"), "the queue holds the purpose, not a link");
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert!(sink.delivered().is_empty(), "not tried again at once");
+
+    // A minute later (the job made due now, as the clock would), it is delivered.
+    let mut tx = store.begin().await.unwrap();
+    tx.enqueue_job("mail", &queued.parameters, time::OffsetDateTime::now_utc()).await.unwrap();
+    tx.commit().await.unwrap();
+    let mail = sink.wait_for(1).await.remove(0);
+    assert_eq!(mail.to, vec!["ana@example.org".to_string()]);
+    let link = mail.body().lines().find(|l| l.contains("/auth/register?token=")).expect("the link").trim().to_string();
+    let page = clinic.smart.http.get(&link).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK, "the link of the try that was delivered works");
+}
+
 /// A clinic whose server e-mails through `sink`.
 async fn mailing_clinic(db: Db, sink: &SmtpSink) -> Clinic {
     let settings = MailSettings { smtp_url: Some(sink.url()), from: "Clinic <clinic@example.org>".into() };
@@ -368,6 +427,29 @@ async fn a_forgotten_password_is_reset_by_email_and_ends_every_session(db: Db) {
     assert_eq!(sink.delivered().len(), 2);
 }
 
+/// `hearth user disable` runs in a process of its own beside the server: on PostgreSQL the
+/// change feed, on SQLite the server's look for announcements every second, bring it to the
+/// server's token checks. The test's store is such a second process's (`open_shared`, as the
+/// command's).
+async fn an_account_disabled_by_another_process_stops_within_seconds(db: Db) {
+    let clinic = clinic(db).await;
+    let patient_path = format!("Patient/{}", clinic.patient);
+    clinic.smart.add_user("eve", "eve-password", &patient_path, &[]).await;
+    let token =
+        clinic.smart.launch(&Authorization::new("app", "launch/patient patient/*.rs", "eve", "eve-password")).await;
+    let token = token["access_token"].as_str().unwrap().to_string();
+    assert_eq!(clinic.smart.get(&patient_path, &token).await.status(), StatusCode::OK);
+    let mut account = user(clinic.smart.store.as_ref(), "eve").await.unwrap().unwrap();
+    account.disabled = true;
+    hearth::auth::sign_out_everywhere(clinic.smart.store.as_ref(), account).await.unwrap();
+    let started = std::time::Instant::now();
+    while clinic.smart.get(&patient_path, &token).await.status() == StatusCode::OK {
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "the token still works after 5 s");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(clinic.smart.get(&patient_path, &token).await.status(), StatusCode::UNAUTHORIZED);
+}
+
 async fn disabled_accounts_stop_at_once_and_sign_in_to_nothing(db: Db) {
     let clinic = clinic(db).await;
     let patient_path = format!("Patient/{}", clinic.patient);
@@ -420,6 +502,8 @@ async fn disabled_accounts_stop_at_once_and_sign_in_to_nothing(db: Db) {
 }
 
 on_both_databases!(
+    an_account_disabled_by_another_process_stops_within_seconds,
+    an_email_the_smtp_server_refuses_is_tried_again,
     disabled_accounts_stop_at_once_and_sign_in_to_nothing,
     a_forgotten_password_is_reset_by_email_and_ends_every_session,
     invitations_are_emailed_from_the_queue,

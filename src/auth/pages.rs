@@ -170,10 +170,11 @@ pub(super) fn register(token: &str, csrf: &str, may_link: bool, error: Option<&s
              <label>Choose a username <input type=\"text\" name=\"username\" autocomplete=\"username\" required \
              minlength=\"3\" maxlength=\"64\"></label>\
              <label>Choose a password (at least {min} characters) <input type=\"password\" name=\"password\" \
-             autocomplete=\"new-password\" required minlength=\"{min}\"></label>\
+             autocomplete=\"new-password\" required minlength=\"{min}\" maxlength=\"{max}\"></label>\
              <button type=\"submit\">Create account</button></form>{existing}",
             first_birth_date = birth_date.replace(" required>", " required autofocus>"),
             min = super::password_policy::MIN_LENGTH,
+            max = super::password_policy::MAX_LENGTH,
         ),
     )
 }
@@ -241,11 +242,12 @@ pub(super) fn reset(token: &str, csrf: &str, error: Option<&str>) -> String {
             "<h1>Choose a new password</h1>{error}<form method=\"post\" action=\"/auth/reset\">\
              <input type=\"hidden\" name=\"token\" value=\"{token}\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
              <label>New password (at least {min} characters) <input type=\"password\" name=\"password\" \
-             autocomplete=\"new-password\" required minlength=\"{min}\" autofocus></label>\
+             autocomplete=\"new-password\" required minlength=\"{min}\" maxlength=\"{max}\" autofocus></label>\
              <button type=\"submit\">Change password</button></form>",
             token = escape(token),
             csrf = escape(csrf),
             min = super::password_policy::MIN_LENGTH,
+            max = super::password_policy::MAX_LENGTH,
         ),
     )
 }

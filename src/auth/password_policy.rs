@@ -8,11 +8,19 @@ use zxcvbn::{zxcvbn, Score};
 /// The fewest characters a password may have.
 pub const MIN_LENGTH: usize = 12;
 
+/// The most characters a password may have: room for any passphrase (OWASP asks for at least
+/// 64), and a bound on the estimator's work, which grows faster than the length.
+pub const MAX_LENGTH: usize = 256;
+
 /// Why `password` may not be chosen by `username` (whose `personal` details, such as a birth
 /// date or a name, it should not be built from), or `None` when it may.
 pub fn password_problem(password: &str, username: &str, personal: &[&str]) -> Option<String> {
-    if password.chars().count() < MIN_LENGTH {
+    let length = password.chars().count();
+    if length < MIN_LENGTH {
         return Some(format!("A password needs at least {MIN_LENGTH} characters."));
+    }
+    if length > MAX_LENGTH {
+        return Some(format!("A password has at most {MAX_LENGTH} characters."));
     }
     if !username.is_empty() && password.to_lowercase().contains(&username.to_lowercase()) {
         return Some("A password may not contain the username.".into());
@@ -38,5 +46,6 @@ mod tests {
         assert!(password_problem("qwertyuiopasdf", "ana", &[]).unwrap().contains("too easy"));
         assert!(password_problem("Garcia19800201", "ana", &["Garcia", "1980-02-01"]).is_some());
         assert_eq!(password_problem("violet kettle drums at noon", "ana", &[]), None);
+        assert!(password_problem(&"violet kettle ".repeat(20), "ana", &[]).unwrap().contains("at most 256"));
     }
 }

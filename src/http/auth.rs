@@ -33,8 +33,13 @@ pub fn routes<S: Clone + Send + Sync + 'static>(auth: Arc<AuthServer>) -> Router
         .route("/auth/launch", post(launch))
         .route("/auth/accounts/{username}/disable", post(disable_account))
         .route("/auth/accounts/{username}/enable", post(enable_account))
+        .layer(axum::extract::DefaultBodyLimit::max(AUTH_BODY_BYTES))
         .with_state(auth)
 }
+
+/// The largest form or body the authorization server reads (413 beyond): its forms and token
+/// requests are a few KiB at most, client assertions included.
+const AUTH_BODY_BYTES: usize = 64 * 1024;
 
 /// The state of these routes.
 type Server = Arc<AuthServer>;

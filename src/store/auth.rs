@@ -91,6 +91,13 @@ macro_rules! auth_store {
             ) -> $crate::store::StoreResult<()> {
                 let mut tx = self.writers.begin().await?;
                 upsert_auth_object(&mut tx, kind, key, data, expires).await?;
+                if self.feed.is_none() && self.cache.is_none() {
+                    // An administration command beside a server that has no change feed
+                    // (SQLite): the server reads the announcement and mirrors the record.
+                    let kept = time::OffsetDateTime::now_utc()
+                        + time::Duration::seconds($crate::store::feed::ANNOUNCEMENT_SECONDS);
+                    upsert_auth_object(&mut tx, &$crate::store::feed::announced(kind), key, "", kept).await?;
+                }
                 let announcement = self.feed.as_ref().map(|feed| feed.auth_record(kind, key));
                 if let Some(announcement) = &announcement {
                     announce(&mut tx, $crate::store::feed::AUTH, &announcement.payloads).await?;

@@ -116,6 +116,11 @@ impl Watched {
         }
     }
 
+    /// The kinds mirrored.
+    pub(super) fn kinds(&self) -> Vec<String> {
+        self.state.lock().expect("watch lock").sets.keys().cloned().collect()
+    }
+
     /// A record was published (here or on another node).
     pub(super) fn published(&self, kind: &str, key: &str) {
         let set = self.state.lock().expect("watch lock").sets.get(kind).cloned();
@@ -415,6 +420,15 @@ fn parse_resource_line(line: &str) -> Option<(&str, &str, i64)> {
     let mut parts = line.splitn(3, '/');
     Some((parts.next()?, parts.next()?, parts.next()?.parse().ok()?))
 }
+
+/// The record kind under which a process without a change feed (an administration command
+/// beside a server on SQLite) announces what it publishes of `kind`, for the server to mirror.
+pub(super) fn announced(kind: &str) -> String {
+    format!("published:{kind}")
+}
+
+/// How long such an announcement is kept (the server reads it within a second or two).
+pub(super) const ANNOUNCEMENT_SECONDS: i64 = 3600;
 
 #[cfg(test)]
 mod tests {

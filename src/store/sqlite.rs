@@ -163,13 +163,17 @@ impl SqliteStore {
             let checkpointer = pool_options().max_connections(1).connect_with(checkpointer_options).await?;
             tokio::spawn(checkpoint_in_background(checkpointer, sessions.alive()));
         }
+        // A shared store (administration) mirrors nothing: its sets never answer.
+        let watched = std::sync::Arc::new(if exclusive { Watched::exclusive() } else { Watched::default() });
+        if exclusive {
+            tokio::spawn(mirror_published_elsewhere(readers.clone(), watched.clone(), sessions.alive()));
+        }
         Ok(SqliteStore {
             readers,
             sessions,
             writers,
             cache: exclusive.then(|| std::sync::Arc::new(VersionCache::exclusive(CACHED_VERSIONS))),
-            // A shared store (administration) mirrors nothing: its sets never answer.
-            watched: std::sync::Arc::new(if exclusive { Watched::exclusive() } else { Watched::default() }),
+            watched,
             feed: None,
             _writer_lock: writer_lock,
         })
@@ -207,6 +211,41 @@ async fn checkpoint_in_background(checkpointer: sqlx::SqlitePool, store: super::
         }
     }
     checkpointer.close().await;
+}
+
+/// How often the server looks for records that administration commands in other processes
+/// published (`hearth user disable` beside a running server).
+const ANNOUNCEMENTS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Mirrors the records that other processes announced (see `feed::announced`) until the store
+/// is dropped: the server's own publications reach its mirror at once, and with no change feed
+/// on SQLite this is how an administration command's reach it. One indexed read per mirrored
+/// kind a second.
+async fn mirror_published_elsewhere(
+    readers: sqlx::SqlitePool,
+    watched: std::sync::Arc<Watched>,
+    store: super::group::GateAlive,
+) {
+    let mut ticks = tokio::time::interval(ANNOUNCEMENTS_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if !store.is_alive() {
+            break;
+        }
+        let now = super::sql::to_micros(time::OffsetDateTime::now_utc());
+        for kind in watched.kinds() {
+            let keys = sqlx::query_scalar::<_, String>("SELECT key FROM auth_objects WHERE kind = ?1 AND expires > ?2")
+                .bind(super::feed::announced(&kind))
+                .bind(now)
+                .fetch_all(&readers)
+                .await;
+            match keys {
+                Ok(keys) => keys.iter().for_each(|key| watched.published(&kind, key)),
+                Err(error) => tracing::warn!(%error, "cannot read the records other processes published"),
+            }
+        }
+    }
 }
 
 /// Makes this process the file's only writer (`<database>.lock`), or says who is.

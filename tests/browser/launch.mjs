@@ -11,51 +11,17 @@
 //
 // On success it prints one JSON object on stdout:
 //   { finalUrl, alert, scopesShown, cookies, callbackText }
-// On any failure it prints "launch.mjs: <step>: <message>" (and the page's URL and text) on
-// stderr and exits 1. Every step waits at most 15 s; the whole run at most 90 s.
+// Failures are reported as harness.mjs says.
 
-import { chromium } from "playwright-core";
+import { fail, run } from "./harness.mjs";
 
-const STEP_TIMEOUT_MS = 15_000;
-const RUN_TIMEOUT_MS = 90_000;
-
-let step = "reading the arguments";
-let page;
-let browser;
-
-function fail(message) {
-  throw new Error(message);
-}
-
-async function main() {
-  const args = JSON.parse(process.argv[2] ?? fail("expected one JSON argument"));
+async function main(args, { page, context, step }) {
   for (const field of ["authorizeUrl", "username", "password", "untick", "callbackUrl"]) {
     if (typeof args[field] !== "string" || args[field] === "") fail(`argument field ${field} is missing`);
   }
   const wrongPassword = `${args.password}-wrong`;
 
-  step = "starting Chromium";
-  browser = await chromium.launch({
-    executablePath: args.chromium ?? "/usr/bin/chromium",
-    headless: true,
-    timeout: STEP_TIMEOUT_MS,
-    args: [
-      "--headless",
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-    ],
-  });
-  const context = await browser.newContext();
-  page = await context.newPage();
-  page.setDefaultTimeout(STEP_TIMEOUT_MS);
-  page.setDefaultNavigationTimeout(STEP_TIMEOUT_MS);
-
-  step = "opening the authorize URL";
+  step("opening the authorize URL");
   const opened = await page.goto(args.authorizeUrl, { waitUntil: "load" });
   if (opened === null || opened.status() !== 200) fail(`status ${opened?.status()}, expected 200`);
   const username = page.locator('input[name="username"]');
@@ -66,7 +32,7 @@ async function main() {
   if ((await page.locator('[role="alert"]').count()) !== 0) fail("the fresh login page already shows an alert");
   if ((await password.getAttribute("type")) !== "password") fail("the password input is not type=password");
 
-  step = "signing in with a wrong password";
+  step("signing in with a wrong password");
   await username.fill(args.username);
   await password.fill(wrongPassword);
   const rejected = page.waitForResponse(
@@ -77,19 +43,19 @@ async function main() {
   if (rejection.status() !== 401) fail(`login POST answered ${rejection.status()}, expected 401`);
   await page.waitForLoadState("load");
 
-  step = "waiting for the wrong-password alert";
+  step("waiting for the wrong-password alert");
   const alertBox = page.locator('[role="alert"]');
   await alertBox.waitFor({ state: "visible" });
   const alert = (await alertBox.innerText()).trim();
   if (alert === "") fail("the alert is empty");
   if (new URL(page.url()).pathname === "/auth/consent") fail("a wrong password reached the consent page");
 
-  step = "signing in with the right password";
+  step("signing in with the right password");
   await username.fill(args.username);
   await password.fill(args.password);
   await Promise.all([page.waitForURL((url) => url.pathname === "/auth/consent", { waitUntil: "load" }), signIn.click()]);
 
-  step = "reading the consent page";
+  step("reading the consent page");
   const boxes = page.locator('input[type="checkbox"][name="scope"]');
   await boxes.first().waitFor({ state: "visible" });
   const scopesShown = [];
@@ -100,15 +66,15 @@ async function main() {
   }
   if (!scopesShown.includes(args.untick)) fail(`no checkbox for ${args.untick}; shown: ${scopesShown.join(" ")}`);
 
-  step = `unticking ${args.untick}`;
+  step(`unticking ${args.untick}`);
   const box = page.locator(`input[type="checkbox"][name="scope"][value="${args.untick}"]`);
   await box.uncheck();
   if (await box.isChecked()) fail("the checkbox stayed ticked");
 
-  step = "reading the cookies";
+  step("reading the cookies");
   const cookies = await context.cookies();
 
-  step = "clicking Allow and waiting for the callback";
+  step("clicking Allow and waiting for the callback");
   const allow = page.locator('button[type="submit"][name="decision"][value="allow"]');
   if ((await page.locator('button[type="submit"][name="decision"][value="deny"]').count()) !== 1) {
     fail("no Deny button");
@@ -119,32 +85,7 @@ async function main() {
   ]);
   const callbackText = (await page.locator("body").innerText()).trim();
 
-  process.stdout.write(`${JSON.stringify({ finalUrl: page.url(), alert, scopesShown, cookies, callbackText })}\n`);
+  return { finalUrl: page.url(), alert, scopesShown, cookies, callbackText };
 }
 
-async function describePage() {
-  if (!page) return "";
-  try {
-    const text = (await page.locator("body").innerText({ timeout: 2_000 })).trim().slice(0, 1_000);
-    return `\n  page URL: ${page.url()}\n  page text: ${text}`;
-  } catch {
-    return `\n  page URL: ${page.url()}`;
-  }
-}
-
-const watchdog = setTimeout(() => {
-  process.stderr.write(`launch.mjs: ${step}: the whole run took over ${RUN_TIMEOUT_MS / 1000} s\n`);
-  process.exit(1);
-}, RUN_TIMEOUT_MS);
-
-let status = 0;
-try {
-  await main();
-} catch (error) {
-  status = 1;
-  process.stderr.write(`launch.mjs: ${step}: ${error?.message ?? error}${await describePage()}\n`);
-} finally {
-  await browser?.close().catch(() => {});
-  clearTimeout(watchdog);
-}
-process.exit(status);
+await run("launch.mjs", main);

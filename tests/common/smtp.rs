@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -49,20 +50,40 @@ impl Delivered {
 pub struct SmtpSink {
     port: u16,
     delivered: Arc<Mutex<Vec<Delivered>>>,
+    /// How many more messages to refuse with a temporary failure, and how many were.
+    refusals: Arc<Refusals>,
+}
+
+#[derive(Default)]
+struct Refusals {
+    to_come: AtomicUsize,
+    made: AtomicUsize,
 }
 
 impl SmtpSink {
     pub async fn start() -> SmtpSink {
+        Self::refusing(0).await
+    }
+
+    /// A sink that answers the first `count` messages `451` (try again later) and keeps none
+    /// of them.
+    pub async fn refusing(count: usize) -> SmtpSink {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let delivered = Arc::new(Mutex::new(Vec::new()));
-        let sink = delivered.clone();
+        let refusals = Arc::new(Refusals { to_come: AtomicUsize::new(count), made: AtomicUsize::new(0) });
+        let (sink, refusing) = (delivered.clone(), refusals.clone());
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(session(stream, sink.clone()));
+                tokio::spawn(session(stream, sink.clone(), refusing.clone()));
             }
         });
-        SmtpSink { port, delivered }
+        SmtpSink { port, delivered, refusals }
+    }
+
+    /// How many messages were refused.
+    pub fn refused(&self) -> usize {
+        self.refusals.made.load(Ordering::SeqCst)
     }
 
     /// `smtp://127.0.0.1:<port>` (no TLS).
@@ -87,7 +108,7 @@ impl SmtpSink {
     }
 }
 
-async fn session(stream: tokio::net::TcpStream, delivered: Arc<Mutex<Vec<Delivered>>>) {
+async fn session(stream: tokio::net::TcpStream, delivered: Arc<Mutex<Vec<Delivered>>>, refusals: Arc<Refusals>) {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read).lines();
     let mut current = Delivered { from: String::new(), to: Vec::new(), data: String::new() };
@@ -117,8 +138,15 @@ async fn session(stream: tokio::net::TcpStream, delivered: Arc<Mutex<Vec<Deliver
             }
             let message =
                 std::mem::replace(&mut current, Delivered { from: String::new(), to: Vec::new(), data: String::new() });
-            delivered.lock().unwrap().push(message);
-            b"250 OK queued\r\n"
+            let refuse =
+                refusals.to_come.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+            if refuse {
+                refusals.made.fetch_add(1, Ordering::SeqCst);
+                b"451 4.3.0 Try again later\r\n"
+            } else {
+                delivered.lock().unwrap().push(message);
+                b"250 OK queued\r\n"
+            }
         } else if upper == "QUIT" {
             let _ = write.write_all(b"221 Bye\r\n").await;
             return;
