@@ -172,6 +172,11 @@ async fn a_caregiver_of_two_children_picks_each_and_the_clinic_ends_access(db: D
     let stopped = clinic.smart.get(&format!("Patient/{luis}"), &luis_access).await;
     assert_eq!(stopped.status(), StatusCode::UNAUTHORIZED);
     assert!(stopped.headers()["www-authenticate"].to_str().unwrap().contains("invalid_token"));
+    let introspect =
+        clinic.smart.http.post(clinic.smart.url("/auth/introspect")).basic_auth("admin", Some("admin-secret"));
+    let introspected = introspect.form(&[("token", luis_access.as_str())]).send().await.unwrap();
+    let introspected: Value = introspected.json().await.unwrap();
+    assert_eq!(introspected, json!({"active": false}), "introspection agrees");
     let refreshed = clinic.smart.refresh("app", luis_token["refresh_token"].as_str().unwrap(), None).await;
     assert_eq!(refreshed.status(), StatusCode::BAD_REQUEST);
     assert_eq!(refreshed.json::<Value>().await.unwrap()["error"], "invalid_grant");

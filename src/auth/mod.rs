@@ -224,7 +224,6 @@ impl AuthServer {
             return Ok(known.access.clone());
         }
         let (claims, kid) = self.verify(token).await?;
-        self.check_links(&claims.links).await?;
         let access = Access::Token(Arc::new(grant_of(&claims)));
         let verified = Verified {
             access: access.clone(),
@@ -257,7 +256,8 @@ impl AuthServer {
         proxy::reach(self.store.as_ref(), self.settings.proxy, account).await
     }
 
-    /// Verifies an access token: signature, expiry, audience, and that its grant is not revoked.
+    /// Verifies an access token: signature, expiry, audience, that its grant is not revoked,
+    /// and that the RelatedPersons a proxy's token acts through still grant access.
     async fn verify(&self, token: &str) -> Result<(AccessClaims, String), BearerError> {
         let now = OffsetDateTime::now_utc().unix_timestamp();
         let base = self.fhir_base();
@@ -295,6 +295,7 @@ impl AuthServer {
         if self.any_revoked(&revocation_keys(&claims)).await {
             return Err(BearerError::Invalid("the access token has been revoked"));
         }
+        self.check_links(&claims.links).await?;
         Ok((claims, kid))
     }
 
