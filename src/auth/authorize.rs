@@ -390,6 +390,15 @@ impl AuthServer {
         }
     }
 
+    /// The argon2id hash of a new password, computed on a blocking thread (it takes tens of
+    /// milliseconds), or the error page to answer.
+    pub(super) async fn hash_new_password(&self, password: &str) -> Result<String, Reply> {
+        let (password, cost) = (password.to_string(), self.settings.password_cost);
+        tokio::task::spawn_blocking(move || hash_password(&password, cost))
+            .await
+            .map_err(|_| server_error("the password could not be hashed"))
+    }
+
     fn dummy_hash(&self) -> &'static str {
         static DUMMY: OnceLock<String> = OnceLock::new();
         DUMMY.get_or_init(|| hash_password("no such user", self.settings.password_cost))

@@ -10,7 +10,7 @@ use super::authorize::{error_page, param, server_error, Params};
 use super::keys::digest;
 use super::one_time::{link, mint, new_csrf, LinkPages};
 use super::password_policy::password_problem;
-use super::records::{hash_password, user, users, UserRecord};
+use super::records::{user, users, UserRecord};
 use super::{in_seconds, pages, AuthServer, Reply};
 use crate::mail::{telecom_email, Purpose, Queued};
 use crate::store::{Store, StoreResult};
@@ -143,11 +143,10 @@ impl AuthServer {
         let Ok(Some(mut account)) = user(self.store.as_ref(), &link.username).await else {
             return error_page(410, GONE);
         };
-        let (password, cost) = (password.to_string(), self.settings.password_cost);
-        let Ok(hash) = tokio::task::spawn_blocking(move || hash_password(&password, cost)).await else {
-            return server_error("the password could not be hashed");
+        account.password_hash = match self.hash_new_password(password).await {
+            Ok(hash) => hash,
+            Err(reply) => return reply,
         };
-        account.password_hash = hash;
         if let Err(error) = super::sign_out_everywhere(self.store.as_ref(), account).await {
             return server_error(error);
         }

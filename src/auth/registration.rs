@@ -11,7 +11,7 @@ use super::authorize::{error_page, param, server_error, Params, MAX_LOGIN_ATTEMP
 use super::keys::digest;
 use super::one_time::{link, mint, new_csrf, LinkPages};
 use super::password_policy::password_problem;
-use super::records::{hash_password, insert_user, remove_user, save_user, UserRecord};
+use super::records::{insert_user, remove_user, save_user, UserRecord};
 use super::{in_seconds, pages, AuthServer, Reply};
 use crate::store::{Store, StoreResult};
 
@@ -145,9 +145,10 @@ impl AuthServer {
         if let Some(problem) = password_problem(password, username, &[&invitation.birth_date]) {
             return again(400, &problem);
         }
-        let (password, cost) = (password.to_string(), self.settings.password_cost);
-        let password_hash = tokio::task::spawn_blocking(move || hash_password(&password, cost)).await;
-        let Ok(password_hash) = password_hash else { return server_error("the password could not be hashed") };
+        let password_hash = match self.hash_new_password(password).await {
+            Ok(hash) => hash,
+            Err(reply) => return reply,
+        };
         let record = UserRecord::new(username, password_hash, invitation.fhir_user.clone(), Vec::new());
         // Inserted, not replaced: a name taken by anyone, even by a registration at this very
         // moment, stays theirs.

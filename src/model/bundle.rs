@@ -30,21 +30,11 @@ pub fn check_full_urls(entries: &[Value]) -> Result<(), FhirError> {
 /// Bundle could resolve), wherever they are.
 pub fn urn_references(resource: &Value) -> Vec<String> {
     let mut found = Vec::new();
-    let mut stack = vec![resource];
-    while let Some(value) = stack.pop() {
-        match value {
-            Value::Object(members) => {
-                if let Some(Value::String(reference)) = members.get("reference") {
-                    if reference.starts_with("urn:uuid:") || reference.starts_with("urn:oid:") {
-                        found.push(reference.clone());
-                    }
-                }
-                stack.extend(members.values());
-            }
-            Value::Array(items) => stack.extend(items),
-            _ => {}
+    super::resource::visit_references(resource, &mut |reference| {
+        if reference.starts_with("urn:uuid:") || reference.starts_with("urn:oid:") {
+            found.push(reference.to_string());
         }
-    }
+    });
     found.sort();
     found.dedup();
     found
@@ -102,9 +92,6 @@ pub fn dependency_order(full_urls: &[Option<&str>], resources: &[Option<&Value>]
                 cursor
             }
         };
-        if done[next] {
-            continue;
-        }
         done[next] = true;
         order.push((next, depends[next].clone()));
         for &dependent in &dependents[next] {

@@ -2,6 +2,7 @@
 //! serde_json keeps the last value silently, so a resource could say two things at once and be
 //! stored as one of them. FHIR JSON has no duplicate keys (R4 json.html): such a body is refused.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
 
@@ -18,7 +19,7 @@ pub fn parse(bytes: &[u8]) -> Result<Value, FhirError> {
     };
     let value: Value = serde_json::from_slice(bytes).map_err(invalid)?;
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    NoDuplicates { path: String::new() }.deserialize(&mut deserializer).map_err(invalid)?;
+    NoDuplicates { path: &mut Vec::new() }.deserialize(&mut deserializer).map_err(invalid)?;
     Ok(value)
 }
 
@@ -27,13 +28,32 @@ pub fn parse_str(text: &str) -> Result<Value, FhirError> {
     parse(text.as_bytes())
 }
 
-/// Walks a document, failing at the first object that repeats a key; `path` is where it is
-/// (a JSON pointer).
-struct NoDuplicates {
-    path: String,
+/// One step of a JSON pointer.
+enum Step<'de> {
+    Key(Cow<'de, str>),
+    Index(usize),
 }
 
-impl<'de> DeserializeSeed<'de> for NoDuplicates {
+/// The JSON pointer of `path` (`/a/1/c`).
+fn pointer(path: &[Step<'_>]) -> String {
+    let mut text = String::new();
+    for step in path {
+        match step {
+            Step::Key(key) => text.push_str(&format!("/{key}")),
+            Step::Index(index) => text.push_str(&format!("/{index}")),
+        }
+    }
+    text
+}
+
+/// Walks a document, failing at the first object that repeats a key. `path` is where the walk
+/// is, kept as steps and spelled out only for the error, so that a document without
+/// duplicates costs no allocation per node.
+struct NoDuplicates<'p, 'de> {
+    path: &'p mut Vec<Step<'de>>,
+}
+
+impl<'de> DeserializeSeed<'de> for NoDuplicates<'_, 'de> {
     type Value = ();
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
@@ -41,7 +61,34 @@ impl<'de> DeserializeSeed<'de> for NoDuplicates {
     }
 }
 
-impl<'de> Visitor<'de> for NoDuplicates {
+/// An object key, borrowed from the document unless it has escapes.
+struct Key;
+
+impl<'de> DeserializeSeed<'de> for Key {
+    type Value = Cow<'de, str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Cow<'de, str>, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Key {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+        formatter.write_str("an object key")
+    }
+
+    fn visit_borrowed_str<E>(self, key: &'de str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Borrowed(key))
+    }
+
+    fn visit_str<E>(self, key: &str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Owned(key.to_string()))
+    }
+}
+
+impl<'de> Visitor<'de> for NoDuplicates<'_, 'de> {
     type Value = ();
 
     fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
@@ -49,23 +96,31 @@ impl<'de> Visitor<'de> for NoDuplicates {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let mut seen: HashSet<String> = HashSet::new();
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            let path = format!("{}/{key}", self.path);
-            if !seen.insert(key.into_owned()) {
-                return Err(de::Error::custom(format!("the key at {path} appears twice in its object")));
+        let mut seen: HashSet<Cow<'de, str>> = HashSet::new();
+        while let Some(key) = map.next_key_seed(Key)? {
+            let repeated = !seen.insert(key.clone());
+            self.path.push(Step::Key(key));
+            if repeated {
+                let message = format!("the key at {} appears twice in its object", pointer(self.path));
+                return Err(de::Error::custom(message));
             }
-            map.next_value_seed(NoDuplicates { path })?;
+            map.next_value_seed(NoDuplicates { path: &mut *self.path })?;
+            self.path.pop();
         }
         Ok(())
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         let mut index = 0;
-        while seq.next_element_seed(NoDuplicates { path: format!("{}/{index}", self.path) })?.is_some() {
+        loop {
+            self.path.push(Step::Index(index));
+            let more = seq.next_element_seed(NoDuplicates { path: &mut *self.path })?.is_some();
+            self.path.pop();
+            if !more {
+                return Ok(());
+            }
             index += 1;
         }
-        Ok(())
     }
 
     fn visit_bool<E>(self, _: bool) -> Result<(), E> {

@@ -76,6 +76,21 @@ pub fn stamp(resource: &mut Value, id: &str, version: i64, last_updated: OffsetD
     *object = stamped;
 }
 
+/// Calls `visit` with every `reference` string of `value`, wherever it is (Reference elements
+/// at any depth, contained resources included).
+pub fn visit_references(value: &Value, visit: &mut impl FnMut(&str)) {
+    match value {
+        Value::Object(fields) => {
+            if let Some(Value::String(reference)) = fields.get("reference") {
+                visit(reference);
+            }
+            fields.values().for_each(|v| visit_references(v, visit));
+        }
+        Value::Array(items) => items.iter().for_each(|v| visit_references(v, visit)),
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

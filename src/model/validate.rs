@@ -17,7 +17,6 @@ use jsonschema::{Draft, Registry, Validator};
 use serde_json::{json, Value};
 
 use super::{ErrorKind, FhirError, Issue, IssueCode};
-use crate::validation::Severity;
 
 /// The most issues reported for one resource; the rest are summarised.
 const MAX_ISSUES: usize = 20;
@@ -104,12 +103,8 @@ pub fn validate_resource(resource: &Value, expected_type: &str) -> Result<(), Fh
         schema_issues(resource, actual, actual, &mut issues);
     }
     if issues.is_empty() {
-        issues.extend(
-            crate::validation::base(resource, actual)
-                .into_iter()
-                .filter(|finding| finding.severity == Severity::Error)
-                .map(crate::validation::Finding::into_issue),
-        );
+        issues
+            .extend(crate::validation::base(resource, actual).into_iter().map(crate::validation::Finding::into_issue));
     }
     if issues.is_empty() {
         return Ok(());

@@ -7,7 +7,7 @@
 
 use serde_json::{json, Value};
 
-use super::inputs::parameter_path;
+use super::inputs::{parameter_path, unprocessable};
 use super::Inputs;
 use crate::model::resource::now;
 use crate::model::{ErrorKind, FhirError, Issue, IssueCode};
@@ -125,14 +125,6 @@ fn names_patient(appointment: &Value) -> bool {
         .iter()
         .filter_map(|p| p.pointer("/actor/reference").and_then(Value::as_str))
         .any(|reference| refers_to(reference, &["Patient"]))
-}
-
-/// A 422 with one business-rule issue at `expression`.
-pub fn unprocessable(message: impl Into<String>, expression: &str) -> FhirError {
-    FhirError::with_issues(
-        ErrorKind::Unprocessable,
-        vec![Issue::error(IssueCode::BusinessRule, message.into()).at(expression.to_string())],
-    )
 }
 
 /// Sets `status`, and the participants' own status where they have none (the patient and the

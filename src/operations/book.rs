@@ -6,7 +6,8 @@
 use async_trait::async_trait;
 use serde_json::Value;
 
-use super::appointments::{check_slots, given, searchset, stored_appointment, unprocessable, with_status};
+use super::appointments::{check_slots, given, searchset, stored_appointment, with_status};
+use super::inputs::unprocessable;
 use super::{Inputs, Level, Operation};
 use crate::model::FhirError;
 use crate::portal::scheduling::{cancelled, status_of, HOLDING_STATUSES};

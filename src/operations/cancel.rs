@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 
-use super::appointments::unprocessable;
+use super::inputs::unprocessable;
 use super::{Inputs, Level, Operation};
 use crate::model::FhirError;
 use crate::portal::scheduling::{cancelled, is_cancellable, status_of};

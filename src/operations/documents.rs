@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use serde_json::{json, Map, Value};
 
-use crate::model::resource::{format_instant, new_id, now};
+use crate::model::resource::{format_instant, new_id, now, visit_references};
 use crate::model::FhirError;
 use crate::rest::OperationContext;
 use crate::search::index::parse_local_reference;
@@ -91,19 +91,6 @@ pub fn local_references(base_url: &str, value: &Value) -> Vec<(String, String)> 
 fn local_key(base_url: &str, reference: &str) -> Option<(String, String)> {
     let (resource_type, id) = parse_local_reference(reference, base_url)?;
     Some((resource_type.to_string(), id.to_string()))
-}
-
-fn visit_references(value: &Value, visit: &mut impl FnMut(&str)) {
-    match value {
-        Value::Object(fields) => {
-            if let Some(Value::String(reference)) = fields.get("reference") {
-                visit(reference);
-            }
-            fields.values().for_each(|v| visit_references(v, visit));
-        }
-        Value::Array(items) => items.iter().for_each(|v| visit_references(v, visit)),
-        _ => {}
-    }
 }
 
 /// Gives every local reference that no entry answers a `display` in place of its `reference`

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 use time::OffsetDateTime;
 
-use super::inputs::parameter_path;
+use super::inputs::{bad_parameter, parameter_path};
 use super::{Inputs, Level, Operation};
 use crate::model::resource::{new_id, now};
 use crate::model::{ErrorKind, FhirError, Issue, IssueCode};
@@ -109,16 +109,20 @@ impl Operation for Find {
 fn range(inputs: &Inputs) -> Result<(OffsetDateTime, OffsetDateTime), FhirError> {
     let bound = |name: &str, high: bool| {
         let text = inputs.text(name).unwrap_or_default();
-        let range = parse_range(text).ok_or_else(|| bad(name, format!("'{text}' is not a dateTime")))?;
+        let range = parse_range(text).ok_or_else(|| bad_parameter(name, format!("'{text}' is not a dateTime")))?;
         let micros = if high { range.high } else { range.low };
-        OffsetDateTime::from_unix_timestamp_nanos(micros as i128 * 1000).map_err(|_| bad(name, "out of range".into()))
+        OffsetDateTime::from_unix_timestamp_nanos(micros as i128 * 1000)
+            .map_err(|_| bad_parameter(name, "out of range"))
     };
     let (start, end) = (bound("start", false)?, bound("end", true)?);
     if end <= start {
-        return Err(bad("end", "end must be after start".into()));
+        return Err(bad_parameter("end", "end must be after start"));
     }
     if end - start > time::Duration::days(MAX_RANGE_DAYS) {
-        return Err(bad("end", format!("the range from start to end may cover at most {MAX_RANGE_DAYS} days")));
+        return Err(bad_parameter(
+            "end",
+            format!("the range from start to end may cover at most {MAX_RANGE_DAYS} days"),
+        ));
     }
     // Whole seconds, so that windows start on them: a Slot's start (indexed with its
     // precision, a second) then falls inside one window, never across two.
@@ -130,13 +134,6 @@ fn range(inputs: &Inputs) -> Result<(OffsetDateTime, OffsetDateTime), FhirError>
     Ok((from, end))
 }
 
-fn bad(name: &str, message: String) -> FhirError {
-    FhirError::with_issues(
-        ErrorKind::BadRequest,
-        vec![Issue::error(IssueCode::Value, format!("parameter '{name}': {message}")).at(parameter_path(name))],
-    )
-}
-
 /// The patient the proposals are for, read as the caller (a patient's token reaches only its
 /// own patients: another one is unknown).
 async fn patient(context: &mut OperationContext<'_>, inputs: &Inputs) -> Result<Option<String>, FhirError> {
@@ -145,7 +142,7 @@ async fn patient(context: &mut OperationContext<'_>, inputs: &Inputs) -> Result<
     };
     let id = match parse_local_reference(reference, context.base_url()) {
         Some(("Patient", id)) => id.to_string(),
-        _ => return Err(bad(name, format!("'{reference}' is not a reference to a Patient here"))),
+        _ => return Err(bad_parameter(name, format!("'{reference}' is not a reference to a Patient here"))),
     };
     match context.view.read("Patient", &id).await? {
         Lookup::Found(_) => Ok(Some(format!("Patient/{id}"))),
@@ -189,7 +186,10 @@ async fn actors(published: &PublishedView<'_>, inputs: &Inputs) -> Result<Vec<Ve
                     Some((t, id)) if types.contains(&t) => keys.push((t.to_string(), id.to_string(), *name)),
                     _ => {
                         let expected = types.join(" or ");
-                        return Err(bad(name, format!("'{reference}' is not a reference to a {expected} here")));
+                        return Err(bad_parameter(
+                            name,
+                            format!("'{reference}' is not a reference to a {expected} here"),
+                        ));
                     }
                 }
             }

@@ -11,10 +11,10 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::inputs::parameter_path;
+use super::inputs::bad_parameter;
 use super::{Inputs, Level, Operation};
 use crate::model::outcome::operation_outcome;
-use crate::model::{ErrorKind, FhirError, Issue, IssueCode};
+use crate::model::{FhirError, Issue};
 use crate::portal::availability::{slot_times, SlotTime, Window, TIMEZONE_EXTENSION};
 use crate::rest::{Body, FhirResponse, OperationContext, OperationTx};
 use crate::store::ResourceVersion;
@@ -51,43 +51,40 @@ impl Operation for GenerateSlots {
     }
 }
 
-fn bad(name: &str, message: impl Into<String>) -> FhirError {
-    FhirError::with_issues(
-        ErrorKind::BadRequest,
-        vec![Issue::error(IssueCode::Value, format!("parameter '{name}': {}", message.into())).at(parameter_path(name))],
-    )
-}
-
 /// The Slot times the inputs ask for, in the Schedule's time zone.
 fn planned_times(inputs: &Inputs, schedule: &Value) -> Result<Vec<SlotTime>, FhirError> {
     let date = |name: &str| {
         let text = inputs.text(name).unwrap_or_default();
-        text.parse::<jiff::civil::Date>().map_err(|_| bad(name, format!("'{text}' is not a date (YYYY-MM-DD)")))
+        text.parse::<jiff::civil::Date>()
+            .map_err(|_| bad_parameter(name, format!("'{text}' is not a date (YYYY-MM-DD)")))
     };
     let (from, to) = (date("start")?, date("end")?);
     if to < from {
-        return Err(bad("end", "the last date comes before the first"));
+        return Err(bad_parameter("end", "the last date comes before the first"));
     }
     if (to - from).get_days() >= MAX_DAYS {
-        return Err(bad("end", format!("one invocation covers at most {MAX_DAYS} days")));
+        return Err(bad_parameter("end", format!("one invocation covers at most {MAX_DAYS} days")));
     }
     let open = windows(inputs, "availability", false)?;
     let breaks = windows(inputs, "break", true)?;
     let length = inputs.integer("slot-minutes").unwrap_or_default();
     if !(5..=24 * 60).contains(&length) {
-        return Err(bad("slot-minutes", "a Slot lasts from 5 minutes to 24 hours"));
+        return Err(bad_parameter("slot-minutes", "a Slot lasts from 5 minutes to 24 hours"));
     }
     let zone_name = schedule_zone(schedule).or_else(|| inputs.text("timezone").map(str::to_string));
     let zone_name = zone_name.ok_or_else(|| {
-        bad("timezone", format!("the Schedule has no {TIMEZONE_EXTENSION} extension: give its time zone"))
+        bad_parameter("timezone", format!("the Schedule has no {TIMEZONE_EXTENSION} extension: give its time zone"))
     })?;
     let zone = jiff::tz::TimeZone::get(&zone_name)
-        .map_err(|_| bad("timezone", format!("'{zone_name}' is not an IANA time zone")))?;
-    slot_times(&open, &breaks, from, to, length as i32, &zone).map_err(|why| bad("availability", why))
+        .map_err(|_| bad_parameter("timezone", format!("'{zone_name}' is not an IANA time zone")))?;
+    slot_times(&open, &breaks, from, to, length as i32, &zone).map_err(|why| bad_parameter("availability", why))
 }
 
 fn windows(inputs: &Inputs, name: &str, every_day_by_default: bool) -> Result<Vec<Window>, FhirError> {
-    inputs.texts(name).map(|text| Window::parse(text, every_day_by_default).map_err(|why| bad(name, why))).collect()
+    inputs
+        .texts(name)
+        .map(|text| Window::parse(text, every_day_by_default).map_err(|why| bad_parameter(name, why)))
+        .collect()
 }
 
 /// The Schedule's time zone extension, if it has one.

@@ -63,6 +63,17 @@ pub fn parameter_path(name: &str) -> String {
     format!("Parameters.parameter.where(name = '{name}')")
 }
 
+/// A 400 for input `name` ("parameter 'name': …"), at its place in the `Parameters`.
+pub fn bad_parameter(name: &str, message: impl std::fmt::Display) -> FhirError {
+    let issue = Issue::error(IssueCode::Value, format!("parameter '{name}': {message}")).at(parameter_path(name));
+    FhirError::with_issues(ErrorKind::BadRequest, vec![issue])
+}
+
+/// A 422 with one business-rule issue at `expression`.
+pub fn unprocessable(message: impl Into<String>, expression: &str) -> FhirError {
+    FhirError::unprocessable(vec![Issue::error(IssueCode::BusinessRule, message.into()).at(expression.to_string())])
+}
+
 /// Reads and checks the inputs of an invocation: the URL's parameters, and the body when
 /// there is one (a `Parameters` resource, or the bare resource of an operation whose only
 /// resource input it stands for).

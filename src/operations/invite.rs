@@ -7,10 +7,10 @@ use async_trait::async_trait;
 use serde_json::json;
 use time::format_description::well_known::Rfc3339;
 
-use super::inputs::parameter_path;
+use super::inputs::{bad_parameter, parameter_path, unprocessable};
 use super::{Inputs, Level, Operation};
 use crate::auth::scope::Permission;
-use crate::model::{ErrorKind, FhirError, Issue, IssueCode};
+use crate::model::{ErrorKind, FhirError, IssueCode};
 use crate::rest::{Body, FhirResponse, OperationContext};
 
 pub struct Invite;
@@ -42,21 +42,21 @@ impl Operation for Invite {
             Some("email") => true,
             Some("print") => false,
             None => context.sends_email() && email.is_some(),
-            Some(other) => return Err(bad_input("delivery", format!("is email or print, not '{other}'"))),
+            Some(other) => return Err(bad_parameter("delivery", format!("is email or print, not '{other}'"))),
         };
         let parameters = match (by_email, email) {
             (true, Some(email)) => {
                 if !context.sends_email() {
                     let message = "this server sends no e-mail (it runs without --smtp-url): use delivery=print";
-                    return Err(unprocessable(message.into(), "delivery"));
+                    return Err(unprocessable(message, &parameter_path("delivery")));
                 }
-                let email = crate::mail::address(&email).map_err(|why| bad_input("email", why))?.email.to_string();
+                let email = crate::mail::address(&email).map_err(|why| bad_parameter("email", why))?.email.to_string();
                 context.queue_invitation(&fhir_user, &email).await?;
                 json!([{"name": "delivery", "valueCode": "email"}, {"name": "email", "valueString": email}])
             }
             (true, None) => {
                 let message = format!("{fhir_user} has no e-mail address: give 'email', or use delivery=print");
-                return Err(unprocessable(message, "email"));
+                return Err(unprocessable(message, &parameter_path("email")));
             }
             (false, _) => {
                 let (link, expires) = context.invite(&fhir_user).await?;
@@ -71,15 +71,4 @@ impl Operation for Invite {
         response.headers.push(("cache-control", "no-store".to_string()));
         Ok(response)
     }
-}
-
-fn bad_input(name: &str, message: String) -> FhirError {
-    FhirError::with_issues(
-        ErrorKind::BadRequest,
-        vec![Issue::error(IssueCode::Value, format!("parameter '{name}' {message}")).at(parameter_path(name))],
-    )
-}
-
-fn unprocessable(message: String, name: &str) -> FhirError {
-    FhirError::unprocessable(vec![Issue::error(IssueCode::BusinessRule, message).at(parameter_path(name))])
 }

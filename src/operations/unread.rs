@@ -5,9 +5,9 @@
 use async_trait::async_trait;
 use serde_json::{json, Value};
 
-use super::inputs::parameter_path;
+use super::inputs::bad_parameter;
 use super::{Inputs, Level, Operation};
-use crate::model::{ErrorKind, FhirError, Issue, IssueCode};
+use crate::model::FhirError;
 use crate::rest::{Body, FhirResponse, OperationContext};
 use crate::search::index::parse_local_reference;
 
@@ -67,14 +67,7 @@ impl Operation for Unread {
 
 /// `Patient/[id]` whose threads are counted: the input, or the token's one patient.
 fn patient(context: &OperationContext<'_>, inputs: &Inputs) -> Result<String, FhirError> {
-    let bad = |message: &str| {
-        FhirError::with_issues(
-            ErrorKind::BadRequest,
-            vec![
-                Issue::error(IssueCode::Value, format!("parameter 'patient': {message}")).at(parameter_path("patient"))
-            ],
-        )
-    };
+    let bad = |message: &str| bad_parameter("patient", message);
     if let Some(reference) = inputs.text("patient") {
         return match parse_local_reference(reference, context.base_url()) {
             Some(("Patient", id)) => Ok(format!("Patient/{id}")),

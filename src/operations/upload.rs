@@ -10,10 +10,10 @@ use base64::Engine;
 use serde_json::{json, Value};
 use sha1::{Digest, Sha1};
 
-use super::inputs::parameter_path;
+use super::inputs::bad_parameter;
 use super::{Inputs, Level, Operation};
 use crate::model::resource::{format_instant, now};
-use crate::model::{ErrorKind, FhirError, Issue, IssueCode};
+use crate::model::FhirError;
 use crate::rest::{FhirResponse, OperationContext};
 use crate::search::index::parse_local_reference;
 
@@ -29,13 +29,13 @@ impl Operation for Upload {
     ) -> Result<FhirResponse, FhirError> {
         let file = inputs.resource("file").ok_or_else(FhirError::internal)?;
         let content_type = file.get("contentType").and_then(Value::as_str).map(str::to_ascii_lowercase);
-        let content_type = content_type.ok_or_else(|| bad("file", "the Binary has no contentType"))?;
+        let content_type = content_type.ok_or_else(|| bad_parameter("file", "the Binary has no contentType"))?;
         let data = file.get("data").and_then(Value::as_str).unwrap_or("");
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(data)
-            .map_err(|_| bad("file", "the Binary's data is not base64"))?;
+            .map_err(|_| bad_parameter("file", "the Binary's data is not base64"))?;
         if bytes.is_empty() {
-            return Err(bad("file", "the file is empty"));
+            return Err(bad_parameter("file", "the file is empty"));
         }
         context.uploads().check(&content_type, &bytes)?;
         let patient = patient(context, inputs)?;
@@ -53,24 +53,17 @@ impl Operation for Upload {
     }
 }
 
-fn bad(name: &str, message: &str) -> FhirError {
-    FhirError::with_issues(
-        ErrorKind::BadRequest,
-        vec![Issue::error(IssueCode::Value, format!("parameter '{name}': {message}")).at(parameter_path(name))],
-    )
-}
-
 /// `Patient/[id]` of the document: the input, or a patient-launched token's patient.
 fn patient(context: &OperationContext<'_>, inputs: &Inputs) -> Result<String, FhirError> {
     if let Some(reference) = inputs.text("patient") {
         return match parse_local_reference(reference, context.base_url()) {
             Some(("Patient", id)) => Ok(format!("Patient/{id}")),
-            _ => Err(bad("patient", "not a reference to a Patient here")),
+            _ => Err(bad_parameter("patient", "not a reference to a Patient here")),
         };
     }
     match context.access() {
         crate::auth::Access::Token(grant) if grant.patients.len() == 1 => Ok(format!("Patient/{}", grant.patients[0])),
-        _ => Err(bad("patient", "name the patient the document is about")),
+        _ => Err(bad_parameter("patient", "name the patient the document is about")),
     }
 }
 
@@ -100,7 +93,7 @@ fn document(
                     json!({"system": system, "code": code})
                 }
                 None if !token.is_empty() => json!({"code": token}),
-                _ => return Err(bad(name, "a token is system|code")),
+                _ => return Err(bad_parameter(name, "a token is system|code")),
             };
             let concept = json!({"coding": [coding]});
             document[element] = if element == "category" { json!([concept]) } else { concept };

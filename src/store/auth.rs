@@ -91,7 +91,7 @@ macro_rules! auth_store {
             ) -> $crate::store::StoreResult<()> {
                 let mut tx = self.writers.begin().await?;
                 upsert_auth_object(&mut tx, kind, key, data, expires).await?;
-                if self.feed.is_none() && self.cache.is_none() {
+                if self.announces_by_record() {
                     // An administration command beside a server that has no change feed
                     // (SQLite): the server reads the announcement and mirrors the record.
                     let kept = time::OffsetDateTime::now_utc()
@@ -185,15 +185,7 @@ macro_rules! auth_store {
             }
 
             async fn auth_list(&self, kind: &str) -> $crate::store::StoreResult<Vec<(String, String)>> {
-                use sqlx::Row;
-                let now = $crate::store::sql::to_micros(time::OffsetDateTime::now_utc());
-                let rows =
-                    sqlx::query("SELECT key, data FROM auth_objects WHERE kind = $1 AND expires > $2 ORDER BY key")
-                        .bind(kind)
-                        .bind(now)
-                        .fetch_all(&self.readers)
-                        .await?;
-                rows.iter().map(|row| Ok((row.try_get("key")?, row.try_get("data")?))).collect()
+                live_auth_objects(&mut *self.readers.acquire().await?, kind).await
             }
 
             async fn auth_purge(&self) -> $crate::store::StoreResult<u64> {
@@ -204,6 +196,18 @@ macro_rules! auth_store {
                     .await?;
                 Ok(done.rows_affected())
             }
+        }
+
+        /// The records of `kind` that have not expired (key, data), by key.
+        async fn live_auth_objects(conn: &mut Conn, kind: &str) -> $crate::store::StoreResult<Vec<(String, String)>> {
+            use sqlx::Row;
+            let now = $crate::store::sql::to_micros(time::OffsetDateTime::now_utc());
+            let rows = sqlx::query("SELECT key, data FROM auth_objects WHERE kind = $1 AND expires > $2 ORDER BY key")
+                .bind(kind)
+                .bind(now)
+                .fetch_all(conn)
+                .await?;
+            rows.iter().map(|row| Ok((row.try_get("key")?, row.try_get("data")?))).collect()
         }
 
         /// Stores a record, replacing any with that kind and key.

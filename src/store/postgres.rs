@@ -152,6 +152,11 @@ fn index_row_statements(statements: &mut Statements, mut current: Vec<(&super::R
 const CONNECTIONS_PER_CORE: u32 = 3;
 
 impl PostgresStore {
+    /// Never: every node hears what another publishes through the change feed.
+    fn announces_by_record(&self) -> bool {
+        false
+    }
+
     /// Connects to the database named by `url` and migrates it.
     pub async fn open(url: &str) -> StoreResult<Self> {
         // No ping before every acquire (sqlx's default): it cost a round trip per request. A

@@ -130,6 +130,13 @@ const READERS: u32 = 8;
 const READER_CACHE_KIB: &str = "-8000";
 
 impl SqliteStore {
+    /// Whether what this store publishes (`auth_publish`) is announced by a record for the
+    /// server to read: a shared store is an administration command beside the server, and
+    /// SQLite has no change feed to tell it.
+    fn announces_by_record(&self) -> bool {
+        self.cache.is_none()
+    }
+
     /// Opens (creating if missing) the database file named by `url` and migrates it. An
     /// `exclusive` store takes the single-writer lock and keeps the version cache; a shared one
     /// (administration of authorization records) does neither.
@@ -233,15 +240,13 @@ async fn mirror_published_elsewhere(
         if !store.is_alive() {
             break;
         }
-        let now = super::sql::to_micros(time::OffsetDateTime::now_utc());
         for kind in watched.kinds() {
-            let keys = sqlx::query_scalar::<_, String>("SELECT key FROM auth_objects WHERE kind = ?1 AND expires > ?2")
-                .bind(super::feed::announced(&kind))
-                .bind(now)
-                .fetch_all(&readers)
-                .await;
-            match keys {
-                Ok(keys) => keys.iter().for_each(|key| watched.published(&kind, key)),
+            let announced = match readers.acquire().await {
+                Ok(mut conn) => live_auth_objects(&mut conn, &super::feed::announced(&kind)).await,
+                Err(error) => Err(error.into()),
+            };
+            match announced {
+                Ok(records) => records.iter().for_each(|(key, _)| watched.published(&kind, key)),
                 Err(error) => tracing::warn!(%error, "cannot read the records other processes published"),
             }
         }

@@ -2,7 +2,7 @@
 //! expanded by `profiles/generate.py`), and those of an operator's packages or of the store,
 //! expanded here from their ValueSets and CodeSystems the same way.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -19,10 +19,9 @@ struct Line {
 
 /// A value set's codes as (system, code).
 pub struct Expansion {
-    codes: HashSet<(String, String)>,
-    /// The systems of its codes (a `code` element's implicit system is the one system of its
-    /// required binding).
-    systems: Vec<String>,
+    /// Its codes by code system (a `code` element's implicit system is the one system of its
+    /// required binding), so that a lookup allocates nothing.
+    by_system: BTreeMap<String, HashSet<String>>,
 }
 
 /// The carried expansions by value set url, `None` for those that could not be listed offline.
@@ -78,7 +77,7 @@ impl Terminology<'_> {
         }
         let Some(value_set) = self.value_sets.get(url) else {
             return match self.carried.expansion(url) {
-                Some(expansion) => Ok(expansion.codes.clone()),
+                Some(expansion) => Ok(expansion.codes()),
                 None => Err(format!("value set {url} is not known")),
             };
         };
@@ -164,26 +163,41 @@ fn flatten<'v>(items: Option<&'v Vec<Value>>, key: &str) -> Vec<&'v Value> {
 
 impl Expansion {
     fn new(codes: Codes) -> Self {
-        let mut systems: Vec<String> = codes.iter().map(|(system, _)| system.clone()).collect();
-        systems.sort();
-        systems.dedup();
-        Expansion { codes, systems }
+        let mut by_system: BTreeMap<String, HashSet<String>> = BTreeMap::new();
+        for (system, code) in codes {
+            by_system.entry(system).or_default().insert(code);
+        }
+        Expansion { by_system }
+    }
+
+    /// Its codes, as (system, code) pairs (an expansion another value set imports).
+    fn codes(&self) -> Codes {
+        let pairs =
+            self.by_system.iter().flat_map(|(system, codes)| codes.iter().map(|code| (system.clone(), code.clone())));
+        pairs.collect()
     }
 
     /// Whether it holds `code` of `system`.
     pub fn contains(&self, system: &str, code: &str) -> bool {
-        self.codes.contains(&(system.to_string(), code.to_string()))
+        self.by_system.get(system).is_some_and(|codes| codes.contains(code))
     }
 
     /// Whether it holds `code` in any of its systems (a `code` element carries no system).
     pub fn contains_code(&self, code: &str) -> bool {
-        self.systems.iter().any(|system| self.contains(system, code))
+        self.by_system.values().any(|codes| codes.contains(code))
+    }
+
+    /// Whether a Coding's `system` and `code` are in it.
+    pub fn contains_coding(&self, coding: &Value) -> bool {
+        let text = |key: &str| coding.get(key).and_then(Value::as_str);
+        matches!((text("system"), text("code")), (Some(system), Some(code)) if self.contains(system, code))
     }
 
     /// The one code system of its codes, if it has exactly one.
     pub fn only_system(&self) -> Option<&str> {
-        match self.systems.as_slice() {
-            [only] => Some(only),
+        let mut systems = self.by_system.keys();
+        match (systems.next(), systems.next()) {
+            (Some(only), None) => Some(only),
             _ => None,
         }
     }

@@ -1,5 +1,7 @@
-//! A resource walked against the R4 core StructureDefinitions: every element found in the
-//! JSON is matched to its definition, and checked for what the JSON schema cannot say —
+//! A resource walked against the R4 core StructureDefinitions for errors (warnings are not
+//! looked for: what the core definitions say is enforced on every write, where only errors
+//! count): every element found in the JSON is matched to its definition, and checked for what
+//! the JSON schema cannot say —
 //! minimum cardinality, primitive values beyond their regex, required bindings, extensions
 //! with a value or extensions (ext-1), local references to contained resources (ref-1), the
 //! narrative (txt-1, txt-2) and the rules for contained resources (dom-2 to dom-5).
@@ -42,10 +44,6 @@ impl<'a> Walk<'a> {
         self.findings.push(Finding::error(rule, location, message));
     }
 
-    fn warn(&mut self, rule: &'static str, location: &str, message: String) {
-        self.findings.push(Finding::warning(rule, location, message));
-    }
-
     /// Walks a resource found at `location` (its type for a resource that stands alone).
     pub fn resource(&mut self, resource: &Value, location: &str) {
         let ids = contained_ids(resource);
@@ -62,13 +60,13 @@ impl<'a> Walk<'a> {
             self.invariants(&root.constraint, resource, type_name, location, &here);
         }
         self.object(object, definition, type_name, location, &here);
-        self.contained_rules(object, location);
+        self.contained_rules(resource, location);
     }
 
     /// dom-2 to dom-5: what a contained resource may not have, and that it is referenced.
-    fn contained_rules(&mut self, resource: &Map<String, Value>, location: &str) {
+    fn contained_rules(&mut self, resource: &Value, location: &str) {
         let Some(contained) = resource.get("contained").and_then(Value::as_array) else { return };
-        let local_refs = local_references(&Value::Object(resource.clone()));
+        let local_refs = local_references(resource);
         for (index, inner) in contained.iter().enumerate() {
             let at = format!("{location}.contained[{index}]");
             if inner.get("contained").is_some() {
@@ -82,7 +80,8 @@ impl<'a> Walk<'a> {
                 self.report("dom-5", &at, "a contained resource has no security labels of its own".into());
             }
             let id = inner.get("id").and_then(Value::as_str).unwrap_or("");
-            let referenced = local_refs.iter().any(|r| r == &format!("#{id}"));
+            let wanted = format!("#{id}");
+            let referenced = local_refs.contains(&wanted);
             let refers_back = local_references(inner).iter().any(|r| r == "#");
             if !referenced && !refers_back {
                 self.report(
@@ -155,23 +154,13 @@ impl<'a> Walk<'a> {
                 None => base,
             }
         };
-        let items: Vec<(Option<usize>, &Value)> = match object.get(key) {
-            Some(Value::Array(items)) => items.iter().enumerate().map(|(i, v)| (Some(i), v)).collect(),
-            Some(value) => vec![(None, value)],
-            None => Vec::new(),
-        };
-        for (index, value) in items {
+        for (index, value) in repetitions(object.get(key)) {
             if !value.is_null() {
                 self.value(value, element, type_code, definition, &at(index), container);
             }
         }
         // A primitive's id and extensions: walked as an Element.
-        let companions: Vec<(Option<usize>, &Value)> = match object.get(&format!("_{key}")) {
-            Some(Value::Array(items)) => items.iter().enumerate().map(|(i, v)| (Some(i), v)).collect(),
-            Some(value) => vec![(None, value)],
-            None => Vec::new(),
-        };
-        for (index, companion) in companions {
+        for (index, companion) in repetitions(object.get(&format!("_{key}"))) {
             if let (Some(companion), Some(element_definition)) =
                 (companion.as_object(), self.definitions.core("Element"))
             {
@@ -247,7 +236,8 @@ impl<'a> Walk<'a> {
         self.binding(value, element, type_code, location);
     }
 
-    /// The invariants of an element, evaluated on its value (those checked natively aside).
+    /// The error-severity invariants of an element, evaluated on its value (those checked
+    /// natively aside).
     fn invariants(
         &mut self,
         constraints: &[Constraint],
@@ -256,9 +246,9 @@ impl<'a> Walk<'a> {
         location: &str,
         container: &Container<'_>,
     ) {
-        let native = |c: &Constraint| NATIVE.contains(&c.key.as_str());
+        let skip = |c: &Constraint| NATIVE.contains(&c.key.as_str()) || c.severity != "error";
         let at = invariants::At { value, type_name, location, resource: container.resource, root: container.root };
-        invariants::evaluate(constraints, native, &at, &mut self.findings);
+        invariants::evaluate(constraints, skip, &at, &mut self.findings);
     }
 
     /// An extension whose definition the server carries conforms to it (its value's type,
@@ -312,15 +302,9 @@ impl<'a> Walk<'a> {
         }
     }
 
-    /// A required binding is an error when the code is not in its (expanded) value set, an
-    /// extensible one a warning.
+    /// A required binding is an error when the code is not in its (expanded) value set.
     fn binding(&mut self, value: &Value, element: &ElementDefinition, type_code: &str, location: &str) {
-        let Some(binding) = &element.binding else { return };
-        let required = match binding.strength.as_str() {
-            "required" => true,
-            "extensible" => false,
-            _ => return,
-        };
+        let Some(binding) = element.binding.as_ref().filter(|b| b.strength == "required") else { return };
         let Some(expansion) = self.definitions.expansion(&binding.value_set) else { return };
         let codings: Vec<&Value> = match type_code {
             "code" => {
@@ -328,7 +312,7 @@ impl<'a> Walk<'a> {
                 if expansion.contains_code(code) {
                     return;
                 }
-                return self.binding_finding(required, location, format!("'{code}'"), &binding.value_set);
+                return self.binding_finding(location, format!("'{code}'"), &binding.value_set);
             }
             "Coding" => vec![value],
             "CodeableConcept" => {
@@ -340,12 +324,7 @@ impl<'a> Walk<'a> {
         if codings.is_empty() {
             return;
         }
-        let known = codings.iter().any(|coding| {
-            let (system, code) =
-                (coding.get("system").and_then(Value::as_str), coding.get("code").and_then(Value::as_str));
-            matches!((system, code), (Some(system), Some(code)) if expansion.contains(system, code))
-        });
-        if !known {
+        if !codings.iter().any(|coding| expansion.contains_coding(coding)) {
             let shown: Vec<String> = codings
                 .iter()
                 .map(|c| {
@@ -353,16 +332,21 @@ impl<'a> Walk<'a> {
                     format!("{}|{}", text("system"), text("code"))
                 })
                 .collect();
-            self.binding_finding(required, location, shown.join(", "), &binding.value_set);
+            self.binding_finding(location, shown.join(", "), &binding.value_set);
         }
     }
 
-    fn binding_finding(&mut self, required: bool, location: &str, shown: String, value_set: &str) {
-        let message = format!("{shown} is not in the value set {value_set}");
-        match required {
-            true => self.report("binding", location, message),
-            false => self.warn("binding", location, message),
-        }
+    fn binding_finding(&mut self, location: &str, shown: String, value_set: &str) {
+        self.report("binding", location, format!("{shown} is not in the value set {value_set}"));
+    }
+}
+
+/// The values of a JSON member, each with its index when the member is an array.
+fn repetitions(member: Option<&Value>) -> Vec<(Option<usize>, &Value)> {
+    match member {
+        Some(Value::Array(items)) => items.iter().enumerate().map(|(i, v)| (Some(i), v)).collect(),
+        Some(value) => vec![(None, value)],
+        None => Vec::new(),
     }
 }
 

@@ -111,12 +111,16 @@ pub fn against_profile(definitions: &Definitions, resource: &Value, profile: &st
     Some(findings)
 }
 
-/// What the R4 core definitions say of `resource` (and of the resources inside it), whose
-/// FHIRPath location is `root` (its type for a resource that stands alone). Extensions are
-/// checked against the definitions carried; those of an operator's packages or of the store
-/// where a profile the resource claims uses them.
+/// The errors the R4 core definitions find in `resource` (and in the resources inside it),
+/// whose FHIRPath location is `root` (its type for a resource that stands alone). Only errors:
+/// this runs on every write, where a warning changes nothing, so the walk does not spend time
+/// on warning-severity invariants and extensible bindings. Extensions are checked against the
+/// definitions carried; those of an operator's packages or of the store where a profile the
+/// resource claims uses them.
 pub fn base(resource: &Value, root: &str) -> Vec<Finding> {
     let mut walk = instance::Walk::new(Definitions::carried());
     walk.resource(resource, root);
-    walk.into_findings()
+    let mut findings = walk.into_findings();
+    findings.retain(|finding| finding.severity == Severity::Error);
+    findings
 }

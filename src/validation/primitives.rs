@@ -34,13 +34,8 @@ fn int32(number: &serde_json::Number, min: i64) -> Option<String> {
 fn calendar_date(text: &str) -> Option<String> {
     let number = |range: std::ops::Range<usize>| text.get(range).and_then(|s| s.parse::<u32>().ok());
     let (Some(year), Some(month), Some(day)) = (number(0..4), number(5..7), number(8..10)) else { return None };
-    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
-    let days = match month {
-        2 if leap => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    };
+    // A month the regex let through but that does not exist is the regex's to refuse.
+    let days = time::Month::try_from(month as u8).map_or(31, |month| u32::from(month.length(year as i32)));
     (day > days).then(|| format!("'{text}' is not a date: {year}-{month:02} has {days} days"))
 }
 

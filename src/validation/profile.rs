@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 use super::definitions::{choice_key, Definitions, ElementDefinition, StructureDefinition};
 use super::invariants::{self, At};
-use super::{expansions, references, Finding};
+use super::{references, Finding};
 
 /// How deep profiles may nest (an extension's profile inside a type's profile…).
 const MAX_DEPTH: usize = 12;
@@ -169,11 +169,8 @@ impl ProfileWalk<'_, '_> {
             .filter(|d| d.derivation.as_deref() == Some("constraint"))
             .filter(|d| d.root().is_some_and(|root| root.path == found))
             .collect();
-        let conforms = |profile: &&StructureDefinition| {
-            let mut problems = Vec::new();
-            check_at(self.definitions, contained, profile, &found, &found, contained, &mut problems);
-            problems.iter().all(|p| p.severity != super::Severity::Error)
-        };
+        let conforms =
+            |profile: &&StructureDefinition| conforms_to(self.definitions, contained, profile, &found, &found);
         if !profiles.is_empty() && !profiles.iter().any(conforms) {
             let urls: Vec<&str> = profiles.iter().map(|p| p.url.as_str()).collect();
             let message = format!("refers to a contained {found} that conforms to none of {}", urls.join(", "));
@@ -193,10 +190,10 @@ impl ProfileWalk<'_, '_> {
         let Some(expansion) = self.definitions.expansion(&binding.value_set) else { return };
         let known = match type_name {
             "code" => value.as_str().is_some_and(|code| expansion.contains_code(code)),
-            "Coding" => coding_in(value, expansion),
+            "Coding" => expansion.contains_coding(value),
             "CodeableConcept" => {
                 let codings = value.get("coding").and_then(Value::as_array);
-                codings.is_none_or(|codings| codings.iter().any(|c| coding_in(c, expansion)))
+                codings.is_none_or(|codings| codings.iter().any(|c| expansion.contains_coding(c)))
             }
             _ => true,
         };
@@ -223,16 +220,25 @@ fn in_required_binding(definitions: &Definitions, value: &Value, element: &Eleme
     match value {
         Value::String(code) => expansion.contains_code(code),
         Value::Object(object) => match object.get("coding").and_then(Value::as_array) {
-            Some(codings) => codings.iter().any(|c| coding_in(c, expansion)),
-            None => coding_in(value, expansion),
+            Some(codings) => codings.iter().any(|c| expansion.contains_coding(c)),
+            None => expansion.contains_coding(value),
         },
         _ => false,
     }
 }
 
-fn coding_in(coding: &Value, expansion: &expansions::Expansion) -> bool {
-    let text = |key: &str| coding.get(key).and_then(Value::as_str);
-    matches!((text("system"), text("code")), (Some(system), Some(code)) if expansion.contains(system, code))
+/// Whether `value` (a resource standing alone, of type `type_name`, at `location`) conforms
+/// to `profile`: no error, whatever the warnings.
+fn conforms_to(
+    definitions: &Definitions,
+    value: &Value,
+    profile: &StructureDefinition,
+    type_name: &str,
+    location: &str,
+) -> bool {
+    let mut problems = Vec::new();
+    check_at(definitions, value, profile, type_name, location, value, &mut problems);
+    problems.iter().all(|p| p.severity != super::Severity::Error)
 }
 
 fn closed(element: &ElementDefinition) -> bool {
@@ -323,11 +329,7 @@ fn in_slice_of(
                 profiles.into_iter().any(|profile| {
                     found.iter().any(|value| {
                         let of_type = profile.root().is_some_and(|root| root.path == type_of(value));
-                        of_type && {
-                            let mut problems = Vec::new();
-                            check_at(definitions, value, profile, &type_of(value), "", value, &mut problems);
-                            problems.iter().all(|p| p.severity != super::Severity::Error)
-                        }
+                        of_type && conforms_to(definitions, value, profile, &type_of(value), "")
                     })
                 })
             }

@@ -121,14 +121,7 @@ impl<'c, 'a> Evaluator<'c, 'a> {
             }
             Ast::Type(is, receiver, type_name) => {
                 let input = self.eval(receiver, focus, scope)?;
-                match input.as_slice() {
-                    [] => Vec::new(),
-                    [item] => match is {
-                        true => vec![Item::Bool(self.is_type(item, type_name))],
-                        false => self.is_type(item, type_name).then(|| item.clone()).into_iter().collect(),
-                    },
-                    _ => return Err(EvalError(format!("'{}' needs a single item", if *is { "is" } else { "as" }))),
-                }
+                self.type_test(*is, &input, type_name, if *is { "'is'" } else { "'as'" })?
             }
             Ast::Binary(op, left, right) => self.binary(op, left, right, focus, scope)?,
             Ast::Call(receiver, name, arguments) => {
@@ -164,25 +157,27 @@ impl<'c, 'a> Evaluator<'c, 'a> {
     /// A leading name: a type filter when it names the type of a resource in the focus
     /// (`Patient.name` on a Patient), else a member of each item.
     fn identifier(&self, name: &str, focus: &[Item<'a>]) -> Collection<'a> {
-        let is_type = name.starts_with(|c: char| c.is_ascii_uppercase())
-            && focus.iter().any(|item| matches!(item, Item::Node(node) if self.node_is(node, name)));
-        match is_type {
-            true => focus
+        if name.starts_with(|c: char| c.is_ascii_uppercase()) {
+            let typed: Collection<'a> = focus
                 .iter()
                 .filter(|item| matches!(item, Item::Node(node) if self.node_is(node, name)))
                 .cloned()
-                .collect(),
-            false => self.members(focus, name),
+                .collect();
+            if !typed.is_empty() {
+                return typed;
+            }
         }
+        self.members(focus, name)
     }
 
     fn node_is(&self, node: &Node<'_>, type_name: &str) -> bool {
-        node.type_of().is_some_and(|t| t == type_name || self.context.model.is_a(&t, type_name))
+        node.type_of().is_some_and(|t| t == type_name || self.context.model.is_a(t, type_name))
     }
 
     /// The children `name` of every node in `input`.
     pub(crate) fn members(&self, input: &[Item<'a>], name: &str) -> Collection<'a> {
         let mut out = Vec::new();
+        let underscored = format!("_{name}");
         for item in input {
             let Item::Node(node) = item else { continue };
             if let Some(companion) = node.companion.filter(|_| name == "extension" || name == "id") {
@@ -190,7 +185,7 @@ impl<'c, 'a> Evaluator<'c, 'a> {
                 continue;
             }
             let Some(Value::Object(object)) = node.value else { continue };
-            let known = node.type_of().and_then(|t| self.context.model.element(&t, name));
+            let known = node.type_of().and_then(|t| self.context.model.element(t, name));
             match known {
                 Some(keys) => {
                     for (key, type_name) in keys {
@@ -199,8 +194,9 @@ impl<'c, 'a> Evaluator<'c, 'a> {
                     }
                 }
                 None => {
-                    if object.contains_key(name) || object.contains_key(&format!("_{name}")) {
-                        push_values(&mut out, object.get(name), object.get(&format!("_{name}")), None);
+                    let (value, companion) = (object.get(name), object.get(&underscored));
+                    if value.is_some() || companion.is_some() {
+                        push_values(&mut out, value, companion, None);
                         continue;
                     }
                     // A choice element by its JSON key: `value` → `valueQuantity`.
@@ -217,6 +213,23 @@ impl<'c, 'a> Evaluator<'c, 'a> {
         out
     }
 
+    /// `is` (a boolean) or `as` (the item, when it is of the type) of a single item, as an
+    /// operator or a function (`label` names which in the error).
+    pub(crate) fn type_test(
+        &self,
+        is: bool,
+        input: &[Item<'a>],
+        type_name: &str,
+        label: &str,
+    ) -> Result<Collection<'a>> {
+        match input {
+            [] => Ok(Vec::new()),
+            [item] if is => Ok(vec![Item::Bool(self.is_type(item, type_name))]),
+            [item] => Ok(self.is_type(item, type_name).then(|| item.clone()).into_iter().collect()),
+            _ => Err(EvalError(format!("{label} needs a single item"))),
+        }
+    }
+
     /// Whether `item` is of type `name` (`Quantity`, `FHIR.Patient`, `System.String`).
     pub(crate) fn is_type(&self, item: &Item<'a>, name: &str) -> bool {
         let (namespace, bare) = match name.split_once('.') {
@@ -225,7 +238,7 @@ impl<'c, 'a> Evaluator<'c, 'a> {
         };
         match item {
             Item::Node(node) if namespace != Some("System") => match node.type_of() {
-                Some(t) => t == bare || self.context.model.is_a(&t, bare) || (bare == "string" && is_string_type(&t)),
+                Some(t) => t == bare || self.context.model.is_a(t, bare) || (bare == "string" && is_string_type(t)),
                 None => json_type_matches(node.value, bare),
             },
             // A node is a FHIR type, never a System one (`Patient.active` is not System.Boolean).

@@ -193,8 +193,8 @@ fn civil_from_days(days: i64) -> (i32, u32, u32) {
 }
 
 /// The single item of a collection (`None` when empty; an error when there are several).
-fn single<'a>(collection: &Collection<'a>) -> Result<Option<Item<'a>>> {
-    match collection.as_slice() {
+fn single<'a>(collection: &[Item<'a>]) -> Result<Option<Item<'a>>> {
+    match collection {
         [] => Ok(None),
         [item] => Ok(Some(item.clone())),
         _ => Err(EvalError(format!("a single item was expected, found {}", collection.len()))),
@@ -249,7 +249,7 @@ impl<'c, 'a> Evaluator<'c, 'a> {
                 _ => Err(EvalError(format!("{name}() needs a type name"))),
             }
         };
-        let string_input = || -> Result<Option<String>> { Ok(single(&input.to_vec())?.and_then(|i| i.as_str())) };
+        let string_input = || -> Result<Option<String>> { Ok(single(input)?.and_then(|i| i.as_str())) };
         Ok(match name {
             "empty" => boolean(input.is_empty()),
             "exists" => match args.first() {
@@ -316,17 +316,7 @@ impl<'c, 'a> Evaluator<'c, 'a> {
                 let type_name = type_arg(0)?;
                 input.iter().filter(|item| self.is_type(item, &type_name)).cloned().collect()
             }
-            "is" | "as" => {
-                let type_name = type_arg(0)?;
-                match input {
-                    [] => Vec::new(),
-                    [item] => match name {
-                        "is" => boolean(self.is_type(item, &type_name)),
-                        _ => self.is_type(item, &type_name).then(|| item.clone()).into_iter().collect(),
-                    },
-                    _ => return Err(EvalError(format!("{name}() needs a single item"))),
-                }
-            }
+            "is" | "as" => self.type_test(name == "is", input, &type_arg(0)?, &format!("{name}()"))?,
             "first" => input.first().cloned().into_iter().collect(),
             "last" => input.last().cloned().into_iter().collect(),
             "tail" => input.iter().skip(1).cloned().collect(),
@@ -338,7 +328,7 @@ impl<'c, 'a> Evaluator<'c, 'a> {
                 Some(n) => input.iter().take(n.max(0) as usize).cloned().collect(),
                 None => Vec::new(),
             },
-            "single" => single(&input.to_vec())?.into_iter().collect(),
+            "single" => single(input)?.into_iter().collect(),
             "intersect" => {
                 let other = arg(0)?;
                 distinct(
@@ -562,7 +552,7 @@ impl<'c, 'a> Evaluator<'c, 'a> {
         focus: &[Item<'a>],
         scope: &Scope<'a>,
     ) -> Result<Collection<'a>> {
-        let Some(item) = single(&input.to_vec())?.map(|i| i.to_system()) else { return Ok(Vec::new()) };
+        let Some(item) = single(input)?.map(|i| i.to_system()) else { return Ok(Vec::new()) };
         if let Item::Quantity(amount, unit) = &item {
             if name == "abs" {
                 return Ok(vec![Item::Quantity(amount.abs(), unit.clone())]);
@@ -620,13 +610,28 @@ fn same_node(a: &Item<'_>, b: &Item<'_>) -> bool {
     }
 }
 
+/// The compiled `pattern`. Compiled patterns are kept per thread: invariants apply the same few
+/// patterns to every element they check (a failing one is compiled again, and fails again).
 fn regex(pattern: &str) -> Result<regex::Regex> {
-    regex::Regex::new(pattern).map_err(|e| EvalError(format!("bad regular expression: {e}")))
+    /// Patterns kept at most (they may come from data): beyond, the cache starts over.
+    const KEPT: usize = 256;
+    thread_local!(static COMPILED: std::cell::RefCell<std::collections::HashMap<String, regex::Regex>> = Default::default());
+    COMPILED.with_borrow_mut(|compiled| {
+        if let Some(found) = compiled.get(pattern) {
+            return Ok(found.clone());
+        }
+        let fresh = regex::Regex::new(pattern).map_err(|e| EvalError(format!("bad regular expression: {e}")))?;
+        if compiled.len() >= KEPT {
+            compiled.clear();
+        }
+        compiled.insert(pattern.to_string(), fresh.clone());
+        Ok(fresh)
+    })
 }
 
 /// `toX()` or `convertsToX()` of a single item.
 fn convert<'a>(name: &str, input: &[Item<'a>], to: impl Fn(&Item<'a>) -> Option<Item<'a>>) -> Result<Collection<'a>> {
-    let Some(item) = single(&input.to_vec())? else { return Ok(Vec::new()) };
+    let Some(item) = single(input)? else { return Ok(Vec::new()) };
     let converted = to(&item.to_system());
     Ok(match name.starts_with("convertsTo") {
         true => vec![Item::Bool(converted.is_some())],

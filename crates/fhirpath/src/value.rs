@@ -46,8 +46,8 @@ impl<'a> Node<'a> {
     }
 
     /// The node's type: its resource type, else what the model said.
-    pub fn type_of(&self) -> Option<String> {
-        self.resource_type().map(str::to_string).or_else(|| self.type_name.clone())
+    pub fn type_of(&self) -> Option<&str> {
+        self.resource_type().or(self.type_name.as_deref())
     }
 }
 
@@ -258,9 +258,11 @@ impl<'a> Item<'a> {
         match (type_name, value) {
             (_, Value::Bool(b)) => Item::Bool(*b),
             ("decimal", Value::Number(n)) => decimal_of(n).map(Item::Dec).unwrap_or_else(|| self.clone()),
+            // With `arbitrary_precision` (this crate's serde_json feature) `as_i64` parses the
+            // number's own text: `1.0` and `1e2` are not integers.
             (_, Value::Number(n)) => match n.as_i64() {
-                Some(i) if !n.to_string().contains(['.', 'e', 'E']) => Item::Int(i),
-                _ => decimal_of(n).map(Item::Dec).unwrap_or_else(|| self.clone()),
+                Some(i) => Item::Int(i),
+                None => decimal_of(n).map(Item::Dec).unwrap_or_else(|| self.clone()),
             },
             ("date", Value::String(s)) => Temporal::parse(s, false).map(Item::Date).unwrap_or(Item::Str(s.clone())),
             ("dateTime" | "instant", Value::String(s)) => {
@@ -406,8 +408,8 @@ pub fn in_one_unit(a: Decimal, u: &str, b: Decimal, v: &str) -> Option<(Decimal,
 
 /// An exact decimal of a JSON number.
 pub fn decimal_of(number: &serde_json::Number) -> Option<Decimal> {
-    let text = number.to_string();
-    Decimal::from_str(&text).or_else(|_| Decimal::from_scientific(&text)).ok()
+    let text = number.as_str();
+    Decimal::from_str(text).or_else(|_| Decimal::from_scientific(text)).ok()
 }
 
 fn normalize_space(text: &str) -> String {
