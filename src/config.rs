@@ -102,6 +102,10 @@ pub enum Command {
         /// starts on or after that birthday; 0 for never.
         #[arg(long, env = "HEARTH_PARENT_ACCESS_UNTIL_AGE", default_value_t = 18)]
         parent_access_until_age: u8,
+        /// Accept rest-hook subscription endpoints on plain http (not only https) on hosts other
+        /// than loopback: for a private network only, since notifications carry health data.
+        #[arg(long, env = "HEARTH_ALLOW_HTTP_REST_HOOKS")]
+        allow_http_rest_hooks: bool,
     },
     /// Load transaction, batch or collection Bundles (`.json`) and `.ndjson` files.
     Import {

@@ -20,5 +20,6 @@ pub mod rest;
 pub mod search;
 pub mod server;
 pub mod store;
+pub mod subscriptions;
 pub mod synth;
 pub mod validation;

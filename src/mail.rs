@@ -153,6 +153,21 @@ pub fn password_reset_text(link: &str) -> (String, String) {
     (subject, text)
 }
 
+/// A subscription's e-mail: that something new is waiting (the topic's title, such as "A
+/// result was finalised"), never what it is; the person signs in to see it.
+pub fn notification_text(what: &str) -> (String, String) {
+    let subject = "Something new in your health records".to_string();
+    let what = match what.trim() {
+        "" => String::new(),
+        what => format!(" ({})", what.replace(['\r', '\n'], " ")),
+    };
+    let text = format!(
+        "Hello,\r\n\r\nThere is something new in your health records{what}.\r\n\
+         Sign in to your patient portal to see it.\r\n"
+    );
+    (subject, text)
+}
+
 /// The invitation e-mail: the link, and nothing about the person's health.
 pub fn invitation_text(link: &str, valid_for: time::Duration) -> (String, String) {
     let days = valid_for.whole_days().max(1);

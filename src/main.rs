@@ -8,6 +8,7 @@ use hearth::model::upload::UploadRules;
 use hearth::portal::messaging::MessagingSettings;
 use hearth::portal::scheduling::SchedulingSettings;
 use hearth::rest::profiles::ProfilePolicy;
+use hearth::rest::SubscriptionSettings;
 use hearth::search::params::Paging;
 use hearth::server::{Hearth, Settings};
 use hearth::validation::Definitions;
@@ -51,6 +52,7 @@ async fn main() -> anyhow::Result<()> {
             smtp_url,
             mail_from,
             parent_access_until_age,
+            allow_http_rest_hooks,
         } => {
             if default_count > max_count {
                 anyhow::bail!("--default-count ({default_count}) cannot be larger than --max-count ({max_count})");
@@ -91,6 +93,7 @@ async fn main() -> anyhow::Result<()> {
                 invite_ttl,
                 mailer: mailer(smtp_url, mail_from)?,
                 proxy: ProxyPolicy { parent_access_until_age: Some(parent_access_until_age).filter(|&age| age > 0) },
+                subscriptions: SubscriptionSettings { allow_http: allow_http_rest_hooks },
                 ..Settings::new(&base_url)
             };
             let hearth = Hearth::open(&cli.database, settings).await?;

@@ -39,6 +39,8 @@ pub struct Settings {
     pub mailer: crate::mail::Mailer,
     /// When a parent's proxy access ends (`--parent-access-until-age`).
     pub proxy: crate::auth::proxy::ProxyPolicy,
+    /// Where subscriptions may deliver (`--allow-http-rest-hooks`).
+    pub subscriptions: crate::rest::SubscriptionSettings,
 }
 
 impl Settings {
@@ -59,6 +61,7 @@ impl Settings {
             invite_ttl: time::Duration::days(7),
             mailer: crate::mail::Mailer::off(),
             proxy: crate::auth::proxy::ProxyPolicy { parent_access_until_age: Some(18) },
+            subscriptions: Default::default(),
         }
     }
 }
@@ -88,6 +91,7 @@ impl Hearth {
         let hearth = Hearth::with_store(store, auth, settings);
         hearth.service.load_search_parameters().await?;
         hearth.service.load_profiles().await?;
+        hearth.service.install_topics().await?;
         Ok(hearth)
     }
 
@@ -106,6 +110,7 @@ impl Hearth {
                 profiles: settings.profiles.clone(),
                 invite_ttl: settings.invite_ttl,
                 mailer: settings.mailer.clone(),
+                subscriptions: settings.subscriptions.clone(),
             },
         );
         let state = AppState {

@@ -20,9 +20,7 @@ use std::sync::{Arc, Mutex};
 use super::scope::{Permission, ResourceScope, ScopeContext};
 use crate::model::FhirError;
 use crate::search::compartment::membership;
-use crate::search::criteria::{Context, ValueSets};
 use crate::search::matcher::{matches, Candidate};
-use crate::search::params::{parse_search, Paging};
 use crate::search::Registry;
 use crate::store::{Condition, IndexRows};
 
@@ -52,6 +50,9 @@ pub struct Grant {
     pub fhir_user: Option<String>,
     /// The RelatedPersons (ids) a proxy's access comes from, which it may not change.
     pub acts_through: Vec<String>,
+    /// The token's claims (without its signature, so no credential): what a Subscription
+    /// keeps to deliver under this same access later, checked again then (ADR 16).
+    pub claims: Option<Arc<super::tokens::AccessClaims>>,
     /// The rules worked out so far for this grant (a token is used many times).
     pub memo: RuleMemo,
 }
@@ -358,6 +359,8 @@ enum Reach {
 
 const REACH_BEYOND_COMPARTMENT: &[(&str, Reach)] = &[
     ("Task", Reach::Own("patient")),
+    // A Subscription is about the patients its filter criteria name (a derived parameter).
+    ("Subscription", Reach::Own("patient")),
     ("PaymentNotice", Reach::Through { param: "request", target: "Invoice" }),
     ("PaymentReconciliation", Reach::Through { param: "detail-request", target: "Invoice" }),
 ];
@@ -439,24 +442,8 @@ pub const SHARED_TYPES: &[&str] = &[
 /// A v2 scope filter as a condition. A filter that is not a valid search, or uses criteria the
 /// policy cannot check outside SQL, grants nothing (fail closed).
 fn filter_condition(context: PolicyContext<'_>, resource_type: &str, filter: &str) -> Condition {
-    let nothing = Condition::AnyOf(Vec::new());
-    let parameters: Vec<(String, String)> = url::form_urlencoded::parse(filter.as_bytes()).into_owned().collect();
-    let value_sets = ValueSets::new();
-    let search = Context { registry: context.registry, base_url: context.base_url, value_sets: &value_sets };
-    let paging = Paging { default_count: 1, max_count: 1 };
-    let Ok(parsed) = parse_search(search, &[resource_type.to_string()], &parameters, true, paging) else {
-        return nothing;
-    };
-    let result_parameters = parsed.includes.is_empty() && parsed.query.sort.is_empty() && parsed.elements.is_none();
-    if !result_parameters || parsed.applied.len() != parameters.len() {
-        return nothing;
-    }
-    let condition = Condition::AllOf(parsed.query.all_of.into_iter().map(Condition::AnyOf).collect());
-    let empty = IndexRows::default();
-    match matches(&condition, &Candidate { resource_type, id: "", rows: &empty }) {
-        Some(_) => condition,
-        None => nothing,
-    }
+    crate::search::matcher::memory_condition(context.registry, context.base_url, resource_type, filter)
+        .unwrap_or_else(|_| Condition::AnyOf(Vec::new()))
 }
 
 fn verb(permission: Permission) -> &'static str {
@@ -491,6 +478,7 @@ mod tests {
             acts_through: Vec::new(),
             may_launch: false,
             fhir_user: None,
+            claims: None,
             memo: RuleMemo::default(),
         }))
     }

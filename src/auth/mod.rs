@@ -372,8 +372,30 @@ fn grant_of(claims: &AccessClaims) -> Grant {
         user_patients: claims.user_patients.clone(),
         fhir_user: claims.fhir_user.clone(),
         acts_through: claims.links.iter().map(|link| link.related_person.clone()).collect(),
+        claims: Some(Arc::new(claims.clone())),
         memo: access::RuleMemo::default(),
     }
+}
+
+/// The access of a token's claims kept by a Subscription (ADR 16), if they are still in force:
+/// its grant not revoked, its user not signed out everywhere since, a proxy's RelatedPersons
+/// still granting their patients. `None` when the access has ended.
+pub async fn kept_access(store: &dyn Store, claims: &AccessClaims) -> StoreResult<Option<Access>> {
+    for key in revocation_keys(claims) {
+        if store.auth_get(REVOKED, &key).await?.is_some() {
+            return Ok(None);
+        }
+    }
+    if !claims.links.is_empty() && !proxy::all_live(store, &claims.links).await? {
+        return Ok(None);
+    }
+    Ok(Some(Access::Token(Arc::new(grant_of(claims)))))
+}
+
+/// The access of a token's claims kept by a Subscription, as it was granted (not checked
+/// against revocations: what matching a write uses, the delivery checks again).
+pub fn granted_access(claims: &AccessClaims) -> Access {
+    Access::Token(Arc::new(grant_of(claims)))
 }
 
 /// Seconds since the Unix epoch.

@@ -27,6 +27,8 @@ const SOURCES: &[&str] = &[
     include_str!("../../conformance/operations/documentreference-upload.json"),
     include_str!("../../conformance/operations/medicationrequest-request-refill.json"),
     include_str!("../../conformance/operations/communication-unread.json"),
+    include_str!("../../conformance/operations/backport-subscription-status.json"),
+    include_str!("../../conformance/operations/backport-subscription-events.json"),
 ];
 
 /// Where the project's own definitions write the server's FHIR base.

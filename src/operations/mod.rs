@@ -23,6 +23,8 @@ pub mod inputs;
 mod invite;
 pub(crate) mod reindex;
 mod request_refill;
+mod subscription_events;
+mod subscription_status;
 mod summary;
 mod unread;
 mod upload;
@@ -132,6 +134,19 @@ static OPERATIONS: &[Entry] = &[
     },
     Entry { definition: "communication-unread", needs: Needs::Nothing, pages: false, operation: &unread::Unread },
     Entry { definition: "person-invite", needs: Needs::ReadInstance, pages: false, operation: &invite::Invite },
+    // At type level $status lists what the caller may search; at instance level it reads the instance.
+    Entry {
+        definition: "backport-subscription-status",
+        needs: Needs::ReadInstance,
+        pages: false,
+        operation: &subscription_status::SubscriptionStatus,
+    },
+    Entry {
+        definition: "backport-subscription-events",
+        needs: Needs::ReadInstance,
+        pages: false,
+        operation: &subscription_events::SubscriptionEvents,
+    },
 ];
 
 /// An operation with its definition.

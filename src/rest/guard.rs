@@ -250,12 +250,25 @@ impl FhirService {
         )
     }
 
-    /// A write transaction that enforces `access` (no check when access is open) and, for
-    /// everyone, the workflow rules of [`super::scheduling::SchedulingTx`],
+    /// A write transaction that enforces `access` (no check when access is open), records the
+    /// events of subscriptions ([`super::subscriptions::SubscriptionTx`]) and, for everyone,
+    /// keeps the workflow rules of [`super::scheduling::SchedulingTx`],
     /// [`super::refills::RefillTx`], [`super::messaging::MessagingTx`] and
     /// [`super::billing::BillingTx`].
     pub(super) async fn begin(&self, access: &Access) -> Result<Box<dyn StoreTx>, FhirError> {
+        self.begin_with(access, false).await
+    }
+
+    /// A write transaction for the server's own work (a subscription's handshake outcome):
+    /// open access, and statuses only the server sets.
+    pub(super) async fn begin_server_work(&self) -> Result<Box<dyn StoreTx>, FhirError> {
+        self.begin_with(&Access::Open, true).await
+    }
+
+    async fn begin_with(&self, access: &Access, server_work: bool) -> Result<Box<dyn StoreTx>, FhirError> {
         let raw = self.store.begin().await.map_err(super::store_error)?;
+        let raw: Box<dyn StoreTx> =
+            Box::new(super::subscriptions::SubscriptionTx::new(raw, self.clone(), access.clone(), server_work));
         use super::workflow::WorkflowTx;
         let tx: Box<dyn StoreTx> =
             Box::new(WorkflowTx(super::scheduling::SchedulingTx::new(raw, self.clone(), access.clone())));
@@ -541,6 +554,18 @@ impl StoreTx for GuardedTx {
 
     async fn enqueue_job(&mut self, kind: &str, parameters: &str, not_before: OffsetDateTime) -> StoreResult<i64> {
         self.inner.enqueue_job(kind, parameters, not_before).await
+    }
+
+    async fn register_subscription(
+        &mut self,
+        id: &str,
+        registration: Option<&crate::store::subscription::Registration>,
+    ) -> StoreResult<()> {
+        self.inner.register_subscription(id, registration).await
+    }
+
+    async fn record_events(&mut self, events: &[crate::store::subscription::NewEvent]) -> StoreResult<usize> {
+        self.inner.record_events(events).await
     }
 
     async fn commit(self: Box<Self>) -> StoreResult<()> {

@@ -14,6 +14,7 @@ mod hold_expiry;
 mod jobs;
 mod mail;
 mod messaging;
+mod notify;
 mod operation;
 mod operation_tx;
 pub mod profiles;
@@ -24,6 +25,7 @@ mod scheduling;
 mod search;
 mod source;
 mod stored_definitions;
+mod subscriptions;
 mod view;
 mod workflow;
 mod write;
@@ -215,6 +217,14 @@ pub struct ServiceConfig {
     pub invite_ttl: time::Duration,
     /// Where queued e-mail goes.
     pub mailer: crate::mail::Mailer,
+    pub subscriptions: SubscriptionSettings,
+}
+
+/// How subscriptions are delivered.
+#[derive(Debug, Clone, Default)]
+pub struct SubscriptionSettings {
+    /// Whether rest-hook endpoints may be plain http on hosts other than loopback.
+    pub allow_http: bool,
 }
 
 impl ServiceConfig {
@@ -237,6 +247,10 @@ pub struct FhirService {
     jobs_queued: Arc<tokio::sync::Notify>,
     /// The index rows access checks needed.
     access_rows: Arc<guard::AccessRows>,
+    /// The topics and subscriptions in force.
+    subscriptions: Arc<Live<crate::subscriptions::Index>>,
+    /// Wakes this node's delivery worker when a write recorded events here.
+    deliveries_due: Arc<tokio::sync::Notify>,
 }
 
 /// How many resource versions' access-check index rows are kept.
@@ -254,6 +268,8 @@ impl FhirService {
             config: Arc::new(config),
             jobs_queued: Arc::new(tokio::sync::Notify::new()),
             access_rows: Arc::new(crate::bounded::BoundedMap::new(ACCESS_ROWS_CACHED)),
+            subscriptions: Arc::new(Live::new(crate::subscriptions::Index::default())),
+            deliveries_due: Arc::new(tokio::sync::Notify::new()),
         }
     }
 

@@ -129,6 +129,28 @@ impl OperationContext<'_> {
         self.service.queue_job(kind, parameters, what).await
     }
 
+    /// The delivery state of a Subscription (the caller has read the Subscription).
+    pub async fn subscription_delivery(
+        &mut self,
+        id: &str,
+    ) -> Result<Option<crate::store::subscription::Delivery>, FhirError> {
+        self.service.store.delivery(id).await.map_err(super::store_error)
+    }
+
+    /// Events `first..=last` (at most `limit`) of a Subscription the caller has read, as the
+    /// caller may see them now.
+    pub async fn subscription_events(
+        &mut self,
+        id: &str,
+        (first, last): (i64, i64),
+        limit: usize,
+        payload: crate::subscriptions::Payload,
+    ) -> Result<Vec<crate::subscriptions::notification::Event>, FhirError> {
+        let stored =
+            self.service.store.subscription_events(id, first, last, limit).await.map_err(super::store_error)?;
+        self.service.shown_events(self.view.access(), &stored, payload).await.map_err(super::store_error)
+    }
+
     /// The caller's access.
     pub fn access(&self) -> &crate::auth::Access {
         self.view.access()

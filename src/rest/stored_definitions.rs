@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use super::subscriptions::SUBSCRIPTION_TYPES;
 use super::{FhirRequest, FhirService};
 use crate::search::Registry;
 use crate::store::{HistoryQuery, HistoryScope, StoreError};
@@ -75,6 +76,11 @@ impl FhirService {
                     tracing::warn!(%error, "cannot reload the profiles");
                 }
             }
+            if self.changed(SUBSCRIPTION_TYPES, self.subscriptions.source()).await {
+                if let Err(error) = self.load_subscriptions().await {
+                    tracing::warn!(%error, "cannot reload the subscriptions");
+                }
+            }
         }
     }
 
@@ -85,6 +91,9 @@ impl FhirService {
         }
         if writes_any(request, PROFILE_TYPES) {
             self.load_profiles().await?;
+        }
+        if writes_any(request, SUBSCRIPTION_TYPES) {
+            self.load_subscriptions().await?;
         }
         Ok(())
     }
@@ -101,7 +110,7 @@ impl FhirService {
     }
 
     /// The current versions of every resource of `types`.
-    async fn stored(&self, types: &[&str]) -> Result<Vec<Value>, StoreError> {
+    pub(super) async fn stored(&self, types: &[&str]) -> Result<Vec<Value>, StoreError> {
         let types: Vec<String> = types.iter().map(|t| t.to_string()).collect();
         let mut stored = Vec::new();
         let mut after = None;
@@ -117,7 +126,7 @@ impl FhirService {
     }
 
     /// The history sequence number of the newest version of any of `types` (0 when none).
-    async fn newest_write(&self, types: &[&str]) -> Result<i64, StoreError> {
+    pub(super) async fn newest_write(&self, types: &[&str]) -> Result<i64, StoreError> {
         let mut newest = 0;
         for resource_type in types {
             let scope = HistoryScope::Type(resource_type.to_string());

@@ -88,6 +88,18 @@ impl<W: Workflow> StoreTx for WorkflowTx<W> {
         self.0.inner().enqueue_job(kind, parameters, not_before).await
     }
 
+    async fn register_subscription(
+        &mut self,
+        id: &str,
+        registration: Option<&crate::store::subscription::Registration>,
+    ) -> StoreResult<()> {
+        self.0.inner().register_subscription(id, registration).await
+    }
+
+    async fn record_events(&mut self, events: &[crate::store::subscription::NewEvent]) -> StoreResult<usize> {
+        self.0.inner().record_events(events).await
+    }
+
     async fn commit(mut self: Box<Self>) -> StoreResult<()> {
         let settled = self.0.settle().await;
         let inner = self.0.into_inner();

@@ -380,7 +380,7 @@ impl FhirService {
     /// cannot honour is refused (422) rather than stored and ignored.
     pub(super) fn check_definition(&self, resource_type: &str, resource: &Value) -> Result<(), FhirError> {
         if resource_type != "SearchParameter" {
-            return Ok(());
+            return self.check_subscription_definition(resource_type, resource);
         }
         self.registry().as_ref().clone().add_custom(resource).map(|_| ()).map_err(|invalid| {
             let issue = Issue::error(IssueCode::Processing, invalid.message.clone()).at(invalid.location());

@@ -59,7 +59,12 @@ pub fn index_selected(
         if param.code == "_id" || !param.kind.is_supported() || !wanted(&param.code) {
             continue;
         }
-        let Some(expression) = &param.expression else { continue };
+        let Some(expression) = &param.expression else {
+            for reference in derived_references(resource_type, &param.code, resource) {
+                rows.add(param, &Value::String(reference), base_url);
+            }
+            continue;
+        };
         for node in expression.evaluate(resource) {
             if param.kind == ParamKind::Composite {
                 rows.add_composite(param, node.value, resource, base_url);
@@ -69,6 +74,24 @@ pub fn index_selected(
         }
     }
     rows.into_rows()
+}
+
+/// The values of Hearth's parameters that no FHIRPath expression can extract: the patients a
+/// Subscription is about are those its filter criteria name (`Observation?patient=Patient/1`,
+/// any parameter whose value is a Patient reference), which is what the access policy
+/// confines a patient's subscriptions by.
+fn derived_references(resource_type: &str, code: &str, resource: &Value) -> Vec<String> {
+    if (resource_type, code) != ("Subscription", "patient") {
+        return Vec::new();
+    }
+    let mut patients = Vec::new();
+    for criteria in crate::subscriptions::request::filter_criteria(resource) {
+        let query = criteria.split_once('?').map_or("", |(_, query)| query);
+        for (_, value) in url::form_urlencoded::parse(query.as_bytes()) {
+            patients.extend(value.split(',').filter(|v| v.starts_with("Patient/")).map(str::to_string));
+        }
+    }
+    patients
 }
 
 /// The (system, code) pairs a token element stands for: codings of a CodeableConcept, a

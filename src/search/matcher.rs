@@ -6,6 +6,9 @@
 //! references, uris, `:missing`, `:not`, and/or); for the rest (dates, numbers, quantities,
 //! composites, chains, `_has`) it answers `None`, and callers treat that as "no".
 
+use super::criteria::{Context, ValueSets};
+use super::params::{parse_search, Paging};
+use super::Registry;
 use crate::store::{Condition, IndexRows, IndexTable, StringMatch, TokenSystem, UriMatch};
 
 /// The resource a condition is evaluated on.
@@ -74,6 +77,36 @@ pub fn matches(condition: &Condition, candidate: &Candidate<'_>) -> Option<bool>
         | Condition::Chain { .. }
         | Condition::Has { .. } => return None,
     })
+}
+
+/// The criteria of a search on `resource_type` (`category=laboratory&patient=Patient/1`, no
+/// result parameters) as one condition that [`matches`] decides in memory: how a scope's
+/// filter and a subscription's filter are checked against one resource. An error says why
+/// the criteria do not qualify.
+pub fn memory_condition(
+    registry: &Registry,
+    base_url: &str,
+    resource_type: &str,
+    criteria: &str,
+) -> Result<Condition, String> {
+    let parameters: Vec<(String, String)> = url::form_urlencoded::parse(criteria.as_bytes()).into_owned().collect();
+    let value_sets = ValueSets::new();
+    let context = Context { registry, base_url, value_sets: &value_sets };
+    let paging = Paging { default_count: 1, max_count: 1 };
+    let types = [resource_type.to_string()];
+    let parsed = parse_search(context, &types, &parameters, true, paging).map_err(|error| error.to_string())?;
+    if !parsed.includes.is_empty() || !parsed.query.sort.is_empty() || parsed.elements.is_some() {
+        return Err("only search criteria may be given, no result parameters".into());
+    }
+    if parsed.applied.len() != parameters.len() {
+        return Err("the criteria include a parameter that cannot be applied".into());
+    }
+    let condition = Condition::AllOf(parsed.query.all_of.into_iter().map(Condition::AnyOf).collect());
+    let empty = IndexRows::default();
+    match matches(&condition, &Candidate { resource_type, id: "", rows: &empty }) {
+        Some(_) => Ok(condition),
+        None => Err("dates, numbers, quantities, composites, chains and _has cannot be checked on one resource".into()),
+    }
 }
 
 /// The search parameters (codes) whose index rows deciding `condition` needs. A modifier's

@@ -15,6 +15,7 @@ mod postgres;
 mod query;
 mod sql;
 mod sqlite;
+pub mod subscription;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -28,6 +29,7 @@ pub use query::{
     TokenSystem, UriMatch,
 };
 pub use sqlite::SqliteStore;
+pub use subscription::SubscriptionStore;
 
 /// How a version came to be, as shown in history bundles (`Bundle.entry.request.method`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -232,7 +234,7 @@ pub type StoreResult<T> = Result<T, StoreError>;
 
 /// Reads outside a transaction, and the way into one; and the authorization server's records.
 #[async_trait]
-pub trait Store: AuthStore + Send + Sync + 'static {
+pub trait Store: AuthStore + SubscriptionStore + Send + Sync + 'static {
     /// The current version of a resource (deleted ones included, with `deleted = true`).
     async fn read(&self, resource_type: &str, id: &str) -> StoreResult<Option<ResourceVersion>>;
     /// One specific version.
@@ -313,6 +315,17 @@ pub trait StoreTx: Send {
     /// Queues a background job that no worker claims before `not_before`, committed with this
     /// transaction (or not at all): work a change promises to do later is never lost.
     async fn enqueue_job(&mut self, kind: &str, parameters: &str, not_before: OffsetDateTime) -> StoreResult<i64>;
+    /// Records, with this transaction, that Subscription `id` was written (`Some`) or deleted
+    /// (`None`): its delivery state follows the resource.
+    async fn register_subscription(
+        &mut self,
+        id: &str,
+        registration: Option<&subscription::Registration>,
+    ) -> StoreResult<()>;
+    /// Records, with this transaction, events of subscriptions, numbered per subscription in
+    /// commit order; those of a subscription that is not active (or in error) are left out.
+    /// Returns how many it recorded.
+    async fn record_events(&mut self, events: &[subscription::NewEvent]) -> StoreResult<usize>;
     /// Makes everything written visible at once.
     async fn commit(self: Box<Self>) -> StoreResult<()>;
     /// Undoes everything written and waits until that has settled: on SQLite, until the group

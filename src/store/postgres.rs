@@ -9,6 +9,7 @@ use super::auth::auth_store;
 use super::cache::{VersionCache, CACHED_VERSIONS};
 use super::feed::{Feed, Watched};
 use super::sql::sql_store;
+use super::subscription::subscription_store;
 use super::StoreResult;
 
 sql_store!(
@@ -22,6 +23,7 @@ sql_store!(
     session = sqlx::Transaction<'static, sqlx::Postgres>
 );
 auth_store!(PostgresStore);
+subscription_store!(PostgresStore, PostgresTx, sqlx::Postgres, " FOR UPDATE SKIP LOCKED");
 
 /// ` = ANY(…)` the ids, bound as one array: the statement's text is the same for any number of
 /// ids.

@@ -1033,6 +1033,21 @@ macro_rules! sql_store {
                 Ok(row.try_get("id")?)
             }
 
+            async fn register_subscription(
+                &mut self,
+                id: &str,
+                registration: Option<&$crate::store::subscription::Registration>,
+            ) -> $crate::store::StoreResult<()> {
+                self.register_subscription_rows(id, registration).await
+            }
+
+            async fn record_events(
+                &mut self,
+                events: &[$crate::store::subscription::NewEvent],
+            ) -> $crate::store::StoreResult<usize> {
+                self.record_event_rows(events).await
+            }
+
             async fn commit(self: Box<Self>) -> $crate::store::StoreResult<()> {
                 // In a task of its own: a caller that stops waiting (a client hung up) must cut
                 // short neither the last flush, which on SQLite has no savepoint of its own (its

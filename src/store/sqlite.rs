@@ -10,6 +10,7 @@ use super::cache::{VersionCache, CACHED_VERSIONS};
 use super::feed::Watched;
 use super::group::WriterGate;
 use super::sql::sql_store;
+use super::subscription::subscription_store;
 use super::{StoreError, StoreResult};
 
 sql_store!(
@@ -23,6 +24,7 @@ sql_store!(
     session = super::group::Member
 );
 auth_store!(SqliteStore);
+subscription_store!(SqliteStore, SqliteTx, sqlx::Sqlite, "");
 
 /// How many rows go into one multi-row INSERT (well under SQLite's variable limit).
 const INSERT_CHUNK: usize = 500;

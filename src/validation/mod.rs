@@ -6,7 +6,7 @@ mod definitions;
 mod expansions;
 mod instance;
 mod invariants;
-mod model;
+pub(crate) mod model;
 mod narrative;
 pub mod packages;
 mod primitives;

@@ -1,0 +1,334 @@
+//! Delivery of subscription notifications (ADR 16). Every node runs a delivery worker: it
+//! claims, under a lease, a subscription with something due (its handshake, undelivered events,
+//! a heartbeat), sends it, and records how far it got. Events are read back under the
+//! subscriber's access as it stands now: a resource the subscriber can no longer read is
+//! counted but not shown, and a subscriber whose authorization has ended gets nothing more.
+//!
+//! A failed attempt is tried again after 5 s, 30 s, 2 min, 10 min, then every hour; after
+//! [`ERROR_AFTER`] failures in a row the subscription's status becomes `error` (it keeps
+//! collecting events and is tried hourly; a success makes it `active` again).
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use super::FhirService;
+use crate::auth::scope::Permission;
+use crate::auth::Access;
+use crate::model::resource::new_id;
+use crate::store::subscription::{Delivery, DeliveryEnd, StoredEvent};
+use crate::store::WriteMethod;
+use crate::subscriptions::notification::{self, Event, Focus, Kind, Status};
+use crate::subscriptions::{Channel, Payload, SubscriptionRequest};
+
+/// How long a claimed delivery stays with its worker.
+const LEASE: Duration = Duration::from_secs(120);
+
+/// How often an idle worker looks for deliveries due because of other nodes' writes.
+const POLL: Duration = Duration::from_millis(500);
+
+/// Failed attempts in a row after which a subscription's status is `error`.
+pub const ERROR_AFTER: i64 = 5;
+
+/// How long to wait after the `failures`-th failure in a row.
+pub fn retry_delay(failures: i64) -> Duration {
+    const DELAYS: [u64; 5] = [5, 30, 120, 600, 3600];
+    Duration::from_secs(DELAYS[(failures.max(1) as usize - 1).min(DELAYS.len() - 1)])
+}
+
+/// What one attempt did.
+struct Attempt {
+    /// The newest event number delivered now.
+    delivered: i64,
+    /// Whether something reached the receiver.
+    sent: bool,
+    /// Why it failed, if it did.
+    failure: Option<String>,
+    /// The status the Subscription takes now, with the reason shown in `Subscription.error`.
+    new_status: Option<(&'static str, Option<String>)>,
+}
+
+impl Attempt {
+    fn nothing(delivery: &Delivery) -> Attempt {
+        Attempt { delivered: delivery.delivered, sent: false, failure: None, new_status: None }
+    }
+}
+
+/// The HTTP client of rest-hooks: no redirects followed (an endpoint names where notifications
+/// go, and a redirect must not send health data elsewhere), a timeout per attempt.
+fn client() -> &'static reqwest::Client {
+    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
+    CLIENT.get_or_init(|| {
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .expect("the rest-hook client builds")
+    })
+}
+
+impl FhirService {
+    /// Claims and carries out due deliveries, one at a time, until the process ends.
+    pub(super) async fn run_deliveries(self) {
+        let owner = new_id();
+        loop {
+            let lease_until = OffsetDateTime::now_utc() + LEASE;
+            match self.store.claim_delivery(&owner, lease_until).await {
+                Ok(Some(delivery)) => self.deliver(&owner, delivery).await,
+                Ok(None) => {
+                    let _ = tokio::time::timeout(POLL, self.deliveries_due.notified()).await;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot claim a subscription delivery");
+                    tokio::time::sleep(POLL).await;
+                }
+            }
+        }
+    }
+
+    async fn deliver(&self, owner: &str, delivery: Delivery) {
+        let attempt = match self.attempt(&delivery).await {
+            Ok(attempt) => attempt,
+            Err(error) => Attempt { failure: Some(error), ..Attempt::nothing(&delivery) },
+        };
+        let failures = if attempt.failure.is_some() { delivery.failures + 1 } else { 0 };
+        let not_before = match failures {
+            0 => OffsetDateTime::now_utc(),
+            n => OffsetDateTime::now_utc() + retry_delay(n),
+        };
+        let mut new_status = attempt.new_status.clone();
+        if new_status.is_none() && delivery.status == "active" && failures >= ERROR_AFTER {
+            new_status = Some(("error", attempt.failure.clone()));
+        }
+        if let Some(failure) = &attempt.failure {
+            tracing::info!(subscription = %delivery.subscription_id, failures, %failure, "a notification was not delivered");
+        }
+        let end = DeliveryEnd {
+            delivered: attempt.delivered,
+            failures,
+            last_error: attempt.failure.clone(),
+            not_before,
+            sent: attempt.sent,
+        };
+        match self.store.end_delivery(&delivery.subscription_id, owner, &end).await {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(subscription = %delivery.subscription_id, "a delivery's lease ran out"),
+            Err(error) => tracing::warn!(%error, "cannot record a delivery"),
+        }
+        if let Some((status, reason)) = new_status.filter(|(status, _)| *status != delivery.status) {
+            if let Err(error) = self.set_subscription_status(&delivery.subscription_id, status, reason.as_deref()).await
+            {
+                tracing::warn!(%error, subscription = %delivery.subscription_id, "cannot change a subscription's status");
+            }
+        }
+    }
+
+    /// One attempt: the handshake, the next events, or a heartbeat.
+    async fn attempt(&self, delivery: &Delivery) -> Result<Attempt, String> {
+        let id = &delivery.subscription_id;
+        let stored = self.store.read("Subscription", id).await.map_err(|e| e.to_string())?;
+        let Some(resource) = stored.filter(|s| !s.deleted).and_then(|s| serde_json::from_slice::<Value>(&s.body).ok())
+        else {
+            return Ok(Attempt::nothing(delivery));
+        };
+        let request = match self.subscription_request(&resource) {
+            Ok(request) => request,
+            Err(problem) => {
+                let reason = format!("{} ({})", problem.message, problem.expression);
+                return Ok(Attempt { new_status: Some(("error", Some(reason))), ..Attempt::nothing(delivery) });
+            }
+        };
+        let access = match &delivery.owner {
+            None => Access::Open,
+            Some(owner) => {
+                let claims = serde_json::from_str(owner).map_err(|e| format!("unreadable subscriber: {e}"))?;
+                match crate::auth::kept_access(self.store.as_ref(), &claims).await.map_err(|e| e.to_string())? {
+                    Some(access) => access,
+                    None => {
+                        let reason =
+                            "the subscriber's authorization has ended (revoked, signed out, or proxy access over)";
+                        return Ok(Attempt {
+                            new_status: Some(("off", Some(reason.into()))),
+                            ..Attempt::nothing(delivery)
+                        });
+                    }
+                }
+            }
+        };
+        let status = |kind, status: &'static str, events_since_start| Status {
+            base_url: &self.config.base_url,
+            subscription_id: id,
+            topic: &request.topic,
+            status,
+            kind,
+            events_since_start,
+            error: None,
+        };
+        if delivery.status == "requested" {
+            let handshake = status(Kind::Handshake, "requested", 0);
+            return Ok(match self.send(&request, &handshake, &[]).await {
+                Ok(()) => Attempt { sent: true, new_status: Some(("active", None)), ..Attempt::nothing(delivery) },
+                Err(error) => Attempt {
+                    failure: Some(error.clone()),
+                    new_status: Some(("error", Some(format!("the handshake failed: {error}")))),
+                    ..Attempt::nothing(delivery)
+                },
+            });
+        }
+        let shown_status = if delivery.status == "error" { "error" } else { "active" };
+        if delivery.events > delivery.delivered {
+            let last = delivery.events.min(delivery.delivered + request.max_count as i64);
+            let stored = self
+                .store
+                .subscription_events(id, delivery.delivered + 1, last, request.max_count)
+                .await
+                .map_err(|e| e.to_string())?;
+            let events = self.shown_events(&access, &stored, request.payload).await.map_err(|e| e.to_string())?;
+            let notification = status(Kind::EventNotification, shown_status, last);
+            return Ok(match self.send(&request, &notification, &events).await {
+                Ok(()) => Attempt {
+                    delivered: last,
+                    sent: true,
+                    failure: None,
+                    new_status: (delivery.status == "error").then_some(("active", None)),
+                },
+                Err(error) => Attempt { failure: Some(error), ..Attempt::nothing(delivery) },
+            });
+        }
+        let heartbeat = status(Kind::Heartbeat, shown_status, delivery.events);
+        Ok(match self.send(&request, &heartbeat, &[]).await {
+            Ok(()) => Attempt { sent: true, ..Attempt::nothing(delivery) },
+            Err(error) => Attempt { failure: Some(error), ..Attempt::nothing(delivery) },
+        })
+    }
+
+    /// Stored events as `access` may see them now: the version of each event, when it may
+    /// read it (with its content for `full-resource`), else the event without its resource.
+    pub(super) async fn shown_events(
+        &self,
+        access: &Access,
+        stored: &[StoredEvent],
+        payload: Payload,
+    ) -> Result<Vec<Event>, crate::store::StoreError> {
+        let mut events = Vec::with_capacity(stored.len());
+        for event in stored {
+            let version = self.store.vread(&event.focus_type, &event.focus_id, event.focus_version).await?;
+            let judged = match &version {
+                Some(v) if v.deleted && v.version > 1 => {
+                    self.store.vread(&event.focus_type, &event.focus_id, v.version - 1).await?
+                }
+                other => other.clone(),
+            };
+            let readable = judged.as_ref().is_some_and(|judged| {
+                let rule = self.rule(access, Permission::Read, &event.focus_type);
+                rule.is_ok_and(|rule| self.admitted(rule.as_deref(), judged))
+            });
+            let focus = match (version, readable) {
+                (Some(version), true) => Some(Focus {
+                    resource_type: event.focus_type.clone(),
+                    id: event.focus_id.clone(),
+                    method: version.method.as_str(),
+                    resource: (payload == Payload::FullResource && !version.deleted)
+                        .then(|| serde_json::from_slice(&version.body).ok())
+                        .flatten(),
+                }),
+                _ => None,
+            };
+            events.push(Event { number: event.number, recorded: event.recorded, focus });
+        }
+        Ok(events)
+    }
+
+    /// Sends one notification over the subscription's channel.
+    async fn send(&self, request: &SubscriptionRequest, status: &Status<'_>, events: &[Event]) -> Result<(), String> {
+        match &request.channel {
+            Channel::RestHook { endpoint, headers } => {
+                let bundle = notification::bundle(status, events, request.payload);
+                let json = serde_json::to_vec(&bundle).map_err(|e| e.to_string())?;
+                let body = match request.content_type.as_str() {
+                    "application/fhir+xml" => {
+                        fhir_xml::json_to_xml(&json, false).map_err(|e| e.to_string())?.into_bytes()
+                    }
+                    _ => json,
+                };
+                let mut post = client()
+                    .post(endpoint.clone())
+                    .timeout(Duration::from_secs(request.timeout))
+                    .header("content-type", request.content_type.as_str())
+                    .body(body);
+                for (name, value) in headers {
+                    post = post.header(name.as_str(), value.as_str());
+                }
+                let response = post.send().await.map_err(|error| format!("{endpoint}: {}", without_url(&error)))?;
+                match response.status() {
+                    status if status.is_success() => Ok(()),
+                    status => Err(format!("{endpoint} answered {status}")),
+                }
+            }
+            Channel::Email { to } => {
+                if status.kind != Kind::EventNotification {
+                    return Ok(());
+                }
+                let index = self.subscription_index();
+                let what = index.topic(&request.topic).and_then(|t| t.title.clone()).unwrap_or_default();
+                let (subject, text) = crate::mail::notification_text(&what);
+                self.config.mailer.send(to, &subject, text).await
+            }
+            Channel::Websocket => Err("websocket subscriptions are sent by the node holding the socket".into()),
+        }
+    }
+
+    /// Makes a Subscription's status (and `error`) what delivery found, as the server's own
+    /// write, and puts the change in force on this node.
+    async fn set_subscription_status(
+        &self,
+        id: &str,
+        status: &str,
+        reason: Option<&str>,
+    ) -> Result<(), crate::model::FhirError> {
+        let mut tx = self.begin_server_work().await?;
+        let current = tx.current("Subscription", id).await.map_err(super::store_error)?.filter(|v| !v.deleted);
+        let Some(current) = current else {
+            tx.rollback().await;
+            return Ok(());
+        };
+        let mut resource: Value =
+            serde_json::from_slice(&current.body).map_err(|_| crate::model::FhirError::internal())?;
+        resource["status"] = Value::from(status);
+        match reason {
+            Some(reason) => resource["error"] = Value::from(reason),
+            None => {
+                if let Some(object) = resource.as_object_mut() {
+                    object.remove("error");
+                }
+            }
+        }
+        let starting = (status == "active").then(|| (id, resource.clone()));
+        let written = self
+            .store_resource(tx.as_mut(), "Subscription", id, current.version + 1, resource, WriteMethod::Update)
+            .await;
+        if let Err(error) = written {
+            tx.rollback().await;
+            return Err(error);
+        }
+        if starting.is_some() {
+            self.load_subscriptions_with(starting).await.map_err(super::store_error)?;
+        }
+        tx.commit().await.map_err(super::store_error)?;
+        self.load_subscriptions().await.map_err(super::store_error)
+    }
+}
+
+/// A reqwest error's text without the URL it repeats (the endpoint is named once).
+fn without_url(error: &reqwest::Error) -> String {
+    let kind = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "cannot connect"
+    } else {
+        "the request failed"
+    };
+    kind.to_string()
+}

@@ -1,0 +1,352 @@
+//! Topic-based subscriptions (Subscriptions R5 Backport IG for R4) end to end, on both
+//! databases, with a real rest-hook receiver on loopback: the handshake, events of the
+//! built-in topics through filters, payload kinds, `$status` and `$events`, retries while the
+//! receiver is down, refused Subscriptions, rolled-back writes, and what patients may see.
+
+mod common;
+
+use std::time::Duration;
+
+use common::receiver::Receiver;
+use common::smart::{smart_server, Smart};
+use common::{body, outcome, Db, TestServer};
+use reqwest::Method;
+use serde_json::{json, Value};
+
+const TOPICS: &str = "http://hearth.dev/fhir/SubscriptionTopic/";
+const BACKPORT: &str = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/";
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A rest-hook Subscription to a built-in topic with filters and a payload content.
+fn subscription(topic: &str, filters: &[&str], endpoint: &str, content: &str) -> Value {
+    let filters: Vec<Value> = filters
+        .iter()
+        .map(|f| json!({"url": format!("{BACKPORT}backport-filter-criteria"), "valueString": f}))
+        .collect();
+    let mut subscription = json!({
+        "resourceType": "Subscription",
+        "meta": {"profile": [format!("{BACKPORT}backport-subscription")]},
+        "status": "requested",
+        "reason": "test",
+        "criteria": format!("{TOPICS}{topic}"),
+        "_criteria": {"extension": filters},
+        "channel": {
+            "type": "rest-hook",
+            "endpoint": endpoint,
+            "payload": "application/fhir+json",
+            "_payload": {"extension": [{"url": format!("{BACKPORT}backport-payload-content"), "valueCode": content}]},
+            "header": ["Authorization: Bearer receiver-secret"],
+        },
+    });
+    if filters.is_empty() {
+        subscription.as_object_mut().unwrap().remove("_criteria");
+    }
+    subscription
+}
+
+fn observation(patient: &str, status: &str) -> Value {
+    json!({"resourceType": "Observation", "status": status,
+        "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]},
+        "subject": {"reference": format!("Patient/{patient}")}})
+}
+
+/// Subscribes `receiver` (no auth) and waits for the handshake and the activation; the id.
+async fn subscribed(server: &TestServer, receiver: &Receiver, topic: &str, filters: &[&str], content: &str) -> String {
+    let created = body(server.post("Subscription", &subscription(topic, filters, &receiver.url, content)).await).await;
+    let id = created["id"].as_str().unwrap_or_else(|| panic!("not created: {created}")).to_string();
+    receiver.wait_for(1, WAIT).await;
+    wait_status(server, &id, "active").await;
+    id
+}
+
+/// Waits until the Subscription's status is `status`.
+async fn wait_status(server: &TestServer, id: &str, status: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let subscription = body(server.get(&format!("Subscription/{id}")).await).await;
+        if subscription["status"] == status {
+            return subscription;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still {}: {subscription}", subscription["status"]);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn rest_hooks_get_a_handshake_then_the_events_their_filters_select(db: Db) {
+    let server = TestServer::start(db).await;
+    let receiver = Receiver::start().await;
+    let ana = server.create(&json!({"resourceType": "Patient"})).await;
+    let luis = server.create(&json!({"resourceType": "Patient"})).await;
+    let filter = format!("Observation?patient=Patient/{ana}");
+    let response =
+        server.post("Subscription", &subscription("result-final", &[&filter], &receiver.url, "id-only")).await;
+    let status = response.status();
+    let created = body(response).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["status"], "requested");
+    let id = created["id"].as_str().unwrap().to_string();
+
+    let handshake = &receiver.wait_for(1, WAIT).await[0];
+    assert_eq!(handshake.kind(), "handshake");
+    assert_eq!(handshake.headers["authorization"], "Bearer receiver-secret", "the subscriber's header is sent");
+    assert_eq!(handshake.headers["content-type"], "application/fhir+json");
+    assert_eq!(handshake.body["type"], "history");
+    wait_status(&server, &id, "active").await;
+
+    let preliminary = server.create(&observation(&ana, "preliminary")).await;
+    server.create(&observation(&luis, "final")).await;
+    let final_one = server.create(&observation(&ana, "final")).await;
+    let mut finalised = observation(&ana, "final");
+    finalised["id"] = json!(preliminary);
+    assert_eq!(server.put(&format!("Observation/{preliminary}"), &finalised).await.status(), 200);
+    let mut corrected = finalised.clone();
+    corrected["status"] = json!("final");
+    corrected["valueString"] = json!("same status again: not an event");
+    assert_eq!(server.put(&format!("Observation/{preliminary}"), &corrected).await.status(), 200);
+
+    let received = receiver.wait_for(3, WAIT).await;
+    let events: Vec<Value> = received[1..].iter().flat_map(|r| r.events()).collect();
+    let numbers: Vec<&str> = events.iter().map(|e| e["part"][0]["valueString"].as_str().unwrap()).collect();
+    assert_eq!(numbers, ["1", "2"], "ana's two finalised results, numbered in order: {received:#?}");
+    let focus = |event: &Value| event["part"][2]["valueReference"]["reference"].as_str().unwrap().to_string();
+    assert!(focus(&events[0]).ends_with(&format!("Observation/{final_one}")));
+    assert!(focus(&events[1]).ends_with(&format!("Observation/{preliminary}")));
+    let last = received.last().unwrap();
+    assert_eq!(last.kind(), "event-notification");
+    assert_eq!(last.status("events-since-subscription-start"), "2");
+    assert!(last.body["entry"][1].get("resource").is_none(), "id-only carries no resource");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.received().len(), 3, "nothing for luis, nothing for an update that changed no status");
+
+    let status = body(server.get(&format!("Subscription/{id}/$status")).await).await;
+    assert_eq!(status["type"], "searchset");
+    let parameters = &status["entry"][0]["resource"]["parameter"];
+    let value = |name: &str| parameters.as_array().unwrap().iter().find(|p| p["name"] == name).unwrap().clone();
+    assert_eq!(value("status")["valueCode"], "active");
+    assert_eq!(value("type")["valueCode"], "query-status");
+    assert_eq!(value("events-since-subscription-start")["valueString"], "2");
+
+    let replay =
+        body(server.get(&format!("Subscription/{id}/$events?eventsSinceNumber=2&content=full-resource")).await).await;
+    assert_eq!(replay["entry"][0]["resource"]["parameter"][3]["valueCode"], "query-event");
+    assert_eq!(replay["entry"].as_array().unwrap().len(), 2, "event 2 and its resource");
+    assert_eq!(replay["entry"][1]["resource"]["id"], preliminary.as_str());
+    assert_eq!(replay["entry"][1]["resource"]["status"], "final", "the version of the event");
+}
+
+async fn payloads_are_empty_id_only_or_full(db: Db) {
+    let server = TestServer::start(db).await;
+    let ana = server.create(&json!({"resourceType": "Patient"})).await;
+    let filter = format!("Communication?recipient=Patient/{ana}");
+    let mut receivers = Vec::new();
+    for content in ["empty", "id-only", "full-resource"] {
+        let receiver = Receiver::start().await;
+        subscribed(&server, &receiver, "message-received", &[&filter], content).await;
+        receivers.push(receiver);
+    }
+    let message = json!({"resourceType": "Communication", "status": "completed",
+        "recipient": [{"reference": format!("Patient/{ana}")}], "payload": [{"contentString": "Your results are in"}]});
+    let message_id = server.create(&message).await;
+    let notifications: Vec<Value> = futures::future::join_all(receivers.iter().map(|r| r.wait_for(2, WAIT)))
+        .await
+        .into_iter()
+        .map(|received| received[1].body.clone())
+        .collect();
+    let [empty, id_only, full] = &notifications[..] else { unreachable!() };
+    assert_eq!(empty["entry"].as_array().unwrap().len(), 1, "empty: the status only");
+    assert_eq!(empty["entry"][0]["resource"]["parameter"][5]["part"].as_array().unwrap().len(), 2, "no focus");
+    assert_eq!(id_only["entry"].as_array().unwrap().len(), 2);
+    assert!(id_only["entry"][1]["fullUrl"].as_str().unwrap().ends_with(&format!("Communication/{message_id}")));
+    assert!(id_only["entry"][1].get("resource").is_none());
+    assert_eq!(id_only["entry"][1]["request"]["method"], "POST");
+    assert_eq!(full["entry"][1]["resource"]["payload"][0]["contentString"], "Your results are in");
+}
+
+async fn subscriptions_the_server_cannot_honour_are_refused(db: Db) {
+    let server = TestServer::start(db).await;
+    let receiver = Receiver::start().await;
+    let ok = subscription("result-final", &["Observation?patient=Patient/1"], &receiver.url, "id-only");
+    let cases: Vec<(Value, &str)> = vec![
+        (
+            {
+                let mut s = ok.clone();
+                s["criteria"] = json!("http://example.org/no-such-topic");
+                s
+            },
+            "Subscription.criteria",
+        ),
+        (subscription("result-final", &["Observation?nonsense=1"], &receiver.url, "id-only"), "extension[0]"),
+        (subscription("result-final", &["Observation?date=ge2020"], &receiver.url, "id-only"), "extension[0]"),
+        (subscription("result-final", &["Patient?name=x"], &receiver.url, "id-only"), "extension[0]"),
+        (subscription("result-final", &[], "http://example.org/hook", "id-only"), "channel.endpoint"),
+        (
+            {
+                let mut s = ok.clone();
+                s["channel"]["header"] = json!(["X-A: 1\r\nX-Evil: 2"]);
+                s
+            },
+            "channel.header[0]",
+        ),
+        (
+            {
+                let mut s = ok.clone();
+                s["channel"]["header"] = json!(["Host: elsewhere"]);
+                s
+            },
+            "channel.header[0]",
+        ),
+        (subscription("result-final", &[], &receiver.url, "everything"), "channel.payload"),
+        (
+            {
+                let mut s = ok.clone();
+                s["status"] = json!("active");
+                s
+            },
+            "status",
+        ),
+    ];
+    for (resource, place) in cases {
+        let response = server.post("Subscription", &resource).await;
+        assert_eq!(response.status(), 422, "{place}");
+        let outcome = body(response).await;
+        let text = outcome.to_string();
+        assert!(
+            text.contains(place) || outcome["issue"][0]["diagnostics"].as_str().unwrap().contains(place),
+            "{place}: {outcome}"
+        );
+    }
+    let count = body(server.get("Subscription?_summary=count").await).await;
+    assert_eq!(count["total"], 0, "nothing refused was stored");
+    assert!(receiver.received().is_empty());
+    let topics =
+        body(server.get("Basic?code=http://hl7.org/fhir/fhir-types|SubscriptionTopic&_count=50&_total=accurate").await)
+            .await;
+    assert!(topics["total"].as_u64().unwrap() >= 6, "the built-in topics are listed: {topics}");
+}
+
+async fn a_receiver_that_is_down_gets_the_events_later(db: Db) {
+    let server = TestServer::start(db).await;
+    let receiver = Receiver::start().await;
+    let ana = server.create(&json!({"resourceType": "Patient"})).await;
+    let filter = format!("Observation?patient=Patient/{ana}");
+    let id = subscribed(&server, &receiver, "result-final", &[&filter], "id-only").await;
+
+    receiver.answer(503);
+    server.create(&observation(&ana, "final")).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let status = body(server.get(&format!("Subscription/{id}/$status")).await).await;
+    assert_eq!(status["entry"][0]["resource"]["parameter"][4]["valueString"], "1", "the event is recorded");
+    receiver.answer(200);
+    let received = receiver.wait_for(2, Duration::from_secs(15)).await;
+    assert_eq!(received[1].events()[0]["part"][0]["valueString"], "1", "delivered on the retry");
+    wait_status(&server, &id, "active").await;
+}
+
+async fn a_failed_handshake_leaves_the_subscription_in_error(db: Db) {
+    let server = TestServer::start(db).await;
+    let receiver = Receiver::start().await;
+    receiver.answer(500);
+    let created =
+        body(server.post("Subscription", &subscription("result-final", &[], &receiver.url, "id-only")).await).await;
+    let id = created["id"].as_str().unwrap();
+    let failed = wait_status(&server, id, "error").await;
+    assert!(failed["error"].as_str().unwrap().contains("handshake"), "{failed}");
+}
+
+async fn a_rolled_back_write_causes_no_event(db: Db) {
+    let server = TestServer::start(db).await;
+    let receiver = Receiver::start().await;
+    let ana = server.create(&json!({"resourceType": "Patient"})).await;
+    let filter = format!("Observation?patient=Patient/{ana}");
+    subscribed(&server, &receiver, "result-final", &[&filter], "id-only").await;
+    let transaction = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": observation(&ana, "final"), "request": {"method": "POST", "url": "Observation"}},
+        {"resource": {"resourceType": "Observation", "status": "not-a-status"}, "request": {"method": "POST", "url": "Observation"}},
+    ]});
+    let response = server.post("", &transaction).await;
+    assert!(response.status().is_client_error(), "{}", outcome(response).await);
+    server.create(&observation(&ana, "final")).await;
+    let received = receiver.wait_for(2, WAIT).await;
+    assert_eq!(received[1].status("events-since-subscription-start"), "1", "only the committed write counts");
+}
+
+/// Patients subscribe with their own tokens: only to their own records, and each receives
+/// only their own events, in every payload kind.
+async fn patients_receive_only_their_own_events(db: Db) {
+    let server = smart_server(db).await;
+    let smart = Smart::new(&server).await;
+    let admin = smart.admin_token().await;
+    let ana = smart.create(&admin, &json!({"resourceType": "Patient"})).await;
+    let luis = smart.create(&admin, &json!({"resourceType": "Patient"})).await;
+    let scope = "openid fhirUser launch/patient patient/Subscription.cruds patient/Observation.rs";
+    let ana_token = smart.user_token("ana", &format!("Patient/{ana}"), &[], scope).await;
+    let luis_token = smart.user_token("luis", &format!("Patient/{luis}"), &[], scope).await;
+
+    let foreign = subscription(
+        "result-final",
+        &[&format!("Observation?patient=Patient/{luis}")],
+        "http://127.0.0.1:9/hook",
+        "full-resource",
+    );
+    assert_eq!(smart.send(Method::POST, "Subscription", &ana_token, &foreign).await.status(), 403, "not about luis");
+    let unfiltered = subscription("result-final", &[], "http://127.0.0.1:9/hook", "full-resource");
+    assert_eq!(
+        smart.send(Method::POST, "Subscription", &ana_token, &unfiltered).await.status(),
+        403,
+        "not about everyone"
+    );
+
+    let mut receivers = Vec::new();
+    let mut ids = Vec::new();
+    for (patient, token) in [(&ana, &ana_token), (&luis, &luis_token)] {
+        for content in ["id-only", "full-resource"] {
+            let receiver = Receiver::start().await;
+            let filter = format!("Observation?patient=Patient/{patient}");
+            let response = smart
+                .send(
+                    Method::POST,
+                    "Subscription",
+                    token,
+                    &subscription("result-final", &[&filter], &receiver.url, content),
+                )
+                .await;
+            assert_eq!(response.status(), 201);
+            ids.push(body(response).await["id"].as_str().unwrap().to_string());
+            receiver.wait_for(1, WAIT).await;
+            receivers.push(receiver);
+        }
+    }
+    let mut activated = 0;
+    while activated < ids.len() {
+        let status = body(smart.get(&format!("Subscription/{}", ids[activated]), &admin).await).await;
+        if status["status"] == "active" {
+            activated += 1
+        } else {
+            tokio::time::sleep(Duration::from_millis(50)).await
+        }
+    }
+    let ana_result = smart.create(&admin, &observation(&ana, "final")).await;
+    let luis_result = smart.create(&admin, &observation(&luis, "final")).await;
+    for (index, receiver) in receivers.iter().enumerate() {
+        let received = receiver.wait_for(2, WAIT).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(receiver.received().len(), 2, "one event each");
+        let (own, other) = if index < 2 { (&ana_result, &luis_result) } else { (&luis_result, &ana_result) };
+        let text = received[1].body.to_string();
+        assert!(text.contains(own.as_str()) && !text.contains(other.as_str()), "{text}");
+    }
+    let listing = body(smart.get("Subscription?_total=accurate", &ana_token).await).await;
+    assert_eq!(listing["total"], 2, "ana sees her two subscriptions, not luis's");
+    let response = smart.get(&format!("Subscription/{}/$events", ids[2]), &ana_token).await;
+    assert_eq!(response.status(), 404, "luis's events do not exist for ana");
+}
+
+on_both_databases!(
+    rest_hooks_get_a_handshake_then_the_events_their_filters_select,
+    payloads_are_empty_id_only_or_full,
+    subscriptions_the_server_cannot_honour_are_refused,
+    a_receiver_that_is_down_gets_the_events_later,
+    a_failed_handshake_leaves_the_subscription_in_error,
+    a_rolled_back_write_causes_no_event,
+    patients_receive_only_their_own_events,
+);
