@@ -341,7 +341,157 @@ async fn patients_receive_only_their_own_events(db: Db) {
     assert_eq!(response.status(), 404, "luis's events do not exist for ana");
 }
 
+/// Events recorded while the server was down (a restart, as after `kill -9`: nothing is kept
+/// in memory) are delivered once it is up again.
+async fn events_outlive_a_restart(db: Db) {
+    let server = TestServer::start(db).await;
+    let receiver = Receiver::start().await;
+    let ana = server.create(&json!({"resourceType": "Patient"})).await;
+    let filter = format!("Observation?patient=Patient/{ana}");
+    let id = subscribed(&server, &receiver, "result-final", &[&filter], "id-only").await;
+    receiver.answer(503);
+    server.create(&observation(&ana, "final")).await;
+    server.create(&observation(&ana, "amended")).await;
+    let server = server.restart().await;
+    receiver.answer(200);
+    let received = receiver.wait_for(2, Duration::from_secs(15)).await;
+    let numbers: Vec<Value> =
+        received[1..].iter().flat_map(|r| r.events()).map(|e| e["part"][0]["valueString"].clone()).collect();
+    assert_eq!(numbers, [json!("1"), json!("2")], "both events, once each, in order");
+    let status = body(server.get(&format!("Subscription/{id}/$status")).await).await;
+    assert_eq!(status["entry"][0]["resource"]["parameter"][4]["valueString"], "2");
+}
+
+/// Heartbeats come when nothing else was sent for the period; a deleted Subscription gets
+/// nothing more.
+async fn heartbeats_come_while_nothing_happens(db: Db) {
+    let server = TestServer::start(db).await;
+    let receiver = Receiver::start().await;
+    let mut resource = subscription("resource-changed", &["Patient?"], &receiver.url, "empty");
+    resource["channel"]["extension"] =
+        json!([{"url": format!("{BACKPORT}backport-heartbeat-period"), "valueUnsignedInt": 1}]);
+    let created = body(server.post("Subscription", &resource).await).await;
+    let id = created["id"].as_str().unwrap().to_string();
+    wait_status(&server, &id, "active").await;
+    let received = receiver.wait_for(3, WAIT).await;
+    assert_eq!(received[1].kind(), "heartbeat");
+    assert_eq!(received[1].status("events-since-subscription-start"), "0");
+    assert_eq!(server.delete(&format!("Subscription/{id}")).await.status(), 204);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let count = receiver.received().len();
+    server.create(&json!({"resourceType": "Patient"})).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(receiver.received().len(), count, "nothing after the delete");
+}
+
+/// The generic topic notifies creates, updates and deletes of the type its filter names.
+async fn the_generic_topic_follows_one_type(db: Db) {
+    let server = TestServer::start(db).await;
+    let receiver = Receiver::start().await;
+    subscribed(&server, &receiver, "resource-changed", &["Practitioner?family=house"], "full-resource").await;
+    let house = server.create(&json!({"resourceType": "Practitioner", "name": [{"family": "House"}]})).await;
+    server.create(&json!({"resourceType": "Practitioner", "name": [{"family": "Wilson"}]})).await;
+    server.create(&json!({"resourceType": "Patient", "name": [{"family": "House"}]})).await;
+    assert_eq!(server.delete(&format!("Practitioner/{house}")).await.status(), 204);
+    let received = receiver.wait_for(3, WAIT).await;
+    let methods: Vec<Value> = received[1..]
+        .iter()
+        .flat_map(|r| r.body["entry"].as_array().unwrap()[1..].to_vec())
+        .map(|e| e["request"]["method"].clone())
+        .collect();
+    assert_eq!(methods, [json!("POST"), json!("DELETE")], "{received:#?}");
+    let metadata = body(server.get("metadata").await).await;
+    let subscription = metadata["rest"][0]["resource"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["type"] == "Subscription")
+        .unwrap()
+        .clone();
+    let topics: Vec<&str> =
+        subscription["extension"].as_array().unwrap().iter().filter_map(|e| e["valueCanonical"].as_str()).collect();
+    assert!(topics.contains(&"http://hearth.dev/fhir/SubscriptionTopic/resource-changed"), "{topics:?}");
+}
+
+/// An e-mail channel says something new is waiting, never what.
+async fn email_notifications_carry_no_health_data(db: Db) {
+    let sink = common::smtp::SmtpSink::start().await;
+    let settings =
+        hearth::mail::MailSettings { smtp_url: Some(sink.url()), from: "Clinic <clinic@example.org>".into() };
+    let mailer = hearth::mail::Mailer::new(&settings).unwrap();
+    let server = TestServer::start_with(db, |s| hearth::server::Settings { mailer, ..s }).await;
+    let ana = server.create(&json!({"resourceType": "Patient"})).await;
+    let mut resource = subscription("result-final", &[&format!("Observation?patient=Patient/{ana}")], "", "empty");
+    resource["channel"] = json!({"type": "email", "endpoint": "mailto:ana@example.org"});
+    let created = body(server.post("Subscription", &resource).await).await;
+    wait_status(&server, created["id"].as_str().unwrap(), "active").await;
+    let mut result = observation(&ana, "final");
+    result["valueString"] = json!("Glucose 240 mg/dL");
+    server.create(&result).await;
+    let delivered = sink.wait_for(1).await;
+    assert_eq!(delivered[0].to, ["ana@example.org"]);
+    let text = delivered[0].body();
+    assert!(text.contains("Sign in"), "{text}");
+    assert!(!text.contains("Glucose") && !text.contains("240") && !text.contains(&ana), "{text}");
+}
+
+/// Two nodes on one PostgreSQL database: writes on both, every event delivered exactly once,
+/// in order, whichever node's worker claims the subscription.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_deliver_each_event_exactly_once() {
+    let first = TestServer::start(Db::Postgres).await;
+    let second = first.second_node().await;
+    let receiver = Receiver::start().await;
+    let ana = first.create(&json!({"resourceType": "Patient"})).await;
+    let filter = format!("Observation?patient=Patient/{ana}");
+    subscribed(&first, &receiver, "result-final", &[&filter], "id-only").await;
+    // The second node puts the subscription in force within its watch interval.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let writes = 40;
+    let tasks: Vec<_> = (0..writes)
+        .map(|i| {
+            let node = if i % 2 == 0 { &first } else { &second };
+            let resource = observation(&ana, "final");
+            async move { node.create(&resource).await }
+        })
+        .collect();
+    let written: std::collections::HashSet<String> = futures::future::join_all(tasks).await.into_iter().collect();
+    receiver.wait_for(2, WAIT).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let events: Vec<Value> = receiver.received()[1..].iter().flat_map(|r| r.events()).collect();
+        if events.len() >= writes || tokio::time::Instant::now() > deadline {
+            let numbers: Vec<String> =
+                events.iter().map(|e| e["part"][0]["valueString"].as_str().unwrap().to_string()).collect();
+            let expected: Vec<String> = (1..=writes).map(|n| n.to_string()).collect();
+            assert_eq!(numbers, expected, "each event once, in order");
+            let focused: std::collections::HashSet<String> = events
+                .iter()
+                .map(|e| {
+                    e["part"][2]["valueReference"]["reference"]
+                        .as_str()
+                        .unwrap()
+                        .rsplit('/')
+                        .next()
+                        .unwrap()
+                        .to_string()
+                })
+                .collect();
+            assert_eq!(focused, written, "every write, from both nodes");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let events: usize = receiver.received()[1..].iter().map(|r| r.events().len()).sum();
+    assert_eq!(events, writes, "no duplicates afterwards");
+}
+
 on_both_databases!(
+    events_outlive_a_restart,
+    heartbeats_come_while_nothing_happens,
+    the_generic_topic_follows_one_type,
+    email_notifications_carry_no_health_data,
     rest_hooks_get_a_handshake_then_the_events_their_filters_select,
     payloads_are_empty_id_only_or_full,
     subscriptions_the_server_cannot_honour_are_refused,

@@ -23,6 +23,7 @@ const WORKFLOW_NOTES: &[(&str, &str)] = &[
     ("Invoice", "Patients read, never write. A PaymentReconciliation paying the total moves an issued Invoice to balanced."),
     ("PaymentNotice", "A patient's through the Invoice it names in request; patients read, never write."),
     ("PaymentReconciliation", "A patient's through the Invoice its detail.request names (search parameter detail-request); patients read, never write."),
+    ("Subscription", "Topic-based (Subscriptions R5 Backport IG): topics at Basic?code=SubscriptionTopic; rest-hook and email channels; patients subscribe to their own records only."),
     ("Task", "Patients reach the Tasks for them, and create refill or renewal requests of their active prescriptions, one open each."),
 ];
 
@@ -96,16 +97,31 @@ fn operations_on(base_url: &str, defined_here: impl Fn(&Definition) -> bool) -> 
         .collect()
 }
 
-/// `GET /metadata`, with `rest.security` when the server authorizes requests.
+/// `GET /metadata`, with `rest.security` when the server authorizes requests, and the topics
+/// in force on Subscription (the Backport IG's `subscriptiontopic-canonical` extension).
 pub(super) fn response(
     registry: &Registry,
     definitions: &Definitions,
     base_url: &str,
     security: Option<&Value>,
+    topics: &[std::sync::Arc<crate::subscriptions::Topic>],
 ) -> FhirResponse {
     let mut statement = capability_statement(registry, definitions, base_url);
     if let Some(security) = security {
         statement["rest"][0]["security"] = security.clone();
     }
+    let resources = statement["rest"][0]["resource"].as_array_mut();
+    if let Some(subscription) = resources.into_iter().flatten().find(|r| r["type"] == "Subscription") {
+        subscription["extension"] = topics
+            .iter()
+            .map(|topic| json!({"url": TOPIC_CANONICAL, "valueCanonical": topic.url}))
+            .collect::<Vec<_>>()
+            .into();
+        subscription["supportedProfile"] = json!([crate::subscriptions::BACKPORT_SUBSCRIPTION_PROFILE]);
+    }
     FhirResponse::new(200, Body::Json(statement))
 }
+
+/// The Backport IG's extension naming a topic a server supports.
+const TOPIC_CANONICAL: &str =
+    "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/capabilitystatement-subscriptiontopic-canonical";

@@ -42,7 +42,7 @@ impl FhirService {
         tokio::join!(
             self.clone().run_jobs(None),
             self.clone().run_jobs(Some(crate::portal::scheduling::HOLD_EXPIRY_JOB)),
-            self.clone().run_deliveries(),
+            self.clone().run_delivery_workers(),
             self.watch_stored_definitions()
         );
     }

@@ -370,6 +370,7 @@ impl FhirService {
                 &self.definitions(),
                 &self.config.base_url,
                 self.config.security.as_ref(),
+                self.subscription_index().topics(),
             )),
             (Get | Head, Route::SystemHistory) => {
                 self.history(&mut self.view(source, access), crate::store::HistoryScope::System, &request).await

@@ -69,9 +69,18 @@ fn client() -> &'static reqwest::Client {
     })
 }
 
+/// Deliveries a node carries out at once (each worker one subscription at a time): a slow
+/// receiver holds up its own subscription, not the others.
+const WORKERS: usize = 4;
+
 impl FhirService {
+    /// This node's delivery workers, until the process ends.
+    pub(super) async fn run_delivery_workers(self) {
+        futures::future::join_all((0..WORKERS).map(|_| self.clone().run_deliveries())).await;
+    }
+
     /// Claims and carries out due deliveries, one at a time, until the process ends.
-    pub(super) async fn run_deliveries(self) {
+    async fn run_deliveries(self) {
         let owner = new_id();
         loop {
             let lease_until = OffsetDateTime::now_utc() + LEASE;
@@ -105,6 +114,14 @@ impl FhirService {
         if let Some(failure) = &attempt.failure {
             tracing::info!(subscription = %delivery.subscription_id, failures, %failure, "a notification was not delivered");
         }
+        // The status changes while the lease is held: no other worker takes the subscription
+        // up (for a second handshake) before its new status is stored.
+        if let Some((status, reason)) = new_status.filter(|(status, _)| *status != delivery.status) {
+            if let Err(error) = self.set_subscription_status(&delivery.subscription_id, status, reason.as_deref()).await
+            {
+                tracing::warn!(%error, subscription = %delivery.subscription_id, "cannot change a subscription's status");
+            }
+        }
         let end = DeliveryEnd {
             delivered: attempt.delivered,
             failures,
@@ -116,12 +133,6 @@ impl FhirService {
             Ok(true) => {}
             Ok(false) => tracing::warn!(subscription = %delivery.subscription_id, "a delivery's lease ran out"),
             Err(error) => tracing::warn!(%error, "cannot record a delivery"),
-        }
-        if let Some((status, reason)) = new_status.filter(|(status, _)| *status != delivery.status) {
-            if let Err(error) = self.set_subscription_status(&delivery.subscription_id, status, reason.as_deref()).await
-            {
-                tracing::warn!(%error, subscription = %delivery.subscription_id, "cannot change a subscription's status");
-            }
         }
     }
 

@@ -1,0 +1,199 @@
+//! Subscriptions benchmark: `cargo bench --bench subscriptions` (builds release).
+//!
+//! On SQLite and PostgreSQL, without authorization: writes per second of final Observations
+//! (`PUT /fhir/Observation/bench-n`, each for one of 1,000 patients) with no subscription, then
+//! with 1,000 active rest-hook Subscriptions to `result-final` (one per patient, filtered on
+//! the patient, id-only), so every write matches one subscription and records one event; the
+//! ratio of the two. During the second load a receiver on loopback notes when each write's
+//! notification arrives: the delivery latency from the write's request to the receiver
+//! (median and p99). Medians of `HEARTH_BENCH_RUNS` (default 3) runs of
+//! `HEARTH_BENCH_SECONDS` (default 5) s, `CONNECTIONS` connections.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{env_number, load, LoadSummary, Server};
+use http_body_util::Full;
+use hyper::Request;
+use serde_json::{json, Value};
+
+const HEARTH: &str = env!("CARGO_BIN_EXE_hearth");
+const PATIENTS: usize = 1000;
+const CONNECTIONS: usize = 4;
+const BACKPORT: &str = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/";
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    runtime.block_on(run());
+}
+
+/// When each write's request was sent, and when its notification arrived, by (run, write
+/// number).
+#[derive(Default)]
+struct Timings {
+    sent: HashMap<(usize, usize), Instant>,
+    arrived: HashMap<(usize, usize), Instant>,
+}
+
+/// A receiver that notes the arrival of each `Observation/bench-<run>-<n>` notification.
+async fn receiver(timings: Arc<Mutex<Timings>>) -> String {
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: String| {
+            let timings = timings.clone();
+            async move {
+                let now = Instant::now();
+                let notification: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+                let mut timings = timings.lock().expect("timings");
+                for entry in notification["entry"].as_array().into_iter().flatten().skip(1) {
+                    let url = entry["fullUrl"].as_str().unwrap_or_default();
+                    let mut numbers = url.rsplit('-').take(2).filter_map(|n| n.parse::<usize>().ok());
+                    if let (Some(n), Some(run)) = (numbers.next(), numbers.next()) {
+                        timings.arrived.entry((run, n)).or_insert(now);
+                    }
+                }
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("receiver");
+    let url = format!("http://{}/hook", listener.local_addr().expect("address"));
+    tokio::spawn(async move { axum::serve(listener, app).await.expect("receiver serves") });
+    url
+}
+
+fn observation_put(run: usize, n: usize, timings: &Mutex<Timings>) -> Request<Full<Bytes>> {
+    let id = format!("bench-{run}-{n}");
+    let body = json!({"resourceType": "Observation", "id": id, "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]},
+        "subject": {"reference": format!("Patient/p{}", n % PATIENTS)}, "valueQuantity": {"value": n % 300}});
+    timings.lock().expect("timings").sent.insert((run, n), Instant::now());
+    Request::put(format!("/fhir/Observation/{id}"))
+        .header("host", "localhost")
+        .header("content-type", "application/fhir+json")
+        .header("prefer", "return=minimal")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .expect("request")
+}
+
+async fn post(client: &reqwest::Client, base: &str, path: &str, resource: &Value) -> u16 {
+    let response = client
+        .put(format!("{base}/{path}"))
+        .header("content-type", "application/fhir+json")
+        .body(resource.to_string())
+        .send()
+        .await
+        .expect("write");
+    response.status().as_u16()
+}
+
+/// Writes of final Observations for `seconds`, `runs` times (numbered from `first_run`); the
+/// median run and its number.
+async fn writes(
+    server: &Server,
+    seconds: u64,
+    runs: usize,
+    first_run: usize,
+    timings: &Arc<Mutex<Timings>>,
+) -> (LoadSummary, usize) {
+    let mut results = Vec::new();
+    for run in first_run..first_run + runs {
+        let recording = timings.clone();
+        let summary = load(server.addr, CONNECTIONS, seconds, move |n| observation_put(run, n, &recording)).await;
+        results.push((summary, run));
+    }
+    results.sort_by(|a, b| a.0.per_second.total_cmp(&b.0.per_second));
+    results[results.len() / 2]
+}
+
+/// The median and p99 (ms) from a run's requests to their notifications, and how many of the
+/// run's writes were notified.
+fn latencies(timings: &Timings, run: usize) -> (f64, f64, usize, usize) {
+    let sent: Vec<(&(usize, usize), &Instant)> = timings.sent.iter().filter(|((r, _), _)| *r == run).collect();
+    let mut latencies: Vec<f64> = sent
+        .iter()
+        .filter_map(|(key, sent)| {
+            timings.arrived.get(key).map(|arrived| arrived.duration_since(**sent).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    let at = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    (at(0.5), at(0.99), latencies.len(), sent.len())
+}
+
+async fn run() {
+    let seconds = env_number("HEARTH_BENCH_SECONDS", 5) as u64;
+    let runs = env_number("HEARTH_BENCH_RUNS", 3);
+    println!(
+        "Hearth subscriptions benchmark: {PATIENTS} patients, {runs} runs of {seconds} s, {CONNECTIONS} connections"
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sqlite_url = format!("sqlite://{}", dir.path().join("subscriptions.db").display());
+    for (database, url) in [("SQLite", sqlite_url), ("PostgreSQL", common::postgres::fresh_database().await)] {
+        let server = Server::start(HEARTH, &url).await;
+        let base = format!("http://{}/fhir", server.addr);
+        let client = reqwest::Client::new();
+        for i in 0..PATIENTS {
+            assert_eq!(
+                post(
+                    &client,
+                    &base,
+                    &format!("Patient/p{i}"),
+                    &json!({"resourceType": "Patient", "id": format!("p{i}")})
+                )
+                .await,
+                201
+            );
+        }
+        let timings = Arc::new(Mutex::new(Timings::default()));
+        let (without, _) = writes(&server, seconds, runs, 0, &timings).await;
+
+        let hook = receiver(timings.clone()).await;
+        for i in 0..PATIENTS {
+            let subscription = json!({"resourceType": "Subscription", "id": format!("s{i}"), "status": "requested",
+                "criteria": "http://hearth.dev/fhir/SubscriptionTopic/result-final",
+                "_criteria": {"extension": [{"url": format!("{BACKPORT}backport-filter-criteria"),
+                    "valueString": format!("Observation?patient=Patient/p{i}")}]},
+                "channel": {"type": "rest-hook", "endpoint": hook, "payload": "application/fhir+json",
+                    "_payload": {"extension": [{"url": format!("{BACKPORT}backport-payload-content"), "valueCode": "id-only"}]}}});
+            assert_eq!(post(&client, &base, &format!("Subscription/s{i}"), &subscription).await, 201);
+        }
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let count: Value = client
+                .get(format!("{base}/Subscription?status=active&_summary=count"))
+                .send()
+                .await
+                .expect("count")
+                .json()
+                .await
+                .expect("json");
+            if count["total"].as_u64() == Some(PATIENTS as u64) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "subscriptions not active: {count}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let (with, median_run) = writes(&server, seconds, runs, runs, &timings).await;
+        // The notifications of the last writes arrive after the load.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let (p50, p99, notified, written) = latencies(&timings.lock().expect("timings"), median_run);
+        println!(
+            "{database}: writes {:.0}/s without subscriptions, {:.0}/s with {PATIENTS} active ({:.0}%); \
+             request to receiver p50 {p50:.1} ms, p99 {p99:.1} ms ({notified} of {written} writes notified)",
+            without.per_second,
+            with.per_second,
+            100.0 * with.per_second / without.per_second,
+        );
+        server.stop();
+    }
+}
