@@ -3,7 +3,7 @@
 //! On SQLite and PostgreSQL, without authorization, writes per second of final Observations
 //! (`PUT /fhir/Observation/bench-…`, each for one of 1,000 patients): with no subscription; then
 //! with 1,000 active rest-hook Subscriptions to `result-final` (one per patient, filtered on the
-//! patient, id-only), first for 1,000 other patients (every write is matched against all of
+//! patient, id-only), first for 1,000 other patients (every write is matched against the topic's
 //! them, none is an event: the cost of matching), then for the subscribed patients (every write
 //! records one event, delivered to a receiver on loopback while the load runs: the whole cost
 //! on one machine). For that last load, the latency from each write's request to its
@@ -185,7 +185,7 @@ async fn run() {
             assert!(Instant::now() < deadline, "subscriptions not active: {count}");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        // Every write is matched against the 1,000 subscriptions, none of whose filters it meets.
+        // Every write is matched against the topic's 1,000 subscriptions, none of whose filters it meets.
         let (matched_only, _) = writes(&server, (seconds, runs, runs), PATIENTS, &timings).await;
         // Every write is an event of one subscription, notified while the load runs.
         let (notified_load, median_run) = writes(&server, (seconds, runs, 2 * runs), 0, &timings).await;
@@ -194,8 +194,8 @@ async fn run() {
         let (p50, p99, notified, written) = latencies(&timings.lock().expect("timings"), median_run);
         let ratio = |load: &LoadSummary| 100.0 * load.per_second / without.per_second;
         println!(
-            "{database}: writes {:.0}/s without subscriptions; with {PATIENTS} active: {:.0}/s ({:.0}%) matched \
-             against all, none an event; {:.0}/s ({:.0}%) each an event delivered meanwhile, request to receiver \
+            "{database}: writes {:.0}/s without subscriptions; with {PATIENTS} active: {:.0}/s ({:.0}%) of writes \
+             matched, none an event; {:.0}/s ({:.0}%) each an event delivered meanwhile, request to receiver \
              p50 {p50:.1} ms, p99 {p99:.1} ms ({notified} of {written} writes notified)",
             without.per_second,
             matched_only.per_second,

@@ -194,7 +194,7 @@ impl SubscriptionTx {
             if !fires {
                 continue;
             }
-            for subscriber in self.index.subscribers(&topic.url) {
+            for subscriber in self.index.candidates(&topic.url, &version.resource_type, focus.rows) {
                 let readable = match self.service.rule(&subscriber.access, Permission::Read, &version.resource_type) {
                     Ok(rule) => self.service.admitted(rule.as_deref(), focus_version),
                     Err(_) => false,

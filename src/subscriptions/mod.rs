@@ -48,7 +48,77 @@ pub struct Index {
     /// Topics with a trigger on every type.
     on_every_type: Vec<Arc<Topic>>,
     /// Per topic URL, its subscribers.
-    subscribers: HashMap<String, Vec<Arc<Subscriber>>>,
+    subscribers: HashMap<String, Subscribers>,
+}
+
+/// A topic's subscribers, keyed so that a write is checked against those it may concern: a
+/// subscriber whose filter of a type requires a reference (`Observation?patient=Patient/1`)
+/// is only looked at for writes of that type that reference that target.
+#[derive(Debug, Default)]
+struct Subscribers {
+    /// By (resource type, reference parameter, target id) its filter of that type requires.
+    keyed: HashMap<(String, String, String), Vec<Arc<Subscriber>>>,
+    /// By resource type, those whose filter of that type requires no one reference.
+    by_type: HashMap<String, Vec<Arc<Subscriber>>>,
+    /// Those without filters (every event of the topic).
+    unfiltered: Vec<Arc<Subscriber>>,
+}
+
+impl Subscribers {
+    fn add(&mut self, subscriber: Arc<Subscriber>) {
+        let filters = &subscriber.request.filters;
+        if filters.is_empty() {
+            self.unfiltered.push(subscriber);
+            return;
+        }
+        let mut types: Vec<&str> = filters.iter().map(|f| f.resource_type.as_str()).collect();
+        types.sort_unstable();
+        types.dedup();
+        for resource_type in types {
+            let required = filters
+                .iter()
+                .filter(|f| f.resource_type == resource_type)
+                .find_map(|f| required_reference(&f.condition));
+            match required {
+                Some((param, target)) => {
+                    self.keyed.entry((resource_type.to_string(), param, target)).or_default().push(subscriber.clone())
+                }
+                None => self.by_type.entry(resource_type.to_string()).or_default().push(subscriber.clone()),
+            }
+        }
+    }
+
+    /// The subscribers a write of `resource_type` with these index rows may concern (each once).
+    fn candidates<'a>(&'a self, resource_type: &str, rows: &crate::store::IndexRows) -> Vec<&'a Arc<Subscriber>> {
+        let mut found: Vec<&Arc<Subscriber>> = self.unfiltered.iter().collect();
+        found.extend(self.by_type.get(resource_type).into_iter().flatten());
+        if !self.keyed.is_empty() {
+            for row in &rows.references {
+                let Some(target) = &row.target_id else { continue };
+                let key = (resource_type.to_string(), row.param.clone(), target.clone());
+                for subscriber in self.keyed.get(&key).into_iter().flatten() {
+                    if !found.iter().any(|f| Arc::ptr_eq(f, subscriber)) {
+                        found.push(subscriber);
+                    }
+                }
+            }
+        }
+        found
+    }
+}
+
+/// A reference a filter's condition requires on its own (one criterion with one value,
+/// `patient=Patient/1`): (parameter, target id).
+fn required_reference(condition: &crate::store::Condition) -> Option<(String, String)> {
+    use crate::store::Condition;
+    let Condition::AllOf(groups) = condition else { return None };
+    groups.iter().find_map(|group| match group {
+        Condition::AnyOf(values) => match values.as_slice() {
+            [Condition::Reference { param, target_id, .. }] => Some((param.clone(), target_id.clone())),
+            _ => None,
+        },
+        _ => None,
+    })
 }
 
 impl Index {
@@ -86,7 +156,7 @@ impl Index {
             match SubscriptionRequest::parse(&resource, &checks) {
                 Ok(request) => {
                     let subscriber = Arc::new(Subscriber { id, request, access });
-                    index.subscribers.entry(subscriber.request.topic.clone()).or_default().push(subscriber);
+                    index.subscribers.entry(subscriber.request.topic.clone()).or_default().add(subscriber);
                 }
                 Err(problem) => {
                     problems.push(format!("Subscription/{id}: {} ({})", problem.message, problem.expression))
@@ -117,8 +187,66 @@ impl Index {
         self.watching(resource_type).next().is_some()
     }
 
-    /// The subscribers of a topic.
-    pub fn subscribers(&self, topic_url: &str) -> &[Arc<Subscriber>] {
-        self.subscribers.get(topic_url).map(Vec::as_slice).unwrap_or_default()
+    /// The subscribers of a topic that a write of `resource_type` with these index rows may
+    /// concern (their filters decide).
+    pub fn candidates(
+        &self,
+        topic_url: &str,
+        resource_type: &str,
+        rows: &crate::store::IndexRows,
+    ) -> Vec<&Arc<Subscriber>> {
+        self.subscribers.get(topic_url).map(|s| s.candidates(resource_type, rows)).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{IndexRows, ReferenceRow};
+    use serde_json::json;
+
+    fn subscription(id: &str, filters: &[&str]) -> Value {
+        let filters: Vec<Value> =
+            filters.iter().map(|f| json!({"url": request::FILTER_CRITERIA, "valueString": f})).collect();
+        json!({"resourceType": "Subscription", "id": id, "status": "active", "reason": "t",
+            "criteria": format!("{}result-final", built_in::TOPIC_BASE), "_criteria": {"extension": filters},
+            "channel": {"type": "rest-hook", "endpoint": "https://example.org/hook"}})
+    }
+
+    fn of_patient(id: &str) -> IndexRows {
+        let row = |param: &str| ReferenceRow {
+            param: param.into(),
+            target_type: Some("Patient".into()),
+            target_id: Some(id.into()),
+            target_url: None,
+        };
+        IndexRows { references: vec![row("subject"), row("patient")], ..IndexRows::default() }
+    }
+
+    #[test]
+    fn a_write_is_checked_against_the_subscribers_of_its_patient_only() {
+        let subscriptions = vec![
+            (subscription("a", &["Observation?patient=Patient/1"]), Access::Open),
+            (subscription("b", &["Observation?patient=Patient/2"]), Access::Open),
+            (subscription("c", &["Observation?category=laboratory"]), Access::Open),
+            (subscription("d", &[]), Access::Open),
+            (subscription("e", &["DiagnosticReport?patient=Patient/1"]), Access::Open),
+        ];
+        let (index, problems) = Index::build(
+            &built_in::topics(),
+            subscriptions,
+            crate::search::Registry::standard(),
+            "http://h/fhir",
+            false,
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        let topic = format!("{}result-final", built_in::TOPIC_BASE);
+        let mut ids: Vec<&str> =
+            index.candidates(&topic, "Observation", &of_patient("1")).iter().map(|s| s.id.as_str()).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, ["a", "c", "d"]);
+        let ids: Vec<&str> =
+            index.candidates(&topic, "DiagnosticReport", &of_patient("2")).iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, ["d"]);
     }
 }
