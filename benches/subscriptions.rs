@@ -4,7 +4,7 @@
 //! (`PUT /fhir/Observation/bench-…`, each for one of 1,000 patients): with no subscription; then
 //! with 1,000 active rest-hook Subscriptions to `result-final` (one per patient, filtered on the
 //! patient, id-only), first for 1,000 other patients (every write is matched against the topic's
-//! them, none is an event: the cost of matching), then for the subscribed patients (every write
+//! subscriptions, none is an event: the cost of matching), then for the subscribed patients (every write
 //! records one event, delivered to a receiver on loopback while the load runs: the whole cost
 //! on one machine). For that last load, the latency from each write's request to its
 //! notification at the receiver (median and p99). Medians of `HEARTH_BENCH_RUNS` (default 3)
