@@ -251,6 +251,10 @@ pub struct FhirService {
     subscriptions: Arc<Live<crate::subscriptions::Index>>,
     /// Wakes this node's delivery worker when a write recorded events here.
     deliveries_due: Arc<tokio::sync::Notify>,
+    /// Subscriptions this node is activating (id, content), in the index before their
+    /// activation commits so that no write committed after it is missed (the store records
+    /// events of active subscriptions only); its lock makes index loads run one at a time.
+    starting_subscriptions: Arc<tokio::sync::Mutex<std::collections::HashMap<String, Value>>>,
 }
 
 /// How many resource versions' access-check index rows are kept.
@@ -270,6 +274,7 @@ impl FhirService {
             access_rows: Arc::new(crate::bounded::BoundedMap::new(ACCESS_ROWS_CACHED)),
             subscriptions: Arc::new(Live::new(crate::subscriptions::Index::default())),
             deliveries_due: Arc::new(tokio::sync::Notify::new()),
+            starting_subscriptions: Arc::default(),
         }
     }
 

@@ -146,9 +146,15 @@ impl FhirService {
         };
         let request = match self.subscription_request(&resource) {
             Ok(request) => request,
+            // It no longer passes the checks (its topic was retired, a flag changed): a failure,
+            // so that it backs off rather than being claimed again at once.
             Err(problem) => {
                 let reason = format!("{} ({})", problem.message, problem.expression);
-                return Ok(Attempt { new_status: Some(("error", Some(reason))), ..Attempt::nothing(delivery) });
+                return Ok(Attempt {
+                    failure: Some(reason.clone()),
+                    new_status: Some(("error", Some(reason))),
+                    ..Attempt::nothing(delivery)
+                });
             }
         };
         let access = match &delivery.owner {
@@ -287,7 +293,6 @@ impl FhirService {
                 let (subject, text) = crate::mail::notification_text(&what);
                 self.config.mailer.send(to, &subject, text).await
             }
-            Channel::Websocket => Err("websocket subscriptions are sent by the node holding the socket".into()),
         }
     }
 
@@ -316,7 +321,8 @@ impl FhirService {
                 }
             }
         }
-        let starting = (status == "active").then(|| (id, resource.clone()));
+        let starting = status == "active";
+        let content = resource.clone();
         let written = self
             .store_resource(tx.as_mut(), "Subscription", id, current.version + 1, resource, WriteMethod::Update)
             .await;
@@ -324,10 +330,15 @@ impl FhirService {
             tx.rollback().await;
             return Err(error);
         }
-        if starting.is_some() {
-            self.load_subscriptions_with(starting).await.map_err(super::store_error)?;
+        if starting {
+            self.starting_subscriptions.lock().await.insert(id.to_string(), content);
+            self.load_subscriptions().await.map_err(super::store_error)?;
         }
-        tx.commit().await.map_err(super::store_error)?;
+        let committed = tx.commit().await.map_err(super::store_error);
+        if starting {
+            self.starting_subscriptions.lock().await.remove(id);
+        }
+        committed?;
         self.load_subscriptions().await.map_err(super::store_error)
     }
 }

@@ -32,21 +32,16 @@ impl FhirService {
         self.subscriptions.current()
     }
 
-    /// Rebuilds the index of topics and subscriptions from the store.
+    /// Rebuilds the index of topics and subscriptions from the store (and the subscriptions
+    /// being activated). Loads run one at a time, each reading the store after the one before
+    /// it: a load that read older state never replaces a newer index.
     pub async fn load_subscriptions(&self) -> Result<(), StoreError> {
-        self.load_subscriptions_with(None).await
-    }
-
-    /// Rebuilds the index with `starting` (a Subscription's id and content about to be made
-    /// active by the server) in force already: it is matched from before its activation
-    /// commits, so no write that commits after it is missed (a write committed before is not
-    /// recorded: the store records events of active subscriptions only).
-    pub(super) async fn load_subscriptions_with(&self, starting: Option<(&str, Value)>) -> Result<(), StoreError> {
+        let starting = self.starting_subscriptions.lock().await;
         let newest = self.newest_write(SUBSCRIPTION_TYPES).await?;
         let topics = self.stored(&["Basic"]).await?;
         let mut subscriptions = Vec::new();
         for delivery in self.store.deliveries().await? {
-            let starts = starting.as_ref().filter(|(id, _)| *id == delivery.subscription_id).map(|(_, r)| r.clone());
+            let starts = starting.get(&delivery.subscription_id).cloned();
             if starts.is_none() && !matches!(delivery.status.as_str(), "active" | "error") {
                 continue;
             }
@@ -138,7 +133,6 @@ pub(super) struct SubscriptionTx {
     access: Access,
     /// The server's own work (a handshake's outcome), which may set any status.
     server_work: bool,
-    index: Arc<Index>,
     events: Vec<NewEvent>,
     /// Subscriptions written here, with their status before (`None`: new).
     subscriptions: Vec<(String, Option<String>)>,
@@ -146,13 +140,15 @@ pub(super) struct SubscriptionTx {
 
 impl SubscriptionTx {
     pub(super) fn new(inner: Box<dyn StoreTx>, service: FhirService, access: Access, server_work: bool) -> Self {
-        let index = service.subscription_index();
-        SubscriptionTx { inner, service, access, server_work, index, events: Vec::new(), subscriptions: Vec::new() }
+        SubscriptionTx { inner, service, access, server_work, events: Vec::new(), subscriptions: Vec::new() }
     }
 
     /// The events `version` (about to be written, with `rows`) causes.
     async fn match_write(&mut self, version: &ResourceVersion, rows: &IndexRows) -> StoreResult<()> {
-        let topics: Vec<Arc<Topic>> = self.index.watching(&version.resource_type).cloned().collect();
+        // The index as it is now, at each write: a subscription activated since the
+        // transaction began is matched.
+        let index = self.service.subscription_index();
+        let topics: Vec<Arc<Topic>> = index.watching(&version.resource_type).cloned().collect();
         if topics.is_empty() {
             return Ok(());
         }
@@ -194,7 +190,7 @@ impl SubscriptionTx {
             if !fires {
                 continue;
             }
-            for subscriber in self.index.candidates(&topic.url, &version.resource_type, focus.rows) {
+            for subscriber in index.candidates(&topic.url, &version.resource_type, focus.rows) {
                 let readable = match self.service.rule(&subscriber.access, Permission::Read, &version.resource_type) {
                     Ok(rule) => self.service.admitted(rule.as_deref(), focus_version),
                     Err(_) => false,
@@ -229,11 +225,11 @@ impl SubscriptionTx {
             }
             let channel = resource["channel"]["type"].as_str().unwrap_or_default().to_string();
             let heartbeat = crate::subscriptions::request::heartbeat_of(&resource);
-            let owner = match (&self.access, before.is_none()) {
-                (Access::Token(grant), true) => {
-                    grant.claims.as_ref().and_then(|c| serde_json::to_string(c.as_ref()).ok())
-                }
-                _ => None,
+            // The last token that wrote it is whose access it has: a patient who changes a
+            // clinic's Subscription about them makes it theirs, never runs with the clinic's.
+            let owner = match &self.access {
+                Access::Token(grant) => grant.claims.as_ref().and_then(|c| serde_json::to_string(c.as_ref()).ok()),
+                Access::Open => None,
             };
             let registration = Registration { status, channel, owner, heartbeat };
             self.inner.register_subscription(&id, Some(&registration)).await?;

@@ -14,10 +14,11 @@ use super::StoreResult;
 pub struct Registration {
     /// `requested`, `active`, `error` or `off`, as the resource says.
     pub status: String,
-    /// `rest-hook`, `websocket` or `email`.
+    /// `rest-hook` or `email`.
     pub channel: String,
-    /// The subscriber's access token claims (JSON), kept from the creation on: a later write
-    /// (the server's own status change, staff) does not change whose access notifications pass.
+    /// The access token claims (JSON) of the last token that wrote the Subscription: whose
+    /// access its notifications pass. `None` (a write without a token: the server's own status
+    /// change) keeps the one stored.
     pub owner: Option<String>,
     /// Seconds between heartbeats (0: none).
     pub heartbeat: i64,
@@ -76,7 +77,7 @@ pub struct DeliveryEnd {
 /// The subscription records outside a write transaction.
 #[async_trait]
 pub trait SubscriptionStore: Send + Sync {
-    /// Takes the subscription (not a websocket one) that most needs a delivery (a handshake, undelivered
+    /// Takes the subscription that most needs a delivery (a handshake, undelivered
     /// events, a heartbeat), and is due, for `owner` until `lease_until`. Concurrent workers
     /// never take the same one.
     async fn claim_delivery(&self, owner: &str, lease_until: OffsetDateTime) -> StoreResult<Option<Delivery>>;
@@ -130,7 +131,7 @@ macro_rules! subscription_store {
                 let sql = format!(
                     "UPDATE subscription_delivery SET lease_owner = $1, lease_until = $2 WHERE subscription_id = \
                      (SELECT subscription_id FROM subscription_delivery WHERE not_before <= $3 AND lease_until < $3 \
-                     AND channel <> 'websocket' AND (status = 'requested' \
+                     AND (status = 'requested' \
                      OR (status IN ('active', 'error') AND events > delivered) \
                      OR (status = 'active' AND heartbeat > 0 AND last_sent + heartbeat * 1000000 <= $3)) \
                      ORDER BY not_before LIMIT 1{}) RETURNING {}",
@@ -249,6 +250,7 @@ macro_rules! subscription_store {
                     "INSERT INTO subscription_delivery (subscription_id, status, channel, owner, heartbeat) \
                      VALUES ($1, $2, $3, $4, $5) ON CONFLICT (subscription_id) DO UPDATE SET \
                      status = excluded.status, channel = excluded.channel, heartbeat = excluded.heartbeat, \
+                     owner = COALESCE(excluded.owner, subscription_delivery.owner), \
                      failures = CASE WHEN excluded.status = 'requested' THEN 0 ELSE subscription_delivery.failures END, \
                      not_before = CASE WHEN excluded.status = 'requested' THEN 0 ELSE subscription_delivery.not_before END",
                 )

@@ -48,8 +48,6 @@ impl Payload {
 pub enum Channel {
     /// POSTed to `endpoint` with the subscriber's extra headers.
     RestHook { endpoint: url::Url, headers: Vec<(String, String)> },
-    /// Sent to a websocket bound with a token from `$get-ws-binding-token`.
-    Websocket,
     /// An e-mail without health data to this address.
     Email { to: String },
 }
@@ -59,7 +57,6 @@ impl Channel {
     pub fn code(&self) -> &'static str {
         match self {
             Channel::RestHook { .. } => "rest-hook",
-            Channel::Websocket => "websocket",
             Channel::Email { .. } => "email",
         }
     }
@@ -290,7 +287,6 @@ fn parse_channel(channel: &Value, allow_http: bool) -> Result<Channel, Problem> 
             }
             Ok(Channel::RestHook { endpoint: url, headers })
         }
-        "websocket" => Ok(Channel::Websocket),
         "email" => {
             let to = endpoint.strip_prefix("mailto:").unwrap_or_default();
             if !to.contains('@') || to.chars().any(|c| c.is_whitespace() || c.is_control() || c == ',') {
@@ -303,7 +299,7 @@ fn parse_channel(channel: &Value, allow_http: bool) -> Result<Channel, Problem> 
         }
         other => Err(problem(
             "Subscription.channel.type",
-            format!("'{other}': this server delivers over rest-hook, websocket and email"),
+            format!("'{other}': this server delivers over rest-hook and email (websocket is not offered yet)"),
         )),
     }
 }

@@ -43,6 +43,7 @@ impl Received {
 struct Shared {
     received: Arc<Mutex<Vec<Received>>>,
     answer: Arc<AtomicU16>,
+    refused: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// A running receiver.
@@ -57,13 +58,16 @@ async fn receive(State(shared): State<Shared>, headers: HeaderMap, body: String)
     if status.is_success() {
         let body = serde_json::from_str(&body).unwrap_or(Value::String(body));
         shared.received.lock().unwrap().push(Received { headers, body });
+    } else {
+        shared.refused.fetch_add(1, Ordering::SeqCst);
     }
     status
 }
 
 impl Receiver {
     pub async fn start() -> Receiver {
-        let shared = Shared { received: Arc::default(), answer: Arc::new(AtomicU16::new(200)) };
+        let shared =
+            Shared { received: Arc::default(), answer: Arc::new(AtomicU16::new(200)), refused: Arc::default() };
         let app = axum::Router::new().route("/hook", axum::routing::post(receive)).with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
@@ -76,9 +80,28 @@ impl Receiver {
         self.shared.answer.store(status, Ordering::SeqCst);
     }
 
+    /// How many notifications were answered with a failure.
+    pub fn refused(&self) -> usize {
+        self.shared.refused.load(Ordering::SeqCst)
+    }
+
     /// What was received so far.
     pub fn received(&self) -> Vec<Received> {
         self.shared.received.lock().unwrap().clone()
+    }
+
+    /// Waits until the notifications received carry `count` events in all (however the server
+    /// batched them); answers every notification received.
+    pub async fn wait_for_events(&self, count: usize, within: Duration) -> Vec<Received> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let received = self.received();
+            if received.iter().map(|r| r.events().len()).sum::<usize>() >= count {
+                return received;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "fewer than {count} events: {received:#?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Waits until `count` notifications were received (panics after `within`).
