@@ -59,6 +59,15 @@ async fn subscribed(server: &TestServer, receiver: &Receiver, topic: &str, filte
     id
 }
 
+/// A new patient and a Subscription of `receiver` to their final results (id-only), active:
+/// (patient id, Subscription id).
+async fn patient_subscribed(server: &TestServer, receiver: &Receiver) -> (String, String) {
+    let patient = server.create(&json!({"resourceType": "Patient"})).await;
+    let filter = format!("Observation?patient=Patient/{patient}");
+    let id = subscribed(server, receiver, "result-final", &[&filter], "id-only").await;
+    (patient, id)
+}
+
 /// Waits until the Subscription's status is `status`.
 async fn wait_status(server: &TestServer, id: &str, status: &str) -> Value {
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -228,9 +237,7 @@ async fn subscriptions_the_server_cannot_honour_are_refused(db: Db) {
 async fn a_receiver_that_is_down_gets_the_events_later(db: Db) {
     let server = TestServer::start(db).await;
     let receiver = Receiver::start().await;
-    let ana = server.create(&json!({"resourceType": "Patient"})).await;
-    let filter = format!("Observation?patient=Patient/{ana}");
-    let id = subscribed(&server, &receiver, "result-final", &[&filter], "id-only").await;
+    let (ana, id) = patient_subscribed(&server, &receiver).await;
 
     receiver.answer(503);
     server.create(&observation(&ana, "final")).await;
@@ -258,9 +265,7 @@ async fn a_failed_handshake_leaves_the_subscription_in_error(db: Db) {
 async fn a_rolled_back_write_causes_no_event(db: Db) {
     let server = TestServer::start(db).await;
     let receiver = Receiver::start().await;
-    let ana = server.create(&json!({"resourceType": "Patient"})).await;
-    let filter = format!("Observation?patient=Patient/{ana}");
-    subscribed(&server, &receiver, "result-final", &[&filter], "id-only").await;
+    let (ana, _) = patient_subscribed(&server, &receiver).await;
     let transaction = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
         {"resource": observation(&ana, "final"), "request": {"method": "POST", "url": "Observation"}},
         {"resource": {"resourceType": "Observation", "status": "not-a-status"}, "request": {"method": "POST", "url": "Observation"}},
@@ -348,9 +353,7 @@ async fn patients_receive_only_their_own_events(db: Db) {
 async fn events_outlive_a_restart(db: Db) {
     let server = TestServer::start(db).await;
     let receiver = Receiver::start().await;
-    let ana = server.create(&json!({"resourceType": "Patient"})).await;
-    let filter = format!("Observation?patient=Patient/{ana}");
-    let id = subscribed(&server, &receiver, "result-final", &[&filter], "id-only").await;
+    let (ana, id) = patient_subscribed(&server, &receiver).await;
     receiver.answer(503);
     server.create(&observation(&ana, "final")).await;
     server.create(&observation(&ana, "amended")).await;
@@ -495,9 +498,7 @@ async fn two_nodes_deliver_each_event_exactly_once() {
     let first = TestServer::start(Db::Postgres).await;
     let second = first.second_node().await;
     let receiver = Receiver::start().await;
-    let ana = first.create(&json!({"resourceType": "Patient"})).await;
-    let filter = format!("Observation?patient=Patient/{ana}");
-    subscribed(&first, &receiver, "result-final", &[&filter], "id-only").await;
+    let (ana, _) = patient_subscribed(&first, &receiver).await;
     // The second node puts the subscription in force within its watch interval.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let writes = 40;

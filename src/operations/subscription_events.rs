@@ -49,15 +49,8 @@ impl Operation for SubscriptionEvents {
             true => context.subscription_events(&subscription.id, (first, last), MOST, payload).await?,
             false => Vec::new(),
         };
-        let status = Status {
-            base_url: context.base_url(),
-            subscription_id: &subscription.id,
-            topic: resource["criteria"].as_str().unwrap_or_default(),
-            status: resource["status"].as_str().unwrap_or_default(),
-            kind: Kind::QueryEvent,
-            events_since_start: newest,
-            error: None,
-        };
+        let status =
+            Status::of_stored(context.base_url(), (&subscription.id, &resource), Kind::QueryEvent, newest, None);
         Ok(FhirResponse::new(200, Body::Json(bundle(&status, &events, payload))))
     }
 }

@@ -64,14 +64,12 @@ impl Operation for SubscriptionStatus {
 async fn status_of(context: &mut OperationContext<'_>, subscription: &ResourceVersion) -> Result<Value, FhirError> {
     let resource: Value = serde_json::from_slice(&subscription.body).map_err(|_| FhirError::internal())?;
     let delivery = context.subscription_delivery(&subscription.id).await?;
-    let status = Status {
-        base_url: context.base_url(),
-        subscription_id: &subscription.id,
-        topic: resource["criteria"].as_str().unwrap_or_default(),
-        status: resource["status"].as_str().unwrap_or_default(),
-        kind: Kind::QueryStatus,
-        events_since_start: delivery.as_ref().map_or(0, |d| d.events),
-        error: delivery.as_ref().filter(|d| d.status == "error").and_then(|d| d.last_error.as_deref()),
-    };
+    let status = Status::of_stored(
+        context.base_url(),
+        (&subscription.id, &resource),
+        Kind::QueryStatus,
+        delivery.as_ref().map_or(0, |d| d.events),
+        delivery.as_ref().filter(|d| d.status == "error").and_then(|d| d.last_error.as_deref()),
+    );
     Ok(status_parameters(&status, &[], Payload::Empty))
 }

@@ -22,7 +22,7 @@ use crate::portal::billing::{
     invoice_total, invoices_paid, paid_towards, patient_coverage_refusal, settled_status, sum_in, Amount, Currency,
     BILLING_RECORDS,
 };
-use crate::store::{ResourceVersion, SearchQuery, StoreError, StoreResult, StoreTx, WriteMethod};
+use crate::store::{IndexRows, ResourceVersion, SearchQuery, StoreError, StoreResult, StoreTx, WriteMethod};
 
 /// The most payments one Invoice is settled from; more is refused rather than summed in part.
 const MAX_PAYMENTS_PER_INVOICE: usize = 1000;
@@ -122,7 +122,7 @@ impl Workflow for BillingTx {
         self.inner
     }
 
-    async fn note(&mut self, version: &ResourceVersion) -> StoreResult<()> {
+    async fn note(&mut self, version: &ResourceVersion, _rows: &IndexRows) -> StoreResult<()> {
         let resource_type = version.resource_type.as_str();
         let by_patient = self.access.writes_for_patients(resource_type);
         if by_patient && BILLING_RECORDS.contains(&resource_type) {

@@ -267,9 +267,13 @@ impl FhirService {
 
     async fn begin_with(&self, access: &Access, server_work: bool) -> Result<Box<dyn StoreTx>, FhirError> {
         let raw = self.store.begin().await.map_err(super::store_error)?;
-        let raw: Box<dyn StoreTx> =
-            Box::new(super::subscriptions::SubscriptionTx::new(raw, self.clone(), access.clone(), server_work));
         use super::workflow::WorkflowTx;
+        let raw: Box<dyn StoreTx> = Box::new(WorkflowTx(super::subscriptions::SubscriptionTx::new(
+            raw,
+            self.clone(),
+            access.clone(),
+            server_work,
+        )));
         let tx: Box<dyn StoreTx> =
             Box::new(WorkflowTx(super::scheduling::SchedulingTx::new(raw, self.clone(), access.clone())));
         let tx: Box<dyn StoreTx> =

@@ -19,7 +19,7 @@ use super::workflow::{live, unprocessable, Workflow};
 use super::FhirService;
 use crate::auth::Access;
 use crate::portal::messaging::{care_team, local, locals, only_marked_read};
-use crate::store::{ResourceVersion, SearchQuery, StoreError, StoreResult, StoreTx};
+use crate::store::{IndexRows, ResourceVersion, SearchQuery, StoreError, StoreResult, StoreTx};
 
 /// A write transaction that keeps the messaging rules for patients.
 pub(super) struct MessagingTx {
@@ -156,7 +156,7 @@ impl Workflow for MessagingTx {
         self.inner
     }
 
-    async fn note(&mut self, version: &ResourceVersion) -> StoreResult<()> {
+    async fn note(&mut self, version: &ResourceVersion, _rows: &IndexRows) -> StoreResult<()> {
         let noted = self.messages.contains_key(&version.id);
         if version.resource_type == "Communication" && !noted && self.patient_caller().is_some() {
             let before = live(self.inner.as_mut(), "Communication", &version.id).await?;

@@ -228,31 +228,23 @@ impl FhirService {
         access: &Access,
         stored: &[StoredEvent],
         payload: Payload,
-    ) -> Result<Vec<Event>, crate::store::StoreError> {
+    ) -> Result<Vec<Event>, crate::model::FhirError> {
+        let mut source = super::source::Source::Store(self.store.as_ref());
         let mut events = Vec::with_capacity(stored.len());
         for event in stored {
-            let version = self.store.vread(&event.focus_type, &event.focus_id, event.focus_version).await?;
-            let judged = match &version {
-                Some(v) if v.deleted && v.version > 1 => {
-                    self.store.vread(&event.focus_type, &event.focus_id, v.version - 1).await?
-                }
-                other => other.clone(),
+            let version = source.vread(&event.focus_type, &event.focus_id, event.focus_version).await?;
+            let readable = match (&version, self.rule(access, Permission::Read, &event.focus_type)) {
+                (Some(version), Ok(rule)) => self.reaches(&mut source, rule.as_deref(), version).await?,
+                _ => false,
             };
-            let readable = judged.as_ref().is_some_and(|judged| {
-                let rule = self.rule(access, Permission::Read, &event.focus_type);
-                rule.is_ok_and(|rule| self.admitted(rule.as_deref(), judged))
+            let focus = version.filter(|_| readable).map(|version| Focus {
+                resource_type: event.focus_type.clone(),
+                id: event.focus_id.clone(),
+                method: version.method.as_str(),
+                resource: (payload == Payload::FullResource && !version.deleted)
+                    .then(|| serde_json::from_slice(&version.body).ok())
+                    .flatten(),
             });
-            let focus = match (version, readable) {
-                (Some(version), true) => Some(Focus {
-                    resource_type: event.focus_type.clone(),
-                    id: event.focus_id.clone(),
-                    method: version.method.as_str(),
-                    resource: (payload == Payload::FullResource && !version.deleted)
-                        .then(|| serde_json::from_slice(&version.body).ok())
-                        .flatten(),
-                }),
-                _ => None,
-            };
             events.push(Event { number: event.number, recorded: event.recorded, focus });
         }
         Ok(events)

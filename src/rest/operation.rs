@@ -148,7 +148,7 @@ impl OperationContext<'_> {
     ) -> Result<Vec<crate::subscriptions::notification::Event>, FhirError> {
         let stored =
             self.service.store.subscription_events(id, first, last, limit).await.map_err(super::store_error)?;
-        self.service.shown_events(self.view.access(), &stored, payload).await.map_err(super::store_error)
+        self.service.shown_events(self.view.access(), &stored, payload).await
     }
 
     /// The caller's access.

@@ -18,7 +18,7 @@ use super::workflow::{live, unprocessable, Workflow};
 use super::FhirService;
 use crate::auth::Access;
 use crate::portal::refills::{is_open_request, is_refill_request, local_reference, status_of, OPEN_STATUSES};
-use crate::store::{ResourceVersion, SearchQuery, StoreError, StoreResult, StoreTx};
+use crate::store::{IndexRows, ResourceVersion, SearchQuery, StoreError, StoreResult, StoreTx};
 
 /// A write transaction that keeps the refill rules (see the module documentation).
 pub(super) struct RefillTx {
@@ -141,7 +141,7 @@ impl Workflow for RefillTx {
         self.inner
     }
 
-    async fn note(&mut self, version: &ResourceVersion) -> StoreResult<()> {
+    async fn note(&mut self, version: &ResourceVersion, _rows: &IndexRows) -> StoreResult<()> {
         if version.resource_type == "Task" && !self.tasks.contains_key(&version.id) {
             let before = live(self.inner.as_mut(), "Task", &version.id).await?;
             self.tasks.insert(version.id.clone(), before);

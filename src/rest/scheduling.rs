@@ -24,7 +24,7 @@ use crate::portal::scheduling::{
     expected_slot_status, held_slot_ids, is_bookable, span_of, status_of, times_disagree, HoldExpiry, HOLDING_STATUSES,
     HOLD_EXPIRY_JOB,
 };
-use crate::store::{ResourceVersion, SearchQuery, StoreError, StoreResult, StoreTx, WriteMethod};
+use crate::store::{IndexRows, ResourceVersion, SearchQuery, StoreError, StoreResult, StoreTx, WriteMethod};
 
 /// A write transaction that keeps the scheduling invariant (see the module documentation).
 pub(super) struct SchedulingTx {
@@ -321,7 +321,7 @@ impl Workflow for SchedulingTx {
         self.inner
     }
 
-    async fn note(&mut self, version: &ResourceVersion) -> StoreResult<()> {
+    async fn note(&mut self, version: &ResourceVersion, _rows: &IndexRows) -> StoreResult<()> {
         match version.resource_type.as_str() {
             "Appointment" => self.note_appointment(version).await?,
             // A Slot created free (or blocked) cannot be held by an Appointment of an earlier

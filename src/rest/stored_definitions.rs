@@ -110,7 +110,7 @@ impl FhirService {
     }
 
     /// The current versions of every resource of `types`.
-    pub(super) async fn stored(&self, types: &[&str]) -> Result<Vec<Value>, StoreError> {
+    async fn stored(&self, types: &[&str]) -> Result<Vec<Value>, StoreError> {
         let types: Vec<String> = types.iter().map(|t| t.to_string()).collect();
         let mut stored = Vec::new();
         let mut after = None;

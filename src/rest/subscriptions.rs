@@ -7,20 +7,23 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde_json::Value;
-use time::OffsetDateTime;
 
+use super::workflow::{live, Workflow};
 use super::FhirService;
 use crate::auth::scope::Permission;
 use crate::auth::Access;
 use crate::model::{FhirError, Issue, IssueCode};
 use crate::search::index::index_resource;
 use crate::store::subscription::{NewEvent, Registration};
-use crate::store::{IndexRows, JobStep, ResourceVersion, SearchPage, SearchQuery, StoreError, StoreResult, StoreTx};
+use crate::store::{IndexRows, ResourceVersion, SearchQuery, StoreError, StoreResult, StoreTx};
 use crate::subscriptions::request::Problem;
 use crate::subscriptions::{topic, Checks, Index, Interaction, Judged, SubscriptionRequest, Topic};
 
 /// The resource types subscriptions and their topics are stored as.
 pub(super) const SUBSCRIPTION_TYPES: &[&str] = &["Subscription", "Basic"];
+
+/// Topics read per page.
+const TOPICS_PAGE: usize = 500;
 
 /// The statuses a client may give a Subscription: the server makes it `active` after the
 /// handshake, and `error` when deliveries keep failing.
@@ -38,23 +41,29 @@ impl FhirService {
     pub async fn load_subscriptions(&self) -> Result<(), StoreError> {
         let starting = self.starting_subscriptions.lock().await;
         let newest = self.newest_write(SUBSCRIPTION_TYPES).await?;
-        let topics = self.stored(&["Basic"]).await?;
-        let mut subscriptions = Vec::new();
-        for delivery in self.store.deliveries().await? {
-            let starts = starting.get(&delivery.subscription_id).cloned();
-            if starts.is_none() && !matches!(delivery.status.as_str(), "active" | "error") {
-                continue;
+        let topics = self.stored_topics().await?;
+        let in_force: Vec<_> = self
+            .store
+            .deliveries()
+            .await?
+            .into_iter()
+            .filter(|d| starting.contains_key(&d.subscription_id) || matches!(d.status.as_str(), "active" | "error"))
+            .collect();
+        let keys: Vec<(String, String)> = in_force
+            .iter()
+            .filter(|d| !starting.contains_key(&d.subscription_id))
+            .map(|d| ("Subscription".to_string(), d.subscription_id.clone()))
+            .collect();
+        let mut stored: std::collections::HashMap<String, Value> = std::collections::HashMap::new();
+        for version in self.store.read_many(&keys).await? {
+            if let Ok(resource) = serde_json::from_slice(&version.body) {
+                stored.insert(version.id, resource);
             }
-            let resource = match starts {
-                Some(resource) => resource,
-                None => {
-                    let Some(stored) = self.store.read("Subscription", &delivery.subscription_id).await? else {
-                        continue;
-                    };
-                    let Ok(resource) = serde_json::from_slice::<Value>(&stored.body) else { continue };
-                    resource
-                }
-            };
+        }
+        let mut subscriptions = Vec::new();
+        for delivery in in_force {
+            let id = &delivery.subscription_id;
+            let Some(resource) = starting.get(id).cloned().or_else(|| stored.remove(id)) else { continue };
             let access = match delivery.owner.as_deref().map(serde_json::from_str) {
                 None => Access::Open,
                 Some(Ok(claims)) => crate::auth::granted_access(&claims),
@@ -70,6 +79,24 @@ impl FhirService {
         }
         self.subscriptions.replace(index, newest);
         Ok(())
+    }
+
+    /// The stored topics: the `Basic` resources coded as SubscriptionTopic, searched for
+    /// rather than every Basic read.
+    async fn stored_topics(&self) -> Result<Vec<Value>, StoreError> {
+        let code = format!("{}|{}", topic::TOPIC_CODE_SYSTEM, topic::TOPIC_CODE);
+        let condition = self.criterion("Basic", "code", &code).map_err(|error| StoreError::Refused(Box::new(error)))?;
+        let mut query = SearchQuery::new("Basic", TOPICS_PAGE);
+        query.all_of.push(condition);
+        let mut topics = Vec::new();
+        loop {
+            let page = self.store.search(&query).await?;
+            topics.extend(page.resources.iter().filter_map(|v| serde_json::from_slice::<Value>(&v.body).ok()));
+            match page.next {
+                Some(next) => query.cursor = Some(next),
+                None => return Ok(topics),
+            }
+        }
     }
 
     /// Stores the built-in topics that are not stored yet (one deleted stays deleted).
@@ -124,9 +151,9 @@ impl FhirService {
     }
 }
 
-/// A write transaction that records the events its writes cause and keeps each Subscription's
-/// delivery state (see the module documentation). It is the innermost layer, so it sees the
-/// writes of every workflow's settling too.
+/// The workflow that records the events a transaction's writes cause and keeps each
+/// Subscription's delivery state (see the module documentation). It is the innermost layer, so
+/// it sees the writes of every other workflow's settling too.
 pub(super) struct SubscriptionTx {
     inner: Box<dyn StoreTx>,
     service: FhirService,
@@ -136,11 +163,21 @@ pub(super) struct SubscriptionTx {
     events: Vec<NewEvent>,
     /// Subscriptions written here, with their status before (`None`: new).
     subscriptions: Vec<(String, Option<String>)>,
+    /// Whether the delivery workers have new work once this commits.
+    deliveries_due: bool,
 }
 
 impl SubscriptionTx {
     pub(super) fn new(inner: Box<dyn StoreTx>, service: FhirService, access: Access, server_work: bool) -> Self {
-        SubscriptionTx { inner, service, access, server_work, events: Vec::new(), subscriptions: Vec::new() }
+        SubscriptionTx {
+            inner,
+            service,
+            access,
+            server_work,
+            events: Vec::new(),
+            subscriptions: Vec::new(),
+            deliveries_due: false,
+        }
     }
 
     /// The events `version` (about to be written, with `rows`) causes.
@@ -162,7 +199,17 @@ impl SubscriptionTx {
         let registry = self.service.registry();
         let parse = |v: &ResourceVersion| serde_json::from_slice::<Value>(&v.body).unwrap_or(Value::Null);
         let previous_content = previous.as_ref().map(parse);
-        let previous_rows = previous_content.as_ref().map(|c| index_resource(&registry, c, &base_url));
+        // Its index rows serve a trigger's `previous` criteria and the judging of a deletion;
+        // other triggers look at its content only (FHIRPath): it is not indexed for them.
+        let rows_needed = version.deleted
+            || topics
+                .iter()
+                .flat_map(|t| &t.triggers)
+                .any(|t| t.is_about(&version.resource_type) && t.query.as_ref().is_some_and(|q| q.previous.is_some()));
+        let previous_rows = previous_content.as_ref().map(|c| match rows_needed {
+            true => index_resource(&registry, c, &base_url),
+            false => IndexRows::default(),
+        });
         let current_content = (!version.deleted).then(|| parse(version));
         let previous_judged = match (&previous_content, &previous_rows) {
             (Some(resource), Some(rows)) => {
@@ -211,11 +258,10 @@ impl SubscriptionTx {
     /// Checks the statuses of the Subscriptions written here and records their delivery state.
     async fn register_subscriptions(&mut self) -> StoreResult<()> {
         for (id, before) in std::mem::take(&mut self.subscriptions) {
-            let Some(current) = self.inner.current("Subscription", &id).await?.filter(|v| !v.deleted) else {
+            let Some(resource) = live(self.inner.as_mut(), "Subscription", &id).await? else {
                 self.inner.register_subscription(&id, None).await?;
                 continue;
             };
-            let resource: Value = serde_json::from_slice(&current.body).unwrap_or(Value::Null);
             let status = resource["status"].as_str().unwrap_or_default().to_string();
             let changed = before.as_deref() != Some(status.as_str());
             if changed && !self.server_work && !CLIENT_STATUSES.contains(&status.as_str()) {
@@ -248,73 +294,33 @@ fn current_or<'a>(version: &'a ResourceVersion, previous: &'a Option<ResourceVer
 }
 
 #[async_trait]
-impl StoreTx for SubscriptionTx {
-    async fn current(&mut self, resource_type: &str, id: &str) -> StoreResult<Option<ResourceVersion>> {
-        self.inner.current(resource_type, id).await
+impl Workflow for SubscriptionTx {
+    fn inner(&mut self) -> &mut dyn StoreTx {
+        self.inner.as_mut()
     }
 
-    async fn vread(&mut self, resource_type: &str, id: &str, version: i64) -> StoreResult<Option<ResourceVersion>> {
-        self.inner.vread(resource_type, id, version).await
+    fn into_inner(self) -> Box<dyn StoreTx> {
+        self.inner
     }
 
-    async fn search(&mut self, query: &SearchQuery) -> StoreResult<SearchPage> {
-        self.inner.search(query).await
-    }
-
-    async fn write(&mut self, version: ResourceVersion, index: IndexRows) -> StoreResult<()> {
+    async fn note(&mut self, version: &ResourceVersion, rows: &IndexRows) -> StoreResult<()> {
         if version.resource_type == "Subscription" && !self.subscriptions.iter().any(|(id, _)| *id == version.id) {
-            let before = self.inner.current("Subscription", &version.id).await?.filter(|v| !v.deleted);
-            let status = before.map(|v| {
-                let resource: Value = serde_json::from_slice(&v.body).unwrap_or(Value::Null);
-                resource["status"].as_str().unwrap_or_default().to_string()
-            });
+            let before = live(self.inner.as_mut(), "Subscription", &version.id).await?;
+            let status = before.map(|resource| resource["status"].as_str().unwrap_or_default().to_string());
             self.subscriptions.push((version.id.clone(), status));
         }
-        self.match_write(&version, &index).await?;
-        self.inner.write(version, index).await
+        self.match_write(version, rows).await
     }
 
-    async fn reindex(&mut self, batch: &[(ResourceVersion, IndexRows)]) -> StoreResult<usize> {
-        self.inner.reindex(batch).await
-    }
-
-    async fn job_step(&mut self, step: &JobStep<'_>) -> StoreResult<bool> {
-        self.inner.job_step(step).await
-    }
-
-    async fn enqueue_job(&mut self, kind: &str, parameters: &str, not_before: OffsetDateTime) -> StoreResult<i64> {
-        self.inner.enqueue_job(kind, parameters, not_before).await
-    }
-
-    async fn register_subscription(&mut self, id: &str, registration: Option<&Registration>) -> StoreResult<()> {
-        self.inner.register_subscription(id, registration).await
-    }
-
-    async fn record_events(&mut self, events: &[NewEvent]) -> StoreResult<usize> {
-        self.inner.record_events(events).await
-    }
-
-    async fn commit(mut self: Box<Self>) -> StoreResult<()> {
-        let wrote_subscriptions = !self.subscriptions.is_empty();
-        let settled = match self.register_subscriptions().await {
-            Ok(()) => self.inner.record_events(&std::mem::take(&mut self.events)).await,
-            Err(error) => Err(error),
-        };
-        let recorded = match settled {
-            Ok(recorded) => recorded,
-            Err(error) => {
-                self.inner.rollback().await;
-                return Err(error);
-            }
-        };
-        self.inner.commit().await?;
-        if recorded > 0 || wrote_subscriptions {
-            self.service.deliveries_due.notify_one();
-        }
+    async fn settle(&mut self) -> StoreResult<()> {
+        self.deliveries_due = !self.subscriptions.is_empty();
+        self.register_subscriptions().await?;
+        let recorded = self.inner.record_events(&std::mem::take(&mut self.events)).await?;
+        self.deliveries_due |= recorded > 0;
         Ok(())
     }
 
-    async fn rollback(self: Box<Self>) {
-        self.inner.rollback().await
+    fn wake_after_commit(&mut self) -> Option<Arc<tokio::sync::Notify>> {
+        self.deliveries_due.then(|| self.service.deliveries_due.clone())
     }
 }

@@ -45,13 +45,18 @@ pub(super) trait Workflow: Send {
     /// The transaction it wraps, to end it.
     fn into_inner(self) -> Box<dyn StoreTx>;
 
-    /// Notes a write about to pass (reads through [`Workflow::inner`] still see what it
-    /// replaces).
-    async fn note(&mut self, version: &ResourceVersion) -> StoreResult<()>;
+    /// Notes a write about to pass, with its index rows (reads through [`Workflow::inner`]
+    /// still see what it replaces).
+    async fn note(&mut self, version: &ResourceVersion, rows: &IndexRows) -> StoreResult<()>;
 
     /// Checks, and completes, what the transaction did, before it commits; an error rolls it
     /// back.
     async fn settle(&mut self) -> StoreResult<()>;
+
+    /// What to wake once the transaction has committed (a worker with new work), if anything.
+    fn wake_after_commit(&mut self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
+    }
 }
 
 /// A transaction that keeps a workflow's rules.
@@ -72,7 +77,7 @@ impl<W: Workflow> StoreTx for WorkflowTx<W> {
     }
 
     async fn write(&mut self, version: ResourceVersion, index: IndexRows) -> StoreResult<()> {
-        self.0.note(&version).await?;
+        self.0.note(&version, &index).await?;
         self.0.inner().write(version, index).await
     }
 
@@ -102,9 +107,16 @@ impl<W: Workflow> StoreTx for WorkflowTx<W> {
 
     async fn commit(mut self: Box<Self>) -> StoreResult<()> {
         let settled = self.0.settle().await;
+        let wake = self.0.wake_after_commit();
         let inner = self.0.into_inner();
         match settled {
-            Ok(()) => inner.commit().await,
+            Ok(()) => {
+                inner.commit().await?;
+                if let Some(waiting) = wake {
+                    waiting.notify_one();
+                }
+                Ok(())
+            }
             Err(error) => {
                 inner.rollback().await;
                 Err(error)

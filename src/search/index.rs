@@ -77,21 +77,12 @@ pub fn index_selected(
 }
 
 /// The values of Hearth's parameters that no FHIRPath expression can extract: the patients a
-/// Subscription is about are those its filter criteria name (`Observation?patient=Patient/1`,
-/// any parameter whose value is a Patient reference), which is what the access policy
-/// confines a patient's subscriptions by.
+/// Subscription is about, which the access policy confines a patient's subscriptions by.
 fn derived_references(resource_type: &str, code: &str, resource: &Value) -> Vec<String> {
-    if (resource_type, code) != ("Subscription", "patient") {
-        return Vec::new();
+    match (resource_type, code) {
+        ("Subscription", "patient") => crate::subscriptions::request::filter_patients(resource),
+        _ => Vec::new(),
     }
-    let mut patients = Vec::new();
-    for criteria in crate::subscriptions::request::filter_criteria(resource) {
-        let query = criteria.split_once('?').map_or("", |(_, query)| query);
-        for (_, value) in url::form_urlencoded::parse(query.as_bytes()) {
-            patients.extend(value.split(',').filter(|v| v.starts_with("Patient/")).map(str::to_string));
-        }
-    }
-    patients
 }
 
 /// The (system, code) pairs a token element stands for: codings of a CodeableConcept, a

@@ -182,11 +182,6 @@ impl Index {
         own.iter().chain(&self.on_every_type).filter(|t| self.subscribers.contains_key(&t.url))
     }
 
-    /// Whether any subscribed topic triggers on `resource_type` (the cheap test every write makes).
-    pub fn watches(&self, resource_type: &str) -> bool {
-        self.watching(resource_type).next().is_some()
-    }
-
     /// The subscribers of a topic that a write of `resource_type` with these index rows may
     /// concern (their filters decide).
     pub fn candidates(

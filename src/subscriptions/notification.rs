@@ -44,6 +44,28 @@ pub struct Status<'a> {
     pub error: Option<&'a str>,
 }
 
+impl<'a> Status<'a> {
+    /// The status a query (`$status`, `$events`) reports of a stored Subscription: its topic
+    /// and status as the resource says, with what the delivery state counts.
+    pub fn of_stored(
+        base_url: &'a str,
+        (subscription_id, resource): (&'a str, &'a Value),
+        kind: Kind,
+        events_since_start: i64,
+        error: Option<&'a str>,
+    ) -> Status<'a> {
+        Status {
+            base_url,
+            subscription_id,
+            topic: resource["criteria"].as_str().unwrap_or_default(),
+            status: resource["status"].as_str().unwrap_or_default(),
+            kind,
+            events_since_start,
+            error,
+        }
+    }
+}
+
 /// One event as a notification shows it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {

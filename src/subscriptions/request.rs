@@ -130,24 +130,55 @@ pub fn filter_criteria(subscription: &Value) -> Vec<&str> {
         .collect()
 }
 
+/// The patients a Subscription's filter criteria name: the values that are Patient references,
+/// of any parameter (`Observation?patient=Patient/1`, `Communication?recipient=Patient/1`).
+pub fn filter_patients(subscription: &Value) -> Vec<String> {
+    let mut patients = Vec::new();
+    for criteria in filter_criteria(subscription) {
+        let query = criteria.split_once('?').map_or("", |(_, query)| query);
+        for (_, value) in url::form_urlencoded::parse(query.as_bytes()) {
+            patients.extend(value.split(',').filter(|v| v.starts_with("Patient/")).map(str::to_string));
+        }
+    }
+    patients
+}
+
 /// The heartbeat period (seconds, 0: none) a Subscription asks for.
 pub fn heartbeat_of(subscription: &Value) -> i64 {
-    extension_value(&subscription["channel"], &format!("{BACKPORT}backport-heartbeat-period"))
-        .and_then(Value::as_i64)
-        .unwrap_or(0)
+    channel_number(&subscription["channel"], "heartbeat-period").ok().flatten().unwrap_or(0) as i64
+}
+
+/// A whole-number extension of the channel (`backport-timeout`…).
+fn channel_number(channel: &Value, name: &str) -> Result<Option<u64>, Problem> {
+    match extension_value(channel, &format!("{BACKPORT}backport-{name}")) {
+        None => Ok(None),
+        Some(value) => value.as_u64().map(Some).ok_or_else(|| {
+            problem(&format!("Subscription.channel.extension('{name}')"), format!("{name} is a whole number"))
+        }),
+    }
+}
+
+/// The payload content a channel asks for: its extension, else `id-only` when it names a
+/// payload type and `empty` when it names none.
+fn payload_content(channel: &Value) -> Result<Payload, Problem> {
+    let code =
+        extension_value(&channel["_payload"], &format!("{BACKPORT}backport-payload-content")).and_then(Value::as_str);
+    match code {
+        None if channel["payload"].as_str().is_none_or(str::is_empty) => Ok(Payload::Empty),
+        None => Ok(Payload::IdOnly),
+        Some(code) => Payload::parse(code).ok_or_else(|| {
+            problem(
+                "Subscription.channel.payload.extension",
+                format!("'{code}': the payload content is empty, id-only or full-resource"),
+            )
+        }),
+    }
 }
 
 impl SubscriptionRequest {
-    /// The payload content a Subscription asks for, read without checking the rest.
+    /// The payload content a Subscription asks for (stored ones were checked when written).
     pub fn payload_of(subscription: &Value) -> Payload {
-        let channel = &subscription["channel"];
-        let code = extension_value(&channel["_payload"], &format!("{BACKPORT}backport-payload-content"))
-            .and_then(Value::as_str);
-        match (code.and_then(Payload::parse), channel["payload"].as_str()) {
-            (Some(payload), _) => payload,
-            (None, None) => Payload::Empty,
-            (None, Some(_)) => Payload::IdOnly,
-        }
+        payload_content(&subscription["channel"]).unwrap_or(Payload::IdOnly)
     }
 
     /// Reads and checks a Subscription.
@@ -170,19 +201,7 @@ impl SubscriptionRequest {
         let channel_element = &subscription["channel"];
         let channel = parse_channel(channel_element, checks.allow_http)?;
         let content_type = channel_element["payload"].as_str().unwrap_or_default().to_string();
-        let payload_code =
-            extension_value(&channel_element["_payload"], &format!("{BACKPORT}backport-payload-content"))
-                .and_then(Value::as_str);
-        let payload = match payload_code {
-            None if content_type.is_empty() => Payload::Empty,
-            None => Payload::IdOnly,
-            Some(code) => Payload::parse(code).ok_or_else(|| {
-                problem(
-                    "Subscription.channel.payload.extension",
-                    format!("'{code}': the payload content is empty, id-only or full-resource"),
-                )
-            })?,
-        };
+        let payload = payload_content(channel_element)?;
         let content_type = match content_type.as_str() {
             "" | "application/fhir+json" | "application/json" => "application/fhir+json".to_string(),
             "application/fhir+xml" | "application/xml" => "application/fhir+xml".to_string(),
@@ -193,14 +212,7 @@ impl SubscriptionRequest {
                 ))
             }
         };
-        let number = |name: &str| -> Result<Option<u64>, Problem> {
-            match extension_value(channel_element, &format!("{BACKPORT}backport-{name}")) {
-                None => Ok(None),
-                Some(value) => value.as_u64().map(Some).ok_or_else(|| {
-                    problem(&format!("Subscription.channel.extension('{name}')"), format!("{name} is a whole number"))
-                }),
-            }
-        };
+        let number = |name: &str| channel_number(channel_element, name);
         let heartbeat = number("heartbeat-period")?.unwrap_or(0);
         let timeout = number("timeout")?.unwrap_or(DEFAULT_TIMEOUT);
         if timeout == 0 || timeout > MAX_TIMEOUT {

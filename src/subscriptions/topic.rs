@@ -93,8 +93,6 @@ pub struct Topic {
     /// Its canonical URL, what `Subscription.criteria` names.
     pub url: String,
     pub title: Option<String>,
-    /// The `Basic` resource it comes from.
-    pub id: String,
     pub triggers: Vec<Trigger>,
     pub filters: Vec<FilterBy>,
 }
@@ -140,7 +138,6 @@ fn resource_type_of(uri: &str) -> Option<String> {
 impl Topic {
     /// Reads the topic a stored `Basic` carries; an error says what is wrong with it.
     pub fn parse(resource: &Value, registry: &Registry, base_url: &str) -> Result<Topic, String> {
-        let id = resource["id"].as_str().unwrap_or_default().to_string();
         let url = topic_extensions(resource, "url")
             .find_map(text)
             .ok_or("a SubscriptionTopic needs its canonical url (extension-SubscriptionTopic.url)")?
@@ -159,7 +156,7 @@ impl Topic {
                 parameter: parts(filter, "filterParameter").find_map(text).map(str::to_string),
             })
             .collect();
-        Ok(Topic { url, title, id, triggers, filters })
+        Ok(Topic { url, title, triggers, filters })
     }
 
     /// Whether a subscription may filter events of `resource_type` on `parameter`.
@@ -172,7 +169,7 @@ impl Topic {
 
     /// Whether the topic has events of `resource_type` at all.
     pub fn covers(&self, resource_type: &str) -> bool {
-        self.triggers.iter().any(|t| t.resource_type.as_deref().is_none_or(|r| r == resource_type))
+        self.triggers.iter().any(|t| t.is_about(resource_type))
     }
 }
 
