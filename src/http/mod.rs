@@ -5,6 +5,7 @@ mod auth;
 pub mod binary;
 pub mod format;
 mod metrics;
+mod websocket;
 
 use std::sync::Arc;
 
@@ -36,8 +37,8 @@ pub struct AppState {
     pub static_dir: Option<std::path::PathBuf>,
 }
 
-/// The whole HTTP surface: `/fhir/…`, `/auth/…`, `/healthz`, `/readyz`, `/metrics`, and
-/// `/static/…` when the operator gives a directory.
+/// The whole HTTP surface: `/fhir/…`, `/auth/…`, the subscriptions' websocket, `/healthz`,
+/// `/readyz`, `/metrics`, and `/static/…` when the operator gives a directory.
 pub fn router(state: AppState) -> Router {
     // Shared, not cloned: axum clones the state for every request, and one reference count
     // costs less than one per field.
@@ -51,6 +52,7 @@ pub fn router(state: AppState) -> Router {
         .route("/fhir", any(fhir))
         .route("/fhir/", any(fhir))
         .route("/fhir/{*path}", any(fhir))
+        .route(websocket::WEBSOCKET_PATH, get(websocket::upgrade))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics::render));

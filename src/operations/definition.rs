@@ -29,6 +29,7 @@ const SOURCES: &[&str] = &[
     include_str!("../../conformance/operations/communication-unread.json"),
     include_str!("../../conformance/operations/backport-subscription-status.json"),
     include_str!("../../conformance/operations/backport-subscription-events.json"),
+    include_str!("../../conformance/operations/backport-subscription-get-ws-binding-token.json"),
 ];
 
 /// Where the project's own definitions write the server's FHIR base.

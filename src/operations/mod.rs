@@ -29,6 +29,7 @@ mod summary;
 mod unread;
 mod upload;
 mod validate;
+mod ws_binding_token;
 
 use async_trait::async_trait;
 
@@ -146,6 +147,13 @@ static OPERATIONS: &[Entry] = &[
         needs: Needs::ReadInstance,
         pages: false,
         operation: &subscription_events::SubscriptionEvents,
+    },
+    // At type level it binds what the caller may search; at instance level it reads the instance.
+    Entry {
+        definition: "backport-subscription-get-ws-binding-token",
+        needs: Needs::ReadInstance,
+        pages: false,
+        operation: &ws_binding_token::WsBindingToken,
     },
 ];
 

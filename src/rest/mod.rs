@@ -27,6 +27,7 @@ mod source;
 mod stored_definitions;
 mod subscriptions;
 mod view;
+pub mod websocket;
 mod workflow;
 mod write;
 
@@ -249,8 +250,8 @@ pub struct FhirService {
     access_rows: Arc<guard::AccessRows>,
     /// The topics and subscriptions in force.
     subscriptions: Arc<Live<crate::subscriptions::Index>>,
-    /// Wakes this node's delivery worker when a write recorded events here.
-    deliveries_due: Arc<tokio::sync::Notify>,
+    /// Wakes this node's delivery worker and websocket sessions when a write recorded events here.
+    deliveries_due: Arc<notify::DeliveriesDue>,
     /// Subscriptions this node is activating (id, content), in the index before their
     /// activation commits so that no write committed after it is missed (the store records
     /// events of active subscriptions only); its lock makes index loads run one at a time.
@@ -273,7 +274,7 @@ impl FhirService {
             jobs_queued: Arc::new(tokio::sync::Notify::new()),
             access_rows: Arc::new(crate::bounded::BoundedMap::new(ACCESS_ROWS_CACHED)),
             subscriptions: Arc::new(Live::new(crate::subscriptions::Index::default())),
-            deliveries_due: Arc::new(tokio::sync::Notify::new()),
+            deliveries_due: Arc::default(),
             starting_subscriptions: Arc::default(),
         }
     }

@@ -29,6 +29,22 @@ const LEASE: Duration = Duration::from_secs(120);
 /// How often an idle worker looks for deliveries due because of other nodes' writes.
 const POLL: Duration = Duration::from_millis(500);
 
+/// What a write that recorded events, or changed a Subscription, wakes once it has committed.
+#[derive(Default)]
+pub(super) struct DeliveriesDue {
+    /// This node's delivery workers (one of them).
+    pub workers: tokio::sync::Notify,
+    /// Every websocket session of this node: a counter they watch.
+    pub sessions: tokio::sync::watch::Sender<u64>,
+}
+
+impl super::workflow::Wake for DeliveriesDue {
+    fn wake(&self) {
+        self.workers.notify_one();
+        self.sessions.send_modify(|count| *count = count.wrapping_add(1));
+    }
+}
+
 /// Failed attempts in a row after which a subscription's status is `error`.
 pub const ERROR_AFTER: i64 = 5;
 
@@ -87,7 +103,7 @@ impl FhirService {
             match self.store.claim_delivery(&owner, lease_until).await {
                 Ok(Some(delivery)) => self.deliver(&owner, delivery).await,
                 Ok(None) => {
-                    let _ = tokio::time::timeout(POLL, self.deliveries_due.notified()).await;
+                    let _ = tokio::time::timeout(POLL, self.deliveries_due.workers.notified()).await;
                 }
                 Err(error) => {
                     tracing::warn!(%error, "cannot claim a subscription delivery");
@@ -254,14 +270,7 @@ impl FhirService {
     async fn send(&self, request: &SubscriptionRequest, status: &Status<'_>, events: &[Event]) -> Result<(), String> {
         match &request.channel {
             Channel::RestHook { endpoint, headers } => {
-                let bundle = notification::bundle(status, events, request.payload);
-                let json = serde_json::to_vec(&bundle).map_err(|e| e.to_string())?;
-                let body = match request.content_type.as_str() {
-                    "application/fhir+xml" => {
-                        fhir_xml::json_to_xml(&json, false).map_err(|e| e.to_string())?.into_bytes()
-                    }
-                    _ => json,
-                };
+                let body = notification_body(request, status, events)?;
                 let mut post = client()
                     .post(endpoint.clone())
                     .timeout(Duration::from_secs(request.timeout))
@@ -285,6 +294,8 @@ impl FhirService {
                 let (subject, text) = crate::mail::notification_text(&what);
                 self.config.mailer.send(to, &subject, text).await
             }
+            // Activation only: each client that binds gets its handshake, then the events.
+            Channel::Websocket => Ok(()),
         }
     }
 
@@ -333,6 +344,20 @@ impl FhirService {
         committed?;
         self.load_subscriptions().await.map_err(super::store_error)
     }
+}
+
+/// A notification Bundle in the subscription's content type.
+pub(super) fn notification_body(
+    request: &SubscriptionRequest,
+    status: &Status<'_>,
+    events: &[Event],
+) -> Result<Vec<u8>, String> {
+    let bundle = notification::bundle(status, events, request.payload);
+    let json = serde_json::to_vec(&bundle).map_err(|e| e.to_string())?;
+    Ok(match request.content_type.as_str() {
+        "application/fhir+xml" => fhir_xml::json_to_xml(&json, false).map_err(|e| e.to_string())?.into_bytes(),
+        _ => json,
+    })
 }
 
 /// A reqwest error's text without the URL it repeats (the endpoint is named once).

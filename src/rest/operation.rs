@@ -151,6 +151,14 @@ impl OperationContext<'_> {
         self.service.shown_events(self.view.access(), &stored, payload).await
     }
 
+    /// A websocket binding token for Subscriptions the caller has read.
+    pub async fn ws_binding_token(
+        &mut self,
+        subscriptions: &[(String, Value)],
+    ) -> Result<super::websocket::BindingToken, FhirError> {
+        self.service.ws_binding_token(self.view.access(), subscriptions).await
+    }
+
     /// The caller's access.
     pub fn access(&self) -> &crate::auth::Access {
         self.view.access()

@@ -320,7 +320,7 @@ impl Workflow for SubscriptionTx {
         Ok(())
     }
 
-    fn wake_after_commit(&mut self) -> Option<Arc<tokio::sync::Notify>> {
-        self.deliveries_due.then(|| self.service.deliveries_due.clone())
+    fn wake_after_commit(&mut self) -> Option<Arc<dyn super::workflow::Wake>> {
+        self.deliveries_due.then(|| self.service.deliveries_due.clone() as Arc<dyn super::workflow::Wake>)
     }
 }

@@ -54,9 +54,14 @@ pub(super) trait Workflow: Send {
     async fn settle(&mut self) -> StoreResult<()>;
 
     /// What to wake once the transaction has committed (a worker with new work), if anything.
-    fn wake_after_commit(&mut self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+    fn wake_after_commit(&mut self) -> Option<std::sync::Arc<dyn Wake>> {
         None
     }
+}
+
+/// Something waiting for work that a committed transaction made.
+pub(super) trait Wake: Send + Sync {
+    fn wake(&self);
 }
 
 /// A transaction that keeps a workflow's rules.
@@ -113,7 +118,7 @@ impl<W: Workflow> StoreTx for WorkflowTx<W> {
             Ok(()) => {
                 inner.commit().await?;
                 if let Some(waiting) = wake {
-                    waiting.notify_one();
+                    waiting.wake();
                 }
                 Ok(())
             }

@@ -14,7 +14,7 @@ use super::StoreResult;
 pub struct Registration {
     /// `requested`, `active`, `error` or `off`, as the resource says.
     pub status: String,
-    /// `rest-hook` or `email`.
+    /// `rest-hook`, `websocket` or `email`.
     pub channel: String,
     /// The access token claims (JSON) of the last token that wrote the Subscription: whose
     /// access its notifications pass. `None` (a write without a token: the server's own status
@@ -79,7 +79,8 @@ pub struct DeliveryEnd {
 pub trait SubscriptionStore: Send + Sync {
     /// Takes the subscription that most needs a delivery (a handshake, undelivered
     /// events, a heartbeat), and is due, for `owner` until `lease_until`. Concurrent workers
-    /// never take the same one.
+    /// never take the same one. A websocket subscription is taken only to be activated: its
+    /// events go to the clients bound to it, by the node each is connected to.
     async fn claim_delivery(&self, owner: &str, lease_until: OffsetDateTime) -> StoreResult<Option<Delivery>>;
     /// Records how `owner`'s attempt ended and lets the subscription go; `false` when `owner`
     /// no longer held it.
@@ -131,9 +132,9 @@ macro_rules! subscription_store {
                 let sql = format!(
                     "UPDATE subscription_delivery SET lease_owner = $1, lease_until = $2 WHERE subscription_id = \
                      (SELECT subscription_id FROM subscription_delivery WHERE not_before <= $3 AND lease_until < $3 \
-                     AND (status = 'requested' \
-                     OR (status IN ('active', 'error') AND events > delivered) \
-                     OR (status = 'active' AND heartbeat > 0 AND last_sent + heartbeat * 1000000 <= $3)) \
+                     AND (status = 'requested' OR (channel <> 'websocket' \
+                     AND ((status IN ('active', 'error') AND events > delivered) \
+                     OR (status = 'active' AND heartbeat > 0 AND last_sent + heartbeat * 1000000 <= $3)))) \
                      ORDER BY not_before LIMIT 1{}) RETURNING {}",
                     $skip_locked,
                     $crate::store::subscription::DELIVERY_COLUMNS

@@ -50,6 +50,8 @@ pub enum Channel {
     RestHook { endpoint: url::Url, headers: Vec<(String, String)> },
     /// An e-mail without health data to this address.
     Email { to: String },
+    /// Sent to the websocket clients bound to the subscription with a binding token.
+    Websocket,
 }
 
 impl Channel {
@@ -58,6 +60,7 @@ impl Channel {
         match self {
             Channel::RestHook { .. } => "rest-hook",
             Channel::Email { .. } => "email",
+            Channel::Websocket => "websocket",
         }
     }
 }
@@ -309,9 +312,14 @@ fn parse_channel(channel: &Value, allow_http: bool) -> Result<Channel, Problem> 
             }
             Ok(Channel::Email { to: to.to_string() })
         }
+        "websocket" if !endpoint.is_empty() => Err(problem(
+            "Subscription.channel.endpoint",
+            "a websocket subscription has no endpoint: clients bind to it with $get-ws-binding-token",
+        )),
+        "websocket" => Ok(Channel::Websocket),
         other => Err(problem(
             "Subscription.channel.type",
-            format!("'{other}': this server delivers over rest-hook and email (websocket is not offered yet)"),
+            format!("'{other}': this server delivers over rest-hook, websocket and email"),
         )),
     }
 }
