@@ -70,6 +70,24 @@ async fn patient_subscribed(server: &TestServer, receiver: &Receiver) -> (String
     (patient, id)
 }
 
+/// Two patients, each signed in to an app that may manage their Subscriptions and read their
+/// Observations.
+struct Patients {
+    ana: String,
+    luis: String,
+    ana_token: String,
+    luis_token: String,
+}
+
+async fn two_patients(smart: &Smart, admin: &str) -> Patients {
+    let ana = smart.create(admin, &json!({"resourceType": "Patient"})).await;
+    let luis = smart.create(admin, &json!({"resourceType": "Patient"})).await;
+    let scope = "openid fhirUser launch/patient patient/Subscription.cruds patient/Observation.rs";
+    let ana_token = smart.user_token("ana", &format!("Patient/{ana}"), &[], scope).await;
+    let luis_token = smart.user_token("luis", &format!("Patient/{luis}"), &[], scope).await;
+    Patients { ana, luis, ana_token, luis_token }
+}
+
 /// Waits until the Subscription's status is `status`.
 async fn wait_status(server: &TestServer, id: &str, status: &str) -> Value {
     let deadline = tokio::time::Instant::now() + WAIT;
@@ -285,11 +303,7 @@ async fn patients_receive_only_their_own_events(db: Db) {
     let server = smart_server(db).await;
     let smart = Smart::new(&server).await;
     let admin = smart.admin_token().await;
-    let ana = smart.create(&admin, &json!({"resourceType": "Patient"})).await;
-    let luis = smart.create(&admin, &json!({"resourceType": "Patient"})).await;
-    let scope = "openid fhirUser launch/patient patient/Subscription.cruds patient/Observation.rs";
-    let ana_token = smart.user_token("ana", &format!("Patient/{ana}"), &[], scope).await;
-    let luis_token = smart.user_token("luis", &format!("Patient/{luis}"), &[], scope).await;
+    let Patients { ana, luis, ana_token, luis_token } = two_patients(&smart, &admin).await;
 
     let foreign = subscription(
         "result-final",

@@ -141,11 +141,7 @@ async fn websocket_frames_pass_the_binders_access(db: Db) {
     let server = smart_server(db).await;
     let smart = Smart::new(&server).await;
     let admin = smart.admin_token().await;
-    let ana = smart.create(&admin, &json!({"resourceType": "Patient"})).await;
-    let luis = smart.create(&admin, &json!({"resourceType": "Patient"})).await;
-    let scope = "openid fhirUser launch/patient patient/Subscription.cruds patient/Observation.rs";
-    let ana_token = smart.user_token("ana", &format!("Patient/{ana}"), &[], scope).await;
-    let luis_token = smart.user_token("luis", &format!("Patient/{luis}"), &[], scope).await;
+    let Patients { ana, luis, ana_token, luis_token } = two_patients(&smart, &admin).await;
     let mut ids = Vec::new();
     for (patient, token) in [(&ana, &ana_token), (&luis, &luis_token)] {
         let filter = format!("Observation?patient=Patient/{patient}");
