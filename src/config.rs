@@ -106,6 +106,12 @@ pub enum Command {
         /// than loopback: for a private network only, since notifications carry health data.
         #[arg(long, env = "HEARTH_ALLOW_HTTP_REST_HOOKS")]
         allow_http_rest_hooks: bool,
+        /// How many hours before a booked appointment starts its reminder is sent to
+        /// subscriptions of the appointment-reminder topic that do not set their own
+        /// (extension reminder-hours-before), 1 to 336.
+        #[arg(long, env = "HEARTH_APPOINTMENT_REMINDER_HOURS", default_value_t = 24,
+              value_parser = clap::value_parser!(u64).range(1..=336))]
+        appointment_reminder_hours: u64,
     },
     /// Load transaction, batch or collection Bundles (`.json`) and `.ndjson` files.
     Import {

@@ -53,6 +53,7 @@ async fn main() -> anyhow::Result<()> {
             mail_from,
             parent_access_until_age,
             allow_http_rest_hooks,
+            appointment_reminder_hours,
         } => {
             if default_count > max_count {
                 anyhow::bail!("--default-count ({default_count}) cannot be larger than --max-count ({max_count})");
@@ -93,7 +94,11 @@ async fn main() -> anyhow::Result<()> {
                 invite_ttl,
                 mailer: mailer(smtp_url, mail_from)?,
                 proxy: ProxyPolicy { parent_access_until_age: Some(parent_access_until_age).filter(|&age| age > 0) },
-                subscriptions: SubscriptionSettings { allow_http: allow_http_rest_hooks },
+                subscriptions: SubscriptionSettings {
+                    allow_http: allow_http_rest_hooks,
+                    appointment_reminder_lead: std::time::Duration::from_secs(appointment_reminder_hours * 3600),
+                    ..SubscriptionSettings::default()
+                },
                 ..Settings::new(&base_url)
             };
             let hearth = Hearth::open(&cli.database, settings).await?;

@@ -4,6 +4,8 @@
 //! receiver is down, refused Subscriptions, rolled-back writes, and what patients may see.
 
 mod common;
+#[path = "subscriptions/reminders.rs"]
+mod reminders;
 #[path = "subscriptions/websocket.rs"]
 mod websocket;
 

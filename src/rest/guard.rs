@@ -572,6 +572,10 @@ impl StoreTx for GuardedTx {
         self.inner.record_events(events).await
     }
 
+    async fn record_reminders(&mut self, reminders: &[crate::store::subscription::Reminder]) -> StoreResult<usize> {
+        self.inner.record_reminders(reminders).await
+    }
+
     async fn commit(self: Box<Self>) -> StoreResult<()> {
         self.inner.commit().await
     }

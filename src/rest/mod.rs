@@ -20,6 +20,7 @@ mod operation_tx;
 pub mod profiles;
 mod refills;
 mod reindex;
+mod reminders;
 mod route;
 mod scheduling;
 mod search;
@@ -222,10 +223,25 @@ pub struct ServiceConfig {
 }
 
 /// How subscriptions are delivered.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct SubscriptionSettings {
     /// Whether rest-hook endpoints may be plain http on hosts other than loopback.
     pub allow_http: bool,
+    /// How long before an appointment starts its reminder is due, for subscriptions that do
+    /// not say (`--appointment-reminder-hours`).
+    pub appointment_reminder_lead: std::time::Duration,
+    /// How often each node scans for reminders that are due.
+    pub reminder_scan: std::time::Duration,
+}
+
+impl Default for SubscriptionSettings {
+    fn default() -> Self {
+        SubscriptionSettings {
+            allow_http: false,
+            appointment_reminder_lead: std::time::Duration::from_secs(24 * 3600),
+            reminder_scan: std::time::Duration::from_secs(60),
+        }
+    }
 }
 
 impl ServiceConfig {

@@ -17,7 +17,7 @@ use crate::search::index::index_resource;
 use crate::store::subscription::{NewEvent, Registration};
 use crate::store::{IndexRows, ResourceVersion, SearchQuery, StoreError, StoreResult, StoreTx};
 use crate::subscriptions::request::Problem;
-use crate::subscriptions::{topic, Checks, Index, Interaction, Judged, SubscriptionRequest, Topic};
+use crate::subscriptions::{topic, Checks, Index, Interaction, Judged, Subscriber, SubscriptionRequest, Topic};
 
 /// The resource types subscriptions and their topics are stored as.
 pub(super) const SUBSCRIPTION_TYPES: &[&str] = &["Subscription", "Basic"];
@@ -119,6 +119,14 @@ impl FhirService {
             }
         }
         self.load_subscriptions().await.map_err(super::store_error)
+    }
+
+    /// Whether `subscriber`'s access reads `version`: it has events only of what it may read.
+    pub(super) fn subscriber_reads(&self, subscriber: &Subscriber, version: &ResourceVersion) -> bool {
+        match self.rule(&subscriber.access, Permission::Read, &version.resource_type) {
+            Ok(rule) => self.admitted(rule.as_deref(), version),
+            Err(_) => false,
+        }
     }
 
     /// A Subscription read and checked against the topics in force.
@@ -238,11 +246,7 @@ impl SubscriptionTx {
                 continue;
             }
             for subscriber in index.candidates(&topic.url, &version.resource_type, focus.rows) {
-                let readable = match self.service.rule(&subscriber.access, Permission::Read, &version.resource_type) {
-                    Ok(rule) => self.service.admitted(rule.as_deref(), focus_version),
-                    Err(_) => false,
-                };
-                if readable && subscriber.request.admits(focus) {
+                if subscriber.request.admits(focus) && self.service.subscriber_reads(subscriber, focus_version) {
                     self.events.push(NewEvent {
                         subscription: subscriber.id.clone(),
                         focus_type: version.resource_type.clone(),

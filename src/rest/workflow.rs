@@ -110,6 +110,10 @@ impl<W: Workflow> StoreTx for WorkflowTx<W> {
         self.0.inner().record_events(events).await
     }
 
+    async fn record_reminders(&mut self, reminders: &[crate::store::subscription::Reminder]) -> StoreResult<usize> {
+        self.0.inner().record_reminders(reminders).await
+    }
+
     async fn commit(mut self: Box<Self>) -> StoreResult<()> {
         let settled = self.0.settle().await;
         let wake = self.0.wake_after_commit();

@@ -326,6 +326,10 @@ pub trait StoreTx: Send {
     /// commit order; those of a subscription that is not active (or in error) are left out.
     /// Returns how many it recorded.
     async fn record_events(&mut self, events: &[subscription::NewEvent]) -> StoreResult<usize>;
+    /// Records, with this transaction, time-based events each under its reminder key: only
+    /// those whose key the subscription has not had yet (any node, any time). Returns how many
+    /// it recorded.
+    async fn record_reminders(&mut self, reminders: &[subscription::Reminder]) -> StoreResult<usize>;
     /// Makes everything written visible at once.
     async fn commit(self: Box<Self>) -> StoreResult<()>;
     /// Undoes everything written and waits until that has settled: on SQLite, until the group

@@ -1048,6 +1048,13 @@ macro_rules! sql_store {
                 self.record_event_rows(events).await
             }
 
+            async fn record_reminders(
+                &mut self,
+                reminders: &[$crate::store::subscription::Reminder],
+            ) -> $crate::store::StoreResult<usize> {
+                self.record_reminder_rows(reminders).await
+            }
+
             async fn commit(self: Box<Self>) -> $crate::store::StoreResult<()> {
                 // In a task of its own: a caller that stops waiting (a client hung up) must cut
                 // short neither the last flush, which on SQLite has no savepoint of its own (its

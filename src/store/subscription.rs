@@ -33,6 +33,17 @@ pub struct NewEvent {
     pub focus_version: i64,
 }
 
+/// How long a reminder's key is kept: longer than any reminder can be due again.
+pub const REMINDERS_KEPT: time::Duration = time::Duration::days(30);
+
+/// A time-based event, recorded once per subscription and `key` (what it reminds of, for
+/// which start or due date).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reminder {
+    pub key: String,
+    pub event: NewEvent,
+}
+
 /// A recorded event.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredEvent {
@@ -239,6 +250,10 @@ macro_rules! subscription_store {
                         .bind(id)
                         .execute(&mut *conn)
                         .await?;
+                    sqlx::query("DELETE FROM subscription_reminders WHERE subscription_id = $1")
+                        .bind(id)
+                        .execute(&mut *conn)
+                        .await?;
                     sqlx::query("DELETE FROM subscription_delivery WHERE subscription_id = $1")
                         .bind(id)
                         .execute(&mut *conn)
@@ -264,6 +279,50 @@ macro_rules! subscription_store {
                 .await
                 .map_err($crate::store::sql::classify)?;
                 Ok(())
+            }
+
+            /// See [`StoreTx::record_reminders`](crate::store::StoreTx::record_reminders).
+            async fn record_reminder_rows(
+                &mut self,
+                reminders: &[$crate::store::subscription::Reminder],
+            ) -> $crate::store::StoreResult<usize> {
+                let now = time::OffsetDateTime::now_utc();
+                // A reminder is due at most two weeks ahead and for a day: older keys cannot
+                // come again.
+                let forgotten = $crate::store::sql::to_micros(now - $crate::store::subscription::REMINDERS_KEPT);
+                sqlx::query("DELETE FROM subscription_reminders WHERE recorded < $1")
+                    .bind(forgotten)
+                    .execute(&mut *self.write_conn(false).await?)
+                    .await
+                    .map_err($crate::store::sql::classify)?;
+                let now = $crate::store::sql::to_micros(now);
+                // In key order, so that concurrent scans queue rather than deadlock: one
+                // inserting a key another holds waits for that one's commit, then inserts nothing.
+                let mut ordered: Vec<&$crate::store::subscription::Reminder> = reminders.iter().collect();
+                ordered.sort_by(|a, b| (&a.event.subscription, &a.key).cmp(&(&b.event.subscription, &b.key)));
+                let mut new = Vec::new();
+                for reminder in ordered {
+                    let conn = self.write_conn(false).await?;
+                    // Only for a subscription that records events: one not yet active is
+                    // reminded once it is.
+                    let inserted = sqlx::query(
+                        "INSERT INTO subscription_reminders (subscription_id, reminder, recorded) \
+                         SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM subscription_delivery \
+                           WHERE subscription_id = $1 AND status IN ('active', 'error')) \
+                         ON CONFLICT (subscription_id, reminder) DO NOTHING",
+                    )
+                    .bind(&reminder.event.subscription)
+                    .bind(&reminder.key)
+                    .bind(now)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err($crate::store::sql::classify)?
+                    .rows_affected();
+                    if inserted == 1 {
+                        new.push(reminder.event.clone());
+                    }
+                }
+                self.record_event_rows(&new).await
             }
 
             /// See [`StoreTx::record_events`](crate::store::StoreTx::record_events).

@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 
-use super::topic::{TOPIC_CODE, TOPIC_CODE_SYSTEM};
+use super::topic::{TimedEvent, EVENT_SYSTEM, TOPIC_CODE, TOPIC_CODE_SYSTEM};
 
 /// Where Hearth's topics' canonical URLs start.
 pub const TOPIC_BASE: &str = "http://hearth.dev/fhir/SubscriptionTopic/";
@@ -20,13 +20,15 @@ struct Trigger {
     fhirpath: Option<&'static str>,
 }
 
-/// One topic: id (the `Basic` id and the end of its URL), title, description, triggers, and
-/// the (type, parameter) pairs subscriptions may filter on.
+/// One topic: id (the `Basic` id and the end of its URL), title, description, triggers, the
+/// time-based events the server raises for it as (event code, resource type), and the (type,
+/// parameter) pairs subscriptions may filter on.
 struct Definition {
     id: &'static str,
     title: &'static str,
     description: &'static str,
     triggers: &'static [Trigger],
+    events: &'static [(TimedEvent, &'static str)],
     filters: &'static [(&'static str, &'static str)],
 }
 
@@ -51,6 +53,7 @@ const DEFINITIONS: &[Definition] = &[
                 fhirpath: None,
             },
         ],
+        events: &[],
         filters: &[
             ("Observation", "patient"),
             ("Observation", "category"),
@@ -70,6 +73,7 @@ const DEFINITIONS: &[Definition] = &[
             query: Some(("status:not=completed", "status=completed", true)),
             fhirpath: None,
         }],
+        events: &[],
         filters: &[("Communication", "recipient"), ("Communication", "patient"), ("Communication", "sender")],
     },
     Definition {
@@ -82,7 +86,36 @@ const DEFINITIONS: &[Definition] = &[
             query: Some(("", "status=booked,cancelled", true)),
             fhirpath: None,
         }],
+        events: &[],
         filters: &[("Appointment", "patient"), ("Appointment", "actor"), ("Appointment", "practitioner")],
+    },
+    Definition {
+        id: "appointment-reminder",
+        title: "An appointment starts soon",
+        description: "A booked Appointment starts within the subscription's lead time \
+            (its reminder-hours-before extension, else the server's setting, 24 hours by default). \
+            Raised once per appointment and start: again if it is rescheduled, never once it is cancelled.",
+        triggers: &[],
+        events: &[(TimedEvent::AppointmentStart, "Appointment")],
+        filters: &[
+            ("Appointment", "patient"),
+            ("Appointment", "actor"),
+            ("Appointment", "practitioner"),
+            ("Appointment", "location"),
+        ],
+    },
+    Definition {
+        id: "care-due",
+        title: "Care is due",
+        description: "An active CarePlan's activity, an active ServiceRequest or an ImmunizationRecommendation \
+            (due or overdue) is due today (UTC). Raised once per resource and due date.",
+        triggers: &[],
+        events: &[
+            (TimedEvent::CareDue, "CarePlan"),
+            (TimedEvent::CareDue, "ServiceRequest"),
+            (TimedEvent::CareDue, "ImmunizationRecommendation"),
+        ],
+        filters: &[("CarePlan", "patient"), ("ServiceRequest", "patient"), ("ImmunizationRecommendation", "patient")],
     },
     Definition {
         id: "document-added",
@@ -94,6 +127,7 @@ const DEFINITIONS: &[Definition] = &[
             query: Some(("", "status=current", true)),
             fhirpath: None,
         }],
+        events: &[],
         filters: &[("DocumentReference", "patient"), ("DocumentReference", "type"), ("DocumentReference", "category")],
     },
     Definition {
@@ -106,6 +140,7 @@ const DEFINITIONS: &[Definition] = &[
             query: Some(("", "code=http://hearth.dev/fhir/CodeSystem/portal-task|refill", true)),
             fhirpath: Some("%previous.empty() or %previous.status != %current.status"),
         }],
+        events: &[],
         filters: &[("Task", "patient"), ("Task", "status"), ("Task", "focus")],
     },
     Definition {
@@ -118,6 +153,7 @@ const DEFINITIONS: &[Definition] = &[
             query: None,
             fhirpath: None,
         }],
+        events: &[],
         filters: &[("Resource", "")],
     },
 ];
@@ -154,6 +190,14 @@ fn trigger(trigger: &Trigger) -> Value {
     extension("resourceTrigger", json!({ "extension": parts }))
 }
 
+fn event_trigger((event, resource): &(TimedEvent, &str)) -> Value {
+    let parts = json!([
+        {"url": "event", "valueCodeableConcept": {"coding": [{"system": EVENT_SYSTEM, "code": event.code()}]}},
+        {"url": "resource", "valueUri": format!("http://hl7.org/fhir/StructureDefinition/{resource}")},
+    ]);
+    extension("eventTrigger", json!({ "extension": parts }))
+}
+
 fn filter((resource, parameter): &(&str, &str)) -> Value {
     let mut parts = vec![json!({"url": "resource", "valueUri": resource})];
     if !parameter.is_empty() {
@@ -170,6 +214,7 @@ fn topic(definition: &Definition) -> Value {
         extension("description", json!({"valueMarkdown": definition.description})),
     ];
     extensions.extend(definition.triggers.iter().map(trigger));
+    extensions.extend(definition.events.iter().map(event_trigger));
     extensions.extend(definition.filters.iter().map(filter));
     json!({
         "resourceType": "Basic",

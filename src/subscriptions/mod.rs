@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use crate::auth::Access;
 pub use request::{Channel, Checks, Payload, SubscriptionRequest};
-pub use topic::{Interaction, Judged, Topic, Trigger};
+pub use topic::{Interaction, Judged, TimedEvent, Topic, Trigger};
 
 /// The Backport IG's profile of R4 Subscription. The server does not carry the IG's package:
 /// what the profile asks (a topic canonical as criteria, filter criteria, the channel and
@@ -86,6 +86,13 @@ impl Subscribers {
                 None => self.by_type.entry(resource_type.to_string()).or_default().push(subscriber.clone()),
             }
         }
+    }
+
+    /// Every subscriber, once.
+    fn all(&self) -> Vec<&Arc<Subscriber>> {
+        let mut seen = std::collections::HashSet::new();
+        let filtered = self.by_type.values().chain(self.keyed.values()).flatten();
+        self.unfiltered.iter().chain(filtered).filter(|s| seen.insert(Arc::as_ptr(s))).collect()
     }
 
     /// The subscribers a write of `resource_type` with these index rows may concern (each once).
@@ -180,6 +187,16 @@ impl Index {
     pub fn watching(&self, resource_type: &str) -> impl Iterator<Item = &Arc<Topic>> {
         let own = self.by_type.get(resource_type).map(Vec::as_slice).unwrap_or_default();
         own.iter().chain(&self.on_every_type).filter(|t| self.subscribers.contains_key(&t.url))
+    }
+
+    /// The topics that raise `event` and have subscribers, each with them.
+    pub fn raising(&self, event: TimedEvent) -> Vec<(&Arc<Topic>, Vec<&Arc<Subscriber>>)> {
+        let raises = |topic: &&Arc<Topic>| topic.events.iter().any(|e| e.event == event);
+        self.topics
+            .iter()
+            .filter(raises)
+            .filter_map(|topic| Some((topic, self.subscribers.get(&topic.url)?.all())))
+            .collect()
     }
 
     /// The subscribers of a topic that a write of `resource_type` with these index rows may

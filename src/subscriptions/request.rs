@@ -13,6 +13,12 @@ const BACKPORT: &str = "http://hl7.org/fhir/uv/subscriptions-backport/StructureD
 pub const FILTER_CRITERIA: &str =
     "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/backport-filter-criteria";
 
+/// Subscription extension: how many hours before an appointment starts its reminder is sent
+/// (a topic that raises `appointment-start`); without it, the server's setting.
+pub const REMINDER_HOURS: &str = "http://hearth.dev/fhir/StructureDefinition/reminder-hours-before";
+/// The longest reminder lead a subscription may ask for: two weeks.
+pub const MAX_REMINDER_HOURS: u64 = 14 * 24;
+
 /// Request headers a subscriber may not set on its notifications: the server decides them.
 const RESERVED_HEADERS: &[&str] =
     &["host", "content-length", "content-type", "transfer-encoding", "connection", "upgrade", "te", "trailer"];
@@ -90,6 +96,8 @@ pub struct SubscriptionRequest {
     pub timeout: u64,
     /// The most events in one notification.
     pub max_count: usize,
+    /// Hours before an appointment's start its reminder is due, when the subscription says.
+    pub reminder_hours: Option<u64>,
 }
 
 /// What is wrong with a Subscription, and where (a FHIRPath location).
@@ -231,6 +239,7 @@ impl SubscriptionRequest {
                 format!("max-count is 1 to {MAX_COUNT}"),
             ));
         }
+        let reminder_hours = reminder_hours(subscription, topic)?;
         Ok(SubscriptionRequest {
             status,
             topic: topic.url.clone(),
@@ -241,6 +250,7 @@ impl SubscriptionRequest {
             heartbeat,
             timeout,
             max_count,
+            reminder_hours,
         })
     }
 
@@ -251,6 +261,20 @@ impl SubscriptionRequest {
         }
         let mut of_type = self.filters.iter().filter(|f| f.resource_type == judged.resource_type).peekable();
         of_type.peek().is_some() && of_type.all(|f| judged.meets(&f.condition))
+    }
+}
+
+/// The reminder lead a Subscription asks for: on a topic of appointment reminders only, 1 to
+/// [`MAX_REMINDER_HOURS`] hours.
+fn reminder_hours(subscription: &Value, topic: &Topic) -> Result<Option<u64>, Problem> {
+    let Some(value) = extension_value(subscription, REMINDER_HOURS) else { return Ok(None) };
+    let at = "Subscription.extension('reminder-hours-before')";
+    if !topic.raises(super::topic::TimedEvent::AppointmentStart, "Appointment") {
+        return Err(problem(at, format!("topic {} sends no appointment reminders", topic.url)));
+    }
+    match value.as_u64() {
+        Some(hours @ 1..=MAX_REMINDER_HOURS) => Ok(Some(hours)),
+        _ => Err(problem(at, format!("the reminder lead is 1 to {MAX_REMINDER_HOURS} hours (valuePositiveInt)"))),
     }
 }
 

@@ -1,7 +1,8 @@
 //! SubscriptionTopics as FHIR R4 carries them (Subscriptions R5 Backport IG): `Basic` resources
 //! coded `http://hl7.org/fhir/fhir-types|SubscriptionTopic`, with the R5 elements as
-//! cross-version extensions. A topic says which writes are events (its resource triggers) and
-//! on which search parameters a subscription may filter them.
+//! cross-version extensions. A topic says which writes are events (its resource triggers), which
+//! time-based events the server raises for it (its event triggers: reminders), and on which
+//! search parameters a subscription may filter them.
 
 use serde_json::Value;
 
@@ -17,6 +18,49 @@ const EXTENSION_PREFIXES: &[&str] = &[
     "http://hl7.org/fhir/5.0/StructureDefinition/extension-SubscriptionTopic.",
     "http://hl7.org/fhir/4.3/StructureDefinition/extension-SubscriptionTopic.",
 ];
+
+/// The code system of the time-based events the server raises (`eventTrigger.event`).
+pub const EVENT_SYSTEM: &str = "http://hearth.dev/fhir/CodeSystem/subscription-event";
+
+/// A time-based event: the server raises it by scanning for what is due (`rest::reminders`),
+/// not because of a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TimedEvent {
+    /// A booked Appointment starts within the subscriber's lead time.
+    AppointmentStart,
+    /// A CarePlan activity, ServiceRequest or ImmunizationRecommendation is due today.
+    CareDue,
+}
+
+impl TimedEvent {
+    pub const ALL: [TimedEvent; 2] = [TimedEvent::AppointmentStart, TimedEvent::CareDue];
+
+    pub fn code(self) -> &'static str {
+        match self {
+            TimedEvent::AppointmentStart => "appointment-start",
+            TimedEvent::CareDue => "care-due",
+        }
+    }
+
+    /// The resource types it can be about.
+    pub fn resource_types(self) -> &'static [&'static str] {
+        match self {
+            TimedEvent::AppointmentStart => &["Appointment"],
+            TimedEvent::CareDue => &["CarePlan", "ServiceRequest", "ImmunizationRecommendation"],
+        }
+    }
+
+    fn parse(code: &str) -> Option<TimedEvent> {
+        TimedEvent::ALL.into_iter().find(|event| event.code() == code)
+    }
+}
+
+/// One `eventTrigger`: a time-based event about resources of a type.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventTrigger {
+    pub event: TimedEvent,
+    pub resource_type: String,
+}
 
 /// A write, as a topic's `supportedInteraction` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +138,7 @@ pub struct Topic {
     pub url: String,
     pub title: Option<String>,
     pub triggers: Vec<Trigger>,
+    pub events: Vec<EventTrigger>,
     pub filters: Vec<FilterBy>,
 }
 
@@ -147,8 +192,12 @@ impl Topic {
         for trigger in topic_extensions(resource, "resourceTrigger") {
             triggers.push(Trigger::parse(trigger, registry, base_url)?);
         }
-        if triggers.is_empty() {
-            return Err(format!("topic {url} has no resourceTrigger"));
+        let mut events = Vec::new();
+        for trigger in topic_extensions(resource, "eventTrigger") {
+            events.push(EventTrigger::parse(trigger)?);
+        }
+        if triggers.is_empty() && events.is_empty() {
+            return Err(format!("topic {url} has no resourceTrigger (nor an eventTrigger this server raises)"));
         }
         let filters = topic_extensions(resource, "canFilterBy")
             .map(|filter| FilterBy {
@@ -156,7 +205,7 @@ impl Topic {
                 parameter: parts(filter, "filterParameter").find_map(text).map(str::to_string),
             })
             .collect();
-        Ok(Topic { url, title, triggers, filters })
+        Ok(Topic { url, title, triggers, events, filters })
     }
 
     /// Whether a subscription may filter events of `resource_type` on `parameter`.
@@ -170,6 +219,37 @@ impl Topic {
     /// Whether the topic has events of `resource_type` at all.
     pub fn covers(&self, resource_type: &str) -> bool {
         self.triggers.iter().any(|t| t.is_about(resource_type))
+            || self.events.iter().any(|e| e.resource_type == resource_type)
+    }
+
+    /// Whether the server raises `event` about `resource_type` for this topic.
+    pub fn raises(&self, event: TimedEvent, resource_type: &str) -> bool {
+        self.events.iter().any(|e| e.event == event && e.resource_type == resource_type)
+    }
+}
+
+impl EventTrigger {
+    /// An `eventTrigger` whose `event` is coded in [`EVENT_SYSTEM`]: the server cannot raise
+    /// events it does not know of, so any other is refused.
+    fn parse(extension: &Value) -> Result<EventTrigger, String> {
+        let codings = parts(extension, "event").flat_map(|e| e["valueCodeableConcept"]["coding"].as_array()).flatten();
+        let event = codings
+            .filter(|coding| coding["system"] == EVENT_SYSTEM)
+            .find_map(|coding| TimedEvent::parse(coding["code"].as_str()?))
+            .ok_or_else(|| {
+                let known: Vec<&str> = TimedEvent::ALL.iter().map(|e| e.code()).collect();
+                format!("an eventTrigger's event is one this server raises: {EVENT_SYSTEM} {}", known.join(", "))
+            })?;
+        let resource = parts(extension, "resource").find_map(text).unwrap_or_default();
+        let resource_type = resource_type_of(resource).unwrap_or_default();
+        if !event.resource_types().contains(&resource_type.as_str()) {
+            return Err(format!(
+                "the event {} is about {}, not '{resource}'",
+                event.code(),
+                event.resource_types().join(", ")
+            ));
+        }
+        Ok(EventTrigger { event, resource_type })
     }
 }
 
@@ -275,7 +355,7 @@ mod tests {
             assert!(is_topic(&resource));
             let topic = Topic::parse(&resource, Registry::standard(), "http://h/fhir").unwrap();
             assert!(topic.url.starts_with("http://hearth.dev/fhir/SubscriptionTopic/"), "{}", topic.url);
-            assert!(!topic.triggers.is_empty());
+            assert!(!topic.triggers.is_empty() || !topic.events.is_empty());
         }
     }
 
@@ -289,5 +369,27 @@ mod tests {
             "url": "http://hl7.org/fhir/5.0/StructureDefinition/extension-SubscriptionTopic.url",
             "valueUri": "http://x/t"}]);
         assert!(Topic::parse(&with_url, Registry::standard(), "").unwrap_err().contains("no resourceTrigger"));
+    }
+
+    #[test]
+    fn event_triggers_are_events_the_server_raises() {
+        let topic = |code: &str, resource: &str| {
+            json!({"resourceType": "Basic", "id": "t",
+                "code": {"coding": [{"system": TOPIC_CODE_SYSTEM, "code": TOPIC_CODE}]},
+                "extension": [
+                    {"url": "http://hl7.org/fhir/5.0/StructureDefinition/extension-SubscriptionTopic.url",
+                     "valueUri": "http://x/t"},
+                    {"url": "http://hl7.org/fhir/5.0/StructureDefinition/extension-SubscriptionTopic.eventTrigger",
+                     "extension": [
+                        {"url": "event", "valueCodeableConcept": {"coding": [{"system": EVENT_SYSTEM, "code": code}]}},
+                        {"url": "resource", "valueUri": resource}]}]})
+        };
+        let parsed = Topic::parse(&topic("care-due", "ServiceRequest"), Registry::standard(), "").unwrap();
+        assert!(parsed.raises(TimedEvent::CareDue, "ServiceRequest") && parsed.covers("ServiceRequest"));
+        assert!(!parsed.covers("Observation"));
+        let unknown = Topic::parse(&topic("birthday", "Patient"), Registry::standard(), "").unwrap_err();
+        assert!(unknown.contains("appointment-start, care-due"), "{unknown}");
+        let wrong = Topic::parse(&topic("appointment-start", "Observation"), Registry::standard(), "").unwrap_err();
+        assert!(wrong.contains("is about Appointment"), "{wrong}");
     }
 }
