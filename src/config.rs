@@ -106,6 +106,12 @@ pub enum Command {
         /// than loopback: for a private network only, since notifications carry health data.
         #[arg(long, env = "HEARTH_ALLOW_HTTP_REST_HOOKS")]
         allow_http_rest_hooks: bool,
+        /// Accept rest-hook endpoints on loopback, private-network and link-local addresses
+        /// (by default only public addresses, checked on the URL and on every address its host
+        /// resolves to): for receivers on the server's own network, which then any subscriber
+        /// can make the server post to.
+        #[arg(long, env = "HEARTH_ALLOW_PRIVATE_REST_HOOKS")]
+        allow_private_rest_hooks: bool,
         /// How many hours before a booked appointment starts its reminder is sent to
         /// subscriptions of the appointment-reminder topic that do not set their own
         /// (extension reminder-hours-before), 1 to 336.

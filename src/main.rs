@@ -11,6 +11,7 @@ use hearth::rest::profiles::ProfilePolicy;
 use hearth::rest::SubscriptionSettings;
 use hearth::search::params::Paging;
 use hearth::server::{Hearth, Settings};
+use hearth::subscriptions::endpoint::EndpointPolicy;
 use hearth::validation::Definitions;
 use std::path::Path;
 use tracing_subscriber::EnvFilter;
@@ -53,6 +54,7 @@ async fn main() -> anyhow::Result<()> {
             mail_from,
             parent_access_until_age,
             allow_http_rest_hooks,
+            allow_private_rest_hooks,
             appointment_reminder_hours,
         } => {
             if default_count > max_count {
@@ -95,7 +97,10 @@ async fn main() -> anyhow::Result<()> {
                 mailer: mailer(smtp_url, mail_from)?,
                 proxy: ProxyPolicy { parent_access_until_age: Some(parent_access_until_age).filter(|&age| age > 0) },
                 subscriptions: SubscriptionSettings {
-                    allow_http: allow_http_rest_hooks,
+                    endpoints: EndpointPolicy {
+                        allow_http: allow_http_rest_hooks,
+                        allow_private: allow_private_rest_hooks,
+                    },
                     appointment_reminder_lead: std::time::Duration::from_secs(appointment_reminder_hours * 3600),
                     ..SubscriptionSettings::default()
                 },

@@ -256,6 +256,30 @@ async fn subscriptions_the_server_cannot_honour_are_refused(db: Db) {
     assert!(topics["total"].as_u64().unwrap() >= 6, "the built-in topics are listed: {topics}");
 }
 
+/// A server as `hearth serve` starts by default: rest-hooks to public addresses only, so no
+/// subscriber can make it post to services on its own network.
+async fn rest_hooks_to_the_servers_own_network_are_refused_by_default(db: Db) {
+    let server = TestServer::start_with(db, |mut settings| {
+        settings.subscriptions.endpoints.allow_private = false;
+        settings
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    let port = receiver.url.rsplit(':').next().unwrap();
+    for endpoint in [receiver.url.clone(), format!("http://localhost:{port}"), "https://169.254.169.254/latest".into()]
+    {
+        let response = server.post("Subscription", &subscription("result-final", &[], &endpoint, "id-only")).await;
+        assert_eq!(response.status(), 422, "{endpoint}");
+        let outcome = body(response).await;
+        assert_eq!(outcome["issue"][0]["expression"][0], "Subscription.channel.endpoint", "{outcome}");
+        assert!(outcome.to_string().contains("public address"), "{outcome}");
+    }
+    let count = body(server.get("Subscription?_summary=count").await).await;
+    assert_eq!(count["total"], 0, "nothing stored");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(receiver.received().is_empty(), "never contacted");
+}
+
 async fn a_receiver_that_is_down_gets_the_events_later(db: Db) {
     let server = TestServer::start(db).await;
     let receiver = Receiver::start().await;
@@ -568,6 +592,7 @@ on_both_databases!(
     rest_hooks_get_a_handshake_then_the_events_their_filters_select,
     payloads_are_empty_id_only_or_full,
     subscriptions_the_server_cannot_honour_are_refused,
+    rest_hooks_to_the_servers_own_network_are_refused_by_default,
     a_receiver_that_is_down_gets_the_events_later,
     a_failed_handshake_leaves_the_subscription_in_error,
     a_rolled_back_write_causes_no_event,

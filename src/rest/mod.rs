@@ -225,8 +225,9 @@ pub struct ServiceConfig {
 /// How subscriptions are delivered.
 #[derive(Debug, Clone)]
 pub struct SubscriptionSettings {
-    /// Whether rest-hook endpoints may be plain http on hosts other than loopback.
-    pub allow_http: bool,
+    /// Where rest-hook notifications may go (`--allow-http-rest-hooks`,
+    /// `--allow-private-rest-hooks`).
+    pub endpoints: crate::subscriptions::endpoint::EndpointPolicy,
     /// How long before an appointment starts its reminder is due, for subscriptions that do
     /// not say (`--appointment-reminder-hours`).
     pub appointment_reminder_lead: std::time::Duration,
@@ -237,7 +238,7 @@ pub struct SubscriptionSettings {
 impl Default for SubscriptionSettings {
     fn default() -> Self {
         SubscriptionSettings {
-            allow_http: false,
+            endpoints: Default::default(),
             appointment_reminder_lead: std::time::Duration::from_secs(24 * 3600),
             reminder_scan: std::time::Duration::from_secs(60),
         }

@@ -8,7 +8,6 @@
 //! [`ERROR_AFTER`] failures in a row the subscription's status becomes `error` (it keeps
 //! collecting events and is tried hourly; a success makes it `active` again).
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -70,19 +69,6 @@ impl Attempt {
     fn nothing(delivery: &Delivery) -> Attempt {
         Attempt { delivered: delivery.delivered, sent: false, failure: None, new_status: None }
     }
-}
-
-/// The HTTP client of rest-hooks: no redirects followed (an endpoint names where notifications
-/// go, and a redirect must not send health data elsewhere), a timeout per attempt.
-fn client() -> &'static reqwest::Client {
-    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
-    CLIENT.get_or_init(|| {
-        reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .expect("the rest-hook client builds")
-    })
 }
 
 /// Deliveries a node carries out at once (each worker one subscription at a time): a slow
@@ -271,7 +257,11 @@ impl FhirService {
         match &request.channel {
             Channel::RestHook { endpoint, headers } => {
                 let body = notification_body(request, status, events)?;
-                let mut post = client()
+                let mut post = self
+                    .config
+                    .subscriptions
+                    .endpoints
+                    .client()
                     .post(endpoint.clone())
                     .timeout(Duration::from_secs(request.timeout))
                     .header("content-type", request.content_type.as_str())

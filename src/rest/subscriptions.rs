@@ -71,9 +71,9 @@ impl FhirService {
             };
             subscriptions.push((resource, access));
         }
-        let allow_http = self.config.subscriptions.allow_http;
+        let endpoints = self.config.subscriptions.endpoints;
         let (index, problems) =
-            Index::build(&topics, subscriptions, &self.registry(), &self.config.base_url, allow_http);
+            Index::build(&topics, subscriptions, &self.registry(), &self.config.base_url, endpoints);
         for problem in problems {
             tracing::warn!(%problem, "a stored topic or subscription is not in force");
         }
@@ -136,7 +136,7 @@ impl FhirService {
             registry: &self.registry(),
             base_url: &self.config.base_url,
             topics: index.topics(),
-            allow_http: self.config.subscriptions.allow_http,
+            endpoints: self.config.subscriptions.endpoints,
         };
         SubscriptionRequest::parse(resource, &checks)
     }

@@ -4,6 +4,7 @@
 //! any node deliver them (see `rest::notify`).
 
 pub mod built_in;
+pub mod endpoint;
 pub mod notification;
 pub mod request;
 pub mod topic;
@@ -136,7 +137,7 @@ impl Index {
         subscriptions: Vec<(Value, Access)>,
         registry: &crate::search::Registry,
         base_url: &str,
-        allow_http: bool,
+        endpoints: endpoint::EndpointPolicy,
     ) -> (Index, Vec<String>) {
         let mut index = Index::default();
         let mut problems = Vec::new();
@@ -157,7 +158,7 @@ impl Index {
                 }
             }
         }
-        let checks = Checks { registry, base_url, topics: &index.topics, allow_http };
+        let checks = Checks { registry, base_url, topics: &index.topics, endpoints };
         for (resource, access) in subscriptions {
             let id = resource["id"].as_str().unwrap_or_default().to_string();
             match SubscriptionRequest::parse(&resource, &checks) {
@@ -249,7 +250,7 @@ mod tests {
             subscriptions,
             crate::search::Registry::standard(),
             "http://h/fhir",
-            false,
+            endpoint::EndpointPolicy::default(),
         );
         assert!(problems.is_empty(), "{problems:?}");
         let topic = format!("{}result-final", built_in::TOPIC_BASE);

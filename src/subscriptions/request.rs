@@ -117,8 +117,8 @@ pub struct Checks<'a> {
     pub base_url: &'a str,
     /// The topics in force.
     pub topics: &'a [std::sync::Arc<Topic>],
-    /// Whether rest-hook endpoints may be plain http on hosts other than loopback.
-    pub allow_http: bool,
+    /// Where rest-hook notifications may go.
+    pub endpoints: super::endpoint::EndpointPolicy,
 }
 
 /// The value of the first extension with `url` in `element`'s `extension` array.
@@ -210,7 +210,7 @@ impl SubscriptionRequest {
             filters.push(parse_filter(criteria, topic, checks).map_err(|message| problem(&at, message))?);
         }
         let channel_element = &subscription["channel"];
-        let channel = parse_channel(channel_element, checks.allow_http)?;
+        let channel = parse_channel(channel_element, &checks.endpoints)?;
         let content_type = channel_element["payload"].as_str().unwrap_or_default().to_string();
         let payload = payload_content(channel_element)?;
         let content_type = match content_type.as_str() {
@@ -298,24 +298,31 @@ fn parse_filter(criteria: &str, topic: &Topic, checks: &Checks<'_>) -> Result<Fi
     Ok(Filter { resource_type: resource_type.to_string(), condition })
 }
 
-fn parse_channel(channel: &Value, allow_http: bool) -> Result<Channel, Problem> {
+fn parse_channel(channel: &Value, policy: &super::endpoint::EndpointPolicy) -> Result<Channel, Problem> {
     let endpoint = channel["endpoint"].as_str().unwrap_or_default();
     match channel["type"].as_str().unwrap_or_default() {
         "rest-hook" => {
             let url = url::Url::parse(endpoint).map_err(|_| {
                 problem("Subscription.channel.endpoint", format!("'{endpoint}' is not an absolute URL"))
             })?;
-            let loopback = match url.host() {
-                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-                Some(url::Host::Domain(name)) => name == "localhost",
-                None => false,
+            let ip = match url.host() {
+                Some(url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
+                Some(url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
+                Some(url::Host::Domain(name)) if is_localhost(name) => Some(std::net::Ipv4Addr::LOCALHOST.into()),
+                _ => None,
             };
-            let secure = url.scheme() == "https" || (url.scheme() == "http" && (loopback || allow_http));
+            let loopback = ip.is_some_and(|ip| ip.is_loopback());
+            let secure = url.scheme() == "https" || (url.scheme() == "http" && (loopback || policy.allow_http));
             if !secure || !url.username().is_empty() || url.password().is_some() {
                 return Err(problem(
                     "Subscription.channel.endpoint",
                     format!("'{endpoint}': a rest-hook endpoint is https (plain http only on loopback), without credentials in the URL"),
+                ));
+            }
+            if ip.is_some_and(|ip| !policy.admits(ip)) {
+                return Err(problem(
+                    "Subscription.channel.endpoint",
+                    format!("'{endpoint}': a rest-hook endpoint is on a public address (this server is not set to send to loopback or private networks)"),
                 ));
             }
             let mut headers = Vec::new();
@@ -348,12 +355,22 @@ fn parse_channel(channel: &Value, allow_http: bool) -> Result<Channel, Problem> 
     }
 }
 
-/// `Name: value`, a header the server may send for the subscriber.
+/// Whether a host name is the local machine's (`localhost`, `*.localhost`, RFC 6761).
+fn is_localhost(name: &str) -> bool {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost" || name.ends_with(".localhost")
+}
+
+/// `Name: value`, a header the server may send for the subscriber. Problems never repeat the
+/// value: it is often a secret.
 fn parse_header(header: &str) -> Result<(String, String), String> {
-    let (name, value) = header.split_once(':').ok_or_else(|| format!("'{header}' is not 'Name: value'"))?;
+    let (name, value) = header.split_once(':').ok_or("a header is 'Name: value'")?;
     let value = value.trim();
-    if http::HeaderName::from_bytes(name.as_bytes()).is_err() || value.chars().any(|c| c.is_control()) {
-        return Err("a header is a valid name, ':', and a value without control characters (no line breaks)".into());
+    if http::HeaderName::from_bytes(name.as_bytes()).is_err()
+        || http::HeaderValue::from_str(value).is_err()
+        || value.chars().any(|c| c.is_control())
+    {
+        return Err("a header is a valid name, ':', and a value of visible characters (no line breaks)".into());
     }
     if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
         return Err(format!("'{name}' is set by the server"));
@@ -375,15 +392,29 @@ mod tests {
     }
 
     #[test]
-    fn endpoints_are_https_except_loopback() {
+    fn endpoints_are_https_except_loopback_and_public_unless_allowed() {
+        use super::super::endpoint::EndpointPolicy;
         let channel = |endpoint: &str| serde_json::json!({"type": "rest-hook", "endpoint": endpoint});
-        assert!(parse_channel(&channel("https://example.org/hook"), false).is_ok());
-        assert!(parse_channel(&channel("http://127.0.0.1:9/hook"), false).is_ok());
-        assert!(parse_channel(&channel("http://localhost/hook"), false).is_ok());
-        assert!(parse_channel(&channel("http://example.org/hook"), false).is_err());
-        assert!(parse_channel(&channel("http://example.org/hook"), true).is_ok());
-        assert!(parse_channel(&channel("https://u:p@example.org/hook"), false).is_err());
-        assert!(parse_channel(&channel("ftp://example.org/"), true).is_err());
-        assert!(parse_channel(&serde_json::json!({"type": "sms", "endpoint": "tel:1"}), false).is_err());
+        let strict = EndpointPolicy::default();
+        let private = EndpointPolicy { allow_private: true, ..strict };
+        let http = EndpointPolicy { allow_http: true, ..strict };
+        assert!(parse_channel(&channel("https://example.org/hook"), &strict).is_ok());
+        assert!(parse_channel(&channel("http://127.0.0.1:9/hook"), &private).is_ok());
+        assert!(parse_channel(&channel("http://localhost/hook"), &private).is_ok());
+        for refused in [
+            "http://127.0.0.1:9/hook",
+            "http://localhost/hook",
+            "https://169.254.169.254/",
+            "https://[fd00::1]/",
+            "https://10.0.0.1/",
+        ] {
+            let problem = parse_channel(&channel(refused), &strict).unwrap_err();
+            assert!(problem.message.contains("public address"), "{refused}: {problem:?}");
+        }
+        assert!(parse_channel(&channel("http://example.org/hook"), &private).is_err());
+        assert!(parse_channel(&channel("http://example.org/hook"), &http).is_ok());
+        assert!(parse_channel(&channel("https://u:p@example.org/hook"), &strict).is_err());
+        assert!(parse_channel(&channel("ftp://example.org/"), &http).is_err());
+        assert!(parse_channel(&serde_json::json!({"type": "sms", "endpoint": "tel:1"}), &strict).is_err());
     }
 }

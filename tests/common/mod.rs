@@ -56,7 +56,10 @@ impl TestServer {
             }
             Db::Postgres => (postgres::fresh_database().await, None),
         };
-        Self::serve(db, database_url, dir, adjust(Settings::new("http://placeholder")), None).await
+        // Test receivers (rest-hooks) listen on loopback.
+        let mut settings = Settings::new("http://placeholder");
+        settings.subscriptions.endpoints.allow_private = true;
+        Self::serve(db, database_url, dir, adjust(settings), None).await
     }
 
     /// Serves on a free port; the public base URL is that port's unless `public_root` names

@@ -1,7 +1,6 @@
 //! Reminders: time-based events of the `appointment-reminder` and `care-due` topics, raised by
 //! each node's scan once per subscription and appointment start or due date.
 
-use hearth::rest::SubscriptionSettings;
 use hearth::server::Settings;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -11,9 +10,9 @@ use super::*;
 const REMINDER_HOURS: &str = "http://hearth.dev/fhir/StructureDefinition/reminder-hours-before";
 
 /// A server whose nodes scan for reminders every 200 ms (the default lead: 24 hours).
-fn scanning(settings: Settings) -> Settings {
-    let subscriptions = SubscriptionSettings { reminder_scan: Duration::from_millis(200), ..Default::default() };
-    Settings { subscriptions, ..settings }
+fn scanning(mut settings: Settings) -> Settings {
+    settings.subscriptions.reminder_scan = Duration::from_millis(200);
+    settings
 }
 
 /// `hours` from now, to the second.
