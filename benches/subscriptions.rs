@@ -142,7 +142,7 @@ async fn run() {
     let sqlite_url = format!("sqlite://{}", dir.path().join("subscriptions.db").display());
     for (database, url) in [("SQLite", sqlite_url), ("PostgreSQL", common::postgres::fresh_database().await)] {
         // The receiver is on loopback.
-        let server = Server::start_with(HEARTH, &url, &["--allow-private-rest-hooks"]).await;
+        let server = Server::start_with(HEARTH, &url, &["--auth", "off", "--allow-private-rest-hooks"]).await;
         let base = format!("http://{}/fhir", server.addr);
         let client = reqwest::Client::new();
         for i in 0..PATIENTS {

@@ -280,6 +280,91 @@ async fn rest_hooks_to_the_servers_own_network_are_refused_by_default(db: Db) {
     assert!(receiver.received().is_empty(), "never contacted");
 }
 
+/// An operator's topic: `Basic` with the backport extensions, one resource trigger.
+fn operator_topic(url: &str, subject: Option<&str>) -> Value {
+    let r5 = "http://hl7.org/fhir/5.0/StructureDefinition/extension-SubscriptionTopic.";
+    let mut topic = json!({"resourceType": "Basic",
+        "code": {"coding": [{"system": "http://hl7.org/fhir/fhir-types", "code": "SubscriptionTopic"}]},
+        "extension": [
+            {"url": format!("{r5}url"), "valueUri": url},
+            {"url": format!("{r5}resourceTrigger"), "extension": [
+                {"url": "resource", "valueUri": "http://hl7.org/fhir/StructureDefinition/Observation"}]}]});
+    if let Some(subject) = subject {
+        topic["subject"] = json!({"reference": subject});
+    }
+    topic
+}
+
+/// Topics are in force for everyone: a patient's app cannot add one, even as a Basic of its
+/// own compartment; staff can, once per URL.
+async fn only_staff_add_topics_and_a_url_names_one(db: Db) {
+    let server = smart_server(db).await;
+    let smart = Smart::new(&server).await;
+    let admin = smart.admin_token().await;
+    let ana = smart.create(&admin, &json!({"resourceType": "Patient"})).await;
+    let scope = "openid fhirUser launch/patient patient/Basic.cruds";
+    let ana_token = smart.user_token("ana", &format!("Patient/{ana}"), &[], scope).await;
+    let own = operator_topic("http://clinic.example.org/topics/mine", Some(&format!("Patient/{ana}")));
+    let response = smart.send(Method::POST, "Basic", &ana_token, &own).await;
+    assert_eq!(response.status(), 403, "{}", body(response).await);
+    let mut not_a_topic = own.clone();
+    not_a_topic["code"] = json!({"text": "a note"});
+    not_a_topic.as_object_mut().unwrap().remove("extension");
+    assert_eq!(
+        smart.send(Method::POST, "Basic", &ana_token, &not_a_topic).await.status(),
+        201,
+        "other Basics are hers"
+    );
+
+    let url = "http://clinic.example.org/topics/labs";
+    assert_eq!(smart.send(Method::POST, "Basic", &admin, &operator_topic(url, None)).await.status(), 201);
+    let response = smart.send(Method::POST, "Basic", &admin, &operator_topic(url, None)).await;
+    assert_eq!(response.status(), 422);
+    assert!(body(response).await.to_string().contains("a topic's URL names one topic"));
+    let built_in = format!("{TOPICS}result-final");
+    assert_eq!(smart.send(Method::POST, "Basic", &admin, &operator_topic(&built_in, None)).await.status(), 422);
+    let response = smart.send(Method::DELETE, "Basic/topic-result-final", &ana_token, &Value::Null).await;
+    assert!(matches!(response.status().as_u16(), 403 | 404), "{}", response.status());
+}
+
+/// The receiver's secret in `channel.header` is never shown, to anyone, and a client that
+/// writes back what it read keeps it.
+async fn channel_headers_are_write_only(db: Db) {
+    let server = TestServer::start(db).await;
+    let receiver = Receiver::start().await;
+    let (ana, id) = patient_subscribed(&server, &receiver).await;
+    let hidden = json!(["Authorization: ******"]);
+    let read = body(server.get(&format!("Subscription/{id}")).await).await;
+    assert_eq!(read["channel"]["header"], hidden, "read");
+    let searched = body(server.get(&format!("Subscription?_id={id}")).await).await;
+    assert_eq!(searched["entry"][0]["resource"]["channel"]["header"], hidden, "search");
+    let history = body(server.get(&format!("Subscription/{id}/_history")).await).await;
+    for entry in history["entry"].as_array().unwrap() {
+        assert_eq!(entry["resource"]["channel"]["header"], hidden, "history");
+    }
+
+    let mut changed = read.clone();
+    changed["reason"] = json!("written back as read");
+    changed["status"] = json!("requested");
+    let response = server.put(&format!("Subscription/{id}"), &changed).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(body(response).await["channel"]["header"], hidden, "the write's response");
+    wait_status(&server, &id, "active").await;
+    let before = receiver.received().len();
+    server.create(&observation(&ana, "final")).await;
+    let received = receiver.wait_for_events(1, WAIT).await;
+    assert_eq!(received[before..].last().unwrap().headers["authorization"], "Bearer receiver-secret", "kept");
+
+    let mut unknown = read.clone();
+    unknown["channel"]["header"] = json!(["X-Api-Key: ******"]);
+    let response = server.put(&format!("Subscription/{id}"), &unknown).await;
+    assert_eq!(response.status(), 422);
+    let outcome = body(response).await;
+    assert_eq!(outcome["issue"][0]["expression"][0], "Subscription.channel.header", "{outcome}");
+    let text = serde_json::to_string(&body(server.get(&format!("Subscription/{id}/_history")).await).await).unwrap();
+    assert!(!text.contains("receiver-secret"), "never shown");
+}
+
 async fn a_receiver_that_is_down_gets_the_events_later(db: Db) {
     let server = TestServer::start(db).await;
     let receiver = Receiver::start().await;
@@ -593,6 +678,8 @@ on_both_databases!(
     payloads_are_empty_id_only_or_full,
     subscriptions_the_server_cannot_honour_are_refused,
     rest_hooks_to_the_servers_own_network_are_refused_by_default,
+    channel_headers_are_write_only,
+    only_staff_add_topics_and_a_url_names_one,
     a_receiver_that_is_down_gets_the_events_later,
     a_failed_handshake_leaves_the_subscription_in_error,
     a_rolled_back_write_causes_no_event,

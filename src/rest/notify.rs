@@ -87,7 +87,12 @@ impl FhirService {
         loop {
             let lease_until = OffsetDateTime::now_utc() + LEASE;
             match self.store.claim_delivery(&owner, lease_until).await {
-                Ok(Some(delivery)) => self.deliver(&owner, delivery).await,
+                Ok(Some(delivery)) => {
+                    // A commit wakes one worker: one that found work wakes the next, since
+                    // there may be more (else the others would sleep until their poll).
+                    self.deliveries_due.workers.notify_one();
+                    self.deliver(&owner, delivery).await
+                }
                 Ok(None) => {
                     let _ = tokio::time::timeout(POLL, self.deliveries_due.workers.notified()).await;
                 }
@@ -291,7 +296,7 @@ impl FhirService {
 
     /// Makes a Subscription's status (and `error`) what delivery found, as the server's own
     /// write, and puts the change in force on this node.
-    async fn set_subscription_status(
+    pub(super) async fn set_subscription_status(
         &self,
         id: &str,
         status: &str,
@@ -305,6 +310,11 @@ impl FhirService {
         };
         let mut resource: Value =
             serde_json::from_slice(&current.body).map_err(|_| crate::model::FhirError::internal())?;
+        if resource["status"] == status && resource["error"].as_str() == reason {
+            // Another worker or node made it so already.
+            tx.rollback().await;
+            return Ok(());
+        }
         resource["status"] = Value::from(status);
         match reason {
             Some(reason) => resource["error"] = Value::from(reason),

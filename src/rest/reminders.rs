@@ -1,4 +1,5 @@
-//! Time-based events: reminders (ADR 18). Every node scans, each `reminder_scan`, for what is
+//! What time makes due: Subscriptions whose `end` has passed are turned off, and reminders
+//! are recorded (ADR 18). Every node scans, each `reminder_scan`, for what is
 //! due to the subscribers of topics with event triggers (built in: `appointment-reminder` and
 //! `care-due`), in pages of [`PAGE`] resources, and records the events as a write's are
 //! recorded (the outbox), each under a key the database keeps once per subscription: the node
@@ -58,13 +59,28 @@ impl Due {
 }
 
 impl FhirService {
-    /// Scans for due reminders until the process ends.
+    /// Ends the subscriptions whose end has passed and records due reminders, every
+    /// `reminder_scan`, until the process ends.
     pub(super) async fn run_reminders(self) {
         loop {
-            if let Err(error) = self.scan_reminders(OffsetDateTime::now_utc()).await {
+            let now = OffsetDateTime::now_utc();
+            self.end_subscriptions(now).await;
+            if let Err(error) = self.scan_reminders(now).await {
                 tracing::warn!(%error, "cannot scan for reminders");
             }
             tokio::time::sleep(self.config.subscriptions.reminder_scan).await;
+        }
+    }
+
+    /// Turns off the subscriptions in force whose `end` has passed (they have had no events
+    /// since: the write path and the scan leave them out).
+    async fn end_subscriptions(&self, now: OffsetDateTime) {
+        let index = self.subscription_index();
+        for subscriber in index.subscribers().filter(|s| s.request.ended(now)) {
+            let reason = Some("its end (Subscription.end) has passed");
+            if let Err(error) = self.set_subscription_status(&subscriber.id, "off", reason).await {
+                tracing::warn!(%error, subscription = %subscriber.id, "cannot turn off an ended subscription");
+            }
         }
     }
 
@@ -133,7 +149,10 @@ impl FhirService {
             Judged { resource_type: &version.resource_type, id: &version.id, resource: &resource, rows: &rows };
         let mut reminders = Vec::new();
         for subscriber in subscribers {
-            if !subscriber.request.admits(&judged) || !self.subscriber_reads(subscriber, version) {
+            if subscriber.request.ended(now)
+                || !subscriber.request.admits(&judged)
+                || !self.subscriber_reads(subscriber, version)
+            {
                 continue;
             }
             let lead = self.reminder_lead(subscriber);

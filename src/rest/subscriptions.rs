@@ -237,6 +237,7 @@ impl SubscriptionTx {
         else {
             return Ok(());
         };
+        let now = time::OffsetDateTime::now_utc();
         for topic in topics {
             let fires = topic.triggers.iter().any(|t| {
                 t.is_about(&version.resource_type)
@@ -246,6 +247,9 @@ impl SubscriptionTx {
                 continue;
             }
             for subscriber in index.candidates(&topic.url, &version.resource_type, focus.rows) {
+                if subscriber.request.ended(now) {
+                    continue;
+                }
                 if subscriber.request.admits(focus) && self.service.subscriber_reads(subscriber, focus_version) {
                     self.events.push(NewEvent {
                         subscription: subscriber.id.clone(),
@@ -257,6 +261,47 @@ impl SubscriptionTx {
             }
         }
         Ok(())
+    }
+
+    /// A topic is in force for every subscriber: only a caller that may write every `Basic`
+    /// (staff, a system, the server) adds, changes or retires one, and its URL names no other
+    /// topic in force.
+    async fn check_topic_write(&mut self, version: &ResourceVersion) -> StoreResult<()> {
+        let written = (!version.deleted).then(|| serde_json::from_slice::<Value>(&version.body).ok()).flatten();
+        let written = written.filter(topic::is_topic);
+        let before = live(self.inner.as_mut(), "Basic", &version.id).await?;
+        let was_topic = before.as_ref().is_some_and(topic::is_topic);
+        if written.is_none() && !was_topic {
+            return Ok(());
+        }
+        let permission = match (version.deleted, &before) {
+            (true, _) => Permission::Delete,
+            (false, None) => Permission::Create,
+            (false, Some(_)) => Permission::Update,
+        };
+        let unrestricted = match self.service.rule(&self.access, permission, "Basic") {
+            Ok(None) => true,
+            Ok(Some(rule)) => rule.restriction == crate::auth::Restriction::None,
+            Err(_) => false,
+        };
+        if !unrestricted {
+            return Err(super::workflow::refused(
+                crate::model::ErrorKind::Forbidden,
+                IssueCode::Forbidden,
+                "a SubscriptionTopic is in force for every subscriber: only a client that may write every Basic \
+                 adds, changes or retires one"
+                    .into(),
+            ));
+        }
+        let Some(url) = written.as_ref().and_then(topic::url_of) else { return Ok(()) };
+        let index = self.service.subscription_index();
+        match index.topic(url).filter(|other| other.basic_id != version.id) {
+            Some(other) => Err(super::workflow::unprocessable(format!(
+                "Basic/{} already carries the SubscriptionTopic {url}: a topic's URL names one topic",
+                other.basic_id
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// Checks the statuses of the Subscriptions written here and records their delivery state.
@@ -308,6 +353,9 @@ impl Workflow for SubscriptionTx {
     }
 
     async fn note(&mut self, version: &ResourceVersion, rows: &IndexRows) -> StoreResult<()> {
+        if version.resource_type == "Basic" {
+            self.check_topic_write(version).await?;
+        }
         if version.resource_type == "Subscription" && !self.subscriptions.iter().any(|(id, _)| *id == version.id) {
             let before = live(self.inner.as_mut(), "Subscription", &version.id).await?;
             let status = before.map(|resource| resource["status"].as_str().unwrap_or_default().to_string());

@@ -3,7 +3,8 @@
 //! transaction's own writes; gathering reads see committed data), and applies the access policy on every
 //! read — searches get the caller's restriction in their SQL, reads and gathered resources are
 //! checked one by one — so that no code path can read data and forget to ask whether the caller
-//! may see it (the way Helios hands its tenant context to every storage call).
+//! may see it (the way Helios hands its tenant context to every storage call). What it returns
+//! is shown with write-only secrets hidden (a Subscription's channel headers).
 
 use super::source::Source;
 use super::{store_error, FhirService};
@@ -11,6 +12,7 @@ use crate::auth::scope::Permission;
 use crate::auth::Access;
 use crate::model::FhirError;
 use crate::store::{HistoryPage, HistoryQuery, ResourceVersion, SearchPage, SearchQuery};
+use crate::subscriptions::secrets::shown;
 
 /// A resource as the caller may know it.
 #[derive(Debug, Clone, PartialEq)]
@@ -82,6 +84,7 @@ impl<'a> ReadView<'a> {
         if !self.service.reaches_for_read(&mut self.source, self.access, rule, &version).await? {
             return Ok(Lookup::Unknown);
         }
+        let version = shown(version);
         Ok(if version.deleted { Lookup::Deleted(version) } else { Lookup::Found(version) })
     }
 
@@ -90,7 +93,9 @@ impl<'a> ReadView<'a> {
     /// cursor), so pages and totals stay exact. 403 when it may search none of its types.
     pub async fn search(&mut self, query: &mut SearchQuery) -> Result<SearchPage, FhirError> {
         self.service.restrict(self.access, Permission::Search, query)?;
-        self.source.search(query).await
+        let mut page = self.source.search(query).await?;
+        page.resources = page.resources.into_iter().map(shown).collect();
+        Ok(page)
     }
 
     /// [`ReadView::search`], leaving out the types the caller may not search at all instead of
@@ -112,13 +117,13 @@ impl<'a> ReadView<'a> {
         let mut readable = Vec::with_capacity(resources.len());
         for resource in resources {
             if self.service.visible(self.access, Permission::Read, &resource) {
-                readable.push(resource);
+                readable.push(shown(resource));
                 continue;
             }
             // A rule the resource alone cannot decide (a payment is a patient's through its Invoice).
             let rule = self.service.rule(self.access, Permission::Read, &resource.resource_type).ok().flatten();
             if self.service.reaches_by_query(&mut self.source, self.access, rule.as_deref(), &resource).await? {
-                readable.push(resource);
+                readable.push(shown(resource));
             }
         }
         Ok(readable)
@@ -167,6 +172,7 @@ impl<'a> ReadView<'a> {
         let mut page = self.service.store.history(query).await.map_err(store_error)?;
         let last_seq = page.entries.last().map(|(seq, _)| *seq);
         page.entries.retain(|(_, version)| self.service.history_visible(self.access, version));
+        page.entries = page.entries.into_iter().map(|(seq, version)| (seq, shown(version))).collect();
         Ok((page, last_seq))
     }
 }

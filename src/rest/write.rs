@@ -356,6 +356,15 @@ impl FhirService {
         if !is_valid_id(id) {
             return Err(FhirError::bad_request(format!("'{id}' is not a valid resource id")));
         }
+        if resource_type == "Subscription" {
+            let current = tx.current(resource_type, id).await.map_err(store_error)?.filter(|v| !v.deleted);
+            let stored = current.and_then(|v| serde_json::from_slice::<Value>(&v.body).ok());
+            crate::subscriptions::secrets::restore(&mut resource, stored.as_ref()).map_err(|message| {
+                FhirError::unprocessable(
+                    vec![Issue::error(IssueCode::Value, message).at("Subscription.channel.header")],
+                )
+            })?;
+        }
         let last_updated = now();
         stamp(&mut resource, id, version, last_updated);
         self.check_definition(resource_type, &resource)?;
@@ -407,12 +416,13 @@ impl FhirService {
     }
 }
 
-/// The response carrying a stored version with its ETag and Last-Modified.
+/// The response carrying a stored version (as it may be shown) with its ETag and Last-Modified.
 pub fn version_response(status: u16, version: &ResourceVersion) -> FhirResponse {
+    let body = crate::subscriptions::secrets::shown_body(&version.resource_type, &version.body);
     FhirResponse {
         version: Some(version.version),
         last_modified: Some(version.last_updated),
-        ..FhirResponse::new(status, if version.body.is_empty() { Body::None } else { Body::Raw(version.body.clone()) })
+        ..FhirResponse::new(status, if body.is_empty() { Body::None } else { Body::Raw(body) })
     }
 }
 

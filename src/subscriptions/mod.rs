@@ -7,6 +7,7 @@ pub mod built_in;
 pub mod endpoint;
 pub mod notification;
 pub mod request;
+pub mod secrets;
 pub mod topic;
 
 use std::collections::HashMap;
@@ -188,6 +189,11 @@ impl Index {
     pub fn watching(&self, resource_type: &str) -> impl Iterator<Item = &Arc<Topic>> {
         let own = self.by_type.get(resource_type).map(Vec::as_slice).unwrap_or_default();
         own.iter().chain(&self.on_every_type).filter(|t| self.subscribers.contains_key(&t.url))
+    }
+
+    /// Every subscription in force.
+    pub fn subscribers(&self) -> impl Iterator<Item = &Arc<Subscriber>> {
+        self.subscribers.values().flat_map(Subscribers::all)
     }
 
     /// The topics that raise `event` and have subscribers, each with them.

@@ -98,6 +98,8 @@ pub struct SubscriptionRequest {
     pub max_count: usize,
     /// Hours before an appointment's start its reminder is due, when the subscription says.
     pub reminder_hours: Option<u64>,
+    /// When the server turns it off (`Subscription.end`).
+    pub end: Option<time::OffsetDateTime>,
 }
 
 /// What is wrong with a Subscription, and where (a FHIRPath location).
@@ -240,6 +242,13 @@ impl SubscriptionRequest {
             ));
         }
         let reminder_hours = reminder_hours(subscription, topic)?;
+        let end = match subscription["end"].as_str() {
+            None => None,
+            Some(end) => Some(
+                time::OffsetDateTime::parse(end, &time::format_description::well_known::Rfc3339)
+                    .map_err(|_| problem("Subscription.end", format!("'{end}' is not an instant")))?,
+            ),
+        };
         Ok(SubscriptionRequest {
             status,
             topic: topic.url.clone(),
@@ -251,7 +260,13 @@ impl SubscriptionRequest {
             timeout,
             max_count,
             reminder_hours,
+            end,
         })
+    }
+
+    /// Whether its end has passed at `now`: it has no more events, and the server turns it off.
+    pub fn ended(&self, now: time::OffsetDateTime) -> bool {
+        self.end.is_some_and(|end| end <= now)
     }
 
     /// Whether an event of `resource_type` with these index rows passes the filters.

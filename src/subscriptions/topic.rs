@@ -134,6 +134,8 @@ impl Judged<'_> {
 /// A topic in force.
 #[derive(Debug, Clone)]
 pub struct Topic {
+    /// The id of the `Basic` that carries it.
+    pub basic_id: String,
     /// Its canonical URL, what `Subscription.criteria` names.
     pub url: String,
     pub title: Option<String>,
@@ -157,6 +159,11 @@ fn topic_extensions<'a>(resource: &'a Value, element: &'a str) -> impl Iterator<
         let url = e["url"].as_str().unwrap_or_default();
         EXTENSION_PREFIXES.iter().any(|prefix| url.strip_prefix(prefix) == Some(element))
     })
+}
+
+/// The canonical URL of the topic a `Basic` carries.
+pub fn url_of(resource: &Value) -> Option<&str> {
+    topic_extensions(resource, "url").find_map(text)
 }
 
 /// The sub-extensions named `name` of a complex extension.
@@ -183,10 +190,10 @@ fn resource_type_of(uri: &str) -> Option<String> {
 impl Topic {
     /// Reads the topic a stored `Basic` carries; an error says what is wrong with it.
     pub fn parse(resource: &Value, registry: &Registry, base_url: &str) -> Result<Topic, String> {
-        let url = topic_extensions(resource, "url")
-            .find_map(text)
+        let url = url_of(resource)
             .ok_or("a SubscriptionTopic needs its canonical url (extension-SubscriptionTopic.url)")?
             .to_string();
+        let basic_id = resource["id"].as_str().unwrap_or_default().to_string();
         let title = topic_extensions(resource, "title").find_map(text).map(str::to_string);
         let mut triggers = Vec::new();
         for trigger in topic_extensions(resource, "resourceTrigger") {
@@ -205,7 +212,7 @@ impl Topic {
                 parameter: parts(filter, "filterParameter").find_map(text).map(str::to_string),
             })
             .collect();
-        Ok(Topic { url, title, triggers, events, filters })
+        Ok(Topic { basic_id, url, title, triggers, events, filters })
     }
 
     /// Whether a subscription may filter events of `resource_type` on `parameter`.

@@ -157,6 +157,28 @@ async fn reminder_leads_are_checked(db: Db) {
     assert_eq!(total["total"], 0, "nothing stored");
 }
 
+/// `Subscription.end`: no events after it, and the server turns the subscription off.
+async fn a_subscription_is_off_after_its_end(db: Db) {
+    let server = TestServer::start_with(db, scanning).await;
+    let receiver = Receiver::start().await;
+    let ana = server.create(&json!({"resourceType": "Patient"})).await;
+    let end = OffsetDateTime::now_utc() + time::Duration::seconds(2);
+    let mut ending =
+        subscription("result-final", &[&format!("Observation?patient=Patient/{ana}")], &receiver.url, "id-only");
+    ending["end"] = json!(end.format(&Rfc3339).unwrap());
+    let created = body(server.post("Subscription", &ending).await).await;
+    let id = created["id"].as_str().unwrap().to_string();
+    wait_status(&server, &id, "active").await;
+    server.create(&observation(&ana, "final")).await;
+    receiver.wait_for_events(1, WAIT).await;
+    let off = wait_status(&server, &id, "off").await;
+    assert!(OffsetDateTime::now_utc() >= end, "not before its end");
+    assert!(off["error"].as_str().unwrap().contains("end"), "{off}");
+    server.create(&observation(&ana, "final")).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.received().iter().map(|r| r.events().len()).sum::<usize>(), 1, "nothing after its end");
+}
+
 /// Two nodes on one PostgreSQL database scanning at once: each reminder recorded once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_send_a_reminder_once() {
@@ -178,5 +200,6 @@ async fn two_nodes_send_a_reminder_once() {
 on_both_databases!(
     appointments_are_reminded_once_before_they_start,
     care_due_today_is_reminded_once,
-    reminder_leads_are_checked
+    reminder_leads_are_checked,
+    a_subscription_is_off_after_its_end
 );

@@ -127,7 +127,8 @@ async fn websockets_get_the_handshake_events_and_heartbeats(db: Db) {
     // Turning it off ends the binding.
     let mut off = wait_status(&server, &id, "active").await;
     off["status"] = json!("off");
-    assert_eq!(server.put(&format!("Subscription/{id}"), &off).await.status(), 200);
+    let response = server.put(&format!("Subscription/{id}"), &off).await;
+    assert_eq!(response.status(), 200, "{}", body(response).await);
     loop {
         match tokio::time::timeout(WAIT, socket.next()).await.expect("closed in time") {
             Some(Ok(Message::Close(Some(frame)))) => break assert_eq!(frame.code, CloseCode::Normal),
