@@ -4,6 +4,8 @@
 //! receiver is down, refused Subscriptions, rolled-back writes, and what patients may see.
 
 mod common;
+#[path = "subscriptions/crash.rs"]
+mod crash;
 #[path = "subscriptions/reminders.rs"]
 mod reminders;
 #[path = "subscriptions/websocket.rs"]
@@ -325,6 +327,32 @@ async fn only_staff_add_topics_and_a_url_names_one(db: Db) {
     assert_eq!(smart.send(Method::POST, "Basic", &admin, &operator_topic(&built_in, None)).await.status(), 422);
     let response = smart.send(Method::DELETE, "Basic/topic-result-final", &ana_token, &Value::Null).await;
     assert!(matches!(response.status().as_u16(), 403 | 404), "{}", response.status());
+}
+
+/// A patient's app has notifications e-mailed to its user's own address only.
+async fn patients_email_only_themselves(db: Db) {
+    let server = smart_server(db).await;
+    let smart = Smart::new(&server).await;
+    let admin = smart.admin_token().await;
+    let ana = smart
+        .create(
+            &admin,
+            &json!({"resourceType": "Patient", "telecom": [{"system": "email", "value": "Ana@Example.org"}]}),
+        )
+        .await;
+    let scope = "openid fhirUser launch/patient patient/Subscription.cruds patient/Observation.rs";
+    let ana_token = smart.user_token("ana", &format!("Patient/{ana}"), &[], scope).await;
+    let by_email = |to: &str| {
+        let mut resource = subscription("result-final", &[&format!("Observation?patient=Patient/{ana}")], "", "empty");
+        resource["channel"] = json!({"type": "email", "endpoint": format!("mailto:{to}")});
+        resource
+    };
+    let response = smart.send(Method::POST, "Subscription", &ana_token, &by_email("someone@example.org")).await;
+    assert_eq!(response.status(), 422);
+    assert!(body(response).await.to_string().contains("own address"));
+    assert_eq!(smart.send(Method::POST, "Subscription", &ana_token, &by_email("ana@example.org")).await.status(), 201);
+    let clinic = smart.send(Method::POST, "Subscription", &admin, &by_email("front-desk@example.org")).await;
+    assert_eq!(clinic.status(), 201, "staff are not confined");
 }
 
 /// The receiver's secret in `channel.header` is never shown, to anyone, and a client that
@@ -680,6 +708,7 @@ on_both_databases!(
     rest_hooks_to_the_servers_own_network_are_refused_by_default,
     channel_headers_are_write_only,
     only_staff_add_topics_and_a_url_names_one,
+    patients_email_only_themselves,
     a_receiver_that_is_down_gets_the_events_later,
     a_failed_handshake_leaves_the_subscription_in_error,
     a_rolled_back_write_causes_no_event,

@@ -279,12 +279,7 @@ impl SubscriptionTx {
             (false, None) => Permission::Create,
             (false, Some(_)) => Permission::Update,
         };
-        let unrestricted = match self.service.rule(&self.access, permission, "Basic") {
-            Ok(None) => true,
-            Ok(Some(rule)) => rule.restriction == crate::auth::Restriction::None,
-            Err(_) => false,
-        };
-        if !unrestricted {
+        if !self.reaches_every(permission, "Basic") {
             return Err(super::workflow::refused(
                 crate::model::ErrorKind::Forbidden,
                 IssueCode::Forbidden,
@@ -304,6 +299,51 @@ impl SubscriptionTx {
         }
     }
 
+    /// Whether the caller may do `permission` on every resource of `resource_type` (staff,
+    /// systems, the server), not only on those of its patients.
+    fn reaches_every(&self, permission: Permission, resource_type: &str) -> bool {
+        match self.service.rule(&self.access, permission, resource_type) {
+            Ok(None) => true,
+            Ok(Some(rule)) => rule.restriction == crate::auth::Restriction::None,
+            Err(_) => false,
+        }
+    }
+
+    /// A patient's or proxy's app has e-mail notifications sent only to its user's own address
+    /// (an e-mail `telecom` of the signed-in user's resource): else any app could have the
+    /// server mail whom it likes. Staff and systems are not confined. The problem, if any.
+    async fn foreign_email(&mut self, resource: &Value) -> StoreResult<Option<String>> {
+        let channel = &resource["channel"];
+        let Some(address) = channel["endpoint"].as_str().and_then(|e| e.strip_prefix("mailto:")) else {
+            return Ok(None);
+        };
+        if channel["type"] != "email" || self.reaches_every(Permission::Update, "Subscription") {
+            return Ok(None);
+        }
+        let user = match &self.access {
+            Access::Token(grant) => grant.fhir_user.clone(),
+            Access::Open => return Ok(None),
+        };
+        let mut own = Vec::new();
+        if let Some((resource_type, id)) = user.as_deref().and_then(|u| u.rsplit_once('/')) {
+            let resource_type = resource_type.rsplit('/').next().unwrap_or(resource_type);
+            if let Some(user) = live(self.inner.as_mut(), resource_type, id).await? {
+                let telecom = user["telecom"].as_array().cloned().unwrap_or_default();
+                own.extend(
+                    telecom
+                        .iter()
+                        .filter(|t| t["system"] == "email")
+                        .filter_map(|t| t["value"].as_str().map(str::to_string)),
+                );
+            }
+        }
+        Ok((!own.iter().any(|a| a.eq_ignore_ascii_case(address.trim()))).then(|| {
+            "Subscription.channel.endpoint: a patient's app has notifications e-mailed only to its user's own \
+             address (an email telecom of the signed-in user's Patient or RelatedPerson)"
+                .to_string()
+        }))
+    }
+
     /// Checks the statuses of the Subscriptions written here and records their delivery state.
     async fn register_subscriptions(&mut self) -> StoreResult<()> {
         for (id, before) in std::mem::take(&mut self.subscriptions) {
@@ -317,6 +357,9 @@ impl SubscriptionTx {
                 return Err(super::workflow::unprocessable(format!(
                     "Subscription/{id}: a client sets status requested (or off); the server makes it {status}"
                 )));
+            }
+            if let Some(problem) = self.foreign_email(&resource).await? {
+                return Err(super::workflow::unprocessable(problem));
             }
             let channel = resource["channel"]["type"].as_str().unwrap_or_default().to_string();
             let heartbeat = crate::subscriptions::request::heartbeat_of(&resource);
