@@ -1,6 +1,8 @@
-//! Delivery of subscription notifications (ADR 16). Every node runs a delivery worker: it
-//! claims, under a lease, a subscription with something due (its handshake, undelivered events,
-//! a heartbeat), sends it, and records how far it got. Events are read back under the
+//! Delivery of subscription notifications (ADR 16). Every node runs delivery workers: each
+//! claims, under a lease, a few subscriptions with something due (a handshake, undelivered
+//! events, a heartbeat) with one statement, sends to them at once, and records how far each got
+//! (those that ended together in one transaction: on SQLite's single writer, two statements per
+//! notification kept the deliveries behind the writes). Events are read back under the
 //! subscriber's access as it stands now: a resource the subscriber can no longer read is
 //! counted but not shown, and a subscriber whose authorization has ended gets nothing more.
 //!
@@ -10,6 +12,8 @@
 
 use std::time::Duration;
 
+use futures::stream::{FuturesUnordered, StreamExt};
+use futures::FutureExt;
 use serde_json::Value;
 use time::OffsetDateTime;
 
@@ -71,9 +75,11 @@ impl Attempt {
     }
 }
 
-/// Deliveries a node carries out at once (each worker one subscription at a time): a slow
-/// receiver holds up its own subscription, not the others.
+/// Delivery workers per node.
 const WORKERS: usize = 4;
+
+/// Subscriptions a worker claims with one statement and delivers to at once.
+const BATCH: usize = 8;
 
 impl FhirService {
     /// This node's delivery workers, until the process ends.
@@ -81,30 +87,47 @@ impl FhirService {
         futures::future::join_all((0..WORKERS).map(|_| self.clone().run_deliveries())).await;
     }
 
-    /// Claims and carries out due deliveries, one at a time, until the process ends.
+    /// Claims due deliveries, [`BATCH`] at a time, and carries them out at once, until the
+    /// process ends. What they ended with is recorded as they end, those that ended together in
+    /// one transaction: a slow receiver holds up its own subscription only.
     async fn run_deliveries(self) {
         let owner = new_id();
         loop {
             let lease_until = OffsetDateTime::now_utc() + LEASE;
-            match self.store.claim_delivery(&owner, lease_until).await {
-                Ok(Some(delivery)) => {
-                    // A commit wakes one worker: one that found work wakes the next, since
-                    // there may be more (else the others would sleep until their poll).
-                    self.deliveries_due.workers.notify_one();
-                    self.deliver(&owner, delivery).await
-                }
-                Ok(None) => {
-                    let _ = tokio::time::timeout(POLL, self.deliveries_due.workers.notified()).await;
-                }
+            let claimed = match self.store.claim_deliveries(&owner, lease_until, BATCH).await {
+                Ok(claimed) => claimed,
                 Err(error) => {
-                    tracing::warn!(%error, "cannot claim a subscription delivery");
+                    tracing::warn!(%error, "cannot claim subscription deliveries");
                     tokio::time::sleep(POLL).await;
+                    continue;
+                }
+            };
+            if claimed.is_empty() {
+                let _ = tokio::time::timeout(POLL, self.deliveries_due.workers.notified()).await;
+                continue;
+            }
+            // A commit wakes one worker: one that found work wakes the next, since there may
+            // be more (else the others would sleep until their poll).
+            self.deliveries_due.workers.notify_one();
+            let mut running: FuturesUnordered<_> = claimed.into_iter().map(|d| self.deliver(d)).collect();
+            while let Some(first) = running.next().await {
+                let mut ended = vec![first];
+                while let Some(Some(next)) = running.next().now_or_never() {
+                    ended.push(next);
+                }
+                match self.store.end_deliveries(&owner, &ended).await {
+                    Ok(lost) => {
+                        lost.iter().for_each(|id| tracing::warn!(subscription = %id, "a delivery's lease ran out"))
+                    }
+                    Err(error) => tracing::warn!(%error, "cannot record deliveries"),
                 }
             }
         }
     }
 
-    async fn deliver(&self, owner: &str, delivery: Delivery) {
+    /// Carries out one claimed delivery and the status change it calls for (while the lease is
+    /// held); how it ended.
+    async fn deliver(&self, delivery: Delivery) -> (String, DeliveryEnd) {
         let attempt = match self.attempt(&delivery).await {
             Ok(attempt) => attempt,
             Err(error) => Attempt { failure: Some(error), ..Attempt::nothing(&delivery) },
@@ -136,11 +159,7 @@ impl FhirService {
             not_before,
             sent: attempt.sent,
         };
-        match self.store.end_delivery(&delivery.subscription_id, owner, &end).await {
-            Ok(true) => {}
-            Ok(false) => tracing::warn!(subscription = %delivery.subscription_id, "a delivery's lease ran out"),
-            Err(error) => tracing::warn!(%error, "cannot record a delivery"),
-        }
+        (delivery.subscription_id, end)
     }
 
     /// One attempt: the handshake, the next events, or a heartbeat.

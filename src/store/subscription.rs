@@ -88,14 +88,20 @@ pub struct DeliveryEnd {
 /// The subscription records outside a write transaction.
 #[async_trait]
 pub trait SubscriptionStore: Send + Sync {
-    /// Takes the subscription that most needs a delivery (a handshake, undelivered
-    /// events, a heartbeat), and is due, for `owner` until `lease_until`. Concurrent workers
-    /// never take the same one. A websocket subscription is taken only to be activated: its
-    /// events go to the clients bound to it, by the node each is connected to.
-    async fn claim_delivery(&self, owner: &str, lease_until: OffsetDateTime) -> StoreResult<Option<Delivery>>;
-    /// Records how `owner`'s attempt ended and lets the subscription go; `false` when `owner`
-    /// no longer held it.
-    async fn end_delivery(&self, id: &str, owner: &str, end: &DeliveryEnd) -> StoreResult<bool>;
+    /// Takes up to `limit` subscriptions that need a delivery (a handshake, undelivered
+    /// events, a heartbeat) and are due, the longest waiting first, for `owner` until
+    /// `lease_until`, in one statement. Concurrent workers never take the same one. A
+    /// websocket subscription is taken only to be activated: its events go to the clients bound
+    /// to it, by the node each is connected to.
+    async fn claim_deliveries(
+        &self,
+        owner: &str,
+        lease_until: OffsetDateTime,
+        limit: usize,
+    ) -> StoreResult<Vec<Delivery>>;
+    /// Records how `owner`'s attempts ended, in one transaction, and lets the subscriptions
+    /// go; the ids of those `owner` no longer held.
+    async fn end_deliveries(&self, owner: &str, ends: &[(String, DeliveryEnd)]) -> StoreResult<Vec<String>>;
     /// The delivery state of a subscription.
     async fn delivery(&self, id: &str) -> StoreResult<Option<Delivery>>;
     /// Every subscription's delivery state (to build the in-memory index of subscriptions).
@@ -134,55 +140,64 @@ macro_rules! subscription_store {
 
         #[async_trait::async_trait]
         impl $crate::store::SubscriptionStore for $store {
-            async fn claim_delivery(
+            async fn claim_deliveries(
                 &self,
                 owner: &str,
                 lease_until: time::OffsetDateTime,
-            ) -> $crate::store::StoreResult<Option<$crate::store::subscription::Delivery>> {
+                limit: usize,
+            ) -> $crate::store::StoreResult<Vec<$crate::store::subscription::Delivery>> {
                 let now = $crate::store::sql::to_micros(time::OffsetDateTime::now_utc());
                 let sql = format!(
-                    "UPDATE subscription_delivery SET lease_owner = $1, lease_until = $2 WHERE subscription_id = \
+                    "UPDATE subscription_delivery SET lease_owner = $1, lease_until = $2 WHERE subscription_id IN \
                      (SELECT subscription_id FROM subscription_delivery WHERE not_before <= $3 AND lease_until < $3 \
                      AND (status = 'requested' OR (channel <> 'websocket' \
                      AND ((status IN ('active', 'error') AND events > delivered) \
                      OR (status = 'active' AND heartbeat > 0 AND last_sent + heartbeat * 1000000 <= $3)))) \
-                     ORDER BY not_before LIMIT 1{}) RETURNING {}",
+                     ORDER BY not_before LIMIT $4{}) RETURNING {}",
                     $skip_locked,
                     $crate::store::subscription::DELIVERY_COLUMNS
                 );
-                let row = sqlx::query(&sql)
+                let rows = sqlx::query(&sql)
                     .bind(owner)
                     .bind($crate::store::sql::to_micros(lease_until))
                     .bind(now)
-                    .fetch_optional(&self.writers)
+                    .bind(limit as i64)
+                    .fetch_all(&self.writers)
                     .await?;
-                Ok(row.as_ref().map(decode_delivery).transpose()?)
+                Ok(rows.iter().map(decode_delivery).collect::<Result<Vec<_>, _>>()?)
             }
 
-            async fn end_delivery(
+            async fn end_deliveries(
                 &self,
-                id: &str,
                 owner: &str,
-                end: &$crate::store::subscription::DeliveryEnd,
-            ) -> $crate::store::StoreResult<bool> {
+                ends: &[(String, $crate::store::subscription::DeliveryEnd)],
+            ) -> $crate::store::StoreResult<Vec<String>> {
                 let now = $crate::store::sql::to_micros(time::OffsetDateTime::now_utc());
-                let sent = if end.sent { ", last_sent = $7" } else { "" };
-                let sql = format!(
-                    "UPDATE subscription_delivery SET delivered = $1, failures = $2, last_error = $3, \
-                     not_before = $4, lease_owner = NULL, lease_until = 0{sent} \
-                     WHERE subscription_id = $5 AND lease_owner = $6"
-                );
-                let mut query = sqlx::query(&sql)
-                    .bind(end.delivered)
-                    .bind(end.failures)
-                    .bind(end.last_error.as_deref())
-                    .bind($crate::store::sql::to_micros(end.not_before))
-                    .bind(id)
-                    .bind(owner);
-                if end.sent {
-                    query = query.bind(now);
+                let mut tx = self.writers.begin().await?;
+                let mut lost = Vec::new();
+                for (id, end) in ends {
+                    let sent = if end.sent { ", last_sent = $7" } else { "" };
+                    let sql = format!(
+                        "UPDATE subscription_delivery SET delivered = $1, failures = $2, last_error = $3, \
+                         not_before = $4, lease_owner = NULL, lease_until = 0{sent} \
+                         WHERE subscription_id = $5 AND lease_owner = $6"
+                    );
+                    let mut query = sqlx::query(&sql)
+                        .bind(end.delivered)
+                        .bind(end.failures)
+                        .bind(end.last_error.as_deref())
+                        .bind($crate::store::sql::to_micros(end.not_before))
+                        .bind(id)
+                        .bind(owner);
+                    if end.sent {
+                        query = query.bind(now);
+                    }
+                    if query.execute(&mut *tx).await?.rows_affected() == 0 {
+                        lost.push(id.clone());
+                    }
                 }
-                Ok(query.execute(&self.writers).await?.rows_affected() == 1)
+                tx.commit().await?;
+                Ok(lost)
             }
 
             async fn delivery(
