@@ -118,6 +118,11 @@ pub enum Command {
         #[arg(long, env = "HEARTH_APPOINTMENT_REMINDER_HOURS", default_value_t = 24,
               value_parser = clap::value_parser!(u64).range(1..=336))]
         appointment_reminder_hours: u64,
+        /// How many days subscription events are kept (for `$events` and for delivery to a
+        /// receiver that is down), delivered or not.
+        #[arg(long, env = "HEARTH_SUBSCRIPTION_EVENT_DAYS", default_value_t = 30,
+              value_parser = clap::value_parser!(u32).range(1..))]
+        subscription_event_days: u32,
     },
     /// Load transaction, batch or collection Bundles (`.json`) and `.ndjson` files.
     Import {

@@ -56,6 +56,7 @@ async fn main() -> anyhow::Result<()> {
             allow_http_rest_hooks,
             allow_private_rest_hooks,
             appointment_reminder_hours,
+            subscription_event_days,
         } => {
             if default_count > max_count {
                 anyhow::bail!("--default-count ({default_count}) cannot be larger than --max-count ({max_count})");
@@ -102,6 +103,7 @@ async fn main() -> anyhow::Result<()> {
                         allow_private: allow_private_rest_hooks,
                     },
                     appointment_reminder_lead: std::time::Duration::from_secs(appointment_reminder_hours * 3600),
+                    event_retention: time::Duration::days(subscription_event_days.into()),
                     ..SubscriptionSettings::default()
                 },
                 ..Settings::new(&base_url)

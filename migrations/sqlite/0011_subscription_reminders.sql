@@ -11,3 +11,7 @@ CREATE TABLE subscription_reminders (
 
 -- Keys are forgotten after 30 days (longer than any reminder can be due again).
 CREATE INDEX subscription_reminders_recorded ON subscription_reminders (recorded);
+
+-- Events are kept for --subscription-event-days (30 by default), delivered or not: each node's
+-- time scan forgets older ones by this index.
+CREATE INDEX subscription_events_recorded ON subscription_events (recorded);

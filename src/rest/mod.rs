@@ -233,6 +233,8 @@ pub struct SubscriptionSettings {
     pub appointment_reminder_lead: std::time::Duration,
     /// How often each node scans for reminders that are due.
     pub reminder_scan: std::time::Duration,
+    /// How long events are kept for `$events` and delivery (`--subscription-event-days`).
+    pub event_retention: time::Duration,
 }
 
 impl Default for SubscriptionSettings {
@@ -241,6 +243,7 @@ impl Default for SubscriptionSettings {
             endpoints: Default::default(),
             appointment_reminder_lead: std::time::Duration::from_secs(24 * 3600),
             reminder_scan: std::time::Duration::from_secs(60),
+            event_retention: time::Duration::days(30),
         }
     }
 }

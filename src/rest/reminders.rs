@@ -1,5 +1,5 @@
-//! What time makes due: Subscriptions whose `end` has passed are turned off, and reminders
-//! are recorded (ADR 18). Every node scans, each `reminder_scan`, for what is
+//! What time makes due: Subscriptions whose `end` has passed are turned off, events older
+//! than the retention are forgotten, and reminders are recorded (ADR 18). Every node scans, each `reminder_scan`, for what is
 //! due to the subscribers of topics with event triggers (built in: `appointment-reminder` and
 //! `care-due`), in pages of [`PAGE`] resources, and records the events as a write's are
 //! recorded (the outbox), each under a key the database keeps once per subscription: the node
@@ -59,12 +59,15 @@ impl Due {
 }
 
 impl FhirService {
-    /// Ends the subscriptions whose end has passed and records due reminders, every
-    /// `reminder_scan`, until the process ends.
+    /// Ends the subscriptions whose end has passed, forgets old events and records due
+    /// reminders, every `reminder_scan`, until the process ends.
     pub(super) async fn run_reminders(self) {
         loop {
             let now = OffsetDateTime::now_utc();
             self.end_subscriptions(now).await;
+            if let Err(error) = self.store.forget_events(now - self.config.subscriptions.event_retention).await {
+                tracing::warn!(%error, "cannot forget old subscription events");
+            }
             if let Err(error) = self.scan_reminders(now).await {
                 tracing::warn!(%error, "cannot scan for reminders");
             }

@@ -102,6 +102,8 @@ pub trait SubscriptionStore: Send + Sync {
     /// Records how `owner`'s attempts ended, in one transaction, and lets the subscriptions
     /// go; the ids of those `owner` no longer held.
     async fn end_deliveries(&self, owner: &str, ends: &[(String, DeliveryEnd)]) -> StoreResult<Vec<String>>;
+    /// Forgets the events recorded before `before`, delivered or not; how many.
+    async fn forget_events(&self, before: OffsetDateTime) -> StoreResult<u64>;
     /// The delivery state of a subscription.
     async fn delivery(&self, id: &str) -> StoreResult<Option<Delivery>>;
     /// Every subscription's delivery state (to build the in-memory index of subscriptions).
@@ -198,6 +200,14 @@ macro_rules! subscription_store {
                 }
                 tx.commit().await?;
                 Ok(lost)
+            }
+
+            async fn forget_events(&self, before: time::OffsetDateTime) -> $crate::store::StoreResult<u64> {
+                let forgotten = sqlx::query("DELETE FROM subscription_events WHERE recorded < $1")
+                    .bind($crate::store::sql::to_micros(before))
+                    .execute(&self.writers)
+                    .await?;
+                Ok(forgotten.rows_affected())
             }
 
             async fn delivery(

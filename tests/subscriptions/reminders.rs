@@ -179,6 +179,28 @@ async fn a_subscription_is_off_after_its_end(db: Db) {
     assert_eq!(receiver.received().iter().map(|r| r.events().len()).sum::<usize>(), 1, "nothing after its end");
 }
 
+/// Events are forgotten after the retention, delivered or not; their count stays.
+async fn old_events_are_forgotten(db: Db) {
+    let server = TestServer::start_with(db, |settings| {
+        let mut settings = scanning(settings);
+        settings.subscriptions.event_retention = time::Duration::seconds(1);
+        settings
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    let (ana, id) = patient_subscribed(&server, &receiver).await;
+    server.create(&observation(&ana, "final")).await;
+    receiver.wait_for_events(1, WAIT).await;
+    let events = |replay: &Value| replay["entry"].as_array().map_or(0, |entries| entries.len()) - 1;
+    let replay = body(server.get(&format!("Subscription/{id}/$events?eventsSinceNumber=1")).await).await;
+    assert_eq!(events(&replay), 1, "kept at first: {replay}");
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let replay = body(server.get(&format!("Subscription/{id}/$events?eventsSinceNumber=1")).await).await;
+    assert_eq!(events(&replay), 0, "forgotten: {replay}");
+    let status = body(server.get(&format!("Subscription/{id}/$status")).await).await;
+    assert_eq!(status["entry"][0]["resource"]["parameter"][4]["valueString"], "1", "still counted");
+}
+
 /// Two nodes on one PostgreSQL database scanning at once: each reminder recorded once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_send_a_reminder_once() {
@@ -201,5 +223,6 @@ on_both_databases!(
     appointments_are_reminded_once_before_they_start,
     care_due_today_is_reminded_once,
     reminder_leads_are_checked,
-    a_subscription_is_off_after_its_end
+    a_subscription_is_off_after_its_end,
+    old_events_are_forgotten
 );
