@@ -282,6 +282,103 @@ async fn rest_hooks_to_the_servers_own_network_are_refused_by_default(db: Db) {
     assert!(receiver.received().is_empty(), "never contacted");
 }
 
+/// The focus (`Type/id`) of each event a receiver got, in order.
+fn event_focuses(receiver: &Receiver) -> Vec<String> {
+    let events: Vec<Value> = receiver.received().iter().flat_map(|r| r.events()).collect();
+    events
+        .iter()
+        .map(|e| {
+            let reference = e["part"][2]["valueReference"]["reference"].as_str().unwrap();
+            let mut parts = reference.rsplit('/');
+            let id = parts.next().unwrap();
+            format!("{}/{id}", parts.next().unwrap())
+        })
+        .collect()
+}
+
+/// The appointment, document and refill topics: their events, and the writes that are not.
+async fn appointment_document_and_refill_topics(db: Db) {
+    let server = TestServer::start(db).await;
+    let ana = server.create(&json!({"resourceType": "Patient"})).await;
+    let patient = json!({"reference": format!("Patient/{ana}")});
+    let appointments = Receiver::start().await;
+    subscribed(
+        &server,
+        &appointments,
+        "appointment-changed",
+        &[&format!("Appointment?patient=Patient/{ana}")],
+        "id-only",
+    )
+    .await;
+    let documents = Receiver::start().await;
+    subscribed(
+        &server,
+        &documents,
+        "document-added",
+        &[&format!("DocumentReference?patient=Patient/{ana}")],
+        "id-only",
+    )
+    .await;
+    let refills = Receiver::start().await;
+    subscribed(&server, &refills, "refill-status", &[&format!("Task?patient=Patient/{ana}")], "id-only").await;
+
+    let visit = |status: &str| {
+        json!({"resourceType": "Appointment", "status": status, "start": "2031-01-06T09:00:00Z", "end": "2031-01-06T09:30:00Z",
+            "participant": [{"actor": patient, "status": "accepted"}]})
+    };
+    server.create(&visit("proposed")).await;
+    let booked = server.create(&visit("booked")).await;
+    let mut moved = visit("booked");
+    moved["id"] = json!(booked);
+    moved["start"] = json!("2031-01-07T09:00:00Z");
+    moved["end"] = json!("2031-01-07T09:30:00Z");
+    assert_eq!(server.put(&format!("Appointment/{booked}"), &moved).await.status(), 200);
+    let mut cancelled = moved.clone();
+    cancelled["status"] = json!("cancelled");
+    assert_eq!(server.put(&format!("Appointment/{booked}"), &cancelled).await.status(), 200);
+    appointments.wait_for_events(3, WAIT).await;
+
+    let document = |status: &str| {
+        json!({"resourceType": "DocumentReference", "status": status, "subject": patient,
+            "content": [{"attachment": {"contentType": "text/plain", "data": "aGk="}}]})
+    };
+    server.create(&document("superseded")).await;
+    let added = server.create(&document("current")).await;
+    let mut edited = document("current");
+    edited["id"] = json!(added);
+    edited["description"] = json!("renamed");
+    assert_eq!(server.put(&format!("DocumentReference/{added}"), &edited).await.status(), 200);
+    documents.wait_for_events(1, WAIT).await;
+
+    let prescription = server
+        .create(&json!({"resourceType": "MedicationRequest", "status": "active", "intent": "order",
+            "medicationCodeableConcept": {"text": "lisinopril 10 mg"}, "subject": patient}))
+        .await;
+    let mut task = json!({"resourceType": "Task", "status": "requested", "intent": "order",
+        "code": {"coding": [{"system": "http://hearth.dev/fhir/CodeSystem/portal-task", "code": "refill"}]},
+        "focus": {"reference": format!("MedicationRequest/{prescription}")}, "for": patient, "requester": patient});
+    let refill = server.create(&task).await;
+    task["id"] = json!(refill);
+    task["note"] = json!([{"text": "same status: not an event"}]);
+    assert_eq!(server.put(&format!("Task/{refill}"), &task).await.status(), 200);
+    task["status"] = json!("accepted");
+    assert_eq!(server.put(&format!("Task/{refill}"), &task).await.status(), 200);
+    refills.wait_for_events(2, WAIT).await;
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        event_focuses(&appointments),
+        vec![format!("Appointment/{booked}"); 3],
+        "booked, moved, cancelled; not proposed"
+    );
+    assert_eq!(
+        event_focuses(&documents),
+        [format!("DocumentReference/{added}")],
+        "a current one added; not superseded, not edited"
+    );
+    assert_eq!(event_focuses(&refills), vec![format!("Task/{refill}"); 2], "made, then accepted; not a note");
+}
+
 /// An operator's topic: `Basic` with the backport extensions, one resource trigger.
 fn operator_topic(url: &str, subject: Option<&str>) -> Value {
     let r5 = "http://hl7.org/fhir/5.0/StructureDefinition/extension-SubscriptionTopic.";
@@ -709,6 +806,7 @@ on_both_databases!(
     channel_headers_are_write_only,
     only_staff_add_topics_and_a_url_names_one,
     patients_email_only_themselves,
+    appointment_document_and_refill_topics,
     a_receiver_that_is_down_gets_the_events_later,
     a_failed_handshake_leaves_the_subscription_in_error,
     a_rolled_back_write_causes_no_event,
