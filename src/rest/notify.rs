@@ -12,8 +12,6 @@
 
 use std::time::Duration;
 
-use futures::stream::{FuturesUnordered, StreamExt};
-use futures::FutureExt;
 use serde_json::Value;
 use time::OffsetDateTime;
 
@@ -109,17 +107,36 @@ impl FhirService {
             // A commit wakes one worker: one that found work wakes the next, since there may
             // be more (else the others would sleep until their poll).
             self.deliveries_due.workers.notify_one();
-            let mut running: FuturesUnordered<_> = claimed.into_iter().map(|d| self.deliver(d)).collect();
-            while let Some(first) = running.next().await {
-                let mut ended = vec![first];
-                while let Some(Some(next)) = running.next().now_or_never() {
-                    ended.push(next);
+            // Tasks of their own: each goes on while the ends of others are recorded (one
+            // changing its subscription's status holds SQLite's writer until it is done).
+            let mut running = tokio::task::JoinSet::new();
+            for delivery in claimed {
+                let service = self.clone();
+                running.spawn(async move { service.deliver(delivery).await });
+            }
+            while let Some(first) = running.join_next().await {
+                let mut ended: Vec<(String, DeliveryEnd)> = first.into_iter().collect();
+                while let Some(next) = running.try_join_next() {
+                    ended.extend(next);
                 }
-                match self.store.end_deliveries(&owner, &ended).await {
-                    Ok(lost) => {
-                        lost.iter().for_each(|id| tracing::warn!(subscription = %id, "a delivery's lease ran out"))
-                    }
-                    Err(error) => tracing::warn!(%error, "cannot record deliveries"),
+                self.record_ends(&owner, &ended).await;
+            }
+        }
+    }
+
+    /// Records how deliveries ended (tried again after a lost race: on PostgreSQL a deadlock
+    /// with a writer's events is one).
+    async fn record_ends(&self, owner: &str, ended: &[(String, DeliveryEnd)]) {
+        for attempt in 1..=super::WRITE_ATTEMPTS {
+            match self.store.end_deliveries(owner, ended).await {
+                Ok(lost) => {
+                    lost.iter().for_each(|id| tracing::warn!(subscription = %id, "a delivery's lease ran out"));
+                    return;
+                }
+                Err(crate::store::StoreError::Conflict) if attempt < super::WRITE_ATTEMPTS => continue,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot record deliveries");
+                    return;
                 }
             }
         }
@@ -268,7 +285,10 @@ impl FhirService {
                 id: event.focus_id.clone(),
                 method: version.method.as_str(),
                 resource: (payload == Payload::FullResource && !version.deleted)
-                    .then(|| serde_json::from_slice(&version.body).ok())
+                    .then(|| {
+                        let shown = crate::subscriptions::secrets::shown_body(&event.focus_type, &version.body);
+                        serde_json::from_slice(&shown).ok()
+                    })
                     .flatten(),
             });
             events.push(Event { number: event.number, recorded: event.recorded, focus });

@@ -310,9 +310,11 @@ impl SubscriptionTx {
     }
 
     /// A patient's or proxy's app has e-mail notifications sent only to its user's own address
-    /// (an e-mail `telecom` of the signed-in user's resource): else any app could have the
-    /// server mail whom it likes. Staff and systems are not confined. The problem, if any.
-    async fn foreign_email(&mut self, resource: &Value) -> StoreResult<Option<String>> {
+    /// (an e-mail `telecom` of the signed-in user's resource as committed, not as changed in
+    /// the same transaction): else any app could have the server mail whom it likes. Checked
+    /// when the channel is new or changed; staff and systems are not confined. The problem, if
+    /// any.
+    async fn foreign_email(&mut self, id: &str, resource: &Value) -> StoreResult<Option<String>> {
         let channel = &resource["channel"];
         let Some(address) = channel["endpoint"].as_str().and_then(|e| e.strip_prefix("mailto:")) else {
             return Ok(None);
@@ -320,14 +322,24 @@ impl SubscriptionTx {
         if channel["type"] != "email" || self.reaches_every(Permission::Update, "Subscription") {
             return Ok(None);
         }
+        let store = self.service.store.clone();
+        let committed = |version: Option<ResourceVersion>| {
+            version.filter(|v| !v.deleted).and_then(|v| serde_json::from_slice::<Value>(&v.body).ok())
+        };
+        let before = committed(store.read("Subscription", id).await?);
+        if before.is_some_and(|before| {
+            before["channel"]["type"] == channel["type"] && before["channel"]["endpoint"] == channel["endpoint"]
+        }) {
+            return Ok(None);
+        }
         let user = match &self.access {
             Access::Token(grant) => grant.fhir_user.clone(),
             Access::Open => return Ok(None),
         };
         let mut own = Vec::new();
-        if let Some((resource_type, id)) = user.as_deref().and_then(|u| u.rsplit_once('/')) {
+        if let Some((resource_type, user_id)) = user.as_deref().and_then(|u| u.rsplit_once('/')) {
             let resource_type = resource_type.rsplit('/').next().unwrap_or(resource_type);
-            if let Some(user) = live(self.inner.as_mut(), resource_type, id).await? {
+            if let Some(user) = committed(store.read(resource_type, user_id).await?) {
                 let telecom = user["telecom"].as_array().cloned().unwrap_or_default();
                 own.extend(
                     telecom
@@ -358,7 +370,7 @@ impl SubscriptionTx {
                     "Subscription/{id}: a client sets status requested (or off); the server makes it {status}"
                 )));
             }
-            if let Some(problem) = self.foreign_email(&resource).await? {
+            if let Some(problem) = self.foreign_email(&id, &resource).await? {
                 return Err(super::workflow::unprocessable(problem));
             }
             let channel = resource["channel"]["type"].as_str().unwrap_or_default().to_string();

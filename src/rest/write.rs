@@ -195,7 +195,9 @@ impl FhirService {
         if current.deleted {
             return Err(FhirError::gone(resource_type, id, current.version));
         }
-        let mut resource: Value = serde_json::from_slice(&current.body).map_err(|_| FhirError::internal())?;
+        // As the caller may see it: a patch cannot copy or test a hidden secret.
+        let shown = crate::subscriptions::secrets::shown_body(resource_type, &current.body);
+        let mut resource: Value = serde_json::from_slice(&shown).map_err(|_| FhirError::internal())?;
         patch.apply(&mut resource)?;
         if resource.get("id").and_then(Value::as_str) != Some(id) {
             return Err(FhirError::new(

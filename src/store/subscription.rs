@@ -175,7 +175,10 @@ macro_rules! subscription_store {
                 ends: &[(String, $crate::store::subscription::DeliveryEnd)],
             ) -> $crate::store::StoreResult<Vec<String>> {
                 let now = $crate::store::sql::to_micros(time::OffsetDateTime::now_utc());
-                let mut tx = self.writers.begin().await?;
+                // In subscription order, as writers recording events lock them.
+                let mut ends: Vec<&(String, $crate::store::subscription::DeliveryEnd)> = ends.iter().collect();
+                ends.sort_by(|a, b| a.0.cmp(&b.0));
+                let mut tx = self.writers.begin().await.map_err($crate::store::sql::classify)?;
                 let mut lost = Vec::new();
                 for (id, end) in ends {
                     let sent = if end.sent { ", last_sent = $7" } else { "" };
@@ -194,11 +197,11 @@ macro_rules! subscription_store {
                     if end.sent {
                         query = query.bind(now);
                     }
-                    if query.execute(&mut *tx).await?.rows_affected() == 0 {
+                    if query.execute(&mut *tx).await.map_err($crate::store::sql::classify)?.rows_affected() == 0 {
                         lost.push(id.clone());
                     }
                 }
-                tx.commit().await?;
+                tx.commit().await.map_err($crate::store::sql::classify)?;
                 Ok(lost)
             }
 
@@ -328,12 +331,23 @@ macro_rules! subscription_store {
                 let mut new = Vec::new();
                 for reminder in ordered {
                     let conn = self.write_conn(false).await?;
-                    // Only for a subscription that records events: one not yet active is
-                    // reminded once it is.
+                    // Only for a subscription that records events (one not yet active is
+                    // reminded once it is), whose delivery row this locks first: a status
+                    // change cannot come between the key and the event.
+                    let records = sqlx::query(
+                        "UPDATE subscription_delivery SET events = events \
+                         WHERE subscription_id = $1 AND status IN ('active', 'error')",
+                    )
+                    .bind(&reminder.event.subscription)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err($crate::store::sql::classify)?
+                    .rows_affected();
+                    if records == 0 {
+                        continue;
+                    }
                     let inserted = sqlx::query(
-                        "INSERT INTO subscription_reminders (subscription_id, reminder, recorded) \
-                         SELECT $1, $2, $3 WHERE EXISTS (SELECT 1 FROM subscription_delivery \
-                           WHERE subscription_id = $1 AND status IN ('active', 'error')) \
+                        "INSERT INTO subscription_reminders (subscription_id, reminder, recorded) VALUES ($1, $2, $3) \
                          ON CONFLICT (subscription_id, reminder) DO NOTHING",
                     )
                     .bind(&reminder.event.subscription)

@@ -19,8 +19,9 @@ pub struct EndpointPolicy {
 }
 
 /// Whether `ip` is an address of the public internet: not loopback, private (RFC 1918, unique
-/// local), shared (carrier NAT), link-local (where cloud metadata services answer),
-/// unspecified, multicast, broadcast, documentation or reserved.
+/// local, site-local), shared (carrier NAT), link-local (where cloud metadata services
+/// answer), unspecified, multicast, broadcast, documentation, reserved, IPv4-compatible, nor
+/// an IPv6 address that carries one of those IPv4 addresses (mapped, NAT64, 6to4).
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(ip) => is_public_v4(ip),
@@ -48,13 +49,24 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
 }
 
 fn is_public_v6(ip: Ipv6Addr) -> bool {
-    let first = ip.segments()[0];
+    let segments = ip.segments();
+    let first = segments[0];
+    let v4 = |high: u16, low: u16| Ipv4Addr::from(((high as u32) << 16) | low as u32);
+    // Addresses that carry an IPv4 address reach it: NAT64 (64:ff9b::/96) and 6to4 (2002::/16).
+    if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return is_public_v4(v4(segments[6], segments[7]));
+    }
+    if first == 0x2002 {
+        return is_public_v4(v4(segments[1], segments[2]));
+    }
     !(ip.is_loopback()
         || ip.is_unspecified()
         || ip.is_multicast()
+        || segments[..6] == [0; 6]
         || (first & 0xfe00) == 0xfc00
         || (first & 0xffc0) == 0xfe80
-        || first == 0x2001 && ip.segments()[1] == 0x0db8)
+        || (first & 0xffc0) == 0xfec0
+        || first == 0x2001 && segments[1] == 0x0db8)
 }
 
 impl EndpointPolicy {
@@ -76,6 +88,8 @@ impl EndpointPolicy {
         cell.get_or_init(|| {
             reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
+                // A proxy would resolve and reach the host itself, past the resolver's check.
+                .no_proxy()
                 .connect_timeout(Duration::from_secs(10))
                 .dns_resolver(Arc::new(AdmittedAddresses(policy)))
                 .build()
@@ -127,10 +141,14 @@ mod tests {
             "fe80::1",
             "::ffff:10.0.0.1",
             "2001:db8::1",
+            "64:ff9b::a00:1",
+            "2002:a00:1::1",
+            "::a00:1",
+            "fec0::1",
         ] {
             assert!(!is_public(private.parse().unwrap()), "{private}");
         }
-        for public in ["93.184.216.34", "8.8.8.8", "2606:4700:4700::1111", "::ffff:8.8.8.8"] {
+        for public in ["93.184.216.34", "8.8.8.8", "2606:4700:4700::1111", "::ffff:8.8.8.8", "64:ff9b::808:808"] {
             assert!(is_public(public.parse().unwrap()), "{public}");
         }
     }

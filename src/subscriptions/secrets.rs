@@ -2,8 +2,10 @@
 //! (`Authorization: Bearer …`). They are write-only: every resource the server shows (reads,
 //! searches, `_include`, history, write responses) has each value replaced by [`HIDDEN`], and a
 //! write that sends a header back with [`HIDDEN`] as its value keeps the value stored for that
-//! header name. Whoever may read a Subscription (staff, or a patient whose clinic's
-//! Subscription names them) never learns the receiver's secret.
+//! header name, as long as the channel's type and endpoint stay the same. Whoever may read a
+//! Subscription (staff, or a patient whose clinic's Subscription names them) never learns the
+//! receiver's secret, nor sends it elsewhere. Patches apply to the shown version; notification
+//! payloads and `$events` show Subscriptions the same way.
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -35,23 +37,43 @@ pub fn shown_body(resource_type: &str, body: &Bytes) -> Bytes {
 }
 
 /// Puts back into `resource` (a Subscription about to be stored) the values of the headers it
-/// sends as [`HIDDEN`], from `stored` (its current version); an error names a hidden header
-/// that has no stored value.
+/// sends as [`HIDDEN`], from `stored` (its current version): the n-th hidden header of a name
+/// gets the n-th stored value of that name. Only to the same channel: a stored secret never
+/// follows a changed endpoint or type. An error says what to send instead.
 pub fn restore(resource: &mut Value, stored: Option<&Value>) -> Result<(), String> {
-    let stored_value = |name: &str| -> Option<String> {
-        stored?["channel"]["header"].as_array()?.iter().filter_map(Value::as_str).find_map(|header| {
-            let (stored_name, value) = header.split_once(':')?;
-            stored_name.trim().eq_ignore_ascii_case(name).then(|| value.trim().to_string())
-        })
-    };
+    let same_channel = stored.is_some_and(|stored| {
+        let channel = &stored["channel"];
+        channel["type"] == resource["channel"]["type"] && channel["endpoint"] == resource["channel"]["endpoint"]
+    });
+    let stored_headers: Vec<(String, String)> = stored
+        .and_then(|stored| stored["channel"]["header"].as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .filter_map(|header| header.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
+        .collect();
     let Some(headers) = headers_of(resource) else { return Ok(()) };
+    let mut seen: Vec<String> = Vec::new();
     for header in headers.iter_mut() {
         let Some((name, value)) = header.as_str().and_then(|h| h.split_once(':')) else { continue };
+        let name = name.trim().to_string();
+        let key = name.to_ascii_lowercase();
+        let nth = seen.iter().filter(|n| **n == key).count();
+        seen.push(key.clone());
         if value.trim() != HIDDEN {
             continue;
         }
-        let name = name.trim().to_string();
-        let value = stored_value(&name)
+        if !same_channel {
+            return Err(format!(
+                "the value of header '{name}' is hidden: send it in full (a stored value is kept only for the same channel type and endpoint)"
+            ));
+        }
+        let value = stored_headers
+            .iter()
+            .filter(|(stored_name, _)| *stored_name == key)
+            .nth(nth)
+            .map(|(_, value)| value.clone())
             .ok_or_else(|| format!("the value of header '{name}' is hidden and none is stored: send it in full"))?;
         *header = Value::String(format!("{name}: {value}"));
     }
@@ -87,6 +109,15 @@ mod tests {
         sent_back["channel"]["header"] = json!(["authorization: ******", "X-Other: new"]);
         restore(&mut sent_back, Some(&stored)).unwrap();
         assert_eq!(sent_back["channel"]["header"], json!(["authorization: Bearer s3cret", "X-Other: new"]));
+
+        let mut elsewhere = shown.clone();
+        elsewhere["channel"]["endpoint"] = json!("https://attacker.example/");
+        assert!(restore(&mut elsewhere, Some(&stored)).unwrap_err().contains("same channel"));
+
+        let two = json!({"channel": {"header": ["X-A: 1", "X-A: 2"]}});
+        let mut both_hidden = json!({"channel": {"header": ["X-A: ******", "X-A: ******"]}});
+        restore(&mut both_hidden, Some(&two)).unwrap();
+        assert_eq!(both_hidden["channel"]["header"], json!(["X-A: 1", "X-A: 2"]), "each its own");
 
         let mut unknown = json!({"channel": {"header": ["X-New: ******"]}});
         assert!(restore(&mut unknown, Some(&stored)).unwrap_err().contains("X-New"));
