@@ -16,8 +16,22 @@ pub struct Cli {
     /// `http://localhost:<port>` on a loopback listen address, else `http://<listen address>`.
     #[arg(long, global = true, env = "HEARTH_BASE_URL")]
     pub base_url: Option<String>,
+    /// How log lines are written: `text` for people, `json` for log collectors (one object
+    /// per line). `RUST_LOG` chooses what is logged (`info` by default).
+    #[arg(long, global = true, env = "HEARTH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line: timestamp, level, message, the request's id, method, route,
+    /// client id, status and latency.
+    Json,
 }
 
 /// How requests are authorised.

@@ -3,7 +3,7 @@
 use clap::Parser;
 use hearth::auth::proxy::ProxyPolicy;
 use hearth::auth::PasswordCost;
-use hearth::config::{AuthMode, Cli, Command};
+use hearth::config::{AuthMode, Cli, Command, LogFormat};
 use hearth::model::upload::UploadRules;
 use hearth::portal::messaging::MessagingSettings;
 use hearth::portal::scheduling::SchedulingSettings;
@@ -28,10 +28,18 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .init();
     let cli = Cli::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    match cli.log_format {
+        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_env_filter(filter)
+            .init(),
+    }
     match cli.command {
         Command::Serve {
             listen,

@@ -1,6 +1,7 @@
 //! The HTTP edge: the axum router, request decoding into [`FhirRequest`]s, content negotiation,
 //! and turning [`FhirResponse`]s and [`FhirError`]s into HTTP responses.
 
+mod access_log;
 mod auth;
 pub mod binary;
 pub mod format;
@@ -17,7 +18,6 @@ use axum::routing::{any, get};
 use axum::Router;
 use time::OffsetDateTime;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::trace::TraceLayer;
 
 use crate::auth::{Access, AuthServer, BearerError};
 use crate::model::{ErrorKind, FhirError, IssueCode};
@@ -74,7 +74,7 @@ pub fn router(state: AppState) -> Router {
                 request.method() == axum::http::Method::OPTIONS && !request.headers().contains_key(header::ORIGIN);
             if plain_options { routes.clone() } else { with_cors.clone() }.oneshot(request)
         }))
-        .layer(TraceLayer::new_for_http())
+        .layer(axum::middleware::from_fn(access_log::observe))
 }
 
 /// The operator's static files (a portal web app), with ETags and ranges, never a directory
@@ -138,6 +138,7 @@ async fn fhir(State(state): State<Arc<AppState>>, request: Request) -> Response 
         Err(error) => return error_response(error, Format::Json, pretty),
     };
     let head = parts.method == axum::http::Method::HEAD;
+    let mut client_id = None;
     let outcome = async {
         let method = Method::parse(parts.method.as_str()).ok_or_else(|| {
             let allowed = crate::rest::Route::parse(&path).map(|r| r.allowed_methods()).unwrap_or("GET, HEAD");
@@ -155,6 +156,9 @@ async fn fhir(State(state): State<Arc<AppState>>, request: Request) -> Response 
         })?;
         let mut request = decode_request(method, path, query, &parts.headers, &bytes, &state.service.config().uploads)?;
         request.access = authenticate(&state, &request, &parts.headers).await?;
+        if let Access::Token(grant) = &request.access {
+            client_id = Some(access_log::ClientId(grant.client_id.clone()));
+        }
         request.content = content_accept.is_some();
         state.service.handle(request).await
     }
@@ -181,6 +185,9 @@ async fn fhir(State(state): State<Arc<AppState>>, request: Request) -> Response 
     };
     if head {
         *response.body_mut() = HttpBody::empty();
+    }
+    if let Some(client_id) = client_id {
+        response.extensions_mut().insert(client_id);
     }
     response
 }

@@ -291,6 +291,20 @@ pub trait Store: AuthStore + SubscriptionStore + Send + Sync + 'static {
     async fn content_chunk(&self, sha256: &str, seq: i64) -> StoreResult<Option<Bytes>>;
     /// Whether the database answers.
     async fn ping(&self) -> StoreResult<()>;
+    /// What an operator watches of the database: its connections, the job queue and the
+    /// notifications waiting.
+    async fn gauges(&self) -> StoreResult<Gauges>;
+}
+
+/// See [`Store::gauges`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Gauges {
+    /// Per pool (`readers`, `writers`): connections in use and idle.
+    pub pools: Vec<(&'static str, u32, u32)>,
+    /// Per job kind: jobs queued, and how long the oldest has waited (seconds).
+    pub jobs: Vec<(String, i64, f64)>,
+    /// Events recorded for active or failing subscriptions and not delivered yet.
+    pub notifications_pending: i64,
 }
 
 /// A write transaction. Dropping it without [`StoreTx::commit`] rolls everything back.

@@ -900,6 +900,38 @@ macro_rules! sql_store {
                 sqlx::query("SELECT 1").execute(&self.readers).await?;
                 Ok(())
             }
+
+            async fn gauges(&self) -> $crate::store::StoreResult<$crate::store::Gauges> {
+                use sqlx::Row;
+                let pool = |name: &'static str, pool: &sqlx::Pool<$db>| {
+                    let idle = pool.num_idle() as u32;
+                    (name, pool.size().saturating_sub(idle), idle)
+                };
+                let now = $crate::store::sql::to_micros(time::OffsetDateTime::now_utc());
+                let jobs = sqlx::query(
+                    "SELECT kind, COUNT(*) AS queued, MIN(created) AS oldest FROM jobs \
+                     WHERE status = 'queued' GROUP BY kind ORDER BY kind",
+                )
+                .fetch_all(&self.readers)
+                .await?
+                .iter()
+                .map(|row| -> Result<(String, i64, f64), sqlx::Error> {
+                    let oldest: i64 = row.try_get("oldest")?;
+                    Ok((row.try_get("kind")?, row.try_get("queued")?, (now - oldest).max(0) as f64 / 1e6))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+                let pending: Option<i64> = sqlx::query_scalar(
+                    "SELECT CAST(SUM(events - delivered) AS BIGINT) FROM subscription_delivery \
+                     WHERE status IN ('active', 'error') AND channel <> 'websocket'",
+                )
+                .fetch_one(&self.readers)
+                .await?;
+                Ok($crate::store::Gauges {
+                    pools: vec![pool("readers", &self.readers), pool("writers", &self.writers)],
+                    jobs,
+                    notifications_pending: pending.unwrap_or(0),
+                })
+            }
         }
 
         #[async_trait::async_trait]
