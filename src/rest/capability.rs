@@ -16,6 +16,7 @@ const TYPE_INTERACTIONS: &[&str] =
 /// The choices Hearth made where R4 leaves one, for the types the portal's workflows write
 /// (`docs/portal.md` says more).
 const WORKFLOW_NOTES: &[(&str, &str)] = &[
+    ("AuditEvent", "Recorded by the server (ADR 19); none is created, changed or deleted through the API (405)."),
     ("Appointment", "No Slot is held by two active Appointments; a Slot's status follows its holder (all write paths)."),
     ("Binary", "Raw bytes for a non-FHIR Accept; raw uploads with X-Security-Context; patients upload into their own record only."),
     ("Communication", "Secure messaging: patients write as themselves to their care team in their own threads; sent messages are not changed, only marked read (received)."),
@@ -58,6 +59,14 @@ pub fn capability_statement(registry: &Registry, definitions: &Definitions, base
                 "searchParam": search_params,
                 "operation": operations_on(base_url, |d| (d.type_level || d.instance) && d.applies_to(resource_type)),
             });
+            if resource_type == "AuditEvent" {
+                // Recorded by the server only (ADR 19).
+                resource["interaction"] = json!([{"code": "read"}, {"code": "search-type"}]);
+                resource["updateCreate"] = json!(false);
+                resource["conditionalCreate"] = json!(false);
+                resource["conditionalUpdate"] = json!(false);
+                resource["conditionalDelete"] = json!("not-supported");
+            }
             let profiles = definitions.profiles_of(resource_type);
             if !profiles.is_empty() {
                 resource["supportedProfile"] = json!(profiles);

@@ -232,6 +232,7 @@ impl FhirService {
         id: &str,
         conditions: &Conditions,
     ) -> Result<FhirResponse, FhirError> {
+        refuse_audit_writes(resource_type)?;
         let current = tx.current(resource_type, id).await.map_err(store_error)?;
         check_if_match(conditions, current.as_ref())?;
         let Some(current) = current.filter(|c| !c.deleted) else {
@@ -358,6 +359,7 @@ impl FhirService {
         if !is_valid_id(id) {
             return Err(FhirError::bad_request(format!("'{id}' is not a valid resource id")));
         }
+        refuse_audit_writes(resource_type)?;
         if resource_type == "Subscription" {
             let current = tx.current(resource_type, id).await.map_err(store_error)?.filter(|v| !v.deleted);
             let stored = current.and_then(|v| serde_json::from_slice::<Value>(&v.body).ok());
@@ -416,6 +418,18 @@ impl FhirService {
             }
         }
     }
+}
+
+/// AuditEvents are the server's record of who did what (ADR 19): nobody creates, changes or
+/// deletes one through the API, in REST and bundles alike (405).
+fn refuse_audit_writes(resource_type: &str) -> Result<(), FhirError> {
+    if resource_type != "AuditEvent" {
+        return Ok(());
+    }
+    Err(FhirError::method_not_allowed(
+        "AuditEvents are recorded by the server: none is created, changed or deleted through the API",
+        "GET, HEAD",
+    ))
 }
 
 /// The response carrying a stored version (as it may be shown) with its ETag and Last-Modified.
