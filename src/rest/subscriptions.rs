@@ -197,7 +197,11 @@ impl SubscriptionTx {
         if topics.is_empty() {
             return Ok(());
         }
-        let previous = self.inner.current(&version.resource_type, &version.id).await?.filter(|p| !p.deleted);
+        // A first version has nothing before it: no read (on SQLite, one on the writer).
+        let previous = match version.version {
+            1 => None,
+            _ => self.inner.current(&version.resource_type, &version.id).await?.filter(|p| !p.deleted),
+        };
         let interaction = match (&previous, version.deleted) {
             (_, true) => Interaction::Delete,
             (Some(_), false) => Interaction::Update,
