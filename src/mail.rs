@@ -65,9 +65,13 @@ pub async fn queue(store: &dyn Store, queued: &Queued) -> StoreResult<Job> {
 
 /// The first e-mail address among a FHIR resource's `telecom` (a Patient's, a RelatedPerson's).
 pub fn telecom_email(resource: &serde_json::Value) -> Option<String> {
-    let telecom = resource["telecom"].as_array()?;
-    let email = telecom.iter().find(|t| t["system"] == "email")?;
-    email["value"].as_str().map(str::to_string)
+    telecom_emails(resource).next().map(str::to_string)
+}
+
+/// Every e-mail address among a FHIR resource's `telecom`.
+pub fn telecom_emails(resource: &serde_json::Value) -> impl Iterator<Item = &str> {
+    let telecom = resource["telecom"].as_array().into_iter().flatten();
+    telecom.filter(|t| t["system"] == "email").filter_map(|t| t["value"].as_str())
 }
 
 /// Where e-mail goes: `--smtp-url`, `--mail-from`.

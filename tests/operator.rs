@@ -4,9 +4,10 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
+use common::process::Process;
 use common::{Db, TestServer};
 use serde_json::{json, Value};
 
@@ -73,21 +74,12 @@ async fn metrics_show_requests_the_database_and_the_queues(db: Db) {
 async fn json_logs_have_one_line_per_request() {
     let dir = tempfile::tempdir().unwrap();
     let database = format!("sqlite://{}", dir.path().join("hearth.db").display());
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hearth"))
-        .args(["--log-format", "json", "serve", "--listen", &listen, "--database", &database, "--auth", "off"])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start hearth");
+    let mut process = Process::serve(&database, &["--log-format", "json"], &["--auth", "off"], |command| {
+        command.env("RUST_LOG", "info").stdout(Stdio::piped()).stderr(Stdio::piped());
+    })
+    .await;
+    let listen = process.listen.clone();
     let client = reqwest::Client::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !client.get(format!("http://{listen}/readyz")).send().await.is_ok_and(|r| r.status() == 200) {
-        assert!(tokio::time::Instant::now() < deadline, "hearth did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let response = client
         .get(format!("http://{listen}/fhir/Patient/secret-id-123?name=secret-name"))
         .header("x-request-id", "trace-me-1")
@@ -96,8 +88,8 @@ async fn json_logs_have_one_line_per_request() {
         .unwrap();
     assert_eq!(response.status(), 404);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    child.kill().unwrap();
-    let output = child.wait_with_output().unwrap();
+    process.child.kill().unwrap();
+    let output = process.child.wait_with_output().unwrap();
     let mut lines: Vec<String> = BufReader::new(&output.stdout[..]).lines().map_while(Result::ok).collect();
     lines.extend(BufReader::new(&output.stderr[..]).lines().map_while(Result::ok));
     let objects: Vec<Value> = lines

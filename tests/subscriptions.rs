@@ -299,26 +299,18 @@ async fn appointment_document_and_refill_topics(db: Db) {
     let server = TestServer::start(db).await;
     let ana = server.create(&json!({"resourceType": "Patient"})).await;
     let patient = json!({"reference": format!("Patient/{ana}")});
-    let appointments = Receiver::start().await;
-    subscribed(
-        &server,
-        &appointments,
-        "appointment-changed",
-        &[&format!("Appointment?patient=Patient/{ana}")],
-        "id-only",
-    )
-    .await;
-    let documents = Receiver::start().await;
-    subscribed(
-        &server,
-        &documents,
-        "document-added",
-        &[&format!("DocumentReference?patient=Patient/{ana}")],
-        "id-only",
-    )
-    .await;
-    let refills = Receiver::start().await;
-    subscribed(&server, &refills, "refill-status", &[&format!("Task?patient=Patient/{ana}")], "id-only").await;
+    let receiver_of = |topic: &'static str, resource_type: &'static str| {
+        let (server, ana) = (&server, &ana);
+        async move {
+            let receiver = Receiver::start().await;
+            let filter = format!("{resource_type}?patient=Patient/{ana}");
+            subscribed(server, &receiver, topic, &[&filter], "id-only").await;
+            receiver
+        }
+    };
+    let appointments = receiver_of("appointment-changed", "Appointment").await;
+    let documents = receiver_of("document-added", "DocumentReference").await;
+    let refills = receiver_of("refill-status", "Task").await;
 
     let visit = |status: &str| {
         json!({"resourceType": "Appointment", "status": status, "start": "2031-01-06T09:00:00Z", "end": "2031-01-06T09:30:00Z",
@@ -480,14 +472,7 @@ async fn channel_headers_are_write_only(db: Db) {
 
     // A patch works on what the caller sees: copying the header copies the hidden value.
     let copy = json!([{"op": "copy", "from": "/channel/header/0", "path": "/reason"}]);
-    let response = server
-        .client
-        .patch(format!("{}/Subscription/{id}", server.base))
-        .header("content-type", "application/json-patch+json")
-        .body(copy.to_string())
-        .send()
-        .await
-        .unwrap();
+    let response = server.json_patch(&format!("Subscription/{id}"), &copy, &[]).await;
     assert_eq!(response.status(), 200);
     assert_eq!(body(response).await["reason"], "Authorization: ******");
     // A stored secret never follows a new endpoint.

@@ -2,7 +2,8 @@
 //! short plain token, else a new one), returned on every response; a `tracing` span carrying
 //! the id, the method and the route as a template (`/fhir/Patient/{id}`: no ids, no query)
 //! for whatever the handlers log; and one `request` event with those, the client id, the
-//! status and the latency.
+//! status and the latency. The route is worked out once, and the metrics read it from the
+//! request ([`RequestRoute`]).
 //! With `--log-format json` that event is one JSON object per line. Bodies, tokens and query
 //! strings are never logged.
 
@@ -14,7 +15,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use tracing::Instrument;
 
-use crate::rest::Route;
+use crate::rest::{Method, Route};
 
 /// The header that carries a request's id, both ways.
 pub const REQUEST_ID: &str = "x-request-id";
@@ -44,53 +45,50 @@ pub fn request_id(given: Option<&HeaderValue>) -> String {
     }
 }
 
-/// The route of a path as a template: resource types and operation names stay, ids and
-/// versions become `{id}` and `{vid}`.
-pub fn route_template(path: &str) -> String {
-    let Some(fhir) = path.strip_prefix("/fhir") else {
-        return match path {
-            "/healthz" | "/readyz" | "/metrics" => path.to_string(),
-            _ if path.starts_with("/static/") => "/static/{file}".to_string(),
-            _ if path.starts_with("/auth/") || path.starts_with("/subscriptions/") => {
-                let plain = path.len() <= 48 && path.bytes().all(|b| b.is_ascii_lowercase() || b"/-_.".contains(&b));
-                if plain {
-                    path.to_string()
-                } else {
-                    "/{unknown}".to_string()
-                }
-            }
-            _ => "/{unknown}".to_string(),
+/// What a request is, worked out once per request: its route for the log line, and for a
+/// FHIR request the interaction and resource type the metrics count it under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestRoute {
+    /// The route as a template: resource types and operation names stay, ids and versions
+    /// become `{id}` and `{vid}`, the query is left out.
+    pub template: String,
+    /// A FHIR request's interaction and resource type (`""` for none).
+    pub fhir: Option<(&'static str, String)>,
+}
+
+impl RequestRoute {
+    pub fn of(method: &axum::http::Method, path: &str) -> RequestRoute {
+        let Some(fhir) = path.strip_prefix("/fhir") else {
+            return RequestRoute { template: other_template(path), fhir: None };
         };
-    };
-    let operation = |name: &str| {
-        let plain = name.len() <= 48 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-        if plain {
-            name.to_string()
-        } else {
-            "{operation}".to_string()
+        let Ok(route) = Route::parse(fhir) else {
+            return RequestRoute { template: "/fhir/{unknown}".into(), fhir: Some(("unknown", String::new())) };
+        };
+        let interaction = Method::parse(method.as_str()).map_or("unknown", |method| route.interaction(method));
+        let resource_type = route.resource_type().unwrap_or_default().to_string();
+        let template = match route.template() {
+            tail if tail.is_empty() => "/fhir".to_string(),
+            tail => format!("/fhir/{tail}"),
+        };
+        RequestRoute { template, fhir: Some((interaction, resource_type)) }
+    }
+}
+
+/// The template of a path outside the FHIR base: the server's own fixed routes.
+fn other_template(path: &str) -> String {
+    match path {
+        "/healthz" | "/readyz" | "/metrics" => path.to_string(),
+        _ if path.starts_with("/static/") => "/static/{file}".to_string(),
+        _ if path.starts_with("/auth/") || path.starts_with("/subscriptions/") => {
+            let plain = path.len() <= 48 && path.bytes().all(|b| b.is_ascii_lowercase() || b"/-_.".contains(&b));
+            if plain {
+                path.to_string()
+            } else {
+                "/{unknown}".to_string()
+            }
         }
-    };
-    let route = match Route::parse(fhir) {
-        Ok(route) => route,
-        Err(_) => return "/fhir/{unknown}".to_string(),
-    };
-    let tail = match route {
-        Route::System => String::new(),
-        Route::Metadata => "/metadata".into(),
-        Route::SystemHistory => "/_history".into(),
-        Route::Type(t) => format!("/{t}"),
-        Route::TypeSearch(t) => format!("/{t}/_search"),
-        Route::TypeHistory(t) => format!("/{t}/_history"),
-        Route::Instance(t, _) => format!("/{t}/{{id}}"),
-        Route::InstanceHistory(t, _) => format!("/{t}/{{id}}/_history"),
-        Route::Version(t, _, _) => format!("/{t}/{{id}}/_history/{{vid}}"),
-        Route::Compartment(t, _, of) => format!("/{t}/{{id}}/{of}"),
-        Route::SystemOperation(op) => format!("/${}", operation(&op)),
-        Route::TypeOperation(t, op) => format!("/{t}/${}", operation(&op)),
-        Route::InstanceOperation(t, _, op) => format!("/{t}/{{id}}/${}", operation(&op)),
-        Route::Job(_) => "/_jobs/{id}".into(),
-    };
-    format!("/fhir{tail}")
+        _ => "/{unknown}".to_string(),
+    }
 }
 
 /// Middleware around every request (see the module documentation).
@@ -98,7 +96,9 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
     let id = request_id(request.headers().get(REQUEST_ID));
     request.extensions_mut().insert(RequestId(id.clone()));
     let method = request.method().clone();
-    let route = route_template(request.uri().path());
+    let described = RequestRoute::of(&method, request.uri().path());
+    let route = described.template.clone();
+    request.extensions_mut().insert(described);
     // Whatever the handlers log carries the request's id and route.
     let span = tracing::info_span!("request", request_id = %id, method = %method, route = %route);
     let started = Instant::now();
@@ -138,6 +138,7 @@ mod tests {
 
     #[test]
     fn routes_keep_types_and_drop_ids() {
+        let route_template = |path: &str| RequestRoute::of(&axum::http::Method::GET, path).template;
         assert_eq!(route_template("/fhir/Patient/123"), "/fhir/Patient/{id}");
         assert_eq!(route_template("/fhir/Patient/123/_history/2"), "/fhir/Patient/{id}/_history/{vid}");
         assert_eq!(route_template("/fhir/Patient/123/$everything"), "/fhir/Patient/{id}/$everything");

@@ -18,8 +18,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use super::access_log::RequestRoute;
 use super::AppState;
-use crate::rest::Route;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ClassLabels {
@@ -98,39 +98,11 @@ fn class(status: StatusCode) -> &'static str {
     ["1xx", "2xx", "3xx", "4xx", "5xx"][(status.as_u16() / 100).clamp(1, 5) as usize - 1]
 }
 
-/// The interaction and resource type of a FHIR request (`None` for other paths).
-fn fhir_interaction(method: &axum::http::Method, path: &str) -> Option<(&'static str, String)> {
-    use axum::http::Method as M;
-    let route = Route::parse(path.strip_prefix("/fhir")?).ok();
-    let Some(route) = route else { return Some(("unknown", String::new())) };
-    Some(match (method, route) {
-        (_, Route::Metadata) => ("capabilities", String::new()),
-        (&M::POST, Route::System) => ("batch-transaction", String::new()),
-        (_, Route::System) => ("search-system", String::new()),
-        (_, Route::SystemHistory) => ("history-system", String::new()),
-        (&M::POST, Route::Type(t)) => ("create", t),
-        (&M::PUT, Route::Type(t)) => ("update", t),
-        (&M::PATCH, Route::Type(t)) => ("patch", t),
-        (&M::DELETE, Route::Type(t)) => ("delete", t),
-        (_, Route::Type(t) | Route::TypeSearch(t)) => ("search-type", t),
-        (_, Route::Compartment(t, _, _)) => ("search-compartment", t),
-        (_, Route::TypeHistory(t)) => ("history-type", t),
-        (&M::PUT, Route::Instance(t, _)) => ("update", t),
-        (&M::PATCH, Route::Instance(t, _)) => ("patch", t),
-        (&M::DELETE, Route::Instance(t, _)) => ("delete", t),
-        (_, Route::Instance(t, _)) => ("read", t),
-        (_, Route::InstanceHistory(t, _)) => ("history-instance", t),
-        (_, Route::Version(t, _, _)) => ("vread", t),
-        (_, Route::SystemOperation(_)) => ("operation", String::new()),
-        (_, Route::TypeOperation(t, _) | Route::InstanceOperation(t, _, _)) => ("operation", t),
-        (_, Route::Job(_)) => ("job-status", String::new()),
-    })
-}
-
 /// Middleware: counts every response, and times FHIR requests.
 pub(super) async fn count(State(state): State<std::sync::Arc<AppState>>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let interaction = fhir_interaction(request.method(), request.uri().path());
+    // Worked out by the access log, around this.
+    let interaction = request.extensions().get::<RequestRoute>().and_then(|route| route.fhir.clone());
     let response = next.run(request).await;
     let class = class(response.status());
     let metrics = &state.metrics;
@@ -173,6 +145,10 @@ pub(super) async fn render(State(state): State<std::sync::Arc<AppState>>) -> Res
 mod tests {
     use super::*;
     use axum::http::Method;
+
+    fn fhir_interaction(method: &Method, path: &str) -> Option<(&'static str, String)> {
+        RequestRoute::of(method, path).fhir
+    }
 
     #[test]
     fn requests_are_labelled_by_interaction_and_type() {

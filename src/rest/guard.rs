@@ -106,6 +106,16 @@ impl FhirService {
         }
     }
 
+    /// Whether `access` may do `permission` on every resource of `resource_type` (no
+    /// compartment or filter restricts it: staff, systems, the server).
+    pub(super) fn reaches_all(&self, access: &Access, permission: Permission, resource_type: &str) -> bool {
+        match self.rule(access, permission, resource_type) {
+            Ok(None) => true,
+            Ok(Some(rule)) => rule.restriction == Restriction::None,
+            Err(_) => false,
+        }
+    }
+
     /// Whether `rule` (from [`FhirService::rule`]) admits `version`. The index rows it needs
     /// are kept per version and parameter set: a resource read again is not parsed again.
     pub(super) fn admitted(&self, rule: Option<&Rule>, version: &ResourceVersion) -> bool {

@@ -5,7 +5,7 @@
 use serde_json::Value;
 
 use super::jobs::JobEnd;
-use super::{FhirService, WRITE_ATTEMPTS};
+use super::FhirService;
 use crate::auth::Access;
 use crate::model::FhirError;
 use crate::portal::scheduling::{cancelled, status_of, HoldExpiry, HOLD_EXPIRED};
@@ -15,13 +15,9 @@ impl FhirService {
     pub(super) async fn hold_expiry_job(&self, job: &Job) -> Result<JobEnd, String> {
         let expiry: HoldExpiry =
             serde_json::from_str(&job.parameters).map_err(|error| format!("unreadable parameters: {error}"))?;
-        let mut attempt = 1;
-        loop {
-            match self.expire_hold(&expiry).await {
-                Err(error) if attempt < WRITE_ATTEMPTS && super::is_write_conflict(&error) => attempt += 1,
-                Ok(message) => return Ok(JobEnd::Finished(message)),
-                Err(error) => return Err(error.to_string()),
-            }
+        match super::retrying(|| self.expire_hold(&expiry)).await {
+            Ok(message) => Ok(JobEnd::Finished(message)),
+            Err(error) => Err(error.to_string()),
         }
     }
 

@@ -339,13 +339,7 @@ impl FhirService {
     /// lost a race with a concurrent writer (two transactions creating the same new id) is
     /// retried from the start, so the loser becomes the next version instead of failing.
     pub async fn handle(&self, request: FhirRequest) -> Result<FhirResponse, FhirError> {
-        let mut attempt = 1;
-        let outcome = loop {
-            match self.handle_once(&request).await {
-                Err(error) if attempt < WRITE_ATTEMPTS && is_write_conflict(&error) => attempt += 1,
-                outcome => break outcome,
-            }
-        };
+        let outcome = retrying(|| self.handle_once(&request)).await;
         if outcome.is_ok() {
             self.reload_after(&request).await.map_err(store_error)?;
         }
@@ -501,8 +495,18 @@ fn system_search_types(query: &mut Vec<(String, String)>) -> Result<TypesAndLink
 /// How often a write that lost a race is tried in all.
 const WRITE_ATTEMPTS: usize = 3;
 
-fn is_write_conflict(error: &FhirError) -> bool {
-    error.kind == ErrorKind::WriteConflict
+/// Runs `write` again while it loses a race with a concurrent writer (409), [`WRITE_ATTEMPTS`]
+/// times in all; the last outcome.
+async fn retrying<T, F: std::future::Future<Output = Result<T, FhirError>>>(
+    mut write: impl FnMut() -> F,
+) -> Result<T, FhirError> {
+    let mut attempt = 1;
+    loop {
+        match write().await {
+            Err(error) if attempt < WRITE_ATTEMPTS && error.kind == ErrorKind::WriteConflict => attempt += 1,
+            outcome => return outcome,
+        }
+    }
 }
 
 /// Storage failures as FHIR errors: conflicts are 409, the rest is logged and hidden.

@@ -127,18 +127,11 @@ impl FhirService {
     /// Records how deliveries ended (tried again after a lost race: on PostgreSQL a deadlock
     /// with a writer's events is one).
     async fn record_ends(&self, owner: &str, ended: &[(String, DeliveryEnd)]) {
-        for attempt in 1..=super::WRITE_ATTEMPTS {
-            match self.store.end_deliveries(owner, ended).await {
-                Ok(lost) => {
-                    lost.iter().for_each(|id| tracing::warn!(subscription = %id, "a delivery's lease ran out"));
-                    return;
-                }
-                Err(crate::store::StoreError::Conflict) if attempt < super::WRITE_ATTEMPTS => continue,
-                Err(error) => {
-                    tracing::warn!(%error, "cannot record deliveries");
-                    return;
-                }
-            }
+        let recorded =
+            super::retrying(|| async { self.store.end_deliveries(owner, ended).await.map_err(super::store_error) });
+        match recorded.await {
+            Ok(lost) => lost.iter().for_each(|id| tracing::warn!(subscription = %id, "a delivery's lease ran out")),
+            Err(error) => tracing::warn!(%error, "cannot record deliveries"),
         }
     }
 

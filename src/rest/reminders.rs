@@ -1,6 +1,7 @@
-//! What time makes due: Subscriptions whose `end` has passed are turned off, events older
-//! than the retention are forgotten, and reminders are recorded (ADR 18). Every node scans, each `reminder_scan`, for what is
-//! due to the subscribers of topics with event triggers (built in: `appointment-reminder` and
+//! What time makes due: Subscriptions whose `end` has passed are turned off, events and
+//! reminder keys older than they are kept are forgotten, and reminders are recorded (ADR 18).
+//! Every node scans, each `reminder_scan`, for what is due to the subscribers of topics with
+//! event triggers (built in: `appointment-reminder` and
 //! `care-due`), in pages of [`PAGE`] resources, and records the events as a write's are
 //! recorded (the outbox), each under a key the database keeps once per subscription: the node
 //! that records a reminder first has it, any other finds the key taken and records nothing.
@@ -17,12 +18,16 @@ use time::format_description::well_known::Rfc3339;
 use time::{Date, OffsetDateTime};
 
 use super::workflow::Wake;
-use super::{store_error, FhirService, WRITE_ATTEMPTS};
+use super::{store_error, FhirService};
 use crate::model::FhirError;
 use crate::search::index::index_resource;
 use crate::store::subscription::{NewEvent, Reminder};
 use crate::store::{ResourceVersion, SearchQuery};
 use crate::subscriptions::{Judged, Subscriber, TimedEvent};
+
+/// How long a reminder's key is kept: longer than any reminder can be due again (at most two
+/// weeks ahead, and care for two days).
+const REMINDERS_KEPT: time::Duration = time::Duration::days(30);
 
 /// Resources read per batch of a scan.
 const PAGE: usize = 200;
@@ -59,14 +64,15 @@ impl Due {
 }
 
 impl FhirService {
-    /// Ends the subscriptions whose end has passed, forgets old events and records due
-    /// reminders, every `reminder_scan`, until the process ends.
+    /// Ends the subscriptions whose end has passed, forgets old events and reminder keys, and
+    /// records due reminders, every `reminder_scan`, until the process ends.
     pub(super) async fn run_reminders(self) {
         loop {
             let now = OffsetDateTime::now_utc();
             self.end_subscriptions(now).await;
-            if let Err(error) = self.store.forget_events(now - self.config.subscriptions.event_retention).await {
-                tracing::warn!(%error, "cannot forget old subscription events");
+            let events_before = now - self.config.subscriptions.event_retention;
+            if let Err(error) = self.store.forget(events_before, now - REMINDERS_KEPT).await {
+                tracing::warn!(%error, "cannot forget old subscription events and reminders");
             }
             if let Err(error) = self.scan_reminders(now).await {
                 tracing::warn!(%error, "cannot scan for reminders");
@@ -189,8 +195,7 @@ impl FhirService {
         if reminders.is_empty() {
             return Ok(0);
         }
-        let mut attempt = 1;
-        loop {
+        let recorded = super::retrying(|| async {
             let mut tx = self.store.begin().await.map_err(store_error)?;
             let recorded = match tx.record_reminders(reminders).await {
                 Ok(recorded) => tx.commit().await.map(|()| recorded),
@@ -199,17 +204,13 @@ impl FhirService {
                     Err(error)
                 }
             };
-            match recorded.map_err(store_error) {
-                Err(error) if attempt < WRITE_ATTEMPTS && super::is_write_conflict(&error) => attempt += 1,
-                Err(error) => return Err(error),
-                Ok(recorded) => {
-                    if recorded > 0 {
-                        self.deliveries_due.wake();
-                    }
-                    return Ok(recorded);
-                }
-            }
+            recorded.map_err(store_error)
+        })
+        .await?;
+        if recorded > 0 {
+            self.deliveries_due.wake();
         }
+        Ok(recorded)
     }
 }
 
@@ -245,7 +246,7 @@ fn due(resource_type: &str, resource: &Value) -> Vec<Due> {
     match resource_type {
         "Appointment" if resource["status"] == "booked" => resource["start"]
             .as_str()
-            .and_then(|s| OffsetDateTime::parse(s, &Rfc3339).ok())
+            .and_then(crate::model::resource::parse_instant)
             .map(|start| Due::Start(start.to_offset(time::UtcOffset::UTC)))
             .into_iter()
             .collect(),

@@ -1,5 +1,6 @@
 //! Maps a FHIR REST path (relative to the base) to the thing it names.
 
+use super::Method;
 use crate::model::resource::is_valid_id;
 use crate::model::validate::is_resource_type;
 use crate::model::FhirError;
@@ -114,19 +115,87 @@ impl Route {
     pub fn describe(&self) -> String {
         match self {
             Route::System => "the base URL".to_string(),
+            _ => self.path(&|id| id.to_string(), &|version| version.to_string(), &|name| name.to_string()),
+        }
+    }
+
+    /// The endpoint as a template for logs (`Patient/{id}/_history/{vid}`; `""` for the
+    /// base): resource types and operation names stay, ids and versions do not, and an
+    /// operation name that is not plain (letters, digits, `-`) is `{operation}`.
+    pub fn template(&self) -> String {
+        let operation = |name: &str| {
+            let plain = name.len() <= 48 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            if plain {
+                name.to_string()
+            } else {
+                "{operation}".to_string()
+            }
+        };
+        self.path(&|_| "{id}".to_string(), &|_| "{vid}".to_string(), &operation)
+    }
+
+    /// The path, with ids, versions and operation names as `id`, `version` and `operation`
+    /// show them.
+    fn path(
+        &self,
+        id: &dyn Fn(&str) -> String,
+        version: &dyn Fn(i64) -> String,
+        operation: &dyn Fn(&str) -> String,
+    ) -> String {
+        match self {
+            Route::System => String::new(),
             Route::Metadata => "metadata".to_string(),
             Route::SystemHistory => "_history".to_string(),
             Route::Type(t) => t.clone(),
             Route::TypeSearch(t) => format!("{t}/_search"),
             Route::TypeHistory(t) => format!("{t}/_history"),
-            Route::Instance(t, id) => format!("{t}/{id}"),
-            Route::InstanceHistory(t, id) => format!("{t}/{id}/_history"),
-            Route::Version(t, id, v) => format!("{t}/{id}/_history/{v}"),
-            Route::Compartment(c, id, t) => format!("{c}/{id}/{t}"),
-            Route::SystemOperation(name) => format!("${name}"),
-            Route::TypeOperation(t, name) => format!("{t}/${name}"),
-            Route::InstanceOperation(t, id, name) => format!("{t}/{id}/${name}"),
-            Route::Job(id) => format!("_jobs/{id}"),
+            Route::Instance(t, i) => format!("{t}/{}", id(i)),
+            Route::InstanceHistory(t, i) => format!("{t}/{}/_history", id(i)),
+            Route::Version(t, i, v) => format!("{t}/{}/_history/{}", id(i), version(*v)),
+            Route::Compartment(c, i, t) => format!("{c}/{}/{t}", id(i)),
+            Route::SystemOperation(name) => format!("${}", operation(name)),
+            Route::TypeOperation(t, name) => format!("{t}/${}", operation(name)),
+            Route::InstanceOperation(t, i, name) => format!("{t}/{}/${}", id(i), operation(name)),
+            Route::Job(job) => format!("_jobs/{}", id(&job.to_string())),
+        }
+    }
+
+    /// The interaction a request with `method` is on this endpoint (a fixed list of names,
+    /// for metrics).
+    pub fn interaction(&self, method: Method) -> &'static str {
+        match (method, self) {
+            (_, Route::Metadata) => "capabilities",
+            (Method::Post, Route::System) => "batch-transaction",
+            (_, Route::System) => "search-system",
+            (_, Route::SystemHistory) => "history-system",
+            (Method::Post, Route::Type(_)) => "create",
+            (Method::Put, Route::Type(_) | Route::Instance(..)) => "update",
+            (Method::Patch, Route::Type(_) | Route::Instance(..)) => "patch",
+            (Method::Delete, Route::Type(_) | Route::Instance(..)) => "delete",
+            (_, Route::Type(_) | Route::TypeSearch(_)) => "search-type",
+            (_, Route::Compartment(..)) => "search-compartment",
+            (_, Route::TypeHistory(_)) => "history-type",
+            (_, Route::Instance(..)) => "read",
+            (_, Route::InstanceHistory(..)) => "history-instance",
+            (_, Route::Version(..)) => "vread",
+            (_, Route::SystemOperation(_) | Route::TypeOperation(..) | Route::InstanceOperation(..)) => "operation",
+            (_, Route::Job(_)) => "job-status",
+        }
+    }
+
+    /// The resource type the endpoint names (a compartment's, for a compartment search).
+    pub fn resource_type(&self) -> Option<&str> {
+        match self {
+            Route::Type(t)
+            | Route::TypeSearch(t)
+            | Route::TypeHistory(t)
+            | Route::Instance(t, _)
+            | Route::InstanceHistory(t, _)
+            | Route::Version(t, _, _)
+            | Route::Compartment(t, _, _)
+            | Route::TypeOperation(t, _)
+            | Route::InstanceOperation(t, _, _) => Some(t),
+            Route::System | Route::Metadata | Route::SystemHistory | Route::SystemOperation(_) | Route::Job(_) => None,
         }
     }
 }

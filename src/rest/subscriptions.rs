@@ -283,7 +283,7 @@ impl SubscriptionTx {
             (false, None) => Permission::Create,
             (false, Some(_)) => Permission::Update,
         };
-        if !self.reaches_every(permission, "Basic") {
+        if !self.service.reaches_all(&self.access, permission, "Basic") {
             return Err(super::workflow::refused(
                 crate::model::ErrorKind::Forbidden,
                 IssueCode::Forbidden,
@@ -303,16 +303,6 @@ impl SubscriptionTx {
         }
     }
 
-    /// Whether the caller may do `permission` on every resource of `resource_type` (staff,
-    /// systems, the server), not only on those of its patients.
-    fn reaches_every(&self, permission: Permission, resource_type: &str) -> bool {
-        match self.service.rule(&self.access, permission, resource_type) {
-            Ok(None) => true,
-            Ok(Some(rule)) => rule.restriction == crate::auth::Restriction::None,
-            Err(_) => false,
-        }
-    }
-
     /// A patient's or proxy's app has e-mail notifications sent only to its user's own address
     /// (an e-mail `telecom` of the signed-in user's resource as committed, not as changed in
     /// the same transaction): else any app could have the server mail whom it likes. Checked
@@ -323,7 +313,7 @@ impl SubscriptionTx {
         let Some(address) = channel["endpoint"].as_str().and_then(|e| e.strip_prefix("mailto:")) else {
             return Ok(None);
         };
-        if channel["type"] != "email" || self.reaches_every(Permission::Update, "Subscription") {
+        if channel["type"] != "email" || self.service.reaches_all(&self.access, Permission::Update, "Subscription") {
             return Ok(None);
         }
         let store = self.service.store.clone();
@@ -340,20 +330,14 @@ impl SubscriptionTx {
             Access::Token(grant) => grant.fhir_user.clone(),
             Access::Open => return Ok(None),
         };
-        let mut own = Vec::new();
-        if let Some((resource_type, user_id)) = user.as_deref().and_then(|u| u.rsplit_once('/')) {
-            let resource_type = resource_type.rsplit('/').next().unwrap_or(resource_type);
-            if let Some(user) = committed(store.read(resource_type, user_id).await?) {
-                let telecom = user["telecom"].as_array().cloned().unwrap_or_default();
-                own.extend(
-                    telecom
-                        .iter()
-                        .filter(|t| t["system"] == "email")
-                        .filter_map(|t| t["value"].as_str().map(str::to_string)),
-                );
-            }
-        }
-        Ok((!own.iter().any(|a| a.eq_ignore_ascii_case(address.trim()))).then(|| {
+        let user = match user.as_deref().and_then(|u| u.split_once('/')) {
+            Some((resource_type, user_id)) => committed(store.read(resource_type, user_id).await?),
+            None => None,
+        };
+        let own = user
+            .as_ref()
+            .is_some_and(|user| crate::mail::telecom_emails(user).any(|own| own.eq_ignore_ascii_case(address.trim())));
+        Ok((!own).then(|| {
             "Subscription.channel.endpoint: a patient's app has notifications e-mailed only to its user's own \
              address (an email telecom of the signed-in user's Patient or RelatedPerson)"
                 .to_string()

@@ -52,11 +52,7 @@ impl<'a> ReadView<'a> {
     /// Whether the caller may do `permission` on every resource of `resource_type` (no
     /// compartment or filter restricts it).
     pub fn reaches_all(&self, permission: Permission, resource_type: &str) -> bool {
-        match self.service.rule(self.access, permission, resource_type) {
-            Ok(None) => true,
-            Ok(Some(rule)) => rule.restriction == crate::auth::Restriction::None,
-            Err(_) => false,
-        }
+        self.service.reaches_all(self.access, permission, resource_type)
     }
 
     /// The public FHIR base URL (for `fullUrl`s and links).

@@ -33,9 +33,6 @@ pub struct NewEvent {
     pub focus_version: i64,
 }
 
-/// How long a reminder's key is kept: longer than any reminder can be due again.
-pub const REMINDERS_KEPT: time::Duration = time::Duration::days(30);
-
 /// A time-based event, recorded once per subscription and `key` (what it reminds of, for
 /// which start or due date).
 #[derive(Debug, Clone, PartialEq)]
@@ -102,8 +99,9 @@ pub trait SubscriptionStore: Send + Sync {
     /// Records how `owner`'s attempts ended, in one transaction, and lets the subscriptions
     /// go; the ids of those `owner` no longer held.
     async fn end_deliveries(&self, owner: &str, ends: &[(String, DeliveryEnd)]) -> StoreResult<Vec<String>>;
-    /// Forgets the events recorded before `before`, delivered or not; how many.
-    async fn forget_events(&self, before: OffsetDateTime) -> StoreResult<u64>;
+    /// Forgets the events recorded before `events_before`, delivered or not, and the reminder
+    /// keys recorded before `reminders_before`.
+    async fn forget(&self, events_before: OffsetDateTime, reminders_before: OffsetDateTime) -> StoreResult<()>;
     /// The delivery state of a subscription.
     async fn delivery(&self, id: &str) -> StoreResult<Option<Delivery>>;
     /// Every subscription's delivery state (to build the in-memory index of subscriptions).
@@ -205,12 +203,18 @@ macro_rules! subscription_store {
                 Ok(lost)
             }
 
-            async fn forget_events(&self, before: time::OffsetDateTime) -> $crate::store::StoreResult<u64> {
-                let forgotten = sqlx::query("DELETE FROM subscription_events WHERE recorded < $1")
-                    .bind($crate::store::sql::to_micros(before))
-                    .execute(&self.writers)
-                    .await?;
-                Ok(forgotten.rows_affected())
+            async fn forget(
+                &self,
+                events_before: time::OffsetDateTime,
+                reminders_before: time::OffsetDateTime,
+            ) -> $crate::store::StoreResult<()> {
+                for (table, before) in [("subscription_events", events_before), ("subscription_reminders", reminders_before)] {
+                    sqlx::query(&format!("DELETE FROM {table} WHERE recorded < $1"))
+                        .bind($crate::store::sql::to_micros(before))
+                        .execute(&self.writers)
+                        .await?;
+                }
+                Ok(())
             }
 
             async fn delivery(
@@ -314,16 +318,7 @@ macro_rules! subscription_store {
                 &mut self,
                 reminders: &[$crate::store::subscription::Reminder],
             ) -> $crate::store::StoreResult<usize> {
-                let now = time::OffsetDateTime::now_utc();
-                // A reminder is due at most two weeks ahead and for a day: older keys cannot
-                // come again.
-                let forgotten = $crate::store::sql::to_micros(now - $crate::store::subscription::REMINDERS_KEPT);
-                sqlx::query("DELETE FROM subscription_reminders WHERE recorded < $1")
-                    .bind(forgotten)
-                    .execute(&mut *self.write_conn(false).await?)
-                    .await
-                    .map_err($crate::store::sql::classify)?;
-                let now = $crate::store::sql::to_micros(now);
+                let now = $crate::store::sql::to_micros(time::OffsetDateTime::now_utc());
                 // In key order, so that concurrent scans queue rather than deadlock: one
                 // inserting a key another holds waits for that one's commit, then inserts nothing.
                 let mut ordered: Vec<&$crate::store::subscription::Reminder> = reminders.iter().collect();

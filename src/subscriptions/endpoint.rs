@@ -79,12 +79,11 @@ impl EndpointPolicy {
     /// endpoint names where notifications go, and a redirect must not send health data
     /// elsewhere), and host names resolved to admitted addresses only.
     pub fn client(&self) -> &'static reqwest::Client {
+        // One client per resolver (the only part of the policy the client holds).
         static ANY: OnceLock<reqwest::Client> = OnceLock::new();
         static PUBLIC: OnceLock<reqwest::Client> = OnceLock::new();
-        let (cell, policy) = match self.allow_private {
-            true => (&ANY, EndpointPolicy { allow_private: true, ..*self }),
-            false => (&PUBLIC, EndpointPolicy { allow_private: false, ..*self }),
-        };
+        let cell = if self.allow_private { &ANY } else { &PUBLIC };
+        let policy = *self;
         cell.get_or_init(|| {
             reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())

@@ -245,8 +245,8 @@ impl SubscriptionRequest {
         let end = match subscription["end"].as_str() {
             None => None,
             Some(end) => Some(
-                time::OffsetDateTime::parse(end, &time::format_description::well_known::Rfc3339)
-                    .map_err(|_| problem("Subscription.end", format!("'{end}' is not an instant")))?,
+                crate::model::resource::parse_instant(end)
+                    .ok_or_else(|| problem("Subscription.end", format!("'{end}' is not an instant")))?,
             ),
         };
         Ok(SubscriptionRequest {

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod postgres;
+pub mod process;
 pub mod receiver;
 pub mod smart;
 pub mod smtp;

@@ -2,39 +2,28 @@
 //! events wait for their delivery, then started again on the same database: every event of an
 //! acknowledged write is delivered, once, in order.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 
 use super::*;
 
-/// A `hearth serve` process.
-struct Process {
-    child: Child,
-    base: String,
+/// A `hearth serve` process without authorization, its receivers on loopback, and a client.
+struct Node {
+    process: common::process::Process,
     client: reqwest::Client,
 }
 
-impl Process {
-    async fn start(database_url: &str) -> Process {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let listen = format!("127.0.0.1:{port}");
-        let child = Command::new(env!("CARGO_BIN_EXE_hearth"))
-            .args(["serve", "--listen", &listen, "--database", database_url, "--auth", "off"])
-            .arg("--allow-private-rest-hooks")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start hearth");
-        let process = Process { child, base: format!("http://{listen}/fhir"), client: reqwest::Client::new() };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while !process.client.get(format!("http://{listen}/readyz")).send().await.is_ok_and(|r| r.status() == 200) {
-            assert!(tokio::time::Instant::now() < deadline, "hearth did not start");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        process
+impl Node {
+    async fn start(database_url: &str) -> Node {
+        let flags = ["--auth", "off", "--allow-private-rest-hooks"];
+        let process = common::process::Process::serve(database_url, &[], &flags, |command| {
+            command.env("RUST_LOG", "warn").stdout(Stdio::null());
+        })
+        .await;
+        Node { process, client: reqwest::Client::new() }
     }
 
     async fn send(&self, method: Method, path: &str, resource: Option<&Value>) -> (u16, Value) {
-        let mut request = self.client.request(method, format!("{}/{path}", self.base));
+        let mut request = self.client.request(method, format!("{}/{path}", self.process.base()));
         if let Some(resource) = resource {
             request = request.header("content-type", "application/fhir+json").json(resource);
         }
@@ -52,8 +41,7 @@ impl Process {
 
     /// SIGKILL: no shutdown, nothing flushed.
     fn kill(mut self) {
-        self.child.kill().expect("kill -9");
-        self.child.wait().expect("reaped");
+        self.process.kill();
     }
 }
 
@@ -63,7 +51,7 @@ async fn events_survive_kill_9(db: Db) {
         Db::Sqlite => format!("sqlite://{}", dir.path().join("hearth.db").display()),
         Db::Postgres => common::postgres::fresh_database().await,
     };
-    let first = Process::start(&database_url).await;
+    let first = Node::start(&database_url).await;
     let receiver = Receiver::start().await;
     let ana = first.create(&json!({"resourceType": "Patient"})).await;
     let filter = format!("Observation?patient=Patient/{ana}");
@@ -89,7 +77,7 @@ async fn events_survive_kill_9(db: Db) {
     first.kill();
 
     receiver.answer(200);
-    let second = Process::start(&database_url).await;
+    let second = Node::start(&database_url).await;
     let received = receiver.wait_for_events(6, Duration::from_secs(45)).await;
     let events: Vec<Value> = received.iter().flat_map(|r| r.events()).collect();
     let numbers: Vec<&str> = events.iter().map(|e| e["part"][0]["valueString"].as_str().unwrap()).collect();

@@ -1,0 +1,48 @@
+//! The real `hearth` binary as a process of its own, for what only a process shows: a
+//! `kill -9`, its log lines.
+
+use std::process::{Child, Command};
+use std::time::Duration;
+
+/// A running `hearth serve` on a free port of 127.0.0.1.
+pub struct Process {
+    pub child: Child,
+    /// `127.0.0.1:<port>`.
+    pub listen: String,
+}
+
+impl Process {
+    /// Starts `hearth [global] serve --listen … --database URL [flags]`, with `configure`
+    /// setting what else the command needs (environment, output), and waits until it is ready.
+    pub async fn serve(
+        database_url: &str,
+        global: &[&str],
+        flags: &[&str],
+        configure: impl FnOnce(&mut Command),
+    ) -> Process {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_hearth"));
+        command.args(global).args(["serve", "--listen", &listen, "--database", database_url]).args(flags);
+        configure(&mut command);
+        let child = command.spawn().expect("start hearth");
+        let client = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !client.get(format!("http://{listen}/readyz")).send().await.is_ok_and(|r| r.status() == 200) {
+            assert!(tokio::time::Instant::now() < deadline, "hearth did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Process { child, listen }
+    }
+
+    /// The FHIR base.
+    pub fn base(&self) -> String {
+        format!("http://{}/fhir", self.listen)
+    }
+
+    /// SIGKILL: no shutdown, nothing flushed.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("reaped");
+    }
+}
