@@ -43,6 +43,14 @@ pub enum AuthMode {
     Off,
 }
 
+/// Whether AuditEvents are recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuditMode {
+    On,
+    /// Nothing recorded: loopback listen addresses only, for benchmarks.
+    Off,
+}
+
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -137,6 +145,14 @@ pub enum Command {
         #[arg(long, env = "HEARTH_SUBSCRIPTION_EVENT_DAYS", default_value_t = 30,
               value_parser = clap::value_parser!(u32).range(1..))]
         subscription_event_days: u32,
+        /// Days AuditEvents are kept; older ones are removed hourly, the hash of the last one
+        /// removed kept as the chain's anchor. Without it, they are kept forever.
+        #[arg(long, env = "HEARTH_AUDIT_RETENTION_DAYS", value_parser = clap::value_parser!(u32).range(1..))]
+        audit_retention_days: Option<u32>,
+        /// `off` records no AuditEvents: only to measure what recording costs (`cargo bench
+        /// --bench audit`); like `--auth off`, it refuses a non-loopback listen address.
+        #[arg(long, env = "HEARTH_AUDIT", value_enum, default_value = "on")]
+        audit: AuditMode,
     },
     /// Load transaction, batch or collection Bundles (`.json`) and `.ndjson` files.
     Import {
@@ -170,6 +186,11 @@ pub enum Command {
         #[command(subcommand)]
         command: ProfilesCommand,
     },
+    /// Check the audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Write deterministic synthetic patients as transaction Bundles.
     Synth {
         #[arg(long, default_value_t = 10)]
@@ -179,6 +200,14 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+/// `hearth audit …`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Seal what is recorded, then walk the hash chain of the AuditEvents from its anchor and
+    /// report the first position that does not follow (exit status 1), or how many links hold.
+    Verify,
 }
 
 /// `hearth profiles …`.

@@ -6,6 +6,7 @@
 //! through [`server::Hearth`].
 
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod bounded;
 pub mod config;

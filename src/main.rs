@@ -3,7 +3,7 @@
 use clap::Parser;
 use hearth::auth::proxy::ProxyPolicy;
 use hearth::auth::PasswordCost;
-use hearth::config::{AuthMode, Cli, Command, LogFormat};
+use hearth::config::{AuditCommand, AuditMode, AuthMode, Cli, Command, LogFormat};
 use hearth::model::upload::UploadRules;
 use hearth::portal::messaging::MessagingSettings;
 use hearth::portal::scheduling::SchedulingSettings;
@@ -65,9 +65,14 @@ async fn main() -> anyhow::Result<()> {
             allow_private_rest_hooks,
             appointment_reminder_hours,
             subscription_event_days,
+            audit_retention_days,
+            audit,
         } => {
             if default_count > max_count {
                 anyhow::bail!("--default-count ({default_count}) cannot be larger than --max-count ({max_count})");
+            }
+            if audit == AuditMode::Off && !listen.ip().is_loopback() {
+                anyhow::bail!("--audit off is for benchmarks and only listens on a loopback address, not {listen}");
             }
             if auth == AuthMode::Off && !listen.ip().is_loopback() {
                 anyhow::bail!(
@@ -114,6 +119,10 @@ async fn main() -> anyhow::Result<()> {
                     event_retention: time::Duration::days(subscription_event_days.into()),
                     ..SubscriptionSettings::default()
                 },
+                audit: hearth::audit::AuditSettings {
+                    record: audit == AuditMode::On,
+                    retention: audit_retention_days.map(|days| time::Duration::days(days.into())),
+                },
                 ..Settings::new(&base_url)
             };
             let hearth = Hearth::open(&cli.database, settings).await?;
@@ -143,6 +152,21 @@ async fn main() -> anyhow::Result<()> {
         Command::Key { command } => {
             let store = hearth::store::open_shared(&cli.database).await?;
             println!("{}", hearth::admin::key(store.as_ref(), command).await?);
+        }
+        Command::Audit { command: AuditCommand::Verify } => {
+            let store = hearth::store::open_shared(&cli.database).await?;
+            hearth::audit::chain::seal(store.as_ref()).await?;
+            let verification = hearth::audit::chain::verify(store.as_ref()).await?;
+            match verification.first_break {
+                None => println!("audit chain intact: {} events checked", verification.checked),
+                Some((position, why)) => {
+                    println!(
+                        "audit chain broken at position {position}: {why} ({} events before it hold)",
+                        verification.checked
+                    );
+                    std::process::exit(1);
+                }
+            }
         }
         Command::Profiles { command } => println!("{}", hearth::admin::profiles(command)?),
         Command::Synth { patients, seed, out } => {

@@ -41,6 +41,8 @@ pub struct Settings {
     pub proxy: crate::auth::proxy::ProxyPolicy,
     /// Where subscriptions may deliver (`--allow-http-rest-hooks`).
     pub subscriptions: crate::rest::SubscriptionSettings,
+    /// How the audit log is kept (`--audit-retention-days`).
+    pub audit: crate::audit::AuditSettings,
 }
 
 impl Settings {
@@ -62,6 +64,7 @@ impl Settings {
             mailer: crate::mail::Mailer::off(),
             proxy: crate::auth::proxy::ProxyPolicy { parent_access_until_age: Some(18) },
             subscriptions: Default::default(),
+            audit: Default::default(),
         }
     }
 }
@@ -111,6 +114,7 @@ impl Hearth {
                 invite_ttl: settings.invite_ttl,
                 mailer: settings.mailer.clone(),
                 subscriptions: settings.subscriptions.clone(),
+                audit: settings.audit.clone(),
             },
         );
         let state = AppState {

@@ -1,10 +1,304 @@
-//! The audit log (issue 21, ADR 19): AuditEvents are the server's record, never written
-//! through the API.
+//! The audit log (issue 21, ADR 19): every interaction leaves a BALP AuditEvent, refused and
+//! failed ones too; AuditEvents are the server's record, never written through the API; a
+//! patient sees who looked at their chart and nothing about anyone else; the hash chain shows
+//! a row changed in the database.
 
 mod common;
 
+use std::process::Stdio;
+
+use common::smart::{smart_server, Smart};
 use common::{body, Db, TestServer};
+use reqwest::Method;
 use serde_json::{json, Value};
+
+/// Every AuditEvent the server holds (open access), oldest first.
+async fn all_events(server: &TestServer) -> Vec<Value> {
+    let bundle = body(server.get("AuditEvent?_sort=date&_count=1000").await).await;
+    bundle["entry"].as_array().map(|e| e.iter().map(|e| e["resource"].clone()).collect()).unwrap_or_default()
+}
+
+/// The events of the request with this `X-Request-Id`.
+fn of_request<'a>(events: &'a [Value], request_id: &str) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|event| {
+            event["entity"].as_array().into_iter().flatten().any(|entity| {
+                entity["type"]["code"] == "XrequestId" && entity["what"]["identifier"]["value"] == request_id
+            })
+        })
+        .collect()
+}
+
+fn subtype(event: &Value) -> &str {
+    event["subtype"][0]["code"].as_str().unwrap_or_default()
+}
+
+/// The references of an event's patient entities.
+fn patients_of(event: &Value) -> Vec<String> {
+    let mut patients: Vec<String> = event["entity"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|entity| entity["role"]["code"] == "1")
+        .filter_map(|entity| entity["what"]["reference"].as_str().map(str::to_string))
+        .collect();
+    patients.sort();
+    patients
+}
+
+/// The references of an event's data entities.
+fn data_of(event: &Value) -> Vec<String> {
+    event["entity"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|entity| entity["role"]["code"] == "4")
+        .filter_map(|entity| entity["what"]["reference"].as_str().map(str::to_string))
+        .collect()
+}
+
+async fn send(server: &TestServer, method: Method, path: &str, body: Option<&Value>, request_id: &str) -> u16 {
+    let mut request = server.request(method, path).header("x-request-id", request_id);
+    if let Some(body) = body {
+        request = request.header("content-type", "application/fhir+json").body(body.to_string());
+    }
+    let response = request.send().await.expect("request");
+    assert_eq!(response.headers()["x-request-id"], request_id);
+    response.status().as_u16()
+}
+
+async fn each_interaction_leaves_its_audit_event(db: Db) {
+    let server = TestServer::start(db).await;
+    let ana = json!({"resourceType": "Patient", "id": "ana", "name": [{"family": "Audit"}]});
+    assert_eq!(send(&server, Method::PUT, "Patient/ana", Some(&ana), "r-create").await, 201);
+    let observation = json!({"resourceType": "Observation", "id": "o1", "status": "final", "code": {"text": "bp"},
+        "subject": {"reference": "Patient/ana"}});
+    assert_eq!(send(&server, Method::PUT, "Observation/o1", Some(&observation), "r-create-obs").await, 201);
+    assert_eq!(send(&server, Method::GET, "Observation/o1", None, "r-read").await, 200);
+    assert_eq!(send(&server, Method::GET, "Observation?subject=Patient/ana", None, "r-search").await, 200);
+    let mut amended = observation.clone();
+    amended["status"] = json!("amended");
+    assert_eq!(send(&server, Method::PUT, "Observation/o1", Some(&amended), "r-update").await, 200);
+    assert_eq!(send(&server, Method::GET, "Observation/o1/_history/1", None, "r-vread").await, 200);
+    assert_eq!(send(&server, Method::GET, "Patient/ana/$everything", None, "r-everything").await, 200);
+    assert_eq!(send(&server, Method::DELETE, "Observation/o1", None, "r-delete").await, 204);
+    assert_eq!(send(&server, Method::GET, "Observation/nope", None, "r-missing").await, 404);
+    let invalid = json!({"resourceType": "Observation", "status": "not-a-status", "code": {"text": "x"}});
+    assert_eq!(send(&server, Method::POST, "Observation", Some(&invalid), "r-invalid").await / 100, 4);
+    let transaction = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Encounter", "status": "finished", "class": {"code": "AMB"},
+            "subject": {"reference": "Patient/ana"}}, "request": {"method": "POST", "url": "Encounter"}},
+        {"resource": {"resourceType": "Patient", "name": [{"family": "Other"}]},
+            "request": {"method": "POST", "url": "Patient"}}]});
+    assert_eq!(send(&server, Method::POST, "", Some(&transaction), "r-transaction").await, 200);
+
+    let events = all_events(&server).await;
+    let only = |request_id: &str| {
+        let found = of_request(&events, request_id);
+        assert_eq!(found.len(), 1, "one event for {request_id}: {found:?}");
+        found[0].clone()
+    };
+    let created = only("r-create");
+    assert_eq!((subtype(&created), created["action"].as_str()), ("create", Some("C")));
+    assert_eq!(created["outcome"], "0");
+    assert_eq!(created["type"]["code"], "rest");
+    assert_eq!(patients_of(&created), ["Patient/ana"]);
+    assert_eq!(data_of(&created), ["Patient/ana/_history/1"]);
+
+    let read = only("r-read");
+    assert_eq!((subtype(&read), read["action"].as_str()), ("read", Some("R")));
+    assert_eq!(patients_of(&read), ["Patient/ana"]);
+    assert_eq!(data_of(&read), ["Observation/o1"]);
+    let server_agent = read["agent"].as_array().unwrap().iter().find(|a| a["type"]["coding"][0]["code"] == "110152");
+    assert!(server_agent.is_some(), "the server is an agent: {read}");
+
+    let search = only("r-search");
+    assert_eq!((subtype(&search), search["action"].as_str()), ("search-type", Some("E")));
+    assert_eq!(patients_of(&search), ["Patient/ana"]);
+    let query = search["entity"].as_array().unwrap().iter().find(|e| e["role"]["code"] == "24").expect("query");
+    use base64::Engine;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(query["query"].as_str().unwrap()).unwrap();
+    assert_eq!(String::from_utf8(decoded).unwrap(), "subject=Patient%2Fana");
+
+    let update = only("r-update");
+    assert_eq!((subtype(&update), update["action"].as_str()), ("update", Some("U")));
+    assert_eq!(data_of(&update), ["Observation/o1/_history/2"]);
+    assert_eq!(subtype(&only("r-vread")), "vread");
+    let everything = only("r-everything");
+    assert_eq!(everything["subtype"][1]["code"], "$everything");
+    assert_eq!(patients_of(&everything), ["Patient/ana"]);
+    let delete = only("r-delete");
+    assert_eq!((subtype(&delete), delete["action"].as_str()), ("delete", Some("D")));
+    assert_eq!(patients_of(&delete), ["Patient/ana"], "a deletion concerns the patient of what it deleted");
+
+    let missing = only("r-missing");
+    assert_eq!(missing["outcome"], "4");
+    assert!(missing["outcomeDesc"].as_str().unwrap().starts_with("404"), "{missing}");
+    let invalid = only("r-invalid");
+    assert_eq!((subtype(&invalid), invalid["outcome"].as_str()), ("create", Some("4")));
+
+    let transaction = of_request(&events, "r-transaction");
+    let mut subtypes: Vec<&str> = transaction.iter().map(|e| subtype(e)).collect();
+    subtypes.sort();
+    assert_eq!(subtypes, ["create", "create", "transaction"], "one per entry, and the bundle");
+
+    let by_patient = body(server.get("AuditEvent?patient=Patient/ana&action=R&_count=100").await).await;
+    let found = by_patient["entry"].as_array().unwrap();
+    assert!(found
+        .iter()
+        .all(|e| e["resource"]["action"] == "R" && patients_of(&e["resource"]).contains(&"Patient/ana".to_string())));
+    assert!(found.len() >= 2, "the read and the vread: {by_patient}");
+    let event_id = read["id"].as_str().unwrap();
+    let one = server.get(&format!("AuditEvent/{event_id}")).await;
+    assert_eq!(one.status(), 200);
+    assert_eq!(body(one).await, read);
+}
+
+async fn patients_see_who_read_their_chart_and_nobody_else(db: Db) {
+    let server = smart_server(db).await;
+    let smart = Smart::new(&server).await;
+    let admin = smart.admin_token().await;
+    let ana = smart.create(&admin, &json!({"resourceType": "Patient", "name": [{"family": "Ana"}]})).await;
+    let bob = smart.create(&admin, &json!({"resourceType": "Patient", "name": [{"family": "Bob"}]})).await;
+    let doctor = smart.create(&admin, &json!({"resourceType": "Practitioner", "name": [{"family": "House"}]})).await;
+    for patient in [&ana, &bob] {
+        let observation = json!({"resourceType": "Observation", "status": "final", "code": {"text": "bp"},
+            "subject": {"reference": format!("Patient/{patient}")}});
+        smart.create(&admin, &observation).await;
+    }
+    let doctor_token =
+        smart.user_token("house", &format!("Practitioner/{doctor}"), &[], "openid fhirUser user/*.rs").await;
+    // The doctor looks at both charts in one search, and at Bob's alone.
+    let both = smart.get("Observation?_count=10", &doctor_token).await;
+    assert_eq!(body(both).await["entry"].as_array().unwrap().len(), 2);
+    assert_eq!(smart.get(&format!("Patient/{bob}"), &doctor_token).await.status(), 200);
+
+    let ana_token = smart.user_token("ana", &format!("Patient/{ana}"), &[], "launch/patient patient/*.rs").await;
+    let log = body(smart.get(&format!("AuditEvent?patient={ana}&_sort=-date"), &ana_token).await).await;
+    let entries: Vec<&Value> = log["entry"].as_array().unwrap().iter().map(|e| &e["resource"]).collect();
+    let by_doctor: Vec<&&Value> = entries
+        .iter()
+        .filter(|e| {
+            e["agent"].as_array().unwrap().iter().any(|a| a["who"]["reference"] == format!("Practitioner/{doctor}"))
+        })
+        .collect();
+    assert_eq!(by_doctor.len(), 1, "Ana sees the doctor's search that showed her data: {log}");
+    assert_eq!(subtype(by_doctor[0]), "search-type");
+    assert_eq!(patients_of(by_doctor[0]), [format!("Patient/{ana}")], "and not that Bob was in it");
+    assert!(!log.to_string().contains(&bob), "nothing of Bob anywhere: {log}");
+    assert!(!by_doctor[0]["entity"].as_array().unwrap().iter().any(|e| e["role"]["code"] == "24"), "no query");
+
+    // Bob's log, Bob's events, are not hers: empty, not forbidden.
+    let other = body(smart.get(&format!("AuditEvent?patient={bob}"), &ana_token).await).await;
+    assert!(other["entry"].as_array().is_none_or(|e| e.is_empty()), "{other}");
+    let all = body(smart.get("AuditEvent?_count=1", &ana_token).await).await;
+    let mut next = all.clone();
+    let mut seen = 0;
+    loop {
+        for entry in next["entry"].as_array().into_iter().flatten() {
+            assert!(patients_of(&entry["resource"]).iter().all(|p| p == &format!("Patient/{ana}")), "{entry}");
+            seen += 1;
+        }
+        let Some(url) = next["link"].as_array().unwrap().iter().find(|l| l["relation"] == "next") else { break };
+        let url = url["url"].as_str().unwrap().to_string();
+        let response = smart.http.get(url).bearer_auth(&ana_token).send().await.unwrap();
+        next = body(response).await;
+    }
+    assert!(seen >= 2, "paged through her own events");
+    let admin_log = body(smart.get(&format!("AuditEvent?patient={bob}&_count=100"), &admin).await).await;
+    let bobs = admin_log["entry"].as_array().unwrap();
+    let bob_read = bobs
+        .iter()
+        .find(|e| subtype(&e["resource"]) == "read" && data_of(&e["resource"]) == [format!("Patient/{bob}")])
+        .expect("the doctor's read of Bob");
+    let id = bob_read["resource"]["id"].as_str().unwrap();
+    assert_eq!(smart.get(&format!("AuditEvent/{id}"), &ana_token).await.status(), 404);
+    assert_eq!(smart.get(&format!("AuditEvent/{id}"), &admin).await.status(), 200);
+
+    // Her reading of her log is itself on record, by her.
+    let again = body(smart.get(&format!("AuditEvent?patient={ana}&_count=100"), &admin).await).await;
+    let hers = again["entry"].as_array().unwrap().iter().any(|e| {
+        let event = &e["resource"];
+        subtype(event) == "search-type"
+            && event["agent"].as_array().unwrap().iter().any(|a| a["who"]["reference"] == format!("Patient/{ana}"))
+    });
+    assert!(hers, "{again}");
+}
+
+/// A `hearth` process, started on `database_url` without authorization.
+async fn open_process(database_url: &str) -> common::process::Process {
+    common::process::Process::serve(database_url, &[], &["--auth", "off"], |command| {
+        command.env("RUST_LOG", "warn").stdout(Stdio::null());
+    })
+    .await
+}
+
+async fn audit_rows_survive_kill_9_and_verify_finds_tampering(db: Db) {
+    let dir = tempfile::tempdir().unwrap();
+    let database_url = match db {
+        Db::Sqlite => format!("sqlite://{}", dir.path().join("hearth.db").display()),
+        Db::Postgres => common::postgres::fresh_database().await,
+    };
+    let mut process = open_process(&database_url).await;
+    let client = reqwest::Client::new();
+    let base = process.base();
+    let patient = json!({"resourceType": "Patient", "id": "kill"});
+    let put = client.put(format!("{base}/Patient/kill")).header("content-type", "application/fhir+json");
+    assert_eq!(put.body(patient.to_string()).send().await.unwrap().status(), 201);
+    let mut acknowledged = Vec::new();
+    for n in 0..20 {
+        let request_id = format!("kill-{n}");
+        let response =
+            client.get(format!("{base}/Patient/kill")).header("x-request-id", &request_id).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        acknowledged.push(request_id);
+    }
+    process.kill();
+
+    let process = open_process(&database_url).await;
+    let bundle: Value =
+        client.get(format!("{}/AuditEvent?_count=1000", process.base())).send().await.unwrap().json().await.unwrap();
+    let events: Vec<Value> = bundle["entry"].as_array().unwrap().iter().map(|e| e["resource"].clone()).collect();
+    for request_id in &acknowledged {
+        assert_eq!(of_request(&events, request_id).len(), 1, "{request_id} is on record after kill -9");
+    }
+    drop(process);
+
+    let verify = |database_url: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_hearth"))
+            .args(["--database", database_url, "audit", "verify"])
+            .env("RUST_LOG", "off")
+            .output()
+            .expect("hearth audit verify")
+    };
+    let intact = verify(&database_url);
+    let said = String::from_utf8_lossy(&intact.stdout).to_string();
+    assert!(intact.status.success(), "{said}");
+    assert!(said.contains("intact"), "{said}");
+
+    // Someone with database access rewrites what one read was.
+    tamper(&database_url, "kill-7").await;
+    let broken = verify(&database_url);
+    let said = String::from_utf8_lossy(&broken.stdout).to_string();
+    assert_eq!(broken.status.code(), Some(1), "{said}");
+    assert!(said.contains("broken at position"), "{said}");
+}
+
+/// Changes the body of the AuditEvent of request `request_id` directly in the database.
+async fn tamper(database_url: &str, request_id: &str) {
+    let sql = "UPDATE audit_events SET body = $1 WHERE request_id = $2";
+    let forged = br#"{"resourceType":"AuditEvent","note":"nothing happened"}"#.to_vec();
+    if database_url.starts_with("postgres") {
+        let pool = sqlx::PgPool::connect(database_url).await.unwrap();
+        let changed = sqlx::query(sql).bind(forged).bind(request_id).execute(&pool).await.unwrap();
+        assert_eq!(changed.rows_affected(), 1);
+    } else {
+        let pool = sqlx::SqlitePool::connect(database_url).await.unwrap();
+        let changed = sqlx::query(sql).bind(forged).bind(request_id).execute(&pool).await.unwrap();
+        assert_eq!(changed.rows_affected(), 1);
+    }
+}
 
 fn audit_event() -> Value {
     json!({"resourceType": "AuditEvent",
@@ -42,8 +336,9 @@ async fn audit_events_are_not_written_through_the_api(db: Db) {
     }
     let patients = body(server.get("Patient?_summary=count").await).await;
     assert_eq!(patients["total"], 0, "nothing of the transaction was stored");
-    let events = body(server.get("AuditEvent?_summary=count").await).await;
-    assert_eq!(events["total"], 0);
+    let events = all_events(&server).await;
+    assert!(events.iter().all(|e| e["id"] != "forged" && e["source"]["observer"]["display"] != "elsewhere"));
+    assert!(events.iter().any(|e| subtype(e) == "create" && e["outcome"] == "4"), "refused writes are on record");
 
     let capabilities = body(server.get("metadata").await).await;
     let audit =
@@ -51,4 +346,9 @@ async fn audit_events_are_not_written_through_the_api(db: Db) {
     assert_eq!(audit["interaction"], json!([{"code": "read"}, {"code": "search-type"}]));
 }
 
-on_both_databases!(audit_events_are_not_written_through_the_api);
+on_both_databases!(
+    audit_events_are_not_written_through_the_api,
+    each_interaction_leaves_its_audit_event,
+    patients_see_who_read_their_chart_and_nobody_else,
+    audit_rows_survive_kill_9_and_verify_finds_tampering,
+);

@@ -88,8 +88,7 @@ async fn json_logs_have_one_line_per_request() {
         .unwrap();
     assert_eq!(response.status(), 404);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    process.child.kill().unwrap();
-    let output = process.child.wait_with_output().unwrap();
+    let output = process.kill_and_collect();
     let mut lines: Vec<String> = BufReader::new(&output.stdout[..]).lines().map_while(Result::ok).collect();
     lines.extend(BufReader::new(&output.stderr[..]).lines().map_while(Result::ok));
     let objects: Vec<Value> = lines

@@ -55,6 +55,7 @@ pub struct Metrics {
     jobs_queued: Family<KindLabels, Gauge>,
     jobs_oldest: Family<KindLabels, Seconds>,
     notifications_pending: Gauge,
+    audit_seal_lag: Seconds,
 }
 
 /// Latency buckets (seconds): 1 ms to 10 s.
@@ -89,7 +90,22 @@ impl Default for Metrics {
             "Subscription events recorded and not yet delivered",
             notifications_pending.clone(),
         );
-        Metrics { registry, responses, requests, connections, jobs_queued, jobs_oldest, notifications_pending }
+        let audit_seal_lag = Seconds::default();
+        registry.register(
+            "hearth_audit_seal_lag_seconds",
+            "How long the oldest AuditEvent not yet sealed into the hash chain has waited",
+            audit_seal_lag.clone(),
+        );
+        Metrics {
+            registry,
+            responses,
+            requests,
+            connections,
+            jobs_queued,
+            jobs_oldest,
+            notifications_pending,
+            audit_seal_lag,
+        }
     }
 }
 
@@ -131,6 +147,7 @@ pub(super) async fn render(State(state): State<std::sync::Arc<AppState>>) -> Res
                 metrics.jobs_oldest.get_or_create(&KindLabels { kind }).set(oldest);
             }
             metrics.notifications_pending.set(gauges.notifications_pending);
+            metrics.audit_seal_lag.set(gauges.audit_seal_lag);
         }
         Err(error) => tracing::warn!(%error, "cannot read the database's gauges"),
     }

@@ -122,6 +122,7 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
 /// Every FHIR request enters here.
 async fn fhir(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
+    let request_id = parts.extensions.get::<access_log::RequestId>().map(|id| id.0.clone());
     let query: Vec<(String, String)> =
         url::form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes()).into_owned().collect();
     let pretty = query.iter().any(|(name, value)| name == "_pretty" && value == "true");
@@ -160,7 +161,7 @@ async fn fhir(State(state): State<Arc<AppState>>, request: Request) -> Response 
             client_id = Some(access_log::ClientId(grant.client_id.clone()));
         }
         request.content = content_accept.is_some();
-        state.service.handle(request).await
+        state.service.handle_audited(request, request_id).await
     }
     .await
     .map_err(|error| match error.kind {

@@ -16,7 +16,9 @@ const TYPE_INTERACTIONS: &[&str] =
 /// The choices Hearth made where R4 leaves one, for the types the portal's workflows write
 /// (`docs/portal.md` says more).
 const WORKFLOW_NOTES: &[(&str, &str)] = &[
-    ("AuditEvent", "Recorded by the server (ADR 19); none is created, changed or deleted through the API (405)."),
+    ("AuditEvent", "Recorded by the server as BALP AuditEvents (ADR 19); none is created, changed or deleted through \
+      the API (405). Searched by patient, date, action and agent, _sort=date or -date; a patient's token finds the \
+      events about its patients (docs/audit.md)."),
     ("Appointment", "No Slot is held by two active Appointments; a Slot's status follows its holder (all write paths)."),
     ("Binary", "Raw bytes for a non-FHIR Accept; raw uploads with X-Security-Context; patients upload into their own record only."),
     ("Communication", "Secure messaging: patients write as themselves to their care team in their own threads; sent messages are not changed, only marked read (received)."),
@@ -66,6 +68,13 @@ pub fn capability_statement(registry: &Registry, definitions: &Definitions, base
                 resource["conditionalCreate"] = json!(false);
                 resource["conditionalUpdate"] = json!(false);
                 resource["conditionalDelete"] = json!("not-supported");
+                resource["readHistory"] = json!(false);
+                resource["conditionalRead"] = json!("not-supported");
+                // Searched in the audit tables, by these only (see docs/audit.md).
+                if let Some(Value::Array(params)) = resource.get_mut("searchParam") {
+                    params
+                        .retain(|p| ["patient", "date", "action", "agent"].contains(&p["name"].as_str().unwrap_or("")));
+                }
             }
             let profiles = definitions.profiles_of(resource_type);
             if !profiles.is_empty() {

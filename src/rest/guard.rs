@@ -278,6 +278,9 @@ impl FhirService {
     async fn begin_with(&self, access: &Access, server_work: bool) -> Result<Box<dyn StoreTx>, FhirError> {
         let raw = self.store.begin().await.map_err(super::store_error)?;
         use super::workflow::WorkflowTx;
+        // Innermost: it notes every write, the workflows' own included, and records last.
+        let raw: Box<dyn StoreTx> =
+            Box::new(WorkflowTx(super::audit_trail::AuditTrailTx::new(raw, self.clone(), access.clone())));
         let raw: Box<dyn StoreTx> = Box::new(WorkflowTx(super::subscriptions::SubscriptionTx::new(
             raw,
             self.clone(),
@@ -584,6 +587,10 @@ impl StoreTx for GuardedTx {
 
     async fn record_reminders(&mut self, reminders: &[crate::store::subscription::Reminder]) -> StoreResult<usize> {
         self.inner.record_reminders(reminders).await
+    }
+
+    async fn record_audit(&mut self, events: &[crate::store::audit::NewAuditEvent]) -> StoreResult<()> {
+        self.inner.record_audit(events).await
     }
 
     async fn commit(self: Box<Self>) -> StoreResult<()> {

@@ -36,7 +36,7 @@ pub(super) fn lease_until() -> OffsetDateTime {
 impl FhirService {
     /// This node's background work until the process ends: the job worker, a second worker for
     /// hold expiries only (a long job such as a reindex must not keep held Slots from freeing
-    /// themselves on time), the subscription delivery workers, the reminder scan, and the watch for definitions
+    /// themselves on time), the subscription delivery workers, the reminder scan, the sealing of the audit log, and the watch for definitions
     /// (search parameters, profiles, subscriptions) written by other nodes.
     pub async fn run_background(self) {
         tokio::join!(
@@ -44,6 +44,7 @@ impl FhirService {
             self.clone().run_jobs(Some(crate::portal::scheduling::HOLD_EXPIRY_JOB)),
             self.clone().run_delivery_workers(),
             self.clone().run_reminders(),
+            self.clone().run_audit_chain(),
             self.watch_stored_definitions()
         );
     }

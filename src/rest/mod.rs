@@ -4,6 +4,10 @@
 //! body) goes in and a [`FhirResponse`] comes out. Batch and transaction entries are dispatched
 //! through the very same code, which is why nothing here knows about axum.
 
+mod audit_events;
+mod audit_seal;
+mod audit_trail;
+mod audited;
 mod billing;
 mod bundle;
 mod bundle_writer;
@@ -220,6 +224,7 @@ pub struct ServiceConfig {
     /// Where queued e-mail goes.
     pub mailer: crate::mail::Mailer,
     pub subscriptions: SubscriptionSettings,
+    pub audit: crate::audit::AuditSettings,
 }
 
 /// How subscriptions are delivered.
@@ -276,6 +281,8 @@ pub struct FhirService {
     /// activation commits so that no write committed after it is missed (the store records
     /// events of active subscriptions only); its lock makes index loads run one at a time.
     starting_subscriptions: Arc<tokio::sync::Mutex<std::collections::HashMap<String, Value>>>,
+    /// The node's writer of AuditEvents of requests that write nothing (started on first use).
+    recorder: Arc<std::sync::OnceLock<crate::audit::Recorder>>,
 }
 
 /// How many resource versions' access-check index rows are kept.
@@ -296,6 +303,7 @@ impl FhirService {
             subscriptions: Arc::new(Live::new(crate::subscriptions::Index::default())),
             deliveries_due: Arc::default(),
             starting_subscriptions: Arc::default(),
+            recorder: Arc::default(),
         }
     }
 
@@ -401,6 +409,11 @@ impl FhirService {
             (Get | Head, Route::InstanceHistory(t, id)) => {
                 self.history(&mut self.view(source, access), crate::store::HistoryScope::Instance(t, id), &request)
                     .await
+            }
+            (Get | Head, Route::Instance(t, id)) if t == "AuditEvent" => self.read_audit_event(access, &id).await,
+            (Get | Head, Route::Version(t, id, 1)) if t == "AuditEvent" => self.read_audit_event(access, &id).await,
+            (Get | Head, Route::Type(t)) | (Post, Route::TypeSearch(t)) if t == "AuditEvent" => {
+                self.search_audit_events(&request).await
             }
             (Get | Head, Route::Instance(t, id)) if t == "OperationDefinition" && definition::by_id(&id).is_some() => {
                 self.rule(access, crate::auth::scope::Permission::Read, "OperationDefinition")?;

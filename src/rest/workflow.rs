@@ -114,6 +114,10 @@ impl<W: Workflow> StoreTx for WorkflowTx<W> {
         self.0.inner().record_reminders(reminders).await
     }
 
+    async fn record_audit(&mut self, events: &[crate::store::audit::NewAuditEvent]) -> StoreResult<()> {
+        self.0.inner().record_audit(events).await
+    }
+
     async fn commit(mut self: Box<Self>) -> StoreResult<()> {
         let settled = self.0.settle().await;
         let wake = self.0.wake_after_commit();

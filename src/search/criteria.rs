@@ -396,7 +396,8 @@ fn unsupported_modifier(code: &str, modifier: &str) -> FhirError {
     )
 }
 
-fn parse_date(param: String, value: &str) -> Result<Condition, FhirError> {
+/// A date search value as a condition on `param` (prefix, implicit precision range).
+pub fn parse_date(param: String, value: &str) -> Result<Condition, FhirError> {
     let (comparison, text) = split_prefix(value);
     let mut range = parse_range(text).ok_or_else(|| {
         FhirError::bad_request(format!("'{text}' is not a FHIR date, dateTime or instant (search parameter '{param}')"))

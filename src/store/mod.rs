@@ -4,6 +4,7 @@
 //! row of `resources` and as a row of `resource_history`; both carry the JSON bytes exactly as
 //! served. Search index rows ([`IndexRows`]) are written in the same transaction.
 
+pub mod audit;
 mod auth;
 pub mod cache;
 pub mod content;
@@ -21,6 +22,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use time::OffsetDateTime;
 
+pub use audit::AuditStore;
 pub use auth::AuthStore;
 pub use job::{Job, JobStatus, JobStep};
 pub use postgres::PostgresStore;
@@ -234,7 +236,7 @@ pub type StoreResult<T> = Result<T, StoreError>;
 
 /// Reads outside a transaction, and the way into one; and the authorization server's records.
 #[async_trait]
-pub trait Store: AuthStore + SubscriptionStore + Send + Sync + 'static {
+pub trait Store: AuthStore + AuditStore + SubscriptionStore + Send + Sync + 'static {
     /// The current version of a resource (deleted ones included, with `deleted = true`).
     async fn read(&self, resource_type: &str, id: &str) -> StoreResult<Option<ResourceVersion>>;
     /// One specific version.
@@ -305,6 +307,8 @@ pub struct Gauges {
     pub jobs: Vec<(String, i64, f64)>,
     /// Events recorded for active or failing subscriptions and not delivered yet.
     pub notifications_pending: i64,
+    /// How long the oldest AuditEvent not yet sealed has waited (seconds; 0 when none waits).
+    pub audit_seal_lag: f64,
 }
 
 /// A write transaction. Dropping it without [`StoreTx::commit`] rolls everything back.
@@ -344,6 +348,9 @@ pub trait StoreTx: Send {
     /// those whose key the subscription has not had yet (any node, any time). Returns how many
     /// it recorded.
     async fn record_reminders(&mut self, reminders: &[subscription::Reminder]) -> StoreResult<usize>;
+    /// Records AuditEvents with this transaction: those of its own writes commit with them,
+    /// and a batch of reads' events commits at once (ADR 19).
+    async fn record_audit(&mut self, events: &[audit::NewAuditEvent]) -> StoreResult<()>;
     /// Makes everything written visible at once.
     async fn commit(self: Box<Self>) -> StoreResult<()>;
     /// Undoes everything written and waits until that has settled: on SQLite, until the group

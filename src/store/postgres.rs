@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use sqlx::postgres::PgPoolOptions;
 
+use super::audit::audit_store;
 use super::auth::auth_store;
 use super::cache::{VersionCache, CACHED_VERSIONS};
 use super::feed::{Feed, Watched};
@@ -24,6 +25,7 @@ sql_store!(
 );
 auth_store!(PostgresStore);
 subscription_store!(PostgresStore, PostgresTx, sqlx::Postgres, " FOR UPDATE SKIP LOCKED");
+audit_store!(PostgresStore, PostgresTx, sqlx::Postgres);
 
 /// ` = ANY(…)` the ids, bound as one array: the statement's text is the same for any number of
 /// ids.

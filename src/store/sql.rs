@@ -926,10 +926,15 @@ macro_rules! sql_store {
                 )
                 .fetch_one(&self.readers)
                 .await?;
+                let unsealed: Option<i64> =
+                    sqlx::query_scalar("SELECT MIN(recorded) FROM audit_events WHERE chain_pos IS NULL")
+                        .fetch_one(&self.readers)
+                        .await?;
                 Ok($crate::store::Gauges {
                     pools: vec![pool("readers", &self.readers), pool("writers", &self.writers)],
                     jobs,
                     notifications_pending: pending.unwrap_or(0),
+                    audit_seal_lag: unsealed.map_or(0.0, |oldest| (now - oldest).max(0) as f64 / 1e6),
                 })
             }
         }
@@ -1085,6 +1090,13 @@ macro_rules! sql_store {
                 reminders: &[$crate::store::subscription::Reminder],
             ) -> $crate::store::StoreResult<usize> {
                 self.record_reminder_rows(reminders).await
+            }
+
+            async fn record_audit(
+                &mut self,
+                events: &[$crate::store::audit::NewAuditEvent],
+            ) -> $crate::store::StoreResult<()> {
+                self.record_audit_rows(events).await
             }
 
             async fn commit(self: Box<Self>) -> $crate::store::StoreResult<()> {

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
+use super::audit::audit_store;
 use super::auth::auth_store;
 use super::cache::{VersionCache, CACHED_VERSIONS};
 use super::feed::Watched;
@@ -25,6 +26,7 @@ sql_store!(
 );
 auth_store!(SqliteStore);
 subscription_store!(SqliteStore, SqliteTx, sqlx::Sqlite, "");
+audit_store!(SqliteStore, SqliteTx, sqlx::Sqlite);
 
 /// How many rows go into one multi-row INSERT (well under SQLite's variable limit).
 const INSERT_CHUNK: usize = 500;

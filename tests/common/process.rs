@@ -40,9 +40,32 @@ impl Process {
         format!("http://{}/fhir", self.listen)
     }
 
+    /// SIGKILL, then what it wrote to its piped stdout and stderr.
+    pub fn kill_and_collect(&mut self) -> std::process::Output {
+        use std::io::Read;
+        self.kill();
+        let mut output =
+            std::process::Output { status: self.child.wait().expect("reaped"), stdout: Vec::new(), stderr: Vec::new() };
+        if let Some(mut stdout) = self.child.stdout.take() {
+            stdout.read_to_end(&mut output.stdout).expect("stdout");
+        }
+        if let Some(mut stderr) = self.child.stderr.take() {
+            stderr.read_to_end(&mut output.stderr).expect("stderr");
+        }
+        output
+    }
+
     /// SIGKILL: no shutdown, nothing flushed.
     pub fn kill(&mut self) {
         self.child.kill().expect("kill -9");
         self.child.wait().expect("reaped");
+    }
+}
+
+impl Drop for Process {
+    /// A test that ends (or fails) leaves no server behind.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

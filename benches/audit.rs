@@ -1,0 +1,95 @@
+//! Audit benchmark: `cargo bench --bench audit` (builds release).
+//!
+//! On SQLite and PostgreSQL, without authorization, with 1,000 patients stored: reads by id
+//! (`GET /fhir/Patient/[id]`, each recorded by the node's audit writer before it is answered)
+//! and creates (`POST /fhir/Observation`, each with its AuditEvent in its own transaction),
+//! with recording on (the default) and off (`--audit off`), in one run. The two conditions
+//! alternate, each on a server started for it on the same database, so that the growth of
+//! the database weighs on both alike. Medians of `HEARTH_BENCH_RUNS` (default 3) runs of
+//! `HEARTH_BENCH_SECONDS` (default 5) s, `CONNECTIONS` connections.
+
+mod common;
+
+use bytes::Bytes;
+use common::{env_number, get, load, LoadSummary, Server};
+use http_body_util::Full;
+use hyper::Request;
+use serde_json::json;
+
+const HEARTH: &str = env!("CARGO_BIN_EXE_hearth");
+const PATIENTS: usize = 1000;
+const CONNECTIONS: usize = 4;
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    runtime.block_on(run());
+}
+
+fn create_observation(n: usize) -> Request<Full<Bytes>> {
+    let observation = json!({"resourceType": "Observation", "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+        "subject": {"reference": format!("Patient/p{}", n % PATIENTS)},
+        "valueQuantity": {"value": 60 + n % 40, "unit": "/min"}});
+    Request::post("/fhir/Observation")
+        .header("host", "localhost")
+        .header("content-type", "application/fhir+json")
+        .body(Full::new(Bytes::from(observation.to_string())))
+        .expect("request")
+}
+
+/// Reads and creates against a server started with `flags`.
+async fn measure(database_url: &str, flags: &[&str], seconds: u64) -> (LoadSummary, LoadSummary) {
+    let server = Server::start_with(HEARTH, database_url, flags).await;
+    let reads = load(server.addr, CONNECTIONS, seconds, |n| get(&format!("/fhir/Patient/p{}", n % PATIENTS))).await;
+    let creates = load(server.addr, CONNECTIONS, seconds, create_observation).await;
+    server.stop();
+    (reads, creates)
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+async fn run() {
+    let runs = env_number("HEARTH_BENCH_RUNS", 3);
+    let seconds = env_number("HEARTH_BENCH_SECONDS", 5) as u64;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let sqlite_url = format!("sqlite://{}", dir.path().join("audit.db").display());
+    println!("audit benchmark: {runs} runs of {seconds} s, {CONNECTIONS} connections, {PATIENTS} patients");
+    for (database, url) in [("SQLite", sqlite_url), ("PostgreSQL", common::postgres::fresh_database().await)] {
+        let seeding = Server::start(HEARTH, &url).await;
+        let client = reqwest::Client::new();
+        for i in 0..PATIENTS {
+            let patient =
+                json!({"resourceType": "Patient", "id": format!("p{i}"), "name": [{"family": format!("Bench{i}")}]});
+            let response = client
+                .put(format!("http://{}/fhir/Patient/p{i}", seeding.addr))
+                .header("content-type", "application/fhir+json")
+                .body(patient.to_string())
+                .send()
+                .await
+                .expect("seed a patient");
+            assert!(response.status().is_success(), "seeding: {}", response.status());
+        }
+        seeding.stop();
+        let (mut on, mut off) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
+        for _ in 0..runs.max(1) {
+            let (reads, creates) = measure(&url, &["--auth", "off"], seconds).await;
+            on.0.push(reads.per_second);
+            on.1.push(creates.per_second);
+            let (reads, creates) = measure(&url, &["--auth", "off", "--audit", "off"], seconds).await;
+            off.0.push(reads.per_second);
+            off.1.push(creates.per_second);
+        }
+        let (reads_on, creates_on, reads_off, creates_off) = (median(on.0), median(on.1), median(off.0), median(off.1));
+        println!(
+            "{database}: reads by id, audit on {reads_on:.0}/s, off {reads_off:.0}/s = {:.0}%",
+            100.0 * reads_on / reads_off
+        );
+        println!(
+            "{database}: creates, audit on {creates_on:.0}/s, off {creates_off:.0}/s = {:.0}%",
+            100.0 * creates_on / creates_off
+        );
+    }
+}

@@ -1,0 +1,304 @@
+//! AuditEvents shaped as IHE Basic Audit Log Patterns (BALP) say for RESTful activities
+//! (`type` rest, `subtype` the interaction) and for the authorization server's security
+//! events: the agents (the user with their `fhirUser` and the token's `jti`, the client app by
+//! its `client_id`, the server), the server as the observer, the `X-Request-Id` entity, the
+//! query of a search, the data touched, and one entity per patient whose data it concerns.
+//! Tokens are never recorded, only their `jti`.
+
+use serde_json::{json, Value};
+use time::OffsetDateTime;
+
+use crate::auth::Access;
+use crate::store::audit::NewAuditEvent;
+
+const DCM: &str = "http://dicom.nema.org/resources/ontology/DCM";
+const BALP_AGENT: &str = "https://profiles.ihe.net/ITI/BALP/CodeSystem/UserAgentTypes";
+const BALP_ENTITY: &str = "https://profiles.ihe.net/ITI/BALP/CodeSystem/BasicAuditEntityType";
+const ENTITY_TYPE: &str = "http://terminology.hl7.org/CodeSystem/audit-entity-type";
+const OBJECT_ROLE: &str = "http://terminology.hl7.org/CodeSystem/object-role";
+const RESTFUL: &str = "http://hl7.org/fhir/restful-interaction";
+
+/// What kind of activity an event records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Activity {
+    /// A RESTful interaction (`read`, `search-type`, `create`, `transaction`…).
+    Rest(&'static str),
+    /// An operation (`$everything`): subtype `operation` and the operation's name.
+    Operation(String),
+    /// An event of the authorization server (`login`, `token`, `revoke`…), typed as DICOM's
+    /// security events are.
+    Security { code: &'static str, display: &'static str },
+}
+
+impl Activity {
+    /// The BALP action: create, read, update, delete, or execute for the rest (searches,
+    /// operations, bundles, security events).
+    pub fn action(&self) -> &'static str {
+        match self {
+            Activity::Rest("read" | "vread" | "capabilities" | "history-instance") => "R",
+            Activity::Rest("create") => "C",
+            Activity::Rest("update" | "patch") => "U",
+            Activity::Rest("delete") => "D",
+            _ => "E",
+        }
+    }
+
+    fn type_and_subtype(&self) -> (Value, Vec<Value>) {
+        let rest = json!({"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest",
+            "display": "Restful Operation"});
+        match self {
+            Activity::Rest(code) => (rest, vec![json!({"system": RESTFUL, "code": code})]),
+            Activity::Operation(name) => (
+                rest,
+                vec![
+                    json!({"system": RESTFUL, "code": "operation"}),
+                    json!({"system": "urn:ietf:rfc:3986", "code": name}),
+                ],
+            ),
+            Activity::Security { code, display } => (
+                json!({"system": DCM, "code": "110113", "display": "Security Alert"}),
+                vec![json!({"system": "https://hearth.example/CodeSystem/security-event", "code": code,
+                    "display": display})],
+            ),
+        }
+    }
+}
+
+/// How the activity ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    /// Refused or failed through the client's doing (4xx), with why.
+    ClientFailure(String),
+    /// The server failed (5xx); what failed is in the server's log, not here.
+    ServerFailure,
+}
+
+impl Outcome {
+    fn code(&self) -> &'static str {
+        match self {
+            Outcome::Success => "0",
+            Outcome::ClientFailure(_) => "4",
+            Outcome::ServerFailure => "8",
+        }
+    }
+}
+
+/// Everything one AuditEvent says.
+#[derive(Debug, Clone)]
+pub struct Occurrence<'a> {
+    pub activity: Activity,
+    pub outcome: Outcome,
+    /// Who asked.
+    pub access: &'a Access,
+    /// The user an authorization-server event is about, when no token says it (a login).
+    pub user: Option<String>,
+    pub request_id: Option<&'a str>,
+    /// References (`Observation/1/_history/2`) of the resources read or changed.
+    pub data: Vec<String>,
+    /// The query of a search (`name=Smith&_count=10`).
+    pub query: Option<String>,
+    /// The patients (ids) whose data it disclosed or changed.
+    pub patients: Vec<String>,
+}
+
+/// The AuditEvent row for `occurrence`, observed by the server at `base_url` (its FHIR base).
+pub fn audit_event(occurrence: &Occurrence<'_>, base_url: &str) -> NewAuditEvent {
+    let id = crate::model::resource::new_id();
+    let recorded = OffsetDateTime::now_utc();
+    let (event_type, subtype) = occurrence.activity.type_and_subtype();
+    let action = occurrence.activity.action();
+    let mut event = json!({
+        "resourceType": "AuditEvent",
+        "id": id,
+        "meta": {"versionId": "1", "lastUpdated": crate::model::resource::format_instant(recorded)},
+        "type": event_type,
+        "subtype": subtype,
+        "action": action,
+        "recorded": crate::model::resource::format_instant(recorded),
+        "outcome": occurrence.outcome.code(),
+        "agent": agents(occurrence, base_url),
+        "source": {
+            "observer": {"display": base_url},
+            "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4",
+                "display": "Application Server"}]
+        },
+    });
+    if let Outcome::ClientFailure(why) = &occurrence.outcome {
+        event["outcomeDesc"] = json!(why);
+    }
+    let entities = entities(occurrence);
+    if !entities.is_empty() {
+        event["entity"] = Value::Array(entities);
+    }
+    let (agent, client_id) = match occurrence.access {
+        Access::Token(grant) => (grant.fhir_user.clone(), Some(grant.client_id.clone())),
+        Access::Open => (None, None),
+    };
+    NewAuditEvent {
+        body: serde_json::to_vec(&event).unwrap_or_default(),
+        id,
+        recorded,
+        action: action.to_string(),
+        outcome: occurrence.outcome.code().to_string(),
+        agent: agent.or_else(|| occurrence.user.clone()),
+        client_id,
+        request_id: occurrence.request_id.map(str::to_string),
+        patients: occurrence.patients.clone(),
+    }
+}
+
+fn coding(system: &str, code: &str, display: &str) -> Value {
+    json!({"system": system, "code": code, "display": display})
+}
+
+/// The user (with their `fhirUser` and the token's `jti`), the client app, and the server.
+fn agents(occurrence: &Occurrence<'_>, base_url: &str) -> Vec<Value> {
+    let mut agents = Vec::new();
+    match occurrence.access {
+        Access::Token(grant) => {
+            let user = grant.fhir_user.clone().or_else(|| occurrence.user.clone());
+            if let Some(user) = &user {
+                let mut agent = json!({
+                    "type": {"coding": [coding(BALP_AGENT, "UserOauthAgent", "User OAuth Agent participant")]},
+                    "who": {"reference": user},
+                    "requestor": true,
+                });
+                if let Some(claims) = &grant.claims {
+                    agent["altId"] = json!(claims.sub);
+                    agent["policy"] = json!([claims.jti]);
+                }
+                agents.push(agent);
+            }
+            agents.push(json!({
+                "type": {"coding": [coding(DCM, "110153", "Source Role ID")]},
+                "who": {"identifier": {"system": format!("{base_url}/client"), "value": grant.client_id}},
+                "requestor": user.is_none(),
+            }));
+        }
+        Access::Open => match &occurrence.user {
+            Some(user) => agents.push(json!({
+                "type": {"coding": [coding(BALP_AGENT, "UserOauthAgent", "User OAuth Agent participant")]},
+                "who": {"reference": user},
+                "requestor": true,
+            })),
+            None => agents.push(json!({
+                "type": {"coding": [coding(DCM, "110153", "Source Role ID")]},
+                "who": {"display": "unauthenticated caller (authorization is off) or the server's own work"},
+                "requestor": true,
+            })),
+        },
+    }
+    agents.push(json!({
+        "type": {"coding": [coding(DCM, "110152", "Destination Role ID")]},
+        "who": {"display": base_url},
+        "requestor": false,
+        "network": {"address": base_url, "type": "5"},
+    }));
+    agents
+}
+
+/// The request id, the data, the query and the patients.
+fn entities(occurrence: &Occurrence<'_>) -> Vec<Value> {
+    let mut entities = Vec::new();
+    if let Some(request_id) = occurrence.request_id {
+        entities.push(json!({
+            "type": coding(BALP_ENTITY, "XrequestId", "X-Request-Id"),
+            "what": {"identifier": {"value": request_id}},
+        }));
+    }
+    for reference in &occurrence.data {
+        entities.push(json!({
+            "what": {"reference": reference},
+            "type": coding(ENTITY_TYPE, "2", "System Object"),
+            "role": coding(OBJECT_ROLE, "4", "Domain Resource"),
+        }));
+    }
+    if let Some(query) = &occurrence.query {
+        use base64::Engine;
+        entities.push(json!({
+            "type": coding(ENTITY_TYPE, "2", "System Object"),
+            "role": coding(OBJECT_ROLE, "24", "Query"),
+            "query": base64::engine::general_purpose::STANDARD.encode(query),
+        }));
+    }
+    let mut patients = occurrence.patients.clone();
+    patients.sort_unstable();
+    patients.dedup();
+    for patient in patients {
+        entities.push(json!({
+            "what": {"reference": format!("Patient/{patient}")},
+            "type": coding(ENTITY_TYPE, "1", "Person"),
+            "role": coding(OBJECT_ROLE, "1", "Patient"),
+        }));
+    }
+    entities
+}
+
+/// An AuditEvent as a caller whose access is limited to some patients may see it: patient
+/// entities of other patients and the query (which may name anyone) left out.
+pub fn shown_to_patient(mut event: Value, patients: &[String]) -> Value {
+    if let Some(Value::Array(entities)) = event.get_mut("entity") {
+        entities.retain(|entity| {
+            let role = entity.pointer("/role/code").and_then(Value::as_str);
+            match role {
+                Some("24") => false,
+                Some("1") => entity
+                    .pointer("/what/reference")
+                    .and_then(Value::as_str)
+                    .and_then(|r| r.strip_prefix("Patient/"))
+                    .is_some_and(|id| patients.iter().any(|p| p == id)),
+                _ => true,
+            }
+        });
+    }
+    event
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn occurrence(activity: Activity) -> Occurrence<'static> {
+        Occurrence {
+            activity,
+            outcome: Outcome::Success,
+            access: &Access::Open,
+            user: None,
+            request_id: Some("req-1"),
+            data: vec!["Observation/1/_history/2".into()],
+            query: None,
+            patients: vec!["p2".into(), "p1".into(), "p2".into()],
+        }
+    }
+
+    #[test]
+    fn actions_follow_the_interaction() {
+        assert_eq!(Activity::Rest("read").action(), "R");
+        assert_eq!(Activity::Rest("create").action(), "C");
+        assert_eq!(Activity::Rest("patch").action(), "U");
+        assert_eq!(Activity::Rest("delete").action(), "D");
+        assert_eq!(Activity::Rest("search-type").action(), "E");
+        assert_eq!(Activity::Operation("$everything".into()).action(), "E");
+    }
+
+    #[test]
+    fn an_event_names_its_patients_once_and_its_request() {
+        let row = audit_event(&occurrence(Activity::Rest("read")), "http://h/fhir");
+        let event: Value = serde_json::from_slice(&row.body).unwrap();
+        assert_eq!(event["subtype"][0]["code"], "read");
+        assert_eq!(event["action"], "R");
+        let entities = event["entity"].as_array().unwrap();
+        assert_eq!(entities[0]["what"]["identifier"]["value"], "req-1");
+        let patients: Vec<&str> = entities
+            .iter()
+            .filter_map(|e| e["what"]["reference"].as_str())
+            .filter(|r| r.starts_with("Patient/"))
+            .collect();
+        assert_eq!(patients, ["Patient/p1", "Patient/p2"]);
+        let shown = shown_to_patient(event, &["p1".into()]);
+        let references: Vec<&str> =
+            shown["entity"].as_array().unwrap().iter().filter_map(|e| e["what"]["reference"].as_str()).collect();
+        assert_eq!(references, ["Observation/1/_history/2", "Patient/p1"]);
+    }
+}

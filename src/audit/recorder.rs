@@ -1,0 +1,67 @@
+//! The node's writer of AuditEvents for requests that write nothing (reads, searches, refused
+//! writes): the events of concurrent requests go into one transaction (on SQLite, one member of
+//! the group commit), and each request is answered once that has committed (ADR 19).
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::store::audit::NewAuditEvent;
+use crate::store::{Store, StoreError, StoreResult};
+
+/// Events written in one transaction at most.
+const BATCH: usize = 256;
+
+/// Requests waiting for the writer at most, before the next waits for room.
+const QUEUE: usize = 4096;
+
+type Waiting = (NewAuditEvent, oneshot::Sender<Result<(), String>>);
+
+/// Hands events to the node's audit writer.
+#[derive(Clone)]
+pub struct Recorder {
+    queue: mpsc::Sender<Waiting>,
+}
+
+impl Recorder {
+    /// A recorder whose writer runs on the current runtime until every recorder is dropped.
+    pub fn start(store: Arc<dyn Store>) -> Recorder {
+        let (queue, waiting) = mpsc::channel(QUEUE);
+        tokio::spawn(write_batches(store, waiting));
+        Recorder { queue }
+    }
+
+    /// Records `event`; returns once it has committed.
+    pub async fn record(&self, event: NewAuditEvent) -> StoreResult<()> {
+        let (done, committed) = oneshot::channel();
+        let stopped = || StoreError::CommitFailed("the audit writer stopped".into());
+        self.queue.send((event, done)).await.map_err(|_| stopped())?;
+        committed.await.map_err(|_| stopped())?.map_err(StoreError::CommitFailed)
+    }
+}
+
+async fn write_batches(store: Arc<dyn Store>, mut waiting: mpsc::Receiver<Waiting>) {
+    while let Some(first) = waiting.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match waiting.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let (events, done): (Vec<NewAuditEvent>, Vec<_>) = batch.into_iter().unzip();
+        let outcome = write(store.as_ref(), &events).await.map_err(|error| {
+            tracing::error!(%error, events = events.len(), "AuditEvents could not be recorded");
+            error.to_string()
+        });
+        for waiter in done {
+            let _ = waiter.send(outcome.clone());
+        }
+    }
+}
+
+async fn write(store: &dyn Store, events: &[NewAuditEvent]) -> StoreResult<()> {
+    let mut tx = store.begin().await?;
+    tx.record_audit(events).await?;
+    tx.commit().await
+}
