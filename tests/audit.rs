@@ -7,7 +7,7 @@ mod common;
 
 use std::process::Stdio;
 
-use common::smart::{smart_server, Smart};
+use common::smart::{smart_server, Authorization, Smart};
 use common::{body, Db, TestServer};
 use reqwest::Method;
 use serde_json::{json, Value};
@@ -226,6 +226,83 @@ async fn patients_see_who_read_their_chart_and_nobody_else(db: Db) {
     assert!(hers, "{again}");
 }
 
+/// Hearth's code of a security event (`login`, `token`…).
+fn security_code(event: &Value) -> &str {
+    let own = event["subtype"].as_array().into_iter().flatten().find(|s| s["system"] == "urn:hearth:security-event");
+    own.and_then(|s| s["code"].as_str()).unwrap_or_default()
+}
+
+async fn sign_ins_tokens_and_account_changes_are_on_record(db: Db) {
+    let server = smart_server(db).await;
+    let smart = Smart::new(&server).await;
+    let admin = smart.admin_token().await;
+    let ana = smart.create(&admin, &json!({"resourceType": "Patient", "name": [{"family": "Ana"}]})).await;
+    smart.add_public_client("app").await;
+    smart.add_user("ana", "ana-password-1", &format!("Patient/{ana}"), &[]).await;
+
+    // A wrong password, then the whole launch with a refresh token.
+    let pkce = common::smart::Pkce::new();
+    let page = smart.authorize("app", "launch/patient patient/*.rs offline_access", &pkce, &[]).await;
+    let page = page.text().await.unwrap();
+    let wrong = smart.login(&page, "ana", "not-her-password").await;
+    assert_eq!(wrong.status(), 401);
+    let authorization =
+        Authorization::new("app", "launch/patient patient/*.rs offline_access", "ana", "ana-password-1");
+    let token = smart.launch(&authorization).await;
+    let refresh_token = token["refresh_token"].as_str().unwrap();
+    let refreshed = smart.refresh("app", refresh_token, None).await;
+    assert_eq!(refreshed.status(), 200);
+    let refreshed: Value = refreshed.json().await.unwrap();
+    let reused = smart.refresh("app", refresh_token, None).await;
+    assert_eq!(reused.status(), 400, "a refresh token works once");
+    let revoke = smart
+        .http
+        .post(smart.url("/auth/revoke"))
+        .form(&[("token", refreshed["access_token"].as_str().unwrap()), ("client_id", "app")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoke.status(), 200);
+    let disable = smart.http.post(smart.url("/auth/accounts/ana/disable")).bearer_auth(&admin).send().await.unwrap();
+    assert_eq!(disable.status(), 200);
+
+    let log = body(smart.get("AuditEvent?_sort=date&_count=1000", &admin).await).await;
+    let events: Vec<&Value> = log["entry"].as_array().unwrap().iter().map(|e| &e["resource"]).collect();
+    let of = |code: &str| events.iter().copied().filter(|e| security_code(e) == code).collect::<Vec<_>>();
+    let logins = of("login");
+    let outcomes: Vec<&str> = logins.iter().map(|e| e["outcome"].as_str().unwrap()).collect();
+    assert_eq!(outcomes, ["4", "0"], "the failed sign-in, then hers");
+    assert_eq!(logins[0]["agent"][0]["altId"], "ana", "the name tried is on record");
+    assert!(logins[0]["outcomeDesc"].as_str().is_some_and(|d| !d.is_empty()));
+    assert_eq!(logins[1]["agent"][0]["who"]["reference"], format!("Patient/{ana}"));
+    assert_eq!(logins[1]["type"]["code"], "110114");
+    assert_eq!(logins[1]["subtype"][0]["code"], "110122");
+    let consents = of("consent");
+    assert_eq!(consents.len(), 1);
+    assert_eq!(consents[0]["outcome"], "0");
+    let tokens = of("token");
+    assert_eq!(tokens.iter().filter(|e| e["outcome"] == "0").count(), 2, "the admin's and hers");
+    let hers = tokens.iter().find(|e| e["agent"][0]["who"]["reference"] == format!("Patient/{ana}")).unwrap();
+    assert_eq!(hers["agent"][0]["policy"].as_array().unwrap().len(), 1, "the token's jti");
+    let client = hers["agent"].as_array().unwrap().iter().find(|a| a["type"]["coding"][0]["code"] == "110153").unwrap();
+    assert_eq!(client["who"]["identifier"]["value"], "app");
+    let refreshes = of("refresh");
+    let outcomes: Vec<&str> = refreshes.iter().map(|e| e["outcome"].as_str().unwrap()).collect();
+    assert_eq!(outcomes, ["0", "4"], "the refresh, then its replay");
+    assert_eq!(of("revoke").len(), 1);
+    let disabled = of("account-disabled");
+    assert_eq!(disabled.len(), 1);
+    assert_eq!(data_of(disabled[0]), [format!("Patient/{ana}")], "whose account it is");
+    assert_eq!(disabled[0]["agent"][0]["who"]["identifier"]["value"], "admin", "who disabled it");
+
+    // No secret is ever recorded: not the passwords, the codes or the tokens.
+    let text = log.to_string();
+    for secret in ["ana-password-1", "not-her-password", refresh_token, token["access_token"].as_str().unwrap(), &admin]
+    {
+        assert!(!text.contains(secret), "a secret is in the audit log");
+    }
+}
+
 /// A `hearth` process, started on `database_url` without authorization.
 async fn open_process(database_url: &str) -> common::process::Process {
     common::process::Process::serve(database_url, &[], &["--auth", "off"], |command| {
@@ -350,5 +427,6 @@ on_both_databases!(
     audit_events_are_not_written_through_the_api,
     each_interaction_leaves_its_audit_event,
     patients_see_who_read_their_chart_and_nobody_else,
+    sign_ins_tokens_and_account_changes_are_on_record,
     audit_rows_survive_kill_9_and_verify_finds_tampering,
 );

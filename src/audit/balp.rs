@@ -25,9 +25,68 @@ pub enum Activity {
     Rest(&'static str),
     /// An operation (`$everything`): subtype `operation` and the operation's name.
     Operation(String),
-    /// An event of the authorization server (`login`, `token`, `revoke`…), typed as DICOM's
-    /// security events are.
-    Security { code: &'static str, display: &'static str },
+    /// An event of the authorization server.
+    Security(SecurityEvent),
+}
+
+/// The authorization server's events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecurityEvent {
+    Login,
+    Logout,
+    /// An access token issued for a code or to a backend service, or refused.
+    Token,
+    /// An access token issued for a refresh token, or refused.
+    Refresh,
+    Revoke,
+    /// A user's decision on the consent page.
+    Consent,
+    Registration,
+    PasswordReset,
+    AccountDisabled,
+    AccountEnabled,
+    /// An EHR launch context created.
+    Launch,
+}
+
+/// Hearth's codes of its security events (every one has one, beside the standard codes).
+const SECURITY_EVENTS: &str = "urn:hearth:security-event";
+
+impl SecurityEvent {
+    /// Hearth's code.
+    pub fn code(self) -> &'static str {
+        match self {
+            SecurityEvent::Login => "login",
+            SecurityEvent::Logout => "logout",
+            SecurityEvent::Token => "token",
+            SecurityEvent::Refresh => "refresh",
+            SecurityEvent::Revoke => "revoke",
+            SecurityEvent::Consent => "consent",
+            SecurityEvent::Registration => "registration",
+            SecurityEvent::PasswordReset => "password-reset",
+            SecurityEvent::AccountDisabled => "account-disabled",
+            SecurityEvent::AccountEnabled => "account-enabled",
+            SecurityEvent::Launch => "launch",
+        }
+    }
+
+    /// DICOM's event type: user authentication for sign-in and tokens, a security alert
+    /// for changes to accounts and consents; the standard subtype where there is one.
+    fn type_and_subtype(self) -> (Value, Vec<Value>) {
+        let authentication = coding(DCM, "110114", "User Authentication");
+        let alert = coding(DCM, "110113", "Security Alert");
+        let (event_type, standard) = match self {
+            SecurityEvent::Login => (authentication, Some(coding(DCM, "110122", "Login"))),
+            SecurityEvent::Logout => (authentication, Some(coding(DCM, "110123", "Logout"))),
+            SecurityEvent::Token | SecurityEvent::Refresh => {
+                (authentication, Some(coding("urn:ihe:event-type-code", "ITI-71", "Get Access Token")))
+            }
+            SecurityEvent::Revoke | SecurityEvent::Launch => (authentication, None),
+            _ => (alert, Some(coding(DCM, "110137", "User Security Attributes Changed"))),
+        };
+        let own = json!({"system": SECURITY_EVENTS, "code": self.code()});
+        (event_type, standard.into_iter().chain([own]).collect())
+    }
 }
 
 impl Activity {
@@ -55,11 +114,7 @@ impl Activity {
                     json!({"system": "urn:ietf:rfc:3986", "code": name}),
                 ],
             ),
-            Activity::Security { code, display } => (
-                json!({"system": DCM, "code": "110113", "display": "Security Alert"}),
-                vec![json!({"system": "https://hearth.example/CodeSystem/security-event", "code": code,
-                    "display": display})],
-            ),
+            Activity::Security(event) => event.type_and_subtype(),
         }
     }
 }
@@ -84,15 +139,45 @@ impl Outcome {
     }
 }
 
+/// Who did it: the user (their `fhirUser`, their user name), the token (its `jti`) and the
+/// client app; any may be unknown (a failed login knows the name tried and the app).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Who {
+    pub user: Option<String>,
+    pub username: Option<String>,
+    pub jti: Option<String>,
+    pub client_id: Option<String>,
+}
+
+impl Who {
+    /// Who a request's access says it is.
+    pub fn of(access: &Access) -> Who {
+        let Access::Token(grant) = access else { return Who::default() };
+        let claims = grant.claims.as_deref();
+        Who {
+            user: grant.fhir_user.clone(),
+            // A backend service's subject is its client id: no user.
+            username: claims.filter(|_| grant.fhir_user.is_some()).map(|c| c.sub.clone()),
+            jti: claims.map(|c| c.jti.clone()),
+            client_id: Some(grant.client_id.clone()),
+        }
+    }
+
+    /// What `other` knows in addition to (or instead of) this.
+    pub fn merge(&mut self, other: Who) {
+        self.user = other.user.or(self.user.take());
+        self.username = other.username.or(self.username.take());
+        self.jti = other.jti.or(self.jti.take());
+        self.client_id = other.client_id.or(self.client_id.take());
+    }
+}
+
 /// Everything one AuditEvent says.
 #[derive(Debug, Clone)]
 pub struct Occurrence<'a> {
     pub activity: Activity,
     pub outcome: Outcome,
-    /// Who asked.
-    pub access: &'a Access,
-    /// The user an authorization-server event is about, when no token says it (a login).
-    pub user: Option<String>,
+    pub who: Who,
     pub request_id: Option<&'a str>,
     /// References (`Observation/1/_history/2`) of the resources read or changed.
     pub data: Vec<String>,
@@ -117,7 +202,7 @@ pub fn audit_event(occurrence: &Occurrence<'_>, base_url: &str) -> NewAuditEvent
         "action": action,
         "recorded": crate::model::resource::format_instant(recorded),
         "outcome": occurrence.outcome.code(),
-        "agent": agents(occurrence, base_url),
+        "agent": agents(&occurrence.who, base_url),
         "source": {
             "observer": {"display": base_url},
             "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4",
@@ -131,18 +216,14 @@ pub fn audit_event(occurrence: &Occurrence<'_>, base_url: &str) -> NewAuditEvent
     if !entities.is_empty() {
         event["entity"] = Value::Array(entities);
     }
-    let (agent, client_id) = match occurrence.access {
-        Access::Token(grant) => (grant.fhir_user.clone(), Some(grant.client_id.clone())),
-        Access::Open => (None, None),
-    };
     NewAuditEvent {
         body: serde_json::to_vec(&event).unwrap_or_default(),
         id,
         recorded,
         action: action.to_string(),
         outcome: occurrence.outcome.code().to_string(),
-        agent: agent.or_else(|| occurrence.user.clone()),
-        client_id,
+        agent: occurrence.who.user.clone(),
+        client_id: occurrence.who.client_id.clone(),
         request_id: occurrence.request_id.map(str::to_string),
         patients: occurrence.patients.clone(),
     }
@@ -152,42 +233,41 @@ fn coding(system: &str, code: &str, display: &str) -> Value {
     json!({"system": system, "code": code, "display": display})
 }
 
-/// The user (with their `fhirUser` and the token's `jti`), the client app, and the server.
-fn agents(occurrence: &Occurrence<'_>, base_url: &str) -> Vec<Value> {
+/// The user (their `fhirUser`, user name and the token's `jti`), the client app, and the
+/// server; an unknown caller when neither user nor app is known (authorization off, the
+/// server's own work).
+fn agents(who: &Who, base_url: &str) -> Vec<Value> {
     let mut agents = Vec::new();
-    match occurrence.access {
-        Access::Token(grant) => {
-            let user = grant.fhir_user.clone().or_else(|| occurrence.user.clone());
-            if let Some(user) = &user {
-                let mut agent = json!({
-                    "type": {"coding": [coding(BALP_AGENT, "UserOauthAgent", "User OAuth Agent participant")]},
-                    "who": {"reference": user},
-                    "requestor": true,
-                });
-                if let Some(claims) = &grant.claims {
-                    agent["altId"] = json!(claims.sub);
-                    agent["policy"] = json!([claims.jti]);
-                }
-                agents.push(agent);
-            }
-            agents.push(json!({
-                "type": {"coding": [coding(DCM, "110153", "Source Role ID")]},
-                "who": {"identifier": {"system": format!("{base_url}/client"), "value": grant.client_id}},
-                "requestor": user.is_none(),
-            }));
+    let has_user = who.user.is_some() || who.username.is_some();
+    if has_user {
+        let mut agent = json!({
+            "type": {"coding": [coding(BALP_AGENT, "UserOauthAgent", "User OAuth Agent participant")]},
+            "requestor": true,
+        });
+        agent["who"] = match (&who.user, &who.username) {
+            (Some(user), _) => json!({"reference": user}),
+            (None, username) => json!({"display": username}),
+        };
+        if let Some(username) = &who.username {
+            agent["altId"] = json!(username);
         }
-        Access::Open => match &occurrence.user {
-            Some(user) => agents.push(json!({
-                "type": {"coding": [coding(BALP_AGENT, "UserOauthAgent", "User OAuth Agent participant")]},
-                "who": {"reference": user},
-                "requestor": true,
-            })),
-            None => agents.push(json!({
-                "type": {"coding": [coding(DCM, "110153", "Source Role ID")]},
-                "who": {"display": "unauthenticated caller (authorization is off) or the server's own work"},
-                "requestor": true,
-            })),
-        },
+        if let Some(jti) = &who.jti {
+            agent["policy"] = json!([jti]);
+        }
+        agents.push(agent);
+    }
+    match &who.client_id {
+        Some(client_id) => agents.push(json!({
+            "type": {"coding": [coding(DCM, "110153", "Source Role ID")]},
+            "who": {"identifier": {"system": format!("{base_url}/client"), "value": client_id}},
+            "requestor": !has_user,
+        })),
+        None if !has_user => agents.push(json!({
+            "type": {"coding": [coding(DCM, "110153", "Source Role ID")]},
+            "who": {"display": "unauthenticated caller (authorization is off) or the server's own work"},
+            "requestor": true,
+        })),
+        None => {}
     }
     agents.push(json!({
         "type": {"coding": [coding(DCM, "110152", "Destination Role ID")]},
@@ -263,8 +343,7 @@ mod tests {
         Occurrence {
             activity,
             outcome: Outcome::Success,
-            access: &Access::Open,
-            user: None,
+            who: Who::default(),
             request_id: Some("req-1"),
             data: vec!["Observation/1/_history/2".into()],
             query: None,

@@ -16,7 +16,7 @@ mod recorder;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-pub use balp::{Activity, Occurrence, Outcome};
+pub use balp::{Activity, Occurrence, Outcome, SecurityEvent, Who};
 pub use recorder::Recorder;
 
 /// What the audit needs to know of the request being served, for whatever records events
@@ -27,6 +27,21 @@ pub struct RequestTrail {
     pub request_id: Option<String>,
     pub activity: Activity,
     written: AtomicBool,
+    /// What the authorization server learnt while serving the request.
+    noted: std::sync::Mutex<Noted>,
+}
+
+/// What the authorization server tells the audit of a request as it learns it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Noted {
+    /// Who acts: the user who signed in, the name tried, the app, the token.
+    pub who: Who,
+    /// Why the request was refused, when it was.
+    pub refusal: Option<String>,
+    /// The account the request was about (its `fhirUser`), when not the actor's own.
+    pub subject: Option<String>,
+    /// What the request turned out to be, when its route does not say (a refresh).
+    pub event: Option<SecurityEvent>,
 }
 
 tokio::task_local! {
@@ -35,7 +50,7 @@ tokio::task_local! {
 
 impl RequestTrail {
     pub fn new(request_id: Option<String>, activity: Activity) -> Arc<RequestTrail> {
-        Arc::new(RequestTrail { request_id, activity, written: AtomicBool::new(false) })
+        Arc::new(RequestTrail { request_id, activity, written: AtomicBool::new(false), noted: Default::default() })
     }
 
     /// Runs `serve` as the request this trail describes.
@@ -57,6 +72,23 @@ impl RequestTrail {
     /// Whether a write transaction of the request committed with its AuditEvents.
     pub fn written(&self) -> bool {
         self.written.load(Ordering::Acquire)
+    }
+
+    /// Tells the audit of the request being served what `change` says (who acts, why it was
+    /// refused…); nothing outside a request.
+    pub fn note(change: impl FnOnce(&mut Noted)) {
+        let _ =
+            TRAIL.try_with(|trail| change(&mut trail.noted.lock().unwrap_or_else(std::sync::PoisonError::into_inner)));
+    }
+
+    /// Tells the audit who acts in the request being served (see [`RequestTrail::note`]).
+    pub fn note_who(who: Who) {
+        RequestTrail::note(|noted| noted.who.merge(who));
+    }
+
+    /// What [`RequestTrail::note`] gathered.
+    pub fn noted(&self) -> Noted {
+        self.noted.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 }
 

@@ -2,7 +2,7 @@
 //! writes): the events of concurrent requests go into one transaction (on SQLite, one member of
 //! the group commit), and each request is answered once that has committed (ADR 19).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -17,25 +17,30 @@ const QUEUE: usize = 4096;
 
 type Waiting = (NewAuditEvent, oneshot::Sender<Result<(), String>>);
 
-/// Hands events to the node's audit writer.
+/// Hands events to the node's audit writer (clones share it).
 #[derive(Clone)]
 pub struct Recorder {
-    queue: mpsc::Sender<Waiting>,
+    store: Arc<dyn Store>,
+    queue: Arc<OnceLock<mpsc::Sender<Waiting>>>,
 }
 
 impl Recorder {
-    /// A recorder whose writer runs on the current runtime until every recorder is dropped.
-    pub fn start(store: Arc<dyn Store>) -> Recorder {
-        let (queue, waiting) = mpsc::channel(QUEUE);
-        tokio::spawn(write_batches(store, waiting));
-        Recorder { queue }
+    /// A recorder for `store`; its writer starts with the first event, on the runtime that
+    /// records it, and ends when the last clone is dropped.
+    pub fn new(store: Arc<dyn Store>) -> Recorder {
+        Recorder { store, queue: Arc::default() }
     }
 
     /// Records `event`; returns once it has committed.
     pub async fn record(&self, event: NewAuditEvent) -> StoreResult<()> {
+        let queue = self.queue.get_or_init(|| {
+            let (queue, waiting) = mpsc::channel(QUEUE);
+            tokio::spawn(write_batches(self.store.clone(), waiting));
+            queue
+        });
         let (done, committed) = oneshot::channel();
         let stopped = || StoreError::CommitFailed("the audit writer stopped".into());
-        self.queue.send((event, done)).await.map_err(|_| stopped())?;
+        queue.send((event, done)).await.map_err(|_| stopped())?;
         committed.await.map_err(|_| stopped())?.map_err(StoreError::CommitFailed)
     }
 }

@@ -20,6 +20,11 @@ impl AuthServer {
             Ok(None) => return error(404, "not_found", format!("there is no account {username}")),
             Err(error) => return super::authorize::server_error(error),
         };
+        let subject = account.fhir_user.clone();
+        crate::audit::RequestTrail::note(|noted| {
+            noted.who.merge(crate::audit::Who::of(access));
+            noted.subject = Some(subject);
+        });
         let resource_type = account.fhir_user.split('/').next().unwrap_or_default().to_string();
         if !access.acts_as_staff(Permission::Update, &resource_type) {
             let description =

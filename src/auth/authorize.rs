@@ -18,6 +18,7 @@ use super::pages::{self, PatientChoice, PatientPicker};
 use super::records::{client, hash_password, user, verify_password, ClientRecord, UserRecord};
 use super::scope::{parse_scopes, Scope, ScopeContext};
 use super::{in_seconds, now_seconds, AuthServer, Reply};
+use crate::audit::{RequestTrail, Who};
 
 /// Record kinds.
 const PENDING: &str = "authorize";
@@ -117,6 +118,7 @@ fn redirect_with(redirect_uri: &str, pairs: &[(&str, Option<&str>)]) -> Reply {
 }
 
 fn redirect_error(redirect_uri: &str, state: Option<&str>, error: &str, description: &str) -> Reply {
+    crate::audit::RequestTrail::note(|noted| noted.refusal = Some(description.to_string()));
     redirect_with(redirect_uri, &[("error", Some(error)), ("error_description", Some(description)), ("state", state)])
 }
 
@@ -269,6 +271,9 @@ impl AuthServer {
         if !self.is_own_origin(origin) {
             return error_page(403, "Signing out is only possible from this server's own pages.");
         }
+        if let Some((_, session)) = self.session(cookies).await {
+            RequestTrail::note_who(Who { username: Some(session.username), ..Who::default() });
+        }
         if let Err(error) = self.end_session(cookies).await {
             return server_error(error);
         }
@@ -317,11 +322,18 @@ impl AuthServer {
             set_cookie: None,
         };
         let (username, password) = (param(form, "username").unwrap_or(""), param(form, "password").unwrap_or(""));
+        let tried =
+            Who { username: Some(username.to_string()), client_id: Some(pending.client_id.clone()), ..Who::default() };
+        RequestTrail::note_who(tried);
         let user = match self.check_credentials(username, password).await {
             Ok(Ok(user)) => user,
-            Ok(Err(message)) => return again(message),
+            Ok(Err(message)) => {
+                RequestTrail::note(|noted| noted.refusal = Some(message.to_string()));
+                return again(message);
+            }
             Err(error) => return server_error(error),
         };
+        user.note_acting(None);
         let set_cookie = match self.start_session(&user.username).await {
             Ok(set_cookie) => set_cookie,
             Err(error) => return server_error(error),
@@ -531,6 +543,7 @@ impl AuthServer {
             Ok(None) => return error_page(403, "This account no longer exists."),
             Err(error) => return server_error(error),
         };
+        user.note_acting(Some(&pending.client_id));
         let allowing = param(form, "decision") == Some("allow");
         // What the user allows: the requested scopes they left ticked.
         let ticked: Vec<&str> = form.iter().filter(|(n, _)| n == "scope").map(|(_, v)| v.as_str()).collect();

@@ -93,10 +93,12 @@ impl AuthServer {
             Ok(client) => client,
             Err(reply) => return reply,
         };
+        let client_id = &client.record().client_id;
+        let acting = crate::audit::Who { client_id: Some(client_id.clone()), ..Default::default() };
+        crate::audit::RequestTrail::note_who(acting);
         let Some(token) = form.get("token") else {
             return Reply::oauth_error(400, "invalid_request", "token is missing");
         };
-        let client_id = &client.record().client_id;
         let grant = match self.verify(token).await {
             Ok((claims, _)) if claims.client_id == *client_id => Some(claims.grant),
             Ok(_) => None,

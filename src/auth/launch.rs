@@ -32,6 +32,7 @@ impl AuthServer {
     /// `POST /auth/launch` with `{"patient": "…", "encounter": "…", "client_id": "…"}` (the
     /// last two optional); the caller needs `system/launch` (an EHR) or full system access.
     pub async fn create_launch(&self, access: &Access, body: &[u8]) -> Reply {
+        crate::audit::RequestTrail::note_who(crate::audit::Who::of(access));
         let allowed = match access {
             Access::Open => true,
             Access::Token(grant) => grant.may_launch || access.is_administrator(),

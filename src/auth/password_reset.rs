@@ -143,6 +143,7 @@ impl AuthServer {
         let Ok(Some(mut account)) = user(self.store.as_ref(), &link.username).await else {
             return error_page(410, GONE);
         };
+        account.note_acting(None);
         account.password_hash = match self.hash_new_password(password).await {
             Ok(hash) => hash,
             Err(reply) => return reply,

@@ -198,6 +198,19 @@ pub async fn remove_user(store: &dyn Store, username: &str) -> StoreResult<bool>
     store.auth_delete(USER, username).await
 }
 
+impl UserRecord {
+    /// Tells the audit of the request being served that this user acts in it (through
+    /// `client_id`'s app, when known).
+    pub(super) fn note_acting(&self, client_id: Option<&str>) {
+        crate::audit::RequestTrail::note_who(crate::audit::Who {
+            user: Some(self.fhir_user.clone()),
+            username: Some(self.username.clone()),
+            jti: None,
+            client_id: client_id.map(str::to_string),
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -153,7 +153,7 @@ impl AuthServer {
         // Inserted, not replaced: a name taken by anyone, even by a registration at this very
         // moment, stays theirs.
         match insert_user(self.store.as_ref(), &record).await {
-            Ok(true) => {}
+            Ok(true) => record.note_acting(None),
             Ok(false) => return again(409, "This username is taken. Choose another."),
             Err(error) => return server_error(error),
         }
@@ -187,7 +187,10 @@ impl AuthServer {
         let (username, password) =
             (param(form, "username").unwrap_or("").trim(), param(form, "password").unwrap_or(""));
         let mut account = match self.check_credentials(username, password).await {
-            Ok(Ok(account)) => account,
+            Ok(Ok(account)) => {
+                account.note_acting(None);
+                account
+            }
             Ok(Err(message)) => {
                 return match self.count_failure(token).await {
                     Ok(true) => error_page(429, LOCKED),

@@ -18,6 +18,7 @@ use super::records::{user, ClientRecord};
 use super::scope::{parse_scopes, Scope, ScopeContext};
 use super::tokens::{sign_access_token, sign_id_token, AccessClaims, IdTokenRequest, ACCESS_TOKEN_SECONDS};
 use super::{in_seconds, now_seconds, AuthServer, Reply};
+use crate::audit::{RequestTrail, SecurityEvent, Who};
 
 /// Record kinds.
 pub(super) const REFRESH: &str = "refresh";
@@ -101,6 +102,13 @@ impl AuthServer {
             Ok(client) => client,
             Err(reply) => return reply,
         };
+        let client_id = Some(client.record().client_id.clone());
+        RequestTrail::note(|noted| {
+            noted.who.client_id = client_id;
+            if grant_type == Some("refresh_token") {
+                noted.event = Some(SecurityEvent::Refresh);
+            }
+        });
         match grant_type {
             Some("authorization_code") => self.code_grant(client.record(), form).await,
             Some("refresh_token") => self.refresh_grant(client.record(), form).await,
@@ -354,6 +362,12 @@ impl AuthServer {
             }
             body["refresh_token"] = Value::from(refresh_token);
         }
+        RequestTrail::note_who(Who {
+            user: claims.fhir_user.clone(),
+            username: issue.username.clone(),
+            jti: Some(claims.jti.clone()),
+            client_id: Some(claims.client_id.clone()),
+        });
         Reply::Json { status: 200, body, no_store: true, www_authenticate: None }
     }
 }

@@ -180,6 +180,14 @@ pub fn challenge(error: &BearerError) -> String {
 }
 
 fn into_response(reply: Reply) -> Response {
+    // What an error tells the client, the audit of the request keeps (error descriptions
+    // name no secret).
+    if let Reply::Json { status: 400.., body, .. } = &reply {
+        let why = body.get("error_description").or_else(|| body.get("error")).and_then(|v| v.as_str());
+        if let Some(why) = why {
+            crate::audit::RequestTrail::note(|noted| noted.refusal = Some(why.to_string()));
+        }
+    }
     match reply {
         Reply::Page { status, html, set_cookie } => {
             let mut response = Response::new(Body::from(html));

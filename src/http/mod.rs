@@ -6,6 +6,7 @@ mod auth;
 pub mod binary;
 pub mod format;
 mod metrics;
+mod security_audit;
 mod websocket;
 
 use std::sync::Arc;
@@ -44,7 +45,8 @@ pub fn router(state: AppState) -> Router {
     // costs less than one per field.
     let state = Arc::new(state);
     let authorization = match &state.auth {
-        Some(server) => auth::routes(server.clone()),
+        Some(server) => auth::routes(server.clone())
+            .layer(axum::middleware::from_fn_with_state(state.clone(), security_audit::record)),
         None => Router::new(),
     };
     let routes: Router<Arc<AppState>> = Router::new()

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 
 use super::workflow::{Wake, Workflow};
 use super::FhirService;
-use crate::audit::{balp, patients, Activity, Occurrence, Outcome, RequestTrail};
+use crate::audit::{balp, patients, Activity, Occurrence, Outcome, RequestTrail, Who};
 use crate::auth::Access;
 use crate::store::{IndexRows, ResourceVersion, StoreResult, StoreTx};
 
@@ -57,8 +57,7 @@ impl AuditTrailTx {
         Occurrence {
             activity,
             outcome: Outcome::Success,
-            access: &self.access,
-            user: None,
+            who: Who::of(&self.access),
             request_id: self.trail.as_ref().and_then(|trail| trail.request_id.as_deref()),
             data: changes.iter().map(|change| change.reference.clone()).collect(),
             query: None,

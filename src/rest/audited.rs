@@ -7,7 +7,7 @@
 use serde_json::Value;
 
 use super::{Body, FhirRequest, FhirResponse, FhirService, Method, Route};
-use crate::audit::{balp, patients, Activity, Occurrence, Outcome, Recorder, RequestTrail};
+use crate::audit::{balp, patients, Activity, Occurrence, Outcome, Recorder, RequestTrail, Who};
 use crate::model::FhirError;
 
 /// The longest failure description an AuditEvent keeps.
@@ -46,8 +46,7 @@ impl FhirService {
         let occurrence = Occurrence {
             activity,
             outcome: result,
-            access: &access,
-            user: None,
+            who: Who::of(&access),
             request_id: trail.request_id.as_deref(),
             data: target.into_iter().collect(),
             query,
@@ -61,9 +60,10 @@ impl FhirService {
         outcome
     }
 
-    /// The node's audit writer (started on first use, on the runtime serving requests).
-    fn recorder(&self) -> &Recorder {
-        self.recorder.get_or_init(|| Recorder::start(self.store.clone()))
+    /// The node's audit writer, for the events of requests served outside this service (the
+    /// authorization server's).
+    pub fn recorder(&self) -> &Recorder {
+        &self.recorder
     }
 
     /// The patients whose data a response body holds.

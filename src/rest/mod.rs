@@ -281,8 +281,8 @@ pub struct FhirService {
     /// activation commits so that no write committed after it is missed (the store records
     /// events of active subscriptions only); its lock makes index loads run one at a time.
     starting_subscriptions: Arc<tokio::sync::Mutex<std::collections::HashMap<String, Value>>>,
-    /// The node's writer of AuditEvents of requests that write nothing (started on first use).
-    recorder: Arc<std::sync::OnceLock<crate::audit::Recorder>>,
+    /// The node's writer of AuditEvents of requests that write nothing.
+    recorder: crate::audit::Recorder,
 }
 
 /// How many resource versions' access-check index rows are kept.
@@ -294,6 +294,7 @@ impl FhirService {
     /// definitions stored in it.
     pub fn new(store: Arc<dyn Store>, config: ServiceConfig) -> Self {
         FhirService {
+            recorder: crate::audit::Recorder::new(store.clone()),
             store,
             registry: Arc::new(Live::new(Registry::standard().clone())),
             definitions: Arc::new(Live::new(Definitions::with(&[]))),
@@ -303,7 +304,6 @@ impl FhirService {
             subscriptions: Arc::new(Live::new(crate::subscriptions::Index::default())),
             deliveries_due: Arc::default(),
             starting_subscriptions: Arc::default(),
-            recorder: Arc::default(),
         }
     }
 

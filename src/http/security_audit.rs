@@ -1,0 +1,73 @@
+//! The audit of the authorization server (issue 21): each sign-in, sign-out, token, refresh,
+//! revocation, consent, registration, password reset, launch and account change is recorded
+//! as an AuditEvent before its answer leaves (500 if it cannot be). The authorization server
+//! tells who acts and why it refused as it learns it ([`RequestTrail::note`]); passwords,
+//! codes and tokens are never part of it, only a token's `jti`.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::access_log::RequestId;
+use super::AppState;
+use crate::audit::{balp, Activity, Occurrence, Outcome, RequestTrail, SecurityEvent};
+
+/// The event a request to the authorization server is, if it is one the audit records.
+fn security_event(method: &Method, path: &str) -> Option<SecurityEvent> {
+    if method != Method::POST {
+        return None;
+    }
+    Some(match path {
+        "/auth/login" => SecurityEvent::Login,
+        "/auth/logout" => SecurityEvent::Logout,
+        "/auth/token" => SecurityEvent::Token,
+        "/auth/revoke" => SecurityEvent::Revoke,
+        "/auth/consent" => SecurityEvent::Consent,
+        "/auth/register" => SecurityEvent::Registration,
+        "/auth/reset" => SecurityEvent::PasswordReset,
+        "/auth/launch" => SecurityEvent::Launch,
+        _ if path.starts_with("/auth/accounts/") && path.ends_with("/disable") => SecurityEvent::AccountDisabled,
+        _ if path.starts_with("/auth/accounts/") && path.ends_with("/enable") => SecurityEvent::AccountEnabled,
+        _ => return None,
+    })
+}
+
+/// Middleware around the authorization server's routes.
+pub(super) async fn record(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let event = security_event(request.method(), request.uri().path());
+    let Some(event) = event.filter(|_| state.service.config().audit.record) else {
+        return next.run(request).await;
+    };
+    let request_id = request.extensions().get::<RequestId>().map(|id| id.0.clone());
+    let trail = RequestTrail::new(request_id, Activity::Security(event));
+    let response = trail.clone().serving(next.run(request)).await;
+    let noted = trail.noted();
+    let status = response.status();
+    let outcome = match noted.refusal {
+        _ if status.is_server_error() => Outcome::ServerFailure,
+        Some(why) => Outcome::ClientFailure(why),
+        None if status.is_client_error() => Outcome::ClientFailure(status.to_string()),
+        None => Outcome::Success,
+    };
+    let occurrence = Occurrence {
+        activity: Activity::Security(noted.event.unwrap_or(event)),
+        outcome,
+        who: noted.who,
+        request_id: trail.request_id.as_deref(),
+        data: noted.subject.into_iter().collect(),
+        query: None,
+        patients: Vec::new(),
+    };
+    let recorded = balp::audit_event(&occurrence, &state.service.config().base_url);
+    match state.service.recorder().record(recorded).await {
+        Ok(()) => response,
+        Err(error) => {
+            tracing::error!(%error, "the AuditEvent of an authorization request could not be recorded");
+            (StatusCode::INTERNAL_SERVER_ERROR, "the request could not be recorded; nothing was answered")
+                .into_response()
+        }
+    }
+}
