@@ -157,8 +157,13 @@ async fn main() -> anyhow::Result<()> {
             let store = hearth::store::open_shared(&cli.database).await?;
             hearth::audit::chain::seal(store.as_ref()).await?;
             let verification = hearth::audit::chain::verify(store.as_ref()).await?;
+            let ((anchor, anchor_hash), (head, head_hash)) = (&verification.anchor, &verification.head);
+            println!("anchor: position {anchor}, hash {anchor_hash:?}");
             match verification.first_break {
-                None => println!("audit chain intact: {} events checked", verification.checked),
+                None => {
+                    println!("head: position {head}, hash {head_hash}");
+                    println!("audit chain intact: {} events checked", verification.checked)
+                }
                 Some((position, why)) => {
                     println!(
                         "audit chain broken at position {position}: {why} ({} events before it hold)",

@@ -173,6 +173,10 @@ async fn patients_see_who_read_their_chart_and_nobody_else(db: Db) {
     let both = smart.get("Observation?_count=10", &doctor_token).await;
     assert_eq!(body(both).await["entry"].as_array().unwrap().len(), 2);
     assert_eq!(smart.get(&format!("Patient/{bob}"), &doctor_token).await.status(), 200);
+    // A trimmed answer (no subject shown) still discloses whose data it is.
+    let trimmed =
+        body(smart.get(&format!("Observation?subject=Patient/{ana}&_elements=status"), &doctor_token).await).await;
+    assert!(trimmed["entry"][0]["resource"].get("subject").is_none(), "{trimmed}");
 
     let ana_token = smart.user_token("ana", &format!("Patient/{ana}"), &[], "launch/patient patient/*.rs").await;
     let log = body(smart.get(&format!("AuditEvent?patient={ana}&_sort=-date"), &ana_token).await).await;
@@ -183,11 +187,12 @@ async fn patients_see_who_read_their_chart_and_nobody_else(db: Db) {
             e["agent"].as_array().unwrap().iter().any(|a| a["who"]["reference"] == format!("Practitioner/{doctor}"))
         })
         .collect();
-    assert_eq!(by_doctor.len(), 1, "Ana sees the doctor's search that showed her data: {log}");
-    assert_eq!(subtype(by_doctor[0]), "search-type");
-    assert_eq!(patients_of(by_doctor[0]), [format!("Patient/{ana}")], "and not that Bob was in it");
+    assert_eq!(by_doctor.len(), 2, "Ana sees the doctor's searches that showed her data: {log}");
+    assert!(by_doctor.iter().all(|e| subtype(e) == "search-type"));
+    assert_eq!(patients_of(by_doctor[1]), [format!("Patient/{ana}")], "and not that Bob was in one");
     assert!(!log.to_string().contains(&bob), "nothing of Bob anywhere: {log}");
     assert!(!by_doctor[0]["entity"].as_array().unwrap().iter().any(|e| e["role"]["code"] == "24"), "no query");
+    assert!(by_doctor[0]["agent"][0].get("altId").is_none(), "nor the doctor's user name");
 
     // Bob's log, Bob's events, are not hers: empty, not forbidden.
     let other = body(smart.get(&format!("AuditEvent?patient={bob}"), &ana_token).await).await;
@@ -265,6 +270,9 @@ async fn sign_ins_tokens_and_account_changes_are_on_record(db: Db) {
     assert_eq!(revoke.status(), 200);
     let disable = smart.http.post(smart.url("/auth/accounts/ana/disable")).bearer_auth(&admin).send().await.unwrap();
     assert_eq!(disable.status(), 200);
+    let forged =
+        smart.fhir_request(Method::GET, &format!("Patient/{ana}"), "forged").header("x-request-id", "forged-1");
+    assert_eq!(forged.send().await.unwrap().status(), 401);
 
     let log = body(smart.get("AuditEvent?_sort=date&_count=1000", &admin).await).await;
     let events: Vec<&Value> = log["entry"].as_array().unwrap().iter().map(|e| &e["resource"]).collect();
@@ -294,6 +302,14 @@ async fn sign_ins_tokens_and_account_changes_are_on_record(db: Db) {
     assert_eq!(disabled.len(), 1);
     assert_eq!(data_of(disabled[0]), [format!("Patient/{ana}")], "whose account it is");
     assert_eq!(disabled[0]["agent"][0]["who"]["identifier"]["value"], "admin", "who disabled it");
+
+    let refused = of_request(&events.iter().map(|e| (*e).clone()).collect::<Vec<_>>(), "forged-1")
+        .into_iter()
+        .cloned()
+        .collect::<Vec<_>>();
+    assert_eq!(refused.len(), 1, "a request with a forged token is on record");
+    assert_eq!((subtype(&refused[0]), refused[0]["outcome"].as_str()), ("read", Some("4")));
+    assert!(refused[0]["outcomeDesc"].as_str().unwrap().starts_with("401"));
 
     // No secret is ever recorded: not the passwords, the codes or the tokens.
     let text = log.to_string();
@@ -360,6 +376,57 @@ async fn audit_rows_survive_kill_9_and_verify_finds_tampering(db: Db) {
     let said = String::from_utf8_lossy(&broken.stdout).to_string();
     assert_eq!(broken.status.code(), Some(1), "{said}");
     assert!(said.contains("broken at position"), "{said}");
+}
+
+/// Runs `sql` (with `$1` = `value`) on the database directly; the rows it changed.
+async fn execute(database_url: &str, sql: &str, value: &str) -> u64 {
+    if database_url.starts_with("postgres") {
+        let pool = sqlx::PgPool::connect(database_url).await.unwrap();
+        sqlx::query(sql).bind(value).execute(&pool).await.unwrap().rows_affected()
+    } else {
+        let pool = sqlx::SqlitePool::connect(database_url).await.unwrap();
+        sqlx::query(sql).bind(value).execute(&pool).await.unwrap().rows_affected()
+    }
+}
+
+async fn verify_checks_what_searches_read_and_retention_keeps_the_chain(db: Db) {
+    let server = TestServer::start(db).await;
+    let ana = json!({"resourceType": "Patient", "id": "ana"});
+    assert_eq!(send(&server, Method::PUT, "Patient/ana", Some(&ana), "v-0").await, 201);
+    for n in 1..=5 {
+        assert_eq!(send(&server, Method::GET, "Patient/ana", None, &format!("v-{n}")).await, 200);
+    }
+    let store = hearth::store::open_shared(&server.database_url).await.unwrap();
+    hearth::audit::chain::seal(store.as_ref()).await.unwrap();
+    let intact = hearth::audit::chain::verify(store.as_ref()).await.unwrap();
+    assert_eq!(intact.first_break, None);
+    assert!(intact.checked >= 6);
+
+    // The patient's log is read through audit_patients: a row removed there hides an event.
+    let removed = execute(
+        &server.database_url,
+        "DELETE FROM audit_patients WHERE seq = (SELECT seq FROM audit_events WHERE request_id = $1)",
+        "v-3",
+    )
+    .await;
+    assert_eq!(removed, 1);
+    let broken = hearth::audit::chain::verify(store.as_ref()).await.unwrap();
+    let (_, why) = broken.first_break.expect("the removed row is found");
+    assert!(why.contains("patients"), "{why}");
+    let restored =
+        "INSERT INTO audit_patients (patient_id, seq) SELECT 'ana', seq FROM audit_events WHERE request_id = $1";
+    assert_eq!(execute(&server.database_url, restored, "v-3").await, 1);
+    assert_eq!(hearth::audit::chain::verify(store.as_ref()).await.unwrap().first_break, None);
+
+    // Retention removes a prefix and leaves its last hash as the anchor: still intact.
+    let everything = all_events(&server).await.len();
+    let forgotten = store.forget_audit(time::OffsetDateTime::now_utc() + time::Duration::hours(1), 3).await.unwrap();
+    assert_eq!(forgotten, 3);
+    let after = hearth::audit::chain::verify(store.as_ref()).await.unwrap();
+    assert_eq!(after.first_break, None);
+    assert_eq!(after.anchor.0, 3);
+    let left = all_events(&server).await;
+    assert!(left.len() < everything, "the removed events are gone from searches");
 }
 
 /// Changes the body of the AuditEvent of request `request_id` directly in the database.
@@ -429,4 +496,5 @@ on_both_databases!(
     patients_see_who_read_their_chart_and_nobody_else,
     sign_ins_tokens_and_account_changes_are_on_record,
     audit_rows_survive_kill_9_and_verify_finds_tampering,
+    verify_checks_what_searches_read_and_retention_keeps_the_chain,
 );

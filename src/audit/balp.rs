@@ -6,7 +6,6 @@
 //! Tokens are never recorded, only their `jti`.
 
 use serde_json::{json, Value};
-use time::OffsetDateTime;
 
 use crate::auth::Access;
 use crate::store::audit::NewAuditEvent;
@@ -190,7 +189,8 @@ pub struct Occurrence<'a> {
 /// The AuditEvent row for `occurrence`, observed by the server at `base_url` (its FHIR base).
 pub fn audit_event(occurrence: &Occurrence<'_>, base_url: &str) -> NewAuditEvent {
     let id = crate::model::resource::new_id();
-    let recorded = OffsetDateTime::now_utc();
+    // To the millisecond, as the body says it: the `recorded` column must agree with it.
+    let recorded = crate::model::resource::now();
     let (event_type, subtype) = occurrence.activity.type_and_subtype();
     let action = occurrence.activity.action();
     let mut event = json!({
@@ -315,22 +315,52 @@ fn entities(occurrence: &Occurrence<'_>) -> Vec<Value> {
     entities
 }
 
-/// An AuditEvent as a caller whose access is limited to some patients may see it: patient
-/// entities of other patients and the query (which may name anyone) left out.
-pub fn shown_to_patient(mut event: Value, patients: &[String]) -> Value {
+/// An AuditEvent as a caller whose access is limited to some patients (`patients`; `viewer`
+/// its own `fhirUser`) may see it: what concerns them, and nothing about anyone else. Left
+/// out: the query (it may name anyone), other patients' entities, the data of an event that
+/// also concerns other patients, and of the agents, every user name and token id but the
+/// viewer's own, and the identity of another patient or caregiver (they read as such).
+pub fn shown_to_patient(mut event: Value, patients: &[String], viewer: Option<&str>) -> Value {
+    let theirs =
+        |reference: &str| reference.strip_prefix("Patient/").is_some_and(|id| patients.iter().any(|p| p == id));
+    let role = |entity: &Value| entity.pointer("/role/code").and_then(Value::as_str).map(str::to_string);
+    let reference = |entity: &Value| entity.pointer("/what/reference").and_then(Value::as_str).map(str::to_string);
     if let Some(Value::Array(entities)) = event.get_mut("entity") {
-        entities.retain(|entity| {
-            let role = entity.pointer("/role/code").and_then(Value::as_str);
-            match role {
-                Some("24") => false,
-                Some("1") => entity
-                    .pointer("/what/reference")
-                    .and_then(Value::as_str)
-                    .and_then(|r| r.strip_prefix("Patient/"))
-                    .is_some_and(|id| patients.iter().any(|p| p == id)),
-                _ => true,
-            }
+        let others_concerned =
+            entities.iter().any(|e| role(e).as_deref() == Some("1") && !reference(e).is_some_and(|r| theirs(&r)));
+        entities.retain(|entity| match (role(entity).as_deref(), reference(entity)) {
+            (Some("24"), _) => false,
+            (Some("1"), reference) => reference.is_some_and(|r| theirs(&r)),
+            (Some("4"), Some(reference)) if reference.starts_with("Patient/") => theirs(&reference),
+            (Some("4"), _) => !others_concerned,
+            _ => true,
         });
+    }
+    if let Some(Value::Array(agents)) = event.get_mut("agent") {
+        for agent in agents {
+            let who = agent.pointer("/who/reference").and_then(Value::as_str).map(str::to_string);
+            if who.is_some() && who.as_deref() == viewer {
+                continue;
+            }
+            if let Some(fields) = agent.as_object_mut() {
+                fields.remove("altId");
+                fields.remove("policy");
+            }
+            let stranger = match who.as_deref() {
+                Some(reference) if reference.starts_with("Patient/") && !theirs(reference) => Some("another patient"),
+                Some(reference) if reference.starts_with("RelatedPerson/") => Some("a caregiver (related person)"),
+                Some(_) => None,
+                None if agent.pointer("/who/display").is_some()
+                    && agent.pointer("/type/coding/0/code") != Some(&json!("110152")) =>
+                {
+                    Some("a user")
+                }
+                None => None,
+            };
+            if let Some(display) = stranger {
+                agent["who"] = json!({"display": display});
+            }
+        }
     }
     event
 }
@@ -375,9 +405,37 @@ mod tests {
             .filter(|r| r.starts_with("Patient/"))
             .collect();
         assert_eq!(patients, ["Patient/p1", "Patient/p2"]);
-        let shown = shown_to_patient(event, &["p1".into()]);
+        let shown = shown_to_patient(event.clone(), &["p1".into(), "p2".into()], Some("Patient/p1"));
         let references: Vec<&str> =
             shown["entity"].as_array().unwrap().iter().filter_map(|e| e["what"]["reference"].as_str()).collect();
-        assert_eq!(references, ["Observation/1/_history/2", "Patient/p1"]);
+        assert_eq!(references, ["Observation/1/_history/2", "Patient/p1", "Patient/p2"]);
+        let shown = shown_to_patient(event, &["p1".into()], Some("Patient/p1"));
+        let references: Vec<&str> =
+            shown["entity"].as_array().unwrap().iter().filter_map(|e| e["what"]["reference"].as_str()).collect();
+        assert_eq!(references, ["Patient/p1"], "the data of an event that concerns another patient too is left out");
+    }
+
+    #[test]
+    fn a_patient_sees_other_users_without_their_names_or_tokens() {
+        let mut stranger = occurrence(Activity::Rest("read"));
+        stranger.who = Who {
+            user: Some("Patient/p2".into()),
+            username: Some("bob".into()),
+            jti: Some("jti-of-bob".into()),
+            client_id: Some("app".into()),
+        };
+        stranger.patients = vec!["p1".into()];
+        let event: Value = serde_json::from_slice(&audit_event(&stranger, "http://h/fhir").body).unwrap();
+        let shown = shown_to_patient(event, &["p1".into()], Some("Patient/p1")).to_string();
+        for hidden in ["Patient/p2", "bob", "jti-of-bob"] {
+            assert!(!shown.contains(hidden), "{hidden} in {shown}");
+        }
+        assert!(shown.contains("another patient"));
+        let mut doctor = occurrence(Activity::Rest("read"));
+        doctor.who = Who { user: Some("Practitioner/d".into()), username: Some("house".into()), ..Who::default() };
+        let event: Value = serde_json::from_slice(&audit_event(&doctor, "http://h/fhir").body).unwrap();
+        let shown = shown_to_patient(event, &["p1".into(), "p2".into()], Some("Patient/p1"));
+        assert_eq!(shown["agent"][0]["who"]["reference"], "Practitioner/d", "staff are named");
+        assert!(shown["agent"][0].get("altId").is_none());
     }
 }

@@ -6,6 +6,9 @@
 
 use sha2::{Digest, Sha256};
 
+use serde_json::Value;
+
+use crate::store::audit::ChainLink;
 use crate::store::{Store, StoreResult};
 
 /// Events read per page while walking the chain.
@@ -39,40 +42,92 @@ pub async fn seal(store: &dyn Store) -> StoreResult<usize> {
 pub struct Verification {
     /// The links checked.
     pub checked: u64,
+    /// Where the walk started (the anchor retention left: position and hash) and ended.
+    pub anchor: (i64, String),
+    pub head: (i64, String),
     /// The first position where the chain does not follow, and why.
     pub first_break: Option<(i64, String)>,
 }
 
-/// Walks the chain from its anchor to its head.
+/// Walks the chain from its anchor to the head sealed when the walk began (what is sealed
+/// meanwhile is left for the next walk; a retention run meanwhile moves the start). Each link
+/// must follow the one before it, and its `recorded` column and its patients' index rows must
+/// say what its body says.
 pub async fn verify(store: &dyn Store) -> StoreResult<Verification> {
     let ends = store.audit_chain_ends().await?;
-    let (mut position, mut hash) = (ends.anchor_position, ends.anchor_hash);
-    let mut checked = 0;
-    loop {
+    let head = ends.head_position;
+    let mut walk = Verification {
+        checked: 0,
+        anchor: (ends.anchor_position, ends.anchor_hash),
+        head: (head, String::new()),
+        first_break: None,
+    };
+    let (mut position, mut hash) = walk.anchor.clone();
+    while position < head {
         let links = store.audit_chain(position, PAGE).await?;
+        if links.is_empty() {
+            walk.first_break =
+                Some((position + 1, format!("the chain ends at position {position}, but {head} were sealed")));
+            return Ok(walk);
+        }
         for link in &links {
+            if position >= head {
+                break;
+            }
             let expected = position + 1;
             if link.position != expected {
+                // Retention may have removed a prefix since the walk began: start again from
+                // the anchor it left.
+                let now = store.audit_chain_ends().await?;
+                if now.anchor_position > position {
+                    walk.anchor = (now.anchor_position, now.anchor_hash.clone());
+                    (position, hash) = (now.anchor_position, now.anchor_hash);
+                    walk.checked = 0;
+                    break;
+                }
                 let why = format!("the events at positions {expected} to {} are missing", link.position - 1);
-                return Ok(Verification { checked, first_break: Some((expected, why)) });
+                walk.first_break = Some((expected, why));
+                return Ok(walk);
             }
             hash = link_hash(&hash, link.position, &link.body);
             if hash != link.hash {
                 let why = "the event's content or hash was changed after it was sealed".to_string();
-                return Ok(Verification { checked, first_break: Some((link.position, why)) });
+                walk.first_break = Some((link.position, why));
+                return Ok(walk);
+            }
+            if let Some(why) = disagreement(link) {
+                walk.first_break = Some((link.position, why));
+                return Ok(walk);
             }
             position = link.position;
-            checked += 1;
-        }
-        if links.len() < PAGE {
-            break;
+            walk.checked += 1;
         }
     }
-    if position != ends.head_position {
-        let why = format!("the chain ends at position {position}, but {} were sealed", ends.head_position);
-        return Ok(Verification { checked, first_break: Some((position + 1, why)) });
+    walk.head = (position, hash);
+    Ok(walk)
+}
+
+/// What a link's columns say that its body does not (the columns searches and retention read
+/// are not in the hash; they must agree with what is).
+fn disagreement(link: &ChainLink) -> Option<String> {
+    let Ok(event) = serde_json::from_slice::<Value>(&link.body) else {
+        return Some("the event's content is not JSON".into());
+    };
+    let recorded = event.get("recorded").and_then(Value::as_str).and_then(crate::model::resource::parse_instant);
+    if recorded.map(|at| (at.unix_timestamp_nanos() / 1_000) as i64) != Some(link.recorded) {
+        return Some("the event's recorded time in the database differs from the sealed one".into());
     }
-    Ok(Verification { checked, first_break: None })
+    let mut patients: Vec<String> = event["entity"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|entity| entity.pointer("/role/code") == Some(&Value::from("1")))
+        .filter_map(|entity| entity.pointer("/what/reference").and_then(Value::as_str))
+        .filter_map(|reference| reference.strip_prefix("Patient/"))
+        .map(str::to_string)
+        .collect();
+    patients.sort_unstable();
+    (patients != link.patients).then(|| "the patients the event is indexed under differ from the sealed ones".into())
 }
 
 #[cfg(test)]

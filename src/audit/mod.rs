@@ -29,6 +29,9 @@ pub struct RequestTrail {
     written: AtomicBool,
     /// What the authorization server learnt while serving the request.
     noted: std::sync::Mutex<Noted>,
+    /// The stored resources the caller's read view let through (whose patients the event
+    /// names): as stored, before `_elements` or `_summary` trimmed what the response shows.
+    disclosed: std::sync::Mutex<Vec<bytes::Bytes>>,
 }
 
 /// What the authorization server tells the audit of a request as it learns it.
@@ -50,7 +53,13 @@ tokio::task_local! {
 
 impl RequestTrail {
     pub fn new(request_id: Option<String>, activity: Activity) -> Arc<RequestTrail> {
-        Arc::new(RequestTrail { request_id, activity, written: AtomicBool::new(false), noted: Default::default() })
+        Arc::new(RequestTrail {
+            request_id,
+            activity,
+            written: AtomicBool::new(false),
+            noted: Default::default(),
+            disclosed: Default::default(),
+        })
     }
 
     /// Runs `serve` as the request this trail describes.
@@ -84,6 +93,20 @@ impl RequestTrail {
     /// Tells the audit who acts in the request being served (see [`RequestTrail::note`]).
     pub fn note_who(who: Who) {
         RequestTrail::note(|noted| noted.who.merge(who));
+    }
+
+    /// Notes resources the caller's read view let through in the request being served
+    /// (their bodies as stored; a clone of `Bytes` shares them); nothing outside a request.
+    pub fn note_disclosed<'a>(bodies: impl IntoIterator<Item = &'a bytes::Bytes>) {
+        let _ = TRAIL.try_with(|trail| {
+            let mut disclosed = trail.disclosed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            disclosed.extend(bodies.into_iter().cloned());
+        });
+    }
+
+    /// The resources noted by [`RequestTrail::note_disclosed`].
+    pub fn disclosed(&self) -> Vec<bytes::Bytes> {
+        self.disclosed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// What [`RequestTrail::note`] gathered.

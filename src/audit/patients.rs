@@ -1,6 +1,6 @@
 //! Whose data a resource is: the patients whose compartment it is in (R4 CompartmentDefinition
 //! Patient), from the index rows a write computed anyway, or from the resource itself for what
-//! a response disclosed.
+//! a read view let through.
 
 use serde_json::Value;
 
@@ -38,55 +38,21 @@ pub fn of_resource(registry: &Registry, base_url: &str, resource: &Value) -> Vec
     in_rows(resource_type, id, &rows)
 }
 
-/// What a response body disclosed: the resources in it (a Bundle's entries, one level of
-/// Bundles inside them, a Parameters' resources, or the resource itself), and the patients
-/// they belong to.
-pub fn disclosed(registry: &Registry, base_url: &str, body: &Value) -> Vec<String> {
-    let mut patients = Vec::new();
-    let mut each = |resource: &Value| patients.extend(of_resource(registry, base_url, resource));
-    for resource in contained_resources(body) {
-        match resource.get("resourceType").and_then(Value::as_str) {
-            Some("Bundle") | Some("Parameters") => contained_resources(resource).for_each(&mut each),
-            _ => each(resource),
-        }
-    }
-    patients.sort_unstable();
-    patients.dedup();
-    patients
-}
-
-/// The resources a Bundle or Parameters carries, or the resource itself.
-fn contained_resources(body: &Value) -> Box<dyn Iterator<Item = &Value> + '_> {
-    let inner = |list: &'static str| {
-        body.get(list).and_then(Value::as_array).into_iter().flatten().filter_map(|item| item.get("resource"))
-    };
-    match body.get("resourceType").and_then(Value::as_str) {
-        Some("Bundle") => Box::new(inner("entry")),
-        Some("Parameters") => Box::new(inner("parameter")),
-        Some("OperationOutcome") | None => Box::new(std::iter::empty()),
-        Some(_) => Box::new(std::iter::once(body)),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
 
     #[test]
-    fn a_search_discloses_the_patients_of_its_entries() {
+    fn a_resource_belongs_to_the_patients_its_compartment_parameters_name() {
         let registry = Registry::standard();
-        let bundle = json!({"resourceType": "Bundle", "type": "searchset", "entry": [
-            {"resource": {"resourceType": "Observation", "id": "o1", "status": "final", "code": {"text": "x"},
-                "subject": {"reference": "Patient/a"}}},
-            {"resource": {"resourceType": "Patient", "id": "b"}},
-            {"resource": {"resourceType": "Practitioner", "id": "d"}},
-            {"resource": {"resourceType": "OperationOutcome", "issue": []}}
-        ]});
-        assert_eq!(disclosed(registry, "http://h/fhir", &bundle), ["a", "b"]);
-        let one = json!({"resourceType": "Encounter", "id": "e", "status": "finished", "class": {"code": "AMB"},
+        let observation = json!({"resourceType": "Observation", "id": "o1", "status": "final", "code": {"text": "x"},
+            "subject": {"reference": "Patient/a"}, "performer": [{"reference": "Patient/b"}]});
+        assert_eq!(of_resource(registry, "http://h/fhir", &observation), ["a", "b"]);
+        let encounter = json!({"resourceType": "Encounter", "id": "e", "status": "finished", "class": {"code": "AMB"},
             "subject": {"reference": "http://h/fhir/Patient/c"}});
-        assert_eq!(disclosed(registry, "http://h/fhir", &one), ["c"]);
-        assert!(disclosed(registry, "http://h/fhir", &json!({"resourceType": "OperationOutcome"})).is_empty());
+        assert_eq!(of_resource(registry, "http://h/fhir", &encounter), ["c"]);
+        assert_eq!(of_resource(registry, "http://h/fhir", &json!({"resourceType": "Patient", "id": "d"})), ["d"]);
+        assert!(of_resource(registry, "http://h/fhir", &json!({"resourceType": "Practitioner", "id": "p"})).is_empty());
     }
 }

@@ -138,10 +138,16 @@ async fn fhir(State(state): State<Arc<AppState>>, request: Request) -> Response 
     };
     let format = match negotiated {
         Ok(format) => format,
-        Err(error) => return error_response(error, Format::Json, pretty),
+        Err(error) => {
+            state.service.audit_refusal(parts.method.as_str(), &path, request_id, &error).await;
+            return error_response(error, Format::Json, pretty);
+        }
     };
     let head = parts.method == axum::http::Method::HEAD;
     let mut client_id = None;
+    // Whether the service took the request (and audits it); refusals before are audited here.
+    let mut served = false;
+    let refused_path = path.clone();
     let outcome = async {
         let method = Method::parse(parts.method.as_str()).ok_or_else(|| {
             let allowed = crate::rest::Route::parse(&path).map(|r| r.allowed_methods()).unwrap_or("GET, HEAD");
@@ -163,7 +169,8 @@ async fn fhir(State(state): State<Arc<AppState>>, request: Request) -> Response 
             client_id = Some(access_log::ClientId(grant.client_id.clone()));
         }
         request.content = content_accept.is_some();
-        state.service.handle_audited(request, request_id).await
+        served = true;
+        state.service.handle_audited(request, request_id.clone()).await
     }
     .await
     .map_err(|error| match error.kind {
@@ -173,6 +180,12 @@ async fn fhir(State(state): State<Arc<AppState>>, request: Request) -> Response 
         }
         _ => error,
     });
+    match &outcome {
+        Err(error) if !served => {
+            state.service.audit_refusal(parts.method.as_str(), &refused_path, request_id, error).await
+        }
+        _ => {}
+    }
     let content = match (outcome, &content_accept) {
         (Ok(response), Some(accept)) => match binary::content_response(response.clone(), accept, &state.service) {
             Ok(Some(content)) => Ok(content),

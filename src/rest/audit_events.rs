@@ -4,11 +4,12 @@
 //! the events about those patients, each checked against its rule, and sees them without the
 //! other patients they name or the query they ran (see [`balp::shown_to_patient`]).
 
+use bytes::Bytes;
 use serde_json::{json, Value};
 
 use super::bundle_writer::BundleWriter;
 use super::{Body, FhirRequest, FhirResponse, FhirService};
-use crate::audit::balp;
+use crate::audit::{balp, RequestTrail};
 use crate::auth::scope::Permission;
 use crate::auth::{Access, Restriction, Rule};
 use crate::model::FhirError;
@@ -28,10 +29,11 @@ impl FhirService {
         let reach = self.audit_reach(access, Permission::Read)?;
         let stored = self.store.audit_event(id).await.map_err(super::store_error)?;
         let not_found = || FhirError::not_found(format!("AuditEvent/{id} is not known"));
-        let shown = stored.and_then(|event| self.shown(&reach, event)).ok_or_else(not_found)?;
-        let body = serde_json::to_vec(&shown.1).map_err(|_| FhirError::internal())?;
-        let recorded = shown.1.get("recorded").and_then(Value::as_str).and_then(crate::model::resource::parse_instant);
-        Ok(FhirResponse { version: Some(1), last_modified: recorded, ..FhirResponse::new(200, Body::Raw(body.into())) })
+        let (_, shown) = stored.and_then(|event| self.shown(access, &reach, event)).ok_or_else(not_found)?;
+        let recorded = serde_json::from_slice::<Value>(&shown).ok().and_then(|event| {
+            event.get("recorded").and_then(Value::as_str).and_then(crate::model::resource::parse_instant)
+        });
+        Ok(FhirResponse { version: Some(1), last_modified: recorded, ..FhirResponse::new(200, Body::Raw(shown)) })
     }
 
     /// `GET AuditEvent?…`.
@@ -68,10 +70,10 @@ impl FhirService {
         }
         let mut bundle = BundleWriter::new("searchset", None, &links);
         for event in page {
-            let Some((id, shown)) = self.shown(&reach, event) else { continue };
+            let Some((id, shown)) = self.shown(&request.access, &reach, event) else { continue };
             let entry =
                 json!({"fullUrl": format!("{}/AuditEvent/{id}", self.config.base_url), "search": {"mode": "match"}});
-            bundle.entry(&entry, Some(&serde_json::to_vec(&shown).map_err(|_| FhirError::internal())?));
+            bundle.entry(&entry, Some(&shown));
         }
         Ok(FhirResponse::new(200, Body::Raw(bundle.finish())))
     }
@@ -90,11 +92,19 @@ impl FhirService {
         Ok(Reach::Patients(patients, rule))
     }
 
-    /// A stored event as the caller may see it (its id and content), or `None` when it may not.
-    fn shown(&self, reach: &Reach, event: StoredAuditEvent) -> Option<(String, Value)> {
+    /// A stored event as the caller may see it (its id and JSON), or `None` when it may not;
+    /// noted as disclosed for the AuditEvent of this very request (reading the log is audited
+    /// too, as being about the patients the caller was shown).
+    fn shown(&self, access: &Access, reach: &Reach, event: StoredAuditEvent) -> Option<(String, Bytes)> {
+        let (id, shown) = self.shown_content(access, reach, event)?;
+        RequestTrail::note_disclosed([&shown]);
+        Some((id, shown))
+    }
+
+    fn shown_content(&self, access: &Access, reach: &Reach, event: StoredAuditEvent) -> Option<(String, Bytes)> {
         let content: Value = serde_json::from_slice(&event.body).ok()?;
         let id = content.get("id")?.as_str()?.to_string();
-        let Reach::Patients(patients, rule) = reach else { return Some((id, content)) };
+        let Reach::Patients(patients, rule) = reach else { return Some((id, event.body.into())) };
         let version = ResourceVersion {
             resource_type: "AuditEvent".into(),
             id: id.clone(),
@@ -104,7 +114,15 @@ impl FhirService {
             method: WriteMethod::Create,
             body: event.body.into(),
         };
-        self.admitted(Some(rule), &version).then(|| (id, balp::shown_to_patient(content, patients)))
+        let viewer = match access {
+            Access::Token(grant) => grant.fhir_user.as_deref(),
+            Access::Open => None,
+        };
+        if !self.admitted(Some(rule), &version) {
+            return None;
+        }
+        let shown = serde_json::to_vec(&balp::shown_to_patient(content, patients, viewer)).ok()?;
+        Some((id, shown.into()))
     }
 
     /// The store query of an AuditEvent search, and the parameters it applied (for links).

@@ -1,12 +1,13 @@
 //! Serving a request with its audit (ADR 19): the request runs with its [`RequestTrail`], so its
-//! write transactions record their AuditEvents as they commit; what that does not cover (a
-//! read, a search, an operation or bundle that disclosed data, a refused or failed request) is
-//! recorded by the node's [`Recorder`] before the response is returned. If that record cannot
-//! be written, the client gets a 500 instead of the data.
+//! write transactions record their AuditEvents as they commit and its read view notes what it
+//! lets through; what the writes do not cover (a read, a search, an operation or bundle that
+//! disclosed data, a refused or failed request) is recorded by the node's [`Recorder`] before
+//! the response is returned. If that record cannot be written, the client gets a 500 instead
+//! of the data (unless the request committed writes: a 500 would have it sent again).
 
 use serde_json::Value;
 
-use super::{Body, FhirRequest, FhirResponse, FhirService, Method, Route};
+use super::{FhirRequest, FhirResponse, FhirService, Method, Route};
 use crate::audit::{balp, patients, Activity, Occurrence, Outcome, Recorder, RequestTrail, Who};
 use crate::model::FhirError;
 
@@ -23,8 +24,8 @@ impl FhirService {
         if !self.config.audit.record {
             return self.handle(request).await;
         }
-        let activity = activity_of(&request);
-        let access = request.access.clone();
+        let activity = activity_of(request.method, &request.path, request.body.as_ref());
+        let who = Who::of(&request.access);
         let target = target_of(&request.path);
         let query = is_search(&activity).then(|| query_text(&request.query));
         let trail = RequestTrail::new(request_id, activity.clone());
@@ -34,30 +35,51 @@ impl FhirService {
         if trail.written() && described_by_writes {
             return outcome;
         }
-        let (result, patients) = match &outcome {
-            Ok(response) => (Outcome::Success, self.disclosed_patients(&response.body)),
-            Err(error) if error.status() >= 500 => (Outcome::ServerFailure, Vec::new()),
-            Err(error) => {
-                let mut why = error.to_string();
-                why.truncate(why.floor_char_boundary(MAX_OUTCOME_DESC));
-                (Outcome::ClientFailure(why), Vec::new())
-            }
+        let patients = match &outcome {
+            Ok(_) => self.patients_of(&trail.disclosed()),
+            Err(_) => Vec::new(),
         };
         let occurrence = Occurrence {
             activity,
-            outcome: result,
-            who: Who::of(&access),
+            outcome: outcome_of(outcome.as_ref().err()),
+            who,
             request_id: trail.request_id.as_deref(),
             data: target.into_iter().collect(),
             query,
             patients,
         };
-        let event = balp::audit_event(&occurrence, &self.config.base_url);
-        self.recorder().record(event).await.map_err(|error| {
-            tracing::error!(%error, "the AuditEvent of a request could not be recorded; the response is withheld");
-            FhirError::internal()
-        })?;
-        outcome
+        match self.recorder.record(balp::audit_event(&occurrence, &self.config.base_url)).await {
+            Ok(()) => outcome,
+            Err(error) if trail.written() => {
+                tracing::error!(%error, "the AuditEvent of a bundle whose writes committed could not be recorded");
+                outcome
+            }
+            Err(error) => {
+                tracing::error!(%error, "the AuditEvent of a request could not be recorded; the response is withheld");
+                Err(FhirError::internal())
+            }
+        }
+    }
+
+    /// Records a request refused before it reached the service (a missing or invalid token, a
+    /// body too large or malformed, an unknown method): the caller is not known.
+    pub async fn audit_refusal(&self, method: &str, path: &str, request_id: Option<String>, error: &FhirError) {
+        if !self.config.audit.record {
+            return;
+        }
+        let method = Method::parse(method).unwrap_or(Method::Get);
+        let occurrence = Occurrence {
+            activity: activity_of(method, path, None),
+            outcome: outcome_of(Some(error)),
+            who: Who::default(),
+            request_id: request_id.as_deref(),
+            data: target_of(path).into_iter().collect(),
+            query: None,
+            patients: Vec::new(),
+        };
+        if let Err(error) = self.recorder.record(balp::audit_event(&occurrence, &self.config.base_url)).await {
+            tracing::error!(%error, "the AuditEvent of a refused request could not be recorded");
+        }
     }
 
     /// The node's audit writer, for the events of requests served outside this service (the
@@ -66,28 +88,38 @@ impl FhirService {
         &self.recorder
     }
 
-    /// The patients whose data a response body holds.
-    fn disclosed_patients(&self, body: &Body) -> Vec<String> {
-        let parsed;
-        let value = match body {
-            Body::Json(value) => value,
-            Body::Raw(bytes) => match serde_json::from_slice::<Value>(bytes) {
-                Ok(value) => {
-                    parsed = value;
-                    &parsed
-                }
-                Err(_) => return Vec::new(),
-            },
-            Body::None | Body::Document { .. } => return Vec::new(),
-        };
-        patients::disclosed(&self.registry(), &self.config.base_url, value)
+    /// The patients whose data the stored resources `bodies` are.
+    fn patients_of(&self, bodies: &[bytes::Bytes]) -> Vec<String> {
+        let registry = self.registry();
+        let mut patients: Vec<String> = bodies
+            .iter()
+            .filter_map(|body| serde_json::from_slice::<Value>(body).ok())
+            .flat_map(|resource| patients::of_resource(&registry, &self.config.base_url, &resource))
+            .collect();
+        patients.sort_unstable();
+        patients.dedup();
+        patients
+    }
+}
+
+/// How a request ended, for its AuditEvent: a 4xx with its message, a 5xx without (the
+/// server's log has what failed).
+fn outcome_of(error: Option<&FhirError>) -> Outcome {
+    match error {
+        None => Outcome::Success,
+        Some(error) if error.status() >= 500 => Outcome::ServerFailure,
+        Some(error) => {
+            let mut why = error.to_string();
+            why.truncate(why.floor_char_boundary(MAX_OUTCOME_DESC));
+            Outcome::ClientFailure(why)
+        }
     }
 }
 
 /// What kind of activity a request is, by its route and method (and a bundle by its type).
-fn activity_of(request: &FhirRequest) -> Activity {
-    let Ok(route) = Route::parse(&request.path) else {
-        return Activity::Rest(match request.method {
+fn activity_of(method: Method, path: &str, body: Option<&Value>) -> Activity {
+    let Ok(route) = Route::parse(path) else {
+        return Activity::Rest(match method {
             Method::Get | Method::Head => "read",
             Method::Post => "create",
             Method::Put => "update",
@@ -95,13 +127,12 @@ fn activity_of(request: &FhirRequest) -> Activity {
             Method::Delete => "delete",
         });
     };
-    match (&route, route.interaction(request.method)) {
+    match (&route, route.interaction(method)) {
         (Route::SystemOperation(name) | Route::TypeOperation(_, name) | Route::InstanceOperation(_, _, name), _) => {
             Activity::Operation(format!("${name}"))
         }
         (_, "batch-transaction") => {
-            let transaction =
-                request.body.as_ref().and_then(|b| b.get("type")).and_then(Value::as_str) == Some("transaction");
+            let transaction = body.and_then(|b| b.get("type")).and_then(Value::as_str) == Some("transaction");
             Activity::Rest(if transaction { "transaction" } else { "batch" })
         }
         // R4's restful-interaction codes have no compartment search or job status.

@@ -4,10 +4,12 @@
 //! read — searches get the caller's restriction in their SQL, reads and gathered resources are
 //! checked one by one — so that no code path can read data and forget to ask whether the caller
 //! may see it (the way Helios hands its tenant context to every storage call). What it returns
-//! is shown with write-only secrets hidden (a Subscription's channel headers).
+//! is shown with write-only secrets hidden (a Subscription's channel headers), and noted for the
+//! request's AuditEvent, which names the patients whose data it let through.
 
 use super::source::Source;
 use super::{store_error, FhirService};
+use crate::audit::RequestTrail;
 use crate::auth::scope::Permission;
 use crate::auth::Access;
 use crate::model::FhirError;
@@ -81,7 +83,11 @@ impl<'a> ReadView<'a> {
             return Ok(Lookup::Unknown);
         }
         let version = shown(version);
-        Ok(if version.deleted { Lookup::Deleted(version) } else { Lookup::Found(version) })
+        if version.deleted {
+            return Ok(Lookup::Deleted(version));
+        }
+        RequestTrail::note_disclosed([&version.body]);
+        Ok(Lookup::Found(version))
     }
 
     /// A page of search results among the resources the caller may search: the caller's
@@ -91,6 +97,7 @@ impl<'a> ReadView<'a> {
         self.service.restrict(self.access, Permission::Search, query)?;
         let mut page = self.source.search(query).await?;
         page.resources = page.resources.into_iter().map(shown).collect();
+        RequestTrail::note_disclosed(page.resources.iter().map(|r| &r.body));
         Ok(page)
     }
 
@@ -122,6 +129,7 @@ impl<'a> ReadView<'a> {
                 readable.push(shown(resource));
             }
         }
+        RequestTrail::note_disclosed(readable.iter().map(|r| &r.body));
         Ok(readable)
     }
 
@@ -169,6 +177,7 @@ impl<'a> ReadView<'a> {
         let last_seq = page.entries.last().map(|(seq, _)| *seq);
         page.entries.retain(|(_, version)| self.service.history_visible(self.access, version));
         page.entries = page.entries.into_iter().map(|(seq, version)| (seq, shown(version))).collect();
+        RequestTrail::note_disclosed(page.entries.iter().map(|(_, version)| &version.body));
         Ok((page, last_seq))
     }
 }

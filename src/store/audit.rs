@@ -56,12 +56,16 @@ pub struct StoredAuditEvent {
     pub body: Vec<u8>,
 }
 
-/// One sealed link of the chain.
+/// One sealed link of the chain, with the columns its body must agree with.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChainLink {
     pub position: i64,
     pub body: Vec<u8>,
     pub hash: String,
+    /// The `recorded` column (µs since the epoch).
+    pub recorded: i64,
+    /// The patients `audit_patients` lists for it, in order.
+    pub patients: Vec<String>,
 }
 
 /// Where the chain starts (what retention left) and where it ends.
@@ -91,8 +95,8 @@ pub trait AuditStore: Send + Sync {
     async fn audit_chain_ends(&self) -> StoreResult<ChainEnds>;
     /// Up to `limit` sealed links after `position`, in order.
     async fn audit_chain(&self, after: i64, limit: usize) -> StoreResult<Vec<ChainLink>>;
-    /// Removes sealed events recorded before `before`, at most `limit`, as a prefix of the
-    /// chain whose last hash becomes the anchor; how many it removed.
+    /// Removes the sealed events before the first one recorded at or after `before`, at most
+    /// `limit`: a prefix of the chain, whose last hash becomes the anchor; how many it removed.
     async fn forget_audit(&self, before: OffsetDateTime, limit: usize) -> StoreResult<usize>;
 }
 
@@ -147,18 +151,27 @@ macro_rules! audit_store {
                 &self,
                 query: &$crate::store::audit::AuditQuery,
             ) -> $crate::store::StoreResult<Vec<$crate::store::audit::StoredAuditEvent>> {
-                let mut qb = sqlx::QueryBuilder::<$db>::new("SELECT e.seq, e.body FROM audit_events e WHERE 1 = 1");
-                if let Some(patients) = &query.patients {
-                    if patients.is_empty() {
-                        return Ok(Vec::new());
+                // A patient's log is read along the (patient, seq) key: an event about several
+                // of the patients asked comes once per patient, and is kept once below.
+                let (mut qb, order_column) = match &query.patients {
+                    Some(patients) if patients.is_empty() => return Ok(Vec::new()),
+                    Some(patients) => {
+                        let mut qb = sqlx::QueryBuilder::<$db>::new(
+                            "SELECT e.seq, e.body FROM audit_patients p JOIN audit_events e ON e.seq = p.seq \
+                             WHERE p.patient_id IN (",
+                        );
+                        let mut list = qb.separated(", ");
+                        for patient in patients {
+                            list.push_bind(patient.clone());
+                        }
+                        qb.push(")");
+                        (qb, "p.seq")
                     }
-                    qb.push(" AND e.seq IN (SELECT p.seq FROM audit_patients p WHERE p.patient_id IN (");
-                    let mut list = qb.separated(", ");
-                    for patient in patients {
-                        list.push_bind(patient.clone());
-                    }
-                    qb.push("))");
-                }
+                    None => (
+                        sqlx::QueryBuilder::<$db>::new("SELECT e.seq, e.body FROM audit_events e WHERE 1 = 1"),
+                        "e.seq",
+                    ),
+                };
                 if let Some(from) = query.from {
                     qb.push(" AND e.recorded >= ").push_bind(from);
                 }
@@ -178,11 +191,17 @@ macro_rules! audit_store {
                 }
                 let (after, order) = if query.newest_first { (" < ", " DESC") } else { (" > ", "") };
                 if let Some(cursor) = query.after {
-                    qb.push(" AND e.seq").push(after).push_bind(cursor);
+                    qb.push(format!(" AND {order_column}")).push(after).push_bind(cursor);
                 }
-                qb.push(" ORDER BY e.seq").push(order).push(" LIMIT ").push_bind(query.limit as i64);
+                // Enough rows for `limit` events however many of the patients each is about.
+                let copies = query.patients.as_ref().map_or(1, Vec::len);
+                qb.push(format!(" ORDER BY {order_column}")).push(order).push(" LIMIT ");
+                qb.push_bind(query.limit.saturating_mul(copies) as i64);
                 let rows = qb.build().fetch_all(&self.readers).await?;
-                Ok(rows.iter().map(decode_audit).collect::<Result<Vec<_>, _>>()?)
+                let mut events = rows.iter().map(decode_audit).collect::<Result<Vec<_>, _>>()?;
+                events.dedup_by_key(|event| event.seq);
+                events.truncate(query.limit);
+                Ok(events)
             }
 
             async fn seal_audit(
@@ -191,6 +210,14 @@ macro_rules! audit_store {
                 link: $crate::store::audit::LinkHash,
             ) -> $crate::store::StoreResult<usize> {
                 use sqlx::Row;
+                // Asked of a reader first: an idle node takes no lock every second.
+                let waiting: Option<i64> =
+                    sqlx::query_scalar("SELECT seq FROM audit_events WHERE chain_pos IS NULL LIMIT 1")
+                        .fetch_optional(&self.readers)
+                        .await?;
+                if waiting.is_none() {
+                    return Ok(0);
+                }
                 let mut tx = self.writers.begin().await.map_err($crate::store::sql::classify)?;
                 let (mut position, mut hash, _, _) = lock_chain(&mut tx).await?;
                 let rows =
@@ -238,20 +265,41 @@ macro_rules! audit_store {
             ) -> $crate::store::StoreResult<Vec<$crate::store::audit::ChainLink>> {
                 use sqlx::Row;
                 let rows = sqlx::query(
-                    "SELECT chain_pos, body, hash FROM audit_events WHERE chain_pos > $1 ORDER BY chain_pos LIMIT $2",
+                    "SELECT seq, chain_pos, body, hash, recorded FROM audit_events WHERE chain_pos > $1 \
+                     ORDER BY chain_pos LIMIT $2",
                 )
                 .bind(after)
                 .bind(limit as i64)
                 .fetch_all(&self.readers)
                 .await?;
-                let decode = |row: &<$db as sqlx::Database>::Row| -> Result<_, sqlx::Error> {
-                    Ok($crate::store::audit::ChainLink {
+                let mut links = Vec::with_capacity(rows.len());
+                let mut seqs = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    seqs.push(row.try_get::<i64, _>("seq")?);
+                    links.push($crate::store::audit::ChainLink {
                         position: row.try_get("chain_pos")?,
                         body: row.try_get("body")?,
                         hash: row.try_get::<Option<String>, _>("hash")?.unwrap_or_default(),
-                    })
-                };
-                Ok(rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?)
+                        recorded: row.try_get("recorded")?,
+                        patients: Vec::new(),
+                    });
+                }
+                let (Some(low), Some(high)) = (seqs.iter().min(), seqs.iter().max()) else { return Ok(links) };
+                let patient_rows = sqlx::query(
+                    "SELECT seq, patient_id FROM audit_patients WHERE seq >= $1 AND seq <= $2 ORDER BY seq, patient_id",
+                )
+                .bind(low)
+                .bind(high)
+                .fetch_all(&self.readers)
+                .await?;
+                let mut by_seq: std::collections::HashMap<i64, Vec<String>> = std::collections::HashMap::new();
+                for row in &patient_rows {
+                    by_seq.entry(row.try_get("seq")?).or_default().push(row.try_get("patient_id")?);
+                }
+                for (link, seq) in links.iter_mut().zip(&seqs) {
+                    link.patients = by_seq.remove(seq).unwrap_or_default();
+                }
+                Ok(links)
             }
 
             async fn forget_audit(
@@ -261,18 +309,20 @@ macro_rules! audit_store {
             ) -> $crate::store::StoreResult<usize> {
                 use sqlx::Row;
                 let mut tx = self.writers.begin().await.map_err($crate::store::sql::classify)?;
-                let (_, _, anchor, _) = lock_chain(&mut tx).await?;
-                // The last position of the prefix to remove: sealed, recorded before the cut,
-                // and at most `limit` past the anchor.
-                let last: Option<i64> = sqlx::query_scalar(
-                    "SELECT MAX(chain_pos) FROM audit_events WHERE chain_pos IS NOT NULL AND chain_pos <= $1 \
-                     AND recorded < $2",
+                let (head, _, anchor, _) = lock_chain(&mut tx).await?;
+                // The prefix ends before the first sealed event recorded at or after the cut
+                // (a late or forged old `recorded` further on does not extend it), at most
+                // `limit` past the anchor.
+                let first_kept: Option<i64> = sqlx::query_scalar(
+                    "SELECT MIN(chain_pos) FROM audit_events WHERE chain_pos IS NOT NULL AND recorded >= $1",
                 )
-                .bind(anchor + limit as i64)
                 .bind($crate::store::sql::to_micros(before))
                 .fetch_one(&mut *tx)
                 .await?;
-                let Some(last) = last else { return Ok(0) };
+                let last = first_kept.map_or(head, |kept| kept - 1).min(anchor + limit as i64);
+                if last <= anchor {
+                    return Ok(0);
+                }
                 let row = sqlx::query("SELECT hash FROM audit_events WHERE chain_pos = $1")
                     .bind(last)
                     .fetch_one(&mut *tx)
@@ -300,7 +350,8 @@ macro_rules! audit_store {
         }
 
         impl $tx {
-            /// See [`StoreTx::record_audit`](crate::store::StoreTx::record_audit).
+            /// Writes the AuditEvents [`StoreTx::record_audit`](crate::store::StoreTx::record_audit)
+            /// buffered: the last writes of the transaction, at its commit.
             async fn record_audit_rows(
                 &mut self,
                 events: &[$crate::store::audit::NewAuditEvent],
@@ -311,7 +362,7 @@ macro_rules! audit_store {
                 }
                 // In chunks that stay below SQLite's limit of bound values per statement.
                 for events in events.chunks(AUDIT_ROWS_PER_STATEMENT) {
-                    let conn = self.write_conn(false).await?;
+                    let conn = self.write_conn(true).await?;
                     let mut qb = sqlx::QueryBuilder::<$db>::new(
                         "INSERT INTO audit_events (id, recorded, action, outcome, agent, client_id, request_id, body) ",
                     );

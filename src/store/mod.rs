@@ -348,8 +348,8 @@ pub trait StoreTx: Send {
     /// those whose key the subscription has not had yet (any node, any time). Returns how many
     /// it recorded.
     async fn record_reminders(&mut self, reminders: &[subscription::Reminder]) -> StoreResult<usize>;
-    /// Records AuditEvents with this transaction: those of its own writes commit with them,
-    /// and a batch of reads' events commits at once (ADR 19).
+    /// Records AuditEvents with this transaction (written last, at its commit): those of its
+    /// own writes commit with them, and a batch of reads' events commits at once (ADR 19).
     async fn record_audit(&mut self, events: &[audit::NewAuditEvent]) -> StoreResult<()>;
     /// Makes everything written visible at once.
     async fn commit(self: Box<Self>) -> StoreResult<()>;

@@ -222,6 +222,9 @@ macro_rules! sql_store {
             /// Whether it has locked a row it read (`$lock`).
             locked: bool,
             feed: Option<std::sync::Arc<$crate::store::feed::Feed>>,
+            /// AuditEvents to record, written by the last flush (ADR 19): after everything
+            /// else, so that on SQLite they need no savepoint of their own.
+            audit: Vec<$crate::store::audit::NewAuditEvent>,
         }
 
         impl $store {
@@ -293,8 +296,17 @@ macro_rules! sql_store {
                 Ok(())
             }
 
-            /// Writes the buffered versions; `last` at commit.
+            /// Writes the buffered versions; `last` at commit, with the AuditEvents.
             async fn flush(&mut self, last: bool) -> $crate::store::StoreResult<()> {
+                self.flush_versions(last).await?;
+                if last && !self.audit.is_empty() {
+                    let events = std::mem::take(&mut self.audit);
+                    self.record_audit_rows(&events).await?;
+                }
+                Ok(())
+            }
+
+            async fn flush_versions(&mut self, last: bool) -> $crate::store::StoreResult<()> {
                 if self.pending.is_empty() {
                     return Ok(());
                 }
@@ -790,6 +802,7 @@ macro_rules! sql_store {
                     written: Vec::new(),
                     locked: false,
                     feed: self.feed.clone(),
+                    audit: Vec::new(),
                 }))
             }
 
@@ -1096,7 +1109,8 @@ macro_rules! sql_store {
                 &mut self,
                 events: &[$crate::store::audit::NewAuditEvent],
             ) -> $crate::store::StoreResult<()> {
-                self.record_audit_rows(events).await
+                self.audit.extend_from_slice(events);
+                Ok(())
             }
 
             async fn commit(self: Box<Self>) -> $crate::store::StoreResult<()> {
