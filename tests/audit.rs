@@ -193,6 +193,8 @@ async fn patients_see_who_read_their_chart_and_nobody_else(db: Db) {
     assert!(!log.to_string().contains(&bob), "nothing of Bob anywhere: {log}");
     assert!(!by_doctor[0]["entity"].as_array().unwrap().iter().any(|e| e["role"]["code"] == "24"), "no query");
     assert!(by_doctor[0]["agent"][0].get("altId").is_none(), "nor the doctor's user name");
+    assert_eq!(by_doctor[0]["agent"][0]["who"]["display"], "House", "the doctor by name");
+    assert_eq!(by_doctor[0]["agent"][0]["role"][0]["text"], "clinician");
 
     // Bob's log, Bob's events, are not hers: empty, not forbidden.
     let other = body(smart.get(&format!("AuditEvent?patient={bob}"), &ana_token).await).await;

@@ -143,6 +143,8 @@ impl Outcome {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Who {
     pub user: Option<String>,
+    /// The user's name as their resource gives it ("Gregory House"), for a log a person reads.
+    pub name: Option<String>,
     pub username: Option<String>,
     pub jti: Option<String>,
     pub client_id: Option<String>,
@@ -155,6 +157,7 @@ impl Who {
         let claims = grant.claims.as_deref();
         Who {
             user: grant.fhir_user.clone(),
+            name: None,
             // A backend service's subject is its client id: no user.
             username: claims.filter(|_| grant.fhir_user.is_some()).map(|c| c.sub.clone()),
             jti: claims.map(|c| c.jti.clone()),
@@ -165,6 +168,7 @@ impl Who {
     /// What `other` knows in addition to (or instead of) this.
     pub fn merge(&mut self, other: Who) {
         self.user = other.user.or(self.user.take());
+        self.name = other.name.or(self.name.take());
         self.username = other.username.or(self.username.take());
         self.jti = other.jti.or(self.jti.take());
         self.client_id = other.client_id.or(self.client_id.take());
@@ -248,6 +252,12 @@ fn agents(who: &Who, base_url: &str) -> Vec<Value> {
             (Some(user), _) => json!({"reference": user}),
             (None, username) => json!({"display": username}),
         };
+        if let Some(name) = who.name.as_ref().filter(|_| who.user.is_some()) {
+            agent["who"]["display"] = json!(name);
+        }
+        if let Some(role) = who.user.as_deref().and_then(user_role) {
+            agent["role"] = json!([{"text": role}]);
+        }
         if let Some(username) = &who.username {
             agent["altId"] = json!(username);
         }
@@ -276,6 +286,17 @@ fn agents(who: &Who, base_url: &str) -> Vec<Value> {
         "network": {"address": base_url, "type": "5"},
     }));
     agents
+}
+
+/// What kind of user a `fhirUser` is, in words a person reading the log understands.
+fn user_role(user: &str) -> Option<&'static str> {
+    match user.split('/').next()? {
+        "Practitioner" | "PractitionerRole" => Some("clinician"),
+        "Patient" => Some("patient"),
+        "RelatedPerson" => Some("caregiver"),
+        "Person" => Some("person"),
+        _ => None,
+    }
 }
 
 /// The request id, the data, the query and the patients.
@@ -420,6 +441,7 @@ mod tests {
         let mut stranger = occurrence(Activity::Rest("read"));
         stranger.who = Who {
             user: Some("Patient/p2".into()),
+            name: Some("Bob Stranger".into()),
             username: Some("bob".into()),
             jti: Some("jti-of-bob".into()),
             client_id: Some("app".into()),
@@ -427,15 +449,22 @@ mod tests {
         stranger.patients = vec!["p1".into()];
         let event: Value = serde_json::from_slice(&audit_event(&stranger, "http://h/fhir").body).unwrap();
         let shown = shown_to_patient(event, &["p1".into()], Some("Patient/p1")).to_string();
-        for hidden in ["Patient/p2", "bob", "jti-of-bob"] {
+        for hidden in ["Patient/p2", "bob", "Bob Stranger", "jti-of-bob"] {
             assert!(!shown.contains(hidden), "{hidden} in {shown}");
         }
         assert!(shown.contains("another patient"));
         let mut doctor = occurrence(Activity::Rest("read"));
-        doctor.who = Who { user: Some("Practitioner/d".into()), username: Some("house".into()), ..Who::default() };
+        doctor.who = Who {
+            user: Some("Practitioner/d".into()),
+            name: Some("Gregory House".into()),
+            username: Some("house".into()),
+            ..Who::default()
+        };
         let event: Value = serde_json::from_slice(&audit_event(&doctor, "http://h/fhir").body).unwrap();
         let shown = shown_to_patient(event, &["p1".into(), "p2".into()], Some("Patient/p1"));
         assert_eq!(shown["agent"][0]["who"]["reference"], "Practitioner/d", "staff are named");
+        assert_eq!(shown["agent"][0]["who"]["display"], "Gregory House");
+        assert_eq!(shown["agent"][0]["role"][0]["text"], "clinician");
         assert!(shown["agent"][0].get("altId").is_none());
     }
 }

@@ -514,7 +514,7 @@ impl AuthServer {
         let mut choices = Vec::new();
         for id in patients {
             let name = match self.store.read("Patient", id).await {
-                Ok(Some(found)) if !found.deleted => patient_name(&found.body),
+                Ok(Some(found)) if !found.deleted => crate::model::resource::person_name(&found.body),
                 _ => None,
             };
             let label = match name {
@@ -643,14 +643,4 @@ fn clinician_picks(pending: &PendingRequest, scopes: &[String], user: &UserRecor
     let granted = |scope: &str| scopes.iter().any(|s| s == scope);
     let ehr_context = pending.launch.is_some() && granted("launch");
     !ehr_context && granted("launch/patient") && user.is_clinician()
-}
-
-/// "Given Family" of a stored Patient.
-fn patient_name(body: &[u8]) -> Option<String> {
-    let patient: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let name = patient.get("name")?.get(0)?;
-    let mut parts: Vec<&str> =
-        name.get("given").and_then(|g| g.as_array()).into_iter().flatten().filter_map(|g| g.as_str()).collect();
-    parts.extend(name.get("family").and_then(|f| f.as_str()));
-    (!parts.is_empty()).then(|| parts.join(" "))
 }

@@ -205,8 +205,8 @@ impl UserRecord {
         crate::audit::RequestTrail::note_who(crate::audit::Who {
             user: Some(self.fhir_user.clone()),
             username: Some(self.username.clone()),
-            jti: None,
             client_id: client_id.map(str::to_string),
+            ..Default::default()
         });
     }
 }

@@ -367,6 +367,7 @@ impl AuthServer {
             username: issue.username.clone(),
             jti: Some(claims.jti.clone()),
             client_id: Some(claims.client_id.clone()),
+            ..Who::default()
         });
         Reply::Json { status: 200, body, no_store: true, www_authenticate: None }
     }

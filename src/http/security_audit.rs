@@ -55,7 +55,7 @@ pub(super) async fn record(State(state): State<Arc<AppState>>, request: Request,
     let occurrence = Occurrence {
         activity: Activity::Security(noted.event.unwrap_or(event)),
         outcome,
-        who: noted.who,
+        who: state.service.named(noted.who).await,
         request_id: trail.request_id.as_deref(),
         data: noted.subject.into_iter().collect(),
         query: None,

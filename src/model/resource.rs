@@ -43,6 +43,16 @@ pub fn parse_instant(text: &str) -> Option<OffsetDateTime> {
     OffsetDateTime::parse(text, &Rfc3339).ok()
 }
 
+/// "Given Family" of a stored Patient, Practitioner or RelatedPerson (its first name).
+pub fn person_name(body: &[u8]) -> Option<String> {
+    let person: Value = serde_json::from_slice(body).ok()?;
+    let name = person.get("name")?.get(0)?;
+    let mut parts: Vec<&str> =
+        name.get("given").and_then(|g| g.as_array()).into_iter().flatten().filter_map(|g| g.as_str()).collect();
+    parts.extend(name.get("family").and_then(|f| f.as_str()));
+    (!parts.is_empty()).then(|| parts.join(" "))
+}
+
 /// Returns the resource's `resourceType`, or a 400 explaining what is missing.
 pub fn resource_type_of(resource: &Value) -> Result<&str, FhirError> {
     let object = resource

@@ -53,11 +53,11 @@ impl AuditTrailTx {
         Ok(patients::of_resource(&self.service.registry(), &self.service.config.base_url, &resource))
     }
 
-    fn occurrence(&self, activity: Activity, changes: &[&Change]) -> Occurrence<'_> {
+    fn occurrence(&self, who: &Who, activity: Activity, changes: &[&Change]) -> Occurrence<'_> {
         Occurrence {
             activity,
             outcome: Outcome::Success,
-            who: Who::of(&self.access),
+            who: who.clone(),
             request_id: self.trail.as_ref().and_then(|trail| trail.request_id.as_deref()),
             data: changes.iter().map(|change| change.reference.clone()).collect(),
             query: None,
@@ -94,11 +94,12 @@ impl Workflow for AuditTrailTx {
             return Ok(());
         }
         let base_url = &self.service.config.base_url;
+        let who = self.service.named(Who::of(&self.access)).await;
         let requested = self.trail.as_ref().map(|trail| trail.activity.clone());
         let events = match requested {
             Some(operation @ Activity::Operation(_)) => {
                 let changes: Vec<&Change> = self.changes.iter().collect();
-                vec![balp::audit_event(&self.occurrence(operation, &changes), base_url)]
+                vec![balp::audit_event(&self.occurrence(&who, operation, &changes), base_url)]
             }
             requested => self
                 .changes
@@ -109,7 +110,7 @@ impl Workflow for AuditTrailTx {
                         (Some(Activity::Rest("patch")), "update") => "patch",
                         (_, interaction) => interaction,
                     };
-                    balp::audit_event(&self.occurrence(Activity::Rest(interaction), &[change]), base_url)
+                    balp::audit_event(&self.occurrence(&who, Activity::Rest(interaction), &[change]), base_url)
                 })
                 .collect(),
         };

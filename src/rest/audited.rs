@@ -25,7 +25,7 @@ impl FhirService {
             return self.handle(request).await;
         }
         let activity = activity_of(request.method, &request.path, request.body.as_ref());
-        let who = Who::of(&request.access);
+        let access = request.access.clone();
         let target = target_of(&request.path);
         let query = is_search(&activity).then(|| query_text(&request.query));
         let trail = RequestTrail::new(request_id, activity.clone());
@@ -42,7 +42,7 @@ impl FhirService {
         let occurrence = Occurrence {
             activity,
             outcome: outcome_of(outcome.as_ref().err()),
-            who,
+            who: self.named(Who::of(&access)).await,
             request_id: trail.request_id.as_deref(),
             data: target.into_iter().collect(),
             query,
@@ -80,6 +80,15 @@ impl FhirService {
         if let Err(error) = self.recorder.record(balp::audit_event(&occurrence, &self.config.base_url)).await {
             tracing::error!(%error, "the AuditEvent of a refused request could not be recorded");
         }
+    }
+
+    /// `who` with the user's name, as their resource (`fhirUser`) gives it now, when it has one.
+    pub async fn named(&self, mut who: Who) -> Who {
+        let Some((resource_type, id)) = who.user.as_deref().and_then(|user| user.split_once('/')) else { return who };
+        if let Ok(Some(person)) = self.store.read(resource_type, id).await {
+            who.name = crate::model::resource::person_name(&person.body);
+        }
+        who
     }
 
     /// The node's audit writer, for the events of requests served outside this service (the
