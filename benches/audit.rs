@@ -6,7 +6,8 @@
 //! with recording on (the default) and off (`--audit off`), in one run. The two conditions
 //! alternate, each on a server started for it on the same database, so that the growth of
 //! the database weighs on both alike. Medians of `HEARTH_BENCH_RUNS` (default 3) runs of
-//! `HEARTH_BENCH_SECONDS` (default 5) s, `CONNECTIONS` connections.
+//! `HEARTH_BENCH_SECONDS` (default 5) s, at each number of connections of
+//! `HEARTH_BENCH_CONNECTIONS` (comma-separated, default 4).
 
 mod common;
 
@@ -18,7 +19,6 @@ use serde_json::json;
 
 const HEARTH: &str = env!("CARGO_BIN_EXE_hearth");
 const PATIENTS: usize = 1000;
-const CONNECTIONS: usize = 4;
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
@@ -37,11 +37,11 @@ fn create_observation(n: usize) -> Request<Full<Bytes>> {
         .expect("request")
 }
 
-/// Reads and creates against a server started with `flags`.
-async fn measure(database_url: &str, flags: &[&str], seconds: u64) -> (LoadSummary, LoadSummary) {
+/// Reads and creates on `connections` connections against a server started with `flags`.
+async fn measure(database_url: &str, flags: &[&str], connections: usize, seconds: u64) -> (LoadSummary, LoadSummary) {
     let server = Server::start_with(HEARTH, database_url, flags).await;
-    let reads = load(server.addr, CONNECTIONS, seconds, |n| get(&format!("/fhir/Patient/p{}", n % PATIENTS))).await;
-    let creates = load(server.addr, CONNECTIONS, seconds, create_observation).await;
+    let reads = load(server.addr, connections, seconds, |n| get(&format!("/fhir/Patient/p{}", n % PATIENTS))).await;
+    let creates = load(server.addr, connections, seconds, create_observation).await;
     server.stop();
     (reads, creates)
 }
@@ -56,7 +56,12 @@ async fn run() {
     let seconds = env_number("HEARTH_BENCH_SECONDS", 5) as u64;
     let dir = tempfile::tempdir().expect("temporary directory");
     let sqlite_url = format!("sqlite://{}", dir.path().join("audit.db").display());
-    println!("audit benchmark: {runs} runs of {seconds} s, {CONNECTIONS} connections, {PATIENTS} patients");
+    let connection_counts: Vec<usize> = std::env::var("HEARTH_BENCH_CONNECTIONS")
+        .unwrap_or_else(|_| "4".into())
+        .split(',')
+        .filter_map(|n| n.trim().parse().ok())
+        .collect();
+    println!("audit benchmark: {runs} runs of {seconds} s, {PATIENTS} patients");
     for (database, url) in [("SQLite", sqlite_url), ("PostgreSQL", common::postgres::fresh_database().await)] {
         let seeding = Server::start(HEARTH, &url).await;
         let client = reqwest::Client::new();
@@ -73,23 +78,24 @@ async fn run() {
             assert!(response.status().is_success(), "seeding: {}", response.status());
         }
         seeding.stop();
-        let (mut on, mut off) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
-        for _ in 0..runs.max(1) {
-            let (reads, creates) = measure(&url, &["--auth", "off"], seconds).await;
-            on.0.push(reads.per_second);
-            on.1.push(creates.per_second);
-            let (reads, creates) = measure(&url, &["--auth", "off", "--audit", "off"], seconds).await;
-            off.0.push(reads.per_second);
-            off.1.push(creates.per_second);
+        for &connections in &connection_counts {
+            let (mut on, mut off) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
+            for _ in 0..runs.max(1) {
+                let (reads, creates) = measure(&url, &["--auth", "off"], connections, seconds).await;
+                on.0.push(reads.per_second);
+                on.1.push(creates.per_second);
+                let audit_off = ["--auth", "off", "--audit", "off"];
+                let (reads, creates) = measure(&url, &audit_off, connections, seconds).await;
+                off.0.push(reads.per_second);
+                off.1.push(creates.per_second);
+            }
+            let (reads, creates) = ((median(on.0), median(off.0)), (median(on.1), median(off.1)));
+            for (what, (with, without)) in [("reads by id", reads), ("creates", creates)] {
+                println!(
+                    "{database}, {connections} connections: {what}, audit on {with:.0}/s, off {without:.0}/s = {:.0}%",
+                    100.0 * with / without
+                );
+            }
         }
-        let (reads_on, creates_on, reads_off, creates_off) = (median(on.0), median(on.1), median(off.0), median(off.1));
-        println!(
-            "{database}: reads by id, audit on {reads_on:.0}/s, off {reads_off:.0}/s = {:.0}%",
-            100.0 * reads_on / reads_off
-        );
-        println!(
-            "{database}: creates, audit on {creates_on:.0}/s, off {creates_off:.0}/s = {:.0}%",
-            100.0 * creates_on / creates_off
-        );
     }
 }

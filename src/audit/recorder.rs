@@ -12,6 +12,11 @@ use crate::store::{Store, StoreError, StoreResult};
 /// Events written in one transaction at most.
 const BATCH: usize = 256;
 
+/// Transactions of events in flight at once: a request need not wait for the batch before
+/// its own to commit (SQLite's group commit joins them into one commit; PostgreSQL commits
+/// them on connections of their own).
+const IN_FLIGHT: usize = 4;
+
 /// Requests waiting for the writer at most, before the next waits for room.
 const QUEUE: usize = 4096;
 
@@ -46,7 +51,10 @@ impl Recorder {
 }
 
 async fn write_batches(store: Arc<dyn Store>, mut waiting: mpsc::Receiver<Waiting>) {
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     while let Some(first) = waiting.recv().await {
+        // While every transaction is in flight, the next batch grows.
+        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
         let mut batch = vec![first];
         while batch.len() < BATCH {
             match waiting.try_recv() {
@@ -54,14 +62,18 @@ async fn write_batches(store: Arc<dyn Store>, mut waiting: mpsc::Receiver<Waitin
                 Err(_) => break,
             }
         }
-        let (events, done): (Vec<NewAuditEvent>, Vec<_>) = batch.into_iter().unzip();
-        let outcome = write(store.as_ref(), &events).await.map_err(|error| {
-            tracing::error!(%error, events = events.len(), "AuditEvents could not be recorded");
-            error.to_string()
+        let store = store.clone();
+        tokio::spawn(async move {
+            let (events, done): (Vec<NewAuditEvent>, Vec<_>) = batch.into_iter().unzip();
+            let outcome = write(store.as_ref(), &events).await.map_err(|error| {
+                tracing::error!(%error, events = events.len(), "AuditEvents could not be recorded");
+                error.to_string()
+            });
+            for waiter in done {
+                let _ = waiter.send(outcome.clone());
+            }
+            drop(permit);
         });
-        for waiter in done {
-            let _ = waiter.send(outcome.clone());
-        }
     }
 }
 
