@@ -196,6 +196,12 @@ async fn patients_see_who_read_their_chart_and_nobody_else(db: Db) {
     assert_eq!(by_doctor[0]["agent"][0]["who"]["display"], "House", "the doctor by name");
     assert_eq!(by_doctor[0]["agent"][0]["role"][0]["text"], "clinician");
 
+    // Whom staff are, she may ask; whether another patient acted on her records, not.
+    let by_agent = body(smart.get(&format!("AuditEvent?agent=Practitioner/{doctor}"), &ana_token).await).await;
+    assert_eq!(by_agent["entry"].as_array().map_or(0, Vec::len), 2, "{by_agent}");
+    let by_patient = body(smart.get(&format!("AuditEvent?agent=Patient/{bob}"), &ana_token).await).await;
+    assert!(by_patient["entry"].as_array().is_none_or(|e| e.is_empty()), "{by_patient}");
+
     // Bob's log, Bob's events, are not hers: empty, not forbidden.
     let other = body(smart.get(&format!("AuditEvent?patient={bob}"), &ana_token).await).await;
     assert!(other["entry"].as_array().is_none_or(|e| e.is_empty()), "{other}");
@@ -253,6 +259,9 @@ async fn sign_ins_tokens_and_account_changes_are_on_record(db: Db) {
     let page = page.text().await.unwrap();
     let wrong = smart.login(&page, "ana", "not-her-password").await;
     assert_eq!(wrong.status(), 401);
+    // A password typed in the name box is not a name to record.
+    let confused = smart.login(&page, "ana-password-1", "").await;
+    assert_eq!(confused.status(), 401);
     let authorization =
         Authorization::new("app", "launch/patient patient/*.rs offline_access", "ana", "ana-password-1");
     let token = smart.launch(&authorization).await;
@@ -281,12 +290,14 @@ async fn sign_ins_tokens_and_account_changes_are_on_record(db: Db) {
     let of = |code: &str| events.iter().copied().filter(|e| security_code(e) == code).collect::<Vec<_>>();
     let logins = of("login");
     let outcomes: Vec<&str> = logins.iter().map(|e| e["outcome"].as_str().unwrap()).collect();
-    assert_eq!(outcomes, ["4", "0"], "the failed sign-in, then hers");
-    assert_eq!(logins[0]["agent"][0]["altId"], "ana", "the name tried is on record");
+    assert_eq!(outcomes, ["4", "4", "0"], "the failed sign-ins, then hers");
+    assert_eq!(logins[0]["agent"][0]["who"]["reference"], format!("Patient/{ana}"), "whose account was tried");
+    assert_eq!(logins[0]["agent"][0]["altId"], "ana");
     assert!(logins[0]["outcomeDesc"].as_str().is_some_and(|d| !d.is_empty()));
-    assert_eq!(logins[1]["agent"][0]["who"]["reference"], format!("Patient/{ana}"));
-    assert_eq!(logins[1]["type"]["code"], "110114");
-    assert_eq!(logins[1]["subtype"][0]["code"], "110122");
+    assert!(logins[1]["outcomeDesc"].as_str().unwrap().contains("no account has that name"), "{}", logins[1]);
+    assert_eq!(logins[2]["agent"][0]["who"]["reference"], format!("Patient/{ana}"));
+    assert_eq!(logins[2]["type"]["code"], "110114");
+    assert_eq!(logins[2]["subtype"][0]["code"], "110122");
     let consents = of("consent");
     assert_eq!(consents.len(), 1);
     assert_eq!(consents[0]["outcome"], "0");

@@ -267,11 +267,18 @@ fn agents(who: &Who, base_url: &str) -> Vec<Value> {
         agents.push(agent);
     }
     match &who.client_id {
-        Some(client_id) => agents.push(json!({
-            "type": {"coding": [coding(DCM, "110153", "Source Role ID")]},
-            "who": {"identifier": {"system": format!("{base_url}/client"), "value": client_id}},
-            "requestor": !has_user,
-        })),
+        Some(client_id) => {
+            let mut agent = json!({
+                "type": {"coding": [coding(DCM, "110153", "Source Role ID")]},
+                "who": {"identifier": {"system": format!("{base_url}/client"), "value": client_id}},
+                "requestor": !has_user,
+            });
+            // A backend service's own token.
+            if let Some(jti) = who.jti.as_ref().filter(|_| !has_user) {
+                agent["policy"] = json!([jti]);
+            }
+            agents.push(agent);
+        }
         None if !has_user => agents.push(json!({
             "type": {"coding": [coding(DCM, "110153", "Source Role ID")]},
             "who": {"display": "unauthenticated caller (authorization is off) or the server's own work"},
@@ -342,8 +349,10 @@ fn entities(occurrence: &Occurrence<'_>) -> Vec<Value> {
 /// also concerns other patients, and of the agents, every user name and token id but the
 /// viewer's own, and the identity of another patient or caregiver (they read as such).
 pub fn shown_to_patient(mut event: Value, patients: &[String], viewer: Option<&str>) -> Value {
-    let theirs =
-        |reference: &str| reference.strip_prefix("Patient/").is_some_and(|id| patients.iter().any(|p| p == id));
+    let theirs = |reference: &str| {
+        let id = reference.strip_prefix("Patient/").map(|rest| rest.split('/').next().unwrap_or(rest));
+        id.is_some_and(|id| patients.iter().any(|p| p == id))
+    };
     let role = |entity: &Value| entity.pointer("/role/code").and_then(Value::as_str).map(str::to_string);
     let reference = |entity: &Value| entity.pointer("/what/reference").and_then(Value::as_str).map(str::to_string);
     if let Some(Value::Array(entities)) = event.get_mut("entity") {
@@ -370,6 +379,7 @@ pub fn shown_to_patient(mut event: Value, patients: &[String], viewer: Option<&s
             let stranger = match who.as_deref() {
                 Some(reference) if reference.starts_with("Patient/") && !theirs(reference) => Some("another patient"),
                 Some(reference) if reference.starts_with("RelatedPerson/") => Some("a caregiver (related person)"),
+                Some(reference) if reference.starts_with("Person/") => Some("another person"),
                 Some(_) => None,
                 None if agent.pointer("/who/display").is_some()
                     && agent.pointer("/type/coding/0/code") != Some(&json!("110152")) =>

@@ -19,6 +19,9 @@ use std::sync::Arc;
 pub use balp::{Activity, Occurrence, Outcome, SecurityEvent, Who};
 pub use recorder::Recorder;
 
+/// The longest failure description an AuditEvent keeps.
+pub const MAX_OUTCOME_DESC: usize = 500;
+
 /// What the audit needs to know of the request being served, for whatever records events
 /// while serving it (the write transactions deep below): its id and activity, and whether its
 /// writes were recorded.

@@ -15,16 +15,14 @@ impl AuthServer {
         let error = |status: u16, code: &str, description: String| {
             Reply::json(status, json!({"error": code, "error_description": description}))
         };
+        crate::audit::RequestTrail::note_who(crate::audit::Who::of(access));
         let mut account = match user(self.store.as_ref(), username).await {
             Ok(Some(account)) => account,
-            Ok(None) => return error(404, "not_found", format!("there is no account {username}")),
+            Ok(None) => return error(404, "not_found", "there is no such account".to_string()),
             Err(error) => return super::authorize::server_error(error),
         };
         let subject = account.fhir_user.clone();
-        crate::audit::RequestTrail::note(|noted| {
-            noted.who.merge(crate::audit::Who::of(access));
-            noted.subject = Some(subject);
-        });
+        crate::audit::RequestTrail::note(|noted| noted.subject = Some(subject));
         let resource_type = account.fhir_user.split('/').next().unwrap_or_default().to_string();
         if !access.acts_as_staff(Permission::Update, &resource_type) {
             let description =

@@ -322,13 +322,11 @@ impl AuthServer {
             set_cookie: None,
         };
         let (username, password) = (param(form, "username").unwrap_or(""), param(form, "password").unwrap_or(""));
-        let tried =
-            Who { username: Some(username.to_string()), client_id: Some(pending.client_id.clone()), ..Who::default() };
-        RequestTrail::note_who(tried);
+        RequestTrail::note_who(Who { client_id: Some(pending.client_id.clone()), ..Who::default() });
         let user = match self.check_credentials(username, password).await {
             Ok(Ok(user)) => user,
             Ok(Err(message)) => {
-                RequestTrail::note(|noted| noted.refusal = Some(message.to_string()));
+                self.note_failed_sign_in(username, message).await;
                 return again(message);
             }
             Err(error) => return server_error(error),
@@ -353,6 +351,20 @@ impl AuthServer {
             ),
             set_cookie: Some(set_cookie),
         }
+    }
+
+    /// Tells the audit of a refused sign-in whose account it was, when the name is an
+    /// account's: never the text typed itself, which may be a password typed in the wrong box.
+    async fn note_failed_sign_in(&self, username: &str, message: &str) {
+        let account = user(self.store.as_ref(), username).await.ok().flatten();
+        let why = match &account {
+            Some(account) => {
+                account.note_acting(None);
+                message.to_string()
+            }
+            None => format!("{message} (no account has that name)"),
+        };
+        RequestTrail::note(|noted| noted.refusal = Some(why));
     }
 
     /// The enabled account `username` when `password` is its password, or what to tell the

@@ -189,6 +189,8 @@ impl AuthServer {
         let mut account = match self.check_credentials(username, password).await {
             Ok(Ok(account)) => {
                 account.note_acting(None);
+                let subject = invitation.fhir_user.clone();
+                crate::audit::RequestTrail::note(|noted| noted.subject = Some(subject));
                 account
             }
             Ok(Err(message)) => {

@@ -98,6 +98,9 @@ impl AuthServer {
                 "grant_type must be authorization_code, refresh_token or client_credentials",
             );
         }
+        // The client it claims to be, until it has proven it.
+        let claimed = form.get("client_id").filter(|id| id.len() <= 128).cloned();
+        RequestTrail::note(|noted| noted.who.client_id = claimed);
         let client = match self.authenticate_client(authorization, form).await {
             Ok(client) => client,
             Err(reply) => return reply,
@@ -254,6 +257,8 @@ impl AuthServer {
         let Some(taken) = taken else {
             if let Ok(Some(grant)) = self.store.auth_get(used_kind, key).await {
                 self.revoke_grant(&grant).await.map_err(server_error)?;
+                let why = "a code or refresh token used before was presented again: its grant is revoked";
+                RequestTrail::note(|noted| noted.refusal = Some(why.to_string()));
             }
             return Ok(None);
         };

@@ -1,15 +1,16 @@
 //! The audit of the authorization server (issue 21): each sign-in, sign-out, token, refresh,
 //! revocation, consent, registration, password reset, launch and account change is recorded
-//! as an AuditEvent before its answer leaves (500 if it cannot be). The authorization server
+//! as an AuditEvent before its answer leaves (a failure to record it is logged: the request
+//! has had its effect by then). The authorization server
 //! tells who acts and why it refused as it learns it ([`RequestTrail::note`]); passwords,
 //! codes and tokens are never part of it, only a token's `jti`.
 
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{Method, StatusCode};
+use axum::http::Method;
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 
 use super::access_log::RequestId;
 use super::AppState;
@@ -48,7 +49,10 @@ pub(super) async fn record(State(state): State<Arc<AppState>>, request: Request,
     let status = response.status();
     let outcome = match noted.refusal {
         _ if status.is_server_error() => Outcome::ServerFailure,
-        Some(why) => Outcome::ClientFailure(why),
+        Some(mut why) => {
+            why.truncate(why.floor_char_boundary(crate::audit::MAX_OUTCOME_DESC));
+            Outcome::ClientFailure(why)
+        }
         None if status.is_client_error() => Outcome::ClientFailure(status.to_string()),
         None => Outcome::Success,
     };
@@ -62,12 +66,10 @@ pub(super) async fn record(State(state): State<Arc<AppState>>, request: Request,
         patients: Vec::new(),
     };
     let recorded = balp::audit_event(&occurrence, &state.service.config().base_url);
-    match state.service.recorder().record(recorded).await {
-        Ok(()) => response,
-        Err(error) => {
-            tracing::error!(%error, "the AuditEvent of an authorization request could not be recorded");
-            (StatusCode::INTERNAL_SERVER_ERROR, "the request could not be recorded; nothing was answered")
-                .into_response()
-        }
+    // By now the request has had its effect (a code used up, a session begun): answering
+    // otherwise would have the client retry it, so a record that fails is logged instead.
+    if let Err(error) = state.service.recorder().record(recorded).await {
+        tracing::error!(%error, "the AuditEvent of an authorization request could not be recorded");
     }
+    response
 }

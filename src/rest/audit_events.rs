@@ -16,6 +16,9 @@ use crate::model::FhirError;
 use crate::store::audit::{AuditQuery, StoredAuditEvent};
 use crate::store::{Comparison, Condition, ResourceVersion, WriteMethod};
 
+/// The most `patient`, `agent` and `action` values one search takes.
+const MAX_VALUES: usize = 100;
+
 /// Whose events a caller reaches.
 enum Reach {
     Every,
@@ -45,6 +48,23 @@ impl FhirService {
                 Some(asked) => asked.into_iter().filter(|p| reachable.contains(p)).collect(),
                 None => reachable.clone(),
             });
+            // Whether another patient, caregiver or person acted on their records is not
+            // theirs to ask: such `agent` values find nothing.
+            let viewer = match &request.access {
+                Access::Token(grant) => grant.fhir_user.clone(),
+                Access::Open => None,
+            };
+            let concealed = |agent: &String| {
+                viewer.as_ref() != Some(agent)
+                    && (agent.starts_with("RelatedPerson/")
+                        || agent.starts_with("Person/")
+                        || agent.strip_prefix("Patient/").is_some_and(|id| !reachable.iter().any(|p| p == id)))
+            };
+            let asked = query.agents.len();
+            query.agents.retain(|agent| !concealed(agent));
+            if asked > 0 && query.agents.is_empty() {
+                query.patients = Some(Vec::new());
+            }
         }
         let count = query.limit;
         query.limit = count + 1;
@@ -177,6 +197,12 @@ impl FhirService {
                 _ => continue,
             }
             applied.push((name.clone(), value.clone()));
+        }
+        let values = query.patients.as_ref().map_or(0, Vec::len) + query.agents.len() + query.actions.len();
+        if values > MAX_VALUES {
+            return Err(FhirError::bad_request(format!(
+                "an AuditEvent search takes at most {MAX_VALUES} patient, agent and action values"
+            )));
         }
         Ok((query, applied))
     }

@@ -8,11 +8,8 @@
 use serde_json::Value;
 
 use super::{FhirRequest, FhirResponse, FhirService, Method, Route};
-use crate::audit::{balp, patients, Activity, Occurrence, Outcome, Recorder, RequestTrail, Who};
+use crate::audit::{balp, patients, Activity, Occurrence, Outcome, Recorder, RequestTrail, Who, MAX_OUTCOME_DESC};
 use crate::model::FhirError;
-
-/// The longest failure description an AuditEvent keeps.
-const MAX_OUTCOME_DESC: usize = 500;
 
 impl FhirService {
     /// Carries out one interaction for a client, audited; `request_id` is its `X-Request-Id`.

@@ -298,6 +298,8 @@ macro_rules! audit_store {
                 }
                 for (link, seq) in links.iter_mut().zip(&seqs) {
                     link.patients = by_seq.remove(seq).unwrap_or_default();
+                    // In byte order whatever the database's collation.
+                    link.patients.sort_unstable();
                 }
                 Ok(links)
             }
