@@ -66,12 +66,8 @@ pub async fn verify(store: &dyn Store) -> StoreResult<Verification> {
     while position < head {
         let links = store.audit_chain(position, PAGE).await?;
         if links.is_empty() {
-            // Retention may have removed everything up to the head since the walk began.
-            let now = store.audit_chain_ends().await?;
-            if now.anchor_position > position {
-                walk.anchor = (now.anchor_position, now.anchor_hash.clone());
-                (position, hash) = (now.anchor_position, now.anchor_hash);
-                walk.checked = 0;
+            if let Some(start) = moved_anchor(store, &mut walk, position).await? {
+                (position, hash) = start;
                 continue;
             }
             walk.first_break =
@@ -84,13 +80,8 @@ pub async fn verify(store: &dyn Store) -> StoreResult<Verification> {
             }
             let expected = position + 1;
             if link.position != expected {
-                // Retention may have removed a prefix since the walk began: start again from
-                // the anchor it left.
-                let now = store.audit_chain_ends().await?;
-                if now.anchor_position > position {
-                    walk.anchor = (now.anchor_position, now.anchor_hash.clone());
-                    (position, hash) = (now.anchor_position, now.anchor_hash);
-                    walk.checked = 0;
+                if let Some(start) = moved_anchor(store, &mut walk, position).await? {
+                    (position, hash) = start;
                     break;
                 }
                 let why = format!("the events at positions {expected} to {} are missing", link.position - 1);
@@ -113,6 +104,18 @@ pub async fn verify(store: &dyn Store) -> StoreResult<Verification> {
     }
     walk.head = (position, hash);
     Ok(walk)
+}
+
+/// Where the walk starts again when retention has removed a prefix past `position` since it
+/// began (the anchor it left), or `None` when the anchor has not moved past it.
+async fn moved_anchor(store: &dyn Store, walk: &mut Verification, position: i64) -> StoreResult<Option<(i64, String)>> {
+    let now = store.audit_chain_ends().await?;
+    if now.anchor_position <= position {
+        return Ok(None);
+    }
+    walk.anchor = (now.anchor_position, now.anchor_hash.clone());
+    walk.checked = 0;
+    Ok(Some((now.anchor_position, now.anchor_hash)))
 }
 
 /// What a link's columns say that its body does not (the columns searches and retention read
