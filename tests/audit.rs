@@ -19,9 +19,9 @@ async fn all_events(server: &TestServer) -> Vec<Value> {
 }
 
 /// The events of the request with this `X-Request-Id`.
-fn of_request<'a>(events: &'a [Value], request_id: &str) -> Vec<&'a Value> {
+fn of_request<'a>(events: impl IntoIterator<Item = &'a Value>, request_id: &str) -> Vec<&'a Value> {
     events
-        .iter()
+        .into_iter()
         .filter(|event| {
             event["entity"].as_array().into_iter().flatten().any(|entity| {
                 entity["type"]["code"] == "XrequestId" && entity["what"]["identifier"]["value"] == request_id
@@ -271,13 +271,7 @@ async fn sign_ins_tokens_and_account_changes_are_on_record(db: Db) {
     let refreshed: Value = refreshed.json().await.unwrap();
     let reused = smart.refresh("app", refresh_token, None).await;
     assert_eq!(reused.status(), 400, "a refresh token works once");
-    let revoke = smart
-        .http
-        .post(smart.url("/auth/revoke"))
-        .form(&[("token", refreshed["access_token"].as_str().unwrap()), ("client_id", "app")])
-        .send()
-        .await
-        .unwrap();
+    let revoke = smart.revoke("app", refreshed["access_token"].as_str().unwrap()).await;
     assert_eq!(revoke.status(), 200);
     let disable = smart.http.post(smart.url("/auth/accounts/ana/disable")).bearer_auth(&admin).send().await.unwrap();
     assert_eq!(disable.status(), 200);
@@ -316,12 +310,9 @@ async fn sign_ins_tokens_and_account_changes_are_on_record(db: Db) {
     assert_eq!(data_of(disabled[0]), [format!("Patient/{ana}")], "whose account it is");
     assert_eq!(disabled[0]["agent"][0]["who"]["identifier"]["value"], "admin", "who disabled it");
 
-    let refused = of_request(&events.iter().map(|e| (*e).clone()).collect::<Vec<_>>(), "forged-1")
-        .into_iter()
-        .cloned()
-        .collect::<Vec<_>>();
+    let refused = of_request(events.iter().copied(), "forged-1");
     assert_eq!(refused.len(), 1, "a request with a forged token is on record");
-    assert_eq!((subtype(&refused[0]), refused[0]["outcome"].as_str()), ("read", Some("4")));
+    assert_eq!((subtype(refused[0]), refused[0]["outcome"].as_str()), ("read", Some("4")));
     assert!(refused[0]["outcomeDesc"].as_str().unwrap().starts_with("401"));
 
     // No secret is ever recorded: not the passwords, the codes or the tokens.

@@ -403,13 +403,7 @@ async fn introspection_and_revocation(db: Db) {
         401
     );
     // Revoking the refresh token stops the access token at once (on a second node too).
-    let response = smart
-        .http
-        .post(smart.url("/auth/revoke"))
-        .form(&[("token", token["refresh_token"].as_str().unwrap()), ("client_id", "app")])
-        .send()
-        .await
-        .unwrap();
+    let response = smart.revoke("app", token["refresh_token"].as_str().unwrap()).await;
     assert_eq!(response.status(), 200);
     assert_eq!(smart.get(&format!("Patient/{patient}"), access).await.status(), 401);
     let gone: Value = introspect(access.to_string()).await.json().await.unwrap();
@@ -420,13 +414,7 @@ async fn introspection_and_revocation(db: Db) {
         let other = smart.launch(&Authorization::new("app", PATIENT_SCOPES, "ana", "ana-password")).await;
         let other_access = other["access_token"].as_str().unwrap();
         assert_eq!(second_smart.get(&format!("Patient/{patient}"), other_access).await.status(), 200);
-        smart
-            .http
-            .post(smart.url("/auth/revoke"))
-            .form(&[("token", other_access), ("client_id", "app")])
-            .send()
-            .await
-            .unwrap();
+        smart.revoke("app", other_access).await;
         let read = || async { second_smart.get(&format!("Patient/{patient}"), other_access).await.status() };
         assert_eq!(common::after_the_feed(read, |s| *s == 401).await, 401, "revoked on every node");
     }

@@ -17,6 +17,9 @@ const ENTITY_TYPE: &str = "http://terminology.hl7.org/CodeSystem/audit-entity-ty
 const OBJECT_ROLE: &str = "http://terminology.hl7.org/CodeSystem/object-role";
 const RESTFUL: &str = "http://hl7.org/fhir/restful-interaction";
 
+/// The longest failure description an AuditEvent keeps.
+const MAX_OUTCOME_DESC: usize = 500;
+
 /// What kind of activity an event records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Activity {
@@ -129,6 +132,13 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// A refusal or failure through the client's doing, its description cut to
+    /// [`MAX_OUTCOME_DESC`] bytes.
+    pub fn client_failure(mut why: String) -> Outcome {
+        why.truncate(why.floor_char_boundary(MAX_OUTCOME_DESC));
+        Outcome::ClientFailure(why)
+    }
+
     fn code(&self) -> &'static str {
         match self {
             Outcome::Success => "0",
@@ -192,6 +202,9 @@ pub struct Occurrence<'a> {
 
 /// The AuditEvent row for `occurrence`, observed by the server at `base_url` (its FHIR base).
 pub fn audit_event(occurrence: &Occurrence<'_>, base_url: &str) -> NewAuditEvent {
+    let mut patients = occurrence.patients.clone();
+    patients.sort_unstable();
+    patients.dedup();
     let id = crate::model::resource::new_id();
     // To the millisecond, as the body says it: the `recorded` column must agree with it.
     let recorded = crate::model::resource::now();
@@ -216,7 +229,7 @@ pub fn audit_event(occurrence: &Occurrence<'_>, base_url: &str) -> NewAuditEvent
     if let Outcome::ClientFailure(why) = &occurrence.outcome {
         event["outcomeDesc"] = json!(why);
     }
-    let entities = entities(occurrence);
+    let entities = entities(occurrence, &patients);
     if !entities.is_empty() {
         event["entity"] = Value::Array(entities);
     }
@@ -229,7 +242,7 @@ pub fn audit_event(occurrence: &Occurrence<'_>, base_url: &str) -> NewAuditEvent
         agent: occurrence.who.user.clone(),
         client_id: occurrence.who.client_id.clone(),
         request_id: occurrence.request_id.map(str::to_string),
-        patients: occurrence.patients.clone(),
+        patients,
     }
 }
 
@@ -306,8 +319,8 @@ fn user_role(user: &str) -> Option<&'static str> {
     }
 }
 
-/// The request id, the data, the query and the patients.
-fn entities(occurrence: &Occurrence<'_>) -> Vec<Value> {
+/// The request id, the data, the query and the `patients` (distinct).
+fn entities(occurrence: &Occurrence<'_>, patients: &[String]) -> Vec<Value> {
     let mut entities = Vec::new();
     if let Some(request_id) = occurrence.request_id {
         entities.push(json!({
@@ -330,9 +343,6 @@ fn entities(occurrence: &Occurrence<'_>) -> Vec<Value> {
             "query": base64::engine::general_purpose::STANDARD.encode(query),
         }));
     }
-    let mut patients = occurrence.patients.clone();
-    patients.sort_unstable();
-    patients.dedup();
     for patient in patients {
         entities.push(json!({
             "what": {"reference": format!("Patient/{patient}")},

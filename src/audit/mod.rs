@@ -19,9 +19,6 @@ use std::sync::Arc;
 pub use balp::{Activity, Occurrence, Outcome, SecurityEvent, Who};
 pub use recorder::Recorder;
 
-/// The longest failure description an AuditEvent keeps.
-pub const MAX_OUTCOME_DESC: usize = 500;
-
 /// What the audit needs to know of the request being served, for whatever records events
 /// while serving it (the write transactions deep below): its id and activity, and whether its
 /// writes were recorded.
@@ -107,9 +104,9 @@ impl RequestTrail {
         });
     }
 
-    /// The resources noted by [`RequestTrail::note_disclosed`].
-    pub fn disclosed(&self) -> Vec<bytes::Bytes> {
-        self.disclosed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    /// The resources noted by [`RequestTrail::note_disclosed`], taken.
+    pub fn take_disclosed(&self) -> Vec<bytes::Bytes> {
+        std::mem::take(&mut *self.disclosed.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
     /// What [`RequestTrail::note`] gathered.

@@ -26,6 +26,13 @@ pub fn in_rows(resource_type: &str, id: &str, rows: &IndexRows) -> Vec<String> {
     patients
 }
 
+/// The patients a stored resource (its JSON bytes) belongs to (see [`in_rows`]); none when
+/// it does not parse.
+pub fn of_stored(registry: &Registry, base_url: &str, body: &[u8]) -> Vec<String> {
+    serde_json::from_slice::<Value>(body)
+        .map_or_else(|_| Vec::new(), |resource| of_resource(registry, base_url, &resource))
+}
+
 /// The patients a resource belongs to (see [`in_rows`]).
 pub fn of_resource(registry: &Registry, base_url: &str, resource: &Value) -> Vec<String> {
     let resource_type = resource.get("resourceType").and_then(Value::as_str).unwrap_or_default();

@@ -10,29 +10,34 @@ use axum::Router;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::audit::SecurityEvent;
 use crate::auth::{AuthServer, BearerError, Reply};
 
 /// The routes of the authorization server and the discovery documents (only a server with
-/// `--auth smart` has them).
-pub fn routes<S: Clone + Send + Sync + 'static>(auth: Arc<AuthServer>) -> Router<S> {
+/// `--auth smart` has them). Each that changes who may do what is recorded as its
+/// [`SecurityEvent`] (see [`super::security_audit`]).
+pub fn routes<S: Clone + Send + Sync + 'static>(auth: Arc<AuthServer>, app: &Arc<super::AppState>) -> Router<S> {
+    use axum::handler::Handler;
+    use SecurityEvent::*;
+    let audited = |event| axum::middleware::from_fn_with_state((app.clone(), event), super::security_audit::record);
     Router::new()
         .route("/fhir/.well-known/smart-configuration", get(|s: State<Server>| reply(s, |a| a.smart_configuration())))
         .route("/fhir/.well-known/openid-configuration", get(|s: State<Server>| reply(s, |a| a.openid_configuration())))
         .route("/auth/jwks", get(|s: State<Server>| reply(s, |a| a.jwks())))
         .route("/auth/smart-style.json", get(|s: State<Server>| reply(s, |a| a.smart_style())))
         .route("/auth/authorize", get(authorize_get).post(authorize_post))
-        .route("/auth/login", post(login))
-        .route("/auth/register", get(register_page).post(register))
+        .route("/auth/login", post(login.layer(audited(Login))))
+        .route("/auth/register", get(register_page).post(register.layer(audited(Registration))))
         .route("/auth/forgot", get(|s: State<Server>| reply(s, |a| a.forgot_page())).post(forgot))
-        .route("/auth/reset", get(reset_page).post(reset))
-        .route("/auth/consent", get(consent_page).post(consent))
-        .route("/auth/logout", post(logout))
-        .route("/auth/token", post(token))
+        .route("/auth/reset", get(reset_page).post(reset.layer(audited(PasswordReset))))
+        .route("/auth/consent", get(consent_page).post(consent.layer(audited(Consent))))
+        .route("/auth/logout", post(logout.layer(audited(Logout))))
+        .route("/auth/token", post(token.layer(audited(Token))))
         .route("/auth/introspect", post(introspect))
-        .route("/auth/revoke", post(revoke))
-        .route("/auth/launch", post(launch))
-        .route("/auth/accounts/{username}/disable", post(disable_account))
-        .route("/auth/accounts/{username}/enable", post(enable_account))
+        .route("/auth/revoke", post(revoke.layer(audited(Revoke))))
+        .route("/auth/launch", post(launch.layer(audited(Launch))))
+        .route("/auth/accounts/{username}/disable", post(disable_account.layer(audited(AccountDisabled))))
+        .route("/auth/accounts/{username}/enable", post(enable_account.layer(audited(AccountEnabled))))
         .layer(axum::extract::DefaultBodyLimit::max(AUTH_BODY_BYTES))
         .with_state(auth)
 }

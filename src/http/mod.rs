@@ -45,8 +45,7 @@ pub fn router(state: AppState) -> Router {
     // costs less than one per field.
     let state = Arc::new(state);
     let authorization = match &state.auth {
-        Some(server) => auth::routes(server.clone())
-            .layer(axum::middleware::from_fn_with_state(state.clone(), security_audit::record)),
+        Some(server) => auth::routes(server.clone(), &state),
         None => Router::new(),
     };
     let routes: Router<Arc<AppState>> = Router::new()
@@ -124,11 +123,11 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
 /// Every FHIR request enters here.
 async fn fhir(State(state): State<Arc<AppState>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    let request_id = parts.extensions.get::<access_log::RequestId>().map(|id| id.0.clone());
+    let mut request_id = parts.extensions.get::<access_log::RequestId>().map(|id| id.0.clone());
     let query: Vec<(String, String)> =
         url::form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes()).into_owned().collect();
     let pretty = query.iter().any(|(name, value)| name == "_pretty" && value == "true");
-    let path = parts.uri.path().trim_start_matches("/fhir").trim_start_matches('/').to_string();
+    let path = fhir_path(&parts.uri).to_string();
     // A read of a Binary's content is answered in the Binary's own media type.
     let content_accept =
         Method::parse(parts.method.as_str()).and_then(|m| binary::wants_content(m, &path, &query, &parts.headers));
@@ -147,7 +146,6 @@ async fn fhir(State(state): State<Arc<AppState>>, request: Request) -> Response 
     let mut client_id = None;
     // Whether the service took the request (and audits it); refusals before are audited here.
     let mut served = false;
-    let refused_path = path.clone();
     let outcome = async {
         let method = Method::parse(parts.method.as_str()).ok_or_else(|| {
             let allowed = crate::rest::Route::parse(&path).map(|r| r.allowed_methods()).unwrap_or("GET, HEAD");
@@ -170,7 +168,7 @@ async fn fhir(State(state): State<Arc<AppState>>, request: Request) -> Response 
         }
         request.content = content_accept.is_some();
         served = true;
-        state.service.handle_audited(request, request_id.clone()).await
+        state.service.handle_audited(request, request_id.take()).await
     }
     .await
     .map_err(|error| match error.kind {
@@ -182,7 +180,7 @@ async fn fhir(State(state): State<Arc<AppState>>, request: Request) -> Response 
     });
     match &outcome {
         Err(error) if !served => {
-            state.service.audit_refusal(parts.method.as_str(), &refused_path, request_id, error).await
+            state.service.audit_refusal(parts.method.as_str(), fhir_path(&parts.uri), request_id, error).await
         }
         _ => {}
     }
@@ -206,6 +204,11 @@ async fn fhir(State(state): State<Arc<AppState>>, request: Request) -> Response 
         response.extensions_mut().insert(client_id);
     }
     response
+}
+
+/// A request's path relative to the FHIR base (`Patient/1`).
+fn fhir_path(uri: &axum::http::Uri) -> &str {
+    uri.path().trim_start_matches("/fhir").trim_start_matches('/')
 }
 
 /// The caller's access: open without an authorization server; otherwise from the bearer token

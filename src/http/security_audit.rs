@@ -1,14 +1,13 @@
 //! The audit of the authorization server (issue 21): each sign-in, sign-out, token, refresh,
 //! revocation, consent, registration, password reset, launch and account change is recorded
 //! as an AuditEvent before its answer leaves (a failure to record it is logged: the request
-//! has had its effect by then). The authorization server
-//! tells who acts and why it refused as it learns it ([`RequestTrail::note`]); passwords,
-//! codes and tokens are never part of it, only a token's `jti`.
+//! has had its effect by then). The routes declare which event each is; the authorization
+//! server tells who acts and why it refused as it learns it ([`RequestTrail::note`]);
+//! passwords, codes and tokens are never part of it, only a token's `jti`.
 
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 
@@ -16,32 +15,16 @@ use super::access_log::RequestId;
 use super::AppState;
 use crate::audit::{balp, Activity, Occurrence, Outcome, RequestTrail, SecurityEvent};
 
-/// The event a request to the authorization server is, if it is one the audit records.
-fn security_event(method: &Method, path: &str) -> Option<SecurityEvent> {
-    if method != Method::POST {
-        return None;
-    }
-    Some(match path {
-        "/auth/login" => SecurityEvent::Login,
-        "/auth/logout" => SecurityEvent::Logout,
-        "/auth/token" => SecurityEvent::Token,
-        "/auth/revoke" => SecurityEvent::Revoke,
-        "/auth/consent" => SecurityEvent::Consent,
-        "/auth/register" => SecurityEvent::Registration,
-        "/auth/reset" => SecurityEvent::PasswordReset,
-        "/auth/launch" => SecurityEvent::Launch,
-        _ if path.starts_with("/auth/accounts/") && path.ends_with("/disable") => SecurityEvent::AccountDisabled,
-        _ if path.starts_with("/auth/accounts/") && path.ends_with("/enable") => SecurityEvent::AccountEnabled,
-        _ => return None,
-    })
-}
-
-/// Middleware around the authorization server's routes.
-pub(super) async fn record(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    let event = security_event(request.method(), request.uri().path());
-    let Some(event) = event.filter(|_| state.service.config().audit.record) else {
+/// Middleware around each authorization route that is a security event (its `event`, as the
+/// routes declare it).
+pub(super) async fn record(
+    State((state, event)): State<(Arc<AppState>, SecurityEvent)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if !state.service.config().audit.record {
         return next.run(request).await;
-    };
+    }
     let request_id = request.extensions().get::<RequestId>().map(|id| id.0.clone());
     let trail = RequestTrail::new(request_id, Activity::Security(event));
     let response = trail.clone().serving(next.run(request)).await;
@@ -49,11 +32,8 @@ pub(super) async fn record(State(state): State<Arc<AppState>>, request: Request,
     let status = response.status();
     let outcome = match noted.refusal {
         _ if status.is_server_error() => Outcome::ServerFailure,
-        Some(mut why) => {
-            why.truncate(why.floor_char_boundary(crate::audit::MAX_OUTCOME_DESC));
-            Outcome::ClientFailure(why)
-        }
-        None if status.is_client_error() => Outcome::ClientFailure(status.to_string()),
+        Some(why) => Outcome::client_failure(why),
+        None if status.is_client_error() => Outcome::client_failure(status.to_string()),
         None => Outcome::Success,
     };
     let occurrence = Occurrence {

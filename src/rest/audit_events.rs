@@ -13,11 +13,28 @@ use crate::audit::{balp, RequestTrail};
 use crate::auth::scope::Permission;
 use crate::auth::{Access, Restriction, Rule};
 use crate::model::FhirError;
+use crate::search::index::{index_selected, parse_local_reference};
 use crate::store::audit::{AuditQuery, StoredAuditEvent};
-use crate::store::{Comparison, Condition, ResourceVersion, WriteMethod};
+use crate::store::{Comparison, Condition};
 
 /// The most `patient`, `agent` and `action` values one search takes.
 const MAX_VALUES: usize = 100;
+
+/// An event as a caller may see it.
+struct Shown {
+    id: String,
+    recorded: Option<time::OffsetDateTime>,
+    /// Its JSON.
+    body: Bytes,
+}
+
+/// The caller's own `fhirUser`, when a user's token.
+fn viewer(access: &Access) -> Option<&str> {
+    match access {
+        Access::Token(grant) => grant.fhir_user.as_deref(),
+        Access::Open => None,
+    }
+}
 
 /// Whose events a caller reaches.
 enum Reach {
@@ -32,11 +49,12 @@ impl FhirService {
         let reach = self.audit_reach(access, Permission::Read)?;
         let stored = self.store.audit_event(id).await.map_err(super::store_error)?;
         let not_found = || FhirError::not_found(format!("AuditEvent/{id} is not known"));
-        let (_, shown) = stored.and_then(|event| self.shown(access, &reach, event)).ok_or_else(not_found)?;
-        let recorded = serde_json::from_slice::<Value>(&shown).ok().and_then(|event| {
-            event.get("recorded").and_then(Value::as_str).and_then(crate::model::resource::parse_instant)
-        });
-        Ok(FhirResponse { version: Some(1), last_modified: recorded, ..FhirResponse::new(200, Body::Raw(shown)) })
+        let shown = stored.and_then(|event| self.shown(access, &reach, event)).ok_or_else(not_found)?;
+        Ok(FhirResponse {
+            version: Some(1),
+            last_modified: shown.recorded,
+            ..FhirResponse::new(200, Body::Raw(shown.body))
+        })
     }
 
     /// `GET AuditEvent?…`.
@@ -50,12 +68,9 @@ impl FhirService {
             });
             // Whether another patient, caregiver or person acted on their records is not
             // theirs to ask: such `agent` values find nothing.
-            let viewer = match &request.access {
-                Access::Token(grant) => grant.fhir_user.clone(),
-                Access::Open => None,
-            };
+            let viewer = viewer(&request.access);
             let concealed = |agent: &String| {
-                viewer.as_ref() != Some(agent)
+                viewer != Some(agent.as_str())
                     && (agent.starts_with("RelatedPerson/")
                         || agent.starts_with("Person/")
                         || agent.strip_prefix("Patient/").is_some_and(|id| !reachable.iter().any(|p| p == id)))
@@ -90,10 +105,9 @@ impl FhirService {
         }
         let mut bundle = BundleWriter::new("searchset", None, &links);
         for event in page {
-            let Some((id, shown)) = self.shown(&request.access, &reach, event) else { continue };
-            let entry =
-                json!({"fullUrl": format!("{}/AuditEvent/{id}", self.config.base_url), "search": {"mode": "match"}});
-            bundle.entry(&entry, Some(&shown));
+            let Some(shown) = self.shown(&request.access, &reach, event) else { continue };
+            let url = format!("{}/AuditEvent/{}", self.config.base_url, shown.id);
+            bundle.entry(&json!({"fullUrl": url, "search": {"mode": "match"}}), Some(&shown.body));
         }
         Ok(FhirResponse::new(200, Body::Raw(bundle.finish())))
     }
@@ -112,37 +126,27 @@ impl FhirService {
         Ok(Reach::Patients(patients, rule))
     }
 
-    /// A stored event as the caller may see it (its id and JSON), or `None` when it may not;
-    /// noted as disclosed for the AuditEvent of this very request (reading the log is audited
-    /// too, as being about the patients the caller was shown).
-    fn shown(&self, access: &Access, reach: &Reach, event: StoredAuditEvent) -> Option<(String, Bytes)> {
-        let (id, shown) = self.shown_content(access, reach, event)?;
-        RequestTrail::note_disclosed([&shown]);
-        Some((id, shown))
-    }
-
-    fn shown_content(&self, access: &Access, reach: &Reach, event: StoredAuditEvent) -> Option<(String, Bytes)> {
+    /// A stored event as the caller may see it, or `None` when it may not; noted as disclosed
+    /// for the AuditEvent of this very request (reading the log is audited too, as being about
+    /// the patients the caller was shown).
+    fn shown(&self, access: &Access, reach: &Reach, event: StoredAuditEvent) -> Option<Shown> {
         let content: Value = serde_json::from_slice(&event.body).ok()?;
         let id = content.get("id")?.as_str()?.to_string();
-        let Reach::Patients(patients, rule) = reach else { return Some((id, event.body.into())) };
-        let version = ResourceVersion {
-            resource_type: "AuditEvent".into(),
-            id: id.clone(),
-            version: 1,
-            last_updated: time::OffsetDateTime::UNIX_EPOCH + time::Duration::microseconds(event.seq),
-            deleted: false,
-            method: WriteMethod::Create,
-            body: event.body.into(),
+        let recorded = content.get("recorded").and_then(Value::as_str).and_then(crate::model::resource::parse_instant);
+        let body: Bytes = match reach {
+            Reach::Every => event.body.into(),
+            Reach::Patients(patients, rule) => {
+                // Judged on the event as stored, by the index rows its rule looks at.
+                let rows =
+                    index_selected(&self.registry(), &content, &self.config.base_url, |code| rule.needs_param(code));
+                if !rule.restriction.admits("AuditEvent", &id, &rows) {
+                    return None;
+                }
+                serde_json::to_vec(&balp::shown_to_patient(content, patients, viewer(access))).ok()?.into()
+            }
         };
-        let viewer = match access {
-            Access::Token(grant) => grant.fhir_user.as_deref(),
-            Access::Open => None,
-        };
-        if !self.admitted(Some(rule), &version) {
-            return None;
-        }
-        let shown = serde_json::to_vec(&balp::shown_to_patient(content, patients, viewer)).ok()?;
-        Some((id, shown.into()))
+        RequestTrail::note_disclosed([&body]);
+        Some(Shown { id, recorded, body })
     }
 
     /// The store query of an AuditEvent search, and the parameters it applied (for links).
@@ -158,8 +162,10 @@ impl FhirService {
                     query.patients.get_or_insert_with(Vec::new).extend(ids);
                 }
                 "agent" => {
-                    let base = format!("{}/", self.config.base_url);
-                    query.agents.extend(values().map(|v| v.strip_prefix(&base).unwrap_or(v).to_string()));
+                    query.agents.extend(values().map(|v| match parse_local_reference(v, &self.config.base_url) {
+                        Some((t, id)) => format!("{t}/{id}"),
+                        None => v.to_string(),
+                    }))
                 }
                 "action" => query.actions.extend(values().map(str::to_string)),
                 "date" => narrow_dates(&mut query, value)?,
@@ -209,7 +215,7 @@ impl FhirService {
 
     /// The id in a reference search value (`Patient/1`, an absolute URL of it, or `1`).
     fn local_id(&self, value: &str, resource_type: &str) -> String {
-        match crate::search::index::parse_local_reference(value, &self.config.base_url) {
+        match parse_local_reference(value, &self.config.base_url) {
             Some((t, id)) if t == resource_type => id.to_string(),
             _ => value.to_string(),
         }

@@ -43,14 +43,10 @@ impl AuditTrailTx {
         if version.version <= 1 {
             return Ok(Vec::new());
         }
-        let Some(before) = self.inner.current(&version.resource_type, &version.id).await? else {
-            return Ok(Vec::new());
-        };
-        if before.deleted {
-            return Ok(Vec::new());
-        }
-        let Ok(resource) = serde_json::from_slice(&before.body) else { return Ok(Vec::new()) };
-        Ok(patients::of_resource(&self.service.registry(), &self.service.config.base_url, &resource))
+        let before = self.inner.current(&version.resource_type, &version.id).await?.filter(|before| !before.deleted);
+        Ok(before.map_or_else(Vec::new, |before| {
+            patients::of_stored(&self.service.registry(), &self.service.config.base_url, &before.body)
+        }))
     }
 
     fn occurrence(&self, who: &Who, activity: Activity, changes: &[&Change]) -> Occurrence<'_> {

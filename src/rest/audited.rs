@@ -8,7 +8,7 @@
 use serde_json::Value;
 
 use super::{FhirRequest, FhirResponse, FhirService, Method, Route};
-use crate::audit::{balp, patients, Activity, Occurrence, Outcome, Recorder, RequestTrail, Who, MAX_OUTCOME_DESC};
+use crate::audit::{balp, patients, Activity, Occurrence, Outcome, Recorder, RequestTrail, Who};
 use crate::model::FhirError;
 
 impl FhirService {
@@ -33,7 +33,11 @@ impl FhirService {
             return outcome;
         }
         let patients = match &outcome {
-            Ok(_) => self.patients_of(&trail.disclosed()),
+            Ok(_) => {
+                let registry = self.registry();
+                let disclosed = trail.take_disclosed();
+                disclosed.iter().flat_map(|body| patients::of_stored(&registry, &self.config.base_url, body)).collect()
+            }
             Err(_) => Vec::new(),
         };
         let occurrence = Occurrence {
@@ -93,19 +97,6 @@ impl FhirService {
     pub fn recorder(&self) -> &Recorder {
         &self.recorder
     }
-
-    /// The patients whose data the stored resources `bodies` are.
-    fn patients_of(&self, bodies: &[bytes::Bytes]) -> Vec<String> {
-        let registry = self.registry();
-        let mut patients: Vec<String> = bodies
-            .iter()
-            .filter_map(|body| serde_json::from_slice::<Value>(body).ok())
-            .flat_map(|resource| patients::of_resource(&registry, &self.config.base_url, &resource))
-            .collect();
-        patients.sort_unstable();
-        patients.dedup();
-        patients
-    }
 }
 
 /// How a request ended, for its AuditEvent: a 4xx with its message, a 5xx without (the
@@ -114,11 +105,7 @@ fn outcome_of(error: Option<&FhirError>) -> Outcome {
     match error {
         None => Outcome::Success,
         Some(error) if error.status() >= 500 => Outcome::ServerFailure,
-        Some(error) => {
-            let mut why = error.to_string();
-            why.truncate(why.floor_char_boundary(MAX_OUTCOME_DESC));
-            Outcome::ClientFailure(why)
-        }
+        Some(error) => Outcome::client_failure(error.to_string()),
     }
 }
 

@@ -22,7 +22,7 @@ pub struct NewAuditEvent {
     pub agent: Option<String>,
     pub client_id: Option<String>,
     pub request_id: Option<String>,
-    /// The patients (ids) whose data it disclosed or changed.
+    /// The patients (ids) whose data it disclosed or changed, each once.
     pub patients: Vec<String>,
     /// The AuditEvent JSON as it is served.
     pub body: Vec<u8>,
@@ -389,10 +389,7 @@ macro_rules! audit_store {
                         let seq = *seqs.get(&event.id).ok_or_else(|| {
                             $crate::store::StoreError::CommitFailed(format!("AuditEvent {} was not inserted", event.id))
                         })?;
-                        let mut ids: Vec<&str> = event.patients.iter().map(String::as_str).collect();
-                        ids.sort_unstable();
-                        ids.dedup();
-                        patients.extend(ids.into_iter().map(|patient| (patient, seq)));
+                        patients.extend(event.patients.iter().map(|patient| (patient.as_str(), seq)));
                     }
                     for patients in patients.chunks(AUDIT_ROWS_PER_STATEMENT * 4) {
                         let mut qb = sqlx::QueryBuilder::<$db>::new("INSERT INTO audit_patients (patient_id, seq) ");

@@ -282,6 +282,12 @@ impl Smart {
         self.token_request(&form, None).await
     }
 
+    /// Revokes `token` (an access or refresh token) as the public client `client_id`.
+    pub async fn revoke(&self, client_id: &str, token: &str) -> Response {
+        let form = [("token", token), ("client_id", client_id)];
+        self.http.post(self.url("/auth/revoke")).form(&form).send().await.unwrap()
+    }
+
     /// The token response of a full standalone launch of a public client.
     pub async fn launch(&self, authorization: &Authorization<'_>) -> Value {
         let pkce = Pkce::new();
