@@ -37,13 +37,25 @@ fn create_observation(n: usize) -> Request<Full<Bytes>> {
         .expect("request")
 }
 
+/// What one server measured: reads, creates, and how long after the reads ended their events
+/// were all committed (a search of the log waits for that on the node that spooled them).
+struct Measured {
+    reads: LoadSummary,
+    creates: LoadSummary,
+    committed_after: std::time::Duration,
+}
+
 /// Reads and creates on `connections` connections against a server started with `flags`.
-async fn measure(database_url: &str, flags: &[&str], connections: usize, seconds: u64) -> (LoadSummary, LoadSummary) {
+async fn measure(database_url: &str, flags: &[&str], connections: usize, seconds: u64) -> Measured {
     let server = Server::start_with(HEARTH, database_url, flags).await;
     let reads = load(server.addr, connections, seconds, |n| get(&format!("/fhir/Patient/p{}", n % PATIENTS))).await;
+    let started = std::time::Instant::now();
+    let log = reqwest::get(format!("http://{}/fhir/AuditEvent?_count=1", server.addr)).await.expect("search the log");
+    assert!(log.status().is_success(), "searching the log: {}", log.status());
+    let committed_after = started.elapsed();
     let creates = load(server.addr, connections, seconds, create_observation).await;
     server.stop();
-    (reads, creates)
+    Measured { reads, creates, committed_after }
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -80,15 +92,21 @@ async fn run() {
         seeding.stop();
         for &connections in &connection_counts {
             let (mut on, mut off) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
+            let mut committed_after = Vec::new();
             for _ in 0..runs.max(1) {
-                let (reads, creates) = measure(&url, &["--auth", "off"], connections, seconds).await;
-                on.0.push(reads.per_second);
-                on.1.push(creates.per_second);
+                let audited = measure(&url, &["--auth", "off"], connections, seconds).await;
+                on.0.push(audited.reads.per_second);
+                on.1.push(audited.creates.per_second);
+                committed_after.push(audited.committed_after.as_secs_f64() * 1000.0);
                 let audit_off = ["--auth", "off", "--audit", "off"];
-                let (reads, creates) = measure(&url, &audit_off, connections, seconds).await;
-                off.0.push(reads.per_second);
-                off.1.push(creates.per_second);
+                let unaudited = measure(&url, &audit_off, connections, seconds).await;
+                off.0.push(unaudited.reads.per_second);
+                off.1.push(unaudited.creates.per_second);
             }
+            println!(
+                "{database}, {connections} connections: the reads' events all committed {:.0} ms after the reads ended",
+                median(committed_after)
+            );
             let (reads, creates) = ((median(on.0), median(off.0)), (median(on.1), median(off.1)));
             for (what, (with, without)) in [("reads by id", reads), ("creates", creates)] {
                 println!(

@@ -149,6 +149,13 @@ pub enum Command {
         /// removed kept as the chain's anchor. Without it, they are kept forever.
         #[arg(long, env = "HEARTH_AUDIT_RETENTION_DAYS", value_parser = clap::value_parser!(u32).range(1..))]
         audit_retention_days: Option<u32>,
+        /// Where this node appends the AuditEvents of reads before answering them, until they
+        /// are committed (ADR 21). Local, persistent storage; nodes may share it (each holds a
+        /// file of its own, and takes over the files of its database's stopped nodes). Default:
+        /// beside an SQLite file (`hearth.db.audit-spool`); for PostgreSQL, `hearth-audit-spool`
+        /// in the system's temporary directory.
+        #[arg(long, env = "HEARTH_AUDIT_SPOOL_DIR")]
+        audit_spool_dir: Option<PathBuf>,
         /// `off` records no AuditEvents: only to measure what recording costs (`cargo bench
         /// --bench audit`); like `--auth off`, it refuses a non-loopback listen address.
         #[arg(long, env = "HEARTH_AUDIT", value_enum, default_value = "on")]

@@ -66,6 +66,7 @@ async fn main() -> anyhow::Result<()> {
             appointment_reminder_hours,
             subscription_event_days,
             audit_retention_days,
+            audit_spool_dir,
             audit,
         } => {
             if default_count > max_count {
@@ -122,6 +123,7 @@ async fn main() -> anyhow::Result<()> {
                 audit: hearth::audit::AuditSettings {
                     record: audit == AuditMode::On,
                     retention: audit_retention_days.map(|days| time::Duration::days(days.into())),
+                    spool_dir: audit_spool_dir,
                 },
                 ..Settings::new(&base_url)
             };

@@ -78,8 +78,9 @@ pub struct Hearth {
 
 impl Hearth {
     /// Opens (and migrates) the database at `database_url` and builds the server.
-    pub async fn open(database_url: &str, settings: Settings) -> anyhow::Result<Hearth> {
+    pub async fn open(database_url: &str, mut settings: Settings) -> anyhow::Result<Hearth> {
         let store = store::open(database_url).await?;
+        settings.audit.spool_dir.get_or_insert_with(|| crate::audit::default_spool_dir(database_url));
         let auth = if settings.smart {
             let auth_settings = AuthSettings {
                 base_url: settings.base_url.clone(),
@@ -149,7 +150,9 @@ impl Hearth {
         if let Some(auth) = self.auth.clone() {
             tokio::spawn(auth.run_background());
         }
-        axum::serve(listener, self.router).with_graceful_shutdown(shutdown_signal()).await
+        axum::serve(listener, self.router).with_graceful_shutdown(shutdown_signal()).await?;
+        self.service.recorder().close().await;
+        Ok(())
     }
 }
 

@@ -400,6 +400,9 @@ async fn verify_checks_what_searches_read_and_retention_keeps_the_chain(db: Db) 
     for n in 1..=5 {
         assert_eq!(send(&server, Method::GET, "Patient/ana", None, &format!("v-{n}")).await, 200);
     }
+    // The reads' events are spooled; a search of the log on the node waits until they are
+    // committed.
+    assert!(all_events(&server).await.len() >= 6);
     let store = hearth::store::open_shared(&server.database_url).await.unwrap();
     hearth::audit::chain::seal(store.as_ref()).await.unwrap();
     let intact = hearth::audit::chain::verify(store.as_ref()).await.unwrap();
@@ -431,6 +434,70 @@ async fn verify_checks_what_searches_read_and_retention_keeps_the_chain(db: Db) 
     assert_eq!(after.anchor.0, 3);
     let left = all_events(&server).await;
     assert!(left.len() < everything, "the removed events are gone from searches");
+}
+
+/// Read events of a killed node wait in its spool for the next node of the same database;
+/// a node of another database spooling in the same directory leaves them alone.
+async fn a_stopped_nodes_spool_is_committed_by_the_next_node_of_its_database(db: Db) {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, other) = match db {
+        Db::Sqlite => (
+            format!("sqlite://{}", dir.path().join("first.db").display()),
+            format!("sqlite://{}", dir.path().join("other.db").display()),
+        ),
+        Db::Postgres => (common::postgres::fresh_database().await, common::postgres::fresh_database().await),
+    };
+    let spool_dir = dir.path().join("spools");
+    let spool_flag = ["--auth", "off", "--audit-spool-dir", spool_dir.to_str().unwrap()];
+    let start = |database_url: String| async move {
+        common::process::Process::serve(&database_url, &[], &spool_flag, |command| {
+            command.env("RUST_LOG", "warn").stdout(Stdio::null());
+        })
+        .await
+    };
+    let spools = || {
+        let mut names: Vec<String> = std::fs::read_dir(&spool_dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let client = reqwest::Client::new();
+    let search = |base: String| {
+        let client = client.clone();
+        async move {
+            let bundle: Value =
+                client.get(format!("{base}/AuditEvent?_count=1000")).send().await.unwrap().json().await.unwrap();
+            bundle["entry"].as_array().unwrap().iter().map(|e| e["resource"].clone()).collect::<Vec<Value>>()
+        }
+    };
+
+    let mut node = start(first.clone()).await;
+    let patient = json!({"resourceType": "Patient", "id": "spooled"});
+    let put = client.put(format!("{}/Patient/spooled", node.base())).header("content-type", "application/fhir+json");
+    assert_eq!(put.body(patient.to_string()).send().await.unwrap().status(), 201);
+    for n in 0..10 {
+        let read =
+            client.get(format!("{}/Patient/spooled", node.base())).header("x-request-id", format!("spooled-{n}"));
+        assert_eq!(read.send().await.unwrap().status(), 200);
+    }
+    node.kill();
+    let left = spools();
+    assert_eq!(left.len(), 1, "the killed node's spool is left: {left:?}");
+
+    let elsewhere = start(other).await;
+    let events = search(elsewhere.base()).await;
+    assert!(of_request(&events, "spooled-0").is_empty(), "another database's events are not taken");
+    assert!(spools().contains(&left[0]), "another database's node leaves the spool: {:?}", spools());
+    drop(elsewhere);
+
+    let next = start(first).await;
+    let events = search(next.base()).await;
+    for n in 0..10 {
+        assert_eq!(of_request(&events, &format!("spooled-{n}")).len(), 1, "spooled-{n} is on record, once");
+    }
+    assert!(!spools().contains(&left[0]), "the committed spool is removed: {:?}", spools());
 }
 
 /// Changes the body of the AuditEvent of request `request_id` directly in the database.
@@ -501,4 +568,5 @@ on_both_databases!(
     sign_ins_tokens_and_account_changes_are_on_record,
     audit_rows_survive_kill_9_and_verify_finds_tampering,
     verify_checks_what_searches_read_and_retention_keeps_the_chain,
+    a_stopped_nodes_spool_is_committed_by_the_next_node_of_its_database,
 );

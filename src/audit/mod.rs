@@ -5,19 +5,20 @@
 //!
 //! Writes record their events in their own transaction (the `rest` layer's audit trail, a
 //! workflow every write transaction passes). Everything else is recorded by the [`Recorder`]
-//! before the response leaves: it gathers the events of concurrent requests into one
-//! transaction and answers each request once that has committed.
+//! before the response leaves: it appends the event to the node's spool, which is committed
+//! in large batches (ADR 21).
 
 pub mod balp;
 pub mod chain;
 pub mod patients;
 mod recorder;
+mod spool;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 pub use balp::{Activity, Occurrence, Outcome, SecurityEvent, Who};
-pub use recorder::Recorder;
+pub use recorder::{default_spool_dir, shared_spool_dir, Recorder};
 
 /// What the audit needs to know of the request being served, for whatever records events
 /// while serving it (the write transactions deep below): its id and activity, and whether its
@@ -123,10 +124,13 @@ pub struct AuditSettings {
     pub record: bool,
     /// How long events are kept (`--audit-retention-days`; `None`: forever).
     pub retention: Option<time::Duration>,
+    /// Where this node spools the events of requests that write nothing (`--audit-spool-dir`;
+    /// `None`: [`default_spool_dir`] of the database).
+    pub spool_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for AuditSettings {
     fn default() -> Self {
-        AuditSettings { record: true, retention: None }
+        AuditSettings { record: true, retention: None, spool_dir: None }
     }
 }

@@ -1,84 +1,131 @@
 //! The node's writer of AuditEvents for requests that write nothing (reads, searches, refused
-//! writes): the events of concurrent requests go into one transaction (on SQLite, one member of
-//! the group commit), and each request is answered once that has committed (ADR 19).
+//! writes): each event is appended to the node's spool before the request is answered, and
+//! committed from there in large batches (ADR 21).
 
-use std::sync::{Arc, OnceLock};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
-
+use super::spool::{self, Spool};
 use crate::store::audit::NewAuditEvent;
 use crate::store::{Store, StoreError, StoreResult};
 
-/// Events written in one transaction at most.
-const BATCH: usize = 256;
+/// How often the spool is committed: batches of this long's events.
+const COMMIT_EVERY: Duration = Duration::from_millis(50);
 
-/// Transactions of events in flight at once: a request need not wait for the batch before
-/// its own to commit (SQLite's group commit joins them into one commit; PostgreSQL commits
-/// them on connections of their own).
-const IN_FLIGHT: usize = 4;
+/// How often a node looks for the spools of stopped nodes (besides at start-up).
+const SCAN_EVERY: Duration = Duration::from_secs(60);
 
-/// Requests waiting for the writer at most, before the next waits for room.
-const QUEUE: usize = 4096;
+/// How long a search of the log waits at most for this node's events to be committed.
+const FLUSH_WAIT: Duration = Duration::from_secs(5);
 
-type Waiting = (NewAuditEvent, oneshot::Sender<Result<(), String>>);
-
-/// Hands events to the node's audit writer (clones share it).
+/// Hands events to the node's spool (clones share it).
 #[derive(Clone)]
 pub struct Recorder {
     store: Arc<dyn Store>,
-    queue: Arc<OnceLock<mpsc::Sender<Waiting>>>,
+    /// `None`: recording is off (`--audit off`), nothing is spooled.
+    dir: Option<PathBuf>,
+    spool: Arc<tokio::sync::OnceCell<Arc<Spool>>>,
 }
 
 impl Recorder {
-    /// A recorder for `store`; its writer starts with the first event, on the runtime that
-    /// records it, and ends when the last clone is dropped.
-    pub fn new(store: Arc<dyn Store>) -> Recorder {
-        Recorder { store, queue: Arc::default() }
+    /// A recorder for `store` spooling in `dir` (`None`: recording is off); its spool is
+    /// created, and the spools of stopped nodes in `dir` taken over, with the first event or
+    /// [`Recorder::start`], on the runtime that asks; its committing ends when the last clone
+    /// is dropped.
+    pub fn new(store: Arc<dyn Store>, dir: Option<PathBuf>) -> Recorder {
+        Recorder { store, dir, spool: Arc::default() }
     }
 
-    /// Records `event`; returns once it has committed.
+    async fn spool(&self) -> StoreResult<&Arc<Spool>> {
+        let Some(dir) = &self.dir else { return Err(StoreError::CommitFailed("recording is off".into())) };
+        self.spool
+            .get_or_try_init(|| async {
+                let database = self.store.audit_database_id().await?;
+                let spool = Spool::create(dir, &database).map_err(|error| {
+                    StoreError::CommitFailed(format!("cannot create an audit spool in {}: {error}", dir.display()))
+                })?;
+                let spool = Arc::new(spool);
+                let weak = Arc::downgrade(&spool);
+                tokio::spawn(spool::move_spooled(self.store.clone(), weak, database, COMMIT_EVERY, SCAN_EVERY));
+                Ok(spool)
+            })
+            .await
+    }
+
+    /// Starts spooling now: the spools stopped nodes left are committed without waiting for a
+    /// first event.
+    pub async fn start(&self) {
+        if self.dir.is_none() {
+            return;
+        }
+        if let Err(error) = self.spool().await {
+            tracing::error!(%error, "cannot start the audit spool");
+        }
+    }
+
+    /// Records `event`; once this returns, the event will be committed even if the process
+    /// is killed.
     pub async fn record(&self, event: NewAuditEvent) -> StoreResult<()> {
-        let queue = self.queue.get_or_init(|| {
-            let (queue, waiting) = mpsc::channel(QUEUE);
-            tokio::spawn(write_batches(self.store.clone(), waiting));
-            queue
-        });
-        let (done, committed) = oneshot::channel();
-        let stopped = || StoreError::CommitFailed("the audit writer stopped".into());
-        queue.send((event, done)).await.map_err(|_| stopped())?;
-        committed.await.map_err(|_| stopped())?.map_err(StoreError::CommitFailed)
+        let spool = self.spool().await?;
+        spool.append(&event).map_err(|error| StoreError::CommitFailed(format!("cannot spool an AuditEvent: {error}")))
     }
-}
 
-async fn write_batches(store: Arc<dyn Store>, mut waiting: mpsc::Receiver<Waiting>) {
-    let in_flight = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
-    while let Some(first) = waiting.recv().await {
-        // While every transaction is in flight, the next batch grows.
-        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
-        let mut batch = vec![first];
-        while batch.len() < BATCH {
-            match waiting.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
+    /// Waits (a few seconds at most) until the events this node recorded so far, and those of
+    /// the stopped nodes' spools it found at start-up, are committed: a search of the log on
+    /// this node sees its own recent events.
+    pub async fn flush(&self) {
+        if self.dir.is_none() {
+            return;
+        }
+        if let Ok(spool) = self.spool().await {
+            if tokio::time::timeout(FLUSH_WAIT, spool.flush()).await.is_err() {
+                tracing::warn!(
+                    "the audit spool is not committed yet; the log searched may lack this node's latest events"
+                );
             }
         }
-        let store = store.clone();
-        tokio::spawn(async move {
-            let (events, done): (Vec<NewAuditEvent>, Vec<_>) = batch.into_iter().unzip();
-            let outcome = write(store.as_ref(), &events).await.map_err(|error| {
-                tracing::error!(%error, events = events.len(), "AuditEvents could not be recorded");
-                error.to_string()
-            });
-            for waiter in done {
-                let _ = waiter.send(outcome.clone());
-            }
-            drop(permit);
-        });
+    }
+
+    /// Commits what the spool holds and removes it (a node stopping).
+    pub async fn close(&self) {
+        if let Some(spool) = self.spool.get() {
+            spool.flush().await;
+            spool.remove_if_empty();
+        }
     }
 }
 
-async fn write(store: &dyn Store, events: &[NewAuditEvent]) -> StoreResult<()> {
-    let mut tx = store.begin().await?;
-    tx.record_audit(events).await?;
-    tx.commit().await
+/// Where a node spools by default: beside an SQLite database file (which one process holds);
+/// for PostgreSQL, or SQLite in memory, a directory in the system's temporary directory.
+pub fn default_spool_dir(database_url: &str) -> PathBuf {
+    let sqlite_file = database_url
+        .strip_prefix("sqlite://")
+        .or_else(|| database_url.strip_prefix("sqlite:"))
+        .and_then(|rest| rest.split('?').next())
+        .filter(|file| !file.is_empty() && !file.starts_with(':'));
+    match sqlite_file {
+        Some(file) => PathBuf::from(format!("{file}.audit-spool")),
+        None => shared_spool_dir(),
+    }
+}
+
+/// The spool directory nodes share unless told otherwise.
+pub fn shared_spool_dir() -> PathBuf {
+    std::env::temp_dir().join("hearth-audit-spool")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn an_sqlite_file_spools_beside_itself() {
+        assert_eq!(default_spool_dir("sqlite://data/hearth.db?mode=rwc"), Path::new("data/hearth.db.audit-spool"));
+        assert_eq!(default_spool_dir("sqlite:hearth.db"), Path::new("hearth.db.audit-spool"));
+        assert_eq!(default_spool_dir("sqlite::memory:"), shared_spool_dir());
+        assert_eq!(default_spool_dir("postgres://h/db"), shared_spool_dir());
+    }
 }

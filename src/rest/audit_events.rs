@@ -47,6 +47,7 @@ impl FhirService {
     /// `GET AuditEvent/[id]` (and its only version, 1).
     pub(super) async fn read_audit_event(&self, access: &Access, id: &str) -> Result<FhirResponse, FhirError> {
         let reach = self.audit_reach(access, Permission::Read)?;
+        self.recorder.flush().await;
         let stored = self.store.audit_event(id).await.map_err(super::store_error)?;
         let not_found = || FhirError::not_found(format!("AuditEvent/{id} is not known"));
         let shown = stored.and_then(|event| self.shown(access, &reach, event)).ok_or_else(not_found)?;
@@ -83,6 +84,7 @@ impl FhirService {
         }
         let count = query.limit;
         query.limit = count + 1;
+        self.recorder.flush().await;
         let mut page = self.store.audit_events(&query).await.map_err(super::store_error)?;
         let next = (page.len() > count).then(|| {
             page.truncate(count);

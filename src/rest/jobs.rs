@@ -36,15 +36,17 @@ pub(super) fn lease_until() -> OffsetDateTime {
 impl FhirService {
     /// This node's background work until the process ends: the job worker, a second worker for
     /// hold expiries only (a long job such as a reindex must not keep held Slots from freeing
-    /// themselves on time), the subscription delivery workers, the reminder scan, the sealing of the audit log, and the watch for definitions
+    /// themselves on time), the subscription delivery workers, the reminder scan, the audit spool and its sealing, and the watch for definitions
     /// (search parameters, profiles, subscriptions) written by other nodes.
     pub async fn run_background(self) {
+        let recorder = self.recorder.clone();
         tokio::join!(
             self.clone().run_jobs(None),
             self.clone().run_jobs(Some(crate::portal::scheduling::HOLD_EXPIRY_JOB)),
             self.clone().run_delivery_workers(),
             self.clone().run_reminders(),
             self.clone().run_audit_chain(),
+            recorder.start(),
             self.watch_stored_definitions()
         );
     }

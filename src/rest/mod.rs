@@ -294,7 +294,13 @@ impl FhirService {
     /// definitions stored in it.
     pub fn new(store: Arc<dyn Store>, config: ServiceConfig) -> Self {
         FhirService {
-            recorder: crate::audit::Recorder::new(store.clone()),
+            recorder: crate::audit::Recorder::new(
+                store.clone(),
+                config
+                    .audit
+                    .record
+                    .then(|| config.audit.spool_dir.clone().unwrap_or_else(crate::audit::shared_spool_dir)),
+            ),
             store,
             registry: Arc::new(Live::new(Registry::standard().clone())),
             definitions: Arc::new(Live::new(Definitions::with(&[]))),

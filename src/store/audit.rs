@@ -98,6 +98,8 @@ pub trait AuditStore: Send + Sync {
     /// Removes the sealed events before the first one recorded at or after `before`, at most
     /// `limit`: a prefix of the chain, whose last hash becomes the anchor; how many it removed.
     async fn forget_audit(&self, before: OffsetDateTime, limit: usize) -> StoreResult<usize>;
+    /// The database's own name, which the nodes' audit spools carry (ADR 21).
+    async fn audit_database_id(&self) -> StoreResult<String>;
 }
 
 /// Implements [`AuditStore`] for a store type of [`super::sql::sql_store!`], and the insert of
@@ -349,11 +351,18 @@ macro_rules! audit_store {
                 tx.commit().await.map_err($crate::store::sql::classify)?;
                 Ok(removed as usize)
             }
+
+            async fn audit_database_id(&self) -> $crate::store::StoreResult<String> {
+                Ok(sqlx::query_scalar("SELECT database_id FROM audit_chain WHERE id = 1")
+                    .fetch_one(&self.readers)
+                    .await?)
+            }
         }
 
         impl $tx {
             /// Writes the AuditEvents [`StoreTx::record_audit`](crate::store::StoreTx::record_audit)
-            /// buffered: the last writes of the transaction, at its commit.
+            /// buffered: the last writes of the transaction, at its commit. An event whose id is
+            /// on record already is skipped: a spool committed again after a crash (ADR 21).
             async fn record_audit_rows(
                 &mut self,
                 events: &[$crate::store::audit::NewAuditEvent],
@@ -378,7 +387,7 @@ macro_rules! audit_store {
                             .push_bind(event.request_id.clone())
                             .push_bind(event.body.clone());
                     });
-                    qb.push(" RETURNING id, seq");
+                    qb.push(" ON CONFLICT (id) DO NOTHING RETURNING id, seq");
                     let rows = qb.build().fetch_all(&mut *conn).await.map_err($crate::store::sql::classify)?;
                     let mut seqs = std::collections::HashMap::with_capacity(rows.len());
                     for row in &rows {
@@ -386,10 +395,9 @@ macro_rules! audit_store {
                     }
                     let mut patients: Vec<(&str, i64)> = Vec::new();
                     for event in events {
-                        let seq = *seqs.get(&event.id).ok_or_else(|| {
-                            $crate::store::StoreError::CommitFailed(format!("AuditEvent {} was not inserted", event.id))
-                        })?;
-                        patients.extend(event.patients.iter().map(|patient| (patient.as_str(), seq)));
+                        if let Some(&seq) = seqs.get(&event.id) {
+                            patients.extend(event.patients.iter().map(|patient| (patient.as_str(), seq)));
+                        }
                     }
                     for patients in patients.chunks(AUDIT_ROWS_PER_STATEMENT * 4) {
                         let mut qb = sqlx::QueryBuilder::<$db>::new("INSERT INTO audit_patients (patient_id, seq) ");
