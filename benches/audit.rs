@@ -1,13 +1,15 @@
 //! Audit benchmark: `cargo bench --bench audit` (builds release).
 //!
 //! On SQLite and PostgreSQL, without authorization, with 1,000 patients stored: reads by id
-//! (`GET /fhir/Patient/[id]`, each recorded by the node's audit writer before it is answered)
+//! (`GET /fhir/Patient/[id]`, each appended to the node's audit spool before it is answered,
+//! ADR 21)
 //! and creates (`POST /fhir/Observation`, each with its AuditEvent in its own transaction),
 //! with recording on (the default) and off (`--audit off`), in one run. The two conditions
 //! alternate, each on a server started for it on the same database, so that the growth of
 //! the database weighs on both alike. Medians of `HEARTH_BENCH_RUNS` (default 3) runs of
 //! `HEARTH_BENCH_SECONDS` (default 5) s, at each number of connections of
-//! `HEARTH_BENCH_CONNECTIONS` (comma-separated, default 4).
+//! `HEARTH_BENCH_CONNECTIONS` (comma-separated, default 4). After the reads, it times a search of
+//! the log, which waits until the reads' events are committed: whether committing kept up.
 
 mod common;
 

@@ -65,6 +65,8 @@ async fn metrics_show_requests_the_database_and_the_queues(db: Db) {
     line(r#"hearth_db_connections{pool="writers",state="idle"}"#);
     line(r#"hearth_db_connections{pool="readers",state="in_use"}"#);
     line("hearth_notifications_pending 0");
+    line("hearth_audit_seal_lag_seconds ");
+    line("hearth_audit_spool_bytes ");
     assert!(!text.contains(&patient), "no ids in labels");
 }
 

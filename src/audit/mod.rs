@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 pub use balp::{Activity, Occurrence, Outcome, SecurityEvent, Who};
-pub use recorder::{default_spool_dir, shared_spool_dir, Recorder};
+pub use recorder::{default_spool_dir, state_spool_dir, Recorder};
 
 /// What the audit needs to know of the request being served, for whatever records events
 /// while serving it (the write transactions deep below): its id and activity, and whether its

@@ -87,17 +87,23 @@ impl Recorder {
         }
     }
 
-    /// Commits what the spool holds and removes it (a node stopping).
+    /// Bytes this node spooled that are not committed yet.
+    pub fn backlog(&self) -> u64 {
+        self.spool.get().map_or(0, |spool| spool.backlog())
+    }
+
+    /// Commits what the spool holds (waiting a few seconds at most) and removes it, or leaves
+    /// it to the next node: a node stopping.
     pub async fn close(&self) {
         if let Some(spool) = self.spool.get() {
-            spool.flush().await;
-            spool.remove_if_empty();
+            let _ = tokio::time::timeout(FLUSH_WAIT, spool.flush()).await;
+            spool.close();
         }
     }
 }
 
 /// Where a node spools by default: beside an SQLite database file (which one process holds);
-/// for PostgreSQL, or SQLite in memory, a directory in the system's temporary directory.
+/// for PostgreSQL, or SQLite in memory, [`state_spool_dir`].
 pub fn default_spool_dir(database_url: &str) -> PathBuf {
     let sqlite_file = database_url
         .strip_prefix("sqlite://")
@@ -106,13 +112,20 @@ pub fn default_spool_dir(database_url: &str) -> PathBuf {
         .filter(|file| !file.is_empty() && !file.starts_with(':'));
     match sqlite_file {
         Some(file) => PathBuf::from(format!("{file}.audit-spool")),
-        None => shared_spool_dir(),
+        None => state_spool_dir(),
     }
 }
 
-/// The spool directory nodes share unless told otherwise.
-pub fn shared_spool_dir() -> PathBuf {
-    std::env::temp_dir().join("hearth-audit-spool")
+/// The user's state directory's `hearth/audit-spool` (`$XDG_STATE_HOME`, else
+/// `~/.local/state`): local and persistent, unlike a temporary directory (which a reboot, a
+/// container restart or systemd's `PrivateTmp` empties); without a home, `hearth-audit-spool`
+/// in the working directory.
+pub fn state_spool_dir() -> PathBuf {
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .filter(|dir| dir.is_absolute())
+        .or_else(|| std::env::home_dir().map(|home| home.join(".local/state")));
+    state.map_or_else(|| PathBuf::from("hearth-audit-spool"), |state| state.join("hearth/audit-spool"))
 }
 
 #[cfg(test)]
@@ -125,7 +138,7 @@ mod tests {
     fn an_sqlite_file_spools_beside_itself() {
         assert_eq!(default_spool_dir("sqlite://data/hearth.db?mode=rwc"), Path::new("data/hearth.db.audit-spool"));
         assert_eq!(default_spool_dir("sqlite:hearth.db"), Path::new("hearth.db.audit-spool"));
-        assert_eq!(default_spool_dir("sqlite::memory:"), shared_spool_dir());
-        assert_eq!(default_spool_dir("postgres://h/db"), shared_spool_dir());
+        assert_eq!(default_spool_dir("sqlite::memory:"), state_spool_dir());
+        assert_eq!(default_spool_dir("postgres://h/db"), state_spool_dir());
     }
 }

@@ -12,7 +12,7 @@
 use std::borrow::Cow;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -107,15 +107,44 @@ async fn commit(store: &dyn Store, events: &[NewAuditEvent]) -> crate::store::St
     Ok(())
 }
 
-/// Reads `file` from `from` up to `until` (at most [`CHUNK_BYTES`]), off the async threads.
-async fn read_chunk(file: Arc<File>, from: u64, until: u64) -> std::io::Result<Vec<u8>> {
+/// Reads `len` bytes of `file` from `from`, off the async threads.
+async fn read_chunk(file: Arc<File>, from: u64, len: u64) -> std::io::Result<Vec<u8>> {
     tokio::task::spawn_blocking(move || {
-        let mut bytes = vec![0; (until - from).min(CHUNK_BYTES) as usize];
+        let mut bytes = vec![0; len as usize];
         file.read_exact_at(&mut bytes, from)?;
         Ok(bytes)
     })
     .await
     .map_err(std::io::Error::other)?
+}
+
+/// Commits the events of the whole lines of `file` between `from` and `until`, a chunk at a
+/// time (a longer one for a line longer than a chunk); where the last whole line ends (before
+/// a last line cut short), and how many events there were.
+async fn commit_lines(
+    store: &dyn Store,
+    file: &Arc<File>,
+    path: &Path,
+    mut from: u64,
+    until: u64,
+) -> anyhow::Result<(u64, usize)> {
+    let (mut chunk, mut committed) = (CHUNK_BYTES, 0);
+    while from < until {
+        let bytes = read_chunk(file.clone(), from, (until - from).min(chunk)).await.context("reading a spool")?;
+        let (events, used) = events_in(&bytes, path);
+        if used == 0 {
+            if from + bytes.len() as u64 >= until {
+                break;
+            }
+            chunk *= 2;
+            continue;
+        }
+        commit(store, &events).await?;
+        committed += events.len();
+        from += used as u64;
+        chunk = CHUNK_BYTES;
+    }
+    Ok((from, committed))
 }
 
 /// What has been appended to a spool file.
@@ -124,6 +153,8 @@ struct Appended {
     len: u64,
     /// Bytes appended before the file was last emptied.
     emptied: u64,
+    /// No more appends: the node is stopping, or a failed append could not be undone.
+    closed: bool,
 }
 
 /// This node's spool file.
@@ -140,19 +171,30 @@ pub struct Spool {
 
 impl Spool {
     /// Creates this node's spool for `database` in `dir`, locked: first under a name that no
-    /// other node looks at, so that none takes it for a stopped node's before it is locked.
+    /// other node takes for a stopped node's spool, renamed once locked. The directory (made
+    /// if missing) must be writable by the server's user alone and the file is readable by it
+    /// alone: the events name patients, and a spool planted by someone else would be committed
+    /// as the server's own record.
     pub fn create(dir: &Path, database: &str) -> std::io::Result<Spool> {
-        std::fs::create_dir_all(dir)?;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
         let name = format!("{database}-{}", uuid::Uuid::now_v7());
         let new = dir.join(format!("{name}.new"));
-        let file = OpenOptions::new().read(true).append(true).create_new(true).open(&new)?;
+        let file = OpenOptions::new().read(true).append(true).create_new(true).mode(0o600).open(&new)?;
+        let directory = std::fs::metadata(dir)?;
+        if directory.uid() != file.metadata()?.uid() || directory.mode() & 0o022 != 0 {
+            let _ = std::fs::remove_file(&new);
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("{} must belong to the server's user and be writable by it alone", dir.display()),
+            ));
+        }
         file.try_lock().map_err(std::io::Error::other)?;
         let path = dir.join(format!("{name}.spool"));
         std::fs::rename(&new, &path)?;
         Ok(Spool {
             path,
             file: Arc::new(file),
-            appended: Mutex::new(Appended { len: 0, emptied: 0 }),
+            appended: Mutex::new(Appended { len: 0, emptied: 0, closed: false }),
             committed: tokio::sync::watch::Sender::new(None),
             urgent: tokio::sync::Notify::new(),
         })
@@ -163,9 +205,14 @@ impl Spool {
     pub fn append(&self, event: &NewAuditEvent) -> std::io::Result<()> {
         let line = line_of(event)?;
         let mut appended = self.appended.lock().unwrap_or_else(PoisonError::into_inner);
+        if appended.closed {
+            return Err(std::io::Error::other("the audit spool is closed"));
+        }
         if let Err(error) = (&*self.file).write_all(&line) {
             // A line cut short (a full disk) would be read as part of the next.
-            let _ = self.file.set_len(appended.len);
+            if self.file.set_len(appended.len).is_err() {
+                appended.closed = true;
+            }
             return Err(error);
         }
         appended.len += line.len() as u64;
@@ -188,13 +235,8 @@ impl Spool {
     /// the file once everything in it is committed.
     async fn commit_appended(&self, store: &dyn Store, from: &mut u64) -> anyhow::Result<()> {
         let until = self.appended.lock().unwrap_or_else(PoisonError::into_inner).len;
-        while *from < until {
-            let bytes = read_chunk(self.file.clone(), *from, until).await.context("reading the spool")?;
-            let (events, used) = events_in(&bytes, &self.path);
-            anyhow::ensure!(used > 0, "a line of {} is too long", self.path.display());
-            commit(store, &events).await?;
-            *from += used as u64;
-        }
+        // Appends are whole lines: all of them up to `until` are committed.
+        (*from, _) = commit_lines(store, &self.file, &self.path, *from, until).await?;
         let mut appended = self.appended.lock().unwrap_or_else(PoisonError::into_inner);
         let committed = appended.emptied + *from;
         if *from > 0 && appended.len == *from {
@@ -208,9 +250,18 @@ impl Spool {
         Ok(())
     }
 
-    /// Removes the file once everything in it is committed (a node stopping).
-    pub fn remove_if_empty(&self) {
-        if self.appended.lock().unwrap_or_else(PoisonError::into_inner).len == 0 {
+    /// Bytes appended and not yet committed.
+    pub fn backlog(&self) -> u64 {
+        let appended = self.appended.lock().unwrap_or_else(PoisonError::into_inner);
+        (appended.emptied + appended.len).saturating_sub(self.committed.borrow().unwrap_or(0))
+    }
+
+    /// Takes no more appends (a node stopping), and removes the file if everything in it is
+    /// committed; else it is left to the next node.
+    pub fn close(&self) {
+        let mut appended = self.appended.lock().unwrap_or_else(PoisonError::into_inner);
+        appended.closed = true;
+        if appended.len == 0 {
             let _ = std::fs::remove_file(&self.path);
         }
     }
@@ -243,35 +294,57 @@ pub async fn move_spooled(
     }
 }
 
-/// Commits and removes the spools of `database` in `dir` that no node holds.
+/// How old a file being created must be to be taken for one a node crashed while creating.
+const CREATION_ABANDONED: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Commits and removes the spools of `database` in `dir` that no node holds; one that fails is
+/// logged and left for the next scan.
 async fn take_over_stopped(store: &dyn Store, dir: &Path, database: &str) -> anyhow::Result<()> {
     let prefix = format!("{database}-");
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        let path = entry.path();
         let name = path.file_name().and_then(|name| name.to_str()).unwrap_or_default();
-        if !name.starts_with(&prefix) || !name.ends_with(".spool") {
+        if !name.starts_with(&prefix) || !entry.file_type().is_ok_and(|kind| kind.is_file()) {
             continue;
         }
-        // Gone already (another node took it), or held by its node.
-        let Ok(file) = OpenOptions::new().read(true).write(true).open(&path) else { continue };
-        if file.try_lock().is_err() {
+        let outcome = if name.ends_with(".spool") {
+            take_over(store, &path).await
+        } else if name.ends_with(".new") {
+            remove_abandoned(&path)
+        } else {
             continue;
+        };
+        if let Err(error) = outcome {
+            tracing::warn!(error = format!("{error:#}"), file = %path.display(), "cannot commit the audit spool of a stopped node");
         }
-        let file = Arc::new(file);
-        let len = file.metadata()?.len();
-        let (mut from, mut events_committed) = (0, 0);
-        while from < len {
-            let bytes = read_chunk(file.clone(), from, len).await?;
-            let (events, used) = events_in(&bytes, &path);
-            commit(store, &events).await?;
-            events_committed += events.len();
-            if used == 0 {
-                break; // a last line cut short: never acknowledged
-            }
-            from += used as u64;
-        }
-        std::fs::remove_file(&path)?;
-        tracing::info!(events = events_committed, file = %path.display(), "committed the audit spool of a stopped node");
+    }
+    Ok(())
+}
+
+/// Commits and removes the spool at `path` unless a node holds it.
+async fn take_over(store: &dyn Store, path: &Path) -> anyhow::Result<()> {
+    // Gone already (another node took it), or held by its node.
+    let Ok(file) = OpenOptions::new().read(true).write(true).open(path) else { return Ok(()) };
+    if file.try_lock().is_err() {
+        return Ok(());
+    }
+    let file = Arc::new(file);
+    let len = file.metadata()?.len();
+    // A last line cut short was never acknowledged.
+    let (_, events) = commit_lines(store, &file, path, 0, len).await?;
+    match std::fs::remove_file(path) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error.into()),
+        _ => {}
+    }
+    tracing::info!(events, file = %path.display(), "committed the audit spool of a stopped node");
+    Ok(())
+}
+
+/// Removes a spool a node crashed while creating (never appended to: it is renamed first).
+fn remove_abandoned(path: &Path) -> anyhow::Result<()> {
+    let age = std::fs::metadata(path)?.modified()?.elapsed().unwrap_or_default();
+    if age >= CREATION_ABANDONED {
+        std::fs::remove_file(path)?;
     }
     Ok(())
 }

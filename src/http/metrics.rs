@@ -56,6 +56,7 @@ pub struct Metrics {
     jobs_oldest: Family<KindLabels, Seconds>,
     notifications_pending: Gauge,
     audit_seal_lag: Seconds,
+    audit_spool_bytes: Gauge,
 }
 
 /// Latency buckets (seconds): 1 ms to 10 s.
@@ -96,6 +97,12 @@ impl Default for Metrics {
             "How long the oldest AuditEvent not yet sealed into the hash chain has waited",
             audit_seal_lag.clone(),
         );
+        let audit_spool_bytes = Gauge::default();
+        registry.register(
+            "hearth_audit_spool_bytes",
+            "AuditEvents this node spooled and has not yet committed, in bytes (ADR 21)",
+            audit_spool_bytes.clone(),
+        );
         Metrics {
             registry,
             responses,
@@ -105,6 +112,7 @@ impl Default for Metrics {
             jobs_oldest,
             notifications_pending,
             audit_seal_lag,
+            audit_spool_bytes,
         }
     }
 }
@@ -151,6 +159,7 @@ pub(super) async fn render(State(state): State<std::sync::Arc<AppState>>) -> Res
         }
         Err(error) => tracing::warn!(%error, "cannot read the database's gauges"),
     }
+    metrics.audit_spool_bytes.set(state.service.recorder().backlog().try_into().unwrap_or(i64::MAX));
     let mut text = String::new();
     if prometheus_client::encoding::text::encode(&mut text, &metrics.registry).is_err() {
         return StatusCode::INTERNAL_SERVER_ERROR.into_response();

@@ -299,7 +299,7 @@ impl FhirService {
                 config
                     .audit
                     .record
-                    .then(|| config.audit.spool_dir.clone().unwrap_or_else(crate::audit::shared_spool_dir)),
+                    .then(|| config.audit.spool_dir.clone().unwrap_or_else(crate::audit::state_spool_dir)),
             ),
             store,
             registry: Arc::new(Live::new(Registry::standard().clone())),

@@ -50,17 +50,19 @@ impl TestServer {
 
     /// Starts a server with adjusted settings.
     pub async fn start_with(db: Db, adjust: impl FnOnce(Settings) -> Settings) -> TestServer {
-        let (database_url, dir) = match db {
-            Db::Sqlite => {
-                let dir = tempfile::tempdir().expect("temporary directory");
-                (format!("sqlite://{}", dir.path().join("hearth.db").display()), Some(dir))
-            }
-            Db::Postgres => (postgres::fresh_database().await, None),
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let database_url = match db {
+            Db::Sqlite => format!("sqlite://{}", dir.path().join("hearth.db").display()),
+            Db::Postgres => postgres::fresh_database().await,
         };
         // Test receivers (rest-hooks) listen on loopback.
         let mut settings = Settings::new("http://placeholder");
+        // Beside an SQLite file by default; a PostgreSQL database's goes with the test too.
+        if db == Db::Postgres {
+            settings.audit.spool_dir = Some(dir.path().join("audit-spool"));
+        }
         settings.subscriptions.endpoints.allow_private = true;
-        Self::serve(db, database_url, dir, adjust(settings), None).await
+        Self::serve(db, database_url, Some(dir), adjust(settings), None).await
     }
 
     /// Serves on a free port; the public base URL is that port's unless `public_root` names

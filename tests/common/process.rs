@@ -24,6 +24,11 @@ impl Process {
         let listen = format!("127.0.0.1:{port}");
         let mut command = Command::new(env!("CARGO_BIN_EXE_hearth"));
         command.args(global).args(["serve", "--listen", &listen, "--database", database_url]).args(flags);
+        // A PostgreSQL node's spool not in the user's state directory: those a killed test
+        // leaves are of databases gone with it (a flag overrides this).
+        if database_url.starts_with("postgres") {
+            command.env("HEARTH_AUDIT_SPOOL_DIR", std::env::temp_dir().join("hearth-test-audit-spool"));
+        }
         configure(&mut command);
         let child = command.spawn().expect("start hearth");
         let client = reqwest::Client::new();
