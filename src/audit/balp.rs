@@ -5,6 +5,9 @@
 //! query of a search, the data touched, and one entity per patient whose data it concerns.
 //! Tokens are never recorded, only their `jti`.
 
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::auth::Access;
@@ -55,6 +58,25 @@ pub enum SecurityEvent {
 const SECURITY_EVENTS: &str = "urn:hearth:security-event";
 
 impl SecurityEvent {
+    const ALL: [SecurityEvent; 11] = [
+        SecurityEvent::Login,
+        SecurityEvent::Logout,
+        SecurityEvent::Token,
+        SecurityEvent::Refresh,
+        SecurityEvent::Revoke,
+        SecurityEvent::Consent,
+        SecurityEvent::Registration,
+        SecurityEvent::PasswordReset,
+        SecurityEvent::AccountDisabled,
+        SecurityEvent::AccountEnabled,
+        SecurityEvent::Launch,
+    ];
+
+    /// The event of Hearth's `code`.
+    fn from_code(code: &str) -> Option<SecurityEvent> {
+        SecurityEvent::ALL.into_iter().find(|event| event.code() == code)
+    }
+
     /// Hearth's code.
     pub fn code(self) -> &'static str {
         match self {
@@ -150,13 +172,19 @@ impl Outcome {
 
 /// Who did it: the user (their `fhirUser`, their user name), the token (its `jti`) and the
 /// client app; any may be unknown (a failed login knows the name tried and the app).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Who {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
     /// The user's name as their resource gives it ("Gregory House"), for a log a person reads.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub jti: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub client_id: Option<String>,
 }
 
@@ -200,24 +228,164 @@ pub struct Occurrence<'a> {
     pub patients: Vec<String>,
 }
 
-/// The AuditEvent row for `occurrence`, observed by the server at `base_url` (its FHIR base).
-pub fn audit_event(occurrence: &Occurrence<'_>, base_url: &str) -> NewAuditEvent {
+/// The AuditEvent row for `occurrence`. What is stored is its [`Record`]: the BALP JSON, four
+/// fifths of it the same codes and words in every event, is rendered when the event is read
+/// ([`render`]), which keeps the log, its spool and its commits small (ADR 21).
+pub fn audit_event(occurrence: &Occurrence<'_>) -> NewAuditEvent {
     let mut patients = occurrence.patients.clone();
     patients.sort_unstable();
     patients.dedup();
     let id = crate::model::resource::new_id();
-    // To the millisecond, as the body says it: the `recorded` column must agree with it.
+    // To the millisecond, as the event says it: the `recorded` column must agree with it.
     let recorded = crate::model::resource::now();
+    let record = Record {
+        id: &id,
+        recorded: crate::model::resource::format_instant(recorded),
+        activity: match &occurrence.activity {
+            Activity::Rest(code) => ActivityRecord::Rest(Cow::Borrowed(code)),
+            Activity::Operation(name) => ActivityRecord::Operation(Cow::Borrowed(name)),
+            Activity::Security(event) => ActivityRecord::Security(Cow::Borrowed(event.code())),
+        },
+        outcome: occurrence.outcome.code(),
+        outcome_desc: match &occurrence.outcome {
+            Outcome::ClientFailure(why) => Some(why),
+            _ => None,
+        },
+        who: &occurrence.who,
+        request_id: occurrence.request_id,
+        data: &occurrence.data,
+        query: occurrence.query.as_deref(),
+        patients: &patients,
+    };
+    NewAuditEvent {
+        body: serde_json::to_vec(&record).unwrap_or_default(),
+        id: id.clone(),
+        recorded,
+        action: occurrence.activity.action().to_string(),
+        outcome: occurrence.outcome.code().to_string(),
+        agent: occurrence.who.user.clone(),
+        client_id: occurrence.who.client_id.clone(),
+        request_id: occurrence.request_id.map(str::to_string),
+        patients,
+    }
+}
+
+/// What is stored of an AuditEvent: the facts of its [`Occurrence`], its id and its time.
+#[derive(Serialize)]
+struct Record<'a> {
+    id: &'a str,
+    recorded: String,
+    activity: ActivityRecord<'a>,
+    outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outcome_desc: Option<&'a str>,
+    who: &'a Who,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    data: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    query: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    patients: &'a [String],
+}
+
+/// A [`Record`] read back.
+#[derive(Deserialize)]
+struct StoredRecord {
+    id: String,
+    recorded: String,
+    activity: ActivityRecord<'static>,
+    outcome: String,
+    #[serde(default)]
+    outcome_desc: Option<String>,
+    who: Who,
+    #[serde(default)]
+    request_id: Option<String>,
+    #[serde(default)]
+    data: Vec<String>,
+    #[serde(default)]
+    query: Option<String>,
+    #[serde(default)]
+    patients: Vec<String>,
+}
+
+/// An [`Activity`] as stored.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum ActivityRecord<'a> {
+    Rest(Cow<'a, str>),
+    Operation(Cow<'a, str>),
+    Security(Cow<'a, str>),
+}
+
+/// The R4 restful-interaction codes an event's subtype may be.
+const REST_CODES: [&str; 17] = [
+    "read",
+    "vread",
+    "update",
+    "patch",
+    "delete",
+    "history",
+    "history-instance",
+    "history-type",
+    "history-system",
+    "create",
+    "search",
+    "search-type",
+    "search-system",
+    "capabilities",
+    "transaction",
+    "batch",
+    "operation",
+];
+
+impl ActivityRecord<'_> {
+    fn activity(&self) -> Option<Activity> {
+        Some(match self {
+            ActivityRecord::Rest(code) => Activity::Rest(REST_CODES.into_iter().find(|known| known == code)?),
+            ActivityRecord::Operation(name) => Activity::Operation(name.to_string()),
+            ActivityRecord::Security(code) => Activity::Security(SecurityEvent::from_code(code)?),
+        })
+    }
+}
+
+/// The AuditEvent JSON (BALP) of a stored event, observed by the server at `base_url` (its
+/// FHIR base); `None` if it is not one. An event stored as JSON before records were (the
+/// first form of the log) is that JSON.
+pub fn render(stored: &[u8], base_url: &str) -> Option<Vec<u8>> {
+    if stored.starts_with(b"{\"resourceType\"") {
+        return Some(stored.to_vec());
+    }
+    let record: StoredRecord = serde_json::from_slice(stored).ok()?;
+    let outcome = match record.outcome.as_str() {
+        "0" => Outcome::Success,
+        "4" => Outcome::ClientFailure(record.outcome_desc.unwrap_or_default()),
+        _ => Outcome::ServerFailure,
+    };
+    let occurrence = Occurrence {
+        activity: record.activity.activity()?,
+        outcome,
+        who: record.who,
+        request_id: record.request_id.as_deref(),
+        data: record.data,
+        query: record.query,
+        patients: record.patients,
+    };
+    serde_json::to_vec(&balp_json(&occurrence, &record.id, &record.recorded, base_url)).ok()
+}
+
+/// The BALP JSON of `occurrence` (whose patients are distinct), recorded at `recorded`.
+fn balp_json(occurrence: &Occurrence<'_>, id: &str, recorded: &str, base_url: &str) -> Value {
     let (event_type, subtype) = occurrence.activity.type_and_subtype();
-    let action = occurrence.activity.action();
     let mut event = json!({
         "resourceType": "AuditEvent",
         "id": id,
-        "meta": {"versionId": "1", "lastUpdated": crate::model::resource::format_instant(recorded)},
+        "meta": {"versionId": "1", "lastUpdated": recorded},
         "type": event_type,
         "subtype": subtype,
-        "action": action,
-        "recorded": crate::model::resource::format_instant(recorded),
+        "action": occurrence.activity.action(),
+        "recorded": recorded,
         "outcome": occurrence.outcome.code(),
         "agent": agents(&occurrence.who, base_url),
         "source": {
@@ -229,21 +397,11 @@ pub fn audit_event(occurrence: &Occurrence<'_>, base_url: &str) -> NewAuditEvent
     if let Outcome::ClientFailure(why) = &occurrence.outcome {
         event["outcomeDesc"] = json!(why);
     }
-    let entities = entities(occurrence, &patients);
+    let entities = entities(occurrence, &occurrence.patients);
     if !entities.is_empty() {
         event["entity"] = Value::Array(entities);
     }
-    NewAuditEvent {
-        body: serde_json::to_vec(&event).unwrap_or_default(),
-        id,
-        recorded,
-        action: action.to_string(),
-        outcome: occurrence.outcome.code().to_string(),
-        agent: occurrence.who.user.clone(),
-        client_id: occurrence.who.client_id.clone(),
-        request_id: occurrence.request_id.map(str::to_string),
-        patients,
-    }
+    event
 }
 
 fn coding(system: &str, code: &str, display: &str) -> Value {
@@ -423,6 +581,26 @@ mod tests {
     }
 
     #[test]
+    fn every_kind_of_activity_renders_from_its_record() {
+        let activities = [
+            Activity::Rest("search-type"),
+            Activity::Operation("$everything".into()),
+            Activity::Security(SecurityEvent::PasswordReset),
+        ];
+        for activity in activities {
+            let mut occurred = occurrence(activity.clone());
+            occurred.outcome = Outcome::client_failure("refused".into());
+            let row = audit_event(&occurred);
+            let event: Value = serde_json::from_slice(&render(&row.body, "http://h/fhir").unwrap()).unwrap();
+            let (event_type, subtype) = activity.type_and_subtype();
+            assert_eq!((&event["type"], &event["subtype"]), (&event_type, &json!(subtype)));
+            assert_eq!((event["id"].as_str(), event["outcomeDesc"].as_str()), (Some(row.id.as_str()), Some("refused")));
+            assert_eq!(event["action"], activity.action());
+        }
+        assert!(render(br#"{"id":"x","activity":{"rest":"nonsense"}}"#, "http://h/fhir").is_none());
+    }
+
+    #[test]
     fn actions_follow_the_interaction() {
         assert_eq!(Activity::Rest("read").action(), "R");
         assert_eq!(Activity::Rest("create").action(), "C");
@@ -434,8 +612,8 @@ mod tests {
 
     #[test]
     fn an_event_names_its_patients_once_and_its_request() {
-        let row = audit_event(&occurrence(Activity::Rest("read")), "http://h/fhir");
-        let event: Value = serde_json::from_slice(&row.body).unwrap();
+        let row = audit_event(&occurrence(Activity::Rest("read")));
+        let event: Value = serde_json::from_slice(&render(&row.body, "http://h/fhir").unwrap()).unwrap();
         assert_eq!(event["subtype"][0]["code"], "read");
         assert_eq!(event["action"], "R");
         let entities = event["entity"].as_array().unwrap();
@@ -467,7 +645,8 @@ mod tests {
             client_id: Some("app".into()),
         };
         stranger.patients = vec!["p1".into()];
-        let event: Value = serde_json::from_slice(&audit_event(&stranger, "http://h/fhir").body).unwrap();
+        let event: Value =
+            serde_json::from_slice(&render(&audit_event(&stranger).body, "http://h/fhir").unwrap()).unwrap();
         let shown = shown_to_patient(event, &["p1".into()], Some("Patient/p1")).to_string();
         for hidden in ["Patient/p2", "bob", "Bob Stranger", "jti-of-bob"] {
             assert!(!shown.contains(hidden), "{hidden} in {shown}");
@@ -480,7 +659,8 @@ mod tests {
             username: Some("house".into()),
             ..Who::default()
         };
-        let event: Value = serde_json::from_slice(&audit_event(&doctor, "http://h/fhir").body).unwrap();
+        let event: Value =
+            serde_json::from_slice(&render(&audit_event(&doctor).body, "http://h/fhir").unwrap()).unwrap();
         let shown = shown_to_patient(event, &["p1".into(), "p2".into()], Some("Patient/p1"));
         assert_eq!(shown["agent"][0]["who"]["reference"], "Practitioner/d", "staff are named");
         assert_eq!(shown["agent"][0]["who"]["display"], "Gregory House");

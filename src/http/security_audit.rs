@@ -45,7 +45,7 @@ pub(super) async fn record(
         query: None,
         patients: Vec::new(),
     };
-    let recorded = balp::audit_event(&occurrence, &state.service.config().base_url);
+    let recorded = balp::audit_event(&occurrence);
     // By now the request has had its effect (a code used up, a session begun): answering
     // otherwise would have the client retry it, so a record that fails is logged instead.
     if let Err(error) = state.service.recorder().record(recorded).await {

@@ -89,13 +89,12 @@ impl Workflow for AuditTrailTx {
         if self.changes.is_empty() || !self.service.config.audit.record {
             return Ok(());
         }
-        let base_url = &self.service.config.base_url;
         let who = self.service.named(Who::of(&self.access)).await;
         let requested = self.trail.as_ref().map(|trail| trail.activity.clone());
         let events = match requested {
             Some(operation @ Activity::Operation(_)) => {
                 let changes: Vec<&Change> = self.changes.iter().collect();
-                vec![balp::audit_event(&self.occurrence(&who, operation, &changes), base_url)]
+                vec![balp::audit_event(&self.occurrence(&who, operation, &changes))]
             }
             requested => self
                 .changes
@@ -106,7 +105,7 @@ impl Workflow for AuditTrailTx {
                         (Some(Activity::Rest("patch")), "update") => "patch",
                         (_, interaction) => interaction,
                     };
-                    balp::audit_event(&self.occurrence(&who, Activity::Rest(interaction), &[change]), base_url)
+                    balp::audit_event(&self.occurrence(&who, Activity::Rest(interaction), &[change]))
                 })
                 .collect(),
         };

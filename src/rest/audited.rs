@@ -49,7 +49,7 @@ impl FhirService {
             query,
             patients,
         };
-        match self.recorder.record(balp::audit_event(&occurrence, &self.config.base_url)).await {
+        match self.recorder.record(balp::audit_event(&occurrence)).await {
             Ok(()) => outcome,
             Err(error) if trail.written() => {
                 tracing::error!(%error, "the AuditEvent of a bundle whose writes committed could not be recorded");
@@ -78,7 +78,7 @@ impl FhirService {
             query: None,
             patients: Vec::new(),
         };
-        if let Err(error) = self.recorder.record(balp::audit_event(&occurrence, &self.config.base_url)).await {
+        if let Err(error) = self.recorder.record(balp::audit_event(&occurrence)).await {
             tracing::error!(%error, "the AuditEvent of a refused request could not be recorded");
         }
     }

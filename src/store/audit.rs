@@ -1,5 +1,5 @@
-//! Storage of the audit log (ADR 19): AuditEvents in a table of their own (`audit_events`, the
-//! JSON as served), the patients each one is about (`audit_patients`, the patient's access
+//! Storage of the audit log (ADR 19): AuditEvents in a table of their own (`audit_events`, each
+//! event's record, rendered as BALP JSON when read: ADR 21), the patients each one is about (`audit_patients`, the patient's access
 //! log), and the hash chain that seals them (`audit_chain` holds its head and the anchor that
 //! retention leaves). Events are recorded by a write transaction ([`super::StoreTx::record_audit`]);
 //! sealing and retention lock the chain's head row, so one runs at a time on any number of nodes.
@@ -24,7 +24,8 @@ pub struct NewAuditEvent {
     pub request_id: Option<String>,
     /// The patients (ids) whose data it disclosed or changed, each once.
     pub patients: Vec<String>,
-    /// The AuditEvent JSON as it is served.
+    /// What is stored of the event (its record: `audit::balp::render` makes the AuditEvent of
+    /// it); what the hash chain seals.
     pub body: Vec<u8>,
 }
 
