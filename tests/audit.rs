@@ -405,9 +405,23 @@ async fn verify_checks_what_searches_read_and_retention_keeps_the_chain(db: Db) 
     assert!(all_events(&server).await.len() >= 6);
     let store = hearth::store::open_shared(&server.database_url).await.unwrap();
     hearth::audit::chain::seal(store.as_ref()).await.unwrap();
+    // A spool committed again after a crash: what is on record is skipped, and the chain
+    // gets no gap and no position twice.
+    let spooled = hearth::audit::balp::audit_event(&hearth::audit::Occurrence {
+        activity: hearth::audit::Activity::Rest("read"),
+        outcome: hearth::audit::Outcome::Success,
+        who: Default::default(),
+        request_id: Some("v-again"),
+        data: vec!["Patient/ana".into()],
+        query: None,
+        patients: vec!["ana".into()],
+    });
+    let link = hearth::audit::chain::link_hash;
+    assert_eq!(store.record_sealed_audit(std::slice::from_ref(&spooled), link).await.unwrap(), 1);
+    assert_eq!(store.record_sealed_audit(&[spooled], link).await.unwrap(), 0);
     let intact = hearth::audit::chain::verify(store.as_ref()).await.unwrap();
     assert_eq!(intact.first_break, None);
-    assert!(intact.checked >= 6);
+    assert!(intact.checked >= 7);
 
     // The patient's log is read through audit_patients: a row removed there hides an event.
     let removed = execute(

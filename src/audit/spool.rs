@@ -97,12 +97,11 @@ fn events_in(bytes: &[u8], file: &Path) -> (Vec<NewAuditEvent>, usize) {
     (events, end)
 }
 
-/// Commits `events` (already on record ones skipped), a transaction per [`EVENTS_PER_COMMIT`].
+/// Commits `events` (already on record ones skipped), sealed into the hash chain as they are
+/// inserted (no second write of each row to seal it), a transaction per [`EVENTS_PER_COMMIT`].
 async fn commit(store: &dyn Store, events: &[NewAuditEvent]) -> crate::store::StoreResult<()> {
     for events in events.chunks(EVENTS_PER_COMMIT) {
-        let mut tx = store.begin().await?;
-        tx.record_audit(events).await?;
-        tx.commit().await?;
+        store.record_sealed_audit(events, super::chain::link_hash).await?;
     }
     Ok(())
 }

@@ -77,7 +77,7 @@ pub struct ChainEnds {
     pub head_position: i64,
 }
 
-/// AuditEvents inserted by one statement (8 values each; SQLite takes at most 32,766).
+/// AuditEvents inserted by one statement (10 values each; SQLite takes at most 32,766).
 pub const AUDIT_ROWS_PER_STATEMENT: usize = 500;
 
 /// The hash of a link: of the hash before it, its position and its body.
@@ -99,6 +99,9 @@ pub trait AuditStore: Send + Sync {
     /// Removes the sealed events before the first one recorded at or after `before`, at most
     /// `limit`: a prefix of the chain, whose last hash becomes the anchor; how many it removed.
     async fn forget_audit(&self, before: OffsetDateTime, limit: usize) -> StoreResult<usize>;
+    /// Records `events` sealed into the chain as they are inserted, in one transaction (a
+    /// spool's batch, ADR 21), but those whose id is on record; how many it recorded.
+    async fn record_sealed_audit(&self, events: &[NewAuditEvent], link: LinkHash) -> StoreResult<usize>;
     /// The database's own name, which the nodes' audit spools carry (ADR 21).
     async fn audit_database_id(&self) -> StoreResult<String>;
 }
@@ -135,6 +138,68 @@ macro_rules! audit_store {
                 row.try_get("anchor_pos")?,
                 row.try_get("anchor_hash")?,
             ))
+        }
+
+        /// Moves the chain's head (locked by [`lock_chain`]) to `position` and `hash`, and commits.
+        async fn commit_chain_head(
+            mut tx: sqlx::Transaction<'_, $db>,
+            position: i64,
+            hash: &str,
+        ) -> $crate::store::StoreResult<()> {
+            sqlx::query("UPDATE audit_chain SET head_pos = $1, head_hash = $2 WHERE id = 1")
+                .bind(position)
+                .bind(hash)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await.map_err($crate::store::sql::classify)
+        }
+
+        /// Inserts `events` (at most [`AUDIT_ROWS_PER_STATEMENT`]), sealed at `links` (position
+        /// and hash of each) when given, and their patients; an event whose id is on record is
+        /// skipped.
+        async fn insert_audit(
+            conn: &mut <$db as sqlx::Database>::Connection,
+            events: &[&$crate::store::audit::NewAuditEvent],
+            links: Option<&[(i64, String)]>,
+        ) -> $crate::store::StoreResult<()> {
+            use sqlx::Row;
+            let mut qb = sqlx::QueryBuilder::<$db>::new(
+                "INSERT INTO audit_events \
+                 (id, recorded, action, outcome, agent, client_id, request_id, body, chain_pos, hash) ",
+            );
+            qb.push_values(events.iter().enumerate(), |mut row, (n, event)| {
+                let link = links.map(|links| &links[n]);
+                row.push_bind(event.id.clone())
+                    .push_bind($crate::store::sql::to_micros(event.recorded))
+                    .push_bind(event.action.clone())
+                    .push_bind(event.outcome.clone())
+                    .push_bind(event.agent.clone())
+                    .push_bind(event.client_id.clone())
+                    .push_bind(event.request_id.clone())
+                    .push_bind(event.body.clone())
+                    .push_bind(link.map(|(position, _)| *position))
+                    .push_bind(link.map(|(_, hash)| hash.clone()));
+            });
+            qb.push(" ON CONFLICT (id) DO NOTHING RETURNING id, seq");
+            let rows = qb.build().fetch_all(&mut *conn).await.map_err($crate::store::sql::classify)?;
+            let mut seqs = std::collections::HashMap::with_capacity(rows.len());
+            for row in &rows {
+                seqs.insert(row.try_get::<String, _>("id")?, row.try_get::<i64, _>("seq")?);
+            }
+            let mut patients: Vec<(&str, i64)> = Vec::new();
+            for event in events {
+                if let Some(&seq) = seqs.get(&event.id) {
+                    patients.extend(event.patients.iter().map(|patient| (patient.as_str(), seq)));
+                }
+            }
+            for patients in patients.chunks(AUDIT_ROWS_PER_STATEMENT * 4) {
+                let mut qb = sqlx::QueryBuilder::<$db>::new("INSERT INTO audit_patients (patient_id, seq) ");
+                qb.push_values(patients, |mut row, (patient, seq)| {
+                    row.push_bind(patient.to_string()).push_bind(*seq);
+                });
+                qb.build().execute(&mut *conn).await.map_err($crate::store::sql::classify)?;
+            }
+            Ok(())
         }
 
         #[async_trait::async_trait]
@@ -240,12 +305,7 @@ macro_rules! audit_store {
                         .execute(&mut *tx)
                         .await?;
                 }
-                sqlx::query("UPDATE audit_chain SET head_pos = $1, head_hash = $2 WHERE id = 1")
-                    .bind(position)
-                    .bind(&hash)
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await.map_err($crate::store::sql::classify)?;
+                commit_chain_head(tx, position, &hash).await?;
                 Ok(rows.len())
             }
 
@@ -353,6 +413,48 @@ macro_rules! audit_store {
                 Ok(removed as usize)
             }
 
+            async fn record_sealed_audit(
+                &self,
+                events: &[$crate::store::audit::NewAuditEvent],
+                link: $crate::store::audit::LinkHash,
+            ) -> $crate::store::StoreResult<usize> {
+                use sqlx::Row;
+                let mut tx = self.writers.begin().await.map_err($crate::store::sql::classify)?;
+                // Those on record already (a spool committed again after a crash) keep their
+                // place in the chain: no position is given twice, none left out.
+                let mut known = std::collections::HashSet::new();
+                for ids in events.chunks(AUDIT_ROWS_PER_STATEMENT) {
+                    let mut qb = sqlx::QueryBuilder::<$db>::new("SELECT id FROM audit_events WHERE id IN (");
+                    let mut list = qb.separated(", ");
+                    for event in ids {
+                        list.push_bind(event.id.clone());
+                    }
+                    qb.push(")");
+                    for row in qb.build().fetch_all(&mut *tx).await? {
+                        known.insert(row.try_get::<String, _>("id")?);
+                    }
+                }
+                let fresh: Vec<&$crate::store::audit::NewAuditEvent> =
+                    events.iter().filter(|event| !known.contains(&event.id)).collect();
+                if fresh.is_empty() {
+                    return Ok(0);
+                }
+                let (mut position, mut hash, _, _) = lock_chain(&mut tx).await?;
+                for events in fresh.chunks(AUDIT_ROWS_PER_STATEMENT) {
+                    let links: Vec<(i64, String)> = events
+                        .iter()
+                        .map(|event| {
+                            position += 1;
+                            hash = link(&hash, position, &event.body);
+                            (position, hash.clone())
+                        })
+                        .collect();
+                    insert_audit(&mut *tx, events, Some(&links)).await?;
+                }
+                commit_chain_head(tx, position, &hash).await?;
+                Ok(fresh.len())
+            }
+
             async fn audit_database_id(&self) -> $crate::store::StoreResult<String> {
                 Ok(sqlx::query_scalar("SELECT database_id FROM audit_chain WHERE id = 1")
                     .fetch_one(&self.readers)
@@ -368,45 +470,11 @@ macro_rules! audit_store {
                 &mut self,
                 events: &[$crate::store::audit::NewAuditEvent],
             ) -> $crate::store::StoreResult<()> {
-                use sqlx::Row;
-                if events.is_empty() {
-                    return Ok(());
-                }
                 // In chunks that stay below SQLite's limit of bound values per statement.
                 for events in events.chunks(AUDIT_ROWS_PER_STATEMENT) {
                     let conn = self.write_conn(true).await?;
-                    let mut qb = sqlx::QueryBuilder::<$db>::new(
-                        "INSERT INTO audit_events (id, recorded, action, outcome, agent, client_id, request_id, body) ",
-                    );
-                    qb.push_values(events, |mut row, event| {
-                        row.push_bind(event.id.clone())
-                            .push_bind($crate::store::sql::to_micros(event.recorded))
-                            .push_bind(event.action.clone())
-                            .push_bind(event.outcome.clone())
-                            .push_bind(event.agent.clone())
-                            .push_bind(event.client_id.clone())
-                            .push_bind(event.request_id.clone())
-                            .push_bind(event.body.clone());
-                    });
-                    qb.push(" ON CONFLICT (id) DO NOTHING RETURNING id, seq");
-                    let rows = qb.build().fetch_all(&mut *conn).await.map_err($crate::store::sql::classify)?;
-                    let mut seqs = std::collections::HashMap::with_capacity(rows.len());
-                    for row in &rows {
-                        seqs.insert(row.try_get::<String, _>("id")?, row.try_get::<i64, _>("seq")?);
-                    }
-                    let mut patients: Vec<(&str, i64)> = Vec::new();
-                    for event in events {
-                        if let Some(&seq) = seqs.get(&event.id) {
-                            patients.extend(event.patients.iter().map(|patient| (patient.as_str(), seq)));
-                        }
-                    }
-                    for patients in patients.chunks(AUDIT_ROWS_PER_STATEMENT * 4) {
-                        let mut qb = sqlx::QueryBuilder::<$db>::new("INSERT INTO audit_patients (patient_id, seq) ");
-                        qb.push_values(patients, |mut row, (patient, seq)| {
-                            row.push_bind(patient.to_string()).push_bind(*seq);
-                        });
-                        qb.build().execute(&mut *conn).await.map_err($crate::store::sql::classify)?;
-                    }
+                    let events: Vec<&$crate::store::audit::NewAuditEvent> = events.iter().collect();
+                    insert_audit(conn, &events, None).await?;
                 }
                 Ok(())
             }
