@@ -1,5 +1,6 @@
-//! The hash chain over the audit log (ADR 19): sealing gives each recorded event, in
-//! recording order, the next position and `SHA-256(previous hash, position, body)`; a change to
+//! The hash chain over the audit log (ADR 19): sealing gives each recorded event the next
+//! position and `SHA-256(previous hash, position, body)` (a spool's batch as it is inserted,
+//! ADR 21; the events of writes, in recording order, within a second); a change to
 //! a sealed event's body, a removed event or a cut end shows when the chain is walked again
 //! (`hearth audit verify`). Retention removes a prefix and keeps its last hash as the anchor
 //! the walk starts from.

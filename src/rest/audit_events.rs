@@ -132,7 +132,10 @@ impl FhirService {
     /// for the AuditEvent of this very request (reading the log is audited too, as being about
     /// the patients the caller was shown).
     fn shown(&self, access: &Access, reach: &Reach, event: StoredAuditEvent) -> Option<Shown> {
-        let rendered = balp::render(&event.body, &self.config.base_url)?;
+        let Some(rendered) = balp::render(&event.body, &self.config.base_url) else {
+            tracing::error!(seq = event.seq, "a stored AuditEvent cannot be rendered; it is left out");
+            return None;
+        };
         let content: Value = serde_json::from_slice(&rendered).ok()?;
         let id = content.get("id")?.as_str()?.to_string();
         let recorded = content.get("recorded").and_then(Value::as_str).and_then(crate::model::resource::parse_instant);

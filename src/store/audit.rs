@@ -156,12 +156,12 @@ macro_rules! audit_store {
 
         /// Inserts `events` (at most [`AUDIT_ROWS_PER_STATEMENT`]), sealed at `links` (position
         /// and hash of each) when given, and their patients; an event whose id is on record is
-        /// skipped.
+        /// skipped. How many it inserted.
         async fn insert_audit(
             conn: &mut <$db as sqlx::Database>::Connection,
             events: &[&$crate::store::audit::NewAuditEvent],
             links: Option<&[(i64, String)]>,
-        ) -> $crate::store::StoreResult<()> {
+        ) -> $crate::store::StoreResult<usize> {
             use sqlx::Row;
             let mut qb = sqlx::QueryBuilder::<$db>::new(
                 "INSERT INTO audit_events \
@@ -199,7 +199,7 @@ macro_rules! audit_store {
                 });
                 qb.build().execute(&mut *conn).await.map_err($crate::store::sql::classify)?;
             }
-            Ok(())
+            Ok(seqs.len())
         }
 
         #[async_trait::async_trait]
@@ -420,8 +420,13 @@ macro_rules! audit_store {
             ) -> $crate::store::StoreResult<usize> {
                 use sqlx::Row;
                 let mut tx = self.writers.begin().await.map_err($crate::store::sql::classify)?;
-                // Those on record already (a spool committed again after a crash) keep their
-                // place in the chain: no position is given twice, none left out.
+                // Locked first: a write from the start (SQLite waits for its writer lock rather
+                // than failing on a snapshot gone stale), and what is on record is then all
+                // that any other sealer committed.
+                let (mut position, mut hash, _, _) = lock_chain(&mut tx).await?;
+                // Those on record already (a spool committed again after a crash), or twice in
+                // the batch, keep their one place in the chain: no position is given twice,
+                // none left out.
                 let mut known = std::collections::HashSet::new();
                 for ids in events.chunks(AUDIT_ROWS_PER_STATEMENT) {
                     let mut qb = sqlx::QueryBuilder::<$db>::new("SELECT id FROM audit_events WHERE id IN (");
@@ -435,11 +440,10 @@ macro_rules! audit_store {
                     }
                 }
                 let fresh: Vec<&$crate::store::audit::NewAuditEvent> =
-                    events.iter().filter(|event| !known.contains(&event.id)).collect();
+                    events.iter().filter(|event| known.insert(event.id.clone())).collect();
                 if fresh.is_empty() {
                     return Ok(0);
                 }
-                let (mut position, mut hash, _, _) = lock_chain(&mut tx).await?;
                 for events in fresh.chunks(AUDIT_ROWS_PER_STATEMENT) {
                     let links: Vec<(i64, String)> = events
                         .iter()
@@ -449,7 +453,11 @@ macro_rules! audit_store {
                             (position, hash.clone())
                         })
                         .collect();
-                    insert_audit(&mut *tx, events, Some(&links)).await?;
+                    let inserted = insert_audit(&mut *tx, events, Some(&links)).await?;
+                    if inserted != links.len() {
+                        // Committed meanwhile by another: the chain would have a gap.
+                        return Err($crate::store::StoreError::Conflict);
+                    }
                 }
                 commit_chain_head(tx, position, &hash).await?;
                 Ok(fresh.len())
