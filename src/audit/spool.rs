@@ -350,6 +350,8 @@ fn remove_abandoned(path: &Path) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     fn event(id: &str) -> NewAuditEvent {
@@ -374,6 +376,26 @@ mod tests {
         let (events, used) = events_in(&bytes, Path::new("test"));
         assert_eq!(used, bytes.len());
         assert_eq!(events, vec![event("1"), event("2")]);
+    }
+
+    #[test]
+    fn a_directory_others_may_write_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let refused = Spool::create(dir.path(), "db").err().expect("refused");
+        assert_eq!(refused.kind(), std::io::ErrorKind::PermissionDenied);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing left behind");
+    }
+
+    #[test]
+    fn a_closed_spool_takes_no_append_and_an_empty_one_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::create(&dir.path().join("spool"), "db").unwrap();
+        let mode = std::fs::metadata(&spool.path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "readable by the server's user alone");
+        spool.close();
+        assert!(!spool.path.exists());
+        assert!(spool.append(&event("1")).is_err());
     }
 
     #[test]
