@@ -128,6 +128,7 @@ async fn main() -> anyhow::Result<()> {
                 ..Settings::new(&base_url)
             };
             let hearth = Hearth::open(&cli.database, settings).await?;
+            hearth.service().recorder().start().await.map_err(|error| anyhow::anyhow!("the audit spool: {error}"))?;
             let listener = tokio::net::TcpListener::bind(listen).await?;
             tracing::info!(%listen, fhir_base = %format!("{base_url}/fhir"), "Hearth is serving");
             hearth.serve(listener).await?;

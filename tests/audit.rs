@@ -450,6 +450,41 @@ async fn verify_checks_what_searches_read_and_retention_keeps_the_chain(db: Db) 
     assert!(left.len() < everything, "the removed events are gone from searches");
 }
 
+/// A spool directory others may write (they could read the events, remove them or plant
+/// forged ones) stops `hearth serve` at start-up, saying which directory.
+#[tokio::test]
+async fn a_spool_directory_others_may_write_stops_the_server() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let database = format!("sqlite://{}", dir.path().join("hearth.db").display());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hearth"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--database", &database, "--auth", "off"])
+        .args(["--audit-spool-dir", shared.to_str().unwrap()])
+        .env("RUST_LOG", "off")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("hearth serve kept running with a spool directory others may write");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut said).unwrap();
+    assert!(!status.success());
+    assert!(said.contains(shared.to_str().unwrap()) && said.contains("writable by it alone"), "{said}");
+}
+
 /// Read events of a killed node wait in its spool for the next node of the same database;
 /// a node of another database spooling in the same directory leaves them alone.
 async fn a_stopped_nodes_spool_is_committed_by_the_next_node_of_its_database(db: Db) {

@@ -54,14 +54,13 @@ impl Recorder {
     }
 
     /// Starts spooling now: the spools stopped nodes left are committed without waiting for a
-    /// first event.
-    pub async fn start(&self) {
+    /// first event. An error if the spool cannot be made (a directory others may write, a full
+    /// disk): `hearth serve` stops there rather than answer every read with a 500.
+    pub async fn start(&self) -> StoreResult<()> {
         if self.dir.is_none() {
-            return;
+            return Ok(());
         }
-        if let Err(error) = self.spool().await {
-            tracing::error!(%error, "cannot start the audit spool");
-        }
+        self.spool().await.map(|_| ())
     }
 
     /// Records `event`; once this returns, the event will be committed even if the process

@@ -46,7 +46,11 @@ impl FhirService {
             self.clone().run_delivery_workers(),
             self.clone().run_reminders(),
             self.clone().run_audit_chain(),
-            recorder.start(),
+            async {
+                if let Err(error) = recorder.start().await {
+                    tracing::error!(%error, "cannot start the audit spool");
+                }
+            },
             self.watch_stored_definitions()
         );
     }
