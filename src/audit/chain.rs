@@ -123,8 +123,7 @@ async fn moved_anchor(store: &dyn Store, walk: &mut Verification, position: i64)
 /// are not in the hash; they must agree with what is).
 fn disagreement(link: &ChainLink) -> Option<String> {
     // The base URL rendered into the event is none of the columns'.
-    let event = super::balp::render(&link.body, "").and_then(|json| serde_json::from_slice::<Value>(&json).ok());
-    let Some(event) = event else {
+    let Some(event) = super::balp::render(&link.body, "") else {
         return Some("the event's content is not an AuditEvent".into());
     };
     let recorded = event.get("recorded").and_then(Value::as_str).and_then(crate::model::resource::parse_instant);

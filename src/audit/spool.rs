@@ -156,12 +156,19 @@ struct Appended {
     closed: bool,
 }
 
+impl Appended {
+    /// Bytes ever appended (the count `committed` is kept in).
+    fn total(&self) -> u64 {
+        self.emptied + self.len
+    }
+}
+
 /// This node's spool file.
 pub struct Spool {
     path: PathBuf,
     file: Arc<File>,
     appended: Mutex<Appended>,
-    /// Bytes ever appended that are committed (counted like `emptied + len`); none before the
+    /// Bytes ever appended that are committed (counted like [`Appended::total`]); none before the
     /// mover's first round (which commits the spools of stopped nodes first).
     committed: tokio::sync::watch::Sender<Option<u64>>,
     /// Asks the mover to commit now rather than at its next round.
@@ -221,10 +228,7 @@ impl Spool {
     /// Waits until everything appended so far is committed (and the spools of stopped nodes
     /// found at start-up).
     pub async fn flush(&self) {
-        let target = {
-            let appended = self.appended.lock().unwrap_or_else(PoisonError::into_inner);
-            appended.emptied + appended.len
-        };
+        let target = self.appended.lock().unwrap_or_else(PoisonError::into_inner).total();
         let mut committed = self.committed.subscribe();
         self.urgent.notify_one();
         let _ = committed.wait_for(|committed| committed.is_some_and(|committed| committed >= target)).await;
@@ -251,8 +255,8 @@ impl Spool {
 
     /// Bytes appended and not yet committed.
     pub fn backlog(&self) -> u64 {
-        let appended = self.appended.lock().unwrap_or_else(PoisonError::into_inner);
-        (appended.emptied + appended.len).saturating_sub(self.committed.borrow().unwrap_or(0))
+        let appended = self.appended.lock().unwrap_or_else(PoisonError::into_inner).total();
+        appended.saturating_sub(self.committed.borrow().unwrap_or(0))
     }
 
     /// Takes no more appends (a node stopping), and removes the file if everything in it is

@@ -132,15 +132,14 @@ impl FhirService {
     /// for the AuditEvent of this very request (reading the log is audited too, as being about
     /// the patients the caller was shown).
     fn shown(&self, access: &Access, reach: &Reach, event: StoredAuditEvent) -> Option<Shown> {
-        let Some(rendered) = balp::render(&event.body, &self.config.base_url) else {
+        let Some(content) = balp::render(&event.body, &self.config.base_url) else {
             tracing::error!(seq = event.seq, "a stored AuditEvent cannot be rendered; it is left out");
             return None;
         };
-        let content: Value = serde_json::from_slice(&rendered).ok()?;
         let id = content.get("id")?.as_str()?.to_string();
         let recorded = content.get("recorded").and_then(Value::as_str).and_then(crate::model::resource::parse_instant);
         let body: Bytes = match reach {
-            Reach::Every => rendered.into(),
+            Reach::Every => serde_json::to_vec(&content).ok()?.into(),
             Reach::Patients(patients, rule) => {
                 // Judged on the event as stored, by the index rows its rule looks at.
                 let rows =
