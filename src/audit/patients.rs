@@ -29,6 +29,23 @@ pub fn in_rows(resource_type: &str, id: &str, rows: &IndexRows) -> Vec<String> {
 /// The patients a stored resource (its JSON bytes) belongs to (see [`in_rows`]); none when
 /// it does not parse.
 pub fn of_stored(registry: &Registry, base_url: &str, body: &[u8]) -> Vec<String> {
+    /// What decides whether the whole resource must be parsed: a Patient is its own patient,
+    /// and a type outside the Patient compartment belongs to none (most reads are one or the
+    /// other, and a full parse costs more than the rest of recording the read).
+    #[derive(serde::Deserialize)]
+    struct Head<'a> {
+        #[serde(rename = "resourceType", borrow)]
+        resource_type: std::borrow::Cow<'a, str>,
+        #[serde(borrow)]
+        id: Option<std::borrow::Cow<'a, str>>,
+    }
+    let Ok(head) = serde_json::from_slice::<Head>(body) else { return Vec::new() };
+    if head.resource_type == "Patient" {
+        return head.id.map(|id| vec![id.into_owned()]).unwrap_or_default();
+    }
+    if crate::search::compartment::params("Patient", &head.resource_type).is_none() {
+        return Vec::new();
+    }
     serde_json::from_slice::<Value>(body)
         .map_or_else(|_| Vec::new(), |resource| of_resource(registry, base_url, &resource))
 }
@@ -61,5 +78,19 @@ mod tests {
         assert_eq!(of_resource(registry, "http://h/fhir", &encounter), ["c"]);
         assert_eq!(of_resource(registry, "http://h/fhir", &json!({"resourceType": "Patient", "id": "d"})), ["d"]);
         assert!(of_resource(registry, "http://h/fhir", &json!({"resourceType": "Practitioner", "id": "p"})).is_empty());
+    }
+
+    #[test]
+    fn a_stored_resource_is_parsed_whole_only_when_its_compartment_needs_it() {
+        let registry = Registry::standard();
+        let stored = |value: Value| serde_json::to_vec(&value).unwrap();
+        let patient = stored(json!({"resourceType": "Patient", "id": "d", "name": [{"family": "X"}]}));
+        assert_eq!(of_stored(registry, "http://h/fhir", &patient), ["d"]);
+        let observation = stored(json!({"resourceType": "Observation", "id": "o", "status": "final",
+            "code": {"text": "x"}, "subject": {"reference": "Patient/a"}}));
+        assert_eq!(of_stored(registry, "http://h/fhir", &observation), ["a"]);
+        let organization = stored(json!({"resourceType": "Organization", "id": "org", "name": "Clinic"}));
+        assert!(of_stored(registry, "http://h/fhir", &organization).is_empty());
+        assert!(of_stored(registry, "http://h/fhir", b"not json").is_empty());
     }
 }

@@ -48,9 +48,11 @@ struct Line<'a> {
     #[serde(borrow)]
     request_id: Option<Cow<'a, str>>,
     patients: Cow<'a, [String]>,
-    /// The AuditEvent JSON, byte for byte.
-    #[serde(borrow)]
-    body: &'a RawValue,
+    /// The event's record JSON, byte for byte: written after the other fields by [`line_of`]
+    /// (the record was serialised by us a moment before; checking it again as a `RawValue`
+    /// would parse every event once more).
+    #[serde(borrow, skip_serializing)]
+    body: Option<&'a RawValue>,
 }
 
 /// `event` as a spool line, newline included.
@@ -64,10 +66,13 @@ fn line_of(event: &NewAuditEvent) -> serde_json::Result<Vec<u8>> {
         client_id: event.client_id.as_deref().map(Cow::Borrowed),
         request_id: event.request_id.as_deref().map(Cow::Borrowed),
         patients: Cow::Borrowed(&event.patients),
-        body: serde_json::from_slice(&event.body)?,
+        body: None,
     };
     let mut bytes = serde_json::to_vec(&line)?;
-    bytes.push(b'\n');
+    bytes.pop(); // the closing brace
+    bytes.extend_from_slice(b",\"body\":");
+    bytes.extend_from_slice(&event.body);
+    bytes.extend_from_slice(b"}\n");
     Ok(bytes)
 }
 
@@ -79,7 +84,10 @@ fn events_in(bytes: &[u8], file: &Path) -> (Vec<NewAuditEvent>, usize) {
     let mut events = Vec::new();
     for text in bytes[..end].split(|&b| b == b'\n').filter(|text| !text.is_empty()) {
         match serde_json::from_slice::<Line>(text) {
-            Ok(line) => events.push(NewAuditEvent {
+            Ok(Line { body: None, .. }) => {
+                tracing::error!(file = %file.display(), "an AuditEvent in a spool has no record")
+            }
+            Ok(line @ Line { body: Some(body), .. }) => events.push(NewAuditEvent {
                 id: line.id.into_owned(),
                 recorded: time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(line.recorded) * 1_000)
                     .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
@@ -89,7 +97,7 @@ fn events_in(bytes: &[u8], file: &Path) -> (Vec<NewAuditEvent>, usize) {
                 client_id: line.client_id.map(Cow::into_owned),
                 request_id: line.request_id.map(Cow::into_owned),
                 patients: line.patients.into_owned(),
-                body: line.body.get().as_bytes().to_vec(),
+                body: body.get().as_bytes().to_vec(),
             }),
             Err(error) => tracing::error!(%error, file = %file.display(), "an AuditEvent in a spool is unreadable"),
         }
