@@ -39,12 +39,13 @@ pub fn of_stored(registry: &Registry, base_url: &str, body: &[u8]) -> Vec<String
         #[serde(borrow)]
         id: Option<std::borrow::Cow<'a, str>>,
     }
-    let Ok(head) = serde_json::from_slice::<Head>(body) else { return Vec::new() };
-    if head.resource_type == "Patient" {
-        return head.id.map(|id| vec![id.into_owned()]).unwrap_or_default();
-    }
-    if crate::search::compartment::params("Patient", &head.resource_type).is_none() {
-        return Vec::new();
+    if let Ok(head) = serde_json::from_slice::<Head>(body) {
+        if head.resource_type == "Patient" {
+            return head.id.map(|id| vec![id.into_owned()]).unwrap_or_default();
+        }
+        if crate::search::compartment::params("Patient", &head.resource_type).is_none() {
+            return Vec::new();
+        }
     }
     serde_json::from_slice::<Value>(body)
         .map_or_else(|_| Vec::new(), |resource| of_resource(registry, base_url, &resource))
@@ -81,7 +82,7 @@ mod tests {
     }
 
     #[test]
-    fn a_stored_resource_is_parsed_whole_only_when_its_compartment_needs_it() {
+    fn a_stored_resource_belongs_to_the_same_patients_as_the_resource() {
         let registry = Registry::standard();
         let stored = |value: Value| serde_json::to_vec(&value).unwrap();
         let patient = stored(json!({"resourceType": "Patient", "id": "d", "name": [{"family": "X"}]}));
@@ -92,5 +93,10 @@ mod tests {
         let organization = stored(json!({"resourceType": "Organization", "id": "org", "name": "Clinic"}));
         assert!(of_stored(registry, "http://h/fhir", &organization).is_empty());
         assert!(of_stored(registry, "http://h/fhir", b"not json").is_empty());
+        let escaped = br#"{"resourceType":"Pati\u0065nt","id":"e"}"#;
+        assert_eq!(of_stored(registry, "http://h/fhir", escaped), ["e"]);
+        let numeric_id = stored(json!({"resourceType": "Observation", "id": 7, "status": "final",
+            "code": {"text": "x"}, "subject": {"reference": "Patient/a"}}));
+        assert_eq!(of_stored(registry, "http://h/fhir", &numeric_id), ["a"], "an odd head falls back to the whole");
     }
 }

@@ -55,8 +55,12 @@ struct Line<'a> {
     body: Option<&'a RawValue>,
 }
 
-/// `event` as a spool line, newline included.
-fn line_of(event: &NewAuditEvent) -> serde_json::Result<Vec<u8>> {
+/// `event` as a spool line, newline included; an error for a record that is not a JSON object
+/// (which a reader could not take back).
+fn line_of(event: &NewAuditEvent) -> std::io::Result<Vec<u8>> {
+    if !(event.body.starts_with(b"{") && event.body.ends_with(b"}")) {
+        return Err(std::io::Error::other("an AuditEvent's record is not a JSON object"));
+    }
     let line = Line {
         id: Cow::Borrowed(&event.id),
         recorded: (event.recorded.unix_timestamp_nanos() / 1_000) as i64,
@@ -69,7 +73,9 @@ fn line_of(event: &NewAuditEvent) -> serde_json::Result<Vec<u8>> {
         body: None,
     };
     let mut bytes = serde_json::to_vec(&line)?;
-    bytes.pop(); // the closing brace
+    if bytes.pop() != Some(b'}') {
+        return Err(std::io::Error::other("a spool line does not end as an object"));
+    }
     bytes.extend_from_slice(b",\"body\":");
     bytes.extend_from_slice(&event.body);
     bytes.extend_from_slice(b"}\n");
@@ -388,6 +394,30 @@ mod tests {
         let (events, used) = events_in(&bytes, Path::new("test"));
         assert_eq!(used, bytes.len());
         assert_eq!(events, vec![event("1"), event("2")]);
+    }
+
+    #[test]
+    fn lines_with_the_record_in_the_middle_read_back_and_lines_without_one_are_skipped() {
+        let earlier = concat!(
+            r#"{"id":"1","recorded":1,"action":"R","outcome":"0","agent":null,"client_id":null,"#,
+            r#""request_id":null,"body":{"resourceType":"AuditEvent"},"patients":["a"]}"#,
+            "\n",
+            r#"{"id":"2","recorded":1,"action":"R","outcome":"0","patients":[]}"#,
+            "\n"
+        );
+        let (events, used) = events_in(earlier.as_bytes(), Path::new("test"));
+        assert_eq!(used, earlier.len());
+        assert_eq!(events.len(), 1, "the line without a record is skipped");
+        assert_eq!((events[0].id.as_str(), events[0].body.as_slice()), ("1", &br#"{"resourceType":"AuditEvent"}"#[..]));
+        assert_eq!(events[0].patients, ["a"]);
+    }
+
+    #[test]
+    fn a_record_that_is_not_an_object_is_not_spooled() {
+        for body in [&b""[..], b"null", b"{\"a\":1"] {
+            let event = NewAuditEvent { body: body.to_vec(), ..event("1") };
+            assert!(line_of(&event).is_err(), "{:?}", String::from_utf8_lossy(body));
+        }
     }
 
     #[test]
