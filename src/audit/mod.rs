@@ -32,7 +32,24 @@ pub struct RequestTrail {
     noted: std::sync::Mutex<Noted>,
     /// The stored resources the caller's read view let through (whose patients the event
     /// names): as stored, before `_elements` or `_summary` trimmed what the response shows.
-    disclosed: std::sync::Mutex<Vec<bytes::Bytes>>,
+    disclosed: std::sync::Mutex<Vec<Disclosed>>,
+}
+
+/// A stored resource a request's read view let through: what its AuditEvent needs to tell
+/// whose data it was, without parsing a resource whose type already says (a Patient, a type
+/// outside the Patient compartment).
+#[derive(Debug, Clone)]
+pub struct Disclosed {
+    pub resource_type: String,
+    pub id: String,
+    /// As stored (a clone of `Bytes` shares it).
+    pub body: bytes::Bytes,
+}
+
+impl From<&crate::store::ResourceVersion> for Disclosed {
+    fn from(version: &crate::store::ResourceVersion) -> Disclosed {
+        Disclosed { resource_type: version.resource_type.clone(), id: version.id.clone(), body: version.body.clone() }
+    }
 }
 
 /// What the authorization server tells the audit of a request as it learns it.
@@ -96,17 +113,17 @@ impl RequestTrail {
         RequestTrail::note(|noted| noted.who.merge(who));
     }
 
-    /// Notes resources the caller's read view let through in the request being served
-    /// (their bodies as stored; a clone of `Bytes` shares them); nothing outside a request.
-    pub fn note_disclosed<'a>(bodies: impl IntoIterator<Item = &'a bytes::Bytes>) {
+    /// Notes resources the caller's read view let through in the request being served;
+    /// nothing outside a request.
+    pub fn note_disclosed(resources: impl IntoIterator<Item = Disclosed>) {
         let _ = TRAIL.try_with(|trail| {
             let mut disclosed = trail.disclosed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            disclosed.extend(bodies.into_iter().cloned());
+            disclosed.extend(resources);
         });
     }
 
     /// The resources noted by [`RequestTrail::note_disclosed`], taken.
-    pub fn take_disclosed(&self) -> Vec<bytes::Bytes> {
+    pub fn take_disclosed(&self) -> Vec<Disclosed> {
         std::mem::take(&mut *self.disclosed.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 

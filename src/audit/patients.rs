@@ -2,6 +2,8 @@
 //! Patient), from the index rows a write computed anyway, or from the resource itself for what
 //! a read view let through.
 
+use std::borrow::Cow;
+
 use serde_json::Value;
 
 use crate::search::index::index_selected;
@@ -26,40 +28,35 @@ pub fn in_rows(resource_type: &str, id: &str, rows: &IndexRows) -> Vec<String> {
     patients
 }
 
-/// The patients a stored resource (its JSON bytes) belongs to (see [`in_rows`]); none when
-/// it does not parse.
-pub fn of_stored(registry: &Registry, base_url: &str, body: &[u8]) -> Vec<String> {
-    /// What decides whether the whole resource must be parsed: a Patient is its own patient,
-    /// and a type outside the Patient compartment belongs to none (most reads are one or the
-    /// other, and a full parse costs more than the rest of recording the read).
-    #[derive(serde::Deserialize)]
-    struct Head<'a> {
-        #[serde(rename = "resourceType", borrow)]
-        resource_type: std::borrow::Cow<'a, str>,
-        #[serde(borrow)]
-        id: Option<std::borrow::Cow<'a, str>>,
-    }
-    if let Ok(head) = serde_json::from_slice::<Head>(body) {
-        if head.resource_type == "Patient" {
-            return head.id.map(|id| vec![id.into_owned()]).unwrap_or_default();
-        }
-        if crate::search::compartment::params("Patient", &head.resource_type).is_none() {
-            return Vec::new();
-        }
-    }
-    serde_json::from_slice::<Value>(body)
-        .map_or_else(|_| Vec::new(), |resource| of_resource(registry, base_url, &resource))
+/// The patients a stored resource (`resource_type/id`, its JSON bytes) belongs to (see
+/// [`in_rows`]): parsed only when its type is in the Patient compartment and not a Patient;
+/// none when it does not parse.
+pub fn of_stored(registry: &Registry, base_url: &str, resource_type: &str, id: &str, body: &[u8]) -> Vec<String> {
+    of_typed(registry, base_url, resource_type, id, || serde_json::from_slice(body).ok().map(Cow::Owned))
 }
 
 /// The patients a resource belongs to (see [`in_rows`]).
 pub fn of_resource(registry: &Registry, base_url: &str, resource: &Value) -> Vec<String> {
     let resource_type = resource.get("resourceType").and_then(Value::as_str).unwrap_or_default();
     let id = resource.get("id").and_then(Value::as_str).unwrap_or_default();
+    of_typed(registry, base_url, resource_type, id, || Some(Cow::Borrowed(resource)))
+}
+
+/// The patients of `resource_type/id`, whose content `resource` gives when its type does not
+/// tell.
+fn of_typed<'a>(
+    registry: &Registry,
+    base_url: &str,
+    resource_type: &str,
+    id: &str,
+    resource: impl FnOnce() -> Option<Cow<'a, Value>>,
+) -> Vec<String> {
     if resource_type == "Patient" {
         return vec![id.to_string()];
     }
     let Some(params) = crate::search::compartment::params("Patient", resource_type) else { return Vec::new() };
-    let rows = index_selected(registry, resource, base_url, |code| params.iter().any(|p| p == code));
+    let Some(resource) = resource() else { return Vec::new() };
+    let rows = index_selected(registry, &resource, base_url, |code| params.iter().any(|p| p == code));
     in_rows(resource_type, id, &rows)
 }
 
@@ -86,17 +83,21 @@ mod tests {
         let registry = Registry::standard();
         let stored = |value: Value| serde_json::to_vec(&value).unwrap();
         let patient = stored(json!({"resourceType": "Patient", "id": "d", "name": [{"family": "X"}]}));
-        assert_eq!(of_stored(registry, "http://h/fhir", &patient), ["d"]);
+        assert_eq!(of_stored(registry, "http://h/fhir", "Patient", "d", &patient), ["d"]);
         let observation = stored(json!({"resourceType": "Observation", "id": "o", "status": "final",
             "code": {"text": "x"}, "subject": {"reference": "Patient/a"}}));
-        assert_eq!(of_stored(registry, "http://h/fhir", &observation), ["a"]);
+        assert_eq!(of_stored(registry, "http://h/fhir", "Observation", "o", &observation), ["a"]);
         let organization = stored(json!({"resourceType": "Organization", "id": "org", "name": "Clinic"}));
-        assert!(of_stored(registry, "http://h/fhir", &organization).is_empty());
-        assert!(of_stored(registry, "http://h/fhir", b"not json").is_empty());
+        assert!(of_stored(registry, "http://h/fhir", "Organization", "org", &organization).is_empty());
+        assert!(of_stored(registry, "http://h/fhir", "Observation", "o", b"not json").is_empty());
         let escaped = br#"{"resourceType":"Pati\u0065nt","id":"e"}"#;
-        assert_eq!(of_stored(registry, "http://h/fhir", escaped), ["e"]);
+        assert_eq!(of_stored(registry, "http://h/fhir", "Patient", "e", escaped), ["e"]);
         let numeric_id = stored(json!({"resourceType": "Observation", "id": 7, "status": "final",
             "code": {"text": "x"}, "subject": {"reference": "Patient/a"}}));
-        assert_eq!(of_stored(registry, "http://h/fhir", &numeric_id), ["a"], "an odd head falls back to the whole");
+        assert_eq!(
+            of_stored(registry, "http://h/fhir", "Observation", "7", &numeric_id),
+            ["a"],
+            "the content, not its id, names the patient"
+        );
     }
 }

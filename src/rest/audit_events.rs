@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::bundle_writer::BundleWriter;
 use super::{Body, FhirRequest, FhirResponse, FhirService};
-use crate::audit::{balp, RequestTrail};
+use crate::audit::{balp, Disclosed, RequestTrail};
 use crate::auth::scope::Permission;
 use crate::auth::{Access, Restriction, Rule};
 use crate::model::FhirError;
@@ -150,7 +150,11 @@ impl FhirService {
                 serde_json::to_vec(&balp::shown_to_patient(content, patients, viewer(access))).ok()?.into()
             }
         };
-        RequestTrail::note_disclosed([&body]);
+        RequestTrail::note_disclosed([Disclosed {
+            resource_type: "AuditEvent".into(),
+            id: id.clone(),
+            body: body.clone(),
+        }]);
         Some(Shown { id, recorded, body })
     }
 

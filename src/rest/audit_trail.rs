@@ -45,7 +45,13 @@ impl AuditTrailTx {
         }
         let before = self.inner.current(&version.resource_type, &version.id).await?.filter(|before| !before.deleted);
         Ok(before.map_or_else(Vec::new, |before| {
-            patients::of_stored(&self.service.registry(), &self.service.config.base_url, &before.body)
+            patients::of_stored(
+                &self.service.registry(),
+                &self.service.config.base_url,
+                &before.resource_type,
+                &before.id,
+                &before.body,
+            )
         }))
     }
 

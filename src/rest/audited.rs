@@ -36,7 +36,18 @@ impl FhirService {
             Ok(_) => {
                 let registry = self.registry();
                 let disclosed = trail.take_disclosed();
-                disclosed.iter().flat_map(|body| patients::of_stored(&registry, &self.config.base_url, body)).collect()
+                disclosed
+                    .iter()
+                    .flat_map(|resource| {
+                        patients::of_stored(
+                            &registry,
+                            &self.config.base_url,
+                            &resource.resource_type,
+                            &resource.id,
+                            &resource.body,
+                        )
+                    })
+                    .collect()
             }
             Err(_) => Vec::new(),
         };

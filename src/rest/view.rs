@@ -9,7 +9,7 @@
 
 use super::source::Source;
 use super::{store_error, FhirService};
-use crate::audit::RequestTrail;
+use crate::audit::{Disclosed, RequestTrail};
 use crate::auth::scope::Permission;
 use crate::auth::Access;
 use crate::model::FhirError;
@@ -86,7 +86,7 @@ impl<'a> ReadView<'a> {
         if version.deleted {
             return Ok(Lookup::Deleted(version));
         }
-        RequestTrail::note_disclosed([&version.body]);
+        RequestTrail::note_disclosed([Disclosed::from(&version)]);
         Ok(Lookup::Found(version))
     }
 
@@ -97,7 +97,7 @@ impl<'a> ReadView<'a> {
         self.service.restrict(self.access, Permission::Search, query)?;
         let mut page = self.source.search(query).await?;
         page.resources = page.resources.into_iter().map(shown).collect();
-        RequestTrail::note_disclosed(page.resources.iter().map(|r| &r.body));
+        RequestTrail::note_disclosed(page.resources.iter().map(Disclosed::from));
         Ok(page)
     }
 
@@ -129,7 +129,7 @@ impl<'a> ReadView<'a> {
                 readable.push(shown(resource));
             }
         }
-        RequestTrail::note_disclosed(readable.iter().map(|r| &r.body));
+        RequestTrail::note_disclosed(readable.iter().map(Disclosed::from));
         Ok(readable)
     }
 
@@ -177,7 +177,7 @@ impl<'a> ReadView<'a> {
         let last_seq = page.entries.last().map(|(seq, _)| *seq);
         page.entries.retain(|(_, version)| self.service.history_visible(self.access, version));
         page.entries = page.entries.into_iter().map(|(seq, version)| (seq, shown(version))).collect();
-        RequestTrail::note_disclosed(page.entries.iter().map(|(_, version)| &version.body));
+        RequestTrail::note_disclosed(page.entries.iter().map(|(_, version)| Disclosed::from(version)));
         Ok((page, last_seq))
     }
 }
