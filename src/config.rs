@@ -156,6 +156,23 @@ pub enum Command {
         /// in the system's temporary directory.
         #[arg(long, env = "HEARTH_AUDIT_SPOOL_DIR")]
         audit_spool_dir: Option<PathBuf>,
+        /// Where bulk exports (`$export`) write their files. Nodes that share a database must
+        /// share it (a shared volume). Default: beside an SQLite file (`hearth.db.exports`);
+        /// for PostgreSQL, `hearth/exports` in the user's state directory.
+        #[arg(long, env = "HEARTH_EXPORT_DIR")]
+        export_dir: Option<PathBuf>,
+        /// How long a finished export's files are kept (`1h`, `2d`).
+        #[arg(long, env = "HEARTH_EXPORT_TTL", default_value = "1h", value_parser = parse_duration)]
+        export_ttl: time::Duration,
+        /// How many exports one client may have queued or running at once (429 beyond).
+        #[arg(long, env = "HEARTH_EXPORT_MAX_RUNNING", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+        export_max_running: u32,
+        /// The most resources one export file holds.
+        #[arg(long, env = "HEARTH_EXPORT_FILE_RESOURCES", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+        export_file_resources: u64,
+        /// How many exports this node writes at once; 0 for none (a node that only serves).
+        #[arg(long, env = "HEARTH_EXPORT_WORKERS", default_value_t = 2)]
+        export_workers: usize,
         /// `off` records no AuditEvents: only to measure what recording costs (`cargo bench
         /// --bench audit`); like `--auth off`, it refuses a non-loopback listen address.
         #[arg(long, env = "HEARTH_AUDIT", value_enum, default_value = "on")]

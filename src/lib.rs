@@ -10,6 +10,7 @@ pub mod audit;
 pub mod auth;
 pub mod bounded;
 pub mod config;
+pub mod export;
 pub mod http;
 pub mod import;
 pub mod live;

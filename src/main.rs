@@ -67,6 +67,11 @@ async fn main() -> anyhow::Result<()> {
             subscription_event_days,
             audit_retention_days,
             audit_spool_dir,
+            export_dir,
+            export_ttl,
+            export_max_running,
+            export_file_resources,
+            export_workers,
             audit,
         } => {
             if default_count > max_count {
@@ -124,6 +129,13 @@ async fn main() -> anyhow::Result<()> {
                     record: audit == AuditMode::On,
                     retention: audit_retention_days.map(|days| time::Duration::days(days.into())),
                     spool_dir: audit_spool_dir,
+                },
+                export: hearth::export::ExportSettings {
+                    dir: export_dir,
+                    ttl: export_ttl,
+                    max_running: export_max_running,
+                    resources_per_file: export_file_resources,
+                    workers: export_workers,
                 },
                 ..Settings::new(&base_url)
             };

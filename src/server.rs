@@ -43,6 +43,8 @@ pub struct Settings {
     pub subscriptions: crate::rest::SubscriptionSettings,
     /// How the audit log is kept (`--audit-retention-days`).
     pub audit: crate::audit::AuditSettings,
+    /// How bulk exports run (`--export-dir`, `--export-ttl`, `--export-max-running`).
+    pub export: crate::export::ExportSettings,
 }
 
 impl Settings {
@@ -65,6 +67,7 @@ impl Settings {
             proxy: crate::auth::proxy::ProxyPolicy { parent_access_until_age: Some(18) },
             subscriptions: Default::default(),
             audit: Default::default(),
+            export: Default::default(),
         }
     }
 }
@@ -81,6 +84,7 @@ impl Hearth {
     pub async fn open(database_url: &str, mut settings: Settings) -> anyhow::Result<Hearth> {
         let store = store::open(database_url).await?;
         settings.audit.spool_dir.get_or_insert_with(|| crate::audit::default_spool_dir(database_url));
+        settings.export.dir.get_or_insert_with(|| crate::export::default_dir(database_url));
         let auth = if settings.smart {
             let auth_settings = AuthSettings {
                 base_url: settings.base_url.clone(),
@@ -116,6 +120,7 @@ impl Hearth {
                 mailer: settings.mailer.clone(),
                 subscriptions: settings.subscriptions.clone(),
                 audit: settings.audit.clone(),
+                export: settings.export.clone(),
             },
         );
         let state = AppState {

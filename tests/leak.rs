@@ -325,6 +325,14 @@ impl World {
         let moved = smart.send(Method::PUT, &format!("Observation/{}", self.a_observation), token, &mine).await;
         assert_eq!(moved.status(), 403, "{who}: move A's to B");
         assert_eq!(post("$reindex", json!({"resourceType": "Parameters"})).await.status(), 403, "{who}: operations");
+        // An export of B's compartment is refused as one of a patient that does not exist.
+        let export_of = |patient: String| json!({"resourceType": "Parameters", "parameter": [{"name": "patient", "valueReference": {"reference": patient}}]});
+        let of_b = post("Patient/$export", export_of(format!("Patient/{}", self.patient_b))).await;
+        assert_eq!(of_b.status(), 400, "{who}: export of B");
+        let of_nobody = post("Patient/$export", export_of("Patient/nobody".to_string())).await;
+        assert_eq!(of_nobody.status(), 400);
+        let said = |text: String| text.replace(&self.patient_b, "ID").replace("nobody", "ID");
+        assert_eq!(said(of_b.text().await.unwrap()), said(of_nobody.text().await.unwrap()), "{who}: export of B");
         // Nothing of it was stored: B still has exactly the Observations it had.
         let after: Value =
             body(smart.get(&format!("Observation?subject=Patient/{}&_summary=count", self.patient_b), &admin).await)

@@ -140,7 +140,7 @@ async fn definitions_are_served_and_listed(db: Db) {
     let statement = body(server.get("metadata").await).await;
     let system: Vec<&str> =
         statement["rest"][0]["operation"].as_array().unwrap().iter().map(|o| o["name"].as_str().unwrap()).collect();
-    assert_eq!(system, ["reindex", "bulk-publish"]);
+    assert_eq!(system, ["reindex", "bulk-publish", "export"]);
     let resources = statement["rest"][0]["resource"].as_array().unwrap();
     let operations_of = |t: &str| -> BTreeSet<String> {
         let resource = resources.iter().find(|r| r["type"] == t).unwrap();
@@ -148,7 +148,7 @@ async fn definitions_are_served_and_listed(db: Db) {
     };
     assert_eq!(
         operations_of("Patient"),
-        ["everything", "invite", "reindex", "summary", "validate"].map(String::from).into()
+        ["everything", "export", "invite", "reindex", "summary", "validate"].map(String::from).into()
     );
     assert_eq!(operations_of("Composition"), ["document", "reindex", "validate"].map(String::from).into());
     assert_eq!(operations_of("Observation"), ["reindex", "validate"].map(String::from).into());
@@ -156,6 +156,7 @@ async fn definitions_are_served_and_listed(db: Db) {
         operations_of("Appointment"),
         ["book", "cancel", "find", "hold", "reindex", "validate"].map(String::from).into()
     );
+    assert_eq!(operations_of("Group"), ["export", "reindex", "validate"].map(String::from).into());
     assert_eq!(operations_of("Schedule"), ["generate-slots", "reindex", "validate"].map(String::from).into());
     let find = body(server.get("OperationDefinition/appointment-find").await).await;
     assert_eq!(find["url"], format!("{}/OperationDefinition/appointment-find", server.base));

@@ -104,27 +104,12 @@ impl Recorder {
 /// Where a node spools by default: beside an SQLite database file (which one process holds);
 /// for PostgreSQL, or SQLite in memory, [`state_spool_dir`].
 pub fn default_spool_dir(database_url: &str) -> PathBuf {
-    let sqlite_file = database_url
-        .strip_prefix("sqlite://")
-        .or_else(|| database_url.strip_prefix("sqlite:"))
-        .and_then(|rest| rest.split('?').next())
-        .filter(|file| !file.is_empty() && !file.starts_with(':'));
-    match sqlite_file {
-        Some(file) => PathBuf::from(format!("{file}.audit-spool")),
-        None => state_spool_dir(),
-    }
+    crate::store::local_dir(database_url, "audit-spool")
 }
 
-/// The user's state directory's `hearth/audit-spool` (`$XDG_STATE_HOME`, else
-/// `~/.local/state`): local and persistent, unlike a temporary directory (which a reboot, a
-/// container restart or systemd's `PrivateTmp` empties); without a home, `hearth-audit-spool`
-/// in the working directory.
+/// The user's state directory's `hearth/audit-spool` (see [`crate::store::state_dir`]).
 pub fn state_spool_dir() -> PathBuf {
-    let state = std::env::var_os("XDG_STATE_HOME")
-        .map(PathBuf::from)
-        .filter(|dir| dir.is_absolute())
-        .or_else(|| std::env::home_dir().map(|home| home.join(".local/state")));
-    state.map_or_else(|| PathBuf::from("hearth-audit-spool"), |state| state.join("hearth/audit-spool"))
+    crate::store::state_dir("audit-spool")
 }
 
 #[cfg(test)]

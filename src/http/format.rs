@@ -122,6 +122,8 @@ pub fn render(body: Body, format: Format, pretty: bool) -> Result<Bytes, FhirErr
     let compact_json = match body {
         Body::None => return Ok(Bytes::new()),
         Body::Document { bytes, .. } => return Ok(bytes),
+        // Streamed by the HTTP layer, never rendered.
+        Body::File { .. } => return Err(FhirError::internal()),
         Body::Raw(bytes) if format == Format::Json && !pretty => return Ok(bytes),
         Body::Raw(bytes) => bytes,
         Body::Json(value) if format == Format::Json && pretty => return to_pretty(&value),

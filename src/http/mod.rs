@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use axum::body::Body as HttpBody;
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
@@ -100,6 +100,9 @@ fn cors() -> tower_http::cors::CorsLayer {
         header::LAST_MODIFIED,
         header::CONTENT_LOCATION,
         header::WWW_AUTHENTICATE,
+        header::RETRY_AFTER,
+        header::EXPIRES,
+        HeaderName::from_static("x-progress"),
     ])
 }
 
@@ -131,8 +134,11 @@ async fn fhir(State(state): State<Arc<AppState>>, request: Request) -> Response 
     // A read of a Binary's content is answered in the Binary's own media type.
     let content_accept =
         Method::parse(parts.method.as_str()).and_then(|m| binary::wants_content(m, &path, &query, &parts.headers));
+    // So is an export's file (NDJSON, whatever `Accept` asks for); its errors are JSON.
+    let is_file = matches!(crate::rest::Route::parse(&path), Ok(crate::rest::Route::JobFile(..)));
     let negotiated = match &content_accept {
         Some(_) => Ok(Format::Json),
+        None if is_file => Ok(Format::Json),
         None => negotiate(&query, &parts.headers),
     };
     let format = match negotiated {
@@ -194,6 +200,9 @@ async fn fhir(State(state): State<Arc<AppState>>, request: Request) -> Response 
     };
     let mut response = match content {
         Ok(content) => content,
+        Err(Ok(FhirResponse { body: Body::File { content_type, path }, .. })) => {
+            file_response(content_type, &path).await
+        }
         Err(Ok(response)) => fhir_response(response, format, pretty),
         Err(Err(error)) => error_response(error, format, pretty),
     };
@@ -303,6 +312,7 @@ fn conditions(headers: &HeaderMap) -> Result<Conditions, FhirError> {
             "return=representation" => conditions.prefer_return = PreferReturn::Representation,
             "return=OperationOutcome" => conditions.prefer_return = PreferReturn::OperationOutcome,
             "handling=strict" => conditions.strict = true,
+            "handling=lenient" => conditions.lenient = true,
             _ => {}
         }
     }
@@ -349,6 +359,28 @@ fn fhir_response(response: FhirResponse, format: Format, pretty: bool) -> Respon
     http
 }
 
+/// A file streamed from disk in `content_type` (an export's NDJSON): one buffer in memory
+/// whatever its size.
+async fn file_response(content_type: &'static str, path: &std::path::Path) -> Response {
+    let opened = async {
+        let file = tokio::fs::File::open(path).await?;
+        let length = file.metadata().await?.len();
+        Ok::<_, std::io::Error>((file, length))
+    };
+    let (file, length) = match opened.await {
+        Ok(opened) => opened,
+        Err(error) => {
+            tracing::error!(%error, path = %path.display(), "cannot read a file to serve");
+            return error_response(FhirError::internal(), Format::Json, false);
+        }
+    };
+    let mut http = Response::new(HttpBody::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 1 << 16)));
+    let headers = http.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    http
+}
+
 /// An error as an OperationOutcome response; 5xx details never reach the client.
 pub fn error_response(error: FhirError, format: Format, pretty: bool) -> Response {
     let mut response = fhir_response(FhirResponse::new(error.status(), Body::Json(error.outcome())), format, pretty);
@@ -357,6 +389,9 @@ pub fn error_response(error: FhirError, format: Format, pretty: bool) -> Respons
     }
     if let Some(value) = error.challenge.as_deref().and_then(|c| HeaderValue::from_str(c).ok()) {
         response.headers_mut().insert(header::WWW_AUTHENTICATE, value);
+    }
+    if let ErrorKind::TooManyRequests(seconds) = error.kind {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
     response
 }

@@ -26,6 +26,7 @@ pub enum IssueCode {
     BusinessRule,
     Informational,
     TooCostly,
+    Throttled,
 }
 
 impl IssueCode {
@@ -52,6 +53,7 @@ impl IssueCode {
             IssueCode::BusinessRule => "business-rule",
             IssueCode::Informational => "informational",
             IssueCode::TooCostly => "too-costly",
+            IssueCode::Throttled => "throttled",
         }
     }
 }
@@ -160,6 +162,8 @@ pub enum ErrorKind {
     UnsupportedMediaType,
     /// Well-formed, but against a business rule or a validation rule.
     Unprocessable,
+    /// Too many requests of this kind: retry after this many seconds (`Retry-After`).
+    TooManyRequests(u32),
     /// A failure of the server; details stay in the log.
     Internal,
 }
@@ -180,6 +184,7 @@ impl ErrorKind {
             ErrorKind::PayloadTooLarge => 413,
             ErrorKind::UnsupportedMediaType => 415,
             ErrorKind::Unprocessable => 422,
+            ErrorKind::TooManyRequests(_) => 429,
             ErrorKind::Internal => 500,
         }
     }

@@ -229,7 +229,8 @@ fn is_lexically(value_type: &str, text: &str) -> bool {
         "decimal" => text.parse::<f64>().is_ok_and(f64::is_finite),
         "date" => !text.contains('T') && parse_range(text).is_some(),
         "dateTime" => parse_range(text).is_some(),
-        "instant" => crate::model::resource::parse_instant(text).is_some(),
+        // A `+` of the offset arrives as a space when the client did not escape it in the URL.
+        "instant" => crate::model::resource::parse_instant(&text.replace(' ', "+")).is_some(),
         "code" | "id" => !text.is_empty() && text.trim() == text && !text.contains(char::is_whitespace),
         _ => !text.trim().is_empty(),
     }

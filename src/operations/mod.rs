@@ -16,6 +16,7 @@ pub mod definition;
 mod document;
 mod documents;
 pub mod everything;
+mod export;
 mod find;
 mod generate_slots;
 mod hold;
@@ -126,6 +127,10 @@ static OPERATIONS: &[Entry] = &[
         operation: &generate_slots::GenerateSlots,
     },
     Entry { definition: "bulk-publish", needs: Needs::Nothing, pages: false, operation: &bulk_publish::BulkPublish },
+    // What an export reads goes through the caller's view, when its job runs as well.
+    Entry { definition: "export", needs: Needs::Nothing, pages: false, operation: &export::Export },
+    Entry { definition: "patient-export", needs: Needs::Nothing, pages: false, operation: &export::Export },
+    Entry { definition: "group-export", needs: Needs::ReadInstance, pages: false, operation: &export::Export },
     Entry { definition: "documentreference-upload", needs: Needs::Nothing, pages: false, operation: &upload::Upload },
     Entry {
         definition: "medicationrequest-request-refill",

@@ -146,6 +146,7 @@ impl FhirService {
                     if_modified_since,
                     prefer_return: prefer,
                     strict: false,
+                    lenient: false,
                 },
                 body: resource,
                 patch_format,
@@ -471,7 +472,7 @@ fn response_entry(response: FhirResponse) -> Value {
             outcome["outcome"] = resource;
         }
         Body::Json(resource) => entry["resource"] = resource,
-        Body::None | Body::Document { .. } => {}
+        Body::None | Body::Document { .. } | Body::File { .. } => {}
     }
     entry["response"] = outcome;
     entry

@@ -9,10 +9,11 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 use super::{store_error, Body, FhirResponse, FhirService};
+use crate::auth::Access;
 use crate::model::outcome::operation_outcome;
 use crate::model::resource::new_id;
 use crate::model::{ErrorKind, FhirError, Issue, IssueCode};
-use crate::store::{Job, JobStatus};
+use crate::store::{Job, JobKinds, JobStatus};
 
 /// How long a claimed job stays with its worker without a recorded step.
 pub(super) const LEASE: Duration = Duration::from_secs(60);
@@ -36,13 +37,14 @@ pub(super) fn lease_until() -> OffsetDateTime {
 impl FhirService {
     /// This node's background work until the process ends: the job worker, a second worker for
     /// hold expiries only (a long job such as a reindex must not keep held Slots from freeing
-    /// themselves on time), the subscription delivery workers, the reminder scan, the audit spool and its sealing, and the watch for definitions
+    /// themselves on time), the export workers (an export must not delay e-mail), the subscription delivery workers, the reminder scan, the audit spool and its sealing, and the watch for definitions
     /// (search parameters, profiles, subscriptions) written by other nodes.
     pub async fn run_background(self) {
         let recorder = self.recorder.clone();
         tokio::join!(
-            self.clone().run_jobs(None),
-            self.clone().run_jobs(Some(crate::portal::scheduling::HOLD_EXPIRY_JOB)),
+            self.clone().run_jobs(JobKinds::Except(&[crate::export::JOB_KIND])),
+            self.clone().run_jobs(JobKinds::Only(crate::portal::scheduling::HOLD_EXPIRY_JOB)),
+            self.clone().run_export_workers(),
             self.clone().run_delivery_workers(),
             self.clone().run_reminders(),
             self.clone().run_audit_chain(),
@@ -55,12 +57,11 @@ impl FhirService {
         );
     }
 
-    /// Claims and runs queued jobs (of `kind` when given), one at a time, until the process
-    /// ends.
-    async fn run_jobs(self, kind: Option<&'static str>) {
+    /// Claims and runs queued jobs of `kinds`, one at a time, until the process ends.
+    async fn run_jobs(self, kinds: JobKinds<'static>) {
         let owner = new_id();
         loop {
-            match self.store.claim_job(&owner, lease_until(), kind).await {
+            match self.store.claim_job(&owner, lease_until(), kinds).await {
                 Ok(Some(job)) => self.run_job(&owner, job).await,
                 Ok(None) => {
                     let _ = tokio::time::timeout(POLL, self.jobs_queued.notified()).await;
@@ -79,6 +80,7 @@ impl FhirService {
             crate::operations::reindex::JOB_KIND => self.reindex_job(owner, &job).await,
             crate::portal::scheduling::HOLD_EXPIRY_JOB => self.hold_expiry_job(&job).await,
             crate::mail::MAIL_JOB => self.mail_job(&job).await,
+            crate::export::EXPIRY_JOB => self.export_expiry_job(&job).await,
             other => Err(format!("unknown job kind '{other}'")),
         };
         let (status, message) = match end {
@@ -103,8 +105,10 @@ impl FhirService {
         Ok(response)
     }
 
-    /// `GET _jobs/{id}`: 202 with `X-Progress` while the job runs, 200 with its outcome when done.
-    pub(super) async fn job_status(&self, id: i64) -> Result<FhirResponse, FhirError> {
+    /// `GET _jobs/{id}` of a job that is no client's own (a reindex): 202 with `X-Progress`
+    /// while the job runs, 200 with its outcome when done. Such jobs need full system access.
+    pub(super) async fn job_status(&self, access: &Access, id: i64) -> Result<FhirResponse, FhirError> {
+        need_administrator(access)?;
         let job = self.store.job(id).await.map_err(store_error)?;
         let job = job.ok_or_else(|| FhirError::not_found(format!("there is no job {id}")))?;
         let information = |message: String| Body::Json(operation_outcome(&[Issue::information(message)]));
@@ -126,8 +130,9 @@ impl FhirService {
         }
     }
 
-    /// `DELETE _jobs/{id}`: cancels a job that has not finished.
-    pub(super) async fn cancel_job(&self, id: i64) -> Result<FhirResponse, FhirError> {
+    /// `DELETE _jobs/{id}` of a job that is no client's own: cancels it if it has not finished.
+    pub(super) async fn cancel_job(&self, access: &Access, id: i64) -> Result<FhirResponse, FhirError> {
+        need_administrator(access)?;
         if self.store.cancel_job(id).await.map_err(store_error)? {
             return Ok(FhirResponse::new(202, Body::None));
         }
@@ -141,7 +146,15 @@ impl FhirService {
         }
     }
 
-    fn job_url(&self, id: i64) -> String {
+    pub(super) fn job_url(&self, id: i64) -> String {
         format!("{}/_jobs/{id}", self.config.base_url)
     }
+}
+
+/// 403 unless the caller has full system access (what jobs that are no client's own need).
+fn need_administrator(access: &Access) -> Result<(), FhirError> {
+    if access.is_administrator() {
+        return Ok(());
+    }
+    Err(FhirError::forbidden("jobs need full system access (system/*.cruds)"))
 }

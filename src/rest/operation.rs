@@ -29,6 +29,11 @@ pub struct OperationContext<'a> {
     cursor: Option<String>,
     read_only: bool,
     if_none_match: Option<String>,
+    /// The invocation's URL, without its parameters when they came in a body.
+    request_url: String,
+    /// `Prefer: handling=lenient`, and the URL parameters it made the layer ignore.
+    lenient: bool,
+    ignored: Vec<String>,
 }
 
 impl OperationContext<'_> {
@@ -77,6 +82,40 @@ impl OperationContext<'_> {
     /// The request's `If-None-Match` header.
     pub fn if_none_match(&self) -> Option<&str> {
         self.if_none_match.as_deref()
+    }
+
+    /// The invocation's absolute URL (without the parameters of a POST body).
+    pub fn request_url(&self) -> String {
+        self.request_url.clone()
+    }
+
+    /// Whether the client asked for `Prefer: handling=lenient`.
+    pub fn lenient(&self) -> bool {
+        self.lenient
+    }
+
+    /// The URL parameters the operation does not define, which `handling=lenient` ignored.
+    pub fn ignored(&self) -> &[String] {
+        &self.ignored
+    }
+
+    /// The caller's token claims, to run later with the same access (checked again then).
+    pub fn claims(&self) -> Option<crate::auth::tokens::AccessClaims> {
+        match self.view.access() {
+            crate::auth::Access::Token(grant) => grant.claims.as_deref().cloned(),
+            crate::auth::Access::Open => None,
+        }
+    }
+
+    /// The snapshot kept under `at`, when `at` is the `transactionTime` of an export.
+    pub async fn export_mark_at(&mut self, at: time::OffsetDateTime) -> Result<Option<crate::store::Mark>, FhirError> {
+        self.service.store.mark_at(at).await.map_err(super::store_error)
+    }
+
+    /// Takes the snapshot of `request` and queues it (202 with the status URL), or 429 when
+    /// the client has as many exports running as it may.
+    pub async fn queue_export(&mut self, request: crate::export::ExportRequest) -> Result<FhirResponse, FhirError> {
+        self.service.queue_export(self.view.access(), request).await
     }
 
     /// Whether it was invoked with GET (or HEAD), which must change nothing.
@@ -338,8 +377,19 @@ impl FhirService {
                 ));
             }
         };
+        let request_url = invocation_url(&self.config.base_url, &request, get);
         let FhirRequest { mut query, body, access, conditions, .. } = request;
         let cursor = if pages { take_cursor(&mut query) } else { None };
+        let mut ignored = Vec::new();
+        if conditions.lenient {
+            query.retain(|(name, _)| {
+                let known = definition.inputs().any(|p| &p.name == name);
+                if !known {
+                    ignored.push(name.clone());
+                }
+                known
+            });
+        }
         if needs == Needs::Administrator && !access.is_administrator() {
             return Err(FhirError::forbidden(format!("${code} needs full system access (system/*.cruds)")));
         }
@@ -356,7 +406,17 @@ impl FhirService {
             _ => None,
         };
         let if_none_match = conditions.if_none_match;
-        let mut context = OperationContext { view, service: self, instance, cursor, read_only: get, if_none_match };
+        let mut context = OperationContext {
+            view,
+            service: self,
+            instance,
+            cursor,
+            read_only: get,
+            if_none_match,
+            request_url,
+            lenient: conditions.lenient,
+            ignored,
+        };
         operation.run(&mut context, &level, &inputs).await
     }
 
@@ -367,6 +427,17 @@ impl FhirService {
             .ok_or_else(|| FhirError::not_found(format!("OperationDefinition/{id} is not known")))?;
         Ok(FhirResponse::new(200, Body::Json(definition.published(&self.config.base_url))))
     }
+}
+
+/// The absolute URL of an invocation: with its URL parameters, which a GET carries all of (a
+/// POST's are in its body).
+fn invocation_url(base_url: &str, request: &FhirRequest, get: bool) -> String {
+    let url = format!("{base_url}/{}", request.path);
+    if !get || request.query.is_empty() {
+        return url;
+    }
+    let query = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(&request.query).finish();
+    format!("{url}?{query}")
 }
 
 /// Takes the paging `_cursor` out of an invocation's parameters.

@@ -36,6 +36,13 @@ pub enum Route {
     InstanceOperation(String, String, String),
     /// `_jobs/7`: the status of an asynchronous request (FHIR async pattern).
     Job(i64),
+    /// `_jobs/7/Patient-1.ndjson`: a file of a finished bulk export.
+    JobFile(i64, String),
+}
+
+/// The id in a job's path.
+fn job_id(text: &str) -> Result<i64, FhirError> {
+    text.parse::<i64>().map_err(|_| FhirError::not_found(format!("there is no job '{text}'")))
 }
 
 impl Route {
@@ -65,9 +72,8 @@ impl Route {
             [t, operation] if operation.starts_with('$') => {
                 Ok(Route::TypeOperation(resource_type(t)?, operation[1..].to_string()))
             }
-            ["_jobs", job] => {
-                job.parse::<i64>().map(Route::Job).map_err(|_| FhirError::not_found(format!("there is no job '{job}'")))
-            }
+            ["_jobs", job] => job_id(job).map(Route::Job),
+            ["_jobs", job, file] => Ok(Route::JobFile(job_id(job)?, file.to_string())),
             [t, i, operation] if operation.starts_with('$') => {
                 Ok(Route::InstanceOperation(resource_type(t)?, id(i)?, operation[1..].to_string()))
             }
@@ -108,6 +114,7 @@ impl Route {
             Route::Compartment(..) => "GET, HEAD",
             Route::SystemOperation(_) | Route::TypeOperation(..) | Route::InstanceOperation(..) => "GET, HEAD, POST",
             Route::Job(_) => "GET, HEAD, DELETE",
+            Route::JobFile(..) => "GET, HEAD",
         }
     }
 
@@ -157,6 +164,7 @@ impl Route {
             Route::TypeOperation(t, name) => format!("{t}/${}", operation(name)),
             Route::InstanceOperation(t, i, name) => format!("{t}/{}/${}", id(i), operation(name)),
             Route::Job(job) => format!("_jobs/{}", id(&job.to_string())),
+            Route::JobFile(job, file) => format!("_jobs/{}/{}", id(&job.to_string()), id(file)),
         }
     }
 
@@ -180,6 +188,7 @@ impl Route {
             (_, Route::Version(..)) => "vread",
             (_, Route::SystemOperation(_) | Route::TypeOperation(..) | Route::InstanceOperation(..)) => "operation",
             (_, Route::Job(_)) => "job-status",
+            (_, Route::JobFile(..)) => "job-file",
         }
     }
 
@@ -196,6 +205,7 @@ impl Route {
             | Route::TypeOperation(t, _)
             | Route::InstanceOperation(t, _, _) => Some(t),
             Route::System | Route::Metadata | Route::SystemHistory | Route::SystemOperation(_) | Route::Job(_) => None,
+            Route::JobFile(..) => None,
         }
     }
 }
@@ -226,6 +236,7 @@ mod tests {
             Route::InstanceOperation("Patient".into(), "1".into(), "everything".into())
         );
         assert_eq!(Route::parse("_jobs/7").unwrap(), Route::Job(7));
+        assert_eq!(Route::parse("_jobs/7/Patient-1.ndjson").unwrap(), Route::JobFile(7, "Patient-1.ndjson".into()));
     }
 
     #[test]

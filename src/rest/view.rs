@@ -57,6 +57,11 @@ impl<'a> ReadView<'a> {
         self.service.reaches_all(self.access, permission, resource_type)
     }
 
+    /// Whether the caller's token grants a search of `resource_type` at all.
+    pub fn may_search(&self, resource_type: &str) -> bool {
+        self.service.rule(self.access, Permission::Search, resource_type).is_ok()
+    }
+
     /// The public FHIR base URL (for `fullUrl`s and links).
     pub fn base_url(&self) -> &str {
         &self.service.config.base_url

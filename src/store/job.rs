@@ -59,6 +59,16 @@ pub struct Job {
     pub message: Option<String>,
     pub created: OffsetDateTime,
     pub updated: OffsetDateTime,
+    /// The client that queued it, for jobs that are a client's own (exports).
+    pub client: Option<String>,
+}
+
+/// Which jobs a worker takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKinds<'a> {
+    Only(&'a str),
+    /// Every kind but these (which have workers of their own).
+    Except(&'a [&'a str]),
 }
 
 /// A running job's step, recorded in the transaction that did the work.

@@ -8,6 +8,7 @@ pub mod audit;
 mod auth;
 pub mod cache;
 pub mod content;
+mod export;
 pub mod feed;
 mod group;
 mod job;
@@ -24,12 +25,14 @@ use time::OffsetDateTime;
 
 pub use audit::AuditStore;
 pub use auth::AuthStore;
-pub use job::{Job, JobStatus, JobStep};
+pub use export::{AsOf, ExportStore, Mark, Part, Since};
+pub use job::{Job, JobKinds, JobStatus, JobStep};
 pub use postgres::PostgresStore;
 pub use query::{
     Comparison, CompositeMatch, Condition, Cursor, IndexTable, SearchQuery, SortBy, SortKey, SortValue, StringMatch,
     TokenSystem, UriMatch,
 };
+pub use sql::{from_micros, to_micros};
 pub use sqlite::SqliteStore;
 pub use subscription::SubscriptionStore;
 
@@ -236,7 +239,7 @@ pub type StoreResult<T> = Result<T, StoreError>;
 
 /// Reads outside a transaction, and the way into one; and the authorization server's records.
 #[async_trait]
-pub trait Store: AuthStore + AuditStore + SubscriptionStore + Send + Sync + 'static {
+pub trait Store: AuthStore + AuditStore + ExportStore + SubscriptionStore + Send + Sync + 'static {
     /// The current version of a resource (deleted ones included, with `deleted = true`).
     async fn read(&self, resource_type: &str, id: &str) -> StoreResult<Option<ResourceVersion>>;
     /// One specific version.
@@ -278,10 +281,14 @@ pub trait Store: AuthStore + AuditStore + SubscriptionStore + Send + Sync + 'sta
     async fn enqueue_job(&self, kind: &str, parameters: &str) -> StoreResult<Job>;
     /// A job by id.
     async fn job(&self, id: i64) -> StoreResult<Option<Job>>;
-    /// Takes the oldest due queued job (of `kind` when given), or a running one whose lease ran
-    /// out, for `owner` until `lease_until`. Concurrent workers never take the same job.
-    async fn claim_job(&self, owner: &str, lease_until: OffsetDateTime, kind: Option<&str>)
-        -> StoreResult<Option<Job>>;
+    /// Takes the oldest due queued job of `kinds`, or a running one whose lease ran out, for
+    /// `owner` until `lease_until`. Concurrent workers never take the same job.
+    async fn claim_job(
+        &self,
+        owner: &str,
+        lease_until: OffsetDateTime,
+        kinds: JobKinds<'_>,
+    ) -> StoreResult<Option<Job>>;
     /// Ends a job `owner` holds with `status` and `message`; `false` when it no longer holds it.
     async fn finish_job(&self, id: i64, owner: &str, status: JobStatus, message: &str) -> StoreResult<bool>;
     /// Cancels a job that has not finished; `false` when there was none to cancel.
@@ -378,6 +385,32 @@ pub async fn open_shared(url: &str) -> StoreResult<std::sync::Arc<dyn Store>> {
     } else {
         Ok(std::sync::Arc::new(SqliteStore::open(url, false).await?))
     }
+}
+
+/// Where a node keeps local files `name` of the database at `database_url` (the audit spool,
+/// exports): beside an SQLite database file (`hearth.db.name`, which one process holds); for
+/// PostgreSQL, or SQLite in memory, [`state_dir`].
+pub fn local_dir(database_url: &str, name: &str) -> std::path::PathBuf {
+    let sqlite_file = database_url
+        .strip_prefix("sqlite://")
+        .or_else(|| database_url.strip_prefix("sqlite:"))
+        .and_then(|rest| rest.split('?').next())
+        .filter(|file| !file.is_empty() && !file.starts_with(':'));
+    match sqlite_file {
+        Some(file) => std::path::PathBuf::from(format!("{file}.{name}")),
+        None => state_dir(name),
+    }
+}
+
+/// The user's state directory's `hearth/name` (`$XDG_STATE_HOME`, else `~/.local/state`):
+/// local and persistent, unlike a temporary directory (which a reboot, a container restart or
+/// systemd's `PrivateTmp` empties); without a home, `hearth-name` in the working directory.
+pub fn state_dir(name: &str) -> std::path::PathBuf {
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .map(std::path::PathBuf::from)
+        .filter(|dir| dir.is_absolute())
+        .or_else(|| std::env::home_dir().map(|home| home.join(".local/state")));
+    state.map_or_else(|| format!("hearth-{name}").into(), |state| state.join("hearth").join(name))
 }
 
 fn is_postgres(url: &str) -> bool {

@@ -7,6 +7,7 @@
 //! keyset cursor of the next page can be built from the last row and applied as a lexicographic
 //! comparison (`NULLS LAST` in both directions).
 
+use super::export::{AsOf, Mark, Part, Since};
 use super::query::{
     Comparison, CompositeMatch, Condition, Cursor, IndexTable, SearchQuery, SortBy, SortKey, SortValue, StringMatch,
     TokenSystem, UriMatch,
@@ -118,6 +119,76 @@ pub fn current_versions(keys: &[(String, String)]) -> Sql {
     sql
 }
 
+/// The statement that takes a [`Mark`] of what is committed now, as the text of one.
+pub fn take_mark(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::Sqlite => "SELECT 'seq:' || COALESCE(MAX(seq), 0) FROM resource_history",
+        Dialect::Postgres => "SELECT 'snapshot:' || pg_current_snapshot()::text",
+    }
+}
+
+/// The latest version of a resource that `mark` sees.
+pub fn version_as_of(resource_type: &str, id: &str, mark: &Mark) -> Sql {
+    let mut sql = Sql::default();
+    sql.push(&format!("SELECT {VERSION_COLUMNS} FROM resource_history h WHERE resource_type = "));
+    sql.text(resource_type).push(" AND id = ").text(id).push(" AND ");
+    push_seen(&mut sql, "h", mark);
+    sql.push(" ORDER BY version DESC LIMIT 1");
+    sql
+}
+
+/// Up to `limit` deletion versions of `resource_type`, in id order after `after`: resources
+/// whose latest version `mark` sees is a deletion made since `since`.
+pub fn deletions(resource_type: &str, mark: &Mark, since: &Since, after: Option<&str>, limit: usize) -> Sql {
+    let mut sql = Sql::default();
+    sql.push(&format!("SELECT {VERSION_COLUMNS} FROM resource_history h WHERE resource_type = "));
+    sql.text(resource_type).push(" AND deleted = TRUE AND ");
+    push_seen(&mut sql, "h", mark);
+    match since {
+        Since::Mark(earlier) => {
+            sql.push(" AND NOT ");
+            push_seen(&mut sql, "h", earlier);
+        }
+        Since::Time(at) => {
+            sql.push(" AND last_updated > ").bind(Arg::Int(super::sql::to_micros(*at)));
+        }
+    }
+    if let Some(after) = after {
+        sql.push(" AND id > ").text(after);
+    }
+    sql.push(" AND NOT EXISTS (SELECT 1 FROM resource_history l WHERE l.resource_type = h.resource_type");
+    sql.push(" AND l.id = h.id AND l.version > h.version AND ");
+    push_seen(&mut sql, "l", mark);
+    sql.push(") ORDER BY id LIMIT ").bind(Arg::Int(limit as i64));
+    sql
+}
+
+/// "`mark` sees the version in history row `alias`".
+fn push_seen(sql: &mut Sql, alias: &str, mark: &Mark) {
+    match mark {
+        Mark::Seq(seq) => {
+            sql.push(&format!("{alias}.seq <= ")).bind(Arg::Int(*seq));
+        }
+        Mark::Snapshot(snapshot) => {
+            sql.push(&format!("pg_visible_in_snapshot({alias}.xact, CAST(")).text(snapshot).push(" AS pg_snapshot))");
+        }
+    }
+}
+
+/// The history row of each current row `r` (`h`), and which of them an export as of a mark reads.
+fn push_as_of(sql: &mut Sql, as_of: &AsOf) {
+    sql.push(" JOIN resource_history h ON h.resource_type = r.resource_type AND h.id = r.id");
+    sql.push(" AND h.version = r.version AND ");
+    if as_of.part == Part::WrittenAfter {
+        sql.push("NOT ");
+    }
+    push_seen(sql, "h", &as_of.mark);
+    if let (Part::Seen, Some(earlier)) = (as_of.part, &as_of.unseen_by) {
+        sql.push(" AND NOT ");
+        push_seen(sql, "h", earlier);
+    }
+}
+
 /// Up to `limit` current resources of `types` (all when empty) in key order after `after`.
 pub fn scan(types: &[String], after: Option<&(String, String)>, limit: usize) -> Sql {
     let mut sql = Sql::default();
@@ -226,7 +297,9 @@ fn push_filters(sql: &mut Sql, query: &SearchQuery, dialect: Dialect, rows: Rows
         .map(|(n, _)| n);
     // Deleted resources keep no index rows, so candidates found through the resource's own
     // index rows are alive: the check, which needs the table row, is left out for them.
-    let check_deleted = !driver.is_some_and(|n| query.all_of[n].iter().all(found_in_own_index));
+    // A resource written after an export's mark may be a deletion of one the mark saw.
+    let check_deleted = !driver.is_some_and(|n| query.all_of[n].iter().all(found_in_own_index))
+        && !query.as_of.as_ref().is_some_and(|as_of| as_of.part == Part::WrittenAfter);
     // PostgreSQL turns `id IN (…)` into a hashed semi-join and then sorts every candidate, even
     // for a page of 20 in id order. Joined as a DISTINCT derived table instead, the candidates
     // stream in id order from the index and the probes stop once the page is full (a page of
@@ -240,7 +313,11 @@ fn push_filters(sql: &mut Sql, query: &SearchQuery, dialect: Dialect, rows: Rows
             && is_derivable_group(&query.all_of[*n])
     });
     let Some(derived) = derived else {
-        sql.push(" FROM resources r WHERE ");
+        sql.push(" FROM resources r");
+        if let Some(as_of) = &query.as_of {
+            push_as_of(sql, as_of);
+        }
+        sql.push(" WHERE ");
         push_one_of(sql, "r.resource_type", &query.resource_types);
         if check_deleted {
             sql.push(" AND r.deleted = FALSE");
@@ -267,9 +344,12 @@ fn push_filters(sql: &mut Sql, query: &SearchQuery, dialect: Dialect, rows: Rows
     }
     // In id order, so that the page streams out of the fence and stops when it is full.
     sql.push(if rows == Rows::Needed { " ORDER BY d.id OFFSET 0) d" } else { " OFFSET 0) d" });
-    if rows == Rows::Needed || check_deleted {
+    if rows == Rows::Needed || check_deleted || query.as_of.is_some() {
         sql.push(" JOIN resources r ON r.resource_type = ").text(&query.resource_types[0]);
         sql.push(" AND r.id = d.id");
+    }
+    if let Some(as_of) = &query.as_of {
+        push_as_of(sql, as_of);
     }
     if check_deleted {
         sql.push(" WHERE r.deleted = FALSE");

@@ -8,6 +8,7 @@ use sqlx::postgres::PgPoolOptions;
 use super::audit::audit_store;
 use super::auth::auth_store;
 use super::cache::{VersionCache, CACHED_VERSIONS};
+use super::export::export_store;
 use super::feed::{Feed, Watched};
 use super::sql::sql_store;
 use super::subscription::subscription_store;
@@ -24,6 +25,7 @@ sql_store!(
     session = sqlx::Transaction<'static, sqlx::Postgres>
 );
 auth_store!(PostgresStore);
+export_store!(PostgresStore, super::planner::Dialect::Postgres);
 subscription_store!(PostgresStore, PostgresTx, sqlx::Postgres, " FOR UPDATE SKIP LOCKED");
 audit_store!(PostgresStore, PostgresTx, sqlx::Postgres);
 

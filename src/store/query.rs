@@ -285,6 +285,8 @@ pub struct SearchQuery {
     pub cursor: Option<Cursor>,
     /// Also count all matches.
     pub with_total: bool,
+    /// Matches as a bulk export's mark sees them (ADR 22); `None` for what is current.
+    pub as_of: Option<super::AsOf>,
 }
 
 impl SearchQuery {
@@ -297,6 +299,7 @@ impl SearchQuery {
             count,
             cursor: None,
             with_total: false,
+            as_of: None,
         }
     }
 }

@@ -45,7 +45,8 @@ where
 }
 
 /// The columns of a job row, in the order [`sql_store!`] decodes.
-pub(super) const JOB_COLUMNS: &str = "id, kind, parameters, status, progress, processed, message, created, updated";
+pub(super) const JOB_COLUMNS: &str =
+    "id, kind, parameters, status, progress, processed, message, created, updated, client";
 
 /// The column list every resource-version query selects, in the order [`sql_store!`] decodes.
 pub(super) const VERSION_COLUMNS: &str = "resource_type, id, version, last_updated, deleted, method, body";
@@ -55,12 +56,12 @@ pub(super) const REPLACE_CURRENT: &str = " ON CONFLICT (resource_type, id) DO UP
      last_updated = excluded.last_updated, deleted = excluded.deleted, method = excluded.method, body = excluded.body";
 
 /// Microseconds since the Unix epoch: the stored form of instants.
-pub(super) fn to_micros(at: OffsetDateTime) -> i64 {
+pub fn to_micros(at: OffsetDateTime) -> i64 {
     (at.unix_timestamp_nanos() / 1_000) as i64
 }
 
 /// The inverse of [`to_micros`].
-pub(super) fn from_micros(micros: i64) -> OffsetDateTime {
+pub fn from_micros(micros: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp_nanos(micros as i128 * 1_000).unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
@@ -455,6 +456,7 @@ macro_rules! sql_store {
                 message: row.try_get("message")?,
                 created: $crate::store::sql::from_micros(row.try_get("created")?),
                 updated: $crate::store::sql::from_micros(row.try_get("updated")?),
+                client: row.try_get("client")?,
             })
         }
 
@@ -839,10 +841,15 @@ macro_rules! sql_store {
                 &self,
                 owner: &str,
                 lease_until: time::OffsetDateTime,
-                kind: Option<&str>,
+                kinds: $crate::store::JobKinds<'_>,
             ) -> $crate::store::StoreResult<Option<$crate::store::Job>> {
                 let now = $crate::store::sql::to_micros(time::OffsetDateTime::now_utc());
-                let of_kind = if kind.is_some() { " AND kind = $4" } else { "" };
+                let of_kind = match kinds {
+                    $crate::store::JobKinds::Only(_) => " AND kind = $4".to_string(),
+                    $crate::store::JobKinds::Except(kinds) => {
+                        (0..kinds.len()).map(|n| format!(" AND kind <> ${}", n + 4)).collect()
+                    }
+                };
                 let sql = format!(
                     "UPDATE jobs SET status = 'running', owner = $1, lease_until = $2, updated = $3 \
                      WHERE id = (SELECT id FROM jobs WHERE ((status = 'queued' AND not_before <= $3) \
@@ -852,8 +859,13 @@ macro_rules! sql_store {
                 );
                 let mut query =
                     sqlx::query(&sql).bind(owner).bind($crate::store::sql::to_micros(lease_until)).bind(now);
-                if let Some(kind) = kind {
-                    query = query.bind(kind);
+                match kinds {
+                    $crate::store::JobKinds::Only(kind) => query = query.bind(kind),
+                    $crate::store::JobKinds::Except(kinds) => {
+                        for kind in kinds {
+                            query = query.bind(*kind);
+                        }
+                    }
                 }
                 let row = query.fetch_optional(&self.writers).await?;
                 Ok(row.as_ref().map(decode_job).transpose()?)

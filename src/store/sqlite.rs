@@ -8,6 +8,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use super::audit::audit_store;
 use super::auth::auth_store;
 use super::cache::{VersionCache, CACHED_VERSIONS};
+use super::export::export_store;
 use super::feed::Watched;
 use super::group::WriterGate;
 use super::sql::sql_store;
@@ -25,6 +26,7 @@ sql_store!(
     session = super::group::Member
 );
 auth_store!(SqliteStore);
+export_store!(SqliteStore, super::planner::Dialect::Sqlite);
 subscription_store!(SqliteStore, SqliteTx, sqlx::Sqlite, "");
 audit_store!(SqliteStore, SqliteTx, sqlx::Sqlite);
 

@@ -60,6 +60,7 @@ impl TestServer {
         // Beside an SQLite file by default; a PostgreSQL database's goes with the test too.
         if db == Db::Postgres {
             settings.audit.spool_dir = Some(dir.path().join("audit-spool"));
+            settings.export.dir = Some(dir.path().join("exports"));
         }
         settings.subscriptions.endpoints.allow_private = true;
         Self::serve(db, database_url, Some(dir), adjust(settings), None).await
@@ -109,7 +110,12 @@ impl TestServer {
     }
 
     /// Stops this server and starts a new one on the same database (a process restart).
-    pub async fn restart(mut self) -> TestServer {
+    pub async fn restart(self) -> TestServer {
+        self.restart_with(|settings| settings).await
+    }
+
+    /// [`TestServer::restart`] with adjusted settings.
+    pub async fn restart_with(mut self, adjust: impl FnOnce(Settings) -> Settings) -> TestServer {
         let running = self.running.take().expect("a running server");
         let _ = running.stop.send(());
         running.jobs.abort();
@@ -133,7 +139,8 @@ impl TestServer {
                 tokio::time::sleep(std::time::Duration::from_millis(5)).await;
             }
         }
-        Self::serve(self.db, self.database_url.clone(), self._dir.take(), self.settings.clone(), None).await
+        let settings = adjust(self.settings.clone());
+        Self::serve(self.db, self.database_url.clone(), self._dir.take(), settings, None).await
     }
 
     /// Absolute URL of a path under the FHIR base (`Patient/1`).
