@@ -190,6 +190,22 @@ pub enum Command {
         #[arg(long, env = "HEARTH_JOBS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
         jobs: u16,
     },
+    /// Write every resource (of `--type`, changed `--since`) as NDJSON files into a new
+    /// directory, as a bulk export does, from a local database (beside a running server too);
+    /// `hearth import DIR` reads them back.
+    Export {
+        /// The directory to write (new or empty): `Type-N.ndjson` files, and
+        /// `Type-deleted-N.ndjson` for deletions since `--since`.
+        #[arg(long)]
+        out: PathBuf,
+        /// Resource types to export (all when not given).
+        #[arg(long = "type", value_delimiter = ',')]
+        types: Vec<String>,
+        /// Only resources changed after this instant (`2026-01-01T00:00:00Z`; a transactionTime
+        /// of an earlier export gives exactly what it did not see, and the deletions since).
+        #[arg(long)]
+        since: Option<String>,
+    },
     /// Register, list and remove SMART clients.
     Client {
         #[command(subcommand)]

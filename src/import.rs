@@ -16,6 +16,9 @@ use crate::rest::{Body, FhirRequest, FhirService, Method};
 const NDJSON_CHUNK: usize = 1000;
 /// The most error lines kept for the summary.
 const MAX_ERRORS_SHOWN: usize = 20;
+/// The most entries of one transaction of entries retried together (the server's default
+/// bundle limit).
+const RETRY_CHUNK: usize = 10_000;
 
 /// What an import did.
 #[derive(Debug, Default)]
@@ -28,6 +31,20 @@ pub struct ImportSummary {
     pub errors: Vec<String>,
     /// Errors beyond those listed.
     pub unlisted_errors: usize,
+    /// Batch entries a workflow rule refused alone (422), retried together at the end: a
+    /// booked Slot and its Appointment need each other, and an export has them in two files.
+    deferred: Vec<Deferred>,
+}
+
+/// A batch entry retried at the end of an import.
+#[derive(Debug)]
+struct Deferred {
+    file: PathBuf,
+    entry: usize,
+    /// The bundle entry (resource and request).
+    bundle_entry: Value,
+    /// Why it was refused alone.
+    message: String,
 }
 
 impl ImportSummary {
@@ -38,6 +55,7 @@ impl ImportSummary {
         let room = MAX_ERRORS_SHOWN.saturating_sub(self.errors.len());
         self.unlisted_errors += file.unlisted_errors + file.errors.len().saturating_sub(room);
         self.errors.extend(file.errors.into_iter().take(room));
+        self.deferred.extend(file.deferred);
     }
 }
 
@@ -120,6 +138,7 @@ pub async fn import_files(service: &FhirService, files: &[PathBuf], jobs: usize)
     for file_summary in by_file {
         summary.absorb(file_summary);
     }
+    retry_together(service, &mut summary).await;
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
 }
@@ -232,6 +251,8 @@ fn batch_of(resources: Vec<(Option<Value>, Value)>) -> Value {
 
 async fn post_bundle(service: &FhirService, bundle: Value, file: &Path, summary: &mut ImportSummary) {
     let entries = bundle.get("entry").and_then(Value::as_array).map_or(0, Vec::len);
+    let batch = bundle.get("type").and_then(Value::as_str) == Some("batch");
+    let sent: Vec<Value> = if batch { bundle["entry"].as_array().cloned().unwrap_or_default() } else { Vec::new() };
     let mut request = FhirRequest::new(Method::Post, "", Vec::new());
     request.conditions.prefer_return = crate::rest::PreferReturn::Minimal;
     request.body = Some(bundle);
@@ -240,15 +261,41 @@ async fn post_bundle(service: &FhirService, bundle: Value, file: &Path, summary:
             let Body::Json(result) = response.body else { return };
             for (n, entry) in result.get("entry").and_then(Value::as_array).into_iter().flatten().enumerate() {
                 let status = entry["response"]["status"].as_str().unwrap_or("");
-                if status.starts_with('2') {
-                    summary.resources += 1;
-                } else {
-                    let message = entry["response"]["outcome"]["issue"][0]["diagnostics"].as_str().unwrap_or(status);
-                    record(summary, file, Some(n), message, 1);
+                let message = entry["response"]["outcome"]["issue"][0]["diagnostics"].as_str().unwrap_or(status);
+                match sent.get(n) {
+                    _ if status.starts_with('2') => summary.resources += 1,
+                    Some(bundle_entry) if status.starts_with("422") => summary.deferred.push(Deferred {
+                        file: file.to_path_buf(),
+                        entry: n,
+                        bundle_entry: bundle_entry.clone(),
+                        message: message.to_string(),
+                    }),
+                    _ => record(summary, file, Some(n), message, 1),
                 }
             }
         }
         Err(error) => record(summary, file, None, &error.to_string(), entries.max(1)),
+    }
+}
+
+/// Retries the deferred entries together, in transactions of at most [`RETRY_CHUNK`]: what
+/// needed another entry written in the same transaction is stored now; what still fails is
+/// reported with the reason it was refused alone.
+async fn retry_together(service: &FhirService, summary: &mut ImportSummary) {
+    let deferred = std::mem::take(&mut summary.deferred);
+    for chunk in deferred.chunks(RETRY_CHUNK) {
+        let entries: Vec<Value> = chunk.iter().map(|d| d.bundle_entry.clone()).collect();
+        let mut request = FhirRequest::new(Method::Post, "", Vec::new());
+        request.conditions.prefer_return = crate::rest::PreferReturn::Minimal;
+        request.body = Some(json!({"resourceType": "Bundle", "type": "transaction", "entry": entries}));
+        match service.handle(request).await {
+            Ok(response) if response.status < 300 => summary.resources += chunk.len(),
+            _ => {
+                for failed in chunk {
+                    record(summary, &failed.file, Some(failed.entry), &failed.message, 1);
+                }
+            }
+        }
     }
 }
 

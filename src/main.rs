@@ -155,6 +155,7 @@ async fn main() -> anyhow::Result<()> {
                 std::process::exit(1);
             }
         }
+        Command::Export { out, types, since } => export(&cli.database, &out, types, since.as_deref()).await?,
         Command::Client { command } => {
             let store = hearth::store::open_shared(&cli.database).await?;
             println!("{}", hearth::admin::client(store.as_ref(), command).await?);
@@ -195,6 +196,39 @@ async fn main() -> anyhow::Result<()> {
             println!("wrote {} bundles with {} resources to {}", summary.bundles, summary.resources, out.display());
         }
     }
+    Ok(())
+}
+
+/// `hearth export`: the database's resources into `out`, with a running count, then what was
+/// written and how fast.
+async fn export(database: &str, out: &Path, types: Vec<String>, since: Option<&str>) -> anyhow::Result<()> {
+    if let Some(unknown) = types.iter().find(|t| !hearth::model::validate::is_resource_type(t)) {
+        anyhow::bail!("--type: '{unknown}' is not a FHIR R4 resource type");
+    }
+    let since = since
+        .map(|text| {
+            hearth::model::resource::parse_instant(text)
+                .ok_or_else(|| anyhow::anyhow!("--since: '{text}' is not an instant (2026-01-01T00:00:00Z)"))
+        })
+        .transpose()?;
+    let store = hearth::store::open_shared(database).await?;
+    let hearth = Hearth::with_store(store, None, Settings::new("http://localhost:8080"));
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(indicatif::ProgressStyle::with_template("{spinner} {pos} resources [{elapsed_precise}, {per_sec}]")?);
+    let started = std::time::Instant::now();
+    let manifest =
+        hearth.service().export_to(out, types, since, &|n| bar.set_position(n)).await.map_err(anyhow::Error::msg)?;
+    bar.finish_and_clear();
+    let files = manifest["output"].as_array().map(Vec::len).unwrap_or(0)
+        + manifest["deleted"].as_array().map(Vec::len).unwrap_or(0);
+    let resources: u64 = manifest["output"].as_array().into_iter().flatten().filter_map(|f| f["count"].as_u64()).sum();
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "exported {resources} resources in {files} files to {} in {seconds:.1} s ({:.0} resources/s); transactionTime {}",
+        out.display(),
+        resources as f64 / seconds.max(1e-9),
+        manifest["transactionTime"].as_str().unwrap_or_default()
+    );
     Ok(())
 }
 

@@ -409,6 +409,51 @@ async fn a_job_left_by_a_dead_node_resumes_where_it_stopped(db: Db) {
     assert!(!lines.contains_key("Observation"), "the recorded first type is not written again: {observation_id}");
 }
 
+/// Writes that commit after the kick-off are not in the export (it shows what its
+/// `transactionTime` saw: a resource changed since as it was, a resource deleted since still
+/// there), and are all in the next export `_since` it.
+async fn an_export_is_the_snapshot_of_its_kick_off(db: Db) {
+    let server = TestServer::start_with(db, |mut settings| {
+        settings.export.workers = 0;
+        settings
+    })
+    .await;
+    let changed = server.create(&patient("Before")).await;
+    let deleted = server.create(&patient("Deleted later")).await;
+    let status = kick_off(&server, "$export?_type=Patient", None).await;
+    // Committed after the mark, before the export is written.
+    let update = json!({"resourceType": "Patient", "id": changed, "name": [{"family": "After"}]});
+    assert_eq!(server.put(&format!("Patient/{changed}"), &update).await.status(), 200);
+    assert!(server.delete(&format!("Patient/{deleted}")).await.status().is_success());
+    let added = server.create(&patient("Added later")).await;
+
+    let server = server
+        .restart_with(|mut settings| {
+            settings.export.workers = 2;
+            settings
+        })
+        .await;
+    let status = server.url(status.split("/fhir/").nth(1).unwrap());
+    let manifest = finished(&server, &status, None).await.manifest;
+    let lines = lines_of(&server, &manifest, "output", None).await;
+    let patients = &lines["Patient"];
+    assert_eq!(ids(Some(patients)), sorted(&[&changed, &deleted]), "as the kick-off saw them");
+    let shown = patients.iter().find(|p| p["id"] == changed.as_str()).unwrap();
+    assert_eq!(shown["name"][0]["family"], "Before");
+    assert_eq!(shown["meta"]["versionId"], "1");
+
+    let since = url::form_urlencoded::byte_serialize(manifest["transactionTime"].as_str().unwrap().as_bytes())
+        .collect::<String>();
+    let next = kick_off(&server, &format!("$export?_type=Patient&_since={since}"), None).await;
+    let next = finished(&server, &next, None).await.manifest;
+    let lines = lines_of(&server, &next, "output", None).await;
+    assert_eq!(ids(lines.get("Patient")), sorted(&[&changed, &added]));
+    let shown = lines["Patient"].iter().find(|p| p["id"] == changed.as_str()).unwrap();
+    assert_eq!(shown["name"][0]["family"], "After");
+    let deletions = lines_of(&server, &next, "deleted", None).await;
+    assert_eq!(deletions["Bundle"][0]["entry"][0]["request"]["url"], format!("Patient/{deleted}"));
+}
+
 async fn exports_are_the_clients_own_and_within_its_scopes(db: Db) {
     let server = smart_server_with(db, |mut settings| {
         settings.export.max_running = 1;
@@ -473,5 +518,6 @@ on_both_databases!(
     cancelling_removes_the_export_and_its_files,
     expired_exports_are_removed,
     a_job_left_by_a_dead_node_resumes_where_it_stopped,
+    an_export_is_the_snapshot_of_its_kick_off,
     exports_are_the_clients_own_and_within_its_scopes,
 );

@@ -27,6 +27,11 @@ impl JobDir {
         JobDir { path: root.join(format!("job-{job}")) }
     }
 
+    /// The directory `path` itself (`hearth export --out`).
+    pub fn at(path: &Path) -> JobDir {
+        JobDir { path: path.to_path_buf() }
+    }
+
     /// The path of a finished file named `name`; `None` for a name that is not one of an
     /// export's files (nothing outside the directory can be named).
     pub fn file(&self, name: &str) -> Option<PathBuf> {

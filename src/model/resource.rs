@@ -67,23 +67,32 @@ pub fn resource_type_of(resource: &Value) -> Result<&str, FhirError> {
 
 /// Sets `id`, `meta.versionId` and `meta.lastUpdated`, keeping the rest of `meta` (tags,
 /// profiles, security labels) as the client sent it. `id` is placed right after `resourceType`.
+/// The other elements keep their order (a `remove` from the map would move its last element
+/// into the gap, and a resource written again as it was read would come back reordered).
 pub fn stamp(resource: &mut Value, id: &str, version: i64, last_updated: OffsetDateTime) {
     let Some(object) = resource.as_object_mut() else { return };
-    let mut meta = match object.remove("meta") {
-        Some(Value::Object(meta)) => meta,
-        _ => Map::new(),
-    };
+    let mut resource_type = None;
+    let mut meta = Map::new();
+    let mut rest = Map::with_capacity(object.len());
+    for (name, value) in std::mem::take(object) {
+        match (name.as_str(), value) {
+            ("resourceType", value) => resource_type = Some(value),
+            ("id", _) => {}
+            ("meta", Value::Object(given)) => meta = given,
+            ("meta", _) => {}
+            (_, value) => {
+                rest.insert(name, value);
+            }
+        }
+    }
     meta.insert("versionId".into(), Value::String(version.to_string()));
     meta.insert("lastUpdated".into(), Value::String(format_instant(last_updated)));
-    let mut stamped = Map::with_capacity(object.len() + 2);
-    if let Some(resource_type) = object.remove("resourceType") {
-        stamped.insert("resourceType".into(), resource_type);
+    if let Some(resource_type) = resource_type {
+        object.insert("resourceType".into(), resource_type);
     }
-    object.remove("id");
-    stamped.insert("id".into(), Value::String(id.to_string()));
-    stamped.insert("meta".into(), Value::Object(meta));
-    stamped.append(object);
-    *object = stamped;
+    object.insert("id".into(), Value::String(id.to_string()));
+    object.insert("meta".into(), Value::Object(meta));
+    object.append(&mut rest);
 }
 
 /// Calls `visit` with every `reference` string of `value`, wherever it is (Reference elements
@@ -127,6 +136,14 @@ mod tests {
             serde_json::to_string(&patient).unwrap(),
             r#"{"resourceType":"Patient","id":"p1","meta":{"tag":[{"code":"x"}],"versionId":"3","lastUpdated":"2026-01-02T03:04:05.678Z"},"active":true}"#
         );
+        // Stamped again as it was read (an import of an export), it keeps its order.
+        let mut read: Value = serde_json::from_str(
+            r#"{"resourceType":"Account","id":"a","meta":{"versionId":"1"},"subject":[],"owner":{},"status":"active","name":"n"}"#,
+        )
+        .unwrap();
+        stamp(&mut read, "a", 1, at);
+        let names: Vec<&String> = read.as_object().unwrap().keys().collect();
+        assert_eq!(names, ["resourceType", "id", "meta", "subject", "owner", "status", "name"]);
     }
 
     #[test]

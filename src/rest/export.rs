@@ -182,11 +182,26 @@ impl FhirService {
                 Err(error) => return Err(error.to_string()),
             },
         };
-        let mark = Mark::parse(&request.mark).ok_or("the export's snapshot is unreadable")?;
         let progress = progress_of(job).map_err(|e| e.to_string())?;
         let dir = JobDir::new(&self.export_root().await?, job.id);
         dir.prepare().await.map_err(|e| format!("the export directory: {e}"))?;
-        let mut writer = Writer::new(self, job.id, owner, dir, progress);
+        let mut writer = Writer::new(self, Some((job.id, owner)), dir, progress);
+        if !self.write_files(&request, &access, &mut writer).await? {
+            return Ok(JobEnd::Abandoned);
+        }
+        let files = writer.progress.files.iter().filter(|f| f.list != List::Error).count();
+        Ok(JobEnd::Finished(format!("exported {} resources in {files} files", writer.progress.written())))
+    }
+
+    /// Writes the files of `request` as `access` from where `writer` stands, to the end;
+    /// `false` when the job was cancelled or taken over.
+    async fn write_files(
+        &self,
+        request: &ExportRequest,
+        access: &Access,
+        writer: &mut Writer<'_>,
+    ) -> Result<bool, String> {
+        let mark = Mark::parse(&request.mark).ok_or("the export's snapshot is unreadable")?;
         if !request.ignored.is_empty() && !writer.progress.files.iter().any(|f| f.list == List::Error) {
             let position = writer.progress.position.clone().unwrap_or(Position::start_of(0));
             for why in &request.ignored {
@@ -196,23 +211,72 @@ impl FhirService {
                 writer.write("OperationOutcome", List::Error, &line, position.clone()).await?;
             }
             if !writer.finish_part(position).await? {
-                return Ok(JobEnd::Abandoned);
+                return Ok(false);
             }
         }
         let start = writer.progress.position.clone().unwrap_or(Position::start_of(0));
-        let mut view = ReadView::new(self, &access, Source::Store(self.store.as_ref()));
-        let export = Export { service: self, request: &request, mark };
+        let mut view = ReadView::new(self, access, Source::Store(self.store.as_ref()));
+        let export = Export { service: self, request, mark };
         for type_index in start.type_index..request.types.len() {
             let from = if type_index == start.type_index { start.clone() } else { Position::start_of(type_index) };
-            if !export.write_type(&mut view, &mut writer, from).await? {
-                return Ok(JobEnd::Abandoned);
+            if !export.write_type(&mut view, writer, from).await? {
+                return Ok(false);
             }
         }
-        if !writer.finish_part(Position::start_of(request.types.len())).await? {
-            return Ok(JobEnd::Abandoned);
+        writer.finish_part(Position::start_of(request.types.len())).await
+    }
+
+    /// `hearth export`: the resources of `types` (every type when empty) as of now, changed
+    /// since `since` when given, written into the new or empty directory `out` as an export
+    /// job writes them; its manifest names the files relative to `out`. No job: the files are
+    /// the caller's. `on_written` hears how many resources are written so far.
+    pub async fn export_to(
+        &self,
+        out: &std::path::Path,
+        types: Vec<String>,
+        since: Option<OffsetDateTime>,
+        on_written: &(dyn Fn(u64) + Sync),
+    ) -> Result<Value, String> {
+        let listed = match std::fs::read_dir(out) {
+            Ok(mut entries) => entries.next().is_some(),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => false,
+            Err(error) => return Err(format!("{}: {error}", out.display())),
+        };
+        if listed {
+            return Err(format!("{} is not empty: an export goes into a new or empty directory", out.display()));
         }
-        let files = writer.progress.files.iter().filter(|f| f.list != List::Error).count();
-        Ok(JobEnd::Finished(format!("exported {} resources in {files} files", writer.progress.written())))
+        let mark = self.store.take_mark().await.map_err(|e| e.to_string())?;
+        let at = self.store.keep_mark(OffsetDateTime::now_utc(), &mark).await.map_err(|e| e.to_string())?;
+        let since = match since {
+            None => None,
+            Some(at) => Some(match self.store.mark_at(at).await.map_err(|e| e.to_string())? {
+                Some(earlier) => SinceText::Mark(earlier.to_string()),
+                None => SinceText::time(at),
+            }),
+        };
+        let types = if types.is_empty() {
+            crate::model::validate::resource_types().into_iter().map(str::to_string).collect()
+        } else {
+            types
+        };
+        let request = ExportRequest {
+            request: "hearth export".to_string(),
+            claims: None,
+            level: Level::System,
+            types,
+            filters: Default::default(),
+            since,
+            elements: Vec::new(),
+            mark: mark.to_string(),
+            transaction_time: instant_text(at),
+            ignored: Vec::new(),
+        };
+        let dir = JobDir::at(out);
+        dir.prepare().await.map_err(|e| format!("{}: {e}", out.display()))?;
+        let mut writer = Writer::new(self, None, dir, Progress::default());
+        writer.on_written = Some(on_written);
+        self.write_files(&request, &Access::Open, &mut writer).await?;
+        Ok(manifest(&request, &writer.progress.files, |name| name.to_string(), false))
     }
 
     /// The database's directory under the export directory: several databases may share one
@@ -620,8 +684,8 @@ fn absolute_attachment_urls(document: &mut Value, base_url: &str) {
 /// The part files of a running export, and the job steps that record them.
 struct Writer<'a> {
     service: &'a FhirService,
-    job: i64,
-    owner: &'a str,
+    /// The job and the worker that holds it; `None` for `hearth export`, which records nothing.
+    job: Option<(i64, &'a str)>,
     dir: JobDir,
     /// What is recorded: finished files, and where to carry on.
     progress: Progress,
@@ -630,12 +694,14 @@ struct Writer<'a> {
     /// Resources written, finished files and the one being written.
     written: u64,
     last_step: Instant,
+    /// Told how many resources are written, now and then (a progress bar).
+    on_written: Option<&'a (dyn Fn(u64) + Sync)>,
 }
 
 impl<'a> Writer<'a> {
-    fn new(service: &'a FhirService, job: i64, owner: &'a str, dir: JobDir, progress: Progress) -> Self {
+    fn new(service: &'a FhirService, job: Option<(i64, &'a str)>, dir: JobDir, progress: Progress) -> Self {
         let written = progress.written();
-        Writer { service, job, owner, dir, progress, part: None, written, last_step: Instant::now() }
+        Writer { service, job, dir, progress, part: None, written, last_step: Instant::now(), on_written: None }
     }
 
     /// Appends a line for `resource_type` to `list`; `position` is where the export carries
@@ -668,6 +734,9 @@ impl<'a> Writer<'a> {
         file.write(line).await.map_err(|e| format!("an export file: {e}"))?;
         *at = position.clone();
         self.written += u64::from(list != List::Error);
+        if let Some(on_written) = self.on_written.filter(|_| self.written.is_multiple_of(1000)) {
+            on_written(self.written);
+        }
         if file.count() >= self.service.config.export.resources_per_file {
             return self.finish_part(position).await;
         }
@@ -695,14 +764,16 @@ impl<'a> Writer<'a> {
     /// Records the progress and extends the lease; `false` when the job was cancelled or
     /// taken over (the file being written is dropped).
     async fn step(&mut self) -> Result<bool, String> {
-        let progress = serde_json::to_string(&self.progress).map_err(|e| e.to_string())?;
-        let step = JobStep {
-            id: self.job,
-            owner: self.owner,
-            progress: &progress,
-            processed: self.written as i64,
-            lease_until: lease_until(),
+        if let Some(on_written) = self.on_written {
+            on_written(self.written);
+        }
+        let Some((id, owner)) = self.job else {
+            self.last_step = Instant::now();
+            return Ok(true);
         };
+        let progress = serde_json::to_string(&self.progress).map_err(|e| e.to_string())?;
+        let step =
+            JobStep { id, owner, progress: &progress, processed: self.written as i64, lease_until: lease_until() };
         let recorded = async {
             let mut tx = self.service.store.begin().await?;
             let held = tx.job_step(&step).await?;
