@@ -382,7 +382,7 @@ async fn a_job_left_by_a_dead_node_resumes_where_it_stopped(db: Db) {
     let store = hearth::store::open_shared(&server.database_url).await.unwrap();
     let lapsed = time::OffsetDateTime::now_utc() - time::Duration::seconds(1);
     let job = store.claim_job("dead-node", lapsed, hearth::store::JobKinds::Only("export")).await.unwrap().unwrap();
-    let progress = json!({"files": [], "position": {"typeIndex": 1, "stage": "seen", "filter": 0}}).to_string();
+    let progress = json!({"files": [], "position": {"typeIndex": 1, "stage": "resources", "filter": 0}}).to_string();
     let step = hearth::store::JobStep {
         id: job.id,
         owner: "dead-node",
@@ -495,13 +495,20 @@ async fn exports_are_the_clients_own_and_within_its_scopes(db: Db) {
     assert_eq!(ids(lines.get("Patient")), vec![mine.clone()]);
     assert_eq!(lines["Observation"].len(), 1);
     assert_eq!(lines["Observation"][0]["subject"]["reference"], format!("Patient/{mine}"));
+    // Another user of the same app learns nothing of it.
+    let their_token =
+        smart.user_token("theirs", &format!("Patient/{theirs}"), &[], "launch/patient patient/*.rs").await;
+    assert_eq!(send(&server, Method::GET, &status, Some(&their_token), None).await.status(), 404);
+    let file = manifest["output"][0]["url"].as_str().unwrap();
+    assert_eq!(server.client.get(file).bearer_auth(&their_token).send().await.unwrap().status(), 404);
 
     // As many running as it may: the next is refused with Retry-After.
     let store = hearth::store::open_shared(&server.database_url).await.unwrap();
     let parameters = json!({"request": "held", "claims": null, "level": "system", "types": [],
         "mark": "seq:0", "transactionTime": "2026-01-01T00:00:00Z"})
     .to_string();
-    store.enqueue_client_job("export", &parameters, "nightly", 1).await.unwrap().expect("queued");
+    let owner = hearth::export::owner_key("nightly", "nightly");
+    store.enqueue_client_job("export", &parameters, &owner, 1).await.unwrap().expect("queued");
     let held = time::OffsetDateTime::now_utc() + time::Duration::minutes(5);
     store.claim_job("elsewhere", held, hearth::store::JobKinds::Only("export")).await.unwrap().expect("claimed");
     let response = send(&server, Method::GET, &server.url("$export"), Some(&nightly), None).await;

@@ -51,6 +51,13 @@ impl Default for ExportSettings {
     }
 }
 
+/// Who an export belongs to (`jobs.client`): a client and the user it acts for (a backend
+/// service is its own user). A portal app's users share its client id; each sees its own
+/// exports only, and each has its own `--export-max-running`.
+pub fn owner_key(client_id: &str, subject: &str) -> String {
+    serde_json::json!([client_id, subject]).to_string()
+}
+
 /// Where exports are written by default: beside an SQLite database file
 /// (`hearth.db.exports`), else the user's state directory ([`crate::store::local_dir`]).
 pub fn default_dir(database_url: &str) -> PathBuf {
@@ -121,18 +128,18 @@ pub struct ExportRequest {
     pub mark: String,
     /// When the mark was taken (RFC 3339): the manifest's `transactionTime`.
     pub transaction_time: String,
-    /// Why parameters were ignored (`Prefer: handling=lenient`): the manifest's error file.
+    /// What the kick-off ignored (`Prefer: handling=lenient`) or does not apply: warnings in
+    /// the manifest's error file.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ignored: Vec<String>,
 }
 
-/// What an export writes of a type, in order: the current rows its mark sees, the versions it
-/// saw of the rows written after it, and the deletions since `_since`.
+/// What an export writes of a type, in order: its resources as the mark saw them, then the
+/// deletions since `_since`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Stage {
-    Seen,
-    WrittenAfter,
+    Resources,
     Deleted,
 }
 
@@ -151,7 +158,7 @@ pub struct Position {
 impl Position {
     /// The start of the type at `type_index`.
     pub fn start_of(type_index: usize) -> Position {
-        Position { type_index, stage: Stage::Seen, filter: 0, after: None }
+        Position { type_index, stage: Stage::Resources, filter: 0, after: None }
     }
 }
 
@@ -236,7 +243,7 @@ mod tests {
                 count: 3,
                 list: List::Output,
             }],
-            position: Some(Position { type_index: 1, stage: Stage::WrittenAfter, filter: 0, after: Some("x".into()) }),
+            position: Some(Position { type_index: 1, stage: Stage::Deleted, filter: 0, after: Some("x".into()) }),
         };
         let text = serde_json::to_string(&progress).unwrap();
         assert_eq!(serde_json::from_str::<Progress>(&text).unwrap(), progress);

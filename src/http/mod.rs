@@ -369,6 +369,11 @@ async fn file_response(content_type: &'static str, path: &std::path::Path) -> Re
     };
     let (file, length) = match opened.await {
         Ok(opened) => opened,
+        // Expired meanwhile, or written by a node that does not share this one's directory.
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let error = FhirError::not_found("this file is no longer here (it expired, or another node wrote it)");
+            return error_response(error, Format::Json, false);
+        }
         Err(error) => {
             tracing::error!(%error, path = %path.display(), "cannot read a file to serve");
             return error_response(FhirError::internal(), Format::Json, false);

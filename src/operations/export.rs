@@ -27,6 +27,9 @@ const NDJSON: &[&str] = &["application/fhir+ndjson", "application/fhir ndjson", 
 /// others shape a page, which an export does not have).
 const NOT_FILTERS: &[&str] = &["_include", "_revinclude", "_sort", "_count", "_summary", "_elements", "_total"];
 
+/// How the error file introduces what `Prefer: handling=lenient` let the kick-off ignore.
+const LENIENTLY: &str = "ignored (Prefer: handling=lenient):";
+
 pub struct Export;
 
 #[async_trait]
@@ -37,7 +40,13 @@ impl Operation for Export {
         level: &Level,
         inputs: &Inputs,
     ) -> Result<FhirResponse, FhirError> {
-        let mut ignored: Vec<String> = context.ignored().iter().map(|name| format!("parameter '{name}'")).collect();
+        let mut ignored: Vec<String> =
+            context.ignored().iter().map(|name| format!("{LENIENTLY} parameter '{name}'")).collect();
+        for value in listed(inputs, "includeAssociatedData") {
+            ignored.push(format!(
+                "includeAssociatedData={value} is not applied: Provenance resources are exported as any other type"
+            ));
+        }
         let lenient = context.lenient();
         // A refusal under `Prefer: handling=strict` (the default), a note in the error file
         // under `handling=lenient`.
@@ -45,7 +54,7 @@ impl Operation for Export {
             if !lenient {
                 return Err(error);
             }
-            ignored.extend(error.issues.into_iter().map(|issue| issue.diagnostics));
+            ignored.extend(error.issues.into_iter().map(|issue| format!("{LENIENTLY} {}", issue.diagnostics)));
             Ok(())
         };
         if let Some(format) = inputs.text("_outputFormat") {

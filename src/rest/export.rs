@@ -29,7 +29,7 @@ use crate::export::{
 use crate::model::outcome::operation_outcome;
 use crate::model::{ErrorKind, FhirError, Issue, IssueCode};
 use crate::store::{
-    AsOf, Condition, Cursor, Job, JobKinds, JobStatus, JobStep, Mark, Part, ResourceVersion, SearchQuery,
+    AsOf, Condition, Cursor, Job, JobKinds, JobStatus, JobStep, Mark, ResourceVersion, SearchQuery, Since,
 };
 
 /// Resources read per query.
@@ -41,6 +41,10 @@ const HEARTBEAT: Duration = Duration::from_secs(10);
 /// What a client polling a status is told to wait, and the least time between two polls.
 const RETRY_AFTER_SECONDS: u32 = 2;
 const POLL_SPACING: Duration = Duration::from_millis(500);
+
+/// Why an export failed when its client's token was revoked (or its user signed out
+/// everywhere) before it was written: its status says so (403), not a server failure.
+const AUTHORIZATION_ENDED: &str = "the authorization the export was started with has ended (its token was revoked)";
 
 /// How long the marks under `transactionTime`s are kept for exports `_since` them.
 const MARKS_KEPT: time::Duration = time::Duration::days(30);
@@ -62,11 +66,14 @@ struct Expiry {
     job: i64,
 }
 
-/// The client an export belongs to: the token's, or nobody's when the server runs without
-/// authorization (no client id is empty).
-fn client_of(access: &Access) -> String {
+/// Who an export belongs to ([`crate::export::owner_key`]): the token's client and user, or
+/// nobody's when the server runs without authorization.
+fn owner_of(access: &Access) -> String {
     match access {
-        Access::Token(grant) => grant.client_id.clone(),
+        Access::Token(grant) => {
+            let subject = grant.claims.as_ref().map_or(grant.client_id.as_str(), |claims| claims.sub.as_str());
+            crate::export::owner_key(&grant.client_id, subject)
+        }
         Access::Open => String::new(),
     }
 }
@@ -91,13 +98,15 @@ impl FhirService {
         mut request: ExportRequest,
     ) -> Result<FhirResponse, FhirError> {
         let settings = &self.config.export;
+        // The instant before the mark: every version stamped up to it was written before the
+        // mark, or is caught by an export `_since` it (by the mark kept under it).
+        let at = crate::store::from_micros(crate::store::to_micros(OffsetDateTime::now_utc()));
         let mark = self.store.take_mark().await.map_err(store_error)?;
-        let at = self.store.keep_mark(OffsetDateTime::now_utc(), &mark).await.map_err(store_error)?;
         request.mark = mark.to_string();
         request.transaction_time = instant_text(at);
         let parameters = serde_json::to_string(&request).map_err(|_| FhirError::internal())?;
-        let client = client_of(access);
-        let queued = self.store.enqueue_client_job(JOB_KIND, &parameters, &client, settings.max_running).await;
+        let owner = owner_of(access);
+        let queued = self.store.enqueue_client_job(JOB_KIND, &parameters, &owner, settings.max_running).await;
         let Some(job) = queued.map_err(store_error)? else {
             let message = format!(
                 "this client has {} exports queued or running, as many as it may; retry when one has finished",
@@ -105,6 +114,8 @@ impl FhirService {
             );
             return Err(FhirError::new(ErrorKind::TooManyRequests(RETRY_AFTER_SECONDS), IssueCode::Throttled, message));
         };
+        // Kept once the job is: a refused kick-off keeps nothing.
+        self.store.keep_mark(at, &mark).await.map_err(store_error)?;
         self.exports.queued.notify_one();
         let url = self.job_url(job.id);
         let message = format!("export queued as job {}; its status is at {url}", job.id);
@@ -152,6 +163,15 @@ impl FhirService {
             return;
         };
         tracing::info!(job = job.id, status = status.as_str(), %message, "export ended");
+        // Only while it still holds the job: another worker may be carrying on with its files.
+        match self.store.finish_job(job.id, owner, status, &message).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(error) => {
+                tracing::warn!(job = job.id, %error, "cannot record the end of an export");
+                return;
+            }
+        }
         if status == JobStatus::Failed {
             self.remove_export_files(job.id).await;
         }
@@ -166,9 +186,6 @@ impl FhirService {
         if let Err(error) = queued.await {
             tracing::warn!(job = job.id, %error, "cannot queue the expiry of an export");
         }
-        if let Err(error) = self.store.finish_job(job.id, owner, status, &message).await {
-            tracing::warn!(job = job.id, %error, "cannot record the end of an export");
-        }
     }
 
     /// Writes (or carries on writing) an export's files.
@@ -178,13 +195,21 @@ impl FhirService {
             None => Access::Open,
             Some(claims) => match crate::auth::kept_access(self.store.as_ref(), claims).await {
                 Ok(Some(access)) => access,
-                Ok(None) => return Err("the client's authorization has ended (its token was revoked)".into()),
+                Ok(None) => return Err(AUTHORIZATION_ENDED.into()),
                 Err(error) => return Err(error.to_string()),
             },
         };
-        let progress = progress_of(job).map_err(|e| e.to_string())?;
+        let mut progress = progress_of(job).map_err(|e| e.to_string())?;
         let dir = JobDir::new(&self.export_root().await?, job.id);
         dir.prepare().await.map_err(|e| format!("the export directory: {e}"))?;
+        // Files recorded by a node that does not share this one's export directory: start again.
+        if progress.files.iter().any(|f| dir.file(&f.name).is_none_or(|path| !path.exists())) {
+            tracing::warn!(
+                job = job.id,
+                "an export's recorded files are not in this node's export directory; it starts again"
+            );
+            progress = Progress::default();
+        }
         let mut writer = Writer::new(self, Some((job.id, owner)), dir, progress);
         if !self.write_files(&request, &access, &mut writer).await? {
             return Ok(JobEnd::Abandoned);
@@ -205,8 +230,7 @@ impl FhirService {
         if !request.ignored.is_empty() && !writer.progress.files.iter().any(|f| f.list == List::Error) {
             let position = writer.progress.position.clone().unwrap_or(Position::start_of(0));
             for why in &request.ignored {
-                let issue =
-                    Issue::warning(IssueCode::NotSupported, format!("ignored (Prefer: handling=lenient): {why}"));
+                let issue = Issue::warning(IssueCode::NotSupported, why.clone());
                 let line = serde_json::to_vec(&operation_outcome(&[issue])).map_err(|e| e.to_string())?;
                 writer.write("OperationOutcome", List::Error, &line, position.clone()).await?;
             }
@@ -245,8 +269,9 @@ impl FhirService {
         if listed {
             return Err(format!("{} is not empty: an export goes into a new or empty directory", out.display()));
         }
+        let at = crate::store::from_micros(crate::store::to_micros(OffsetDateTime::now_utc()));
         let mark = self.store.take_mark().await.map_err(|e| e.to_string())?;
-        let at = self.store.keep_mark(OffsetDateTime::now_utc(), &mark).await.map_err(|e| e.to_string())?;
+        self.store.keep_mark(at, &mark).await.map_err(|e| e.to_string())?;
         let since = match since {
             None => None,
             Some(at) => Some(match self.store.mark_at(at).await.map_err(|e| e.to_string())? {
@@ -322,7 +347,7 @@ impl FhirService {
         let job = job.ok_or_else(|| FhirError::not_found(format!("there is no job {id}")))?;
         match &job.client {
             None => Ok(None),
-            Some(client) if *client == client_of(access) && job.kind == JOB_KIND => Ok(Some(job)),
+            Some(client) if *client == owner_of(access) && job.kind == JOB_KIND => Ok(Some(job)),
             Some(_) => Err(FhirError::not_found(format!("there is no job {id}"))),
         }
     }
@@ -361,6 +386,9 @@ impl FhirService {
                 let expires = job.updated + self.config.export.ttl;
                 response.headers.push(("expires", httpdate::fmt_http_date(expires.into())));
                 Ok(Some(response))
+            }
+            JobStatus::Failed if job.message.as_deref() == Some(AUTHORIZATION_ENDED) => {
+                Err(FhirError::forbidden(format!("export {id} failed: {AUTHORIZATION_ENDED}")))
             }
             JobStatus::Failed => Err(FhirError::new(
                 ErrorKind::Internal,
@@ -438,58 +466,62 @@ impl Export<'_> {
     ) -> Result<bool, String> {
         let resource_type = &self.request.types[from.type_index];
         let filters = self.filters(resource_type)?;
-        for stage in [Stage::Seen, Stage::WrittenAfter] {
-            if stage < from.stage {
-                continue;
-            }
-            for (n, _) in filters.iter().enumerate() {
-                let resumed = stage == from.stage && n == from.filter;
-                if stage == from.stage && n < from.filter {
-                    continue;
-                }
-                let mut after = if resumed { from.after.clone() } else { None };
+        if from.stage == Stage::Resources {
+            for n in from.filter..filters.len() {
+                let mut after = if n == from.filter { from.after.clone() } else { None };
                 loop {
-                    let page = self.page(view, &filters, n, stage, after.as_deref()).await?;
+                    let page = self.page(view, &filters, n, after.as_deref()).await?;
                     let Some(last) = page.last_id else { break };
                     for version in page.versions {
-                        let position =
-                            Position { type_index: from.type_index, stage, filter: n, after: Some(version.id.clone()) };
+                        let position = Position {
+                            type_index: from.type_index,
+                            stage: Stage::Resources,
+                            filter: n,
+                            after: Some(version.id.clone()),
+                        };
                         let line = self.line(&version)?;
                         if !writer.write(resource_type, List::Output, &line, position).await? {
                             return Ok(false);
                         }
                     }
+                    if !writer.keep_alive().await? {
+                        return Ok(false);
+                    }
                     after = Some(last);
                 }
             }
         }
-        if from.stage <= Stage::Deleted && self.lists_deletions(view, resource_type) {
-            let Some(since) = self.request.since.as_ref().and_then(SinceText::since) else { return Ok(true) };
-            let mut after = if from.stage == Stage::Deleted { from.after.clone() } else { None };
-            loop {
-                let deletions = self
-                    .service
-                    .store
-                    .deletions(resource_type, &self.mark, &since, after.as_deref(), PAGE)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let Some(last) = deletions.last().map(|d| d.id.clone()) else { break };
-                for deletion in &deletions {
-                    let position = Position {
-                        type_index: from.type_index,
-                        stage: Stage::Deleted,
-                        filter: 0,
-                        after: Some(deletion.id.clone()),
-                    };
-                    let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
-                        {"request": {"method": "DELETE", "url": format!("{resource_type}/{}", deletion.id)}}]});
-                    let line = serde_json::to_vec(&bundle).map_err(|e| e.to_string())?;
-                    if !writer.write(resource_type, List::Deleted, &line, position).await? {
-                        return Ok(false);
-                    }
+        if !self.lists_deletions(view, resource_type) {
+            return Ok(true);
+        }
+        let Some(since) = self.request.since.as_ref().and_then(SinceText::since) else { return Ok(true) };
+        let mut after = if from.stage == Stage::Deleted { from.after.clone() } else { None };
+        loop {
+            let deletions = self
+                .service
+                .store
+                .deletions(resource_type, &self.mark, &since, after.as_deref(), PAGE)
+                .await
+                .map_err(|e| e.to_string())?;
+            let Some(last) = deletions.last().map(|d| d.id.clone()) else { break };
+            for deletion in &deletions {
+                let position = Position {
+                    type_index: from.type_index,
+                    stage: Stage::Deleted,
+                    filter: 0,
+                    after: Some(deletion.id.clone()),
+                };
+                let bundle = json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+                    {"request": {"method": "DELETE", "url": format!("{resource_type}/{}", deletion.id)}}]});
+                let line = serde_json::to_vec(&bundle).map_err(|e| e.to_string())?;
+                if !writer.write(resource_type, List::Deleted, &line, position).await? {
+                    return Ok(false);
                 }
-                after = Some(last);
             }
+            if !writer.keep_alive().await? {
+                return Ok(false);
+            }
+            after = Some(last);
         }
         Ok(true)
     }
@@ -506,64 +538,61 @@ impl Export<'_> {
     }
 
     /// The queries of a type, one per `_typeFilter` query (one unfiltered when it has none),
-    /// each with the level's patients and `_since` by time.
+    /// each with the level's patients, as of the export's mark.
     fn filters(&self, resource_type: &str) -> Result<Vec<SearchQuery>, String> {
         let queries: Vec<String> = match self.request.filters.get(resource_type) {
             Some(queries) => queries.clone(),
             None => vec![String::new()],
         };
+        let since = self.request.since.as_ref().and_then(SinceText::since);
         queries
             .iter()
             .map(|query| {
-                let mut parameters: Vec<(String, String)> =
+                let parameters: Vec<(String, String)> =
                     url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
-                if let Some(SinceText::Time(micros)) = &self.request.since {
-                    let at = crate::store::from_micros(*micros);
-                    parameters.push(("_lastUpdated".into(), format!("gt{}", instant_text(at))));
-                }
                 let mut search = self.service.search_query(resource_type, &parameters).map_err(|e| e.to_string())?;
                 if let Level::Patients(patients) = &self.request.level {
                     search.all_of.push(in_compartments(resource_type, patients.as_deref()));
                 }
+                search.count = PAGE;
+                search.as_of = Some(AsOf { mark: self.mark.clone(), since: since.clone() });
                 Ok(search)
             })
             .collect()
     }
 
-    /// One page of a stage of filter `n`: the versions to write (those earlier filters did
-    /// not match), and the last id read.
+    /// One page of filter `n`'s query: the versions to write (as the mark saw them, and not
+    /// matched by an earlier filter), and the last id read.
     async fn page(
         &self,
         view: &mut ReadView<'_>,
         filters: &[SearchQuery],
         n: usize,
-        stage: Stage,
         after: Option<&str>,
     ) -> Result<Page, String> {
-        let part = if stage == Stage::Seen { Part::Seen } else { Part::WrittenAfter };
-        let mut query = self.as_of(&filters[n], part);
+        let mut query = filters[n].clone();
         query.cursor = after.map(|id| Cursor {
             values: Vec::new(),
             resource_type: query.resource_types[0].clone(),
             id: id.to_string(),
             backward: false,
         });
-        let found = view.search(&mut query).await.map_err(|e| e.to_string())?.resources;
-        let last_id = found.last().map(|v| v.id.clone());
-        let mut versions = self.not_matched_before(view, filters, n, part, found).await?;
-        if part == Part::WrittenAfter {
-            versions = self.as_marked(view, versions).await?;
+        let page = view.search(&mut query).await.map_err(|e| e.to_string())?;
+        let last_id = page.resources.last().map(|v| v.id.clone());
+        let found: Vec<(ResourceVersion, Option<i64>)> = page.resources.into_iter().zip(page.marked).collect();
+        let found = self.not_matched_before(view, filters, n, found).await?;
+        let mut versions = Vec::with_capacity(found.len());
+        for (current, marked) in found {
+            match marked {
+                // Created after the mark.
+                None => {}
+                // As the mark saw it: alive, or deleted before the mark.
+                Some(marked) if marked == current.version && !current.deleted => versions.push(current),
+                Some(marked) if marked == current.version => {}
+                Some(_) => versions.extend(self.as_marked(view, &current).await?),
+            }
         }
         Ok(Page { versions, last_id })
-    }
-
-    /// `query` as of the export's mark (and, `_since` an earlier export, not seen by its).
-    fn as_of(&self, query: &SearchQuery, part: Part) -> SearchQuery {
-        let unseen_by = match &self.request.since {
-            Some(SinceText::Mark(text)) => Mark::parse(text),
-            _ => None,
-        };
-        SearchQuery { count: PAGE, as_of: Some(AsOf { mark: self.mark.clone(), part, unseen_by }), ..query.clone() }
     }
 
     /// `found` without what an earlier `_typeFilter` query of the type matched (and wrote).
@@ -572,52 +601,42 @@ impl Export<'_> {
         view: &mut ReadView<'_>,
         filters: &[SearchQuery],
         n: usize,
-        part: Part,
-        mut found: Vec<ResourceVersion>,
-    ) -> Result<Vec<ResourceVersion>, String> {
+        mut found: Vec<(ResourceVersion, Option<i64>)>,
+    ) -> Result<Vec<(ResourceVersion, Option<i64>)>, String> {
         for earlier in &filters[..n] {
             if found.is_empty() {
                 break;
             }
-            let mut query = self.as_of(earlier, part);
-            query.all_of.push(vec![Condition::AnyOf(found.iter().map(|v| Condition::Id(v.id.clone())).collect())]);
+            let mut query = earlier.clone();
+            query.all_of.push(vec![Condition::AnyOf(found.iter().map(|(v, _)| Condition::Id(v.id.clone())).collect())]);
             let matched = view.search(&mut query).await.map_err(|e| e.to_string())?.resources;
-            found.retain(|v| !matched.iter().any(|m| m.id == v.id));
+            found.retain(|(v, _)| !matched.iter().any(|m| m.id == v.id));
         }
         Ok(found)
     }
 
-    /// For rows written after the mark: the versions the mark saw, which the caller may read
-    /// (left out when it saw none, a deletion, or, `_since` an earlier export, the same one
-    /// that export saw).
+    /// For a row written after the mark: the version the mark saw, as the caller may see it
+    /// (none when that was a deletion, when the caller may not read it, or when it had not
+    /// changed since `_since`).
     async fn as_marked(
         &self,
         view: &mut ReadView<'_>,
-        written_after: Vec<ResourceVersion>,
-    ) -> Result<Vec<ResourceVersion>, String> {
+        current: &ResourceVersion,
+    ) -> Result<Option<ResourceVersion>, String> {
         let store = &self.service.store;
-        let mut seen = Vec::new();
-        for current in written_after {
-            let (resource_type, id) = (&current.resource_type, &current.id);
-            let marked = store.version_as_of(resource_type, id, &self.mark).await.map_err(|e| e.to_string())?;
-            let Some(version) = marked.filter(|v| !v.deleted) else { continue };
-            let unchanged = match &self.request.since {
-                Some(SinceText::Mark(text)) => match Mark::parse(text) {
-                    Some(earlier) => store
-                        .version_as_of(resource_type, id, &earlier)
-                        .await
-                        .map_err(|e| e.to_string())?
-                        .is_some_and(|before| before.version == version.version),
-                    None => false,
-                },
-                Some(SinceText::Time(micros)) => crate::store::to_micros(version.last_updated) <= *micros,
-                None => false,
-            };
-            if !unchanged && view.permits(Permission::Read, &version) {
-                seen.push(version);
-            }
-        }
-        Ok(seen)
+        let (resource_type, id) = (&current.resource_type, &current.id);
+        let marked = store.version_as_of(resource_type, id, &self.mark).await.map_err(|e| e.to_string())?;
+        let Some(version) = marked.filter(|v| !v.deleted) else { return Ok(None) };
+        let unchanged = match self.request.since.as_ref().and_then(SinceText::since) {
+            Some(Since::Mark(earlier)) => store
+                .version_as_of(resource_type, id, &earlier)
+                .await
+                .map_err(|e| e.to_string())?
+                .is_some_and(|before| before.version == version.version),
+            Some(Since::Time(at)) => version.last_updated <= at,
+            None => false,
+        };
+        Ok(if unchanged { None } else { view.disclose(version) })
     }
 
     /// The line of a version: as stored, or trimmed to `_elements`; a DocumentReference's
@@ -740,10 +759,17 @@ impl<'a> Writer<'a> {
         if file.count() >= self.service.config.export.resources_per_file {
             return self.finish_part(position).await;
         }
-        if self.last_step.elapsed() >= HEARTBEAT {
-            return self.step().await;
+        self.keep_alive().await
+    }
+
+    /// Extends the lease when [`HEARTBEAT`] has passed since the last step (a long stretch
+    /// that writes nothing: a `_since` export's scan, a type the caller reads little of);
+    /// `false` when the job was cancelled or taken over.
+    async fn keep_alive(&mut self) -> Result<bool, String> {
+        if self.last_step.elapsed() < HEARTBEAT {
+            return Ok(true);
         }
-        Ok(true)
+        self.step().await
     }
 
     /// Finishes the file being written (if any) and records it, with `position` as where the

@@ -57,6 +57,18 @@ impl<'a> ReadView<'a> {
         self.service.reaches_all(self.access, permission, resource_type)
     }
 
+    /// A version read from elsewhere than this view (an export's version as of its snapshot),
+    /// as the caller may see it: `None` when its token does not let it read it; noted for the
+    /// AuditEvent as every read is.
+    pub fn disclose(&self, version: ResourceVersion) -> Option<ResourceVersion> {
+        if !self.service.visible(self.access, Permission::Read, &version) {
+            return None;
+        }
+        let version = shown(version);
+        RequestTrail::note_disclosed([Disclosed::from(&version)]);
+        Some(version)
+    }
+
     /// Whether the caller's token grants a search of `resource_type` at all.
     pub fn may_search(&self, resource_type: &str) -> bool {
         self.service.rule(self.access, Permission::Search, resource_type).is_ok()
@@ -112,7 +124,13 @@ impl<'a> ReadView<'a> {
         let searchable = |t: &String| self.service.rule(self.access, Permission::Search, t).is_ok();
         query.resource_types.retain(searchable);
         if query.resource_types.is_empty() {
-            return Ok(SearchPage { resources: Vec::new(), total: Some(0), next: None, previous: None });
+            return Ok(SearchPage {
+                resources: Vec::new(),
+                total: Some(0),
+                next: None,
+                previous: None,
+                marked: Vec::new(),
+            });
         }
         self.search(query).await
     }

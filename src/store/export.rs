@@ -49,27 +49,18 @@ impl fmt::Display for Mark {
     }
 }
 
-/// Which of a search's matches it returns, judged on the version each current row holds: an
-/// export reads the rows its mark sees as they are, then looks up, for the few rows written
-/// after the mark, the version the mark saw.
+/// A search as a bulk export's mark sees it: every current row it matches (deleted ones
+/// included: the mark may have seen them alive), each with the version the mark saw of it
+/// ([`crate::store::SearchPage::marked`]). Most rows are as the mark saw them; the few written
+/// after it are replaced by the export with that version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AsOf {
     pub mark: Mark,
-    pub part: Part,
-    /// Only versions this earlier mark did not see (an export `_since` a `transactionTime`).
-    pub unseen_by: Option<Mark>,
+    /// Leaves out rows that cannot have changed since (their current version is no later).
+    pub since: Option<Since>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Part {
-    /// Current rows whose version the mark sees.
-    Seen,
-    /// Current rows written after the mark, deleted ones included (the mark may have seen an
-    /// earlier version of them).
-    WrittenAfter,
-}
-
-/// Since when an export's deletions are listed.
+/// Since when an export lists changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Since {
     /// Not seen by this earlier mark.
@@ -83,10 +74,11 @@ pub enum Since {
 pub trait ExportStore: Send + Sync {
     /// A mark of everything committed now.
     async fn take_mark(&self) -> StoreResult<Mark>;
-    /// Keeps `mark` under `at` or, when another export took that instant, the next free
-    /// microsecond: the instant it is kept under, the export's `transactionTime`.
-    async fn keep_mark(&self, at: OffsetDateTime, mark: &Mark) -> StoreResult<OffsetDateTime>;
-    /// The mark kept under `at`.
+    /// Keeps `mark` under `at` (an export's `transactionTime`), unless another export's mark
+    /// is kept there already (that one stays).
+    async fn keep_mark(&self, at: OffsetDateTime, mark: &Mark) -> StoreResult<()>;
+    /// The mark kept at `at` or within the millisecond after it: a client that truncated a
+    /// `transactionTime` to milliseconds still gets exactly the changes since.
     async fn mark_at(&self, at: OffsetDateTime) -> StoreResult<Option<Mark>>;
     /// Forgets the marks kept under instants before `before`; how many.
     async fn forget_marks(&self, before: OffsetDateTime) -> StoreResult<u64>;
@@ -136,33 +128,30 @@ macro_rules! export_store {
                 &self,
                 at: time::OffsetDateTime,
                 mark: &$crate::store::Mark,
-            ) -> $crate::store::StoreResult<time::OffsetDateTime> {
-                let mut at = $crate::store::sql::to_micros(at);
-                loop {
-                    let kept = sqlx::query(
-                        "INSERT INTO export_marks (transaction_time, mark) VALUES ($1, $2) \
-                         ON CONFLICT (transaction_time) DO NOTHING",
-                    )
-                    .bind(at)
-                    .bind(mark.to_string())
-                    .execute(&self.writers)
-                    .await?;
-                    if kept.rows_affected() == 1 {
-                        return Ok($crate::store::sql::from_micros(at));
-                    }
-                    at += 1;
-                }
+            ) -> $crate::store::StoreResult<()> {
+                sqlx::query(
+                    "INSERT INTO export_marks (transaction_time, mark) VALUES ($1, $2) \
+                     ON CONFLICT (transaction_time) DO NOTHING",
+                )
+                .bind($crate::store::sql::to_micros(at))
+                .bind(mark.to_string())
+                .execute(&self.writers)
+                .await?;
+                Ok(())
             }
 
             async fn mark_at(
                 &self,
                 at: time::OffsetDateTime,
             ) -> $crate::store::StoreResult<Option<$crate::store::Mark>> {
-                let text: Option<String> =
-                    sqlx::query_scalar("SELECT mark FROM export_marks WHERE transaction_time = $1")
-                        .bind($crate::store::sql::to_micros(at))
-                        .fetch_optional(&self.readers)
-                        .await?;
+                let text: Option<String> = sqlx::query_scalar(
+                    "SELECT mark FROM export_marks WHERE transaction_time <= $1 AND transaction_time >= $2 \
+                     ORDER BY transaction_time LIMIT 1",
+                )
+                .bind($crate::store::sql::to_micros(at + time::Duration::microseconds(999)))
+                .bind($crate::store::sql::to_micros(at))
+                .fetch_optional(&self.readers)
+                .await?;
                 Ok(text.as_deref().and_then($crate::store::Mark::parse))
             }
 

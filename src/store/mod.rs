@@ -25,7 +25,7 @@ use time::OffsetDateTime;
 
 pub use audit::AuditStore;
 pub use auth::AuthStore;
-pub use export::{AsOf, ExportStore, Mark, Part, Since};
+pub use export::{AsOf, ExportStore, Mark, Since};
 pub use job::{Job, JobKinds, JobStatus, JobStep};
 pub use postgres::PostgresStore;
 pub use query::{
@@ -202,6 +202,9 @@ pub struct SearchPage {
     pub next: Option<Cursor>,
     /// Where the previous page ends, when there is one.
     pub previous: Option<Cursor>,
+    /// For a search as of a mark ([`AsOf`]): the version the mark saw of each resource, in
+    /// order (`None`: it did not exist then); empty otherwise.
+    pub marked: Vec<Option<i64>>,
 }
 
 /// What can go wrong in storage.

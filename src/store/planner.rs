@@ -7,7 +7,7 @@
 //! keyset cursor of the next page can be built from the last row and applied as a lexicographic
 //! comparison (`NULLS LAST` in both directions).
 
-use super::export::{AsOf, Mark, Part, Since};
+use super::export::{AsOf, Mark, Since};
 use super::query::{
     Comparison, CompositeMatch, Condition, Cursor, IndexTable, SearchQuery, SortBy, SortKey, SortValue, StringMatch,
     TokenSystem, UriMatch,
@@ -64,6 +64,9 @@ pub fn page(query: &SearchQuery, dialect: Dialect) -> Sql {
         sql.push(", ");
         push_sort_value(&mut sql, key);
         sql.push(&format!(" AS s{n}"));
+    }
+    if let Some(as_of) = &query.as_of {
+        push_marked_version(&mut sql, &as_of.mark);
     }
     push_filters(&mut sql, query, dialect, Rows::Needed);
     sql.push(") q");
@@ -175,18 +178,34 @@ fn push_seen(sql: &mut Sql, alias: &str, mark: &Mark) {
     }
 }
 
-/// The history row of each current row `r` (`h`), and which of them an export as of a mark reads.
+/// The history row of each current row `r` (`h`), without the rows that cannot have changed
+/// since the export's `since`.
 fn push_as_of(sql: &mut Sql, as_of: &AsOf) {
     sql.push(" JOIN resource_history h ON h.resource_type = r.resource_type AND h.id = r.id");
-    sql.push(" AND h.version = r.version AND ");
-    if as_of.part == Part::WrittenAfter {
-        sql.push("NOT ");
+    sql.push(" AND h.version = r.version");
+    match &as_of.since {
+        // A current version the earlier mark saw has not changed since, nor has the version
+        // this mark saw (no later than it).
+        Some(Since::Mark(earlier)) => {
+            sql.push(" AND NOT ");
+            push_seen(sql, "h", earlier);
+        }
+        Some(Since::Time(at)) => {
+            sql.push(" AND r.last_updated > ").bind(Arg::Int(super::sql::to_micros(*at)));
+        }
+        None => {}
     }
-    push_seen(sql, "h", &as_of.mark);
-    if let (Part::Seen, Some(earlier)) = (as_of.part, &as_of.unseen_by) {
-        sql.push(" AND NOT ");
-        push_seen(sql, "h", earlier);
-    }
+}
+
+/// Column `marked_version`: the version of `r` the mark saw (its current one, as a rule; for
+/// a row written after the mark, the latest in its history the mark saw, if any).
+fn push_marked_version(sql: &mut Sql, mark: &Mark) {
+    sql.push(", CASE WHEN ");
+    push_seen(sql, "h", mark);
+    sql.push(" THEN r.version ELSE (SELECT MAX(m.version) FROM resource_history m");
+    sql.push(" WHERE m.resource_type = r.resource_type AND m.id = r.id AND ");
+    push_seen(sql, "m", mark);
+    sql.push(") END AS marked_version");
 }
 
 /// Up to `limit` current resources of `types` (all when empty) in key order after `after`.
@@ -297,9 +316,9 @@ fn push_filters(sql: &mut Sql, query: &SearchQuery, dialect: Dialect, rows: Rows
         .map(|(n, _)| n);
     // Deleted resources keep no index rows, so candidates found through the resource's own
     // index rows are alive: the check, which needs the table row, is left out for them.
-    // A resource written after an export's mark may be a deletion of one the mark saw.
-    let check_deleted = !driver.is_some_and(|n| query.all_of[n].iter().all(found_in_own_index))
-        && !query.as_of.as_ref().is_some_and(|as_of| as_of.part == Part::WrittenAfter);
+    // As of an export's mark, a row deleted now may be one the mark saw alive.
+    let check_deleted =
+        !driver.is_some_and(|n| query.all_of[n].iter().all(found_in_own_index)) && query.as_of.is_none();
     // PostgreSQL turns `id IN (…)` into a hashed semi-join and then sorts every candidate, even
     // for a page of 20 in id order. Joined as a DISTINCT derived table instead, the candidates
     // stream in id order from the index and the probes stop once the page is full (a page of

@@ -552,7 +552,13 @@ macro_rules! sql_store {
             };
             // `_count=0` (and `_summary=count`) asks for the total only.
             if query.count == 0 {
-                return Ok($crate::store::SearchPage { next: None, previous: None, resources: Vec::new(), total });
+                return Ok($crate::store::SearchPage {
+                    next: None,
+                    previous: None,
+                    resources: Vec::new(),
+                    total,
+                    marked: Vec::new(),
+                });
             }
             let sql = planner::page(query, $dialect);
             let rows = bind_args(&sql).fetch_all(&mut *conn).await?;
@@ -563,6 +569,13 @@ macro_rules! sql_store {
                 shown.reverse();
             }
             let resources = shown.iter().map(|row| decode_version(row)).collect::<Result<Vec<_>, _>>()?;
+            let marked = match query.as_of {
+                Some(_) => shown
+                    .iter()
+                    .map(|row| row.try_get::<Option<i64>, _>("marked_version"))
+                    .collect::<Result<Vec<_>, _>>()?,
+                None => Vec::new(),
+            };
             // The anchor of a neighbouring page: a shown row with its sort values.
             let anchor =
                 |row: &<$db as sqlx::Database>::Row, resource: &$crate::store::ResourceVersion, backward: bool| {
@@ -600,7 +613,7 @@ macro_rules! sql_store {
                 (true, Some(row), Some(resource)) => Some(anchor(row, resource, true)?),
                 _ => None,
             };
-            Ok($crate::store::SearchPage { next, previous, resources, total })
+            Ok($crate::store::SearchPage { next, previous, resources, total, marked })
         }
 
         async fn fetch_keys(
