@@ -465,7 +465,7 @@ impl Export<'_> {
         from: Position,
     ) -> Result<bool, String> {
         let resource_type = &self.request.types[from.type_index];
-        let filters = self.filters(resource_type)?;
+        let filters = self.filters(resource_type).await?;
         if from.stage == Stage::Resources {
             for n in from.filter..filters.len() {
                 let mut after = if n == from.filter { from.after.clone() } else { None };
@@ -538,8 +538,11 @@ impl Export<'_> {
     }
 
     /// The queries of a type, one per `_typeFilter` query (one unfiltered when it has none),
-    /// each with the level's patients, as of the export's mark.
-    fn filters(&self, resource_type: &str) -> Result<Vec<SearchQuery>, String> {
+    /// each with the level's patients, as of the export's mark: a plain search of the current
+    /// rows when nothing of the type was written since the mark and `_since` asks for nothing
+    /// older (the common case; it spares every row a look at its history).
+    async fn filters(&self, resource_type: &str) -> Result<Vec<SearchQuery>, String> {
+        let written = self.service.store.written_since(resource_type, &self.mark).await.map_err(|e| e.to_string())?;
         let queries: Vec<String> = match self.request.filters.get(resource_type) {
             Some(queries) => queries.clone(),
             None => vec![String::new()],
@@ -555,7 +558,9 @@ impl Export<'_> {
                     search.all_of.push(in_compartments(resource_type, patients.as_deref()));
                 }
                 search.count = PAGE;
-                search.as_of = Some(AsOf { mark: self.mark.clone(), since: since.clone() });
+                if written || since.is_some() {
+                    search.as_of = Some(AsOf { mark: self.mark.clone(), since: since.clone() });
+                }
                 Ok(search)
             })
             .collect()
@@ -579,7 +584,12 @@ impl Export<'_> {
         });
         let page = view.search(&mut query).await.map_err(|e| e.to_string())?;
         let last_id = page.resources.last().map(|v| v.id.clone());
-        let found: Vec<(ResourceVersion, Option<i64>)> = page.resources.into_iter().zip(page.marked).collect();
+        // A plain search (nothing written since the mark): every row as the mark saw it.
+        let marked = match query.as_of {
+            Some(_) => page.marked,
+            None => page.resources.iter().map(|v| Some(v.version)).collect(),
+        };
+        let found: Vec<(ResourceVersion, Option<i64>)> = page.resources.into_iter().zip(marked).collect();
         let found = self.not_matched_before(view, filters, n, found).await?;
         let mut versions = Vec::with_capacity(found.len());
         for (current, marked) in found {
@@ -642,12 +652,12 @@ impl Export<'_> {
     /// The line of a version: as stored, or trimmed to `_elements`; a DocumentReference's
     /// attachments that name a local Binary get its absolute URL (the IG: resolvable with the
     /// same token).
-    fn line(&self, version: &ResourceVersion) -> Result<Vec<u8>, String> {
+    fn line<'v>(&self, version: &'v ResourceVersion) -> Result<std::borrow::Cow<'v, [u8]>, String> {
         let kept = elements_of(&self.request.elements, &version.resource_type);
         let binary_links =
             version.resource_type == "DocumentReference" && version.body.windows(9).any(|w| w == b"\"Binary/");
         if kept.is_none() && !binary_links {
-            return Ok(version.body.to_vec());
+            return Ok(std::borrow::Cow::Borrowed(&version.body));
         }
         let mut resource: Value = serde_json::from_slice(&version.body).map_err(|e| e.to_string())?;
         if binary_links {
@@ -657,7 +667,7 @@ impl Export<'_> {
             let names: Vec<String> = kept.iter().map(|e| e.to_string()).collect();
             resource = crate::model::subset::elements(&resource, &names);
         }
-        serde_json::to_vec(&resource).map_err(|e| e.to_string())
+        serde_json::to_vec(&resource).map(std::borrow::Cow::Owned).map_err(|e| e.to_string())
     }
 }
 

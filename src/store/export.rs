@@ -82,6 +82,11 @@ pub trait ExportStore: Send + Sync {
     async fn mark_at(&self, at: OffsetDateTime) -> StoreResult<Option<Mark>>;
     /// Forgets the marks kept under instants before `before`; how many.
     async fn forget_marks(&self, before: OffsetDateTime) -> StoreResult<u64>;
+    /// Whether a version of `resource_type` may have been written after `mark`: when not, its
+    /// current rows are all as the mark saw them, and an export reads them without asking
+    /// (SQLite: the type's highest history `seq`; PostgreSQL cannot tell as cheaply, and says
+    /// yes).
+    async fn written_since(&self, resource_type: &str, mark: &Mark) -> StoreResult<bool>;
     /// The latest version of a resource that `mark` sees (a deletion included), with its
     /// content.
     async fn version_as_of(&self, resource_type: &str, id: &str, mark: &Mark) -> StoreResult<Option<ResourceVersion>>;
@@ -161,6 +166,20 @@ macro_rules! export_store {
                     .execute(&self.writers)
                     .await?;
                 Ok(done.rows_affected())
+            }
+
+            async fn written_since(
+                &self,
+                resource_type: &str,
+                mark: &$crate::store::Mark,
+            ) -> $crate::store::StoreResult<bool> {
+                let $crate::store::Mark::Seq(seq) = mark else { return Ok(true) };
+                let last: i64 =
+                    sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM resource_history WHERE resource_type = $1")
+                        .bind(resource_type)
+                        .fetch_one(&self.readers)
+                        .await?;
+                Ok(last > *seq)
             }
 
             async fn version_as_of(

@@ -73,7 +73,17 @@ pub fn page(query: &SearchQuery, dialect: Dialect) -> Sql {
     let backward = query.cursor.as_ref().is_some_and(|c| c.backward);
     if let Some(cursor) = &query.cursor {
         sql.push(" WHERE ");
-        push_beyond(&mut sql, &query.sort, cursor, 0, !backward);
+        match (query.sort.as_slice(), query.resource_types.as_slice()) {
+            // One type in id order: a range of the (type, id) key, which the database seeks
+            // to; the general form below made SQLite scan the type from its start for every
+            // page (an export of 67,000 resources: 0.49 s of queries instead of 0.19 s).
+            ([], [only]) if *only == cursor.resource_type => {
+                let beyond = if backward { "<" } else { ">" };
+                sql.push("q.resource_type = ").text(only);
+                sql.push(&format!(" AND q.id {beyond} ")).text(&cursor.id);
+            }
+            _ => push_beyond(&mut sql, &query.sort, cursor, 0, !backward),
+        }
     }
     // A previous page is read in reverse order from its anchor; the store turns it round.
     sql.push(" ORDER BY ");
@@ -1048,6 +1058,26 @@ fn like_escape(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_page_of_one_type_in_id_order_is_a_key_range() {
+        let mut query = SearchQuery::new("Observation", 10);
+        let cursor = |resource_type: &str| Cursor {
+            values: Vec::new(),
+            resource_type: resource_type.into(),
+            id: "o5".into(),
+            backward: false,
+        };
+        query.cursor = Some(cursor("Observation"));
+        let sql = page(&query, Dialect::Sqlite);
+        assert!(sql.text.contains("WHERE q.resource_type = $2 AND q.id > $3 ORDER BY"), "{}", sql.text);
+        // Several types, or a cursor of another type, keep the general form.
+        query.cursor = Some(cursor("Patient"));
+        assert!(page(&query, Dialect::Sqlite).text.contains("(q.resource_type > $"));
+        query.resource_types.push("Condition".into());
+        query.cursor = Some(cursor("Observation"));
+        assert!(page(&query, Dialect::Sqlite).text.contains("(q.resource_type > $"));
+    }
 
     #[test]
     fn binds_every_value() {
