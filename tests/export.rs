@@ -454,6 +454,29 @@ async fn an_export_is_the_snapshot_of_its_kick_off(db: Db) {
     assert_eq!(deletions["Bundle"][0]["entry"][0]["request"]["url"], format!("Patient/{deleted}"));
 }
 
+/// Two nodes of one PostgreSQL database sharing the export directory: one that writes no
+/// exports takes the kick-off and answers the status and the files; the other writes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_share_an_export() {
+    let first = TestServer::start_with(Db::Postgres, |mut settings| {
+        settings.export.workers = 0;
+        settings
+    })
+    .await;
+    let patient_id = first.create(&patient("Shared")).await;
+    let second = first
+        .second_node_with(|mut settings| {
+            settings.export.workers = 1;
+            settings
+        })
+        .await;
+    let status = kick_off(&first, "$export?_type=Patient", None).await;
+    let manifest = finished(&first, &status, None).await.manifest;
+    let lines = lines_of(&first, &manifest, "output", None).await;
+    assert_eq!(ids(lines.get("Patient")), vec![patient_id]);
+    drop(second);
+}
+
 async fn exports_are_the_clients_own_and_within_its_scopes(db: Db) {
     let server = smart_server_with(db, |mut settings| {
         settings.export.max_running = 1;

@@ -7,7 +7,7 @@
 //! keyset cursor of the next page can be built from the last row and applied as a lexicographic
 //! comparison (`NULLS LAST` in both directions).
 
-use super::export::{AsOf, Mark, Since};
+use super::export::{Mark, Since};
 use super::query::{
     Comparison, CompositeMatch, Condition, Cursor, IndexTable, SearchQuery, SortBy, SortKey, SortValue, StringMatch,
     TokenSystem, UriMatch,
@@ -188,34 +188,32 @@ fn push_seen(sql: &mut Sql, alias: &str, mark: &Mark) {
     }
 }
 
-/// The history row of each current row `r` (`h`), without the rows that cannot have changed
-/// since the export's `since`.
-fn push_as_of(sql: &mut Sql, as_of: &AsOf) {
-    sql.push(" JOIN resource_history h ON h.resource_type = r.resource_type AND h.id = r.id");
-    sql.push(" AND h.version = r.version");
-    match &as_of.since {
+/// ` AND` the condition that leaves out the current rows `r` that cannot have changed since
+/// an export's `since` (each probes its own history row: a join let PostgreSQL read the whole
+/// history of the type for every page).
+fn push_changed_since(sql: &mut Sql, since: &Since) {
+    match since {
         // A current version the earlier mark saw has not changed since, nor has the version
         // this mark saw (no later than it).
-        Some(Since::Mark(earlier)) => {
-            sql.push(" AND NOT ");
+        Since::Mark(earlier) => {
+            sql.push(" AND NOT EXISTS (SELECT 1 FROM resource_history h WHERE h.resource_type = r.resource_type");
+            sql.push(" AND h.id = r.id AND h.version = r.version AND ");
             push_seen(sql, "h", earlier);
+            sql.push(")");
         }
-        Some(Since::Time(at)) => {
+        Since::Time(at) => {
             sql.push(" AND r.last_updated > ").bind(Arg::Int(super::sql::to_micros(*at)));
         }
-        None => {}
     }
 }
 
-/// Column `marked_version`: the version of `r` the mark saw (its current one, as a rule; for
-/// a row written after the mark, the latest in its history the mark saw, if any).
+/// Column `marked_version`: the latest version of `r` the mark saw (its current one, as a
+/// rule), probed in `r`'s own history rows.
 fn push_marked_version(sql: &mut Sql, mark: &Mark) {
-    sql.push(", CASE WHEN ");
-    push_seen(sql, "h", mark);
-    sql.push(" THEN r.version ELSE (SELECT MAX(m.version) FROM resource_history m");
+    sql.push(", (SELECT MAX(m.version) FROM resource_history m");
     sql.push(" WHERE m.resource_type = r.resource_type AND m.id = r.id AND ");
     push_seen(sql, "m", mark);
-    sql.push(") END AS marked_version");
+    sql.push(") AS marked_version");
 }
 
 /// Up to `limit` current resources of `types` (all when empty) in key order after `after`.
@@ -342,12 +340,11 @@ fn push_filters(sql: &mut Sql, query: &SearchQuery, dialect: Dialect, rows: Rows
             && is_derivable_group(&query.all_of[*n])
     });
     let Some(derived) = derived else {
-        sql.push(" FROM resources r");
-        if let Some(as_of) = &query.as_of {
-            push_as_of(sql, as_of);
-        }
-        sql.push(" WHERE ");
+        sql.push(" FROM resources r WHERE ");
         push_one_of(sql, "r.resource_type", &query.resource_types);
+        if let Some(since) = query.as_of.as_ref().and_then(|as_of| as_of.since.as_ref()) {
+            push_changed_since(sql, since);
+        }
         if check_deleted {
             sql.push(" AND r.deleted = FALSE");
         }
@@ -377,11 +374,12 @@ fn push_filters(sql: &mut Sql, query: &SearchQuery, dialect: Dialect, rows: Rows
         sql.push(" JOIN resources r ON r.resource_type = ").text(&query.resource_types[0]);
         sql.push(" AND r.id = d.id");
     }
-    if let Some(as_of) = &query.as_of {
-        push_as_of(sql, as_of);
-    }
     if check_deleted {
         sql.push(" WHERE r.deleted = FALSE");
+    }
+    if let Some(since) = query.as_of.as_ref().and_then(|as_of| as_of.since.as_ref()) {
+        sql.push(" WHERE 1 = 1");
+        push_changed_since(sql, since);
     }
 }
 

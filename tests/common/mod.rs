@@ -104,9 +104,15 @@ impl TestServer {
     /// A second server process on the same PostgreSQL database (another node behind a load
     /// balancer: same public base URL, its own port).
     pub async fn second_node(&self) -> TestServer {
+        self.second_node_with(|settings| settings).await
+    }
+
+    /// [`TestServer::second_node`] with adjusted settings.
+    pub async fn second_node_with(&self, adjust: impl FnOnce(Settings) -> Settings) -> TestServer {
         assert_eq!(self.db, Db::Postgres, "only PostgreSQL is shared by several nodes");
         let public_root = self.settings.base_url.clone();
-        Self::serve(self.db, self.database_url.clone(), None, self.settings.clone(), Some(public_root)).await
+        let settings = adjust(self.settings.clone());
+        Self::serve(self.db, self.database_url.clone(), None, settings, Some(public_root)).await
     }
 
     /// Stops this server and starts a new one on the same database (a process restart).
