@@ -454,6 +454,51 @@ async fn an_export_is_the_snapshot_of_its_kick_off(db: Db) {
     assert_eq!(deletions["Bundle"][0]["entry"][0]["request"]["url"], format!("Patient/{deleted}"));
 }
 
+/// A Subscription's channel headers (its receiver's secret) are hidden in an export, whether
+/// the row is as the kick-off saw it or is read from history because it changed since.
+async fn subscription_secrets_stay_hidden(db: Db) {
+    const BACKPORT: &str = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/";
+    let server = TestServer::start_with(db, |mut settings| {
+        settings.export.workers = 0;
+        settings
+    })
+    .await;
+    let receiver = common::receiver::Receiver::start().await;
+    let subscription = json!({"resourceType": "Subscription",
+        "meta": {"profile": [format!("{BACKPORT}backport-subscription")]},
+        "status": "requested", "reason": "as exported",
+        "criteria": "http://hearth.dev/fhir/SubscriptionTopic/result-final",
+        "channel": {"type": "rest-hook", "endpoint": receiver.url, "payload": "application/fhir+json",
+            "_payload": {"extension": [{"url": format!("{BACKPORT}backport-payload-content"), "valueCode": "id-only"}]},
+            "header": ["Authorization: Bearer receiver-secret"]}});
+    let id = server.create(&subscription).await;
+    let status = kick_off(&server, "$export?_type=Subscription", None).await;
+    let mut changed = body(server.get(&format!("Subscription/{id}")).await).await;
+    changed["reason"] = json!("changed after the kick-off");
+    changed["status"] = json!("requested");
+    assert_eq!(server.put(&format!("Subscription/{id}"), &changed).await.status(), 200);
+
+    let server = server
+        .restart_with(|mut settings| {
+            settings.export.workers = 2;
+            settings
+        })
+        .await;
+    let status = server.url(status.split("/fhir/").nth(1).unwrap());
+    let manifest = finished(&server, &status, None).await.manifest;
+    let file = manifest["output"][0]["url"].as_str().unwrap();
+    let text = server.client.get(file).send().await.unwrap().text().await.unwrap();
+    assert!(!text.contains("receiver-secret"), "{text}");
+    let exported: Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(exported["reason"], "as exported", "the version the kick-off saw");
+    assert_eq!(exported["channel"]["header"], json!(["Authorization: ******"]));
+    // A later export reads the current row as it is, hidden as well.
+    let again = finished(&server, &kick_off(&server, "$export?_type=Subscription", None).await, None).await.manifest;
+    let file = again["output"][0]["url"].as_str().unwrap();
+    let text = server.client.get(file).send().await.unwrap().text().await.unwrap();
+    assert!(!text.contains("receiver-secret") && text.contains("changed after the kick-off"), "{text}");
+}
+
 /// Two nodes of one PostgreSQL database sharing the export directory: one that writes no
 /// exports takes the kick-off and answers the status and the files; the other writes them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -549,5 +594,6 @@ on_both_databases!(
     expired_exports_are_removed,
     a_job_left_by_a_dead_node_resumes_where_it_stopped,
     an_export_is_the_snapshot_of_its_kick_off,
+    subscription_secrets_stay_hidden,
     exports_are_the_clients_own_and_within_its_scopes,
 );
