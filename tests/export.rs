@@ -105,6 +105,27 @@ fn sorted(ids: &[&str]) -> Vec<String> {
     ids
 }
 
+/// A server that queues exports and writes none (as if their node were down).
+async fn without_export_workers(db: Db) -> TestServer {
+    TestServer::start_with(db, |mut settings| {
+        settings.export.workers = 0;
+        settings
+    })
+    .await
+}
+
+/// `server` restarted as a node that writes exports, and `status` on its new port.
+async fn restarted_with_export_workers(server: TestServer, status: &str) -> (TestServer, String) {
+    let server = server
+        .restart_with(|mut settings| {
+            settings.export.workers = 2;
+            settings
+        })
+        .await;
+    let status = server.url(status.split("/fhir/").nth(1).unwrap());
+    (server, status)
+}
+
 fn patient(family: &str) -> Value {
     json!({"resourceType": "Patient", "name": [{"family": family}]})
 }
@@ -368,11 +389,7 @@ async fn expired_exports_are_removed(db: Db) {
 /// first type is done and dies (its lease runs out); a restarted server carries on from the
 /// second type.
 async fn a_job_left_by_a_dead_node_resumes_where_it_stopped(db: Db) {
-    let server = TestServer::start_with(db, |mut settings| {
-        settings.export.workers = 0;
-        settings
-    })
-    .await;
+    let server = without_export_workers(db).await;
     let patient_id = server.create(&patient("Resumed")).await;
     let observation_id = server.create(&observation(&patient_id, "final")).await;
     let status = kick_off(&server, "$export?_type=Observation,Patient", None).await;
@@ -395,14 +412,7 @@ async fn a_job_left_by_a_dead_node_resumes_where_it_stopped(db: Db) {
     tx.commit().await.unwrap();
     drop(store);
 
-    let server = server
-        .restart_with(|mut settings| {
-            settings.export.workers = 2;
-            settings
-        })
-        .await;
-    // The restarted server listens on another port.
-    let status = server.url(status.split("/fhir/").nth(1).unwrap());
+    let (server, status) = restarted_with_export_workers(server, &status).await;
     let manifest = finished(&server, &status, None).await.manifest;
     let lines = lines_of(&server, &manifest, "output", None).await;
     assert_eq!(ids(lines.get("Patient")), vec![patient_id]);
@@ -413,11 +423,7 @@ async fn a_job_left_by_a_dead_node_resumes_where_it_stopped(db: Db) {
 /// `transactionTime` saw: a resource changed since as it was, a resource deleted since still
 /// there), and are all in the next export `_since` it.
 async fn an_export_is_the_snapshot_of_its_kick_off(db: Db) {
-    let server = TestServer::start_with(db, |mut settings| {
-        settings.export.workers = 0;
-        settings
-    })
-    .await;
+    let server = without_export_workers(db).await;
     let changed = server.create(&patient("Before")).await;
     let deleted = server.create(&patient("Deleted later")).await;
     let status = kick_off(&server, "$export?_type=Patient", None).await;
@@ -427,13 +433,7 @@ async fn an_export_is_the_snapshot_of_its_kick_off(db: Db) {
     assert!(server.delete(&format!("Patient/{deleted}")).await.status().is_success());
     let added = server.create(&patient("Added later")).await;
 
-    let server = server
-        .restart_with(|mut settings| {
-            settings.export.workers = 2;
-            settings
-        })
-        .await;
-    let status = server.url(status.split("/fhir/").nth(1).unwrap());
+    let (server, status) = restarted_with_export_workers(server, &status).await;
     let manifest = finished(&server, &status, None).await.manifest;
     let lines = lines_of(&server, &manifest, "output", None).await;
     let patients = &lines["Patient"];
@@ -458,11 +458,7 @@ async fn an_export_is_the_snapshot_of_its_kick_off(db: Db) {
 /// the row is as the kick-off saw it or is read from history because it changed since.
 async fn subscription_secrets_stay_hidden(db: Db) {
     const BACKPORT: &str = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/";
-    let server = TestServer::start_with(db, |mut settings| {
-        settings.export.workers = 0;
-        settings
-    })
-    .await;
+    let server = without_export_workers(db).await;
     let receiver = common::receiver::Receiver::start().await;
     let subscription = json!({"resourceType": "Subscription",
         "meta": {"profile": [format!("{BACKPORT}backport-subscription")]},
@@ -478,13 +474,7 @@ async fn subscription_secrets_stay_hidden(db: Db) {
     changed["status"] = json!("requested");
     assert_eq!(server.put(&format!("Subscription/{id}"), &changed).await.status(), 200);
 
-    let server = server
-        .restart_with(|mut settings| {
-            settings.export.workers = 2;
-            settings
-        })
-        .await;
-    let status = server.url(status.split("/fhir/").nth(1).unwrap());
+    let (server, status) = restarted_with_export_workers(server, &status).await;
     let manifest = finished(&server, &status, None).await.manifest;
     let file = manifest["output"][0]["url"].as_str().unwrap();
     let text = server.client.get(file).send().await.unwrap().text().await.unwrap();
@@ -503,11 +493,7 @@ async fn subscription_secrets_stay_hidden(db: Db) {
 /// exports takes the kick-off and answers the status and the files; the other writes them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_share_an_export() {
-    let first = TestServer::start_with(Db::Postgres, |mut settings| {
-        settings.export.workers = 0;
-        settings
-    })
-    .await;
+    let first = without_export_workers(Db::Postgres).await;
     let patient_id = first.create(&patient("Shared")).await;
     let second = first
         .second_node_with(|mut settings| {
